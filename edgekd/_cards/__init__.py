@@ -1,0 +1,1 @@
+"""Shipped recipe and target cards (data packages; see pyproject.toml's package-dir)."""

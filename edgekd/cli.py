@@ -1,0 +1,311 @@
+"""The `edgekd` command line: thin; parses, calls the library, renders with rich.
+
+Only light modules are imported here; torch, onnxruntime and the SDKs load inside commands.
+User errors print one line and a hint and exit with the contract's code; --debug shows tracebacks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+
+from edgekd.errors import EXIT_INTERNAL, EdgekdError, UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Distill a small student from a teacher, quantize, export and profile it for an edge target.")
+
+_state: dict[str, Any] = {"debug": False}
+
+
+def _console(quiet: bool = False, to_stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=to_stderr, quiet=quiet, highlight=False)
+
+
+def _fail(e: BaseException) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    err = Console(stderr=True, highlight=False)
+    if _state["debug"]:
+        import traceback
+
+        traceback.print_exception(e)
+    if isinstance(e, EdgekdError):
+        err.print(f"[bold red]error:[/] {escape(e.message)}")
+        if e.hint:
+            err.print(f"[dim]hint:[/] {escape(e.hint)}")
+        raise typer.Exit(e.exit_code)
+    err.print(f"[bold red]internal error:[/] {escape(type(e).__name__)}: {escape(str(e).splitlines()[0] if str(e) else '')}")
+    err.print("[dim]hint:[/] rerun with --debug for the traceback, and report it")
+    raise typer.Exit(EXIT_INTERNAL)
+
+
+def _guard(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        _fail(EdgekdError("interrupted", hint="rerun the same command: finished stages are reused", exit_code=130))
+    except Exception as e:  # noqa: BLE001 — the one place that turns every failure into exit codes
+        _fail(e)
+
+
+def _parse_sets(sets: list[str] | None) -> dict[str, Any]:
+    from edgekd.config import parse_value
+
+    out: dict[str, Any] = {}
+    for item in sets or []:
+        if "=" not in item:
+            raise UserError(f"--set expects key=value, got '{item}'", hint="e.g. --set distill.epochs=3")
+        k, v = item.split("=", 1)
+        out[k.strip()] = parse_value(v)
+    return out
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks")) -> None:
+    _state["debug"] = debug or bool(os.environ.get("EDGEKD_DEBUG"))
+
+
+def _progress(console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True, disable=console.quiet)
+
+
+def _make_ctx(recipe: str, target: str, out: Path | None, sets: dict[str, Any], quick: bool, console, **options):
+    from edgekd.cards import load_recipe, load_target
+    from edgekd.pipeline import BuildContext
+
+    rc = load_recipe(recipe, sets, quick=quick)
+    tc = load_target(target, sets, quick=quick)
+    if rc.quantize.candidates:
+        from edgekd.quantize.candidates import validate_candidate_names
+
+        validate_candidate_names(rc.quantize.candidates)
+    out = out or Path("builds") / f"{rc.name}-{tc.name}{'-quick' if quick else ''}"
+    return BuildContext(out=out.resolve(), recipe=rc, target=tc, recipe_ref=recipe, target_ref=target, overrides=sets,
+                        quick=quick, console=console, options=options)
+
+
+def _run_pipeline(ctx, only: str | None = None, upto: str | None = None, json_out: bool = False) -> None:
+    from edgekd import pipeline, stages
+
+    with _progress(ctx.console) as prog:
+        ctx.progress = prog
+        results = pipeline.run(stages.graph(), ctx, only=only, upto=upto)
+    if "report" in results:
+        report_path = results["report"].path("report.json")
+        report = json.loads(report_path.read_text())
+        if json_out:
+            sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        else:
+            from edgekd.report.terminal import render
+
+            render(report, ctx.console)
+            ctx.log(f"\nreport: {report_path.parent}/report.{{json,md,html}}")
+
+
+@app.command()
+def build(
+    target: str = typer.Option("cpu", "--target", "-t", help="target card name or path (edgekd targets)"),
+    recipe: str = typer.Option("fashion-cnn", "--recipe", "-r", help="recipe card name or path (edgekd recipes)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="build folder (default builds/RECIPE-TARGET)"),
+    quick: bool = typer.Option(False, "--quick", help="subsets, few epochs, short profiling (CI, smoke tests)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="override a card key: --set distill.epochs=3"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="print only errors"),
+    json_out: bool = typer.Option(False, "--json", help="print report.json to stdout"),
+    strict: bool = typer.Option(False, "--strict", help="fail when no quantized candidate fits the accuracy budget"),
+    allow_unsupported: bool = typer.Option(False, "--allow-unsupported", help="ascend: keep going past op-lint failures"),
+) -> None:
+    """Run the whole job: teacher → distill → export → quantize → profile → select → report."""
+    def go() -> None:
+        console = _console(quiet=quiet, to_stderr=json_out)
+        ctx = _make_ctx(recipe, target, out, _parse_sets(set_), quick, console, strict=strict,
+                        allow_unsupported=allow_unsupported)
+        console.print(f"[bold]edgekd build[/] recipe={ctx.recipe.name} target={ctx.target.name}"
+                      f"{' (quick)' if quick else ''} → {ctx.out}")
+        _run_pipeline(ctx, json_out=json_out)
+    _guard(go)
+
+
+def _stage_command(stage: str):
+    def cmd(
+        build_dir: Path = typer.Argument(..., help="a build folder made by `edgekd build`"),
+        quiet: bool = typer.Option(False, "--quiet", "-q"),
+    ) -> None:
+        def go() -> None:
+            from edgekd.pipeline import load_run
+
+            run = load_run(build_dir)
+            console = _console(quiet=quiet)
+            ctx = _make_ctx(run["recipe"], run["target"], build_dir, run.get("overrides", {}), run.get("quick", False),
+                            console, **run.get("options", {}))
+            _run_pipeline(ctx, only=stage, upto=stage)
+        _guard(go)
+    cmd.__doc__ = f"Run the {stage} stage alone on a build folder (earlier stages are reused)."
+    return cmd
+
+
+for _name in ("distill", "export", "quantize"):
+    app.command(name=_name)(_stage_command(_name))
+
+
+@app.command()
+def report(
+    build_dir: Path = typer.Argument(..., help="a build folder made by `edgekd build`"),
+    json_out: bool = typer.Option(False, "--json", help="print report.json to stdout"),
+) -> None:
+    """Regenerate report.json/.md/.html from the build folder's stage result files alone."""
+    def go() -> None:
+        from edgekd.pipeline import load_run
+        from edgekd.report import write_all
+        from edgekd.stages import REPORT_DIRNAME, build_report
+
+        load_run(build_dir)
+        rep = build_report(build_dir)
+        dest = build_dir / REPORT_DIRNAME
+        dest.mkdir(exist_ok=True)
+        files = write_all(rep, dest)
+        if json_out:
+            sys.stdout.write(json.dumps(rep, indent=2) + "\n")
+        else:
+            from edgekd.report.terminal import render
+
+            console = _console()
+            render(rep, console)
+            console.print("wrote " + ", ".join(str(f) for f in files))
+    _guard(go)
+
+
+@app.command()
+def recipes() -> None:
+    """List the shipped recipe cards."""
+    def go() -> None:
+        from rich.table import Table
+
+        from edgekd.cards import load_recipe, shipped
+
+        t = Table("recipe", "task", "teacher → student", "description", box=None)
+        for name in shipped("models"):
+            r = load_recipe(name)
+            t.add_row(name, r.task, f"{r.teacher.arch} → {r.student.arch}", r.description)
+        _console().print(t)
+    _guard(go)
+
+
+@app.command()
+def targets() -> None:
+    """List the shipped target cards with what is available on this host, and why not."""
+    def go() -> None:
+        from rich.table import Table
+
+        from edgekd.cards import load_target, shipped
+        from edgekd.targets_info import target_availability
+
+        t = Table("target", "runtime", "capability", "available", "reason", box=None)
+        for name in shipped("targets"):
+            tc = load_target(name)
+            for i, (cap, ok, why) in enumerate(target_availability(tc)):
+                t.add_row(name if i == 0 else "", tc.runtime if i == 0 else "", cap,
+                          "[green]yes[/]" if ok else "[red]no[/]", why)
+        _console().print(t)
+    _guard(go)
+
+
+@app.command()
+def profile(
+    path: Path = typer.Argument(..., help="an ONNX file, or a build folder"),
+    target: str = typer.Option("cpu", "--target", "-t"),
+    quick: bool = typer.Option(False, "--quick"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Profile any ONNX file (bring your own model) or re-profile a build folder."""
+    def go() -> None:
+        from edgekd.cards import load_target
+
+        if path.is_dir():
+            from edgekd.pipeline import load_run
+
+            run = load_run(path)
+            console = _console()
+            ctx = _make_ctx(run["recipe"], target or run["target"], path, run.get("overrides", {}), quick or run.get("quick", False), console)
+            _run_pipeline(ctx, only="profile")
+            return
+        if not path.is_file():
+            raise UserError(f"no such file: {path}", hint="give an .onnx file or a build folder")
+        from edgekd.profile.standalone import profile_onnx_file
+
+        tc = load_target(target, quick=quick)
+        res = profile_onnx_file(path, tc)
+        if json_out:
+            sys.stdout.write(json.dumps(res, indent=2, default=str) + "\n")
+        else:
+            from edgekd.report.terminal import render_profile
+
+            render_profile(res, _console())
+    _guard(go)
+
+
+@app.command()
+def regress(
+    report_path: Optional[Path] = typer.Argument(None, metavar="REPORT", help="report.json of the new build"),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="stored baseline report.json"),
+    max_accuracy_drop: float = typer.Option(0.5, help="points of accuracy the student may lose"),
+    max_size_growth: str = typer.Option("5%", help="allowed size growth, e.g. 5%"),
+    max_latency_growth: Optional[str] = typer.Option(None, help="opt-in: allowed growth of student/teacher latency ratio, e.g. 20%"),
+    update_baseline: bool = typer.Option(False, "--update-baseline", help="write REPORT as the new baseline"),
+    json_out: bool = typer.Option(False, "--json"),
+    history: Optional[Path] = typer.Option(None, "--history", help="plot accuracy vs size over reports in a folder"),
+) -> None:
+    """The CI gate: exit 1 when accuracy falls or size grows past the baseline."""
+    def go() -> None:
+        from edgekd import regress as rg
+        from edgekd.report.schema import load_report
+
+        console = _console(to_stderr=json_out)
+        if history is not None:
+            console.print(f"wrote {rg.history(history)}")
+            if report_path is None:
+                return
+        if report_path is None or baseline is None:
+            raise UserError("regress needs REPORT and --baseline BASELINE", hint="edgekd regress builds/x/report/report.json --baseline baselines/x.json")
+        rep = load_report(report_path)
+        if update_baseline:
+            rg.update_baseline(rep, baseline)
+            console.print(f"baseline written: {baseline}")
+            return
+        base = load_report(baseline)
+        res = rg.compare(rep, base, max_accuracy_drop=max_accuracy_drop, max_size_growth=_pct(max_size_growth),
+                         max_latency_growth=_pct(max_latency_growth) if max_latency_growth else None)
+        if json_out:
+            sys.stdout.write(json.dumps(rg.gate_json(res), indent=2) + "\n")
+        else:
+            rg.render_gate(res, console)
+        if not res.passed:
+            raise typer.Exit(1)
+    _guard(go)
+
+
+def _pct(text: str) -> float:
+    t = str(text).strip()
+    try:
+        return float(t[:-1]) / 100.0 if t.endswith("%") else float(t)
+    except ValueError:
+        raise UserError(f"not a percentage: '{text}'", hint="write e.g. 5% or 0.05") from None
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

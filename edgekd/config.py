@@ -1,0 +1,270 @@
+"""Typed models of recipe cards (models/*.yaml) and target cards (targets/*.toml).
+
+Every model forbids unknown keys, so a typo in a card is an error that lists the valid keys
+instead of a silently ignored setting. `--set a.b=value` overrides are applied to the raw card
+data before validation, so they are typed by the same models.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgekd.errors import ConfigError
+
+RECIPE_SCHEMA_VERSION = 1
+TARGET_SCHEMA_VERSION = 1
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- recipe card
+
+
+class DataConfig(Strict):
+    kind: str = Field(description="dataset loader name, see edgekd.data.LOADERS")
+    path: str | None = Field(None, description="folder with the dataset files (overrides EDGEKD_DATA and defaults)")
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    train_size: int | None = Field(None, ge=1, description="use a random subset of the train split")
+    test_size: int | None = Field(None, ge=1, description="use a random subset of the test split")
+    label_fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of train labels the student may use")
+    seed: int = 0
+
+
+class ModelRef(Strict):
+    """A teacher or student: a zoo architecture (`arch`) with keyword arguments."""
+
+    arch: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: bool = False
+    seed: int = 0
+    grad_clip: float | None = Field(1.0, gt=0)
+
+
+class TeacherConfig(ModelRef):
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class LossConfig(Strict):
+    """One term of the distillation loss; `kind` names an entry of the loss registry."""
+
+    model_config = ConfigDict(extra="allow")  # each loss kind validates its own options
+    kind: str
+    weight: float = 1.0
+
+
+class DistillConfig(TrainConfig):
+    epochs: int = Field(10, ge=1)
+    losses: list[LossConfig] = Field(
+        default_factory=lambda: [
+            LossConfig(kind="soft_label", weight=0.9, temperature=4.0),
+            LossConfig(kind="hard_label", weight=0.1),
+        ]
+    )
+    patience: int | None = Field(None, ge=1, description="early stopping on validation accuracy")
+
+    @field_validator("losses")
+    @classmethod
+    def _nonempty(cls, v: list[LossConfig]) -> list[LossConfig]:
+        if not v:
+            raise ValueError("distill.losses needs at least one loss")
+        return v
+
+
+CANDIDATE_NAMES = ("fp32", "fp16", "int8-dynamic", "int8-qdq")
+
+
+class QuantizeConfig(Strict):
+    candidates: list[str] | None = Field(None, description="default: the target card's candidates")
+    accuracy_budget: float = Field(0.5, ge=0, description="max accuracy drop in points vs the FP32 student")
+    calibration_samples: int = Field(256, ge=1)
+    objective: Literal["latency", "size"] = "latency"
+    per_channel: bool = True
+    reduce_range: bool = False
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    strict: bool = Field(False, description="fail (exit 4) when no quantized candidate fits the budget")
+
+
+class RecipeConfig(Strict):
+    schema_version: int
+    name: str
+    description: str = ""
+    task: Literal["image-classification", "tabular-classification"] = "image-classification"
+    data: DataConfig
+    teacher: TeacherConfig
+    student: ModelRef
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    quick: dict[str, Any] = Field(default_factory=dict, description="--set overrides applied by --quick")
+
+    @field_validator("schema_version")
+    @classmethod
+    def _version(cls, v: int) -> int:
+        if v != RECIPE_SCHEMA_VERSION:
+            raise ValueError(f"recipe schema_version {v} is not supported (this edgekd reads {RECIPE_SCHEMA_VERSION})")
+        return v
+
+
+# --------------------------------------------------------------------------- target card
+
+
+class OnnxConfig(Strict):
+    opset: int = Field(17, ge=7, le=23)
+    opset_min: int = 11
+    opset_max: int = 21
+    dynamic_batch: bool = True
+    static_batch: int = Field(1, ge=1, description="batch used when dynamic_batch is false")
+
+    @model_validator(mode="after")
+    def _range(self) -> "OnnxConfig":
+        if not self.opset_min <= self.opset <= self.opset_max:
+            raise ValueError(f"onnx.opset {self.opset} is outside [{self.opset_min}, {self.opset_max}]")
+        return self
+
+
+class ParityConfig(Strict):
+    atol: float = Field(1e-4, gt=0)
+    rtol: float = Field(1e-3, ge=0)
+    samples: int = Field(64, ge=1)
+
+
+class ProfileConfig(Strict):
+    threads: int = Field(1, ge=1)
+    warmup_runs: int = Field(50, ge=0)
+    warmup_seconds: float = Field(2.0, ge=0)
+    min_runs: int = Field(1000, ge=1)
+    min_seconds: float = Field(10.0, ge=0)
+    max_seconds: float = Field(60.0, gt=0, description="stop the timing loop after this long, even below min_runs")
+    repeats: int = Field(3, ge=1)
+    throughput_batch: int = Field(64, ge=1)
+    batch_sweep: list[int] = Field(default_factory=lambda: [1, 8, 32, 64])
+    quick: dict[str, Any] = Field(
+        default_factory=lambda: {"warmup_runs": 10, "warmup_seconds": 0.2, "min_runs": 100,
+                                 "min_seconds": 0.5, "max_seconds": 5.0, "repeats": 1, "batch_sweep": [1, 64]}
+    )
+
+
+class DeviceConfig(Strict):
+    """Device figures used for labelled estimates when a counter is absent."""
+
+    name: str
+    peak_gflops: float = Field(gt=0, description="peak FP32 GFLOP/s for the threads used")
+    mem_bandwidth_gbs: float = Field(gt=0)
+    active_power_watts: float = Field(gt=0, description="power drawn per busy core (energy estimate)")
+    idle_power_watts: float = Field(0.0, ge=0)
+
+
+class AscendConfig(Strict):
+    """Ascend-only settings: ATC's SoC name and precision mode, msit benchmark loop."""
+
+    soc_version: str
+    precision_mode: str = "allow_fp32_to_fp16"
+    loop: int = Field(1000, ge=1)
+    warmup: int = Field(50, ge=0)
+    device_id: int = Field(0, ge=0)
+
+
+class TargetConfig(Strict):
+    schema_version: int
+    name: str
+    description: str = ""
+    runtime: Literal["onnxruntime", "executorch", "ascend", "torch"] = "onnxruntime"
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    formats: list[str] = Field(default_factory=lambda: ["onnx"])
+    candidates: list[str] = Field(default_factory=lambda: ["fp32", "int8-dynamic", "int8-qdq"])
+    onnx: OnnxConfig = Field(default_factory=OnnxConfig)
+    parity: ParityConfig = Field(default_factory=ParityConfig)
+    profile: ProfileConfig = Field(default_factory=ProfileConfig)
+    device: DeviceConfig
+    ascend: AscendConfig | None = None
+
+    @field_validator("schema_version")
+    @classmethod
+    def _version(cls, v: int) -> int:
+        if v != TARGET_SCHEMA_VERSION:
+            raise ValueError(f"target schema_version {v} is not supported (this edgekd reads {TARGET_SCHEMA_VERSION})")
+        return v
+
+
+# --------------------------------------------------------------------------- overrides and validation
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value as YAML (so 3 → int, 0.5 → float, [a, b] → list, true → bool)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for name, field in model.model_fields.items():
+        full = f"{prefix}{name}"
+        keys.append(full)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_valid_keys(ann, full + "."))
+    return keys
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    """Set dotted keys in a raw card dict. Unknown keys raise ConfigError listing the valid ones."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    valid = _valid_keys(model)
+    for key, value in overrides.items():
+        parts = key.split(".")
+        # Free-form dicts (zoo kwargs, quick) accept any sub-key; everything else must be a known field.
+        free = any(".".join(parts[:i]) in valid and parts[i - 1] in ("kwargs", "quick") for i in range(1, len(parts)))
+        if key not in valid and not free:
+            close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}?" if close else f"valid keys: {', '.join(valid)}"
+            raise ConfigError(f"unknown setting '{key}'", hint=hint)
+        node = out
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = value
+    return out
+
+
+def validate(model: type[BaseModel], raw: Any, source: str) -> Any:
+    """Validate raw card data; turn pydantic's report into one ConfigError line with a hint."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}",
+                          hint="a card is a YAML/TOML mapping of keys to values")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            parent = model
+            for part in err["loc"][:-1]:
+                f = parent.model_fields.get(str(part)) if isinstance(part, str) else None
+                ann = f.annotation if f else None
+                if isinstance(ann, type) and issubclass(ann, BaseModel):
+                    parent = ann
+            valid = list(parent.model_fields)
+            close = difflib.get_close_matches(str(err["loc"][-1]), valid, n=1)
+            hint = (f"did you mean '{close[0]}'? " if close else "") + f"valid keys here: {', '.join(valid)}"
+            raise ConfigError(f"{source}: unknown key '{loc}'", hint=hint) from None
+        more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        raise ConfigError(f"{source}: {loc or 'card'}: {err['msg']}{more}",
+                          hint="fix the card or the --set value; `edgekd recipes`/`edgekd targets` list the shipped cards") from None

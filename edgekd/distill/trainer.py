@@ -1,0 +1,262 @@
+"""The training loop shared by teacher training and distillation.
+
+One loop, two uses: with no teacher it trains on labels (CE with label smoothing); with a teacher
+and a LossSet it distills. AdamW + cosine schedule with warm-up, gradient clipping, optional bf16
+autocast, best-on-validation weights, early stopping, and a checkpoint after every epoch that a
+killed run resumes from exactly (model, optimizer, scheduler, RNG states).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekd.errors import StageError
+
+
+@dataclass
+class TrainResult:
+    best_state: dict[str, torch.Tensor]
+    best_val_accuracy: float
+    best_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def augment_images(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
+    """Random translation by up to `pad` pixels and horizontal flip, per sample (NCHW only)."""
+    if x.dim() != 4:
+        return x
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    out = torch.empty_like(x)
+    # Group samples by shift: at most (2p+1)^2 slices instead of n.
+    for sx in range(2 * pad + 1):
+        for sy in range(2 * pad + 1):
+            idx = ((dx == sx) & (dy == sy)).nonzero(as_tuple=True)[0]
+            if idx.numel():
+                out[idx] = padded[idx, :, sy:sy + h, sx:sx + w]
+    flip = torch.rand(n, generator=gen) < 0.5
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits of `model` on all of `x`, in eval mode."""
+    model.eval()
+    xt = torch.as_tensor(x)
+    outs = [model(xt[i:i + batch_size]) for i in range(0, len(xt), batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) == 0:
+        return float("nan")
+    return float((predict(model, x).argmax(1).numpy() == y).mean())
+
+
+def _ckpt_save(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def train(
+    model: nn.Module,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    cfg: Any,
+    *,
+    teacher: nn.Module | None = None,
+    loss_set: nn.Module | None = None,
+    teacher_logits: Callable[[np.ndarray], torch.Tensor] | None = None,
+    weighting: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    labeled: np.ndarray | None = None,
+    checkpoint: Path | None = None,
+    progress: Any = None,
+    description: str = "train",
+    amp: str = "none",
+    rank: int = 0,
+    world_size: int = 1,
+) -> TrainResult:
+    """Train `model`; with `loss_set` distill from `teacher` (online) or `teacher_logits` (cached).
+
+    `cfg` is a TrainConfig/DistillConfig. `labeled` masks which train labels may be used (-1 for
+    the others). `checkpoint`: a file updated after every epoch; if present at start, resume.
+    `teacher_logits(indices)` returns cached teacher logits for train sample indices (offline KD).
+    """
+    if len(x_train) == 0:
+        raise StageError(f"{description}: the training set is empty", hint="check data.train_size and the dataset")
+    seed_everything(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    xt = torch.as_tensor(x_train)
+    yt = torch.as_tensor(y_train).long()
+    if labeled is not None:
+        yt = torch.where(torch.as_tensor(labeled), yt, torch.full_like(yt, -1))
+    params = list(model.parameters()) + (list(loss_set.parameters()) if loss_set is not None else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Each rank takes an equal share of every epoch's permutation (same permutation on all ranks).
+    per_rank = len(xt) // world_size if world_size > 1 else len(xt)
+    steps_per_epoch = max(1, math.ceil(per_rank / cfg.batch_size))
+    total = steps_per_epoch * cfg.epochs
+    warm = min(steps_per_epoch, max(1, total // 20))
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    ce = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, ignore_index=-1)
+    start_epoch, history = 0, []
+    best_acc, best_epoch, best_state, bad_epochs = -1.0, -1, None, 0
+    if checkpoint is not None and checkpoint.is_file():
+        ck = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(ck["model"])
+        if loss_set is not None and ck.get("loss_set") is not None:
+            loss_set.load_state_dict(ck["loss_set"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        gen.set_state(ck["gen"])
+        torch.set_rng_state(ck["torch_rng"])
+        start_epoch, history = ck["epoch"] + 1, ck["history"]
+        best_acc, best_epoch, best_state, bad_epochs = ck["best_acc"], ck["best_epoch"], ck["best_state"], ck["bad_epochs"]
+
+    ddp_model: nn.Module = model
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp_model = DistributedDataParallel(model)
+    if teacher is not None:
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if amp == "bf16" else None)
+    t0 = time.perf_counter()
+    task = progress.add_task(description, total=(cfg.epochs - start_epoch) * steps_per_epoch) if progress else None
+    stopped_early = False
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        if loss_set is not None:
+            loss_set.train()
+        perm = torch.randperm(len(xt), generator=gen)
+        if world_size > 1:
+            perm = perm[: per_rank * world_size][rank::world_size]
+        sums: dict[str, float] = {}
+        n_seen, e0 = 0, time.perf_counter()
+        for step in range(steps_per_epoch):
+            idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            if idx.numel() == 0:
+                continue
+            xb, yb = xt[idx], yt[idx]
+            if cfg.augment:
+                xb = augment_images(xb, gen)
+            with autocast if autocast is not None else _null():
+                if loss_set is None:
+                    out = ddp_model(xb)
+                    loss = ce(out.float(), yb) if (yb >= 0).any() else out.sum() * 0
+                    parts = {"ce": loss.item()}
+                else:
+                    loss, parts = _distill_step(ddp_model, teacher, loss_set, xb, yb, idx, teacher_logits,
+                                                weighting, progress=(epoch + step / steps_per_epoch) / cfg.epochs)
+            if not torch.isfinite(loss):
+                raise StageError(f"{description}: loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}",
+                                 hint="lower the learning rate, or check the data and teacher for NaN/inf")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v * len(idx)
+            n_seen += len(idx)
+            if progress is not None:
+                shown = " ".join(f"{k}={v / max(n_seen, 1):.3f}" for k, v in sums.items())
+                progress.update(task, advance=1, description=f"{description} {epoch + 1}/{cfg.epochs} {shown}")
+        val_acc = accuracy(model, x_val, y_val)
+        rec = {"epoch": epoch + 1, "val_accuracy": val_acc, "lr": sched.get_last_lr()[0],
+               "seconds": time.perf_counter() - e0, **{f"loss_{k}": v / max(n_seen, 1) for k, v in sums.items()}}
+        history.append(rec)
+        if val_acc > best_acc:
+            best_acc, best_epoch, bad_epochs = val_acc, epoch + 1, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        patience = getattr(cfg, "patience", None)
+        stop = patience is not None and bad_epochs >= patience
+        if checkpoint is not None and rank == 0:
+            _ckpt_save(checkpoint, {
+                "model": model.state_dict(), "loss_set": loss_set.state_dict() if loss_set is not None else None,
+                "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
+                "torch_rng": torch.get_rng_state(), "epoch": epoch, "history": history, "best_acc": best_acc,
+                "best_epoch": best_epoch, "best_state": best_state, "bad_epochs": bad_epochs,
+            })
+        if stop:
+            stopped_early = True
+            break
+    if progress is not None and task is not None:
+        progress.remove_task(task)
+    assert best_state is not None  # at least one epoch ran (epochs >= 1 is validated by the config)
+    return TrainResult(best_state=best_state, best_val_accuracy=best_acc, best_epoch=best_epoch, history=history,
+                       stopped_early=stopped_early, seconds=time.perf_counter() - t0)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: Any) -> None:
+        return None
+
+
+def _distill_step(student, teacher, loss_set, xb, yb, idx, teacher_logits, weighting, progress: float):
+    from edgekd.distill.hooks import FeatureCapture
+    from edgekd.distill.losses import LossContext
+
+    raw_student = student.module if hasattr(student, "module") else student
+    t_feats: dict[str, torch.Tensor] = {}
+    if teacher_logits is not None and not loss_set.needs_online_teacher:
+        t_logits = teacher_logits(idx.numpy())
+    else:
+        with torch.no_grad(), FeatureCapture(teacher, sorted(loss_set.teacher_paths), detach=True) as tcap:
+            t_logits = teacher(xb)
+        t_feats = dict(tcap.features)
+    if not torch.isfinite(t_logits).all():
+        bad = int((~torch.isfinite(t_logits)).any(1).nonzero()[0])
+        raise StageError(f"teacher logits contain NaN/inf (train sample {int(idx[bad])})",
+                         hint="the teacher is broken: retrain it or check its weights")
+    with FeatureCapture(raw_student, sorted(loss_set.student_paths)) as scap:
+        s_logits = student(xb)
+    sw = weighting(t_logits, yb) if weighting is not None else None
+    ctx = LossContext(student_logits=s_logits.float(), teacher_logits=t_logits.float(), labels=yb,
+                      student_features=dict(scap.features), teacher_features=t_feats, sample_weight=sw,
+                      progress=progress)
+    return loss_set(ctx)
+
+
+def write_history(path: Path, result: TrainResult) -> None:
+    path.write_text(json.dumps(result.history, indent=2))

@@ -1,0 +1,1 @@
+"""Exporters: ONNX (+ parity), and target bundles (ascend)."""

@@ -1,0 +1,239 @@
+"""The stage graph: keyed, cached, atomic stages and the run.json lineage.
+
+A stage is a plain function `(inputs, ctx, workdir) -> StageOutput`. Its key is the sha256 of
+its name, the config subset it declares, the edgekd version and its inputs' keys; when the stage
+folder already holds a `result.json` with that key and every output file still has the recorded
+sha256, the stage is reused. Otherwise the stage runs in `.NAME.tmp-PID/` and is renamed into
+place only when it finished, so a killed build never leaves a half stage that looks done.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edgekd import __version__
+from edgekd.errors import EdgekdError, StageError, UserError
+
+RESULT_SCHEMA_VERSION = 1
+RUN_SCHEMA_VERSION = 1
+
+
+@dataclass
+class BuildContext:
+    out: Path
+    recipe: Any  # RecipeConfig
+    target: Any  # TargetConfig
+    recipe_ref: str
+    target_ref: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    quick: bool = False
+    console: Any = None
+    progress: Any = None
+    options: dict[str, Any] = field(default_factory=dict)  # allow_unsupported, strict, ...
+    cache_dir: Path = field(default_factory=lambda: default_cache_dir())
+    _memo: dict[str, Any] = field(default_factory=dict)
+
+    def log(self, msg: str) -> None:
+        if self.console is not None:
+            self.console.print(msg)
+
+    def memo(self, key: str, make: Callable[[], Any]) -> Any:
+        """Per-build memo for expensive shared objects (the loaded dataset)."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+
+@dataclass
+class StageOutput:
+    outputs: dict[str, str] = field(default_factory=dict)  # name -> path relative to the stage folder
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageResult:
+    name: str
+    key: str
+    dir: Path
+    outputs: dict[str, str]
+    metrics: dict[str, Any]
+    reused: bool = False
+    seconds: float = 0.0
+    sha256: dict[str, str] = field(default_factory=dict)
+
+    def path(self, output: str) -> Path:
+        try:
+            return self.dir / self.outputs[output]
+        except KeyError:
+            raise StageError(f"stage '{self.name}' has no output '{output}'", hint="rebuild without --reuse") from None
+
+
+@dataclass
+class Stage:
+    name: str
+    fn: Callable[[dict[str, StageResult], BuildContext, Path], StageOutput]
+    deps: list[str]
+    config: Callable[[BuildContext], Any]  # the settings that key this stage (JSON-able)
+    when: Callable[[BuildContext], bool] = lambda ctx: True
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("EDGEKD_CACHE") or Path.home() / ".cache" / "edgekd")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def stable_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def read_result(stage_dir: Path) -> dict[str, Any] | None:
+    p = stage_dir / "result.json"
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, OSError):
+        return None
+
+
+def _valid(stage_dir: Path, key: str) -> dict[str, Any] | None:
+    res = read_result(stage_dir)
+    if not res or res.get("key") != key or res.get("schema_version") != RESULT_SCHEMA_VERSION:
+        return None
+    for rel, digest in res.get("sha256", {}).items():
+        f = stage_dir / rel
+        if not f.is_file() or sha256_file(f) != digest:
+            return None
+    return res
+
+
+def stage_key(stage: Stage, ctx: BuildContext, inputs: dict[str, StageResult]) -> str:
+    return stable_hash({"stage": stage.name, "edgekd": __version__, "config": stage.config(ctx),
+                        "inputs": {k: {"key": v.key, "sha256": v.sha256} for k, v in sorted(inputs.items())}})
+
+
+def run_stage(stage: Stage, ctx: BuildContext, inputs: dict[str, StageResult], force: bool = False) -> StageResult:
+    key = stage_key(stage, ctx, inputs)
+    final = ctx.out / stage.name
+    if not force:
+        res = _valid(final, key)
+        if res is not None:
+            return StageResult(stage.name, key, final, res["outputs"], res["metrics"], reused=True,
+                               seconds=res.get("seconds", 0.0), sha256=res.get("sha256", {}))
+    tmp = ctx.out / f".{stage.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    t0 = time.perf_counter()
+    try:
+        out = stage.fn(inputs, ctx, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - t0
+    digests = {}
+    for rel in out.outputs.values():
+        f = tmp / rel
+        if not f.is_file():
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StageError(f"stage '{stage.name}' did not write its output {rel}", hint="this is a bug in edgekd; rerun with --debug")
+        digests[rel] = sha256_file(f)
+    result = {
+        "schema_version": RESULT_SCHEMA_VERSION, "stage": stage.name, "key": key, "edgekd_version": __version__,
+        "config": stage.config(ctx), "inputs": {k: {"key": v.key, "dir": v.dir.name} for k, v in inputs.items()},
+        "outputs": out.outputs, "sha256": digests, "metrics": out.metrics, "seconds": seconds,
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json_atomic(tmp / "result.json", result)
+    # Swap into place: the old folder (if any) moves aside first, so `final` is always either the
+    # previous complete stage or the new complete stage, never a mix.
+    trash = ctx.out / f".{stage.name}.old-{os.getpid()}"
+    if final.exists():
+        os.replace(final, trash)
+    os.replace(tmp, final)
+    shutil.rmtree(trash, ignore_errors=True)
+    return StageResult(stage.name, key, final, out.outputs, out.metrics, reused=False, seconds=seconds, sha256=digests)
+
+
+def prepare_out(out: Path) -> None:
+    """Create the build folder, or fail with exit 2 if it cannot be written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to the build folder {out}: {e.strerror or e}",
+                        hint="choose another --out folder you can write to") from None
+
+
+def run(stages: list[Stage], ctx: BuildContext, only: str | None = None, upto: str | None = None) -> dict[str, StageResult]:
+    """Run (or reuse) stages in order. `only` forces that stage to rerun, reusing its inputs;
+    `upto` stops after the named stage."""
+    prepare_out(ctx.out)
+    for leftover in ctx.out.glob(".*.tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)  # a killed earlier build's partial stage
+    results: dict[str, StageResult] = {}
+    lineage = []
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    status = "ok"
+    try:
+        for stage in stages:
+            if not stage.when(ctx):
+                continue
+            inputs = {d: results[d] for d in stage.deps if d in results}
+            res = run_stage(stage, ctx, inputs, force=(stage.name == only))
+            results[stage.name] = res
+            lineage.append({"stage": stage.name, "key": res.key, "dir": res.dir.name, "reused": res.reused,
+                            "seconds": round(res.seconds, 3), "inputs": sorted(inputs)})
+            if ctx.console is not None:
+                note = "reused" if res.reused else f"{res.seconds:.1f} s"
+                ctx.log(f"[green]✓[/] {stage.name} [dim]({note})[/]")
+            if stage.name == upto:
+                break
+    except EdgekdError as e:
+        status = f"failed: {e.message}"
+        raise
+    except BaseException as e:
+        status = f"failed: {type(e).__name__}"
+        raise
+    finally:
+        write_json_atomic(ctx.out / "run.json", {
+            "schema_version": RUN_SCHEMA_VERSION, "edgekd_version": __version__, "recipe": ctx.recipe_ref,
+            "recipe_name": ctx.recipe.name, "target": ctx.target_ref, "target_name": ctx.target.name,
+            "overrides": ctx.overrides, "quick": ctx.quick, "options": ctx.options, "started": started,
+            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "status": status,
+            "stages": lineage,
+        })
+    return results
+
+
+def load_run(build_dir: Path) -> dict[str, Any]:
+    p = build_dir / "run.json"
+    if not p.is_file():
+        raise UserError(f"{build_dir} is not an edgekd build folder (no run.json)",
+                        hint="give the --out folder of an earlier `edgekd build`")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{p} is corrupt (not JSON)", hint="rebuild with `edgekd build`") from None

@@ -1,0 +1,450 @@
+"""The stages of `edgekd build` for classification recipes, and the graph that orders them.
+
+teacher → distill → export → quantize → profile → select → convert → report
+Each function writes only inside its `wd` (the stage's temporary folder) and returns a
+StageOutput; the pipeline hashes, records and renames it into place.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekd import __version__
+from edgekd.errors import StageError
+from edgekd.pipeline import BuildContext, Stage, StageOutput, StageResult, read_result, stable_hash
+
+REPORT_DIRNAME = "report"
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def splits(ctx: BuildContext):
+    from edgekd.data import load
+
+    return ctx.memo("splits", lambda: load(ctx.recipe.data))
+
+
+def data_fingerprint(ctx: BuildContext) -> str:
+    return ctx.memo("fingerprint", lambda: splits(ctx).fingerprint())
+
+
+def _build(ref) -> Any:
+    from edgekd import zoo
+
+    return zoo.build(ref.arch, **ref.kwargs)
+
+
+def load_model(ref, state_path: Path):
+    import torch
+
+    m = _build(ref)
+    m.load_state_dict(torch.load(state_path, weights_only=True))
+    return m.eval()
+
+
+def _progress(ctx: BuildContext):
+    return ctx.progress
+
+
+def _checkpoint_path(ctx: BuildContext, stage: str, key_material: Any) -> Path:
+    d = ctx.out / ".checkpoints"
+    d.mkdir(exist_ok=True)
+    return d / f"{stage}-{stable_hash(key_material)[:16]}.pt"
+
+
+# --------------------------------------------------------------------------- teacher
+
+
+def _teacher_cfg(ctx: BuildContext) -> dict:
+    d = ctx.recipe.data.model_dump(exclude={"label_fraction"})
+    return {"teacher": ctx.recipe.teacher.model_dump(), "data": d, "data_sha256": data_fingerprint(ctx)}
+
+
+def stage_teacher(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+    """Train the teacher, or take it from the content-addressed cache shared by all builds."""
+    import torch
+
+    from edgekd.distill.trainer import accuracy, train
+    from edgekd.zoo import count_params
+
+    key = stable_hash(_teacher_cfg(ctx))
+    cached = ctx.cache_dir / "teachers" / key
+    s = splits(ctx)
+    if (cached / "teacher.pt").is_file() and (cached / "metrics.json").is_file():
+        shutil.copy2(cached / "teacher.pt", wd / "teacher.pt")
+        metrics = json.loads((cached / "metrics.json").read_text())
+        metrics["cached"] = True
+        ctx.log(f"  teacher taken from cache {cached}")
+        return StageOutput({"model": "teacher.pt"}, metrics)
+    model = _build(ctx.recipe.teacher)
+    ckpt = _checkpoint_path(ctx, "teacher", _teacher_cfg(ctx))
+    res = train(model, s.x_train, s.y_train, s.x_val, s.y_val, ctx.recipe.teacher.train,
+                checkpoint=ckpt, progress=_progress(ctx), description="teacher")
+    model.load_state_dict(res.best_state)
+    torch.save(model.state_dict(), wd / "teacher.pt")
+    metrics = {"params": count_params(model), "val_accuracy": res.best_val_accuracy, "best_epoch": res.best_epoch,
+               "test_accuracy": accuracy(model, s.x_test, s.y_test), "train_seconds": res.seconds,
+               "history": res.history, "cached": False, "cache_key": key}
+    tmp = cached.with_name(cached.name + f".tmp-{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(wd / "teacher.pt", tmp / "teacher.pt")
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if cached.exists():
+        shutil.rmtree(cached)
+    os.replace(tmp, cached)
+    ckpt.unlink(missing_ok=True)
+    return StageOutput({"model": "teacher.pt"}, metrics)
+
+
+# --------------------------------------------------------------------------- distill
+
+
+def _distill_cfg(ctx: BuildContext) -> dict:
+    return {"student": ctx.recipe.student.model_dump(), "distill": ctx.recipe.distill.model_dump(),
+            "data": ctx.recipe.data.model_dump(), "data_sha256": data_fingerprint(ctx)}
+
+
+def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+    import torch
+
+    from edgekd.distill.losses import build_losses
+    from edgekd.distill.trainer import accuracy, train
+    from edgekd.distill.weighting import build_weighting
+    from edgekd.zoo import count_params
+
+    s = splits(ctx)
+    teacher = load_model(ctx.recipe.teacher, inputs["teacher"].path("model"))
+    student = _build(ctx.recipe.student)
+    with torch.no_grad():
+        t_out = teacher(torch.as_tensor(s.x_val[:2]))
+        s_out = student(torch.as_tensor(s.x_val[:2]))
+    if t_out.shape[-1] != s_out.shape[-1]:
+        from edgekd.errors import ConfigError
+
+        raise ConfigError(f"teacher outputs {t_out.shape[-1]} classes, student {s_out.shape[-1]}",
+                          hint="set the student's num_classes to the teacher's")
+    dcfg = ctx.recipe.distill
+    loss_set = build_losses(dcfg.losses, student, teacher, torch.as_tensor(s.x_val[:8]))
+    weighting = build_weighting(getattr(dcfg, "weighting", None))
+    ckpt = _checkpoint_path(ctx, "distill", _distill_cfg(ctx) | {"teacher": inputs["teacher"].key})
+    res = train(student, s.x_train, s.y_train, s.x_val, s.y_val, dcfg, teacher=teacher, loss_set=loss_set,
+                weighting=weighting, labeled=s.labeled, checkpoint=ckpt, progress=_progress(ctx),
+                description="distill")
+    student.load_state_dict(res.best_state)
+    torch.save(student.state_dict(), wd / "student.pt")
+    ckpt.unlink(missing_ok=True)
+    metrics = {"params": count_params(student), "val_accuracy": res.best_val_accuracy, "best_epoch": res.best_epoch,
+               "test_accuracy": accuracy(student, s.x_test, s.y_test), "train_seconds": res.seconds,
+               "stopped_early": res.stopped_early, "history": res.history,
+               "losses": [lc.model_dump() for lc in dcfg.losses]}
+    return StageOutput({"model": "student.pt"}, metrics)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _export_cfg(ctx: BuildContext) -> dict:
+    return {"onnx": ctx.target.onnx.model_dump(), "parity": ctx.target.parity.model_dump()}
+
+
+def stage_export(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+    import torch
+
+    from edgekd.distill.trainer import predict
+    from edgekd.export.onnx import check_parity, export_onnx, run_onnx
+
+    s = splits(ctx)
+    oc, pc = ctx.target.onnx, ctx.target.parity
+    x = s.x_val[: pc.samples]
+    batch = 1 if oc.dynamic_batch else oc.static_batch
+    example = torch.as_tensor(s.x_val[:batch])
+    metrics: dict[str, Any] = {"opset": oc.opset, "dynamic_batch": oc.dynamic_batch}
+    for role, ref in (("student", ctx.recipe.student), ("teacher", ctx.recipe.teacher)):
+        model = load_model(ref, inputs["distill" if role == "student" else "teacher"].path("model"))
+        path = export_onnx(model, example, wd / f"{role}.onnx", oc.opset, oc.dynamic_batch)
+        ref_out = predict(model, x).numpy()
+        got = run_onnx(path, x)
+        metrics[f"{role}_parity"] = check_parity(ref_out, got, pc.atol, pc.rtol, f"{role} ONNX export")
+        metrics[f"{role}_size_bytes"] = path.stat().st_size
+    metrics["input_name"] = "input"
+    metrics["input_shape"] = [batch, *s.x_train.shape[1:]]
+    return StageOutput({"student": "student.onnx", "teacher": "teacher.onnx"}, metrics)
+
+
+# --------------------------------------------------------------------------- quantize
+
+
+def candidate_names(ctx: BuildContext) -> list[str]:
+    names = ctx.recipe.quantize.candidates or list(ctx.target.candidates)
+    return ["fp32"] + [n for n in names if n != "fp32"]  # fp32 is the reference, always first
+
+
+def _quantize_cfg(ctx: BuildContext) -> dict:
+    return {"candidates": candidate_names(ctx), "quantize": ctx.recipe.quantize.model_dump(exclude={"strict", "accuracy_budget", "objective"})}
+
+
+def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+    """Make every candidate from the FP32 student ONNX; measure its accuracy through onnxruntime
+    on validation (used to select) and test (reported), and its agreement with fp32."""
+    from edgekd.export.onnx import run_onnx
+    from edgekd.quantize.candidates import make_candidate
+
+    s = splits(ctx)
+    q = ctx.recipe.quantize
+    rng = np.random.default_rng(ctx.recipe.data.seed)
+    calib = s.x_train[rng.permutation(len(s.x_train))[: q.calibration_samples]]
+    fp32 = inputs["export"].path("student")
+    (wd / "candidates").mkdir()
+    ref_val = run_onnx(fp32, s.x_val)
+    results, outputs = [], {}
+    prog = _progress(ctx)
+    names = candidate_names(ctx)
+    task = prog.add_task("quantize", total=len(names)) if prog else None
+    options = q.model_dump()
+    for name in names:
+        if prog:
+            prog.update(task, description=f"quantize {name}")
+        rel = f"candidates/{name}.onnx"
+        entry: dict[str, Any] = {"variant": name, "format": "onnx", "path": rel, "error": None}
+        try:
+            info = make_candidate(name, fp32, wd / rel, calib, options)
+            out_val = run_onnx(wd / rel, s.x_val)
+            out_test = run_onnx(wd / rel, s.x_test)
+            entry.update({
+                "size_bytes": (wd / rel).stat().st_size,
+                "val_accuracy": float((out_val.argmax(1) == s.y_val).mean()),
+                "accuracy": float((out_test.argmax(1) == s.y_test).mean()),
+                "agreement_with_fp32": float((out_val.argmax(1) == ref_val.argmax(1)).mean()),
+                "max_abs_diff_vs_fp32": float(np.abs(out_val - ref_val).max()),
+                "info": {k: v for k, v in info.items() if k not in ("path",)},
+            })
+            outputs[name] = rel
+        except StageError as e:
+            if name == "fp32":
+                raise
+            entry["error"] = e.message
+            (wd / rel).unlink(missing_ok=True)
+        except Exception as e:  # a candidate's converter crashing must not sink the build; it is recorded
+            if name == "fp32":
+                raise
+            entry["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            (wd / rel).unlink(missing_ok=True)
+        results.append(entry)
+        if prog:
+            prog.advance(task)
+    if prog:
+        prog.remove_task(task)
+    import hashlib
+
+    return StageOutput(outputs, {"candidates": results, "calibration_samples": int(len(calib)),
+                                 "calibration_sha256": hashlib.sha256(calib.tobytes()).hexdigest()})
+
+
+# --------------------------------------------------------------------------- profile
+
+
+def _profile_cfg(ctx: BuildContext) -> dict:
+    return {"profile": ctx.target.profile.model_dump(), "providers": ctx.target.providers,
+            "device": ctx.target.device.model_dump()}
+
+
+def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+    """Time teacher (PyTorch eager and ONNX) and every student candidate, each in its own
+    subprocess, interleaved across repeats; estimate energy; count FLOPs."""
+    from edgekd.profile.energy import measured_or_estimate
+    from edgekd.profile.flops import onnx_flops, roofline
+    from edgekd.profile.runner import interleaved_profile
+
+    s = splits(ctx)
+    p = ctx.target.profile
+    np.save(wd / "inputs.npy", s.x_test[:256])
+    input_shape = inputs["export"].metrics["input_shape"]
+    common = {"input_shape": input_shape, "input_file": str(wd / "inputs.npy"), "threads": p.threads,
+              "providers": ctx.target.providers, "warmup_runs": p.warmup_runs, "warmup_seconds": p.warmup_seconds,
+              "min_runs": p.min_runs, "min_seconds": p.min_seconds, "max_seconds": p.max_seconds,
+              "batch_sweep": p.batch_sweep, "throughput_batch": p.throughput_batch}
+    specs: dict[str, dict] = {
+        "teacher/fp32-torch": {**common, "kind": "torch", "path": str(inputs["teacher"].path("model")),
+                               "arch": ctx.recipe.teacher.arch, "kwargs": ctx.recipe.teacher.kwargs},
+        "teacher/fp32": {**common, "kind": "onnx", "path": str(inputs["export"].path("teacher"))},
+    }
+    for c in inputs["quantize"].metrics["candidates"]:
+        if c["error"] is None:
+            specs[f"student/{c['variant']}"] = {**common, "kind": "onnx",
+                                                "path": str(inputs["quantize"].dir / c["path"])}
+    results = interleaved_profile(specs, repeats=p.repeats, workdir=wd, progress=_progress(ctx))
+    out: dict[str, Any] = {}
+    for name, r in results.items():
+        energy = measured_or_estimate(r.get("cpu_seconds_per_inference"), ctx.target.device,
+                                      latency_s=r["latency_ms"]["p50"] / 1000.0, threads=p.threads)
+        path = specs[name]["path"] if specs[name]["kind"] == "onnx" else str(inputs["export"].path("teacher"))
+        flops = onnx_flops(path)
+        rf = roofline(flops["flops"], os.path.getsize(path), r["latency_ms"]["p50"], ctx.target.device)
+        out[name] = {**r, "energy": energy, "flops": flops, "roofline": rf}
+    (wd / "profile.json").write_text(json.dumps(out, indent=2, default=str))
+    return StageOutput({"profile": "profile.json", "inputs": "inputs.npy"}, {"models": out, "settings": p.model_dump()})
+
+
+# --------------------------------------------------------------------------- select
+
+
+def _select_cfg(ctx: BuildContext) -> dict:
+    q = ctx.recipe.quantize
+    return {"budget": q.accuracy_budget, "objective": q.objective, "strict": q.strict or bool(ctx.options.get("strict"))}
+
+
+def stage_select(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+    from edgekd.quantize.select import select
+
+    prof = inputs["profile"].metrics["models"]
+    cands = []
+    for c in inputs["quantize"].metrics["candidates"]:
+        p = prof.get(f"student/{c['variant']}")
+        cands.append({**c, "latency_ms": p["latency_ms"] if p else None})
+    cfg = _select_cfg(ctx)
+    sel = select(cands, cfg["budget"], cfg["objective"], cfg["strict"])
+    for w in sel.get("warnings", []):
+        ctx.log(f"[yellow]warning:[/] {w}")
+    (wd / "selected.json").write_text(json.dumps(sel, indent=2, default=str))
+    return StageOutput({"selected": "selected.json"}, sel)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def build_report(build_dir: Path) -> dict[str, Any]:
+    """Assemble report.json from the stage result files alone (never from in-memory state)."""
+    from edgekd.report.schema import REPORT_SCHEMA_VERSION
+
+    run = json.loads((build_dir / "run.json").read_text()) if (build_dir / "run.json").is_file() else {}
+    res = {name: read_result(build_dir / name) for name in ("teacher", "distill", "export", "quantize", "profile", "select")}
+    missing = [n for n, r in res.items() if r is None]
+    if missing:
+        from edgekd.errors import UserError
+
+        raise UserError(f"{build_dir} has no finished result for stage(s): {', '.join(missing)}",
+                        hint="run `edgekd build` (or the missing stage) on this folder first")
+    t, d, e, q, p, sel = (res[n] for n in ("teacher", "distill", "export", "quantize", "profile", "select"))
+    prof = p["metrics"]["models"]
+    settings = p["metrics"]["settings"]
+
+    def model_entry(role: str, variant: str, fmt: str, runtime: str, path: Path, params: int, acc: float) -> dict:
+        pr = prof.get(f"{role}/{variant}", {})
+        return {"role": role, "variant": variant, "format": fmt, "runtime": runtime,
+                "path": os.path.relpath(path, build_dir), "params": params, "size_bytes": path.stat().st_size,
+                "accuracy": acc, "latency_ms": pr.get("latency_ms"), "throughput_per_s": pr.get("throughput_per_s"),
+                "throughput_sweep": pr.get("throughput_sweep"), "peak_rss_bytes": pr.get("peak_rss_bytes"),
+                "peak_rss_delta_bytes": pr.get("peak_rss_delta_bytes"), "energy": pr.get("energy"),
+                "flops": pr.get("flops"), "roofline": pr.get("roofline"), "spread": pr.get("spread"),
+                "noisy": pr.get("noisy")}
+
+    models = [
+        model_entry("teacher", "fp32-torch", "pytorch", "torch-eager", build_dir / "teacher" / t["outputs"]["model"],
+                    t["metrics"]["params"], t["metrics"]["test_accuracy"]),
+        model_entry("teacher", "fp32", "onnx", "onnxruntime", build_dir / "export" / e["outputs"]["teacher"],
+                    t["metrics"]["params"], t["metrics"]["test_accuracy"]),
+    ]
+    candidates = []
+    status = {c["variant"]: c["status"] for c in sel["metrics"]["candidates"]}
+    for c in q["metrics"]["candidates"]:
+        row = {k: c.get(k) for k in ("variant", "format", "accuracy", "val_accuracy", "size_bytes", "error",
+                                     "agreement_with_fp32", "max_abs_diff_vs_fp32")}
+        row["path"] = f"quantize/{c['path']}"
+        row["latency_ms"] = (prof.get(f"student/{c['variant']}") or {}).get("latency_ms")
+        row["status"] = status.get(c["variant"], "failed: " + str(c.get("error")))
+        candidates.append(row)
+        if c.get("error") is None:
+            models.append(model_entry("student", c["variant"], "onnx", "onnxruntime",
+                                      build_dir / "quantize" / c["path"], d["metrics"]["params"], c["accuracy"]))
+    selected = sel["metrics"]["selected"]
+    teacher = models[0]
+    student = next(m for m in models if m["role"] == "student" and m["variant"] == selected)
+
+    def ratio(a, b):
+        return (a / b) if a and b else None
+
+    te, se = teacher.get("energy") or {}, student.get("energy") or {}
+    comparison = {
+        "teacher": "teacher/fp32-torch", "student": f"student/{selected}",
+        "speedup_p50": ratio(teacher["latency_ms"]["p50"], student["latency_ms"]["p50"]),
+        "size_ratio": ratio(teacher["size_bytes"], student["size_bytes"]),
+        "peak_rss_ratio": ratio(teacher.get("peak_rss_delta_bytes") or teacher.get("peak_rss_bytes"),
+                                student.get("peak_rss_delta_bytes") or student.get("peak_rss_bytes")),
+        "energy_ratio": ratio(te.get("joules_per_inference"), se.get("joules_per_inference")),
+        "accuracy_retention": ratio(student["accuracy"], teacher["accuracy"]),
+        "params_ratio": ratio(teacher["params"], student["params"]),
+        "teacher_onnx_speedup_p50": ratio(models[1]["latency_ms"]["p50"], student["latency_ms"]["p50"]),
+    }
+    import onnxruntime
+    import torch
+
+    notes = ["Energy figures are estimates (method estimate-*): this host exposes no RAPL/NVML counters."
+             if not str(te.get("method", "")).startswith(("rapl", "nvml", "npu")) else "Energy measured by counters."]
+    noisy = [m["variant"] for m in models if m.get("noisy")]
+    if noisy:
+        notes.append(f"Latency spread across repeats exceeded 5% for: {', '.join(noisy)}.")
+    notes.extend(sel["metrics"].get("warnings", []))
+    report = {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "recipe": run.get("recipe_name"), "target": run.get("target_name"),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "edgekd_version": __version__,
+        "environment": {"cpu": _cpu_name(), "threads": settings.get("threads"), "python": platform.python_version(),
+                        "platform": platform.platform(),
+                        "runtimes": {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__}},
+        "quick": run.get("quick", False),
+        "models": models, "selected": f"student/{selected}", "comparison": comparison,
+        "candidates": candidates, "profile_settings": settings,
+        "training": {"teacher": {k: t["metrics"].get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds", "cached", "best_epoch")},
+                     "student": {k: d["metrics"].get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds", "best_epoch", "losses")}},
+        "parity": {k: v for k, v in e["metrics"].items() if k.endswith("_parity")},
+        "notes": notes,
+    }
+    return report
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def stage_report(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+    from edgekd.report import write_all
+
+    report = build_report(ctx.out)
+    files = write_all(report, wd)
+    return StageOutput({p.name: os.path.relpath(p, wd) for p in files}, {"selected": report["selected"],
+                                                                       "comparison": report["comparison"]})
+
+
+# --------------------------------------------------------------------------- graph
+
+
+def graph() -> list[Stage]:
+    return [
+        Stage("teacher", stage_teacher, [], _teacher_cfg),
+        Stage("distill", stage_distill, ["teacher"], _distill_cfg),
+        Stage("export", stage_export, ["teacher", "distill"], _export_cfg),
+        Stage("quantize", stage_quantize, ["export"], _quantize_cfg),
+        Stage("profile", stage_profile, ["teacher", "export", "quantize"], _profile_cfg),
+        Stage("select", stage_select, ["quantize", "profile"], _select_cfg),
+        # The report is rebuilt every run (cheap) so it reflects the current stage files.
+        Stage("report", stage_report, ["teacher", "distill", "export", "quantize", "profile", "select"],
+              lambda ctx: {"created": _dt.datetime.now().isoformat()}),
+    ]
+
+
+STAGE_NAMES = [s.name for s in graph()]
