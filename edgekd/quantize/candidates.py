@@ -1,0 +1,662 @@
+"""Quantization candidates made from the FP32 student ONNX, plus accuracy checks.
+
+On a CPU without VNNI INT8 is only sometimes faster (ENVIRONMENT.md), so edgekd does not pick one
+scheme: it makes every candidate the recipe names, the profiler times each, and `select` keeps the
+best that fits the accuracy budget. Each maker is registered by name in `CANDIDATES` by the
+`@candidate` decorator below; the pipeline calls `make_candidate(name, ...)`.
+
+onnx, onnxruntime and nncf are imported inside functions (house rule: `import edgekd` stays light).
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import io
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekd.errors import ConfigError, DataError, StageError
+from edgekd.quantize import sensitivity
+
+log = logging.getLogger(__name__)
+
+
+class NotApplicable(StageError):
+    """The candidate does not apply to this graph (e.g. weight-only on a graph with no MatMul).
+
+    The message starts with "not applicable:" so the caller can record `failed: not applicable ...`.
+    """
+
+
+@dataclass(frozen=True)
+class CalibSet:
+    """Calibration batches for the model's first input (already validated and cast)."""
+
+    input_name: str
+    batches: list[np.ndarray]
+
+    def reader(self):
+        """A fresh onnxruntime CalibrationDataReader over the batches (ORT consumes it once)."""
+        from onnxruntime.quantization import CalibrationDataReader
+
+        name, batches = self.input_name, self.batches
+
+        class _Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self._it: Iterator[np.ndarray] = iter(batches)
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                b = next(self._it, None)
+                return None if b is None else {name: b}
+
+            def rewind(self) -> None:
+                self._it = iter(batches)
+
+        return _Reader()
+
+    @property
+    def n_samples(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+
+# A maker turns `src` into `dst` and returns the effective settings; `notes` collects remarks
+# (fallbacks taken, layers skipped) for the stage result.
+Maker = Callable[[Path, Path, "CalibSet | None", dict[str, Any], list[str]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class CandidateSpec:
+    name: str
+    make: Maker
+    kind: str  # reference | fp16 | dynamic | static | weight-only
+    needs_calibration: bool
+    supports_exclusion: bool  # can leave named nodes in FP32 (accuracy-aware loop)
+    description: str
+    options: tuple[str, ...] = field(default=())  # free option keys this maker reads
+
+
+CANDIDATES: dict[str, CandidateSpec] = {}
+
+
+def candidate(name: str, *, kind: str, needs_calibration: bool = False, supports_exclusion: bool = False,
+              description: str = "", options: tuple[str, ...] = ()) -> Callable[[Maker], Maker]:
+    """Register a candidate maker under `name`."""
+
+    def deco(fn: Maker) -> Maker:
+        if name in CANDIDATES:
+            raise ValueError(f"candidate {name!r} registered twice")
+        CANDIDATES[name] = CandidateSpec(name, fn, kind, needs_calibration, supports_exclusion, description, options)
+        return fn
+
+    return deco
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_candidate_names(names: list[str] | tuple[str, ...]) -> None:
+    """Raise ConfigError (exit 2) naming the first unknown candidate, with a near match."""
+    valid = list(CANDIDATES)
+    for n in names:
+        if n not in CANDIDATES:
+            close = difflib.get_close_matches(str(n), valid, n=1, cutoff=0.5)
+            hint = (f"did you mean '{close[0]}'? " if close else "") + f"valid candidates: {', '.join(valid)}"
+            raise ConfigError(f"unknown quantization candidate '{n}'", hint=hint)
+
+
+_COMMON_OPTIONS = ("calibration_batch_size", "nodes_to_exclude", "max_exclusion_steps", "sensitivity_method",
+                   "sensitivity_samples", "max_sensitivity_nodes")
+
+
+def _known_option_keys() -> set[str]:
+    from edgekd.config import QuantizeConfig
+
+    keys = set(QuantizeConfig.model_fields) | set(_COMMON_OPTIONS)
+    for spec in CANDIDATES.values():
+        keys.update(spec.options)
+    return keys
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    # A typo in a free key would otherwise be silently ignored.
+    known = _known_option_keys()
+    for k in options:
+        if k not in known:
+            close = difflib.get_close_matches(k, sorted(known), n=1, cutoff=0.6)
+            hint = (f"did you mean '{close[0]}'? " if close else "") + f"valid keys: {', '.join(sorted(known))}"
+            raise ConfigError(f"unknown quantize option '{k}'", hint=hint)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dims: list[int | None]  # None = dynamic/symbolic
+    dtype: np.dtype
+
+
+def input_spec(model_path: Path) -> InputSpec:
+    """Name, dims and dtype of the model's first real (non-initializer) input."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if not inputs:
+        raise StageError(f"{model_path.name}: the ONNX model has no inputs", hint="re-export the student")
+    t = inputs[0].type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim]
+    return InputSpec(inputs[0].name, dims, np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)))
+
+
+def _fmt_shape(dims: list[int | None]) -> str:
+    return "[" + ", ".join("batch" if (i == 0 and d is None) else ("?" if d is None else str(d))
+                           for i, d in enumerate(dims)) + "]"
+
+
+def calibration_set(model_path: Path, calib: np.ndarray | None, options: dict[str, Any],
+                    default_batch: int = 16) -> CalibSet:
+    """Validate `calib` against the model's first input and cut it into batches.
+
+    Empty or wrongly shaped data is a DataError (exit 2) that states the expected shape.
+    """
+    spec = input_spec(model_path)
+    expected = _fmt_shape(spec.dims)
+    if calib is None or not isinstance(calib, np.ndarray) or calib.size == 0 or calib.ndim == 0 or len(calib) == 0:
+        raise DataError(f"empty calibration set for input '{spec.name}' (expected shape {expected})",
+                        hint="pass real samples from the training/validation split (quantize.calibration_samples)")
+    if calib.ndim != len(spec.dims) or any(d is not None and d != s for d, s in zip(spec.dims[1:], calib.shape[1:])):
+        raise DataError(f"calibration data has shape {list(calib.shape)}, model input '{spec.name}' expects {expected}",
+                        hint="calibration samples must be preprocessed exactly like the model's inputs")
+    n = int(options.get("calibration_samples") or len(calib))
+    data = np.ascontiguousarray(calib[:n]).astype(spec.dtype, copy=False)
+    static_batch = spec.dims[0] if spec.dims else None
+    bs = static_batch or int(options.get("calibration_batch_size") or default_batch)
+    if bs < 1:
+        raise ConfigError(f"calibration_batch_size must be >= 1, got {bs}", hint="use e.g. 16")
+    if len(data) < bs:
+        raise DataError(f"{len(data)} calibration samples, the model's static batch needs at least {bs}",
+                        hint="give more calibration samples or export with a dynamic batch axis")
+    # A static batch dim takes only full batches; a dynamic one takes the remainder too.
+    stop = len(data) - (len(data) % bs if static_batch else 0)
+    return CalibSet(spec.name, [data[i:i + bs] for i in range(0, stop, bs)])
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _session(path: Path | str, threads: int = 1):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def run_logits(path: Path | str, x: np.ndarray, batch_size: int = 256, threads: int = 1) -> np.ndarray:
+    """First output over `x` in batches; a static batch dim is honoured by padding the last batch."""
+    sess = _session(path, threads)
+    inp = sess.get_inputs()[0]
+    static = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+    bs = static or batch_size
+    outs = []
+    for i in range(0, len(x), bs):
+        b = x[i:i + bs]
+        n = len(b)
+        if static and n < bs:
+            b = np.concatenate([b, np.repeat(b[-1:], bs - n, axis=0)])
+        outs.append(sess.run(None, {inp.name: b})[0][:n])
+    return np.concatenate(outs)
+
+
+def evaluate_onnx(path: Path | str, x: np.ndarray, y: np.ndarray, batch_size: int = 256, threads: int = 1) -> float:
+    """Top-1 accuracy (fraction) of an ONNX classifier: argmax of its first output vs `y`."""
+    if len(x) == 0 or len(x) != len(y):
+        raise DataError(f"evaluation needs matching non-empty inputs and labels, got {len(x)} inputs, {len(y)} labels",
+                        hint="check the validation/test split")
+    logits = run_logits(path, x, batch_size, threads)
+    return float(np.mean(logits.reshape(len(x), -1).argmax(1) == np.asarray(y).reshape(-1)))
+
+
+def agree(path_a: Path | str, path_b: Path | str, x: np.ndarray) -> dict[str, float]:
+    """How closely two ONNX models agree on `x`: logit differences and top-1 agreement."""
+    a = run_logits(path_a, x).reshape(len(x), -1).astype(np.float64)
+    b = run_logits(path_b, x).reshape(len(x), -1).astype(np.float64)
+    return {
+        "max_abs_diff": float(np.max(np.abs(a - b))),
+        "mean_abs_diff": float(np.mean(np.abs(a - b))),
+        "logit_scale": float(np.max(np.abs(a))),  # to judge the diffs against
+        "top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1))),
+        "n": len(x),
+    }
+
+
+def _param_count(model) -> int:
+    from onnx import numpy_helper
+
+    return int(sum(int(np.prod(numpy_helper.to_array(t).shape)) if t.dims else 1 for t in model.graph.initializer))
+
+
+def _matmul_weights(model) -> list[str]:
+    """MatMul/Gemm nodes whose weight (second input) is a constant 2-D initializer."""
+    inits = {i.name: i for i in model.graph.initializer}
+    consts = {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+    out = []
+    for n in model.graph.node:
+        if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1:
+            w = n.input[1]
+            if (w in inits and len(inits[w].dims) == 2) or w in consts:
+                out.append(n.name or n.output[0])
+    return out
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence ORT's calibration prints and NNCF's INFO tables (progress goes to stage logs, not stdout)."""
+    nncf_log = logging.getLogger("nncf")
+    old = nncf_log.level
+    nncf_log.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        nncf_log.setLevel(old)
+
+
+_CALIB_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "distribution": "Distribution"}
+
+
+def _calib_method(options: dict[str, Any]):
+    from onnxruntime.quantization import CalibrationMethod
+
+    key = str(options.get("calibration_method", "minmax")).lower()
+    if key not in _CALIB_METHODS:
+        raise ConfigError(f"unknown calibration_method '{key}'", hint=f"valid: {', '.join(_CALIB_METHODS)}")
+    return getattr(CalibrationMethod, _CALIB_METHODS[key])
+
+
+def _preprocess(src: Path, dst: Path, notes: list[str]) -> Path:
+    """ORT's quant_pre_process (shape inference + graph optimisation); on failure retry without
+    symbolic shape inference (BERT-like graphs), then fall back to the raw model, noting why."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        with _quiet():
+            quant_pre_process(str(src), str(dst))
+        return dst
+    except Exception as e:  # noqa: BLE001 - any failure here has a fallback, recorded below
+        first = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    try:
+        with _quiet():
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        notes.append(f"quant_pre_process needed skip_symbolic_shape=True ({first})")
+        return dst
+    except Exception as e:  # noqa: BLE001 - fall back to the unprocessed model, recorded below
+        notes.append(f"quant_pre_process skipped ({first}; retry: {type(e).__name__}: {e})")
+        return src
+
+
+# --------------------------------------------------------------------------- makers
+
+
+@candidate("fp32", kind="reference", description="the FP32 student as exported (reference)")
+def _make_fp32(src: Path, dst: Path, calib: CalibSet | None, options: dict[str, Any], notes: list[str]) -> dict:
+    shutil.copyfile(src, dst)
+    return {}
+
+
+@candidate("fp16", kind="fp16", description="FP16 weights and compute, FP32 inputs/outputs",
+           options=("fp16_op_block_list",))
+def _make_fp16(src: Path, dst: Path, calib: CalibSet | None, options: dict[str, Any], notes: list[str]) -> dict:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    block = options.get("fp16_op_block_list")
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=block)
+    onnx.save(model, str(dst))
+    notes.append("on CPUs without native FP16 ORT upcasts many kernels: expect a size win, not a speed win")
+    return {"keep_io_types": True, "op_block_list": block}
+
+
+@candidate("int8-dynamic", kind="dynamic", supports_exclusion=True,
+           description="dynamic INT8: INT8 weights, activations quantized at run time",
+           options=("op_types_to_quantize", "extra_options"))
+def _make_dynamic(src: Path, dst: Path, calib: CalibSet | None, options: dict[str, Any], notes: list[str]) -> dict:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    settings = {"weight_type": "QInt8", "per_channel": bool(options.get("per_channel", True)),
+                "reduce_range": bool(options.get("reduce_range", False)),
+                "op_types_to_quantize": options.get("op_types_to_quantize"),
+                "nodes_to_exclude": list(options.get("nodes_to_exclude") or [])}
+    # Dynamic mode rewrites each Gemm into MatMul "<name>_MatMul" + Add before it checks the
+    # exclusion list, so a Gemm's own name would silently match nothing: exclude both names.
+    excluded = [m for n in settings["nodes_to_exclude"] for m in (n, f"{n}_MatMul")]
+    with tempfile.TemporaryDirectory(dir=dst.parent) as td:
+        pre = _preprocess(src, Path(td) / "pre.onnx", notes)
+        with _quiet():
+            quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=settings["per_channel"],
+                             reduce_range=settings["reduce_range"],
+                             op_types_to_quantize=settings["op_types_to_quantize"],
+                             nodes_to_exclude=excluded, extra_options=options.get("extra_options"))
+    return settings
+
+
+def _static(src: Path, dst: Path, calib: CalibSet | None, options: dict[str, Any], notes: list[str],
+            activation: str, weight: str, reduce_range: bool) -> dict:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    if calib is None:  # make_candidate builds it for every needs_calibration maker
+        raise StageError("static quantization called without calibration data", hint="internal error")
+    method = _calib_method(options)
+    settings = {"format": "QDQ", "activation_type": activation, "weight_type": weight,
+                "per_channel": bool(options.get("per_channel", True)), "reduce_range": reduce_range,
+                "calibration_method": method.name, "calibration_samples": calib.n_samples,
+                "op_types_to_quantize": options.get("op_types_to_quantize"),
+                "nodes_to_exclude": list(options.get("nodes_to_exclude") or [])}
+    with tempfile.TemporaryDirectory(dir=dst.parent) as td:
+        pre = _preprocess(src, Path(td) / "pre.onnx", notes)
+        settings["preprocessed"] = pre != src
+        with _quiet():
+            quantize_static(str(pre), str(dst), calib.reader(), quant_format=QuantFormat.QDQ,
+                            per_channel=settings["per_channel"], reduce_range=reduce_range,
+                            activation_type=getattr(QuantType, activation), weight_type=getattr(QuantType, weight),
+                            op_types_to_quantize=settings["op_types_to_quantize"],
+                            nodes_to_exclude=settings["nodes_to_exclude"], calibrate_method=method,
+                            extra_options=options.get("extra_options"))
+    return settings
+
+
+_STATIC_OPTS = ("op_types_to_quantize", "extra_options")
+
+
+@candidate("int8-qdq", kind="static", needs_calibration=True, supports_exclusion=True, options=_STATIC_OPTS,
+           description="static INT8 QDQ, U8 activations / S8 weights (ORT default)")
+def _make_qdq(src: Path, dst: Path, calib: CalibSet | None, options: dict[str, Any], notes: list[str]) -> dict:
+    return _static(src, dst, calib, options, notes, "QUInt8", "QInt8", bool(options.get("reduce_range", False)))
+
+
+@candidate("int8-qdq-u8u8", kind="static", needs_calibration=True, supports_exclusion=True, options=_STATIC_OPTS,
+           description="static INT8 QDQ, U8 activations / U8 weights (avoids U8S8 saturation without VNNI)")
+def _make_qdq_u8u8(src: Path, dst: Path, calib: CalibSet | None, options: dict[str, Any], notes: list[str]) -> dict:
+    return _static(src, dst, calib, options, notes, "QUInt8", "QUInt8", bool(options.get("reduce_range", False)))
+
+
+@candidate("int8-qdq-s8s8", kind="static", needs_calibration=True, supports_exclusion=True, options=_STATIC_OPTS,
+           description="static INT8 QDQ, S8 activations / S8 weights")
+def _make_qdq_s8s8(src: Path, dst: Path, calib: CalibSet | None, options: dict[str, Any], notes: list[str]) -> dict:
+    return _static(src, dst, calib, options, notes, "QInt8", "QInt8", bool(options.get("reduce_range", False)))
+
+
+@candidate("int8-qdq-reduce-range", kind="static", needs_calibration=True, supports_exclusion=True,
+           options=_STATIC_OPTS, description="static INT8 QDQ U8S8 with 7-bit weights (no saturation without VNNI)")
+def _make_qdq_rr(src: Path, dst: Path, calib: CalibSet | None, options: dict[str, Any], notes: list[str]) -> dict:
+    return _static(src, dst, calib, options, notes, "QUInt8", "QInt8", True)
+
+
+def _ignored_scope(options: dict[str, Any]):
+    """NNCF IgnoredScope from `ignored_scope` ({names, patterns, types} or a list of names)
+    merged with the accuracy loop's `nodes_to_exclude`."""
+    from nncf import IgnoredScope
+
+    raw = options.get("ignored_scope") or {}
+    if isinstance(raw, (list, tuple)):
+        raw = {"names": list(raw)}
+    if not isinstance(raw, dict) or set(raw) - {"names", "patterns", "types", "validate"}:
+        raise ConfigError(f"ignored_scope must be a list of node names or a mapping of names/patterns/types, "
+                          f"got {raw!r}",
+                          hint="e.g. ignored_scope: {types: [Softmax], names: ['/fc/Gemm']}")
+    names = list(raw.get("names") or []) + list(options.get("nodes_to_exclude") or [])
+    if not (names or raw.get("patterns") or raw.get("types")):
+        return None, {}
+    scope = {"names": names, "patterns": list(raw.get("patterns") or []), "types": list(raw.get("types") or [])}
+    return IgnoredScope(**scope, validate=bool(raw.get("validate", True))), scope
+
+
+@candidate("int8-nncf", kind="static", needs_calibration=True, supports_exclusion=True,
+           options=("preset", "subset_size", "ignored_scope", "model_type", "fast_bias_correction"),
+           description="static INT8 by NNCF post-training quantization on the ONNX model")
+def _make_nncf(src: Path, dst: Path, calib: CalibSet | None, options: dict[str, Any], notes: list[str]) -> dict:
+    import nncf
+    import onnx
+
+    if calib is None:
+        raise StageError("int8-nncf called without calibration data", hint="internal error")
+    preset_name = str(options.get("preset", "performance")).lower()
+    if preset_name not in ("performance", "mixed"):
+        raise ConfigError(f"unknown NNCF preset '{preset_name}'", hint="valid: performance, mixed")
+    model_type = options.get("model_type")
+    if model_type not in (None, "transformer"):
+        raise ConfigError(f"unknown NNCF model_type '{model_type}'", hint="valid: transformer (or leave it out)")
+    scope, scope_dict = _ignored_scope(options)
+    subset = int(options.get("subset_size") or calib.n_samples)
+    dataset = nncf.Dataset([{calib.input_name: b} for b in calib.batches])
+    with _quiet():
+        q = nncf.quantize(onnx.load(str(src)), dataset, preset=nncf.QuantizationPreset(preset_name),
+                          subset_size=subset, ignored_scope=scope,
+                          fast_bias_correction=bool(options.get("fast_bias_correction", True)),
+                          model_type=nncf.ModelType.TRANSFORMER if model_type else None)
+    onnx.save(q, str(dst))
+    return {"preset": preset_name, "subset_size": subset, "ignored_scope": scope_dict, "model_type": model_type,
+            "calibration_samples": calib.n_samples, "nodes_to_exclude": list(options.get("nodes_to_exclude") or [])}
+
+
+def _weight_only(src: Path, dst: Path, options: dict[str, Any], notes: list[str], int4: bool) -> dict:
+    import nncf
+    import onnx
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
+    model = onnx.load(str(src))
+    eligible = _matmul_weights(model)
+    if not eligible:
+        raise NotApplicable("not applicable: weight-only compression needs MatMul/Gemm layers with constant weights, "
+                            "this graph has none", hint="use int8-dynamic or int8-qdq for convolutional models")
+    # NNCF 3.4 also compresses Conv weights, but its per-axis DequantizeLinear for Conv fails in ORT
+    # ("scale must be 1D tensor with size C"): weight-only stays on MatMul/Gemm, as intended.
+    conv_types = sorted({n.op_type for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")})
+    raw = options.get("ignored_scope") or {}
+    raw = {"names": list(raw)} if isinstance(raw, (list, tuple)) else dict(raw) if isinstance(raw, dict) else raw
+    if conv_types and isinstance(raw, dict):
+        raw["types"] = sorted(set(raw.get("types") or []) | set(conv_types))
+    scope, scope_dict = _ignored_scope({**options, "ignored_scope": raw})
+    settings: dict[str, Any] = {"backend": "nncf", "ignored_scope": scope_dict}
+    kwargs: dict[str, Any] = {"ignored_scope": scope}
+    if int4:
+        gs = int(options.get("group_size", 128))
+        fallback = str(options.get("group_size_fallback", "adjust")).lower()
+        if fallback not in ("error", "ignore", "adjust"):
+            raise ConfigError(f"unknown group_size_fallback '{fallback}'", hint="valid: error, ignore, adjust")
+        ratio = float(options.get("ratio", 1.0))
+        all_layers = bool(options.get("all_layers", False))
+        kwargs.update(mode=nncf.CompressWeightsMode.INT4_SYM, group_size=gs, ratio=ratio, all_layers=all_layers,
+                      advanced_parameters=AdvancedCompressionParameters(
+                          group_size_fallback_mode=GroupSizeFallbackMode(fallback)))
+        settings.update(mode="int4_sym", group_size=gs, ratio=ratio, all_layers=all_layers,
+                        group_size_fallback=fallback)
+    else:
+        kwargs.update(mode=nncf.CompressWeightsMode.INT8_ASYM)
+        settings.update(mode="int8_asym")
+    try:
+        with _quiet():
+            out = nncf.compress_weights(model, **kwargs)
+    except nncf.InvalidGroupSizeError as e:
+        raise ConfigError(f"int4-weight: group_size {settings.get('group_size')} does not divide the layers' input "
+                          f"channels", hint="pick a group_size that divides them or set group_size_fallback: adjust"
+                          ) from e
+    if int4:
+        n4 = sum(1 for n in out.graph.node if n.op_type == "MatMulNBits")
+        if n4 == 0:
+            # NNCF keeps the first/last layer and too-narrow layers in INT8: nothing became INT4.
+            raise NotApplicable(f"not applicable: no MatMul/Gemm layer could be compressed to INT4 "
+                                f"(group_size {settings['group_size']}; eligible: {', '.join(eligible)})",
+                                hint="set all_layers: true or a smaller group_size, or drop int4-weight")
+        settings["int4_layers"] = n4
+    onnx.save(out, str(dst))
+    return settings
+
+
+@candidate("int8-weight", kind="weight-only", supports_exclusion=False, options=("ignored_scope",),
+           description="weight-only INT8 (asymmetric, per-channel) by NNCF; activations stay FP32")
+def _make_int8_weight(src: Path, dst: Path, calib: CalibSet | None, options: dict[str, Any], notes: list[str]) -> dict:
+    return _weight_only(src, dst, options, notes, int4=False)
+
+
+@candidate("int4-weight", kind="weight-only", supports_exclusion=False,
+           options=("ignored_scope", "group_size", "ratio", "all_layers", "group_size_fallback"),
+           description="weight-only INT4 (symmetric, grouped) by NNCF -> MatMulNBits; for MatMul/Gemm-heavy graphs")
+def _make_int4_weight(src: Path, dst: Path, calib: CalibSet | None, options: dict[str, Any], notes: list[str]) -> dict:
+    return _weight_only(src, dst, options, notes, int4=True)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def make_candidate(name: str, fp32_path: Path, out_path: Path, calib: np.ndarray | None,
+                   options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Make candidate `name` from the FP32 ONNX at `fp32_path` into `out_path` (atomically).
+
+    Returns {name, kind, path, size_bytes, params, quantized_nodes, settings, notes, seconds}.
+    Raises ConfigError/DataError (exit 2) for bad names/options/calibration data, NotApplicable
+    (a StageError whose message starts "not applicable:") and StageError for conversion failures.
+    The result is loaded and run once in onnxruntime before it is moved into place.
+    """
+    import onnx
+
+    validate_candidate_names([name])
+    options = dict(options or {})
+    _check_options(options)
+    spec = CANDIDATES[name]
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    if not fp32_path.is_file():
+        raise StageError(f"FP32 model not found: {fp32_path}", hint="run the export stage first")
+    calib_set = calibration_set(fp32_path, calib, options, default_batch=1 if name == "int8-nncf" else 16) \
+        if spec.needs_calibration else None
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.tmp.onnx")
+    notes: list[str] = []
+    t0 = time.perf_counter()
+    try:
+        try:
+            settings = spec.make(fp32_path, tmp, calib_set, options, notes)
+        except (ConfigError, DataError, NotApplicable):
+            raise
+        except Exception as e:  # noqa: BLE001 - any SDK failure becomes a typed stage failure
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise StageError(f"{name}: {type(e).__name__}: {msg}"[:500],
+                             hint="see the stage log (--debug) for the traceback; other candidates still run") from e
+        _smoke_run(name, tmp, fp32_path, calib_set)
+        os.replace(tmp, out_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    model = onnx.load(str(out_path), load_external_data=False)
+    return {
+        "name": name, "kind": spec.kind, "path": str(out_path), "size_bytes": out_path.stat().st_size,
+        "params": _param_count(model), "quantized_nodes": len(sensitivity.quantized_nodes(model)),
+        "settings": settings, "notes": notes, "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def _smoke_run(name: str, path: Path, fp32_path: Path, calib: CalibSet | None) -> None:
+    """Load and run once in ORT CPU, so a candidate that cannot run fails here, not in the profiler."""
+    if calib is not None:
+        x = calib.batches[0]
+    else:
+        spec = input_spec(fp32_path)
+        x = np.zeros([d or 1 for d in spec.dims], dtype=spec.dtype)
+    try:
+        sess = _session(path)
+        out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    except Exception as e:  # noqa: BLE001 - re-raised as a typed failure
+        raise StageError(f"{name}: the converted model does not run in onnxruntime CPU: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}"[:500],
+                         hint="drop this candidate from quantize.candidates for this model") from e
+    if np.issubdtype(out.dtype, np.floating) and not np.all(np.isfinite(out)):
+        raise StageError(f"{name}: the converted model outputs NaN/Inf", hint="drop this candidate for this model")
+
+
+def accuracy_aware(name: str, fp32_path: Path, out_path: Path, calib: np.ndarray | None, options: dict[str, Any],
+                   eval_fn: Callable[[Path], float], max_drop_points: float) -> dict[str, Any]:
+    """Make `name`; if its accuracy (eval_fn, a fraction) drops more than `max_drop_points` below
+    FP32's, keep the most sensitive quantized nodes in FP32, one at a time, until it fits.
+
+    Sensitivity (sensitivity.py) is measured on calibration samples against FP32 logits:
+    `sensitivity_method` "exclusion" (default up to `max_sensitivity_nodes` nodes) or "layer-error".
+    Gives up after `max_exclusion_steps` (default 5) nodes. The returned info carries
+    `val_accuracy` and `accuracy_aware` {fp32_val_accuracy, initial_accuracy, within_budget,
+    kept_fp32_nodes, steps, ranking, method}; a candidate that never fits is still returned (the
+    selector marks it over-budget).
+    """
+    options = dict(options or {})
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    info = make_candidate(name, fp32_path, out_path, calib, options)
+    ref_acc = float(eval_fn(fp32_path))
+    acc = float(eval_fn(out_path))
+    budget = max_drop_points / 100.0
+    fits = (ref_acc - acc) <= budget + 1e-9
+    report: dict[str, Any] = {"fp32_val_accuracy": ref_acc, "initial_accuracy": acc, "max_drop_points": max_drop_points,
+                              "kept_fp32_nodes": list(options.get("nodes_to_exclude") or []), "steps": [],
+                              "ranking": [], "method": None}
+    spec = CANDIDATES[name]
+    if fits or not spec.supports_exclusion:
+        if not fits:
+            report["note"] = f"{name} cannot leave nodes in FP32; no accuracy recovery tried"
+        report["within_budget"] = fits
+        return {**info, "val_accuracy": acc, "accuracy_aware": report}
+
+    import onnx
+
+    cal = calibration_set(fp32_path, calib, options)
+    x = np.concatenate(cal.batches)[: int(options.get("sensitivity_samples", 128))]
+    ref_logits = run_logits(fp32_path, x)
+    # Names as nodes_to_exclude/ignored_scope expect them; dedupe keeps graph order.
+    nodes = list(dict.fromkeys((sensitivity.source_node_name(n, op), op)
+                               for n, op in sensitivity.quantized_nodes(onnx.load(str(out_path)))))
+    base_excluded = list(options.get("nodes_to_exclude") or [])
+    nodes = [n for n in nodes if n[0] not in base_excluded]
+    cap = int(options.get("max_sensitivity_nodes", 32))
+    method = str(options.get("sensitivity_method") or ("exclusion" if len(nodes) <= cap else "layer-error"))
+    if method not in ("exclusion", "layer-error"):
+        raise ConfigError(f"unknown sensitivity_method '{method}'", hint="valid: exclusion, layer-error")
+    if method == "layer-error" and spec.kind == "dynamic":
+        # Dynamic graphs have no float tensor after each quantized op to compare: rank by exclusion.
+        report["note"] = "layer-error needs a QDQ graph; ranked int8-dynamic nodes by exclusion"
+        method = "exclusion"
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as td:
+        trial = Path(td) / "trial.onnx"
+
+        def run_excluding(names: list[str]) -> np.ndarray:
+            make_candidate(name, fp32_path, trial, calib, {**options, "nodes_to_exclude": base_excluded + names})
+            return run_logits(trial, x)
+
+        if method == "exclusion":
+            if len(nodes) > cap:  # rank weighted ops first: they hold most of the quantization error
+                nodes = [n for n in nodes if n[1] in sensitivity.WEIGHTED_OPS][:cap]
+            ranking = sensitivity.rank_by_exclusion(nodes, ref_logits, run_excluding)
+        else:
+            ranking = sensitivity.rank_by_layer_error(fp32_path, out_path, x)
+    report["method"] = method
+    report["ranking"] = [{"node": s.node, "op_type": s.op_type, "score": s.score} for s in ranking[:10]]
+
+    excluded = list(base_excluded)
+    for s in ranking[: int(options.get("max_exclusion_steps", 5))]:
+        excluded.append(s.node)
+        info = make_candidate(name, fp32_path, out_path, calib, {**options, "nodes_to_exclude": excluded})
+        acc = float(eval_fn(out_path))
+        report["steps"].append({"kept_fp32": s.node, "accuracy": acc})
+        if (ref_acc - acc) <= budget + 1e-9:
+            fits = True
+            break
+    report["kept_fp32_nodes"] = excluded
+    report["within_budget"] = fits
+    return {**info, "val_accuracy": acc, "accuracy_aware": report}

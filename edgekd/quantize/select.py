@@ -1,0 +1,125 @@
+"""Pick the candidate to ship from measured numbers: the fastest (or smallest) one that is
+within the accuracy budget of the FP32 student and actually beats FP32.
+
+Pure function over measurements, so every rule is testable without a model: the profiler fills
+`latency_ms`, the accuracy stage fills `val_accuracy` (used here) and `accuracy` (test, reported).
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from edgekd.errors import ConfigError, StageError
+
+REFERENCE = "fp32"
+EPS = 1e-9  # float slack so a drop of exactly the budget counts as within it
+
+SELECTED = "selected"
+KEPT = "kept"
+OVER_BUDGET = "over-budget"
+SLOWER = "slower-than-fp32"
+LARGER = "larger-than-fp32"
+
+
+def _p50(c: dict[str, Any]) -> float | None:
+    lat = c.get("latency_ms")
+    if not isinstance(lat, dict) or lat.get("p50") is None:
+        return None
+    return float(lat["p50"])
+
+
+def _metric(c: dict[str, Any], objective: str) -> float | None:
+    if objective == "latency":
+        return _p50(c)
+    return None if c.get("size_bytes") is None else float(c["size_bytes"])
+
+
+def _reason_missing(c: dict[str, Any], objective: str) -> str | None:
+    """Why a non-failed candidate cannot be ranked (a missing measurement is a failure, not a pass)."""
+    if c.get("val_accuracy") is None:
+        return "no validation accuracy measured"
+    if _metric(c, objective) is None:
+        return "no latency measured" if objective == "latency" else "no size measured"
+    return None
+
+
+def select(candidates: list[dict[str, Any]], budget_points: float,
+           objective: Literal["latency", "size"] = "latency", strict: bool = False) -> dict[str, Any]:
+    """Give every candidate a status and pick one.
+
+    Statuses: `selected`, `kept` (valid but not the best; fp32 when not selected),
+    `over-budget`, `slower-than-fp32` / `larger-than-fp32`, `failed: <reason>`.
+    Returns {selected, objective, budget_points, reference_val_accuracy, candidates, warnings}.
+    Raises StageError (exit 4) when every candidate failed, or, with `strict`, when no quantized
+    candidate beats FP32 within budget.
+    """
+    if objective not in ("latency", "size"):
+        raise ConfigError(f"unknown quantize objective '{objective}'", hint="valid: latency, size")
+    if budget_points < 0:
+        raise ConfigError(f"accuracy budget must be >= 0 points, got {budget_points}", hint="e.g. 0.5")
+    names = [c.get("variant") for c in candidates]
+    if len(set(names)) != len(names):
+        raise StageError(f"duplicate candidate variants: {names}", hint="each candidate name may appear once")
+
+    out = [dict(c) for c in candidates]
+    for c in out:
+        if c.get("error"):
+            c["status"] = f"failed: {c['error']}"
+        elif (why := _reason_missing(c, objective)) is not None:
+            c["status"] = f"failed: {why}"
+        else:
+            c["status"] = None
+
+    if all(c["status"] is not None for c in out):
+        reasons = "; ".join(f"{c.get('variant')}: {c['status'][len('failed: '):]}" for c in out) or "no candidates"
+        raise StageError(f"every quantization candidate failed ({reasons})",
+                         hint="see each candidate's error in the quantize stage result; fp32 must at least export")
+
+    ref = next((c for c in out if c.get("variant") == REFERENCE), None)
+    warnings: list[str] = []
+    if ref is None or ref["status"] is not None:
+        # Without a valid FP32 reference there is nothing to measure a budget or a speedup against.
+        why = "missing" if ref is None else ref["status"]
+        raise StageError(f"the fp32 reference candidate is {why}; cannot judge the others against it",
+                         hint="the fp32 candidate must be made and measured before selection")
+
+    ref["reference"] = True
+    ref_acc = float(ref["val_accuracy"])
+    ref_metric = _metric(ref, objective)
+    floor = ref_acc - budget_points / 100.0
+    ok: list[dict[str, Any]] = []
+    for c in out:
+        if c is ref or c["status"] is not None:
+            continue
+        if float(c["val_accuracy"]) < floor - EPS:
+            c["status"] = OVER_BUDGET
+        elif _metric(c, objective) >= ref_metric:  # type: ignore[operator]  # both checked non-None above
+            c["status"] = SLOWER if objective == "latency" else LARGER
+        else:
+            ok.append(c)
+
+    def key(c: dict[str, Any]) -> tuple:
+        size = float(c["size_bytes"]) if c.get("size_bytes") is not None else float("inf")
+        p50 = _p50(c) if _p50(c) is not None else float("inf")
+        primary, secondary = (p50, size) if objective == "latency" else (size, p50)
+        return (primary, secondary, str(c.get("variant")))
+
+    if ok:
+        best = min(ok, key=key)
+        best["status"] = SELECTED
+        for c in ok:
+            if c is not best:
+                c["status"] = KEPT
+        ref["status"] = KEPT  # fp32 is always kept: it is the reference every report compares against
+        chosen = best["variant"]
+    else:
+        tried = [c for c in out if c is not ref]
+        detail = ", ".join(f"{c.get('variant')}: {c['status']}" for c in tried) or "no quantized candidates"
+        msg = (f"no quantized candidate met the budget of {budget_points:g} points while beating fp32 on "
+               f"{objective} ({detail}); kept fp32")
+        if strict:
+            raise StageError(msg, hint="raise quantize.accuracy_budget, add candidates, or unset quantize.strict")
+        warnings.append(msg)
+        ref["status"] = SELECTED
+        chosen = REFERENCE
+    return {"selected": chosen, "objective": objective, "budget_points": budget_points,
+            "reference_val_accuracy": ref_acc, "candidates": out, "warnings": warnings}

@@ -1,0 +1,108 @@
+"""Selection rules on synthetic measurements: budget, speed, ties, failures, size objective, strict."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from edgekd.errors import ConfigError, StageError
+from edgekd.quantize import select
+
+
+def c(variant: str, val: float | None = 0.90, p50: float | None = 10.0, size: int | None = 1000,
+      error: str | None = None, test: float | None = None) -> dict:
+    return {"variant": variant, "val_accuracy": val, "accuracy": val if test is None else test,
+            "latency_ms": None if p50 is None else {"p50": p50, "p90": p50 * 1.1, "n": 100},
+            "size_bytes": size, "error": error}
+
+
+def statuses(res: dict) -> dict[str, str]:
+    return {x["variant"]: x["status"] for x in res["candidates"]}
+
+
+def test_fastest_within_budget_wins():
+    cands = [c("fp32", 0.900, 10.0, 4000), c("fp16", 0.900, 12.0, 2000), c("int8-dynamic", 0.897, 6.0, 1000),
+             c("int8-qdq", 0.880, 4.0, 1000), c("int4-weight", 0.899, 8.0, 600)]
+    before = copy.deepcopy(cands)
+    res = select(cands, budget_points=0.5, objective="latency", strict=False)
+    assert res["selected"] == "int8-dynamic"
+    assert statuses(res) == {"fp32": "kept", "fp16": "slower-than-fp32", "int8-dynamic": "selected",
+                             "int8-qdq": "over-budget", "int4-weight": "kept"}
+    assert res["warnings"] == [] and cands == before  # the caller's dicts are not mutated
+    assert next(x for x in res["candidates"] if x["variant"] == "fp32")["reference"] is True
+
+
+def test_budget_edge_and_val_not_test_accuracy():
+    # Exactly at the budget counts as within; the selector reads val_accuracy, not test accuracy.
+    res = select([c("fp32", 0.90, 10), c("a", 0.895, 5, test=0.10), c("b", 0.8949, 4, test=0.99)], 0.5)
+    assert statuses(res) == {"fp32": "kept", "a": "selected", "b": "over-budget"}
+
+
+def test_equal_latency_is_not_faster():
+    res = select([c("fp32", p50=10.0), c("int8-qdq", p50=10.0)], 1.0)
+    assert res["selected"] == "fp32" and statuses(res)["int8-qdq"] == "slower-than-fp32"
+    assert res["warnings"]
+
+
+def test_ties_break_on_size_then_name():
+    res = select([c("fp32", p50=10), c("b", p50=5, size=900), c("a", p50=5, size=900), c("z", p50=5, size=800)], 1)
+    assert res["selected"] == "z"
+    res = select([c("fp32", p50=10), c("b", p50=5, size=900), c("a", p50=5, size=900)], 1)
+    assert res["selected"] == "a" and statuses(res)["b"] == "kept"
+
+
+def test_all_over_budget_keeps_fp32_with_warning():
+    res = select([c("fp32", 0.90, 10), c("int8-qdq", 0.80, 5), c("int8-dynamic", 0.85, 6)], 0.5)
+    assert res["selected"] == "fp32" and statuses(res)["fp32"] == "selected"
+    assert len(res["warnings"]) == 1
+    w = res["warnings"][0]
+    assert "no quantized candidate met the budget" in w and "kept fp32" in w and "int8-qdq: over-budget" in w
+
+
+def test_strict_raises_when_nothing_beats_fp32():
+    with pytest.raises(StageError) as e:
+        select([c("fp32", 0.90, 10), c("int8-qdq", 0.80, 5)], 0.5, strict=True)
+    assert e.value.exit_code == 4 and "kept fp32" in str(e.value)
+    # strict does not fire when a candidate fits
+    assert select([c("fp32", 0.90, 10), c("int8-qdq", 0.90, 5)], 0.5, strict=True)["selected"] == "int8-qdq"
+
+
+def test_failed_candidates_are_marked_and_skipped():
+    res = select([c("fp32", p50=10), c("int4-weight", error="not applicable: no MatMul"),
+                  c("int8-qdq", p50=None), c("int8-dynamic", p50=7)], 1)
+    st = statuses(res)
+    assert st["int4-weight"] == "failed: not applicable: no MatMul"
+    assert st["int8-qdq"] == "failed: no latency measured"
+    assert res["selected"] == "int8-dynamic"
+
+
+def test_all_failed_exit_4_with_reasons():
+    with pytest.raises(StageError) as e:
+        select([c("fp32", error="export parity 0.3 > 1e-4"), c("int8-qdq", error="ORT: bad node")], 1)
+    assert e.value.exit_code == 4
+    assert "fp32: export parity 0.3 > 1e-4" in str(e.value) and "int8-qdq: ORT: bad node" in str(e.value)
+
+
+def test_fp32_failed_alone_is_a_stage_error():
+    # Without the reference there is no budget and no speedup to judge against.
+    with pytest.raises(StageError, match="fp32 reference"):
+        select([c("fp32", p50=None), c("int8-qdq", p50=5)], 1)
+
+
+def test_size_objective():
+    cands = [c("fp32", 0.90, 10, 4000), c("fp16", 0.90, 12, 2000), c("int8-qdq", 0.90, 5, 1100),
+             c("int4-weight", 0.899, 9, 600), c("big", 0.90, 1, 4000)]
+    res = select(cands, 0.5, objective="size")
+    assert res["selected"] == "int4-weight"
+    st = statuses(res)
+    assert st["big"] == "larger-than-fp32" and st["fp16"] == "kept" and st["int8-qdq"] == "kept"
+    # size objective does not need latency
+    res = select([c("fp32", size=4000, p50=None), c("int8-qdq", size=1000, p50=None)], 0.5, objective="size")
+    assert res["selected"] == "int8-qdq"
+
+
+def test_bad_arguments():
+    with pytest.raises(ConfigError):
+        select([c("fp32")], 0.5, objective="speed")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        select([c("fp32")], -1)
