@@ -64,8 +64,21 @@ class LossConfig(Strict):
     weight: float = 1.0
 
 
+class TeacherCacheConfig(Strict):
+    """Offline KD: one teacher pass writes logits to a memory-mapped file the trainer reads."""
+
+    enabled: bool = False
+    top_k: int | None = Field(None, ge=1, description="store only the top-k logits (None: all, fine for small label sets)")
+
+
 class DistillConfig(TrainConfig):
     epochs: int = Field(10, ge=1)
+    weighting: dict[str, Any] | None = Field(None, description="per-sample KD weighting, e.g. {kind: teacher_confidence}")
+    teacher_cache: TeacherCacheConfig = Field(default_factory=TeacherCacheConfig)
+    amp: Literal["none", "bf16"] = "none"
+    born_again_generations: int = Field(0, ge=0, description="self-distillation: generation k teaches k+1 (same arch)")
+    extra_teachers: list["TeacherConfig"] = Field(default_factory=list, description="multi-teacher: more teachers")
+    teacher_weights: list[float] | None = Field(None, description="weights of [teacher, *extra_teachers] logits (default: mean)")
     losses: list[LossConfig] = Field(
         default_factory=lambda: [
             LossConfig(kind="soft_label", weight=0.9, temperature=4.0),
@@ -94,6 +107,9 @@ class QuantizeConfig(Strict):
     reduce_range: bool = False
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     strict: bool = Field(False, description="fail (exit 4) when no quantized candidate fits the budget")
+
+
+DistillConfig.model_rebuild()
 
 
 class RecipeConfig(Strict):
@@ -230,7 +246,7 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], model: type[
     for key, value in overrides.items():
         parts = key.split(".")
         # Free-form dicts (zoo kwargs, quick) accept any sub-key; everything else must be a known field.
-        free = any(".".join(parts[:i]) in valid and parts[i - 1] in ("kwargs", "quick") for i in range(1, len(parts)))
+        free = any(".".join(parts[:i]) in valid and parts[i - 1] in ("kwargs", "quick", "weighting") for i in range(1, len(parts)))
         if key not in valid and not free:
             close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(close)}?" if close else f"valid keys: {', '.join(valid)}"

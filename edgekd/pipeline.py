@@ -133,8 +133,11 @@ def stage_key(stage: Stage, ctx: BuildContext, inputs: dict[str, StageResult]) -
 
 
 def run_stage(stage: Stage, ctx: BuildContext, inputs: dict[str, StageResult], force: bool = False) -> StageResult:
+    from edgekd.distill.ddp import rank_world
+
     key = stage_key(stage, ctx, inputs)
     final = ctx.out / stage.name
+    rank, world = rank_world()
     if not force:
         res = _valid(final, key)
         if res is not None:
@@ -151,6 +154,10 @@ def run_stage(stage: Stage, ctx: BuildContext, inputs: dict[str, StageResult], f
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     seconds = time.perf_counter() - t0
+    if rank != 0:
+        # Under torchrun only rank 0 publishes the stage; the other ranks' copies are discarded.
+        shutil.rmtree(tmp, ignore_errors=True)
+        return StageResult(stage.name, key, final, out.outputs, out.metrics, reused=False, seconds=seconds)
     digests = {}
     for rel in out.outputs.values():
         f = tmp / rel
@@ -190,9 +197,16 @@ def prepare_out(out: Path) -> None:
 def run(stages: list[Stage], ctx: BuildContext, only: str | None = None, upto: str | None = None) -> dict[str, StageResult]:
     """Run (or reuse) stages in order. `only` forces that stage to rerun, reusing its inputs;
     `upto` stops after the named stage."""
+    from edgekd.distill.ddp import rank_world
+
     prepare_out(ctx.out)
-    for leftover in ctx.out.glob(".*.tmp-*"):
-        shutil.rmtree(leftover, ignore_errors=True)  # a killed earlier build's partial stage
+    rank, world = rank_world()
+    if world > 1 and not (only == upto == "distill"):
+        raise UserError("under torchrun only the distill stage runs in several processes",
+                        hint="run `edgekd build` (or `edgekd build` once) first, then `torchrun --nproc_per_node=N -m edgekd distill BUILD_DIR`")
+    if rank == 0:
+        for leftover in ctx.out.glob(".*.tmp-*"):
+            shutil.rmtree(leftover, ignore_errors=True)  # a killed earlier build's partial stage
     results: dict[str, StageResult] = {}
     lineage = []
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -218,14 +232,19 @@ def run(stages: list[Stage], ctx: BuildContext, only: str | None = None, upto: s
         status = f"failed: {type(e).__name__}"
         raise
     finally:
-        write_json_atomic(ctx.out / "run.json", {
-            "schema_version": RUN_SCHEMA_VERSION, "edgekd_version": __version__, "recipe": ctx.recipe_ref,
-            "recipe_name": ctx.recipe.name, "target": ctx.target_ref, "target_name": ctx.target.name,
-            "overrides": ctx.overrides, "quick": ctx.quick, "options": ctx.options, "started": started,
-            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "status": status,
-            "stages": lineage,
-        })
+        if rank == 0:
+            _write_run(ctx, started, status, lineage)
     return results
+
+
+def _write_run(ctx: BuildContext, started: str, status: str, lineage: list) -> None:
+    write_json_atomic(ctx.out / "run.json", {
+        "schema_version": RUN_SCHEMA_VERSION, "edgekd_version": __version__, "recipe": ctx.recipe_ref,
+        "recipe_name": ctx.recipe.name, "target": ctx.target_ref, "target_name": ctx.target.name,
+        "overrides": ctx.overrides, "quick": ctx.quick, "options": ctx.options, "started": started,
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "status": status,
+        "stages": lineage,
+    })
 
 
 def load_run(build_dir: Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgekd import __version__
-from edgekd.errors import StageError
+from edgekd.errors import StageError, UserError
 from edgekd.pipeline import BuildContext, Stage, StageOutput, StageResult, read_result, stable_hash
 
 REPORT_DIRNAME = "report"
@@ -36,9 +36,13 @@ def data_fingerprint(ctx: BuildContext) -> str:
     return ctx.memo("fingerprint", lambda: splits(ctx).fingerprint())
 
 
-def _build(ref) -> Any:
+def _build(ref, seed: int | None = None) -> Any:
     from edgekd import zoo
 
+    if seed is not None:  # initial weights are part of a deterministic run
+        from edgekd.distill.trainer import seed_everything
+
+        seed_everything(seed)
     return zoo.build(ref.arch, **ref.kwargs)
 
 
@@ -65,43 +69,58 @@ def _checkpoint_path(ctx: BuildContext, stage: str, key_material: Any) -> Path:
 
 def _teacher_cfg(ctx: BuildContext) -> dict:
     d = ctx.recipe.data.model_dump(exclude={"label_fraction"})
-    return {"teacher": ctx.recipe.teacher.model_dump(), "data": d, "data_sha256": data_fingerprint(ctx)}
+    return {"teacher": ctx.recipe.teacher.model_dump(), "data": d, "data_sha256": data_fingerprint(ctx),
+            "extra_teachers": [t.model_dump() for t in ctx.recipe.distill.extra_teachers]}
 
 
-def stage_teacher(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
-    """Train the teacher, or take it from the content-addressed cache shared by all builds."""
+def _train_or_fetch_teacher(ctx: BuildContext, ref, wd: Path, filename: str) -> dict:
+    """Train one teacher, or take it from the content-addressed cache shared by all builds."""
     import torch
 
     from edgekd.distill.trainer import accuracy, train
     from edgekd.zoo import count_params
 
-    key = stable_hash(_teacher_cfg(ctx))
+    material = {"teacher": ref.model_dump(), "data": ctx.recipe.data.model_dump(exclude={"label_fraction"}),
+                "data_sha256": data_fingerprint(ctx)}
+    key = stable_hash(material)
     cached = ctx.cache_dir / "teachers" / key
-    s = splits(ctx)
     if (cached / "teacher.pt").is_file() and (cached / "metrics.json").is_file():
-        shutil.copy2(cached / "teacher.pt", wd / "teacher.pt")
+        shutil.copy2(cached / "teacher.pt", wd / filename)
         metrics = json.loads((cached / "metrics.json").read_text())
         metrics["cached"] = True
         ctx.log(f"  teacher taken from cache {cached}")
-        return StageOutput({"model": "teacher.pt"}, metrics)
-    model = _build(ctx.recipe.teacher)
-    ckpt = _checkpoint_path(ctx, "teacher", _teacher_cfg(ctx))
-    res = train(model, s.x_train, s.y_train, s.x_val, s.y_val, ctx.recipe.teacher.train,
-                checkpoint=ckpt, progress=_progress(ctx), description="teacher")
+        return metrics
+    s = splits(ctx)
+    model = _build(ref, seed=ref.train.seed)
+    ckpt = _checkpoint_path(ctx, "teacher", material)
+    res = train(model, s.x_train, s.y_train, s.x_val, s.y_val, ref.train, checkpoint=ckpt,
+                progress=_progress(ctx), description="teacher")
     model.load_state_dict(res.best_state)
-    torch.save(model.state_dict(), wd / "teacher.pt")
+    torch.save(model.state_dict(), wd / filename)
     metrics = {"params": count_params(model), "val_accuracy": res.best_val_accuracy, "best_epoch": res.best_epoch,
                "test_accuracy": accuracy(model, s.x_test, s.y_test), "train_seconds": res.seconds,
                "history": res.history, "cached": False, "cache_key": key}
     tmp = cached.with_name(cached.name + f".tmp-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(wd / "teacher.pt", tmp / "teacher.pt")
+    shutil.copy2(wd / filename, tmp / "teacher.pt")
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if cached.exists():
         shutil.rmtree(cached)
     os.replace(tmp, cached)
     ckpt.unlink(missing_ok=True)
-    return StageOutput({"model": "teacher.pt"}, metrics)
+    return metrics
+
+
+def stage_teacher(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+    metrics = _train_or_fetch_teacher(ctx, ctx.recipe.teacher, wd, "teacher.pt")
+    outputs = {"model": "teacher.pt"}
+    extra = []
+    for i, ref in enumerate(ctx.recipe.distill.extra_teachers, start=1):
+        extra.append(_train_or_fetch_teacher(ctx, ref, wd, f"teacher-{i}.pt"))
+        outputs[f"extra_{i}"] = f"teacher-{i}.pt"
+    if extra:
+        metrics["extra_teachers"] = [{k: m.get(k) for k in ("params", "val_accuracy", "test_accuracy", "cached")} for m in extra]
+    return StageOutput(outputs, metrics)
 
 
 # --------------------------------------------------------------------------- distill
@@ -112,39 +131,103 @@ def _distill_cfg(ctx: BuildContext) -> dict:
             "data": ctx.recipe.data.model_dump(), "data_sha256": data_fingerprint(ctx)}
 
 
+def _teacher_module(ctx: BuildContext, teacher_res: StageResult):
+    """The teacher as one module: a single model, or a weighted ensemble of several teachers."""
+    from edgekd.distill.ensemble import WeightedEnsemble
+
+    main = load_model(ctx.recipe.teacher, teacher_res.path("model"))
+    extras = ctx.recipe.distill.extra_teachers
+    if not extras:
+        return main
+    members = [main] + [load_model(ref, teacher_res.path(f"extra_{i}")) for i, ref in enumerate(extras, start=1)]
+    return WeightedEnsemble(members, ctx.recipe.distill.teacher_weights).eval()
+
+
+def _logit_cache(ctx: BuildContext, teacher, teacher_res: StageResult, x_train: np.ndarray, rank: int, world: int):
+    """Offline KD: write (once, sharded by rank) and open the teacher-logit cache."""
+    from edgekd.distill import ddp
+    from edgekd.distill.cache import TeacherLogitCache
+
+    dc = ctx.recipe.distill
+    thash = stable_hash(teacher_res.sha256)
+    cache = TeacherLogitCache(ctx.cache_dir / "logits", teacher_hash=thash, data_hash=data_fingerprint(ctx),
+                              augment_seed=None, top_k=dc.teacher_cache.top_k)
+    if not cache.exists():
+        cache.write(teacher, x_train, rank=rank, world_size=world)
+        ddp.barrier()
+        if rank == 0:
+            cache.open()
+        ddp.barrier()
+    return cache.open()
+
+
 def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
     import torch
 
+    from edgekd.distill import ddp
     from edgekd.distill.losses import build_losses
     from edgekd.distill.trainer import accuracy, train
     from edgekd.distill.weighting import build_weighting
+    from edgekd.errors import ConfigError
     from edgekd.zoo import count_params
 
     s = splits(ctx)
-    teacher = load_model(ctx.recipe.teacher, inputs["teacher"].path("model"))
-    student = _build(ctx.recipe.student)
+    dc = ctx.recipe.distill
+    rank, world = ddp.init("cpu")
+    teacher = _teacher_module(ctx, inputs["teacher"])
+    student = _build(ctx.recipe.student, seed=dc.seed)
     with torch.no_grad():
         t_out = teacher(torch.as_tensor(s.x_val[:2]))
         s_out = student(torch.as_tensor(s.x_val[:2]))
     if t_out.shape[-1] != s_out.shape[-1]:
-        from edgekd.errors import ConfigError
-
         raise ConfigError(f"teacher outputs {t_out.shape[-1]} classes, student {s_out.shape[-1]}",
                           hint="set the student's num_classes to the teacher's")
-    dcfg = ctx.recipe.distill
-    loss_set = build_losses(dcfg.losses, student, teacher, torch.as_tensor(s.x_val[:8]))
-    weighting = build_weighting(getattr(dcfg, "weighting", None))
-    ckpt = _checkpoint_path(ctx, "distill", _distill_cfg(ctx) | {"teacher": inputs["teacher"].key})
-    res = train(student, s.x_train, s.y_train, s.x_val, s.y_val, dcfg, teacher=teacher, loss_set=loss_set,
-                weighting=weighting, labeled=s.labeled, checkpoint=ckpt, progress=_progress(ctx),
-                description="distill")
-    student.load_state_dict(res.best_state)
+    example = torch.as_tensor(s.x_val[:8])
+    loss_set = build_losses(dc.losses, student, teacher, example)
+    cached_logits = None
+    if dc.teacher_cache.enabled:
+        if loss_set.needs_online_teacher:
+            raise ConfigError("distill.teacher_cache holds teacher logits only, but a feature/attention/hidden_state/"
+                              "relation loss needs the teacher's activations",
+                              hint="set distill.teacher_cache.enabled=false, or keep only soft_label/hard_label losses")
+        if dc.augment:
+            raise ConfigError("distill.teacher_cache stores logits of the un-augmented inputs, but distill.augment is on",
+                              hint="set distill.augment=false to use the cache (or disable the cache)")
+        cache = _logit_cache(ctx, teacher, inputs["teacher"], s.x_train, rank, world)
+        cached_logits = cache.get
+    weighting = build_weighting(dc.weighting)
+    key_material = _distill_cfg(ctx) | {"teacher": inputs["teacher"].key}
+    generations = []
+    for gen in range(dc.born_again_generations + 1):
+        ckpt = _checkpoint_path(ctx, f"distill-g{gen}", key_material)
+        res = train(student, s.x_train, s.y_train, s.x_val, s.y_val, dc, teacher=teacher, loss_set=loss_set,
+                    teacher_logits=cached_logits, weighting=weighting, labeled=s.labeled,
+                    checkpoint=ckpt if world == 1 else None, progress=_progress(ctx),
+                    description="distill" if gen == 0 else f"born-again g{gen + 1}", amp=dc.amp,
+                    rank=rank, world_size=world)
+        student.load_state_dict(res.best_state)
+        generations.append({"generation": gen + 1, "val_accuracy": res.best_val_accuracy,
+                            "test_accuracy": accuracy(student, s.x_test, s.y_test), "train_seconds": res.seconds,
+                            "best_epoch": res.best_epoch, "history": res.history, "state": res.best_state})
+        ckpt.unlink(missing_ok=True)
+        if gen < dc.born_again_generations:
+            # Born-again: this generation becomes the next one's teacher (same architecture).
+            import copy
+
+            teacher = copy.deepcopy(student).eval()
+            student = _build(ctx.recipe.student, seed=dc.seed + gen + 1)
+            loss_set = build_losses(dc.losses, student, teacher, example)
+            cached_logits = None  # the cache belongs to the original teacher
+    best = max(generations, key=lambda g: g["val_accuracy"])
+    student.load_state_dict(best["state"])
     torch.save(student.state_dict(), wd / "student.pt")
-    ckpt.unlink(missing_ok=True)
-    metrics = {"params": count_params(student), "val_accuracy": res.best_val_accuracy, "best_epoch": res.best_epoch,
-               "test_accuracy": accuracy(student, s.x_test, s.y_test), "train_seconds": res.seconds,
-               "stopped_early": res.stopped_early, "history": res.history,
-               "losses": [lc.model_dump() for lc in dcfg.losses]}
+    ddp.barrier()
+    metrics = {"params": count_params(student), "val_accuracy": best["val_accuracy"], "best_epoch": best["best_epoch"],
+               "test_accuracy": best["test_accuracy"], "generation": best["generation"],
+               "train_seconds": sum(g["train_seconds"] for g in generations),
+               "history": generations[0]["history"], "world_size": world,
+               "generations": [{k: v for k, v in g.items() if k != "state"} for g in generations],
+               "teacher_cache": dc.teacher_cache.enabled, "losses": [lc.model_dump() for lc in dc.losses]}
     return StageOutput({"model": "student.pt"}, metrics)
 
 
@@ -225,8 +308,11 @@ def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
                 "agreement_with_fp32": float((out_val.argmax(1) == ref_val.argmax(1)).mean()),
                 "max_abs_diff_vs_fp32": float(np.abs(out_val - ref_val).max()),
                 "info": {k: v for k, v in info.items() if k not in ("path",)},
+                "openvino": _openvino_check(wd / rel, s.x_val[:64], out_val[:64], name, ctx),
             })
             outputs[name] = rel
+        except UserError:
+            raise  # bad calibration data or options: the user's to fix, exit 2
         except StageError as e:
             if name == "fp32":
                 raise
@@ -246,6 +332,26 @@ def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
 
     return StageOutput(outputs, {"candidates": results, "calibration_samples": int(len(calib)),
                                  "calibration_sha256": hashlib.sha256(calib.tobytes()).hexdigest()})
+
+
+def _openvino_check(path: Path, x: np.ndarray, ref: np.ndarray, name: str, ctx: BuildContext) -> dict[str, Any]:
+    """Run the artifact in OpenVINO, an independent runtime, and compare with onnxruntime's outputs.
+    fp32/fp16 must agree within the card's tolerance; quantized graphs (whose integer kernels round
+    differently between runtimes) must agree on the top-1 class."""
+    try:
+        from edgekd.runtimes.openvino_rt import run_openvino
+
+        got = run_openvino(path, x)
+    except Exception as e:  # OpenVINO lacking an op (e.g. ConvInteger) is recorded, not fatal
+        return {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
+    diff = float(np.abs(got - ref).max())
+    top1 = float((got.argmax(1) == ref.argmax(1)).mean())
+    pc = ctx.target.parity
+    tol = pc.atol * (10 if name == "fp16" else 1) + pc.rtol * float(np.abs(ref).max())
+    ok = diff <= tol if name in ("fp32", "fp16") else top1 >= 0.98
+    import openvino
+
+    return {"ok": bool(ok), "max_abs_diff": diff, "top1_agreement": top1, "version": openvino.__version__}
 
 
 # --------------------------------------------------------------------------- profile
@@ -270,7 +376,8 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     common = {"input_shape": input_shape, "input_file": str(wd / "inputs.npy"), "threads": p.threads,
               "providers": ctx.target.providers, "warmup_runs": p.warmup_runs, "warmup_seconds": p.warmup_seconds,
               "min_runs": p.min_runs, "min_seconds": p.min_seconds, "max_seconds": p.max_seconds,
-              "batch_sweep": p.batch_sweep, "throughput_batch": p.throughput_batch}
+              "batch_sweep": p.batch_sweep, "throughput_batch": p.throughput_batch,
+              "device": ctx.target.device.model_dump(), "energy": "auto", "seed": ctx.recipe.data.seed}
     specs: dict[str, dict] = {
         "teacher/fp32-torch": {**common, "kind": "torch", "path": str(inputs["teacher"].path("model")),
                                "arch": ctx.recipe.teacher.arch, "kwargs": ctx.recipe.teacher.kwargs},
@@ -280,11 +387,23 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         if c["error"] is None:
             specs[f"student/{c['variant']}"] = {**common, "kind": "onnx",
                                                 "path": str(inputs["quantize"].dir / c["path"])}
-    results = interleaved_profile(specs, repeats=p.repeats, workdir=wd, progress=_progress(ctx))
+    prog = _progress(ctx)
+    task = prog.add_task("profile", total=len(specs) * p.repeats) if prog else None
+
+    def tick(name: str, repeat: int, repeats: int) -> None:
+        if prog:
+            prog.update(task, description=f"profile {name} (repeat {repeat}/{repeats})")
+            prog.advance(task)
+
+    logs = wd / "logs"
+    logs.mkdir()
+    results = interleaved_profile(specs, repeats=p.repeats, workdir=logs, progress=tick)
+    if prog:
+        prog.remove_task(task)
+    shutil.rmtree(logs, ignore_errors=True)
     out: dict[str, Any] = {}
     for name, r in results.items():
-        energy = measured_or_estimate(r.get("cpu_seconds_per_inference"), ctx.target.device,
-                                      latency_s=r["latency_ms"]["p50"] / 1000.0, threads=p.threads)
+        energy = r.get("energy") or measured_or_estimate(r["cpu_seconds_per_inference"], ctx.target.device)
         path = specs[name]["path"] if specs[name]["kind"] == "onnx" else str(inputs["export"].path("teacher"))
         flops = onnx_flops(path)
         rf = roofline(flops["flops"], os.path.getsize(path), r["latency_ms"]["p50"], ctx.target.device)
@@ -315,6 +434,48 @@ def stage_select(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
         ctx.log(f"[yellow]warning:[/] {w}")
     (wd / "selected.json").write_text(json.dumps(sel, indent=2, default=str))
     return StageOutput({"selected": "selected.json"}, sel)
+
+
+# --------------------------------------------------------------------------- convert
+
+
+def _convert_cfg(ctx: BuildContext) -> dict:
+    return {"runtime": ctx.target.runtime, "formats": ctx.target.formats, "onnx": ctx.target.onnx.model_dump(),
+            "ascend": ctx.target.ascend.model_dump() if ctx.target.ascend else None,
+            "parity": ctx.target.parity.model_dump(), "allow_unsupported": bool(ctx.options.get("allow_unsupported"))}
+
+
+def stage_convert(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+    """Target conversion of the selected student: Ascend bundle (atc/msit scripts) or mobile bundle."""
+    import torch
+
+    from edgekd.distill.trainer import predict
+
+    s = splits(ctx)
+    selected = inputs["select"].metrics["selected"]
+    cand = next(c for c in inputs["quantize"].metrics["candidates"] if c["variant"] == selected)
+    onnx_path = inputs["quantize"].dir / cand["path"]
+    student = load_model(ctx.recipe.student, inputs["distill"].path("model"))
+    x_check = s.x_val[:16]
+    expected = predict(student, x_check).numpy()
+    input_shape = inputs["export"].metrics["input_shape"]
+    if ctx.target.runtime == "ascend":
+        from edgekd.export.ascend import write_bundle
+
+        manifest = write_bundle(onnx_path, wd, ctx.target, "input", input_shape, x_check, expected,
+                                allow_unsupported=bool(ctx.options.get("allow_unsupported")))
+        outputs = {p.name: str(p.relative_to(wd)) for p in sorted((wd / "ascend").rglob("*")) if p.is_file()}
+        return StageOutput(outputs, {"bundle": "ascend", "selected": selected, "manifest": manifest})
+    if ctx.target.runtime == "executorch":
+        from edgekd.export.mobile import write_mobile_bundle
+
+        rng = np.random.default_rng(ctx.recipe.data.seed)
+        calib = s.x_train[rng.permutation(len(s.x_train))[: ctx.recipe.quantize.calibration_samples]]
+        info = write_mobile_bundle(wd, student, torch.as_tensor(s.x_val[:1]), inputs["export"].path("student"), calib,
+                                   x_check, s.class_names, s.normalization, ctx.target)
+        outputs = {p.name: str(p.relative_to(wd)) for p in sorted((wd / "mobile").rglob("*")) if p.is_file()}
+        return StageOutput(outputs, {"bundle": "mobile", "selected": selected, **info})
+    return StageOutput({}, {"bundle": None})
 
 
 # --------------------------------------------------------------------------- report
@@ -441,6 +602,8 @@ def graph() -> list[Stage]:
         Stage("quantize", stage_quantize, ["export"], _quantize_cfg),
         Stage("profile", stage_profile, ["teacher", "export", "quantize"], _profile_cfg),
         Stage("select", stage_select, ["quantize", "profile"], _select_cfg),
+        Stage("convert", stage_convert, ["distill", "export", "quantize", "select"], _convert_cfg,
+              when=lambda ctx: ctx.target.runtime in ("ascend", "executorch")),
         # The report is rebuilt every run (cheap) so it reflects the current stage files.
         Stage("report", stage_report, ["teacher", "distill", "export", "quantize", "profile", "select"],
               lambda ctx: {"created": _dt.datetime.now().isoformat()}),

@@ -187,6 +187,8 @@ def train(
                                  hint="lower the learning rate, or check the data and teacher for NaN/inf")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if world_size > 1 and loss_set is not None:
+                _allreduce_grads(loss_set, world_size)  # projectors live outside the DDP-wrapped student
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
@@ -223,6 +225,15 @@ def train(
     assert best_state is not None  # at least one epoch ran (epochs >= 1 is validated by the config)
     return TrainResult(best_state=best_state, best_val_accuracy=best_acc, best_epoch=best_epoch, history=history,
                        stopped_early=stopped_early, seconds=time.perf_counter() - t0)
+
+
+def _allreduce_grads(module: nn.Module, world_size: int) -> None:
+    import torch.distributed as dist
+
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world_size
 
 
 class _null:

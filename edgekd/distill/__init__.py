@@ -1,0 +1,1 @@
+"""Distillation: losses (registry), feature hooks, per-sample weighting, teacher-logit cache, trainer."""

@@ -1,0 +1,299 @@
+"""Teacher-logit cache for offline KD: run the teacher once over the training set, read logits back.
+
+Layout: `<root>/<key>/` where key = sha256 of (format version, teacher hash, data hash,
+augmentation seed, top_k), so any change to those makes a new cache instead of reusing a stale one.
+Inside: `values.npy` (+ `indices.npy`, `lse.npy` for top-k) as .npy files read with memory maps,
+and `meta.json` with the key fields. `meta.json` is written last: a folder without it is unfinished.
+
+Storage: full logits in fp16 when num_classes <= 64 or top_k is None (or top_k >= num_classes);
+otherwise the top-k logits (fp16) with their class indices (int32) and each row's log-sum-exp over
+ALL classes (fp32), which `get` uses to give the missing classes the exact leftover probability mass.
+
+Sharding: with several ranks, `write(..., rank, world_size)` writes one contiguous shard per rank
+(`shard-RRRRR-of-WWWWW.*`, each via a temp file + rename); `open()` checks every shard is there,
+merges them into the final arrays and deletes the shards. Call `open()` from ONE process after all
+ranks wrote (e.g. rank 0 after a barrier); other processes may `open()` once meta.json exists.
+Row order and augmentation are fixed per 256-row chunk, so the cache content does not depend on
+world_size.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekd.errors import StageError
+
+CACHE_VERSION = 1
+CHUNK = 256  # rows per teacher pass and per augmentation generator: part of the format (see CACHE_VERSION)
+FULL_MAX_CLASSES = 64
+FP16_MAX = 65504.0
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def cache_key(teacher_hash: str, data_hash: str, augment_seed: int | None, top_k: int | None) -> str:
+    """sha256 hex of the fields that decide the cache content (plus the format version)."""
+    fields = {"version": CACHE_VERSION, "chunk": CHUNK, "teacher": teacher_hash, "data": data_hash,
+              "augment_seed": augment_seed, "top_k": top_k}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def fingerprint_array(x: np.ndarray | torch.Tensor) -> str:
+    """sha256 of an array's dtype, shape and bytes (a data hash for the key)."""
+    a = np.ascontiguousarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x))
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def fingerprint_module(model: nn.Module) -> str:
+    """sha256 of a module's state_dict (names, dtypes, shapes, values): a teacher hash for the key."""
+    h = hashlib.sha256(type(model).__name__.encode())
+    for name, t in sorted(model.state_dict().items()):
+        a = np.ascontiguousarray(t.detach().cpu().float().numpy() if t.is_floating_point() else t.detach().cpu().numpy())
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def _chunk_seed(augment_seed: int, chunk: int) -> int:
+    return int(np.random.SeedSequence([augment_seed, chunk]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+class TeacherLogitCache:
+    """Teacher logits for every sample of a dataset, keyed by teacher, data, augmentation and top_k.
+
+    `tail` (read-time, not part of the key) decides what `get` puts in the classes a top-k cache
+    did not keep: "even" (default) fills them with one value chosen so that softmax at T=1 gives the
+    top-k classes exactly their original probabilities and spreads the leftover mass evenly over the
+    rest; "-inf" gives the rest probability 0 (softmax renormalizes over the top k; soft_label's KL
+    treats 0 * log 0 as 0). Full-logit caches ignore `tail`.
+    """
+
+    def __init__(self, root: str | Path, *, teacher_hash: str, data_hash: str, augment_seed: int | None = None,
+                 top_k: int | None = None, tail: Literal["even", "-inf"] = "even") -> None:
+        if top_k is not None and top_k < 1:
+            raise StageError(f"teacher-logit cache top_k must be >= 1, got {top_k}", hint="use None for full logits")
+        if tail not in ("even", "-inf"):
+            raise StageError(f"unknown tail mode {tail!r}", hint="use 'even' or '-inf'")
+        self.teacher_hash, self.data_hash = teacher_hash, data_hash
+        self.augment_seed, self.top_k, self.tail = augment_seed, top_k, tail
+        self.key = cache_key(teacher_hash, data_hash, augment_seed, top_k)
+        self.dir = Path(root) / self.key
+        self.meta: dict[str, Any] | None = None
+        self._values: np.ndarray | None = None
+        self._indices: np.ndarray | None = None
+        self._lse: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ writing
+
+    def exists(self) -> bool:
+        return (self.dir / "meta.json").is_file()
+
+    def _prefix(self, rank: int, world_size: int) -> str:
+        return f"shard-{rank:05d}-of-{world_size:05d}"
+
+    @torch.no_grad()
+    def write(self, teacher: nn.Module | Callable[[torch.Tensor], torch.Tensor], x: np.ndarray | torch.Tensor, *,
+              rank: int = 0, world_size: int = 1, augment: Augment | None = None, batch_size: int = CHUNK) -> None:
+        """Run `teacher` over this rank's share of `x` (in order) and write this rank's shard.
+
+        With an `augment_seed`, `augment(x_chunk, generator)` is applied to each 256-row chunk with a
+        generator seeded from (augment_seed, chunk number). NaN/inf logits raise StageError naming the
+        first bad sample's index in `x`.
+        """
+        if (augment is None) != (self.augment_seed is None):
+            raise StageError("teacher-logit cache: augment and augment_seed must be given together",
+                             hint="pass both (augmented logits) or neither (plain logits)")
+        if not 0 <= rank < world_size:
+            raise StageError(f"rank {rank} is outside world_size {world_size}", hint="0 <= rank < world_size")
+        if self.exists():
+            return
+        n = len(x)
+        n_chunks = -(-n // CHUNK)
+        c_lo, c_hi = rank * n_chunks // world_size, (rank + 1) * n_chunks // world_size
+        start, stop = min(n, c_lo * CHUNK), min(n, c_hi * CHUNK)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        prefix = self._prefix(rank, world_size)
+        module = teacher if isinstance(teacher, nn.Module) else None
+        was_training = module.training if module is not None else False
+        device = next(iter(module.parameters()), torch.empty(0)).device if module is not None else torch.device("cpu")
+        if module is not None:
+            module.eval()
+        arrays: dict[str, np.ndarray] = {}
+        tmp_paths: dict[str, Path] = {}
+        fmt, num_classes = None, None
+        try:
+            for c in range(c_lo, c_hi):
+                r0, r1 = c * CHUNK, min(n, (c + 1) * CHUNK)
+                xb = torch.as_tensor(np.asarray(x[r0:r1]) if not isinstance(x, torch.Tensor) else x[r0:r1])
+                if augment is not None:
+                    xb = augment(xb, torch.Generator().manual_seed(_chunk_seed(int(self.augment_seed), c)))
+                logits = torch.cat([teacher(xb[i:i + batch_size].to(device)).float().cpu()
+                                    for i in range(0, len(xb), batch_size)])
+                bad = ~torch.isfinite(logits).all(dim=1)
+                if bool(bad.any()):
+                    i = r0 + int(bad.nonzero()[0])
+                    raise StageError(f"teacher logits contain NaN/inf at sample {i}",
+                                     hint="the teacher is broken for this input: check its weights and the data")
+                big = logits.abs().amax(dim=1) > FP16_MAX
+                if bool(big.any()):
+                    i = r0 + int(big.nonzero()[0])
+                    raise StageError(f"teacher logit magnitude exceeds the fp16 range at sample {i}",
+                                     hint="the teacher's logits are unreasonably large; check the teacher")
+                if fmt is None:
+                    num_classes = logits.shape[1]
+                    fmt = self._format(num_classes)
+                    k = num_classes if fmt == "full" else int(self.top_k)  # type: ignore[arg-type]
+                    rows = stop - start
+                    specs = {"values": (np.float16, (rows, k))}
+                    if fmt == "topk":
+                        specs |= {"indices": (np.int32, (rows, k)), "lse": (np.float32, (rows,))}
+                    for name, (dtype, shape) in specs.items():
+                        tmp_paths[name] = self.dir / f"{prefix}.{name}.tmp{os.getpid()}.npy"
+                        arrays[name] = np.lib.format.open_memmap(tmp_paths[name], mode="w+", dtype=dtype, shape=shape)
+                elif logits.shape[1] != num_classes:
+                    raise StageError(f"teacher returned {logits.shape[1]} classes at sample {r0}, "
+                                     f"{num_classes} before", hint="the teacher's output width must be fixed")
+                o0, o1 = r0 - start, r1 - start
+                if fmt == "full":
+                    arrays["values"][o0:o1] = logits.numpy().astype(np.float16)
+                else:
+                    top = logits.topk(int(self.top_k), dim=1)  # type: ignore[arg-type]
+                    arrays["values"][o0:o1] = top.values.numpy().astype(np.float16)
+                    arrays["indices"][o0:o1] = top.indices.numpy().astype(np.int32)
+                    arrays["lse"][o0:o1] = torch.logsumexp(logits, dim=1).numpy()
+            for name, arr in arrays.items():
+                arr.flush()
+            arrays.clear()
+            for name, tmp in tmp_paths.items():
+                os.replace(tmp, self.dir / f"{prefix}.{name}.npy")
+            _write_json(self.dir / f"{prefix}.json", {
+                "rank": rank, "world_size": world_size, "start": start, "stop": stop, "num_samples": n,
+                "format": fmt, "num_classes": num_classes})
+        finally:
+            arrays.clear()
+            for tmp in tmp_paths.values():
+                tmp.unlink(missing_ok=True)
+            if module is not None:
+                module.train(was_training)
+
+    def _format(self, num_classes: int) -> str:
+        if self.top_k is None or num_classes <= FULL_MAX_CLASSES or self.top_k >= num_classes:
+            return "full"
+        return "topk"
+
+    # ------------------------------------------------------------------ merging and reading
+
+    def open(self) -> "TeacherLogitCache":
+        """Merge the shards (once) and memory-map the arrays for `get`."""
+        if not self.exists():
+            self._merge()
+        self.meta = json.loads((self.dir / "meta.json").read_text())
+        self._values = np.load(self.dir / "values.npy", mmap_mode="r")
+        if self.meta["format"] == "topk":
+            self._indices = np.load(self.dir / "indices.npy", mmap_mode="r")
+            self._lse = np.load(self.dir / "lse.npy", mmap_mode="r")
+        return self
+
+    def _merge(self) -> None:
+        metas = [json.loads(p.read_text()) for p in sorted(self.dir.glob("shard-*-of-*.json"))] if self.dir.is_dir() else []
+        if not metas:
+            raise StageError(f"teacher-logit cache {self.dir} has no shards", hint="run write() before open()")
+        sizes = sorted({m["world_size"] for m in metas})
+        complete = [w for w in sizes if {m["rank"] for m in metas if m["world_size"] == w} == set(range(w))]
+        if not complete:
+            w = sizes[-1]
+            have = {m["rank"] for m in metas if m["world_size"] == w}
+            raise StageError(f"teacher-logit cache {self.dir} is missing shards {sorted(set(range(w)) - have)} of {w}",
+                             hint="every rank must finish write() before open()")
+        w = complete[0]
+        shards = sorted((m for m in metas if m["world_size"] == w), key=lambda m: m["rank"])
+        n = shards[0]["num_samples"]
+        pos = 0
+        for m in shards:
+            if m["start"] != pos or m["num_samples"] != n:
+                raise StageError(f"teacher-logit cache shards of {self.dir} do not tile the dataset",
+                                 hint="delete the folder and write the cache again")
+            pos = m["stop"]
+        filled = [m for m in shards if m["stop"] > m["start"]]
+        if pos != n or not filled:
+            raise StageError(f"teacher-logit cache shards of {self.dir} cover {pos} of {n} samples",
+                             hint="delete the folder and write the cache again")
+        fmt, num_classes = filled[0]["format"], filled[0]["num_classes"]
+        names = ["values"] + (["indices", "lse"] if fmt == "topk" else [])
+        for name in names:
+            parts = [self.dir / f"{self._prefix(m['rank'], w)}.{name}.npy" for m in filled]
+            if len(parts) == 1:
+                os.replace(parts[0], self.dir / f"{name}.npy")
+                continue
+            first = np.load(parts[0], mmap_mode="r")
+            tmp = self.dir / f"{name}.tmp{os.getpid()}.npy"
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=first.dtype, shape=(n, *first.shape[1:]))
+            for m, p in zip(filled, parts):
+                out[m["start"]:m["stop"]] = np.load(p, mmap_mode="r")
+            out.flush()
+            del out, first
+            os.replace(tmp, self.dir / f"{name}.npy")
+        _write_json(self.dir / "meta.json", {
+            "version": CACHE_VERSION, "key": self.key, "teacher_hash": self.teacher_hash, "data_hash": self.data_hash,
+            "augment_seed": self.augment_seed, "top_k": self.top_k, "format": fmt, "num_samples": n,
+            "num_classes": num_classes, "chunk": CHUNK, "dtype": "float16", "world_size_written": w,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        for p in self.dir.glob("shard-*"):
+            p.unlink(missing_ok=True)
+
+    def __len__(self) -> int:
+        return int(self._require()["num_samples"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self._require()["num_classes"])
+
+    def _require(self) -> dict[str, Any]:
+        if self.meta is None:
+            raise StageError("teacher-logit cache is not open", hint="call open() after write()")
+        return self.meta
+
+    def get(self, indices: np.ndarray | torch.Tensor | list[int]) -> torch.Tensor:
+        """Teacher logits [B, C] (float32, CPU) for dataset sample `indices`."""
+        meta = self._require()
+        idx = np.asarray(indices.cpu().numpy() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64)
+        n = meta["num_samples"]
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise StageError(f"teacher-logit cache index out of range (cache holds {n} samples)",
+                             hint="the cache was built for another dataset: its data hash should differ")
+        vals = torch.from_numpy(np.asarray(self._values[idx], dtype=np.float32))  # type: ignore[index]
+        if meta["format"] == "full":
+            return vals
+        ind = torch.from_numpy(np.asarray(self._indices[idx], dtype=np.int64))  # type: ignore[index]
+        c, k = meta["num_classes"], vals.shape[1]
+        if self.tail == "-inf":
+            fill = torch.full((len(idx),), float("-inf"))
+        else:
+            lse = torch.from_numpy(np.asarray(self._lse[idx], dtype=np.float64))  # type: ignore[index]
+            # leftover mass m = 1 - sum of top-k probs; (C - k) * exp(fill - lse) = m gives each missing class m/(C-k).
+            kept = torch.exp(vals.double() - lse[:, None]).sum(dim=1)
+            m = (1.0 - kept).clamp_min(1e-30)
+            fill = (lse + torch.log(m / (c - k)))
+            # Rounding (fp16 top-k vs fp32 lse) must not lift a missing class above a kept one.
+            fill = torch.minimum(fill, vals.double().amin(dim=1)).float()
+        out = fill[:, None].expand(len(idx), c).clone()
+        out.scatter_(1, ind, vals)
+        return out
+
+    __call__ = get

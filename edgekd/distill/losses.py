@@ -1,0 +1,576 @@
+"""Distillation losses: a registry of loss kinds and `LossSet`, the weighted sum the trainer calls.
+
+A recipe lists loss terms (`{kind: soft_label, weight: 0.9, temperature: 4}`); `build_losses`
+validates each term's options with the kind's own pydantic model (extra keys are an error listing
+the valid options), probes the student and teacher once on an example batch with forward hooks to
+learn feature shapes (to size projectors and reject mismatches before training starts), and returns
+a `LossSet` (an nn.Module: its learned projectors must go into the optimizer).
+
+Per-sample weights (`LossContext.sample_weight`, mean 1 from edgekd.distill.weighting) scale the
+teacher terms that decompose per sample: soft_label, feature, attention, hidden_state. `relation`
+losses compare samples with each other, so they do not use them; `hard_label` uses no teacher.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from torch import Tensor, nn
+
+from edgekd.distill.hooks import FeatureCapture, select
+from edgekd.distill.weighting import Schedule, options_error, parse_schedule, schedule
+from edgekd.errors import ConfigError, StageError
+
+
+@dataclass
+class LossContext:
+    student_logits: Tensor  # [B, C]
+    teacher_logits: Tensor | None  # [B, C], detached; None when no teacher
+    labels: Tensor  # [B] long; -1 = no label for this sample
+    student_features: dict[str, Any]  # module path -> captured output
+    teacher_features: dict[str, Any]
+    sample_weight: Tensor | None = None  # [B]; scales KD (teacher) terms only
+    progress: float = 0.0  # training progress in [0, 1] for schedules
+
+
+# --------------------------------------------------------------------------- registry and base
+
+
+class LossOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weight_schedule: float | Schedule | None = Field(
+        None, description="multiplies `weight` by schedule(weight_schedule, progress): an alpha curriculum")
+
+    @field_validator("weight_schedule", mode="before")
+    @classmethod
+    def _sched(cls, v: Any) -> Any:
+        return None if v is None else parse_schedule(v, "weight_schedule")
+
+
+class Loss(nn.Module):
+    """One loss term. Subclasses set `Options` and implement `forward(ctx) -> scalar`."""
+
+    Options: type[LossOptions] = LossOptions
+    kind: str = ""
+
+    def __init__(self, opts: LossOptions, s_feats: dict[str, Any], t_feats: dict[str, Any],
+                 device: torch.device) -> None:
+        super().__init__()
+        self.opts = opts
+
+    @classmethod
+    def paths(cls, opts: LossOptions) -> tuple[set[str], set[str]]:
+        """(student paths, teacher paths) whose outputs this loss reads."""
+        return set(), set()
+
+    @classmethod
+    def needs_teacher_logits(cls) -> bool:
+        return False
+
+
+LOSSES: dict[str, type[Loss]] = {}
+
+
+def register(name: str) -> Callable[[type[Loss]], type[Loss]]:
+    def deco(cls: type[Loss]) -> type[Loss]:
+        cls.kind = name
+        LOSSES[name] = cls
+        return cls
+
+    return deco
+
+
+def _zero(like: Tensor) -> Tensor:
+    # A zero that keeps the graph, so backward() and DDP's reducer see every parameter used.
+    return like.sum() * 0.0
+
+
+def weighted_mean(per_sample: Tensor, w: Tensor | None) -> Tensor:
+    """sum_i w_i * l_i / B: batch mean with per-sample weights (weights average 1 by construction)."""
+    if w is None:
+        return per_sample.mean()
+    w = w.to(per_sample.device, per_sample.dtype).detach()
+    if w.shape != per_sample.shape:
+        raise StageError(f"sample weights have shape {tuple(w.shape)}, the batch {tuple(per_sample.shape)}",
+                         hint="the weighting scheme must return one weight per sample")
+    return (w * per_sample).sum() / per_sample.shape[0]
+
+
+def _feature(feats: dict[str, Any], path: str, index: int, side: str) -> Tensor:
+    if path not in feats:
+        raise StageError(f"{side} feature '{path}' was not captured in this step",
+                         hint="the module did not run in forward (a branch not taken?); pick another path")
+    return select(feats[path], index).float()
+
+
+def _channel_dim(shape: tuple[int, ...]) -> int:
+    """Feature (channel/hidden) dimension: dim 1 of an NCHW map, the last dim otherwise."""
+    return 1 if len(shape) == 4 else len(shape) - 1
+
+
+def _pool_to(x: Tensor, size: tuple[int, ...]) -> Tensor:
+    """Adaptive-average-pool the non-batch, non-channel dims of x down to `size`."""
+    if x.dim() == 4:
+        return x if tuple(x.shape[2:]) == size else F.adaptive_avg_pool2d(x, size)
+    if x.dim() == 3:  # [B, L, D]: pool over tokens
+        if x.shape[1] == size[0]:
+            return x
+        return F.adaptive_avg_pool1d(x.transpose(1, 2), size[0]).transpose(1, 2)
+    return x
+
+
+def _spatial(shape: tuple[int, ...]) -> tuple[int, ...]:
+    if len(shape) == 4:
+        return tuple(shape[2:])
+    if len(shape) == 3:
+        return (shape[1],)
+    return ()
+
+
+def _align(s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Pool the larger spatial/token extent to the smaller, per dimension."""
+    ss, ts = _spatial(tuple(s.shape)), _spatial(tuple(t.shape))
+    if ss == ts:
+        return s, t
+    size = tuple(min(a, b) for a, b in zip(ss, ts))
+    return _pool_to(s, size), _pool_to(t, size)
+
+
+class _ChannelProjector(nn.Module):
+    """Learned map of the student's channel/hidden dim to the teacher's (1x1 conv == per-position linear)."""
+
+    def __init__(self, cin: int, cout: int, rank: int) -> None:
+        super().__init__()
+        self.rank = rank
+        self.proj = nn.Conv2d(cin, cout, 1) if rank == 4 else nn.Linear(cin, cout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x)
+
+
+def _fmt(shape: tuple[int, ...]) -> str:
+    """A feature shape for messages, batch dim shown as B (the probe's batch size means nothing)."""
+    return "[" + ", ".join(["B", *map(str, shape[1:])]) + "]"
+
+
+def _make_projector(kind: str, s_shape: tuple[int, ...], t_shape: tuple[int, ...], what: str) -> nn.Module | None:
+    """Projector for a student->teacher feature pair, or None; ConfigError on an impossible pair."""
+    if len(s_shape) != len(t_shape):
+        raise ConfigError(f"{what}: student feature {_fmt(s_shape)} and teacher feature {_fmt(t_shape)} differ in rank",
+                          hint="pick module paths whose outputs have the same layout (both NCHW maps or both vectors)")
+    if len(s_shape) < 2 or len(s_shape) > 4:
+        raise ConfigError(f"{what}: features of rank {len(s_shape)} ({_fmt(s_shape)}) are not supported",
+                          hint="use [B, D], [B, L, D] or [B, C, H, W] outputs")
+    cs, ct = s_shape[_channel_dim(s_shape)], t_shape[_channel_dim(t_shape)]
+    if kind == "none":
+        if cs != ct:
+            sug = "conv1x1" if len(s_shape) == 4 else "linear"
+            raise ConfigError(
+                f"{what}: student feature {_fmt(s_shape)} and teacher feature {_fmt(t_shape)} differ "
+                f"({cs} vs {ct} channels) and projector is none",
+                hint=f"set `projector: {sug}` to learn a map from the student's {cs} to the teacher's {ct}")
+        return None
+    if kind == "conv1x1" and len(s_shape) != 4:
+        raise ConfigError(f"{what}: projector conv1x1 needs NCHW feature maps, got {_fmt(s_shape)}",
+                          hint="use `projector: linear` for [B, D] or [B, L, D] features")
+    return _ChannelProjector(cs, ct, len(s_shape))
+
+
+def _per_sample_distance(s: Tensor, t: Tensor, distance: str) -> Tensor:
+    """[B] distance between aligned features: mean squared error, or 1 - cosine of flattened vectors."""
+    s2, t2 = s.flatten(1), t.flatten(1)
+    if distance == "mse":
+        return (s2 - t2).pow(2).mean(dim=1)
+    return 1.0 - F.cosine_similarity(s2, t2, dim=1, eps=1e-8)
+
+
+# --------------------------------------------------------------------------- logit losses
+
+
+class _SoftOpts(LossOptions):
+    temperature: float | Schedule = Field(4.0, description="softmax temperature, or {start, end, shape}")
+
+    @field_validator("temperature", mode="before")
+    @classmethod
+    def _temp(cls, v: Any) -> Any:
+        v = parse_schedule(v, "temperature")
+        lo = v if isinstance(v, float) else min(v.start, v.end)
+        if lo <= 0:
+            raise ValueError("temperature must be > 0")
+        return v
+
+
+@register("soft_label")
+class SoftLabel(Loss):
+    """Hinton KD: T^2 * KL(softmax(t/T) || softmax(s/T)), per-sample weighted batch mean.
+
+    The T^2 factor keeps gradient magnitudes comparable across temperatures. Teacher probabilities
+    of exactly 0 (a top-k cache read with a -inf tail) contribute 0, not NaN.
+    """
+
+    Options = _SoftOpts
+
+    @classmethod
+    def needs_teacher_logits(cls) -> bool:
+        return True
+
+    def temperature(self, progress: float) -> float:
+        return schedule(self.opts.temperature, progress)
+
+    def forward(self, ctx: LossContext) -> Tensor:
+        if ctx.teacher_logits is None:
+            raise StageError("soft_label needs teacher logits but none were given",
+                             hint="distill with a teacher model or a teacher-logit cache")
+        t_ = self.temperature(ctx.progress)
+        log_ps = F.log_softmax(ctx.student_logits.float() / t_, dim=1)
+        # Cached logits arrive on the CPU; follow the student's device.
+        pt = F.softmax(ctx.teacher_logits.detach().to(log_ps.device).float() / t_, dim=1)
+        kl = (torch.special.xlogy(pt, pt) - pt * log_ps).sum(dim=1)
+        return weighted_mean(kl, ctx.sample_weight) * (t_ * t_)
+
+
+class _HardOpts(LossOptions):
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+@register("hard_label")
+class HardLabel(Loss):
+    """Cross-entropy on ground-truth labels (with label smoothing), mean over labeled samples only.
+
+    Labels of -1 (hidden by data.label_fraction) are ignored; a batch without any label gives 0.
+    """
+
+    Options = _HardOpts
+
+    def forward(self, ctx: LossContext) -> Tensor:
+        logits = ctx.student_logits.float()
+        labels = ctx.labels.to(logits.device).long()
+        if not bool((labels >= 0).any()):
+            return _zero(logits)
+        return F.cross_entropy(logits, labels, ignore_index=-1, label_smoothing=self.opts.label_smoothing)
+
+
+# --------------------------------------------------------------------------- feature losses
+
+
+class _FeatureOpts(LossOptions):
+    student: str = Field(description="student module path")
+    teacher: str = Field(description="teacher module path")
+    projector: Literal["none", "conv1x1", "linear"] = "none"
+    distance: Literal["mse", "cosine"] = "mse"
+    index: int = Field(0, description="element of a tuple output (HF layers return tuples)")
+
+
+@register("feature")
+class FeatureHint(Loss):
+    """FitNets hint: distance(projector(student feature), teacher feature).
+
+    The projector (student -> teacher channels; conv1x1 on NCHW maps, linear on the last dim) is
+    learned with the student. When spatial sizes (or token counts) differ, the larger is adaptive-
+    average-pooled to the smaller. Channel mismatch with `projector: none` is a ConfigError.
+    """
+
+    Options = _FeatureOpts
+
+    def __init__(self, opts: _FeatureOpts, s_feats: dict[str, Any], t_feats: dict[str, Any],
+                 device: torch.device) -> None:
+        super().__init__(opts, s_feats, t_feats, device)
+        s_shape = tuple(select(s_feats[opts.student], opts.index).shape)
+        t_shape = tuple(select(t_feats[opts.teacher], opts.index).shape)
+        what = f"feature loss {opts.student} -> {opts.teacher}"
+        self.projector = _make_projector(opts.projector, s_shape, t_shape, what)
+        if self.projector is not None:
+            self.projector.to(device)
+
+    @classmethod
+    def paths(cls, opts: _FeatureOpts) -> tuple[set[str], set[str]]:
+        return {opts.student}, {opts.teacher}
+
+    def forward(self, ctx: LossContext) -> Tensor:
+        o = self.opts
+        s = _feature(ctx.student_features, o.student, o.index, "student")
+        t = _feature(ctx.teacher_features, o.teacher, o.index, "teacher").detach()
+        s, t = _align(s, t)
+        if self.projector is not None:
+            s = self.projector(s)
+        return weighted_mean(_per_sample_distance(s, t, o.distance), ctx.sample_weight)
+
+
+class _AttentionOpts(LossOptions):
+    student: str
+    teacher: str
+    mode: Literal["at", "attention_kl"] = "at"
+    p: float = Field(2.0, gt=0, description="power of |activation| in attention transfer")
+    index: int = 0
+
+
+@register("attention")
+class AttentionTransfer(Loss):
+    """Attention transfer between feature maps, or KL between transformer attention distributions.
+
+    mode `at` (NCHW maps or [B, L, D] tokens): per sample, mean over positions of the squared
+    difference of the normalized attention maps (Zagoruyko's reference code); spatial sizes are
+    aligned by adaptive average pooling of the maps (before normalization); channels may differ.
+    mode `attention_kl` (attention probabilities [B, H, L, L]): KL(teacher row || student row),
+    averaged over heads and query positions (MiniLM); if head counts differ, each side is averaged
+    over its heads first. Sequence lengths must match.
+    """
+
+    Options = _AttentionOpts
+
+    def __init__(self, opts: _AttentionOpts, s_feats: dict[str, Any], t_feats: dict[str, Any],
+                 device: torch.device) -> None:
+        super().__init__(opts, s_feats, t_feats, device)
+        s_shape = tuple(select(s_feats[opts.student], opts.index).shape)
+        t_shape = tuple(select(t_feats[opts.teacher], opts.index).shape)
+        what = f"attention loss {opts.student} -> {opts.teacher}"
+        if opts.mode == "attention_kl":
+            for side, shp in (("student", s_shape), ("teacher", t_shape)):
+                if len(shp) != 4 or shp[-1] != shp[-2]:
+                    raise ConfigError(f"{what}: mode attention_kl needs attention probabilities [B, H, L, L], "
+                                      f"the {side} gives {_fmt(shp)}",
+                                      hint="capture the module (or `index`) that outputs attention probabilities, "
+                                           "or use mode: at for feature maps")
+            if s_shape[-1] != t_shape[-1]:
+                raise ConfigError(f"{what}: sequence lengths differ ({s_shape[-1]} vs {t_shape[-1]})",
+                                  hint="feed student and teacher the same tokenized inputs")
+        else:
+            if len(s_shape) not in (3, 4) or len(t_shape) != len(s_shape):
+                raise ConfigError(f"{what}: mode at needs NCHW maps or [B, L, D] tokens on both sides, "
+                                  f"got {_fmt(s_shape)} and {_fmt(t_shape)}",
+                                  hint="pick convolutional/transformer block outputs, or use the feature loss")
+
+    @classmethod
+    def paths(cls, opts: _AttentionOpts) -> tuple[set[str], set[str]]:
+        return {opts.student}, {opts.teacher}
+
+    def forward(self, ctx: LossContext) -> Tensor:
+        o = self.opts
+        s = _feature(ctx.student_features, o.student, o.index, "student")
+        t = _feature(ctx.teacher_features, o.teacher, o.index, "teacher").detach()
+        if o.mode == "attention_kl":
+            if s.shape[1] != t.shape[1]:
+                s, t = s.mean(dim=1, keepdim=True), t.mean(dim=1, keepdim=True)
+            log_s = torch.log(s.clamp_min(1e-12))
+            kl = (torch.special.xlogy(t, t) - t * log_s).sum(dim=-1)  # [B, H, L]
+            return weighted_mean(kl.flatten(1).mean(dim=1), ctx.sample_weight)
+        a_s = s.abs().pow(o.p).mean(dim=1 if s.dim() == 4 else -1)  # [B, H, W] or [B, L]
+        a_t = t.abs().pow(o.p).mean(dim=1 if t.dim() == 4 else -1)
+        if a_s.shape[1:] != a_t.shape[1:]:
+            size = tuple(min(x, y) for x, y in zip(a_s.shape[1:], a_t.shape[1:]))
+            pool = F.adaptive_avg_pool2d if a_s.dim() == 3 else F.adaptive_avg_pool1d
+            a_s, a_t = pool(a_s[:, None], size)[:, 0], pool(a_t[:, None], size)[:, 0]
+        q_s, q_t = F.normalize(a_s.flatten(1), dim=1), F.normalize(a_t.flatten(1), dim=1)
+        return weighted_mean((q_s - q_t).pow(2).mean(dim=1), ctx.sample_weight)
+
+
+class _HiddenOpts(LossOptions):
+    layers: list[tuple[str, str]] = Field(min_length=1, description="[[student_path, teacher_path], ...]")
+    distance: Literal["mse", "cosine"] = "mse"
+    index: int = 0
+
+
+@register("hidden_state")
+class HiddenState(Loss):
+    """TinyBERT/MiniLM-style hidden-state matching over layer pairs, averaged over pairs.
+
+    Each pair: distance(linear(student), teacher), with a learned linear projector only where the
+    hidden sizes differ; token counts (or spatial sizes) are aligned by adaptive pooling. Tuple
+    outputs of HF layers are read at `index` (0: the hidden state).
+    """
+
+    Options = _HiddenOpts
+
+    def __init__(self, opts: _HiddenOpts, s_feats: dict[str, Any], t_feats: dict[str, Any],
+                 device: torch.device) -> None:
+        super().__init__(opts, s_feats, t_feats, device)
+        projs: list[nn.Module] = []
+        for sp, tp in opts.layers:
+            s_shape = tuple(select(s_feats[sp], opts.index).shape)
+            t_shape = tuple(select(t_feats[tp], opts.index).shape)
+            kind = "none" if s_shape[_channel_dim(s_shape)] == t_shape[_channel_dim(t_shape)] else "linear"
+            proj = _make_projector(kind, s_shape, t_shape, f"hidden_state pair {sp} -> {tp}")
+            projs.append(proj.to(device) if proj is not None else nn.Identity())
+        self.projectors = nn.ModuleList(projs)
+
+    @classmethod
+    def paths(cls, opts: _HiddenOpts) -> tuple[set[str], set[str]]:
+        return {s for s, _ in opts.layers}, {t for _, t in opts.layers}
+
+    def forward(self, ctx: LossContext) -> Tensor:
+        o = self.opts
+        terms = []
+        for (sp, tp), proj in zip(o.layers, self.projectors):
+            s = _feature(ctx.student_features, sp, o.index, "student")
+            t = _feature(ctx.teacher_features, tp, o.index, "teacher").detach()
+            s, t = _align(s, t)
+            terms.append(weighted_mean(_per_sample_distance(proj(s), t, o.distance), ctx.sample_weight))
+        return torch.stack(terms).mean()  # layers has at least one pair (validated)
+
+
+class _RelationOpts(LossOptions):
+    student: str
+    teacher: str
+    mode: Literal["rkd_distance", "rkd_angle", "similarity"] = "rkd_distance"
+    index: int = 0
+
+
+def _pairwise_distance(f: Tensor) -> Tensor:
+    """[B, B] Euclidean distances from explicit differences (the diagonal is ~1e-6: callers drop it)."""
+    return (f[:, None, :] - f[None, :, :]).pow(2).sum(-1).clamp_min(1e-12).sqrt()
+
+
+def _angles(f: Tensor) -> Tensor:
+    """[B, B, B] cos of angle at a between b and c: <e(a->b), e(a->c)>, e unit (0 when b == a)."""
+    d = F.normalize(f[None, :, :] - f[:, None, :], p=2, dim=2)  # d[a, b] = unit(f_b - f_a)
+    return torch.bmm(d, d.transpose(1, 2))
+
+
+@register("relation")
+class Relation(Loss):
+    """Relational KD on per-sample flattened features (dims may differ between student and teacher).
+
+    rkd_distance (Park et al.): pairwise distances over i != j, each side divided by its mean, smooth
+    L1 between them. rkd_angle: cosines of all triplet angles <e(a->b), e(a->c)> (B^3 entries, zero
+    vectors where b == a, as in the reference code), smooth L1. similarity (Tung & Mori): G = F F^T
+    with rows L2-normalized, mean squared difference over the B x B entries. Batch-level, so per-sample
+    weights do not apply; a batch of one sample gives 0.
+    """
+
+    Options = _RelationOpts
+
+    @classmethod
+    def paths(cls, opts: _RelationOpts) -> tuple[set[str], set[str]]:
+        return {opts.student}, {opts.teacher}
+
+    def forward(self, ctx: LossContext) -> Tensor:
+        o = self.opts
+        s = _feature(ctx.student_features, o.student, o.index, "student").flatten(1)
+        t = _feature(ctx.teacher_features, o.teacher, o.index, "teacher").detach().flatten(1)
+        b = s.shape[0]
+        if b < 2:
+            return _zero(s)
+        if o.mode == "similarity":
+            g_s = F.normalize(s @ s.T, dim=1)
+            g_t = F.normalize(t @ t.T, dim=1)
+            return (g_s - g_t).pow(2).mean()
+        if o.mode == "rkd_angle":
+            return F.smooth_l1_loss(_angles(s).flatten(), _angles(t).flatten())
+        off = ~torch.eye(b, dtype=torch.bool, device=s.device)
+        d_s, d_t = _pairwise_distance(s)[off], _pairwise_distance(t)[off]
+        d_s = d_s / d_s.mean().clamp_min(1e-12)
+        d_t = d_t / d_t.mean().clamp_min(1e-12)
+        return F.smooth_l1_loss(d_s, d_t)
+
+
+# --------------------------------------------------------------------------- the set
+
+
+class LossSet(nn.Module):
+    """The weighted sum of a recipe's loss terms; its parameters (projectors) go into the optimizer."""
+
+    def __init__(self, terms: dict[str, Loss], weights: dict[str, float]) -> None:
+        super().__init__()
+        self.terms = nn.ModuleDict(terms)
+        self.weights = dict(weights)
+        self.student_paths: set[str] = set()
+        self.teacher_paths: set[str] = set()
+        for t in terms.values():
+            sp, tp = type(t).paths(t.opts)
+            self.student_paths |= sp
+            self.teacher_paths |= tp
+        self.needs_online_teacher = bool(self.teacher_paths)
+        self.needs_teacher = self.needs_online_teacher or any(type(t).needs_teacher_logits() for t in terms.values())
+
+    def weight_at(self, name: str, progress: float) -> float:
+        w = self.weights[name]
+        ws = self.terms[name].opts.weight_schedule
+        return w if ws is None else w * schedule(ws, progress)
+
+    def forward(self, ctx: LossContext) -> tuple[Tensor, dict[str, float]]:
+        values: list[Tensor] = []
+        parts: dict[str, float] = {}
+        for name, term in self.terms.items():
+            value = term(ctx) * self.weight_at(name, ctx.progress)
+            parts[name] = float(value.detach())
+            values.append(value)
+        if not values:
+            raise StageError("the loss set has no terms", hint="build it with build_losses from a non-empty list")
+        return torch.stack(values).sum(), parts
+
+
+def _parse(cfg: Any) -> tuple[str, float, LossOptions]:
+    raw = cfg.model_dump() if isinstance(cfg, BaseModel) else dict(cfg)
+    kind = raw.pop("kind", None)
+    weight = float(raw.pop("weight", 1.0))
+    if kind not in LOSSES:
+        valid = sorted(LOSSES)
+        close = difflib.get_close_matches(str(kind), valid, n=1)
+        hint = (f"did you mean '{close[0]}'? " if close else "") + f"valid kinds: {', '.join(valid)}"
+        raise ConfigError(f"unknown loss kind {kind!r}", hint=hint)
+    if not math.isfinite(weight):
+        raise ConfigError(f"loss '{kind}': weight {weight} is not finite", hint="use a finite number, e.g. 0.5")
+    cls = LOSSES[kind]
+    try:
+        opts = cls.Options.model_validate(raw)
+    except ValidationError as e:
+        raise options_error(f"loss '{kind}'", cls.Options, e) from None
+    return kind, weight, opts
+
+
+def _probe(model: nn.Module, paths: set[str], x: Tensor, side: str) -> dict[str, Any]:
+    """One forward in eval mode under no_grad to read feature shapes; restores every module's mode."""
+    if not paths:
+        return {}
+    modes = {m: m.training for m in model.modules()}
+    model.eval()  # no BatchNorm running-stat updates, no dropout: the probe must not change the model
+    try:
+        with torch.no_grad(), FeatureCapture(model, sorted(paths), detach=True) as cap:
+            model(x)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    missing = cap.missing()
+    if missing:
+        raise ConfigError(f"{side} modules {', '.join(missing)} did not run in a forward pass",
+                          hint="pick module paths that the model's forward actually calls")
+    return cap.features
+
+
+def build_losses(cfgs: list[Any], student: nn.Module, teacher: nn.Module | None, example_input: Tensor) -> LossSet:
+    """Validate the loss terms, probe feature shapes on `example_input`, build the LossSet.
+
+    Term names (keys of the logged parts) are the kinds, with `_2`, `_3`, … for repeats.
+    """
+    if not cfgs:
+        raise ConfigError("no distillation losses given", hint="add e.g. {kind: soft_label, weight: 1.0}")
+    parsed = [_parse(c) for c in cfgs]
+    s_paths: set[str] = set()
+    t_paths: set[str] = set()
+    for kind, _, opts in parsed:
+        sp, tp = LOSSES[kind].paths(opts)
+        s_paths |= sp
+        t_paths |= tp
+    if t_paths and teacher is None:
+        raise ConfigError(f"losses read teacher features ({', '.join(sorted(t_paths))}) but there is no teacher model",
+                          hint="give the recipe a teacher, or use only soft_label/hard_label with cached logits")
+    s_feats = _probe(student, s_paths, example_input, "student")
+    t_feats = _probe(teacher, t_paths, example_input, "teacher") if teacher is not None else {}
+    try:
+        device = next(student.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    terms: dict[str, Loss] = {}
+    weights: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for kind, weight, opts in parsed:
+        counts[kind] = counts.get(kind, 0) + 1
+        name = kind if counts[kind] == 1 else f"{kind}_{counts[kind]}"
+        terms[name] = LOSSES[kind](opts, s_feats, t_feats, device)
+        weights[name] = weight
+    return LossSet(terms, weights)

@@ -1,0 +1,349 @@
+"""Profile ONE model in this process: `python -m edgekd.profile.worker SPEC_JSON OUT_JSON`.
+
+The runner starts a fresh process per model and repeat, so one model's allocator arenas, thread
+pools and caches never colour another's timings or peak memory.
+
+SPEC keys: kind ("onnx" | "torch"), path, arch + kwargs (torch), input_shape (batch 1), input_name
+(onnx, default: first input), input_file (.npy [N, ...] of real samples, cycled), threads,
+providers (onnx), warmup_runs, warmup_seconds, min_runs, min_seconds, max_seconds, batch_sweep,
+throughput_batch, throughput_seconds, seed, energy ("auto" | "none" | "rapl" | "nvml" | "npu-smi"),
+device (a DeviceConfig dict: adds an `energy` figure, measured or a labelled estimate), name.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgekd.errors import EdgekdError, TargetUnavailable, UserError
+from edgekd.profile.stats import summarize
+
+DEFAULTS: dict[str, Any] = {
+    "threads": 1,
+    "providers": ["CPUExecutionProvider"],
+    "warmup_runs": 50,
+    "warmup_seconds": 2.0,
+    "min_runs": 1000,
+    "min_seconds": 10.0,
+    "max_seconds": 60.0,
+    "batch_sweep": [1, 8, 32, 64],
+    "throughput_batch": 64,
+    "throughput_seconds": None,  # default: min(2, max(0.2, min_seconds / 5)) per batch size
+    "seed": 0,
+    "energy": "auto",
+    "kwargs": {},
+}
+
+
+def _rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def _peak_rss() -> int:
+    """Peak resident set of this process in bytes: ru_maxrss (KiB on Linux, bytes on macOS), and
+    psutil's figure where the platform keeps one; the larger wins."""
+    import psutil
+
+    peak = 0
+    try:
+        import resource
+
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = int(maxrss) if sys.platform == "darwin" else int(maxrss) * 1024
+    except ImportError:  # Windows has no `resource`
+        peak = 0
+    info = psutil.Process().memory_info()
+    return max(peak, int(getattr(info, "peak_wset", 0)), int(info.rss))
+
+
+def _numpy_dtype(onnx_type: str):
+    import numpy as np
+
+    table = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
+             "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
+    if onnx_type not in table:
+        raise UserError(f"the profiler cannot feed an input of type {onnx_type}",
+                        hint="profile a model whose input is a float or integer tensor")
+    return table[onnx_type]
+
+
+def _sample_pool(spec: dict, shape: list[int], dtype, n_needed: int):
+    """[N, ...] samples to cycle through: the real ones from input_file, else seeded random normal
+    (integer inputs get 0/1 values, valid for token ids and masks)."""
+    import numpy as np
+
+    if spec.get("input_file"):
+        path = Path(spec["input_file"])
+        if not path.is_file():
+            raise UserError(f"input_file not found: {path}", hint="pass a .npy file of samples [N, ...]")
+        arr = np.load(path, allow_pickle=False)
+        if arr.ndim != len(shape) or list(arr.shape[1:]) != list(shape[1:]) or arr.shape[0] == 0:
+            raise UserError(f"input_file {path.name} has shape {list(arr.shape)}, expected [N, {', '.join(map(str, shape[1:]))}]",
+                            hint="save the samples with the model's per-sample shape, batch first")
+        return np.ascontiguousarray(arr.astype(dtype, copy=False)), f"file:{path.name}"
+    rng = np.random.default_rng(int(spec["seed"]))
+    n = max(16, n_needed)
+    full = [n, *shape[1:]]
+    if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+        arr = rng.integers(0, 2, size=full).astype(dtype)
+    else:
+        arr = rng.standard_normal(full, dtype=np.float32).astype(dtype)
+    return arr, f"random-normal(seed={spec['seed']})"
+
+
+def _batches(pool, batch: int, count: int) -> list:
+    """`count` contiguous batches cycled from the pool, built before timing so slicing is not timed."""
+    import numpy as np
+
+    n = pool.shape[0]
+    out = []
+    for i in range(count):
+        idx = (np.arange(batch) + i * batch) % n
+        out.append(np.ascontiguousarray(pool[idx]))
+    return out
+
+
+class _Loaded:
+    def __init__(self, run: Callable[[Any], Any], runtime: str, version: str, providers: list[str],
+                 static_batch: int | None, shape: list[int], dtype: Any) -> None:
+        self.run, self.runtime, self.version, self.providers = run, runtime, version, providers
+        self.static_batch, self.shape, self.dtype = static_batch, shape, dtype
+
+
+def _import_runtime(kind: str) -> None:
+    # Imported before the "before load" RSS reading so the delta is the model, not the library.
+    if kind == "onnx":
+        import onnxruntime  # noqa: F401
+    else:
+        import torch  # noqa: F401
+
+        import edgekd.zoo  # noqa: F401
+
+
+def _load_onnx(spec: dict) -> _Loaded:
+    import onnxruntime as ort
+
+    path = Path(spec["path"])
+    if not path.is_file():
+        raise UserError(f"ONNX model not found: {path}", hint="run the export/quantize stage first")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(spec["threads"])
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    providers = list(spec["providers"])
+    missing = [p for p in providers if p not in ort.get_available_providers()]
+    if missing:
+        raise TargetUnavailable(f"onnxruntime here lacks provider(s) {', '.join(missing)}",
+                        hint=f"available: {', '.join(ort.get_available_providers())}")
+    sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+    inputs = sess.get_inputs()
+    name = spec.get("input_name") or inputs[0].name
+    match = [i for i in inputs if i.name == name]
+    if not match:
+        raise UserError(f"model has no input named '{name}'", hint=f"inputs: {', '.join(i.name for i in inputs)}")
+    if len(inputs) > 1:
+        raise UserError(f"{path.name} has {len(inputs)} inputs; the profiler feeds one",
+                        hint="profile a single-input graph")
+    inp = match[0]
+    dims = list(inp.shape)
+    static_batch = dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else None
+    shape = spec.get("input_shape")
+    if shape is None:
+        if any(not isinstance(d, int) or d <= 0 for d in dims[1:]):
+            raise UserError(f"input '{name}' has symbolic dims {dims}", hint="give input_shape in the profile spec")
+        shape = [1, *dims[1:]]
+    dtype = _numpy_dtype(inp.type)
+    run = lambda x: sess.run(None, {name: x})  # noqa: E731
+    return _Loaded(run, "onnxruntime", ort.__version__, list(sess.get_providers()), static_batch, list(shape), dtype)
+
+
+def _load_torch(spec: dict) -> _Loaded:
+    import numpy as np
+    import torch
+
+    from edgekd.zoo import build
+
+    path = Path(spec["path"])
+    if not path.is_file():
+        raise UserError(f"state_dict not found: {path}", hint="run the training/distillation stage first")
+    if not spec.get("arch"):
+        raise UserError("a torch profile spec needs 'arch'", hint="name the zoo architecture and its kwargs")
+    if spec.get("input_shape") is None:
+        raise UserError("a torch profile spec needs 'input_shape'", hint="e.g. [1, 1, 28, 28]")
+    torch.set_num_threads(int(spec["threads"]))
+    model = build(spec["arch"], **dict(spec.get("kwargs") or {}))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    model.eval()
+
+    def run(x):
+        with torch.inference_mode():
+            return model(x)
+
+    loaded = _Loaded(run, "torch", torch.__version__, ["cpu"], None, list(spec["input_shape"]), np.float32)
+    loaded.to_tensor = torch.from_numpy  # type: ignore[attr-defined]
+    return loaded
+
+
+def _timed_calls(fn: Callable[[Any], Any], inputs: list, min_runs: int, min_s: float, max_s: float) -> tuple[list[float], float, float]:
+    """Per-call latencies in ms until (>= min_runs and >= min_s) or max_s; also wall and CPU seconds."""
+    samples: list[float] = []
+    n_in = len(inputs)
+    cpu0 = time.process_time()
+    start = time.perf_counter_ns()
+    max_ns, min_ns = int(max_s * 1e9), int(min_s * 1e9)
+    i = 0
+    while True:
+        x = inputs[i % n_in]
+        t0 = time.perf_counter_ns()
+        fn(x)
+        t1 = time.perf_counter_ns()
+        samples.append((t1 - t0) / 1e6)
+        i += 1
+        elapsed = t1 - start
+        if (i >= min_runs and elapsed >= min_ns) or elapsed >= max_ns:
+            break
+    wall = (time.perf_counter_ns() - start) / 1e9
+    return samples, wall, time.process_time() - cpu0
+
+
+def run_spec(spec_in: dict) -> dict:
+    """Profile one model as the spec says; returns the result record (see module docstring)."""
+    wall0 = time.perf_counter()
+    spec = {**DEFAULTS, **spec_in}
+    kind = spec.get("kind")
+    if kind not in ("onnx", "torch"):
+        raise UserError(f"unknown profile kind '{kind}'", hint="valid: onnx, torch")
+    if not spec.get("path"):
+        raise UserError("the profile spec has no 'path'", hint="name the model file to profile")
+    if int(spec["threads"]) < 1 or float(spec["max_seconds"]) <= 0:
+        raise UserError("threads must be >= 1 and max_seconds > 0", hint="fix the target card's [profile] table")
+
+    _import_runtime(kind)
+    rss_before = _rss()
+    t_load = time.perf_counter()
+    loaded = _load_onnx(spec) if kind == "onnx" else _load_torch(spec)
+    load_seconds = time.perf_counter() - t_load
+    rss_after = _rss()
+
+    shape = loaded.shape
+    if shape[0] != 1:
+        raise UserError(f"input_shape {shape} must have batch 1", hint="give the shape of one sample, e.g. [1, 1, 28, 28]")
+    sweep = sorted({int(b) for b in spec["batch_sweep"]} | {int(spec["throughput_batch"])})
+    pool, source = _sample_pool(spec, shape, loaded.dtype, max(sweep))
+    to_input = getattr(loaded, "to_tensor", lambda a: a)
+    singles = [to_input(b) for b in _batches(pool, 1, min(pool.shape[0], 64))]
+
+    # Warm-up: both the run count and the duration, so lazy allocations and caches have settled.
+    w0 = time.perf_counter()
+    warm = 0
+    while warm < int(spec["warmup_runs"]) or time.perf_counter() - w0 < float(spec["warmup_seconds"]):
+        loaded.run(singles[warm % len(singles)])
+        warm += 1
+        if time.perf_counter() - w0 > float(spec["max_seconds"]):
+            break
+    warm_s = time.perf_counter() - w0
+
+    from edgekd.profile.energy import measured_or_estimate, measured_result, pick_sampler
+
+    sampler = pick_sampler(str(spec["energy"]), loaded.providers)
+    if sampler is not None:
+        sampler.start()
+    samples, timed_s, cpu_s = _timed_calls(loaded.run, singles, int(spec["min_runs"]),
+                                           float(spec["min_seconds"]), float(spec["max_seconds"]))
+    energy_measured = None
+    if sampler is not None:
+        energy_measured = measured_result(sampler.method, sampler.stop(), len(samples), timed_s)
+    cpu_per_inf = cpu_s / len(samples)
+
+    tp_seconds = spec["throughput_seconds"]
+    if tp_seconds is None:
+        tp_seconds = min(2.0, max(0.2, float(spec["min_seconds"]) / 5))
+    throughput: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    for b in sweep:
+        if loaded.static_batch is not None and b != loaded.static_batch:
+            skipped[str(b)] = f"static batch dim {loaded.static_batch}"
+            continue
+        batches = [to_input(x) for x in _batches(pool, b, 2)]
+        for x in batches:  # first call at a new shape re-plans memory: keep it out of the timing
+            loaded.run(x)
+        lat, wall, _ = _timed_calls(loaded.run, batches, 3, float(tp_seconds), float(spec["max_seconds"]))
+        throughput[str(b)] = b * len(lat) / (sum(lat) / 1e3)
+
+    tb = int(spec["throughput_batch"])
+    if str(tb) not in throughput and throughput:
+        tb = max(int(k) for k in throughput)
+    peak = _peak_rss()
+    out: dict[str, Any] = {
+        "name": spec.get("name") or Path(spec["path"]).name,
+        "kind": kind,
+        "path": str(spec["path"]),
+        "runtime": loaded.runtime,
+        "runtime_version": loaded.version,
+        "providers": loaded.providers,
+        "threads": int(spec["threads"]),
+        "input_shape": shape,
+        "input_source": source,
+        "latency_ms": summarize(samples),
+        "samples": len(samples),
+        "timed_seconds": timed_s,
+        "hit_max_seconds": len(samples) < int(spec["min_runs"]) or timed_s < float(spec["min_seconds"]),
+        "warmup_runs_done": warm,
+        "warmup_seconds_done": warm_s,
+        "cpu_seconds_total": cpu_s,
+        "cpu_seconds_per_inference": cpu_per_inf,
+        "throughput_batch": tb,
+        "throughput_per_s": throughput.get(str(tb)),
+        "throughput_sweep": throughput,
+        "throughput_skipped": skipped,
+        "load_seconds": load_seconds,
+        "rss_before_load_bytes": rss_before,
+        "rss_after_load_bytes": rss_after,
+        "peak_rss_bytes": peak,
+        "peak_rss_delta_bytes": peak - rss_before,
+        "energy_measured": energy_measured,
+        "python": platform.python_version(),
+    }
+    if spec.get("device"):
+        from edgekd.config import DeviceConfig
+
+        out["energy"] = measured_or_estimate(cpu_per_inf, DeviceConfig(**spec["device"]), energy_measured)
+    out["wall_seconds"] = time.perf_counter() - wall0
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m edgekd.profile.worker SPEC_JSON OUT_JSON", file=sys.stderr)
+        return 2
+    spec_path, out_path = Path(args[0]), Path(args[1])
+    try:
+        spec = json.loads(spec_path.read_text())
+        result = run_spec(spec)
+        tmp = out_path.with_name(out_path.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, out_path)  # the runner never reads a half-written result
+    except EdgekdError as e:
+        print(f"edgekd-worker: {e.message}" + (f" (hint: {e.hint})" if e.hint else ""), file=sys.stderr)
+        return e.exit_code
+    except Exception as e:  # the runner reports the last stderr line: make it the cause, after the trace
+        traceback.print_exc()
+        one_line = " | ".join(str(e).split("\n"))[:500]
+        print(f"edgekd-worker: {type(e).__name__}: {one_line}", file=sys.stderr)
+        return 4
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

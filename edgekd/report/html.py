@@ -1,0 +1,66 @@
+"""report.html: one self-contained file (inline CSS, PNGs embedded as base64, no external assets)."""
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+from edgekd.report.markdown import (CANDIDATE_HEADER, MODEL_HEADER, candidate_rows, energy_notes, model_rows,
+                                    summary_rows)
+from edgekd.report.schema import atomic_write_text
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+table{border-collapse:collapse;margin:0.5rem 0 1.5rem;font-size:0.9rem}
+th,td{border:1px solid #ccc;padding:0.3rem 0.6rem;text-align:left}
+th{background:#f2f4f7} tr:nth-child(even) td{background:#fafafa}
+img{max-width:100%;border:1px solid #eee;margin:0.5rem 0}
+.meta{color:#555} code{background:#f2f4f7;padding:0 0.2rem}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(report: dict, plots: dict[str, Path] | None = None) -> str:
+    env = report.get("environment", {})
+    runtimes = ", ".join(f"{k} {v}" for k, v in (env.get("runtimes") or {}).items())
+    title = f"edgekd report: {report.get('recipe')} on {report.get('target')}"
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        f'<p class="meta">Created {_e(report.get("created"))} by edgekd {_e(report.get("edgekd_version"))}. '
+        f"CPU: {_e(env.get('cpu'))}; threads: {_e(env.get('threads'))}; runtimes: {_e(runtimes)}.</p>",
+        f"<h2>Teacher vs selected student (<code>{_e(report.get('selected'))}</code>)</h2>",
+        _table(["metric", "teacher", "student", "teacher / student"], summary_rows(report)),
+        "<h2>Models</h2>", _table(MODEL_HEADER, model_rows(report)),
+    ]
+    if report.get("candidates"):
+        parts += ["<h2>Candidates</h2>", _table(CANDIDATE_HEADER, candidate_rows(report))]
+    if plots:
+        parts.append("<h2>Plots</h2>")
+        for name, p in plots.items():
+            data = base64.b64encode(Path(p).read_bytes()).decode("ascii")
+            parts.append(f'<figure><img alt="{_e(name)}" src="data:image/png;base64,{data}"></figure>')
+    if report.get("profile_settings"):
+        parts += ["<h2>Profile settings</h2>",
+                  _table(["setting", "value"], [[k, v] for k, v in report["profile_settings"].items()])]
+    notes = energy_notes(report) + list(report.get("notes") or [])
+    if notes:
+        parts += ["<h2>Notes</h2>", "<ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>"]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_html(report: dict, path: Path | str, plots: dict[str, Path] | None = None) -> Path:
+    """Write a self-contained report.html with the given PNG plots embedded."""
+    return atomic_write_text(Path(path), render_html(report, plots))

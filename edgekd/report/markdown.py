@@ -1,0 +1,111 @@
+"""report.md: the same facts as report.json, for a pull request or a README."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from edgekd.report import (energy_label, fmt_bytes, fmt_energy, fmt_ms, fmt_num, fmt_pct, fmt_ratio, model_key,
+                           selected_of, teacher_of)
+from edgekd.report.schema import atomic_write_text
+
+
+def _cell(x: Any) -> str:
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def summary_rows(report: dict) -> list[list[str]]:
+    """Teacher vs selected student rows: metric, teacher, student, ratio (shared with HTML)."""
+    t, s = teacher_of(report) or {}, selected_of(report) or {}
+    c = report.get("comparison", {})
+    tl, sl = t.get("latency_ms") or {}, s.get("latency_ms") or {}
+    ratio_p90 = (tl["p90"] / sl["p90"]) if tl.get("p90") and sl.get("p90") else None
+    return [
+        ["latency p50", fmt_ms(tl.get("p50")), fmt_ms(sl.get("p50")), f"{fmt_ratio(c.get('speedup_p50'))} faster"],
+        ["latency p90", fmt_ms(tl.get("p90")), fmt_ms(sl.get("p90")), f"{fmt_ratio(ratio_p90)} faster"],
+        ["latency p99", fmt_ms(tl.get("p99")), fmt_ms(sl.get("p99")), ""],
+        [f"throughput (batch {s.get('throughput_batch', '?')})", f"{fmt_num(t.get('throughput_per_s'))}/s",
+         f"{fmt_num(s.get('throughput_per_s'))}/s", ""],
+        ["size", fmt_bytes(t.get("size_bytes")), fmt_bytes(s.get("size_bytes")), f"{fmt_ratio(c.get('size_ratio'))} smaller"],
+        ["params", fmt_num(t.get("params")), fmt_num(s.get("params")), ""],
+        ["peak RSS", fmt_bytes(t.get("peak_rss_bytes")), fmt_bytes(s.get("peak_rss_bytes")),
+         f"{fmt_ratio(c.get('peak_rss_ratio'))} less"],
+        ["accuracy", fmt_pct(t.get("accuracy")), fmt_pct(s.get("accuracy")),
+         f"{fmt_pct(c.get('accuracy_retention'))} retained"],
+        ["energy / inference", fmt_energy(t.get("energy")), fmt_energy(s.get("energy")),
+         f"{fmt_ratio(c.get('energy_ratio'))} less"],
+    ]
+
+
+def model_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for m in report.get("models", []):
+        lat = m.get("latency_ms") or {}
+        mark = " ★" if model_key(m) == report.get("selected") else ""
+        rows.append([model_key(m) + mark, m.get("format", ""), m.get("runtime", ""), fmt_pct(m.get("accuracy")),
+                     fmt_ms(lat.get("p50")), fmt_ms(lat.get("p90")), fmt_ms(lat.get("p99")), fmt_num(lat.get("n")),
+                     f"{fmt_num(m.get('throughput_per_s'))}/s", fmt_bytes(m.get("size_bytes")),
+                     fmt_bytes(m.get("peak_rss_bytes")), fmt_energy(m.get("energy"))])
+    return rows
+
+
+MODEL_HEADER = ["model", "format", "runtime", "accuracy", "p50", "p90", "p99", "n", "throughput", "size",
+                "peak RSS", "energy / inference"]
+CANDIDATE_HEADER = ["variant", "format", "status", "test accuracy", "val accuracy", "p50", "size"]
+
+
+def candidate_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for c in report.get("candidates") or []:
+        lat = c.get("latency_ms") or {}
+        rows.append([c.get("variant", ""), c.get("format", ""), c.get("status", ""), fmt_pct(c.get("accuracy")),
+                     fmt_pct(c.get("val_accuracy")), fmt_ms(lat.get("p50")), fmt_bytes(c.get("size_bytes"))])
+    return rows
+
+
+def energy_notes(report: dict) -> list[str]:
+    """One line per distinct energy method, so an estimate is always called one."""
+    seen: dict[str, str] = {}
+    for m in report.get("models", []):
+        e = m.get("energy") or {}
+        method = e.get("method")
+        if method and method not in seen:
+            seen[method] = f"Energy `{method}`: {energy_label(e)}" + (f" — {e['assumptions']}" if e.get("assumptions") else "")
+    return list(seen.values())
+
+
+def render_markdown(report: dict, plots: dict[str, Path] | None = None, base: Path | None = None) -> str:
+    env = report.get("environment", {})
+    runtimes = ", ".join(f"{k} {v}" for k, v in (env.get("runtimes") or {}).items())
+    lines = [f"# edgekd report: {report.get('recipe')} on {report.get('target')}", "",
+             f"Created {report.get('created')} by edgekd {report.get('edgekd_version')}. "
+             f"CPU: {env.get('cpu')}; threads: {env.get('threads')}; runtimes: {runtimes}.", "",
+             f"## Teacher vs selected student (`{report.get('selected')}`)", ""]
+    lines += _table(["metric", "teacher", "student", "teacher / student"], summary_rows(report))
+    lines += ["## Models", ""] + _table(MODEL_HEADER, model_rows(report))
+    if report.get("candidates"):
+        lines += ["## Candidates", ""] + _table(CANDIDATE_HEADER, candidate_rows(report))
+    if plots:
+        lines += ["## Plots", ""]
+        for name, p in plots.items():
+            rel = os.path.relpath(p, base) if base is not None else str(p)
+            lines += [f"![{name}]({Path(rel).as_posix()})", ""]
+    if report.get("profile_settings"):
+        lines += ["## Profile settings", ""]
+        lines += _table(["setting", "value"], [[k, v] for k, v in report["profile_settings"].items()])
+    notes = energy_notes(report) + list(report.get("notes") or [])
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(lines)
+
+
+def write_markdown(report: dict, path: Path | str, plots: dict[str, Path] | None = None) -> Path:
+    """Write report.md (plots, if given, are linked relative to it)."""
+    path = Path(path)
+    return atomic_write_text(path, render_markdown(report, plots, path.parent))

@@ -1,0 +1,175 @@
+"""TeacherLogitCache: fp16 round trip, top-k reconstruction, keys, NaN detection, sharding, augmentation."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgekd.distill.cache import CHUNK, TeacherLogitCache, cache_key, fingerprint_array, fingerprint_module
+from edgekd.errors import StageError
+
+N = 2 * CHUNK + 88  # three chunks, the last one partial
+
+
+class Lookup(nn.Module):
+    """A 'teacher' whose logits for input row [i] are table[i]: every cached value is known exactly."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("table", table)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table[x[:, 0].round().long()] + x[:, 1:2]  # column 1: an augmentation offset
+
+
+def inputs(n: int = N) -> np.ndarray:
+    return np.stack([np.arange(n), np.zeros(n)], 1).astype(np.float32)
+
+
+def cache(tmp_path, **kw) -> TeacherLogitCache:
+    args = {"teacher_hash": "t", "data_hash": "d"} | kw
+    return TeacherLogitCache(tmp_path, **args)
+
+
+def test_full_logits_round_trip_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    table = torch.tensor(rng.integers(-1000, 1000, (N, 10)) / 64.0, dtype=torch.float32)
+    assert torch.equal(table.half().float(), table)  # the premise: these values are exact in fp16
+    c = cache(tmp_path, top_k=5)  # 10 classes <= 64: stored full even with top_k
+    teacher = Lookup(table).train()
+    c.write(teacher, inputs())
+    assert teacher.training  # the teacher's mode is restored
+    c.open()
+    assert c.meta["format"] == "full" and len(c) == N and c.num_classes == 10
+    idx = np.array([0, 5, N - 1, 300, 5])
+    got = c.get(idx)
+    assert got.dtype == torch.float32 and torch.equal(got, table[idx])
+    # Arbitrary float logits come back as their fp16 rounding, exactly.
+    table2 = torch.randn(N, 10) * 5
+    c2 = cache(tmp_path, teacher_hash="t2")
+    c2.write(Lookup(table2), inputs())
+    assert torch.equal(c2.open().get(np.arange(N)), table2.half().float())
+    meta = json.loads((c2.dir / "meta.json").read_text())
+    assert {meta[k] for k in ("teacher_hash", "data_hash", "key")} == {"t2", "d", c2.key}
+    assert meta["top_k"] is None and meta["augment_seed"] is None
+    assert sorted(p.name for p in c2.dir.iterdir()) == ["meta.json", "values.npy"]  # no shards or temp files left
+
+
+def test_topk_keeps_topk_exact_and_spreads_leftover_mass(tmp_path):
+    rng = np.random.default_rng(1)
+    C, k = 100, 5
+    # Distinct values per row, so which classes are "top k" is never a tie.
+    table = torch.tensor(np.stack([rng.choice(1600, C, replace=False) - 800 for _ in range(N)]) / 128.0,
+                         dtype=torch.float32)
+    assert torch.equal(table.half().float(), table)
+    c = cache(tmp_path, top_k=k)
+    c.write(Lookup(table), inputs())
+    c.open()
+    assert c.meta["format"] == "topk"
+    idx = np.array([3, 400, N - 1])
+    got = c.get(idx)
+    assert got.shape == (3, C)
+    orig = table[idx]
+    top = orig.topk(k, dim=1)
+    assert torch.equal(got.gather(1, top.indices), top.values)  # top-k logits exact
+    p_orig, p_got = torch.softmax(orig.double(), 1), torch.softmax(got.double(), 1)
+    torch.testing.assert_close(p_got.gather(1, top.indices), p_orig.gather(1, top.indices), rtol=1e-6, atol=1e-9)
+    tail = torch.ones_like(p_got, dtype=torch.bool).scatter(1, top.indices, False)
+    tail_got = p_got[tail].view(3, C - k)
+    torch.testing.assert_close(tail_got.sum(1), p_orig[tail].view(3, C - k).sum(1), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(tail_got, tail_got[:, :1].expand_as(tail_got))  # spread evenly
+    assert torch.equal(got.argmax(1), orig.argmax(1))
+    # The -inf tail: probability only on the top k, renormalized.
+    ninf = cache(tmp_path, top_k=k, tail="-inf").open().get(idx)
+    assert torch.equal(ninf.gather(1, top.indices), top.values)
+    assert torch.isneginf(ninf[tail]).all()
+    torch.testing.assert_close(torch.softmax(ninf, 1).gather(1, top.indices), torch.softmax(top.values, 1))
+
+
+def test_key_changes_with_every_field(tmp_path):
+    base = {"teacher_hash": "t", "data_hash": "d", "augment_seed": None, "top_k": None}
+    k0 = cache_key(**base)
+    assert cache_key(**base) == k0 and len(k0) == 64
+    for field, value in (("teacher_hash", "t'"), ("data_hash", "d'"), ("augment_seed", 0), ("top_k", 8)):
+        assert cache_key(**(base | {field: value})) != k0, field
+    assert cache(tmp_path).dir != cache(tmp_path, top_k=8).dir
+    # Fingerprints move with the data and the weights.
+    x = inputs(10)
+    assert fingerprint_array(x) == fingerprint_array(x.copy())
+    x2 = x.copy()
+    x2[3, 1] = 1e-3
+    assert fingerprint_array(x2) != fingerprint_array(x)
+    m = nn.Linear(2, 2)
+    h = fingerprint_module(m)
+    with torch.no_grad():
+        m.bias[0] += 1e-4
+    assert fingerprint_module(m) != h
+
+
+def test_nan_names_first_bad_sample_and_leaves_nothing(tmp_path):
+    table = torch.randn(N, 10)
+    table[300, 4] = float("nan")
+    table[301, 0] = float("inf")
+    c = cache(tmp_path)
+    with pytest.raises(StageError, match=r"sample 300\b"):
+        c.write(Lookup(table), inputs())
+    assert not c.exists()
+    assert not list(c.dir.glob("*tmp*")) and not list(c.dir.glob("*.npy"))
+    with pytest.raises(StageError, match="no shards"):
+        c.open()
+
+
+def test_sharded_write_merges_to_the_single_process_result(tmp_path):
+    table = torch.randn(N, 80)
+    single = cache(tmp_path / "one", top_k=7)
+    single.write(Lookup(table), inputs())
+    want_full = single.open().get(np.arange(N))
+    for world in (2, 5):  # 5 ranks over 3 chunks: two ranks have no rows
+        c = cache(tmp_path / f"w{world}", top_k=7)
+        for rank in range(world - 1):
+            c.write(Lookup(table), inputs(), rank=rank, world_size=world)
+        with pytest.raises(StageError, match=f"missing shards \\[{world - 1}\\]"):
+            c.open()
+        c.write(Lookup(table), inputs(), rank=world - 1, world_size=world)
+        assert torch.equal(c.open().get(np.arange(N)), want_full)
+        assert json.loads((c.dir / "meta.json").read_text())["world_size_written"] == world
+        assert not list(c.dir.glob("shard-*"))
+
+
+def test_augmentation_is_seeded_per_chunk(tmp_path):
+    table = torch.zeros(N, 4)
+
+    def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        x = x.clone()
+        x[:, 1] = torch.rand(len(x), generator=gen)
+        return x
+
+    a = cache(tmp_path / "a", augment_seed=3)
+    a.write(Lookup(table), inputs(), augment=augment)
+    b = cache(tmp_path / "b", augment_seed=3)
+    b.write(Lookup(table), inputs(), augment=augment, rank=0, world_size=2)
+    b.write(Lookup(table), inputs(), augment=augment, rank=1, world_size=2)
+    va, vb = a.open().get(np.arange(N)), b.open().get(np.arange(N))
+    assert torch.equal(va, vb)  # same content whatever the number of ranks
+    assert float(va.std()) > 0.1  # the augmentation really changed the logits
+    other = cache(tmp_path / "c", augment_seed=4)
+    other.write(Lookup(table), inputs(), augment=augment)
+    assert not torch.equal(other.open().get(np.arange(N)), va)
+    with pytest.raises(StageError, match="together"):
+        cache(tmp_path / "d", augment_seed=3).write(Lookup(table), inputs())
+    with pytest.raises(StageError, match="together"):
+        cache(tmp_path / "d").write(Lookup(table), inputs(), augment=augment)
+
+
+def test_get_out_of_range_and_unopened(tmp_path):
+    c = cache(tmp_path)
+    with pytest.raises(StageError, match="not open"):
+        c.get([0])
+    c.write(Lookup(torch.zeros(N, 3)), inputs())
+    c.open()
+    with pytest.raises(StageError, match="out of range"):
+        c.get([N])
+    assert c(torch.tensor([1, 2])).shape == (2, 3)  # callable like the trainer's teacher_logits(idx)

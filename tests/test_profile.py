@@ -1,0 +1,320 @@
+"""Profiler: statistics, the worker (in process and as a subprocess), energy samplers, FLOPs, roofline."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekd.config import DeviceConfig
+from edgekd.errors import StageError, UserError
+from edgekd.profile import energy
+from edgekd.profile.flops import onnx_flops, roofline
+from edgekd.profile.runner import aggregate, interleaved_profile, profile_model
+from edgekd.profile.stats import summarize
+
+DATA = Path(__file__).parent / "data"
+DEVICE = DeviceConfig(name="test-cpu", peak_gflops=100.0, mem_bandwidth_gbs=10.0, active_power_watts=7.5)
+QUICK = {"warmup_runs": 3, "warmup_seconds": 0.0, "min_runs": 30, "min_seconds": 0.05, "max_seconds": 2.0,
+         "batch_sweep": [1, 4], "throughput_batch": 4, "throughput_seconds": 0.05, "threads": 1}
+
+
+# --------------------------------------------------------------------------- stats
+
+
+def test_summarize_known_samples():
+    s = summarize([float(x) for x in range(10, 0, -1)])  # 10..1, unsorted on purpose
+    assert s["n"] == 10 and s["min"] == 1.0
+    assert s["p50"] == pytest.approx(5.5)
+    assert s["p90"] == pytest.approx(9.1)
+    assert s["p99"] == pytest.approx(9.91)
+    assert s["mean"] == pytest.approx(5.5)
+    assert s["std"] == pytest.approx(math.sqrt(8.25))
+
+
+def test_summarize_matches_numpy_linear_percentiles():
+    x = np.random.default_rng(3).lognormal(size=257)
+    s = summarize(x.tolist())
+    for q in (50, 90, 99):
+        assert s[f"p{q}"] == pytest.approx(float(np.percentile(x, q)), rel=1e-12)
+    assert s["std"] == pytest.approx(float(np.std(x)), rel=1e-12)
+    assert summarize([2.5]) == {"min": 2.5, "p50": 2.5, "p90": 2.5, "p99": 2.5, "mean": 2.5, "std": 0.0, "n": 1}
+    with pytest.raises(StageError):
+        summarize([])
+
+
+# --------------------------------------------------------------------------- worker and runner
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """small_cnn as a state_dict, a dynamic-batch ONNX file and a static-batch ONNX file."""
+    import torch
+
+    from edgekd.zoo import build
+
+    d = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    m = build("small_cnn").eval()
+    torch.save(m.state_dict(), d / "s.pt")
+    x = torch.randn(1, 1, 28, 28)
+    torch.onnx.export(m, x, str(d / "dyn.onnx"), dynamo=False, input_names=["input"],
+                      dynamic_axes={"input": {0: "batch"}})
+    torch.onnx.export(m, x, str(d / "static.onnx"), dynamo=False, input_names=["input"])
+    return d
+
+
+def test_worker_onnx_in_process(models, tmp_path):
+    from edgekd.profile.worker import run_spec
+
+    samples = np.random.default_rng(0).standard_normal((5, 1, 28, 28)).astype(np.float32)
+    np.save(tmp_path / "x.npy", samples)
+    r = run_spec({"kind": "onnx", "path": str(models / "dyn.onnx"), "input_shape": [1, 1, 28, 28],
+                  "input_file": str(tmp_path / "x.npy"), "device": DEVICE.model_dump(), "energy": "none", **QUICK})
+    assert r["runtime"] == "onnxruntime" and r["input_source"] == "file:x.npy"
+    lat = r["latency_ms"]
+    assert r["samples"] == lat["n"] >= QUICK["min_runs"]
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"]
+    assert set(r["throughput_sweep"]) == {"1", "4"} and r["throughput_per_s"] == r["throughput_sweep"]["4"] > 0
+    assert 0 < r["rss_before_load_bytes"] <= r["peak_rss_bytes"]
+    assert r["peak_rss_bytes"] >= r["rss_after_load_bytes"]
+    assert r["peak_rss_delta_bytes"] == r["peak_rss_bytes"] - r["rss_before_load_bytes"]
+    assert r["cpu_seconds_per_inference"] > 0
+    # No counter was asked for: the energy figure must be the labelled estimate, CPU time x power.
+    assert r["energy_measured"] is None
+    assert r["energy"]["method"] == energy.ESTIMATE_METHOD
+    assert r["energy"]["joules_per_inference"] == pytest.approx(r["cpu_seconds_per_inference"] * 7.5)
+
+
+def test_worker_rejects_wrong_input_file_shape(models, tmp_path):
+    from edgekd.profile.worker import run_spec
+
+    np.save(tmp_path / "bad.npy", np.zeros((3, 1, 8, 8), np.float32))
+    with pytest.raises(UserError, match="expected"):
+        run_spec({"kind": "onnx", "path": str(models / "dyn.onnx"), "input_shape": [1, 1, 28, 28],
+                  "input_file": str(tmp_path / "bad.npy"), **QUICK})
+
+
+def test_worker_skips_batches_of_a_static_onnx_input(models):
+    from edgekd.profile.worker import run_spec
+
+    # No input_shape: the static graph's own shape [1, 1, 28, 28] is used.
+    r = run_spec({"kind": "onnx", "path": str(models / "static.onnx"), "energy": "none", **QUICK})
+    assert r["input_shape"] == [1, 1, 28, 28]
+    assert list(r["throughput_sweep"]) == ["1"] and "4" in r["throughput_skipped"]
+    assert r["throughput_batch"] == 1 and r["throughput_per_s"] == r["throughput_sweep"]["1"]
+
+
+def test_interleaved_subprocess_profile_onnx_and_torch(models, tmp_path):
+    order: list[tuple[str, int]] = []
+    specs = {
+        "student-onnx": {"kind": "onnx", "path": str(models / "dyn.onnx"), "input_shape": [1, 1, 28, 28], **QUICK},
+        "student-torch": {"kind": "torch", "path": str(models / "s.pt"), "arch": "small_cnn", "kwargs": {},
+                          "input_shape": [1, 1, 28, 28], **QUICK},
+    }
+    res = interleaved_profile(specs, repeats=2, workdir=tmp_path, progress=lambda n, r, t: order.append((n, r)))
+    # Repeat 1 of every model runs before repeat 2 of any.
+    assert order == [("student-onnx", 1), ("student-torch", 1), ("student-onnx", 2), ("student-torch", 2)]
+    assert res["student-onnx"]["runtime"] == "onnxruntime" and res["student-torch"]["runtime"] == "torch"
+    for r in res.values():
+        assert len(r["repeats"]) == 2 and r["latency_ms"]["p50"] in r["repeats"]
+        spread = (max(r["repeats"]) - min(r["repeats"])) / float(np.median(r["repeats"]))
+        assert r["spread"] == pytest.approx(spread) and r["noisy"] == (spread > 0.05)
+    # Each repeat was its own process: two result files per model.
+    assert len(list(tmp_path.glob("*.result.json"))) == 4
+
+
+def test_aggregate_takes_median_repeat_and_max_memory():
+    def run(p50: float, rss: int, tp: float) -> dict:
+        return {"latency_ms": {"p50": p50, "p90": p50 * 2}, "cpu_seconds_per_inference": p50 / 1e3,
+                "throughput_per_s": tp, "throughput_sweep": {"1": tp / 2, "8": tp}, "peak_rss_bytes": rss,
+                "peak_rss_delta_bytes": rss - 10, "rss_after_load_bytes": rss - 5, "wall_seconds": 1.0}
+
+    agg = aggregate("m", [run(1.0, 100, 10.0), run(1.3, 300, 30.0), run(1.1, 200, 20.0)])
+    assert agg["latency_ms"] == {"p50": 1.1, "p90": 2.2}
+    assert agg["repeats"] == [1.0, 1.3, 1.1]
+    assert agg["spread"] == pytest.approx(0.3 / 1.1) and agg["noisy"] is True
+    assert agg["peak_rss_bytes"] == 300 and agg["peak_rss_delta_bytes"] == 290
+    assert agg["throughput_per_s"] == 20.0 and agg["throughput_sweep"] == {"1": 10.0, "8": 20.0}
+    calm = aggregate("m", [run(1.0, 1, 1.0), run(1.04, 1, 1.0)])
+    assert calm["noisy"] is False and calm["latency_ms"]["p50"] == 1.0  # even count: the lower middle
+
+
+def test_failing_worker_raises_stage_error_naming_model(tmp_path):
+    spec = {"kind": "onnx", "path": str(tmp_path / "nope.onnx"), "input_shape": [1, 4], "name": "ghost", **QUICK}
+    with pytest.raises(StageError) as ei:
+        profile_model(spec, repeats=1, workdir=tmp_path)
+    assert "ghost" in ei.value.message and "ONNX model not found" in ei.value.message
+    assert ei.value.exit_code == 2  # the worker's user error keeps its exit code
+
+
+# --------------------------------------------------------------------------- energy
+
+
+def test_parse_npu_smi_power_recorded_and_variants():
+    assert energy.parse_npu_smi_power((DATA / "npu_smi_power.txt").read_text()) == 13.4
+    assert energy.parse_npu_smi_power("\tNPU Real-time Power(W)         : 21.7\n") == 21.7  # 310P wording
+    with pytest.raises(StageError):  # a rating is not a reading
+        energy.parse_npu_smi_power("\tRated Power Dissipation(W)     : 8.0\n")
+    with pytest.raises(StageError):
+        energy.parse_npu_smi_power("\tPower Dissipation(W)           : NA\n")
+
+
+def test_integrate_trapezoid_exact():
+    assert energy.integrate_trapezoid([(0.0, 10.0), (1.0, 20.0), (3.0, 20.0)]) == pytest.approx(55.0)
+    assert energy.integrate_trapezoid([(1.0, 5.0)]) == 0.0
+
+
+def test_npu_smi_sampler_integrates_constant_power():
+    s = energy.NpuSmiSampler(interval_s=0.01, reader=lambda: "\tPower Dissipation(W)           : 10.0\n")
+    assert s.available()
+    t0 = time.perf_counter()
+    s.start()
+    time.sleep(0.15)
+    joules = s.stop()
+    outer = time.perf_counter() - t0
+    assert 10.0 * (outer - 0.05) <= joules <= 10.0 * outer
+
+
+def test_rapl_sums_packages_handles_wrap_and_skips_subzones(tmp_path):
+    def zone(name: str, uj: int, rng: int = 1_000_000_000) -> Path:
+        z = tmp_path / name
+        z.mkdir(exist_ok=True)
+        (z / "energy_uj").write_text(f"{uj}\n")
+        (z / "max_energy_range_uj").write_text(f"{rng}\n")
+        return z
+
+    zone("intel-rapl:0", 1_000_000_000 - 500_000)
+    zone("intel-rapl:1", 1_000_000)
+    zone("intel-rapl:0:0", 0)  # cores, already inside package 0
+    s = energy.RaplSampler(root=tmp_path)
+    assert s.available() and [z.name for z in s.zones()] == ["intel-rapl:0", "intel-rapl:1"]
+    s.start()
+    zone("intel-rapl:0", 1_500_000)  # wrapped: 0.5 J before the wrap + 1.5 J after
+    zone("intel-rapl:1", 4_000_000)
+    zone("intel-rapl:0:0", 100_000_000)
+    assert s.stop() == pytest.approx(2.0 + 3.0)
+    assert not energy.RaplSampler(root=tmp_path / "absent").available()
+
+
+def test_nvml_unavailable_without_pynvml(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails as if not installed
+    assert energy.NvmlSampler().available() is False
+
+
+def test_estimate_is_labelled_and_never_measured():
+    est = energy.estimate_energy(0.002, DEVICE)
+    assert est["joules_per_inference"] == pytest.approx(0.015)
+    assert est["method"] == "estimate-cpu-time-x-power" and est["method"] not in energy.MEASURED_METHODS
+    assert "7.5 W" in est["assumptions"]
+    assert energy.measured_or_estimate(0.002, DEVICE)["method"] == est["method"]
+    good = energy.measured_result("rapl", joules=3.0, inferences=1000, seconds=2.0)
+    got = energy.measured_or_estimate(0.002, DEVICE, good)
+    assert got["method"] == "rapl" and got["joules_per_inference"] == pytest.approx(0.003)
+    # A counter that gave nothing usable, or a caller passing an estimate off as measured: estimate label.
+    for bad in ({"method": "rapl", "joules_per_inference": 0.0}, {"method": "nvml", "joules_per_inference": float("nan")},
+                {"method": "measured", "joules_per_inference": 0.01}):
+        out = energy.measured_or_estimate(0.002, DEVICE, bad)
+        assert out["method"] == energy.ESTIMATE_METHOD and out["joules_per_inference"] == pytest.approx(0.015)
+
+
+def test_pick_sampler_choices():
+    assert energy.pick_sampler("none") is None
+    with pytest.raises(UserError, match="unknown energy sampler"):
+        energy.pick_sampler("watts-meter")
+
+
+# --------------------------------------------------------------------------- FLOPs and roofline
+
+
+def _tiny_graph(path: Path) -> Path:
+    """Conv 3->4 (3x3, pad 1) on 8x8, depthwise Conv (stride 2), Flatten, Gemm 64->10, MatMul 10->5."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n) for n, s in
+             [("W1", (4, 3, 3, 3)), ("B1", (4,)), ("W2", (4, 1, 3, 3)), ("W3", (10, 64)), ("B3", (10,)), ("W4", (10, 5))]]
+    nodes = [
+        helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["c1", "W2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2], group=4),
+        helper.make_node("Flatten", ["c2"], ["f"]),
+        helper.make_node("Gemm", ["f", "W3", "B3"], ["g"], transB=1),
+        helper.make_node("MatMul", ["g", "W4"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+# Hand count at batch 1: conv1 4*8*8 outputs x 3*3*3 = 6912; depthwise 4*4*4 x 1*3*3 = 576;
+# Gemm 64*10 = 640; MatMul 10*5 = 50.
+TINY_MACS = 6912 + 576 + 640 + 50
+TINY_PARAMS = 108 + 4 + 36 + 640 + 10 + 50
+
+
+def test_onnx_flops_hand_counted(tmp_path):
+    r = onnx_flops(_tiny_graph(tmp_path / "tiny.onnx"))
+    assert r["macs"] == TINY_MACS and r["flops"] == 2 * TINY_MACS and r["params"] == TINY_PARAMS
+    assert r["by_op"] == {"Conv": 6912 + 576, "Gemm": 640, "MatMul": 50} and r["unresolved"] == 0
+
+
+def test_onnx_flops_counts_quantized_graphs_like_float(tmp_path):
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
+
+    src = _tiny_graph(tmp_path / "tiny.onnx")
+    quantize_dynamic(str(src), str(tmp_path / "dyn.onnx"))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{"x": np.random.default_rng(i).standard_normal((1, 3, 8, 8)).astype(np.float32)} for i in range(4)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(src), str(tmp_path / "qdq.onnx"), Reader(), quant_format=QuantFormat.QDQ)
+    dyn_ops = {n.op_type for n in onnx.load(str(tmp_path / "dyn.onnx")).graph.node}
+    assert {"ConvInteger", "MatMulInteger"} <= dyn_ops
+    assert onnx_flops(tmp_path / "dyn.onnx")["macs"] == TINY_MACS
+    qdq = onnx_flops(tmp_path / "qdq.onnx")
+    assert qdq["macs"] == TINY_MACS and qdq["params"] == TINY_PARAMS  # scales/zero points are not params
+
+
+def test_onnx_flops_matmulnbits(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = 32, 8
+    b = numpy_helper.from_array(np.zeros((n, 1, k // 2), np.uint8), "B")  # 4-bit: 2 weights per byte
+    scales = numpy_helper.from_array(np.ones((n,), np.float32), "S")
+    node = helper.make_node("MatMulNBits", ["a", "B", "S"], ["y"], domain="com.microsoft", K=k, N=n, bits=4, block_size=32)
+    graph = helper.make_graph([node], "nbits", [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, n])], [b, scales])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    onnx.save(model, str(tmp_path / "nbits.onnx"))
+    r = onnx_flops(tmp_path / "nbits.onnx")
+    assert r["macs"] == 3 * k * n and r["params"] == k * n
+
+
+def test_onnx_flops_missing_file(tmp_path):
+    with pytest.raises(UserError):
+        onnx_flops(tmp_path / "missing.onnx")
+
+
+def test_roofline_memory_and_compute_bound():
+    mem = roofline(flops=2e6, bytes_moved=1e6, latency_ms=1.0, device=DEVICE)  # intensity 2 < ridge 10
+    assert mem["achieved_gflops"] == pytest.approx(2.0) and mem["efficiency"] == pytest.approx(0.02)
+    assert mem["arithmetic_intensity"] == pytest.approx(2.0) and mem["ridge_point"] == pytest.approx(10.0)
+    assert mem["bound"] == "memory" and mem["attainable_gflops"] == pytest.approx(20.0)
+    comp = roofline(flops=5e7, bytes_moved=1e6, latency_ms=1.0, device=DEVICE)  # intensity 50
+    assert comp["bound"] == "compute" and comp["attainable_gflops"] == pytest.approx(100.0)
+    assert comp["efficiency"] == pytest.approx(0.5)
+    with pytest.raises(StageError):
+        roofline(1e6, 1e6, 0.0, DEVICE)

@@ -1,0 +1,134 @@
+"""Report contract, loader and writers (json, md, self-contained html, plots, terminal)."""
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from edgekd.errors import StageError, UserError
+from edgekd.report import write_all
+from edgekd.report.plots import make_plots, pareto_front
+from edgekd.report.schema import REPORT_SCHEMA_VERSION, check_report, load_report
+
+FIXTURE = Path(__file__).parent / "data" / "report_fixture.json"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def report() -> dict:
+    return json.loads(FIXTURE.read_text())
+
+
+def test_fixture_meets_contract(report):
+    assert report["schema_version"] == REPORT_SCHEMA_VERSION
+    assert check_report(report) == []
+
+
+@pytest.mark.parametrize("breakage, expect", [
+    (lambda r: r["models"][1]["latency_ms"].pop("p99"), "latency_ms: missing 'p99'"),
+    (lambda r: r["models"][0]["energy"].update(method="measured"), "energy.method"),
+    (lambda r: r["models"][2].update(accuracy=89.79), "fraction in [0, 1]"),
+    (lambda r: r.update(selected="student/int4"), "selected: 'student/int4' is not among models"),
+    (lambda r: r.update(models=[m for m in r["models"] if m["role"] != "teacher"]), "no teacher entry"),
+    (lambda r: r["candidates"][0].update(status="great"), "candidates[0].status"),
+    (lambda r: r["comparison"].pop("energy_ratio"), "comparison: missing 'energy_ratio'"),
+    (lambda r: r["environment"].pop("runtimes"), "environment: missing 'runtimes'"),
+    (lambda r: r.pop("edgekd_version"), "report: missing 'edgekd_version'"),
+])
+def test_check_report_finds_breakage(report, breakage, expect):
+    breakage(report)
+    problems = check_report(report)
+    assert any(expect in p for p in problems), problems
+
+
+def test_load_report_errors_are_user_errors(tmp_path, report):
+    with pytest.raises(UserError, match="report not found") as ei:
+        load_report(tmp_path / "nope.json")
+    assert ei.value.exit_code == 2 and ei.value.hint
+    text = FIXTURE.read_text()
+    (tmp_path / "cut.json").write_text(text[: len(text) // 2])
+    with pytest.raises(UserError, match="truncated"):
+        load_report(tmp_path / "cut.json")
+    report["schema_version"] = 2
+    (tmp_path / "v2.json").write_text(json.dumps(report))
+    with pytest.raises(UserError, match="schema_version 2 is not supported") as ei:
+        load_report(tmp_path / "v2.json")
+    assert "regenerate" in ei.value.hint
+    report["schema_version"] = 1
+    del report["models"][0]["energy"]
+    (tmp_path / "bad.json").write_text(json.dumps(report))
+    with pytest.raises(UserError, match="not a valid report"):
+        load_report(tmp_path / "bad.json")
+    assert load_report(tmp_path / "bad.json", strict=False)["recipe"] == "fashion-cnn"
+    assert load_report(FIXTURE) == json.loads(FIXTURE.read_text())
+
+
+def test_write_all_round_trip_and_self_contained_html(tmp_path, report):
+    report["notes"].append("<script>alert(1)</script> | pipe")
+    paths = write_all(report, tmp_path / "out")
+    out = tmp_path / "out"
+    names = {p.relative_to(out).as_posix() for p in paths}
+    assert {"report.json", "report.md", "report.html", "plots/latency.png", "plots/accuracy_size.png",
+            "plots/throughput.png"} == names
+    assert all(p.is_file() for p in paths)
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]  # atomic writes leave no temp files
+    assert json.loads((out / "report.json").read_text()) == report
+
+    html = (out / "report.html").read_text()
+    imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(imgs) == 3 and all(base64.b64decode(b).startswith(PNG_MAGIC) for b in imgs)
+    assert not re.search(r'(src|href)\s*=\s*["\']?(https?:|//|[^"\'#d])', html), "external asset in html"
+    assert "&lt;script&gt;" in html and "<script>" not in html
+    assert "14.09×" in html  # teacher p50 2.41 ms / student 0.171 ms
+
+    md = (out / "report.md").read_text()
+    assert "| latency p50 | 2.410 ms | 0.171 ms | 14.09× faster |" in md
+    assert "97.47% retained" in md and "![latency](plots/latency.png)" in md
+    assert "- <script>alert(1)</script> | pipe" in md.splitlines()  # notes are list items, not table cells
+    assert "estimate (estimate-cpu-time-x-power)" in md and "measured (" not in md
+    assert "failed: CPUExecutionProvider has no fp16 Conv kernel" in md
+
+
+def test_write_all_refuses_broken_report(tmp_path, report):
+    del report["comparison"]
+    with pytest.raises(StageError, match="contract"):
+        write_all(report, tmp_path / "out")
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_plots_are_pngs_and_skip_missing_data(tmp_path, report):
+    import matplotlib.image
+
+    plots = make_plots(report, tmp_path)
+    for p in plots.values():
+        assert p.read_bytes().startswith(PNG_MAGIC)
+        img = matplotlib.image.imread(str(p))
+        assert img.shape[0] > 100 and img.shape[1] > 100
+    bare = copy.deepcopy(report)
+    for m in bare["models"]:
+        m.pop("throughput_sweep")
+    assert set(make_plots(bare, tmp_path / "bare")) == {"latency", "accuracy_size"}
+
+
+def test_pareto_front():
+    pts = [(100, 0.90), (50, 0.85), (60, 0.80), (200, 0.95), (50, 0.86), (200, 0.90)]
+    # (50,.85) loses to (50,.86); (60,.80) to (50,.86); (200,.90) to (100,.90).
+    assert pareto_front(pts) == [4, 0, 3]
+
+
+def test_terminal_render(report):
+    from rich.console import Console
+
+    from edgekd.report.terminal import render
+
+    con = Console(record=True, width=220, color_system=None)
+    render(report, con)
+    text = con.export_text()
+    assert "14.09× faster" in text and "97.47% retained" in text
+    assert "[estimate (estimate-cpu-time-x-power)]" in text  # rendered literally, not eaten as markup
+    assert "slower-than-fp32" in text and "Candidates" in text
+    assert "energy is an estimate" in text  # the notes are shown

@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+import torch
+
+from edgekd import zoo
+from edgekd.config import DistillConfig, LossConfig, TrainConfig
+from edgekd.config import DataConfig
+from edgekd.data import load
+from edgekd.distill import trainer as T
+from edgekd.errors import StageError
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load(DataConfig(kind="digits"))
+
+
+def _cfg(**kw):
+    return TrainConfig(**{"epochs": 4, "batch_size": 64, "lr": 3e-3, "seed": 3, **kw})
+
+
+def _same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_deterministic_with_seed(digits):
+    s = digits
+    T.seed_everything(3)
+    r1 = T.train(zoo.build("mlp", hidden=[16]), s.x_train, s.y_train, s.x_val, s.y_val, _cfg())
+    T.seed_everything(3)
+    r2 = T.train(zoo.build("mlp", hidden=[16]), s.x_train, s.y_train, s.x_val, s.y_val, _cfg())
+    assert _same(r1.best_state, r2.best_state) and r1.history[-1]["loss_ce"] == r2.history[-1]["loss_ce"]
+    assert r1.best_val_accuracy > 0.8
+
+
+def test_resume_after_kill_matches_uninterrupted(digits, tmp_path, monkeypatch):
+    s = digits
+    torch.manual_seed(0)
+    m_full = zoo.build("mlp", hidden=[16])
+    init = {k: v.clone() for k, v in m_full.state_dict().items()}
+    full = T.train(m_full, s.x_train, s.y_train, s.x_val, s.y_val, _cfg())
+
+    ck = tmp_path / "ck.pt"
+    real_save = T._ckpt_save
+    calls = {"n": 0}
+
+    def save_then_die(path, payload):
+        real_save(path, payload)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # killed right after epoch 2's checkpoint
+
+    monkeypatch.setattr(T, "_ckpt_save", save_then_die)
+    m = zoo.build("mlp", hidden=[16])
+    m.load_state_dict(init)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(m, s.x_train, s.y_train, s.x_val, s.y_val, _cfg(), checkpoint=ck)
+    monkeypatch.setattr(T, "_ckpt_save", real_save)
+    m2 = zoo.build("mlp", hidden=[16])  # a fresh process would start from fresh weights
+    resumed = T.train(m2, s.x_train, s.y_train, s.x_val, s.y_val, _cfg(), checkpoint=ck)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert _same(m2.state_dict(), m_full.state_dict()), "resumed weights differ from the uninterrupted run"
+    assert _same(resumed.best_state, full.best_state)
+
+
+def test_early_stopping(digits):
+    s = digits
+    cfg = DistillConfig(epochs=50, batch_size=64, lr=1e-6, patience=2, seed=0,
+                        losses=[LossConfig(kind="hard_label", weight=1.0)])
+    r = T.train(zoo.build("mlp", hidden=[8]), s.x_train, s.y_train, s.x_val, s.y_val, cfg)
+    assert r.stopped_early and len(r.history) < 50
+
+
+def test_diverging_loss_stops_with_clear_error(digits):
+    s = digits
+    x = s.x_train.copy()
+    x[0, 0] = np.nan
+    with pytest.raises(StageError, match="loss became nan"):
+        T.train(zoo.build("mlp", hidden=[8]), x, s.y_train, s.x_val, s.y_val, _cfg(epochs=1, batch_size=len(x)))
+
+
+def test_empty_training_set(digits):
+    s = digits
+    with pytest.raises(StageError, match="empty"):
+        T.train(zoo.build("mlp"), s.x_train[:0], s.y_train[:0], s.x_val, s.y_val, _cfg())
+
+
+def test_augment_shifts_and_flips_only():
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(64, 1, 8, 8)
+    x[:, :, 4, 4] = 1.0
+    y = T.augment_images(x, g, pad=2)
+    assert y.shape == x.shape and torch.all(y.sum((1, 2, 3)) == 1)  # the pixel moved, never vanished
+    assert (y != x).any()
