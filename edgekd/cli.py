@@ -31,7 +31,7 @@ def _fail(e: BaseException) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)  # one line, never wrapped
     if _state["debug"]:
         import traceback
 

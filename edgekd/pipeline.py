@@ -210,7 +210,9 @@ def run(stages: list[Stage], ctx: BuildContext, only: str | None = None, upto: s
     results: dict[str, StageResult] = {}
     lineage = []
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    status = "ok"
+    status = "running"
+    if rank == 0:
+        _write_run(ctx, started, status, lineage)  # later stages (report) read the build's identity from it
     try:
         for stage in stages:
             if not stage.when(ctx):
@@ -223,8 +225,11 @@ def run(stages: list[Stage], ctx: BuildContext, only: str | None = None, upto: s
             if ctx.console is not None:
                 note = "reused" if res.reused else f"{res.seconds:.1f} s"
                 ctx.log(f"[green]✓[/] {stage.name} [dim]({note})[/]")
+            if rank == 0:
+                _write_run(ctx, started, status, lineage)
             if stage.name == upto:
                 break
+        status = "ok"
     except EdgekdError as e:
         status = f"failed: {e.message}"
         raise

@@ -500,6 +500,7 @@ def build_report(build_dir: Path) -> dict[str, Any]:
     def model_entry(role: str, variant: str, fmt: str, runtime: str, path: Path, params: int, acc: float) -> dict:
         pr = prof.get(f"{role}/{variant}", {})
         return {"role": role, "variant": variant, "format": fmt, "runtime": runtime,
+                "throughput_batch": settings.get("throughput_batch"),
                 "path": os.path.relpath(path, build_dir), "params": params, "size_bytes": path.stat().st_size,
                 "accuracy": acc, "latency_ms": pr.get("latency_ms"), "throughput_per_s": pr.get("throughput_per_s"),
                 "throughput_sweep": pr.get("throughput_sweep"), "peak_rss_bytes": pr.get("peak_rss_bytes"),

@@ -318,3 +318,26 @@ def test_roofline_memory_and_compute_bound():
     assert comp["efficiency"] == pytest.approx(0.5)
     with pytest.raises(StageError):
         roofline(1e6, 1e6, 0.0, DEVICE)
+
+
+def test_subprocess_isolation_parent_memory_does_not_leak_into_measurement(tmp_path):
+    """A bloated parent (or a leaky model profiled earlier) must not change the next worker's
+    peak RSS: ru_maxrss survives fork+exec on Linux, so the worker must not use it."""
+    import numpy as np
+    import torch
+
+    from edgekd import zoo
+    from edgekd.export.onnx import export_onnx
+    from edgekd.profile.runner import profile_model
+
+    m = zoo.build("mlp", hidden=[8]).eval()
+    path = export_onnx(m, torch.randn(1, 64), tmp_path / "m.onnx", opset=17)
+    spec = {"kind": "onnx", "path": str(path), "input_shape": [1, 64], "threads": 1, "warmup_runs": 5,
+            "warmup_seconds": 0.0, "min_runs": 20, "min_seconds": 0.0, "max_seconds": 2.0, "batch_sweep": [1]}
+    first = profile_model(spec, repeats=1, workdir=tmp_path)
+    hog = np.ones(400 * 2**20 // 8)  # 400 MiB resident in the parent
+    hog[::4096] += 1.0
+    second = profile_model(spec, repeats=1, workdir=tmp_path)
+    del hog
+    assert second["peak_rss_bytes"] < 300 * 2**20, "worker reported the parent's memory"
+    assert abs(second["peak_rss_bytes"] - first["peak_rss_bytes"]) < 0.2 * first["peak_rss_bytes"]

@@ -48,10 +48,21 @@ def _rss() -> int:
 
 
 def _peak_rss() -> int:
-    """Peak resident set of this process in bytes: ru_maxrss (KiB on Linux, bytes on macOS), and
-    psutil's figure where the platform keeps one; the larger wins."""
+    """Peak resident set of this process in bytes.
+
+    On Linux this is VmHWM from /proc/self/status: the high-water mark of the current address
+    space, which exec resets. ru_maxrss is NOT usable there: it survives fork+exec, so a worker
+    spawned by a 500 MiB parent would report the parent's peak. Elsewhere: ru_maxrss / psutil.
+    """
     import psutil
 
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = 0
     try:
         import resource

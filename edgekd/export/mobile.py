@@ -1,0 +1,431 @@
+"""The mobile bundle: .pte (FP32 and INT8, ExecuTorch/XNNPACK) and .ort (ONNX Runtime Mobile), each
+checked against the PyTorch student on this host, with metadata, an adb benchmark script and a
+labelled roofline estimate of on-device latency and energy. `adb_profile` times a bundle on a phone.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from edgekd.errors import StageError, TargetUnavailable, UserError
+
+if TYPE_CHECKING:
+    from edgekd.config import DeviceConfig, TargetConfig
+
+METADATA_SCHEMA_VERSION = 1
+BUNDLE_DIR = "mobile"
+INT8_MIN_TOP1_AGREEMENT = 0.9
+DEVICE_DIR = "/data/local/tmp/edgekd"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _onnx_io(onnx_path: Path) -> tuple[str, str]:
+    import onnx
+
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    inputs = [i.name for i in m.graph.input if i.name not in inits]
+    return inputs[0], m.graph.output[0].name
+
+
+# --------------------------------------------------------------------------- estimate
+
+
+def roofline_estimate(flops: float, weight_bytes: float, io_bytes: float, device: "DeviceConfig",
+                      precision: str) -> dict[str, Any]:
+    """On-device latency/energy from the card's spec figures: max(compute, memory) time x power.
+
+    An estimate, never a measurement: the figures come from the target card, not from a device.
+    """
+    bytes_moved = float(weight_bytes + io_bytes)
+    t_compute = flops / (device.peak_gflops * 1e9)
+    t_memory = bytes_moved / (device.mem_bandwidth_gbs * 1e9)
+    latency_s = max(t_compute, t_memory)
+    assumptions = [
+        f"compute roof {device.peak_gflops:g} GFLOP/s and memory roof {device.mem_bandwidth_gbs:g} GB/s from the "
+        f"target card ({device.name})",
+        "FLOPs = 2 x MACs of Conv/Gemm/MatMul at batch 1; element-wise ops, pooling and softmax not counted",
+        "DRAM traffic = weights read once + input and output; intermediate activations assumed cache-resident",
+        "no kernel launch, framework or cache-miss overhead: a lower bound on latency",
+        f"energy = latency x {device.active_power_watts:g} W (one busy core, card figure); idle power not included",
+    ]
+    if precision == "int8":
+        assumptions.append("int8 arithmetic assumed at the FP32 peak (the card gives no int8 peak)")
+    return {"method": "estimate-roofline", "measured": False, "device": device.name,
+            "latency_ms": latency_s * 1e3, "bound": "compute" if t_compute >= t_memory else "memory",
+            "flops": float(flops), "bytes_moved": bytes_moved,
+            "energy": {"joules_per_inference": latency_s * device.active_power_watts, "method": "estimate-roofline"},
+            "assumptions": assumptions}
+
+
+def _flops_and_params(onnx_path: Path) -> tuple[float, int]:
+    from edgekd.profile.flops import onnx_flops
+
+    info = onnx_flops(onnx_path)
+    return float(info["flops"]), int(info["params"])
+
+
+# --------------------------------------------------------------------------- bundle
+
+_BENCH_SCRIPT = r"""#!/usr/bin/env bash
+# Times this bundle's artifacts on an Android phone over adb. Run it on the host, next to the files.
+# Set ET_RUNNER to an Android arm64 ExecuTorch executor_runner built with XNNPACK
+# (-DEXECUTORCH_BUILD_XNNPACK=ON; with logging on, or it prints no timings), and/or ORT_PERF_TEST to
+# an Android arm64 onnxruntime_perf_test (a minimal build with --include_ops_by_config
+# required_operators.config is enough). Either may be left unset to skip that runtime.
+set -euo pipefail
+: "${ANDROID_SERIAL:?set ANDROID_SERIAL to the serial of the phone, see: adb devices}"
+ET_RUNNER="${ET_RUNNER:-}"
+ORT_PERF_TEST="${ORT_PERF_TEST:-}"
+RUNS="${RUNS:-__RUNS__}"
+THREADS="${THREADS:-__THREADS__}"
+DEV_DIR="${DEV_DIR:-__DEVICE_DIR__}"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ADB=(adb -s "$ANDROID_SERIAL")
+
+"${ADB[@]}" shell mkdir -p "$DEV_DIR"
+PHONE_MODEL="$("${ADB[@]}" shell getprop ro.product.model | tr -d '\r')"
+echo "=== edgekd: device $PHONE_MODEL ==="
+
+if [ -n "$ET_RUNNER" ]; then
+  "${ADB[@]}" push "$ET_RUNNER" "$DEV_DIR/executor_runner" >/dev/null
+  "${ADB[@]}" shell chmod 755 "$DEV_DIR/executor_runner"
+  for m in model_fp32.pte model_int8.pte; do
+    [ -f "$HERE/$m" ] || continue
+    "${ADB[@]}" push "$HERE/$m" "$DEV_DIR/$m" >/dev/null
+    echo "=== edgekd: executorch $m ==="
+    # ExecuTorch logs to logcat on Android builds: capture both stdout and the ExecuTorch tag.
+    "${ADB[@]}" logcat -c || true
+    "${ADB[@]}" shell "cd $DEV_DIR && ./executor_runner --model_path $m --num_executions $RUNS --cpu_threads $THREADS --print_output none" 2>&1
+    "${ADB[@]}" logcat -d -s ExecuTorch 2>/dev/null || true
+  done
+else
+  echo "=== edgekd: skip executorch (ET_RUNNER not set) ==="
+fi
+
+if [ -n "$ORT_PERF_TEST" ]; then
+  "${ADB[@]}" push "$ORT_PERF_TEST" "$DEV_DIR/onnxruntime_perf_test" >/dev/null
+  "${ADB[@]}" shell chmod 755 "$DEV_DIR/onnxruntime_perf_test"
+  "${ADB[@]}" push "$HERE/model.ort" "$DEV_DIR/model.ort" >/dev/null
+  echo "=== edgekd: onnxruntime model.ort ==="
+  # -I: generated inputs (batch 1); -s: print percentiles; -x: intra-op threads.
+  "${ADB[@]}" shell "cd $DEV_DIR && ./onnxruntime_perf_test -e cpu -m times -r $RUNS -x $THREADS -I -s model.ort" 2>&1
+else
+  echo "=== edgekd: skip onnxruntime (ORT_PERF_TEST not set) ==="
+fi
+echo "=== edgekd: done ==="
+"""
+
+_README = """edgekd mobile bundle
+====================
+Student model for {device}.
+
+Files
+  model_fp32.pte            ExecuTorch program, FP32, XNNPACK-delegated (input {shape}, float32)
+  model_int8.pte            ExecuTorch program, INT8 (pt2e, XNNPACK quantizer, per-channel), XNNPACK-delegated
+  model.ort                 ONNX Runtime Mobile model (ORT format, Fixed optimizations for arm)
+  required_operators.config operators model.ort needs: build a minimal ORT with
+                            ./build.sh --android --minimal_build --include_ops_by_config required_operators.config
+  metadata.json             input/output, normalization, class names, sha256 of each file, host checks
+  benchmark_android.sh      on-device timing over adb (see the header of the script)
+
+Preprocessing: x = (raw_value - mean) / std, raw values as the dataset stores them (e.g. 0..255
+pixels), mean/std from metadata.json "normalization"; input float32 of the shape above.
+Outputs are logits over metadata.json "class_names".
+
+Every artifact was run on the build host and compared with the PyTorch student
+("parity" in metadata.json). Latencies in metadata.json marked "host": true were measured on the
+build host, not on a phone. "estimate" figures are roofline estimates from the target card's
+device figures (method "estimate-roofline"), not measurements.
+{skipped}
+On a phone:
+  ANDROID_SERIAL=<serial> ET_RUNNER=/path/to/executor_runner ORT_PERF_TEST=/path/to/onnxruntime_perf_test \\
+    bash benchmark_android.sh
+or `edgekd` users: edgekd.export.mobile.adb_profile(<this folder>, "<serial>").
+"""
+
+
+def write_mobile_bundle(out_dir: Path | str, student_model: torch.nn.Module, example: torch.Tensor,
+                        fp32_onnx_path: Path | str, calib: np.ndarray, x_check: np.ndarray,
+                        class_names: list[str], normalization: dict[str, Any], target: "TargetConfig",
+                        *, timing_runs: int = 50, timing_warmup: int = 5) -> dict[str, Any]:
+    """Build `out_dir/mobile/` (written in a temp folder, renamed into place) and return its summary.
+
+    Each artifact is checked against the PyTorch student on `x_check`: the FP32 .pte and the .ort
+    within the card's parity atol/rtol, the INT8 .pte by top-1 agreement >= 0.9 (its max abs diff
+    is reported). A failed check raises StageError (exit 4). Without executorch the .pte files are
+    skipped (recorded in metadata) and the .ort alone ships; the stage fails only if no format can be built.
+    """
+    from edgekd.export.onnx import check_parity
+    from edgekd.export.ort_format import CONFIG_NAME, time_ort, to_ort_format
+
+    out_dir = Path(out_dir)
+    fp32_onnx_path = Path(fp32_onnx_path)
+    if not fp32_onnx_path.is_file():
+        raise UserError(f"ONNX model not found: {fp32_onnx_path}", hint="run the export stage first")
+    x_check = np.ascontiguousarray(x_check, dtype=np.float32)
+    if len(x_check) == 0:
+        raise UserError("no samples to check the mobile artifacts on", hint="the validation split is empty")
+    example = torch.as_tensor(example, dtype=torch.float32)[:1].contiguous()  # mobile programs are batch 1
+    atol, rtol = target.parity.atol, target.parity.rtol
+    threads = target.profile.threads
+
+    student_model = student_model.eval()
+    with torch.no_grad():
+        reference = torch.cat([student_model(torch.from_numpy(x_check[i:i + 256]))
+                               for i in range(0, len(x_check), 256)]).numpy()
+
+    final = out_dir / BUNDLE_DIR
+    tmp = out_dir / f".{BUNDLE_DIR}.tmp"
+    if tmp.exists():  # a killed earlier run of this stage left it: ours to remove
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+
+    artifacts: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
+    flops, params = _flops_and_params(fp32_onnx_path)
+    io_bytes = float(example.numel() * 4 + reference[0].size * 4)
+
+    if importlib.util.find_spec("executorch") is not None:
+        from edgekd.export.executorch import export_pte, run_pte, time_pte
+
+        for precision in ("fp32", "int8"):
+            name = f"model_{precision}.pte"
+            info = export_pte(student_model, example, tmp / name, precision, calib=calib if precision == "int8" else None)
+            got = run_pte(tmp / name, x_check)
+            if precision == "fp32":
+                parity = check_parity(reference, got, atol, rtol, what=f"{name} vs the PyTorch student")
+            else:
+                parity = _top1_parity(reference, got, name)
+            info["parity"] = {**parity, "host": True, "reference": "pytorch student"}
+            info["latency_ms"] = time_pte(tmp / name, example.numpy(), timing_runs, timing_warmup, threads)
+            info["runtime"] = "executorch"
+            info["estimate"] = roofline_estimate(flops, params * (4 if precision == "fp32" else 1), io_bytes,
+                                                 target.device, precision)
+            artifacts[name] = info
+    else:
+        for name in ("model_fp32.pte", "model_int8.pte"):
+            skipped[name] = "executorch not installed (pip install '.[mobile]')"
+
+    info = to_ort_format(fp32_onnx_path, tmp, x_check, atol, rtol, target_platform="arm")
+    parity = check_parity(reference, _run_ort(tmp / "model.ort", x_check), atol, rtol, what="model.ort vs the PyTorch student")
+    info["parity"] = {**parity, "host": True, "reference": "pytorch student"}
+    info["parity_vs_onnx"] = {**info["parity_vs_onnx"], "host": True}
+    info["latency_ms"] = time_ort(tmp / "model.ort", example.numpy(), timing_runs, timing_warmup, threads)
+    info["runtime"] = "onnxruntime-mobile"
+    info["precision"] = "fp32"
+    info["estimate"] = roofline_estimate(flops, params * 4, io_bytes, target.device, "fp32")
+    artifacts["model.ort"] = info
+
+    input_name, output_name = _onnx_io(fp32_onnx_path)
+    (tmp / "benchmark_android.sh").write_text(
+        _BENCH_SCRIPT.replace("__RUNS__", str(max(timing_runs, 100))).replace("__THREADS__", str(threads))
+        .replace("__DEVICE_DIR__", DEVICE_DIR))
+    os.chmod(tmp / "benchmark_android.sh", os.stat(tmp / "benchmark_android.sh").st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    skipped_text = "".join(f"\nNot built here: {k}: {v}" for k, v in skipped.items())
+    (tmp / "README.txt").write_text(_README.format(device=target.device.name, shape=list(example.shape),
+                                                   skipped=skipped_text + ("\n" if skipped_text else "")))
+
+    files = {}
+    for p in sorted(tmp.iterdir()):
+        if p.is_file():
+            files[p.name] = {"sha256": _sha256(p), "size_bytes": p.stat().st_size}
+    for name, a in artifacts.items():
+        a["sha256"] = files[name]["sha256"]
+    metadata = {
+        "schema_version": METADATA_SCHEMA_VERSION,
+        "target": target.name,
+        "input": {"name": input_name, "shape": list(example.shape), "dtype": "float32"},
+        "output": {"name": output_name, "shape": [1, int(reference.shape[-1])], "dtype": "float32"},
+        "normalization": normalization,
+        "class_names": list(class_names),
+        "files": files,
+        "artifacts": artifacts,
+        "skipped": skipped,
+        "required_operators_config": CONFIG_NAME,
+        "model": {"flops": flops, "params": params},
+        "notes": ["parity and latency_ms marked host=true were measured on the build host, not on the device",
+                  "estimate.* figures are roofline estimates from the target card (method estimate-roofline), not measurements"],
+    }
+    (tmp / "metadata.json").write_text(json.dumps(_jsonable(metadata), indent=2) + "\n")
+
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    summary = {name: {"format": a["format"], "precision": a["precision"], "size_bytes": a["size_bytes"],
+                      "sha256": a["sha256"], "host_p50_ms": a["latency_ms"]["p50"],
+                      "parity_max_abs_diff": a["parity"]["max_abs_diff"],
+                      "top1_agreement": a["parity"]["top1_agreement"],
+                      "estimate_latency_ms": a["estimate"]["latency_ms"],
+                      "estimate_joules": a["estimate"]["energy"]["joules_per_inference"]}
+               for name, a in artifacts.items()}
+    return _jsonable({"metadata": f"{BUNDLE_DIR}/metadata.json", "artifacts": summary,
+                      "skipped": skipped, "estimate_method": "estimate-roofline"})
+
+
+def _run_ort(path: Path, x: np.ndarray) -> np.ndarray:
+    from edgekd.export.onnx import run_onnx
+
+    return run_onnx(path, x)
+
+
+def _top1_parity(reference: np.ndarray, got: np.ndarray, what: str) -> dict[str, Any]:
+    """INT8 check: quantization moves logits by more than any FP atol, so compare the decisions."""
+    if reference.shape != got.shape:
+        raise StageError(f"{what}: output has shape {got.shape}, expected {reference.shape}",
+                         hint="the exported program changed the model's output")
+    agree = float((reference.argmax(-1) == got.argmax(-1)).mean())
+    max_diff = float(np.abs(reference.astype(np.float64) - got).max())
+    result = {"ok": agree >= INT8_MIN_TOP1_AGREEMENT, "top1_agreement": agree, "min_top1_agreement": INT8_MIN_TOP1_AGREEMENT,
+              "max_abs_diff": max_diff, "samples": int(len(reference)), "atol": None, "rtol": None}
+    if not result["ok"]:
+        raise StageError(f"{what}: top-1 agrees with the PyTorch student on {agree:.1%} of samples "
+                         f"(need {INT8_MIN_TOP1_AGREEMENT:.0%}; max abs diff {max_diff:.3g})",
+                         hint="calibrate on more samples (quantize.calibration_samples) or ship the fp32 .pte")
+    return result
+
+
+# --------------------------------------------------------------------------- on device
+
+_FLOAT = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
+
+
+def parse_ort_perf_test(text: str) -> dict[str, Any]:
+    """Latency figures (ms) from `onnxruntime_perf_test` output; raises StageError if it has none."""
+    out: dict[str, Any] = {}
+    m = re.search(r"Average inference time cost:\s*" + _FLOAT + r"\s*ms", text)
+    if m:
+        out["mean"] = float(m.group(1))
+    for key in ("Min", "Max", "P50", "P90", "P95", "P99", "P999"):
+        m = re.search(rf"^\s*{key} Latency:\s*" + _FLOAT + r"\s*s\s*$", text, re.M)
+        if m:
+            out[key.lower()] = float(m.group(1)) * 1e3  # perf_test prints seconds
+    m = re.search(r"Total inference requests:\s*(\d+)", text)
+    if m:
+        out["n"] = int(m.group(1))
+    m = re.search(r"Number of inferences per second:\s*" + _FLOAT, text)
+    if m:
+        out["throughput_per_s"] = float(m.group(1))
+    m = re.search(r"Peak working set size:\s*(\d+)", text)
+    if m:
+        out["peak_rss_bytes"] = int(m.group(1))
+    if "mean" not in out and "p50" not in out:
+        raise StageError("onnxruntime_perf_test printed no latency figures",
+                         hint="run benchmark_android.sh by hand and check the perf_test output")
+    return out
+
+
+def parse_executor_runner(text: str) -> dict[str, Any]:
+    """Latency figures (ms) from ExecuTorch `executor_runner` logs (stdout or logcat).
+
+    Per-iteration lines give percentiles (the first run, which pays one-time setup, is dropped as
+    warmup when there are more); otherwise the mean comes from the total over all executions.
+    """
+    from edgekd.profile.stats import summarize
+
+    iters = [float(x) for x in re.findall(r"Iteration \d+ of \d+:\s*" + _FLOAT + r"\s*ms", text)]
+    m = re.search(r"Model executed successfully (\d+) time\(s\) in\s*" + _FLOAT + r"\s*ms", text)
+    if iters:
+        samples = iters[1:] if len(iters) > 1 else iters
+        return {**summarize(samples), "first_ms": iters[0]}
+    if m and int(m.group(1)) > 0:
+        n = int(m.group(1))
+        return {"mean": float(m.group(2)) / n, "n": n, "includes_first_run": True}
+    raise StageError("executor_runner printed no timing lines",
+                     hint="build executor_runner with logging enabled (EXECUTORCH_ENABLE_LOGGING=ON) and XNNPACK")
+
+
+def parse_benchmark_output(text: str) -> dict[str, Any]:
+    """Split benchmark_android.sh output into its `=== edgekd: RUNTIME FILE ===` sections and parse each."""
+    results: dict[str, Any] = {}
+    device = None
+    parts = re.split(r"^=== edgekd: (.+?) ===\s*$", text, flags=re.M)
+    for header, body in zip(parts[1::2], parts[2::2]):
+        words = header.split()
+        if words[0] == "device":
+            device = " ".join(words[1:]) or None
+        elif words[0] == "executorch" and len(words) == 2:
+            results[words[1]] = {"runtime": "executorch", "latency_ms": parse_executor_runner(body)}
+        elif words[0] == "onnxruntime" and len(words) == 2:
+            results[words[1]] = {"runtime": "onnxruntime-mobile", "latency_ms": parse_ort_perf_test(body)}
+    return {"device_model": device, "results": results}
+
+
+def _adb_devices(adb: str) -> list[str]:
+    proc = subprocess.run([adb, "devices"], capture_output=True, text=True, timeout=30)
+    serials = []
+    for line in proc.stdout.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) >= 2 and cols[1] == "device":  # skip "unauthorized" / "offline"
+            serials.append(cols[0])
+    return serials
+
+
+def adb_profile(bundle_dir: Path | str, serial: str, runs: int = 100, threads: int = 1,
+                timeout_s: int = 900) -> dict[str, Any]:
+    """Run the bundle's benchmark_android.sh on phone `serial` and parse the on-device latencies.
+
+    Needs `adb` on PATH, the phone listed by `adb devices`, and ET_RUNNER and/or ORT_PERF_TEST in
+    the environment (Android builds of the runners). Otherwise TargetUnavailable (exit 3).
+    """
+    bundle_dir = Path(bundle_dir)
+    if (bundle_dir / BUNDLE_DIR / "benchmark_android.sh").is_file():
+        bundle_dir = bundle_dir / BUNDLE_DIR
+    hint = "connect the phone with USB debugging on, install Android platform-tools, and check `adb devices`"
+    adb = shutil.which("adb")
+    if adb is None:
+        raise TargetUnavailable(f"no device {serial}: adb is not on PATH", hint=hint)
+    attached = _adb_devices(adb)
+    if serial not in attached:
+        raise TargetUnavailable(f"no device {serial}",
+                                hint=f"{hint}; attached: {', '.join(attached) if attached else 'none'}")
+    script = bundle_dir / "benchmark_android.sh"
+    if not script.is_file():
+        raise UserError(f"{bundle_dir} is not a mobile bundle (no benchmark_android.sh)",
+                        hint="pass the build's convert/mobile folder")
+    if not (os.environ.get("ET_RUNNER") or os.environ.get("ORT_PERF_TEST")):
+        raise TargetUnavailable("no on-device runner: set ET_RUNNER and/or ORT_PERF_TEST",
+                                hint="point them at Android arm64 builds of executor_runner and onnxruntime_perf_test")
+    env = {**os.environ, "ANDROID_SERIAL": serial, "RUNS": str(runs), "THREADS": str(threads)}
+    try:
+        proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise StageError(f"benchmark_android.sh on {serial} took longer than {timeout_s} s",
+                         hint="lower runs, or check the phone is not asleep") from None
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
+        raise StageError(f"benchmark_android.sh failed on {serial} (exit {proc.returncode}): {tail[0][:200]}",
+                         hint=f"run `ANDROID_SERIAL={serial} bash {script}` by hand to see the full log")
+    parsed = parse_benchmark_output(proc.stdout)
+    return {"serial": serial, "host": False, "method": "adb", "runs": runs, "threads": threads, **parsed,
+            "energy": None, "energy_note": "no power counter read over adb; see the bundle's estimate-roofline figures"}

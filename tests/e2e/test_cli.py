@@ -1,0 +1,180 @@
+"""Drive the real CLI end to end on tiny data: `edgekd build --target cpu --quick` and bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import needs_fmnist
+
+pytestmark = pytest.mark.e2e
+CONTRACT_MODEL_KEYS = {"role", "variant", "format", "runtime", "path", "params", "size_bytes", "accuracy",
+                       "latency_ms", "throughput_per_s", "peak_rss_bytes", "energy"}
+
+
+def edgekd(*args, env=None, cwd=None, timeout=900):
+    e = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "edgekd", *args], capture_output=True, text=True, env=e, cwd=cwd,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def quick_build(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    env = {"EDGEKD_CACHE": str(root / "cache")}
+    out = root / "build"
+    r = edgekd("build", "--target", "cpu", "--quick", "--out", str(out), "--json", env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, json.loads(r.stdout), env, r
+
+
+@needs_fmnist
+def test_quick_build_report_contract(quick_build):
+    out, report, _, _ = quick_build
+    for k in ("schema_version", "recipe", "target", "created", "edgekd_version", "environment", "models", "selected",
+              "comparison", "candidates", "profile_settings"):
+        assert k in report, k
+    assert report["recipe"] == "fashion-cnn" and report["target"] == "cpu"
+    env = report["environment"]
+    assert env["threads"] == 1 and "onnxruntime" in env["runtimes"] and env["cpu"]
+    roles = {(m["role"], m["variant"]) for m in report["models"]}
+    assert ("teacher", "fp32-torch") in roles and ("teacher", "fp32") in roles and ("student", "fp32") in roles
+    for m in report["models"]:
+        assert CONTRACT_MODEL_KEYS <= set(m), set(CONTRACT_MODEL_KEYS) - set(m)
+        lat = m["latency_ms"]
+        assert {"p50", "p90", "p99", "mean", "n"} <= set(lat) and lat["p50"] <= lat["p90"] <= lat["p99"]
+        assert m["energy"]["method"].startswith("estimate-")  # no counters on this host: never shown as measured
+        assert 0 < m["accuracy"] <= 1 and m["size_bytes"] > 0 and m["peak_rss_bytes"] > 0
+    c = report["comparison"]
+    for k in ("speedup_p50", "size_ratio", "peak_rss_ratio", "energy_ratio", "accuracy_retention"):
+        assert c[k] is not None and c[k] > 0, k
+    sel = report["selected"]
+    assert sel.startswith("student/")
+    statuses = {x["variant"]: x["status"] for x in report["candidates"]}
+    assert statuses[sel.split("/", 1)[1]] == "selected"
+    assert set(statuses) >= {"fp32", "int8-dynamic", "int8-qdq"}
+    # the student learned something real in 2 epochs on 10k samples
+    student_fp32 = next(m for m in report["models"] if m["role"] == "student" and m["variant"] == "fp32")
+    assert student_fp32["accuracy"] > 0.6
+    for f in ("report.json", "report.md", "report.html"):
+        assert (out / "report" / f).is_file()
+    assert json.loads((out / "report" / "report.json").read_text())["selected"] == sel
+
+
+@needs_fmnist
+def test_fp32_and_int8_artifacts_agree_in_onnxruntime(quick_build):
+    import onnxruntime as ort
+
+    out, report, _, _ = quick_build
+    x = np.load(out / "profile" / "inputs.npy")[:64]
+    outs = {}
+    for c in report["candidates"]:
+        if c["variant"] in ("fp32", "int8-dynamic", "int8-qdq") and c["error"] is None:
+            s = ort.InferenceSession(str(out / c["path"]), providers=["CPUExecutionProvider"])
+            outs[c["variant"]] = s.run(None, {s.get_inputs()[0].name: x})[0]
+    assert "fp32" in outs and ({"int8-dynamic", "int8-qdq"} & set(outs))
+    for v, o in outs.items():
+        agree = (o.argmax(1) == outs["fp32"].argmax(1)).mean()
+        assert agree >= 0.9, f"{v} agrees with fp32 on only {agree:.2%} of samples"
+
+
+@needs_fmnist
+def test_rerun_reuses_every_stage_and_quantize_change_does_not_retrain(quick_build):
+    out, _, env, _ = quick_build
+    r = edgekd("build", "--target", "cpu", "--quick", "--out", str(out), env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = json.loads((out / "run.json").read_text())
+    reused = {s["stage"]: s["reused"] for s in run["stages"]}
+    assert all(reused[s] for s in ("teacher", "distill", "export", "quantize", "profile", "select"))
+    r = edgekd("build", "--target", "cpu", "--quick", "--out", str(out), "--set", "quantize.candidates=[fp32, int8-dynamic]",
+               "--quiet", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    reused = {s["stage"]: s["reused"] for s in json.loads((out / "run.json").read_text())["stages"]}
+    assert reused["teacher"] and reused["distill"] and reused["export"] and not reused["quantize"]
+
+
+@needs_fmnist
+def test_teacher_cache_shared_between_build_folders(quick_build, tmp_path):
+    _, _, env, _ = quick_build
+    r = edgekd("build", "--target", "cpu", "--quick", "--out", str(tmp_path / "other"), "--set", "distill.epochs=1",
+               "--set", "quantize.candidates=[fp32]", "--quiet", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    t = json.loads((tmp_path / "other" / "teacher" / "result.json").read_text())
+    assert t["metrics"]["cached"] is True
+
+
+@needs_fmnist
+def test_report_command_reproduces_report(quick_build):
+    out, _, env, _ = quick_build
+    before = json.loads((out / "report" / "report.json").read_text())
+    r = edgekd("report", str(out), "--json", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    after = json.loads(r.stdout)
+    for k in ("models", "selected", "comparison", "candidates"):
+        assert after[k] == before[k], k
+
+
+# ---------------------------------------------------------------- bad input: message, hint, exit code, nothing half-made
+
+@pytest.mark.parametrize("args,code,needle", [
+    (["build", "--recipe", "no-such"], 2, "unknown recipe"),
+    (["build", "--target", "no-such"], 2, "unknown target"),
+    (["build", "--set", "distill.epochz=3"], 2, "unknown setting 'distill.epochz'"),
+    (["build", "--set", "quantize.candidates=[fp32, int3-magic]"], 2, "int3-magic"),
+    (["build", "--set", "distill.epochs=lots"], 2, "distill.epochs"),
+    (["build", "--set", "noequals"], 2, "key=value"),
+])
+def test_bad_input_exit_codes(args, code, needle, tmp_path):
+    r = edgekd(*args, "--out", str(tmp_path / "b"))
+    assert r.returncode == code, r.stderr
+    assert needle in r.stderr and "hint:" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "b" / "teacher").exists()
+
+
+def test_invalid_yaml_recipe(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("name: x\n  bad: [")
+    r = edgekd("build", "--recipe", str(p), "--out", str(tmp_path / "b"))
+    assert r.returncode == 2 and "not valid YAML" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_dataset(tmp_path):
+    r = edgekd("build", "--quick", "--set", f"data.path={tmp_path / 'nothing'}", "--out", str(tmp_path / "b"),
+               env={"EDGEKD_CACHE": str(tmp_path / "c")})
+    assert r.returncode == 2 and "apt-get install -y dataset-fashion-mnist" in r.stderr
+    assert not (tmp_path / "b" / "teacher").exists() and not list((tmp_path / "b").glob(".teacher.tmp-*"))
+
+
+def test_unwritable_out(tmp_path):
+    f = tmp_path / "f"
+    f.write_text("")
+    r = edgekd("build", "--recipe", "digits-mlp", "--out", str(f / "b"))
+    assert r.returncode == 2 and "cannot write" in r.stderr
+
+
+def test_debug_shows_traceback(tmp_path):
+    r = edgekd("--debug", "build", "--recipe", "no-such", "--out", str(tmp_path / "b"))
+    assert r.returncode == 2 and "Traceback" in r.stderr
+
+
+def test_recipes_and_targets_listing():
+    r = edgekd("recipes")
+    assert r.returncode == 0 and "fashion-cnn" in r.stdout and "digits-mlp" in r.stdout
+    r = edgekd("targets")
+    assert r.returncode == 0 and "cpu" in r.stdout
+
+
+def test_digits_quick_build_and_stage_command(tmp_path):
+    env = {"EDGEKD_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "d"
+    r = edgekd("build", "--recipe", "digits-mlp", "--quick", "--out", str(out), "--quiet", env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads((out / "report" / "report.json").read_text())
+    assert rep["comparison"]["accuracy_retention"] > 0.85
+    r = edgekd("quantize", str(out), "--quiet", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    stages = {s["stage"]: s["reused"] for s in json.loads((out / "run.json").read_text())["stages"]}
+    assert stages == {"teacher": True, "distill": True, "export": True, "quantize": False}
