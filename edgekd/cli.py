@@ -249,7 +249,7 @@ def profile(
         if json_out:
             sys.stdout.write(json.dumps(res, indent=2, default=str) + "\n")
         else:
-            from edgekd.report.terminal import render_profile
+            from edgekd.profile.standalone import render_profile
 
             render_profile(res, _console())
     _guard(go)
