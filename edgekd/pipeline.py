@@ -243,6 +243,16 @@ def run(stages: list[Stage], ctx: BuildContext, only: str | None = None, upto: s
 
 
 def _write_run(ctx: BuildContext, started: str, status: str, lineage: list) -> None:
+    # A single-stage run (`edgekd quantize DIR`) keeps the lineage of the stages it did not touch.
+    prev = ctx.out / "run.json"
+    if prev.is_file():
+        try:
+            done = {e["stage"] for e in lineage}
+            old = [e for e in json.loads(prev.read_text()).get("stages", []) if e["stage"] not in done]
+            order = {e["stage"]: i for i, e in enumerate(json.loads(prev.read_text()).get("stages", []))}
+            lineage = sorted(lineage + old, key=lambda e: order.get(e["stage"], len(order)))
+        except (json.JSONDecodeError, KeyError, OSError):
+            pass
     write_json_atomic(ctx.out / "run.json", {
         "schema_version": RUN_SCHEMA_VERSION, "edgekd_version": __version__, "recipe": ctx.recipe_ref,
         "recipe_name": ctx.recipe.name, "target": ctx.target_ref, "target_name": ctx.target.name,
