@@ -87,10 +87,11 @@ def _make_ctx(recipe: str, target: str, out: Path | None, sets: dict[str, Any], 
 
     rc = load_recipe(recipe, sets, quick=quick)
     tc = load_target(target, sets, quick=quick)
-    if rc.quantize.candidates:
-        from edgekd.quantize.candidates import validate_candidate_names
+    # Check quantization names and options before any training, not after it.
+    from edgekd.quantize.candidates import _check_options, validate_candidate_names
 
-        validate_candidate_names(rc.quantize.candidates)
+    validate_candidate_names(rc.quantize.candidates or tc.candidates)
+    _check_options(rc.quantize.options)
     out = out or Path("builds") / f"{rc.name}-{tc.name}{'-quick' if quick else ''}"
     return BuildContext(out=out.resolve(), recipe=rc, target=tc, recipe_ref=recipe, target_ref=target, overrides=sets,
                         quick=quick, console=console, options=options)

@@ -107,6 +107,8 @@ class QuantizeConfig(Strict):
     reduce_range: bool = False
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     strict: bool = Field(False, description="fail (exit 4) when no quantized candidate fits the budget")
+    accuracy_aware: bool = Field(True, description="over budget: keep the most sensitive layers in FP32 until it fits")
+    options: dict[str, Any] = Field(default_factory=dict, description="per-kind extras: group_size, preset, ignored_scope, nodes_to_exclude, ...")
 
 
 DistillConfig.model_rebuild()
@@ -246,7 +248,7 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], model: type[
     for key, value in overrides.items():
         parts = key.split(".")
         # Free-form dicts (zoo kwargs, quick) accept any sub-key; everything else must be a known field.
-        free = any(".".join(parts[:i]) in valid and parts[i - 1] in ("kwargs", "quick", "weighting") for i in range(1, len(parts)))
+        free = any(".".join(parts[:i]) in valid and parts[i - 1] in ("kwargs", "quick", "weighting", "options") for i in range(1, len(parts)))
         if key not in valid and not free:
             close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(close)}?" if close else f"valid keys: {', '.join(valid)}"

@@ -271,14 +271,15 @@ def candidate_names(ctx: BuildContext) -> list[str]:
 
 
 def _quantize_cfg(ctx: BuildContext) -> dict:
-    return {"candidates": candidate_names(ctx), "quantize": ctx.recipe.quantize.model_dump(exclude={"strict", "accuracy_budget", "objective"})}
+    # The budget is part of the key: the accuracy-aware fallback depends on it.
+    return {"candidates": candidate_names(ctx), "quantize": ctx.recipe.quantize.model_dump(exclude={"strict", "objective"})}
 
 
 def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
     """Make every candidate from the FP32 student ONNX; measure its accuracy through onnxruntime
     on validation (used to select) and test (reported), and its agreement with fp32."""
     from edgekd.export.onnx import run_onnx
-    from edgekd.quantize.candidates import make_candidate
+    from edgekd.quantize.candidates import CANDIDATES, accuracy_aware, make_candidate
 
     s = splits(ctx)
     q = ctx.recipe.quantize
@@ -291,14 +292,22 @@ def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
     prog = _progress(ctx)
     names = candidate_names(ctx)
     task = prog.add_task("quantize", total=len(names)) if prog else None
-    options = q.model_dump()
+    options = {**q.model_dump(exclude={"options", "accuracy_aware", "candidates", "accuracy_budget", "objective",
+                                       "strict"}), **q.options}
+
+    def val_acc(path: Path) -> float:
+        return float((run_onnx(path, s.x_val).argmax(1) == s.y_val).mean())
+
     for name in names:
         if prog:
             prog.update(task, description=f"quantize {name}")
         rel = f"candidates/{name}.onnx"
         entry: dict[str, Any] = {"variant": name, "format": "onnx", "path": rel, "error": None}
         try:
-            info = make_candidate(name, fp32, wd / rel, calib, options)
+            if name != "fp32" and q.accuracy_aware and CANDIDATES[name].supports_exclusion:
+                info = accuracy_aware(name, fp32, wd / rel, calib, options, val_acc, q.accuracy_budget)
+            else:
+                info = make_candidate(name, fp32, wd / rel, calib, options)
             out_val = run_onnx(wd / rel, s.x_val)
             out_test = run_onnx(wd / rel, s.x_test)
             entry.update({
@@ -307,7 +316,8 @@ def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
                 "accuracy": float((out_test.argmax(1) == s.y_test).mean()),
                 "agreement_with_fp32": float((out_val.argmax(1) == ref_val.argmax(1)).mean()),
                 "max_abs_diff_vs_fp32": float(np.abs(out_val - ref_val).max()),
-                "info": {k: v for k, v in info.items() if k not in ("path",)},
+                "info": {k: v for k, v in info.items() if k not in ("path", "accuracy_aware")},
+                "accuracy_aware": info.get("accuracy_aware"),
                 "openvino": _openvino_check(wd / rel, s.x_val[:64], out_val[:64], name, ctx),
             })
             outputs[name] = rel
@@ -520,6 +530,9 @@ def build_report(build_dir: Path) -> dict[str, Any]:
         row = {k: c.get(k) for k in ("variant", "format", "accuracy", "val_accuracy", "size_bytes", "error",
                                      "agreement_with_fp32", "max_abs_diff_vs_fp32")}
         row["path"] = f"quantize/{c['path']}"
+        aa = c.get("accuracy_aware") or {}
+        row["kept_fp32_nodes"] = aa.get("kept_fp32_nodes") or []
+        row["openvino"] = c.get("openvino")
         row["latency_ms"] = (prof.get(f"student/{c['variant']}") or {}).get("latency_ms")
         row["status"] = status.get(c["variant"], "failed: " + str(c.get("error")))
         candidates.append(row)

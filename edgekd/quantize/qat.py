@@ -141,7 +141,12 @@ def _fold_weight_quantize(model) -> int:
     inits = {i.name: i for i in graph.initializer}
     consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
 
+    producers = {o: n for n in graph.node for o in n.output}
+
     def value(name: str) -> np.ndarray | None:
+        # The TorchScript exporter deduplicates equal initializers behind Identity nodes.
+        while name not in inits and name in producers and producers[name].op_type == "Identity":
+            name = producers[name].input[0]
         if name in inits:
             return numpy_helper.to_array(inits[name])
         node = consts.get(name)
@@ -170,13 +175,67 @@ def _fold_weight_quantize(model) -> int:
         folded += 1
     for n in drop:
         graph.node.remove(n)
-    # Weights and Constant nodes no longer read by anything (the FP32 copies) go.
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    for init in [i for i in graph.initializer if i.name not in used]:
-        graph.initializer.remove(init)
-    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]:
-        graph.node.remove(node)
+    # Weights, Constant and Identity nodes no longer read by anything (the FP32 copies) go; repeat
+    # because removing an Identity can orphan what it read.
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if n.op_type in ("Constant", "Identity") and n.output[0] not in used]
+        for node in dead:
+            graph.node.remove(node)
+        stale = [i for i in graph.initializer if i.name not in used]
+        for init in stale:
+            graph.initializer.remove(init)
+        if not dead and not stale:
+            break
     return folded
+
+
+def _fold_batchnorm(model: nn.Module, notes: list[str]) -> int:
+    """Fold each BatchNorm that directly follows a Conv/Linear into it, in place (eval statistics).
+
+    Why: NNCF places activation quantizers after BN+ReLU, so an unfolded graph reads DQ -> Conv ->
+    BN -> ReLU -> Q and onnxruntime cannot form QLinearConv (it needs Q right after the conv): the
+    convs would run in FP32 on dequantized weights. Folding first also quantizes the weights that
+    are deployed (conv * BN scale), the usual QAT recipe with frozen BN statistics. Module paths
+    stay the same (the BN becomes nn.Identity). Returns how many BNs were folded.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+    bn_types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    if not any(isinstance(m, bn_types) for m in model.modules()):
+        return 0
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception as e:  # noqa: BLE001 - untraceable forward: keep BN, say so
+        notes.append(f"BatchNorm not folded (torch.fx cannot trace the student: {_one_line(e)}); "
+                     "onnxruntime may run its convolutions in FP32")
+        return 0
+    mods = dict(gm.named_modules())
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs: list[tuple[str, str]] = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(mods[node.target], bn_types) or len(node.args) != 1:
+            continue
+        prev = node.args[0]
+        if not isinstance(prev, torch.fx.Node) or prev.op != "call_module" or len(prev.users) != 1:
+            continue
+        # A module called twice cannot be rewritten for one call site only.
+        if calls[prev.target] == 1 and calls[node.target] == 1 and \
+                isinstance(mods[prev.target], (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            pairs.append((prev.target, node.target))
+    for lin_name, bn_name in pairs:
+        lin, bn = model.get_submodule(lin_name), model.get_submodule(bn_name)
+        fused = fuse_linear_bn_eval(lin, bn) if isinstance(lin, nn.Linear) else fuse_conv_bn_eval(lin, bn)
+        model.set_submodule(lin_name, fused)
+        model.set_submodule(bn_name, nn.Identity())
+    left = sum(isinstance(m, bn_types) for m in model.modules())
+    if left:
+        notes.append(f"{left} BatchNorm layer(s) not folded (not directly after a Conv/Linear)")
+    return len(pairs)
 
 
 def _export(model: nn.Module, example: torch.Tensor, out_path: Path, opset: int, dynamic_batch: bool,
@@ -253,6 +312,9 @@ def qat_candidate(student: nn.Module, teacher: nn.Module | None, x_train: np.nda
 
     fp32 = copy.deepcopy(student).eval()  # the caller's student stays untouched
     frozen_teacher = teacher if teacher is not None else copy.deepcopy(fp32)
+    notes = ["torch.fx path not used: nncf.quantize on a torch.export graph folds weights into int8 "
+             "constants with no trainable parameters, so it cannot be fine-tuned"]
+    folded_bn = _fold_batchnorm(fp32, notes)
     calib_t = torch.as_tensor(np.ascontiguousarray(calib), dtype=torch.float32)
     try:  # NNCF's own error for a wrongly shaped calibration set names no shape
         with torch.inference_mode():
@@ -324,7 +386,7 @@ def qat_candidate(student: nn.Module, teacher: nn.Module | None, x_train: np.nda
         "batch_size": ft_cfg.batch_size, "seed": ft_cfg.seed,
         "losses": [c.model_dump() if hasattr(c, "model_dump") else dict(c) for c in kept_losses],
         "dropped_losses": dropped, "teacher": "given" if teacher is not None else "fp32-student",
-        "opset": opset, "dynamic_batch": dynamic_batch, "format": "QDQ",
+        "opset": opset, "dynamic_batch": dynamic_batch, "format": "QDQ", "folded_batchnorm": folded_bn,
     }
     return {
         "name": NAME, "path": str(out_path), "size_bytes": out_path.stat().st_size, "settings": settings,
@@ -334,6 +396,5 @@ def qat_candidate(student: nn.Module, teacher: nn.Module | None, x_train: np.nda
         "history": result.history, "parity": exported["parity"], "folded_weights": exported["folded_weights"],
         "timings": {"quantize_s": quantize_s, "finetune_s": finetune_s, "export_s": export_s},
         "seconds": time.perf_counter() - t0, "path_used": "torch",
-        "notes": ["torch.fx path not used: nncf.quantize on a torch.export graph folds weights into int8 "
-                  "constants with no trainable parameters, so it cannot be fine-tuned"],
+        "notes": notes,
     }
