@@ -24,7 +24,9 @@ _state: dict[str, Any] = {"debug": False}
 def _console(quiet: bool = False, to_stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=to_stderr, quiet=quiet, highlight=False)
+    stream = sys.stderr if to_stderr else sys.stdout
+    # Logs (CI) are not terminals: give tables room instead of rich's 80-column default.
+    return Console(stderr=to_stderr, quiet=quiet, highlight=False, width=None if stream.isatty() else 140)
 
 
 def _fail(e: BaseException) -> None:
@@ -90,7 +92,9 @@ def _make_ctx(recipe: str, target: str, out: Path | None, sets: dict[str, Any], 
     # Check quantization names and options before any training, not after it.
     from edgekd.quantize.candidates import _check_options, validate_candidate_names
 
-    validate_candidate_names(rc.quantize.candidates or tc.candidates)
+    from edgekd.stages import QAT
+
+    validate_candidate_names([n for n in rc.quantize.candidates or tc.candidates if n != QAT])
     _check_options(rc.quantize.options)
     out = out or Path("builds") / f"{rc.name}-{tc.name}{'-quick' if quick else ''}"
     return BuildContext(out=out.resolve(), recipe=rc, target=tc, recipe_ref=recipe, target_ref=target, overrides=sets,

@@ -21,7 +21,7 @@ import torch
 from onnx import numpy_helper
 
 from edgekd.config import DistillConfig, TrainConfig
-from edgekd.distill.trainer import accuracy, train
+from edgekd.distill.trainer import accuracy, seed_everything, train
 from edgekd.errors import StageError
 from edgekd.export.onnx import export_onnx
 from edgekd.quantize.candidates import evaluate_onnx, make_candidate
@@ -45,6 +45,7 @@ def _data(seed: int = 0) -> tuple[np.ndarray, ...]:
 @pytest.fixture(scope="module")
 def case(tmp_path_factory) -> dict:
     x_tr, y_tr, x_va, y_va = _data()
+    seed_everything(0)  # the initial weights too: train() seeds only after the model exists
     model = build("mlp", in_features=FEATURES, hidden=[32], num_classes=CLASSES)
     res = train(model, x_tr, y_tr, x_va, y_va, TrainConfig(epochs=5, batch_size=64, lr=3e-3, seed=0))
     model.load_state_dict(res.best_state)

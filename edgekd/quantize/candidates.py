@@ -113,7 +113,7 @@ def validate_candidate_names(names: list[str] | tuple[str, ...]) -> None:
             raise ConfigError(f"unknown quantization candidate '{n}'", hint=hint)
 
 
-_COMMON_OPTIONS = ("calibration_batch_size", "nodes_to_exclude", "max_exclusion_steps", "sensitivity_method",
+_COMMON_OPTIONS = ("qat_epochs", "qat_lr_scale", "calibration_batch_size", "nodes_to_exclude", "max_exclusion_steps", "sensitivity_method",
                    "sensitivity_samples", "max_sensitivity_nodes")
 
 

@@ -321,12 +321,15 @@ def qat_candidate(student: nn.Module, teacher: nn.Module | None, x_train: np.nda
             fp32(calib_t[:1])
     except RuntimeError as e:
         raise DataError(f"{NAME}: calibration data of shape {list(calib_t.shape)} does not fit the student "
-                        f"({_one_line(e)})", hint="calibration samples must be preprocessed like the model's inputs") from None
+                        f"({_one_line(e)})",
+                        hint="calibration samples must be preprocessed like the model's inputs") from None
     acc_fp32 = _torch_accuracy(fp32, x_val, y_val)
 
     bs = max(1, int(calibration_batch_size))
     batches = [calib_t[i:i + bs] for i in range(0, len(calib_t), bs)]
     example = calib_t[:1]
+    # NNCF compiles its CPU extension on first use (60-100 s on 2 cores), then loads it from cache.
+    log.info("%s: nncf.quantize (the first use on this machine compiles NNCF's CPU extension)", NAME)
     q0 = time.perf_counter()
     try:
         with _quiet():

@@ -1,0 +1,68 @@
+"""Spine benchmarks (issue 2): build wall times, the headline teacher-vs-student figures, and KD vs
+labels-only with the same student and epochs. Writes benchmarks/results/spine.json.
+
+    python benchmarks/bench_spine.py [--skip-quick] [--skip-kd]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from _common import ROOT, edgekd, report, student, write
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--skip-quick", action="store_true")
+ap.add_argument("--skip-kd", action="store_true")
+args = ap.parse_args()
+out: dict = {}
+builds = ROOT / "builds"
+
+if not args.skip_quick:
+    with tempfile.TemporaryDirectory() as cache:  # from scratch: no cached teacher
+        dt, _ = edgekd("build", "--target", "cpu", "--quick", "--quiet", "--out", str(builds / "bench-quick"),
+                       env={"EDGEKD_CACHE": cache})
+        shutil.rmtree(builds / "bench-quick", ignore_errors=True)
+        dt_q, _ = edgekd("build", "--target", "cpu", "--quick", "--quiet", "--out", str(builds / "bench-quick"),
+                         env={"EDGEKD_CACHE": cache})
+    out["quick_from_scratch_s"] = round(dt, 1)
+    out["quick_teacher_cached_s"] = round(dt_q, 1)
+    out["quick_goal_s"] = 180
+
+full = builds / "bench-full"
+shutil.rmtree(full, ignore_errors=True)
+dt, _ = edgekd("build", "--target", "cpu", "--quiet", "--out", str(full))
+rep = report(full)
+t_res = json.loads((full / "teacher" / "result.json").read_text())
+stages = {s["stage"]: s["seconds"] for s in json.loads((full / "run.json").read_text())["stages"]}
+out["full_build_s"] = round(dt, 1)
+out["full_build_teacher_cached"] = bool(t_res["metrics"].get("cached"))
+out["full_build_goal_s"] = 900
+out["stage_seconds"] = stages
+out["teacher_training_s_one_time"] = round(t_res["metrics"]["train_seconds"], 1)
+c = rep["comparison"]
+teacher = rep["models"][0]
+sel = student(rep, rep["selected"].split("/", 1)[1])
+out["headline"] = {
+    "selected": rep["selected"], "teacher_accuracy": teacher["accuracy"], "student_accuracy": sel["accuracy"],
+    "teacher_p50_ms_torch_b1_1thread": teacher["latency_ms"]["p50"], "student_p50_ms_ort_b1_1thread": sel["latency_ms"]["p50"],
+    "speedup_p50": c["speedup_p50"], "size_ratio": c["size_ratio"], "accuracy_retention": c["accuracy_retention"],
+    "peak_rss_ratio": c["peak_rss_ratio"], "energy_ratio": c["energy_ratio"],
+    "energy_method": sel["energy"]["method"], "params_ratio": c["params_ratio"],
+    "goals": {"speedup_p50": 10, "size_ratio": 40, "accuracy_retention": 0.97, "teacher_accuracy": 0.91},
+}
+out["candidates"] = [{k: x[k] for k in ("variant", "accuracy", "size_bytes", "status")} | {"p50_ms": (x["latency_ms"] or {}).get("p50")}
+                     for x in rep["candidates"]]
+
+if not args.skip_kd:
+    lo = builds / "bench-labels-only"
+    shutil.rmtree(lo, ignore_errors=True)
+    edgekd("build", "--target", "cpu", "--quiet", "--out", str(lo), "--set", "distill.losses=[{kind: hard_label, weight: 1.0}]",
+           "--set", "quantize.candidates=[fp32]")
+    kd_acc = student(rep, "fp32")["accuracy"]
+    lo_acc = student(report(lo), "fp32")["accuracy"]
+    out["kd_vs_labels_only"] = {"kd_student_fp32_accuracy": kd_acc, "labels_only_student_fp32_accuracy": lo_acc,
+                                "gain_points": round(100 * (kd_acc - lo_acc), 2), "goal_points": 0.5}
+write("spine", out)
