@@ -183,7 +183,7 @@ def train(
                     loss, parts = _distill_step(ddp_model, teacher, loss_set, xb, yb, idx, teacher_logits,
                                                 weighting, progress=(epoch + step / steps_per_epoch) / cfg.epochs)
             if not torch.isfinite(loss):
-                raise StageError(f"{description}: loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}",
+                raise StageError(f"{description}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}",
                                  hint="lower the learning rate, or check the data and teacher for NaN/inf")
             opt.zero_grad(set_to_none=True)
             loss.backward()
