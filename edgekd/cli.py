@@ -96,6 +96,13 @@ def _make_ctx(recipe: str, target: str, out: Path | None, sets: dict[str, Any], 
 
     validate_candidate_names([n for n in rc.quantize.candidates or tc.candidates if n != QAT])
     _check_options(rc.quantize.options)
+    from edgekd.errors import TargetUnavailable
+    from edgekd.targets_info import build_ready
+
+    ready, why = build_ready(tc)
+    if not ready:  # e.g. cuda without a GPU: exit 3 before any training
+        raise TargetUnavailable(f"target '{tc.name}' cannot run here: {why}",
+                                hint="`edgekd targets` lists what each target needs and what this host has")
     out = out or Path("builds") / f"{rc.name}-{tc.name}{'-quick' if quick else ''}"
     return BuildContext(out=out.resolve(), recipe=rc, target=tc, recipe_ref=recipe, target_ref=target, overrides=sets,
                         quick=quick, console=console, options=options)
@@ -232,11 +239,22 @@ def profile(
     target: str = typer.Option("cpu", "--target", "-t"),
     quick: bool = typer.Option(False, "--quick"),
     json_out: bool = typer.Option(False, "--json"),
+    adb: Optional[str] = typer.Option(None, "--adb", help="mobile: push the build's bundle to this phone and time it there"),
 ) -> None:
     """Profile any ONNX file (bring your own model) or re-profile a build folder."""
     def go() -> None:
         from edgekd.cards import load_target
 
+        if adb is not None:
+            from edgekd.export.mobile import adb_profile
+
+            bundle = path / "convert" / "mobile"
+            if not bundle.is_dir():
+                raise UserError(f"{path} has no mobile bundle (convert/mobile/)",
+                                hint="build it first: edgekd build --target mobile --out DIR")
+            res = adb_profile(bundle, adb, threads=load_target(target).profile.threads)
+            sys.stdout.write(json.dumps(res, indent=2, default=str) + "\n")
+            return
         if path.is_dir():
             from edgekd.pipeline import load_run
 

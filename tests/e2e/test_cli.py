@@ -180,3 +180,103 @@ def test_digits_quick_build_and_stage_command(tmp_path):
     assert {k: stages[k] for k in ("teacher", "distill", "export", "quantize")} == {
         "teacher": True, "distill": True, "export": True, "quantize": False}
     assert "report" in stages  # the lineage of stages not rerun is kept
+
+
+# ---------------------------------------------------------------- the CI gate through the CLI
+
+FIXTURE = Path(__file__).resolve().parent.parent / "data" / "report_fixture.json"
+
+
+def _write(p, d):
+    p.write_text(json.dumps(d))
+    return p
+
+
+def test_regress_gate_exit_codes(tmp_path):
+    base = json.loads(FIXTURE.read_text())
+    b = _write(tmp_path / "base.json", base)
+    r = edgekd("regress", str(_write(tmp_path / "same.json", base)), "--baseline", str(b))
+    assert r.returncode == 0, r.stderr + r.stdout
+    sel = base["selected"].split("/", 1)[1]
+
+    worse = json.loads(FIXTURE.read_text())
+    for m in worse["models"]:
+        if m["role"] == "student" and m["variant"] == sel:
+            m["accuracy"] -= 0.02
+    r = edgekd("regress", str(_write(tmp_path / "worse.json", worse)), "--baseline", str(b), "--json")
+    assert r.returncode == 1
+    verdicts = json.loads(r.stdout)
+    assert not verdicts["passed"]
+
+    bigger = json.loads(FIXTURE.read_text())
+    for m in bigger["models"]:
+        if m["role"] == "student" and m["variant"] == sel:
+            m["size_bytes"] = int(m["size_bytes"] * 1.2)
+    r = edgekd("regress", str(_write(tmp_path / "big.json", bigger)), "--baseline", str(b))
+    assert r.returncode == 1 and "size" in r.stdout
+    r = edgekd("regress", str(_write(tmp_path / "big.json", bigger)), "--baseline", str(b), "--max-size-growth", "25%")
+    assert r.returncode == 0
+
+    other = json.loads(FIXTURE.read_text())
+    other["recipe"] = "digits-mlp"
+    r = edgekd("regress", str(_write(tmp_path / "other.json", other)), "--baseline", str(b))
+    assert r.returncode == 2 and "hint:" in r.stderr
+
+    trunc = tmp_path / "trunc.json"
+    trunc.write_text(FIXTURE.read_text()[:200])
+    r = edgekd("regress", str(trunc), "--baseline", str(b))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    r = edgekd("regress", str(tmp_path / "missing.json"), "--baseline", str(b))
+    assert r.returncode == 2
+
+    newer = json.loads(FIXTURE.read_text())
+    newer["schema_version"] = 99
+    r = edgekd("regress", str(_write(tmp_path / "newer.json", newer)), "--baseline", str(b))
+    assert r.returncode == 2 and "schema" in r.stderr
+
+
+def test_report_on_folder_without_results(tmp_path):
+    r = edgekd("report", str(tmp_path))
+    assert r.returncode == 2 and "run.json" in r.stderr
+
+
+def test_unavailable_targets_exit_3(tmp_path):
+    r = edgekd("build", "--target", "cuda", "--recipe", "digits-mlp", "--out", str(tmp_path / "b"))
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this host has CUDA")
+    assert r.returncode == 3 and "CUDAExecutionProvider" in r.stderr
+    (tmp_path / "b2" / "convert" / "mobile").mkdir(parents=True)
+    r = edgekd("profile", str(tmp_path / "b2"), "--target", "mobile", "--adb", "no-such-phone",
+               env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 3 and "no-such-phone" in r.stderr
+
+
+@needs_fmnist
+def test_ascend_bundle_for_fashion_cnn(quick_build, tmp_path):
+    import onnx
+
+    from edgekd.export.ascend import lint
+
+    _, _, env, _ = quick_build  # shares the teacher cache: only the student is retrained (1 epoch)
+    out = tmp_path / "asc"
+    r = edgekd("build", "--target", "ascend-310p", "--quick", "--out", str(out), "--set", "distill.epochs=1", "--quiet",
+               env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    b = out / "convert" / "ascend"
+    m = onnx.load(str(b / "model.onnx"))
+    opset = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+    assert opset <= 15
+    dims = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 1, 28, 28] and all(d > 0 for d in dims)
+    assert lint(b / "model.onnx") == []
+    convert = (b / "convert.sh").read_text()
+    assert "--framework=5" in convert and "--soc_version=Ascend310P3" in convert and '--input_shape="input:1,1,28,28"' in convert
+    assert "msit benchmark" in (b / "benchmark.sh").read_text()
+    manifest = json.loads((b / "manifest.json").read_text())
+    import hashlib
+
+    for name, digest in manifest.get("sha256", {}).items():
+        if (b / name).is_file():
+            assert hashlib.sha256((b / name).read_bytes()).hexdigest() == digest, name
