@@ -71,8 +71,23 @@ class TeacherCacheConfig(Strict):
     top_k: int | None = Field(None, ge=1, description="store only the top-k logits (None: all, fine for small label sets)")
 
 
+class TaskConfig(Strict):
+    """An auxiliary task for multi-task distillation: its own data (optionally relabelled), its own
+    teacher, a head on the student's shared trunk, and a loss weight."""
+
+    name: str
+    data: DataConfig
+    teacher: TeacherConfig
+    weight: float = Field(1.0, gt=0, description="scales this task's KD+CE loss against the main task")
+    label_map: list[int] | None = Field(None, description="map dataset label i to task label label_map[i] (e.g. fine→coarse)")
+    head_from: str = Field("pool", description="student module path whose output feeds this task's head")
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1, description="soft-label share of the task loss; 1-alpha goes to hard labels")
+
+
 class DistillConfig(TrainConfig):
     epochs: int = Field(10, ge=1)
+    tasks: list[TaskConfig] = Field(default_factory=list, description="multi-task: auxiliary tasks with per-task weights")
     weighting: dict[str, Any] | None = Field(None, description="per-sample KD weighting, e.g. {kind: teacher_confidence}")
     teacher_cache: TeacherCacheConfig = Field(default_factory=TeacherCacheConfig)
     amp: Literal["none", "bf16"] = "none"

@@ -70,18 +70,39 @@ def _checkpoint_path(ctx: BuildContext, stage: str, key_material: Any) -> Path:
 def _teacher_cfg(ctx: BuildContext) -> dict:
     d = ctx.recipe.data.model_dump(exclude={"label_fraction"})
     return {"teacher": ctx.recipe.teacher.model_dump(), "data": d, "data_sha256": data_fingerprint(ctx),
-            "extra_teachers": [t.model_dump() for t in ctx.recipe.distill.extra_teachers]}
+            "extra_teachers": [t.model_dump() for t in ctx.recipe.distill.extra_teachers],
+            "tasks": [{"teacher": t.teacher.model_dump(), "data": t.data.model_dump(), "label_map": t.label_map}
+                      for t in ctx.recipe.distill.tasks]}
 
 
-def _train_or_fetch_teacher(ctx: BuildContext, ref, wd: Path, filename: str) -> dict:
+def task_splits(ctx: BuildContext, task):
+    """An auxiliary task's data with its labels mapped (labels are what its teacher learns)."""
+    import dataclasses
+
+    from edgekd.data import load
+    from edgekd.distill.multitask import relabel
+
+    def make():
+        sp = load(task.data)
+        return dataclasses.replace(sp, y_train=relabel(sp.y_train, task.label_map, task.name),
+                                   y_val=relabel(sp.y_val, task.label_map, task.name),
+                                   y_test=relabel(sp.y_test, task.label_map, task.name))
+    return ctx.memo(f"task:{task.name}", make)
+
+
+def _train_or_fetch_teacher(ctx: BuildContext, ref, wd: Path, filename: str, task=None) -> dict:
     """Train one teacher, or take it from the content-addressed cache shared by all builds."""
     import torch
 
     from edgekd.distill.trainer import accuracy, train
     from edgekd.zoo import count_params
 
-    material = {"teacher": ref.model_dump(), "data": ctx.recipe.data.model_dump(exclude={"label_fraction"}),
-                "data_sha256": data_fingerprint(ctx)}
+    if task is None:
+        material = {"teacher": ref.model_dump(), "data": ctx.recipe.data.model_dump(exclude={"label_fraction"}),
+                    "data_sha256": data_fingerprint(ctx)}
+    else:
+        material = {"teacher": ref.model_dump(), "data": task.data.model_dump(exclude={"label_fraction"}),
+                    "data_sha256": task_splits(ctx, task).fingerprint(), "label_map": task.label_map}
     key = stable_hash(material)
     cached = ctx.cache_dir / "teachers" / key
     if (cached / "teacher.pt").is_file() and (cached / "metrics.json").is_file():
@@ -90,7 +111,7 @@ def _train_or_fetch_teacher(ctx: BuildContext, ref, wd: Path, filename: str) -> 
         metrics["cached"] = True
         ctx.log(f"  teacher taken from cache {cached}")
         return metrics
-    s = splits(ctx)
+    s = splits(ctx) if task is None else task_splits(ctx, task)
     model = _build(ref, seed=ref.train.seed)
     ckpt = _checkpoint_path(ctx, "teacher", material)
     res = train(model, s.x_train, s.y_train, s.x_val, s.y_val, ref.train, checkpoint=ckpt,
@@ -120,6 +141,13 @@ def stage_teacher(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         outputs[f"extra_{i}"] = f"teacher-{i}.pt"
     if extra:
         metrics["extra_teachers"] = [{k: m.get(k) for k in ("params", "val_accuracy", "test_accuracy", "cached")} for m in extra]
+    tasks = {}
+    for task in ctx.recipe.distill.tasks:
+        m = _train_or_fetch_teacher(ctx, task.teacher, wd, f"teacher-task-{task.name}.pt", task=task)
+        outputs[f"task_{task.name}"] = f"teacher-task-{task.name}.pt"
+        tasks[task.name] = {k: m.get(k) for k in ("params", "val_accuracy", "test_accuracy", "cached")}
+    if tasks:
+        metrics["tasks"] = tasks
     return StageOutput(outputs, metrics)
 
 
@@ -196,6 +224,10 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         cache = _logit_cache(ctx, teacher, inputs["teacher"], s.x_train, rank, world)
         cached_logits = cache.get
     weighting = build_weighting(dc.weighting)
+    from edgekd.distill.multitask import build_aux_task
+
+    aux = [build_aux_task(t, student, load_model(t.teacher, inputs["teacher"].path(f"task_{t.name}")),
+                          task_splits(ctx, t)) for t in dc.tasks]
     key_material = _distill_cfg(ctx) | {"teacher": inputs["teacher"].key}
     generations = []
     for gen in range(dc.born_again_generations + 1):
@@ -204,7 +236,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
                     teacher_logits=cached_logits, weighting=weighting, labeled=s.labeled,
                     checkpoint=ckpt if world == 1 else None, progress=_progress(ctx),
                     description="distill" if gen == 0 else f"born-again g{gen + 1}", amp=dc.amp,
-                    rank=rank, world_size=world)
+                    rank=rank, world_size=world, aux_tasks=aux if gen == 0 else None)
         student.load_state_dict(res.best_state)
         generations.append({"generation": gen + 1, "val_accuracy": res.best_val_accuracy,
                             "test_accuracy": accuracy(student, s.x_test, s.y_test), "train_seconds": res.seconds,
@@ -221,14 +253,26 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     best = max(generations, key=lambda g: g["val_accuracy"])
     student.load_state_dict(best["state"])
     torch.save(student.state_dict(), wd / "student.pt")
+    outputs = {"model": "student.pt"}
+    task_metrics = {}
+    if aux:
+        from edgekd.distill.multitask import aux_accuracy
+
+        torch.save({t.name: t.head.state_dict() for t in aux}, wd / "task_heads.pt")
+        outputs["task_heads"] = "task_heads.pt"
+        for t in aux:
+            ts = task_splits(ctx, next(c for c in dc.tasks if c.name == t.name))
+            task_metrics[t.name] = {"test_accuracy": aux_accuracy(t, student, ts.x_test, ts.y_test),
+                                    "weight": t.weight, "head_from": t.head_from}
     ddp.barrier()
     metrics = {"params": count_params(student), "val_accuracy": best["val_accuracy"], "best_epoch": best["best_epoch"],
                "test_accuracy": best["test_accuracy"], "generation": best["generation"],
                "train_seconds": sum(g["train_seconds"] for g in generations),
                "history": generations[0]["history"], "world_size": world,
                "generations": [{k: v for k, v in g.items() if k != "state"} for g in generations],
-               "teacher_cache": dc.teacher_cache.enabled, "losses": [lc.model_dump() for lc in dc.losses]}
-    return StageOutput({"model": "student.pt"}, metrics)
+               "teacher_cache": dc.teacher_cache.enabled, "losses": [lc.model_dump() for lc in dc.losses],
+               "tasks": task_metrics}
+    return StageOutput(outputs, metrics)
 
 
 # --------------------------------------------------------------------------- export

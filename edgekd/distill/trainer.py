@@ -100,6 +100,7 @@ def train(
     amp: str = "none",
     rank: int = 0,
     world_size: int = 1,
+    aux_tasks: list[Any] | None = None,
 ) -> TrainResult:
     """Train `model`; with `loss_set` distill from `teacher` (online) or `teacher_logits` (cached).
 
@@ -115,7 +116,14 @@ def train(
     yt = torch.as_tensor(y_train).long()
     if labeled is not None:
         yt = torch.where(torch.as_tensor(labeled), yt, torch.full_like(yt, -1))
-    params = list(model.parameters()) + (list(loss_set.parameters()) if loss_set is not None else [])
+    aux_tasks = aux_tasks or []
+    if aux_tasks and world_size > 1:
+        from edgekd.errors import ConfigError
+
+        raise ConfigError("multi-task distillation (distill.tasks) runs in one process",
+                          hint="run it without torchrun, or drop distill.tasks")
+    params = (list(model.parameters()) + (list(loss_set.parameters()) if loss_set is not None else [])
+              + [p for t in aux_tasks for p in t.head.parameters()])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Each rank takes an equal share of every epoch's permutation (same permutation on all ranks).
     per_rank = len(xt) // world_size if world_size > 1 else len(xt)
@@ -137,6 +145,8 @@ def train(
         model.load_state_dict(ck["model"])
         if loss_set is not None and ck.get("loss_set") is not None:
             loss_set.load_state_dict(ck["loss_set"])
+        for t, state in zip(aux_tasks, ck.get("aux_heads") or []):
+            t.head.load_state_dict(state)
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
         gen.set_state(ck["gen"])
@@ -167,6 +177,7 @@ def train(
             perm = perm[: per_rank * world_size][rank::world_size]
         sums: dict[str, float] = {}
         n_seen, e0 = 0, time.perf_counter()
+        aux_perms = [torch.randperm(len(t.x), generator=gen) for t in aux_tasks]
         for step in range(steps_per_epoch):
             idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             if idx.numel() == 0:
@@ -182,6 +193,16 @@ def train(
                 else:
                     loss, parts = _distill_step(ddp_model, teacher, loss_set, xb, yb, idx, teacher_logits,
                                                 weighting, progress=(epoch + step / steps_per_epoch) / cfg.epochs)
+            for t, tperm in zip(aux_tasks, aux_perms):
+                # Each auxiliary task cycles through its own data, one batch per main step.
+                lo = (step * cfg.batch_size) % max(1, len(tperm))
+                tidx = tperm[lo:lo + cfg.batch_size]
+                txb = torch.as_tensor(t.x)[tidx]
+                if cfg.augment:
+                    txb = augment_images(txb, gen)
+                tl = _aux_loss(t, ddp_model, txb, torch.as_tensor(t.y)[tidx])
+                loss = loss + tl
+                parts = {**parts, f"task_{t.name}": tl.item()}
             if not torch.isfinite(loss):
                 raise StageError(f"{description}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}",
                                  hint="lower the learning rate, or check the data and teacher for NaN/inf")
@@ -202,6 +223,8 @@ def train(
         val_acc = accuracy(model, x_val, y_val)
         rec = {"epoch": epoch + 1, "val_accuracy": val_acc, "lr": sched.get_last_lr()[0],
                "seconds": time.perf_counter() - e0, **{f"loss_{k}": v / max(n_seen, 1) for k, v in sums.items()}}
+        for t in aux_tasks:
+            rec[f"val_accuracy_{t.name}"] = _aux_accuracy(t, model, t.x_val, t.y_val)
         history.append(rec)
         if val_acc > best_acc:
             best_acc, best_epoch, bad_epochs = val_acc, epoch + 1, 0
@@ -216,6 +239,7 @@ def train(
                 "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
                 "torch_rng": torch.get_rng_state(), "epoch": epoch, "history": history, "best_acc": best_acc,
                 "best_epoch": best_epoch, "best_state": best_state, "bad_epochs": bad_epochs,
+                "aux_heads": [t.head.state_dict() for t in aux_tasks],
             })
         if stop:
             stopped_early = True
@@ -225,6 +249,18 @@ def train(
     assert best_state is not None  # at least one epoch ran (epochs >= 1 is validated by the config)
     return TrainResult(best_state=best_state, best_val_accuracy=best_acc, best_epoch=best_epoch, history=history,
                        stopped_early=stopped_early, seconds=time.perf_counter() - t0)
+
+
+def _aux_loss(task: Any, student: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    from edgekd.distill.multitask import aux_loss
+
+    return aux_loss(task, student, xb, yb)
+
+
+def _aux_accuracy(task: Any, model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    from edgekd.distill.multitask import aux_accuracy
+
+    return aux_accuracy(task, model, x, y)
 
 
 def _allreduce_grads(module: nn.Module, world_size: int) -> None:
