@@ -11,7 +11,6 @@ each fact comes from). Passing the lint does not guarantee every dtype/shape com
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import os
 import re
@@ -358,11 +357,9 @@ def prepare_static(model_path: Path | str, out_path: Path | str, input_shapes: d
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from edgekd.pipeline import sha256_file
+
+    return sha256_file(path)
 
 
 def _write_script(path: Path, body: str) -> None:

@@ -4,7 +4,6 @@ labelled roofline estimate of on-device latency and energy. `adb_profile` times 
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -30,11 +29,9 @@ DEVICE_DIR = "/data/local/tmp/edgekd"
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from edgekd.pipeline import sha256_file
+
+    return sha256_file(path)
 
 
 def _jsonable(v: Any) -> Any:
