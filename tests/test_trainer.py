@@ -92,3 +92,37 @@ def test_augment_shifts_and_flips_only():
     y = T.augment_images(x, g, pad=2)
     assert y.shape == x.shape and torch.all(y.sum((1, 2, 3)) == 1)  # the pixel moved, never vanished
     assert (y != x).any()
+
+
+def test_labels_only_distillation_never_calls_the_teacher(digits):
+    from edgekd.distill.losses import build_losses
+
+    s = digits
+
+    class Boom(torch.nn.Module):
+        def forward(self, x):
+            raise AssertionError("the teacher was run although no loss needs it")
+
+    st, t = zoo.build("mlp", hidden=[8]), zoo.build("mlp", hidden=[8])
+    losses = [LossConfig(kind="hard_label", weight=1.0)]
+    ls = build_losses(losses, st, t, torch.as_tensor(s.x_val[:2]))
+    r = T.train(st, s.x_train, s.y_train, s.x_val, s.y_val, DistillConfig(epochs=1, losses=losses), teacher=Boom(),
+                loss_set=ls)
+    assert r.best_val_accuracy > 0.3
+
+
+def test_teacher_gets_no_gradient_during_distillation(digits):
+    from edgekd.distill.losses import build_losses
+
+    s = digits
+    T.seed_everything(0)
+    teacher = zoo.build("mlp", hidden=[16])
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    st = zoo.build("mlp", hidden=[8])
+    losses = [LossConfig(kind="soft_label", weight=1.0, temperature=2.0),
+              LossConfig(kind="feature", weight=1.0, student="layer1", teacher="layer1", projector="linear")]
+    ls = build_losses(losses, st, teacher, torch.as_tensor(s.x_val[:4]))
+    T.train(st, s.x_train, s.y_train, s.x_val, s.y_val, DistillConfig(epochs=1, losses=losses), teacher=teacher,
+            loss_set=ls)
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())

@@ -286,6 +286,13 @@ def _distill_step(student, teacher, loss_set, xb, yb, idx, teacher_logits, weigh
 
     raw_student = student.module if hasattr(student, "module") else student
     t_feats: dict[str, torch.Tensor] = {}
+    if not getattr(loss_set, "needs_teacher", True):
+        # Labels-only (e.g. the hard_label control run): the teacher is never consulted.
+        with FeatureCapture(raw_student, sorted(loss_set.student_paths)) as scap:
+            s_logits = student(xb)
+        ctx = LossContext(student_logits=s_logits.float(), teacher_logits=None, labels=yb,
+                          student_features=dict(scap.features), teacher_features={}, progress=progress)
+        return loss_set(ctx)
     if teacher_logits is not None and not loss_set.needs_online_teacher:
         t_logits = teacher_logits(idx.numpy())
     else:
