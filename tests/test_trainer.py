@@ -106,7 +106,7 @@ def test_labels_only_distillation_never_calls_the_teacher(digits):
     st, t = zoo.build("mlp", hidden=[8]), zoo.build("mlp", hidden=[8])
     losses = [LossConfig(kind="hard_label", weight=1.0)]
     ls = build_losses(losses, st, t, torch.as_tensor(s.x_val[:2]))
-    r = T.train(st, s.x_train, s.y_train, s.x_val, s.y_val, DistillConfig(epochs=1, losses=losses), teacher=Boom(),
+    r = T.train(st, s.x_train, s.y_train, s.x_val, s.y_val, DistillConfig(epochs=5, lr=0.01, losses=losses), teacher=Boom(),
                 loss_set=ls)
     assert r.best_val_accuracy > 0.3
 
