@@ -59,8 +59,10 @@ out["candidates"] = [{k: x[k] for k in ("variant", "accuracy", "size_bytes", "st
 if not args.skip_kd:
     lo = builds / "bench-labels-only"
     shutil.rmtree(lo, ignore_errors=True)
+    # Same student, data, epochs and seed; only the loss differs. Short profiling: this is about accuracy.
     edgekd("build", "--target", "cpu", "--quiet", "--out", str(lo), "--set", "distill.losses=[{kind: hard_label, weight: 1.0}]",
-           "--set", "quantize.candidates=[fp32]")
+           "--set", "quantize.candidates=[fp32]", "--set", "target.profile.min_seconds=0.2", "--set",
+           "target.profile.repeats=1", "--set", "target.profile.batch_sweep=[1]")
     kd_acc = student(rep, "fp32")["accuracy"]
     lo_acc = student(report(lo), "fp32")["accuracy"]
     out["kd_vs_labels_only"] = {"kd_student_fp32_accuracy": kd_acc, "labels_only_student_fp32_accuracy": lo_acc,
