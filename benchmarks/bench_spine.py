@@ -1,7 +1,9 @@
 """Spine benchmarks (issue 2): build wall times, the headline teacher-vs-student figures, and KD vs
 labels-only with the same student and epochs. Writes benchmarks/results/spine.json.
 
-    python benchmarks/bench_spine.py [--skip-quick] [--skip-kd]
+    python benchmarks/bench_spine.py [--skip-quick] [--skip-kd] [--skip-full]
+
+--skip-full re-measures only the quick builds and merges them into the existing spine.json.
 """
 from __future__ import annotations
 
@@ -11,17 +13,23 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from _common import ROOT, edgekd, report, student, write
+from _common import RESULTS, ROOT, edgekd, report, student, write
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--skip-quick", action="store_true")
 ap.add_argument("--skip-kd", action="store_true")
+ap.add_argument("--skip-full", action="store_true", help="quick builds only; merge into the existing results")
 args = ap.parse_args()
 out: dict = {}
 builds = ROOT / "builds"
+if args.skip_full:
+    prev = RESULTS / "spine.json"
+    out = {k: v for k, v in json.loads(prev.read_text()).items()
+           if k not in ("benchmark", "host", "cpu_count", "created")} if prev.exists() else {}
 
 if not args.skip_quick:
-    with tempfile.TemporaryDirectory() as cache:  # from scratch: no cached teacher
+    with tempfile.TemporaryDirectory() as cache:  # from scratch: no cached teacher, no build folder
+        shutil.rmtree(builds / "bench-quick", ignore_errors=True)
         dt, _ = edgekd("build", "--target", "cpu", "--quick", "--quiet", "--out", str(builds / "bench-quick"),
                        env={"EDGEKD_CACHE": cache})
         shutil.rmtree(builds / "bench-quick", ignore_errors=True)
@@ -30,6 +38,10 @@ if not args.skip_quick:
     out["quick_from_scratch_s"] = round(dt, 1)
     out["quick_teacher_cached_s"] = round(dt_q, 1)
     out["quick_goal_s"] = 180
+
+if args.skip_full:
+    write("spine", out)
+    raise SystemExit(0)
 
 full = builds / "bench-full"
 shutil.rmtree(full, ignore_errors=True)
