@@ -111,17 +111,22 @@ def ablation(run: Runner, args: argparse.Namespace) -> dict:
         ("labels_only", [f"distill.losses={flow([{'kind': 'hard_label', 'weight': 1.0}])}"]),
         ("kd_soft_label", []),
     ]
+    # feature/relation losses need the teacher's activations, so those rows run the teacher online (a recipe that
+    # asks for the logit cache together with them is refused by design).
+    online = "distill.teacher_cache.enabled=false"
     if args.mode == "independent":
-        rows += [("kd+feature", [f"distill.losses={flow(kd_losses + [feature])}"]),
-                 ("kd+relation", [f"distill.losses={flow(kd_losses + [relation])}"]),
+        rows += [("kd+feature", [f"distill.losses={flow(kd_losses + [feature])}", online]),
+                 ("kd+relation", [f"distill.losses={flow(kd_losses + [relation])}", online]),
                  ("kd+weighting", [weighting]),
                  ("kd+born_again_g2", ["distill.born_again_generations=1"])]
     else:
-        rows += [("kd+feature", [f"distill.losses={flow(kd_losses + [feature])}"]),
-                 ("kd+feature+relation", [f"distill.losses={flow(kd_losses + [feature, relation])}"]),
-                 ("kd+feature+relation+weighting", [f"distill.losses={flow(kd_losses + [feature, relation])}", weighting]),
+        rows += [("kd+feature", [f"distill.losses={flow(kd_losses + [feature])}", online]),
+                 ("kd+feature+relation", [f"distill.losses={flow(kd_losses + [feature, relation])}", online]),
+                 ("kd+feature+relation+weighting", [f"distill.losses={flow(kd_losses + [feature, relation])}", weighting,
+                                                    online]),
                  ("kd+feature+relation+weighting+born_again_g2",
-                  [f"distill.losses={flow(kd_losses + [feature, relation])}", weighting, "distill.born_again_generations=1"])]
+                  [f"distill.losses={flow(kd_losses + [feature, relation])}", weighting, "distill.born_again_generations=1",
+                   online])]
     table: dict[str, dict] = {}
     for name, sets in rows:
         accs, runs = [], []
