@@ -32,6 +32,17 @@ class DataConfig(Strict):
     test_size: int | None = Field(None, ge=1, description="use a random subset of the test split")
     label_fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of train labels the student may use")
     seed: int = 0
+    tokenizer: str | None = Field(None, description="text data: Hugging Face tokenizer (folder, pkg:NAME or hub id)")
+    max_length: int = Field(64, ge=2, le=4096, description="text data: tokens per sample (pad/truncate)")
+
+    def key_dict(self, exclude: set[str] | None = None) -> dict[str, Any]:
+        """The settings that key caches: the text-only fields are left out for non-text data, so
+        adding them did not invalidate teachers and stages cached by earlier versions."""
+        d = self.model_dump(exclude=exclude)
+        if self.tokenizer is None:
+            d.pop("tokenizer", None)
+            d.pop("max_length", None)
+        return d
 
 
 class ModelRef(Strict):
@@ -133,7 +144,7 @@ class RecipeConfig(Strict):
     schema_version: int
     name: str
     description: str = ""
-    task: Literal["image-classification", "tabular-classification"] = "image-classification"
+    task: Literal["image-classification", "tabular-classification", "text-classification"] = "image-classification"
     data: DataConfig
     teacher: TeacherConfig
     student: ModelRef

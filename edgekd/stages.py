@@ -68,10 +68,10 @@ def _checkpoint_path(ctx: BuildContext, stage: str, key_material: Any) -> Path:
 
 
 def _teacher_cfg(ctx: BuildContext) -> dict:
-    d = ctx.recipe.data.model_dump(exclude={"label_fraction"})
+    d = ctx.recipe.data.key_dict(exclude={"label_fraction"})
     return {"teacher": ctx.recipe.teacher.model_dump(), "data": d, "data_sha256": data_fingerprint(ctx),
             "extra_teachers": [t.model_dump() for t in ctx.recipe.distill.extra_teachers],
-            "tasks": [{"teacher": t.teacher.model_dump(), "data": t.data.model_dump(), "label_map": t.label_map}
+            "tasks": [{"teacher": t.teacher.model_dump(), "data": t.data.key_dict(), "label_map": t.label_map}
                       for t in ctx.recipe.distill.tasks]}
 
 
@@ -98,10 +98,10 @@ def _train_or_fetch_teacher(ctx: BuildContext, ref, wd: Path, filename: str, tas
     from edgekd.zoo import count_params
 
     if task is None:
-        material = {"teacher": ref.model_dump(), "data": ctx.recipe.data.model_dump(exclude={"label_fraction"}),
+        material = {"teacher": ref.model_dump(), "data": ctx.recipe.data.key_dict(exclude={"label_fraction"}),
                     "data_sha256": data_fingerprint(ctx)}
     else:
-        material = {"teacher": ref.model_dump(), "data": task.data.model_dump(exclude={"label_fraction"}),
+        material = {"teacher": ref.model_dump(), "data": task.data.key_dict(exclude={"label_fraction"}),
                     "data_sha256": task_splits(ctx, task).fingerprint(), "label_map": task.label_map}
     key = stable_hash(material)
     cached = ctx.cache_dir / "teachers" / key
@@ -156,7 +156,7 @@ def stage_teacher(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
 
 def _distill_cfg(ctx: BuildContext) -> dict:
     return {"student": ctx.recipe.student.model_dump(), "distill": ctx.recipe.distill.model_dump(),
-            "data": ctx.recipe.data.model_dump(), "data_sha256": data_fingerprint(ctx)}
+            "data": ctx.recipe.data.key_dict(), "data_sha256": data_fingerprint(ctx)}
 
 
 def _teacher_module(ctx: BuildContext, teacher_res: StageResult):
@@ -293,10 +293,12 @@ def stage_export(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
     x = s.x_val[: pc.samples]
     batch = 1 if oc.dynamic_batch else oc.static_batch
     example = torch.as_tensor(s.x_val[:batch])
-    metrics: dict[str, Any] = {"opset": oc.opset, "dynamic_batch": oc.dynamic_batch}
+    # token ids [batch, seq]: the sequence axis is dynamic too where the batch is
+    text = oc.dynamic_batch and np.issubdtype(s.x_val.dtype, np.integer) and s.x_val.ndim == 2
+    metrics: dict[str, Any] = {"opset": oc.opset, "dynamic_batch": oc.dynamic_batch, "dynamic_sequence": bool(text)}
     for role, ref in (("student", ctx.recipe.student), ("teacher", ctx.recipe.teacher)):
         model = load_model(ref, inputs["distill" if role == "student" else "teacher"].path("model"))
-        path = export_onnx(model, example, wd / f"{role}.onnx", oc.opset, oc.dynamic_batch)
+        path = export_onnx(model, example, wd / f"{role}.onnx", oc.opset, oc.dynamic_batch, dynamic_sequence=text)
         ref_out = predict(model, x).numpy()
         got = run_onnx(path, x)
         metrics[f"{role}_parity"] = check_parity(ref_out, got, pc.atol, pc.rtol, f"{role} ONNX export")
@@ -454,7 +456,8 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
               "device": ctx.target.device.model_dump(), "energy": "auto", "seed": ctx.recipe.data.seed}
     specs: dict[str, dict] = {
         "teacher/fp32-torch": {**common, "kind": "torch", "path": str(inputs["teacher"].path("model")),
-                               "arch": ctx.recipe.teacher.arch, "kwargs": ctx.recipe.teacher.kwargs},
+                               "arch": ctx.recipe.teacher.arch, "kwargs": ctx.recipe.teacher.kwargs,
+                               "input_dtype": str(s.x_test.dtype)},
         "teacher/fp32": {**common, "kind": "onnx", "path": str(inputs["export"].path("teacher"))},
     }
     for c in inputs["quantize"].metrics["candidates"]:
@@ -479,7 +482,8 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     for name, r in results.items():
         energy = r.get("energy") or measured_or_estimate(r["cpu_seconds_per_inference"], ctx.target.device)
         path = specs[name]["path"] if specs[name]["kind"] == "onnx" else str(inputs["export"].path("teacher"))
-        flops = onnx_flops(path)
+        # token-id models have a symbolic sequence axis: count FLOPs at the profiled length
+        flops = onnx_flops(path, {"input": input_shape} if np.issubdtype(s.x_test.dtype, np.integer) else None)
         rf = roofline(flops["flops"], os.path.getsize(path), r["latency_ms"]["p50"], ctx.target.device)
         out[name] = {**r, "energy": energy, "flops": flops, "roofline": rf}
     (wd / "profile.json").write_text(json.dumps(out, indent=2, default=str))

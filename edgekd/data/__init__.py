@@ -2,7 +2,8 @@
 
 A loader returns a `Splits` of numpy arrays: train/val carved from the train split with a seed,
 test kept aside for the report. Images are float32 NCHW, normalized with the split's stated
-mean/std (recorded so a device bundle can reproduce the preprocessing).
+mean/std (recorded so a device bundle can reproduce the preprocessing); text is int64 token ids
+[N, max_length], never normalized. Each loader takes the DataConfig.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from edgekd.errors import ConfigError, DataError
 LOADERS: dict[str, str] = {
     "fashion-mnist": "edgekd.data.idx:load_fashion_mnist",
     "digits": "edgekd.data.digits:load_digits",
+    "rotten-tomatoes": "edgekd.data.text:load_rotten_tomatoes",
 }
 
 
@@ -56,7 +58,7 @@ def load(cfg) -> Splits:
     if cfg.kind not in LOADERS:
         raise ConfigError(f"unknown dataset kind '{cfg.kind}'", hint=f"valid: {', '.join(sorted(LOADERS))}")
     module, _, fn = LOADERS[cfg.kind].partition(":")
-    x_tr, y_tr, x_te, y_te, meta = getattr(importlib.import_module(module), fn)(cfg.path)
+    x_tr, y_tr, x_te, y_te, meta = getattr(importlib.import_module(module), fn)(cfg)
     if len(x_tr) == 0 or len(x_te) == 0:
         raise DataError(f"dataset '{cfg.kind}' is empty ({len(x_tr)} train, {len(x_te)} test samples)",
                         hint="check the data folder")
@@ -73,6 +75,8 @@ def load(cfg) -> Splits:
     mean, std = float(meta["mean"]), float(meta["std"])
 
     def norm(x: np.ndarray) -> np.ndarray:
+        if np.issubdtype(x.dtype, np.integer):
+            return x.astype(np.int64)  # token ids
         return ((x.astype(np.float32) - mean) / std).astype(np.float32)
 
     labeled = None
@@ -85,6 +89,7 @@ def load(cfg) -> Splits:
         x_val=norm(x_tr[val_idx]), y_val=y_tr[val_idx].astype(np.int64),
         x_test=norm(x_te[te_idx]), y_test=y_te[te_idx].astype(np.int64),
         num_classes=int(meta["num_classes"]), class_names=list(meta["class_names"]),
-        source=str(meta["source"]), normalization={"mean": mean, "std": std, "scale": meta.get("scale", 1.0)},
+        source=str(meta["source"]), normalization={"mean": mean, "std": std, "scale": meta.get("scale", 1.0),
+                       **{k: meta[k] for k in ("tokenizer", "max_length", "input") if k in meta}},
         labeled=labeled,
     )

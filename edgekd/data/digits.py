@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def load_digits(path: str | None):
+def load_digits(cfg):
     from sklearn.datasets import load_digits as _load
 
     d = _load()

@@ -63,8 +63,8 @@ def resolve_dir(path: str | None) -> Path:
     raise DataError(f"Fashion-MNIST not found (looked in {where})", hint=INSTALL_HINT)
 
 
-def load_fashion_mnist(path: str | None):
-    folder = resolve_dir(path)
+def load_fashion_mnist(cfg):
+    folder = resolve_dir(cfg.path)
     arrays = {k: read_idx(_find(folder, s)) for k, s in FILES.items()}  # type: ignore[arg-type]
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]

@@ -13,12 +13,15 @@ from edgekd.errors import StageError
 
 
 def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int,
-                dynamic_batch: bool = True, input_name: str = "input", output_name: str = "logits") -> Path:
+                dynamic_batch: bool = True, input_name: str = "input", output_name: str = "logits",
+                dynamic_sequence: bool = False) -> Path:
     """Export with the TorchScript exporter (dynamo=False): it covers opsets 11–20, which the
     Ascend range (11–15) needs, and writes one self-contained file (no external data)."""
     model.eval()
     tmp = path.with_name(path.name + ".tmp")
     dynamic_axes = {input_name: {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None
+    if dynamic_axes and dynamic_sequence:  # token ids [batch, seq]
+        dynamic_axes[input_name][1] = "sequence"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (example,), str(tmp), opset_version=opset, input_names=[input_name],

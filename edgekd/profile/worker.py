@@ -3,7 +3,8 @@
 The runner starts a fresh process per model and repeat, so one model's allocator arenas, thread
 pools and caches never colour another's timings or peak memory.
 
-SPEC keys: kind ("onnx" | "torch"), path, arch + kwargs (torch), input_shape (batch 1), input_name
+SPEC keys: kind ("onnx" | "torch"), path, arch + kwargs (torch), input_shape (batch 1), input_dtype (torch;
+default float32), input_name
 (onnx, default: first input), input_file (.npy [N, ...] of real samples, cycled), threads,
 providers (onnx), warmup_runs, warmup_seconds, min_runs, min_seconds, max_seconds, batch_sweep,
 throughput_batch, throughput_seconds, seed, energy ("auto" | "none" | "rapl" | "nvml" | "npu-smi"),
@@ -200,7 +201,8 @@ def _load_torch(spec: dict) -> _Loaded:
         with torch.inference_mode():
             return model(x)
 
-    loaded = _Loaded(run, "torch", torch.__version__, ["cpu"], None, list(spec["input_shape"]), np.float32)
+    dtype = np.dtype(spec.get("input_dtype") or "float32")  # int64 for token-id models
+    loaded = _Loaded(run, "torch", torch.__version__, ["cpu"], None, list(spec["input_shape"]), dtype.type)
     loaded.to_tensor = torch.from_numpy  # type: ignore[attr-defined]
     return loaded
 

