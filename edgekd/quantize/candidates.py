@@ -280,6 +280,18 @@ def _quiet() -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
+@contextlib.contextmanager
+def _in_dir(path: Path) -> Iterator[None]:
+    """Run with `path` as the working directory: when symbolic shape inference fails, ORT dumps
+    sym_shape_infer_temp.onnx and a multi-MB external-data file into the CWD — the user's folder."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
 _CALIB_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "distribution": "Distribution"}
 
 
@@ -297,14 +309,16 @@ def _preprocess(src: Path, dst: Path, notes: list[str]) -> Path:
     symbolic shape inference (BERT-like graphs), then fall back to the raw model, noting why."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    src, dst = Path(src).resolve(), Path(dst).resolve()
     try:
-        with _quiet():
-            quant_pre_process(str(src), str(dst))
+        # auto_merge resolves symbolic broadcasts such as Min(512, sequence) vs sequence (BERT).
+        with _quiet(), _in_dir(dst.parent):
+            quant_pre_process(str(src), str(dst), auto_merge=True)
         return dst
     except Exception as e:  # noqa: BLE001 - any failure here has a fallback, recorded below
         first = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     try:
-        with _quiet():
+        with _quiet(), _in_dir(dst.parent):
             quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
         notes.append(f"quant_pre_process needed skip_symbolic_shape=True ({first})")
         return dst

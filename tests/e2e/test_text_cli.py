@@ -20,9 +20,12 @@ def test_minilm_sentiment_quick_build(tmp_path):
 
     env = {"EDGEKD_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "b"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
     r = edgekd("build", "--recipe", "minilm-sentiment", "--quick", "--out", str(out), "--json",
-               "--set", "data.train_size=256", "--set", "data.test_size=128", env=env)
+               "--set", "data.train_size=256", "--set", "data.test_size=128", env=env, cwd=cwd)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert not list(cwd.iterdir())  # nothing written outside the build folder (ORT shape-inference dumps)
     assert "WARNING" not in r.stderr  # ORT's expected shape-inference warnings stay out of the terminal
     rep = json.loads(r.stdout)
     roles = {m["role"] for m in rep["models"]}
