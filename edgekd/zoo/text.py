@@ -46,9 +46,13 @@ def resolve_hf(spec: str) -> str:
 
 
 def _quiet_transformers() -> None:
+    import logging
+
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # "some weights were not used" is expected (pooler, new head)
+    # huggingface_hub logs every retry of an unreachable hub; the failure becomes one error line
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
 def _hub_error(spec: str, e: Exception) -> ConfigError:
@@ -59,6 +63,7 @@ def _hub_error(spec: str, e: Exception) -> ConfigError:
 def load_config(spec: str):
     from transformers import AutoConfig
 
+    _quiet_transformers()
     path = resolve_hf(spec)
     try:
         return AutoConfig.from_pretrained(path)
@@ -69,6 +74,7 @@ def load_config(spec: str):
 def load_tokenizer(spec: str):
     from transformers import AutoTokenizer
 
+    _quiet_transformers()
     path = resolve_hf(spec)
     try:
         return AutoTokenizer.from_pretrained(path)

@@ -55,3 +55,15 @@ def test_minilm_sentiment_quick_build(tmp_path):
     # the teacher was also timed in PyTorch eager on token ids
     prof = json.loads((out / "profile" / "profile.json").read_text())
     assert prof["teacher/fp32-torch"]["latency_ms"]["p50"] > 0
+
+
+def test_hub_id_offline_is_a_clear_error(tmp_path):
+    env = {"EDGEKD_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    r = edgekd("build", "--recipe", "minilm-sentiment", "--quick", "--out", str(tmp_path / "b"), "--quiet",
+               "--set", "teacher.kwargs.hf=someorg/no-such-model", "--set", "data.train_size=64", env=env)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines[0].startswith("error: cannot load 'someorg/no-such-model' from the Hugging Face hub")
+    assert lines[1].startswith("hint:") and "local folder" in lines[1]
+    assert "Traceback" not in r.stderr and len(lines) == 2
+    assert not (tmp_path / "b" / "report").exists()
