@@ -24,7 +24,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, edgekd, write
+from _common import RESULTS, ROOT, edgekd, write
 
 TINY_PROFILE = ["target.profile.min_runs=10", "target.profile.min_seconds=0", "target.profile.repeats=1",
                 "target.profile.max_seconds=1", "target.profile.warmup_runs=1", "target.profile.warmup_seconds=0",
@@ -225,6 +225,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="digits-mlp --quick, 1 seed, 3 epochs: proves the script runs")
     ap.add_argument("--keep", action="store_true", help="keep the build folders under builds/bench-distill")
     ap.add_argument("--out-name", default=None, help="results file name (default distill, distill-smoke)")
+    ap.add_argument("--merge", action="store_true", help="keep the parts not rerun from the existing results file")
     args = ap.parse_args()
     if args.smoke:
         args.quick = True
@@ -250,7 +251,15 @@ def main() -> None:
     out["builds"] = run.n
     if not args.keep:
         shutil.rmtree(WORK, ignore_errors=True)
-    write(args.out_name or ("distill-smoke" if args.smoke else "distill"), out)
+    name = args.out_name or ("distill-smoke" if args.smoke else "distill")
+    prev = RESULTS / f"{name}.json"
+    if args.merge and prev.is_file():
+        old = json.loads(prev.read_text())
+        for part in ("ablation", "lowdata", "teacher_cache"):
+            if part not in out and part in old:
+                out[part] = old[part]
+        out["builds"] = {"this_run": run.n, "merged_from": old.get("created")}
+    write(name, out)
 
 
 if __name__ == "__main__":
