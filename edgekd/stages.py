@@ -305,7 +305,17 @@ def stage_export(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
         metrics[f"{role}_size_bytes"] = path.stat().st_size
     metrics["input_name"] = "input"
     metrics["input_shape"] = [batch, *s.x_train.shape[1:]]
-    return StageOutput({"student": "student.onnx", "teacher": "teacher.onnx"}, metrics)
+    outputs = {"student": "student.onnx", "teacher": "teacher.onnx"}
+    tok_spec = s.normalization.get("tokenizer")
+    if tok_spec:  # text: the tokenizer ships beside the models, so the ONNX can be fed as trained
+        from edgekd.zoo.text import load_tokenizer
+
+        load_tokenizer(tok_spec).save_pretrained(str(wd / "tokenizer"))
+        files = sorted(f.name for f in (wd / "tokenizer").iterdir() if f.is_file())
+        outputs.update({f"tokenizer/{f}": f"tokenizer/{f}" for f in files})
+        metrics["tokenizer"] = {"source": tok_spec, "max_length": s.normalization.get("max_length"),
+                                "folder": "tokenizer", "files": files}
+    return StageOutput(outputs, metrics)
 
 
 # --------------------------------------------------------------------------- quantize

