@@ -75,8 +75,8 @@ def load(cfg) -> Splits:
     mean, std = float(meta["mean"]), float(meta["std"])
 
     def norm(x: np.ndarray) -> np.ndarray:
-        if np.issubdtype(x.dtype, np.integer):
-            return x.astype(np.int64)  # token ids
+        if meta.get("input") == "token_ids":
+            return x.astype(np.int64)  # token ids are indices, never normalized
         return ((x.astype(np.float32) - mean) / std).astype(np.float32)
 
     labeled = None
