@@ -146,3 +146,19 @@ def test_rotten_tomatoes_loads_from_the_installed_package():
     assert (s.x_train[:, 0] == 101).all()  # [CLS] first: tokenized, not normalized
     assert set(np.unique(s.y_train)) == {0, 1}
     assert s.normalization["tokenizer"] == HF
+
+
+def test_any_local_hf_folder_works_as_teacher_and_student(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from edgekd.zoo.text import BertStudent, HFTextClassifier
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64)
+    BertModel(cfg).save_pretrained(tmp_path / "tiny")
+    t = HFTextClassifier(str(tmp_path / "tiny"), num_classes=3).eval()
+    s = BertStudent(str(tmp_path / "tiny"), num_classes=3, num_layers=2).eval()
+    ids = torch.tensor([[1, 5, 9, 2, 0, 0], [1, 7, 2, 0, 0, 0]])
+    assert t(ids).shape == (2, 3) and s(ids).shape == (2, 3)
+    assert torch.equal(s.encoder.encoder.layer[1].output.dense.weight, t.encoder.encoder.layer[3].output.dense.weight)
