@@ -151,7 +151,8 @@ def BertStudent(hf: str, num_classes: int = 2, num_layers: int = 2, hidden_size:
     cfg.hidden_size = int(hidden_size or tcfg.hidden_size)
     cfg.num_attention_heads = int(num_heads or (tcfg.num_attention_heads if cfg.hidden_size == tcfg.hidden_size
                                                 else max(1, cfg.hidden_size // 64)))
-    cfg.intermediate_size = int(intermediate_size or 4 * cfg.hidden_size)
+    # the teacher's FFN ratio (so same-width layers can be copied), unless given
+    cfg.intermediate_size = int(intermediate_size or tcfg.intermediate_size * cfg.hidden_size // tcfg.hidden_size)
     if cfg.hidden_size % cfg.num_attention_heads:
         raise ConfigError(f"hidden_size {cfg.hidden_size} is not a multiple of num_heads {cfg.num_attention_heads}",
                           hint="pick num_heads that divides hidden_size")
