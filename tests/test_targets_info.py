@@ -187,6 +187,28 @@ def test_profile_cpu_measures_latency_memory_and_energy():
     assert model.training is True and next(model.parameters()).device.type == "cpu"  # state restored
 
 
+def test_profile_mixed_precision_runs_the_model_in_half_precision():
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    seen = []
+    model[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    res = npu.profile_torch_device(model, torch.randn(4, 16), "cpu", runs=3, warmup=1, precision="bf16")
+    assert res["precision"] == "bf16" and set(seen) == {torch.bfloat16}
+    seen.clear()
+    npu.profile_torch_device(model, torch.randn(4, 16), "cpu", runs=2, warmup=0)
+    assert set(seen) == {torch.float32}
+    with pytest.raises(UserError, match="unknown precision"):
+        npu.profile_torch_device(model, torch.randn(4, 16), "cpu", runs=1, warmup=0, precision="int3")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this host")
+def test_profile_cuda_fp16_and_bf16():
+    model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 10))
+    for precision in ("fp16", "bf16"):
+        res = npu.profile_torch_device(model, torch.randn(64, 256), "cuda", runs=20, warmup=5, precision=precision)
+        assert res["precision"] == precision and res["latency_ms"]["p50"] > 0
+
+
 def test_profile_sampler_formats_and_errors():
     class Joules:
         def start(self): ...

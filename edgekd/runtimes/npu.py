@@ -118,18 +118,29 @@ def _peak_memory(device: str) -> tuple[int, str]:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process peak RSS (ru_maxrss)"
 
 
+PRECISIONS = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
+
+
 def profile_torch_device(model: Any, example: Any, device: str = "cpu", runs: int = 100, warmup: int = 10,
-                         sampler: PowerSampler | None = None) -> dict[str, Any]:
+                         sampler: PowerSampler | None = None, precision: str = "fp32") -> dict[str, Any]:
     """Synchronized per-call latency, peak memory and (with a sampler) energy of `model(example)`.
 
-    The model is moved to `device` for the measurement and moved back to where it was afterwards.
+    `precision` fp16 / bf16 runs the model under torch.autocast on the device (mixed precision: the
+    matmuls and convolutions in half precision, reductions in fp32), as a user would serve it on a
+    GPU or NPU. The model is moved to `device` for the measurement and moved back afterwards.
     """
+    import contextlib
+
     import torch
 
     if runs < 1 or warmup < 0:
         raise UserError(f"runs must be >= 1 and warmup >= 0 (got runs={runs}, warmup={warmup})",
                         hint="set at least 1 timed run and a non-negative warmup")
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision '{precision}'", hint=f"valid: {', '.join(PRECISIONS)}")
     _check_device(device)
+    amp = (torch.autocast(device_type=device, dtype=getattr(torch, PRECISIONS[precision]))
+           if PRECISIONS[precision] else contextlib.nullcontext())
     params = list(model.parameters())
     home = params[0].device if params else torch.device("cpu")
     was_training = model.training
@@ -142,7 +153,7 @@ def profile_torch_device(model: Any, example: Any, device: str = "cpu", runs: in
         elif device == "npu":
             torch.npu.reset_peak_memory_stats()
         times: list[float] = []
-        with torch.inference_mode():
+        with torch.inference_mode(), amp:
             for _ in range(warmup):
                 model(x)
             _sync(device)
@@ -170,6 +181,7 @@ def profile_torch_device(model: Any, example: Any, device: str = "cpu", runs: in
         "device_name": _device_name(device),
         "torch_version": torch.__version__,
         "batch": batch,
+        "precision": precision,
         "warmup": warmup,
         "latency_ms": summarize(ms.tolist()),  # same statistics as every other latency in a report
         "throughput_per_s": float(batch * runs / window) if window > 0 else None,
