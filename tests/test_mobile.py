@@ -120,6 +120,43 @@ def test_fp32_pte_matches_torch(trained, bundle):
     assert meta["delegated_nodes"] > 0 and meta["delegated_fraction"] > 0.5  # XNNPACK really runs the convs
 
 
+_TIME_AFTER_RUN = """
+import sys, numpy as np
+from edgekd.export.executorch import run_pte, time_pte
+x = np.random.rand(8, 1, 28, 28).astype(np.float32)
+for f in sys.argv[1:]:
+    run_pte(f, x)
+    time_pte(f, x[:1], runs=30, warmup=3, threads=1)
+    run_pte(f, x)  # the pool is back to its default: programs loaded now must still run
+print("ok")
+"""
+
+
+@needs_et
+def test_threadpool_pinning_never_crashes_the_process(bundle, tmp_path):
+    """Resetting ExecuTorch's threadpool under a loaded XNNPACK method left it a dangling pool: with
+    the fashion-cnn student the process died with SIGSEGV or hung about every other run. Several
+    fresh processes must all finish, quickly."""
+    import os
+    import subprocess
+    import sys
+
+    from edgekd.export.executorch import export_pte
+
+    torch.manual_seed(0)
+    student = build("small_cnn", widths=[16, 32, 64], num_classes=10).eval()  # the fashion-cnn student's size
+    ptes = [str(bundle[0] / "model_fp32.pte"), str(tmp_path / "student.pte")]
+    export_pte(student, torch.randn(1, 1, 28, 28), Path(ptes[1]))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for attempt in range(4):
+        try:
+            r = subprocess.run([sys.executable, "-c", _TIME_AFTER_RUN, *ptes], capture_output=True, text=True,
+                               env=env, timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"run {attempt}: hung (a deadlock on a dangling threadpool)")
+        assert r.returncode == 0 and r.stdout.strip().endswith("ok"), f"run {attempt}: rc {r.returncode} {r.stderr[-500:]}"
+
+
 @needs_et
 def test_int8_pte_is_quantized_and_agrees_on_top1(trained, bundle):
     from edgekd.export.executorch import run_pte

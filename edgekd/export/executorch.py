@@ -194,14 +194,21 @@ def time_pte(path: Path | str, example: np.ndarray | torch.Tensor, runs: int = 1
 
     if runs < 1:
         raise UserError(f"runs must be at least 1, got {runs}", hint="pass runs >= 1")
+    import gc
+
     import executorch.extension.pybindings.portable_lib as _pl
 
-    method = _load_forward(path)
     x = torch.as_tensor(np.ascontiguousarray(example, dtype=np.float32))
     before = int(_pl._threadpool_get_thread_count())
     # XNNPACK runs on ExecuTorch's own threadpool (all cores by default): pin it like the card asks.
-    _pl._unsafe_reset_threadpool(int(threads))
+    # The XNNPACK delegate keeps a pointer to the pool it was initialised with, so the pool is reset
+    # BEFORE the method is loaded and restored only AFTER the method is released: resetting it under
+    # a live method left a dangling pool and crashed the process (SIGSEGV) now and then.
+    if before != int(threads):
+        _pl._unsafe_reset_threadpool(int(threads))
+    method = None
     try:
+        method = _load_forward(path)
         for _ in range(warmup):
             method.execute([x])
         samples = []
@@ -210,5 +217,8 @@ def time_pte(path: Path | str, example: np.ndarray | torch.Tensor, runs: int = 1
             method.execute([x])
             samples.append((time.perf_counter() - t) * 1e3)
     finally:
-        _pl._unsafe_reset_threadpool(before)
+        del method
+        gc.collect()
+        if before != int(threads):
+            _pl._unsafe_reset_threadpool(before)
     return {**summarize(samples), "host": True, "runtime": "executorch", "threads": int(threads), "warmup": warmup}
