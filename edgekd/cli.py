@@ -113,7 +113,7 @@ def _run_pipeline(ctx, only: str | None = None, upto: str | None = None, json_ou
 
     with _progress(ctx.console) as prog:
         ctx.progress = prog
-        results = pipeline.run(stages.graph(), ctx, only=only, upto=upto)
+        results = pipeline.run(stages.graph_for(ctx.recipe), ctx, only=only, upto=upto)
     if "report" in results:
         report_path = results["report"].path("report.json")
         report = json.loads(report_path.read_text())
@@ -167,7 +167,7 @@ def _stage_command(stage: str):
     return cmd
 
 
-for _name in ("distill", "export", "quantize"):
+for _name in ("generate", "distill", "export", "quantize"):
     app.command(name=_name)(_stage_command(_name))
 
 

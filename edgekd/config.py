@@ -140,16 +140,30 @@ class QuantizeConfig(Strict):
 DistillConfig.model_rebuild()
 
 
+class GenerateConfig(Strict):
+    """text-generation recipes: how the teacher answers the prompts (sequence-level KD data) and
+    how generation is profiled."""
+
+    max_new_tokens: int = Field(96, ge=1, le=2048, description="teacher answer length limit (greedy)")
+    batch_size: int = Field(8, ge=1, description="prompts per generate() call (left padding)")
+    control: bool = Field(True, description="also train the student on the prompts' raw text alone (the control)")
+    profile_prompts: int = Field(4, ge=1, description="held-out prompts timed per repeat")
+    profile_new_tokens: int = Field(32, ge=2, description="tokens every model decodes per prompt when profiled")
+    profile_repeats: int = Field(3, ge=1, description="passes over the profile prompts after a warm-up")
+
+
 class RecipeConfig(Strict):
     schema_version: int
     name: str
     description: str = ""
-    task: Literal["image-classification", "tabular-classification", "text-classification"] = "image-classification"
+    task: Literal["image-classification", "tabular-classification", "text-classification",
+                  "text-generation"] = "image-classification"
     data: DataConfig
     teacher: TeacherConfig
     student: ModelRef
     distill: DistillConfig = Field(default_factory=DistillConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    generate: GenerateConfig | None = Field(None, description="text-generation recipes: teacher answers and generation profiling")
     quick: dict[str, Any] = Field(default_factory=dict, description="--set overrides applied by --quick")
 
     @field_validator("schema_version")
@@ -254,14 +268,24 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def _model_of(ann: Any) -> type[BaseModel] | None:
+    """The card model behind a field annotation (`X`, or an optional `X | None`)."""
+    import typing
+
+    for a in (ann, *typing.get_args(ann)):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
+
+
 def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     keys: list[str] = []
     for name, field in model.model_fields.items():
         full = f"{prefix}{name}"
         keys.append(full)
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys.extend(_valid_keys(ann, full + "."))
+        sub = _model_of(field.annotation)
+        if sub is not None:
+            keys.extend(_valid_keys(sub, full + "."))
     return keys
 
 
@@ -302,9 +326,9 @@ def validate(model: type[BaseModel], raw: Any, source: str) -> Any:
             parent = model
             for part in err["loc"][:-1]:
                 f = parent.model_fields.get(str(part)) if isinstance(part, str) else None
-                ann = f.annotation if f else None
-                if isinstance(ann, type) and issubclass(ann, BaseModel):
-                    parent = ann
+                sub = _model_of(f.annotation) if f else None
+                if sub is not None:
+                    parent = sub
             valid = list(parent.model_fields)
             close = difflib.get_close_matches(str(err["loc"][-1]), valid, n=1)
             hint = (f"did you mean '{close[0]}'? " if close else "") + f"valid keys here: {', '.join(valid)}"

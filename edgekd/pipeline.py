@@ -199,6 +199,15 @@ def run(stages: list[Stage], ctx: BuildContext, only: str | None = None, upto: s
     `upto` stops after the named stage."""
     from edgekd.distill.ddp import rank_world
 
+    names = [s.name for s in stages]
+    for given in {only, upto} - {None}:
+        if given not in names:
+            raise UserError(f"recipe '{ctx.recipe.name}' has no stage '{given}'", hint=f"its stages: {', '.join(names)}")
+    # Pre-flight: every stage's settings are computed (and so validated) before any work starts, so a
+    # bad option or input file of a late stage fails in a second, not after the teacher trained.
+    for stage in stages:
+        if stage.when(ctx):
+            stage.config(ctx)
     prepare_out(ctx.out)
     rank, world = rank_world()
     if world > 1 and not (only == upto == "distill"):
@@ -255,7 +264,7 @@ def _write_run(ctx: BuildContext, started: str, status: str, lineage: list) -> N
             pass
     write_json_atomic(ctx.out / "run.json", {
         "schema_version": RUN_SCHEMA_VERSION, "edgekd_version": __version__, "recipe": ctx.recipe_ref,
-        "recipe_name": ctx.recipe.name, "target": ctx.target_ref, "target_name": ctx.target.name,
+        "recipe_name": ctx.recipe.name, "task": ctx.recipe.task, "target": ctx.target_ref, "target_name": ctx.target.name,
         "overrides": ctx.overrides, "quick": ctx.quick, "options": ctx.options, "started": started,
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "status": status,
         "stages": lineage,

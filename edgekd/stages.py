@@ -574,6 +574,10 @@ def build_report(build_dir: Path) -> dict[str, Any]:
     from edgekd.report.schema import REPORT_SCHEMA_VERSION
 
     run = json.loads((build_dir / "run.json").read_text()) if (build_dir / "run.json").is_file() else {}
+    if run.get("task") == "text-generation" or (build_dir / "generate" / "result.json").is_file():
+        from edgekd.llm.stages import build_report as build_lm_report
+
+        return build_lm_report(build_dir, run)
     res = {name: read_result(build_dir / name) for name in ("teacher", "distill", "export", "quantize", "profile", "select")}
     missing = [n for n, r in res.items() if r is None]
     if missing:
@@ -702,6 +706,16 @@ def graph() -> list[Stage]:
         Stage("report", stage_report, ["teacher", "distill", "export", "quantize", "profile", "select"],
               lambda ctx: {"created": _dt.datetime.now().isoformat()}),
     ]
+
+
+def graph_for(recipe) -> list[Stage]:
+    """The stage graph of a recipe: classifiers share `graph()`; text-generation recipes have a
+    generate stage and their own distill/export/quantize/profile (edgekd/llm/stages.py)."""
+    if getattr(recipe, "task", None) == "text-generation":
+        from edgekd.llm.stages import graph as lm_graph
+
+        return lm_graph()
+    return graph()
 
 
 STAGE_NAMES = [s.name for s in graph()]

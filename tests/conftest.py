@@ -19,3 +19,9 @@ def cache_dir(tmp_path, monkeypatch):
 
 
 needs_fmnist = pytest.mark.skipif(not FMNIST.is_file(), reason="dataset-fashion-mnist not installed (make data)")
+
+
+@pytest.fixture(scope="session")
+def llm_cache(tmp_path_factory):
+    """One EDGEKD_CACHE for the language-model tests: SmolLM2's GGUF is dequantized once per session."""
+    return tmp_path_factory.mktemp("llmcache")

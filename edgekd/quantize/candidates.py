@@ -471,12 +471,42 @@ def _make_nncf(src: Path, dst: Path, calib: CalibSet | None, options: dict[str, 
             "calibration_samples": calib.n_samples, "nodes_to_exclude": list(options.get("nodes_to_exclude") or [])}
 
 
+def _fold_constant_transposes(model) -> list[str]:
+    """Replace Transpose(initializer) nodes whose output feeds MatMul/Gemm by a transposed initializer."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    consumers: dict[str, set[str]] = {}
+    for n in model.graph.node:
+        for x in n.input:
+            consumers.setdefault(x, set()).add(n.op_type)
+    folded = []
+    for n in list(model.graph.node):
+        if n.op_type != "Transpose" or len(n.input) != 1 or n.input[0] not in inits:
+            continue
+        if not consumers.get(n.output[0]) or not consumers[n.output[0]] <= {"MatMul", "Gemm"}:
+            continue
+        w = numpy_helper.to_array(inits[n.input[0]])
+        perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), None)
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(np.transpose(w, perm)), n.output[0]))
+        model.graph.node.remove(n)
+        folded.append(n.name or n.output[0])
+    return folded
+
+
 def _weight_only(src: Path, dst: Path, options: dict[str, Any], notes: list[str], int4: bool) -> dict:
     import nncf
     import onnx
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
     model = onnx.load(str(src))
+    folded = _fold_constant_transposes(model)
+    if folded:
+        # Tied embeddings export as Transpose(embedding) -> lm_head MatMul; NNCF only compresses a
+        # MatMul whose weight is an initializer, so the transpose is folded (the table is stored twice,
+        # once as the Gather's, once as the MatMul's weight, and each is compressed).
+        notes.append(f"folded constant Transpose into MatMul weights: {', '.join(folded)}")
     eligible = _matmul_weights(model)
     if not eligible:
         raise NotApplicable("not applicable: weight-only compression needs MatMul/Gemm layers with constant weights, "

@@ -1,0 +1,136 @@
+"""Prompts and the teacher's answers (the sequence-level KD data).
+
+Prompts are JSONL, one object per line with a "prompt" string (and optionally an "id"); the
+shipped set (`models/prompts/smollm2-prompts.jsonl`) was written for this project. Answers are
+generated greedily in batches (left padding) and appended to a JSONL file whose first line holds
+the settings and the teacher hash; after a kill the next run keeps the finished answers and
+generates only the rest.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from edgekd.errors import DataError, StageError
+
+SHIPPED = "smollm2-prompts.jsonl"
+
+
+def shipped_prompts() -> Path:
+    """The shipped prompt set: models/prompts/ in a source tree, edgekd/_cards/models/prompts/ in a wheel."""
+    from edgekd.cards import _shipped_dir
+
+    return _shipped_dir("models") / "prompts" / SHIPPED
+
+
+def load_prompts(path: str | Path | None) -> list[dict[str, str]]:
+    p = Path(path).expanduser() if path else shipped_prompts()
+    if not p.is_file():
+        raise DataError(f"prompts file {p} does not exist", hint="give a JSONL file: one {\"prompt\": \"...\"} per line")
+    rows: list[dict[str, str]] = []
+    seen: set[str] = set()
+    with open(p, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{p}:{n}: not valid JSON ({e.msg})",
+                                hint="each line must be one JSON object such as {\"prompt\": \"...\"}") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
+                raise DataError(f"{p}:{n}: needs a non-empty string field 'prompt'", hint="{\"prompt\": \"...\"} per line")
+            pid = str(obj.get("id", f"line{n}"))
+            if pid in seen:
+                raise DataError(f"{p}:{n}: duplicate id '{pid}'", hint="ids must be unique (or leave them out)")
+            seen.add(pid)
+            rows.append({"id": pid, "prompt": obj["prompt"].strip()})
+    if not rows:
+        raise DataError(f"prompts file {p} is empty", hint="one {\"prompt\": \"...\"} per line")
+    return rows
+
+
+def chat_ids(tok, prompt: str) -> list[int]:
+    """The prompt in the tokenizer's chat template (plain text when it has none)."""
+    if getattr(tok, "chat_template", None):
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    return tok(prompt)["input_ids"]
+
+
+def _read_done(path: Path, header: dict) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    done: dict[str, dict] = {}
+    with open(path, encoding="utf-8") as f:
+        first = f.readline()
+        try:
+            if json.loads(first).get("settings") != header["settings"]:
+                return {}  # another teacher/settings: start over
+        except (json.JSONDecodeError, AttributeError):
+            return {}
+        for line in f:
+            try:
+                row = json.loads(line)
+                done[row["id"]] = row
+            except (json.JSONDecodeError, KeyError):
+                break  # a torn last line from a kill: regenerate from here
+    return done
+
+
+def generate_answers(model, tok, prompts: list[dict], out: Path, settings: dict[str, Any],
+                     progress: Callable[[int, int], None] | None = None) -> list[dict]:
+    """Greedy answers for every prompt, appended to `out` batch by batch (resumable)."""
+    import torch
+
+    from edgekd.llm.models import stop_ids
+
+    header = {"settings": settings}
+    done = _read_done(out, header)
+    rows = [done[p["id"]] for p in prompts if p["id"] in done]
+    todo = [p for p in prompts if p["id"] not in done]
+    # rewrite the file with only the valid rows (drops a torn line), then append
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(header) + "\n")
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, out)
+    stops = stop_ids(tok, model)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
+    bs = int(settings["batch_size"])
+    if progress:
+        progress(len(rows), len(prompts))
+    with open(out, "a", encoding="utf-8") as f:
+        for i in range(0, len(todo), bs):
+            batch = todo[i:i + bs]
+            enc = [chat_ids(tok, p["prompt"]) for p in batch]
+            width = max(len(e) for e in enc)
+            ids = torch.full((len(enc), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(enc), width), dtype=torch.long)
+            for j, e in enumerate(enc):  # left padding: every prompt ends where generation starts
+                ids[j, width - len(e):] = torch.tensor(e)
+                mask[j, width - len(e):] = 1
+            with torch.no_grad():
+                gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=int(settings["max_new_tokens"]),
+                                     do_sample=False, eos_token_id=stops, pad_token_id=pad)
+            for j, p in enumerate(batch):
+                ans = gen[j, width:].tolist()
+                cut = next((k for k, t in enumerate(ans) if t in stops), None)
+                finished = cut is not None
+                ans = ans[:cut] if finished else ans
+                # an empty answer is recorded (so a resume does not ask again) and skipped by training
+                text = tok.decode(ans, skip_special_tokens=True).strip()
+                row = {"id": p["id"], "prompt": p["prompt"], "answer": text, "tokens": len(ans), "finished": finished}
+                f.write(json.dumps(row) + "\n")
+                rows.append(row)
+            f.flush()
+            os.fsync(f.fileno())
+            if progress:
+                progress(len(rows), len(prompts))
+    if not any(r["answer"] for r in rows):
+        raise StageError("the teacher produced no usable answers", hint="check the prompts and generate.max_new_tokens")
+    order = {p["id"]: k for k, p in enumerate(prompts)}
+    return sorted(rows, key=lambda r: order.get(r["id"], len(order)))

