@@ -58,6 +58,45 @@ def _shape_map(model: Any) -> dict[str, list[int] | None]:
     return shapes
 
 
+def _infer_shape_map(model: Any, name: str) -> dict[str, list[int] | None]:
+    """Shape inference, seeing through contrib ops onnx has no schema for.
+
+    onnx cannot infer the output of com.microsoft MatMulNBits (INT4 weight-only), so everything
+    downstream of the first one would stay unknown. For inference only, each is stood in by a
+    MatMul against a weightless [K, N] graph input of the activation's type; the model is restored
+    before returning.
+    """
+    import onnx
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    originals: list[tuple[int, Any]] = []
+    extra_inputs = []
+    for idx, node in enumerate(g.node):
+        if node.op_type != "MatMulNBits" or len(node.input) < 3:
+            continue
+        k, n = _attr(node, "K"), _attr(node, "N")
+        scales = inits.get(node.input[2])
+        if k is None or n is None or scales is None:
+            continue
+        w = f"__edgekd_nbits_w{idx}"
+        extra_inputs.append(onnx.helper.make_tensor_value_info(w, scales.data_type, [int(k), int(n)]))
+        stand_in = onnx.helper.make_node("MatMul", [node.input[0], w], list(node.output), name=node.name)
+        originals.append((idx, onnx.NodeProto.FromString(node.SerializeToString())))
+        node.CopyFrom(stand_in)
+    g.input.extend(extra_inputs)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except onnx.shape_inference.InferenceError as e:
+        raise StageError(f"ONNX shape inference failed on {name}: {e}", hint="check the model with onnx.checker") from None
+    finally:
+        for idx, orig in originals:
+            g.node[idx].CopyFrom(orig)
+        for _ in extra_inputs:
+            g.input.pop()
+    return _shape_map(inferred)
+
+
 def _fix_batch(model: Any, input_shapes: dict[str, list[int]] | None) -> None:
     """Pin symbolic input dims: the batch (first) dim to 1, or the shapes the caller gives."""
     inits = {i.name for i in model.graph.initializer}
@@ -140,6 +179,8 @@ def onnx_flops(path: Path | str, input_shapes: dict[str, list[int]] | None = Non
     """
     import onnx
 
+    from edgekd.export.graph import ensure_domain_imports
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"ONNX model not found: {path}", hint="export the model first")
@@ -152,11 +193,8 @@ def onnx_flops(path: Path | str, input_shapes: dict[str, list[int]] | None = Non
 
         model = inliner.inline_local_functions(model)
     _fix_batch(model, input_shapes)
-    try:
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except onnx.shape_inference.InferenceError as e:
-        raise StageError(f"ONNX shape inference failed on {path.name}: {e}", hint="check the model with onnx.checker") from None
-    shapes = _shape_map(model)
+    ensure_domain_imports(model)  # models from other tools may use contrib ops without declaring the domain
+    shapes = _infer_shape_map(model, path.name)
 
     macs = 0
     by_op: dict[str, int] = {}

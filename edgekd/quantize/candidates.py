@@ -343,7 +343,10 @@ def _make_fp16(src: Path, dst: Path, calib: CalibSet | None, options: dict[str, 
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     block = options.get("fp16_op_block_list")
+    from edgekd.export.graph import topological_sort
+
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=block)
+    topological_sort(model)  # the converter appends the input Casts last: invalid for onnx's checker
     onnx.save(model, str(dst))
     notes.append("on CPUs without native FP16 ORT upcasts many kernels: expect a size win, not a speed win")
     return {"keep_io_types": True, "op_block_list": block}
@@ -500,6 +503,8 @@ def _weight_only(src: Path, dst: Path, options: dict[str, Any], notes: list[str]
     import onnx
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
+    from edgekd.export.graph import ensure_domain_imports
+
     model = onnx.load(str(src))
     folded = _fold_constant_transposes(model)
     if folded:
@@ -551,6 +556,9 @@ def _weight_only(src: Path, dst: Path, options: dict[str, Any], notes: list[str]
                                 f"(group_size {settings['group_size']}; eligible: {', '.join(eligible)})",
                                 hint="set all_layers: true or a smaller group_size, or drop int4-weight")
         settings["int4_layers"] = n4
+    added = ensure_domain_imports(out)
+    if added:
+        notes.append(f"declared opset domain(s) NNCF left undeclared: {', '.join(added)}")
     onnx.save(out, str(dst))
     return settings
 

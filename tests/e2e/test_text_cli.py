@@ -33,7 +33,7 @@ def test_minilm_sentiment_quick_build(tmp_path):
     for m in rep["models"]:
         assert CONTRACT_MODEL_KEYS <= set(m), m["variant"]
     variants = {c["variant"]: c for c in rep["candidates"]}
-    assert {"fp32", "int8-dynamic", "int8-qdq"} <= set(variants)
+    assert {"fp32", "int8-dynamic", "int8-qdq", "int8-weight", "int4-weight"} <= set(variants)
     assert all(c["error"] is None for c in variants.values())
     # the student is a 2-layer BERT: fewer params than the 6-layer teacher, same vocabulary
     t = next(m for m in rep["models"] if m["role"] == "teacher")
