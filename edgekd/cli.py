@@ -74,6 +74,21 @@ def _parse_sets(sets: list[str] | None) -> dict[str, Any]:
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks")) -> None:
     _state["debug"] = debug or bool(os.environ.get("EDGEKD_DEBUG"))
+    if not _state["debug"]:
+        _quiet_third_party_logs()
+
+
+# Import-time chatter of libraries edgekd loads indirectly: transformers imports torchao, whose
+# CUDA-only kernels cannot load on a CPU host, and torchao registers enums with torch's pytree.
+# Neither affects a build; --debug keeps them.
+_NOISY_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+def _quiet_third_party_logs() -> None:
+    import logging
+
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _progress(console):
