@@ -204,6 +204,9 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     rank, world = ddp.init("cpu")
     teacher = _teacher_module(ctx, inputs["teacher"])
     student = _build(ctx.recipe.student, seed=dc.seed)
+    from edgekd.zoo.text import adopt_trained_teacher
+
+    init = adopt_trained_teacher(student, teacher)  # None unless the student asks for init_from: trained_teacher
     with torch.no_grad():
         t_out = teacher(torch.as_tensor(s.x_val[:2]))
         s_out = student(torch.as_tensor(s.x_val[:2]))
@@ -271,6 +274,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
                "history": generations[0]["history"], "world_size": world,
                "generations": [{k: v for k, v in g.items() if k != "state"} for g in generations],
                "teacher_cache": dc.teacher_cache.enabled, "losses": [lc.model_dump() for lc in dc.losses],
+               "student_init": init,
                "tasks": task_metrics}
     return StageOutput(outputs, metrics)
 

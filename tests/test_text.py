@@ -162,3 +162,38 @@ def test_any_local_hf_folder_works_as_teacher_and_student(tmp_path):
     ids = torch.tensor([[1, 5, 9, 2, 0, 0], [1, 7, 2, 0, 0, 0]])
     assert t(ids).shape == (2, 3) and s(ids).shape == (2, 3)
     assert torch.equal(s.encoder.encoder.layer[1].output.dense.weight, t.encoder.encoder.layer[3].output.dense.weight)
+
+
+def test_trained_teacher_init_copies_the_fine_tuned_weights_and_head(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from edgekd.zoo.text import BertStudent, HFTextClassifier, adopt_trained_teacher
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64)
+    BertModel(cfg).save_pretrained(tmp_path / "tiny")
+    hf = str(tmp_path / "tiny")
+    teacher = HFTextClassifier(hf, num_classes=3).eval()
+    with torch.no_grad():  # "fine-tuning": the trained teacher differs from the pretrained folder
+        for p in teacher.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    plain = BertStudent(hf, num_classes=3, num_layers=2)
+    assert adopt_trained_teacher(plain, teacher) is None  # init_from: teacher keeps the pretrained weights
+    assert not torch.equal(plain.encoder.encoder.layer[0].output.dense.weight,
+                           teacher.encoder.encoder.layer[1].output.dense.weight)
+    s = BertStudent(hf, num_classes=3, num_layers=2, init_from="trained_teacher")
+    info = adopt_trained_teacher(s, teacher)
+    assert info == {"init_from": "trained_teacher", "teacher_layers": [1, 3], "head": True}
+    for i, j in enumerate([1, 3]):
+        for (n, a), (_, b) in zip(s.encoder.encoder.layer[i].state_dict().items(),
+                                  teacher.encoder.encoder.layer[j].state_dict().items()):
+            assert torch.equal(a, b), n
+    assert torch.equal(s.head.weight, teacher.head.weight)
+    assert torch.equal(s.encoder.embeddings.word_embeddings.weight, teacher.encoder.embeddings.word_embeddings.weight)
+    narrow = BertStudent(hf, num_classes=3, num_layers=2, hidden_size=16, num_heads=2, init_from="trained_teacher")
+    with pytest.raises(ConfigError, match="width"):
+        adopt_trained_teacher(narrow, teacher)
+    with pytest.raises(ConfigError, match="hf_text_classifier"):
+        adopt_trained_teacher(BertStudent(hf, num_classes=3, num_layers=2, init_from="trained_teacher"),
+                              torch.nn.Linear(2, 3))

@@ -142,8 +142,8 @@ def BertStudent(hf: str, num_classes: int = 2, num_layers: int = 2, hidden_size:
     directions and the layers start random. init_from "random": everything random."""
     from transformers import AutoModel
 
-    if init_from not in ("teacher", "random"):
-        raise ConfigError(f"unknown init_from '{init_from}'", hint="valid: teacher, random")
+    if init_from not in ("teacher", "trained_teacher", "random"):
+        raise ConfigError(f"unknown init_from '{init_from}'", hint="valid: teacher, trained_teacher, random")
     tcfg = load_config(hf)
     cfg = tcfg.__class__.from_dict(tcfg.to_dict())
     n_t = int(tcfg.num_hidden_layers)
@@ -157,14 +157,41 @@ def BertStudent(hf: str, num_classes: int = 2, num_layers: int = 2, hidden_size:
         raise ConfigError(f"hidden_size {cfg.hidden_size} is not a multiple of num_heads {cfg.num_attention_heads}",
                           hint="pick num_heads that divides hidden_size")
     enc = AutoModel.from_config(cfg, attn_implementation=attn_implementation, add_pooling_layer=False)
-    if init_from == "teacher":
+    layers = teacher_layers if teacher_layers is not None else uniform_layer_map(cfg.num_hidden_layers, n_t)
+    if init_from != "random" and (len(layers) != cfg.num_hidden_layers or any(not 0 <= i < n_t for i in layers)):
+        raise ConfigError(f"teacher_layers {layers} must name {cfg.num_hidden_layers} layers in 0..{n_t - 1}",
+                          hint="one teacher layer per student layer")
+    if init_from in ("teacher", "trained_teacher"):
+        # trained_teacher starts here too; the distill stage then overwrites it with the fine-tuned teacher
         src = HFTextClassifier(hf, num_classes, pooling, dropout, attn_implementation).encoder
-        layers = teacher_layers if teacher_layers is not None else uniform_layer_map(cfg.num_hidden_layers, n_t)
-        if len(layers) != cfg.num_hidden_layers or any(not 0 <= i < n_t for i in layers):
-            raise ConfigError(f"teacher_layers {layers} must name {cfg.num_hidden_layers} layers in 0..{n_t - 1}",
-                              hint="one teacher layer per student layer")
         _init_from(enc, src, layers, same_width=cfg.hidden_size == tcfg.hidden_size)
-    return _Classifier(enc, num_classes, pooling, dropout)
+    model = _Classifier(enc, num_classes, pooling, dropout)
+    model.init_from, model.teacher_layers = init_from, list(layers)
+    return model
+
+
+@torch.no_grad()
+def adopt_trained_teacher(student: nn.Module, teacher: nn.Module) -> dict[str, Any] | None:
+    """For `init_from: trained_teacher`: copy the teacher as the pipeline fine-tuned it into the student.
+
+    Embeddings, the mapped layers and the classification head are copied (the task-tuned weights,
+    where `init_from: teacher` copies the pretrained ones). Returns what was copied, or None when the
+    student did not ask for it. A teacher of another family or width is a configuration error.
+    """
+    if getattr(student, "init_from", None) != "trained_teacher":
+        return None
+    if not isinstance(teacher, _Classifier):
+        raise ConfigError("student init_from: trained_teacher needs a single hf_text_classifier teacher",
+                          hint="use init_from: teacher (pretrained weights) with ensembles or other teachers")
+    s_cfg, t_cfg = student.encoder.config, teacher.encoder.config
+    if s_cfg.hidden_size != t_cfg.hidden_size or s_cfg.intermediate_size != t_cfg.intermediate_size:
+        raise ConfigError(f"init_from: trained_teacher copies layers, but the student's width ({s_cfg.hidden_size}/"
+                          f"{s_cfg.intermediate_size}) differs from the teacher's ({t_cfg.hidden_size}/"
+                          f"{t_cfg.intermediate_size})", hint="use the teacher's hidden and intermediate size, "
+                          "or init_from: teacher (projects the embeddings)")
+    _init_from(student.encoder, teacher.encoder, student.teacher_layers, same_width=True)
+    student.head.load_state_dict(teacher.head.state_dict())
+    return {"init_from": "trained_teacher", "teacher_layers": list(student.teacher_layers), "head": True}
 
 
 @torch.no_grad()
