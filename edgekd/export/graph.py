@@ -1,6 +1,7 @@
 """Small ONNX graph fixes shared by the quantizers and the profiler (onnx only, no torch)."""
 from __future__ import annotations
 
+import heapq
 from typing import Any
 
 # Contrib domains ONNX Runtime implements, with the opset version it registers them at.
@@ -49,8 +50,6 @@ def topological_sort(model: Any) -> bool:
     pending = [len(d) for d in deps]
     ready = [i for i, c in enumerate(pending) if c == 0]
     order: list[int] = []
-    import heapq
-
     heapq.heapify(ready)  # smallest index first: keeps the original order where it is already valid
     while ready:
         i = heapq.heappop(ready)
@@ -74,7 +73,7 @@ def topological_sort(model: Any) -> bool:
 def _subgraph_reads(node: Any) -> set[str]:
     names: set[str] = set()
     for a in node.attribute:
-        for sub in list(a.g.ListFields() and [a.g]) + list(a.graphs):
+        for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
             for n in sub.node:
                 names |= set(n.input) | _subgraph_reads(n)
     return names

@@ -31,10 +31,6 @@ def _gen(ctx: BuildContext):
     return ctx.recipe.generate or GenerateConfig()
 
 
-def _progress(ctx: BuildContext):
-    return ctx.progress
-
-
 def _teacher_spec(ctx: BuildContext) -> str:
     t = ctx.recipe.teacher
     if t.arch != "hf_causal_lm" or "hf" not in t.kwargs:
@@ -123,7 +119,7 @@ def stage_generate(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
     cache = ctx.cache_dir / "generations" / f"{stable_hash(settings)[:20]}.jsonl"
     cache.parent.mkdir(parents=True, exist_ok=True)
     model, tok = load_causal_lm(info["folder"])
-    prog = _progress(ctx)
+    prog = ctx.progress
     task = prog.add_task("teacher generates", total=len(prompts)) if prog else None
 
     def tick(done: int, total: int) -> None:
@@ -201,8 +197,6 @@ def _build_student(ctx: BuildContext, teacher, tok):
 def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
     import time
 
-    import torch
-
     from edgekd.llm import train as T
     from edgekd.llm.models import load_causal_lm, stop_ids
 
@@ -217,7 +211,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     ex = {k: T.build_examples(tok, v, L, end_id) for k, v in ans.items()}
     if not ex["train"] or not ex["val"] or not ex["test"]:
         raise UserError("not enough answered prompts for train/val/test", hint="give more prompts")
-    prog = _progress(ctx)
+    prog = ctx.progress
     cache = None
     if cfg["soft"] > 0:
         key = stable_hash({"teacher": info["hash"], "answers": inputs["generate"].sha256, "top_k": cfg["top_k"],
@@ -354,7 +348,7 @@ def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
     _check_options(options)
     (wd / "candidates").mkdir()
     results, outputs = [], {}
-    prog = _progress(ctx)
+    prog = ctx.progress
     names = lm_candidate_names(ctx)
     task = prog.add_task("quantize", total=len(names)) if prog else None
     for name in names:
@@ -439,7 +433,7 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     for c in inputs["quantize"].metrics["candidates"]:
         if c["error"] is None:
             specs[f"student/{c['variant']}"] = {**common, "kind": "onnx", "path": str(inputs["quantize"].dir / c["path"])}
-    prog = _progress(ctx)
+    prog = ctx.progress
     task = prog.add_task("profile", total=len(specs)) if prog else None
     out = {}
     for name, spec in specs.items():
@@ -465,25 +459,6 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
 # --------------------------------------------------------------------------- select and report
 
 
-def _select_cfg(ctx: BuildContext) -> dict:
-    q = ctx.recipe.quantize
-    return {"budget": q.accuracy_budget, "objective": q.objective, "strict": q.strict or bool(ctx.options.get("strict"))}
-
-
-def stage_select(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
-    from edgekd.quantize.select import select
-
-    prof = inputs["profile"].metrics["models"]
-    cands = [{**c, "latency_ms": (prof.get(f"student/{c['variant']}") or {}).get("latency_ms")}
-             for c in inputs["quantize"].metrics["candidates"]]
-    cfg = _select_cfg(ctx)
-    sel = select(cands, cfg["budget"], cfg["objective"], cfg["strict"])
-    for w in sel.get("warnings", []):
-        ctx.log(f"[yellow]warning:[/] {w}")
-    (wd / "selected.json").write_text(json.dumps(sel, indent=2, default=str))
-    return StageOutput({"selected": "selected.json"}, sel)
-
-
 def build_report(build_dir: Path, run: dict) -> dict[str, Any]:
     """report.json of a text-generation build, from the stage result files alone.
 
@@ -499,7 +474,7 @@ def build_report(build_dir: Path, run: dict) -> dict[str, Any]:
     from edgekd import __version__
     from edgekd.pipeline import read_result
     from edgekd.report.schema import REPORT_SCHEMA_VERSION
-    from edgekd.stages import _cpu_name
+    from edgekd.stages import _cpu_name, _ratio, candidate_row, comparison_ratios
 
     names = ("teacher", "generate", "distill", "export", "quantize", "profile", "select")
     res = {n: read_result(build_dir / n) for n in names}
@@ -527,11 +502,8 @@ def build_report(build_dir: Path, run: dict) -> dict[str, Any]:
     status = {c["variant"]: c["status"] for c in sel["metrics"]["candidates"]}
     candidates = []
     for c in q["metrics"]["candidates"]:
-        row = {k: c.get(k) for k in ("variant", "format", "accuracy", "val_accuracy", "perplexity", "size_bytes", "error")}
-        row["path"] = f"quantize/{c['path']}"
-        row["latency_ms"] = (prof.get(f"student/{c['variant']}") or {}).get("latency_ms")
-        row["status"] = status.get(c["variant"], "failed: " + str(c.get("error")))
-        candidates.append(row)
+        candidates.append(candidate_row(c, ("variant", "format", "accuracy", "val_accuracy", "perplexity",
+                                            "size_bytes", "error"), status, prof))
         if c.get("error") is None:
             models.append(entry("student", c["variant"], "onnx", "onnxruntime", f"quantize/{c['path']}",
                                 c["size_bytes"], d["metrics"]["params"], c["accuracy"], c.get("perplexity")))
@@ -539,27 +511,15 @@ def build_report(build_dir: Path, run: dict) -> dict[str, Any]:
     teacher = models[0]
     student = next(m for m in models if m["role"] == "student" and m["variant"] == selected)
 
-    def ratio(a, b):
-        return (a / b) if a and b else None
-
-    tE, sE = teacher.get("energy") or {}, student.get("energy") or {}
-    comparison = {
-        "teacher": "teacher/fp32-torch", "student": f"student/{selected}",
-        "speedup_p50": ratio(teacher["latency_ms"]["p50"], student["latency_ms"]["p50"]),
-        "ttft_speedup_p50": ratio((teacher.get("ttft_ms") or {}).get("p50"), (student.get("ttft_ms") or {}).get("p50")),
-        "tokens_per_s_ratio": ratio(student.get("tokens_per_s"), teacher.get("tokens_per_s")),
-        "size_ratio": ratio(teacher["size_bytes"], student["size_bytes"]),
-        "peak_rss_ratio": ratio(teacher.get("peak_rss_bytes"), student.get("peak_rss_bytes")),
-        "peak_rss_delta_ratio": ratio(teacher.get("peak_rss_delta_bytes"), student.get("peak_rss_delta_bytes")),
-        "energy_ratio": ratio(tE.get("joules_per_inference"), sE.get("joules_per_inference")),
-        "accuracy_retention": ratio(student["accuracy"], teacher["accuracy"]),
-        "params_ratio": ratio(teacher["params"], student["params"]),
-    }
+    comparison = comparison_ratios(teacher, student)
+    comparison["ttft_speedup_p50"] = _ratio((teacher.get("ttft_ms") or {}).get("p50"),
+                                            (student.get("ttft_ms") or {}).get("p50"))
+    comparison["tokens_per_s_ratio"] = _ratio(student.get("tokens_per_s"), teacher.get("tokens_per_s"))
     ctrl = d["metrics"].get("control")
     notes = ["accuracy = next-token agreement with the teacher's greedy answers on held-out prompts (teacher forcing); "
              "latency and energy are per generated token.",
              "Energy figures are estimates (method estimate-*): this host exposes no RAPL/NVML counters."
-             if not str(sE.get("method", "")).startswith(("rapl", "nvml", "npu")) else "Energy measured by counters."]
+             if not str((student.get("energy") or {}).get("method", "")).startswith(("rapl", "nvml", "npu")) else "Energy measured by counters."]
     notes.extend(sel["metrics"].get("warnings", []))
     return {
         "schema_version": REPORT_SCHEMA_VERSION, "recipe": run.get("recipe_name"), "target": run.get("target_name"),
@@ -580,18 +540,12 @@ def build_report(build_dir: Path, run: dict) -> dict[str, Any]:
     }
 
 
-def stage_report(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
-    from edgekd.pipeline import load_run
-    from edgekd.report import write_all
-
-    report = build_report(ctx.out, load_run(ctx.out))
-    files = write_all(report, wd)
-    return StageOutput({p.name: os.path.relpath(p, wd) for p in files},
-                       {"selected": report["selected"], "comparison": report["comparison"]})
-
-
 def graph() -> list[Stage]:
     import datetime as _dt
+
+    # select and report are the classifier graph's own: edgekd.stages.build_report hands a
+    # text-generation build to build_report above.
+    from edgekd.stages import _select_cfg, stage_report, stage_select
 
     return [
         Stage("teacher", stage_teacher, [], _teacher_cfg),
