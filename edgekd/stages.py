@@ -205,7 +205,8 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     rank, world = ddp.init("cpu")
     teacher = _teacher_module(ctx, inputs["teacher"])
     student = _build(ctx.recipe.student, seed=dc.seed)
-    init = adopt_trained_teacher(student, teacher)  # None unless the student asks for init_from: trained_teacher
+    # None unless the student asks for init_from: trained_teacher (a narrower one is pruned on training samples)
+    init = adopt_trained_teacher(student, teacher, torch.as_tensor(s.x_train[:512]))
     with torch.no_grad():
         t_out = teacher(torch.as_tensor(s.x_val[:2]))
         s_out = student(torch.as_tensor(s.x_val[:2]))

@@ -254,6 +254,34 @@ def test_hidden_state_pairs_tuples_and_projector():
     assert val(got) == pytest.approx(want, rel=1e-4)
 
 
+def test_a_pruned_students_unit_map_aligns_projectors_and_heads():
+    """A student cut out of the teacher: its hidden channels are teacher channels [4, 1, 3] and its
+    2 heads are teacher heads [3, 0] of the layer the attention term reads."""
+    s = Taps({"a": (2, 3), "h": (2, 3, 3)})
+    t = Taps({"b": (2, 5), "g": (4, 3, 3)})
+    s.unit_map = {"taps.a": {"channels": [4, 1, 3]},
+                  "taps.h": {"heads": [3, 0], "source": "taps.g"}}
+    ls = build_losses([LossConfig(kind="hidden_state", layers=[["taps.a", "taps.b"]]),
+                       LossConfig(kind="attention", student="taps.h", teacher="taps.g", mode="attention_kl")], s, t, X)
+    hidden, attn = ls.terms["hidden_state"], ls.terms["attention"]
+    # the projector starts as the embedding of the kept channels: a student equal to the teacher's
+    # kept channels (the dropped ones zero) has zero loss before any training
+    tb = torch.zeros(4, 2, 5)
+    tb[..., [4, 1, 3]] = randn(4, 2, 3)
+    assert val(hidden(ctx(sf={"a": tb[..., [4, 1, 3]]}, tf={"b": tb}))) == pytest.approx(0.0, abs=1e-12)
+    # heads are matched one to one, not averaged: the student that has the teacher's heads 3 and 0 scores 0,
+    # the same heads in the other order do not
+    pt = torch.softmax(randn(4, 4, 3, 3), -1)
+    assert val(attn(ctx(sf={"h": pt[:, [3, 0]]}, tf={"g": pt}))) == pytest.approx(0.0, abs=1e-6)
+    assert val(attn(ctx(sf={"h": pt[:, [0, 3]]}, tf={"g": pt}))) > 1e-3
+    # a map whose source is another teacher layer is not applied (head-averaged as before)
+    s.unit_map["taps.h"]["source"] = "taps.other"
+    ls = build_losses([LossConfig(kind="attention", student="taps.h", teacher="taps.g", mode="attention_kl")], s, t, X)
+    a, b = pt[:, [3, 0]].numpy().mean(1), pt.numpy().mean(1)
+    want = (b * (np.log(b) - np.log(a))).sum(-1).mean()
+    assert val(ls.terms["attention"](ctx(sf={"h": pt[:, [3, 0]]}, tf={"g": pt}))) == pytest.approx(want, rel=1e-4)
+
+
 # --------------------------------------------------------------------------- relation
 
 

@@ -191,9 +191,97 @@ def test_trained_teacher_init_copies_the_fine_tuned_weights_and_head(tmp_path):
             assert torch.equal(a, b), n
     assert torch.equal(s.head.weight, teacher.head.weight)
     assert torch.equal(s.encoder.embeddings.word_embeddings.weight, teacher.encoder.embeddings.word_embeddings.weight)
-    narrow = BertStudent(hf, num_classes=3, num_layers=2, hidden_size=16, num_heads=2, init_from="trained_teacher")
-    with pytest.raises(ConfigError, match="width"):
+    odd_heads = BertStudent(hf, num_classes=3, num_layers=2, hidden_size=16, num_heads=4, init_from="trained_teacher")
+    with pytest.raises(ConfigError, match="not a cut of the teacher"):  # head size 4, the teacher's is 8
+        adopt_trained_teacher(odd_heads, teacher, torch.ones(2, 4, dtype=torch.long))
+    narrow = BertStudent(hf, num_classes=3, num_layers=2, hidden_size=16, init_from="trained_teacher")
+    with pytest.raises(ConfigError, match="calibration"):
         adopt_trained_teacher(narrow, teacher)
     with pytest.raises(ConfigError, match="hf_text_classifier"):
         adopt_trained_teacher(BertStudent(hf, num_classes=3, num_layers=2, init_from="trained_teacher"),
                               torch.nn.Linear(2, 3))
+
+
+def _tiny_teacher(tmp_path, **kw):
+    from transformers import BertConfig, BertModel
+
+    from edgekd.zoo.text import HFTextClassifier
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64, **kw)
+    BertModel(cfg).save_pretrained(tmp_path / "tiny")
+    teacher = HFTextClassifier(str(tmp_path / "tiny"), num_classes=3, dropout=0.0).eval()
+    ids = torch.randint(3, 120, (40, 12))
+    ids[::3, 8:] = 0  # some padding
+    return str(tmp_path / "tiny"), teacher, ids
+
+
+def test_pruning_ffn_neurons_equals_the_teacher_with_them_masked(tmp_path):
+    """At the teacher's hidden size, dropping FFN neurons must compute exactly what the teacher
+    computes with those neurons' outputs zeroed, and the kept neurons are the most active ones."""
+    from edgekd.zoo.text import BertStudent, activation_importance, adopt_trained_teacher
+
+    hf, teacher, ids = _tiny_teacher(tmp_path)
+    s = BertStudent(hf, num_classes=3, num_layers=3, intermediate_size=40, init_from="trained_teacher",
+                    dropout=0.0).eval()
+    info = adopt_trained_teacher(s, teacher, ids)
+    assert info["pruned"] == {"hidden": [32, 32], "heads": [4, 4], "intermediate": [64, 40], "calibration_samples": 40}
+    imp = activation_importance(teacher, ids, [0, 1, 2])["ffn"]
+    with torch.no_grad():
+        for j, layer in enumerate(teacher.encoder.encoder.layer):
+            keep = imp[j].topk(40).indices
+            dropped = torch.ones(64, dtype=torch.bool)
+            dropped[keep] = False
+            assert imp[j][dropped].max() <= imp[j][keep].min()
+            layer.output.dense.weight[:, dropped] = 0
+        assert torch.allclose(s(ids), teacher(ids), atol=1e-5)
+
+
+def test_pruned_heads_compute_the_teachers_heads(tmp_path):
+    """A narrower student keeps whole heads: on inputs that are zero outside the kept hidden
+    channels, its attention gives exactly the teacher's context vectors of the kept heads."""
+    from edgekd.zoo.text import BertStudent, activation_importance, adopt_trained_teacher, prune_plan
+
+    hf, teacher, ids = _tiny_teacher(tmp_path)
+    s = BertStudent(hf, num_classes=3, num_layers=2, hidden_size=16, intermediate_size=48,
+                    init_from="trained_teacher", dropout=0.0).eval()
+    assert s.encoder.config.num_attention_heads == 2  # the teacher's head size (8) is kept by default
+    adopt_trained_teacher(s, teacher, ids)
+    keep = prune_plan(activation_importance(teacher, ids, [0, 2]), 16, 2, 48, 8)
+    for i, j in enumerate([0, 2]):
+        heads = activation_importance(teacher, ids, [j])["heads"][j]
+        assert set(keep["heads"][j].tolist()) == set(heads.topk(2).indices.tolist())
+        x = torch.zeros(3, 7, 32)
+        x[..., keep["hidden"]] = torch.randn(3, 7, 16)
+        with torch.no_grad():
+            t_ctx = teacher.encoder.encoder.layer[j].attention.self(x)[0]
+            s_ctx = s.encoder.encoder.layer[i].attention.self(x[..., keep["hidden"]])[0]
+        assert torch.allclose(s_ctx, t_ctx[..., keep["head_cols"][j]], atol=1e-6)
+        # what the distillation losses are told about the cut (head-to-head attention, aligned projectors)
+        assert s.unit_map[f"encoder.encoder.layer.{i}.attention.self"] == {
+            "heads": keep["heads"][j].tolist(), "source": f"encoder.encoder.layer.{j}.attention.self"}
+        assert s.unit_map[f"encoder.encoder.layer.{i}"]["channels"] == keep["hidden"].tolist()
+
+
+def test_pruning_hidden_channels_keeps_the_most_active_and_stays_close(tmp_path):
+    from edgekd.zoo.text import BertStudent, activation_importance, adopt_trained_teacher
+
+    hf, teacher, ids = _tiny_teacher(tmp_path)
+    imp = activation_importance(teacher, ids, [0, 2])["hidden"]
+    s = BertStudent(hf, num_classes=3, num_layers=2, hidden_size=24, init_from="trained_teacher", dropout=0.0).eval()
+    adopt_trained_teacher(s, teacher, ids)
+    kept = torch.topk(imp, 24).indices.sort().values
+    assert torch.equal(s.encoder.embeddings.word_embeddings.weight,
+                       teacher.encoder.embeddings.word_embeddings.weight[:, kept])
+    assert torch.equal(s.head.weight, teacher.head.weight[:, kept])
+    assert torch.equal(s.encoder.encoder.layer[1].intermediate.dense.weight[:, :],
+                       teacher.encoder.encoder.layer[2].intermediate.dense.weight[
+                           activation_importance(teacher, ids, [2])["ffn"][2].topk(48).indices.sort().values][:, kept])
+    # a pruned start is a far better start than a random one of the same shape
+    rand = BertStudent(hf, num_classes=3, num_layers=2, hidden_size=24, init_from="random", dropout=0.0).eval()
+    with torch.no_grad():
+        t = teacher(ids)
+        err_pruned = (s(ids) - t).pow(2).mean()
+        err_rand = (rand(ids) - t).pow(2).mean()
+    assert torch.isfinite(s(ids)).all() and err_pruned < err_rand

@@ -72,6 +72,11 @@ class Loss(nn.Module):
     def needs_teacher_logits(cls) -> bool:
         return False
 
+    def adopt_unit_map(self, unit_map: dict[str, dict[str, Any]]) -> None:
+        """A student cut out of the teacher (structured pruning) says, per module path, which of
+        the teacher's units its outputs are: {"channels": idx} of the hidden dim, {"heads": idx,
+        "source": teacher path}. Terms that can use it (aligned projectors, matched heads) do."""
+
 
 LOSSES: dict[str, type[Loss]] = {}
 
@@ -349,11 +354,22 @@ class AttentionTransfer(Loss):
     def paths(cls, opts: _AttentionOpts) -> tuple[set[str], set[str]]:
         return {opts.student}, {opts.teacher}
 
+    def adopt_unit_map(self, unit_map: dict[str, dict[str, Any]]) -> None:
+        # A pruned student's head h is the teacher's head idx[h] of the layer it was cut from: match
+        # head to head (not head-averaged maps) when this term reads exactly that teacher layer.
+        entry = unit_map.get(self.opts.student, {})
+        if self.opts.mode == "attention_kl" and entry.get("heads") is not None and entry.get("source") == self.opts.teacher:
+            self.register_buffer("teacher_heads", torch.as_tensor(list(entry["heads"]), dtype=torch.long),
+                                 persistent=False)
+
     def forward(self, ctx: LossContext) -> Tensor:
         o = self.opts
         s = _feature(ctx.student_features, o.student, o.index, "student")
         t = _feature(ctx.teacher_features, o.teacher, o.index, "teacher").detach()
         if o.mode == "attention_kl":
+            heads = getattr(self, "teacher_heads", None)
+            if heads is not None and len(heads) == s.shape[1] and int(heads.max()) < t.shape[1]:
+                t = t.index_select(1, heads.to(t.device))
             if s.shape[1] != t.shape[1]:
                 s, t = s.mean(dim=1, keepdim=True), t.mean(dim=1, keepdim=True)
             log_s = torch.log(s.clamp_min(1e-12))
@@ -401,6 +417,21 @@ class HiddenState(Loss):
     @classmethod
     def paths(cls, opts: _HiddenOpts) -> tuple[set[str], set[str]]:
         return {s for s, _ in opts.layers}, {t for _, t in opts.layers}
+
+    @torch.no_grad()
+    def adopt_unit_map(self, unit_map: dict[str, dict[str, Any]]) -> None:
+        # A pruned student's channel k is the teacher's channel idx[k]: start each projector as that
+        # embedding (the teacher's dropped channels predicted as 0) instead of a random map.
+        for (sp, _), proj in zip(self.opts.layers, self.projectors):
+            idx = unit_map.get(sp, {}).get("channels")
+            if idx is None or not isinstance(proj, _ChannelProjector) or proj.rank == 4:
+                continue
+            lin = proj.proj
+            if len(idx) != lin.in_features or max(idx) >= lin.out_features:
+                continue
+            lin.weight.zero_()
+            lin.weight[torch.as_tensor(idx), torch.arange(len(idx))] = 1.0
+            lin.bias.zero_()
 
     def forward(self, ctx: LossContext) -> Tensor:
         o = self.opts
@@ -572,5 +603,6 @@ def build_losses(cfgs: list[Any], student: nn.Module, teacher: nn.Module | None,
         counts[kind] = counts.get(kind, 0) + 1
         name = kind if counts[kind] == 1 else f"{kind}_{counts[kind]}"
         terms[name] = LOSSES[kind](opts, s_feats, t_feats, device)
+        terms[name].adopt_unit_map(getattr(student, "unit_map", None) or {})
         weights[name] = weight
     return LossSet(terms, weights)

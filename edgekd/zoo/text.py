@@ -139,7 +139,9 @@ def BertStudent(hf: str, num_classes: int = 2, num_layers: int = 2, hidden_size:
     init_from "teacher": embeddings and the layers `teacher_layers` (default: the uniform map) are
     copied from the pretrained weights at `hf` when the widths match (DistilBERT-style); with a
     smaller hidden size the word/position embeddings are projected onto their top principal
-    directions and the layers start random. init_from "random": everything random."""
+    directions and the layers start random. init_from "trained_teacher": the distill stage copies
+    the fine-tuned teacher instead, pruned to a narrower width by activation importance
+    (`adopt_trained_teacher`). init_from "random": everything random."""
     from transformers import AutoModel
 
     if init_from not in ("teacher", "trained_teacher", "random"):
@@ -149,7 +151,9 @@ def BertStudent(hf: str, num_classes: int = 2, num_layers: int = 2, hidden_size:
     n_t = int(tcfg.num_hidden_layers)
     cfg.num_hidden_layers = int(num_layers)
     cfg.hidden_size = int(hidden_size or tcfg.hidden_size)
-    cfg.num_attention_heads = int(num_heads or (tcfg.num_attention_heads if cfg.hidden_size == tcfg.hidden_size
+    t_head = tcfg.hidden_size // tcfg.num_attention_heads
+    # default: the teacher's head size (so heads can be copied or pruned), else 64-wide heads
+    cfg.num_attention_heads = int(num_heads or (cfg.hidden_size // t_head if cfg.hidden_size % t_head == 0
                                                 else max(1, cfg.hidden_size // 64)))
     # the teacher's FFN ratio (so same-width layers can be copied), unless given
     cfg.intermediate_size = int(intermediate_size or tcfg.intermediate_size * cfg.hidden_size // tcfg.hidden_size)
@@ -164,19 +168,26 @@ def BertStudent(hf: str, num_classes: int = 2, num_layers: int = 2, hidden_size:
     if init_from in ("teacher", "trained_teacher"):
         # trained_teacher starts here too; the distill stage then overwrites it with the fine-tuned teacher
         src = HFTextClassifier(hf, num_classes, pooling, dropout, attn_implementation).encoder
-        _init_from(enc, src, layers, same_width=cfg.hidden_size == tcfg.hidden_size)
+        same = all(getattr(cfg, k) == getattr(tcfg, k) for k in ("hidden_size", "intermediate_size",
+                                                                   "num_attention_heads"))
+        _init_from(enc, src, layers, same_width=same)
     model = _Classifier(enc, num_classes, pooling, dropout)
     model.init_from, model.teacher_layers = init_from, list(layers)
     return model
 
 
 @torch.no_grad()
-def adopt_trained_teacher(student: nn.Module, teacher: nn.Module) -> dict[str, Any] | None:
+def adopt_trained_teacher(student: nn.Module, teacher: nn.Module,
+                          calib_ids: torch.Tensor | None = None) -> dict[str, Any] | None:
     """For `init_from: trained_teacher`: copy the teacher as the pipeline fine-tuned it into the student.
 
     Embeddings, the mapped layers and the classification head are copied (the task-tuned weights,
-    where `init_from: teacher` copies the pretrained ones). Returns what was copied, or None when the
-    student did not ask for it. A teacher of another family or width is a configuration error.
+    where `init_from: teacher` copies the pretrained ones). A narrower student (smaller hidden,
+    intermediate size or fewer heads, same head size) gets the teacher pruned to its width instead
+    (Minitron-style structured pruning): the hidden channels, attention heads and FFN neurons with the
+    largest mean activation on `calib_ids` are kept and their weights sliced out of the teacher's.
+    Returns what was done, or None when the student did not ask for it. A teacher of another family,
+    or a width the teacher cannot be cut to, is a configuration error.
     """
     if getattr(student, "init_from", None) != "trained_teacher":
         return None
@@ -184,14 +195,143 @@ def adopt_trained_teacher(student: nn.Module, teacher: nn.Module) -> dict[str, A
         raise ConfigError("student init_from: trained_teacher needs a single hf_text_classifier teacher",
                           hint="use init_from: teacher (pretrained weights) with ensembles or other teachers")
     s_cfg, t_cfg = student.encoder.config, teacher.encoder.config
-    if s_cfg.hidden_size != t_cfg.hidden_size or s_cfg.intermediate_size != t_cfg.intermediate_size:
-        raise ConfigError(f"init_from: trained_teacher copies layers, but the student's width ({s_cfg.hidden_size}/"
-                          f"{s_cfg.intermediate_size}) differs from the teacher's ({t_cfg.hidden_size}/"
-                          f"{t_cfg.intermediate_size})", hint="use the teacher's hidden and intermediate size, "
-                          "or init_from: teacher (projects the embeddings)")
-    _init_from(student.encoder, teacher.encoder, student.teacher_layers, same_width=True)
-    student.head.load_state_dict(teacher.head.state_dict())
-    return {"init_from": "trained_teacher", "teacher_layers": list(student.teacher_layers), "head": True}
+    same = (s_cfg.hidden_size, s_cfg.intermediate_size, s_cfg.num_attention_heads) == \
+        (t_cfg.hidden_size, t_cfg.intermediate_size, t_cfg.num_attention_heads)
+    if same:
+        _init_from(student.encoder, teacher.encoder, student.teacher_layers, same_width=True)
+        student.head.load_state_dict(teacher.head.state_dict())
+        return {"init_from": "trained_teacher", "teacher_layers": list(student.teacher_layers), "head": True}
+    s_head, t_head = s_cfg.hidden_size // s_cfg.num_attention_heads, t_cfg.hidden_size // t_cfg.num_attention_heads
+    if (s_head != t_head or s_cfg.hidden_size > t_cfg.hidden_size
+            or s_cfg.intermediate_size > t_cfg.intermediate_size or s_cfg.model_type != t_cfg.model_type):
+        raise ConfigError(f"init_from: trained_teacher copies or prunes the teacher's layers, but the student "
+                          f"(hidden {s_cfg.hidden_size}, heads {s_cfg.num_attention_heads}x{s_head}, intermediate "
+                          f"{s_cfg.intermediate_size}) is not a cut of the teacher (hidden {t_cfg.hidden_size}, heads "
+                          f"{t_cfg.num_attention_heads}x{t_head}, intermediate {t_cfg.intermediate_size})",
+                          hint=f"keep head size {t_head} (num_heads = hidden_size/{t_head}) and sizes <= the "
+                               "teacher's, or use init_from: teacher / random")
+    if calib_ids is None or len(calib_ids) == 0:
+        raise ConfigError("pruning the teacher to the student's width needs calibration inputs",
+                          hint="the distill stage passes training samples; call with calib_ids")
+    imp = activation_importance(teacher, calib_ids, student.teacher_layers)
+    keep = prune_plan(imp, s_cfg.hidden_size, s_cfg.num_attention_heads, s_cfg.intermediate_size, t_head)
+    _prune_into(student, teacher, student.teacher_layers, keep)
+    # which teacher units each student output is, for the distillation losses (aligned projectors,
+    # head-to-head attention); paths are the classifier's module paths
+    hid = keep["hidden"].tolist()
+    student.unit_map = {"encoder.embeddings": {"channels": hid}}
+    for i, j in enumerate(student.teacher_layers):
+        student.unit_map[f"encoder.encoder.layer.{i}"] = {"channels": hid, "source": f"encoder.encoder.layer.{j}"}
+        student.unit_map[f"encoder.encoder.layer.{i}.attention.self"] = {
+            "heads": keep["heads"][j].tolist(), "source": f"encoder.encoder.layer.{j}.attention.self"}
+    return {"init_from": "trained_teacher", "teacher_layers": list(student.teacher_layers), "head": True,
+            "pruned": {"hidden": [t_cfg.hidden_size, s_cfg.hidden_size],
+                       "heads": [t_cfg.num_attention_heads, s_cfg.num_attention_heads],
+                       "intermediate": [t_cfg.intermediate_size, s_cfg.intermediate_size],
+                       "calibration_samples": int(len(calib_ids))}}
+
+
+@torch.no_grad()
+def activation_importance(teacher: nn.Module, ids: torch.Tensor, layers: list[int],
+                          batch_size: int = 64) -> dict[str, Any]:
+    """Mean activation magnitudes of the teacher over the non-padding tokens of `ids` (Minitron).
+
+    hidden: per residual channel, summed over the embedding and every LayerNorm output; heads[j]: per
+    head of teacher layer j, the L2 norm of its context vector; ffn[j]: per intermediate neuron of
+    layer j, the mean |GELU output|. Only the mapped `layers` are measured for heads and neurons.
+    """
+    enc = teacher.encoder
+    n_heads = enc.config.num_attention_heads
+    hidden = torch.zeros(enc.config.hidden_size, dtype=torch.float64)
+    heads = {j: torch.zeros(n_heads, dtype=torch.float64) for j in layers}
+    ffn = {j: torch.zeros(enc.config.intermediate_size, dtype=torch.float64) for j in layers}
+    mask: list[torch.Tensor] = []  # the current batch's token mask [B, L, 1]
+
+    def tok_sum(x: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [D], summed over real tokens
+        return (x.abs() * mask[0]).sum(dim=(0, 1)).double()
+
+    def on_ln(_m, _i, out):
+        hidden.add_(tok_sum(out))
+
+    def on_self(j):
+        def hook(_m, _i, out):
+            ctx = out[0] if isinstance(out, tuple) else out  # [B, L, H*dh]
+            b, seq, _ = ctx.shape
+            norms = ctx.reshape(b, seq, n_heads, -1).norm(dim=-1)  # [B, L, H]
+            heads[j].add_((norms * mask[0]).sum(dim=(0, 1)).double())
+        return hook
+
+    def on_ffn(j):
+        def hook(_m, _i, out):
+            ffn[j].add_(tok_sum(out))
+        return hook
+
+    handles = [enc.embeddings.LayerNorm.register_forward_hook(on_ln)]
+    for j, layer in enumerate(enc.encoder.layer):
+        handles += [layer.attention.output.LayerNorm.register_forward_hook(on_ln),
+                    layer.output.LayerNorm.register_forward_hook(on_ln)]
+        if j in heads:
+            handles += [layer.attention.self.register_forward_hook(on_self(j)),
+                        layer.intermediate.register_forward_hook(on_ffn(j))]
+    was_training = teacher.training
+    teacher.eval()
+    tokens = 0.0
+    try:
+        for k in range(0, len(ids), batch_size):
+            x = ids[k:k + batch_size]
+            m = (x != teacher.pad_id).unsqueeze(-1).float()
+            mask[:] = [m]
+            tokens += float(m.sum())
+            teacher(x)
+    finally:
+        for h in handles:
+            h.remove()
+        teacher.train(was_training)
+    return {"hidden": hidden / tokens, "heads": {j: v / tokens for j, v in heads.items()},
+            "ffn": {j: v / tokens for j, v in ffn.items()}}
+
+
+def prune_plan(imp: dict[str, Any], hidden: int, n_heads: int, intermediate: int, head_size: int) -> dict[str, Any]:
+    """The indices to keep (ascending, so the kept units stay in the teacher's order)."""
+    def top(v: torch.Tensor, k: int) -> torch.Tensor:
+        return torch.topk(v, k).indices.sort().values
+
+    heads = {j: top(v, n_heads) for j, v in imp["heads"].items()}
+    return {"hidden": top(imp["hidden"], hidden), "heads": heads,
+            "head_cols": {j: (h[:, None] * head_size + torch.arange(head_size)).flatten() for j, h in heads.items()},
+            "ffn": {j: top(v, intermediate) for j, v in imp["ffn"].items()}}
+
+
+@torch.no_grad()
+def _prune_into(student: nn.Module, teacher: nn.Module, layers: list[int], keep: dict[str, Any]) -> None:
+    hid = keep["hidden"]
+    s_enc, t_enc = student.encoder, teacher.encoder
+
+    def cut(dst: nn.Module, src: nn.Module, rows: torch.Tensor | None, cols: torch.Tensor | None) -> None:
+        w = src.weight
+        if rows is not None:
+            w = w.index_select(0, rows)
+        if cols is not None:
+            w = w.index_select(1, cols)
+        dst.weight.copy_(w)
+        if getattr(src, "bias", None) is not None:
+            dst.bias.copy_(src.bias if rows is None else src.bias.index_select(0, rows))
+
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        if hasattr(s_enc.embeddings, name):
+            cut(getattr(s_enc.embeddings, name), getattr(t_enc.embeddings, name), None, hid)
+    cut(s_enc.embeddings.LayerNorm, t_enc.embeddings.LayerNorm, hid, None)
+    for i, j in enumerate(layers):
+        s_l, t_l = s_enc.encoder.layer[i], t_enc.encoder.layer[j]
+        cols = keep["head_cols"][j]
+        for proj in ("query", "key", "value"):
+            cut(getattr(s_l.attention.self, proj), getattr(t_l.attention.self, proj), cols, hid)
+        cut(s_l.attention.output.dense, t_l.attention.output.dense, hid, cols)
+        cut(s_l.attention.output.LayerNorm, t_l.attention.output.LayerNorm, hid, None)
+        cut(s_l.intermediate.dense, t_l.intermediate.dense, keep["ffn"][j], hid)
+        cut(s_l.output.dense, t_l.output.dense, hid, keep["ffn"][j])
+        cut(s_l.output.LayerNorm, t_l.output.LayerNorm, hid, None)
+    cut(student.head, teacher.head, None, hid)
 
 
 @torch.no_grad()
