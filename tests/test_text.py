@@ -248,10 +248,10 @@ def test_pruned_heads_compute_the_teachers_heads(tmp_path):
                     init_from="trained_teacher", dropout=0.0).eval()
     assert s.encoder.config.num_attention_heads == 2  # the teacher's head size (8) is kept by default
     adopt_trained_teacher(s, teacher, ids)
-    keep = prune_plan(activation_importance(teacher, ids, [0, 2]), 16, 2, 48, 8)
+    imp = activation_importance(teacher, ids, [0, 2])
+    keep = prune_plan(imp, 16, 2, 48, 8)
     for i, j in enumerate([0, 2]):
-        heads = activation_importance(teacher, ids, [j])["heads"][j]
-        assert set(keep["heads"][j].tolist()) == set(heads.topk(2).indices.tolist())
+        assert set(keep["heads"][j].tolist()) == set(imp["heads"][j].topk(2).indices.tolist())
         x = torch.zeros(3, 7, 32)
         x[..., keep["hidden"]] = torch.randn(3, 7, 16)
         with torch.no_grad():
@@ -268,16 +268,16 @@ def test_pruning_hidden_channels_keeps_the_most_active_and_stays_close(tmp_path)
     from edgekd.zoo.text import BertStudent, activation_importance, adopt_trained_teacher
 
     hf, teacher, ids = _tiny_teacher(tmp_path)
-    imp = activation_importance(teacher, ids, [0, 2])["hidden"]
+    imp = activation_importance(teacher, ids, [0, 2])
     s = BertStudent(hf, num_classes=3, num_layers=2, hidden_size=24, init_from="trained_teacher", dropout=0.0).eval()
     adopt_trained_teacher(s, teacher, ids)
-    kept = torch.topk(imp, 24).indices.sort().values
+    kept = torch.topk(imp["hidden"], 24).indices.sort().values
     assert torch.equal(s.encoder.embeddings.word_embeddings.weight,
                        teacher.encoder.embeddings.word_embeddings.weight[:, kept])
     assert torch.equal(s.head.weight, teacher.head.weight[:, kept])
-    assert torch.equal(s.encoder.encoder.layer[1].intermediate.dense.weight[:, :],
-                       teacher.encoder.encoder.layer[2].intermediate.dense.weight[
-                           activation_importance(teacher, ids, [2])["ffn"][2].topk(48).indices.sort().values][:, kept])
+    neurons = imp["ffn"][2].topk(48).indices.sort().values  # student layer 1 is teacher layer 2
+    assert torch.equal(s.encoder.encoder.layer[1].intermediate.dense.weight,
+                       teacher.encoder.encoder.layer[2].intermediate.dense.weight[neurons][:, kept])
     # a pruned start is a far better start than a random one of the same shape
     rand = BertStudent(hf, num_classes=3, num_layers=2, hidden_size=24, init_from="random", dropout=0.0).eval()
     with torch.no_grad():

@@ -334,6 +334,7 @@ class AttentionTransfer(Loss):
         s_shape = tuple(select(s_feats[opts.student], opts.index).shape)
         t_shape = tuple(select(t_feats[opts.teacher], opts.index).shape)
         what = f"attention loss {opts.student} -> {opts.teacher}"
+        self._head_counts = (s_shape[1], t_shape[1]) if len(s_shape) == 4 and len(t_shape) == 4 else None
         if opts.mode == "attention_kl":
             for side, shp in (("student", s_shape), ("teacher", t_shape)):
                 if len(shp) != 4 or shp[-1] != shp[-2]:
@@ -357,10 +358,13 @@ class AttentionTransfer(Loss):
     def adopt_unit_map(self, unit_map: dict[str, dict[str, Any]]) -> None:
         # A pruned student's head h is the teacher's head idx[h] of the layer it was cut from: match
         # head to head (not head-averaged maps) when this term reads exactly that teacher layer.
+        # The map is checked once here against the probed head counts, not on every step.
         entry = unit_map.get(self.opts.student, {})
-        if self.opts.mode == "attention_kl" and entry.get("heads") is not None and entry.get("source") == self.opts.teacher:
-            self.register_buffer("teacher_heads", torch.as_tensor(list(entry["heads"]), dtype=torch.long),
-                                 persistent=False)
+        heads = entry.get("heads")
+        if (self.opts.mode == "attention_kl" and heads and entry.get("source") == self.opts.teacher
+                and self._head_counts is not None and len(heads) == self._head_counts[0]
+                and max(heads) < self._head_counts[1]):
+            self.register_buffer("teacher_heads", torch.as_tensor(list(heads), dtype=torch.long), persistent=False)
 
     def forward(self, ctx: LossContext) -> Tensor:
         o = self.opts
@@ -368,7 +372,7 @@ class AttentionTransfer(Loss):
         t = _feature(ctx.teacher_features, o.teacher, o.index, "teacher").detach()
         if o.mode == "attention_kl":
             heads = getattr(self, "teacher_heads", None)
-            if heads is not None and len(heads) == s.shape[1] and int(heads.max()) < t.shape[1]:
+            if heads is not None:
                 t = t.index_select(1, heads.to(t.device))
             if s.shape[1] != t.shape[1]:
                 s, t = s.mean(dim=1, keepdim=True), t.mean(dim=1, keepdim=True)

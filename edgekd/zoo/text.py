@@ -168,12 +168,15 @@ def BertStudent(hf: str, num_classes: int = 2, num_layers: int = 2, hidden_size:
     if init_from in ("teacher", "trained_teacher"):
         # trained_teacher starts here too; the distill stage then overwrites it with the fine-tuned teacher
         src = HFTextClassifier(hf, num_classes, pooling, dropout, attn_implementation).encoder
-        same = all(getattr(cfg, k) == getattr(tcfg, k) for k in ("hidden_size", "intermediate_size",
-                                                                   "num_attention_heads"))
-        _init_from(enc, src, layers, same_width=same)
+        _init_from(enc, src, layers, same_width=_same_width(cfg, tcfg))
     model = _Classifier(enc, num_classes, pooling, dropout)
     model.init_from, model.teacher_layers = init_from, list(layers)
     return model
+
+
+def _same_width(a, b) -> bool:
+    """Layers of configs `a` and `b` can be copied one to one (hidden, FFN and head counts agree)."""
+    return all(getattr(a, k) == getattr(b, k) for k in ("hidden_size", "intermediate_size", "num_attention_heads"))
 
 
 @torch.no_grad()
@@ -195,9 +198,7 @@ def adopt_trained_teacher(student: nn.Module, teacher: nn.Module,
         raise ConfigError("student init_from: trained_teacher needs a single hf_text_classifier teacher",
                           hint="use init_from: teacher (pretrained weights) with ensembles or other teachers")
     s_cfg, t_cfg = student.encoder.config, teacher.encoder.config
-    same = (s_cfg.hidden_size, s_cfg.intermediate_size, s_cfg.num_attention_heads) == \
-        (t_cfg.hidden_size, t_cfg.intermediate_size, t_cfg.num_attention_heads)
-    if same:
+    if _same_width(s_cfg, t_cfg):
         _init_from(student.encoder, teacher.encoder, student.teacher_layers, same_width=True)
         student.head.load_state_dict(teacher.head.state_dict())
         return {"init_from": "trained_teacher", "teacher_layers": list(student.teacher_layers), "head": True}
@@ -240,52 +241,37 @@ def activation_importance(teacher: nn.Module, ids: torch.Tensor, layers: list[in
     head of teacher layer j, the L2 norm of its context vector; ffn[j]: per intermediate neuron of
     layer j, the mean |GELU output|. Only the mapped `layers` are measured for heads and neurons.
     """
-    enc = teacher.encoder
-    n_heads = enc.config.num_attention_heads
-    hidden = torch.zeros(enc.config.hidden_size, dtype=torch.float64)
+    from edgekd.distill.hooks import FeatureCapture, select
+
+    cfg = teacher.encoder.config
+    n_heads = cfg.num_attention_heads
+    base = "encoder.encoder.layer"
+    ln_paths = ["encoder.embeddings.LayerNorm"] + [
+        f"{base}.{j}.{sub}.LayerNorm" for j in range(cfg.num_hidden_layers) for sub in ("attention.output", "output")]
+    hidden = torch.zeros(cfg.hidden_size, dtype=torch.float64)
     heads = {j: torch.zeros(n_heads, dtype=torch.float64) for j in layers}
-    ffn = {j: torch.zeros(enc.config.intermediate_size, dtype=torch.float64) for j in layers}
-    mask: list[torch.Tensor] = []  # the current batch's token mask [B, L, 1]
-
-    def tok_sum(x: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [D], summed over real tokens
-        return (x.abs() * mask[0]).sum(dim=(0, 1)).double()
-
-    def on_ln(_m, _i, out):
-        hidden.add_(tok_sum(out))
-
-    def on_self(j):
-        def hook(_m, _i, out):
-            ctx = out[0] if isinstance(out, tuple) else out  # [B, L, H*dh]
-            b, seq, _ = ctx.shape
-            norms = ctx.reshape(b, seq, n_heads, -1).norm(dim=-1)  # [B, L, H]
-            heads[j].add_((norms * mask[0]).sum(dim=(0, 1)).double())
-        return hook
-
-    def on_ffn(j):
-        def hook(_m, _i, out):
-            ffn[j].add_(tok_sum(out))
-        return hook
-
-    handles = [enc.embeddings.LayerNorm.register_forward_hook(on_ln)]
-    for j, layer in enumerate(enc.encoder.layer):
-        handles += [layer.attention.output.LayerNorm.register_forward_hook(on_ln),
-                    layer.output.LayerNorm.register_forward_hook(on_ln)]
-        if j in heads:
-            handles += [layer.attention.self.register_forward_hook(on_self(j)),
-                        layer.intermediate.register_forward_hook(on_ffn(j))]
+    ffn = {j: torch.zeros(cfg.intermediate_size, dtype=torch.float64) for j in layers}
+    capture = FeatureCapture(teacher, ln_paths + [f"{base}.{j}.{sub}" for j in layers
+                                                  for sub in ("attention.self", "intermediate")], detach=True)
     was_training = teacher.training
     teacher.eval()
     tokens = 0.0
     try:
         for k in range(0, len(ids), batch_size):
             x = ids[k:k + batch_size]
-            m = (x != teacher.pad_id).unsqueeze(-1).float()
-            mask[:] = [m]
-            tokens += float(m.sum())
-            teacher(x)
+            mask = (x != teacher.pad_id).unsqueeze(-1).float()  # [B, L, 1]
+            tokens += float(mask.sum())
+            with capture:
+                teacher(x)
+            f = capture.features
+            for path in ln_paths:
+                hidden += (f[path].abs() * mask).sum(dim=(0, 1)).double()
+            for j in layers:
+                ctx = select(f[f"{base}.{j}.attention.self"], 0)  # [B, L, H*dh]
+                norms = ctx.reshape(*ctx.shape[:2], n_heads, -1).norm(dim=-1)  # [B, L, H]
+                heads[j] += (norms * mask).sum(dim=(0, 1)).double()
+                ffn[j] += (f[f"{base}.{j}.intermediate"].abs() * mask).sum(dim=(0, 1)).double()
     finally:
-        for h in handles:
-            h.remove()
         teacher.train(was_training)
     return {"hidden": hidden / tokens, "heads": {j: v / tokens for j, v in heads.items()},
             "ffn": {j: v / tokens for j, v in ffn.items()}}
