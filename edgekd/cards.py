@@ -18,7 +18,7 @@ from edgekd.errors import ConfigError
 _SRC_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _shipped_dir(kind: str) -> Path:
+def shipped_dir(kind: str) -> Path:
     src = _SRC_ROOT / kind
     if src.is_dir() and (_SRC_ROOT / "pyproject.toml").is_file():
         return src
@@ -28,7 +28,7 @@ def _shipped_dir(kind: str) -> Path:
 def shipped(kind: str) -> dict[str, Path]:
     """Shipped cards of a kind ('models' or 'targets'), by name."""
     ext = ".yaml" if kind == "models" else ".toml"
-    d = _shipped_dir(kind)
+    d = shipped_dir(kind)
     return {p.stem: p for p in sorted(d.glob(f"*{ext}"))} if d.is_dir() else {}
 
 

@@ -104,15 +104,8 @@ def _make_ctx(recipe: str, target: str, out: Path | None, sets: dict[str, Any], 
 
     rc = load_recipe(recipe, sets, quick=quick)
     tc = load_target(target, sets, quick=quick)
-    # Check quantization names and options before any training, not after it.
-    from edgekd.quantize.candidates import _check_options, validate_candidate_names
-
-    from edgekd.stages import QAT
-
-    validate_candidate_names([n for n in rc.quantize.candidates or tc.candidates if n != QAT])
-    _check_options(rc.quantize.options)
     from edgekd.errors import TargetUnavailable
-    from edgekd.targets_info import build_ready
+    from edgekd.targets import build_ready
 
     ready, why = build_ready(tc)
     if not ready:  # e.g. cuda without a GPU: exit 3 before any training
@@ -124,11 +117,11 @@ def _make_ctx(recipe: str, target: str, out: Path | None, sets: dict[str, Any], 
 
 
 def _run_pipeline(ctx, only: str | None = None, upto: str | None = None, json_out: bool = False) -> None:
-    from edgekd import pipeline, stages
+    from edgekd import pipeline, tasks
 
     with _progress(ctx.console) as prog:
         ctx.progress = prog
-        results = pipeline.run(stages.graph_for(ctx.recipe), ctx, only=only, upto=upto)
+        results = pipeline.run(tasks.graph_for(ctx.recipe), ctx, only=only, upto=upto)
     if "report" in results:
         report_path = results["report"].path("report.json")
         report = json.loads(report_path.read_text())
@@ -195,7 +188,8 @@ def report(
     def go() -> None:
         from edgekd.pipeline import load_run
         from edgekd.report import write_all
-        from edgekd.stages import REPORT_DIRNAME, build_report
+        from edgekd.tasks import build_report
+        from edgekd.tasks.common import REPORT_DIRNAME
 
         load_run(build_dir)
         rep = build_report(build_dir)
@@ -236,13 +230,13 @@ def targets() -> None:
         from rich.table import Table
 
         from edgekd.cards import load_target, shipped
-        from edgekd.targets_info import target_availability
+        from edgekd.targets import availability, family_name
 
-        t = Table("target", "runtime", "capability", "available", "reason", box=None)
+        t = Table("target", "family", "runtime", "capability", "available", "reason", box=None)
         for name in shipped("targets"):
             tc = load_target(name)
-            for i, (cap, ok, why) in enumerate(target_availability(tc)):
-                t.add_row(name if i == 0 else "", tc.runtime if i == 0 else "", cap,
+            for i, (cap, ok, why) in enumerate(availability(tc)):
+                t.add_row(name if i == 0 else "", family_name(tc) if i == 0 else "", tc.runtime if i == 0 else "", cap,
                           "[green]yes[/]" if ok else "[red]no[/]", why)
         _console().print(t)
     _guard(go)

@@ -203,8 +203,12 @@ def run(stages: list[Stage], ctx: BuildContext, only: str | None = None, upto: s
     for given in {only, upto} - {None}:
         if given not in names:
             raise UserError(f"recipe '{ctx.recipe.name}' has no stage '{given}'", hint=f"its stages: {', '.join(names)}")
-    # Pre-flight: every stage's settings are computed (and so validated) before any work starts, so a
-    # bad option or input file of a late stage fails in a second, not after the teacher trained.
+    # Pre-flight: the target family's checks, then every stage's settings are computed (and so
+    # validated) before any work starts, so a bad soc_version, option or input file of a late stage
+    # fails in seconds, not after the teacher trained.
+    from edgekd.targets import check as check_target
+
+    check_target(ctx.target)
     for stage in stages:
         if stage.when(ctx):
             stage.config(ctx)

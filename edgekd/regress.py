@@ -249,7 +249,7 @@ def history(folder: Path | str, out: Path | str | None = None) -> Path:
     recipe/target in order of creation; returns the PNG path (default: folder/history.png)."""
     import warnings
 
-    from edgekd.report.plots import _figure, _save
+    from edgekd.report.plots import new_figure, save_figure
     from edgekd.report.schema import load_report
 
     folder = Path(folder)
@@ -268,7 +268,7 @@ def history(folder: Path | str, out: Path | str | None = None) -> Path:
                 (str(rep.get("created")), float(sel["size_bytes"]), float(sel["accuracy"])))
     if not series:
         raise UserError(f"no usable report.json under {folder}", hint="run `edgekd build` to produce reports")
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot(111)
     for label, pts in series.items():
         pts.sort()
@@ -279,4 +279,4 @@ def history(folder: Path | str, out: Path | str | None = None) -> Path:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("History: selected student, accuracy vs size")
     ax.legend(fontsize=8)
-    return _save(fig, Path(out) if out is not None else folder / "history.png")
+    return save_figure(fig, Path(out) if out is not None else folder / "history.png")

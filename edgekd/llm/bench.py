@@ -78,17 +78,17 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     from edgekd.config import DeviceConfig
     from edgekd.profile.energy import measured_or_estimate, measured_result, pick_sampler
     from edgekd.profile.stats import summarize
-    from edgekd.profile.worker import _peak_rss, _rss
+    from edgekd.profile.worker import peak_rss, current_rss
 
     threads = int(spec.get("threads", 1))
     import torch
 
     torch.set_num_threads(threads)
-    rss0 = _rss()
+    rss0 = current_rss()
     t_load = time.perf_counter()
     run = _torch_runner(spec["path"]) if spec["kind"] == "torch" else _onnx_runner(spec["path"], threads)
     load_s = time.perf_counter() - t_load
-    rss_loaded = _rss()
+    rss_loaded = current_rss()
     prompts, n = spec["prompts"], int(spec["new_tokens"])
     run(prompts[0], min(n, 4))  # warm-up
     sampler = pick_sampler(spec.get("energy", "auto"), ["CPUExecutionProvider"]) if spec.get("energy", "auto") != "none" else None
@@ -118,8 +118,8 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
         "ttft_ms": summarize(ttfts), "decode_ms_per_token": decode,
         "tokens_per_s": 1000.0 / decode["mean"] if decode["mean"] else None,
         "end_to_end_tokens_per_s": tokens / wall,
-        "peak_rss_bytes": _peak_rss(), "rss_after_load_bytes": rss_loaded, "rss_before_load_bytes": rss0,
-        "peak_rss_delta_bytes": _peak_rss() - rss0, "cpu_seconds_per_token": cpu / tokens, "energy": energy,
+        "peak_rss_bytes": peak_rss(), "rss_after_load_bytes": rss_loaded, "rss_before_load_bytes": rss0,
+        "peak_rss_delta_bytes": peak_rss() - rss0, "cpu_seconds_per_token": cpu / tokens, "energy": energy,
     }
 
 

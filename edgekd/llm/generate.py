@@ -20,9 +20,9 @@ SHIPPED = "smollm2-prompts.jsonl"
 
 def shipped_prompts() -> Path:
     """The shipped prompt set: models/prompts/ in a source tree, edgekd/_cards/models/prompts/ in a wheel."""
-    from edgekd.cards import _shipped_dir
+    from edgekd.cards import shipped_dir
 
-    return _shipped_dir("models") / "prompts" / SHIPPED
+    return shipped_dir("models") / "prompts" / SHIPPED
 
 
 def load_prompts(path: str | Path | None) -> list[dict[str, str]]:

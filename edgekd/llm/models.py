@@ -64,10 +64,10 @@ def _sha256(path: str) -> str:
 
 def materialize_teacher(spec: str, cache_dir: Path, log=None) -> tuple[Path, str]:
     """A local HF folder holding the teacher (dequantized from GGUF once), and its content hash."""
-    from edgekd.zoo.text import _hub_error, _quiet_transformers
+    from edgekd.zoo.text import hub_error, quiet_transformers
 
     src = resolve_source(spec)
-    _quiet_transformers()
+    quiet_transformers()
     if src["kind"] == "folder":
         folder = Path(src["path"])
         weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
@@ -79,7 +79,7 @@ def materialize_teacher(spec: str, cache_dir: Path, log=None) -> tuple[Path, str
         try:
             folder = Path(snapshot_download(src["path"]))
         except Exception as e:  # offline: one line, not a retry log
-            raise _hub_error(spec, e) from None
+            raise hub_error(spec, e) from None
         return materialize_teacher(str(folder), cache_dir, log)
     digest = _sha256(src["path"])
     out = cache_dir / "llm" / digest[:16]
@@ -124,9 +124,9 @@ def load_causal_lm(folder: Path | str, dtype: str = "float32"):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from edgekd.zoo.text import _quiet_transformers
+    from edgekd.zoo.text import quiet_transformers
 
-    _quiet_transformers()
+    quiet_transformers()
     model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=getattr(torch, dtype))
     tok = AutoTokenizer.from_pretrained(folder)
     model.eval()

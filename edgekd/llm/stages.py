@@ -339,13 +339,13 @@ def lm_candidate_names(ctx: BuildContext) -> list[str]:
 
 def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
     from edgekd.llm.onnx_gen import OrtLM, evaluate_onnx
-    from edgekd.quantize.candidates import CANDIDATES, _check_options
+    from edgekd.quantize.candidates import CANDIDATES, check_options
 
     fp32 = inputs["export"].path("student")
     _, val = _examples(ctx, inputs, "val")
     _, test = _examples(ctx, inputs, "test")
     options = dict(ctx.recipe.quantize.options)
-    _check_options(options)
+    check_options(options)
     (wd / "candidates").mkdir()
     results, outputs = [], {}
     prog = ctx.progress
@@ -474,7 +474,7 @@ def build_report(build_dir: Path, run: dict) -> dict[str, Any]:
     from edgekd import __version__
     from edgekd.pipeline import read_result
     from edgekd.report.schema import REPORT_SCHEMA_VERSION
-    from edgekd.stages import _cpu_name, _ratio, candidate_row, comparison_ratios
+    from edgekd.report.build import candidate_row, comparison_ratios, cpu_name, ratio
 
     names = ("teacher", "generate", "distill", "export", "quantize", "profile", "select")
     res = {n: read_result(build_dir / n) for n in names}
@@ -512,9 +512,9 @@ def build_report(build_dir: Path, run: dict) -> dict[str, Any]:
     student = next(m for m in models if m["role"] == "student" and m["variant"] == selected)
 
     comparison = comparison_ratios(teacher, student)
-    comparison["ttft_speedup_p50"] = _ratio((teacher.get("ttft_ms") or {}).get("p50"),
+    comparison["ttft_speedup_p50"] = ratio((teacher.get("ttft_ms") or {}).get("p50"),
                                             (student.get("ttft_ms") or {}).get("p50"))
-    comparison["tokens_per_s_ratio"] = _ratio(student.get("tokens_per_s"), teacher.get("tokens_per_s"))
+    comparison["tokens_per_s_ratio"] = ratio(student.get("tokens_per_s"), teacher.get("tokens_per_s"))
     ctrl = d["metrics"].get("control")
     notes = ["accuracy = next-token agreement with the teacher's greedy answers on held-out prompts (teacher forcing); "
              "latency and energy are per generated token.",
@@ -525,7 +525,7 @@ def build_report(build_dir: Path, run: dict) -> dict[str, Any]:
         "schema_version": REPORT_SCHEMA_VERSION, "recipe": run.get("recipe_name"), "target": run.get("target_name"),
         "task": "text-generation", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "edgekd_version": __version__,
-        "environment": {"cpu": _cpu_name(), "threads": settings.get("threads"), "python": platform.python_version(),
+        "environment": {"cpu": cpu_name(), "threads": settings.get("threads"), "python": platform.python_version(),
                         "platform": platform.platform(),
                         "runtimes": {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__}},
         "quick": run.get("quick", False), "models": models, "selected": f"student/{selected}",
@@ -541,11 +541,7 @@ def build_report(build_dir: Path, run: dict) -> dict[str, Any]:
 
 
 def graph() -> list[Stage]:
-    import datetime as _dt
-
-    # select and report are the classifier graph's own: edgekd.stages.build_report hands a
-    # text-generation build to build_report above.
-    from edgekd.stages import _select_cfg, stage_report, stage_select
+    from edgekd.tasks.common import report_cfg, report_stage, select_cfg, stage_select
 
     return [
         Stage("teacher", stage_teacher, [], _teacher_cfg),
@@ -554,7 +550,7 @@ def graph() -> list[Stage]:
         Stage("export", stage_export, ["generate", "distill"], _export_cfg),
         Stage("quantize", stage_quantize, ["generate", "distill", "export"], _quantize_cfg),
         Stage("profile", stage_profile, ["teacher", "generate", "distill", "quantize"], _profile_cfg),
-        Stage("select", stage_select, ["quantize", "profile"], _select_cfg),
-        Stage("report", stage_report, ["teacher", "generate", "distill", "export", "quantize", "profile", "select"],
-              lambda ctx: {"created": _dt.datetime.now().isoformat()}),
+        Stage("select", stage_select, ["quantize", "profile"], select_cfg),
+        Stage("report", report_stage(build_report),
+              ["teacher", "generate", "distill", "export", "quantize", "profile", "select"], report_cfg),
     ]

@@ -42,13 +42,13 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def _rss() -> int:
+def current_rss() -> int:
     import psutil
 
     return int(psutil.Process().memory_info().rss)
 
 
-def _peak_rss() -> int:
+def peak_rss() -> int:
     """Peak resident set of this process in bytes.
 
     On Linux this is VmHWM from /proc/self/status: the high-water mark of the current address
@@ -242,11 +242,11 @@ def run_spec(spec_in: dict) -> dict:
         raise UserError("threads must be >= 1 and max_seconds > 0", hint="fix the target card's [profile] table")
 
     _import_runtime(kind)
-    rss_before = _rss()
+    rss_before = current_rss()
     t_load = time.perf_counter()
     loaded = _load_onnx(spec) if kind == "onnx" else _load_torch(spec)
     load_seconds = time.perf_counter() - t_load
-    rss_after = _rss()
+    rss_after = current_rss()
 
     shape = loaded.shape
     if shape[0] != 1:
@@ -296,7 +296,7 @@ def run_spec(spec_in: dict) -> dict:
     tb = int(spec["throughput_batch"])
     if str(tb) not in throughput and throughput:
         tb = max(int(k) for k in throughput)
-    peak = _peak_rss()
+    peak = peak_rss()
     out: dict[str, Any] = {
         "name": spec.get("name") or Path(spec["path"]).name,
         "kind": kind,

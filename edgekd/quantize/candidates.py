@@ -126,7 +126,7 @@ def _known_option_keys() -> set[str]:
     return keys
 
 
-def _check_options(options: dict[str, Any]) -> None:
+def check_options(options: dict[str, Any]) -> None:
     # A typo in a free key would otherwise be silently ignored.
     known = _known_option_keys()
     for k in options:
@@ -592,7 +592,7 @@ def make_candidate(name: str, fp32_path: Path, out_path: Path, calib: np.ndarray
 
     validate_candidate_names([name])
     options = dict(options or {})
-    _check_options(options)
+    check_options(options)
     spec = CANDIDATES[name]
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     if not fp32_path.is_file():

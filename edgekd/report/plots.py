@@ -21,7 +21,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
 
 
-def _figure(w: float = 7.0, h: float = 4.0):
+def new_figure(w: float = 7.0, h: float = 4.0):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -30,7 +30,7 @@ def _figure(w: float = 7.0, h: float = 4.0):
     return fig
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png")
@@ -68,7 +68,7 @@ def plot_latency(report: dict, path: Path) -> Path | None:
     entries = _latency_entries(report)
     if not entries:
         return None
-    fig = _figure(7.0, 0.9 + 0.45 * len(entries))
+    fig = new_figure(7.0, 0.9 + 0.45 * len(entries))
     ax = fig.add_subplot(111)
     ys = list(range(len(entries)))
     labels = [e[0] + (" ★" if e[3] else "") for e in entries]
@@ -83,7 +83,7 @@ def plot_latency(report: dict, path: Path) -> Path | None:
     ax.set_xlabel("latency per batch-1 inference (ms, log scale)")
     ax.set_title(f"Latency: {report.get('recipe')} on {report.get('target')}")
     ax.legend(loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _accuracy_points(report: dict) -> list[tuple[str, float, float]]:
@@ -103,7 +103,7 @@ def plot_accuracy_size(report: dict, path: Path) -> Path | None:
     pts = _accuracy_points(report)
     if not pts:
         return None
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot(111)
     front = pareto_front([(s, a) for _, s, a in pts])
     for i, (label, s, a) in enumerate(pts):
@@ -122,7 +122,7 @@ def plot_accuracy_size(report: dict, path: Path) -> Path | None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Accuracy vs size")
     ax.legend(loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_throughput(report: dict, path: Path) -> Path | None:
@@ -132,7 +132,7 @@ def plot_throughput(report: dict, path: Path) -> Path | None:
         return None
     from matplotlib.ticker import FuncFormatter
 
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot(111)
     for label, sweep in series:
         pts = sorted((int(b), float(v)) for b, v in sweep.items())
@@ -145,7 +145,7 @@ def plot_throughput(report: dict, path: Path) -> Path | None:
     ax.set_ylabel("items / s (log scale)")
     ax.set_title("Throughput vs batch size")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def make_plots(report: dict, out_dir: Path | str) -> dict[str, Path]:

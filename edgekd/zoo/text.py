@@ -45,7 +45,7 @@ def resolve_hf(spec: str) -> str:
     return spec  # a hub id
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     import logging
 
     from transformers.utils import logging as hf_logging
@@ -55,7 +55,7 @@ def _quiet_transformers() -> None:
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
-def _hub_error(spec: str, e: Exception) -> ConfigError:
+def hub_error(spec: str, e: Exception) -> ConfigError:
     return ConfigError(f"cannot load '{spec}' from the Hugging Face hub ({type(e).__name__})",
                        hint="offline? download it once elsewhere and pass the local folder: kwargs.hf=./path")
 
@@ -63,23 +63,23 @@ def _hub_error(spec: str, e: Exception) -> ConfigError:
 def load_config(spec: str):
     from transformers import AutoConfig
 
-    _quiet_transformers()
+    quiet_transformers()
     path = resolve_hf(spec)
     try:
         return AutoConfig.from_pretrained(path)
     except OSError as e:
-        raise _hub_error(spec, e) from None
+        raise hub_error(spec, e) from None
 
 
 def load_tokenizer(spec: str):
     from transformers import AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     path = resolve_hf(spec)
     try:
         return AutoTokenizer.from_pretrained(path)
     except OSError as e:
-        raise _hub_error(spec, e) from None
+        raise hub_error(spec, e) from None
 
 
 class _Classifier(nn.Module):
@@ -114,14 +114,14 @@ def HFTextClassifier(hf: str, num_classes: int = 2, pooling: str = "mean", dropo
     loss reads and which exports to plain ONNX ops."""
     from transformers import AutoModel
 
-    _quiet_transformers()
+    quiet_transformers()
     path = resolve_hf(hf)
     try:
         enc = AutoModel.from_pretrained(path, attn_implementation=attn_implementation, add_pooling_layer=False)
     except TypeError:  # encoders without a pooling layer
         enc = AutoModel.from_pretrained(path, attn_implementation=attn_implementation)
     except OSError as e:
-        raise _hub_error(hf, e) from None
+        raise hub_error(hf, e) from None
     return _Classifier(enc, num_classes, pooling, dropout)
 
 

@@ -1,67 +1,22 @@
-"""The stages of `edgekd build` for classification recipes, and the graph that orders them.
-
-teacher → distill → export → quantize → profile → select → convert → report
-Each function writes only inside its `wd` (the stage's temporary folder) and returns a
-StageOutput; the pipeline hashes, records and renames it into place.
+"""The classification task graph: teacher → distill → export → quantize → profile → select →
+convert → report. Each stage function writes only inside its `wd` (the stage's temporary folder)
+and returns a StageOutput; the pipeline hashes, records and renames it into place.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
-import platform
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgekd import __version__
 from edgekd.errors import StageError, UserError
-from edgekd.pipeline import BuildContext, Stage, StageOutput, StageResult, read_result, stable_hash
-
-REPORT_DIRNAME = "report"
-
-
-# --------------------------------------------------------------------------- shared helpers
-
-
-def splits(ctx: BuildContext):
-    from edgekd.data import load
-
-    return ctx.memo("splits", lambda: load(ctx.recipe.data))
-
-
-def data_fingerprint(ctx: BuildContext) -> str:
-    return ctx.memo("fingerprint", lambda: splits(ctx).fingerprint())
-
-
-def _build(ref, seed: int | None = None) -> Any:
-    from edgekd import zoo
-
-    if seed is not None:  # initial weights are part of a deterministic run
-        from edgekd.distill.trainer import seed_everything
-
-        seed_everything(seed)
-    return zoo.build(ref.arch, **ref.kwargs)
-
-
-def load_model(ref, state_path: Path):
-    import torch
-
-    m = _build(ref)
-    m.load_state_dict(torch.load(state_path, weights_only=True))
-    return m.eval()
-
-
-def _progress(ctx: BuildContext):
-    return ctx.progress
-
-
-def _checkpoint_path(ctx: BuildContext, stage: str, key_material: Any) -> Path:
-    d = ctx.out / ".checkpoints"
-    d.mkdir(exist_ok=True)
-    return d / f"{stage}-{stable_hash(key_material)[:16]}.pt"
+from edgekd.pipeline import BuildContext, Stage, StageOutput, StageResult, stable_hash
+from edgekd.targets import family, family_name
+from edgekd.tasks.common import (build_model, checkpoint_path, data_fingerprint, load_model, report_cfg, report_stage,
+                                 select_cfg, splits, stage_select)
 
 
 # --------------------------------------------------------------------------- teacher
@@ -112,10 +67,10 @@ def _train_or_fetch_teacher(ctx: BuildContext, ref, wd: Path, filename: str, tas
         ctx.log(f"  teacher taken from cache {cached}")
         return metrics
     s = splits(ctx) if task is None else task_splits(ctx, task)
-    model = _build(ref, seed=ref.train.seed)
-    ckpt = _checkpoint_path(ctx, "teacher", material)
+    model = build_model(ref, seed=ref.train.seed)
+    ckpt = checkpoint_path(ctx, "teacher", material)
     res = train(model, s.x_train, s.y_train, s.x_val, s.y_val, ref.train, checkpoint=ckpt,
-                progress=_progress(ctx), description="teacher")
+                progress=ctx.progress, description="teacher")
     model.load_state_dict(res.best_state)
     torch.save(model.state_dict(), wd / filename)
     metrics = {"params": count_params(model), "val_accuracy": res.best_val_accuracy, "best_epoch": res.best_epoch,
@@ -204,7 +159,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     dc = ctx.recipe.distill
     rank, world = ddp.init("cpu")
     teacher = _teacher_module(ctx, inputs["teacher"])
-    student = _build(ctx.recipe.student, seed=dc.seed)
+    student = build_model(ctx.recipe.student, seed=dc.seed)
     # None unless the student asks for init_from: trained_teacher (a narrower one is pruned on training samples)
     init = adopt_trained_teacher(student, teacher, torch.as_tensor(s.x_train[:512]))
     with torch.no_grad():
@@ -234,10 +189,10 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     key_material = _distill_cfg(ctx) | {"teacher": inputs["teacher"].key}
     generations = []
     for gen in range(dc.born_again_generations + 1):
-        ckpt = _checkpoint_path(ctx, f"distill-g{gen}", key_material)
+        ckpt = checkpoint_path(ctx, f"distill-g{gen}", key_material)
         res = train(student, s.x_train, s.y_train, s.x_val, s.y_val, dc, teacher=teacher, loss_set=loss_set,
                     teacher_logits=cached_logits, weighting=weighting, labeled=s.labeled,
-                    checkpoint=ckpt if world == 1 else None, progress=_progress(ctx),
+                    checkpoint=ckpt if world == 1 else None, progress=ctx.progress,
                     description="distill" if gen == 0 else f"born-again g{gen + 1}", amp=dc.amp,
                     rank=rank, world_size=world, aux_tasks=aux if gen == 0 else None)
         student.load_state_dict(res.best_state)
@@ -250,7 +205,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
             import copy
 
             teacher = copy.deepcopy(student).eval()
-            student = _build(ctx.recipe.student, seed=dc.seed + gen + 1)
+            student = build_model(ctx.recipe.student, seed=dc.seed + gen + 1)
             loss_set = build_losses(dc.losses, student, teacher, example)
             cached_logits = None  # the cache belongs to the original teacher
     best = max(generations, key=lambda g: g["val_accuracy"])
@@ -331,6 +286,11 @@ def candidate_names(ctx: BuildContext) -> list[str]:
 
 
 def _quantize_cfg(ctx: BuildContext) -> dict:
+    from edgekd.quantize.candidates import check_options, validate_candidate_names
+
+    # Names and options are checked here, in the pipeline's pre-flight, before any training.
+    validate_candidate_names([n for n in candidate_names(ctx) if n != QAT])
+    check_options(ctx.recipe.quantize.options)
     # The budget is part of the key: the accuracy-aware fallback depends on it.
     return {"candidates": candidate_names(ctx), "quantize": ctx.recipe.quantize.model_dump(exclude={"strict", "objective"})}
 
@@ -349,7 +309,7 @@ def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
     (wd / "candidates").mkdir()
     ref_val = run_onnx(fp32, s.x_val)
     results, outputs = [], {}
-    prog = _progress(ctx)
+    prog = ctx.progress
     names = candidate_names(ctx)
     task = prog.add_task("quantize", total=len(names)) if prog else None
     options = {**q.model_dump(exclude={"options", "accuracy_aware", "candidates", "accuracy_budget", "objective",
@@ -419,7 +379,7 @@ def _qat(inputs: dict[str, StageResult], ctx: BuildContext, out: Path, calib: np
     opts = ctx.recipe.quantize.options
     info = qat_candidate(student, teacher, s.x_train, s.y_train, s.x_val, s.y_val, calib, out,
                          losses=ctx.recipe.distill.losses, train_cfg=ctx.recipe.distill, opset=ctx.target.onnx.opset,
-                         dynamic_batch=ctx.target.onnx.dynamic_batch, progress=_progress(ctx),
+                         dynamic_batch=ctx.target.onnx.dynamic_batch, progress=ctx.progress,
                          epochs=opts.get("qat_epochs"), lr_scale=float(opts.get("qat_lr_scale", 0.1)))
     return {k: v for k, v in info.items() if k != "history"}
 
@@ -478,7 +438,7 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         if c["error"] is None:
             specs[f"student/{c['variant']}"] = {**common, "kind": "onnx",
                                                 "path": str(inputs["quantize"].dir / c["path"])}
-    prog = _progress(ctx)
+    prog = ctx.progress
     task = prog.add_task("profile", total=len(specs) * p.repeats) if prog else None
 
     def tick(name: str, repeat: int, repeats: int) -> None:
@@ -510,236 +470,54 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     return StageOutput({"profile": "profile.json", "inputs": "inputs.npy"}, {"models": out, "settings": p.model_dump()})
 
 
-# --------------------------------------------------------------------------- select
-
-
-def _select_cfg(ctx: BuildContext) -> dict:
-    q = ctx.recipe.quantize
-    return {"budget": q.accuracy_budget, "objective": q.objective, "strict": q.strict or bool(ctx.options.get("strict"))}
-
-
-def stage_select(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
-    from edgekd.quantize.select import select
-
-    prof = inputs["profile"].metrics["models"]
-    cands = []
-    for c in inputs["quantize"].metrics["candidates"]:
-        p = prof.get(f"student/{c['variant']}")
-        cands.append({**c, "latency_ms": p["latency_ms"] if p else None})
-    cfg = _select_cfg(ctx)
-    sel = select(cands, cfg["budget"], cfg["objective"], cfg["strict"])
-    for w in sel.get("warnings", []):
-        ctx.log(f"[yellow]warning:[/] {w}")
-    (wd / "selected.json").write_text(json.dumps(sel, indent=2, default=str))
-    return StageOutput({"selected": "selected.json"}, sel)
-
-
 # --------------------------------------------------------------------------- convert
 
 
 def _convert_cfg(ctx: BuildContext) -> dict:
-    return {"runtime": ctx.target.runtime, "formats": ctx.target.formats, "onnx": ctx.target.onnx.model_dump(),
-            "ascend": ctx.target.ascend.model_dump() if ctx.target.ascend else None,
+    return {"family": family_name(ctx.target), "runtime": ctx.target.runtime, "formats": ctx.target.formats,
+            "onnx": ctx.target.onnx.model_dump(), "ascend": ctx.target.ascend.model_dump() if ctx.target.ascend else None,
             "parity": ctx.target.parity.model_dump(), "allow_unsupported": bool(ctx.options.get("allow_unsupported"))}
 
 
-def stage_convert(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
-    """Target conversion of the selected student: Ascend bundle (atc/msit scripts) or mobile bundle."""
-    import torch
+def _has_convert(ctx: BuildContext) -> bool:
+    return family(ctx.target).convert is not None
 
+
+def stage_convert(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+    """The target family's conversion of the selected student (Ascend bundle, mobile .pte/.ort)."""
     from edgekd.distill.trainer import predict
+    from edgekd.targets import ConvertJob
 
     s = splits(ctx)
     selected = inputs["select"].metrics["selected"]
     cand = next(c for c in inputs["quantize"].metrics["candidates"] if c["variant"] == selected)
-    onnx_path = inputs["quantize"].dir / cand["path"]
     student = load_model(ctx.recipe.student, inputs["distill"].path("model"))
     x_check = s.x_val[:64]  # int8 artifacts are judged on top-1 agreement: 64 samples make that meaningful
-    expected = predict(student, x_check).numpy()
-    input_shape = inputs["export"].metrics["input_shape"]
-    if ctx.target.runtime == "ascend":
-        from edgekd.export.ascend import write_bundle
-
-        manifest = write_bundle(onnx_path, wd, ctx.target, "input", input_shape, x_check, expected,
-                                allow_unsupported=bool(ctx.options.get("allow_unsupported")))
-        outputs = {p.name: str(p.relative_to(wd)) for p in sorted((wd / "ascend").rglob("*")) if p.is_file()}
-        return StageOutput(outputs, {"bundle": "ascend", "selected": selected, "manifest": manifest})
-    if ctx.target.runtime == "executorch":
-        from edgekd.export.mobile import write_mobile_bundle
-
-        rng = np.random.default_rng(ctx.recipe.data.seed)
-        calib = s.x_train[rng.permutation(len(s.x_train))[: ctx.recipe.quantize.calibration_samples]]
-        info = write_mobile_bundle(wd, student, torch.as_tensor(s.x_val[:1]), inputs["export"].path("student"), calib,
-                                   x_check, s.class_names, s.normalization, ctx.target)
-        outputs = {p.name: str(p.relative_to(wd)) for p in sorted((wd / "mobile").rglob("*")) if p.is_file()}
-        return StageOutput(outputs, {"bundle": "mobile", "selected": selected, **info})
-    return StageOutput({}, {"bundle": None})
-
-
-# --------------------------------------------------------------------------- report
-
-
-def _ratio(a, b):
-    return (a / b) if a and b else None
-
-
-def comparison_ratios(teacher: dict, student: dict) -> dict[str, Any]:
-    """Teacher-over-student ratios of two report model entries (None where either side lacks the figure);
-    shared by the classification and text-generation reports."""
-    te, se = teacher.get("energy") or {}, student.get("energy") or {}
-    return {
-        "teacher": f"teacher/{teacher['variant']}", "student": f"student/{student['variant']}",
-        "speedup_p50": _ratio(teacher["latency_ms"]["p50"], student["latency_ms"]["p50"]),
-        "size_ratio": _ratio(teacher["size_bytes"], student["size_bytes"]),
-        # Whole-process peak (interpreter + runtime + model), each model in its own process.
-        "peak_rss_ratio": _ratio(teacher.get("peak_rss_bytes"), student.get("peak_rss_bytes")),
-        # Growth from after the runtime import to the peak: model load + inference only.
-        "peak_rss_delta_ratio": _ratio(teacher.get("peak_rss_delta_bytes"), student.get("peak_rss_delta_bytes")),
-        "energy_ratio": _ratio(te.get("joules_per_inference"), se.get("joules_per_inference")),
-        "accuracy_retention": _ratio(student["accuracy"], teacher["accuracy"]),
-        "params_ratio": _ratio(teacher["params"], student["params"]),
-    }
-
-
-def candidate_row(c: dict, keys: tuple[str, ...], status: dict[str, str], prof: dict) -> dict[str, Any]:
-    """A report `candidates` row: the quantize stage's fields `keys`, its path in the build, the
-    profiled latency and the selection's status (a candidate without one failed)."""
-    row = {k: c.get(k) for k in keys}
-    row["path"] = f"quantize/{c['path']}"
-    row["latency_ms"] = (prof.get(f"student/{c['variant']}") or {}).get("latency_ms")
-    row["status"] = status.get(c["variant"], "failed: " + str(c.get("error")))
-    return row
-
-
-def build_report(build_dir: Path) -> dict[str, Any]:
-    """Assemble report.json from the stage result files alone (never from in-memory state)."""
-    from edgekd.report.schema import REPORT_SCHEMA_VERSION
-
-    run = json.loads((build_dir / "run.json").read_text()) if (build_dir / "run.json").is_file() else {}
-    if run.get("task") == "text-generation" or (build_dir / "generate" / "result.json").is_file():
-        from edgekd.llm.stages import build_report as build_lm_report
-
-        return build_lm_report(build_dir, run)
-    res = {name: read_result(build_dir / name) for name in ("teacher", "distill", "export", "quantize", "profile", "select")}
-    missing = [n for n, r in res.items() if r is None]
-    if missing:
-        from edgekd.errors import UserError
-
-        raise UserError(f"{build_dir} has no finished result for stage(s): {', '.join(missing)}",
-                        hint="run `edgekd build` (or the missing stage) on this folder first")
-    t, d, e, q, p, sel = (res[n] for n in ("teacher", "distill", "export", "quantize", "profile", "select"))
-    prof = p["metrics"]["models"]
-    settings = p["metrics"]["settings"]
-
-    def model_entry(role: str, variant: str, fmt: str, runtime: str, path: Path, params: int, acc: float) -> dict:
-        pr = prof.get(f"{role}/{variant}", {})
-        return {"role": role, "variant": variant, "format": fmt, "runtime": runtime,
-                "throughput_batch": settings.get("throughput_batch"),
-                "path": os.path.relpath(path, build_dir), "params": params, "size_bytes": path.stat().st_size,
-                "accuracy": acc, "latency_ms": pr.get("latency_ms"), "throughput_per_s": pr.get("throughput_per_s"),
-                "throughput_sweep": pr.get("throughput_sweep"), "peak_rss_bytes": pr.get("peak_rss_bytes"),
-                "peak_rss_delta_bytes": pr.get("peak_rss_delta_bytes"), "energy": pr.get("energy"),
-                "flops": pr.get("flops"), "roofline": pr.get("roofline"), "spread": pr.get("spread"),
-                "noisy": pr.get("noisy")}
-
-    models = [
-        model_entry("teacher", "fp32-torch", "pytorch", "torch-eager", build_dir / "teacher" / t["outputs"]["model"],
-                    t["metrics"]["params"], t["metrics"]["test_accuracy"]),
-        model_entry("teacher", "fp32", "onnx", "onnxruntime", build_dir / "export" / e["outputs"]["teacher"],
-                    t["metrics"]["params"], t["metrics"]["test_accuracy"]),
-    ]
-    candidates = []
-    status = {c["variant"]: c["status"] for c in sel["metrics"]["candidates"]}
-    for c in q["metrics"]["candidates"]:
-        row = candidate_row(c, ("variant", "format", "accuracy", "val_accuracy", "size_bytes", "error",
-                                "agreement_with_fp32", "max_abs_diff_vs_fp32"), status, prof)
-        row["kept_fp32_nodes"] = (c.get("accuracy_aware") or {}).get("kept_fp32_nodes") or []
-        row["openvino"] = c.get("openvino")
-        candidates.append(row)
-        if c.get("error") is None:
-            models.append(model_entry("student", c["variant"], "onnx", "onnxruntime",
-                                      build_dir / "quantize" / c["path"], d["metrics"]["params"], c["accuracy"]))
-    selected = sel["metrics"]["selected"]
-    teacher = models[0]
-    student = next(m for m in models if m["role"] == "student" and m["variant"] == selected)
-
-    te = teacher.get("energy") or {}
-    comparison = {**comparison_ratios(teacher, student),
-                  "teacher_onnx_speedup_p50": _ratio(models[1]["latency_ms"]["p50"], student["latency_ms"]["p50"])}
-    import onnxruntime
-    import torch
-
-    notes = ["Energy figures are estimates (method estimate-*): this host exposes no RAPL/NVML counters."
-             if not str(te.get("method", "")).startswith(("rapl", "nvml", "npu")) else "Energy measured by counters."]
-    noisy = [m["variant"] for m in models if m.get("noisy")]
-    if noisy:
-        notes.append(f"Latency spread across repeats exceeded 5% for: {', '.join(noisy)}.")
-    notes.extend(sel["metrics"].get("warnings", []))
-    report = {
-        "schema_version": REPORT_SCHEMA_VERSION,
-        "recipe": run.get("recipe_name"), "target": run.get("target_name"),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "edgekd_version": __version__,
-        "environment": {"cpu": _cpu_name(), "threads": settings.get("threads"), "python": platform.python_version(),
-                        "platform": platform.platform(),
-                        "runtimes": {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__}},
-        "quick": run.get("quick", False),
-        "models": models, "selected": f"student/{selected}", "comparison": comparison,
-        "candidates": candidates, "profile_settings": settings,
-        "training": {"teacher": {k: t["metrics"].get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds", "cached", "best_epoch")},
-                     "student": {k: d["metrics"].get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds", "best_epoch", "losses")}},
-        "parity": {k: v for k, v in e["metrics"].items() if k.endswith("_parity")},
-        "notes": notes,
-    }
-    return report
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def stage_report(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
-    from edgekd.report import write_all
-
-    report = build_report(ctx.out)
-    files = write_all(report, wd)
-    return StageOutput({p.name: os.path.relpath(p, wd) for p in files}, {"selected": report["selected"],
-                                                                       "comparison": report["comparison"]})
+    rng = np.random.default_rng(ctx.recipe.data.seed)
+    job = ConvertJob(wd=wd, target=ctx.target, selected=selected, onnx_path=inputs["quantize"].dir / cand["path"],
+                     fp32_onnx=inputs["export"].path("student"), student=student, input_name="input",
+                     input_shape=inputs["export"].metrics["input_shape"], x_check=x_check,
+                     expected=predict(student, x_check).numpy(),
+                     calib=s.x_train[rng.permutation(len(s.x_train))[: ctx.recipe.quantize.calibration_samples]],
+                     class_names=s.class_names, normalization=s.normalization, options=dict(ctx.options))
+    outputs, metrics = family(ctx.target).convert(job)
+    return StageOutput(outputs, metrics)
 
 
 # --------------------------------------------------------------------------- graph
 
 
 def graph() -> list[Stage]:
+    from edgekd.report.build import build_classification_report
+
     return [
         Stage("teacher", stage_teacher, [], _teacher_cfg),
         Stage("distill", stage_distill, ["teacher"], _distill_cfg),
         Stage("export", stage_export, ["teacher", "distill"], _export_cfg),
         Stage("quantize", stage_quantize, ["teacher", "distill", "export"], _quantize_cfg),
         Stage("profile", stage_profile, ["teacher", "export", "quantize"], _profile_cfg),
-        Stage("select", stage_select, ["quantize", "profile"], _select_cfg),
-        Stage("convert", stage_convert, ["distill", "export", "quantize", "select"], _convert_cfg,
-              when=lambda ctx: ctx.target.runtime in ("ascend", "executorch")),
-        # The report is rebuilt every run (cheap) so it reflects the current stage files.
-        Stage("report", stage_report, ["teacher", "distill", "export", "quantize", "profile", "select"],
-              lambda ctx: {"created": _dt.datetime.now().isoformat()}),
+        Stage("select", stage_select, ["quantize", "profile"], select_cfg),
+        Stage("convert", stage_convert, ["distill", "export", "quantize", "select"], _convert_cfg, when=_has_convert),
+        Stage("report", report_stage(build_classification_report),
+              ["teacher", "distill", "export", "quantize", "profile", "select"], report_cfg),
     ]
-
-
-def graph_for(recipe) -> list[Stage]:
-    """The stage graph of a recipe: classifiers share `graph()`; text-generation recipes have a
-    generate stage and their own distill/export/quantize/profile (edgekd/llm/stages.py)."""
-    if getattr(recipe, "task", None) == "text-generation":
-        from edgekd.llm.stages import graph as lm_graph
-
-        return lm_graph()
-    return graph()
-
-
-STAGE_NAMES = [s.name for s in graph()]

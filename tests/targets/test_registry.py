@@ -15,9 +15,9 @@ from edgekd.config import TargetConfig
 from edgekd.errors import StageError, TargetUnavailable, UserError
 from edgekd.export.ascend import KNOWN_SOC_VERSIONS, check_target
 from edgekd.runtimes import npu
-from edgekd.targets_info import build_ready, target_availability
+from edgekd.targets import availability as target_availability, build_ready
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MY_CARDS = ("ascend-310p", "ascend-910b", "mobile", "cuda")
 HAS_TORCH_NPU = importlib.util.find_spec("torch_npu") is not None
 
@@ -135,7 +135,7 @@ def test_cpu_and_mobile_availability():
 
 
 def test_probes_do_not_import_heavy_sdks():
-    code = ("import sys, tomllib; from edgekd.config import TargetConfig; from edgekd.targets_info import target_availability;"
+    code = ("import sys, tomllib; from edgekd.config import TargetConfig; from edgekd.targets import availability as target_availability;"
             "import edgekd.export.ascend, edgekd.runtimes.npu, edgekd.runtimes.openvino_rt;"
             "[target_availability(TargetConfig.model_validate(tomllib.load(open(f'targets/{n}.toml','rb')))) "
             "for n in ('mobile', 'ascend-310p')];"
@@ -259,3 +259,46 @@ def test_profile_with_the_npu_smi_sampler_interface():
     e = res["energy"]
     assert e["method"] == "npu-smi"
     assert e["joules_total"] == pytest.approx(15.0 * e["window_s"], rel=0.1)
+
+
+# --------------------------------------------------------------------------- registry and pre-flight
+
+
+def test_every_shipped_card_has_a_family_and_passes_its_checks():
+    from edgekd.targets import check, family, family_name
+
+    names = sorted(p.stem for p in (ROOT / "targets").glob("*.toml"))
+    fams = {n: family_name(card(n)) for n in names}
+    assert fams == {"ascend-310p": "ascend", "ascend-910b": "ascend", "cpu": "cpu", "cuda": "cuda", "mobile": "mobile"}
+    for n in names:
+        check(card(n))  # shipped cards are valid
+        assert family(card(n)).name == fams[n]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"ascend": {"soc_version": "Bogus"}}, "unknown Ascend soc_version 'Bogus'"),
+    ({"ascend": {"precision_mode": "fp8_please"}}, "unknown ATC precision_mode"),
+    ({"formats": ["onnx", "pte"]}, "cannot produce format(s) pte"),
+    ({"candidates": ["fp32", "int3-magic"]}, "int3-magic"),
+])
+def test_preflight_refuses_bad_ascend_cards(change, message):
+    from edgekd.errors import EdgekdError
+    from edgekd.targets import check
+
+    raw = tomllib.loads((ROOT / "targets" / "ascend-310p.toml").read_text())
+    for k, v in change.items():
+        raw[k] = {**raw[k], **v} if isinstance(v, dict) else v
+    with pytest.raises(EdgekdError) as e:
+        check(TargetConfig.model_validate(raw))
+    assert e.value.exit_code == 2 and message in e.value.message
+
+
+def test_preflight_refuses_unknown_provider():
+    from edgekd.errors import EdgekdError
+    from edgekd.targets import check
+
+    raw = tomllib.loads((ROOT / "targets" / "cpu.toml").read_text())
+    raw["providers"] = ["CPUExecutonProvider"]
+    with pytest.raises(EdgekdError, match="unknown onnxruntime provider") as e:
+        check(TargetConfig.model_validate(raw))
+    assert "CPUExecutionProvider" in e.value.hint

@@ -1,0 +1,133 @@
+"""Assembly of report.json from the stage result files (never from in-memory state), and the
+teacher-over-student ratios and candidate rows every task's report shares."""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from edgekd import __version__
+from edgekd.errors import UserError
+from edgekd.pipeline import read_result
+
+
+def ratio(a, b):
+    """a / b, or None where either is missing or zero."""
+    return (a / b) if a and b else None
+
+
+def comparison_ratios(teacher: dict, student: dict) -> dict[str, Any]:
+    """Teacher-over-student ratios of two report model entries (None where either side lacks the figure);
+    shared by the classification and text-generation reports."""
+    te, se = teacher.get("energy") or {}, student.get("energy") or {}
+    return {
+        "teacher": f"teacher/{teacher['variant']}", "student": f"student/{student['variant']}",
+        "speedup_p50": ratio(teacher["latency_ms"]["p50"], student["latency_ms"]["p50"]),
+        "size_ratio": ratio(teacher["size_bytes"], student["size_bytes"]),
+        # Whole-process peak (interpreter + runtime + model), each model in its own process.
+        "peak_rss_ratio": ratio(teacher.get("peak_rss_bytes"), student.get("peak_rss_bytes")),
+        # Growth from after the runtime import to the peak: model load + inference only.
+        "peak_rss_delta_ratio": ratio(teacher.get("peak_rss_delta_bytes"), student.get("peak_rss_delta_bytes")),
+        "energy_ratio": ratio(te.get("joules_per_inference"), se.get("joules_per_inference")),
+        "accuracy_retention": ratio(student["accuracy"], teacher["accuracy"]),
+        "params_ratio": ratio(teacher["params"], student["params"]),
+    }
+
+
+def candidate_row(c: dict, keys: tuple[str, ...], status: dict[str, str], prof: dict) -> dict[str, Any]:
+    """A report `candidates` row: the quantize stage's fields `keys`, its path in the build, the
+    profiled latency and the selection's status (a candidate without one failed)."""
+    row = {k: c.get(k) for k in keys}
+    row["path"] = f"quantize/{c['path']}"
+    row["latency_ms"] = (prof.get(f"student/{c['variant']}") or {}).get("latency_ms")
+    row["status"] = status.get(c["variant"], "failed: " + str(c.get("error")))
+    return row
+
+
+def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
+    """report.json of a classification build, from the stage result files alone."""
+    from edgekd.report.schema import REPORT_SCHEMA_VERSION
+    res = {name: read_result(build_dir / name) for name in ("teacher", "distill", "export", "quantize", "profile", "select")}
+    missing = [n for n, r in res.items() if r is None]
+    if missing:
+        raise UserError(f"{build_dir} has no finished result for stage(s): {', '.join(missing)}",
+                        hint="run `edgekd build` (or the missing stage) on this folder first")
+    t, d, e, q, p, sel = (res[n] for n in ("teacher", "distill", "export", "quantize", "profile", "select"))
+    prof = p["metrics"]["models"]
+    settings = p["metrics"]["settings"]
+
+    def model_entry(role: str, variant: str, fmt: str, runtime: str, path: Path, params: int, acc: float) -> dict:
+        pr = prof.get(f"{role}/{variant}", {})
+        return {"role": role, "variant": variant, "format": fmt, "runtime": runtime,
+                "throughput_batch": settings.get("throughput_batch"),
+                "path": os.path.relpath(path, build_dir), "params": params, "size_bytes": path.stat().st_size,
+                "accuracy": acc, "latency_ms": pr.get("latency_ms"), "throughput_per_s": pr.get("throughput_per_s"),
+                "throughput_sweep": pr.get("throughput_sweep"), "peak_rss_bytes": pr.get("peak_rss_bytes"),
+                "peak_rss_delta_bytes": pr.get("peak_rss_delta_bytes"), "energy": pr.get("energy"),
+                "flops": pr.get("flops"), "roofline": pr.get("roofline"), "spread": pr.get("spread"),
+                "noisy": pr.get("noisy")}
+
+    models = [
+        model_entry("teacher", "fp32-torch", "pytorch", "torch-eager", build_dir / "teacher" / t["outputs"]["model"],
+                    t["metrics"]["params"], t["metrics"]["test_accuracy"]),
+        model_entry("teacher", "fp32", "onnx", "onnxruntime", build_dir / "export" / e["outputs"]["teacher"],
+                    t["metrics"]["params"], t["metrics"]["test_accuracy"]),
+    ]
+    candidates = []
+    status = {c["variant"]: c["status"] for c in sel["metrics"]["candidates"]}
+    for c in q["metrics"]["candidates"]:
+        row = candidate_row(c, ("variant", "format", "accuracy", "val_accuracy", "size_bytes", "error",
+                                "agreement_with_fp32", "max_abs_diff_vs_fp32"), status, prof)
+        row["kept_fp32_nodes"] = (c.get("accuracy_aware") or {}).get("kept_fp32_nodes") or []
+        row["openvino"] = c.get("openvino")
+        candidates.append(row)
+        if c.get("error") is None:
+            models.append(model_entry("student", c["variant"], "onnx", "onnxruntime",
+                                      build_dir / "quantize" / c["path"], d["metrics"]["params"], c["accuracy"]))
+    selected = sel["metrics"]["selected"]
+    teacher = models[0]
+    student = next(m for m in models if m["role"] == "student" and m["variant"] == selected)
+
+    te = teacher.get("energy") or {}
+    comparison = {**comparison_ratios(teacher, student),
+                  "teacher_onnx_speedup_p50": ratio(models[1]["latency_ms"]["p50"], student["latency_ms"]["p50"])}
+    import onnxruntime
+    import torch
+
+    notes = ["Energy figures are estimates (method estimate-*): this host exposes no RAPL/NVML counters."
+             if not str(te.get("method", "")).startswith(("rapl", "nvml", "npu")) else "Energy measured by counters."]
+    noisy = [m["variant"] for m in models if m.get("noisy")]
+    if noisy:
+        notes.append(f"Latency spread across repeats exceeded 5% for: {', '.join(noisy)}.")
+    notes.extend(sel["metrics"].get("warnings", []))
+    report = {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "recipe": run.get("recipe_name"), "target": run.get("target_name"),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "edgekd_version": __version__,
+        "environment": {"cpu": cpu_name(), "threads": settings.get("threads"), "python": platform.python_version(),
+                        "platform": platform.platform(),
+                        "runtimes": {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__}},
+        "quick": run.get("quick", False),
+        "models": models, "selected": f"student/{selected}", "comparison": comparison,
+        "candidates": candidates, "profile_settings": settings,
+        "training": {"teacher": {k: t["metrics"].get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds", "cached", "best_epoch")},
+                     "student": {k: d["metrics"].get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds", "best_epoch", "losses")}},
+        "parity": {k: v for k, v in e["metrics"].items() if k.endswith("_parity")},
+        "notes": notes,
+    }
+    return report
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+

@@ -1,0 +1,98 @@
+"""What a target family declares: its up-front checks, its availability probe, its convert step.
+
+A family is a value (a frozen dataclass of functions), not a class hierarchy; the four families
+live one per module and are listed in one explicit table in `edgekd/targets/__init__.py`.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from edgekd.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import numpy as np
+
+    from edgekd.config import TargetConfig
+
+Capability = tuple[str, bool, str]  # (capability, available here, why / what provides it)
+
+
+@dataclass
+class ConvertJob:
+    """Everything a family's convert step may use, handed over by the classification graph."""
+
+    wd: Path                    # the convert stage's folder: write only inside it
+    target: "TargetConfig"
+    selected: str               # the selected candidate's variant
+    onnx_path: Path             # the selected candidate's ONNX
+    fp32_onnx: Path             # the FP32 student ONNX (export stage)
+    student: Any                # the FP32 torch student (eval mode)
+    input_name: str
+    input_shape: list[int]
+    x_check: "np.ndarray"       # reference inputs for parity checks in the bundle
+    expected: "np.ndarray"      # the torch student's outputs on x_check
+    calib: "np.ndarray"         # calibration samples (train split)
+    class_names: list[str] | None
+    normalization: dict[str, Any]
+    options: dict[str, Any] = field(default_factory=dict)   # build options (allow_unsupported, ...)
+
+
+@dataclass(frozen=True)
+class TargetFamily:
+    name: str                                                         # cpu | cuda | mobile | ascend
+    summary: str
+    formats: frozenset[str]                                           # artifact formats a card may ask for
+    check: Callable[["TargetConfig"], None]                           # raises UserError/ConfigError up front
+    availability: Callable[["TargetConfig"], list[Capability]]        # cheap probes, never raise
+    required: tuple[str, ...]                                         # capabilities of which one must be present
+    # None: the ONNX candidates are the shipped artifacts. Otherwise returns (outputs, metrics); a
+    # metrics["models"] list holds report rows for the artifacts the target ships.
+    convert: Callable[[ConvertJob], tuple[dict[str, str], dict[str, Any]]] | None = None
+
+    def ready(self, target: "TargetConfig", rows: list[Capability] | None = None) -> tuple[bool, str]:
+        """Whether `edgekd build` can produce this target's artifacts here, and why not."""
+        rows = rows if rows is not None else self.availability(target)
+        usable = [(name, reason) for name, ok, reason in rows if ok and name in self.required]
+        if len(usable) == 1 and len(self.required) == 1:
+            return True, usable[0][1]
+        if usable:
+            return True, f"{' and '.join(name for name, _ in usable)} available"
+        missing = [reason for name, ok, reason in rows if not ok and name in self.required]
+        return False, "; ".join(missing) or f"none of {', '.join(self.required)} was probed"
+
+
+def has_module(name: str) -> bool:
+    """Whether `name` is importable, without importing it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a parent package missing or a broken __spec__: not importable
+        return False
+
+
+def check_common(target: "TargetConfig", family: TargetFamily) -> None:
+    """Checks every family shares: artifact formats and quantization candidate names."""
+    bad = [f for f in target.formats if f not in family.formats]
+    if bad:
+        raise ConfigError(f"target '{target.name}' ({family.name}) cannot produce format(s) {', '.join(bad)}",
+                          hint=f"formats of a {family.name} target: {', '.join(sorted(family.formats))}")
+    from edgekd.quantize.candidates import validate_candidate_names
+
+    validate_candidate_names([n for n in target.candidates if n != "int8-qat"])
+
+
+def check_providers(target: "TargetConfig") -> None:
+    """Every onnxruntime provider named by the card must be one onnxruntime knows (present or not)."""
+    import onnxruntime as ort
+
+    known = ort.get_all_providers()
+    for p in target.providers:
+        if p not in known:
+            import difflib
+
+            close = difflib.get_close_matches(p, known, n=2)
+            raise ConfigError(f"target '{target.name}': unknown onnxruntime provider '{p}'",
+                              hint=(f"did you mean {' or '.join(close)}? " if close else "")
+                              + "e.g. CPUExecutionProvider, CUDAExecutionProvider")
