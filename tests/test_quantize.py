@@ -328,3 +328,32 @@ def test_accuracy_aware_gives_up_after_k_steps(fragile, tmp_path):
     rep = info["accuracy_aware"]
     assert rep["within_budget"] is False and len(rep["steps"]) == 2 and len(rep["kept_fp32_nodes"]) == 2
     assert (tmp_path / "q.onnx").is_file()
+
+
+def test_option_of_wrong_type_is_config_error_naming_it():
+    from edgekd.quantize.candidates import check_options
+
+    with pytest.raises(ConfigError, match=r"quantize.options.group_size: .*'abc'") as e:
+        check_options({"group_size": "abc"})
+    assert e.value.exit_code == 2
+    with pytest.raises(ConfigError, match="preset"):
+        check_options({"preset": "fastest"})
+    assert check_options({"group_size": "64", "per_channel": False}) == {"group_size": 64, "per_channel": False}
+
+
+def test_every_declared_candidate_option_is_typed():
+    from edgekd.quantize.candidates import CANDIDATES, QuantizeOptions
+
+    declared = {k for spec in CANDIDATES.values() for k in spec.options}
+    assert declared and declared <= set(QuantizeOptions.model_fields)
+
+
+@pytest.mark.e2e
+def test_bad_option_type_exits_2_before_training(tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "edgekd", "build", "--recipe", "digits-mlp", "--quick", "--out",
+                        str(tmp_path / "b"), "--set", "quantize.options.group_size=abc"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "group_size" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "b" / "teacher").exists()  # refused in the pre-flight: nothing trained

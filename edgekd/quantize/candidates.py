@@ -20,9 +20,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
 
 from edgekd.errors import ConfigError, DataError, StageError
 from edgekd.quantize import sensitivity
@@ -113,27 +114,62 @@ def validate_candidate_names(names: list[str] | tuple[str, ...]) -> None:
             raise ConfigError(f"unknown quantization candidate '{n}'", hint=hint)
 
 
-_COMMON_OPTIONS = ("qat_epochs", "qat_lr_scale", "calibration_batch_size", "nodes_to_exclude", "max_exclusion_steps", "sensitivity_method",
-                   "sensitivity_samples", "max_sensitivity_nodes")
+class QuantizeOptions(BaseModel):
+    """`quantize.options`: typed per-kind extras, so `group_size: abc` or a typo exits 2 before any
+    training instead of becoming a failed candidate (or being silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # every candidate / the quantize stage
+    calibration_samples: PositiveInt | None = None
+    calibration_batch_size: PositiveInt | None = None
+    calibration_method: Literal["minmax", "entropy", "percentile"] | None = None
+    per_channel: bool | None = None
+    reduce_range: bool | None = None
+    nodes_to_exclude: list[str] | None = None
+    # accuracy-aware FP32 fallback
+    max_exclusion_steps: NonNegativeInt | None = None
+    sensitivity_method: str | None = None
+    sensitivity_samples: PositiveInt | None = None
+    max_sensitivity_nodes: PositiveInt | None = None
+    # int8-qat
+    qat_epochs: PositiveInt | None = None
+    qat_lr_scale: PositiveFloat | None = None
+    # fp16
+    fp16_op_block_list: list[str] | None = None
+    # onnxruntime static / dynamic
+    op_types_to_quantize: list[str] | None = None
+    extra_options: dict[str, Any] | None = None
+    # NNCF
+    preset: Literal["performance", "mixed"] | None = None
+    subset_size: PositiveInt | None = None
+    ignored_scope: dict[str, list[str]] | list[str] | None = None
+    model_type: Literal["transformer"] | None = None
+    fast_bias_correction: bool | None = None
+    group_size: int | None = Field(None, ge=-1)
+    ratio: float | None = Field(None, gt=0, le=1)
+    all_layers: bool | None = None
+    group_size_fallback: Literal["error", "ignore", "adjust"] | None = None
 
 
-def _known_option_keys() -> set[str]:
-    from edgekd.config import QuantizeConfig
+def check_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Validate `quantize.options`; return the options as given, with values coerced to their types.
+    An unknown key or a wrong value is a ConfigError (exit 2) naming it."""
+    from pydantic import ValidationError
 
-    keys = set(QuantizeConfig.model_fields) | set(_COMMON_OPTIONS)
-    for spec in CANDIDATES.values():
-        keys.update(spec.options)
-    return keys
-
-
-def check_options(options: dict[str, Any]) -> None:
-    # A typo in a free key would otherwise be silently ignored.
-    known = _known_option_keys()
-    for k in options:
-        if k not in known:
-            close = difflib.get_close_matches(k, sorted(known), n=1, cutoff=0.6)
-            hint = (f"did you mean '{close[0]}'? " if close else "") + f"valid keys: {', '.join(sorted(known))}"
-            raise ConfigError(f"unknown quantize option '{k}'", hint=hint)
+    try:
+        parsed = QuantizeOptions.model_validate(options)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(x) for x in err["loc"])
+        known = sorted(QuantizeOptions.model_fields)
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = (f"did you mean '{close[0]}'? " if close else "") + f"valid keys: {', '.join(known)}"
+            raise ConfigError(f"unknown quantize option '{key}'", hint=hint) from None
+        raise ConfigError(f"quantize.options.{key}: {err['msg']} (got {err.get('input')!r})",
+                          hint="fix the recipe's quantize.options or the --set value") from None
+    return parsed.model_dump(exclude_unset=True)
 
 
 @dataclass(frozen=True)

@@ -299,7 +299,7 @@ def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
     """Make every candidate from the FP32 student ONNX; measure its accuracy through onnxruntime
     on validation (used to select) and test (reported), and its agreement with fp32."""
     from edgekd.export.onnx import run_onnx
-    from edgekd.quantize.candidates import CANDIDATES, accuracy_aware, make_candidate
+    from edgekd.quantize.candidates import CANDIDATES, accuracy_aware, check_options, make_candidate
 
     s = splits(ctx)
     q = ctx.recipe.quantize
@@ -313,7 +313,7 @@ def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
     names = candidate_names(ctx)
     task = prog.add_task("quantize", total=len(names)) if prog else None
     options = {**q.model_dump(exclude={"options", "accuracy_aware", "candidates", "accuracy_budget", "objective",
-                                       "strict"}), **q.options}
+                                       "strict"}), **check_options(q.options)}
 
     def val_acc(path: Path) -> float:
         return float((run_onnx(path, s.x_val).argmax(1) == s.y_val).mean())
@@ -371,12 +371,13 @@ QAT = "int8-qat"  # needs the torch student and teacher, so it is made here rath
 
 def _qat(inputs: dict[str, StageResult], ctx: BuildContext, out: Path, calib: np.ndarray) -> dict[str, Any]:
     """Quantization-aware distillation: NNCF fake-quantizes the student, the teacher keeps guiding."""
+    from edgekd.quantize.candidates import check_options
     from edgekd.quantize.qat import qat_candidate
 
     s = splits(ctx)
     student = load_model(ctx.recipe.student, inputs["distill"].path("model"))
     teacher = _teacher_module(ctx, inputs["teacher"])
-    opts = ctx.recipe.quantize.options
+    opts = check_options(ctx.recipe.quantize.options)
     info = qat_candidate(student, teacher, s.x_train, s.y_train, s.x_val, s.y_val, calib, out,
                          losses=ctx.recipe.distill.losses, train_cfg=ctx.recipe.distill, opset=ctx.target.onnx.opset,
                          dynamic_batch=ctx.target.onnx.dynamic_batch, progress=ctx.progress,
