@@ -102,7 +102,7 @@ def main() -> None:
 
     from edgekd.cards import load_target
     from edgekd.profile.runner import profile_model
-    from edgekd.quantize.candidates import input_spec
+    from edgekd.runtimes.ort import input_spec
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-profiler-"))
     if args.onnx:

@@ -111,7 +111,7 @@ def make_peers(fp32: Path, work: Path, calib: np.ndarray, per_channel: list[bool
         import nncf
         import onnx
 
-        from edgekd.quantize.candidates import input_spec
+        from edgekd.runtimes.ort import input_spec
 
         inp = input_spec(fp32).name
         ds = nncf.Dataset([{inp: calib[i:i + 1]} for i in range(len(calib))])

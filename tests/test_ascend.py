@@ -19,7 +19,8 @@ from onnx import TensorProto, helper
 from edgekd.config import TargetConfig
 from edgekd.errors import StageError, UserError
 from edgekd.export import ascend
-from edgekd.export.onnx import export_onnx, run_onnx
+from edgekd.export.onnx import export_onnx
+from edgekd.runtimes.ort import run_onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,8 @@ import torch
 
 from edgekd import zoo
 from edgekd.errors import StageError
-from edgekd.export.onnx import check_parity, export_onnx, run_onnx
+from edgekd.export.onnx import check_parity, export_onnx
+from edgekd.runtimes.ort import run_onnx
 
 
 def test_export_matches_torch_with_dynamic_batch(tmp_path):

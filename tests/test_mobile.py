@@ -20,7 +20,8 @@ import torch
 from edgekd.cards import load_target
 from edgekd.errors import StageError, TargetUnavailable
 from edgekd.export import mobile
-from edgekd.export.onnx import export_onnx, run_onnx
+from edgekd.export.onnx import export_onnx
+from edgekd.runtimes.ort import run_onnx
 from edgekd.export.ort_format import parse_required_operators, to_ort_format
 from edgekd.zoo import build
 

@@ -7,7 +7,8 @@ import torch
 
 pytest.importorskip("openvino", reason="openvino not installed")
 
-from edgekd.export.onnx import export_onnx, run_onnx  # noqa: E402
+from edgekd.export.onnx import export_onnx  # noqa: E402
+from edgekd.runtimes.ort import run_onnx  # noqa: E402
 from edgekd.runtimes.openvino_rt import openvino_parity, run_openvino  # noqa: E402
 
 
@@ -46,10 +47,21 @@ def test_openvino_static_batch_model_runs_sample_by_sample(cnn):
 def test_openvino_parity_reports_agreement_and_mismatch(cnn):
     dyn, _, x, ref = cnn
     ok = openvino_parity(dyn, x, ref, atol=1e-4, rtol=1e-3)
-    assert ok["ok"] is True and ok["max_abs_diff"] < 1e-4 and ok["runtime_version"]
+    assert ok["ok"] is True and ok["max_abs_diff"] < 1e-4 and ok["version"]
     shifted = ref.copy()
     shifted[2, 4] += 0.01  # one logit off by 1e-2: must be caught at atol 1e-4
     bad = openvino_parity(dyn, x, shifted, atol=1e-4, rtol=1e-3)
     assert bad["ok"] is False and bad["max_abs_diff"] == pytest.approx(0.01, rel=0.05)
     wrong_shape = openvino_parity(dyn, x, ref[:, :5], atol=1e-4, rtol=1e-3)
     assert wrong_shape["ok"] is False and "shape" in wrong_shape["reason"]
+
+
+def test_openvino_parity_on_top1_for_quantized_graphs(cnn):
+    dyn, _, x, ref = cnn
+    offset = ref + 0.5  # every logit off, no class changes: fails element-wise, passes on top-1
+    assert openvino_parity(dyn, x, offset, atol=1e-4, rtol=1e-3)["ok"] is False
+    top1 = openvino_parity(dyn, x, offset, atol=1e-4, rtol=1e-3, min_top1=0.98)
+    assert top1["ok"] is True and top1["top1_agreement"] == 1.0
+    swapped = ref.copy()
+    swapped[:, [0, 1]] = swapped[:, [1, 0]] + 100.0 * (np.arange(10) < 2)  # classes 0/1 win everywhere
+    assert openvino_parity(dyn, x, swapped, atol=1e-4, rtol=1e-3, min_top1=0.98)["ok"] is False

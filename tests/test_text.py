@@ -115,7 +115,8 @@ def test_student_initialised_from_teacher_layers():
 
 @needs_minilm
 def test_padding_does_not_change_logits_and_export_has_dynamic_sequence(tmp_path):
-    from edgekd.export.onnx import export_onnx, run_onnx
+    from edgekd.export.onnx import export_onnx
+    from edgekd.runtimes.ort import run_onnx
     from edgekd.zoo.text import BertStudent, load_tokenizer
 
     torch.manual_seed(0)

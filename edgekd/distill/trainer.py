@@ -7,7 +7,6 @@ killed run resumes from exactly (model, optimizer, scheduler, RNG states).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -310,7 +309,3 @@ def _distill_step(student, teacher, loss_set, xb, yb, idx, teacher_logits, weigh
                       student_features=dict(scap.features), teacher_features=t_feats, sample_weight=sw,
                       progress=progress)
     return loss_set(ctx)
-
-
-def write_history(path: Path, result: TrainResult) -> None:
-    path.write_text(json.dumps(result.history, indent=2))

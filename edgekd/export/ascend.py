@@ -240,17 +240,12 @@ def _fold_constants(model: "onnx.ModelProto", workdir: Path) -> tuple["onnx.Mode
     """Constant folding through onnxruntime's basic (EP-independent) optimizer, written to a file.
     Returns the folded model, or the input model and why folding was not kept."""
     import onnx
-    import onnxruntime as ort
+    from edgekd.runtimes.ort import session
 
     src, dst = workdir / "unfolded.onnx", workdir / "folded.onnx"
     onnx.save(model, str(src))
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.optimized_model_filepath = str(dst)
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
     try:
-        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+        session(src, optimization="basic", optimized_model_path=dst)
     except Exception as e:  # onnxruntime raises its own exception types; the model is still valid unfolded
         return model, f"not folded: onnxruntime could not load the model ({type(e).__name__}: {str(e).splitlines()[0]})"
     folded = onnx.load(str(dst))
@@ -501,7 +496,8 @@ def write_bundle(model_path: Path | str, out_dir: Path | str, target: "TargetCon
                                  "these ops; allow_unsupported writes the bundle anyway")
 
         # The folded static model must still compute what the reference computed.
-        from edgekd.export.onnx import check_parity, run_onnx
+        from edgekd.export.onnx import check_parity
+        from edgekd.runtimes.ort import run_onnx
 
         got = run_onnx(tmp / "model.onnx", x[:n])
         parity = check_parity(y[:n].astype(np.float32), got, target.parity.atol, target.parity.rtol,

@@ -291,7 +291,7 @@ def write_mobile_bundle(out_dir: Path | str, student_model: torch.nn.Module, exa
 
 
 def _run_ort(path: Path, x: np.ndarray) -> np.ndarray:
-    from edgekd.export.onnx import run_onnx
+    from edgekd.runtimes.ort import run_onnx
 
     return run_onnx(path, x)
 

@@ -36,26 +36,6 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset
     return path
 
 
-def ort_session(path: Path | str, threads: int = 1, providers: list[str] | None = None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
-
-
-def run_onnx(path: Path | str, x: np.ndarray, batch_size: int = 256, threads: int = 1) -> np.ndarray:
-    """First output of an ONNX model over `x` in batches (batch 1 at a time for static-batch models)."""
-    sess = ort_session(path, threads)
-    inp = sess.get_inputs()[0]
-    static = isinstance(inp.shape[0], int) and inp.shape[0] > 0
-    bs = inp.shape[0] if static else batch_size
-    outs = [sess.run(None, {inp.name: x[i:i + bs]})[0] for i in range(0, len(x), bs)]
-    return np.concatenate(outs) if outs else np.empty((0,))
-
-
 def check_parity(reference: np.ndarray, candidate: np.ndarray, atol: float, rtol: float,
                  what: str, output_name: str = "logits") -> dict[str, Any]:
     """Compare two output arrays; beyond `atol + rtol*|ref|` raise StageError with the max diff."""

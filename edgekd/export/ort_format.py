@@ -58,7 +58,8 @@ def to_ort_format(onnx_path: Path | str, out_dir: Path | str, x_check: np.ndarra
     (arm: no x86-only NCHWc layouts baked in). The .ort must load in onnxruntime and agree with
     the .onnx on `x_check` within atol/rtol, else StageError (exit 4).
     """
-    from edgekd.export.onnx import check_parity, run_onnx
+    from edgekd.export.onnx import check_parity
+    from edgekd.runtimes.ort import run_onnx
 
     onnx_path = Path(onnx_path)
     out_dir = Path(out_dir)
@@ -122,7 +123,7 @@ def to_ort_format(onnx_path: Path | str, out_dir: Path | str, x_check: np.ndarra
 
 def time_ort(path: Path | str, example: np.ndarray, runs: int = 100, warmup: int = 10, threads: int = 1) -> dict[str, Any]:
     """Host latency of one onnxruntime run of an .onnx/.ort model (ms summary), labelled host."""
-    from edgekd.export.onnx import ort_session
+    from edgekd.runtimes.ort import session as ort_session
     from edgekd.profile.stats import summarize
 
     if runs < 1:

@@ -48,13 +48,9 @@ class OrtLM:
     """An onnxruntime session over a KV-cache causal-LM ONNX, with greedy decoding."""
 
     def __init__(self, path: Path | str, threads: int = 1) -> None:
-        import onnxruntime as ort
+        from edgekd.runtimes.ort import session
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.sess = session(path, threads)
         self.inputs = {i.name: i for i in self.sess.get_inputs()}
         self.past_names = [n for n in self.inputs if n.startswith("past_key_values.")]
         self.out_names = [o.name for o in self.sess.get_outputs()]

@@ -283,10 +283,6 @@ def estimate_energy(cpu_seconds_per_inference: float, device: DeviceConfig) -> d
     }
 
 
-def is_measured(energy: dict) -> bool:
-    return energy.get("method") in MEASURED_METHODS
-
-
 def measured_or_estimate(cpu_seconds_per_inference: float, device: DeviceConfig,
                          measured: dict | None = None) -> dict:
     """The measured figure when a counter produced a usable one, else the labelled estimate.

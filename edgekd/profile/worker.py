@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgekd.errors import EdgekdError, TargetUnavailable, UserError
+from edgekd.errors import EdgekdError, UserError
 from edgekd.profile.stats import summarize
 
 DEFAULTS: dict[str, Any] = {
@@ -147,16 +147,9 @@ def _load_onnx(spec: dict) -> _Loaded:
     path = Path(spec["path"])
     if not path.is_file():
         raise UserError(f"ONNX model not found: {path}", hint="run the export/quantize stage first")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = int(spec["threads"])
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    providers = list(spec["providers"])
-    missing = [p for p in providers if p not in ort.get_available_providers()]
-    if missing:
-        raise TargetUnavailable(f"onnxruntime here lacks provider(s) {', '.join(missing)}",
-                        hint=f"available: {', '.join(ort.get_available_providers())}")
-    sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+    from edgekd.runtimes.ort import session
+
+    sess = session(path, int(spec["threads"]), list(spec["providers"]), sequential=True, require_providers=True)
     inputs = sess.get_inputs()
     name = spec.get("input_name") or inputs[0].name
     match = [i for i in inputs if i.name == name]

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat
 
 from edgekd.errors import ConfigError, DataError, StageError
 from edgekd.quantize import sensitivity
+from edgekd.runtimes.ort import input_spec, run_onnx, session
 
 log = logging.getLogger(__name__)
 
@@ -172,28 +173,6 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
     return parsed.model_dump(exclude_unset=True)
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    name: str
-    dims: list[int | None]  # None = dynamic/symbolic
-    dtype: np.dtype
-
-
-def input_spec(model_path: Path) -> InputSpec:
-    """Name, dims and dtype of the model's first real (non-initializer) input."""
-    import onnx
-    from onnx import helper
-
-    model = onnx.load(str(model_path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if not inputs:
-        raise StageError(f"{model_path.name}: the ONNX model has no inputs", hint="re-export the student")
-    t = inputs[0].type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim]
-    return InputSpec(inputs[0].name, dims, np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)))
-
-
 def _fmt_shape(dims: list[int | None]) -> str:
     return "[" + ", ".join("batch" if (i == 0 and d is None) else ("?" if d is None else str(d))
                            for i, d in enumerate(dims)) + "]"
@@ -230,45 +209,19 @@ def calibration_set(model_path: Path, calib: np.ndarray | None, options: dict[st
 # --------------------------------------------------------------------------- helpers
 
 
-def _session(path: Path | str, threads: int = 1):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def run_logits(path: Path | str, x: np.ndarray, batch_size: int = 256, threads: int = 1) -> np.ndarray:
-    """First output over `x` in batches; a static batch dim is honoured by padding the last batch."""
-    sess = _session(path, threads)
-    inp = sess.get_inputs()[0]
-    static = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
-    bs = static or batch_size
-    outs = []
-    for i in range(0, len(x), bs):
-        b = x[i:i + bs]
-        n = len(b)
-        if static and n < bs:
-            b = np.concatenate([b, np.repeat(b[-1:], bs - n, axis=0)])
-        outs.append(sess.run(None, {inp.name: b})[0][:n])
-    return np.concatenate(outs)
-
-
 def evaluate_onnx(path: Path | str, x: np.ndarray, y: np.ndarray, batch_size: int = 256, threads: int = 1) -> float:
     """Top-1 accuracy (fraction) of an ONNX classifier: argmax of its first output vs `y`."""
     if len(x) == 0 or len(x) != len(y):
         raise DataError(f"evaluation needs matching non-empty inputs and labels, got {len(x)} inputs, {len(y)} labels",
                         hint="check the validation/test split")
-    logits = run_logits(path, x, batch_size, threads)
+    logits = run_onnx(path, x, batch_size, threads)
     return float(np.mean(logits.reshape(len(x), -1).argmax(1) == np.asarray(y).reshape(-1)))
 
 
 def agree(path_a: Path | str, path_b: Path | str, x: np.ndarray) -> dict[str, float]:
     """How closely two ONNX models agree on `x`: logit differences and top-1 agreement."""
-    a = run_logits(path_a, x).reshape(len(x), -1).astype(np.float64)
-    b = run_logits(path_b, x).reshape(len(x), -1).astype(np.float64)
+    a = run_onnx(path_a, x).reshape(len(x), -1).astype(np.float64)
+    b = run_onnx(path_b, x).reshape(len(x), -1).astype(np.float64)
     return {
         "max_abs_diff": float(np.max(np.abs(a - b))),
         "mean_abs_diff": float(np.mean(np.abs(a - b))),
@@ -669,7 +622,7 @@ def _smoke_run(name: str, path: Path, fp32_path: Path, calib: CalibSet | None) -
         spec = input_spec(fp32_path)
         x = np.zeros([d or 1 for d in spec.dims], dtype=spec.dtype)
     try:
-        sess = _session(path)
+        sess = session(path)
         out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     except Exception as e:  # noqa: BLE001 - re-raised as a typed failure
         raise StageError(f"{name}: the converted model does not run in onnxruntime CPU: {type(e).__name__}: "
@@ -712,7 +665,7 @@ def accuracy_aware(name: str, fp32_path: Path, out_path: Path, calib: np.ndarray
 
     cal = calibration_set(fp32_path, calib, options)
     x = np.concatenate(cal.batches)[: int(options.get("sensitivity_samples", 128))]
-    ref_logits = run_logits(fp32_path, x)
+    ref_logits = run_onnx(fp32_path, x)
     # Names as nodes_to_exclude/ignored_scope expect them; dedupe keeps graph order.
     nodes = list(dict.fromkeys((sensitivity.source_node_name(n, op), op)
                                for n, op in sensitivity.quantized_nodes(onnx.load(str(out_path)))))
@@ -731,7 +684,7 @@ def accuracy_aware(name: str, fp32_path: Path, out_path: Path, calib: np.ndarray
 
         def run_excluding(names: list[str]) -> np.ndarray:
             make_candidate(name, fp32_path, trial, calib, {**options, "nodes_to_exclude": base_excluded + names})
-            return run_logits(trial, x)
+            return run_onnx(trial, x)
 
         if method == "exclusion":
             if len(nodes) > cap:  # rank weighted ops first: they hold most of the quantization error

@@ -244,7 +244,8 @@ def _export(model: nn.Module, example: torch.Tensor, out_path: Path, opset: int,
     import nncf
     import onnx
 
-    from edgekd.export.onnx import export_onnx, run_onnx
+    from edgekd.export.onnx import export_onnx
+    from edgekd.runtimes.ort import run_onnx
 
     with _quiet():
         stripped = nncf.strip(model, do_copy=True, example_input=example)

@@ -90,7 +90,7 @@ def rank_by_exclusion(nodes: Sequence[tuple[str, str]], reference: np.ndarray,
 
 def _run_with_outputs(path: Path, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
     import onnx
-    import onnxruntime as ort
+    from edgekd.runtimes.ort import session
 
     model = onnx.load(str(path))
     present = {o for n in model.graph.node for o in n.output}
@@ -99,12 +99,8 @@ def _run_with_outputs(path: Path, names: list[str], x: np.ndarray) -> dict[str, 
         if name in present and name not in have:
             # Type left empty: ORT infers it; we only need the values back.
             model.graph.output.append(onnx.ValueInfoProto(name=name))
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
     # Optimisations could fuse away the intermediate tensors we ask for.
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = session(model.SerializeToString(), optimization="disable")
     outs = [o.name for o in sess.get_outputs()]
     vals = sess.run(outs, {sess.get_inputs()[0].name: x})
     return dict(zip(outs, vals))

@@ -245,7 +245,8 @@ def stage_export(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
     import torch
 
     from edgekd.distill.trainer import predict
-    from edgekd.export.onnx import check_parity, export_onnx, run_onnx
+    from edgekd.export.onnx import check_parity, export_onnx
+    from edgekd.runtimes.ort import run_onnx
 
     s = splits(ctx)
     oc, pc = ctx.target.onnx, ctx.target.parity
@@ -298,7 +299,7 @@ def _quantize_cfg(ctx: BuildContext) -> dict:
 def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
     """Make every candidate from the FP32 student ONNX; measure its accuracy through onnxruntime
     on validation (used to select) and test (reported), and its agreement with fp32."""
-    from edgekd.export.onnx import run_onnx
+    from edgekd.runtimes.ort import run_onnx
     from edgekd.quantize.candidates import CANDIDATES, accuracy_aware, check_options, make_candidate
 
     s = splits(ctx)
@@ -389,20 +390,15 @@ def _openvino_check(path: Path, x: np.ndarray, ref: np.ndarray, name: str, ctx: 
     """Run the artifact in OpenVINO, an independent runtime, and compare with onnxruntime's outputs.
     fp32/fp16 must agree within the card's tolerance; quantized graphs (whose integer kernels round
     differently between runtimes) must agree on the top-1 class."""
+    pc = ctx.target.parity
+    exact = name in ("fp32", "fp16")
     try:
-        from edgekd.runtimes.openvino_rt import run_openvino
+        from edgekd.runtimes.openvino_rt import openvino_parity
 
-        got = run_openvino(path, x)
+        return openvino_parity(path, x, ref, atol=pc.atol * (10 if name == "fp16" else 1), rtol=pc.rtol,
+                               min_top1=None if exact else 0.98)
     except Exception as e:  # OpenVINO lacking an op (e.g. ConvInteger) is recorded, not fatal
         return {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
-    diff = float(np.abs(got - ref).max())
-    top1 = float((got.argmax(1) == ref.argmax(1)).mean())
-    pc = ctx.target.parity
-    tol = pc.atol * (10 if name == "fp16" else 1) + pc.rtol * float(np.abs(ref).max())
-    ok = diff <= tol if name in ("fp32", "fp16") else top1 >= 0.98
-    import openvino
-
-    return {"ok": bool(ok), "max_abs_diff": diff, "top1_agreement": top1, "version": openvino.__version__}
 
 
 # --------------------------------------------------------------------------- profile

@@ -335,9 +335,3 @@ def _init_from(student: nn.Module, teacher: nn.Module, layers: list[int], same_w
     for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
         if hasattr(s_emb, name) and hasattr(t_emb, name):
             getattr(s_emb, name).weight.copy_(getattr(t_emb, name).weight @ proj)
-
-
-def describe(model: nn.Module) -> dict[str, Any]:
-    c = model.encoder.config
-    return {"layers": c.num_hidden_layers, "hidden": c.hidden_size, "heads": c.num_attention_heads,
-            "intermediate": c.intermediate_size, "vocab": c.vocab_size}
