@@ -11,7 +11,7 @@ from edgekd.errors import GateFailed, UserError
 from edgekd.regress import compare, gate_json, history, render_gate, update_baseline
 from edgekd.report.schema import load_report
 
-FIXTURE = Path(__file__).parent / "data" / "report_fixture.json"
+FIXTURE = Path(__file__).parent / "fixtures" / "report_fixture.json"
 
 
 @pytest.fixture

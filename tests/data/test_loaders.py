@@ -8,7 +8,7 @@ from edgekd.data import load
 from edgekd.data.idx import read_idx
 from edgekd.errors import DataError
 
-from .conftest import needs_fmnist
+from tests.conftest import needs_fmnist
 
 
 def _write_idx(path, arr, gz=True):

@@ -16,7 +16,7 @@ from edgekd.profile.flops import onnx_flops, roofline
 from edgekd.profile.runner import aggregate, interleaved_profile, profile_model
 from edgekd.profile.stats import summarize
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "fixtures"
 DEVICE = DeviceConfig(name="test-cpu", peak_gflops=100.0, mem_bandwidth_gbs=10.0, active_power_watts=7.5)
 QUICK = {"warmup_runs": 3, "warmup_seconds": 0.0, "min_runs": 30, "min_seconds": 0.05, "max_seconds": 2.0,
          "batch_sweep": [1, 4], "throughput_batch": 4, "throughput_seconds": 0.05, "threads": 1}

@@ -22,7 +22,7 @@ from edgekd.export import ascend
 from edgekd.export.onnx import export_onnx
 from edgekd.runtimes.ort import run_onnx
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _card(name: str = "ascend-310p", **changes) -> TargetConfig:

@@ -14,7 +14,7 @@ from edgekd.report import write_all
 from edgekd.report.plots import make_plots, pareto_front
 from edgekd.report.schema import REPORT_SCHEMA_VERSION, check_report, load_report
 
-FIXTURE = Path(__file__).parent / "data" / "report_fixture.json"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "report_fixture.json"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
