@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 from edgekd import __version__
 from edgekd.errors import EdgekdError, StageError, UserError
+from edgekd.fsio import (BuildLock, cache_lock, clean_dead_leftovers, publish_dir_atomic,  # noqa: F401 (re-exported)
+                         write_bytes_atomic, write_json_atomic)
 
 RESULT_SCHEMA_VERSION = 1
 RUN_SCHEMA_VERSION = 1
@@ -100,12 +102,6 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def read_result(stage_dir: Path) -> dict[str, Any] | None:
     p = stage_dir / "result.json"
     if not p.is_file():
@@ -172,13 +168,9 @@ def run_stage(stage: Stage, ctx: BuildContext, inputs: dict[str, StageResult], f
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     write_json_atomic(tmp / "result.json", result)
-    # Swap into place: the old folder (if any) moves aside first, so `final` is always either the
-    # previous complete stage or the new complete stage, never a mix.
-    trash = ctx.out / f".{stage.name}.old-{os.getpid()}"
-    if final.exists():
-        os.replace(final, trash)
-    os.replace(tmp, final)
-    shutil.rmtree(trash, ignore_errors=True)
+    # Swap into place (fsynced): `final` is always either the previous complete stage or the new
+    # complete stage, never a mix.
+    publish_dir_atomic(tmp, final)
     return StageResult(stage.name, key, final, out.outputs, out.metrics, reused=False, seconds=seconds, sha256=digests)
 
 
@@ -217,9 +209,23 @@ def run(stages: list[Stage], ctx: BuildContext, only: str | None = None, upto: s
     if world > 1 and not (only == upto == "distill"):
         raise UserError("under torchrun only the distill stage runs in several processes",
                         hint="run `edgekd build` (or `edgekd build` once) first, then `torchrun --nproc_per_node=N -m edgekd distill BUILD_DIR`")
+    # One build per folder: a second one would delete this one's temp folders and interleave its
+    # stages with ours. Under torchrun the ranks share rank 0's folder; rank 0 holds the lock.
+    lock = BuildLock(ctx.out) if rank == 0 else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        return _run_locked(stages, ctx, only, upto, rank)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(stages: list[Stage], ctx: BuildContext, only: str | None, upto: str | None,
+                rank: int) -> dict[str, StageResult]:
     if rank == 0:
-        for leftover in ctx.out.glob(".*.tmp-*"):
-            shutil.rmtree(leftover, ignore_errors=True)  # a killed earlier build's partial stage
+        # A killed earlier build's partial stage or set-aside old stage; a live pid's are not ours to delete.
+        clean_dead_leftovers(ctx.out)
     results: dict[str, StageResult] = {}
     lineage = []
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -257,15 +263,14 @@ def run(stages: list[Stage], ctx: BuildContext, only: str | None = None, upto: s
 
 def _write_run(ctx: BuildContext, started: str, status: str, lineage: list) -> None:
     # A single-stage run (`edgekd quantize DIR`) keeps the lineage of the stages it did not touch.
+    # A corrupt run.json is refused (exit 2) rather than silently overwritten without its lineage.
     prev = ctx.out / "run.json"
     if prev.is_file():
-        try:
-            done = {e["stage"] for e in lineage}
-            old = [e for e in json.loads(prev.read_text()).get("stages", []) if e["stage"] not in done]
-            order = {e["stage"]: i for i, e in enumerate(json.loads(prev.read_text()).get("stages", []))}
-            lineage = sorted(lineage + old, key=lambda e: order.get(e["stage"], len(order)))
-        except (json.JSONDecodeError, KeyError, OSError):
-            pass
+        prev_stages = load_run(ctx.out)["stages"]
+        done = {e["stage"] for e in lineage}
+        old = [e for e in prev_stages if e["stage"] not in done]
+        order = {e["stage"]: i for i, e in enumerate(prev_stages)}
+        lineage = sorted(lineage + old, key=lambda e: order.get(e["stage"], len(order)))
     write_json_atomic(ctx.out / "run.json", {
         "schema_version": RUN_SCHEMA_VERSION, "edgekd_version": __version__, "recipe": ctx.recipe_ref,
         "recipe_name": ctx.recipe.name, "task": ctx.recipe.task, "target": ctx.target_ref, "target_name": ctx.target.name,
@@ -280,7 +285,30 @@ def load_run(build_dir: Path) -> dict[str, Any]:
     if not p.is_file():
         raise UserError(f"{build_dir} is not an edgekd build folder (no run.json)",
                         hint="give the --out folder of an earlier `edgekd build`")
+    hint = "delete it (or the whole folder) and rebuild with `edgekd build`"
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError:
-        raise UserError(f"{p} is corrupt (not JSON)", hint="rebuild with `edgekd build`") from None
+        run = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{p} is corrupt (not JSON)", hint=hint) from None
+    except OSError as e:
+        raise UserError(f"cannot read {p}: {e.strerror or e}", hint=hint) from None
+    problem = _run_problem(run)
+    if problem:
+        raise UserError(f"{p} is malformed: {problem}", hint=hint)
+    return run
+
+
+def _run_problem(run: Any) -> str | None:
+    if not isinstance(run, dict):
+        return f"expected an object, found {type(run).__name__}"
+    for k in ("recipe", "target"):
+        if not isinstance(run.get(k), str):
+            return f"'{k}' must be a string"
+    for k, typ in (("overrides", dict), ("options", dict), ("stages", list)):
+        if k in run and not isinstance(run[k], typ):
+            return f"'{k}' must be a{'n object' if typ is dict else ' list'}"
+    for i, e in enumerate(run.get("stages", [])):
+        if not isinstance(e, dict) or not isinstance(e.get("stage"), str):
+            return f"stages[{i}] has no stage name"
+    run.setdefault("stages", [])
+    return None

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekd.errors import StageError
+from edgekd.errors import StageError, UserError
 
 
 @dataclass
@@ -74,10 +74,47 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return float((predict(model, x).argmax(1).numpy() == y).mean())
 
 
-def _ckpt_save(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write a resume checkpoint durably: temp file, fsync, rename, fsync the folder.
+
+    The payload must hold only tensors and plain data, so `load_checkpoint` can read it with
+    `weights_only=True`.
+    """
+    from edgekd.fsio import replace_durable
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(payload, tmp)
-    os.replace(tmp, path)
+    replace_durable(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint with torch's safe unpickler: tensors and plain data only, never code.
+
+    A build folder can come from elsewhere (a CI cache, a colleague's disk); a checkpoint that
+    carries any other pickled object is refused rather than executed.
+    """
+    import pickle
+
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
+        raise UserError(f"refusing to load checkpoint {path}: it holds more than tensors and plain data ({first[:160]})",
+                        hint="it may run code when unpickled; delete it to restart that training from scratch") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise UserError(f"checkpoint {path} is unreadable: {str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__}",
+                        hint="delete it to restart that training from scratch") from None
+    if not isinstance(ck, dict):
+        raise UserError(f"checkpoint {path} is not an edgekd checkpoint", hint="delete it to restart that training from scratch")
+    return ck
+
+
+def epoch_line(progress: Any, text: str) -> None:
+    """One plain line per epoch when the log is not a terminal (CI, `make demo > log`), where rich's
+    live progress bar renders nothing; on a terminal the bar already shows it."""
+    console = getattr(progress, "console", None)
+    if console is not None and not console.is_terminal:
+        console.print(text, highlight=False, markup=False)
 
 
 def train(
@@ -140,7 +177,7 @@ def train(
     start_epoch, history = 0, []
     best_acc, best_epoch, best_state, bad_epochs = -1.0, -1, None, 0
     if checkpoint is not None and checkpoint.is_file():
-        ck = torch.load(checkpoint, weights_only=False)
+        ck = load_checkpoint(checkpoint)
         model.load_state_dict(ck["model"])
         if loss_set is not None and ck.get("loss_set") is not None:
             loss_set.load_state_dict(ck["loss_set"])
@@ -225,6 +262,9 @@ def train(
         for t in aux_tasks:
             rec[f"val_accuracy_{t.name}"] = _aux_accuracy(t, model, t.x_val, t.y_val)
         history.append(rec)
+        losses = " ".join(f"{k}={v / max(n_seen, 1):.4f}" for k, v in sums.items())
+        epoch_line(progress, f"  {description} epoch {epoch + 1}/{cfg.epochs}: val_accuracy={val_acc:.4f} {losses}"
+                             f" ({rec['seconds']:.1f} s)")
         if val_acc > best_acc:
             best_acc, best_epoch, bad_epochs = val_acc, epoch + 1, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -233,7 +273,7 @@ def train(
         patience = getattr(cfg, "patience", None)
         stop = patience is not None and bad_epochs >= patience
         if checkpoint is not None and rank == 0:
-            _ckpt_save(checkpoint, {
+            save_checkpoint(checkpoint, {
                 "model": model.state_dict(), "loss_set": loss_set.state_dict() if loss_set is not None else None,
                 "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
                 "torch_rng": torch.get_rng_state(), "epoch": epoch, "history": history, "best_acc": best_acc,

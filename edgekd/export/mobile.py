@@ -378,6 +378,39 @@ def parse_benchmark_output(text: str) -> dict[str, Any]:
     return {"device_model": device, "results": results}
 
 
+def verify_bundle(bundle_dir: Path) -> dict[str, Any]:
+    """Check every file of the bundle against the sha256 recorded in its metadata.json.
+
+    The bundle is about to be run (benchmark_android.sh) and pushed to a phone: a file edited or
+    swapped since the build is refused, as is a file the build did not write.
+    """
+    meta_path = bundle_dir / "metadata.json"
+    hint = "rebuild the bundle with `edgekd build --target mobile` (or restore the files the build wrote)"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        files = meta["files"]
+        if not isinstance(files, dict):
+            raise TypeError
+    except FileNotFoundError:
+        raise UserError(f"{bundle_dir} has no metadata.json, so its files cannot be verified", hint=hint) from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{meta_path} is corrupt (no 'files' table of sha256)", hint=hint) from None
+    if "benchmark_android.sh" not in files:
+        raise UserError(f"{meta_path} does not list benchmark_android.sh", hint=hint)
+    for name, rec in sorted(files.items()):
+        p = bundle_dir / name
+        if Path(name).name != name or not p.is_file():
+            raise UserError(f"bundle file {name} listed in metadata.json is missing", hint=hint)
+        want = rec.get("sha256") if isinstance(rec, dict) else None
+        if not want or _sha256(p) != want:
+            raise UserError(f"bundle file {name} does not match the sha256 in metadata.json: refusing to run or push it",
+                            hint=hint)
+    extra = sorted(p.name for p in bundle_dir.iterdir() if p.name not in files and p.name != "metadata.json")
+    if extra:
+        raise UserError(f"bundle has files metadata.json does not list: {', '.join(extra)}", hint=hint)
+    return meta
+
+
 def _adb_devices(adb: str) -> list[str]:
     proc = subprocess.run([adb, "devices"], capture_output=True, text=True, timeout=30)
     serials = []
@@ -413,6 +446,7 @@ def adb_profile(bundle_dir: Path | str, serial: str, runs: int = 100, threads: i
     if not (os.environ.get("ET_RUNNER") or os.environ.get("ORT_PERF_TEST")):
         raise TargetUnavailable("no on-device runner: set ET_RUNNER and/or ORT_PERF_TEST",
                                 hint="point them at Android arm64 builds of executor_runner and onnxruntime_perf_test")
+    verify_bundle(bundle_dir)  # the script runs here and pushes the models: only what the build wrote
     env = {**os.environ, "ANDROID_SERIAL": serial, "RUNS": str(runs), "THREADS": str(threads)}
     try:
         proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=timeout_s)

@@ -41,7 +41,7 @@ def test_resume_after_kill_matches_uninterrupted(digits, tmp_path, monkeypatch):
     full = T.train(m_full, s.x_train, s.y_train, s.x_val, s.y_val, _cfg())
 
     ck = tmp_path / "ck.pt"
-    real_save = T._ckpt_save
+    real_save = T.save_checkpoint
     calls = {"n": 0}
 
     def save_then_die(path, payload):
@@ -50,12 +50,12 @@ def test_resume_after_kill_matches_uninterrupted(digits, tmp_path, monkeypatch):
         if calls["n"] == 2:
             raise KeyboardInterrupt  # killed right after epoch 2's checkpoint
 
-    monkeypatch.setattr(T, "_ckpt_save", save_then_die)
+    monkeypatch.setattr(T, "save_checkpoint", save_then_die)
     m = zoo.build("mlp", hidden=[16])
     m.load_state_dict(init)
     with pytest.raises(KeyboardInterrupt):
         T.train(m, s.x_train, s.y_train, s.x_val, s.y_val, _cfg(), checkpoint=ck)
-    monkeypatch.setattr(T, "_ckpt_save", real_save)
+    monkeypatch.setattr(T, "save_checkpoint", real_save)
     m2 = zoo.build("mlp", hidden=[16])  # a fresh process would start from fresh weights
     resumed = T.train(m2, s.x_train, s.y_train, s.x_val, s.y_val, _cfg(), checkpoint=ck)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
@@ -126,3 +126,44 @@ def test_teacher_gets_no_gradient_during_distillation(digits):
             loss_set=ls)
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
+class _Payload:
+    """Unpickling this would run code: the classic pickle exploit shape."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_checkpoint_with_pickled_object_is_refused(digits, tmp_path):
+    from edgekd.errors import UserError
+
+    s = digits
+    ck = tmp_path / "ck.pt"
+    T.train(zoo.build("mlp", hidden=[8]), s.x_train, s.y_train, s.x_val, s.y_val, _cfg(epochs=1), checkpoint=ck)
+    good = T.load_checkpoint(ck)  # what edgekd writes loads under weights_only=True
+    assert good["epoch"] == 0 and "model" in good
+    good["history"] = [_Payload()]
+    torch.save(good, ck)  # torch.save pickles arbitrary objects; the loader must not run them
+    with pytest.raises(UserError, match="refusing to load checkpoint") as ei:
+        T.train(zoo.build("mlp", hidden=[8]), s.x_train, s.y_train, s.x_val, s.y_val, _cfg(epochs=2), checkpoint=ck)
+    assert ei.value.exit_code == 2 and "\n" not in ei.value.message
+
+
+def test_non_terminal_progress_prints_a_line_per_epoch(digits):
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    s = digits
+    buf = io.StringIO()
+    con = Console(file=buf, force_terminal=False, width=200)
+    with Progress(console=con, transient=True) as prog:
+        T.train(zoo.build("mlp", hidden=[8]), s.x_train, s.y_train, s.x_val, s.y_val, _cfg(epochs=3), progress=prog,
+                description="teacher")
+    lines = [ln for ln in buf.getvalue().splitlines() if "teacher epoch" in ln]
+    assert [ln.split("epoch ")[1].split(":")[0] for ln in lines] == ["1/3", "2/3", "3/3"]
+    assert all("val_accuracy=" in ln for ln in lines)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from edgekd.cards import load_target
-from edgekd.errors import StageError, TargetUnavailable
+from edgekd.errors import StageError, TargetUnavailable, UserError
 from edgekd.export import mobile
 from edgekd.export.onnx import export_onnx
 from edgekd.runtimes.ort import run_onnx
@@ -210,6 +210,7 @@ def test_bundle_contents_hashes_and_labels(bundle):
     meta = json.loads((root / "metadata.json").read_text())
     for name, f in meta["files"].items():
         assert hashlib.sha256((root / name).read_bytes()).hexdigest() == f["sha256"], name
+    assert mobile.verify_bundle(root)["files"] == meta["files"]  # what the build wrote passes adb's check
     assert meta["input"] == {"name": "input", "shape": [1, 1, 28, 28], "dtype": "float32"}
     assert meta["class_names"] == ["c0", "c1", "c2", "c3"] and meta["normalization"]["std"] == 1.0
     for name in ("model_fp32.pte", "model_int8.pte", "model.ort"):
@@ -312,6 +313,42 @@ exit 0
     os.chmod(bin_dir / "adb", 0o755)
 
 
+def _write_metadata(bundle_dir: Path) -> None:
+    from edgekd.pipeline import sha256_file
+
+    files = {p.name: {"sha256": sha256_file(p)} for p in sorted(bundle_dir.iterdir()) if p.name != "metadata.json"}
+    (bundle_dir / "metadata.json").write_text(json.dumps({"files": files}))
+
+
+def test_adb_profile_refuses_a_tampered_bundle(tmp_path, monkeypatch):
+    bundle_dir = tmp_path / "mobile"
+    bundle_dir.mkdir()
+    marker = tmp_path / "script-ran"
+    script = bundle_dir / "benchmark_android.sh"
+    script.write_text(mobile._BENCH_SCRIPT.replace("__RUNS__", "100").replace("__THREADS__", "1")
+                      .replace("__DEVICE_DIR__", "/x"))
+    (bundle_dir / "model.ort").write_bytes(b"ort")
+    _write_metadata(bundle_dir)
+    fake = tmp_path / "fake_bin"
+    _fake_adb(fake, "PHONE1")
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    monkeypatch.setenv("ORT_PERF_TEST", str(tmp_path / "onnxruntime_perf_test"))
+    assert mobile.adb_profile(bundle_dir, "PHONE1")["results"]  # the untouched bundle runs
+    script.write_text(f"touch {marker}\n" + script.read_text())  # tampered after the build
+    with pytest.raises(UserError, match="benchmark_android.sh does not match the sha256") as e:
+        mobile.adb_profile(bundle_dir, "PHONE1")
+    assert e.value.exit_code == 2 and not marker.exists()  # refused before it ran
+    _write_metadata(bundle_dir)
+    (bundle_dir / "extra.so").write_bytes(b"\x7fELF")  # a file the build never wrote would be pushed
+    with pytest.raises(UserError, match="extra.so"):
+        mobile.adb_profile(bundle_dir, "PHONE1")
+    (bundle_dir / "extra.so").unlink()
+    (bundle_dir / "metadata.json").unlink()
+    with pytest.raises(UserError, match="no metadata.json"):
+        mobile.adb_profile(bundle_dir, "PHONE1")
+    assert not marker.exists()
+
+
 def test_adb_missing_or_device_absent_is_exit_3(tmp_path, monkeypatch):
     bundle_dir = tmp_path / "b"
     bundle_dir.mkdir()
@@ -335,6 +372,7 @@ def test_adb_profile_runs_the_bundle_script(tmp_path, monkeypatch):
     (bundle_dir / "benchmark_android.sh").write_text(mobile._BENCH_SCRIPT.replace("__RUNS__", "100")
                                                       .replace("__THREADS__", "1").replace("__DEVICE_DIR__", "/x"))
     (bundle_dir / "model.ort").write_bytes(b"ort")
+    _write_metadata(bundle_dir)
     fake = tmp_path / "fake_bin"
     _fake_adb(fake, "PHONE1")
     monkeypatch.setenv("PATH", f"{fake}{os.pathsep}/usr/bin{os.pathsep}/bin")
