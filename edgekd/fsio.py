@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from edgekd.errors import UserError
 
@@ -138,17 +138,28 @@ def clean_dead_leftovers(folder: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def cache_lock(path: Path, timeout: float = -1) -> Iterator[None]:
+def cache_lock(path: Path, timeout: float = -1, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
     """An inter-process lock for one shared entry `path` (a teacher-cache folder, say).
 
-    Blocks until the entry is free (`timeout` < 0) so two builds that want the same teacher wait for
-    each other instead of racing on `os.replace`; the lock file sits beside the entry.
+    Hold it around "is the entry there? if not, make it and `publish_dir_atomic` it": a second build
+    that wants the same entry waits (calling `on_wait` once, to say so) and then finds it made,
+    instead of making it again and racing on the rename. The lock file sits beside the entry and is
+    released by the kernel if the holder dies.
     """
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path.with_name(f".{path.name}.lock")), timeout=timeout):
+    lock = FileLock(str(path.with_name(f".{path.name}.lock")))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if on_wait is not None:
+            on_wait()
+        lock.acquire(timeout=timeout)
+    try:
         yield
+    finally:
+        lock.release()
 
 
 class BuildLock:

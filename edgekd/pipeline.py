@@ -143,6 +143,9 @@ def run_stage(stage: Stage, ctx: BuildContext, inputs: dict[str, StageResult], f
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    if ctx.console is not None and not getattr(ctx.console, "is_terminal", True):
+        # A log file gets no live progress bar: say what is running, so a long stage is not silence.
+        ctx.log(f"→ {stage.name} started")
     t0 = time.perf_counter()
     try:
         out = stage.fn(inputs, ctx, tmp)

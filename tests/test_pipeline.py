@@ -130,3 +130,125 @@ def test_unwritable_out(tmp_path):
     with pytest.raises(UserError) as e:
         prepare_out(f / "sub")
     assert e.value.exit_code == 2
+
+
+def _holder_script(out, started, sleep=60, extra=""):
+    return textwrap.dedent(f"""
+        import os, time
+        from pathlib import Path
+        from edgekd.cards import load_recipe, load_target
+        from edgekd.pipeline import BuildContext, Stage, StageOutput, run
+        {extra}
+        def slow(inputs, ctx, wd):
+            Path({str(started)!r}).write_text("1")
+            time.sleep({sleep})
+            (wd / "x.txt").write_text("slow")
+            return StageOutput({{"x": "x.txt"}}, {{}})
+        ctx = BuildContext(out=Path({str(out)!r}), recipe=load_recipe("digits-mlp"), target=load_target("cpu"),
+                           recipe_ref="digits-mlp", target_ref="cpu")
+        run([Stage("a", slow, [], lambda ctx: {{}})], ctx)
+    """)
+
+
+def _wait_for(path, seconds=30.0):
+    import time
+
+    for _ in range(int(seconds / 0.05)):
+        if path.exists():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never appeared")
+
+
+def test_second_build_into_the_same_folder_exits_2_naming_the_holder(tmp_path):
+    out = tmp_path / "b"
+    p = subprocess.Popen([sys.executable, "-c", _holder_script(out, tmp_path / "started")])
+    try:
+        _wait_for(tmp_path / "started")
+        calls = []
+        with pytest.raises(UserError) as e:
+            run(_graph(calls), _ctx(tmp_path))
+        assert e.value.exit_code == 2 and f"in use by process {p.pid}" in e.value.message and calls == []
+        assert list(out.glob(".a.tmp-*")), "the refused build must not touch the holder's temp folder"
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    # The kernel released the dead holder's lock: the next build runs, and cleans its leftovers.
+    calls = []
+    run(_graph(calls), _ctx(tmp_path))
+    assert calls == ["a", "b"] and not list(out.glob(".a.tmp-*"))
+
+
+def test_leftovers_of_dead_processes_are_cleaned_live_ones_kept(tmp_path):
+    out = tmp_path / "b"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for name in (f".a.tmp-{dead.pid}", f".a.old-{dead.pid}", f".a.tmp-{live.pid}", f".b.old-{live.pid}"):
+            (out / name).mkdir()
+            (out / name / "f").write_text("x")
+        run(_graph([]), _ctx(tmp_path))
+        left = sorted(p.name for p in out.glob(".*-*") if p.is_dir())
+        assert left == sorted([f".a.tmp-{live.pid}", f".b.old-{live.pid}"])
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_cache_lock_makes_a_shared_entry_once(tmp_path):
+    """Two processes that want the same cache entry: one makes it, the other waits and reuses it."""
+    entry = tmp_path / "cache" / "teachers" / "k1"
+    log = tmp_path / "log"
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        from pathlib import Path
+        from edgekd.pipeline import cache_lock, publish_dir_atomic
+        entry, log = Path({str(entry)!r}), Path({str(log)!r})
+        with cache_lock(entry, on_wait=lambda: open(log, "a").write(f"wait {{os.getpid()}}\\n")):
+            Path(sys.argv[1]).write_text("1")  # p2 starts only once p1 holds the lock
+            if (entry / "teacher.pt").is_file():
+                open(log, "a").write(f"reused {{os.getpid()}}\\n")
+            else:
+                tmp = entry.with_name(f".{{entry.name}}.tmp-{{os.getpid()}}")
+                tmp.mkdir(parents=True)
+                time.sleep(1.0)  # training
+                (tmp / "teacher.pt").write_text(str(os.getpid()))
+                publish_dir_atomic(tmp, entry)
+                open(log, "a").write(f"built {{os.getpid()}}\\n")
+    """)
+    p1 = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "s1")])
+    _wait_for(tmp_path / "s1")
+    p2 = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "s2")])
+    assert p1.wait() == 0 and p2.wait() == 0
+    events = [ln.split() for ln in log.read_text().splitlines()]
+    assert sorted(e[0] for e in events) == ["built", "reused", "wait"], events
+    builder = next(int(e[1]) for e in events if e[0] == "built")
+    assert (entry / "teacher.pt").read_text() == str(builder)
+    assert sorted(p.name for p in entry.parent.iterdir()) == [".k1.lock", "k1"]
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"recipe": "digits-mlp"}', '\udcff'])
+def test_corrupt_run_json_is_refused_not_overwritten(tmp_path, text):
+    out = tmp_path / "b"
+    out.mkdir()
+    raw = text.encode("utf-8", "surrogateescape")
+    (out / "run.json").write_bytes(raw)
+    calls = []
+    with pytest.raises(UserError) as e:
+        run(_graph(calls), _ctx(tmp_path))
+    assert e.value.exit_code == 2 and "run.json" in e.value.message and calls == []
+    assert (out / "run.json").read_bytes() == raw  # the lineage is not silently dropped
+
+
+def test_run_json_writes_are_durable(tmp_path, monkeypatch):
+    """write_json_atomic fsyncs the file and its folder before a reader can rely on it."""
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd))[1])
+    run(_graph([]), _ctx(tmp_path))
+    out = tmp_path / "b"
+    assert str(out / "run.json") in synced or any(s.startswith(str(out / ".run.json.tmp-")) for s in synced)
+    assert str(out) in synced  # the rename itself is made durable
+    assert any(s.startswith(str(out / ".a.tmp-")) for s in synced)  # stage files before the folder is published

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import StageError
+from edgekd.fsio import replace_durable
 
 CACHE_VERSION = 1
 CHUNK = 256  # rows per teacher pass and per augmentation generator: part of the format (see CACHE_VERSION)
@@ -69,9 +70,9 @@ def _chunk_seed(augment_seed: int, chunk: int) -> int:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    from edgekd.fsio import write_json_atomic
+
+    write_json_atomic(path, data, sort_keys=True)  # fsynced: the cache outlives power cuts
 
 
 class TeacherLogitCache:
@@ -181,7 +182,7 @@ class TeacherLogitCache:
                 arr.flush()
             arrays.clear()
             for name, tmp in tmp_paths.items():
-                os.replace(tmp, self.dir / f"{prefix}.{name}.npy")
+                replace_durable(tmp, self.dir / f"{prefix}.{name}.npy")
             _write_json(self.dir / f"{prefix}.json", {
                 "rank": rank, "world_size": world_size, "start": start, "stop": stop, "num_samples": n,
                 "format": fmt, "num_classes": num_classes})
@@ -239,7 +240,7 @@ class TeacherLogitCache:
         for name in names:
             parts = [self.dir / f"{self._prefix(m['rank'], w)}.{name}.npy" for m in filled]
             if len(parts) == 1:
-                os.replace(parts[0], self.dir / f"{name}.npy")
+                replace_durable(parts[0], self.dir / f"{name}.npy")
                 continue
             first = np.load(parts[0], mmap_mode="r")
             tmp = self.dir / f"{name}.tmp{os.getpid()}.npy"
@@ -248,7 +249,7 @@ class TeacherLogitCache:
                 out[m["start"]:m["stop"]] = np.load(p, mmap_mode="r")
             out.flush()
             del out, first
-            os.replace(tmp, self.dir / f"{name}.npy")
+            replace_durable(tmp, self.dir / f"{name}.npy")
         _write_json(self.dir / "meta.json", {
             "version": CACHE_VERSION, "key": self.key, "teacher_hash": self.teacher_hash, "data_hash": self.data_hash,
             "augment_seed": self.augment_seed, "top_k": self.top_k, "format": fmt, "num_samples": n,

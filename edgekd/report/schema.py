@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -178,21 +176,10 @@ def load_report(path: Path | str, strict: bool = True) -> dict:
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
-    """Write via a temp file in the same folder + os.replace: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Readers never see half a file, and the file survives a power loss (edgekd.fsio)."""
+    from edgekd.fsio import write_bytes_atomic
+
+    return write_bytes_atomic(path, data)
 
 
 def atomic_write_text(path: Path | str, text: str) -> Path:
