@@ -49,7 +49,13 @@ def _resolve(ref: str, kind: str) -> Path:
 
 def read_raw(path: Path) -> dict[str, Any]:
     """Parse a card file (YAML safe_load or TOML): data only, never code."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start} is 0x{e.object[e.start]:02x})",
+                          hint="save the card as UTF-8; cards are YAML or TOML text") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read card {path}: {e.strerror or e}", hint="check the path and its permissions") from None
     if path.suffix == ".toml":
         try:
             return tomllib.loads(text)

@@ -292,7 +292,7 @@ def regress(
     report_path: Optional[Path] = typer.Argument(None, metavar="REPORT", help="report.json of the new build"),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="stored baseline report.json"),
     max_accuracy_drop: float = typer.Option(0.5, help="points of accuracy the student may lose"),
-    max_size_growth: str = typer.Option("5%", help="allowed size growth, e.g. 5%"),
+    max_size_growth: str = typer.Option("5%", help="allowed size growth: 5% or 0.05 (a bare number > 1 is refused)"),
     max_latency_growth: Optional[str] = typer.Option(None, help="opt-in: allowed growth of student/teacher latency ratio, e.g. 20%"),
     update_baseline: bool = typer.Option(False, "--update-baseline", help="write REPORT as the new baseline"),
     json_out: bool = typer.Option(False, "--json"),
@@ -328,11 +328,20 @@ def regress(
 
 
 def _pct(text: str) -> float:
+    """A growth limit as a fraction: '5%' or '0.05'. A bare number above 1 is refused, not read as
+    100x that many percent ('5' would otherwise allow 500%)."""
     t = str(text).strip()
+    hint = "write a percentage like 5% or a fraction like 0.05"
     try:
-        return float(t[:-1]) / 100.0 if t.endswith("%") else float(t)
+        value = float(t[:-1]) / 100.0 if t.endswith("%") else float(t)
     except ValueError:
-        raise UserError(f"not a percentage: '{text}'", hint="write e.g. 5% or 0.05") from None
+        raise UserError(f"not a percentage: '{text}'", hint=hint) from None
+    if not t.endswith("%") and value > 1:
+        raise UserError(f"ambiguous growth limit '{text}': a bare number is a fraction (1 = 100%)",
+                        hint=f"write {t}% for {t} percent, or {value / 100:g} as a fraction")
+    if value != value or value < 0 or value == float("inf"):
+        raise UserError(f"growth limit must be a finite number >= 0, got '{text}'", hint=hint)
+    return value
 
 
 def main() -> None:

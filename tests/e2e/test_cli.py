@@ -170,8 +170,11 @@ def test_recipes_and_targets_listing():
 def test_digits_quick_build_and_stage_command(tmp_path):
     env = {"EDGEKD_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "d"
-    r = edgekd("build", "--recipe", "digits-mlp", "--quick", "--out", str(out), "--quiet", env=env)
+    r = edgekd("build", "--recipe", "digits-mlp", "--quick", "--out", str(out), env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+    # stdout is a pipe here, as in CI or `make demo > log`: a plain line per stage and per epoch
+    assert "→ teacher started" in r.stdout and "→ distill started" in r.stdout and "✓ report" in r.stdout
+    assert "teacher epoch 1/" in r.stdout and "distill epoch 1/" in r.stdout, r.stdout[-2000:]
     rep = json.loads((out / "report" / "report.json").read_text())
     assert rep["comparison"]["accuracy_retention"] > 0.85
     r = edgekd("quantize", str(out), "--quiet", env=env)
@@ -216,6 +219,13 @@ def test_regress_gate_exit_codes(tmp_path):
     assert r.returncode == 1 and "size" in r.stdout
     r = edgekd("regress", str(_write(tmp_path / "big.json", bigger)), "--baseline", str(b), "--max-size-growth", "25%")
     assert r.returncode == 0
+    r = edgekd("regress", str(tmp_path / "big.json"), "--baseline", str(b), "--max-size-growth", "0.25")
+    assert r.returncode == 0, r.stderr
+    r = edgekd("regress", str(tmp_path / "big.json"), "--baseline", str(b), "--max-size-growth", "0.1")
+    assert r.returncode == 1  # 20% growth is past a 10% limit
+    for bad in ("5", "25", "-5%", "lots"):  # '5' once read as 500%
+        r = edgekd("regress", str(tmp_path / "big.json"), "--baseline", str(b), "--max-size-growth", bad)
+        assert r.returncode == 2 and "hint:" in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
 
     other = json.loads(FIXTURE.read_text())
     other["recipe"] = "digits-mlp"
@@ -233,6 +243,39 @@ def test_regress_gate_exit_codes(tmp_path):
     newer["schema_version"] = 99
     r = edgekd("regress", str(_write(tmp_path / "newer.json", newer)), "--baseline", str(b))
     assert r.returncode == 2 and "schema" in r.stderr
+
+
+def test_recipe_that_is_not_utf8_exits_2(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    r = edgekd("build", "--recipe", str(p), "--out", str(tmp_path / "b"))
+    assert r.returncode == 2 and "not UTF-8" in r.stderr and "hint:" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("content", [b"{truncated", b"[1, 2]", b'{"recipe": 3, "target": "cpu"}', b"\xff\xfe"])
+@pytest.mark.parametrize("command", ["quantize", "report"])
+def test_malformed_run_json_exits_2(tmp_path, content, command):
+    (tmp_path / "run.json").write_bytes(content)
+    r = edgekd(command, str(tmp_path))
+    assert r.returncode == 2 and "run.json" in r.stderr and "hint:" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert (tmp_path / "run.json").read_bytes() == content
+
+
+def test_second_build_into_same_out_exits_2_naming_the_holder(tmp_path):
+    out = tmp_path / "b"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from edgekd.fsio import BuildLock; lock = BuildLock(Path(sys.argv[1])); lock.acquire(); "
+                               "print('held', flush=True); time.sleep(60)", str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = edgekd("build", "--recipe", "digits-mlp", "--quick", "--out", str(out),
+                   env={"EDGEKD_CACHE": str(tmp_path / "c")})
+        assert r.returncode == 2 and f"in use by process {holder.pid}" in r.stderr and "hint:" in r.stderr, r.stderr
+        assert not (out / "teacher").exists() and not (out / "run.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_report_on_folder_without_results(tmp_path):
