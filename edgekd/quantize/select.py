@@ -1,6 +1,13 @@
 """Pick the candidate to ship from measured numbers: the fastest (or smallest) one that is
 within the accuracy budget of the FP32 student and actually beats FP32.
 
+"Beats" means by more than the noise the profiler measured: each model is timed in several
+interleaved repeats (profile/runner.py), and the spread of their p50s (max - min, in ms) is how
+far two identical builds can differ. A candidate faster than FP32 by less than that spread (the
+larger of the two models' spreads) is `within-noise-of-fp32` and FP32 is kept; candidates
+within each other's noise are a tie, broken on size and then name, never on the noisy p50, so the
+same build on a quiet machine selects the same variant.
+
 Pure function over measurements, so every rule is testable without a model: the profiler fills
 `latency_ms`, the accuracy stage fills `val_accuracy` (used here) and `accuracy` (test, reported).
 """
@@ -17,6 +24,7 @@ SELECTED = "selected"
 KEPT = "kept"
 OVER_BUDGET = "over-budget"
 SLOWER = "slower-than-fp32"
+WITHIN_NOISE = "within-noise-of-fp32"
 LARGER = "larger-than-fp32"
 
 
@@ -25,6 +33,16 @@ def _p50(c: dict[str, Any]) -> float | None:
     if not isinstance(lat, dict) or lat.get("p50") is None:
         return None
     return float(lat["p50"])
+
+
+def _span_ms(c: dict[str, Any]) -> float:
+    """Spread of the interleaved repeats' p50s (ms); 0 when fewer than two repeats were measured."""
+    reps = [float(r) for r in (c.get("repeats") or []) if r is not None]
+    return max(reps) - min(reps) if len(reps) >= 2 else 0.0
+
+
+def _noise_ms(a: dict[str, Any], b: dict[str, Any]) -> float:
+    return max(_span_ms(a), _span_ms(b))
 
 
 def _metric(c: dict[str, Any], objective: str) -> float | None:
@@ -47,7 +65,8 @@ def select(candidates: list[dict[str, Any]], budget_points: float,
     """Give every candidate a status and pick one.
 
     Statuses: `selected`, `kept` (valid but not the best; fp32 when not selected),
-    `over-budget`, `slower-than-fp32` / `larger-than-fp32`, `failed: <reason>`.
+    `over-budget`, `slower-than-fp32` / `larger-than-fp32`, `within-noise-of-fp32` (faster by less than the
+    repeats' spread, given as `repeats`: the p50 of each interleaved repeat, ms), `failed: <reason>`.
     Returns {selected, objective, budget_points, reference_val_accuracy, candidates, warnings}.
     Raises StageError (exit 4) when every candidate failed, or, with `strict`, when no quantized
     candidate beats FP32 within budget.
@@ -94,6 +113,9 @@ def select(candidates: list[dict[str, Any]], budget_points: float,
             c["status"] = OVER_BUDGET
         elif _metric(c, objective) >= ref_metric:  # type: ignore[operator]  # both checked non-None above
             c["status"] = SLOWER if objective == "latency" else LARGER
+        elif objective == "latency" and ref_metric - _metric(c, objective) <= _noise_ms(c, ref):  # type: ignore[operator]
+            c["status"] = WITHIN_NOISE
+            c["noise_ms"] = _noise_ms(c, ref)
         else:
             ok.append(c)
 
@@ -105,6 +127,11 @@ def select(candidates: list[dict[str, Any]], budget_points: float,
 
     if ok:
         best = min(ok, key=key)
+        if objective == "latency":
+            # Candidates within the fastest one's noise are equally fast as far as we can tell.
+            tied = [c for c in ok if _p50(c) - _p50(best) <= _noise_ms(c, best)]  # type: ignore[operator]
+            best = min(tied, key=lambda c: (float(c["size_bytes"]) if c.get("size_bytes") is not None
+                                            else float("inf"), str(c.get("variant"))))
         best["status"] = SELECTED
         for c in ok:
             if c is not best:

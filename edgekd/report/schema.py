@@ -24,7 +24,7 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
 }
 ROLES = ("teacher", "student")
 MEASURED_ENERGY_METHODS = ("rapl", "nvml", "npu-smi")
-CANDIDATE_STATUSES = ("selected", "over-budget", "slower-than-fp32", "kept")  # or "failed: <reason>"
+CANDIDATE_STATUSES = ("selected", "over-budget", "slower-than-fp32", "within-noise-of-fp32", "larger-than-fp32", "kept")  # or "failed: <reason>"
 
 
 def _num(x: Any) -> bool:

@@ -106,3 +106,34 @@ def test_bad_arguments():
         select([c("fp32")], 0.5, objective="speed")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         select([c("fp32")], -1)
+
+
+def r(variant: str, p50: float, repeats: list[float], size: int = 1000, val: float = 0.90) -> dict:
+    """A candidate as the profile stage measures it: the median repeat's p50 and every repeat's p50."""
+    return {**c(variant, val, p50, size), "repeats": repeats}
+
+
+def test_candidate_inside_fp32_noise_is_not_selected():
+    # int8 measured 2% faster, but fp32's own repeats vary by 5%: that is no evidence of speed.
+    fp32 = r("fp32", 10.0, [9.8, 10.0, 10.3], size=4000)
+    res = select([fp32, r("int8-dynamic", 9.8, [9.7, 9.8, 9.9])], 0.5)
+    assert res["selected"] == "fp32" and statuses(res)["int8-dynamic"] == "within-noise-of-fp32"
+    assert next(x for x in res["candidates"] if x["variant"] == "int8-dynamic")["noise_ms"] == pytest.approx(0.5)
+    # The same tie measured the other way round (noise moved int8 the other side): same choice.
+    res2 = select([r("fp32", 9.9, [9.7, 9.9, 10.2], size=4000), r("int8-dynamic", 9.75, [9.6, 9.75, 9.9])], 0.5)
+    assert res2["selected"] == "fp32"
+    # Faster by more than both spreads: selected.
+    res3 = select([fp32, r("int8-dynamic", 6.0, [5.9, 6.0, 6.2])], 0.5)
+    assert res3["selected"] == "int8-dynamic"
+
+
+def test_two_candidates_within_each_others_noise_choose_deterministically():
+    fp32 = r("fp32", 10.0, [9.9, 10.0, 10.1], size=4000)
+    for a, b in ((6.0, 5.9), (5.9, 6.0), (5.95, 5.95)):  # whichever the noise made faster this time
+        res = select([fp32, r("int8-qdq", a, [a - 0.1, a, a + 0.1], size=1100),
+                      r("int8-dynamic", b, [b - 0.1, b, b + 0.1], size=1000)], 0.5)
+        assert res["selected"] == "int8-dynamic", (a, b)  # the tie breaks on size, not on the noisy p50
+        assert statuses(res)["int8-qdq"] == "kept"
+    # Clearly faster than the other (beyond both spreads): speed wins over size.
+    res = select([fp32, r("int8-qdq", 4.0, [3.9, 4.0, 4.1], size=1100), r("int8-dynamic", 6.0, [5.9, 6.0, 6.1])], 0.5)
+    assert res["selected"] == "int8-qdq"
