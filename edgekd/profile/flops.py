@@ -1,4 +1,4 @@
-"""MACs/FLOPs/params of an ONNX graph at batch 1, and a roofline reading of a measured latency.
+"""MACs/FLOPs/params of an ONNX graph at the profiled shape, and a roofline reading of a measured latency.
 
 Counted ops: Conv, ConvInteger, QLinearConv, Gemm, MatMul, MatMulInteger, QLinearMatMul,
 MatMulNBits (and com.microsoft QGemm / DynamicQuantizeMatMul / MatMulIntegerToFloat). A QDQ graph is
@@ -97,24 +97,60 @@ def _infer_shape_map(model: Any, name: str) -> dict[str, list[int] | None]:
     return _shape_map(inferred)
 
 
-def _fix_batch(model: Any, input_shapes: dict[str, list[int]] | None) -> None:
-    """Pin symbolic input dims: the batch (first) dim to 1, or the shapes the caller gives."""
+def _fix_shapes(model: Any, input_shapes: dict[str, list[int]] | None, shape: list[int] | None) -> dict[str, list[int]]:
+    """Pin symbolic input dims to the shape that was profiled; returns the input shapes counted at.
+
+    `input_shapes` names inputs; `shape` (the profiled sample's shape, batch first) applies to every
+    input of that rank, e.g. token ids and their attention mask. A pinned symbolic dim is fixed by
+    name throughout the graph (onnxruntime's `make_dim_param_fixed`), so other inputs and outputs
+    that share it (`sequence`) agree. Dims still symbolic after that: the batch dim becomes 1, any
+    other stays symbolic and the nodes that depend on it end up `unresolved`.
+    """
+    from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
+
     inits = {i.name for i in model.graph.initializer}
-    for inp in model.graph.input:
-        if inp.name in inits:
-            continue
+    graph_inputs = [i for i in model.graph.input if i.name not in inits]
+    for name in input_shapes or {}:
+        if name not in {i.name for i in graph_inputs}:
+            raise UserError(f"input_shapes names '{name}', the model's inputs are "
+                            f"{', '.join(i.name for i in graph_inputs)}", hint="use the ONNX input names")
+    for inp in graph_inputs:
         dims = inp.type.tensor_type.shape.dim
-        if input_shapes and inp.name in input_shapes:
-            want = input_shapes[inp.name]
+        want = (input_shapes or {}).get(inp.name)
+        if want is None and shape is not None and len(shape) == len(dims):
+            want = shape
+        if want is not None:
             if len(want) != len(dims):
                 raise UserError(f"input_shapes['{inp.name}'] has rank {len(want)}, the model's input has {len(dims)}",
                                 hint="give one value per dimension, batch first")
             for d, v in zip(dims, want):
-                d.ClearField("dim_param")
-                d.dim_value = int(v)
-        elif len(dims) > 0 and not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
+                if d.HasField("dim_param") and d.dim_param:
+                    make_dim_param_fixed(model.graph, d.dim_param, int(v))
+                if not (d.HasField("dim_value") and d.dim_value > 0):
+                    d.ClearField("dim_param")
+                    d.dim_value = int(v)
+    for inp in graph_inputs:  # batch 1 for whatever the caller left open
+        dims = inp.type.tensor_type.shape.dim
+        if len(dims) > 0 and not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
+            if dims[0].dim_param:
+                make_dim_param_fixed(model.graph, dims[0].dim_param, 1)
             dims[0].ClearField("dim_param")
             dims[0].dim_value = 1
+    return {i.name: [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
+                     for d in i.type.tensor_type.shape.dim] for i in graph_inputs}
+
+
+def _symbolic_shape_map(model: Any) -> dict[str, list[int] | None] | None:
+    """onnxruntime's symbolic shape inference: it follows Shape->Gather->Reshape chains of transformer
+    graphs that onnx's own inference leaves unknown, and knows the com.microsoft contrib ops. None
+    when it gives up (then onnx's inference alone decides, and what it cannot settle is `unresolved`)."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
+    except Exception:  # noqa: BLE001 — it raises bare Exception("Incomplete symbolic shape inference") and
+        return None    # assorted errors on graphs it does not model; the onnx path below still counts them
+    return _shape_map(inferred) if inferred is not None else None
 
 
 def _attr(node: Any, name: str, default: Any = None) -> Any:
@@ -171,11 +207,15 @@ def _pad(xs: list[int], other: list[int]) -> list[int]:
     return [1] * max(0, len(other) - len(xs)) + list(xs)
 
 
-def onnx_flops(path: Path | str, input_shapes: dict[str, list[int]] | None = None) -> dict:
-    """{"macs", "flops", "params", "by_op", "unresolved"} of an ONNX model at batch 1.
+def onnx_flops(path: Path | str, input_shapes: dict[str, list[int]] | None = None,
+               shape: list[int] | None = None) -> dict:
+    """{"macs", "flops", "params", "by_op", "unresolved", "complete", "input_shapes"} of an ONNX model.
 
-    `unresolved` counts compute nodes whose shapes shape inference could not settle (their MACs are
-    missing from the total); pass `input_shapes` to pin non-batch symbolic dims (sequence length).
+    Counted at the shape that was profiled: `shape` (one sample, batch first) pins every input of
+    its rank, `input_shapes` pins named inputs; other symbolic batch dims become 1. `unresolved`
+    counts compute nodes whose shapes could not be settled (their MACs are missing from the total);
+    `complete` is true only when there are none and something was counted: a figure derived from
+    an incomplete count (an efficiency) must not be shown.
     """
     import onnx
 
@@ -192,9 +232,12 @@ def onnx_flops(path: Path | str, input_shapes: dict[str, list[int]] | None = Non
         from onnx import inliner
 
         model = inliner.inline_local_functions(model)
-    _fix_batch(model, input_shapes)
+    counted_at = _fix_shapes(model, input_shapes, shape)
     ensure_domain_imports(model)  # models from other tools may use contrib ops without declaring the domain
-    shapes = _infer_shape_map(model, path.name)
+    shapes = _symbolic_shape_map(model)
+    if shapes is None or any(_node_macs(n, shapes) is None for n in model.graph.node):
+        fallback = _infer_shape_map(model, path.name)
+        shapes = fallback if shapes is None else {**fallback, **{k: v for k, v in shapes.items() if v is not None}}
 
     macs = 0
     by_op: dict[str, int] = {}
@@ -221,31 +264,74 @@ def onnx_flops(path: Path | str, input_shapes: dict[str, list[int]] | None = Non
             continue
         params += nbits_weights.get(init.name, _prod(init.dims))
     return {"macs": int(macs), "flops": int(2 * macs), "params": int(params), "by_op": by_op,
-            "unresolved": unresolved}
+            "unresolved": unresolved, "complete": unresolved == 0 and macs > 0, "input_shapes": counted_at}
 
 
-def roofline(flops: float, bytes_moved: float, latency_ms: float, device: DeviceConfig) -> dict:
-    """Where a measured latency sits against the device's compute and bandwidth roofs.
+def roofline(flops: float | None, bytes_moved: float, latency_ms: float, device: DeviceConfig | None = None,
+             *, peak_gflops: float | None = None, peak_method: str | None = None,
+             mem_bandwidth_gbs: float | None = None) -> dict:
+    """Where a measured latency sits against the compute and bandwidth roofs of the machine that ran it.
 
+    The peak is `peak_gflops` when given (measured on the host at profile time: `peak_method` says
+    how) else the target card's figure (`device`), which only describes an absent device. A None
+    or zero `flops` (an incomplete count) gives no efficiency, intensity or bound rather than a 0.
     `bytes_moved` is the caller's estimate of DRAM traffic per inference (at least the weights).
-    `bound` says which roof limits a kernel of this arithmetic intensity on this device.
     """
     if latency_ms <= 0 or not math.isfinite(latency_ms):
         raise StageError(f"roofline needs a positive latency, got {latency_ms} ms", hint="profile the model first")
-    if flops < 0 or bytes_moved < 0:
+    if (flops is not None and flops < 0) or bytes_moved < 0:
         raise StageError("roofline needs non-negative flops and bytes", hint="check the FLOP count")
-    seconds = latency_ms / 1e3
-    achieved = flops / seconds / 1e9
+    if peak_gflops is None:
+        if device is None:
+            raise StageError("roofline needs a peak: a measured one or a device card's", hint="this is a bug in edgekd")
+        peak_gflops, peak_method = device.peak_gflops, peak_method or "target-card"
+    bw = mem_bandwidth_gbs if mem_bandwidth_gbs is not None else (device.mem_bandwidth_gbs if device is not None else None)
+    out: dict[str, Any] = {"peak_gflops": peak_gflops, "peak_method": peak_method, "mem_bandwidth_gbs": bw,
+                           "achieved_gflops": None, "efficiency": None, "attainable_gflops": None,
+                           "efficiency_vs_attainable": None, "arithmetic_intensity": None,
+                           "ridge_point": peak_gflops / bw if bw else None, "bound": None}
+    if not flops:
+        out["note"] = "no complete FLOP count: no efficiency figure"
+        return out
+    achieved = flops / (latency_ms / 1e3) / 1e9
     intensity = flops / bytes_moved if bytes_moved > 0 else math.inf
-    ridge = device.peak_gflops / device.mem_bandwidth_gbs  # FLOP/byte where the roofs meet
-    attainable = min(device.peak_gflops, intensity * device.mem_bandwidth_gbs)
-    return {
-        "achieved_gflops": achieved,
-        "peak_gflops": device.peak_gflops,
-        "efficiency": achieved / device.peak_gflops,
-        "attainable_gflops": attainable,
-        "efficiency_vs_attainable": achieved / attainable if attainable > 0 else None,
-        "arithmetic_intensity": intensity if math.isfinite(intensity) else None,
-        "ridge_point": ridge,
-        "bound": "memory" if intensity < ridge else "compute",
-    }
+    out.update(achieved_gflops=achieved, efficiency=achieved / peak_gflops,
+               arithmetic_intensity=intensity if math.isfinite(intensity) else None)
+    if bw:
+        attainable = min(peak_gflops, intensity * bw)
+        out.update(attainable_gflops=attainable,
+                   efficiency_vs_attainable=achieved / attainable if attainable > 0 else None,
+                   bound="memory" if intensity < peak_gflops / bw else "compute")
+    return out
+
+
+def count_for_roofline(count: dict) -> float | None:
+    """The FLOPs a roofline may use: None unless the count is complete."""
+    return float(count["flops"]) if count.get("complete") else None
+
+
+def host_roofline(path: Path | str, latency_ms: float, host_peak: dict | None, *,
+                  shape: list[int] | None = None, input_shapes: dict[str, list[int]] | None = None,
+                  mem_bandwidth_gbs: float | None = None) -> tuple[dict, dict | None]:
+    """FLOP count of `path` at the profiled shape, and the roofline of a latency measured on this
+    host against this host's measured peak (`host_peak` from runner.measure_host_peak).
+
+    Counting problems are not fatal (latency/memory/energy already measured stand): the count then
+    carries `error` and the roofline no efficiency. Without a measured peak there is no roofline
+    (None): a card's peak describes another machine. `mem_bandwidth_gbs` (the card's, when it
+    describes this host class) adds the memory roof; without it there is no `bound`.
+    """
+    import os
+
+    try:
+        count = onnx_flops(path, input_shapes, shape)
+    except StageError as e:
+        count = {"error": e.message, "complete": False}
+    peak = (host_peak or {}).get("peak_gflops")
+    if not peak:
+        return count, None
+    rf = roofline(count_for_roofline(count), os.path.getsize(path), latency_ms, peak_gflops=float(peak),
+                  peak_method=str(host_peak.get("method", "sgemm-calibration")), mem_bandwidth_gbs=mem_bandwidth_gbs)
+    if mem_bandwidth_gbs:
+        rf["mem_bandwidth_source"] = "target-card"
+    return count, rf

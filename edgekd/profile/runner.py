@@ -131,5 +131,16 @@ def interleaved_profile(specs: Mapping[str, dict], repeats: int = 3, workdir: Pa
     return {name: aggregate(name, rs) for name, rs in runs.items()}
 
 
+def measure_host_peak(threads: int, workdir: Path | None = None, seconds: float = 0.5) -> dict:
+    """The host's FP32 peak GFLOP/s at `threads`, measured by a short sgemm calibration in a fresh
+    worker (same thread pinning as the profiled models); also the CPU model and its ISA flags."""
+    if workdir is None:
+        import tempfile
+
+        workdir = Path(tempfile.mkdtemp(prefix="edgekd-profile-"))
+    return run_worker({"kind": "sgemm", "name": "sgemm-calibration", "path": "sgemm", "threads": int(threads),
+                       "seconds": float(seconds)}, Path(workdir), "host-peak", timeout_s=120.0 + 4 * seconds)
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60]

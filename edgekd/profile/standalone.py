@@ -28,8 +28,8 @@ def input_shape_of(path: Path) -> tuple[str, list[int]]:
 
 def profile_onnx_file(path: Path, target: Any, repeats: int | None = None) -> dict[str, Any]:
     from edgekd.profile.energy import measured_or_estimate
-    from edgekd.profile.flops import onnx_flops, roofline
-    from edgekd.profile.runner import profile_model
+    from edgekd.profile.flops import host_roofline
+    from edgekd.profile.runner import measure_host_peak, profile_model
 
     name, shape = input_shape_of(path)
     p = target.profile
@@ -40,13 +40,21 @@ def profile_onnx_file(path: Path, target: Any, repeats: int | None = None) -> di
             "device": target.device.model_dump(), "energy": "auto"}
     with tempfile.TemporaryDirectory(prefix="edgekd-profile-") as wd:
         res = profile_model(spec, repeats=repeats or p.repeats, workdir=Path(wd))
-    flops = onnx_flops(path)
+        host = measure_host_peak(p.threads, Path(wd))
     res["energy"] = res.get("energy") or measured_or_estimate(res["cpu_seconds_per_inference"], target.device)
-    res["flops"] = flops
-    res["roofline"] = roofline(flops["flops"], os.path.getsize(path), res["latency_ms"]["p50"], target.device)
+    # This run is on the host: its roofline uses the host's measured peak, never the card's.
+    bw = target.device.mem_bandwidth_gbs if describes_host(target) else None
+    res["flops"], res["roofline"] = host_roofline(path, res["latency_ms"]["p50"], host, shape=shape,
+                                                  mem_bandwidth_gbs=bw)
+    res["host"] = {k: host.get(k) for k in ("peak_gflops", "method", "matrix", "threads", "blas", "cpu")}
     res.update({"path": str(path), "size_bytes": os.path.getsize(path), "input_name": name, "input_shape": shape,
                 "target": target.name, "threads": p.threads})
     return res
+
+
+def describes_host(target: Any) -> bool:
+    """A CPU onnxruntime target card describes the host class itself (its bandwidth applies here)."""
+    return target.runtime == "onnxruntime" and list(target.providers) == ["CPUExecutionProvider"]
 
 
 def render_profile(res: dict[str, Any], console: Any) -> None:
@@ -64,10 +72,16 @@ def render_profile(res: dict[str, Any], console: Any) -> None:
         t.add_row("throughput", f"{res['throughput_per_s']:,.1f}/s")
     t.add_row("size", f"{res['size_bytes'] / 1024:,.1f} KiB")
     t.add_row("peak RSS (delta at load+run)", f"{(res.get('peak_rss_delta_bytes') or 0) / 2**20:,.1f} MiB")
-    t.add_row("MACs / inference", f"{res['flops']['macs']:,}")
+    fl = res.get("flops") or {}
+    t.add_row("MACs / inference", f"{fl['macs']:,}" + ("" if fl.get("complete") else f" (incomplete: {fl.get('unresolved')} ops unresolved)")
+              if "macs" in fl else "not counted")
+    host = res.get("host") or {}
+    if host.get("peak_gflops"):
+        t.add_row("host FP32 peak (sgemm, measured)", f"{host['peak_gflops']:,.1f} GFLOP/s")
     rf = res.get("roofline") or {}
     if rf.get("efficiency") is not None:
-        t.add_row("roofline efficiency", f"{100 * rf['efficiency']:.2f}% of peak ({rf.get('bound')}-bound)")
+        bound = f", {rf['bound']}-bound" if rf.get("bound") else ""
+        t.add_row("roofline efficiency", f"{100 * rf['efficiency']:.2f}% of the measured peak{bound}")
     e = res["energy"]
     t.add_row("energy / inference", f"{1000 * e['joules_per_inference']:.4f} mJ [{e['method']}]")
     console.print(t)

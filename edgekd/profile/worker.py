@@ -3,7 +3,7 @@
 The runner starts a fresh process per model and repeat, so one model's allocator arenas, thread
 pools and caches never colour another's timings or peak memory.
 
-SPEC keys: kind ("onnx" | "torch"), path, arch + kwargs (torch), input_shape (batch 1), input_dtype (torch;
+SPEC keys: kind ("onnx" | "torch" | "sgemm": the host's FP32 peak at `threads`), path, arch + kwargs (torch), input_shape (batch 1), input_dtype (torch;
 default float32), input_name
 (onnx, default: first input), input_file (.npy [N, ...] of real samples, cycled), threads,
 providers (onnx), warmup_runs, warmup_seconds, min_runs, min_seconds, max_seconds, batch_sweep,
@@ -13,7 +13,6 @@ device (a DeviceConfig dict: adds an `energy` figure, measured or a labelled est
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
 import time
@@ -227,8 +226,14 @@ def run_spec(spec_in: dict) -> dict:
     wall0 = time.perf_counter()
     spec = {**DEFAULTS, **spec_in}
     kind = spec.get("kind")
+    if kind == "sgemm":  # the host's FP32 peak at this process's (pinned) thread count
+        from edgekd.profile.host import cpu_info, sgemm_peak
+
+        return {"name": spec.get("name") or "sgemm", "kind": kind, "threads": int(spec["threads"]),
+                **sgemm_peak(float(spec.get("seconds", 0.5))), "cpu": cpu_info(),
+                "wall_seconds": time.perf_counter() - wall0}
     if kind not in ("onnx", "torch"):
-        raise UserError(f"unknown profile kind '{kind}'", hint="valid: onnx, torch")
+        raise UserError(f"unknown profile kind '{kind}'", hint="valid: onnx, torch, sgemm")
     if not spec.get("path"):
         raise UserError("the profile spec has no 'path'", hint="name the model file to profile")
     if int(spec["threads"]) < 1 or float(spec["max_seconds"]) <= 0:
@@ -337,9 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = json.loads(spec_path.read_text())
         result = run_spec(spec)
-        tmp = out_path.with_name(out_path.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, out_path)  # the runner never reads a half-written result
+        from edgekd.fsio import write_json_atomic
+
+        write_json_atomic(out_path, result)  # the runner never reads a half-written result
     except EdgekdError as e:
         print(f"edgekd-worker: {e.message}" + (f" (hint: {e.hint})" if e.hint else ""), file=sys.stderr)
         return e.exit_code

@@ -341,3 +341,127 @@ def test_subprocess_isolation_parent_memory_does_not_leak_into_measurement(tmp_p
     del hog
     assert second["peak_rss_bytes"] < 300 * 2**20, "worker reported the parent's memory"
     assert abs(second["peak_rss_bytes"] - first["peak_rss_bytes"]) < 0.2 * first["peak_rss_bytes"]
+
+
+# --------------------------------------------------------------------------- FLOPs vs torch, host peak
+
+
+def _torch_flops(model, x) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        model(x)
+    return int(fc.get_total_flops())
+
+
+def test_fp32_flops_of_a_tiny_cnn_match_torch(tmp_path):
+    import torch
+
+    from edgekd import zoo
+    from edgekd.export.onnx import export_onnx
+
+    torch.manual_seed(0)
+    model = zoo.build("resnet_cnn", stem_width=8, widths=[8, 16]).eval()
+    x = torch.randn(1, 1, 28, 28)
+    export_onnx(model, x, tmp_path / "cnn.onnx", opset=17)
+    ours = onnx_flops(tmp_path / "cnn.onnx")
+    want = _torch_flops(model, x)
+    assert ours["complete"] and ours["unresolved"] == 0
+    # torch counts conv/linear as 2*MACs without bias, as we do; BatchNorm is folded away in ONNX.
+    assert ours["flops"] == pytest.approx(want, rel=0.01), (ours["by_op"], want)
+
+
+def _tiny_bert(tmp_path, seq: int):
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from edgekd.export.onnx import export_onnx
+
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    cfg._attn_implementation = "eager"  # FlopCounterMode does not count the CPU sdpa kernel
+
+    class Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.m = BertForSequenceClassification(cfg)
+
+        def forward(self, ids):
+            return self.m(input_ids=ids).logits
+
+    model = Logits().eval()
+    path = tmp_path / "bert.onnx"
+    export_onnx(model, torch.randint(0, 100, (1, seq)), path, opset=17, dynamic_sequence=True)
+    return model, path
+
+
+def test_symbolic_sequence_bert_is_counted_at_the_profiled_length(tmp_path):
+    import onnx
+    import torch
+
+    model, path = _tiny_bert(tmp_path, seq=16)
+    dims = [d.dim_param for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", "sequence"]  # the graph itself has no sequence length
+    for seq in (16, 48):
+        ours = onnx_flops(path, shape=[1, seq])
+        want = _torch_flops(model, torch.randint(0, 100, (1, seq)))
+        assert ours["complete"] and ours["input_shapes"] == {"input": [1, seq]}
+        assert ours["flops"] == pytest.approx(want, rel=0.01), (seq, ours["by_op"], want)
+    assert onnx_flops(path, {"input": [1, 48]})["flops"] == onnx_flops(path, shape=[1, 48])["flops"]
+    # Left symbolic, the count is incomplete and says so; no efficiency is derived from it.
+    open_seq = onnx_flops(path)
+    assert not open_seq["complete"] and open_seq["unresolved"] > 0
+    from edgekd.profile.flops import host_roofline
+
+    count, rf = host_roofline(path, 1.0, {"peak_gflops": 100.0, "method": "sgemm-calibration"})
+    assert not count["complete"] and rf["efficiency"] is None and rf["bound"] is None
+    count, rf = host_roofline(path, 1.0, {"peak_gflops": 100.0, "method": "sgemm-calibration"}, shape=[1, 16])
+    assert rf["efficiency"] == pytest.approx(count["flops"] / 1e-3 / 1e9 / 100.0)
+    assert rf["peak_method"] == "sgemm-calibration" and rf["peak_gflops"] == 100.0
+    assert host_roofline(path, 1.0, None, shape=[1, 16])[1] is None  # no measured peak: no roofline
+
+
+def test_roofline_without_a_count_gives_no_efficiency():
+    rf = roofline(None, 1e6, 1.0, DEVICE)
+    assert rf["efficiency"] is None and rf["achieved_gflops"] is None and rf["bound"] is None
+    assert roofline(0, 1e6, 1.0, DEVICE)["efficiency"] is None  # 0 MACs is "not counted", not 0% of peak
+    m = roofline(2e6, 1e6, 1.0, peak_gflops=50.0, peak_method="sgemm-calibration")
+    assert m["efficiency"] == pytest.approx(0.04) and m["bound"] is None and m["peak_method"] == "sgemm-calibration"
+
+
+XEON = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8
+"""
+EPYC = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 9R14
+flags\t\t: fpu sse2 avx avx2 fma
+"""
+
+
+def test_cpu_info_reads_model_and_isa_flags():
+    from edgekd.profile.host import cpu_info
+
+    x = cpu_info(XEON)
+    assert x["model"] == "Intel(R) Xeon(R) Platinum 8480+"
+    assert {k: x["flags"][k] for k in ("avx2", "avx512f", "avx512_vnni", "amx")} == {
+        "avx2": True, "avx512f": True, "avx512_vnni": True, "amx": True}
+    e = cpu_info(EPYC)
+    assert e["model"] == "AMD EPYC 9R14"
+    assert {k: e["flags"][k] for k in ("avx2", "avx512f", "avx512_vnni", "amx")} == {
+        "avx2": True, "avx512f": False, "avx512_vnni": False, "amx": False}
+    assert cpu_info("")["flags"]["avx2"] is None  # unknown is not "absent"
+    assert cpu_info()["model"]  # this host
+
+
+def test_host_peak_is_measured_in_a_pinned_worker(tmp_path):
+    from edgekd.profile.runner import measure_host_peak
+
+    r = measure_host_peak(1, tmp_path, seconds=0.2)
+    assert r["method"] == "sgemm-calibration" and r["threads"] == 1 and r["calls"] >= 4
+    # A real FP32 core does between ~1 and a few hundred GFLOP/s; 0 or inf would mean a broken timer.
+    assert 1.0 < r["peak_gflops"] < 2000.0
+    assert set(r["cpu"]["flags"]) >= {"avx2", "avx512f", "avx512_vnni", "amx"}
