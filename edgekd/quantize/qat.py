@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekd.errors import DataError, StageError
+from edgekd.errors import DataError, EdgekdError, StageError
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def qat_candidate(student: nn.Module, teacher: nn.Module | None, x_train: np.nda
                   x_val: np.ndarray, y_val: np.ndarray, calib: np.ndarray, out_path: Path, *,
                   losses: list[Any], train_cfg: Any, opset: int = 17, dynamic_batch: bool = True,
                   progress: Any = None, epochs: int | None = None, lr_scale: float = 0.1,
-                  calibration_batch_size: int = 32) -> dict[str, Any]:
+                  calibration_batch_size: int = 32, checkpoint: Path | None = None) -> dict[str, Any]:
     """Quantize `student` with NNCF, distill it through its fake quantizers, export INT8 QDQ ONNX.
 
     `teacher` (frozen) feeds the soft-label term; when None, a frozen copy of the FP32 student is
@@ -288,6 +288,9 @@ def qat_candidate(student: nn.Module, teacher: nn.Module | None, x_train: np.nda
     Fine-tuning runs `epochs` (default min(3, train_cfg.epochs)) at `train_cfg.lr * lr_scale`
     through edgekd.distill.trainer.train; the best validation epoch is kept, or the PTQ weights if
     no epoch beats them. `out_path` is written atomically and checked in onnxruntime.
+    `checkpoint`: the fine-tuning's per-epoch checkpoint (the classifier trainer's): a killed run
+    resumes from its last finished epoch and ends where an uninterrupted run would. Calibration is
+    deterministic, so the quantizer layout rebuilt on resume is the one the checkpoint was saved from.
     Returns {name, path, size_bytes, settings, val_accuracy_fp32, val_accuracy_before_qat (PTQ, torch
     fake-quant), val_accuracy_after (the ONNX file in ORT), val_accuracy (= after), epochs, seconds,
     path_used, ...}. Any failure raises StageError (exit 4) with a one-line reason.
@@ -354,8 +357,8 @@ def qat_candidate(student: nn.Module, teacher: nn.Module | None, x_train: np.nda
     f0 = time.perf_counter()
     try:
         result = train(qmodel, x_train, y_train, x_val, y_val, ft_cfg, teacher=frozen_teacher, loss_set=loss_set,
-                       progress=progress, description=f"qat {NAME}")
-    except StageError:
+                       progress=progress, description=f"qat {NAME}", checkpoint=checkpoint)
+    except EdgekdError:  # StageError, or UserError for a checkpoint that is refused
         raise
     except Exception as e:  # noqa: BLE001 - a fine-tuning crash fails this candidate, with the reason
         raise StageError(f"{NAME}: fine-tuning the quantized model failed ({_one_line(e)})",

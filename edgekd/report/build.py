@@ -10,6 +10,7 @@ from typing import Any
 
 from edgekd import __version__
 from edgekd.errors import UserError
+from edgekd.hostinfo import cpu_name  # noqa: F401 (the text-generation report reads it from here)
 from edgekd.pipeline import read_result
 
 
@@ -93,9 +94,6 @@ def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
     te = teacher.get("energy") or {}
     comparison = {**comparison_ratios(teacher, student),
                   "teacher_onnx_speedup_p50": ratio(models[1]["latency_ms"]["p50"], student["latency_ms"]["p50"])}
-    import onnxruntime
-    import torch
-
     notes = ["Energy figures are estimates (method estimate-*): this host exposes no RAPL/NVML counters."
              if not str(te.get("method", "")).startswith(("rapl", "nvml", "npu")) else "Energy measured by counters."]
     noisy = [m["variant"] for m in models if m.get("noisy")]
@@ -107,9 +105,7 @@ def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
         "recipe": run.get("recipe_name"), "target": run.get("target_name"),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "edgekd_version": __version__,
-        "environment": {"cpu": cpu_name(), "threads": settings.get("threads"), "python": platform.python_version(),
-                        "platform": platform.platform(),
-                        "runtimes": {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__}},
+        "environment": environment(settings, p["metrics"]),
         "quick": run.get("quick", False),
         "models": models, "selected": f"student/{selected}", "comparison": comparison,
         "candidates": candidates, "profile_settings": settings,
@@ -121,13 +117,20 @@ def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
     return report
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def environment(settings: dict, profile_metrics: dict) -> dict[str, Any]:
+    """report.environment: the CPU and its ISA flags (INT8 speed depends on VNNI/AMX), the threads
+    profiled, the host's FP32 peak measured at profile time, and the runtime versions."""
+    from importlib.metadata import PackageNotFoundError, version
 
+    from edgekd.hostinfo import cpu_info
 
+    info = cpu_info()
+    runtimes = {}
+    for name in ("onnxruntime", "torch"):
+        try:
+            runtimes[name] = version(name)
+        except PackageNotFoundError:
+            runtimes[name] = None
+    return {"cpu": info["model"], "cpu_flags": info["flags"], "logical_cpus": info["logical_cpus"],
+            "threads": settings.get("threads"), "host_peak": profile_metrics.get("host"),
+            "python": platform.python_version(), "platform": platform.platform(), "runtimes": runtimes}

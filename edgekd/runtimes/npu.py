@@ -206,13 +206,6 @@ def _device_name(device: str) -> str:
         return torch.cuda.get_device_name()
     if device == "npu":
         return str(torch.npu.get_device_name())
-    import platform
+    from edgekd.hostinfo import cpu_name
 
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:  # not Linux: fall back to what platform knows
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_name()

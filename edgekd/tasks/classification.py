@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from edgekd.errors import StageError, UserError
-from edgekd.pipeline import BuildContext, Stage, StageOutput, StageResult, stable_hash
+from edgekd.pipeline import (BuildContext, Stage, StageOutput, StageResult, cache_lock, clean_dead_leftovers,
+                             publish_dir_atomic, stable_hash, write_json_atomic)
 from edgekd.targets import family, family_name
 from edgekd.tasks.common import (build_model, checkpoint_path, data_fingerprint, load_model, report_cfg, report_stage,
                                  select_cfg, splits, stage_select)
@@ -60,29 +61,32 @@ def _train_or_fetch_teacher(ctx: BuildContext, ref, wd: Path, filename: str, tas
                     "data_sha256": task_splits(ctx, task).fingerprint(), "label_map": task.label_map}
     key = stable_hash(material)
     cached = ctx.cache_dir / "teachers" / key
-    if (cached / "teacher.pt").is_file() and (cached / "metrics.json").is_file():
-        shutil.copy2(cached / "teacher.pt", wd / filename)
-        metrics = json.loads((cached / "metrics.json").read_text())
-        metrics["cached"] = True
-        ctx.log(f"  teacher taken from cache {cached}")
-        return metrics
-    s = splits(ctx) if task is None else task_splits(ctx, task)
-    model = build_model(ref, seed=ref.train.seed)
-    ckpt = checkpoint_path(ctx, "teacher", material)
-    res = train(model, s.x_train, s.y_train, s.x_val, s.y_val, ref.train, checkpoint=ckpt,
-                progress=ctx.progress, description="teacher")
-    model.load_state_dict(res.best_state)
-    torch.save(model.state_dict(), wd / filename)
-    metrics = {"params": count_params(model), "val_accuracy": res.best_val_accuracy, "best_epoch": res.best_epoch,
-               "test_accuracy": accuracy(model, s.x_test, s.y_test), "train_seconds": res.seconds,
-               "history": res.history, "cached": False, "cache_key": key}
-    tmp = cached.with_name(cached.name + f".tmp-{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(wd / filename, tmp / "teacher.pt")
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if cached.exists():
-        shutil.rmtree(cached)
-    os.replace(tmp, cached)
+    clean_dead_leftovers(cached.parent)  # a killed build's half-written entry; live builds' are kept
+    # One lock per cache entry, held from the look-up to the publish: a second build that wants the
+    # same teacher waits and then reuses it, instead of training it again and racing on the rename.
+    with cache_lock(cached, on_wait=lambda: ctx.log(f"  waiting for another build training this teacher ({cached})")):
+        if (cached / "teacher.pt").is_file() and (cached / "metrics.json").is_file():
+            shutil.copy2(cached / "teacher.pt", wd / filename)
+            metrics = json.loads((cached / "metrics.json").read_text())
+            metrics["cached"] = True
+            ctx.log(f"  teacher taken from cache {cached}")
+            return metrics
+        s = splits(ctx) if task is None else task_splits(ctx, task)
+        model = build_model(ref, seed=ref.train.seed)
+        ckpt = checkpoint_path(ctx, "teacher", material)
+        res = train(model, s.x_train, s.y_train, s.x_val, s.y_val, ref.train, checkpoint=ckpt,
+                    progress=ctx.progress, description="teacher")
+        model.load_state_dict(res.best_state)
+        torch.save(model.state_dict(), wd / filename)
+        metrics = {"params": count_params(model), "val_accuracy": res.best_val_accuracy, "best_epoch": res.best_epoch,
+                   "test_accuracy": accuracy(model, s.x_test, s.y_test), "train_seconds": res.seconds,
+                   "history": res.history, "cached": False, "cache_key": key}
+        tmp = cached.with_name(f".{cached.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        shutil.copy2(wd / filename, tmp / "teacher.pt")
+        write_json_atomic(tmp / "metrics.json", metrics)
+        publish_dir_atomic(tmp, cached)
     ckpt.unlink(missing_ok=True)
     return metrics
 
@@ -379,10 +383,19 @@ def _qat(inputs: dict[str, StageResult], ctx: BuildContext, out: Path, calib: np
     student = load_model(ctx.recipe.student, inputs["distill"].path("model"))
     teacher = _teacher_module(ctx, inputs["teacher"])
     opts = check_options(ctx.recipe.quantize.options)
+    import hashlib
+
+    # Per-epoch checkpoint, keyed like the stage (inputs, settings, calibration data): a killed build resumes it.
+    ckpt = checkpoint_path(ctx, "qat", {"inputs": {k: v.key for k, v in sorted(inputs.items())},
+                                        "calibration_sha256": hashlib.sha256(calib.tobytes()).hexdigest(),
+                                        "quantize": ctx.recipe.quantize.model_dump(),
+                                        "distill": ctx.recipe.distill.model_dump(), "onnx": ctx.target.onnx.model_dump()})
     info = qat_candidate(student, teacher, s.x_train, s.y_train, s.x_val, s.y_val, calib, out,
                          losses=ctx.recipe.distill.losses, train_cfg=ctx.recipe.distill, opset=ctx.target.onnx.opset,
                          dynamic_batch=ctx.target.onnx.dynamic_batch, progress=ctx.progress,
-                         epochs=opts.get("qat_epochs"), lr_scale=float(opts.get("qat_lr_scale", 0.1)))
+                         epochs=opts.get("qat_epochs"), lr_scale=float(opts.get("qat_lr_scale", 0.1)),
+                         checkpoint=ckpt)
+    ckpt.unlink(missing_ok=True)
     return {k: v for k, v in info.items() if k != "history"}
 
 
@@ -413,8 +426,9 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     """Time teacher (PyTorch eager and ONNX) and every student candidate, each in its own
     subprocess, interleaved across repeats; estimate energy; count FLOPs."""
     from edgekd.profile.energy import measured_or_estimate
-    from edgekd.profile.flops import onnx_flops, roofline
-    from edgekd.profile.runner import interleaved_profile
+    from edgekd.profile.flops import host_roofline
+    from edgekd.profile.runner import interleaved_profile, measure_host_peak
+    from edgekd.profile.standalone import describes_host
 
     s = splits(ctx)
     p = ctx.target.profile
@@ -446,25 +460,32 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     logs = wd / "logs"
     logs.mkdir()
     results = interleaved_profile(specs, repeats=p.repeats, workdir=logs, progress=tick)
+    # Every latency above was measured on this host: its rooflines use this host's FP32 peak at the
+    # profiled thread count, measured now (the card's peak is for the device when it is absent).
+    host = measure_host_peak(p.threads, logs)
+    host = {k: host.get(k) for k in ("peak_gflops", "method", "matrix", "threads", "seconds", "blas")}
     if prog:
         prog.remove_task(task)
     shutil.rmtree(logs, ignore_errors=True)
+    bandwidth = ctx.target.device.mem_bandwidth_gbs if describes_host(ctx.target) else None
     out: dict[str, Any] = {}
     for name, r in results.items():
         energy = r.get("energy") or measured_or_estimate(r["cpu_seconds_per_inference"], ctx.target.device)
         path = specs[name]["path"] if specs[name]["kind"] == "onnx" else str(inputs["export"].path("teacher"))
-        # token-id models have a symbolic sequence axis: count FLOPs at the profiled length
-        try:
-            flops = onnx_flops(path, {"input": input_shape} if np.issubdtype(s.x_test.dtype, np.integer) else None)
-            rf = roofline(flops["flops"], os.path.getsize(path), r["latency_ms"]["p50"], ctx.target.device)
-        except StageError as e:
+        # Counted at the profiled input shape: token-id models have a symbolic sequence axis.
+        flops, rf = host_roofline(path, r["latency_ms"]["p50"], host, shape=list(input_shape),
+                                  mem_bandwidth_gbs=bandwidth)
+        if flops.get("error"):
             # FLOPs and roofline are derived figures: a graph shape inference cannot read loses them,
             # not the latency/memory/energy already measured.
-            flops, rf = {"error": e.message}, None
-            ctx.log(f"warning: no FLOP count for {name}: {e.message}")
+            ctx.log(f"warning: no FLOP count for {name}: {flops['error']}")
+        elif not flops.get("complete"):
+            ctx.log(f"warning: incomplete FLOP count for {name} ({flops.get('unresolved')} ops unresolved): "
+                    "no roofline efficiency")
         out[name] = {**r, "energy": energy, "flops": flops, "roofline": rf}
     (wd / "profile.json").write_text(json.dumps(out, indent=2, default=str))
-    return StageOutput({"profile": "profile.json", "inputs": "inputs.npy"}, {"models": out, "settings": p.model_dump()})
+    return StageOutput({"profile": "profile.json", "inputs": "inputs.npy"},
+                       {"models": out, "settings": p.model_dump(), "host": host})
 
 
 # --------------------------------------------------------------------------- convert

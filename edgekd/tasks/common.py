@@ -64,7 +64,8 @@ def stage_select(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
     cands = []
     for c in inputs["quantize"].metrics["candidates"]:
         p = prof.get(f"student/{c['variant']}")
-        cands.append({**c, "latency_ms": p["latency_ms"] if p else None})
+        # `repeats`: each interleaved repeat's p50, whose spread is the noise a win must exceed
+        cands.append({**c, "latency_ms": p["latency_ms"] if p else None, "repeats": p.get("repeats") if p else None})
     cfg = select_cfg(ctx)
     sel = select(cands, cfg["budget"], cfg["objective"], cfg["strict"])
     for w in sel.get("warnings", []):

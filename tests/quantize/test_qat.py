@@ -112,3 +112,47 @@ def test_qat_rejects_opset_without_per_channel_qdq(case: dict, tmp_path: Path) -
                       losses=cfg.losses, train_cfg=cfg, opset=11)
     assert "\n" not in e.value.message and e.value.exit_code == 4 and e.value.hint
     assert not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.slow
+def test_qat_resumes_after_kill_to_the_uninterrupted_result(case: dict, tmp_path: Path, monkeypatch) -> None:
+    """Killed after epoch 1's checkpoint, a rerun (fresh NNCF quantization, same calibration) resumes
+    at epoch 2 and ends with the same history and the same INT8 file as a run never interrupted."""
+    from edgekd.distill import trainer as T
+
+    x_tr, y_tr, x_va, y_va = case["data"]
+    cfg = DistillConfig(epochs=3, batch_size=64, lr=3e-3, seed=0)
+    kw = dict(losses=cfg.losses, train_cfg=cfg, epochs=3)
+
+    def run(out: Path, ckpt: Path | None):
+        seed_everything(0)
+        return qat_candidate(copy.deepcopy(case["model"]), None, x_tr, y_tr, x_va, y_va, x_tr[:256], out,
+                             checkpoint=ckpt, **kw)
+
+    full = run(tmp_path / "full.onnx", None)
+
+    ckpt = tmp_path / "qat.ckpt"
+    real_save = T.save_checkpoint
+    saved = []
+
+    def save_then_die(path, payload):
+        real_save(path, payload)
+        saved.append(payload["epoch"])
+        raise KeyboardInterrupt  # killed right after epoch 1 was written
+
+    monkeypatch.setattr(T, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed.onnx", ckpt)
+    monkeypatch.setattr(T, "save_checkpoint", real_save)
+    assert saved == [0] and ckpt.is_file() and not (tmp_path / "killed.onnx").exists()
+    assert T.load_checkpoint(ckpt)["epoch"] == 0  # NNCF's quantizer state loads with weights_only=True
+
+    resumed = run(tmp_path / "resumed.onnx", ckpt)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    assert [h["val_accuracy"] for h in resumed["history"]] == [h["val_accuracy"] for h in full["history"]]
+    assert resumed["history"][-1]["loss_soft_label"] == full["history"][-1]["loss_soft_label"]
+    assert resumed["kept"] == full["kept"] and resumed["val_accuracy"] == full["val_accuracy"]
+    a, b = onnx.load(str(tmp_path / "full.onnx")), onnx.load(str(tmp_path / "resumed.onnx"))
+    ia = {i.name: numpy_helper.to_array(i) for i in a.graph.initializer}
+    ib = {i.name: numpy_helper.to_array(i) for i in b.graph.initializer}
+    assert ia.keys() == ib.keys() and all(np.array_equal(ia[k], ib[k]) for k in ia)
