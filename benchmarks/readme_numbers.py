@@ -1,0 +1,153 @@
+"""Regenerate README.md's result tables from benchmarks/results/*.json (`make readme-numbers`).
+
+Every figure between a pair of markers
+
+    <!-- readme-numbers:NAME -->
+    ...generated...
+    <!-- /readme-numbers:NAME -->
+
+is written by this script from one results file, with the file's name, date and host, so the
+README can only quote what a benchmark measured. `--check` rewrites nothing and exits 1 when the
+README and the results disagree (tests/test_readme_numbers.py runs it). It never runs a
+benchmark: refreshing the numbers means re-running benchmarks/bench_*.py first.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+
+_BLOCK = re.compile(r"(<!-- readme-numbers:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /readme-numbers:(?P=name) -->)",
+                    re.DOTALL)
+
+
+def _load(name: str) -> dict[str, Any]:
+    return json.loads((RESULTS / name).read_text(encoding="utf-8"))
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _x(x: float) -> str:
+    return f"{x:.1f}×"
+
+
+def _ms(x: float) -> str:
+    return f"{x:.3f} ms" if x < 1 else f"{x:.2f} ms"
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:,.1f} KiB" if n < 10 * 2**20 else f"{n / 2**20:,.1f} MiB"
+
+
+def _source(name: str, d: dict[str, Any], extra: str = "") -> str:
+    threads = d.get("threads")
+    where = f"host `{d.get('host')}`, {d.get('cpu_count')} cores" + (f", {threads} thread(s)" if threads else "")
+    return f"_Source: `benchmarks/results/{name}` ({d.get('created', '?')[:10]}; measured on {where}{extra})._\n"
+
+
+def fashion_cnn() -> str:
+    d = _load("spine.json")
+    h = d["headline"]
+    lines = [
+        "| | teacher | student (selected: `{}`) | ratio |".format(h["selected"]),
+        "|---|---|---|---|",
+        f"| test accuracy | {_pct(h['teacher_accuracy'])} | {_pct(h['student_accuracy'])} | "
+        f"{_pct(h['accuracy_retention'])} retained |",
+        f"| latency p50, batch 1, 1 thread | {_ms(h['teacher_p50_ms_torch_b1_1thread'])} (PyTorch) | "
+        f"{_ms(h['student_p50_ms_ort_b1_1thread'])} (onnxruntime) | {_x(h['speedup_p50'])} faster |",
+        f"| parameters | | | {_x(h['params_ratio'])} fewer |",
+        f"| size on disk | | | {_x(h['size_ratio'])} smaller |",
+        f"| peak RSS | | | {_x(h['peak_rss_ratio'])} less |",
+        f"| energy / inference ({h['energy_method']}, an estimate) | | | {_x(h['energy_ratio'])} less |",
+        "",
+        "| candidate | test accuracy | size | p50 | status |",
+        "|---|---|---|---|---|",
+    ]
+    for c in d["candidates"]:
+        lines.append(f"| `{c['variant']}` | {_pct(c['accuracy'])} | {_kib(c['size_bytes'])} | {_ms(c['p50_ms'])} | "
+                     f"{c['status']} |")
+    kd = d.get("kd_vs_labels_only") or {}
+    if kd:
+        lines += ["", f"Distillation vs the same student trained on labels only: {_pct(kd['kd_student_fp32_accuracy'])} "
+                      f"vs {_pct(kd['labels_only_student_fp32_accuracy'])} ({kd['gain_points']:+.2f} points)."]
+    wall = d.get("full_build_s")
+    if wall:
+        lines += ["", f"Full build with the teacher cached: {wall / 60:.1f} min; training the teacher once: "
+                      f"{d['teacher_training_s_one_time'] / 60:.0f} min."]
+    return "\n".join(lines) + "\n\n" + _source("spine.json", d)
+
+
+def minilm_sentiment() -> str:
+    d = _load("text.json")
+    c = d["comparison"]
+    sweep = d["sequence_sweep"]
+    sel = sweep["selected"]
+    lines = [
+        f"| | teacher (MiniLM-L6) | student (selected: `{sel}`) | ratio |",
+        "|---|---|---|---|",
+        f"| test accuracy | {_pct(d['teacher']['test_accuracy'])} | {_pct(d['student']['test_accuracy'])} | "
+        f"{_pct(c['accuracy_retention'])} retained |",
+        f"| parameters | {d['teacher']['params'] / 1e6:.1f}M | {d['student']['params'] / 1e6:.1f}M | "
+        f"{_x(c['params_ratio'])} fewer |",
+        f"| size on disk | | | {_x(c['size_ratio'])} smaller |",
+    ]
+    for length, models in sorted(sweep["lengths"].items(), key=lambda kv: int(kv[0])):
+        m = models[f"student/{sel}"]
+        lines.append(f"| latency p50, sequence {length}, batch 1 | {_ms(models['teacher/fp32-torch']['p50_ms'])} (PyTorch), "
+                     f"{_ms(models['teacher/fp32']['p50_ms'])} (ONNX) | {_ms(m['p50_ms'])} | "
+                     f"{_x(m['speedup_vs_teacher_torch'])} vs PyTorch, {_x(m['speedup_vs_teacher_onnx'])} vs ONNX |")
+    minutes = sum(d["stage_seconds"].values()) / 60
+    lines += ["", f"Build time (sum of stage times, teacher trained in it): {minutes:.0f} min."]
+    return "\n".join(lines) + "\n\n" + _source("text.json", d)
+
+
+GENERATORS: dict[str, Callable[[], str]] = {"fashion-cnn": fashion_cnn, "minilm-sentiment": minilm_sentiment}
+
+
+def render(text: str) -> str:
+    """`text` with every marker block regenerated; an unknown block name is an error."""
+    def repl(m: re.Match) -> str:
+        name = m.group("name")
+        if name not in GENERATORS:
+            raise SystemExit(f"README.md: unknown readme-numbers block '{name}' (known: {', '.join(GENERATORS)})")
+        return m.group(1) + GENERATORS[name]() + m.group(4)
+
+    return _BLOCK.sub(repl, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if README.md differs from the results files")
+    ap.add_argument("--readme", type=Path, default=README)
+    args = ap.parse_args(argv)
+    text = args.readme.read_text(encoding="utf-8")
+    missing = set(GENERATORS) - {m.group("name") for m in _BLOCK.finditer(text)}
+    if missing:
+        print(f"{args.readme}: no readme-numbers block for {', '.join(sorted(missing))}", file=sys.stderr)
+        return 1
+    new = render(text)
+    if args.check:
+        if new != text:
+            sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True),
+                                                       "README.md", "README.md (from results)"))
+            print("README.md disagrees with benchmarks/results: run `make readme-numbers`", file=sys.stderr)
+            return 1
+        return 0
+    if new != text:
+        args.readme.write_text(new, encoding="utf-8")
+        print(f"updated {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
