@@ -35,16 +35,10 @@ SMOKE_SETS = ["target.profile.min_runs=10", "target.profile.min_seconds=0", "tar
 
 def cpu_flags() -> dict:
     """The ISA features that decide which INT8 kernels onnxruntime can use (VNNI: u8s8 without saturation)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {"available": False}
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    flags = set(line.split(":", 1)[-1].split())
-    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), None)
-    keys = ["avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
-            "amx_int8", "amx_bf16"]
-    return {"model": model, **{k: k in flags for k in keys}}
+    from edgekd.hostinfo import cpu_info
+
+    info = cpu_info()
+    return {"model": info["model"], **info["flags"]}
 
 
 def ensure_build(args: argparse.Namespace) -> Path:

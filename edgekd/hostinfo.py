@@ -7,7 +7,7 @@ import platform
 from typing import Any
 
 # /proc/cpuinfo flag names; "amx" is reported when the tile unit (amx_tile) is present.
-_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 
 
 def cpu_info(cpuinfo_text: str | None = None) -> dict[str, Any]:
