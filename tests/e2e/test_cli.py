@@ -187,7 +187,7 @@ def test_digits_quick_build_and_stage_command(tmp_path):
 
 # ---------------------------------------------------------------- the CI gate through the CLI
 
-FIXTURE = Path(__file__).resolve().parent.parent / "data" / "report_fixture.json"
+FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "report_fixture.json"
 
 
 def _write(p, d):
