@@ -229,6 +229,7 @@ def _run_locked(stages: list[Stage], ctx: BuildContext, only: str | None, upto: 
     if rank == 0:
         # A killed earlier build's partial stage or set-aside old stage; a live pid's are not ours to delete.
         clean_dead_leftovers(ctx.out)
+        clean_dead_leftovers(ctx.out / ".checkpoints")  # a checkpoint write cut short
     results: dict[str, StageResult] = {}
     lineage = []
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

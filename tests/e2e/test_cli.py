@@ -177,6 +177,16 @@ def test_digits_quick_build_and_stage_command(tmp_path):
     assert "teacher epoch 1/" in r.stdout and "distill epoch 1/" in r.stdout, r.stdout[-2000:]
     rep = json.loads((out / "report" / "report.json").read_text())
     assert rep["comparison"]["accuracy_retention"] > 0.85
+    # The host's measured peak and ISA flags are in the report; host rooflines use that peak.
+    env_ = rep["environment"]
+    assert env_["host_peak"]["method"] == "sgemm-calibration" and env_["host_peak"]["peak_gflops"] > 0
+    assert env_["host_peak"]["threads"] == rep["profile_settings"]["threads"]
+    assert set(env_["cpu_flags"]) >= {"avx2", "avx512f", "avx512_vnni", "amx"}
+    for m in rep["models"]:
+        assert m["flops"]["complete"] and m["flops"]["macs"] > 0, m["variant"]
+        assert m["roofline"]["peak_gflops"] == env_["host_peak"]["peak_gflops"]
+        assert 0 < m["roofline"]["efficiency"] < 1.5, (m["variant"], m["roofline"])
+    assert not list(out.glob(".*.tmp-*")) and not list(out.glob(".*.old-*"))
     r = edgekd("quantize", str(out), "--quiet", env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     stages = {s["stage"]: s["reused"] for s in json.loads((out / "run.json").read_text())["stages"]}
