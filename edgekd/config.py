@@ -24,9 +24,12 @@ class Strict(BaseModel):
 # --------------------------------------------------------------------------- recipe card
 
 
+DATA_KINDS_WITH_FILES = ("image-folder", "csv", "jsonl", "npz", "hf-disk")
+
+
 class DataConfig(Strict):
     kind: str = Field(description="dataset loader name, see edgekd.data.LOADERS")
-    path: str | None = Field(None, description="folder with the dataset files (overrides EDGEKD_DATA and defaults)")
+    path: str | None = Field(None, description="folder or file with the dataset (overrides EDGEKD_DATA and defaults)")
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     train_size: int | None = Field(None, ge=1, description="use a random subset of the train split")
     test_size: int | None = Field(None, ge=1, description="use a random subset of the test split")
@@ -34,22 +37,87 @@ class DataConfig(Strict):
     seed: int = 0
     tokenizer: str | None = Field(None, description="text data: Hugging Face tokenizer (folder, pkg:NAME or hub id)")
     max_length: int = Field(64, ge=2, le=4096, description="text data: tokens per sample (pad/truncate)")
+    # --- bring-your-own data (image-folder, csv, jsonl, npz, hf-disk); left out of cache keys when unset
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.9, description="share held out as test when the data has no test split (seeded)")
+    classes: list[str] | None = Field(None, description="class names in the model's output order (default: sorted folder names / labels)")
+    text_column: str | None = Field(None, description="csv/jsonl/hf-disk: the text column (text classification)")
+    label_column: str = Field("label", description="csv/jsonl/hf-disk: the label column")
+    feature_columns: list[str] | None = Field(None, description="csv/jsonl/hf-disk: numeric feature columns (tabular)")
+    image_size: list[int] | None = Field(None, min_length=2, max_length=2, description="image-folder: resize to [height, width]")
+    channels: Literal[1, 3] | None = Field(None, description="image-folder: 1 (grayscale) or 3 (RGB); default: 1 if every image is grayscale")
+    mean: list[float] | None = Field(None, description="image-folder: per-channel mean of pixels scaled to [0, 1] (e.g. ImageNet's)")
+    std: list[float] | None = Field(None, description="image-folder: per-channel std of pixels scaled to [0, 1]; default: pixels in [0, 1]")
+    splits: dict[str, str] | None = Field(None, description="hf-disk: split names, e.g. {train: train, val: validation, test: test}")
+    unlabeled: str | None = Field(None, description="transfer set without labels (same layout as path): the student learns the teacher's soft labels on it")
+
+    @model_validator(mode="after")
+    def _norm_pair(self) -> "DataConfig":
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("data.mean and data.std go together (both per-channel, pixels scaled to [0, 1])")
+        if self.std is not None and any(v <= 0 for v in self.std):
+            raise ValueError("data.std must be positive")
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise ValueError("data.mean and data.std need the same number of channels")
+        return self
 
     def key_dict(self, exclude: set[str] | None = None) -> dict[str, Any]:
-        """The settings that key caches: the text-only fields are left out for non-text data, so
-        adding them did not invalidate teachers and stages cached by earlier versions."""
+        """The settings that key caches: the text-only fields are left out for non-text data, and
+        the bring-your-own fields while unset, so adding them did not invalidate teachers and
+        stages cached by earlier versions."""
         d = self.model_dump(exclude=exclude)
         if self.tokenizer is None:
             d.pop("tokenizer", None)
             d.pop("max_length", None)
+        for name in _BYO_DATA_FIELDS:
+            if name in d and d[name] == DataConfig.model_fields[name].default:
+                d.pop(name)
         return d
 
 
-class ModelRef(Strict):
-    """A teacher or student: a zoo architecture (`arch`) with keyword arguments."""
+_BYO_DATA_FIELDS = ("test_fraction", "classes", "text_column", "label_column", "feature_columns", "image_size",
+                    "channels", "mean", "std", "splits", "unlabeled")
+MODEL_SOURCES = ("arch", "factory", "hf", "onnx")
 
-    arch: str
+
+class ModelRef(Strict):
+    """A teacher or student from exactly one source: a zoo architecture (`arch`), the user's own
+    `factory` ("package.module:function", called with `kwargs`), a local Hugging Face folder
+    (`hf`), or an ONNX file (`onnx`, teachers only). `weights` loads a state dict after building."""
+
+    arch: str | None = Field(None, description="zoo architecture name (edgekd.zoo.ARCHS)")
+    factory: str | None = Field(None, description="'package.module:function' importable here; called with kwargs, returns a torch.nn.Module")
+    hf: str | None = Field(None, description="local Hugging Face folder of an image- or text-classification model (or pkg:NAME)")
+    onnx: str | None = Field(None, description="teacher only: an ONNX file whose logits onnxruntime computes")
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: str | None = Field(None, description="state dict loaded after building: .pt/.pth (weights_only) or .safetensors")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelRef":
+        given = [n for n in MODEL_SOURCES if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError(f"a model needs exactly one of {', '.join(MODEL_SOURCES)} (got {', '.join(given) or 'none'})")
+        if self.onnx and (self.weights or self.kwargs):
+            raise ValueError("an onnx model takes no weights or kwargs (they are in the file)")
+        return self
+
+    @property
+    def source(self) -> str:
+        """Which of arch/factory/hf/onnx this model comes from."""
+        return next(n for n in MODEL_SOURCES if getattr(self, n))
+
+    def describe(self) -> str:
+        return f"{self.source}:{getattr(self, self.source)}" if self.source != "arch" else str(self.arch)
+
+    def key_dict(self) -> dict[str, Any]:
+        """The settings that key caches; unset bring-your-own fields are left out so zoo recipes
+        keep the keys of earlier versions (and their cached teachers)."""
+        d = self.model_dump()
+        for name in ("arch", "factory", "hf", "onnx", "weights"):
+            if d.get(name) is None:
+                d.pop(name, None)
+        if "train" in d and d["train"] is None:
+            d.pop("train")
+        return d
 
 
 class TrainConfig(Strict):
@@ -64,7 +132,7 @@ class TrainConfig(Strict):
 
 
 class TeacherConfig(ModelRef):
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    train: TrainConfig | None = Field(None, description="train the teacher first; absent: use it as given (weights, hf, onnx)")
 
 
 class LossConfig(Strict):
@@ -308,6 +376,12 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], model: type[
             if not isinstance(node.get(p), dict):
                 node[p] = {}
             node = node[p]
+        if parts[-1] in MODEL_SOURCES and len(parts) >= 2 and value:
+            # `--set student.factory=pkg:fn` on a card naming `student.arch` replaces the source
+            # (a model has exactly one); kwargs stay, the user sets them for the new source.
+            for other in MODEL_SOURCES:
+                if other != parts[-1]:
+                    node.pop(other, None)
         node[parts[-1]] = value
     return out
 
