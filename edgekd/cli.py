@@ -208,6 +208,29 @@ def report(
 
 
 @app.command()
+def init(
+    teacher: str = typer.Option(..., "--teacher", help="package.module:function, FILE.onnx, a Hugging Face folder, pkg:NAME or a zoo name"),
+    data: str = typer.Option(..., "--data", help="an image folder (class subfolders), .csv/.jsonl/.npz, or a save_to_disk folder"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="the teacher's state dict (.pt weights_only, or .safetensors)"),
+    student: Optional[str] = typer.Option(None, "--student", help="your student (same forms as --teacher); default: a small zoo model"),
+    student_weights: Optional[str] = typer.Option(None, "--student-weights", help="initial weights of the student"),
+    name: Optional[str] = typer.Option(None, "--name", help="recipe name (default: from the data folder)"),
+    label_column: Optional[str] = typer.Option(None, "--label-column", help="csv/jsonl: the label column (default: label)"),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="csv/jsonl: the text column (default: text if present)"),
+) -> None:
+    """Inspect your teacher and data; print a complete, commented recipe card: edgekd init ... > my.yaml"""
+    def go() -> None:
+        from edgekd.cards import init_card
+
+        err = _console(to_stderr=True)
+        text = init_card(teacher, data, weights=weights, student=student, student_weights=student_weights, name=name,
+                         label_column=label_column, text_column=text_column, log=lambda m: err.print(m.strip()))
+        sys.stdout.write(text)
+        err.print("[dim]card written; build it with: edgekd build --target cpu --recipe CARD.yaml[/]")
+    _guard(go)
+
+
+@app.command()
 def recipes() -> None:
     """List the shipped recipe cards."""
     def go() -> None:
@@ -218,7 +241,7 @@ def recipes() -> None:
         t = Table("recipe", "task", "teacher → student", "description", box=None)
         for name in shipped("models"):
             r = load_recipe(name)
-            t.add_row(name, r.task, f"{r.teacher.arch} → {r.student.arch}", r.description)
+            t.add_row(name, r.task, f"{r.teacher.describe()} → {r.student.describe()}", r.description)
         _console().print(t)
     _guard(go)
 
