@@ -47,6 +47,19 @@ def _resolve(ref: str, kind: str) -> Path:
     return cards[ref]
 
 
+def copy_card(ref: str, out: Path) -> Path:
+    """Copy a recipe card (as written, comments included) into a build folder as recipe.yaml."""
+    import os
+
+    src = _resolve(ref, "models")
+    out.mkdir(parents=True, exist_ok=True)
+    dest = out / "recipe.yaml"
+    tmp = out / f".recipe.yaml.tmp-{os.getpid()}"
+    tmp.write_bytes(src.read_bytes())
+    os.replace(tmp, dest)
+    return dest
+
+
 def read_raw(path: Path) -> dict[str, Any]:
     """Parse a card file (YAML safe_load or TOML): data only, never code."""
     try:
@@ -196,11 +209,11 @@ def _columns_of(d: dict[str, Any]) -> dict[str, Any]:
 def _image_sizes(path: str) -> dict[tuple[int, int], int]:
     from PIL import Image
 
-    from edgekd.data.images import _is_image
+    from edgekd.data.images import is_image
 
     sizes: dict[tuple[int, int], int] = {}
     for f in sorted(Path(path).expanduser().rglob("*"))[:5000]:
-        if _is_image(f):
+        if is_image(f):
             try:
                 with Image.open(f) as im:
                     sizes[(im.height, im.width)] = sizes.get((im.height, im.width), 0) + 1
@@ -355,6 +368,8 @@ def init_card(teacher: str, data: str, weights: str | None = None, student: str 
         teacher_train = ({"epochs": 2, "batch_size": 32, "lr": 5e-5, "weight_decay": 0.01, "seed": 0} if hf_encoder_only
                          else {"epochs": 10, "batch_size": 64, "lr": 0.003, "seed": 0})
     onnx_teacher = "onnx" in t
+    s_src = next(s[k] for k in ("arch", "factory", "hf", "onnx") if k in s)
+    description = f"{task}: {teacher} -> {s_src} on {data}"
     y = lambda v: json.dumps(v)  # noqa: E731 — JSON is valid YAML and quotes what needs quoting
     lines = [
         f"# Recipe card written by `edgekd init` for {teacher} on {data}.",
@@ -362,7 +377,7 @@ def init_card(teacher: str, data: str, weights: str | None = None, student: str 
         "# Paths are relative to the folder you run `edgekd build` from.",
         "schema_version: 1",
         f"name: {y(name)}",
-        f"description: {y(f'{task}: {teacher} -> {s.get(next(k for k in ('arch', 'factory', 'hf', 'onnx') if k in s))} on {data}')}",
+        f"description: {y(description)}",
         f"task: {task}",
         "data:",
         f"  kind: {d['kind']}",

@@ -153,6 +153,9 @@ def build(
                         allow_unsupported=allow_unsupported)
         console.print(f"[bold]edgekd build[/] recipe={ctx.recipe.name} target={ctx.target.name}"
                       f"{' (quick)' if quick else ''} → {ctx.out}")
+        from edgekd.cards import copy_card
+
+        copy_card(recipe, ctx.out)  # the card is the build's reproducible record: keep it beside the results
         _run_pipeline(ctx, json_out=json_out)
     _guard(go)
 

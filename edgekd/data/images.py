@@ -25,7 +25,7 @@ GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 VAL_NAMES = ("val", "valid", "validation")
 
 
-def _is_image(p: Path) -> bool:
+def is_image(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")
 
 
@@ -46,7 +46,7 @@ def scan_classes(folder: Path) -> dict[str, list[Path]]:
                         hint="put each class's images in its own subfolder: photos/cat/*.png, photos/dog/*.png")
     out: dict[str, list[Path]] = {}
     for d in classes:
-        files = sorted(p for p in d.rglob("*") if _is_image(p))
+        files = sorted(p for p in d.rglob("*") if is_image(p))
         if not files:
             raise DataError(f"class folder {d} has no images",
                             hint=f"add images ({', '.join(sorted(IMAGE_EXTS))}) or remove the folder")
@@ -178,7 +178,7 @@ def load_unlabeled_images(cfg, path: str, meta: dict) -> np.ndarray:
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise DataError(f"unlabeled image folder {folder} does not exist", hint="data.unlabeled is a folder of images (any layout)")
-    files = sorted(p for p in folder.rglob("*") if _is_image(p))
+    files = sorted(p for p in folder.rglob("*") if is_image(p))
     if not files:
         raise DataError(f"unlabeled folder {folder} has no images", hint=f"image files: {', '.join(sorted(IMAGE_EXTS))}")
     size = tuple(cfg.image_size) if cfg.image_size else tuple(meta["image_size"])

@@ -3,7 +3,7 @@
 The runner starts a fresh process per model and repeat, so one model's allocator arenas, thread
 pools and caches never colour another's timings or peak memory.
 
-SPEC keys: kind ("onnx" | "torch" | "sgemm": the host's FP32 peak at `threads`), path, arch + kwargs (torch), input_shape (batch 1), input_dtype (torch;
+SPEC keys: kind ("onnx" | "torch" | "sgemm": the host's FP32 peak at `threads`), path, arch + kwargs or model_ref (a card's ModelRef) (torch), input_shape (batch 1), input_dtype (torch;
 default float32), input_name
 (onnx, default: first input), input_file (.npy [N, ...] of real samples, cycled), threads,
 providers (onnx), warmup_runs, warmup_seconds, min_runs, min_seconds, max_seconds, batch_sweep,
@@ -179,12 +179,18 @@ def _load_torch(spec: dict) -> _Loaded:
     path = Path(spec["path"])
     if not path.is_file():
         raise UserError(f"state_dict not found: {path}", hint="run the training/distillation stage first")
-    if not spec.get("arch"):
-        raise UserError("a torch profile spec needs 'arch'", hint="name the zoo architecture and its kwargs")
+    if not spec.get("arch") and not spec.get("model_ref"):
+        raise UserError("a torch profile spec needs 'arch' (or 'model_ref')", hint="name the zoo architecture and its kwargs")
     if spec.get("input_shape") is None:
         raise UserError("a torch profile spec needs 'input_shape'", hint="e.g. [1, 1, 28, 28]")
     torch.set_num_threads(int(spec["threads"]))
-    model = build(spec["arch"], **dict(spec.get("kwargs") or {}))
+    if spec.get("model_ref"):  # any model source of a card (the user's factory, an HF folder, a zoo arch)
+        from edgekd.config import ModelRef
+        from edgekd.zoo.sources import build_model
+
+        model = build_model(ModelRef(**spec["model_ref"]))
+    else:
+        model = build(spec["arch"], **dict(spec.get("kwargs") or {}))
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     model.eval()

@@ -70,12 +70,13 @@ def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
                 "flops": pr.get("flops"), "roofline": pr.get("roofline"), "spread": pr.get("spread"),
                 "noisy": pr.get("noisy")}
 
-    models = [
+    onnx_teacher = str(t["outputs"]["model"]).endswith(".onnx")  # given as ONNX: no PyTorch form to time
+    models = [] if onnx_teacher else [
         model_entry("teacher", "fp32-torch", "pytorch", "torch-eager", build_dir / "teacher" / t["outputs"]["model"],
-                    t["metrics"]["params"], t["metrics"]["test_accuracy"]),
-        model_entry("teacher", "fp32", "onnx", "onnxruntime", build_dir / "export" / e["outputs"]["teacher"],
-                    t["metrics"]["params"], t["metrics"]["test_accuracy"]),
-    ]
+                    t["metrics"]["params"], t["metrics"]["test_accuracy"])]
+    models.append(model_entry("teacher", "fp32", "onnx", "onnxruntime", build_dir / "export" / e["outputs"]["teacher"],
+                              t["metrics"]["params"], t["metrics"]["test_accuracy"]))
+    n_teacher_rows = len(models)
     candidates = []
     status = {c["variant"]: c["status"] for c in sel["metrics"]["candidates"]}
     for c in q["metrics"]["candidates"]:
@@ -93,7 +94,7 @@ def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
 
     te = teacher.get("energy") or {}
     comparison = {**comparison_ratios(teacher, student),
-                  "teacher_onnx_speedup_p50": ratio(models[1]["latency_ms"]["p50"], student["latency_ms"]["p50"])}
+                  "teacher_onnx_speedup_p50": ratio(models[n_teacher_rows - 1]["latency_ms"]["p50"], student["latency_ms"]["p50"])}
     notes = ["Energy figures are estimates (method estimate-*): this host exposes no RAPL/NVML counters."
              if not str(te.get("method", "")).startswith(("rapl", "nvml", "npu")) else "Energy measured by counters."]
     noisy = [m["variant"] for m in models if m.get("noisy")]
@@ -109,7 +110,8 @@ def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
         "quick": run.get("quick", False),
         "models": models, "selected": f"student/{selected}", "comparison": comparison,
         "candidates": candidates, "profile_settings": settings,
-        "training": {"teacher": {k: t["metrics"].get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds", "cached", "best_epoch")},
+        "training": {"teacher": {k: t["metrics"].get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds", "cached", "best_epoch",
+                                                                  "given", "source")},
                      "student": {k: d["metrics"].get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds", "best_epoch", "losses")}},
         "parity": {k: v for k, v in e["metrics"].items() if k.endswith("_parity")},
         "notes": notes,

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.errors import StageError, UserError
+from edgekd.errors import ConfigError, StageError, UserError
 from edgekd.pipeline import (BuildContext, Stage, StageOutput, StageResult, cache_lock, clean_dead_leftovers,
                              publish_dir_atomic, stable_hash, write_json_atomic)
 from edgekd.targets import family, family_name
@@ -23,11 +23,23 @@ from edgekd.tasks.common import (build_model, checkpoint_path, data_fingerprint,
 # --------------------------------------------------------------------------- teacher
 
 
+def _ref_key(ref) -> dict:
+    """A model's cache-key material: its card settings plus the content hashes of the files it
+    comes from (weights, ONNX, HF folder, factory source), so editing them re-runs the stage."""
+    from edgekd.zoo.sources import fingerprint
+
+    d = ref.key_dict()
+    files = fingerprint(ref)
+    if files:
+        d["files_sha256"] = files
+    return d
+
+
 def _teacher_cfg(ctx: BuildContext) -> dict:
     d = ctx.recipe.data.key_dict(exclude={"label_fraction"})
-    return {"teacher": ctx.recipe.teacher.model_dump(), "data": d, "data_sha256": data_fingerprint(ctx),
-            "extra_teachers": [t.model_dump() for t in ctx.recipe.distill.extra_teachers],
-            "tasks": [{"teacher": t.teacher.model_dump(), "data": t.data.key_dict(), "label_map": t.label_map}
+    return {"teacher": _ref_key(ctx.recipe.teacher), "data": d, "data_sha256": data_fingerprint(ctx),
+            "extra_teachers": [_ref_key(t) for t in ctx.recipe.distill.extra_teachers],
+            "tasks": [{"teacher": _ref_key(t.teacher), "data": t.data.key_dict(), "label_map": t.label_map}
                       for t in ctx.recipe.distill.tasks]}
 
 
@@ -53,11 +65,14 @@ def _train_or_fetch_teacher(ctx: BuildContext, ref, wd: Path, filename: str, tas
     from edgekd.distill.trainer import accuracy, train
     from edgekd.zoo import count_params
 
+    s = splits(ctx) if task is None else task_splits(ctx, task)
+    if ref.train is None:
+        return _given_teacher(ctx, ref, wd, filename, s)
     if task is None:
-        material = {"teacher": ref.model_dump(), "data": ctx.recipe.data.key_dict(exclude={"label_fraction"}),
+        material = {"teacher": _ref_key(ref), "data": ctx.recipe.data.key_dict(exclude={"label_fraction"}),
                     "data_sha256": data_fingerprint(ctx)}
     else:
-        material = {"teacher": ref.model_dump(), "data": task.data.key_dict(exclude={"label_fraction"}),
+        material = {"teacher": _ref_key(ref), "data": task.data.key_dict(exclude={"label_fraction"}),
                     "data_sha256": task_splits(ctx, task).fingerprint(), "label_map": task.label_map}
     key = stable_hash(material)
     cached = ctx.cache_dir / "teachers" / key
@@ -71,8 +86,12 @@ def _train_or_fetch_teacher(ctx: BuildContext, ref, wd: Path, filename: str, tas
             metrics["cached"] = True
             ctx.log(f"  teacher taken from cache {cached}")
             return metrics
-        s = splits(ctx) if task is None else task_splits(ctx, task)
-        model = build_model(ref, seed=ref.train.seed)
+        if ref.onnx:
+            raise ConfigError("an ONNX teacher cannot be trained", hint="drop teacher.train: it is used as given")
+        from edgekd.zoo.sources import check_model_on_data
+
+        model = build_model(ref, seed=ref.train.seed, log=ctx.log)
+        check_model_on_data(model, s.x_val, s.num_classes, "teacher", ref.describe())
         ckpt = checkpoint_path(ctx, "teacher", material)
         res = train(model, s.x_train, s.y_train, s.x_val, s.y_val, ref.train, checkpoint=ckpt,
                     progress=ctx.progress, description="teacher")
@@ -91,19 +110,55 @@ def _train_or_fetch_teacher(ctx: BuildContext, ref, wd: Path, filename: str, tas
     return metrics
 
 
+def _given_teacher(ctx: BuildContext, ref, wd: Path, filename: str, s) -> dict:
+    """A teacher used as given (no `train`): built from its source, checked against the data, its
+    accuracy measured on val and test like a trained one's. Its state dict (or ONNX file) is the
+    stage's output, so later stages never read the user's files again."""
+    import torch
+
+    from edgekd.distill.trainer import accuracy
+    from edgekd.zoo import count_params
+
+    if ref.arch and not ref.weights:
+        raise ConfigError(f"teacher '{ref.arch}' has no weights and no train section",
+                          hint="give teacher.weights (a trained state dict), or teacher.train to train it first")
+    from edgekd.zoo.sources import check_model_on_data
+
+    model = build_model(ref, log=ctx.log)
+    check_model_on_data(model, s.x_val, s.num_classes, "teacher", ref.describe())
+    if ref.onnx:
+        shutil.copy2(Path(ref.onnx).expanduser(), wd / filename)
+        from edgekd.zoo.sources import onnx_params
+
+        params = onnx_params(wd / filename)
+    else:
+        torch.save(model.state_dict(), wd / filename)
+        params = count_params(model)
+    ctx.log(f"  teacher used as given ({ref.describe()}): measuring its accuracy")
+    return {"params": params, "val_accuracy": accuracy(model, s.x_val, s.y_val),
+            "test_accuracy": accuracy(model, s.x_test, s.y_test), "best_epoch": None, "train_seconds": 0.0,
+            "history": [], "cached": False, "given": True, "source": ref.describe()}
+
+
+def _teacher_file(ref, stem: str) -> str:
+    return f"{stem}.onnx" if ref.onnx else f"{stem}.pt"
+
+
 def stage_teacher(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
-    metrics = _train_or_fetch_teacher(ctx, ctx.recipe.teacher, wd, "teacher.pt")
-    outputs = {"model": "teacher.pt"}
+    fname = _teacher_file(ctx.recipe.teacher, "teacher")
+    metrics = _train_or_fetch_teacher(ctx, ctx.recipe.teacher, wd, fname)
+    outputs = {"model": fname}
     extra = []
     for i, ref in enumerate(ctx.recipe.distill.extra_teachers, start=1):
-        extra.append(_train_or_fetch_teacher(ctx, ref, wd, f"teacher-{i}.pt"))
-        outputs[f"extra_{i}"] = f"teacher-{i}.pt"
+        extra.append(_train_or_fetch_teacher(ctx, ref, wd, _teacher_file(ref, f"teacher-{i}")))
+        outputs[f"extra_{i}"] = _teacher_file(ref, f"teacher-{i}")
     if extra:
         metrics["extra_teachers"] = [{k: m.get(k) for k in ("params", "val_accuracy", "test_accuracy", "cached")} for m in extra]
     tasks = {}
     for task in ctx.recipe.distill.tasks:
-        m = _train_or_fetch_teacher(ctx, task.teacher, wd, f"teacher-task-{task.name}.pt", task=task)
-        outputs[f"task_{task.name}"] = f"teacher-task-{task.name}.pt"
+        tfile = _teacher_file(task.teacher, f"teacher-task-{task.name}")
+        m = _train_or_fetch_teacher(ctx, task.teacher, wd, tfile, task=task)
+        outputs[f"task_{task.name}"] = tfile
         tasks[task.name] = {k: m.get(k) for k in ("params", "val_accuracy", "test_accuracy", "cached")}
     if tasks:
         metrics["tasks"] = tasks
@@ -112,9 +167,11 @@ def stage_teacher(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
 
 # --------------------------------------------------------------------------- distill
 
+LOGIT_LOSSES = ("soft_label", "hard_label")  # the losses an ONNX teacher (logits only) can drive
+
 
 def _distill_cfg(ctx: BuildContext) -> dict:
-    return {"student": ctx.recipe.student.model_dump(), "distill": ctx.recipe.distill.model_dump(),
+    return {"student": _ref_key(ctx.recipe.student), "distill": ctx.recipe.distill.model_dump(),
             "data": ctx.recipe.data.key_dict(), "data_sha256": data_fingerprint(ctx)}
 
 
@@ -122,11 +179,11 @@ def _teacher_module(ctx: BuildContext, teacher_res: StageResult):
     """The teacher as one module: a single model, or a weighted ensemble of several teachers."""
     from edgekd.distill.ensemble import WeightedEnsemble
 
-    main = load_model(ctx.recipe.teacher, teacher_res.path("model"))
+    main = load_model(ctx.recipe.teacher, teacher_res.path("model"), log=ctx.log)
     extras = ctx.recipe.distill.extra_teachers
     if not extras:
         return main
-    members = [main] + [load_model(ref, teacher_res.path(f"extra_{i}")) for i, ref in enumerate(extras, start=1)]
+    members = [main] + [load_model(ref, teacher_res.path(f"extra_{i}"), log=ctx.log) for i, ref in enumerate(extras, start=1)]
     return WeightedEnsemble(members, ctx.recipe.distill.teacher_weights).eval()
 
 
@@ -159,11 +216,29 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     from edgekd.zoo import count_params
     from edgekd.zoo.text import adopt_trained_teacher
 
+    from edgekd.zoo.sources import check_model_on_data
+
     s = splits(ctx)
     dc = ctx.recipe.distill
+    onnx_teachers = [r.describe() for r in (ctx.recipe.teacher, *dc.extra_teachers) if r.onnx]
+    if onnx_teachers:
+        # onnxruntime gives logits, not activations or gradients: logit losses through the cache only
+        other = [lc.kind for lc in dc.losses if lc.kind not in LOGIT_LOSSES]
+        if other:
+            raise ConfigError(f"distill loss '{other[0]}' needs the teacher's activations, but the teacher "
+                              f"({onnx_teachers[0]}) is an ONNX file that gives logits only",
+                              hint=f"keep only {' / '.join(LOGIT_LOSSES)} losses, or bring the teacher as a torch model (factory + weights)")
+        if dc.augment:
+            raise ConfigError("an ONNX teacher's logits are computed once into the teacher-logit cache, on the "
+                              "un-augmented inputs, but distill.augment is on",
+                              hint="set distill.augment=false")
+        if dc.tasks or dc.born_again_generations:
+            raise ConfigError("multi-task and born-again distillation need a torch teacher, not an ONNX file",
+                              hint="drop distill.tasks / born_again_generations, or bring the teacher as a torch model")
     rank, world = ddp.init("cpu")
     teacher = _teacher_module(ctx, inputs["teacher"])
-    student = build_model(ctx.recipe.student, seed=dc.seed)
+    student = build_model(ctx.recipe.student, seed=dc.seed, log=ctx.log)
+    check_model_on_data(student, s.x_val, s.num_classes, "student", ctx.recipe.student.describe())
     # None unless the student asks for init_from: trained_teacher (a narrower one is pruned on training samples)
     init = adopt_trained_teacher(student, teacher, torch.as_tensor(s.x_train[:512]))
     with torch.no_grad():
@@ -175,7 +250,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     example = torch.as_tensor(s.x_val[:8])
     loss_set = build_losses(dc.losses, student, teacher, example)
     cached_logits = None
-    if dc.teacher_cache.enabled:
+    if dc.teacher_cache.enabled or onnx_teachers:
         if loss_set.needs_online_teacher:
             raise ConfigError("distill.teacher_cache holds teacher logits only, but a feature/attention/hidden_state/"
                               "relation loss needs the teacher's activations",
@@ -261,6 +336,12 @@ def stage_export(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
     text = oc.dynamic_batch and np.issubdtype(s.x_val.dtype, np.integer) and s.x_val.ndim == 2
     metrics: dict[str, Any] = {"opset": oc.opset, "dynamic_batch": oc.dynamic_batch, "dynamic_sequence": bool(text)}
     for role, ref in (("student", ctx.recipe.student), ("teacher", ctx.recipe.teacher)):
+        if ref.onnx:  # an ONNX teacher is its own export: copied so the build folder holds every artifact
+            path = wd / f"{role}.onnx"
+            shutil.copy2(inputs["teacher"].path("model"), path)
+            metrics[f"{role}_parity"] = {"skipped": "the teacher was given as ONNX"}
+            metrics[f"{role}_size_bytes"] = path.stat().st_size
+            continue
         model = load_model(ref, inputs["distill" if role == "student" else "teacher"].path("model"))
         path = export_onnx(model, example, wd / f"{role}.onnx", oc.opset, oc.dynamic_batch, dynamic_sequence=text)
         ref_out = predict(model, x).numpy()
@@ -439,12 +520,14 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
               "min_runs": p.min_runs, "min_seconds": p.min_seconds, "max_seconds": p.max_seconds,
               "batch_sweep": p.batch_sweep, "throughput_batch": p.throughput_batch,
               "device": ctx.target.device.model_dump(), "energy": "auto", "seed": ctx.recipe.data.seed}
-    specs: dict[str, dict] = {
-        "teacher/fp32-torch": {**common, "kind": "torch", "path": str(inputs["teacher"].path("model")),
-                               "arch": ctx.recipe.teacher.arch, "kwargs": ctx.recipe.teacher.kwargs,
-                               "input_dtype": str(s.x_test.dtype)},
-        "teacher/fp32": {**common, "kind": "onnx", "path": str(inputs["export"].path("teacher"))},
-    }
+    t_ref = ctx.recipe.teacher
+    specs: dict[str, dict] = {}
+    if not t_ref.onnx:  # an ONNX teacher has no PyTorch form to time
+        specs["teacher/fp32-torch"] = {**common, "kind": "torch", "path": str(inputs["teacher"].path("model")),
+                                       "arch": t_ref.arch, "kwargs": t_ref.kwargs, "input_dtype": str(s.x_test.dtype),
+                                       # the worker rebuilds any model source from the card's reference
+                                       "model_ref": t_ref.model_dump(exclude={"train"}) | {"weights": None}}
+    specs["teacher/fp32"] = {**common, "kind": "onnx", "path": str(inputs["export"].path("teacher"))}
     for c in inputs["quantize"].metrics["candidates"]:
         if c["error"] is None:
             specs[f"student/{c['variant']}"] = {**common, "kind": "onnx",

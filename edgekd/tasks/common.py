@@ -25,20 +25,28 @@ def data_fingerprint(ctx: BuildContext) -> str:
     return ctx.memo("fingerprint", lambda: splits(ctx).fingerprint())
 
 
-def build_model(ref, seed: int | None = None) -> Any:
-    from edgekd import zoo
+def build_model(ref, seed: int | None = None, log: Callable[[str], None] | None = None) -> Any:
+    """A fresh model for a ModelRef: zoo arch, the user's factory, an HF folder or an ONNX file
+    (with `weights` loaded when the card gives them)."""
+    from edgekd.zoo.sources import build_model as build_ref
 
     if seed is not None:  # initial weights are part of a deterministic run
         from edgekd.distill.trainer import seed_everything
 
         seed_everything(seed)
-    return zoo.build(ref.arch, **ref.kwargs)
+    return build_ref(ref, log=log)
 
 
-def load_model(ref, state_path: Path):
+def load_model(ref, state_path: Path, log: Callable[[str], None] | None = None):
+    """The model a stage wrote (`teacher.pt`/`student.pt` state dict, or the teacher's .onnx file)."""
     import torch
 
-    m = build_model(ref)
+    if ref.onnx:
+        from edgekd.zoo.sources import OnnxModel
+
+        return OnnxModel(state_path).eval()
+    # the state file replaces the card's initial weights: build without reading them twice
+    m = build_model(ref.model_copy(update={"weights": None}), log=log)
     m.load_state_dict(torch.load(state_path, weights_only=True))
     return m.eval()
 

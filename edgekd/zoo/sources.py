@@ -307,6 +307,14 @@ class OnnxModel(nn.Module):
         return torch.from_numpy(np.asarray(out, dtype=np.float32))
 
 
+def onnx_params(path: str | Path) -> int:
+    """Number of weights in an ONNX file (elements of its float initializers)."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return int(sum(int(np.prod(t.dims)) for t in m.graph.initializer if t.data_type in (1, 10, 11, 16)))
+
+
 # --------------------------------------------------------------------------- checks and fingerprints
 
 

@@ -1,0 +1,182 @@
+"""Bring your own teacher, student and data, end to end through the real CLI (offline, tiny):
+a factory teacher trained for a few seconds by the test and saved as a state dict, a factory
+student, an image folder of PNGs written by the test; the same teacher as ONNX; `edgekd init`."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+MODELS_PY = textwrap.dedent('''
+    """The user's own models (imported by edgekd from the build's working folder)."""
+    from torch import nn
+
+
+    def build_teacher(num_classes=3, channels=1, width=16):
+        return nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(8 * width, num_classes))
+
+
+    def build_student(num_classes=3, channels=1):
+        return nn.Sequential(nn.Conv2d(channels, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d((1, 4)),
+                             nn.Flatten(), nn.Linear(24, num_classes))
+''')
+CLASSES = ["left", "middle", "right"]
+
+
+def edgekd(*args, cwd, timeout=600):
+    env = {**os.environ, "EDGEKD_CACHE": str(cwd / "cache")}
+    return subprocess.run([sys.executable, "-m", "edgekd", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=timeout)
+
+
+def write_photos(root, n_per_class=40, size=16, seed=0):
+    """Grayscale PNGs: a bright bar at the class's position (left/middle/right) over noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(CLASSES):
+        d = root / name
+        d.mkdir(parents=True)
+        for i in range(n_per_class):
+            a = rng.integers(0, 90, (size, size)).astype(np.uint8)
+            lo = 1 + k * 5 + int(rng.integers(0, 2))
+            a[2:size - 2, lo:lo + 3] = rng.integers(170, 255)
+            Image.fromarray(a, "L").save(d / f"{i:03d}.png")
+
+
+@pytest.fixture(scope="module")
+def byo(tmp_path_factory):
+    """The user's folder: mymodels.py, photos/, teacher.pt (trained here for a few seconds), teacher.onnx."""
+    import torch
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("byo")
+    (root / "mymodels.py").write_text(MODELS_PY)
+    write_photos(root / "photos")
+    x = np.stack([np.asarray(Image.open(p), np.float32)[None] / 255.0
+                  for c in CLASSES for p in sorted((root / "photos" / c).glob("*.png"))])
+    y = np.repeat(np.arange(3), 40)
+    sys.path.insert(0, str(root))
+    try:
+        import mymodels
+    finally:
+        sys.path.remove(str(root))
+    torch.manual_seed(0)
+    teacher = mymodels.build_teacher()
+    opt = torch.optim.Adam(teacher.parameters(), lr=3e-3)
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    for _ in range(60):
+        idx = torch.randperm(len(xt))[:64]
+        loss = torch.nn.functional.cross_entropy(teacher(xt[idx]), yt[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    teacher.eval()
+    acc = float((teacher(xt).argmax(1) == yt).float().mean())
+    assert acc > 0.9, f"the test's teacher did not learn the toy task ({acc:.2f})"
+    torch.save(teacher.state_dict(), root / "teacher.pt")
+    torch.onnx.export(teacher, xt[:1], str(root / "teacher.onnx"), input_names=["pixels"], output_names=["logits"],
+                      dynamic_axes={"pixels": {0: "batch"}}, opset_version=17, dynamo=False)
+    sys.modules.pop("mymodels", None)
+    return root
+
+
+CARD = """\
+schema_version: 1
+name: photos-byo
+task: image-classification
+data: {{kind: image-folder, path: photos, classes: [left, middle, right], seed: 0}}
+teacher:
+{teacher}
+student:
+  factory: mymodels:build_student
+distill:
+  epochs: 8
+  batch_size: 16
+  lr: 0.01
+{distill_extra}
+quantize: {{accuracy_budget: 5.0, calibration_samples: 32}}
+"""
+
+
+def _build(root, card_text, name):
+    (root / f"{name}.yaml").write_text(card_text)
+    out = root / f"build-{name}"
+    r = edgekd("build", "--target", "cpu", "--quick", "--recipe", f"{name}.yaml", "--out", str(out), "--json", cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout), out, r
+
+
+def _student_row(report):
+    return next(m for m in report["models"] if f"{m['role']}/{m['variant']}" == report["selected"])
+
+
+def test_factory_teacher_with_weights_and_factory_student(byo):
+    card = CARD.format(teacher="  factory: mymodels:build_teacher\n  weights: teacher.pt", distill_extra="")
+    report, out, r = _build(byo, card, "factory")
+    assert "importing factory mymodels:build_teacher from" in r.stderr  # the build says what it imports
+    roles = {(m["role"], m["variant"]) for m in report["models"]}
+    assert ("teacher", "fp32-torch") in roles and ("teacher", "fp32") in roles
+    t = report["training"]["teacher"]
+    assert t["given"] is True and t["source"] == "factory:mymodels:build_teacher" and t["train_seconds"] == 0.0
+    # the teacher was used as given: its accuracy is the one it learned in the fixture, measured here
+    assert t["test_accuracy"] > 0.85
+    student = _student_row(report)
+    assert student["accuracy"] > 0.5  # 3 classes: chance is 0.33
+    c = report["comparison"]
+    assert c["speedup_p50"] > 0 and c["size_ratio"] > 1 and c["params_ratio"] > 10
+    assert (out / "recipe.yaml").read_text() == card  # the card travels with the build
+    teacher_row = next(m for m in report["models"] if m["variant"] == "fp32-torch")
+    assert teacher_row["latency_ms"]["p50"] > 0  # the profile worker rebuilt the factory model
+
+
+def test_onnx_teacher_through_the_logit_cache(byo):
+    card = CARD.format(teacher="  onnx: teacher.onnx", distill_extra="")
+    report, out, _ = _build(byo, card, "onnx")
+    rows = [(m["role"], m["variant"]) for m in report["models"]]
+    assert ("teacher", "fp32-torch") not in rows and ("teacher", "fp32") in rows
+    t = report["training"]["teacher"]
+    assert t["given"] is True and t["source"] == "onnx:teacher.onnx"
+    # same teacher as the factory build, run by onnxruntime: same test accuracy
+    torch_build = json.loads((byo / "build-factory" / "report" / "report.json").read_text()) \
+        if (byo / "build-factory" / "report" / "report.json").is_file() else None
+    if torch_build is not None:
+        assert abs(t["test_accuracy"] - torch_build["training"]["teacher"]["test_accuracy"]) < 1e-9
+    distill = json.loads((out / "distill" / "result.json").read_text())
+    assert distill["metrics"]["teacher_cache"] is False  # the card did not ask ...
+    assert any((byo / "cache" / "logits").iterdir())  # ... but the ONNX teacher's logits went through the cache
+    assert _student_row(report)["accuracy"] > 0.5
+    assert (out / "export" / "teacher.onnx").read_bytes() == (byo / "teacher.onnx").read_bytes()
+
+
+def test_onnx_teacher_with_a_feature_loss_exits_2(byo):
+    card = CARD.format(teacher="  onnx: teacher.onnx",
+                       distill_extra="  losses:\n    - {kind: soft_label, weight: 1.0}\n"
+                                     "    - {kind: feature, weight: 1.0, student: '1', teacher: '2'}")
+    (byo / "bad.yaml").write_text(card)
+    r = edgekd("build", "--target", "cpu", "--quick", "--recipe", "bad.yaml", "--out", str(byo / "build-bad"), cwd=byo)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "needs the teacher's activations" in r.stderr and "Traceback" not in r.stderr
+    assert not (byo / "build-bad" / "distill").exists()
+
+
+def test_init_writes_a_card_that_builds_unchanged(byo):
+    r = edgekd("init", "--teacher", "mymodels:build_teacher", "--weights", "teacher.pt", "--data", "photos",
+               "--student", "mymodels:build_student", cwd=byo)
+    assert r.returncode == 0, r.stderr[-3000:]
+    card = r.stdout
+    assert "kind: image-folder" in card and '"left", "middle", "right"' in card and "channels: 1" in card
+    assert "factory: \"mymodels:build_teacher\"" in card and "weights: \"teacher.pt\"" in card
+    assert "used as given" in card and "train:" not in card.split("student:")[0]
+    assert "# normalization: pixels scaled to [0, 1]" in card  # the teacher was trained on [0, 1] pixels
+    report, out, _ = _build(byo, card, "init")
+    assert report["recipe"] == "photos-byo" and report["training"]["teacher"]["given"] is True
+    assert (out / "recipe.yaml").read_text() == card
