@@ -112,7 +112,8 @@ def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
         "candidates": candidates, "profile_settings": settings,
         "training": {"teacher": {k: t["metrics"].get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds", "cached", "best_epoch",
                                                                   "given", "source")},
-                     "student": {k: d["metrics"].get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds", "best_epoch", "losses")}},
+                     "student": {k: d["metrics"].get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds", "best_epoch", "losses",
+                                                                  "labeled_samples", "unlabeled_samples")}},
         "parity": {k: v for k, v in e["metrics"].items() if k.endswith("_parity")},
         "notes": notes,
     }

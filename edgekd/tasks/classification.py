@@ -309,6 +309,9 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
                "generations": [{k: v for k, v in g.items() if k != "state"} for g in generations],
                "teacher_cache": dc.teacher_cache.enabled, "losses": [lc.model_dump() for lc in dc.losses],
                "student_init": init,
+               # data.unlabeled: train samples learned from the teacher's soft labels alone
+               "unlabeled_samples": int(s.n_unlabeled),
+               "labeled_samples": int(s.labeled.sum() if s.labeled is not None else (s.y_train >= 0).sum()),
                "tasks": task_metrics}
     return StageOutput(outputs, metrics)
 

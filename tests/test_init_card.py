@@ -1,0 +1,90 @@
+"""`edgekd init`: the card it writes from the user's teacher and data (inspection, normalization choice)."""
+import csv
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from edgekd.cards import data_spec, init_card, model_spec
+from edgekd.config import RecipeConfig
+from edgekd.errors import ConfigError, DataError
+
+MODELS = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    class MeanSign(nn.Module):
+        """Class 1 when the mean input is positive: right only under one normalization convention."""
+        def forward(self, x):
+            m = x.flatten(1).mean(1)
+            return torch.stack([torch.zeros_like(m), m], 1)
+
+    def build():
+        return MeanSign()
+
+    def tabular(in_features=3, num_classes=2):
+        return nn.Linear(in_features, num_classes)
+''')
+
+
+@pytest.fixture
+def user_dir(tmp_path, monkeypatch):
+    (tmp_path / "initmodels.py").write_text(MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    torch.save({}, tmp_path / "empty.pt")  # MeanSign has no parameters: its state dict is empty
+    return tmp_path
+
+
+def _photos(root, levels=(0.30, 0.49), n=12):
+    from PIL import Image
+
+    for k, level in enumerate(levels):
+        (root / f"c{k}").mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((6, 6), round(level * 255), np.uint8), "L").save(root / f"c{k}" / f"{i}.png")
+
+
+def test_init_picks_the_normalization_under_which_the_teacher_is_right(user_dir):
+    # pixels 0.30 vs 0.49: only ImageNet's mean/std puts them on both sides of 0
+    _photos(user_dir / "photos")
+    text = init_card("initmodels:build", "photos", weights="empty.pt")
+    card = RecipeConfig.model_validate(yaml.safe_load(text))
+    assert card.data.kind == "image-folder" and card.data.channels == 1 and card.data.classes == ["c0", "c1"]
+    assert card.data.mean == [0.485] and card.data.std == [0.229]
+    assert "ImageNet mean/std: the teacher scored" in text and "100.0% with ImageNet mean/std" in text
+    assert card.teacher.train is None and card.teacher.factory == "initmodels:build"
+    assert card.student.arch == "small_cnn" and card.student.kwargs == {"in_channels": 1, "num_classes": 2}
+    assert "name your own with --student" in text
+
+
+def test_init_tabular_csv_and_a_mixed_size_image_folder(user_dir):
+    with open(user_dir / "t.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["a", "b", "c", "name", "y"])
+        for i in range(40):
+            w.writerow([i, i % 7, -i, f"row{i}", "yes" if i % 2 else "no"])
+    text = init_card("initmodels:tabular", "t.csv", label_column="y", student="initmodels:tabular")
+    card = RecipeConfig.model_validate(yaml.safe_load(text))
+    assert card.task == "tabular-classification" and card.data.feature_columns == ["a", "b", "c"]
+    assert card.data.label_column == "y" and card.teacher.train is not None  # no weights: trained first
+    from PIL import Image
+
+    for k, size in enumerate([(8, 8), (8, 8), (10, 12)]):
+        (user_dir / "mixed" / f"k{k}").mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.zeros(size, np.uint8), "L").save(user_dir / "mixed" / f"k{k}" / f"{i}.png")
+    text = init_card("small_cnn", "mixed")
+    assert "image_size: [8, 8]" in text and "resized to the most common one" in text
+
+
+def test_init_bad_sources(user_dir):
+    with pytest.raises(ConfigError, match="cannot tell what model 'nonsense'"):
+        model_spec("nonsense")
+    with pytest.raises(ConfigError, match="does not exist"):
+        data_spec("nowhere/")
+    (user_dir / "emptyclass" / "a").mkdir(parents=True)
+    with pytest.raises(DataError, match="has no images"):
+        init_card("small_cnn", "emptyclass")
