@@ -212,3 +212,21 @@ def test_csv_text_with_the_offline_minilm_teacher(tmp_path):
     report, out, _ = _build(tmp_path, card, "text")
     assert report["training"]["teacher"]["test_accuracy"] > 0.8  # the words decide the label
     assert _student_row(report)["accuracy"] > 0.6
+
+
+@pytest.mark.parametrize("teacher,message", [
+    ("  factory: mymodels:build_teacher\n  kwargs: {num_classes: 2}\n  weights: teacher.pt",
+     "do not match the model: '9.weight' is [3, 128] in the file, [2, 128] in the model"),
+    ("  factory: mymodels:build_teacher\n  kwargs: {num_classes: 2}",
+     "the data has 3 classes but the teacher (factory:mymodels:build_teacher) outputs 2: labels 2..2 are outside"),
+    ("  factory: mymodels:build_teacher\n  kwargs: {channels: 3}", "rejects input of shape [2, 1, 16, 16]"),
+    ("  factory: mymodels:no_such_function\n  weights: teacher.pt", "module 'mymodels' has no 'no_such_function'"),
+])
+def test_bad_byo_input_is_one_line_exit_2(byo, teacher, message):
+    card = CARD.format(teacher=teacher + ("\n  train: {epochs: 1}" if "weights" not in teacher else ""), distill_extra="")
+    (byo / "badin.yaml").write_text(card)
+    out = byo / "build-badin"
+    r = edgekd("build", "--target", "cpu", "--quick", "--recipe", "badin.yaml", "--out", str(out), cwd=byo)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert message in r.stderr and "hint:" in r.stderr and "Traceback" not in r.stderr
+    assert not (out / "teacher" / "result.json").exists()  # nothing that looks finished
