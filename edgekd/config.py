@@ -363,7 +363,9 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], model: type[
 
     out = copy.deepcopy(raw)
     valid = _valid_keys(model)
-    for key, value in overrides.items():
+    # a model's new source first: switching it clears the old source's kwargs/weights (see below)
+    ordered = sorted(overrides.items(), key=lambda kv: kv[0].rsplit(".", 1)[-1] not in MODEL_SOURCES)
+    for key, value in ordered:
         parts = key.split(".")
         # Free-form dicts (zoo kwargs, quick) accept any sub-key; everything else must be a known field.
         free = any(".".join(parts[:i]) in valid and parts[i - 1] in ("kwargs", "quick", "weighting", "options") for i in range(1, len(parts)))
@@ -376,10 +378,11 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], model: type[
             if not isinstance(node.get(p), dict):
                 node[p] = {}
             node = node[p]
-        if parts[-1] in MODEL_SOURCES and len(parts) >= 2 and value:
-            # `--set student.factory=pkg:fn` on a card naming `student.arch` replaces the source
-            # (a model has exactly one); kwargs stay, the user sets them for the new source.
-            for other in MODEL_SOURCES:
+        if parts[-1] in MODEL_SOURCES and len(parts) >= 2 and value and not node.get(parts[-1]):
+            # `--set student.factory=pkg:fn` on a card naming `student.arch` replaces the model (a
+            # model has exactly one source): the old source's kwargs and weights go with it; the
+            # user's own `--set student.kwargs.x=...` apply after (source keys are set first).
+            for other in (*MODEL_SOURCES, "kwargs", "weights"):
                 if other != parts[-1]:
                     node.pop(other, None)
         node[parts[-1]] = value

@@ -158,3 +158,13 @@ def test_hf_image_and_text_classification_folders(tmp_path):
     base.save_pretrained(tmp_path / "enc")
     with pytest.raises(ConfigError, match="not an image- or text-classification model"):
         build_model(ModelRef(hf=str(tmp_path / "enc")))
+
+
+def test_set_replaces_a_models_source_with_its_kwargs():
+    from edgekd.config import RecipeConfig, apply_overrides
+
+    raw = {"student": {"arch": "small_cnn", "kwargs": {"in_channels": 1}, "weights": "a.pt"}}
+    out = apply_overrides(raw, {"student.kwargs.width": 4, "student.factory": "m:f"}, RecipeConfig)
+    assert out["student"] == {"factory": "m:f", "kwargs": {"width": 4}}
+    same = apply_overrides(raw, {"student.arch": "mlp"}, RecipeConfig)  # same source kind: kwargs stay
+    assert same["student"]["kwargs"] == {"in_channels": 1}
