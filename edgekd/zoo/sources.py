@@ -211,12 +211,12 @@ def hf_task(spec: str) -> str:
 
 def hf_classifier(hf: str, attn_implementation: str = "eager", **kwargs: Any) -> nn.Module:
     """A classification model from a local Hugging Face folder (or pkg:NAME), with its trained head."""
-    from edgekd.zoo.text import _hub_error, _quiet_transformers, resolve_hf
+    from edgekd.zoo.text import hub_error, quiet_transformers, resolve_hf
 
     if kwargs:
         raise ConfigError(f"unknown kwargs for an hf model: {', '.join(kwargs)}", hint="valid: attn_implementation")
     task = hf_task(hf)
-    _quiet_transformers()
+    quiet_transformers()
     path = resolve_hf(hf)
     import transformers
 
@@ -225,7 +225,7 @@ def hf_classifier(hf: str, attn_implementation: str = "eager", **kwargs: Any) ->
     try:
         model = cls.from_pretrained(path, attn_implementation=attn_implementation)
     except OSError as e:
-        raise _hub_error(hf, e) from None
+        raise hub_error(hf, e) from None
     return (HFImageClassifier if task == "image-classification" else HFSequenceClassifier)(model).eval()
 
 
