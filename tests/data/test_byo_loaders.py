@@ -203,7 +203,15 @@ def test_hf_disk(tmp_path):
                                "test": datasets.Dataset.from_dict({"a": list(range(6)), "label": [i % 2 for i in range(6)]})})
     dd.save_to_disk(str(tmp_path / "hf"))
     s = load(DataConfig(kind="hf-disk", path=str(tmp_path / "hf"), feature_columns=["a"]))
-    assert len(s.x_test) == 6 and s.num_classes == 2
+    assert len(s.x_test) == 6 and s.num_classes == 2 and len(s.x_train) + len(s.x_val) == 20
+    # one Dataset without splits (test held out by seed) and an unlabeled one as the transfer set
+    datasets.Dataset.from_dict({"a": list(range(30)), "y": ["p", "q", "r"] * 10}).save_to_disk(str(tmp_path / "one"))
+    datasets.Dataset.from_dict({"a": [1.0, 2.0]}).save_to_disk(str(tmp_path / "unl"))
+    s = load(DataConfig(kind="hf-disk", path=str(tmp_path / "one"), feature_columns=["a"], label_column="y",
+                        unlabeled=str(tmp_path / "unl")))
+    assert s.class_names == ["p", "q", "r"] and len(s.x_test) == 6 and s.n_unlabeled == 2
+    with pytest.raises(DataError, match="has no split 'training'"):
+        load(DataConfig(kind="hf-disk", path=str(tmp_path / "hf"), feature_columns=["a"], splits={"train": "training"}))
 
 
 def test_byo_fields_stay_out_of_old_cache_keys():
