@@ -230,3 +230,14 @@ def test_bad_byo_input_is_one_line_exit_2(byo, teacher, message):
     assert r.returncode == 2, r.stderr[-2000:]
     assert message in r.stderr and "hint:" in r.stderr and "Traceback" not in r.stderr
     assert not (out / "teacher" / "result.json").exists()  # nothing that looks finished
+
+
+def test_init_with_an_onnx_teacher_builds_unchanged(byo):
+    r = edgekd("init", "--teacher", "teacher.onnx", "--data", "photos", "--student", "mymodels:build_student",
+               "--name", "photos-onnx", cwd=byo)
+    assert r.returncode == 0, r.stderr[-3000:]
+    card = r.stdout
+    assert 'onnx: "teacher.onnx"' in card and "teacher_cache: {enabled: true}" in card and "augment: false" in card
+    report, out, _ = _build(byo, card, "init-onnx")
+    assert report["recipe"] == "photos-onnx" and report["training"]["teacher"]["source"] == "onnx:teacher.onnx"
+    assert not any(m["variant"] == "fp32-torch" for m in report["models"])
