@@ -299,6 +299,8 @@ class AscendConfig(Strict):
     loop: int = Field(1000, ge=1)
     warmup: int = Field(50, ge=0)
     device_id: int = Field(0, ge=0)
+    idle_seconds: float = Field(2.0, ge=0, description="npu-smi idle-power baseline sampled before msit runs")
+    power_interval_s: float = Field(0.1, gt=0, description="npu-smi power sampling period while msit runs")
 
 
 class TargetConfig(Strict):

@@ -53,6 +53,9 @@ PRECISION_MODES: tuple[str, ...] = (
     "allow_mix_precision", "allow_mix_precision_fp16", "allow_mix_precision_bf16", "allow_fp32_to_bf16",
 )
 
+# Modes CANN documents for Atlas A2/A3 products only (bfloat16 and the FP32-output cube).
+A2_ONLY_MODES: tuple[str, ...] = ("cube_fp16in_fp32out", "allow_mix_precision_bf16", "allow_fp32_to_bf16")
+
 # ATC registers no standard ONNX op at model opset 19+ (see cann_ops.json general_constraints).
 ATC_MAX_STANDARD_OPSET = 18
 
@@ -209,6 +212,10 @@ def check_target(target: "TargetConfig") -> "AscendConfig":
     mode = target.ascend.precision_mode
     if mode not in PRECISION_MODES:
         raise UserError(f"unknown ATC precision_mode '{mode}'", hint=f"valid: {', '.join(PRECISION_MODES)}")
+    if mode in A2_ONLY_MODES and not soc.startswith(("Ascend910B", "Ascend910_93")):
+        raise UserError(f"precision_mode '{mode}' is not available on {soc}",
+                        hint=f"{mode} exists on Atlas A2/A3 SoCs (Ascend910B*, Ascend910_93*) only; on {soc} use "
+                             "allow_fp32_to_fp16, force_fp16 or must_keep_origin_dtype")
     if target.onnx.dynamic_batch:
         raise UserError(f"target '{target.name}' asks for a dynamic batch, but no dims are given for ATC", hint=_DYNAMIC_HINT)
     if target.onnx.opset_max > ATC_MAX_STANDARD_OPSET:
@@ -362,15 +369,18 @@ def _write_script(path: Path, body: str) -> None:
     path.chmod(0o755)
 
 
-def _convert_sh(input_name: str, shape: list[int], soc: str, mode: str) -> str:
+def _convert_sh(input_name: str, shape: list[int], soc: str, mode: str, keep_dtype: bool = False) -> str:
     # The name was checked against _INPUT_NAME_RE, so double quotes are enough for the shell.
     shape_arg = f'--input_shape="{input_name}:{",".join(str(d) for d in shape)}"'
+    # --keep_dtype has no effect under must_keep_origin_dtype (CANN ATC docs), so it is not passed then.
+    keep = " --keep_dtype=keep_dtype.cfg" if keep_dtype and mode != "must_keep_origin_dtype" else ""
     return f"""#!/usr/bin/env bash
 # Convert model.onnx to an Ascend offline model (model.om) with CANN's ATC.
 # Needs the CANN toolkit environment: source /usr/local/Ascend/ascend-toolkit/set_env.sh
+# Another precision mode: PRECISION_MODE=must_keep_origin_dtype ./convert.sh
 set -euo pipefail
 cd "$(dirname "$0")"
-atc --model=model.onnx --framework=5 --output=model --soc_version={soc} {shape_arg} --precision_mode={mode} "$@"
+atc --model="${{MODEL:-model.onnx}}" --framework=5 --output="${{OUT:-model}}" --soc_version={soc} {shape_arg} --precision_mode="${{PRECISION_MODE:-{mode}}}"{keep} "$@"
 """
 
 
@@ -386,10 +396,13 @@ msit benchmark --om-model model.om --loop {loop} --warmup-count {warmup} --devic
 
 
 def _check_py(atol: float, rtol: float) -> str:
-    return f'''"""Compare outputs msit wrote (NPY) with the expected outputs in manifest.json. Needs numpy only.
+    return f'''"""Compare the outputs msit wrote (NPY) with the expected outputs in manifest.json, for EVERY
+sample in the manifest. Needs numpy only.
 
 usage: python check_outputs.py OUTPUT_DIR   (after: msit benchmark --om-model model.om
-       --input inputs/sample_0.bin --output OUTPUT_DIR --outfmt NPY)
+       --input inputs --output OUTPUT_DIR --outfmt NPY)
+msit names each output after its input file: sample_3.bin -> sample_3_0.npy (first output).
+Exit 0 when every sample is within tolerance, 1 when one differs or has no output file.
 """
 import json
 import sys
@@ -403,33 +416,64 @@ manifest = json.loads((here / "manifest.json").read_text())
 found = sorted(Path(sys.argv[1]).rglob("*.npy"))
 if not found:
     sys.exit(f"no .npy files under {{sys.argv[1]}}")
-expected = np.asarray(manifest["samples"][0]["expected"], dtype=np.float32)
-got = np.load(found[0]).astype(np.float32).reshape(expected.shape)
-diff = float(np.abs(got - expected).max())
-ok = bool(np.all(np.abs(got - expected) <= ATOL + RTOL * np.abs(expected)))
-print(json.dumps({{"file": str(found[0]), "max_abs_diff": diff, "atol": ATOL, "rtol": RTOL, "ok": ok}}))
-sys.exit(0 if ok else 1)
+by_name = {{p.name: p for p in found}}
+rows, ok_all = [], True
+for i, sample in enumerate(manifest["samples"]):
+    stem = Path(sample["input_file"]).stem
+    path = by_name.get(f"{{stem}}_0.npy") or by_name.get(f"{{stem}}.npy")
+    if path is None and len(found) == len(manifest["samples"]):
+        path = found[i]  # unnamed outputs: msit kept the input order
+    if path is None:
+        rows.append({{"sample": stem, "ok": False, "error": "no output file"}})
+        ok_all = False
+        continue
+    expected = np.asarray(sample["expected"], dtype=np.float32)
+    got = np.load(path).astype(np.float32).reshape(expected.shape)
+    diff = float(np.abs(got - expected).max())
+    ok = bool(np.all(np.abs(got - expected) <= ATOL + RTOL * np.abs(expected)))
+    top1 = float((got.argmax(-1) == expected.argmax(-1)).mean()) if expected.ndim > 1 else None
+    rows.append({{"sample": stem, "file": str(path), "max_abs_diff": diff, "top1_agreement": top1, "ok": ok}})
+    ok_all = ok_all and ok
+print(json.dumps({{"samples": rows, "compared": sum(1 for r in rows if "file" in r), "atol": ATOL, "rtol": RTOL,
+                  "ok": ok_all}}, indent=1))
+sys.exit(0 if ok_all else 1)
 '''
 
 
-def _readme(soc: str, input_name: str, shape: list[int], atc_status: str) -> str:
+def _readme(soc: str, input_name: str, shape: list[int], atc_status: str, dtype: str = "float32",
+            mode: str = "allow_fp32_to_fp16", precision: dict[str, Any] | None = None, amct: bool = False) -> str:
+    prec = ""
+    if precision and precision.get("fp16_accuracy") is not None:
+        prec = (f"\nHost FP16 preflight ({mode}, simulated on onnxruntime, test split): FP32 {precision['fp32_accuracy']:.2%}, "
+                f"FP16 {precision['fp16_accuracy']:.2%}")
+        if precision.get("keep_fp32"):
+            prec += (f", with {len(precision['keep_fp32'])} layer(s) kept in FP32 (keep_dtype.cfg) "
+                     f"{precision['accuracy_with_keep']:.2%}")
+        prec += ".\nIf accuracy on the NPU still falls short: PRECISION_MODE=must_keep_origin_dtype ./convert.sh\n"
+    amct_txt = ("""
+INT8 (AMCT, on a CANN host only; needs amct_onnx from the CANN toolkit):
+  python3 amct/calibrate.py           # calibrates on amct/calibration.npy, writes amct/out/model_deploy_model.onnx
+  MODEL=amct/out/model_deploy_model.onnx OUT=model_int8 ./convert.sh   # atc on the quantized model
+  Check its accuracy on the NPU before shipping it: edgekd measured none of it on this host.
+""" if amct else "")
     return f"""edgekd Ascend bundle for {soc}
 ================================
 
-model.onnx        static-shape ONNX (input {input_name}: {shape}), opset and operators linted for ATC
+model.onnx        static-shape ONNX (input {input_name}: {shape} {dtype}), opset and operators linted for ATC
 convert.sh        atc ... -> model.om           (needs the CANN toolkit; ATC here: {atc_status})
+                  precision_mode {mode}{"; keep_dtype.cfg keeps the listed layers in FP32" if precision and precision.get("keep_fp32") else ""}
 benchmark.sh      msit benchmark on model.om    (needs the NPU driver + msit)
-inputs/*.bin      sample inputs, raw float32, batch as in the input shape
-check_outputs.py  compares device outputs with the expected outputs in manifest.json
-manifest.json     sha256 of every file, shapes, SoC, opset, lint result, sample inputs/outputs
-
+inputs/*.bin      sample inputs, raw {dtype}, batch as in the input shape
+check_outputs.py  compares the device output of EVERY sample with the expected outputs in manifest.json
+manifest.json     sha256 of every file, shapes, SoC, opset, lint result, sample inputs/outputs, FP16 preflight
+{prec}{amct_txt}
 On the Ascend host:
   source /usr/local/Ascend/ascend-toolkit/set_env.sh
   python3 -c "import json;[print(h+'  '+f) for f,h in json.load(open('manifest.json'))['files'].items()]" | sha256sum -c -
   ./convert.sh                                   # writes model.om
   DEVICE_ID=0 ./benchmark.sh                     # latency/throughput on the NPU
-  msit benchmark --om-model model.om --input inputs/sample_0.bin --output out --outfmt NPY
-  python3 check_outputs.py out                   # parity of the NPU result with the host result
+  msit benchmark --om-model model.om --input inputs --output out --outfmt NPY
+  python3 check_outputs.py out                   # parity of every sample's NPU result with the host result
 """
 
 
@@ -452,13 +496,67 @@ def _run_atc(bundle: Path, timeout_s: float) -> dict[str, Any]:
     return {"status": "ok", "atc": atc, "log": "atc.log", "om": "model.om"}
 
 
+_AMCT_SCRIPT = '''"""INT8 post-training quantization of model.onnx with AMCT (Ascend Model Compression Toolkit).
+
+Runs ONLY on a host with the CANN toolkit (amct_onnx is part of it, not on PyPI). Calibrates on
+amct/calibration.npy (samples of the training split, written by edgekd, in the model's input
+layout and dtype), then writes amct/out/model_deploy_model.onnx (for atc) and
+amct/out/model_fake_quant_model.onnx (for accuracy simulation on onnxruntime).
+API: amct_onnx create_quant_config / quantize_model / save_model (CANN AMCT ONNX docs).
+"""
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+import amct_onnx as amct
+
+HERE = Path(__file__).resolve().parent
+MODEL = str(HERE.parent / "model.onnx")
+INPUT_NAME = {input_name!r}
+BATCH = {batch}
+OUT = HERE / "out"
+OUT.mkdir(exist_ok=True)
+calib = np.load(HERE / "calibration.npy")
+batches = [calib[i:i + BATCH] for i in range(0, len(calib) - BATCH + 1, BATCH)]
+config = str(OUT / "config.json")
+record = str(OUT / "record.txt")
+modified = str(OUT / "modified_model.onnx")
+amct.create_quant_config(config_file=config, model_file=MODEL, skip_layers=None, batch_num=len(batches),
+                         activation_offset=True)
+amct.quantize_model(config_file=config, model_file=MODEL, modified_onnx_file=modified, record_file=record)
+# The calibration pass: run the modified model on every batch with AMCT's session options.
+session = ort.InferenceSession(modified, amct.AMCT_SO)
+for b in batches:
+    session.run(None, {{INPUT_NAME: b}})
+amct.save_model(modified_onnx_file=modified, record_file=record, save_path=str(OUT / "model"))
+print("wrote", OUT / "model_deploy_model.onnx")
+'''
+
+
+def _write_amct(bundle: Path, calib: np.ndarray, input_name: str, shape: list[int]) -> dict[str, Any]:
+    """amct/calibrate.py + amct/calibration.npy: INT8 through AMCT on a CANN host (never run here)."""
+    d = bundle / "amct"
+    d.mkdir()
+    np.save(d / "calibration.npy", np.ascontiguousarray(calib))
+    (d / "calibrate.py").write_text(_AMCT_SCRIPT.format(input_name=input_name, batch=int(shape[0])), encoding="utf-8")
+    return {"script": "amct/calibrate.py", "calibration": "amct/calibration.npy", "samples": int(len(calib)),
+            "status": "not run", "reason": "AMCT needs the CANN toolkit; run amct/calibrate.py on the Ascend host"}
+
+
 def write_bundle(model_path: Path | str, out_dir: Path | str, target: "TargetConfig", input_name: str,
                  input_shape: list[int], sample_inputs: np.ndarray, expected_outputs: np.ndarray,
-                 allow_unsupported: bool = False, max_samples: int = 4, atc_timeout_s: float = 1800.0) -> dict[str, Any]:
+                 allow_unsupported: bool = False, max_samples: int = 4, atc_timeout_s: float = 1800.0, *,
+                 evaluation: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, budget_points: float = 0.5,
+                 calib: np.ndarray | None = None, log: Any = None) -> dict[str, Any]:
     """Write `out_dir/ascend/` (model.onnx, convert.sh, benchmark.sh, manifest.json, README.txt, ...).
 
     The static model is checked against `expected_outputs` on onnxruntime with the card's parity
     tolerance (StageError on mismatch). Lint findings raise UserError unless `allow_unsupported`.
+    With `evaluation` = (x_test, y_test, x_val) the static model's test accuracy is measured and
+    the card's precision mode is simulated in FP16 on the host (edgekd.export.ascend_precision);
+    layers responsible for a drop past `budget_points` go to keep_dtype.cfg. With `calib` an AMCT
+    INT8 calibration script and batch are added (run only on a CANN host).
     When `atc` is on PATH the bundle is converted to model.om; an ATC failure raises StageError
     after the bundle (with atc.log and the manifest) is written. Returns the manifest.
     """
@@ -470,7 +568,10 @@ def write_bundle(model_path: Path | str, out_dir: Path | str, target: "TargetCon
         raise UserError(f"input name {input_name!r} cannot be passed to atc --input_shape",
                         hint="export with an input name made of letters, digits, '_', '.', '/' or '-'")
     shape = [int(d) for d in input_shape]
-    x = np.asarray(sample_inputs, dtype=np.float32)
+    # Token-id models take int64 ids; everything else is fed float32 (ATC reads the ONNX input dtype).
+    raw = np.asarray(sample_inputs)
+    x = raw.astype(np.int64) if np.issubdtype(raw.dtype, np.integer) else raw.astype(np.float32)
+    dtype = str(x.dtype)
     y = np.asarray(expected_outputs)
     if x.ndim != len(shape) or list(x.shape[1:]) != shape[1:]:
         raise UserError(f"sample inputs have shape {list(x.shape)}, the model input is {shape}",
@@ -503,6 +604,22 @@ def write_bundle(model_path: Path | str, out_dir: Path | str, target: "TargetCon
         parity = check_parity(y[:n].astype(np.float32), got, target.parity.atol, target.parity.rtol,
                               what=f"static ONNX for {soc}", output_name=next(iter(prep["outputs"])))
 
+        precision: dict[str, Any] | None = None
+        accuracy: float | None = None
+        if evaluation is not None:
+            from edgekd.export.ascend_precision import KEEP_DTYPE_FILE, fp16_preflight, keep_dtype_text
+
+            x_test, y_test, x_val = evaluation
+            # Token-id inputs stay int64: only the float operators after the embedding are rounded.
+            precision = fp16_preflight(tmp / "model.onnx", mode, np.asarray(x_test, x.dtype), np.asarray(y_test),
+                                       np.asarray(x_val, x.dtype), budget_points, log=log)
+            accuracy = precision["fp32_accuracy"]
+            if precision.get("keep_fp32"):
+                (tmp / KEEP_DTYPE_FILE).write_text(keep_dtype_text(precision["keep_fp32"]), encoding="utf-8")
+        amct = None
+        n_cal = (min(len(calib), 32 * batch) // batch) * batch if calib is not None else 0
+        if n_cal:
+            amct = _write_amct(tmp, np.asarray(calib[:n_cal], dtype=x.dtype), input_name, shape)
         (tmp / "inputs").mkdir()
         samples = []
         for i, start in enumerate(range(0, min(n, max_samples * batch), batch)):
@@ -510,11 +627,13 @@ def write_bundle(model_path: Path | str, out_dir: Path | str, target: "TargetCon
             xi.tofile(tmp / "inputs" / f"sample_{i}.bin")
             samples.append({"input_file": f"inputs/sample_{i}.bin", "input": xi.tolist(),
                             "expected": np.asarray(y[start:start + batch], dtype=np.float32).tolist()})
-        _write_script(tmp / "convert.sh", _convert_sh(input_name, shape, soc, mode))
+        _write_script(tmp / "convert.sh", _convert_sh(input_name, shape, soc, mode,
+                                                      keep_dtype=bool(precision and precision.get("keep_fp32"))))
         _write_script(tmp / "benchmark.sh", _benchmark_sh(ascend.loop, ascend.warmup, ascend.device_id))
         (tmp / "check_outputs.py").write_text(_check_py(target.parity.atol, target.parity.rtol), encoding="utf-8")
         atc = _run_atc(tmp, atc_timeout_s)
-        (tmp / "README.txt").write_text(_readme(soc, input_name, shape, atc["status"]), encoding="utf-8")
+        (tmp / "README.txt").write_text(_readme(soc, input_name, shape, atc["status"], dtype, mode, precision, amct is not None),
+                                        encoding="utf-8")
 
         table = load_op_table()
         manifest: dict[str, Any] = {
@@ -526,7 +645,7 @@ def write_bundle(model_path: Path | str, out_dir: Path | str, target: "TargetCon
             "soc_version": soc,
             "precision_mode": mode,
             "opset": prep["opset"],
-            "input": {"name": input_name, "shape": shape, "dtype": "float32"},
+            "input": {"name": input_name, "shape": shape, "dtype": dtype},
             "outputs": [{"name": k, "shape": v} for k, v in prep["outputs"].items()],
             "prepare": {"folding": prep["folding"], "nodes_before": prep["nodes_before"], "nodes_after": prep["nodes_after"]},
             "lint": {"ok": not findings, "allowed_unsupported": bool(findings) and allow_unsupported,
@@ -535,6 +654,10 @@ def write_bundle(model_path: Path | str, out_dir: Path | str, target: "TargetCon
                      "note": "passing the lint does not guarantee every dtype/shape compiles"},
             "host_parity": {k: parity[k] for k in ("ok", "max_abs_diff", "atol", "rtol", "samples")},
             "atc": atc,
+            "accuracy": {"static_onnx_fp32": accuracy, "split": "test", "measured_on": "host", "runtime": "onnxruntime"}
+            if accuracy is not None else None,
+            "precision_preflight": precision,
+            "amct": amct,
             "commands": {"convert": "./convert.sh", "benchmark": "./benchmark.sh"},
             "samples": samples,
             "files": {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()},
@@ -551,3 +674,29 @@ def write_bundle(model_path: Path | str, out_dir: Path | str, target: "TargetCon
         raise StageError(f"atc failed for {soc}: {atc['reason']}",
                          hint=f"see {final / 'atc.log'}; the bundle is kept for inspection")
     return manifest
+
+
+# --------------------------------------------------------------------------- on the Ascend host
+
+
+def device_tools() -> dict[str, str | None]:
+    """Paths of the CANN/driver tools a device measurement needs (None = not on PATH)."""
+    return {tool: shutil.which(tool) for tool in ("atc", "msit", "npu-smi")}
+
+
+def profile_on_device(bundle: Path | str, ascend: "AscendConfig") -> dict[str, Any]:
+    """Time the bundle's model.om on the NPU (msit) with npu-smi power sampling, when this host
+    has atc, msit and npu-smi and atc produced model.om; else {"status": "not run", "reason"}."""
+    bundle = Path(bundle)
+    tools = device_tools()
+    missing = [k for k, v in tools.items() if v is None]
+    if missing:
+        return {"status": "not run", "reason": f"{', '.join(missing)} not on PATH: no Ascend host"}
+    if not (bundle / "model.om").is_file():
+        return {"status": "not run", "reason": "no model.om: atc did not produce one"}
+    from edgekd.runtimes.npu import detect_ascend_soc, run_msit_on_device
+
+    soc, how = detect_ascend_soc()
+    res = run_msit_on_device(bundle / "model.om", ascend.loop, ascend.warmup, ascend.device_id,
+                             idle_seconds=ascend.idle_seconds, interval_s=ascend.power_interval_s)
+    return {"status": "ok", "device": soc or ascend.soc_version, "device_detected": how, **res}

@@ -235,6 +235,22 @@ class NpuSmiSampler:
         self._sample()
         return integrate_trapezoid(self._samples)
 
+    @property
+    def samples(self) -> list[tuple[float, float]]:
+        """(time_s, watts) readings of the last start()..stop() window."""
+        return list(self._samples)
+
+    def idle_watts(self, seconds: float = 2.0) -> float:
+        """Mean board power over `seconds` with nothing of ours running: the baseline to subtract.
+        At least two readings are taken, however short `seconds` is."""
+        self.start()
+        end = self._clock() + max(seconds, 0.0)
+        while self._clock() < end and self._error is None:
+            time.sleep(min(self.interval_s, 0.05))
+        self.stop()
+        watts = [w for _, w in self._samples]
+        return sum(watts) / len(watts)
+
 
 SAMPLERS: dict[str, Callable[[], PowerSampler]] = {
     "rapl": RaplSampler,
