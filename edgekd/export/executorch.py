@@ -79,7 +79,7 @@ def _quantize_int8(model: torch.nn.Module, example: torch.Tensor, calib: np.ndar
     except Exception as e:  # torch.export / pt2e raise many unrelated types; all mean "cannot quantize this graph"
         raise _stage_failure("int8 quantization (prepare_pt2e)", e) from e
     batch = int(example.shape[0])
-    xs = torch.as_tensor(np.ascontiguousarray(calib, dtype=np.float32))
+    xs = torch.as_tensor(np.ascontiguousarray(calib, dtype=_np_dtype(example)))
     with torch.no_grad():
         # The captured graph is specialised to the example's batch size: calibrate in chunks of it.
         for i in range(0, len(xs) - batch + 1, batch):
@@ -103,13 +103,15 @@ def export_pte(model: torch.nn.Module, example: torch.Tensor, out_path: Path,
         raise UserError(f"unknown .pte precision '{quantize}'", hint="valid: fp32, int8")
     out_path = Path(out_path)
     model = model.eval()
-    example = example.detach().to(torch.float32).contiguous()
+    # Token ids stay int64 (an Embedding's index input); everything else is a float32 tensor.
+    example = example.detach().contiguous() if not torch.is_floating_point(example) else \
+        example.detach().to(torch.float32).contiguous()
     n_calib = 0
     if quantize == "int8":
         if calib is None or len(calib) < int(example.shape[0]):
             raise UserError("int8 .pte export needs calibration samples",
                             hint="pass calib: an array of training inputs (quantize.calibration_samples of them)")
-        calib = np.asarray(calib, dtype=np.float32)
+        calib = np.asarray(calib, dtype=_np_dtype(example))
         if calib.shape[1:] != tuple(example.shape[1:]):
             raise UserError(f"calibration samples have shape {calib.shape[1:]}, the model input is {tuple(example.shape[1:])}",
                             hint="calibrate on inputs from the same dataset the model takes")
@@ -159,6 +161,10 @@ def _load_forward(path: Path | str):
                          hint="re-export the .pte with the installed executorch version") from e
 
 
+def _np_dtype(t: torch.Tensor) -> type:
+    return np.float32 if torch.is_floating_point(t) else np.int64
+
+
 def _input_shape(method) -> tuple[int, ...]:
     return tuple(int(d) for d in method.metadata.input_tensor_meta(0).sizes())
 
@@ -167,7 +173,7 @@ def run_pte(path: Path | str, x: np.ndarray) -> np.ndarray:
     """First output of a .pte's `forward` over `x`, in chunks of the program's static batch size."""
     method = _load_forward(path)
     shape = _input_shape(method)
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x = np.ascontiguousarray(x, dtype=np.int64 if np.issubdtype(np.asarray(x).dtype, np.integer) else np.float32)
     if tuple(x.shape[1:]) != shape[1:]:
         raise UserError(f"input shape {tuple(x.shape[1:])} does not match the .pte's {shape[1:]}",
                         hint="a .pte has a static input shape; pass samples shaped like the export example")
@@ -175,7 +181,7 @@ def run_pte(path: Path | str, x: np.ndarray) -> np.ndarray:
     n = len(x)
     pad = (-n) % b  # the last chunk is padded to the static batch, its padding rows dropped
     if pad:
-        x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), dtype=np.float32)])
+        x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), dtype=x.dtype)])
     outs = []
     for i in range(0, len(x), b):
         try:
@@ -198,7 +204,8 @@ def time_pte(path: Path | str, example: np.ndarray | torch.Tensor, runs: int = 1
 
     import executorch.extension.pybindings.portable_lib as _pl
 
-    x = torch.as_tensor(np.ascontiguousarray(example, dtype=np.float32))
+    ex = np.asarray(example)
+    x = torch.as_tensor(np.ascontiguousarray(ex, dtype=np.int64 if np.issubdtype(ex.dtype, np.integer) else np.float32))
     before = int(_pl._threadpool_get_thread_count())
     # XNNPACK runs on ExecuTorch's own threadpool (all cores by default): pin it like the card asks.
     # The XNNPACK delegate keeps a pointer to the pool it was initialised with, so the pool is reset

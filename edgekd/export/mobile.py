@@ -148,7 +148,7 @@ _README = """edgekd mobile bundle
 Student model for {device}.
 
 Files
-  model_fp32.pte            ExecuTorch program, FP32, XNNPACK-delegated (input {shape}, float32)
+  model_fp32.pte            ExecuTorch program, FP32, XNNPACK-delegated (input {shape}, {dtype})
   model_int8.pte            ExecuTorch program, INT8 (pt2e, XNNPACK quantizer, per-channel), XNNPACK-delegated
   model.ort                 ONNX Runtime Mobile model (ORT format, Fixed optimizations for arm)
   required_operators.config operators model.ort needs: build a minimal ORT with
@@ -157,7 +157,8 @@ Files
   benchmark_android.sh      on-device timing over adb (see the header of the script)
 
 Preprocessing: x = (raw_value - mean) / std, raw values as the dataset stores them (e.g. 0..255
-pixels), mean/std from metadata.json "normalization"; input float32 of the shape above.
+pixels), mean/std from metadata.json "normalization"; input {dtype} of the shape above
+(int64 token ids from the tokenizer named in "normalization" for text models).
 Outputs are logits over metadata.json "class_names".
 
 Every artifact was run on the build host and compared with the PyTorch student
@@ -175,13 +176,16 @@ or `edgekd` users: edgekd.export.mobile.adb_profile(<this folder>, "<serial>").
 def write_mobile_bundle(out_dir: Path | str, student_model: torch.nn.Module, example: torch.Tensor,
                         fp32_onnx_path: Path | str, calib: np.ndarray, x_check: np.ndarray,
                         class_names: list[str], normalization: dict[str, Any], target: "TargetConfig",
-                        *, timing_runs: int = 50, timing_warmup: int = 5) -> dict[str, Any]:
+                        *, timing_runs: int = 50, timing_warmup: int = 5,
+                        evaluation: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Build `out_dir/mobile/` (written in a temp folder, renamed into place) and return its summary.
 
     Each artifact is checked against the PyTorch student on `x_check`: the FP32 .pte and the .ort
     within the card's parity atol/rtol, the INT8 .pte by top-1 agreement >= 0.9 (its max abs diff
     is reported). A failed check raises StageError (exit 4). Without executorch the .pte files are
     skipped (recorded in metadata) and the .ort alone ships; the stage fails only if no format can be built.
+    With `evaluation` = (x_test, y_test) each artifact's accuracy is measured through its own
+    runtime (ExecuTorch for .pte, onnxruntime for .ort) on this host.
     """
     from edgekd.export.onnx import check_parity
     from edgekd.export.ort_format import CONFIG_NAME, time_ort, to_ort_format
@@ -190,10 +194,12 @@ def write_mobile_bundle(out_dir: Path | str, student_model: torch.nn.Module, exa
     fp32_onnx_path = Path(fp32_onnx_path)
     if not fp32_onnx_path.is_file():
         raise UserError(f"ONNX model not found: {fp32_onnx_path}", hint="run the export stage first")
-    x_check = np.ascontiguousarray(x_check, dtype=np.float32)
+    is_ids = np.issubdtype(np.asarray(x_check).dtype, np.integer)  # token ids (text models) stay int64
+    in_dtype = np.int64 if is_ids else np.float32
+    x_check = np.ascontiguousarray(x_check, dtype=in_dtype)
     if len(x_check) == 0:
         raise UserError("no samples to check the mobile artifacts on", hint="the validation split is empty")
-    example = torch.as_tensor(example, dtype=torch.float32)[:1].contiguous()  # mobile programs are batch 1
+    example = torch.as_tensor(np.asarray(example, dtype=in_dtype))[:1].contiguous()  # mobile programs are batch 1
     atol, rtol = target.parity.atol, target.parity.rtol
     threads = target.profile.threads
 
@@ -211,14 +217,28 @@ def write_mobile_bundle(out_dir: Path | str, student_model: torch.nn.Module, exa
     artifacts: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
     flops, params = _flops_and_params(fp32_onnx_path)
-    io_bytes = float(example.numel() * 4 + reference[0].size * 4)
+    io_bytes = float(example.numel() * example.element_size() + reference[0].size * 4)
+
+    def test_accuracy(run, runtime: str) -> dict[str, Any] | None:
+        if evaluation is None:
+            return None
+        x_test, y_test = evaluation
+        pred = run(np.ascontiguousarray(x_test, dtype=in_dtype)).argmax(-1)
+        return {"value": float((pred == np.asarray(y_test)).mean()), "split": "test", "samples": int(len(y_test)),
+                "runtime": runtime, "measured_on": "host"}
 
     if importlib.util.find_spec("executorch") is not None:
         from edgekd.export.executorch import export_pte, run_pte, time_pte
 
         for precision in ("fp32", "int8"):
             name = f"model_{precision}.pte"
-            info = export_pte(student_model, example, tmp / name, precision, calib=calib if precision == "int8" else None)
+            try:
+                info = export_pte(student_model, example, tmp / name, precision, calib=calib if precision == "int8" else None)
+            except StageError as e:
+                if precision == "fp32":
+                    raise
+                skipped[name] = f"export failed: {e.message}"  # the fp32 .pte and the .ort still ship
+                continue
             got = run_pte(tmp / name, x_check)
             if precision == "fp32":
                 parity = check_parity(reference, got, atol, rtol, what=f"{name} vs the PyTorch student")
@@ -227,6 +247,7 @@ def write_mobile_bundle(out_dir: Path | str, student_model: torch.nn.Module, exa
             info["parity"] = {**parity, "host": True, "reference": "pytorch student"}
             info["latency_ms"] = time_pte(tmp / name, example.numpy(), timing_runs, timing_warmup, threads)
             info["runtime"] = "executorch"
+            info["accuracy"] = test_accuracy(lambda xs, p=tmp / name: run_pte(p, xs), "executorch")
             info["estimate"] = roofline_estimate(flops, params * (4 if precision == "fp32" else 1), io_bytes,
                                                  target.device, precision)
             artifacts[name] = info
@@ -240,6 +261,7 @@ def write_mobile_bundle(out_dir: Path | str, student_model: torch.nn.Module, exa
     info["parity_vs_onnx"] = {**info["parity_vs_onnx"], "host": True}
     info["latency_ms"] = time_ort(tmp / "model.ort", example.numpy(), timing_runs, timing_warmup, threads)
     info["runtime"] = "onnxruntime-mobile"
+    info["accuracy"] = test_accuracy(lambda xs: _run_ort(tmp / "model.ort", xs), "onnxruntime (ORT format)")
     info["precision"] = "fp32"
     info["estimate"] = roofline_estimate(flops, params * 4, io_bytes, target.device, "fp32")
     artifacts["model.ort"] = info
@@ -251,6 +273,7 @@ def write_mobile_bundle(out_dir: Path | str, student_model: torch.nn.Module, exa
     os.chmod(tmp / "benchmark_android.sh", os.stat(tmp / "benchmark_android.sh").st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     skipped_text = "".join(f"\nNot built here: {k}: {v}" for k, v in skipped.items())
     (tmp / "README.txt").write_text(_README.format(device=target.device.name, shape=list(example.shape),
+                                                   dtype=str(example.dtype).replace("torch.", ""),
                                                    skipped=skipped_text + ("\n" if skipped_text else "")))
 
     files = {}
@@ -262,7 +285,7 @@ def write_mobile_bundle(out_dir: Path | str, student_model: torch.nn.Module, exa
     metadata = {
         "schema_version": METADATA_SCHEMA_VERSION,
         "target": target.name,
-        "input": {"name": input_name, "shape": list(example.shape), "dtype": "float32"},
+        "input": {"name": input_name, "shape": list(example.shape), "dtype": str(example.dtype).replace("torch.", "")},
         "output": {"name": output_name, "shape": [1, int(reference.shape[-1])], "dtype": "float32"},
         "normalization": normalization,
         "class_names": list(class_names),
@@ -283,6 +306,9 @@ def write_mobile_bundle(out_dir: Path | str, student_model: torch.nn.Module, exa
                       "sha256": a["sha256"], "host_p50_ms": a["latency_ms"]["p50"],
                       "parity_max_abs_diff": a["parity"]["max_abs_diff"],
                       "top1_agreement": a["parity"]["top1_agreement"],
+                      "accuracy": (a.get("accuracy") or {}).get("value"),
+                      "runtime": a["runtime"],
+                      "host_latency_ms": a["latency_ms"],
                       "estimate_latency_ms": a["estimate"]["latency_ms"],
                       "estimate_joules": a["estimate"]["energy"]["joules_per_inference"]}
                for name, a in artifacts.items()}

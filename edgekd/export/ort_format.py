@@ -129,7 +129,8 @@ def time_ort(path: Path | str, example: np.ndarray, runs: int = 100, warmup: int
     if runs < 1:
         raise UserError(f"runs must be at least 1, got {runs}", hint="pass runs >= 1")
     sess = ort_session(path, threads)
-    feed = {sess.get_inputs()[0].name: np.ascontiguousarray(example, dtype=np.float32)}
+    ex = np.asarray(example)
+    feed = {sess.get_inputs()[0].name: np.ascontiguousarray(ex, dtype=np.int64 if np.issubdtype(ex.dtype, np.integer) else np.float32)}
     for _ in range(warmup):
         sess.run(None, feed)
     samples = []

@@ -95,7 +95,7 @@ def trained(tmp_path_factory) -> dict:
     assert (ref.argmax(1) == y_test).mean() > 0.8, "the tiny model did not learn the blobs: the int8 test would mean nothing"
     d = tmp_path_factory.mktemp("mobile")
     onnx_path = export_onnx(model, torch.from_numpy(x_test[:1]), d / "student.onnx", opset=17)
-    return {"model": model, "x_train": x, "x_test": x_test, "ref": ref, "onnx": onnx_path, "dir": d}
+    return {"model": model, "x_train": x, "x_test": x_test, "y_test": y_test, "ref": ref, "onnx": onnx_path, "dir": d}
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,8 @@ def bundle(trained) -> tuple[Path, dict]:
     info = mobile.write_mobile_bundle(out, trained["model"], torch.from_numpy(trained["x_test"][:1]), trained["onnx"],
                                       trained["x_train"][:64], trained["x_test"], [f"c{i}" for i in range(N_CLASSES)],
                                       {"mean": 0.0, "std": 1.0, "scale": 1.0}, load_target("mobile"),
-                                      timing_runs=5, timing_warmup=1)
+                                      timing_runs=5, timing_warmup=1,
+                                      evaluation=(trained["x_test"], trained["y_test"]))
     return out / "mobile", info
 
 
@@ -226,6 +227,49 @@ def test_bundle_contents_hashes_and_labels(bundle):
     assert "executor_runner --model_path" in script and "onnxruntime_perf_test -e cpu" in script
     assert subprocess.run(["bash", "-n", str(root / "benchmark_android.sh")]).returncode == 0  # parses
     assert set(info["artifacts"]) == {"model_fp32.pte", "model_int8.pte", "model.ort"}
+
+
+@needs_et
+def test_each_artifact_has_test_accuracy_through_its_own_runtime(trained, bundle):
+    root, info = bundle
+    meta = json.loads((root / "metadata.json").read_text())
+    torch_acc = float((trained["ref"].argmax(1) == trained["y_test"]).mean())
+    for name, runtime in (("model_fp32.pte", "executorch"), ("model_int8.pte", "executorch"),
+                          ("model.ort", "onnxruntime (ORT format)")):
+        acc = meta["artifacts"][name]["accuracy"]
+        assert acc["runtime"] == runtime and acc["samples"] == len(trained["y_test"]) and acc["measured_on"] == "host"
+        assert info["artifacts"][name]["accuracy"] == acc["value"]
+    # FP32 artifacts compute what the PyTorch student computes: the same decisions on the test split.
+    assert meta["artifacts"]["model_fp32.pte"]["accuracy"]["value"] == pytest.approx(torch_acc)
+    assert meta["artifacts"]["model.ort"]["accuracy"]["value"] == pytest.approx(torch_acc)
+    assert abs(meta["artifacts"]["model_int8.pte"]["accuracy"]["value"] - torch_acc) <= 0.1
+
+
+class _TinyText(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(40, 8)
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, ids):
+        return self.fc(self.emb(ids).mean(1))
+
+
+@needs_et
+def test_token_id_model_gets_a_mobile_bundle(tmp_path):
+    torch.manual_seed(0)
+    m = _TinyText().eval()
+    ids = torch.randint(0, 40, (32, 6))
+    onnx_path = export_onnx(m, ids[:1], tmp_path / "t.onnx", opset=17)
+    with torch.no_grad():
+        y = m(ids).argmax(1).numpy()
+    info = mobile.write_mobile_bundle(tmp_path / "c", m, ids[:1], onnx_path, ids.numpy()[:16], ids.numpy(),
+                                      ["a", "b", "c"], {"tokenizer": "x"}, load_target("mobile"),
+                                      timing_runs=2, timing_warmup=0, evaluation=(ids.numpy(), y))
+    meta = json.loads((tmp_path / "c" / "mobile" / "metadata.json").read_text())
+    assert meta["input"]["dtype"] == "int64"
+    for name in ("model_fp32.pte", "model.ort"):
+        assert info["artifacts"][name]["accuracy"] == 1.0  # same decisions as the torch model on its own labels
 
 
 def _hide_executorch(monkeypatch):
