@@ -102,10 +102,14 @@ def _make_ctx(recipe: str, target: str, out: Path | None, sets: dict[str, Any], 
     from edgekd.cards import load_recipe, load_target
     from edgekd.pipeline import BuildContext
 
-    rc = load_recipe(recipe, sets, quick=quick)
-    tc = load_target(target, sets, quick=quick)
     from edgekd.errors import TargetUnavailable
-    from edgekd.targets import build_ready
+    from edgekd.targets import build_ready, resolve
+
+    rc = load_recipe(recipe, sets, quick=quick)
+    card, resolved, line = resolve(target)  # --target ascend|cuda|mobile: the family's card for this host
+    if line:
+        console.print(line)
+    tc = load_target(card, {**resolved, **sets}, quick=quick)
 
     ready, why = build_ready(tc)
     if not ready:  # e.g. cuda without a GPU: exit 3 before any training
@@ -264,14 +268,20 @@ def targets() -> None:
             for i, (cap, ok, why) in enumerate(availability(tc)):
                 t.add_row(name if i == 0 else "", family_name(tc) if i == 0 else "", tc.runtime if i == 0 else "", cap,
                           "[green]yes[/]" if ok else "[red]no[/]", why)
-        _console().print(t)
+        console = _console()
+        console.print(t)
+        from edgekd.targets import resolve
+
+        for fam in ("ascend", "cuda", "mobile"):  # what a family name resolves to on this host
+            console.print(resolve(fam)[2])
     _guard(go)
 
 
 @app.command()
 def profile(
     path: Path = typer.Argument(..., help="an ONNX file, or a build folder"),
-    target: str = typer.Option("cpu", "--target", "-t"),
+    target: Optional[str] = typer.Option(None, "--target", "-t",
+                                         help="default: the build's own target (a build folder), else cpu"),
     quick: bool = typer.Option(False, "--quick"),
     json_out: bool = typer.Option(False, "--json"),
     adb: Optional[str] = typer.Option(None, "--adb", help="mobile: push the build's bundle to this phone and time it there"),
@@ -287,7 +297,7 @@ def profile(
             if not bundle.is_dir():
                 raise UserError(f"{path} has no mobile bundle (convert/mobile/)",
                                 hint="build it first: edgekd build --target mobile --out DIR")
-            res = adb_profile(bundle, adb, threads=load_target(target).profile.threads)
+            res = adb_profile(bundle, adb, threads=load_target(target or "mobile").profile.threads)
             sys.stdout.write(json.dumps(res, indent=2, default=str) + "\n")
             return
         if path.is_dir():
@@ -302,7 +312,7 @@ def profile(
             raise UserError(f"no such file: {path}", hint="give an .onnx file or a build folder")
         from edgekd.profile.standalone import profile_onnx_file
 
-        tc = load_target(target, quick=quick)
+        tc = load_target(target or "cpu", quick=quick)
         res = profile_onnx_file(path, tc)
         if json_out:
             sys.stdout.write(json.dumps(res, indent=2, default=str) + "\n")

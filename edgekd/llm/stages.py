@@ -485,10 +485,15 @@ def build_report(build_dir: Path, run: dict) -> dict[str, Any]:
     t, gen, d, e, q, p, sel = (res[n] for n in names)
     prof, settings = p["metrics"]["models"], p["metrics"]["settings"]
 
+    from edgekd.report.build import cpu_name
+
+    host_cpu = cpu_name()  # text-generation stages run on this host
+
     def entry(role: str, variant: str, fmt: str, runtime: str, path: str, size: int, params: int,
               acc: float | None, ppl: float | None) -> dict:
         pr = prof.get(f"{role}/{variant}", {})
         return {"role": role, "variant": variant, "format": fmt, "runtime": runtime, "throughput_batch": 1,
+                "measured_on": pr.get("measured_on", "host"), "device": pr.get("device", host_cpu),
                 "path": path, "params": params,
                 "size_bytes": size, "accuracy": acc, "perplexity": ppl, "latency_ms": pr.get("latency_ms"),
                 "ttft_ms": pr.get("ttft_ms"), "tokens_per_s": pr.get("tokens_per_s"),

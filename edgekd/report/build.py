@@ -62,6 +62,8 @@ def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
     def model_entry(role: str, variant: str, fmt: str, runtime: str, path: Path, params: int, acc: float) -> dict:
         pr = prof.get(f"{role}/{variant}", {})
         return {"role": role, "variant": variant, "format": fmt, "runtime": runtime,
+                # builds made before measured_on existed ran everything on the host
+                "measured_on": pr.get("measured_on", "host"), "device": pr.get("device", cpu_name()),
                 "throughput_batch": settings.get("throughput_batch"),
                 "path": os.path.relpath(path, build_dir), "params": params, "size_bytes": path.stat().st_size,
                 "accuracy": acc, "latency_ms": pr.get("latency_ms"), "throughput_per_s": pr.get("throughput_per_s"),
@@ -77,6 +79,11 @@ def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
     models.append(model_entry("teacher", "fp32", "onnx", "onnxruntime", build_dir / "export" / e["outputs"]["teacher"],
                               t["metrics"]["params"], t["metrics"]["test_accuracy"]))
     n_teacher_rows = len(models)
+    for key, pr in prof.items():  # the teacher on the target's accelerator (torch cuda / torch_npu)
+        if key.startswith("teacher/fp32-torch-"):
+            models.append({**model_entry("teacher", key.split("/", 1)[1], "pytorch", pr["runtime"],
+                                         build_dir / "teacher" / t["outputs"]["model"], t["metrics"]["params"],
+                                         t["metrics"]["test_accuracy"]), "peak_memory_bytes": pr.get("peak_memory_bytes")})
     candidates = []
     status = {c["variant"]: c["status"] for c in sel["metrics"]["candidates"]}
     for c in q["metrics"]["candidates"]:
@@ -89,12 +96,21 @@ def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
             models.append(model_entry("student", c["variant"], "onnx", "onnxruntime",
                                       build_dir / "quantize" / c["path"], d["metrics"]["params"], c["accuracy"]))
     selected = sel["metrics"]["selected"]
-    teacher = models[0]
-    student = next(m for m in models if m["role"] == "student" and m["variant"] == selected)
-
+    onnx_selected = f"student/{selected}"
+    conv = read_result(build_dir / "convert")
+    cm = (conv or {}).get("metrics") or {}
+    for row in cm.get("models") or []:  # the artifacts the target ships (mobile .pte/.ort, the Ascend bundle)
+        models.append({**row, "path": os.path.join("convert", row["path"])})
+    keys = {f"{m['role']}/{m['variant']}" for m in models}
+    selected_key = cm.get("selected_artifact") if cm.get("selected_artifact") in keys else onnx_selected
+    comparison = compare_same_kind(models, selected_key, onnx_selected)
+    teacher = next(m for m in models if f"{m['role']}/{m['variant']}" == comparison["teacher"])
     te = teacher.get("energy") or {}
-    comparison = {**comparison_ratios(teacher, student),
-                  "teacher_onnx_speedup_p50": ratio(models[n_teacher_rows - 1]["latency_ms"]["p50"], student["latency_ms"]["p50"])}
+    onnx_row = models[n_teacher_rows - 1]  # the teacher's ONNX export, timed on onnxruntime
+    comparison["teacher_onnx_speedup_p50"] = (
+        ratio(onnx_row["latency_ms"]["p50"],
+              next(m for m in models if f"{m['role']}/{m['variant']}" == comparison["student"])["latency_ms"]["p50"])
+        if onnx_row["measured_on"] == comparison["basis"] else None)
     notes = ["Energy figures are estimates (method estimate-*): this host exposes no RAPL/NVML counters."
              if not str(te.get("method", "")).startswith(("rapl", "nvml", "npu")) else "Energy measured by counters."]
     noisy = [m["variant"] for m in models if m.get("noisy")]
@@ -108,7 +124,10 @@ def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
         "edgekd_version": __version__,
         "environment": environment(settings, p["metrics"]),
         "quick": run.get("quick", False),
-        "models": models, "selected": f"student/{selected}", "comparison": comparison,
+        "models": models, "selected": selected_key, "comparison": comparison,
+        "selected_onnx_candidate": onnx_selected,
+        "artifact_selection": cm.get("artifact_selection"),
+        "measurements": measurements(models, cm.get("where")),
         "candidates": candidates, "profile_settings": settings,
         "training": {"teacher": {k: t["metrics"].get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds", "cached", "best_epoch",
                                                                   "given", "source")},
@@ -118,6 +137,56 @@ def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
         "notes": notes,
     }
     return report
+
+
+def _kind(energy: dict | None) -> str | None:
+    from edgekd.report.schema import MEASURED_ENERGY_METHODS
+
+    if not energy or energy.get("joules_per_inference") is None:
+        return None
+    return "measured" if energy.get("method") in MEASURED_ENERGY_METHODS else "estimate"
+
+
+def compare_same_kind(models: list[dict], selected_key: str, fallback_key: str) -> dict[str, Any]:
+    """comparison{} between a teacher row and the selected student row measured in the same place
+    (device with device, host with host, estimate with estimate). When no teacher figure exists
+    where the selected artifact was measured (e.g. model.om on the NPU, teacher only on the host),
+    the ratios are formed between host figures (`fallback_key`, the ONNX candidate it came from)
+    and `basis` says so. Energy ratios need both figures measured, or both estimated."""
+    key = lambda m: f"{m['role']}/{m['variant']}"  # noqa: E731
+    student = next(m for m in models if key(m) == selected_key)
+    teachers = [m for m in models if m["role"] == "teacher"]
+    same = [t for t in teachers if t.get("measured_on") == student.get("measured_on")]
+    note = None
+    if not same:
+        host_student = next((m for m in models if m["role"] == "student" and m.get("measured_on") == "host"
+                             and key(m) in (fallback_key, selected_key.removesuffix("-estimate"))), None)
+        host_student = host_student or next(m for m in models if key(m) == fallback_key)
+        note = (f"no teacher figure {student.get('measured_on')} ({student.get('device')}): ratios are between "
+                f"{host_student.get('measured_on')} figures, {key(host_student)} for the student")
+        student = host_student
+        same = [t for t in teachers if t.get("measured_on") == student.get("measured_on")] or teachers
+    teacher = same[0]
+    out = comparison_ratios(teacher, student)
+    if _kind(teacher.get("energy")) != _kind(student.get("energy")):
+        out["energy_ratio"] = None
+        note = (note + "; " if note else "") + "no energy ratio: one figure is measured, the other an estimate"
+    out["basis"] = student.get("measured_on")
+    out["basis_device"] = student.get("device")
+    out["selected"] = selected_key
+    if note:
+        out["note"] = note
+    return out
+
+
+def measurements(models: list[dict], where: dict | None) -> dict[str, Any]:
+    """The report header's account of what ran where, and what did not run and why."""
+    ran: dict[str, list[str]] = {}
+    for m in models:
+        ran.setdefault(f"{m.get('measured_on')}: {m.get('device')}", []).append(f"{m['role']}/{m['variant']}")
+    lines = [f"{k} — {', '.join(v)}" for k, v in ran.items()]
+    return {"rows_by_place": lines, "ran": list((where or {}).get("ran", [])),
+            "not_run": list((where or {}).get("not_run", []))}
 
 
 def environment(settings: dict, profile_metrics: dict) -> dict[str, Any]:

@@ -22,8 +22,11 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 def summary_rows(report: dict) -> list[list[str]]:
     """Teacher vs selected student rows: metric, teacher, student, ratio (shared with HTML)."""
-    t, s = teacher_of(report) or {}, selected_of(report) or {}
     c = report.get("comparison", {})
+    # The rows the ratios were formed from (same measured_on), which may differ from the selected artifact.
+    by_key = {model_key(m): m for m in report.get("models", [])}
+    t = by_key.get(c.get("teacher")) or teacher_of(report) or {}
+    s = by_key.get(c.get("student")) or selected_of(report) or {}
     tl, sl = t.get("latency_ms") or {}, s.get("latency_ms") or {}
     ratio_p90 = (tl["p90"] / sl["p90"]) if tl.get("p90") and sl.get("p90") else None
     return [
@@ -48,14 +51,15 @@ def model_rows(report: dict) -> list[list[str]]:
     for m in report.get("models", []):
         lat = m.get("latency_ms") or {}
         mark = " ★" if model_key(m) == report.get("selected") else ""
-        rows.append([model_key(m) + mark, m.get("format", ""), m.get("runtime", ""), fmt_pct(m.get("accuracy")),
+        where = f"{m.get('measured_on', '?')}: {m.get('device', '?')}"
+        rows.append([model_key(m) + mark, where, m.get("format", ""), m.get("runtime", ""), fmt_pct(m.get("accuracy")),
                      fmt_ms(lat.get("p50")), fmt_ms(lat.get("p90")), fmt_ms(lat.get("p99")), fmt_num(lat.get("n")),
                      f"{fmt_num(m.get('throughput_per_s'))}/s", fmt_bytes(m.get("size_bytes")),
                      fmt_bytes(m.get("peak_rss_bytes")), fmt_energy(m.get("energy"))])
     return rows
 
 
-MODEL_HEADER = ["model", "format", "runtime", "accuracy", "p50", "p90", "p99", "n", "throughput", "size",
+MODEL_HEADER = ["model", "measured on", "format", "runtime", "accuracy", "p50", "p90", "p99", "n", "throughput", "size",
                 "peak RSS", "energy / inference"]
 CANDIDATE_HEADER = ["variant", "format", "status", "test accuracy", "val accuracy", "p50", "size"]
 
@@ -80,13 +84,32 @@ def energy_notes(report: dict) -> list[str]:
     return list(seen.values())
 
 
+def measurement_lines(report: dict) -> list[str]:
+    """What ran where, and what did not run and why (the report's header)."""
+    m = report.get("measurements") or {}
+    if not m:
+        return []
+    lines = ["## Where each figure was measured", ""]
+    lines += [f"- {x}" for x in m.get("rows_by_place", [])]
+    lines += [f"- ran: {x}" for x in m.get("ran", [])]
+    lines += [f"- **not run**: {x}" for x in m.get("not_run", [])]
+    return lines + ["", "`device` = on the target device, `host` = on this build host as a proxy, "
+                        "`estimate` = the target card's roofline model (card time x card power), never a measurement.", ""]
+
+
 def render_markdown(report: dict, plots: dict[str, Path] | None = None, base: Path | None = None) -> str:
     env = report.get("environment", {})
     runtimes = ", ".join(f"{k} {v}" for k, v in (env.get("runtimes") or {}).items())
     lines = [f"# edgekd report: {report.get('recipe')} on {report.get('target')}", "",
              f"Created {report.get('created')} by edgekd {report.get('edgekd_version')}. "
              f"CPU: {env.get('cpu')}; threads: {env.get('threads')}; runtimes: {runtimes}.", "",
-             f"## Teacher vs selected student (`{report.get('selected')}`)", ""]
+             ]
+    lines += measurement_lines(report)
+    c = report.get("comparison", {})
+    lines += [f"## Teacher vs selected student (`{report.get('selected')}`)", ""]
+    if c.get("basis"):
+        lines += [f"Ratios between `{c.get('teacher')}` and `{c.get('student')}`, both measured on {c['basis']}"
+                  f" ({c.get('basis_device')})." + (f" {c['note']}." if c.get("note") else ""), ""]
     lines += _table(["metric", "teacher", "student", "teacher / student"], summary_rows(report))
     lines += ["## Models", ""] + _table(MODEL_HEADER, model_rows(report))
     if report.get("candidates"):

@@ -23,6 +23,7 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "candidate": ("variant", "format", "path", "accuracy", "val_accuracy", "latency_ms", "size_bytes", "status"),
 }
 ROLES = ("teacher", "student")
+MEASURED_ON = ("device", "host", "estimate")  # where a row's latency/energy figures come from
 MEASURED_ENERGY_METHODS = ("rapl", "nvml", "npu-smi")
 CANDIDATE_STATUSES = ("selected", "over-budget", "slower-than-fp32", "within-noise-of-fp32", "larger-than-fp32", "kept")  # or "failed: <reason>"
 
@@ -63,9 +64,16 @@ def _check_model(m: Any, where: str) -> list[str]:
             errs.append(f"{where}.latency_ms: expected an object")
         else:
             errs += _missing(lat, "latency_ms", f"{where}.latency_ms")
+            # null where the source has no such figure (msit prints no p90; an estimate is one number)
             for k in REQUIRED_KEYS["latency_ms"]:
-                if k in lat and not (_num(lat[k]) and lat[k] >= 0):
-                    errs.append(f"{where}.latency_ms.{k}: expected a non-negative number, got {lat[k]!r}")
+                if k in lat and not (lat[k] is None or (_num(lat[k]) and lat[k] >= 0)):
+                    errs.append(f"{where}.latency_ms.{k}: expected a non-negative number or null, got {lat[k]!r}")
+            if m.get("measured_on") != "estimate" and not _num(lat.get("p50")):
+                errs.append(f"{where}.latency_ms.p50: a measured row needs a p50")
+    if "measured_on" in m and m["measured_on"] not in MEASURED_ON:
+        errs.append(f"{where}.measured_on: '{m['measured_on']}' is not one of {', '.join(MEASURED_ON)}")
+    if "measured_on" in m and not m.get("device"):
+        errs.append(f"{where}.device: a row with measured_on needs the device's name")
     en = m.get("energy")
     if "energy" in m:
         if not isinstance(en, dict):

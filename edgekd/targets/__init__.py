@@ -49,3 +49,69 @@ def availability(target: "TargetConfig") -> list[Capability]:
 
 def build_ready(target: "TargetConfig", rows: list[Capability] | None = None) -> tuple[bool, str]:
     return family(target).ready(target, rows)
+
+
+# --------------------------------------------------------------------------- family names as targets
+
+FAMILY_DEFAULT_CARDS = {"ascend": "ascend-310p", "cuda": "cuda", "mobile": "mobile"}
+
+
+def _visible_gpu() -> str | None:
+    """Name of the first NVIDIA GPU nvidia-smi lists, without importing torch or pynvml."""
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=20, check=False).stdout.strip().splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out[0].strip() if out else None
+
+
+def _attached_phone() -> str | None:
+    import shutil
+    import subprocess
+
+    adb = shutil.which("adb")
+    if adb is None:
+        return None
+    try:
+        lines = subprocess.run([adb, "devices"], capture_output=True, text=True, timeout=20).stdout.splitlines()[1:]
+    except (OSError, subprocess.SubprocessError):
+        return None
+    serials = [ln.split()[0] for ln in lines if len(ln.split()) >= 2 and ln.split()[1] == "device"]
+    return serials[0] if serials else None
+
+
+def resolve(ref: str) -> tuple[str, dict[str, object], str | None]:
+    """A family name given as --target (ascend, cuda, mobile) -> (card, overrides, one line to print).
+
+    ascend: the SoC `npu-smi info` reports (its card, soc_version set to the chip), else ascend-310p.
+    cuda: the visible GPU's name on the cuda card, else the card as shipped. mobile: says whether a
+    phone is attached. Any other name is a card name or path, returned unchanged.
+    """
+    if ref not in FAMILY_DEFAULT_CARDS:
+        return ref, {}, None
+    card = FAMILY_DEFAULT_CARDS[ref]
+    if ref == "ascend":
+        from edgekd.runtimes.npu import detect_ascend_soc
+
+        soc, how = detect_ascend_soc()
+        if soc is None:
+            return card, {}, f"--target ascend: no Ascend NPU here ({how}); building for {card} (Ascend310P3)"
+        card = "ascend-910b" if soc.startswith("Ascend910") else card
+        return card, {"target.ascend.soc_version": soc}, f"--target ascend: {how}; card {card}, soc_version {soc}"
+    if ref == "cuda":
+        gpu = _visible_gpu()
+        if gpu is None:
+            return card, {}, "--target cuda: no NVIDIA GPU visible (nvidia-smi); using the cuda card (H100 figures)"
+        return card, {"target.device.name": f"{gpu} (visible GPU; roofline figures of the cuda card)"}, \
+            f"--target cuda: {gpu} visible; cuda card"
+    phone = _attached_phone()
+    if phone is None:
+        return card, {}, "--target mobile: no phone attached (adb); on-device figures are estimates of the mobile card"
+    return card, {}, f"--target mobile: phone {phone} attached; time the bundle on it with edgekd profile BUILD --adb {phone}"

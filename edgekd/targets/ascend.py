@@ -3,6 +3,7 @@ host; atc, msit and npu-smi run where CANN and an NPU are present."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgekd.targets.base import Capability, ConvertJob, TargetFamily, check_common
@@ -34,13 +35,86 @@ def _check(target: "TargetConfig") -> None:
     check_target(target)  # soc_version, precision mode, static shapes, ATC's opset range
 
 
-def _convert(job: ConvertJob) -> tuple[dict[str, str], dict[str, Any]]:
-    from edgekd.export.ascend import write_bundle
+def _static_flops(path: Path) -> tuple[float, int] | None:
+    from edgekd.errors import StageError
+    from edgekd.profile.flops import onnx_flops
 
+    try:
+        info = onnx_flops(path)
+    except StageError:
+        return None
+    return float(info["flops"]), int(info["params"])
+
+
+def bundle_rows(bundle: Path, manifest: dict[str, Any], device: dict[str, Any], target: "TargetConfig",
+                params: int | None) -> list[dict[str, Any]]:
+    """The report row of the bundle: model.om measured on the NPU (msit + npu-smi) when this host
+    has one, else the card's roofline estimate (card time x card power). Accuracy is the static
+    ONNX's on the test split, measured on this host; the FP16-simulated accuracy beside it."""
+    import numpy as np
+
+    from edgekd.export.mobile import roofline_estimate
+    from edgekd.profile.flops import roofline
+
+    om = bundle / "model.om"
+    art = om if om.is_file() else bundle / "model.onnx"
+    prec = manifest.get("precision_preflight") or {}
+    fl = _static_flops(bundle / "model.onnx")
+    mode = manifest.get("precision_mode")
+    wbytes = (params or 0) * (4 if mode in ("must_keep_origin_dtype", "force_fp32") else 2)
+    io = float(np.prod(manifest["input"]["shape"]) * (8 if manifest["input"]["dtype"] == "int64" else 4)
+               + sum(np.prod(o["shape"]) * 4 for o in manifest["outputs"]))
+    row: dict[str, Any] = {
+        "role": "student", "variant": "ascend-om", "format": "om" if om.is_file() else "onnx (static, for atc)",
+        "path": str(art.relative_to(bundle.parent)), "params": params, "size_bytes": art.stat().st_size,
+        "accuracy": (manifest.get("accuracy") or {}).get("static_onnx_fp32"), "accuracy_measured_on": "host",
+        "accuracy_fp16_simulated": prec.get("accuracy_with_keep") if prec.get("keep_fp32") else prec.get("fp16_accuracy"),
+        "precision_mode": mode, "keep_fp32_layers": prec.get("keep_fp32") or [],
+        "peak_rss_bytes": None, "throughput_batch": manifest["input"]["shape"][0],
+        "flops": {"flops": fl[0]} if fl else None}
+    if device.get("status") == "ok":
+        lat = device["latency_ms"]
+        row.update({"runtime": "msit benchmark (CANN)", "measured_on": "device", "device": device["device"],
+                    "latency_ms": {"p50": lat.get("p50"), "p90": lat.get("p90"), "p99": lat.get("p99"),
+                                   "mean": lat.get("mean"), "n": device["loop"], "min": lat.get("min"),
+                                   "max": lat.get("max"), "what": device["latency_what"]},
+                    "throughput_per_s": device.get("throughput_per_s"), "energy": device["energy"],
+                    "roofline": roofline(fl[0], wbytes + io, lat["p50"], target.device) if fl and lat.get("p50") else None})
+        return [row]
+    est = roofline_estimate(fl[0], wbytes, io, target.device, "fp16") if fl else None
+    v = est["latency_ms"] if est else None
+    row.update({"runtime": "ascend (model.om not run: " + device.get("reason", "no NPU") + ")", "measured_on": "estimate",
+                "device": target.device.name,
+                "latency_ms": {"p50": v, "p90": None, "p99": None, "mean": v, "n": None, "method": "estimate-roofline"},
+                "throughput_per_s": (1e3 / v * manifest["input"]["shape"][0]) if v else None,
+                "energy": est["energy"] if est else None, "estimate": est, "roofline": None})
+    return [row]
+
+
+def _convert(job: ConvertJob) -> tuple[dict[str, str], dict[str, Any]]:
+    from edgekd.export.ascend import profile_on_device, write_bundle
+    from edgekd.zoo import count_params
+
+    evaluation = (job.x_test, job.y_test, job.x_val) if job.x_test is not None else None
     manifest = write_bundle(job.onnx_path, job.wd, job.target, job.input_name, job.input_shape, job.x_check,
-                            job.expected, allow_unsupported=bool(job.options.get("allow_unsupported")))
-    outputs = {p.name: str(p.relative_to(job.wd)) for p in sorted((job.wd / "ascend").rglob("*")) if p.is_file()}
-    return outputs, {"bundle": "ascend", "selected": job.selected, "manifest": manifest}
+                            job.expected, allow_unsupported=bool(job.options.get("allow_unsupported")),
+                            evaluation=evaluation, budget_points=job.budget_points, calib=job.calib, log=job.log)
+    bundle = job.wd / "ascend"
+    device = profile_on_device(bundle, job.target.ascend)
+    if job.log:
+        job.log(f"  ascend: model.om on the NPU: {device['status']}" + (f" ({device['reason']})" if "reason" in device else ""))
+    rows = bundle_rows(bundle, manifest, device, job.target, count_params(job.student))
+    outputs = {p.name: str(p.relative_to(job.wd)) for p in sorted(bundle.rglob("*")) if p.is_file()}
+    where = {"ran": [], "not_run": []}
+    where["ran"].append("static ONNX parity, test accuracy and FP16 preflight: this host (onnxruntime)")
+    if device["status"] == "ok":
+        where["ran"].append(f"model.om latency/energy: {device['device']} (msit benchmark, npu-smi)")
+    else:
+        where["not_run"].append(f"model.om on the NPU: {device['reason']}; its row is the card's roofline estimate")
+    if manifest.get("amct"):
+        where["not_run"].append("AMCT INT8 calibration: needs the CANN toolkit (bundle amct/calibrate.py)")
+    return outputs, {"bundle": "ascend", "selected": job.selected, "manifest": manifest, "device": device,
+                     "models": rows, "selected_artifact": "student/ascend-om", "where": where}
 
 
 FAMILY = TargetFamily(

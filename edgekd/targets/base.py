@@ -38,6 +38,13 @@ class ConvertJob:
     class_names: list[str] | None
     normalization: dict[str, Any]
     options: dict[str, Any] = field(default_factory=dict)   # build options (allow_unsupported, ...)
+    x_test: "np.ndarray | None" = None  # the test split: shipped artifacts report accuracy on it
+    y_test: "np.ndarray | None" = None
+    x_val: "np.ndarray | None" = None   # validation samples (per-layer sensitivity)
+    budget_points: float = 0.5          # the recipe's accuracy budget (points vs the FP32 student)
+    student_accuracy: float | None = None  # the FP32 student's test accuracy (torch)
+    host_device: Any = None             # DeviceConfig of this host (host-proxy rows: roofline/energy)
+    log: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 from edgekd.targets.base import Capability, TargetFamily, check_common, check_providers, has_module
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from edgekd.config import TargetConfig
+    from edgekd.config import DeviceConfig, TargetConfig
 
 
 def ort_providers(target: "TargetConfig") -> list[Capability]:
@@ -38,3 +38,17 @@ FAMILY = TargetFamily(
     name="cpu", summary="onnxruntime on this host's CPU", formats=frozenset({"onnx"}),
     check=_check, availability=ort_providers, required=("onnxruntime providers",),
 )
+
+
+def host_device() -> "DeviceConfig":
+    """This host's CPU as a DeviceConfig: the cpu card's per-core figures under the host CPU's name.
+
+    Host-proxy rows of other targets (a mobile artifact timed on x86, the ONNX candidates of an
+    Ascend build) take their roofline peak and energy-estimate power from here, never from the
+    target card's device: host time x device power would describe no machine.
+    """
+    from edgekd.cards import load_target
+    from edgekd.report.build import cpu_name
+
+    d = load_target("cpu").device
+    return d.model_copy(update={"name": f"{cpu_name()} (this host; cpu card figures: {d.name})"})

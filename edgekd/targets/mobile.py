@@ -32,15 +32,82 @@ def _check(target: "TargetConfig") -> None:
     check_common(target, FAMILY)
 
 
+_VARIANTS = {"model_fp32.pte": "pte-fp32", "model_int8.pte": "pte-int8", "model.ort": "ort-fp32"}
+
+
+def artifact_rows(meta: dict[str, Any], params: int | None, host: Any) -> list[dict[str, Any]]:
+    """Two report rows per shipped artifact: its host-proxy timing (measured_on host, this CPU's
+    figures for energy) and the on-device estimate (measured_on estimate: the card's roofline time
+    x the card's power). Accuracy is the artifact's own, through its own runtime, on the test split."""
+    rows = []
+    for name, a in meta["artifacts"].items():
+        variant = _VARIANTS.get(name, name)
+        acc = (a.get("accuracy") or {}).get("value")
+        lat = a["latency_ms"]
+        common = {"role": "student", "format": a["format"], "path": f"mobile/{name}", "params": params,
+                  "size_bytes": a["size_bytes"], "accuracy": acc, "accuracy_runtime": (a.get("accuracy") or {}).get("runtime"),
+                  "accuracy_measured_on": "host", "precision": a["precision"], "peak_rss_bytes": None,
+                  "throughput_batch": 1}
+        p50_s = lat["p50"] / 1e3
+        rows.append({**common, "variant": variant, "runtime": a["runtime"], "measured_on": "host",
+                     "device": host.name,
+                     "latency_ms": {k: lat.get(k) for k in ("p50", "p90", "p99", "mean", "n")},
+                     "throughput_per_s": 1.0 / p50_s if p50_s > 0 else None,
+                     "energy": {"joules_per_inference": p50_s * host.active_power_watts,
+                                "method": "estimate-host-time-x-host-power",
+                                "assumptions": f"host p50 latency (1 thread) x {host.active_power_watts:g} W per busy "
+                                               f"core of this host ({host.name}); no counter read"}})
+        est = a["estimate"]
+        v = est["latency_ms"]
+        rows.append({**common, "variant": f"{variant}-estimate", "runtime": f"{a['runtime']} (on-device estimate)",
+                     "measured_on": "estimate", "device": est["device"],
+                     "latency_ms": {"p50": v, "p90": None, "p99": None, "mean": v, "n": None, "method": est["method"]},
+                     "throughput_per_s": 1e3 / v if v else None, "energy": est["energy"], "estimate": est})
+    return rows
+
+
+def select_artifact(rows: list[dict[str, Any]], reference_accuracy: float | None, budget_points: float) -> dict[str, Any]:
+    """The shipped artifact to recommend: within `budget_points` of the FP32 student's test accuracy,
+    then the lowest host-proxy p50 (the only latencies here measured on one machine)."""
+    host = [r for r in rows if r["measured_on"] == "host" and r.get("accuracy") is not None]
+    ref = reference_accuracy if reference_accuracy is not None else max((r["accuracy"] for r in host), default=None)
+    status = {}
+    ok = []
+    for r in host:
+        drop = (ref - r["accuracy"]) * 100 if ref is not None else 0.0
+        within = drop <= budget_points + 1e-9
+        status[r["variant"]] = "kept" if within else "over-budget"
+        if within:
+            ok.append(r)
+    best = min(ok, key=lambda r: r["latency_ms"]["p50"]) if ok else None
+    if best:
+        status[best["variant"]] = "selected"
+    return {"selected": f"student/{best['variant']}" if best else None, "status": status,
+            "by": "lowest host-proxy p50 within the accuracy budget of the FP32 student",
+            "reference_accuracy": ref, "budget_points": budget_points}
+
+
 def _convert(job: ConvertJob) -> tuple[dict[str, str], dict[str, Any]]:
+    import json
+
     import torch
 
     from edgekd.export.mobile import write_mobile_bundle
+    from edgekd.zoo import count_params
 
+    evaluation = (job.x_test, job.y_test) if job.x_test is not None else None
     info = write_mobile_bundle(job.wd, job.student, torch.as_tensor(job.x_check[:1]), job.fp32_onnx, job.calib,
-                               job.x_check, job.class_names, job.normalization, job.target)
+                               job.x_check, job.class_names, job.normalization, job.target, evaluation=evaluation)
     outputs = {p.name: str(p.relative_to(job.wd)) for p in sorted((job.wd / "mobile").rglob("*")) if p.is_file()}
-    return outputs, {"bundle": "mobile", "selected": job.selected, **info}
+    meta = json.loads((job.wd / "mobile" / "metadata.json").read_text())
+    rows = artifact_rows(meta, count_params(job.student), job.host_device) if job.host_device is not None else []
+    choice = select_artifact(rows, job.student_accuracy, job.budget_points)
+    where = {"ran": [f"artifact accuracy and host-proxy latency: this host ({job.host_device.name if job.host_device else 'host'})"],
+             "not_run": ["on-phone latency: no --adb device; the on-device rows are card roofline estimates "
+                         f"({job.target.device.name})"]}
+    where["not_run"] += [f"{k}: {v}" for k, v in meta.get("skipped", {}).items()]
+    return outputs, {"bundle": "mobile", "selected": job.selected, **info, "models": rows,
+                     "selected_artifact": choice["selected"], "artifact_selection": choice, "where": where}
 
 
 FAMILY = TargetFamily(

@@ -16,6 +16,7 @@ from edgekd.errors import ConfigError, StageError, UserError
 from edgekd.pipeline import (BuildContext, Stage, StageOutput, StageResult, cache_lock, clean_dead_leftovers,
                              publish_dir_atomic, stable_hash, write_json_atomic)
 from edgekd.targets import family, family_name
+from edgekd.targets.cpu import host_device
 from edgekd.tasks.common import (build_model, checkpoint_path, data_fingerprint, load_model, report_cfg, report_stage,
                                  select_cfg, splits, stage_select)
 
@@ -555,8 +556,11 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     shutil.rmtree(logs, ignore_errors=True)
     bandwidth = ctx.target.device.mem_bandwidth_gbs if describes_host(ctx.target) else None
     out: dict[str, Any] = {}
+    measured_on, ran_on, dev = where_profiled(ctx)
     for name, r in results.items():
-        energy = r.get("energy") or measured_or_estimate(r["cpu_seconds_per_inference"], ctx.target.device)
+        # Energy estimates and roofline peaks are those of the machine that ran the model: for a
+        # mobile/Ascend build that is this host, never the target card's device.
+        energy = r.get("energy") or measured_or_estimate(r["cpu_seconds_per_inference"], dev)
         path = specs[name]["path"] if specs[name]["kind"] == "onnx" else str(inputs["export"].path("teacher"))
         # Counted at the profiled input shape: token-id models have a symbolic sequence axis.
         flops, rf = host_roofline(path, r["latency_ms"]["p50"], host, shape=list(input_shape),
@@ -568,10 +572,78 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         elif not flops.get("complete"):
             ctx.log(f"warning: incomplete FLOP count for {name} ({flops.get('unresolved')} ops unresolved): "
                     "no roofline efficiency")
-        out[name] = {**r, "energy": energy, "flops": flops, "roofline": rf}
+        out[name] = {**r, "energy": energy, "flops": flops, "roofline": rf, "measured_on": measured_on, "device": ran_on}
+    teacher_dev = _teacher_on_device(ctx, inputs, s)
+    if teacher_dev is not None:
+        out[teacher_dev[0]] = teacher_dev[1]
     (wd / "profile.json").write_text(json.dumps(out, indent=2, default=str))
     return StageOutput({"profile": "profile.json", "inputs": "inputs.npy"},
                        {"models": out, "settings": p.model_dump(), "host": host})
+
+
+def where_profiled(ctx: BuildContext) -> tuple[str, str, Any]:
+    """(measured_on, machine name, its DeviceConfig) of the profile stage's runs. cpu: the host is
+    the target device; cuda: onnxruntime's CUDA provider runs on the GPU; mobile/Ascend: the host
+    stands in for the device (host-proxy figures, this host's peak and power)."""
+    fam = family_name(ctx.target)
+    if fam == "cpu":
+        host = host_device()
+        return "device", host.name, ctx.target.device.model_copy(update={"name": host.name})
+    if fam == "cuda" and "CUDAExecutionProvider" in ctx.target.providers:
+        return "device", _gpu_name() or ctx.target.device.name, ctx.target.device
+    host = host_device()
+    return "host", host.name, host
+
+
+def _gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+
+
+def _teacher_on_device(ctx: BuildContext, inputs: dict[str, StageResult], s) -> tuple[str, dict] | None:
+    """The PyTorch teacher on the target's accelerator: cuda (NVML energy) or an Ascend NPU through
+    torch_npu (npu-smi energy), when present. None on other targets or when the device is absent."""
+    import torch
+
+    fam = family_name(ctx.target)
+    if fam == "cuda":
+        if not torch.cuda.is_available():
+            return None
+        from edgekd.profile.energy import NvmlSampler
+
+        device, sampler = "cuda", NvmlSampler(0)
+    elif fam == "ascend":
+        from edgekd.runtimes.npu import torch_npu_status
+
+        if not torch_npu_status()[0]:
+            return None
+        from edgekd.profile.energy import NpuSmiSampler
+
+        device, sampler = "npu", NpuSmiSampler(ctx.target.ascend.device_id if ctx.target.ascend else 0)
+    else:
+        return None
+    from edgekd.runtimes.npu import profile_torch_device
+
+    model = load_model(ctx.recipe.teacher, inputs["teacher"].path("model"))
+    batch = inputs["export"].metrics["input_shape"][0]
+    p = ctx.target.profile
+    has_counter = sampler.available()
+    # The NPU board draws power when idle: subtract a baseline, as for model.om (msit), so the two
+    # per-inference figures are of the same kind. NVML's counter is reported gross.
+    idle = sampler.idle_watts(ctx.target.ascend.idle_seconds) if has_counter and device == "npu" else None
+    r = profile_torch_device(model, torch.as_tensor(s.x_test[:batch]), device, runs=max(p.min_runs, 100),
+                             warmup=p.warmup_runs, sampler=sampler if has_counter else None)
+    energy = r["energy"]
+    if energy and idle is not None:
+        above = energy["joules_total"] - idle * energy["window_s"]
+        energy.update({"joules_per_inference": above / max(p.min_runs, 100), "idle_watts": idle, "joules_above_idle": above})
+    if energy is None:
+        energy = {"joules_per_inference": None, "method": "estimate-none", "note": f"{sampler.method} counter not available"}
+    return f"teacher/fp32-torch-{device}", {
+        "latency_ms": r["latency_ms"], "throughput_per_s": r["throughput_per_s"], "energy": energy,
+        "peak_rss_bytes": None, "peak_memory_bytes": r["peak_memory_bytes"], "runtime": f"torch-{device}",
+        "measured_on": "device", "device": r["device_name"], "flops": None, "roofline": None}
 
 
 # --------------------------------------------------------------------------- convert
@@ -603,7 +675,10 @@ def stage_convert(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
                      input_shape=inputs["export"].metrics["input_shape"], x_check=x_check,
                      expected=predict(student, x_check).numpy(),
                      calib=s.x_train[rng.permutation(len(s.x_train))[: ctx.recipe.quantize.calibration_samples]],
-                     class_names=s.class_names, normalization=s.normalization, options=dict(ctx.options))
+                     class_names=s.class_names, normalization=s.normalization, options=dict(ctx.options),
+                     x_test=s.x_test, y_test=s.y_test, x_val=s.x_val, budget_points=ctx.recipe.quantize.accuracy_budget,
+                     student_accuracy=inputs["distill"].metrics.get("test_accuracy"), host_device=host_device(),
+                     log=ctx.log)
     outputs, metrics = family(ctx.target).convert(job)
     return StageOutput(outputs, metrics)
 

@@ -1,0 +1,104 @@
+"""Every figure says where it was measured: the profile stage's machine per target family, the
+shipped-artifact rows of mobile and Ascend, and a check over all shipped targets that no row's
+energy is host time x the target device's power."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from edgekd.cards import load_target, shipped
+from edgekd.report.build import compare_same_kind
+from edgekd.targets import family_name, resolve
+from edgekd.targets.cpu import host_device
+from edgekd.targets.mobile import artifact_rows, select_artifact
+from edgekd.tasks.classification import where_profiled
+
+HOST_ONLY = [n for n in shipped("targets") if family_name(load_target(n)) in ("mobile", "ascend")]
+
+
+@pytest.mark.parametrize("name", shipped("targets"))
+def test_profile_rows_use_the_power_and_peak_of_the_machine_that_ran_them(name):
+    tc = load_target(name)
+    if family_name(tc) == "cuda":
+        pytest.skip("cuda profiles on the GPU (onnxruntime CUDA provider): its own card figures apply")
+    measured_on, ran_on, dev = where_profiled(SimpleNamespace(target=tc))
+    host = host_device()
+    assert ran_on == host.name and dev.name == host.name
+    assert dev.active_power_watts == load_target("cpu").device.active_power_watts
+    assert dev.peak_gflops == load_target("cpu").device.peak_gflops
+    if name in HOST_ONLY:
+        assert measured_on == "host"
+        # a host figure must never be multiplied by the target's power, nor judged against its peak
+        assert dev.active_power_watts != tc.device.active_power_watts and dev.peak_gflops != tc.device.peak_gflops
+    else:
+        assert measured_on == "device"
+
+
+def _meta() -> dict:
+    def art(fmt, prec, rt, p50, est_ms, acc):
+        return {"format": fmt, "precision": prec, "runtime": rt, "size_bytes": 1000,
+                "latency_ms": {"p50": p50, "p90": p50 * 1.1, "p99": p50 * 1.2, "mean": p50, "n": 50, "host": True},
+                "accuracy": {"value": acc, "runtime": rt},
+                "estimate": {"method": "estimate-roofline", "device": "Cortex-A78", "latency_ms": est_ms,
+                             "energy": {"joules_per_inference": est_ms / 1e3 * 1.8, "method": "estimate-roofline"}}}
+    return {"artifacts": {"model_fp32.pte": art("pte", "fp32", "executorch", 0.30, 0.05, 0.90),
+                          "model_int8.pte": art("pte", "int8", "executorch", 0.20, 0.04, 0.897),
+                          "model.ort": art("ort", "fp32", "onnxruntime-mobile", 0.25, 0.05, 0.90)}}
+
+
+def test_mobile_rows_label_host_and_estimate_and_never_mix_them():
+    host = host_device()
+    card = load_target("mobile").device
+    rows = artifact_rows(_meta(), 1234, host)
+    assert {r["variant"] for r in rows} == {"pte-fp32", "pte-int8", "ort-fp32", "pte-fp32-estimate",
+                                            "pte-int8-estimate", "ort-fp32-estimate"}
+    for r in rows:
+        p50_s = r["latency_ms"]["p50"] / 1e3
+        j = r["energy"]["joules_per_inference"]
+        assert j != pytest.approx(p50_s * card.active_power_watts) or r["measured_on"] == "estimate"
+        if r["measured_on"] == "host":
+            assert r["device"] == host.name and j == pytest.approx(p50_s * host.active_power_watts)
+        else:
+            assert r["measured_on"] == "estimate" and r["energy"]["method"] == "estimate-roofline"
+            assert j == pytest.approx(p50_s * card.active_power_watts)  # card time x card power
+    choice = select_artifact(rows, 0.90, budget_points=0.5)
+    assert choice["selected"] == "student/pte-int8"  # fastest on the host, 0.3 points below FP32
+    assert select_artifact(rows, 0.90, budget_points=0.1)["selected"] == "student/ort-fp32"
+
+
+def test_comparison_pairs_rows_measured_in_the_same_place():
+    def row(role, variant, on, p50, j, method):
+        return {"role": role, "variant": variant, "measured_on": on, "device": on, "latency_ms": {"p50": p50},
+                "size_bytes": 10, "accuracy": 0.9, "params": 5, "energy": {"joules_per_inference": j, "method": method}}
+    models = [row("teacher", "fp32-torch", "host", 2.0, 0.02, "estimate-cpu-time-x-power"),
+              row("student", "fp32", "host", 0.5, 0.004, "estimate-cpu-time-x-power"),
+              row("student", "ascend-om", "device", 0.1, 0.001, "npu-smi")]
+    c = compare_same_kind(models, "student/ascend-om", "student/fp32")
+    assert c["basis"] == "host" and c["student"] == "student/fp32" and c["speedup_p50"] == pytest.approx(4.0)
+    assert "no teacher figure device" in c["note"]
+    models.append(row("teacher", "fp32-torch-npu", "device", 0.4, 0.003, "npu-smi"))
+    c = compare_same_kind(models, "student/ascend-om", "student/fp32")
+    assert c["basis"] == "device" and c["teacher"] == "teacher/fp32-torch-npu" and c["speedup_p50"] == pytest.approx(4.0)
+    assert c["energy_ratio"] == pytest.approx(3.0)
+    models[-1]["energy"]["method"] = "estimate-x"  # measured vs estimate: no energy ratio
+    assert compare_same_kind(models, "student/ascend-om", "student/fp32")["energy_ratio"] is None
+
+
+def test_family_names_resolve_without_devices(monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    card, over, line = resolve("ascend")
+    assert card == "ascend-310p" and over == {} and "no Ascend NPU" in line
+    assert resolve("cuda")[0] == "cuda" and "no NVIDIA GPU" in resolve("cuda")[2]
+    assert resolve("mobile")[0] == "mobile" and "no phone" in resolve("mobile")[2]
+    assert resolve("ascend-910b") == ("ascend-910b", {}, None)
+
+
+def test_ascend_family_resolves_to_the_chip_npu_smi_reports(tmp_path, monkeypatch):
+    from tests import ascend_fakes
+
+    ascend_fakes.install(tmp_path / "bin", monkeypatch)
+    card, over, line = resolve("ascend")
+    assert card == "ascend-310p" and over == {"target.ascend.soc_version": "Ascend310P3"} and "310P3" in line
+    tc = load_target(card, over)
+    assert tc.ascend.soc_version == "Ascend310P3"
