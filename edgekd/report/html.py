@@ -30,6 +30,25 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _measurements(report: dict) -> list[str]:
+    m = report.get("measurements") or {}
+    if not m:
+        return []
+    items = list(m.get("rows_by_place", [])) + [f"ran: {x}" for x in m.get("ran", [])] + \
+        [f"NOT RUN: {x}" for x in m.get("not_run", [])]
+    return ["<h2>Where each figure was measured</h2>", "<ul>" + "".join(f"<li>{_e(x)}</li>" for x in items) + "</ul>",
+            '<p class="meta">device = on the target device; host = on this build host as a proxy; estimate = the '
+            "target card's roofline model (card time x card power), never a measurement.</p>"]
+
+
+def _basis(report: dict) -> str:
+    c = report.get("comparison") or {}
+    if not c.get("basis"):
+        return ""
+    return (f"Ratios between {c.get('teacher')} and {c.get('student')}, both measured on {c['basis']} "
+            f"({c.get('basis_device')}). " + (c.get("note") or ""))
+
+
 def render_html(report: dict, plots: dict[str, Path] | None = None) -> str:
     env = report.get("environment", {})
     runtimes = ", ".join(f"{k} {v}" for k, v in (env.get("runtimes") or {}).items())
@@ -40,7 +59,9 @@ def render_html(report: dict, plots: dict[str, Path] | None = None) -> str:
         f"<h1>{_e(title)}</h1>",
         f'<p class="meta">Created {_e(report.get("created"))} by edgekd {_e(report.get("edgekd_version"))}. '
         f"CPU: {_e(env.get('cpu'))}; threads: {_e(env.get('threads'))}; runtimes: {_e(runtimes)}.</p>",
+        *_measurements(report),
         f"<h2>Teacher vs selected student (<code>{_e(report.get('selected'))}</code>)</h2>",
+        f'<p class="meta">{_e(_basis(report))}</p>',
         _table(["metric", "teacher", "student", "teacher / student"], summary_rows(report)),
         "<h2>Models</h2>", _table(MODEL_HEADER, model_rows(report)),
     ]

@@ -23,8 +23,11 @@ def _availability(target: "TargetConfig") -> list[Capability]:
         ("bundle (no CANN needed)", True, "static ONNX + op lint + convert.sh/benchmark.sh are written on any host"),
         ("atc conversion", atc is not None, atc or "atc not on PATH — source CANN's set_env.sh on a host with the toolkit"),
         ("msit benchmark", msit is not None, msit or "msit not on PATH — pip install msit on the Ascend host"),
-        ("on-device profiling", ok_npu, reason_npu),
         ("npu-smi power", smi is not None, smi or "npu-smi not on PATH (Ascend driver not installed)"),
+        ("model.om latency + energy on the NPU", bool(atc and msit and smi),
+         "atc, msit and npu-smi present: measured_on device, energy npu-smi" if atc and msit and smi
+         else "needs atc, msit and npu-smi: the bundle row is the card's roofline estimate"),
+        ("teacher on the NPU (torch_npu)", ok_npu, reason_npu),
     ]
 
 

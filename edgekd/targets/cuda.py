@@ -12,13 +12,20 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 
 def nvml() -> Capability:
+    """NVML energy needs both the driver's libnvidia-ml and the pynvml bindings (nvidia-ml-py)."""
+    lib_ok = None
     for lib in ("libnvidia-ml.so.1", "libnvidia-ml.so", "nvml.dll"):
         try:
             ctypes.CDLL(lib)
-            return ("NVML energy counters", True, f"{lib} loads")
+            lib_ok = lib
+            break
         except OSError:
             continue
-    return ("NVML energy counters", False, "libnvidia-ml not found (no NVIDIA driver): energy is an estimate")
+    if lib_ok is None:
+        return ("NVML energy counters", False, "libnvidia-ml not found (no NVIDIA driver): energy is an estimate")
+    if not has_module("pynvml"):
+        return ("NVML energy counters", False, f"{lib_ok} loads but pynvml is missing — pip install 'edgekd[cuda]'")
+    return ("NVML energy counters", True, f"{lib_ok} + pynvml")
 
 
 def torch_cuda() -> Capability:

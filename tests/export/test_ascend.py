@@ -213,7 +213,7 @@ def test_bundle_from_tiny_cnn(tmp_path, monkeypatch, tiny_cnn):
 
     convert = (b / "convert.sh").read_text()
     assert '--input_shape="input:1,1,28,28"' in convert and "--soc_version=Ascend310P3" in convert
-    assert "--framework=5" in convert and "--precision_mode=allow_fp32_to_fp16" in convert
+    assert "--framework=5" in convert and '--precision_mode="${PRECISION_MODE:-allow_fp32_to_fp16}"' in convert
     assert "set -euo pipefail" in convert and (b / "convert.sh").stat().st_mode & stat.S_IXUSR
     bench = (b / "benchmark.sh").read_text()
     assert "msit benchmark --om-model model.om --loop 1000 --warmup-count 50" in bench
@@ -240,8 +240,9 @@ def test_bundle_check_outputs_script_detects_mismatch(tmp_path, monkeypatch, tin
     good, bad = tmp_path / "good" / "20260101_000000", tmp_path / "bad"
     good.mkdir(parents=True)
     bad.mkdir()
-    np.save(good / "sample_0_0.npy", y[0:1].astype(np.float16))  # the NPU answers in fp16: within 1e-3
-    np.save(bad / "sample_0_0.npy", y[0:1] + 0.05)
+    for i in range(4):  # check_outputs.py compares every sample in the manifest
+        np.save(good / f"sample_{i}_0.npy", y[i:i + 1].astype(np.float16))  # the NPU answers in fp16: within 1e-3
+        np.save(bad / f"sample_{i}_0.npy", y[i:i + 1] + (0.05 if i == 0 else 0.0))
     run = [sys.executable, str(b / "check_outputs.py")]
     assert subprocess.run(run + [str(tmp_path / "good")], capture_output=True).returncode == 0
     assert subprocess.run(run + [str(bad)], capture_output=True).returncode == 1

@@ -69,7 +69,7 @@ def _rows(name: str) -> dict[str, tuple[bool, str]]:
 def test_ascend_without_torch_npu_reports_instead_of_crashing():
     rows = _rows("ascend-310p")
     assert rows["bundle (no CANN needed)"][0] is True
-    ok, reason = rows["on-device profiling"]
+    ok, reason = rows["teacher on the NPU (torch_npu)"]
     assert ok is False and "install the 'ascend' extra" in reason
     assert build_ready(card("ascend-310p")) == (True, rows["bundle (no CANN needed)"][1])
     assert "torch_npu" not in sys.modules  # the probe never imported it here

@@ -1,0 +1,112 @@
+"""Device truth end to end: `edgekd build --target ascend --quick` without and with (fake) Ascend
+tools, and a mobile quick build whose report rows are the shipped .pte/.ort artifacts."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from edgekd.cards import load_target
+from tests import ascend_fakes
+from tests.conftest import needs_fmnist
+
+pytestmark = pytest.mark.e2e
+QUICK = ("--quick", "--set", "distill.epochs=1", "--json")
+
+
+def edgekd(*args, env=None, timeout=1500):
+    return subprocess.run([sys.executable, "-m", "edgekd", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def assert_labelled_and_never_host_time_x_device_power(report, card):
+    """Every row says where it was measured and on what; a host row's energy never uses the
+    target card's power (that product describes no machine)."""
+    for m in report["models"]:
+        assert m["measured_on"] in ("device", "host", "estimate") and m["device"], m["variant"]
+        e = m["energy"] or {}
+        j, p50 = e.get("joules_per_inference"), (m["latency_ms"] or {}).get("p50")
+        if m["measured_on"] == "host" and j and p50:
+            assert j != pytest.approx(p50 / 1e3 * card.device.active_power_watts, rel=0.05), m["variant"]
+            assert card.device.name not in str(e.get("assumptions", "")), m["variant"]
+        if m["measured_on"] == "estimate":
+            assert e["method"].startswith("estimate-") and m["device"] == card.device.name
+
+
+@pytest.fixture(scope="module")
+def cache():
+    # The content-addressed teacher cache of this environment (EDGEKD_CACHE or the default): the
+    # quick teacher is trained once and shared; every build here has its own folder.
+    return {k: v for k, v in os.environ.items() if k == "EDGEKD_CACHE"}
+
+
+@pytest.fixture(scope="module")
+def ascend_build(cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("asc") / "b"
+    env = {**cache, "PATH": os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                             if not (os.path.isfile(os.path.join(p, "npu-smi"))))}
+    r = edgekd("build", "--target", "ascend", *QUICK, "--out", str(out), env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, json.loads(r.stdout), r.stderr
+
+
+@needs_fmnist
+def test_ascend_family_build_reports_the_bundle_row(ascend_build):
+    out, report, err = ascend_build
+    assert "--target ascend: no Ascend NPU here" in err and report["target"] == "ascend-310p"
+    card = load_target("ascend-310p")
+    row = next(m for m in report["models"] if m["variant"] == "ascend-om")
+    assert row["measured_on"] == "estimate" and row["energy"]["method"] == "estimate-roofline"
+    assert 0.5 < row["accuracy"] <= 1 and row["accuracy_measured_on"] == "host"
+    assert row["accuracy_fp16_simulated"] is not None and abs(row["accuracy_fp16_simulated"] - row["accuracy"]) < 0.02
+    assert report["selected"] == "student/ascend-om" and report["comparison"]["basis"] == "host"
+    assert any("model.om on the NPU" in x for x in report["measurements"]["not_run"])
+    assert_labelled_and_never_host_time_x_device_power(report, card)
+    md = (out / "report" / "report.md").read_text()
+    assert "Where each figure was measured" in md and "**not run**" in md
+    man = json.loads((out / "convert" / "ascend" / "manifest.json").read_text())
+    assert man["precision_preflight"]["mode"] == "allow_fp32_to_fp16" and man["amct"]["samples"] > 0
+
+
+@needs_fmnist
+def test_ascend_build_with_the_tools_measures_on_the_device(ascend_build, cache, tmp_path):
+    out, _, _ = ascend_build
+    bin_dir = ascend_fakes.install(tmp_path / "bin")
+    env = {**cache, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    sets = ["--set", "target.ascend.loop=100", "--set", "target.ascend.warmup=10",
+            "--set", "target.ascend.idle_seconds=0.3", "--set", "target.ascend.power_interval_s=0.05"]
+    # Same folder: only convert (its key holds the ascend settings) and report run again.
+    r = edgekd("build", "--target", "ascend", *QUICK, *sets, "--out", str(out), env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "npu-smi info reports chip 310P3" in r.stderr
+    report = json.loads(r.stdout)
+    row = next(m for m in report["models"] if m["variant"] == "ascend-om")
+    assert row["measured_on"] == "device" and row["device"] == "Ascend310P3" and row["format"] == "om"
+    assert row["energy"]["method"] == "npu-smi" and row["energy"]["joules_per_inference"] > 0
+    assert row["latency_ms"]["p50"] == pytest.approx(0.2280000001192093)
+    assert row["roofline"]["peak_gflops"] == load_target("ascend-310p").device.peak_gflops
+    # no teacher ran on the NPU here: the ratios are host-vs-host and say so
+    assert report["comparison"]["basis"] == "host" and "no teacher figure device" in report["comparison"]["note"]
+    assert any("msit benchmark, npu-smi" in x for x in report["measurements"]["ran"])
+
+
+@needs_fmnist
+def test_mobile_report_rows_are_the_shipped_artifacts(cache, tmp_path):
+    pytest.importorskip("executorch")
+    out = tmp_path / "mob"
+    r = edgekd("build", "--target", "mobile", *QUICK, "--out", str(out), env=cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout)
+    rows = {m["variant"]: m for m in report["models"]}
+    for v, runtime in (("pte-fp32", "executorch"), ("pte-int8", "executorch"), ("ort-fp32", "onnxruntime-mobile")):
+        host, est = rows[v], rows[f"{v}-estimate"]
+        assert host["measured_on"] == "host" and host["runtime"] == runtime and 0.5 < host["accuracy"] <= 1
+        assert est["measured_on"] == "estimate" and est["accuracy"] == host["accuracy"]
+        assert host["path"].startswith("convert/mobile/")
+    # the FP32 artifacts compute what the FP32 student computes
+    assert abs(rows["pte-fp32"]["accuracy"] - rows["fp32"]["accuracy"]) < 0.005
+    assert report["selected"] in {"student/pte-fp32", "student/pte-int8", "student/ort-fp32"}
+    assert report["artifact_selection"]["status"][report["selected"].split("/")[1]] == "selected"
+    assert report["comparison"]["basis"] == "host"
+    assert_labelled_and_never_host_time_x_device_power(report, load_target("mobile"))
