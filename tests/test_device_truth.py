@@ -38,7 +38,8 @@ def test_profile_rows_use_the_power_and_peak_of_the_machine_that_ran_them(name):
 def _meta() -> dict:
     def art(fmt, prec, rt, p50, est_ms, acc):
         return {"format": fmt, "precision": prec, "runtime": rt, "size_bytes": 1000,
-                "latency_ms": {"p50": p50, "p90": p50 * 1.1, "p99": p50 * 1.2, "mean": p50, "n": 50, "host": True},
+                "latency_ms": {"p50": p50, "p90": p50 * 1.1, "p99": p50 * 1.2, "mean": p50, "n": 50, "host": True,
+                               "cpu_seconds_per_inference": p50 / 1e3 * 0.9},
                 "accuracy": {"value": acc, "runtime": rt},
                 "estimate": {"method": "estimate-roofline", "device": "Cortex-A78", "latency_ms": est_ms,
                              "energy": {"joules_per_inference": est_ms / 1e3 * 1.8, "method": "estimate-roofline"}}}
@@ -58,7 +59,9 @@ def test_mobile_rows_label_host_and_estimate_and_never_mix_them():
         j = r["energy"]["joules_per_inference"]
         assert j != pytest.approx(p50_s * card.active_power_watts) or r["measured_on"] == "estimate"
         if r["measured_on"] == "host":
-            assert r["device"] == host.name and j == pytest.approx(p50_s * host.active_power_watts)
+            # process CPU seconds x this host's power per core: the profile stage's host estimate
+            assert r["device"] == host.name and j == pytest.approx(0.9 * p50_s * host.active_power_watts)
+            assert r["energy"]["method"] == "estimate-cpu-time-x-power"
         else:
             assert r["measured_on"] == "estimate" and r["energy"]["method"] == "estimate-roofline"
             assert j == pytest.approx(p50_s * card.active_power_watts)  # card time x card power
@@ -82,6 +85,8 @@ def test_comparison_pairs_rows_measured_in_the_same_place():
     assert c["basis"] == "device" and c["teacher"] == "teacher/fp32-torch-npu" and c["speedup_p50"] == pytest.approx(4.0)
     assert c["energy_ratio"] == pytest.approx(3.0)
     models[-1]["energy"]["method"] = "estimate-x"  # measured vs estimate: no energy ratio
+    assert compare_same_kind(models, "student/ascend-om", "student/fp32")["energy_ratio"] is None
+    models[2]["energy"]["method"] = "estimate-y"  # two estimates of different kinds: no ratio either
     assert compare_same_kind(models, "student/ascend-om", "student/fp32")["energy_ratio"] is None
 
 

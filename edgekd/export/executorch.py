@@ -219,13 +219,16 @@ def time_pte(path: Path | str, example: np.ndarray | torch.Tensor, runs: int = 1
         for _ in range(warmup):
             method.execute([x])
         samples = []
+        cpu0 = time.process_time()  # CPU seconds of every thread of this process: the energy estimate's input
         for _ in range(runs):
             t = time.perf_counter()
             method.execute([x])
             samples.append((time.perf_counter() - t) * 1e3)
+        cpu_s = (time.process_time() - cpu0) / runs
     finally:
         del method
         gc.collect()
         if before != int(threads):
             _pl._unsafe_reset_threadpool(before)
-    return {**summarize(samples), "host": True, "runtime": "executorch", "threads": int(threads), "warmup": warmup}
+    return {**summarize(samples), "host": True, "runtime": "executorch", "threads": int(threads), "warmup": warmup,
+            "cpu_seconds_per_inference": cpu_s}

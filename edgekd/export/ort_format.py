@@ -134,8 +134,11 @@ def time_ort(path: Path | str, example: np.ndarray, runs: int = 100, warmup: int
     for _ in range(warmup):
         sess.run(None, feed)
     samples = []
+    cpu0 = time.process_time()
     for _ in range(runs):
         t = time.perf_counter()
         sess.run(None, feed)
         samples.append((time.perf_counter() - t) * 1e3)
-    return {**summarize(samples), "host": True, "runtime": "onnxruntime", "threads": int(threads), "warmup": warmup}
+    cpu_s = (time.process_time() - cpu0) / runs
+    return {**summarize(samples), "host": True, "runtime": "onnxruntime", "threads": int(threads), "warmup": warmup,
+            "cpu_seconds_per_inference": cpu_s}

@@ -50,6 +50,8 @@ def fmt_bytes(n: Any) -> str:
 def fmt_ms(x: Any) -> str:
     if not _is_num(x):
         return "—"
+    if 0 < x < 0.01:  # roofline estimates of tiny models on an NPU: show the figure, not 0.000 ms
+        return f"{x * 1e3:.3g} µs"
     return f"{x:.3f} ms" if x < 10 else f"{x:.1f} ms"
 
 

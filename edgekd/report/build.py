@@ -168,9 +168,11 @@ def compare_same_kind(models: list[dict], selected_key: str, fallback_key: str) 
         same = [t for t in teachers if t.get("measured_on") == student.get("measured_on")] or teachers
     teacher = same[0]
     out = comparison_ratios(teacher, student)
-    if _kind(teacher.get("energy")) != _kind(student.get("energy")):
+    te, se = teacher.get("energy") or {}, student.get("energy") or {}
+    if _kind(te) != _kind(se) or (_kind(te) == "estimate" and te.get("method") != se.get("method")):
         out["energy_ratio"] = None
-        note = (note + "; " if note else "") + "no energy ratio: one figure is measured, the other an estimate"
+        note = (note + "; " if note else "") + (f"no energy ratio: {te.get('method')} and {se.get('method')} are "
+                                                "figures of different kinds")
     out["basis"] = student.get("measured_on")
     out["basis_device"] = student.get("device")
     out["selected"] = selected_key

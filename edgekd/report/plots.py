@@ -53,7 +53,10 @@ def _latency_entries(report: dict) -> list[tuple[str, float, float, bool]]:
     for m in report.get("models", []):
         lat = m.get("latency_ms") or {}
         if isinstance(lat.get("p50"), (int, float)):
-            out.append((model_key(m), float(lat["p50"]), float(lat.get("p90", lat["p50"])), model_key(m) == report.get("selected")))
+            p90 = lat.get("p90") if isinstance(lat.get("p90"), (int, float)) else lat["p50"]  # msit/estimates: no p90
+            # the label says where the figure comes from: device, host proxy or card estimate
+            label = model_key(m) + (f" [{m['measured_on']}]" if m.get("measured_on") else "")
+            out.append((label, float(lat["p50"]), float(p90), model_key(m) == report.get("selected")))
             seen.add(model_key(m))
     for c in report.get("candidates") or []:
         key = f"student/{c.get('variant')}"

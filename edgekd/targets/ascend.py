@@ -89,7 +89,7 @@ def bundle_rows(bundle: Path, manifest: dict[str, Any], device: dict[str, Any], 
     row.update({"runtime": "ascend (model.om not run: " + device.get("reason", "no NPU") + ")", "measured_on": "estimate",
                 "device": target.device.name,
                 "latency_ms": {"p50": v, "p90": None, "p99": None, "mean": v, "n": None, "method": "estimate-roofline"},
-                "throughput_per_s": (1e3 / v * manifest["input"]["shape"][0]) if v else None,
+                "throughput_per_s": None,  # 1/latency of a lower-bound estimate would add nothing
                 "energy": est["energy"] if est else None, "estimate": est, "roofline": None})
     return [row]
 
@@ -110,6 +110,12 @@ def _convert(job: ConvertJob) -> tuple[dict[str, str], dict[str, Any]]:
     outputs = {p.name: str(p.relative_to(job.wd)) for p in sorted(bundle.rglob("*")) if p.is_file()}
     where = {"ran": [], "not_run": []}
     where["ran"].append("static ONNX parity, test accuracy and FP16 preflight: this host (onnxruntime)")
+    prec = manifest.get("precision_preflight") or {}
+    if prec.get("fp16_accuracy") is not None:
+        kept = (f"; {len(prec['keep_fp32'])} layer(s) kept in FP32 via keep_dtype.cfg -> {prec['accuracy_with_keep']:.2%}"
+                if prec.get("keep_fp32") else "")
+        where["ran"].append(f"FP16 preflight ({prec['mode']}, host simulation, test split): FP32 {prec['fp32_accuracy']:.2%}, "
+                            f"FP16 {prec['fp16_accuracy']:.2%} ({prec['drop_points']:+.2f} points drop){kept}")
     if device["status"] == "ok":
         where["ran"].append(f"model.om latency/energy: {device['device']} (msit benchmark, npu-smi)")
     else:

@@ -51,4 +51,4 @@ def host_device() -> "DeviceConfig":
     from edgekd.report.build import cpu_name
 
     d = load_target("cpu").device
-    return d.model_copy(update={"name": f"{cpu_name()} (this host; cpu card figures: {d.name})"})
+    return d.model_copy(update={"name": f"{cpu_name()} (this host)"})

@@ -35,6 +35,12 @@ def _check(target: "TargetConfig") -> None:
 _VARIANTS = {"model_fp32.pte": "pte-fp32", "model_int8.pte": "pte-int8", "model.ort": "ort-fp32"}
 
 
+def estimate_energy(cpu_seconds: float, host: Any) -> dict[str, Any]:
+    from edgekd.profile.energy import estimate_energy as _estimate
+
+    return _estimate(cpu_seconds, host)
+
+
 def artifact_rows(meta: dict[str, Any], params: int | None, host: Any) -> list[dict[str, Any]]:
     """Two report rows per shipped artifact: its host-proxy timing (measured_on host, this CPU's
     figures for energy) and the on-device estimate (measured_on estimate: the card's roofline time
@@ -49,20 +55,20 @@ def artifact_rows(meta: dict[str, Any], params: int | None, host: Any) -> list[d
                   "accuracy_measured_on": "host", "precision": a["precision"], "peak_rss_bytes": None,
                   "throughput_batch": 1}
         p50_s = lat["p50"] / 1e3
+        # The same estimate as the profile stage's host rows (process CPU seconds x this host's
+        # power per core), so the teacher/student energy ratio compares like with like.
+        cpu_s = lat.get("cpu_seconds_per_inference")
         rows.append({**common, "variant": variant, "runtime": a["runtime"], "measured_on": "host",
                      "device": host.name,
                      "latency_ms": {k: lat.get(k) for k in ("p50", "p90", "p99", "mean", "n")},
                      "throughput_per_s": 1.0 / p50_s if p50_s > 0 else None,
-                     "energy": {"joules_per_inference": p50_s * host.active_power_watts,
-                                "method": "estimate-host-time-x-host-power",
-                                "assumptions": f"host p50 latency (1 thread) x {host.active_power_watts:g} W per busy "
-                                               f"core of this host ({host.name}); no counter read"}})
+                     "energy": estimate_energy(cpu_s if cpu_s is not None else p50_s, host)})
         est = a["estimate"]
         v = est["latency_ms"]
         rows.append({**common, "variant": f"{variant}-estimate", "runtime": f"{a['runtime']} (on-device estimate)",
                      "measured_on": "estimate", "device": est["device"],
                      "latency_ms": {"p50": v, "p90": None, "p99": None, "mean": v, "n": None, "method": est["method"]},
-                     "throughput_per_s": 1e3 / v if v else None, "energy": est["energy"], "estimate": est})
+                     "throughput_per_s": None, "energy": est["energy"], "estimate": est})
     return rows
 
 

@@ -70,6 +70,18 @@ def test_ascend_family_build_reports_the_bundle_row(ascend_build):
 
 
 @needs_fmnist
+def test_profile_of_a_build_keeps_its_target(ascend_build, cache):
+    out, _, _ = ascend_build
+    export = (out / "export" / "result.json").stat().st_mtime_ns
+    r = edgekd("profile", str(out), env=cache)  # no --target: the build's own (ascend), not cpu
+    assert r.returncode == 0, r.stderr[-3000:]
+    # with the cpu card the export (opset 17, dynamic batch) would have been redone
+    assert (out / "export" / "result.json").stat().st_mtime_ns == export
+    prof = json.loads((out / "profile" / "result.json").read_text())["metrics"]["models"]
+    assert {m["measured_on"] for m in prof.values()} == {"host"}
+
+
+@needs_fmnist
 def test_ascend_build_with_the_tools_measures_on_the_device(ascend_build, cache, tmp_path):
     out, _, _ = ascend_build
     bin_dir = ascend_fakes.install(tmp_path / "bin")
