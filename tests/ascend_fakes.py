@@ -1,5 +1,5 @@
 """Fake `atc`, `msit` and `npu-smi` executables for tests: they replay the recorded tool output
-in tests/data/ascend/ (see its README.md for where each format comes from).
+in tests/fixtures/ascend/ (see its README.md for where each format comes from).
 
 - atc: writes <--output>.om (bytes of the ONNX) and prints ATC's success line.
 - msit benchmark: marks the NPU busy (a state file) for BUSY_S seconds, then prints the recorded
@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parent / "data" / "ascend"
+DATA = Path(__file__).resolve().parent / "fixtures" / "ascend"
 IDLE_W, BUSY_W, BUSY_S = 12.0, 30.0, 0.8
 
 _ATC = """#!{py}

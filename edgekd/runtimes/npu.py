@@ -216,7 +216,7 @@ def _device_name(device: str) -> str:
 
 # --------------------------------------------------------------------------- msit / npu-smi on the device
 #
-# Formats (recorded in tests/data/ascend/, each file says where it comes from):
+# Formats (recorded in tests/fixtures/ascend/, each file says where it comes from):
 # - msit benchmark prints a "Performance Summary" through its logger:
 #     [INFO] NPU_compute_time (ms): min = A, max = B, mean = C, median = D, percentile(99%) = E
 #     [INFO] throughput 1000*batchsize.mean(1)/NPU_compute_time.mean(C): T

@@ -19,9 +19,9 @@ from edgekd.export.ascend_precision import fp16_preflight
 from edgekd.profile.energy import NpuSmiSampler
 from edgekd.runtimes import npu
 from tests import ascend_fakes
-from tests.test_ascend import _card
+from tests.export.test_ascend import _card
 
-DATA = Path(__file__).resolve().parent / "data" / "ascend"
+DATA = Path(__file__).resolve().parents[1] / "fixtures" / "ascend"
 
 
 # --------------------------------------------------------------------------- parsers on recorded output
