@@ -503,8 +503,9 @@ def _openvino_check(path: Path, x: np.ndarray, ref: np.ndarray, name: str, ctx: 
 
 
 def _profile_cfg(ctx: BuildContext) -> dict:
+    measured_on, _, dev = where_profiled(ctx)
     return {"profile": ctx.target.profile.model_dump(), "providers": ctx.target.providers,
-            "device": ctx.target.device.model_dump()}
+            "device": ctx.target.device.model_dump(), "profiled_on": measured_on, "profile_device": dev.model_dump()}
 
 
 def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
@@ -519,11 +520,14 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     p = ctx.target.profile
     np.save(wd / "inputs.npy", s.x_test[:256])
     input_shape = inputs["export"].metrics["input_shape"]
+    # The worker turns CPU time into an energy estimate with this DeviceConfig: the machine that
+    # runs the profile (this host for mobile/Ascend), never the target card's device.
+    measured_on, ran_on, dev = where_profiled(ctx)
     common = {"input_shape": input_shape, "input_file": str(wd / "inputs.npy"), "threads": p.threads,
               "providers": ctx.target.providers, "warmup_runs": p.warmup_runs, "warmup_seconds": p.warmup_seconds,
               "min_runs": p.min_runs, "min_seconds": p.min_seconds, "max_seconds": p.max_seconds,
               "batch_sweep": p.batch_sweep, "throughput_batch": p.throughput_batch,
-              "device": ctx.target.device.model_dump(), "energy": "auto", "seed": ctx.recipe.data.seed}
+              "device": dev.model_dump(), "energy": "auto", "seed": ctx.recipe.data.seed}
     t_ref = ctx.recipe.teacher
     specs: dict[str, dict] = {}
     if not t_ref.onnx:  # an ONNX teacher has no PyTorch form to time
@@ -556,7 +560,6 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     shutil.rmtree(logs, ignore_errors=True)
     bandwidth = ctx.target.device.mem_bandwidth_gbs if describes_host(ctx.target) else None
     out: dict[str, Any] = {}
-    measured_on, ran_on, dev = where_profiled(ctx)
     for name, r in results.items():
         # Energy estimates and roofline peaks are those of the machine that ran the model: for a
         # mobile/Ascend build that is this host, never the target card's device.
@@ -607,6 +610,8 @@ def _teacher_on_device(ctx: BuildContext, inputs: dict[str, StageResult], s) -> 
     import torch
 
     fam = family_name(ctx.target)
+    if ctx.recipe.teacher.onnx:  # a teacher given as ONNX has no PyTorch form to run on the device
+        return None
     if fam == "cuda":
         if not torch.cuda.is_available():
             return None
