@@ -485,8 +485,6 @@ def build_report(build_dir: Path, run: dict) -> dict[str, Any]:
     t, gen, d, e, q, p, sel = (res[n] for n in names)
     prof, settings = p["metrics"]["models"], p["metrics"]["settings"]
 
-    from edgekd.report.build import cpu_name
-
     host_cpu = cpu_name()  # text-generation stages run on this host
 
     def entry(role: str, variant: str, fmt: str, runtime: str, path: str, size: int, params: int,

@@ -48,7 +48,7 @@ def host_device() -> "DeviceConfig":
     target card's device: host time x device power would describe no machine.
     """
     from edgekd.cards import load_target
-    from edgekd.report.build import cpu_name
+    from edgekd.hostinfo import cpu_name
 
     d = load_target("cpu").device
     return d.model_copy(update={"name": f"{cpu_name()} (this host)"})
