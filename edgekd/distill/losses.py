@@ -29,13 +29,16 @@ from edgekd.errors import ConfigError, StageError
 
 @dataclass
 class LossContext:
-    student_logits: Tensor  # [B, C]
-    teacher_logits: Tensor | None  # [B, C], detached; None when no teacher
+    student_logits: Tensor  # [B, C]; for a language model B is the answer tokens of the batch
+    teacher_logits: Tensor | None  # [B, C], detached; None when no teacher (or given as teacher_topk)
     labels: Tensor  # [B] long; -1 = no label for this sample
     student_features: dict[str, Any]  # module path -> captured output
     teacher_features: dict[str, Any]
     sample_weight: Tensor | None = None  # [B]; scales KD (teacher) terms only
     progress: float = 0.0  # training progress in [0, 1] for schedules
+    # The teacher as its top-k only: (values [B, k], class/token ids [B, k]), e.g. a language
+    # model's cached top-k per answer token, where the full [B, vocab] would not fit in memory.
+    teacher_topk: tuple[Tensor, Tensor] | None = None
 
 
 # --------------------------------------------------------------------------- registry and base
@@ -216,6 +219,12 @@ class SoftLabel(Loss):
 
     The T^2 factor keeps gradient magnitudes comparable across temperatures. Teacher probabilities
     of exactly 0 (a top-k cache read with a -inf tail) contribute 0, not NaN.
+
+    Token-level KD (text-generation recipes) is this same term over the answer tokens of a batch,
+    with the teacher given as its top-k per token (`LossContext.teacher_topk`): the teacher's
+    distribution is softmax(v/T) over its k ids (renormalized, the rest 0) and the student's
+    log-probabilities over the full vocabulary are read at those ids, so the student's mass moves
+    onto the teacher's candidates in the teacher's proportions.
     """
 
     Options = _SoftOpts
@@ -228,15 +237,28 @@ class SoftLabel(Loss):
         return schedule(self.opts.temperature, progress)
 
     def forward(self, ctx: LossContext) -> Tensor:
+        t_ = self.temperature(ctx.progress)
+        if ctx.teacher_logits is None and ctx.teacher_topk is not None:
+            return token_kd(ctx.student_logits, *ctx.teacher_topk, t_, ctx.sample_weight)
         if ctx.teacher_logits is None:
             raise StageError("soft_label needs teacher logits but none were given",
                              hint="distill with a teacher model or a teacher-logit cache")
-        t_ = self.temperature(ctx.progress)
         log_ps = F.log_softmax(ctx.student_logits.float() / t_, dim=1)
         # Cached logits arrive on the CPU; follow the student's device.
         pt = F.softmax(ctx.teacher_logits.detach().to(log_ps.device).float() / t_, dim=1)
         kl = (torch.special.xlogy(pt, pt) - pt * log_ps).sum(dim=1)
         return weighted_mean(kl, ctx.sample_weight) * (t_ * t_)
+
+
+def token_kd(student_logits: Tensor, t_values: Tensor, t_indices: Tensor, temperature: float,
+             sample_weight: Tensor | None = None) -> Tensor:
+    """T^2 * KL(softmax(t_values/T) over the teacher's top-k || student softmax at T read at t_indices),
+    weighted mean over rows. Shapes: [R, V], [R, k], [R, k] (rows = tokens)."""
+    log_ps = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    pt = F.softmax(t_values.detach().to(log_ps.device).float() / temperature, dim=-1)
+    log_ps_k = log_ps.gather(-1, t_indices.to(log_ps.device).long())
+    kl = (torch.special.xlogy(pt, pt) - pt * log_ps_k).sum(dim=-1)
+    return weighted_mean(kl, sample_weight) * (temperature * temperature)
 
 
 class _HardOpts(LossOptions):
@@ -539,7 +561,8 @@ class LossSet(nn.Module):
         return torch.stack(values).sum(), parts
 
 
-def _parse(cfg: Any) -> tuple[str, float, LossOptions]:
+def parse_loss(cfg: Any) -> tuple[str, float, LossOptions]:
+    """(kind, weight, typed options) of one recipe loss term; unknown kinds and options are ConfigErrors."""
     raw = cfg.model_dump() if isinstance(cfg, BaseModel) else dict(cfg)
     kind = raw.pop("kind", None)
     weight = float(raw.pop("weight", 1.0))
@@ -577,14 +600,17 @@ def _probe(model: nn.Module, paths: set[str], x: Tensor, side: str) -> dict[str,
     return cap.features
 
 
-def build_losses(cfgs: list[Any], student: nn.Module, teacher: nn.Module | None, example_input: Tensor) -> LossSet:
+def build_losses(cfgs: list[Any], student: nn.Module, teacher: nn.Module | None,
+                 example_input: Tensor | None) -> LossSet:
     """Validate the loss terms, probe feature shapes on `example_input`, build the LossSet.
+
+    `example_input` may be None when no term reads features (soft_label/hard_label only).
 
     Term names (keys of the logged parts) are the kinds, with `_2`, `_3`, … for repeats.
     """
     if not cfgs:
         raise ConfigError("no distillation losses given", hint="add e.g. {kind: soft_label, weight: 1.0}")
-    parsed = [_parse(c) for c in cfgs]
+    parsed = [parse_loss(c) for c in cfgs]
     s_paths: set[str] = set()
     t_paths: set[str] = set()
     for kind, _, opts in parsed:
@@ -594,8 +620,10 @@ def build_losses(cfgs: list[Any], student: nn.Module, teacher: nn.Module | None,
     if t_paths and teacher is None:
         raise ConfigError(f"losses read teacher features ({', '.join(sorted(t_paths))}) but there is no teacher model",
                           hint="give the recipe a teacher, or use only soft_label/hard_label with cached logits")
-    s_feats = _probe(student, s_paths, example_input, "student")
-    t_feats = _probe(teacher, t_paths, example_input, "teacher") if teacher is not None else {}
+    if (s_paths or t_paths) and example_input is None:
+        raise StageError("feature losses need an example input to probe shapes", hint="this is a bug in edgekd")
+    s_feats = _probe(student, s_paths, example_input, "student") if s_paths else {}
+    t_feats = _probe(teacher, t_paths, example_input, "teacher") if teacher is not None and t_paths else {}
     try:
         device = next(student.parameters()).device
     except StopIteration:

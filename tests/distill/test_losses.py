@@ -132,6 +132,46 @@ def test_soft_label_temperature_schedule_and_zero_teacher_probs():
     assert got == pytest.approx(want, rel=RTOL)
 
 
+def test_token_kd_on_a_top_k_teacher_matches_hand_computation():
+    # A language model's KD term: rows are answer tokens, the teacher is only its top-k per token.
+    student = torch.tensor([[1.0, 0.0, -1.0, 0.5], [0.2, -0.3, 0.9, 0.0]])
+    tv, ti = torch.tensor([[2.0, 1.0], [0.5, 3.0]]), torch.tensor([[0, 3], [2, 1]])
+    T = 2.0
+    want = []
+    for z_s, v, k in ((student[0].numpy(), [2.0, 1.0], [0, 3]), (student[1].numpy(), [0.5, 3.0], [2, 1])):
+        pt = np.exp(np.array(v) / T)
+        pt /= pt.sum()  # the teacher's top-k, renormalized
+        log_ps = z_s / T - np.log(np.exp(z_s / T).sum())  # the student over its whole vocabulary
+        want.append(float((pt * (np.log(pt) - log_ps[k])).sum() * T * T))
+    _, term = one({"kind": "soft_label", "temperature": T})
+    c = LossContext(student_logits=student, teacher_logits=None, labels=torch.zeros(2, dtype=torch.long),
+                    student_features={}, teacher_features={}, teacher_topk=(tv, ti))
+    assert val(term(c)) == pytest.approx(np.mean(want), rel=RTOL)
+    c.sample_weight = torch.tensor([0.5, 1.5])  # per-token weights: a weighted mean like per-sample ones
+    assert val(term(c)) == pytest.approx(0.5 * want[0] * 0.5 + 1.5 * want[1] * 0.5, rel=RTOL)
+    # the same as soft_label over full logits whose non-top-k entries are -inf
+    full = torch.full((2, 4), float("-inf"))
+    full.scatter_(1, ti, tv)
+    c_full = LossContext(student_logits=student, teacher_logits=full, labels=torch.zeros(2, dtype=torch.long),
+                         student_features={}, teacher_features={})
+    assert val(term(c_full)) == pytest.approx(np.mean(want), rel=RTOL)
+    # a student that already puts the teacher's proportions on the top-k and ~0 elsewhere: ~0
+    good = torch.tensor([[2.0, -40.0, -40.0, 1.0]])
+    c = LossContext(student_logits=good, teacher_logits=None, labels=torch.zeros(1, dtype=torch.long),
+                    student_features={}, teacher_features={}, teacher_topk=(tv[:1], ti[:1]))
+    _, t1 = one({"kind": "soft_label", "temperature": 1.0})
+    assert val(t1(c)) < 1e-6
+
+
+def test_one_temperature_default_and_typos_are_config_errors():
+    from edgekd.distill.losses import parse_loss
+
+    _, _, opts = parse_loss(LossConfig(kind="soft_label", weight=0.5))
+    assert opts.temperature == 4.0  # classifier and text-generation recipes read the same default
+    with pytest.raises(ConfigError, match="temprature"):
+        parse_loss(LossConfig(kind="soft_label", weight=0.5, temprature=1.0))
+
+
 def test_hard_label_smoothing_ignores_unlabeled():
     s = randn(4, 3)
     labels = torch.tensor([0, -1, 2, 1])
