@@ -15,12 +15,16 @@ merges them into the final arrays and deletes the shards. Call `open()` from ONE
 ranks wrote (e.g. rank 0 after a barrier); other processes may `open()` once meta.json exists.
 Row order and augmentation are fixed per 256-row chunk, so the cache content does not depend on
 world_size.
+
+`TopKSequenceCache` is the sibling for language models: a variable number of rows (answer tokens)
+per sample, top-k only, in a folder named by the caller's key.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -298,3 +302,105 @@ class TeacherLogitCache:
         return out
 
     __call__ = get
+
+
+class TopKSequenceCache:
+    """Top-k teacher logits for a variable number of rows per sample: a language model's answer
+    tokens, where one sample (prompt + answer) has as many rows as answer tokens and the vocabulary
+    is too wide to keep whole.
+
+    Layout of `folder` (named by the caller's key: teacher hash, data hash, top_k, max length):
+    `values.npy` (fp16 [rows, k]), `indices.npy` (int32 [rows, k]), `offsets.npy` (int64 [n + 1]:
+    sample i owns rows offsets[i]:offsets[i+1]) and `done.json`, written last. The folder is built
+    under a temporary name and renamed into place, so a killed pass leaves nothing that looks done.
+    Read back with `rows(i)` or `get(indices)`; the loss (soft_label with `teacher_topk`)
+    renormalizes over the k ids.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.dir = Path(folder)
+        self._values: np.ndarray | None = None
+        self._indices: np.ndarray | None = None
+        self._offsets: np.ndarray | None = None
+
+    def exists(self) -> bool:
+        return (self.dir / "done.json").is_file()
+
+    @torch.no_grad()
+    def write(self, teacher_rows: Callable[[list[int]], torch.Tensor], rows_per_sample: list[int], top_k: int, *,
+              batch_size: int = 8, progress: Callable[[int, int], None] | None = None) -> "TopKSequenceCache":
+        """One teacher pass: `teacher_rows(sample_ids)` returns the logits [sum of their rows, vocab]
+        of those samples, in order. Does nothing when the folder is already complete."""
+        if top_k < 1:
+            raise StageError(f"teacher-logit cache top_k must be >= 1, got {top_k}", hint="use e.g. top_k: 16")
+        if self.exists():
+            return self.open()
+        n = len(rows_per_sample)
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum(rows_per_sample)
+        tmp = self.dir.with_name(self.dir.name + f".tmp-{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            self._fill(tmp, teacher_rows, offsets, top_k, batch_size, progress)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a failed or interrupted pass leaves no half folder
+            raise
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.replace(tmp, self.dir)
+        return self.open()
+
+    def _fill(self, tmp: Path, teacher_rows: Callable[[list[int]], torch.Tensor], offsets: np.ndarray, top_k: int,
+              batch_size: int, progress: Callable[[int, int], None] | None) -> None:
+        n, n_rows = len(offsets) - 1, int(offsets[-1])
+        values = np.lib.format.open_memmap(tmp / "values.npy", mode="w+", dtype=np.float16, shape=(n_rows, top_k))
+        indices = np.lib.format.open_memmap(tmp / "indices.npy", mode="w+", dtype=np.int32, shape=(n_rows, top_k))
+        for i in range(0, n, batch_size):
+            ids = list(range(i, min(n, i + batch_size)))
+            logits = teacher_rows(ids).float()
+            lo, hi = int(offsets[ids[0]]), int(offsets[ids[-1] + 1])
+            if logits.shape[0] != hi - lo:
+                raise StageError(f"teacher gave {logits.shape[0]} logit rows for samples {ids[0]}..{ids[-1]}, "
+                                 f"expected {hi - lo}", hint="this is a bug in edgekd")
+            if not torch.isfinite(logits).all():
+                raise StageError(f"teacher logits contain NaN/inf (sample {i})", hint="check the teacher weights")
+            v, k = logits.topk(top_k, dim=-1)
+            values[lo:hi] = v.numpy().astype(np.float16)
+            indices[lo:hi] = k.numpy().astype(np.int32)
+            if progress:
+                progress(ids[-1] + 1, n)
+        values.flush()
+        indices.flush()
+        del values, indices
+        np.save(tmp / "offsets.npy", offsets)
+        (tmp / "done.json").write_text(json.dumps({"rows": n_rows, "top_k": top_k, "examples": n}))
+
+    def open(self) -> "TopKSequenceCache":
+        if not self.exists():
+            raise StageError(f"teacher-logit cache {self.dir} is not complete", hint="run write() before open()")
+        self._values = np.load(self.dir / "values.npy", mmap_mode="r")
+        self._indices = np.load(self.dir / "indices.npy", mmap_mode="r")
+        self._offsets = np.load(self.dir / "offsets.npy")
+        return self
+
+    def __len__(self) -> int:
+        if self._offsets is None:
+            raise StageError("teacher-logit cache is not open", hint="call open() after write()")
+        return len(self._offsets) - 1
+
+    def rows(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample i's rows: (values float32 [r, k], token ids int64 [r, k])."""
+        n = len(self)
+        if not 0 <= i < n:
+            raise StageError(f"teacher-logit cache index {i} out of range (cache holds {n} samples)",
+                             hint="the cache was built for other data: its key should differ")
+        a, b = int(self._offsets[i]), int(self._offsets[i + 1])  # type: ignore[index]
+        return (np.asarray(self._values[a:b], dtype=np.float32),  # type: ignore[index]
+                np.asarray(self._indices[a:b], dtype=np.int64))  # type: ignore[index]
+
+    def get(self, indices: np.ndarray | torch.Tensor | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows of samples `indices`, concatenated in that order: (values [R, k], ids [R, k])."""
+        idx = indices.tolist() if isinstance(indices, (np.ndarray, torch.Tensor)) else list(indices)
+        vs, ks = zip(*(self.rows(int(i)) for i in idx)) if idx else ((), ())
+        if not vs:
+            return torch.empty(0), torch.empty(0, dtype=torch.long)
+        return torch.from_numpy(np.concatenate(vs)), torch.from_numpy(np.concatenate(ks))

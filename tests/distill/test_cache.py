@@ -173,3 +173,52 @@ def test_get_out_of_range_and_unopened(tmp_path):
     with pytest.raises(StageError, match="out of range"):
         c.get([N])
     assert c(torch.tensor([1, 2])).shape == (2, 3)  # callable like the trainer's teacher_logits(idx)
+
+
+# --------------------------------------------------------------------------- ragged top-k (language models)
+
+
+def test_sequence_topk_cache_round_trip_ragged_rows(tmp_path):
+    from edgekd.distill.cache import TopKSequenceCache
+
+    rows_per_sample = [3, 1, 4, 2, 5]
+    g = torch.Generator().manual_seed(0)
+    logits = [torch.randn(r, 50, generator=g) for r in rows_per_sample]
+    calls = []
+
+    def teacher_rows(ids):
+        calls.append(list(ids))
+        return torch.cat([logits[i] for i in ids])
+
+    folder = tmp_path / "k"
+    c = TopKSequenceCache(folder).write(teacher_rows, rows_per_sample, top_k=4, batch_size=2)
+    assert calls == [[0, 1], [2, 3], [4]] and len(c) == 5
+    assert not list(tmp_path.glob("*.tmp-*"))  # built under a temp name, renamed into place
+    for i, lg in enumerate(logits):
+        v, k = c.rows(i)
+        top = lg.topk(4, dim=-1)
+        assert v.shape == (rows_per_sample[i], 4)
+        assert np.allclose(v, top.values.numpy(), atol=1e-2)  # fp16 storage
+        assert (k == top.indices.numpy()).all()
+    v, k = c.get(torch.tensor([3, 0]))  # concatenated in the order asked
+    assert v.shape == (5, 4) and (k[:2].numpy() == logits[3].topk(4).indices.numpy()).all()
+    # a finished folder is reused, the teacher not run again
+    calls.clear()
+    TopKSequenceCache(folder).write(teacher_rows, rows_per_sample, top_k=4)
+    assert calls == []
+    with pytest.raises(StageError, match="out of range"):
+        c.rows(5)
+
+
+def test_sequence_topk_cache_refuses_nan_and_leaves_nothing_done(tmp_path):
+    from edgekd.distill.cache import TopKSequenceCache
+
+    def bad(ids):
+        out = torch.zeros(len(ids), 10)
+        out[0, 0] = float("nan")
+        return out
+
+    c = TopKSequenceCache(tmp_path / "k")
+    with pytest.raises(StageError, match="NaN"):
+        c.write(bad, [1, 1], top_k=2)
+    assert not c.exists()
