@@ -1,9 +1,12 @@
-"""The training loop shared by teacher training and distillation.
+"""The training loop shared by teacher training, distillation and sequence-level KD of language models.
 
-One loop, two uses: with no teacher it trains on labels (CE with label smoothing); with a teacher
-and a LossSet it distills. AdamW + cosine schedule with warm-up, gradient clipping, optional bf16
-autocast, best-on-validation weights, early stopping, and a checkpoint after every epoch that a
-killed run resumes from exactly (model, optimizer, scheduler, RNG states).
+`fit` is the one epoch loop; callers hand it their batches and a per-batch loss. `train` is the
+classifier's use of it on arrays: with no teacher it trains on labels (CE with label smoothing);
+with a teacher and a LossSet it distills. Text generation (edgekd.llm.sequences) batches token
+sequences and takes the loss at answer tokens, through the same `fit`. AdamW + cosine schedule
+with warm-up, gradient clipping, optional bf16 autocast (classifiers), best-on-validation weights,
+early stopping, and a checkpoint after every epoch that a killed run resumes from exactly (model,
+optimizer, scheduler, RNG states).
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -117,6 +120,121 @@ def epoch_line(progress: Any, text: str) -> None:
         console.print(text, highlight=False, markup=False)
 
 
+def fit(
+    model: nn.Module,
+    params: list[nn.Parameter],
+    cfg: Any,
+    steps_per_epoch: int,
+    batches: Callable[[torch.Generator], Iterable[Any]],
+    step_loss: Callable[[Any, float], tuple[torch.Tensor, dict[str, float], int]],
+    validate: Callable[[], dict[str, float]],
+    *,
+    gen: torch.Generator,
+    score: str = "val_accuracy",
+    train_modules: list[nn.Module] | None = None,
+    checkpoint: Path | None = None,
+    write_checkpoint: bool = True,
+    extra_state: Callable[[], dict[str, Any]] | None = None,
+    load_extra_state: Callable[[dict[str, Any]], None] | None = None,
+    after_backward: Callable[[], None] | None = None,
+    progress: Any = None,
+    description: str = "train",
+) -> TrainResult:
+    """The epoch loop every trainer in edgekd runs: AdamW over `params` with a cosine schedule after
+    a linear warm-up, gradient clipping, a non-finite loss stops with a StageError, the best epoch
+    on `validate()[score]` is kept, optional early stopping (`cfg.patience`), and a checkpoint after
+    every epoch (model, optimizer, schedule, `gen` and torch RNG states, history, best state, and
+    the caller's `extra_state()`) that a killed run resumes from exactly.
+
+    The caller owns the data: `batches(gen)` yields one epoch's batches (drawing any shuffling or
+    augmentation from `gen`), `step_loss(batch, progress)` returns (loss, logged parts, batch size),
+    with progress in [0, 1] for schedules. `cfg` supplies lr, weight_decay, epochs, grad_clip and
+    optionally patience.
+    """
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = steps_per_epoch * cfg.epochs
+    warm = min(steps_per_epoch, max(1, total // 20))
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    start_epoch, history = 0, []
+    best_acc, best_epoch, best_state, bad_epochs = -1.0, -1, None, 0
+    if checkpoint is not None and checkpoint.is_file():
+        ck = load_checkpoint(checkpoint)
+        model.load_state_dict(ck["model"])
+        if load_extra_state is not None:
+            load_extra_state(ck)
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        gen.set_state(ck["gen"])
+        torch.set_rng_state(ck["torch_rng"])
+        start_epoch, history = ck["epoch"] + 1, ck["history"]
+        best_acc, best_epoch, best_state, bad_epochs = ck["best_acc"], ck["best_epoch"], ck["best_state"], ck["bad_epochs"]
+
+    t0 = time.perf_counter()
+    task = progress.add_task(description, total=(cfg.epochs - start_epoch) * steps_per_epoch) if progress else None
+    stopped_early = False
+    for epoch in range(start_epoch, cfg.epochs):
+        for m in train_modules or [model]:
+            m.train()
+        sums: dict[str, float] = {}
+        n_seen, e0 = 0, time.perf_counter()
+        for step, batch in enumerate(batches(gen)):
+            loss, parts, n = step_loss(batch, (epoch + step / steps_per_epoch) / cfg.epochs)
+            if not torch.isfinite(loss):
+                raise StageError(f"{description}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}",
+                                 hint="lower the learning rate, or check the data and teacher for NaN/inf")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if after_backward is not None:
+                after_backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v * n
+            n_seen += n
+            if progress is not None:
+                shown = " ".join(f"{k}={v / max(n_seen, 1):.3f}" for k, v in sums.items())
+                progress.update(task, advance=1, description=f"{description} {epoch + 1}/{cfg.epochs} {shown}")
+        val = validate()
+        rec = {"epoch": epoch + 1, score: val[score], "lr": sched.get_last_lr()[0],
+               "seconds": time.perf_counter() - e0, **{f"loss_{k}": v / max(n_seen, 1) for k, v in sums.items()},
+               **{k: v for k, v in val.items() if k != score}}
+        history.append(rec)
+        losses = " ".join(f"{k}={v / max(n_seen, 1):.4f}" for k, v in sums.items())
+        epoch_line(progress, f"  {description} epoch {epoch + 1}/{cfg.epochs}: {score}={val[score]:.4f} {losses}"
+                             f" ({rec['seconds']:.1f} s)")
+        if val[score] > best_acc:
+            best_acc, best_epoch, bad_epochs = val[score], epoch + 1, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        patience = getattr(cfg, "patience", None)
+        stop = patience is not None and bad_epochs >= patience
+        if checkpoint is not None and write_checkpoint:
+            save_checkpoint(checkpoint, {
+                "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch, "history": history,
+                "best_acc": best_acc, "best_epoch": best_epoch, "best_state": best_state, "bad_epochs": bad_epochs,
+                **(extra_state() if extra_state is not None else {}),
+            })
+        if stop:
+            stopped_early = True
+            break
+    if progress is not None and task is not None:
+        progress.remove_task(task)
+    if best_state is None:
+        raise StageError(f"{description}: no epoch ran", hint="distill.epochs must be at least 1")
+    return TrainResult(best_state=best_state, best_val_accuracy=best_acc, best_epoch=best_epoch, history=history,
+                       stopped_early=stopped_early, seconds=time.perf_counter() - t0)
+
+
 def train(
     model: nn.Module,
     x_train: np.ndarray,
@@ -138,7 +256,8 @@ def train(
     world_size: int = 1,
     aux_tasks: list[Any] | None = None,
 ) -> TrainResult:
-    """Train `model`; with `loss_set` distill from `teacher` (online) or `teacher_logits` (cached).
+    """Train a classifier on arrays; with `loss_set` distill from `teacher` (online) or
+    `teacher_logits` (cached). The loop itself is `fit`.
 
     `cfg` is a TrainConfig/DistillConfig. `labeled` masks which train labels may be used (-1 for
     the others). `checkpoint`: a file updated after every epoch; if present at start, resume.
@@ -160,35 +279,20 @@ def train(
                           hint="run it without torchrun, or drop distill.tasks")
     params = (list(model.parameters()) + (list(loss_set.parameters()) if loss_set is not None else [])
               + [p for t in aux_tasks for p in t.head.parameters()])
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Each rank takes an equal share of every epoch's permutation (same permutation on all ranks).
     per_rank = len(xt) // world_size if world_size > 1 else len(xt)
     steps_per_epoch = max(1, math.ceil(per_rank / cfg.batch_size))
-    total = steps_per_epoch * cfg.epochs
-    warm = min(steps_per_epoch, max(1, total // 20))
-
-    def lr_at(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     ce = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, ignore_index=-1)
-    start_epoch, history = 0, []
-    best_acc, best_epoch, best_state, bad_epochs = -1.0, -1, None, 0
-    if checkpoint is not None and checkpoint.is_file():
-        ck = load_checkpoint(checkpoint)
-        model.load_state_dict(ck["model"])
+
+    def extra_state() -> dict[str, Any]:
+        return {"loss_set": loss_set.state_dict() if loss_set is not None else None,
+                "aux_heads": [t.head.state_dict() for t in aux_tasks]}
+
+    def load_extra_state(ck: dict[str, Any]) -> None:
         if loss_set is not None and ck.get("loss_set") is not None:
             loss_set.load_state_dict(ck["loss_set"])
         for t, state in zip(aux_tasks, ck.get("aux_heads") or []):
             t.head.load_state_dict(state)
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        gen.set_state(ck["gen"])
-        torch.set_rng_state(ck["torch_rng"])
-        start_epoch, history = ck["epoch"] + 1, ck["history"]
-        best_acc, best_epoch, best_state, bad_epochs = ck["best_acc"], ck["best_epoch"], ck["best_state"], ck["bad_epochs"]
 
     ddp_model: nn.Module = model
     if world_size > 1:
@@ -201,93 +305,54 @@ def train(
             p.requires_grad_(False)
 
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if amp == "bf16" else None)
-    t0 = time.perf_counter()
-    task = progress.add_task(description, total=(cfg.epochs - start_epoch) * steps_per_epoch) if progress else None
-    stopped_early = False
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        if loss_set is not None:
-            loss_set.train()
-        perm = torch.randperm(len(xt), generator=gen)
+
+    def batches(g: torch.Generator):
+        perm = torch.randperm(len(xt), generator=g)
         if world_size > 1:
             perm = perm[: per_rank * world_size][rank::world_size]
-        sums: dict[str, float] = {}
-        n_seen, e0 = 0, time.perf_counter()
-        aux_perms = [torch.randperm(len(t.x), generator=gen) for t in aux_tasks]
+        aux_perms = [torch.randperm(len(t.x), generator=g) for t in aux_tasks]
         for step in range(steps_per_epoch):
             idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            if idx.numel() == 0:
-                continue
-            xb, yb = xt[idx], yt[idx]
+            if idx.numel():
+                yield step, idx, aux_perms
+
+    def step_loss(batch: Any, prog: float) -> tuple[torch.Tensor, dict[str, float], int]:
+        step, idx, aux_perms = batch
+        xb, yb = xt[idx], yt[idx]
+        if cfg.augment:
+            xb = augment_images(xb, gen)
+        with autocast if autocast is not None else _null():
+            if loss_set is None:
+                out = ddp_model(xb)
+                loss = ce(out.float(), yb) if (yb >= 0).any() else out.sum() * 0
+                parts = {"ce": loss.item()}
+            else:
+                loss, parts = _distill_step(ddp_model, teacher, loss_set, xb, yb, idx, teacher_logits,
+                                            weighting, progress=prog)
+        for t, tperm in zip(aux_tasks, aux_perms):
+            # Each auxiliary task cycles through its own data, one batch per main step.
+            lo = (step * cfg.batch_size) % max(1, len(tperm))
+            tidx = tperm[lo:lo + cfg.batch_size]
+            txb = torch.as_tensor(t.x)[tidx]
             if cfg.augment:
-                xb = augment_images(xb, gen)
-            with autocast if autocast is not None else _null():
-                if loss_set is None:
-                    out = ddp_model(xb)
-                    loss = ce(out.float(), yb) if (yb >= 0).any() else out.sum() * 0
-                    parts = {"ce": loss.item()}
-                else:
-                    loss, parts = _distill_step(ddp_model, teacher, loss_set, xb, yb, idx, teacher_logits,
-                                                weighting, progress=(epoch + step / steps_per_epoch) / cfg.epochs)
-            for t, tperm in zip(aux_tasks, aux_perms):
-                # Each auxiliary task cycles through its own data, one batch per main step.
-                lo = (step * cfg.batch_size) % max(1, len(tperm))
-                tidx = tperm[lo:lo + cfg.batch_size]
-                txb = torch.as_tensor(t.x)[tidx]
-                if cfg.augment:
-                    txb = augment_images(txb, gen)
-                tl = _aux_loss(t, ddp_model, txb, torch.as_tensor(t.y)[tidx])
-                loss = loss + tl
-                parts = {**parts, f"task_{t.name}": tl.item()}
-            if not torch.isfinite(loss):
-                raise StageError(f"{description}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}",
-                                 hint="lower the learning rate, or check the data and teacher for NaN/inf")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if world_size > 1 and loss_set is not None:
-                _allreduce_grads(loss_set, world_size)  # projectors live outside the DDP-wrapped student
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v * len(idx)
-            n_seen += len(idx)
-            if progress is not None:
-                shown = " ".join(f"{k}={v / max(n_seen, 1):.3f}" for k, v in sums.items())
-                progress.update(task, advance=1, description=f"{description} {epoch + 1}/{cfg.epochs} {shown}")
-        val_acc = accuracy(model, x_val, y_val)
-        rec = {"epoch": epoch + 1, "val_accuracy": val_acc, "lr": sched.get_last_lr()[0],
-               "seconds": time.perf_counter() - e0, **{f"loss_{k}": v / max(n_seen, 1) for k, v in sums.items()}}
+                txb = augment_images(txb, gen)
+            tl = _aux_loss(t, ddp_model, txb, torch.as_tensor(t.y)[tidx])
+            loss = loss + tl
+            parts = {**parts, f"task_{t.name}": tl.item()}
+        return loss, parts, len(idx)
+
+    def validate() -> dict[str, float]:
+        val = {"val_accuracy": accuracy(model, x_val, y_val)}
         for t in aux_tasks:
-            rec[f"val_accuracy_{t.name}"] = _aux_accuracy(t, model, t.x_val, t.y_val)
-        history.append(rec)
-        losses = " ".join(f"{k}={v / max(n_seen, 1):.4f}" for k, v in sums.items())
-        epoch_line(progress, f"  {description} epoch {epoch + 1}/{cfg.epochs}: val_accuracy={val_acc:.4f} {losses}"
-                             f" ({rec['seconds']:.1f} s)")
-        if val_acc > best_acc:
-            best_acc, best_epoch, bad_epochs = val_acc, epoch + 1, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            bad_epochs += 1
-        patience = getattr(cfg, "patience", None)
-        stop = patience is not None and bad_epochs >= patience
-        if checkpoint is not None and rank == 0:
-            save_checkpoint(checkpoint, {
-                "model": model.state_dict(), "loss_set": loss_set.state_dict() if loss_set is not None else None,
-                "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
-                "torch_rng": torch.get_rng_state(), "epoch": epoch, "history": history, "best_acc": best_acc,
-                "best_epoch": best_epoch, "best_state": best_state, "bad_epochs": bad_epochs,
-                "aux_heads": [t.head.state_dict() for t in aux_tasks],
-            })
-        if stop:
-            stopped_early = True
-            break
-    if progress is not None and task is not None:
-        progress.remove_task(task)
-    assert best_state is not None  # at least one epoch ran (epochs >= 1 is validated by the config)
-    return TrainResult(best_state=best_state, best_val_accuracy=best_acc, best_epoch=best_epoch, history=history,
-                       stopped_early=stopped_early, seconds=time.perf_counter() - t0)
+            val[f"val_accuracy_{t.name}"] = _aux_accuracy(t, model, t.x_val, t.y_val)
+        return val
+
+    return fit(model, params, cfg, steps_per_epoch, batches, step_loss, validate, gen=gen,
+               train_modules=[model] + ([loss_set] if loss_set is not None else []), checkpoint=checkpoint,
+               write_checkpoint=rank == 0, extra_state=extra_state, load_extra_state=load_extra_state,
+               after_backward=(lambda: _allreduce_grads(loss_set, world_size))  # projectors live outside DDP
+               if world_size > 1 and loss_set is not None else None,
+               progress=progress, description=description)
 
 
 def _aux_loss(task: Any, student: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
