@@ -106,7 +106,7 @@ class OrtLM:
 
 def evaluate_onnx(path: Path | str, examples, threads: int = 1) -> dict[str, float]:
     """Perplexity and next-token agreement of an ONNX LM on held-out examples (teacher forcing)."""
-    from edgekd.llm.train import answer_positions
+    from edgekd.llm.sequences import answer_positions
 
     lm = OrtLM(path, threads)
     nll, hits, n = 0.0, 0, 0

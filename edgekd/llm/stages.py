@@ -154,24 +154,43 @@ def read_answers(res: StageResult) -> dict[str, list[dict]]:
 # --------------------------------------------------------------------------- distill
 
 
-def _distill_settings(ctx: BuildContext) -> dict:
-    dc = ctx.recipe.distill
-    kinds = [lo.kind for lo in dc.losses]
-    bad = [k for k in kinds if k not in LM_LOSSES]
+def _loss_terms(ctx: BuildContext) -> list[tuple[str, float, Any]]:
+    """The recipe's loss terms, typed by the loss registry (an unknown option is exit 2, and every
+    option default, e.g. soft_label's temperature, is the one the classifier recipes get), minus
+    zero-weight terms; only the kinds that apply to token sequences."""
+    from edgekd.distill.losses import parse_loss
+
+    terms = [parse_loss(lo) for lo in ctx.recipe.distill.losses]
+    bad = [k for k, _, _ in terms if k not in LM_LOSSES]
     if bad:
         raise ConfigError(f"loss kind(s) {bad} are not available for text-generation recipes",
                           hint=f"valid here: {', '.join(LM_LOSSES)} (token-level KD on cached top-k logits, and SFT)")
-    soft = next((lo for lo in dc.losses if lo.kind == "soft_label"), None)
-    hard = next((lo for lo in dc.losses if lo.kind == "hard_label"), None)
+    terms = [t for t in terms if t[1] != 0]
+    if not terms:
+        raise ConfigError("every distill.losses term of this recipe has weight 0",
+                          hint="give soft_label and/or hard_label a positive weight")
+    return terms
+
+
+def _distill_settings(ctx: BuildContext) -> dict:
+    """The distillation settings in the form the report has always shown (training.student.losses)."""
+    dc = ctx.recipe.distill
+    terms = _loss_terms(ctx)
+    soft = next((t for t in terms if t[0] == "soft_label"), None)
+    hard = next((t for t in terms if t[0] == "hard_label"), None)
+    temperature = soft[2].temperature if soft else None
     return {"epochs": dc.epochs, "batch_size": dc.batch_size, "lr": dc.lr, "weight_decay": dc.weight_decay,
-            "grad_clip": dc.grad_clip, "seed": dc.seed, "soft": soft.weight if soft else 0.0,
-            "hard": hard.weight if hard else 0.0,
-            "temperature": float((soft.model_extra or {}).get("temperature", 1.0)) if soft else 1.0,
+            "grad_clip": dc.grad_clip, "seed": dc.seed, "soft": soft[1] if soft else 0.0,
+            "hard": hard[1] if hard else 0.0,
+            "temperature": (temperature if isinstance(temperature, float) or temperature is None
+                            else temperature.model_dump()),
             "top_k": dc.teacher_cache.top_k or 16}
 
 
 def _distill_cfg(ctx: BuildContext) -> dict:
     return {"distill": _distill_settings(ctx), "student": ctx.recipe.student.model_dump(),
+            "losses": [{"kind": k, "weight": w, **o.model_dump(mode="json")} for k, w, o in _loss_terms(ctx)],
+            "patience": ctx.recipe.distill.patience,
             "max_length": ctx.recipe.data.max_length, "control": _gen(ctx).control}
 
 
@@ -197,10 +216,14 @@ def _build_student(ctx: BuildContext, teacher, tok):
 def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
     import time
 
-    from edgekd.llm import train as T
+    from edgekd.distill.cache import TopKSequenceCache
+    from edgekd.distill.losses import build_losses
+    from edgekd.llm import sequences as S
     from edgekd.llm.models import load_causal_lm, stop_ids
 
     cfg = _distill_settings(ctx)
+    dc = ctx.recipe.distill
+    terms = [{"kind": k, "weight": w, **o.model_dump()} for k, w, o in _loss_terms(ctx)]
     info = _teacher_info(inputs["teacher"])
     teacher, tok = load_causal_lm(info["folder"])
     stops = stop_ids(tok, teacher)
@@ -208,7 +231,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     pad = tok.pad_token_id if tok.pad_token_id is not None else end_id
     ans = read_answers(inputs["generate"])
     L = ctx.recipe.data.max_length
-    ex = {k: T.build_examples(tok, v, L, end_id) for k, v in ans.items()}
+    ex = {k: S.build_examples(tok, v, L, end_id) for k, v in ans.items()}
     if not ex["train"] or not ex["val"] or not ex["test"]:
         raise UserError("not enough answered prompts for train/val/test", hint="give more prompts")
     prog = ctx.progress
@@ -217,35 +240,40 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         key = stable_hash({"teacher": info["hash"], "answers": inputs["generate"].sha256, "top_k": cfg["top_k"],
                            "max_length": L})
         task = prog.add_task("teacher logits (one pass)", total=len(ex["train"])) if prog else None
-        cache = T.cache_teacher_logits(teacher, ex["train"], ctx.cache_dir / "llm-logits" / key[:20], cfg["top_k"], pad,
-                                       progress=(lambda d, n: prog.update(task, completed=d)) if prog else None)
+        cache = TopKSequenceCache(ctx.cache_dir / "llm-logits" / key[:20]).write(
+            S.teacher_rows(teacher, ex["train"], pad), S.answer_rows(ex["train"]), cfg["top_k"],
+            progress=(lambda d, n: prog.update(task, completed=d)) if prog else None)
         if prog:
             prog.remove_task(task)
-    teacher_eval = {k: T.evaluate(teacher, ex[k], pad) for k in ("val", "test")}
+    teacher_eval = {k: S.evaluate(teacher, ex[k], pad) for k in ("val", "test")}
     del teacher
+    ckpt_dir = ctx.out / ".checkpoints"
+    ckpt_dir.mkdir(exist_ok=True)
+    ckpt_key = stable_hash(_distill_cfg(ctx) | {"teacher": inputs["teacher"].key, "answers": inputs["generate"].sha256})
 
-    def run(name: str, examples, cache_, weights: dict) -> tuple[Any, dict]:
+    # One checkpoint per run, kept until the stage is done: a build killed while the control
+    # trains resumes the control and reads the finished student's last checkpoint back.
+    ckpts = {name: ckpt_dir / f"distill-{name}-{ckpt_key[:16]}.pt" for name in ("student", "control")}
+
+    def run(name: str, examples, cache_, losses: list[dict]) -> tuple[Any, dict]:
         student = _build_student(ctx, *load_causal_lm(info["folder"]))
-        task = prog.add_task(f"distill {name}", total=cfg["epochs"]) if prog else None
-
-        def tick(e: int, n: int, rec: dict) -> None:
-            if prog:
-                prog.update(task, completed=e, description=f"{name} epoch {e}/{n} agree {rec['val_agreement']:.3f}")
-
+        loss_set = build_losses(losses, student, None, None)
+        ckpt = ckpts[name]
         t0 = time.perf_counter()
-        res = T.train(student, examples, cache_, ex["val"], {**cfg, **weights}, pad, ctx.log, tick)
+        res = S.distill(student, examples, ex["val"], loss_set, dc, pad, cache=cache_, checkpoint=ckpt,
+                        progress=prog, description=f"distill {name}")
         res["train_seconds"] = time.perf_counter() - t0
-        if prog:
-            prog.remove_task(task)
-        res["val"] = T.evaluate(student, ex["val"], pad)
-        res["test"] = T.evaluate(student, ex["test"], pad)
+        res["val"] = S.evaluate(student, ex["val"], pad)
+        res["test"] = S.evaluate(student, ex["test"], pad)
         return student, res
 
-    student, res = run("student", ex["train"], cache, {})
+    student, res = run("student", ex["train"], cache, terms)
     control = None
     if _gen(ctx).control:
-        raw = T.raw_text_examples(tok, [{"prompt": r["prompt"]} for r in ans["train"]], L, end_id)
-        _, control = run("control", raw, None, {"soft": 0.0, "hard": 1.0})
+        raw = S.raw_text_examples(tok, [{"prompt": r["prompt"]} for r in ans["train"]], L, end_id)
+        _, control = run("control", raw, None, [{"kind": "hard_label", "weight": 1.0}])
+    for ckpt in ckpts.values():
+        ckpt.unlink(missing_ok=True)
     out = wd / "student"
     student.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
@@ -277,11 +305,11 @@ def _export_cfg(ctx: BuildContext) -> dict:
 def _examples(ctx: BuildContext, inputs: dict[str, StageResult], split: str):
     from transformers import AutoTokenizer
 
-    from edgekd.llm import train as T
+    from edgekd.llm.sequences import build_examples
 
     tok = AutoTokenizer.from_pretrained(inputs["distill"].dir / "student")
     ans = read_answers(inputs["generate"])[split]
-    return tok, T.build_examples(tok, ans, ctx.recipe.data.max_length, inputs["distill"].metrics["end_id"])
+    return tok, build_examples(tok, ans, ctx.recipe.data.max_length, inputs["distill"].metrics["end_id"])
 
 
 def stage_export(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:

