@@ -45,7 +45,7 @@ def test_wheel_contains_cards_prompts_and_data(wheel):
         assert f"edgekd/_cards/targets/{card.name}" in names
     assert "edgekd/_cards/models/prompts/smollm2-prompts.jsonl" in names
     assert "edgekd/export/cann_ops.json" in names
-    assert "edgekd/llm/stages.py" in names
+    assert "edgekd/llm/sequences.py" in names and "edgekd/tasks/text_generation.py" in names
 
 
 def test_installed_wheel_finds_its_cards_from_any_folder(wheel, tmp_path):

@@ -4,7 +4,12 @@ teacher (GGUF → safetensors, cached) → generate (teacher answers, cached, re
 (SFT + top-k token KD, and the raw-text control) → export (ONNX with KV cache, parity: logits and
 greedy tokens) → quantize (fp32 / int8-dynamic / int8-weight / int4-weight, each evaluated through
 onnxruntime) → profile (TTFT, tokens/s, memory, energy per token; each model in its own process)
-→ select → report. Same stage machinery, cache keys and atomic folders as the classifier graph.
+→ select → report. Same stage machinery, cache keys and atomic folders as the classifier graph;
+select and report are the shared ones (tasks/common.py), report rows come from report/build.py.
+
+The model-level pieces live in edgekd/llm/ (GGUF teacher, prompts and generation, token
+sequences, KV-cache ONNX, the per-model benchmark process); distillation runs through
+edgekd/distill/ (the shared `fit` loop, the loss registry, the top-k sequence cache).
 """
 from __future__ import annotations
 
@@ -220,6 +225,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     from edgekd.distill.losses import build_losses
     from edgekd.llm import sequences as S
     from edgekd.llm.models import load_causal_lm, stop_ids
+    from edgekd.tasks.common import checkpoint_path
 
     cfg = _distill_settings(ctx)
     dc = ctx.recipe.distill
@@ -247,13 +253,11 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
             prog.remove_task(task)
     teacher_eval = {k: S.evaluate(teacher, ex[k], pad) for k in ("val", "test")}
     del teacher
-    ckpt_dir = ctx.out / ".checkpoints"
-    ckpt_dir.mkdir(exist_ok=True)
-    ckpt_key = stable_hash(_distill_cfg(ctx) | {"teacher": inputs["teacher"].key, "answers": inputs["generate"].sha256})
+    key_material = _distill_cfg(ctx) | {"teacher": inputs["teacher"].key, "answers": inputs["generate"].sha256}
 
     # One checkpoint per run, kept until the stage is done: a build killed while the control
     # trains resumes the control and reads the finished student's last checkpoint back.
-    ckpts = {name: ckpt_dir / f"distill-{name}-{ckpt_key[:16]}.pt" for name in ("student", "control")}
+    ckpts = {name: checkpoint_path(ctx, f"distill-{name}", key_material) for name in ("student", "control")}
 
     def run(name: str, examples, cache_, losses: list[dict]) -> tuple[Any, dict]:
         student = _build_student(ctx, *load_causal_lm(info["folder"]))
