@@ -109,7 +109,7 @@ def test_sequence_distillation_resumes_after_a_kill_exactly(tmp_path, monkeypatc
     full = distill(full_model, train, val, losses(full_model), cfg, 0, cache=cache)
 
     ck = tmp_path / "ck.pt"
-    real_save = Tr._ckpt_save
+    real_save = Tr.save_checkpoint
     calls = {"n": 0}
 
     def save_then_die(path, payload):
@@ -118,11 +118,11 @@ def test_sequence_distillation_resumes_after_a_kill_exactly(tmp_path, monkeypatc
         if calls["n"] == 2:
             raise KeyboardInterrupt  # killed right after epoch 2's checkpoint
 
-    monkeypatch.setattr(Tr, "_ckpt_save", save_then_die)
+    monkeypatch.setattr(Tr, "save_checkpoint", save_then_die)
     m = _tiny_lm(0)
     with pytest.raises(KeyboardInterrupt):
         distill(m, train, val, losses(m), cfg, 0, cache=cache, checkpoint=ck)
-    monkeypatch.setattr(Tr, "_ckpt_save", real_save)
+    monkeypatch.setattr(Tr, "save_checkpoint", real_save)
     m2 = _tiny_lm(7)  # a fresh process builds its student again; the checkpoint must win
     resumed = distill(m2, train, val, losses(m2), cfg, 0, cache=cache, checkpoint=ck)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
