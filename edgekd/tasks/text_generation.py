@@ -165,12 +165,12 @@ def _loss_terms(ctx: BuildContext) -> list[tuple[str, float, Any]]:
     zero-weight terms; only the kinds that apply to token sequences."""
     from edgekd.distill.losses import parse_loss
 
-    terms = [parse_loss(lo) for lo in ctx.recipe.distill.losses]
-    bad = [k for k, _, _ in terms if k not in LM_LOSSES]
+    # the kind first: a classifier-only kind is refused as such, not for its missing options
+    bad = [lo.kind for lo in ctx.recipe.distill.losses if lo.kind not in LM_LOSSES]
     if bad:
         raise ConfigError(f"loss kind(s) {bad} are not available for text-generation recipes",
                           hint=f"valid here: {', '.join(LM_LOSSES)} (token-level KD on cached top-k logits, and SFT)")
-    terms = [t for t in terms if t[1] != 0]
+    terms = [t for t in (parse_loss(lo) for lo in ctx.recipe.distill.losses) if t[1] != 0]
     if not terms:
         raise ConfigError("every distill.losses term of this recipe has weight 0",
                           hint="give soft_label and/or hard_label a positive weight")
