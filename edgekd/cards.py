@@ -16,6 +16,8 @@ from edgekd.config import RecipeConfig, TargetConfig, apply_overrides, validate
 from edgekd.errors import ConfigError, UserError
 
 _SRC_ROOT = Path(__file__).resolve().parent.parent
+# Settings every --quick build gets before the recipe's own quick block and the user's --set.
+QUICK_DEFAULTS: dict[str, Any] = {"distill.control": False}
 
 
 def shipped_dir(kind: str) -> Path:
@@ -93,7 +95,9 @@ def load_recipe(ref: str, overrides: dict[str, Any] | None = None, quick: bool =
         q = raw.get("quick") or {}
         if not isinstance(q, dict):
             raise ConfigError(f"{path}: 'quick' must be a mapping of dotted keys to values", hint="see models/fashion-cnn.yaml")
-        raw = apply_overrides(raw, q, RecipeConfig)
+        # --quick is for smoke tests: the labels-only control would double the distill time, so it is
+        # off unless the recipe's quick block or --set asks for it (both are applied after this default).
+        raw = apply_overrides(raw, {**QUICK_DEFAULTS, **q}, RecipeConfig)
     split_over = {k: v for k, v in (overrides or {}).items() if not k.startswith("target.")}
     raw = apply_overrides(raw, split_over, RecipeConfig)
     return validate(RecipeConfig, raw, str(path))

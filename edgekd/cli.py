@@ -330,6 +330,7 @@ def regress(
     max_accuracy_drop: float = typer.Option(0.5, help="points of accuracy the student may lose"),
     max_size_growth: str = typer.Option("5%", help="allowed size growth: 5% or 0.05 (a bare number > 1 is refused)"),
     max_latency_growth: Optional[str] = typer.Option(None, help="opt-in: allowed growth of student/teacher latency ratio, e.g. 20%"),
+    min_kd_gain: Optional[float] = typer.Option(None, help="opt-in: points the KD student must beat the labels-only control by (works without --baseline)"),
     update_baseline: bool = typer.Option(False, "--update-baseline", help="write REPORT as the new baseline"),
     json_out: bool = typer.Option(False, "--json"),
     history: Optional[Path] = typer.Option(None, "--history", help="plot accuracy vs size over reports in a folder"),
@@ -344,16 +345,23 @@ def regress(
             console.print(f"wrote {rg.history(history)}")
             if report_path is None:
                 return
-        if report_path is None or baseline is None:
-            raise UserError("regress needs REPORT and --baseline BASELINE", hint="edgekd regress builds/x/report/report.json --baseline baselines/x.json")
+        if report_path is None or (baseline is None and min_kd_gain is None):
+            raise UserError("regress needs REPORT and --baseline BASELINE (or --min-kd-gain P)",
+                            hint="edgekd regress builds/x/report/report.json --baseline baselines/x.json")
         rep = load_report(report_path)
         if update_baseline:
+            if baseline is None:
+                raise UserError("--update-baseline needs --baseline PATH", hint="the file the report is written to")
             rg.update_baseline(rep, baseline)
             console.print(f"baseline written: {baseline}")
             return
-        base = load_report(baseline)
-        res = rg.compare(rep, base, max_accuracy_drop=max_accuracy_drop, max_size_growth=_pct(max_size_growth),
-                         max_latency_growth=_pct(max_latency_growth) if max_latency_growth else None)
+        if baseline is None:
+            res = rg.kd_gain_gate(rep, min_kd_gain)
+        else:
+            res = rg.compare(rep, load_report(baseline), max_accuracy_drop=max_accuracy_drop,
+                             max_size_growth=_pct(max_size_growth),
+                             max_latency_growth=_pct(max_latency_growth) if max_latency_growth else None,
+                             min_kd_gain=min_kd_gain)
         if json_out:
             sys.stdout.write(json.dumps(rg.gate_json(res), indent=2) + "\n")
         else:

@@ -180,6 +180,10 @@ class DistillConfig(TrainConfig):
         ]
     )
     patience: int | None = Field(None, ge=1, description="early stopping on validation accuracy")
+    # The control answers "what did distillation buy?": without it a report cannot tell a KD gain
+    # from what the student would have reached on labels alone. --quick turns it off unless set.
+    control: bool = Field(True, description="also train the same student (epochs, data, seed) on labels only and "
+                                            "report the KD student's test-accuracy gain over it")
 
     @field_validator("losses")
     @classmethod

@@ -134,12 +134,38 @@ def _latency_row(name: str, base_speedup: float | None, now_speedup: float | Non
                    f"{100 * growth:.1f}% slower relative to the teacher" if verdict == BREACH else "")
 
 
+def kd_gain_of(report: dict) -> float | None:
+    """comparison.kd_gain_points: the KD student's test accuracy minus the labels-only control's, in points."""
+    g = (report.get("comparison") or {}).get("kd_gain_points")
+    return float(g) if _num(g) else None
+
+
+def _kd_gain_row(base_gain: float | None, now_gain: float | None, min_gain: float) -> GateRow:
+    """An absolute floor, not a change from the baseline: distillation must still beat its control."""
+    metric = "KD gain over labels-only control"
+    if now_gain is None:
+        return GateRow(metric, base_gain, now_gain, None, min_gain, BREACH, "points",
+                       "not measured now (no labels-only control: build with --set distill.control=true)")
+    delta = now_gain - base_gain if base_gain is not None else None
+    verdict = BREACH if now_gain < min_gain - EPS else OK
+    return GateRow(metric, base_gain, now_gain, delta, min_gain, verdict, "points",
+                   f"{now_gain:+.2f} points, below {min_gain:+.2f}" if verdict == BREACH else "")
+
+
+def kd_gain_gate(report: dict, min_kd_gain: float) -> GateResult:
+    """The KD-gain floor alone, for a report without a baseline."""
+    return GateResult([_kd_gain_row(None, kd_gain_of(report), min_kd_gain)], {"min_kd_gain": min_kd_gain},
+                      str(report.get("recipe")), str(report.get("target")))
+
+
 def compare(report: dict, baseline: dict, max_accuracy_drop: float = 0.5, max_size_growth: float = 0.05,
-            max_latency_growth: float | None = None) -> GateResult:
+            max_latency_growth: float | None = None, min_kd_gain: float | None = None) -> GateResult:
     """Gate `report` against `baseline` (both report dicts).
 
     max_accuracy_drop: points (0.5 = half a percentage point); max_size_growth: fraction (0.05 =
-    5%); max_latency_growth: fraction of the student-vs-teacher speedup lost, or None to skip.
+    5%); max_latency_growth: fraction of the student-vs-teacher speedup lost, or None to skip;
+    min_kd_gain: points the KD student must beat the labels-only control by (negative allows a
+    loss), or None to skip.
     """
     for key in ("recipe", "target"):
         if report.get(key) != baseline.get(key):
@@ -178,8 +204,10 @@ def compare(report: dict, baseline: dict, max_accuracy_drop: float = 0.5, max_si
         rows.append(_size_row(name, b["size_bytes"], n["size_bytes"], max_size_growth))
         if max_latency_growth is not None:
             rows.append(_latency_row(name, _speedup(t_b, b["p50"]), _speedup(t_n, n["p50"]), max_latency_growth))
+    if min_kd_gain is not None:
+        rows.append(_kd_gain_row(kd_gain_of(baseline), kd_gain_of(report), min_kd_gain))
     limits = {"max_accuracy_drop": max_accuracy_drop, "max_size_growth": max_size_growth,
-              "max_latency_growth": max_latency_growth}
+              "max_latency_growth": max_latency_growth, "min_kd_gain": min_kd_gain}
     return GateResult(rows, limits, str(report.get("recipe")), str(report.get("target")))
 
 
@@ -192,19 +220,21 @@ def _fmt(x: Any, unit: str) -> str:
         return fmt_bytes(x)
     if unit == "speedup" and _num(x):
         return f"{x:.2f}×"
+    if unit == "points" and _num(x):
+        return f"{x:+.2f} pt"
     return str(x)
 
 
 def _fmt_delta(r: GateRow) -> str:
     if r.delta is None:
         return ""
-    return f"{r.delta:+.2f} pt" if r.unit == "accuracy" else f"{100 * r.delta:+.1f}%"
+    return f"{r.delta:+.2f} pt" if r.unit in ("accuracy", "points") else f"{100 * r.delta:+.1f}%"
 
 
 def _fmt_limit(r: GateRow) -> str:
     if r.limit is None:
         return ""
-    if r.unit == "accuracy":
+    if r.unit in ("accuracy", "points"):
         return f"≥ {r.limit:+.2f} pt"
     return f"≤ +{100 * r.limit:.1f}%" + (" slower" if r.unit == "speedup" else "")
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from edgekd.cards import load_recipe, load_target, shipped
@@ -27,6 +29,18 @@ def test_quick_applies_recipe_block_then_user_overrides():
     assert r.data.train_size == 10000 and r.distill.epochs == 1
     t = load_target("cpu", quick=True)
     assert t.profile.min_runs < load_target("cpu").profile.min_runs
+
+
+def test_control_on_for_full_builds_off_for_quick_unless_set(tmp_path):
+    assert load_recipe("digits-mlp").distill.control is True
+    assert load_recipe("digits-mlp", quick=True).distill.control is False
+    assert load_recipe("digits-mlp", {"distill.control": parse_value("true")}, quick=True).distill.control is True
+    # a recipe's own quick block may keep the control on; --set still wins over it
+    card = tmp_path / "r.yaml"
+    text = (Path(__file__).resolve().parents[1] / "models" / "digits-mlp.yaml").read_text()
+    card.write_text(text.replace("quick:\n", "quick:\n  distill.control: true\n"))
+    assert load_recipe(str(card), quick=True).distill.control is True
+    assert load_recipe(str(card), {"distill.control": False}, quick=True).distill.control is False
 
 
 def test_unknown_set_key_lists_valid_keys():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgekd.errors import GateFailed, UserError
-from edgekd.regress import compare, gate_json, history, render_gate, update_baseline
+from edgekd.regress import compare, gate_json, history, kd_gain_gate, render_gate, update_baseline
 from edgekd.report.schema import load_report
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report_fixture.json"
@@ -100,6 +100,35 @@ def test_latency_gate_is_opt_in_and_uses_speedup_vs_teacher(base):
     for m in other_machine["models"]:
         m["latency_ms"]["p50"] *= 2.0
     assert compare(other_machine, base, max_latency_growth=0.10).passed
+
+
+def test_kd_gain_floor_is_opt_in_and_absolute(base):
+    base["comparison"]["kd_gain_points"] = 0.9
+    now = copy.deepcopy(base)
+    now["comparison"]["kd_gain_points"] = 0.3
+    assert compare(now, base).passed  # not gated unless asked
+    res = compare(now, base, min_kd_gain=0.5)
+    assert _breached(res) == {"KD gain over labels-only control"}
+    row = res.breaches[0]
+    assert row.now == pytest.approx(0.3) and row.baseline == pytest.approx(0.9) and row.delta == pytest.approx(-0.6)
+    # an absolute floor: a gain well below the baseline's still passes when it clears the floor
+    assert compare(now, base, min_kd_gain=0.3).passed and compare(now, base, min_kd_gain=0.25).passed
+    # a negative floor tolerates KD losing a little to the control, not more
+    now["comparison"]["kd_gain_points"] = -0.2
+    assert compare(now, base, min_kd_gain=-0.25).passed
+    assert not compare(now, base, min_kd_gain=-0.1).passed
+    # no control in the report: the gate cannot vouch for distillation, so it fails and says why
+    del now["comparison"]["kd_gain_points"]
+    res = kd_gain_gate(now, 0.0)
+    assert not res.passed and "distill.control=true" in res.breaches[0].note
+    now["comparison"]["kd_gain_points"] = 1.25
+    assert kd_gain_gate(now, 0.5).passed
+    from rich.console import Console
+
+    con = Console(record=True, width=200, color_system=None)
+    render_gate(kd_gain_gate(now, 0.5), con)
+    text = con.export_text()
+    assert "+1.25 pt" in text and "≥ +0.50 pt" in text and "gate passed" in text
 
 
 def test_gate_json_and_render(base):

@@ -288,6 +288,23 @@ def test_second_build_into_same_out_exits_2_naming_the_holder(tmp_path):
         holder.wait()
 
 
+def test_regress_min_kd_gain(tmp_path):
+    base = json.loads(FIXTURE.read_text())
+    base["comparison"]["kd_gain_points"] = 0.62
+    b = _write(tmp_path / "base.json", base)
+    r = edgekd("regress", str(b), "--baseline", str(b), "--min-kd-gain", "0.5")
+    assert r.returncode == 0, r.stderr + r.stdout
+    r = edgekd("regress", str(b), "--min-kd-gain", "0.7", "--json")  # no baseline: the floor alone
+    assert r.returncode == 1 and json.loads(r.stdout)["rows"][0]["metric"] == "KD gain over labels-only control"
+    r = edgekd("regress", str(b), "--min-kd-gain", "-0.5")
+    assert r.returncode == 0, r.stderr + r.stdout
+    del base["comparison"]["kd_gain_points"]
+    r = edgekd("regress", str(_write(tmp_path / "noctl.json", base)), "--min-kd-gain", "0")
+    assert r.returncode == 1 and "distill.control=true" in r.stdout.replace("\n", "")
+    r = edgekd("regress", str(b))
+    assert r.returncode == 2 and "--min-kd-gain" in r.stderr
+
+
 def test_report_on_folder_without_results(tmp_path):
     r = edgekd("report", str(tmp_path))
     assert r.returncode == 2 and "run.json" in r.stderr
