@@ -6,8 +6,8 @@ import html
 from pathlib import Path
 from typing import Any
 
-from edgekd.report.markdown import (CANDIDATE_HEADER, MODEL_HEADER, candidate_rows, energy_notes, model_rows,
-                                    summary_rows)
+from edgekd.report.markdown import (CANDIDATE_HEADER, CONTROL_HEADER, MODEL_HEADER, candidate_rows, control_rows,
+                                    control_sentence, energy_notes, model_rows, summary_rows)
 from edgekd.report.schema import atomic_write_text
 
 _CSS = """
@@ -63,8 +63,11 @@ def render_html(report: dict, plots: dict[str, Path] | None = None) -> str:
         f"<h2>Teacher vs selected student (<code>{_e(report.get('selected'))}</code>)</h2>",
         f'<p class="meta">{_e(_basis(report))}</p>',
         _table(["metric", "teacher", "student", "teacher / student"], summary_rows(report)),
-        "<h2>Models</h2>", _table(MODEL_HEADER, model_rows(report)),
+        "<h2>What distillation bought</h2>", f"<p>{_e(control_sentence(report))}</p>",
     ]
+    if control_rows(report):
+        parts.append(_table(CONTROL_HEADER, control_rows(report)))
+    parts += ["<h2>Models</h2>", _table(MODEL_HEADER, model_rows(report))]
     if report.get("candidates"):
         parts += ["<h2>Candidates</h2>", _table(CANDIDATE_HEADER, candidate_rows(report))]
     if plots:

@@ -41,9 +41,65 @@ def summary_rows(report: dict) -> list[list[str]]:
          f"{fmt_ratio(c.get('peak_rss_ratio'))} less"],
         ["accuracy", fmt_pct(t.get("accuracy")), fmt_pct(s.get("accuracy")),
          f"{fmt_pct(c.get('accuracy_retention'))} retained"],
+        *([control_summary_row(report)] if control_of(report) else []),
         ["energy / inference", fmt_energy(t.get("energy")), fmt_energy(s.get("energy")),
          f"{fmt_ratio(c.get('energy_ratio'))} less"],
     ]
+
+
+def control_of(report: dict) -> dict | None:
+    """training.control: the same student trained on labels only (None when the build had none)."""
+    ctrl = (report.get("training") or {}).get("control")
+    return ctrl if isinstance(ctrl, dict) else None
+
+
+def fmt_points(x: Any) -> str:
+    return f"{x:+.2f} pt" if isinstance(x, (int, float)) and not isinstance(x, bool) else "—"
+
+
+def control_summary_row(report: dict) -> list[str]:
+    """The row under accuracy/retention: what the labels-only control reached, and KD's gain over it."""
+    c = report.get("comparison", {})
+    ctrl = control_of(report) or {}
+    return ["accuracy, labels-only control", "", fmt_pct(ctrl.get("accuracy")),
+            f"KD gain {fmt_points(c.get('kd_gain_points'))}"]
+
+
+CONTROL_HEADER = ["student", "losses", "test accuracy", "val accuracy", "epochs", "train time"]
+
+
+def control_rows(report: dict) -> list[list[str]]:
+    """KD student vs labels-only control, both measured the same way (training.control.measured_with)."""
+    ctrl = control_of(report)
+    if not ctrl:
+        return []
+    kd = (report.get("training") or {}).get("student") or {}
+
+    def losses(ls: Any) -> str:
+        if not isinstance(ls, list):
+            return "—"
+        return " + ".join(f"{x.get('weight', 1)}×{x.get('kind')}" for x in ls if isinstance(x, dict)) or "—"
+
+    def secs(x: Any) -> str:
+        return f"{x:.1f} s" if isinstance(x, (int, float)) else "—"
+
+    return [["distilled (KD)", losses(kd.get("losses")), fmt_pct(ctrl.get("kd_accuracy")), fmt_pct(kd.get("val_accuracy")),
+             str(ctrl.get("epochs", "—")), secs(kd.get("train_seconds"))],
+            ["labels-only control", losses(ctrl.get("losses")), fmt_pct(ctrl.get("accuracy")),
+             fmt_pct(ctrl.get("val_accuracy")), str(ctrl.get("epochs", "—")), secs(ctrl.get("train_seconds"))]]
+
+
+def control_sentence(report: dict) -> str:
+    """One line saying what distillation bought, or that the build cannot say."""
+    ctrl = control_of(report)
+    if not ctrl:
+        return ("No labels-only control was trained (distill.control is off), so this report cannot say what "
+                "distillation bought; build with --set distill.control=true.")
+    gain = (report.get("comparison") or {}).get("kd_gain_points")
+    verdict = ("distillation helped" if isinstance(gain, (int, float)) and gain > 0 else
+               "distillation did not beat training on labels alone")
+    return (f"KD gain {fmt_points(gain)} over the same student trained on labels only ({verdict}); "
+            f"both measured as {ctrl.get('measured_with', 'the same way')}.")
 
 
 def model_rows(report: dict) -> list[list[str]]:
@@ -111,6 +167,9 @@ def render_markdown(report: dict, plots: dict[str, Path] | None = None, base: Pa
         lines += [f"Ratios between `{c.get('teacher')}` and `{c.get('student')}`, both measured on {c['basis']}"
                   f" ({c.get('basis_device')})." + (f" {c['note']}." if c.get("note") else ""), ""]
     lines += _table(["metric", "teacher", "student", "teacher / student"], summary_rows(report))
+    lines += ["## What distillation bought", "", control_sentence(report), ""]
+    if control_of(report):
+        lines += _table(CONTROL_HEADER, control_rows(report))
     lines += ["## Models", ""] + _table(MODEL_HEADER, model_rows(report))
     if report.get("candidates"):
         lines += ["## Candidates", ""] + _table(CANDIDATE_HEADER, candidate_rows(report))

@@ -132,6 +132,14 @@ def check_report(d: Any) -> list[str]:
             for k in REQUIRED_KEYS["comparison"]:
                 if k in comp and not _opt_num(comp[k]):
                     errs.append(f"comparison.{k}: expected a number or null, got {comp[k]!r}")
+    if isinstance(comp, dict) and "kd_gain_points" in comp and not _opt_num(comp["kd_gain_points"]):
+        errs.append(f"comparison.kd_gain_points: expected a number or null, got {comp['kd_gain_points']!r}")
+    ctrl = (d.get("training") or {}).get("control") if isinstance(d.get("training"), dict) else None
+    if ctrl is not None:
+        if not isinstance(ctrl, dict):
+            errs.append("training.control: expected an object or null")
+        elif ctrl.get("accuracy") is not None and not (_num(ctrl["accuracy"]) and 0 <= ctrl["accuracy"] <= 1):
+            errs.append(f"training.control.accuracy: expected a fraction in [0, 1] or null, got {ctrl['accuracy']!r}")
     cands = d.get("candidates")
     if cands is not None:
         if not isinstance(cands, list):

@@ -132,3 +132,48 @@ def test_terminal_render(report):
     assert "[estimate (estimate-cpu-time-x-power)]" in text  # rendered literally, not eaten as markup
     assert "slower-than-fp32" in text and "Candidates" in text
     assert "energy is an estimate" in text  # the notes are shown
+
+
+def _with_control(report: dict) -> dict:
+    r = copy.deepcopy(report)
+    r.setdefault("training", {})["student"] = {"val_accuracy": 0.9, "train_seconds": 12.5,
+                                               "losses": [{"kind": "soft_label", "weight": 0.5, "temperature": 2.0},
+                                                          {"kind": "hard_label", "weight": 0.5}]}
+    r["training"]["control"] = {"accuracy": 0.8917, "kd_accuracy": 0.8979, "val_accuracy": 0.889, "epochs": 24,
+                                "train_seconds": 10.0, "losses": [{"kind": "hard_label", "weight": 1.0}],
+                                "measured_with": "fp32 ONNX in onnxruntime on the test split"}
+    r["comparison"]["kd_gain_points"] = 0.62
+    return r
+
+
+def test_control_shown_beside_retention(tmp_path, report):
+    from rich.console import Console
+
+    from edgekd.report.html import render_html
+    from edgekd.report.markdown import render_markdown
+    from edgekd.report.terminal import render
+
+    r = _with_control(report)
+    assert check_report(r) == []
+    md = render_markdown(r)
+    lines = md.splitlines()
+    acc = next(i for i, ln in enumerate(lines) if ln.startswith("| accuracy |"))
+    assert lines[acc + 1] == "| accuracy, labels-only control |  | 89.17% | KD gain +0.62 pt |"
+    assert "| distilled (KD) | 0.5×soft_label + 0.5×hard_label | 89.79% |" in md
+    assert "| labels-only control | 1.0×hard_label | 89.17% | 88.90% | 24 | 10.0 s |" in md
+    assert "distillation helped" in md and "onnxruntime on the test split" in md
+    html = render_html(r)
+    assert "KD gain +0.62 pt" in html and "labels-only control" in html
+    con = Console(record=True, width=220, color_system=None)
+    render(r, con)
+    assert "KD gain +0.62 pt" in con.export_text()
+    # a loss is reported as one, not dressed up
+    r["comparison"]["kd_gain_points"] = -0.3
+    assert "did not beat training on labels alone" in render_markdown(r)
+    # no control: the report says it cannot tell, and how to get one
+    md = render_markdown(report)
+    assert "accuracy, labels-only control" not in md and "--set distill.control=true" in md
+    bad = _with_control(report)
+    bad["comparison"]["kd_gain_points"] = "a lot"
+    bad["training"]["control"]["accuracy"] = 89.2
+    assert len(check_report(bad)) == 2
