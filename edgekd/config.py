@@ -148,6 +148,9 @@ class TeacherCacheConfig(Strict):
 
     enabled: bool = False
     top_k: int | None = Field(None, ge=1, description="store only the top-k logits (None: all, fine for small label sets)")
+    views: int = Field(0, ge=0, description="with distill.augment: cache the teacher's logits of this many augmented "
+                                            "copies of the training set; epoch e trains on copy e mod views (consistent "
+                                            "teaching without running the teacher); 0: un-augmented logits only")
 
 
 class TaskConfig(Strict):

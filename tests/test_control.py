@@ -73,3 +73,30 @@ def test_control_uses_only_the_visible_labels(digits):
     m_all = zoo.build("mlp", hidden=[16])
     r_all = train_control(m_all, s.x_train, s.y_train, s.x_val, s.y_val, dc)
     assert r_all.best_val_accuracy > r_few.best_val_accuracy + 0.1
+
+
+def test_epoch_views_feed_the_trainer_row_for_row():
+    """AugmentedViews as epoch_inputs: training on view e mod K equals training on that view's
+    pixels directly (same rows, same order, no second augmentation); the control gets the same
+    views without logits, the KD run gets the cached logits of exactly those pixels."""
+    from edgekd.distill.cache import AugmentedViews, augmented_view
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(300, 1, 8, 8, generator=g).numpy()
+    y = torch.randint(0, 10, (300,), generator=g).numpy()
+    cfg = _dc(epochs=1, augment=True, batch_size=32)
+    views = AugmentedViews(x, T.augment_images, views=2)
+    v0 = augmented_view(x, T.augment_images, 0)
+    assert not torch.equal(v0, torch.as_tensor(x)) and torch.equal(views(2)[0], v0) and views(0)[1] is None
+    assert not torch.equal(views(1)[0], v0)
+
+    def run(**kw):
+        T.seed_everything(1)
+        m = zoo.build("small_cnn", widths=[4, 8])
+        return T.train(m, kw.pop("x"), y, x[:50], y[:50], kw.pop("cfg"), **kw).best_state
+
+    a = run(x=x, cfg=cfg, epoch_inputs=views)
+    b = run(x=v0.numpy(), cfg=cfg.model_copy(update={"augment": False}))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = run(x=x, cfg=cfg)  # the trainer's own random augmentation: different pixels, different weights
+    assert not all(torch.equal(a[k], c[k]) for k in a)

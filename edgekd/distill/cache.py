@@ -73,6 +73,20 @@ def _chunk_seed(augment_seed: int, chunk: int) -> int:
     return int(np.random.SeedSequence([augment_seed, chunk]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+def augment_chunk(xb: torch.Tensor, augment: Augment, augment_seed: int, chunk: int) -> torch.Tensor:
+    """Chunk `chunk` (rows chunk*CHUNK...) of the view `augment_seed`: the pixels the cache's teacher saw."""
+    return augment(xb, torch.Generator().manual_seed(_chunk_seed(int(augment_seed), chunk)))
+
+
+def augmented_view(x: np.ndarray | torch.Tensor, augment: Augment, augment_seed: int) -> torch.Tensor:
+    """The whole dataset as the teacher saw it when `write(..., augment=augment)` filled the cache of
+    `augment_seed`: a student trained on these rows gets logits of exactly its own inputs (consistent
+    teaching, without running the teacher during training)."""
+    xt = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    return torch.cat([augment_chunk(xt[r0:r0 + CHUNK], augment, augment_seed, r0 // CHUNK)
+                      for r0 in range(0, len(xt), CHUNK)]) if len(xt) else xt.clone()
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     from edgekd.fsio import write_json_atomic
 
@@ -147,7 +161,7 @@ class TeacherLogitCache:
                 r0, r1 = c * CHUNK, min(n, (c + 1) * CHUNK)
                 xb = torch.as_tensor(np.asarray(x[r0:r1]) if not isinstance(x, torch.Tensor) else x[r0:r1])
                 if augment is not None:
-                    xb = augment(xb, torch.Generator().manual_seed(_chunk_seed(int(self.augment_seed), c)))
+                    xb = augment_chunk(xb, augment, int(self.augment_seed), c)  # type: ignore[arg-type]
                 logits = torch.cat([teacher(xb[i:i + batch_size].to(device)).float().cpu()
                                     for i in range(0, len(xb), batch_size)])
                 bad = ~torch.isfinite(logits).all(dim=1)
@@ -404,3 +418,32 @@ class TopKSequenceCache:
         if not vs:
             return torch.empty(0), torch.empty(0, dtype=torch.long)
         return torch.from_numpy(np.concatenate(vs)), torch.from_numpy(np.concatenate(ks))
+
+
+class AugmentedViews:
+    """Consistent teaching from the cache: `views` augmented copies of the training set, each with the
+    teacher's logits of exactly its pixels cached once (augmentation seeds 0..views-1). Epoch e trains
+    on view e mod views. Called as `epoch_inputs` by the trainer; only the current view is in memory.
+
+    Without `caches` (the labels-only control) it yields the same views and no logits, so the control
+    sees the very inputs the distilled student saw.
+    """
+
+    def __init__(self, x: np.ndarray | torch.Tensor, augment: Augment, views: int,
+                 caches: list[TeacherLogitCache] | None = None) -> None:
+        if views < 1:
+            raise StageError(f"augmented views must be >= 1, got {views}", hint="set distill.teacher_cache.views >= 1")
+        if caches is not None and [c.augment_seed for c in caches] != list(range(views)):
+            raise StageError("augmented views: cache i must hold augmentation seed i",
+                             hint="build the caches with augment_seed=0..views-1")
+        self.x, self.augment, self.views, self.caches = x, augment, views, caches
+        self._current: tuple[int, torch.Tensor] | None = None
+
+    def view(self, v: int) -> torch.Tensor:
+        if self._current is None or self._current[0] != v:
+            self._current = (v, augmented_view(self.x, self.augment, v))
+        return self._current[1]
+
+    def __call__(self, epoch: int) -> tuple[torch.Tensor, Callable[[np.ndarray], torch.Tensor] | None]:
+        v = epoch % self.views
+        return self.view(v), (self.caches[v].get if self.caches is not None else None)

@@ -139,6 +139,7 @@ def fit(
     after_backward: Callable[[], None] | None = None,
     progress: Any = None,
     description: str = "train",
+    epoch_start: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """The epoch loop every trainer in edgekd runs: AdamW over `params` with a cosine schedule after
     a linear warm-up, gradient clipping, a non-finite loss stops with a StageError, the best epoch
@@ -183,6 +184,8 @@ def fit(
             m.train()
         sums: dict[str, float] = {}
         n_seen, e0 = 0, time.perf_counter()
+        if epoch_start is not None:  # e.g. switch to this epoch's cached augmented view (also after a resume)
+            epoch_start(epoch)
         for step, batch in enumerate(batches(gen)):
             loss, parts, n = step_loss(batch, (epoch + step / steps_per_epoch) / cfg.epochs)
             if not torch.isfinite(loss):
@@ -255,6 +258,7 @@ def train(
     rank: int = 0,
     world_size: int = 1,
     aux_tasks: list[Any] | None = None,
+    epoch_inputs: Callable[[int], tuple[torch.Tensor, Callable[[np.ndarray], torch.Tensor] | None]] | None = None,
 ) -> TrainResult:
     """Train a classifier on arrays; with `loss_set` distill from `teacher` (online) or
     `teacher_logits` (cached). The loop itself is `fit`.
@@ -262,6 +266,9 @@ def train(
     `cfg` is a TrainConfig/DistillConfig. `labeled` masks which train labels may be used (-1 for
     the others). `checkpoint`: a file updated after every epoch; if present at start, resume.
     `teacher_logits(indices)` returns cached teacher logits for train sample indices (offline KD).
+    `epoch_inputs(epoch)` -> (inputs, teacher_logits or None): that epoch's already-augmented copy of
+    `x_train` (row i is sample i) and, for KD, the cached logits of exactly those inputs; it replaces
+    `x_train`, `teacher_logits` and the trainer's own augmentation (consistent teaching from a cache).
     """
     if len(x_train) == 0:
         raise StageError(f"{description}: the training set is empty", hint="check data.train_size and the dataset")
@@ -306,6 +313,12 @@ def train(
 
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if amp == "bf16" else None)
 
+    current: dict[str, Any] = {"x": xt, "t": teacher_logits}
+
+    def epoch_start(epoch: int) -> None:
+        if epoch_inputs is not None:  # this epoch's augmented view and the teacher's logits of it
+            current["x"], current["t"] = epoch_inputs(epoch)
+
     def batches(g: torch.Generator):
         perm = torch.randperm(len(xt), generator=g)
         if world_size > 1:
@@ -318,8 +331,8 @@ def train(
 
     def step_loss(batch: Any, prog: float) -> tuple[torch.Tensor, dict[str, float], int]:
         step, idx, aux_perms = batch
-        xb, yb = xt[idx], yt[idx]
-        if cfg.augment:
+        xb, yb = current["x"][idx], yt[idx]
+        if cfg.augment and epoch_inputs is None:
             xb = augment_images(xb, gen)
         with autocast if autocast is not None else _null():
             if loss_set is None:
@@ -327,7 +340,7 @@ def train(
                 loss = ce(out.float(), yb) if (yb >= 0).any() else out.sum() * 0
                 parts = {"ce": loss.item()}
             else:
-                loss, parts = _distill_step(ddp_model, teacher, loss_set, xb, yb, idx, teacher_logits,
+                loss, parts = _distill_step(ddp_model, teacher, loss_set, xb, yb, idx, current["t"],
                                             weighting, progress=prog)
         for t, tperm in zip(aux_tasks, aux_perms):
             # Each auxiliary task cycles through its own data, one batch per main step.
@@ -352,7 +365,7 @@ def train(
                write_checkpoint=rank == 0, extra_state=extra_state, load_extra_state=load_extra_state,
                after_backward=(lambda: _allreduce_grads(loss_set, world_size))  # projectors live outside DDP
                if world_size > 1 and loss_set is not None else None,
-               progress=progress, description=description)
+               progress=progress, description=description, epoch_start=epoch_start)
 
 
 def _aux_loss(task: Any, student: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:

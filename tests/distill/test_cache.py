@@ -164,6 +164,28 @@ def test_augmentation_is_seeded_per_chunk(tmp_path):
         cache(tmp_path / "d").write(Lookup(table), inputs(), augment=augment)
 
 
+def test_augmented_view_is_what_the_teacher_saw(tmp_path):
+    """Consistent teaching from the cache: the view rebuilt for the student is, row for row, the input
+    whose logits the cache holds (also across a chunk boundary and with several ranks)."""
+    from edgekd.distill.cache import augmented_view
+
+    table = torch.randn(N, 4)
+
+    def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        x = x.clone()
+        x[:, 1] = torch.rand(len(x), generator=gen)
+        return x
+
+    c = cache(tmp_path / "v", augment_seed=7)
+    c.write(Lookup(table), inputs(), augment=augment, rank=0, world_size=2)
+    c.write(Lookup(table), inputs(), augment=augment, rank=1, world_size=2)
+    view = augmented_view(inputs(), augment, 7)
+    assert view.shape == inputs().shape and not torch.equal(view, torch.as_tensor(inputs()))
+    expect = Lookup(table)(view)
+    assert torch.allclose(c.open().get(np.arange(N)), expect, atol=2e-3)  # fp16 storage
+    assert not torch.equal(augmented_view(inputs(), augment, 8), view)
+
+
 def test_get_out_of_range_and_unopened(tmp_path):
     c = cache(tmp_path)
     with pytest.raises(StageError, match="not open"):
