@@ -187,12 +187,54 @@ def test_digits_quick_build_and_stage_command(tmp_path):
         assert m["roofline"]["peak_gflops"] == env_["host_peak"]["peak_gflops"]
         assert 0 < m["roofline"]["efficiency"] < 1.5, (m["variant"], m["roofline"])
     assert not list(out.glob(".*.tmp-*")) and not list(out.glob(".*.old-*"))
+    # --quick leaves the labels-only control out unless asked for (test_control_arm_in_quick_build)
+    assert rep["training"]["control"] is None and "kd_gain_points" not in rep["comparison"]
     r = edgekd("quantize", str(out), "--quiet", env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     stages = {s["stage"]: s["reused"] for s in json.loads((out / "run.json").read_text())["stages"]}
     assert {k: stages[k] for k in ("teacher", "distill", "export", "quantize")} == {
         "teacher": True, "distill": True, "export": True, "quantize": False}
     assert "report" in stages  # the lineage of stages not rerun is kept
+
+
+def test_control_arm_in_quick_build(tmp_path):
+    """distill.control=true: the labels-only control is trained in the distill stage, measured like the
+    student/fp32 row (fp32 ONNX in onnxruntime on the test split), reported, and gated by regress."""
+    import torch
+
+    env = {"EDGEKD_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "c"
+    r = edgekd("build", "--recipe", "digits-mlp", "--quick", "--set", "distill.control=true", "--out", str(out),
+               "--quiet", env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads((out / "report" / "report.json").read_text())
+    ctrl, comp = rep["training"]["control"], rep["comparison"]
+    fp32 = next(m for m in rep["models"] if m["role"] == "student" and m["variant"] == "fp32")
+    assert ctrl["losses"] == [{"kind": "hard_label", "weight": 1.0}]
+    assert ctrl["epochs"] == len(ctrl["history"]) == 10  # the quick block's distill.epochs
+    assert 0.8 < ctrl["accuracy"] <= 1 and "onnxruntime" in ctrl["measured_with"]
+    assert ctrl["kd_accuracy"] == fp32["accuracy"]
+    assert comp["kd_gain_points"] == pytest.approx(100 * (fp32["accuracy"] - ctrl["accuracy"]))
+    # the ONNX figure is the saved control's own: recompute it from control.pt in PyTorch (same argmax)
+    from edgekd import zoo
+    from edgekd.cards import load_recipe
+    from edgekd.data import load
+
+    rc = load_recipe("digits-mlp", quick=True)
+    model = zoo.build(rc.student.arch, **rc.student.kwargs)
+    model.load_state_dict(torch.load(out / "distill" / "control.pt", weights_only=True))
+    s = load(rc.data)
+    with torch.no_grad():
+        acc = float((model.eval()(torch.as_tensor(s.x_test)).argmax(1).numpy() == s.y_test).mean())
+    assert acc == pytest.approx(ctrl["accuracy"], abs=1 / len(s.y_test) + 1e-9) and acc == ctrl["accuracy_torch"]
+    md = (out / "report" / "report.md").read_text()
+    assert "## What distillation bought" in md and f"KD gain {comp['kd_gain_points']:+.2f} pt" in md
+    report_json = out / "report" / "report.json"
+    g = comp["kd_gain_points"]
+    r = edgekd("regress", str(report_json), "--min-kd-gain", f"{g - 0.01:.4f}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = edgekd("regress", str(report_json), "--baseline", str(report_json), f"--min-kd-gain={g + 0.01:.4f}")
+    assert r.returncode == 1 and "KD gain over labels-only control" in r.stdout
 
 
 # ---------------------------------------------------------------- the CI gate through the CLI
