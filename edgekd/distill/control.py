@@ -41,11 +41,12 @@ def control_config(dc: Any) -> Any:
 
 def train_control(student: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
                   y_val: np.ndarray, dc: Any, *, labeled: np.ndarray | None = None, checkpoint: Any = None,
-                  progress: Any = None, rank: int = 0, world_size: int = 1) -> Any:
+                  progress: Any = None, rank: int = 0, world_size: int = 1, epoch_inputs: Any = None) -> Any:
     """Train `student` (freshly built with the KD student's seed and init) as the control.
 
     Goes through the same trainer and the same LossSet path as distillation, so the only
-    difference from the KD run is the loss. Returns the TrainResult (best-on-validation weights).
+    difference from the KD run is the loss. `epoch_inputs`: the KD run's augmented views (without
+    logits) when it trained on cached views. Returns the TrainResult (best-on-validation weights).
     """
     import torch
 
@@ -56,7 +57,7 @@ def train_control(student: nn.Module, x_train: np.ndarray, y_train: np.ndarray, 
     loss_set = build_losses(cc.losses, student, None, torch.as_tensor(x_val[:8]))
     return train(student, x_train, y_train, x_val, y_val, cc, loss_set=loss_set, labeled=labeled,
                  checkpoint=checkpoint, progress=progress, description="control (labels only)", amp=dc.amp,
-                 rank=rank, world_size=world_size)
+                 rank=rank, world_size=world_size, epoch_inputs=epoch_inputs)
 
 
 def control_metrics(res: Any, dc: Any, *, accuracy: float, accuracy_torch: float, kd_accuracy: float,

@@ -47,6 +47,20 @@ def candidate_row(c: dict, keys: tuple[str, ...], status: dict[str, str], prof: 
     return row
 
 
+def control_entry(control: dict | None, kd_accuracy: float | None) -> dict | None:
+    """report training.control from the distill stage's control metrics. The KD side of the gain is the
+    reported student/fp32 accuracy (fp32 ONNX, onnxruntime, test split), measured like the control's;
+    without that row, the distill stage's own ONNX figure of the KD student."""
+    if not control:
+        return None
+    out = {k: v for k, v in control.items() if k != "kd_gain_points"}
+    if kd_accuracy is not None:
+        out["kd_accuracy"] = kd_accuracy
+    kd, acc = out.get("kd_accuracy"), out.get("accuracy")
+    out["kd_gain_points"] = 100.0 * (kd - acc) if kd is not None and acc is not None else None
+    return out
+
+
 def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
     """report.json of a classification build, from the stage result files alone."""
     from edgekd.report.schema import REPORT_SCHEMA_VERSION
@@ -111,6 +125,10 @@ def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
         ratio(onnx_row["latency_ms"]["p50"],
               next(m for m in models if f"{m['role']}/{m['variant']}" == comparison["student"])["latency_ms"]["p50"])
         if onnx_row["measured_on"] == comparison["basis"] else None)
+    fp32 = next((m for m in models if m["role"] == "student" and m["variant"] == "fp32"), None)
+    control = control_entry(d["metrics"].get("control"), fp32["accuracy"] if fp32 else None)
+    if control is not None:
+        comparison["kd_gain_points"] = control["kd_gain_points"]
     notes = ["Energy figures are estimates (method estimate-*): this host exposes no RAPL/NVML counters."
              if not str(te.get("method", "")).startswith(("rapl", "nvml", "npu")) else "Energy measured by counters."]
     noisy = [m["variant"] for m in models if m.get("noisy")]
@@ -132,7 +150,8 @@ def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
         "training": {"teacher": {k: t["metrics"].get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds", "cached", "best_epoch",
                                                                   "given", "source")},
                      "student": {k: d["metrics"].get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds", "best_epoch", "losses",
-                                                                  "labeled_samples", "unlabeled_samples")}},
+                                                                  "labeled_samples", "unlabeled_samples")},
+                     "control": control},
         "parity": {k: v for k, v in e["metrics"].items() if k.endswith("_parity")},
         "notes": notes,
     }

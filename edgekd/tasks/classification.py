@@ -206,6 +206,79 @@ def _logit_cache(ctx: BuildContext, teacher, teacher_res: StageResult, x_train: 
     return cache.open()
 
 
+def _view_caches(ctx: BuildContext, teacher, teacher_res: StageResult, x_train: np.ndarray, rank: int, world: int):
+    """Consistent teaching: the teacher's logits of distill.teacher_cache.views augmented copies of the
+    training set, each written once into the shared logit cache (keyed by augmentation seed)."""
+    from edgekd.distill import ddp
+    from edgekd.distill.cache import AugmentedViews, TeacherLogitCache
+    from edgekd.distill.trainer import augment_images
+
+    dc = ctx.recipe.distill
+    thash = stable_hash(teacher_res.sha256)
+    caches = []
+    for v in range(dc.teacher_cache.views):
+        c = TeacherLogitCache(ctx.cache_dir / "logits", teacher_hash=thash, data_hash=data_fingerprint(ctx),
+                              augment_seed=v, top_k=dc.teacher_cache.top_k)
+        if not c.exists():
+            ctx.log(f"  caching the teacher's logits of augmented view {v + 1}/{dc.teacher_cache.views}")
+            c.write(teacher, x_train, rank=rank, world_size=world, augment=augment_images)
+            ddp.barrier()
+            if rank == 0:
+                c.open()
+            ddp.barrier()
+        caches.append(c.open())
+    return AugmentedViews(x_train, augment_images, dc.teacher_cache.views, caches)
+
+
+def _onnx_test_accuracy(model, s, wd: Path, name: str) -> float:
+    """Test accuracy of `model` exported to fp32 ONNX and run in onnxruntime (CPU): the way the report
+    measures the student/fp32 candidate, so the KD student and its control are compared alike."""
+    import torch
+
+    from edgekd.config import OnnxConfig
+    from edgekd.export.onnx import export_onnx
+    from edgekd.runtimes.ort import accuracy as ort_accuracy
+
+    text = np.issubdtype(s.x_val.dtype, np.integer) and s.x_val.ndim == 2
+    path = export_onnx(model, torch.as_tensor(s.x_val[:1]), wd / f".{name}-eval.onnx", OnnxConfig().opset, True,
+                       dynamic_sequence=bool(text))
+    try:
+        return ort_accuracy(path, s.x_test, s.y_test)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _train_control(ctx: BuildContext, dc, s, teacher, kd_student, key_material: dict, wd: Path, rank: int,
+                   world: int, with_views: bool) -> dict:
+    """The labels-only control (edgekd.distill.control): the KD student's architecture, seed and init,
+    the same epochs, batches and (augmented) inputs, hard labels only. Saved as control.pt."""
+    import torch
+
+    from edgekd.distill.cache import AugmentedViews
+    from edgekd.distill.control import control_metrics, train_control
+    from edgekd.distill.trainer import accuracy, augment_images
+    from edgekd.zoo.text import adopt_trained_teacher
+
+    control = build_model(ctx.recipe.student, seed=dc.seed)
+    init = adopt_trained_teacher(control, teacher, torch.as_tensor(s.x_train[:512]))  # the same cut as the KD student
+    ckpt = checkpoint_path(ctx, "distill-control", key_material)
+    views = AugmentedViews(s.x_train, augment_images, dc.teacher_cache.views) if with_views else None
+    res = train_control(control, s.x_train, s.y_train, s.x_val, s.y_val, dc, labeled=s.labeled,
+                        checkpoint=ckpt if world == 1 else None, progress=ctx.progress, rank=rank, world_size=world,
+                        epoch_inputs=views)
+    control.load_state_dict(res.best_state)
+    torch.save(control.state_dict(), wd / "control.pt")
+    ckpt.unlink(missing_ok=True)
+    measured = f"fp32 ONNX in onnxruntime (CPU), test split of {len(s.x_test)} samples"
+    m = control_metrics(res, dc, accuracy=_onnx_test_accuracy(control, s, wd, "control"),
+                        accuracy_torch=accuracy(control, s.x_test, s.y_test),
+                        kd_accuracy=_onnx_test_accuracy(kd_student, s, wd, "student"), measured_with=measured,
+                        student_init=init)
+    ctx.log(f"  labels-only control: {100 * m['accuracy']:.2f}% test, KD student {100 * m['kd_accuracy']:.2f}% "
+            f"({m['kd_gain_points']:+.2f} points)")
+    return m
+
+
 def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
     import torch
 
@@ -250,17 +323,24 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
                           hint="set the student's num_classes to the teacher's")
     example = torch.as_tensor(s.x_val[:8])
     loss_set = build_losses(dc.losses, student, teacher, example)
-    cached_logits = None
+    cached_logits, views = None, None
     if dc.teacher_cache.enabled or onnx_teachers:
         if loss_set.needs_online_teacher:
             raise ConfigError("distill.teacher_cache holds teacher logits only, but a feature/attention/hidden_state/"
                               "relation loss needs the teacher's activations",
                               hint="set distill.teacher_cache.enabled=false, or keep only soft_label/hard_label losses")
-        if dc.augment:
+        if dc.augment and not dc.teacher_cache.views:
             raise ConfigError("distill.teacher_cache stores logits of the un-augmented inputs, but distill.augment is on",
-                              hint="set distill.augment=false to use the cache (or disable the cache)")
-        cache = _logit_cache(ctx, teacher, inputs["teacher"], s.x_train, rank, world)
-        cached_logits = cache.get
+                              hint="set distill.teacher_cache.views=K to cache the logits of K augmented copies, "
+                                   "or distill.augment=false")
+        if dc.augment:
+            views = _view_caches(ctx, teacher, inputs["teacher"], s.x_train, rank, world)
+        else:
+            cached_logits = _logit_cache(ctx, teacher, inputs["teacher"], s.x_train, rank, world).get
+    if dc.teacher_cache.views and not (dc.teacher_cache.enabled and dc.augment):
+        raise ConfigError("distill.teacher_cache.views caches augmented copies: it needs distill.augment=true and "
+                          "distill.teacher_cache.enabled=true", hint="set both, or distill.teacher_cache.views=0")
+    main_teacher = teacher  # born-again generations replace `teacher`; the control's init uses this one
     weighting = build_weighting(dc.weighting)
     from edgekd.distill.multitask import build_aux_task
 
@@ -274,7 +354,8 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
                     teacher_logits=cached_logits, weighting=weighting, labeled=s.labeled,
                     checkpoint=ckpt if world == 1 else None, progress=ctx.progress,
                     description="distill" if gen == 0 else f"born-again g{gen + 1}", amp=dc.amp,
-                    rank=rank, world_size=world, aux_tasks=aux if gen == 0 else None)
+                    rank=rank, world_size=world, aux_tasks=aux if gen == 0 else None,
+                    epoch_inputs=views if gen == 0 else None)
         student.load_state_dict(res.best_state)
         generations.append({"generation": gen + 1, "val_accuracy": res.best_val_accuracy,
                             "test_accuracy": accuracy(student, s.x_test, s.y_test), "train_seconds": res.seconds,
@@ -288,6 +369,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
             student = build_model(ctx.recipe.student, seed=dc.seed + gen + 1)
             loss_set = build_losses(dc.losses, student, teacher, example)
             cached_logits = None  # the cache belongs to the original teacher
+            views = None
     best = max(generations, key=lambda g: g["val_accuracy"])
     student.load_state_dict(best["state"])
     torch.save(student.state_dict(), wd / "student.pt")
@@ -302,6 +384,10 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
             ts = task_splits(ctx, next(c for c in dc.tasks if c.name == t.name))
             task_metrics[t.name] = {"test_accuracy": aux_accuracy(t, student, ts.x_test, ts.y_test),
                                     "weight": t.weight, "head_from": t.head_from}
+    control = None
+    if dc.control:
+        control = _train_control(ctx, dc, s, main_teacher, student, key_material, wd, rank, world, views is not None)
+        outputs["control"] = "control.pt"
     ddp.barrier()
     metrics = {"params": count_params(student), "val_accuracy": best["val_accuracy"], "best_epoch": best["best_epoch"],
                "test_accuracy": best["test_accuracy"], "generation": best["generation"],
@@ -313,7 +399,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
                # data.unlabeled: train samples learned from the teacher's soft labels alone
                "unlabeled_samples": int(s.n_unlabeled),
                "labeled_samples": int(s.labeled.sum() if s.labeled is not None else (s.y_train >= 0).sum()),
-               "tasks": task_metrics}
+               "tasks": task_metrics, "control": control}
     return StageOutput(outputs, metrics)
 
 
