@@ -7,6 +7,12 @@
              Each "+" is added to KD alone (--mode independent, default) or on top of the previous row (--mode cumulative).
 2. lowdata   digits-mlp with data.label_fraction=0.1, 5 distill seeds (data fixed): labels-only vs KD test error.
 3. cache     per-epoch seconds with the teacher-logit cache vs the online teacher on --recipe (augment off, 2 epochs).
+4. control   the build's own control arm (distill.control=true) on each of --control-recipes, --seeds seeds, for each
+             of --variants: `recipe` (the card as shipped) and `consistent` (consistent teaching from the cache:
+             distill.augment=true, distill.teacher_cache.views=--views; the control trains on the same views).
+             Reads report.json: KD student/fp32 vs labels-only control, both fp32 ONNX in onnxruntime on the test
+             split; gain per seed, mean, every-seed-positive, retention and params ratio, and the issue's goal
+             (mean gain >= 0.5 points, every seed positive, student <= 1/30 of the teacher's params, retention >= 97%).
 
 Every run is a real `edgekd build` (quantize.candidates=[fp32], tiny profiling: this is about accuracy) into
 builds/bench-distill/..., removed after its numbers are read. The teacher is trained once and then taken from the
@@ -14,6 +20,7 @@ edgekd cache (EDGEKD_CACHE, default ~/.cache/edgekd); note that data.train_size 
 
     python benchmarks/bench_distill.py [--recipe fashion-cnn] [--seeds 3] [--train-size N] [--epochs E] [--parts ...]
     python benchmarks/bench_distill.py --smoke     # digits-mlp --quick, 1 seed (lowdata: 2 seeds), 3 epochs
+    python benchmarks/bench_distill.py --parts control --control-recipes fashion-cnn --variants recipe consistent --merge
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import argparse
 import json
 import shutil
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +88,8 @@ class Runner:
                 print(f"  {tag}: FAILED ({r.returncode}) {lines[-1] if lines else ''}")
                 return {"error": f"exit {r.returncode}: {' | '.join(lines[-3:])[:600]}", "wall_s": round(dt, 1)}
             m = json.loads((out / "distill" / "result.json").read_text())["metrics"]
+            rp = out / "report" / "report.json"
+            m["report"] = report_summary(json.loads(rp.read_text())) if rp.is_file() else None
             stages = {s["stage"]: s["seconds"] for s in json.loads((out / "run.json").read_text())["stages"]}
             m["wall_s"] = round(dt, 1)
             m["distill_stage_s"] = stages.get("distill")
@@ -89,6 +99,64 @@ class Runner:
         finally:
             if not self.args.keep:
                 shutil.rmtree(out, ignore_errors=True)
+
+
+def report_summary(rep: dict) -> dict:
+    """What the control part reads from a report: the KD student/fp32 and control figures and the ratios."""
+    fp32 = next((m for m in rep["models"] if m["role"] == "student" and m["variant"] == "fp32"), {})
+    ctrl = (rep.get("training") or {}).get("control") or {}
+    c = rep.get("comparison") or {}
+    return {"kd_accuracy": fp32.get("accuracy"), "control_accuracy": ctrl.get("accuracy"),
+            "kd_gain_points": c.get("kd_gain_points"), "measured_with": ctrl.get("measured_with"),
+            "teacher_accuracy": (rep["models"][0] or {}).get("accuracy"),
+            "retention_fp32": (fp32.get("accuracy") / rep["models"][0]["accuracy"]
+                               if fp32.get("accuracy") and rep["models"][0].get("accuracy") else None),
+            "params_ratio": c.get("params_ratio"), "student_params": fp32.get("params"),
+            "control_train_seconds": ctrl.get("train_seconds"), "control_epochs": ctrl.get("epochs")}
+
+
+GOAL = {"mean_gain_points": 0.5, "every_seed_positive": True, "max_params_fraction": 1 / 30, "min_retention": 0.97}
+
+
+def control(run: Runner, args: argparse.Namespace) -> dict:
+    """KD vs the build's own labels-only control, per recipe and variant, --seeds seeds."""
+    variants = {"recipe": [],
+                "consistent": ["distill.augment=true", f"distill.teacher_cache.views={args.views}",
+                               "distill.teacher_cache.enabled=true"]}
+    out: dict[str, Any] = {}
+    for recipe in args.control_recipes:
+        per: dict[str, Any] = {}
+        for name in args.variants:
+            sets = ["distill.control=true"] + variants[name]
+            sets += [f"distill.epochs={args.epochs}"] if args.epochs else []
+            kd, ctl, gains, runs = [], [], [], []
+            for seed in range(args.seeds):
+                m = run.build(f"control-{recipe}-{name}-s{seed}", recipe, sets + [f"distill.seed={seed}"])
+                r = m.get("report") if "error" not in m else None
+                if r is None or r.get("kd_gain_points") is None:
+                    runs.append({"seed": seed, "error": m.get("error", "no control in the report")})
+                    continue
+                kd.append(r["kd_accuracy"])
+                ctl.append(r["control_accuracy"])
+                gains.append(r["kd_gain_points"])
+                runs.append({"seed": seed, **r, "kd_train_seconds": round(m["train_seconds"], 2),
+                             "distill_stage_s": m.get("distill_stage_s"), "wall_s": m.get("wall_s")})
+            ok = [x for x in runs if "error" not in x]
+            g = stats(gains)
+            retention = min((x["retention_fp32"] for x in ok if x["retention_fp32"]), default=None)
+            ratio = min((x["params_ratio"] for x in ok if x["params_ratio"]), default=None)
+            goal = {"mean_gain": g["mean"] is not None and g["mean"] >= GOAL["mean_gain_points"],
+                    "every_seed_positive": bool(gains) and all(x > 0 for x in gains),
+                    "params": ratio is not None and 1 / ratio <= GOAL["max_params_fraction"],
+                    "retention": retention is not None and retention >= GOAL["min_retention"]}
+            per[name] = {"overrides": sets, "kd_accuracy": stats(kd), "control_accuracy": stats(ctl),
+                         "gain_points": g, "every_seed_positive": goal["every_seed_positive"],
+                         "min_retention_fp32": retention, "params_ratio": ratio,
+                         "goal": GOAL, "goal_checks": goal, "meets_goal": bool(gains) and all(goal.values()),
+                         "measured_with": next((x["measured_with"] for x in ok), None),
+                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": runs}
+        out[recipe] = {"quick": args.quick, "seeds": args.seeds, "epochs": args.epochs, "variants": per}
+    return out
 
 
 def stats(values: list[float]) -> dict:
@@ -209,7 +277,12 @@ def cache_speed(run: Runner, args: argparse.Namespace) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default=None, help="recipe of parts 1 and 3 (default fashion-cnn; digits-mlp with --smoke)")
-    ap.add_argument("--parts", nargs="+", choices=["ablation", "lowdata", "cache"], default=["ablation", "lowdata", "cache"])
+    ap.add_argument("--parts", nargs="+", choices=["ablation", "lowdata", "cache", "control"],
+                    default=["ablation", "lowdata", "cache"])
+    ap.add_argument("--control-recipes", nargs="+", default=None, help="part 4 recipes (default fashion-cnn digits-mlp)")
+    ap.add_argument("--variants", nargs="+", choices=["recipe", "consistent"], default=["recipe"],
+                    help="part 4: the card as shipped, and/or consistent teaching from --views cached augmented views")
+    ap.add_argument("--views", type=int, default=8, help="part 4 `consistent`: augmented views cached (teacher passes)")
     ap.add_argument("--seeds", type=int, default=None, help="ablation seeds (default 3; 1 with --smoke)")
     ap.add_argument("--mode", choices=["independent", "cumulative"], default="independent")
     ap.add_argument("--train-size", type=int, default=None, help="data.train_size for parts 1 and 3 (retrains the teacher once)")
@@ -248,6 +321,10 @@ def main() -> None:
     if "cache" in args.parts:
         print("teacher cache vs online teacher:")
         out["teacher_cache"] = cache_speed(run, args)
+    if "control" in args.parts:
+        args.control_recipes = args.control_recipes or (["digits-mlp"] if args.smoke else ["fashion-cnn", "digits-mlp"])
+        print("KD vs the build's labels-only control:")
+        out["control"] = control(run, args)
     out["builds"] = run.n
     if not args.keep:
         shutil.rmtree(WORK, ignore_errors=True)
@@ -258,6 +335,12 @@ def main() -> None:
         for part in ("ablation", "lowdata", "teacher_cache"):
             if part not in out and part in old:
                 out[part] = old[part]
+        # control: recipes and variants not rerun are kept (each entry says when it was measured)
+        for recipe, entry in (old.get("control") or {}).items():
+            cur = out.setdefault("control", {}).setdefault(recipe, entry)
+            if cur is not entry:
+                for name, v in entry.get("variants", {}).items():
+                    cur["variants"].setdefault(name, v)
         out["builds"] = {"this_run": run.n, "merged_from": old.get("created")}
     write(name, out)
 
