@@ -129,6 +129,7 @@ def control(run: Runner, args: argparse.Namespace) -> dict:
         for name in args.variants:
             sets = ["distill.control=true"] + variants[name]
             sets += [f"distill.epochs={args.epochs}"] if args.epochs else []
+            sets += [f"data.train_size={args.train_size}"] if args.train_size else []
             kd, ctl, gains, runs = [], [], [], []
             for seed in range(args.seeds):
                 m = run.build(f"control-{recipe}-{name}-s{seed}", recipe, sets + [f"distill.seed={seed}"])
@@ -155,7 +156,10 @@ def control(run: Runner, args: argparse.Namespace) -> dict:
                          "goal": GOAL, "goal_checks": goal, "meets_goal": bool(gains) and all(goal.values()),
                          "measured_with": next((x["measured_with"] for x in ok), None),
                          "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": runs}
-        out[recipe] = {"quick": args.quick, "seeds": args.seeds, "epochs": args.epochs, "variants": per}
+        # a subset is another experiment (and another teacher): it gets its own entry
+        key = recipe if not args.train_size else f"{recipe}:train_size={args.train_size}"
+        out[key] = {"recipe": recipe, "quick": args.quick, "seeds": args.seeds, "epochs": args.epochs,
+                    "train_size": args.train_size, "variants": per}
     return out
 
 
@@ -285,7 +289,7 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=8, help="part 4 `consistent`: augmented views cached (teacher passes)")
     ap.add_argument("--seeds", type=int, default=None, help="ablation seeds (default 3; 1 with --smoke)")
     ap.add_argument("--mode", choices=["independent", "cumulative"], default="independent")
-    ap.add_argument("--train-size", type=int, default=None, help="data.train_size for parts 1 and 3 (retrains the teacher once)")
+    ap.add_argument("--train-size", type=int, default=None, help="data.train_size for parts 1, 3 and 4 (retrains the teacher once)")
     ap.add_argument("--epochs", type=int, default=None, help="distill.epochs for part 1")
     ap.add_argument("--lowdata-seeds", type=int, default=None, help="part 2 seeds (default 5; 2 with --smoke)")
     ap.add_argument("--lowdata-epochs", type=int, default=None, help="distill.epochs for part 2 (default: recipe's)")

@@ -51,7 +51,8 @@ def _gain(values: list[float]) -> str:
 def rows(results: Path = RESULTS) -> list[list[str]]:
     out: list[list[str]] = []
     distill = _load(results, "distill") or {}
-    for recipe, entry in sorted((distill.get("control") or {}).items()):
+    for key, entry in sorted((distill.get("control") or {}).items()):
+        recipe = entry.get("recipe", key)
         for name, v in entry.get("variants", {}).items():
             runs = [r for r in v.get("runs", []) if "error" not in r]
             gains = [r["kd_gain_points"] for r in runs]
@@ -59,6 +60,8 @@ def rows(results: Path = RESULTS) -> list[list[str]]:
             if "views=" in " ".join(v.get("overrides", [])):
                 k = next(o.split("=", 1)[1] for o in v["overrides"] if "views=" in o)
                 setting += f" ({k} cached views)"
+            if entry.get("train_size"):
+                setting += f", {entry['train_size']:,} training images"
             if entry.get("epochs"):
                 setting += f", {entry['epochs']} epochs"
             if entry.get("quick"):
