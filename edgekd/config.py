@@ -195,6 +195,20 @@ class DistillConfig(TrainConfig):
             raise ValueError("distill.losses needs at least one loss")
         return v
 
+    @model_validator(mode="after")
+    def _cache_and_augmentation(self) -> "DistillConfig":
+        # Checked when the card loads, not after the teacher has trained: a cache of un-augmented
+        # logits would teach an augmented student about other pixels.
+        tc = self.teacher_cache
+        if tc.enabled and self.augment and not tc.views:
+            raise ValueError("teacher_cache stores logits of the un-augmented inputs, but augment is on; set "
+                             "distill.teacher_cache.views=K to cache the logits of K augmented copies, or "
+                             "distill.augment=false")
+        if tc.views and not (tc.enabled and self.augment):
+            raise ValueError("teacher_cache.views caches augmented copies: it needs distill.augment=true and "
+                             "distill.teacher_cache.enabled=true (or views=0)")
+        return self
+
 
 CANDIDATE_NAMES = ("fp32", "fp16", "int8-dynamic", "int8-qdq")
 

@@ -43,6 +43,17 @@ def test_control_on_for_full_builds_off_for_quick_unless_set(tmp_path):
     assert load_recipe(str(card), {"distill.control": False}, quick=True).distill.control is False
 
 
+def test_augmented_cache_needs_views_and_views_need_augmentation():
+    with pytest.raises(ConfigError, match="teacher_cache.views=K"):  # fashion-cnn caches un-augmented logits
+        load_recipe("fashion-cnn", {"distill.augment": True})
+    r = load_recipe("fashion-cnn", {"distill.augment": True, "distill.teacher_cache.views": 8})
+    assert r.distill.teacher_cache.views == 8
+    with pytest.raises(ConfigError, match="needs distill.augment=true"):
+        load_recipe("fashion-cnn", {"distill.teacher_cache.views": 8})
+    with pytest.raises(ConfigError, match="needs distill.augment=true"):
+        load_recipe("digits-mlp", {"distill.augment": True, "distill.teacher_cache.views": 2})  # no cache enabled
+
+
 def test_unknown_set_key_lists_valid_keys():
     with pytest.raises(ConfigError) as e:
         load_recipe("fashion-cnn", {"distill.epoch": 3})

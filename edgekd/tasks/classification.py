@@ -329,17 +329,10 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
             raise ConfigError("distill.teacher_cache holds teacher logits only, but a feature/attention/hidden_state/"
                               "relation loss needs the teacher's activations",
                               hint="set distill.teacher_cache.enabled=false, or keep only soft_label/hard_label losses")
-        if dc.augment and not dc.teacher_cache.views:
-            raise ConfigError("distill.teacher_cache stores logits of the un-augmented inputs, but distill.augment is on",
-                              hint="set distill.teacher_cache.views=K to cache the logits of K augmented copies, "
-                                   "or distill.augment=false")
-        if dc.augment:
+        if dc.augment:  # with teacher_cache.views (the card refuses augmentation with an un-augmented cache)
             views = _view_caches(ctx, teacher, inputs["teacher"], s.x_train, rank, world)
         else:
             cached_logits = _logit_cache(ctx, teacher, inputs["teacher"], s.x_train, rank, world).get
-    if dc.teacher_cache.views and not (dc.teacher_cache.enabled and dc.augment):
-        raise ConfigError("distill.teacher_cache.views caches augmented copies: it needs distill.augment=true and "
-                          "distill.teacher_cache.enabled=true", hint="set both, or distill.teacher_cache.views=0")
     main_teacher = teacher  # born-again generations replace `teacher`; the control's init uses this one
     weighting = build_weighting(dc.weighting)
     from edgekd.distill.multitask import build_aux_task
