@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgekd.report.markdown import CANDIDATE_HEADER, candidate_rows, control_sentence, summary_rows
+from edgekd.report.markdown import CANDIDATE_HEADER, candidate_rows, control_of, control_sentence, summary_rows
 
 
 def render(report: dict, console: Any) -> None:
@@ -20,7 +20,7 @@ def render(report: dict, console: Any) -> None:
     for row in summary_rows(report):
         t.add_row(*(Text(x) for x in row))  # Text: cells like '[estimate (...)]' are not markup
     console.print(t)
-    console.print(Text(control_sentence(report)))
+    console.print(Text(control_sentence(report), style="" if control_of(report) else "dim"))
     rows = candidate_rows(report)
     if rows:
         c = Table(title="Candidates", title_justify="left")
