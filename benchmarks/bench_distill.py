@@ -338,7 +338,8 @@ def main() -> None:
         old = json.loads(prev.read_text())
         for part in ("ablation", "lowdata", "teacher_cache"):
             if part not in out and part in old:
-                out[part] = old[part]
+                # a kept part says when it was measured (the file's `created` is this run's)
+                out[part] = {"created": old.get("created"), **old[part]}
         # control: recipes and variants not rerun are kept (each entry says when it was measured)
         for recipe, entry in (old.get("control") or {}).items():
             cur = out.setdefault("control", {}).setdefault(recipe, entry)

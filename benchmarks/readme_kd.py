@@ -76,14 +76,14 @@ def rows(results: Path = RESULTS) -> list[list[str]]:
         size = f"{ab['train_size']:,} training images" if ab.get("train_size") else "full data"
         out.append([ab["recipe"], f"engine ablation: {size}, {ab['epochs']} epochs", "accuracy, fp32 PyTorch",
                     str(kd["n"]), _pct(kd["mean"]), _pct(lo["mean"]), _gain(gains),
-                    f"distill.json ablation ({distill.get('created', '')[:10]})"])
+                    f"distill.json ablation ({ab.get('created', distill.get('created', ''))[:10]})"])
     low = distill.get("lowdata")
     if low and low.get("kd") and low.get("labels_only"):
         kd_e, lo_e = low["kd"]["test_error"], low["labels_only"]["test_error"]
         gains = [100 * (b - a) for a, b in zip(kd_e["values"], lo_e["values"])]  # error down = accuracy up
         out.append([low["recipe"], f"{int(100 * low['label_fraction'])}% of the labels", "accuracy, fp32 PyTorch",
                     str(kd_e["n"]), _pct(1 - kd_e["mean"]), _pct(1 - lo_e["mean"]), _gain(gains),
-                    f"distill.json lowdata ({distill.get('created', '')[:10]})"])
+                    f"distill.json lowdata ({low.get('created', distill.get('created', ''))[:10]})"])
     spine = _load(results, "spine")
     if spine and spine.get("kd_vs_labels_only"):
         s = spine["kd_vs_labels_only"]
