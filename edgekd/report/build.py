@@ -61,6 +61,19 @@ def control_entry(control: dict | None, kd_accuracy: float | None) -> dict | Non
     return out
 
 
+def text_generation_control(control: dict | None, student_test: dict | None, epochs: int | None = None) -> dict | None:
+    """report training.control of a text-generation build, in the classifier's terms: `accuracy` is the
+    control's next-token agreement with the teacher's answers on held-out prompts, `kd_accuracy` the
+    distilled student's, both from the same PyTorch evaluation (teacher forcing)."""
+    if not control:
+        return None
+    acc = ((control.get("test") or {}).get("agreement"))
+    kd = (student_test or {}).get("agreement")
+    return {**control, "accuracy": acc, "kd_accuracy": kd, "epochs": epochs,
+            "measured_with": "next-token agreement with the teacher's answers on held-out prompts, fp32 PyTorch",
+            "kd_gain_points": 100.0 * (kd - acc) if kd is not None and acc is not None else None}
+
+
 def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
     """report.json of a classification build, from the stage result files alone."""
     from edgekd.report.schema import REPORT_SCHEMA_VERSION

@@ -506,7 +506,7 @@ def build_report(build_dir: Path, run: dict) -> dict[str, Any]:
     from edgekd import __version__
     from edgekd.pipeline import read_result
     from edgekd.report.schema import REPORT_SCHEMA_VERSION
-    from edgekd.report.build import candidate_row, comparison_ratios, cpu_name, ratio
+    from edgekd.report.build import candidate_row, comparison_ratios, cpu_name, ratio, text_generation_control
 
     names = ("teacher", "generate", "distill", "export", "quantize", "profile", "select")
     res = {n: read_result(build_dir / n) for n in names}
@@ -550,7 +550,11 @@ def build_report(build_dir: Path, run: dict) -> dict[str, Any]:
     comparison["ttft_speedup_p50"] = ratio((teacher.get("ttft_ms") or {}).get("p50"),
                                             (student.get("ttft_ms") or {}).get("p50"))
     comparison["tokens_per_s_ratio"] = ratio(student.get("tokens_per_s"), teacher.get("tokens_per_s"))
-    ctrl = d["metrics"].get("control")
+    # named like the classifier's: training.control.accuracy and comparison.kd_gain_points
+    ctrl = text_generation_control(d["metrics"].get("control"), d["metrics"].get("test"), d["metrics"]["losses"].get("epochs")
+                                   if isinstance(d["metrics"].get("losses"), dict) else None)
+    if ctrl is not None:
+        comparison["kd_gain_points"] = ctrl["kd_gain_points"]
     notes = ["accuracy = next-token agreement with the teacher's greedy answers on held-out prompts (teacher forcing); "
              "latency and energy are per generated token.",
              "Energy figures are estimates (method estimate-*): this host exposes no RAPL/NVML counters."

@@ -177,3 +177,19 @@ def test_control_shown_beside_retention(tmp_path, report):
     bad["comparison"]["kd_gain_points"] = "a lot"
     bad["training"]["control"]["accuracy"] = 89.2
     assert len(check_report(bad)) == 2
+
+
+def test_text_generation_control_named_like_the_classifiers():
+    from edgekd.report.build import control_entry, text_generation_control
+
+    ctrl = {"val": {"agreement": 0.05}, "test": {"agreement": 0.0449, "perplexity": 2956.2}, "best_epoch": 3,
+            "train_seconds": 100.0}
+    out = text_generation_control(ctrl, {"agreement": 0.1760, "perplexity": 243.4}, epochs=4)
+    assert out["accuracy"] == 0.0449 and out["kd_accuracy"] == 0.1760 and out["epochs"] == 4
+    assert out["kd_gain_points"] == pytest.approx(13.11) and "PyTorch" in out["measured_with"]
+    assert text_generation_control(None, {"agreement": 0.2}) is None
+    # classifier: the KD side is the reported student/fp32 accuracy, not the distill stage's copy
+    c = control_entry({"accuracy": 0.90, "kd_accuracy": 0.905, "kd_gain_points": 0.5}, 0.9075)
+    assert c["kd_accuracy"] == 0.9075 and c["kd_gain_points"] == pytest.approx(0.75)
+    assert control_entry({"accuracy": 0.9, "kd_accuracy": 0.91}, None)["kd_gain_points"] == pytest.approx(1.0)
+    assert control_entry(None, 0.9) is None
