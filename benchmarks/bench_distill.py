@@ -158,8 +158,9 @@ def control(run: Runner, args: argparse.Namespace) -> dict:
                          "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": runs}
         # a subset is another experiment (and another teacher): it gets its own entry
         key = recipe if not args.train_size else f"{recipe}:train_size={args.train_size}"
+        key += "".join(f":{x}" for x in args.set or [])
         out[key] = {"recipe": recipe, "quick": args.quick, "seeds": args.seeds, "epochs": args.epochs,
-                    "train_size": args.train_size, "variants": per}
+                    "train_size": args.train_size, "extra_sets": list(args.set or []), "variants": per}
     return out
 
 

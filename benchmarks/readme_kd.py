@@ -64,6 +64,8 @@ def rows(results: Path = RESULTS) -> list[list[str]]:
                 setting += f", {entry['train_size']:,} training images"
             if entry.get("epochs"):
                 setting += f", {entry['epochs']} epochs"
+            for extra in entry.get("extra_sets") or []:
+                setting += f", {extra}"
             if entry.get("quick"):
                 setting += ", --quick"
             out.append([recipe, setting, "accuracy, fp32 ONNX in onnxruntime", str(len(runs)),
