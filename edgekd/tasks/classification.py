@@ -333,7 +333,8 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
             views = _view_caches(ctx, teacher, inputs["teacher"], s.x_train, rank, world)
         else:
             cached_logits = _logit_cache(ctx, teacher, inputs["teacher"], s.x_train, rank, world).get
-    main_teacher = teacher  # born-again generations replace `teacher`; the control's init uses this one
+    # born-again generations replace `teacher` and drop the views; the control copies generation 1's setup
+    main_teacher, kd_views = teacher, views is not None
     weighting = build_weighting(dc.weighting)
     from edgekd.distill.multitask import build_aux_task
 
@@ -379,7 +380,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
                                     "weight": t.weight, "head_from": t.head_from}
     control = None
     if dc.control:
-        control = _train_control(ctx, dc, s, main_teacher, student, key_material, wd, rank, world, views is not None)
+        control = _train_control(ctx, dc, s, main_teacher, student, key_material, wd, rank, world, kd_views)
         outputs["control"] = "control.pt"
     ddp.barrier()
     metrics = {"params": count_params(student), "val_accuracy": best["val_accuracy"], "best_epoch": best["best_epoch"],
