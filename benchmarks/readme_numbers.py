@@ -111,7 +111,105 @@ def minilm_sentiment() -> str:
     return "\n".join(lines) + "\n\n" + _source("text.json", d)
 
 
-GENERATORS: dict[str, Callable[[], str]] = {"fashion-cnn": fashion_cnn, "minilm-sentiment": minilm_sentiment}
+KD_HEADER = ["recipe", "setting", "metric (test split)", "seeds", "KD student", "labels-only control", "KD − control",
+             "source"]
+KD_VARIANTS = {"recipe": "as shipped",
+               "consistent": "consistent teaching: augmented inputs, teacher logits of the same views"}
+
+
+def _load_opt(name: str) -> dict[str, Any] | None:
+    p = RESULTS / name
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+
+
+def _pct2(x: Any) -> str:
+    return f"{100 * x:.2f}%" if isinstance(x, (int, float)) else "—"
+
+
+def _pts(x: Any) -> str:
+    return f"{x:+.2f} pt" if isinstance(x, (int, float)) else "—"
+
+
+def _gain(values: list[float]) -> str:
+    """Mean gain, and the per-seed range when there are several seeds (a mean hides a losing seed)."""
+    if not values:
+        return "—"
+    mean = sum(values) / len(values)
+    return _pts(mean) if len(values) == 1 else f"{_pts(mean)} ({min(values):+.2f} … {max(values):+.2f})"
+
+
+def kd_rows() -> list[list[str]]:
+    """One row per measured KD-vs-labels-only comparison, losses included: the build's own control arm
+    (distill.json `control`, from `bench_distill.py --parts control`), the engine ablation and the
+    low-label runs (distill.json), the one-seed spine run, the text-generation control (llm.json), and
+    recipes without a control measurement (said so, not left out)."""
+    out: list[list[str]] = []
+    distill = _load_opt("distill.json") or {}
+    for key, entry in sorted((distill.get("control") or {}).items()):
+        recipe = entry.get("recipe", key)
+        for name, v in entry.get("variants", {}).items():
+            runs = [r for r in v.get("runs", []) if "error" not in r]
+            setting = KD_VARIANTS.get(name, name)
+            views = [o.split("=", 1)[1] for o in v.get("overrides", []) if o.startswith("distill.teacher_cache.views=")]
+            if views:
+                setting += f" ({views[0]} cached views)"
+            if entry.get("train_size"):
+                setting += f", {entry['train_size']:,} training images"
+            if entry.get("epochs"):
+                setting += f", {entry['epochs']} epochs"
+            for extra in entry.get("extra_sets") or []:
+                setting += f", {extra}"
+            if entry.get("quick"):
+                setting += ", --quick"
+            out.append([recipe, setting, "accuracy, fp32 ONNX in onnxruntime", str(len(runs)),
+                        _pct2(v["kd_accuracy"]["mean"]), _pct2(v["control_accuracy"]["mean"]),
+                        _gain([r["kd_gain_points"] for r in runs]),
+                        f"distill.json control ({v.get('created', distill.get('created', ''))[:10]})"])
+    ab = distill.get("ablation")
+    if ab and "labels_only" in ab.get("rows", {}) and "kd_soft_label" in ab["rows"]:
+        lo, kd = ab["rows"]["labels_only"]["test_accuracy"], ab["rows"]["kd_soft_label"]["test_accuracy"]
+        gains = [100 * (a - b) for a, b in zip(kd["values"], lo["values"])]  # paired by distill.seed
+        size = f"{ab['train_size']:,} training images" if ab.get("train_size") else "full data"
+        out.append([ab["recipe"], f"engine ablation: {size}, {ab['epochs']} epochs", "accuracy, fp32 PyTorch",
+                    str(kd["n"]), _pct2(kd["mean"]), _pct2(lo["mean"]), _gain(gains),
+                    f"distill.json ablation ({ab.get('created', distill.get('created', ''))[:10]})"])
+    low = distill.get("lowdata")
+    if low and low.get("kd") and low.get("labels_only"):
+        kd_e, lo_e = low["kd"]["test_error"], low["labels_only"]["test_error"]
+        gains = [100 * (b - a) for a, b in zip(kd_e["values"], lo_e["values"])]  # error down = accuracy up
+        out.append([low["recipe"], f"{int(100 * low['label_fraction'])}% of the labels", "accuracy, fp32 PyTorch",
+                    str(kd_e["n"]), _pct2(1 - kd_e["mean"]), _pct2(1 - lo_e["mean"]), _gain(gains),
+                    f"distill.json lowdata ({low.get('created', distill.get('created', ''))[:10]})"])
+    spine = _load_opt("spine.json")
+    if spine and spine.get("kd_vs_labels_only"):
+        k = spine["kd_vs_labels_only"]
+        out.append(["fashion-cnn", "earlier recipe (spine benchmark)", "accuracy, fp32 ONNX in onnxruntime", "1",
+                    _pct2(k["kd_student_fp32_accuracy"]), _pct2(k["labels_only_student_fp32_accuracy"]),
+                    _pts(k["gain_points"]), f"spine.json ({spine.get('created', '')[:10]})"])
+    text = _load_opt("text.json")
+    if text is not None:
+        out.append([text.get("recipe", "minilm-sentiment"), "as shipped", "accuracy, fp32 PyTorch", "1",
+                    _pct2((text.get("student") or {}).get("test_accuracy")), "not measured", "—",
+                    f"text.json ({text.get('created', '')[:10]}): no control run yet"])
+    llm = _load_opt("llm.json")
+    if llm and llm.get("seqkd_vs_control"):
+        c = llm["seqkd_vs_control"]
+        out.append([llm.get("recipe", "smollm2-seqkd"), "control: same student on the prompts' raw text",
+                    "next-token agreement with the teacher's answers, PyTorch", "1",
+                    _pct2(c["student_test"]["agreement"]), _pct2(c["control_test"]["agreement"]),
+                    _pts(c["agreement_gain_points"]), f"llm.json ({llm.get('created', '')[:10]})"])
+    return out
+
+
+def kd_gain() -> str:
+    """The 'What distillation buys' table (each row names its own results file)."""
+    lines = ["| " + " | ".join(KD_HEADER) + " |", "|" + "---|" * len(KD_HEADER)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in kd_rows()]
+    return "\n".join(lines) + "\n"
+
+
+GENERATORS: dict[str, Callable[[], str]] = {"fashion-cnn": fashion_cnn, "minilm-sentiment": minilm_sentiment,
+                                            "kd-gain": kd_gain}
 
 
 def render(text: str) -> str:
