@@ -74,7 +74,10 @@ class Runner:
         """One edgekd build; returns distill metrics (+ wall time, distill stage seconds) or an error entry."""
         self.n += 1
         out = WORK / tag
-        shutil.rmtree(out, ignore_errors=True)
+        if not self.args.reuse:
+            shutil.rmtree(out, ignore_errors=True)
+        # --reuse: build into the existing folder, so finished stages are reused and an interrupted
+        # distill stage resumes from its per-epoch checkpoint (same settings => same cache keys)
         cmd = ["build", "--target", "cpu", "--recipe", recipe, "--quiet", "--out", str(out),
                "--set", "quantize.candidates=[fp32]"]
         if self.args.quick:
@@ -302,6 +305,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the builds")
     ap.add_argument("--smoke", action="store_true", help="digits-mlp --quick, 1 seed, 3 epochs: proves the script runs")
     ap.add_argument("--keep", action="store_true", help="keep the build folders under builds/bench-distill")
+    ap.add_argument("--reuse", action="store_true", help="resume/reuse build folders left by an interrupted run")
     ap.add_argument("--out-name", default=None, help="results file name (default distill, distill-smoke)")
     ap.add_argument("--merge", action="store_true", help="keep the parts not rerun from the existing results file")
     args = ap.parse_args()
