@@ -349,8 +349,8 @@ def main() -> None:
         for recipe, entry in (old.get("control") or {}).items():
             cur = out.setdefault("control", {}).setdefault(recipe, entry)
             if cur is not entry:
-                for name, v in entry.get("variants", {}).items():
-                    cur["variants"].setdefault(name, v)
+                for variant, v in entry.get("variants", {}).items():  # not `name`: that is the file name
+                    cur["variants"].setdefault(variant, v)
         out["builds"] = {"this_run": run.n, "merged_from": old.get("created")}
     write(name, out)
 
