@@ -1,27 +1,18 @@
 """The README's "What distillation buys" table (readme_numbers block `kd-gain`) comes from the results
 files, one row per measured comparison, losses included."""
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture()
-def rn():
-    spec = importlib.util.spec_from_file_location("readme_numbers", ROOT / "benchmarks" / "readme_numbers.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
-
-def test_kd_rows_come_from_the_files_and_keep_losses(rn, tmp_path, monkeypatch):
+def test_kd_rows_come_from_the_files_and_keep_losses(readme_numbers, tmp_path, monkeypatch):
     res = tmp_path / "results"
     res.mkdir()
-    monkeypatch.setattr(rn, "RESULTS", res)
+    monkeypatch.setattr(readme_numbers, "RESULTS", res)
     run = {"kd_accuracy": 0.92, "control_accuracy": 0.921, "kd_gain_points": -0.1, "measured_with": "x"}
     distill = {"created": "2026-12-03T09:00:00Z", "control": {"fashion-cnn:train_size=5000": {
         "recipe": "fashion-cnn", "quick": False, "seeds": 2, "epochs": None, "train_size": 5000,
@@ -30,20 +21,20 @@ def test_kd_rows_come_from_the_files_and_keep_losses(rn, tmp_path, monkeypatch):
             "kd_accuracy": {"mean": 0.925}, "control_accuracy": {"mean": 0.92}, "created": "2026-12-03T09:30:00Z",
             "runs": [{"seed": 0, **run, "kd_gain_points": 1.1}, {"seed": 1, **run}, {"seed": 2, "error": "x"}]}}}}}
     (res / "distill.json").write_text(json.dumps(distill))
-    assert rn.kd_rows() == [[
+    assert readme_numbers.kd_rows() == [[
         "fashion-cnn", "consistent teaching: augmented inputs, teacher logits of the same views (8 cached views), "
         "5,000 training images, teacher.train.epochs=8", "accuracy, fp32 ONNX in onnxruntime", "2", "92.50%",
         "92.00%", "+0.50 pt (-0.10 … +1.10)", "distill.json control (2026-12-03)"]]  # the losing seed shows
-    shutil.copy(rn.README.parent / "benchmarks" / "results" / "llm.json", res / "llm.json")
-    table = rn.kd_gain()
+    shutil.copy(readme_numbers.README.parent / "benchmarks" / "results" / "llm.json", res / "llm.json")
+    table = readme_numbers.kd_gain()
     assert "smollm2-seqkd" in table and table.count("\n") == 4  # header, rule, two rows
 
 
-def test_a_changed_control_result_makes_the_readme_stale(rn, tmp_path, monkeypatch):
+def test_a_changed_control_result_makes_the_readme_stale(readme_numbers, tmp_path, monkeypatch):
     results = tmp_path / "results"
-    shutil.copytree(rn.RESULTS, results)
+    shutil.copytree(readme_numbers.RESULTS, results)
     d = json.loads((results / "distill.json").read_text())
     d["control"]["digits-mlp"]["variants"]["recipe"]["runs"][0]["kd_gain_points"] = -5.0
     (results / "distill.json").write_text(json.dumps(d))
-    monkeypatch.setattr(rn, "RESULTS", results)
-    assert rn.main(["--check"]) == 1
+    monkeypatch.setattr(readme_numbers, "RESULTS", results)
+    assert readme_numbers.main(["--check"]) == 1

@@ -1,49 +1,40 @@
 """README's result figures come from benchmarks/results/*.json, and the README points only inside the repo."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 
 
-@pytest.fixture()
-def rn():
-    spec = importlib.util.spec_from_file_location("readme_numbers", ROOT / "benchmarks" / "readme_numbers.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+
+def test_readme_agrees_with_results_files(readme_numbers):
+    assert readme_numbers.main(["--check"]) == 0, "README.md disagrees with benchmarks/results: run `make readme-numbers`"
 
 
-def test_readme_agrees_with_results_files(rn):
-    assert rn.main(["--check"]) == 0, "README.md disagrees with benchmarks/results: run `make readme-numbers`"
-
-
-def test_check_fails_when_a_readme_figure_is_edited(rn, tmp_path):
+def test_check_fails_when_a_readme_figure_is_edited(readme_numbers, tmp_path):
     text = README.read_text(encoding="utf-8")
     block = re.search(r"<!-- readme-numbers:fashion-cnn -->.*?<!-- /readme-numbers:fashion-cnn -->", text, re.S).group(0)
     edited = block.replace("% retained", "% (edited) retained", 1)
     assert edited != block
     copy = tmp_path / "README.md"
     copy.write_text(text.replace(block, edited), encoding="utf-8")
-    assert rn.main(["--check", "--readme", str(copy)]) == 1
-    assert rn.main(["--readme", str(copy)]) == 0 and copy.read_text(encoding="utf-8") == text  # regenerated
+    assert readme_numbers.main(["--check", "--readme", str(copy)]) == 1
+    assert readme_numbers.main(["--readme", str(copy)]) == 0 and copy.read_text(encoding="utf-8") == text  # regenerated
 
 
-def test_check_fails_when_a_results_file_changes(rn, tmp_path, monkeypatch):
+def test_check_fails_when_a_results_file_changes(readme_numbers, tmp_path, monkeypatch):
     results = tmp_path / "results"
-    shutil.copytree(rn.RESULTS, results)
+    shutil.copytree(readme_numbers.RESULTS, results)
     spine = json.loads((results / "spine.json").read_text())
     spine["headline"]["teacher_accuracy"] = 0.936  # a figure measured elsewhere, not in this file
     (results / "spine.json").write_text(json.dumps(spine))
-    monkeypatch.setattr(rn, "RESULTS", results)
-    assert rn.main(["--check"]) == 1
+    monkeypatch.setattr(readme_numbers, "RESULTS", results)
+    assert readme_numbers.main(["--check"]) == 1
 
 
 def test_readme_points_only_inside_the_repository():

@@ -33,7 +33,7 @@ def test_deterministic_with_seed(digits):
     assert r1.best_val_accuracy > 0.8
 
 
-def test_resume_after_kill_matches_uninterrupted(digits, tmp_path, monkeypatch):
+def test_resume_after_kill_matches_uninterrupted(digits, tmp_path, kill_after_checkpoint):
     s = digits
     torch.manual_seed(0)
     m_full = zoo.build("mlp", hidden=[16])
@@ -41,21 +41,12 @@ def test_resume_after_kill_matches_uninterrupted(digits, tmp_path, monkeypatch):
     full = T.train(m_full, s.x_train, s.y_train, s.x_val, s.y_val, _cfg())
 
     ck = tmp_path / "ck.pt"
-    real_save = T.save_checkpoint
-    calls = {"n": 0}
-
-    def save_then_die(path, payload):
-        real_save(path, payload)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # killed right after epoch 2's checkpoint
-
-    monkeypatch.setattr(T, "save_checkpoint", save_then_die)
+    killed = kill_after_checkpoint(2)  # killed right after epoch 2's checkpoint
     m = zoo.build("mlp", hidden=[16])
     m.load_state_dict(init)
     with pytest.raises(KeyboardInterrupt):
         T.train(m, s.x_train, s.y_train, s.x_val, s.y_val, _cfg(), checkpoint=ck)
-    monkeypatch.setattr(T, "save_checkpoint", real_save)
+    killed.restore()
     m2 = zoo.build("mlp", hidden=[16])  # a fresh process would start from fresh weights
     resumed = T.train(m2, s.x_train, s.y_train, s.x_val, s.y_val, _cfg(), checkpoint=ck)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]

@@ -98,10 +98,9 @@ def test_sequence_distillation_learns_from_the_top_k_cache(tmp_path):
         distill(_tiny_lm(0), train, val, losses(s), cfg, 0, cache=None)
 
 
-def test_sequence_distillation_resumes_after_a_kill_exactly(tmp_path, monkeypatch):
+def test_sequence_distillation_resumes_after_a_kill_exactly(tmp_path, kill_after_checkpoint):
     import torch
 
-    from edgekd.distill import trainer as Tr
     from edgekd.llm.sequences import distill
 
     train, val, cache, cfg, losses = _sequence_data(tmp_path)
@@ -109,20 +108,11 @@ def test_sequence_distillation_resumes_after_a_kill_exactly(tmp_path, monkeypatc
     full = distill(full_model, train, val, losses(full_model), cfg, 0, cache=cache)
 
     ck = tmp_path / "ck.pt"
-    real_save = Tr.save_checkpoint
-    calls = {"n": 0}
-
-    def save_then_die(path, payload):
-        real_save(path, payload)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # killed right after epoch 2's checkpoint
-
-    monkeypatch.setattr(Tr, "save_checkpoint", save_then_die)
+    killed = kill_after_checkpoint(2)  # killed right after epoch 2's checkpoint
     m = _tiny_lm(0)
     with pytest.raises(KeyboardInterrupt):
         distill(m, train, val, losses(m), cfg, 0, cache=cache, checkpoint=ck)
-    monkeypatch.setattr(Tr, "save_checkpoint", real_save)
+    killed.restore()
     m2 = _tiny_lm(7)  # a fresh process builds its student again; the checkpoint must win
     resumed = distill(m2, train, val, losses(m2), cfg, 0, cache=cache, checkpoint=ck)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]

@@ -115,7 +115,7 @@ def test_qat_rejects_opset_without_per_channel_qdq(case: dict, tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_qat_resumes_after_kill_to_the_uninterrupted_result(case: dict, tmp_path: Path, monkeypatch) -> None:
+def test_qat_resumes_after_kill_to_the_uninterrupted_result(case: dict, tmp_path: Path, kill_after_checkpoint) -> None:
     """Killed after epoch 1's checkpoint, a rerun (fresh NNCF quantization, same calibration) resumes
     at epoch 2 and ends with the same history and the same INT8 file as a run never interrupted."""
     from edgekd.distill import trainer as T
@@ -132,19 +132,11 @@ def test_qat_resumes_after_kill_to_the_uninterrupted_result(case: dict, tmp_path
     full = run(tmp_path / "full.onnx", None)
 
     ckpt = tmp_path / "qat.ckpt"
-    real_save = T.save_checkpoint
-    saved = []
-
-    def save_then_die(path, payload):
-        real_save(path, payload)
-        saved.append(payload["epoch"])
-        raise KeyboardInterrupt  # killed right after epoch 1 was written
-
-    monkeypatch.setattr(T, "save_checkpoint", save_then_die)
+    killed = kill_after_checkpoint(1)  # killed right after epoch 1 was written
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "killed.onnx", ckpt)
-    monkeypatch.setattr(T, "save_checkpoint", real_save)
-    assert saved == [0] and ckpt.is_file() and not (tmp_path / "killed.onnx").exists()
+    killed.restore()
+    assert killed.epochs == [0] and ckpt.is_file() and not (tmp_path / "killed.onnx").exists()
     assert T.load_checkpoint(ckpt)["epoch"] == 0  # NNCF's quantizer state loads with weights_only=True
 
     resumed = run(tmp_path / "resumed.onnx", ckpt)
