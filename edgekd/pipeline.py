@@ -52,6 +52,79 @@ class BuildContext:
             self._memo[key] = make()
         return self._memo[key]
 
+    def for_stage(self, stage: "Stage") -> "BuildContext":
+        """This context as `stage` sees it: the recipe and target cut to the sections in
+        `stage.reads` (shared memo, console and progress)."""
+        import dataclasses
+
+        tree = reads_tree(stage.reads)
+        return dataclasses.replace(self, recipe=_view(self.recipe, tree.get("recipe"), f"stage '{stage.name}': recipe"),
+                                   target=_view(self.target, tree.get("target"), f"stage '{stage.name}': target"))
+
+
+# Card fields any stage may read: the card's identity, not settings that change what a stage makes.
+_IDENTITY = frozenset({"schema_version", "name", "description", "task"})
+
+
+def reads_tree(reads: tuple[str, ...]) -> dict[str, Any]:
+    """("recipe.distill.tasks", "target") -> {"recipe": {"distill": {"tasks": True}}, "target": True}."""
+    tree: dict[str, Any] = {}
+    for path in reads:
+        node = tree
+        parts = path.split(".")
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if nxt is True:
+                break
+            node = node.setdefault(part, {})
+        else:
+            node[parts[-1]] = True
+    return tree
+
+
+def _view(card: Any, node: Any, where: str) -> Any:
+    return card if node is True or card is None else CardView(card, node or {}, where)
+
+
+class CardView:
+    """A card (or one of its sections) as a stage sees it: only the fields its cache key covers.
+    Reading any other field is a bug in the stage's declaration, and fails loudly instead of
+    letting the cache key and the stage's behaviour drift apart."""
+
+    __slots__ = ("_card", "_node", "_where")
+
+    def __init__(self, card: Any, node: dict[str, Any], where: str) -> None:
+        object.__setattr__(self, "_card", card)
+        object.__setattr__(self, "_node", node)
+        object.__setattr__(self, "_where", where)
+
+    def __getattr__(self, name: str) -> Any:
+        node = self._node.get(name)
+        if node is None and name in _IDENTITY and self._where.count(".") == 0:
+            return getattr(self._card, name)
+        if node is None:
+            raise StageError(f"{self._where} read '{name}', which is not part of the stage's cache key",
+                             hint="declare it in the stage's `reads` (edgekd/tasks/): this is a bug in edgekd")
+        return _view(getattr(self._card, name), node, f"{self._where}.{name}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise StageError(f"{self._where}: a stage may not change its cards", hint="this is a bug in edgekd")
+
+
+def card_slice(ctx: BuildContext, reads: tuple[str, ...]) -> dict[str, Any]:
+    """The JSON form of the card sections a stage reads: what its cache key hashes."""
+
+    def dump(value: Any) -> Any:
+        return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+    out: dict[str, Any] = {}
+    for path in sorted(reads):
+        value: Any = {"recipe": ctx.recipe, "target": ctx.target}[path.split(".")[0]]
+        for part in path.split(".")[1:]:
+            value = getattr(value, part)
+        out[path] = dump(value)
+    return out
+
 
 @dataclass
 class StageOutput:
@@ -82,8 +155,12 @@ class Stage:
     name: str
     fn: Callable[[dict[str, StageResult], BuildContext, Path], StageOutput]
     deps: list[str]
-    config: Callable[[BuildContext], Any]  # the settings that key this stage (JSON-able)
+    config: Callable[[BuildContext], Any]  # derived key material (data hashes, file hashes), JSON-able;
+    #                                        also where the stage's settings are validated up front
     when: Callable[[BuildContext], bool] = lambda ctx: True
+    # The card sections the stage reads ("recipe.distill", "target.onnx", "target"): their typed
+    # values are what its cache key hashes, and the stage sees only these (BuildContext.for_stage).
+    reads: tuple[str, ...] = ()
 
 
 def default_cache_dir() -> Path:
@@ -125,6 +202,7 @@ def _valid(stage_dir: Path, key: str) -> dict[str, Any] | None:
 
 def stage_key(stage: Stage, ctx: BuildContext, inputs: dict[str, StageResult]) -> str:
     return stable_hash({"stage": stage.name, "edgekd": __version__, "config": stage.config(ctx),
+                        "reads": card_slice(ctx, stage.reads),
                         "inputs": {k: {"key": v.key, "sha256": v.sha256} for k, v in sorted(inputs.items())}})
 
 
@@ -148,7 +226,7 @@ def run_stage(stage: Stage, ctx: BuildContext, inputs: dict[str, StageResult], f
         ctx.log(f"→ {stage.name} started")
     t0 = time.perf_counter()
     try:
-        out = stage.fn(inputs, ctx, tmp)
+        out = stage.fn(inputs, ctx.for_stage(stage), tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -166,7 +244,8 @@ def run_stage(stage: Stage, ctx: BuildContext, inputs: dict[str, StageResult], f
         digests[rel] = sha256_file(f)
     result = {
         "schema_version": RESULT_SCHEMA_VERSION, "stage": stage.name, "key": key, "edgekd_version": __version__,
-        "config": stage.config(ctx), "inputs": {k: {"key": v.key, "dir": v.dir.name} for k, v in inputs.items()},
+        "config": stage.config(ctx), "reads": card_slice(ctx, stage.reads),
+        "inputs": {k: {"key": v.key, "dir": v.dir.name} for k, v in inputs.items()},
         "outputs": out.outputs, "sha256": digests, "metrics": out.metrics, "seconds": seconds,
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -252,3 +252,52 @@ def test_run_json_writes_are_durable(tmp_path, monkeypatch):
     assert str(out / "run.json") in synced or any(s.startswith(str(out / ".run.json.tmp-")) for s in synced)
     assert str(out) in synced  # the rename itself is made durable
     assert any(s.startswith(str(out / ".a.tmp-")) for s in synced)  # stage files before the folder is published
+
+
+# --------------------------------------------------------------------------- a stage sees only what keys it
+
+
+def _one_stage(fn, reads):
+    return [Stage("s", fn, [], lambda ctx: {}, reads=reads)]
+
+
+def test_a_stage_reading_outside_its_reads_fails_naming_the_field(tmp_path):
+    from edgekd.errors import StageError
+
+    def reads_quantize(inputs, ctx, wd):
+        ctx.recipe.distill.epochs  # declared
+        ctx.recipe.name  # identity: always readable
+        ctx.recipe.quantize.accuracy_budget  # not declared
+        return StageOutput({}, {})
+
+    with pytest.raises(StageError, match=r"stage 's': recipe read 'quantize'"):
+        run(_one_stage(reads_quantize, ("recipe.distill",)), _ctx(tmp_path))
+
+    def reads_nested(inputs, ctx, wd):
+        ctx.recipe.distill.tasks  # declared, nested
+        ctx.recipe.distill.epochs  # its sibling is not
+        return StageOutput({}, {})
+
+    with pytest.raises(StageError, match=r"recipe.distill read 'epochs'"):
+        run(_one_stage(reads_nested, ("recipe.distill.tasks",)), _ctx(tmp_path / "2"))
+
+
+def test_the_key_follows_the_declared_sections_only(tmp_path):
+    from edgekd.pipeline import stage_key
+
+    stage = _one_stage(lambda i, c, w: StageOutput(), ("recipe.distill", "target.onnx"))[0]
+    base = _ctx(tmp_path)
+    key = stage_key(stage, base, {})
+    epochs = base.recipe.model_copy(update={"distill": base.recipe.distill.model_copy(update={"epochs": 99})})
+    budget = base.recipe.model_copy(update={"quantize": base.recipe.quantize.model_copy(update={"accuracy_budget": 9.0})})
+    assert stage_key(stage, _ctx(tmp_path), {}) == key  # stable
+    assert stage_key(stage, BuildContext(**{**base.__dict__, "recipe": epochs}), {}) != key  # declared: re-keys
+    assert stage_key(stage, BuildContext(**{**base.__dict__, "recipe": budget}), {}) == key  # not read: same key
+
+
+def test_reads_tree_merges_paths():
+    from edgekd.pipeline import reads_tree
+
+    assert reads_tree(("recipe.distill.tasks", "recipe.distill.extra_teachers", "target")) == {
+        "recipe": {"distill": {"tasks": True, "extra_teachers": True}}, "target": True}
+    assert reads_tree(("recipe.distill", "recipe.distill.tasks")) == {"recipe": {"distill": True}}

@@ -775,13 +775,21 @@ def graph() -> list[Stage]:
     from edgekd.report.build import build_classification_report
 
     return [
-        Stage("teacher", stage_teacher, [], _teacher_cfg),
-        Stage("distill", stage_distill, ["teacher"], _distill_cfg),
-        Stage("export", stage_export, ["teacher", "distill"], _export_cfg),
-        Stage("quantize", stage_quantize, ["teacher", "distill", "export"], _quantize_cfg),
-        Stage("profile", stage_profile, ["teacher", "export", "quantize"], _profile_cfg),
-        Stage("select", stage_select, ["quantize", "profile"], select_cfg),
-        Stage("convert", stage_convert, ["distill", "export", "quantize", "select"], _convert_cfg, when=_has_convert),
+        Stage("teacher", stage_teacher, [], _teacher_cfg,
+              reads=("recipe.teacher", "recipe.data", "recipe.distill.extra_teachers", "recipe.distill.tasks")),
+        Stage("distill", stage_distill, ["teacher"], _distill_cfg,
+              reads=("recipe.student", "recipe.teacher", "recipe.distill", "recipe.data")),
+        Stage("export", stage_export, ["teacher", "distill"], _export_cfg,
+              reads=("recipe.student", "recipe.teacher", "recipe.data", "target.onnx", "target.parity")),
+        # int8-qat fine-tunes the student with the teacher: it reads the distillation settings too
+        Stage("quantize", stage_quantize, ["teacher", "distill", "export"], _quantize_cfg,
+              reads=("recipe.quantize", "recipe.data", "recipe.student", "recipe.teacher", "recipe.distill",
+                     "target.onnx", "target.parity", "target.candidates")),
+        Stage("profile", stage_profile, ["teacher", "export", "quantize"], _profile_cfg,
+              reads=("recipe.data", "recipe.teacher", "target")),
+        Stage("select", stage_select, ["quantize", "profile"], select_cfg, reads=("recipe.quantize",)),
+        Stage("convert", stage_convert, ["distill", "export", "quantize", "select"], _convert_cfg, when=_has_convert,
+              reads=("recipe.student", "recipe.data", "recipe.quantize", "target")),
         Stage("report", report_stage(build_classification_report),
               ["teacher", "distill", "export", "quantize", "profile", "select"], report_cfg),
     ]

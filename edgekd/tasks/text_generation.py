@@ -583,13 +583,18 @@ def graph() -> list[Stage]:
     from edgekd.tasks.common import report_cfg, report_stage, select_cfg, stage_select
 
     return [
-        Stage("teacher", stage_teacher, [], _teacher_cfg),
-        Stage("generate", stage_generate, ["teacher"], _generate_cfg),
-        Stage("distill", stage_distill, ["teacher", "generate"], _distill_cfg),
-        Stage("export", stage_export, ["generate", "distill"], _export_cfg),
-        Stage("quantize", stage_quantize, ["generate", "distill", "export"], _quantize_cfg),
-        Stage("profile", stage_profile, ["teacher", "generate", "distill", "quantize"], _profile_cfg),
-        Stage("select", stage_select, ["quantize", "profile"], select_cfg),
+        Stage("teacher", stage_teacher, [], _teacher_cfg, reads=("recipe.teacher",)),
+        Stage("generate", stage_generate, ["teacher"], _generate_cfg,
+              reads=("recipe.teacher", "recipe.generate", "recipe.data")),
+        Stage("distill", stage_distill, ["teacher", "generate"], _distill_cfg,
+              reads=("recipe.teacher", "recipe.student", "recipe.distill", "recipe.data", "recipe.generate")),
+        Stage("export", stage_export, ["generate", "distill"], _export_cfg,
+              reads=("recipe.student", "recipe.data", "recipe.generate", "target.onnx", "target.parity")),
+        Stage("quantize", stage_quantize, ["generate", "distill", "export"], _quantize_cfg,
+              reads=("recipe.quantize", "recipe.data", "recipe.generate")),
+        Stage("profile", stage_profile, ["teacher", "generate", "distill", "quantize"], _profile_cfg,
+              reads=("recipe.teacher", "recipe.data", "recipe.generate", "target")),
+        Stage("select", stage_select, ["quantize", "profile"], select_cfg, reads=("recipe.quantize",)),
         Stage("report", report_stage(build_report),
               ["teacher", "generate", "distill", "export", "quantize", "profile", "select"], report_cfg),
     ]
