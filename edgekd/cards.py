@@ -49,17 +49,9 @@ def _resolve(ref: str, kind: str) -> Path:
     return cards[ref]
 
 
-def copy_card(ref: str, out: Path) -> Path:
-    """Copy a recipe card (as written, comments included) into a build folder as recipe.yaml."""
-    import os
-
-    src = _resolve(ref, "models")
-    out.mkdir(parents=True, exist_ok=True)
-    dest = out / "recipe.yaml"
-    tmp = out / f".recipe.yaml.tmp-{os.getpid()}"
-    tmp.write_bytes(src.read_bytes())
-    os.replace(tmp, dest)
-    return dest
+def card_file(ref: str) -> Path:
+    """The file of a recipe card given by name or path (the build copies it as its record)."""
+    return _resolve(ref, "models")
 
 
 def read_raw(path: Path) -> dict[str, Any]:

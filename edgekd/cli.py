@@ -157,9 +157,9 @@ def build(
                         allow_unsupported=allow_unsupported)
         console.print(f"[bold]edgekd build[/] recipe={ctx.recipe.name} target={ctx.target.name}"
                       f"{' (quick)' if quick else ''} → {ctx.out}")
-        from edgekd.cards import copy_card
+        from edgekd.cards import card_file
 
-        copy_card(recipe, ctx.out)  # the card is the build's reproducible record: keep it beside the results
+        ctx.recipe_file = card_file(recipe)  # copied into the build as its reproducible record
         _run_pipeline(ctx, json_out=json_out)
     _guard(go)
 

@@ -40,6 +40,7 @@ class BuildContext:
     progress: Any = None
     options: dict[str, Any] = field(default_factory=dict)  # allow_unsupported, strict, ...
     cache_dir: Path = field(default_factory=lambda: default_cache_dir())
+    recipe_file: Path | None = None  # the card as the user wrote it: copied to BUILD/recipe.yaml
     _memo: dict[str, Any] = field(default_factory=dict)
 
     def log(self, msg: str) -> None:
@@ -230,6 +231,8 @@ def _run_locked(stages: list[Stage], ctx: BuildContext, only: str | None, upto: 
         # A killed earlier build's partial stage or set-aside old stage; a live pid's are not ours to delete.
         clean_dead_leftovers(ctx.out)
         clean_dead_leftovers(ctx.out / ".checkpoints")  # a checkpoint write cut short
+        if ctx.recipe_file is not None:  # the build's reproducible record, comments included
+            write_bytes_atomic(ctx.out / "recipe.yaml", Path(ctx.recipe_file).read_bytes())
     results: dict[str, StageResult] = {}
     lineage = []
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

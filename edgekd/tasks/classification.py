@@ -53,9 +53,14 @@ def task_splits(ctx: BuildContext, task):
 
     def make():
         sp = load(task.data)
+        if task.label_map is None:
+            return sp
+        # the task's classes are the mapped labels: its teacher is checked against those, not the source's
+        n = max(task.label_map) + 1
         return dataclasses.replace(sp, y_train=relabel(sp.y_train, task.label_map, task.name),
                                    y_val=relabel(sp.y_val, task.label_map, task.name),
-                                   y_test=relabel(sp.y_test, task.label_map, task.name))
+                                   y_test=relabel(sp.y_test, task.label_map, task.name), num_classes=n,
+                                   class_names=[f"{task.name}-{i}" for i in range(n)])
     return ctx.memo(f"task:{task.name}", make)
 
 
