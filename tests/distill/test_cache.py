@@ -139,29 +139,31 @@ def test_sharded_write_merges_to_the_single_process_result(tmp_path):
         assert not list(c.dir.glob("shard-*"))
 
 
+def _noise_column(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A seeded 'augmentation' whose effect on the lookup teacher's logits is plain to see."""
+    x = x.clone()
+    x[:, 1] = torch.rand(len(x), generator=gen)
+    return x
+
+
 def test_augmentation_is_seeded_per_chunk(tmp_path):
     table = torch.zeros(N, 4)
 
-    def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = x.clone()
-        x[:, 1] = torch.rand(len(x), generator=gen)
-        return x
-
     a = cache(tmp_path / "a", augment_seed=3)
-    a.write(Lookup(table), inputs(), augment=augment)
+    a.write(Lookup(table), inputs(), augment=_noise_column)
     b = cache(tmp_path / "b", augment_seed=3)
-    b.write(Lookup(table), inputs(), augment=augment, rank=0, world_size=2)
-    b.write(Lookup(table), inputs(), augment=augment, rank=1, world_size=2)
+    b.write(Lookup(table), inputs(), augment=_noise_column, rank=0, world_size=2)
+    b.write(Lookup(table), inputs(), augment=_noise_column, rank=1, world_size=2)
     va, vb = a.open().get(np.arange(N)), b.open().get(np.arange(N))
     assert torch.equal(va, vb)  # same content whatever the number of ranks
     assert float(va.std()) > 0.1  # the augmentation really changed the logits
     other = cache(tmp_path / "c", augment_seed=4)
-    other.write(Lookup(table), inputs(), augment=augment)
+    other.write(Lookup(table), inputs(), augment=_noise_column)
     assert not torch.equal(other.open().get(np.arange(N)), va)
     with pytest.raises(StageError, match="together"):
         cache(tmp_path / "d", augment_seed=3).write(Lookup(table), inputs())
     with pytest.raises(StageError, match="together"):
-        cache(tmp_path / "d").write(Lookup(table), inputs(), augment=augment)
+        cache(tmp_path / "d").write(Lookup(table), inputs(), augment=_noise_column)
 
 
 def test_augmented_view_is_what_the_teacher_saw(tmp_path):
@@ -171,19 +173,14 @@ def test_augmented_view_is_what_the_teacher_saw(tmp_path):
 
     table = torch.randn(N, 4)
 
-    def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = x.clone()
-        x[:, 1] = torch.rand(len(x), generator=gen)
-        return x
-
     c = cache(tmp_path / "v", augment_seed=7)
-    c.write(Lookup(table), inputs(), augment=augment, rank=0, world_size=2)
-    c.write(Lookup(table), inputs(), augment=augment, rank=1, world_size=2)
-    view = augmented_view(inputs(), augment, 7)
+    c.write(Lookup(table), inputs(), augment=_noise_column, rank=0, world_size=2)
+    c.write(Lookup(table), inputs(), augment=_noise_column, rank=1, world_size=2)
+    view = augmented_view(inputs(), _noise_column, 7)
     assert view.shape == inputs().shape and not torch.equal(view, torch.as_tensor(inputs()))
     expect = Lookup(table)(view)
     assert torch.allclose(c.open().get(np.arange(N)), expect, atol=2e-3)  # fp16 storage
-    assert not torch.equal(augmented_view(inputs(), augment, 8), view)
+    assert not torch.equal(augmented_view(inputs(), _noise_column, 8), view)
 
 
 def test_get_out_of_range_and_unopened(tmp_path):
