@@ -17,8 +17,8 @@ from edgekd.pipeline import (BuildContext, Stage, StageOutput, StageResult, cach
                              publish_dir_atomic, stable_hash, write_json_atomic)
 from edgekd.targets import family, family_name
 from edgekd.targets.cpu import host_device
-from edgekd.tasks.common import (build_model, checkpoint_path, data_fingerprint, load_model, report_cfg, report_stage,
-                                 select_cfg, splits, stage_select)
+from edgekd.tasks.common import (build_model, checkpoint_path, data_fingerprint, host_profile_device, load_model,
+                                 report_cfg, report_stage, select_cfg, splits, stage_select)
 
 
 # --------------------------------------------------------------------------- teacher
@@ -673,14 +673,9 @@ def where_profiled(ctx: BuildContext) -> tuple[str, str, Any]:
     """(measured_on, machine name, its DeviceConfig) of the profile stage's runs. cpu: the host is
     the target device; cuda: onnxruntime's CUDA provider runs on the GPU; mobile/Ascend: the host
     stands in for the device (host-proxy figures, this host's peak and power)."""
-    fam = family_name(ctx.target)
-    if fam == "cpu":
-        host = host_device()
-        return "device", host.name, ctx.target.device.model_copy(update={"name": host.name})
-    if fam == "cuda" and "CUDAExecutionProvider" in ctx.target.providers:
+    if family_name(ctx.target) == "cuda" and "CUDAExecutionProvider" in ctx.target.providers:
         return "device", _gpu_name() or ctx.target.device.name, ctx.target.device
-    host = host_device()
-    return "host", host.name, host
+    return host_profile_device(ctx)
 
 
 def _gpu_name() -> str | None:

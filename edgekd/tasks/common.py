@@ -51,6 +51,20 @@ def load_model(ref, state_path: Path, log: Callable[[str], None] | None = None):
     return m.eval()
 
 
+def host_profile_device(ctx: BuildContext) -> tuple[str, str, Any]:
+    """(measured_on, machine name, DeviceConfig) of a model profiled on this host's CPU. On the cpu
+    target the host is the device (the card's figures under the host CPU's name); on any other
+    target the host stands in for the device and its figures are this host's, never the target
+    card's: host CPU time x the device's power (or against its peak) would describe no machine."""
+    from edgekd.targets import family_name
+    from edgekd.targets.cpu import host_device
+
+    host = host_device()
+    if family_name(ctx.target) == "cpu":
+        return "device", host.name, ctx.target.device.model_copy(update={"name": host.name})
+    return "host", host.name, host
+
+
 def checkpoint_path(ctx: BuildContext, stage: str, key_material: Any) -> Path:
     d = ctx.out / ".checkpoints"
     d.mkdir(exist_ok=True)

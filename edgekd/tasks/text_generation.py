@@ -428,9 +428,26 @@ def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
 
 
 def _profile_cfg(ctx: BuildContext) -> dict:
+    from edgekd.tasks.common import host_profile_device
+
     g = _gen(ctx)
+    measured_on, _, dev = host_profile_device(ctx)
     return {"threads": ctx.target.profile.threads, "prompts": g.profile_prompts, "new_tokens": g.profile_new_tokens,
-            "repeats": g.profile_repeats, "device": ctx.target.device.model_dump()}
+            "repeats": g.profile_repeats, "device": ctx.target.device.model_dump(), "profiled_on": measured_on,
+            "profile_device": dev.model_dump()}
+
+
+def bench_common(ctx: BuildContext, prompts: list) -> dict:
+    """The settings every generation benchmark of the profile stage shares. The benchmark runs on
+    this host's CPU (torch and onnxruntime's CPU provider) whatever the target: its energy estimate
+    takes the power of the machine that ran it (host_profile_device), never the target card's."""
+    from edgekd.tasks.common import host_profile_device
+
+    g = _gen(ctx)
+    measured_on, ran_on, dev = host_profile_device(ctx)
+    return {"prompts": prompts, "new_tokens": g.profile_new_tokens, "repeats": g.profile_repeats,
+            "threads": ctx.target.profile.threads, "device": dev.model_dump(), "energy": "auto",
+            "measured_on": measured_on, "device_name": ran_on}
 
 
 def _run_bench(spec: dict, logs: Path, tag: str) -> dict:
@@ -459,8 +476,7 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     g = _gen(ctx)
     tok, _ = _examples(ctx, inputs, "test")
     prompts = [chat_ids(tok, r["prompt"]) for r in read_answers(inputs["generate"])["test"][: g.profile_prompts]]
-    common = {"prompts": prompts, "new_tokens": g.profile_new_tokens, "repeats": g.profile_repeats,
-              "threads": ctx.target.profile.threads, "device": ctx.target.device.model_dump(), "energy": "auto"}
+    common = bench_common(ctx, prompts)
     specs = {"teacher/fp32-torch": {**common, "kind": "torch", "path": _teacher_info(inputs["teacher"])["folder"]}}
     for c in inputs["quantize"].metrics["candidates"]:
         if c["error"] is None:
@@ -476,6 +492,7 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         e = dict(r["energy"])
         e["joules_per_inference"] = e["joules_per_token"]  # one inference = one generated token
         r["energy"] = e
+        r["measured_on"], r["device"] = spec["measured_on"], spec["device_name"]
         out[name] = r
         if prog:
             prog.advance(task)

@@ -35,6 +35,56 @@ def test_profile_rows_use_the_power_and_peak_of_the_machine_that_ran_them(name):
         assert measured_on == "device"
 
 
+@pytest.mark.parametrize("name", shipped("targets"))
+def test_text_generation_rows_use_the_power_of_the_machine_that_ran_them(name, tmp_path, monkeypatch):
+    """The language-model benchmark runs on this host's CPU whatever the target (torch and
+    onnxruntime's CPU provider): the worker's energy estimate takes this host's power, the rows say
+    `host` (`device` on the cpu target, where the host is the device), never host time x the
+    target card's power. Drives stage_profile with the benchmark replaced by the worker's own
+    energy arithmetic on a fixed CPU time."""
+    from edgekd.config import DeviceConfig, GenerateConfig
+    from edgekd.pipeline import StageResult
+    from edgekd.profile.energy import measured_or_estimate
+    from edgekd.tasks import text_generation as tg
+
+    tc = load_target(name)
+    host = host_device()
+    cpu_s = 0.004  # CPU seconds per generated token
+    seen = []
+
+    def fake_bench(spec, logs, tag):
+        seen.append(spec)
+        e = measured_or_estimate(cpu_s, DeviceConfig(**spec["device"]))  # what edgekd.llm.bench computes
+        e["joules_per_token"] = e.pop("joules_per_inference")
+        lat = {"p50": 5.0, "mean": 5.0}
+        return {"decode_ms_per_token": lat, "ttft_ms": lat, "tokens_per_s": 200.0, "energy": e,
+                "cpu_seconds_per_token": cpu_s}
+
+    monkeypatch.setattr(tg, "_run_bench", fake_bench)
+    monkeypatch.setattr(tg, "_examples", lambda ctx, inputs, split: (None, None))
+    monkeypatch.setattr(tg, "read_answers", lambda res: {"test": [{"prompt": "hi"}] * 4})
+    monkeypatch.setattr(tg, "_teacher_info", lambda res: {"folder": str(tmp_path)})
+    monkeypatch.setattr("edgekd.llm.generate.chat_ids", lambda tok, prompt: [1, 2, 3])
+    quant = StageResult("quantize", "k", tmp_path, {}, {"candidates": [
+        {"variant": "fp32", "path": "fp32/model.onnx", "error": None},
+        {"variant": "int8-dynamic", "path": "int8/model.onnx", "error": None}]})
+    ctx = SimpleNamespace(target=tc, recipe=SimpleNamespace(generate=GenerateConfig()), progress=None)
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    rows = tg.stage_profile({"quantize": quant, "teacher": None, "generate": None}, ctx, wd).metrics["models"]
+    assert set(rows) == {"teacher/fp32-torch", "student/fp32", "student/int8-dynamic"}
+    on_cpu = family_name(tc) == "cpu"
+    for key, r in rows.items():
+        j = r["energy"]["joules_per_inference"]
+        assert r["measured_on"] == ("device" if on_cpu else "host") and r["device"] == host.name, key
+        assert r["energy"]["method"] == "estimate-cpu-time-x-power"
+        assert j == pytest.approx(cpu_s * host.active_power_watts), key  # host CPU time x host power
+        if not on_cpu:
+            assert j != pytest.approx(cpu_s * tc.device.active_power_watts), key
+            assert tc.device.name not in r["energy"]["assumptions"], key
+    assert all(DeviceConfig(**s["device"]).name == host.name for s in seen)
+
+
 def _meta() -> dict:
     def art(fmt, prec, rt, p50, est_ms, acc):
         return {"format": fmt, "precision": prec, "runtime": rt, "size_bytes": 1000,
