@@ -92,7 +92,11 @@ def load_recipe(ref: str, overrides: dict[str, Any] | None = None, quick: bool =
         raw = apply_overrides(raw, {**QUICK_DEFAULTS, **q}, RecipeConfig)
     split_over = {k: v for k, v in (overrides or {}).items() if not k.startswith("target.")}
     raw = apply_overrides(raw, split_over, RecipeConfig)
-    return validate(RecipeConfig, raw, str(path))
+    recipe = validate(RecipeConfig, raw, str(path))
+    # shipped teacher weights lie beside the card (models/weights/ in the source tree and the wheel)
+    for t in (recipe.teacher, *recipe.distill.extra_teachers, *(task.teacher for task in recipe.distill.tasks)):
+        t._card_dir = path.resolve().parent
+    return recipe
 
 
 def load_target(ref: str, overrides: dict[str, Any] | None = None, quick: bool = False) -> TargetConfig:

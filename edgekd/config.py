@@ -7,9 +7,11 @@ data before validation, so they are typed by the same models.
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from edgekd.errors import ConfigError
 
@@ -131,8 +133,61 @@ class TrainConfig(Strict):
     grad_clip: float | None = Field(1.0, gt=0)
 
 
+class ShippedWeights(Strict):
+    """Teacher weights trained earlier with the card's own `train` section and shipped beside the
+    card, so a build need not train the teacher again. The file is verified against `sha256`
+    before it is read."""
+
+    path: str = Field(description="state dict (.safetensors, or .pt read with weights_only), relative to the card's folder")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the file (lower-case hex), checked before use")
+
+
 class TeacherConfig(ModelRef):
     train: TrainConfig | None = Field(None, description="train the teacher first; absent: use it as given (weights, hf, onnx)")
+    shipped: ShippedWeights | None = Field(None, description="weights `train` produced earlier, used instead of training "
+                                                             "(verified by sha256); teacher.retrain=true trains instead")
+    retrain: bool = Field(False, description="train with `train` even though `shipped` weights are given")
+    # The folder of the card file this teacher came from: `shipped.path` is relative to it. Not a
+    # card field: set by edgekd.cards.load_recipe, never part of a dump or a cache key.
+    _card_dir: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _shipped_needs_train(self) -> "TeacherConfig":
+        if self.shipped is not None and self.train is None:
+            raise ValueError("teacher.shipped needs teacher.train: the section that produced the weights "
+                             "(teacher.retrain=true runs it again)")
+        if self.retrain and self.train is None:
+            raise ValueError("teacher.retrain=true needs a teacher.train section to train with")
+        return self
+
+    @property
+    def uses_shipped(self) -> bool:
+        """The shipped weights stand in for training (given, and retrain not asked for)."""
+        return self.shipped is not None and not self.retrain
+
+    def shipped_file(self) -> Path:
+        """The shipped weights' file: `shipped.path` under the card's folder (as given when absolute,
+        or when the teacher did not come from a card file)."""
+        if self.shipped is None:
+            raise ValueError("this teacher names no shipped weights")
+        p = Path(self.shipped.path).expanduser()
+        return p if p.is_absolute() or self._card_dir is None else self._card_dir / p
+
+    def model_ref(self) -> ModelRef:
+        """The model itself (its source, kwargs and initial weights) without the teacher-only settings."""
+        return ModelRef(**{k: getattr(self, k) for k in ModelRef.model_fields})
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        # What the card means for this build: with shipped weights in use, `shipped` (the path as
+        # written, and the sha256); when training (no weights shipped, or retrain=true) neither field,
+        # so a trained teacher's stage and cache keys are those of the card without shipped weights
+        # (retrain=true reuses teachers trained before the weights were shipped, and they it).
+        d = handler(self)
+        d.pop("retrain", None)
+        if not self.uses_shipped:
+            d.pop("shipped", None)
+        return d
 
 
 class LossConfig(Strict):

@@ -44,6 +44,15 @@ def test_wheel_contains_cards_prompts_and_data(wheel):
     for card in (ROOT / "targets").glob("*.toml"):
         assert f"edgekd/_cards/targets/{card.name}" in names
     assert "edgekd/_cards/models/prompts/smollm2-prompts.jsonl" in names
+    # shipped teacher weights travel beside their cards (shipped.path is relative to the card's folder)
+    from edgekd.cards import load_recipe
+
+    assert "edgekd/_cards/models/weights/README.md" in names
+    for card in (ROOT / "models").glob("*.yaml"):
+        t = load_recipe(str(card)).teacher
+        if t.shipped is not None:
+            assert f"edgekd/_cards/models/{t.shipped.path}" in names
+            assert f"edgekd/_cards/models/{Path(t.shipped.path).with_suffix('.json').as_posix()}" in names
     assert "edgekd/export/cann_ops.json" in names
     assert "edgekd/llm/sequences.py" in names and "edgekd/tasks/text_generation.py" in names
 

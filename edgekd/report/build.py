@@ -144,6 +144,7 @@ def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
         comparison["kd_gain_points"] = control["kd_gain_points"]
     notes = ["Energy figures are estimates (method estimate-*): this host exposes no RAPL/NVML counters."
              if not str(te.get("method", "")).startswith(("rapl", "nvml", "npu")) else "Energy measured by counters."]
+    notes.append(teacher_origin_note(t["metrics"]))
     noisy = [m["variant"] for m in models if m.get("noisy")]
     if noisy:
         notes.append(f"Latency spread across repeats exceeded 5% for: {', '.join(noisy)}.")
@@ -161,7 +162,7 @@ def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
         "measurements": measurements(models, cm.get("where")),
         "candidates": candidates, "profile_settings": settings,
         "training": {"teacher": {k: t["metrics"].get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds", "cached", "best_epoch",
-                                                                  "given", "source")},
+                                                                  "given", "source", "origin", "shipped")},
                      "student": {k: d["metrics"].get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds", "best_epoch", "losses",
                                                                   "labeled_samples", "unlabeled_samples")},
                      "control": control},
@@ -169,6 +170,22 @@ def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
         "notes": notes,
     }
     return report
+
+
+def teacher_origin_note(tm: dict) -> str:
+    """Where the teacher's weights came from: shipped (which file, which sha256), trained by this
+    build or taken from the teacher cache, or given by the user."""
+    origin = tm.get("origin") or ("given" if tm.get("given") else "trained")
+    if origin == "shipped":
+        sh = tm.get("shipped") or {}
+        return (f"Teacher: shipped weights {sh.get('path')} (sha256 {sh.get('sha256')}), verified before use and not "
+                "trained in this build; its accuracy was measured here. --set teacher.retrain=true trains it instead.")
+    if origin == "given":
+        return f"Teacher: used as given ({tm.get('source')}), not trained; its accuracy was measured here."
+    epochs = len(tm.get("history") or [])
+    how = f"{epochs} epochs, {tm.get('train_seconds') or 0:.0f} s" if epochs else f"{tm.get('train_seconds') or 0:.0f} s"
+    return (f"Teacher: trained by the recipe's teacher.train ({how})"
+            + ("; taken from the teacher cache, trained by an earlier build." if tm.get("cached") else " in this build."))
 
 
 def _kind(energy: dict | None) -> str | None:

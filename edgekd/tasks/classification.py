@@ -36,7 +36,16 @@ def _ref_key(ref) -> dict:
     return d
 
 
+def _teacher_refs(ctx: BuildContext) -> list:
+    return [ctx.recipe.teacher, *ctx.recipe.distill.extra_teachers, *(t.teacher for t in ctx.recipe.distill.tasks)]
+
+
 def _teacher_cfg(ctx: BuildContext) -> dict:
+    from edgekd.zoo.sources import check_shipped
+
+    for ref in _teacher_refs(ctx):
+        if ref.uses_shipped:  # before any work: a missing or altered file is exit 2 in seconds
+            ctx.memo(f"shipped:{ref.shipped_file()}:{ref.shipped.sha256}", lambda ref=ref: check_shipped(ref))
     d = ctx.recipe.data.key_dict(exclude={"label_fraction"})
     return {"teacher": _ref_key(ctx.recipe.teacher), "data": d, "data_sha256": data_fingerprint(ctx),
             "extra_teachers": [_ref_key(t) for t in ctx.recipe.distill.extra_teachers],
@@ -74,6 +83,8 @@ def _train_or_fetch_teacher(ctx: BuildContext, ref, wd: Path, filename: str, tas
     s = splits(ctx) if task is None else task_splits(ctx, task)
     if ref.train is None:
         return _given_teacher(ctx, ref, wd, filename, s)
+    if ref.uses_shipped:
+        return _shipped_teacher(ctx, ref, wd, filename, s)
     if task is None:
         material = {"teacher": _ref_key(ref), "data": ctx.recipe.data.key_dict(exclude={"label_fraction"}),
                     "data_sha256": data_fingerprint(ctx)}
@@ -90,6 +101,7 @@ def _train_or_fetch_teacher(ctx: BuildContext, ref, wd: Path, filename: str, tas
             shutil.copy2(cached / "teacher.pt", wd / filename)
             metrics = json.loads((cached / "metrics.json").read_text())
             metrics["cached"] = True
+            metrics.setdefault("origin", "trained")  # entries written before origin was recorded
             ctx.log(f"  teacher taken from cache {cached}")
             return metrics
         if ref.onnx:
@@ -105,7 +117,7 @@ def _train_or_fetch_teacher(ctx: BuildContext, ref, wd: Path, filename: str, tas
         torch.save(model.state_dict(), wd / filename)
         metrics = {"params": count_params(model), "val_accuracy": res.best_val_accuracy, "best_epoch": res.best_epoch,
                    "test_accuracy": accuracy(model, s.x_test, s.y_test), "train_seconds": res.seconds,
-                   "history": res.history, "cached": False, "cache_key": key}
+                   "history": res.history, "cached": False, "cache_key": key, "origin": "trained"}
         tmp = cached.with_name(f".{cached.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -114,6 +126,37 @@ def _train_or_fetch_teacher(ctx: BuildContext, ref, wd: Path, filename: str, tas
         publish_dir_atomic(tmp, cached)
     ckpt.unlink(missing_ok=True)
     return metrics
+
+
+def _shipped_teacher(ctx: BuildContext, ref, wd: Path, filename: str, s) -> dict:
+    """A teacher from the weights its `train` section produced earlier, shipped beside the card:
+    copied into the stage folder, the copy's sha256 checked against the card (the bytes checked
+    are the bytes loaded), loaded into the model, checked against the data and its accuracy
+    measured like a trained teacher's. A failure leaves nothing: the stage folder is temporary."""
+    import torch
+
+    from edgekd.distill.trainer import accuracy
+    from edgekd.zoo import count_params
+    from edgekd.zoo.sources import check_model_on_data, check_shipped, load_weights
+
+    src = ref.shipped_file()
+    copy = wd / f".shipped{src.suffix}"
+    try:
+        shutil.copyfile(src, copy)
+    except FileNotFoundError:
+        pass  # check_shipped names the missing file
+    check_shipped(ref, copy if copy.is_file() else src)
+    model = build_model(ref.model_copy(update={"weights": None}), log=ctx.log)  # the shipped state replaces any initial weights
+    load_weights(model, copy)
+    check_model_on_data(model, s.x_val, s.num_classes, "teacher", ref.describe())
+    torch.save(model.state_dict(), wd / filename)
+    copy.unlink()
+    ctx.log(f"  teacher from shipped weights {ref.shipped.path} (sha256 {ref.shipped.sha256[:12]}..., verified), "
+            "not trained: measuring its accuracy")
+    return {"params": count_params(model), "val_accuracy": accuracy(model, s.x_val, s.y_val),
+            "test_accuracy": accuracy(model, s.x_test, s.y_test), "best_epoch": None, "train_seconds": 0.0,
+            "history": [], "cached": False, "origin": "shipped",
+            "shipped": {"path": ref.shipped.path, "sha256": ref.shipped.sha256}}
 
 
 def _given_teacher(ctx: BuildContext, ref, wd: Path, filename: str, s) -> dict:
@@ -143,7 +186,7 @@ def _given_teacher(ctx: BuildContext, ref, wd: Path, filename: str, s) -> dict:
     ctx.log(f"  teacher used as given ({ref.describe()}): measuring its accuracy")
     return {"params": params, "val_accuracy": accuracy(model, s.x_val, s.y_val),
             "test_accuracy": accuracy(model, s.x_test, s.y_test), "best_epoch": None, "train_seconds": 0.0,
-            "history": [], "cached": False, "given": True, "source": ref.describe()}
+            "history": [], "cached": False, "given": True, "source": ref.describe(), "origin": "given"}
 
 
 def _teacher_file(ref, stem: str) -> str:
@@ -619,7 +662,7 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         specs["teacher/fp32-torch"] = {**common, "kind": "torch", "path": str(inputs["teacher"].path("model")),
                                        "arch": t_ref.arch, "kwargs": t_ref.kwargs, "input_dtype": str(s.x_test.dtype),
                                        # the worker rebuilds any model source from the card's reference
-                                       "model_ref": t_ref.model_dump(exclude={"train"}) | {"weights": None}}
+                                       "model_ref": t_ref.model_ref().model_dump() | {"weights": None}}
     specs["teacher/fp32"] = {**common, "kind": "onnx", "path": str(inputs["export"].path("teacher"))}
     for c in inputs["quantize"].metrics["candidates"]:
         if c["error"] is None:

@@ -162,6 +162,25 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(state)
 
 
+RETRAIN_HINT = "restore the file (git checkout, or reinstall edgekd), or train the teacher: --set teacher.retrain=true"
+
+
+def check_shipped(ref, path: Path | None = None) -> Path:
+    """A teacher's shipped weights file (`path`, default the card's) after checking it exists and
+    its sha256 is the one the card records: a one-line ConfigError otherwise, before any byte of it
+    is unpickled or loaded."""
+    p = path if path is not None else ref.shipped_file()
+    named = ref.shipped.path
+    if not p.is_file():
+        raise ConfigError(f"shipped teacher weights {named} are missing ({p})", hint=RETRAIN_HINT)
+    h = hashlib.sha256()
+    _sha_file(p, h)
+    if h.hexdigest() != ref.shipped.sha256:
+        raise ConfigError(f"shipped teacher weights {named} fail their check: sha256 {h.hexdigest()[:16]}..., "
+                          f"the card expects {ref.shipped.sha256[:16]}...", hint=RETRAIN_HINT)
+    return p
+
+
 def _few(keys: list[str], n: int = 3) -> str:
     return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
