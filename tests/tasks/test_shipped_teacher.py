@@ -200,3 +200,33 @@ def test_shipped_recipes_weights_exist_and_verify():
             assert prov["sha256"] == t.shipped.sha256 and "teacher.retrain=true" in prov["reproduce"]
     if not named:
         pytest.skip("no shipped recipe names shipped teacher weights yet")
+
+
+def _ship_script():
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("ship_teacher", root / "benchmarks" / "ship_teacher.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ship_script_writes_weights_a_card_can_verify_and_refuses_quick_builds(shipped, tmp_path, capsys, no_training):
+    build = shipped["trained"].dir.parent  # the fixture's plain-card build (teacher stage only)
+    dest = tmp_path / "cards" / "weights" / "t.safetensors"
+    assert _ship_script().main([str(build), str(dest)]) == 0
+    prov = json.loads(dest.with_suffix(".json").read_text())
+    assert prov["sha256"] == sha256(dest) == sha256(shipped["weights"])  # same tensors, same bytes
+    assert prov["measured"]["test_accuracy"] == shipped["trained"].metrics["test_accuracy"] and prov["epochs_run"] == 3
+    assert "--set teacher.retrain=true" in prov["reproduce"] and "ship_teacher.py" in prov["reproduce"]
+    assert f"sha256: {sha256(dest)}" in capsys.readouterr().out
+    card = write_card(tmp_path / "cards", {"path": "weights/t.safetensors", "sha256": prov["sha256"]})
+    assert teacher_stage(card, tmp_path / "b", tmp_path / "cache").metrics["origin"] == "shipped"
+    run_json = build / "run.json"
+    run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "quick": True}))
+    try:
+        with pytest.raises(SystemExit, match="--quick"):
+            _ship_script().main([str(build), str(tmp_path / "q.safetensors")])
+    finally:
+        run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "quick": False}))
