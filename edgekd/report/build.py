@@ -183,7 +183,8 @@ def teacher_origin_note(tm: dict) -> str:
     if origin == "given":
         return f"Teacher: used as given ({tm.get('source')}), not trained; its accuracy was measured here."
     epochs = len(tm.get("history") or [])
-    how = f"{epochs} epochs, {tm.get('train_seconds') or 0:.0f} s" if epochs else f"{tm.get('train_seconds') or 0:.0f} s"
+    secs = f"{tm.get('train_seconds') or 0:.0f} s"
+    how = f"{epochs} epoch{'s' if epochs != 1 else ''}, {secs}" if epochs else secs
     return (f"Teacher: trained by the recipe's teacher.train ({how})"
             + ("; taken from the teacher cache, trained by an earlier build." if tm.get("cached") else " in this build."))
 

@@ -230,3 +230,16 @@ def test_ship_script_writes_weights_a_card_can_verify_and_refuses_quick_builds(s
             _ship_script().main([str(build), str(tmp_path / "q.safetensors")])
     finally:
         run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "quick": False}))
+
+
+def test_report_note_says_where_the_teacher_came_from():
+    from edgekd.report.build import teacher_origin_note
+
+    sha = "ab" * 32
+    note = teacher_origin_note({"origin": "shipped", "shipped": {"path": "weights/t.safetensors", "sha256": sha}})
+    assert note.startswith(f"Teacher: shipped weights weights/t.safetensors (sha256 {sha}), verified")
+    assert "--set teacher.retrain=true" in note
+    assert teacher_origin_note({"origin": "trained", "history": [{}], "train_seconds": 3.2}) == \
+        "Teacher: trained by the recipe's teacher.train (1 epoch, 3 s) in this build."
+    assert "taken from the teacher cache" in teacher_origin_note({"history": [{}, {}], "cached": True})  # older results
+    assert teacher_origin_note({"given": True, "source": "onnx:t.onnx"}).startswith("Teacher: used as given (onnx:t.onnx)")
