@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("build_dir", type=Path)
     ap.add_argument("dest", type=Path, help="the .safetensors file to write (e.g. models/weights/NAME.safetensors)")
+    ap.add_argument("--commit", help="git commit of the (clean) checkout that ran the build; default: this checkout's HEAD")
     a = ap.parse_args(argv)
     import torch
     from safetensors.torch import save_file
@@ -50,11 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     a.dest.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(a.dest))
     digest = hashlib.sha256(a.dest.read_bytes()).hexdigest()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
+    commit = a.commit
+    if commit is None:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT,
+                                    check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            commit = None
     command = ["edgekd", "build", "--target", run["target"], "--recipe", run["recipe"], "--set", "teacher.retrain=true",
                "--out", "builds/teacher"]
     provenance = {

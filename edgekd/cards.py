@@ -90,9 +90,29 @@ def load_recipe(ref: str, overrides: dict[str, Any] | None = None, quick: bool =
         # --quick is for smoke tests: the labels-only control would double the distill time, so it is
         # off unless the recipe's quick block or --set asks for it (both are applied after this default).
         raw = apply_overrides(raw, {**QUICK_DEFAULTS, **q}, RecipeConfig)
+        q = {**QUICK_DEFAULTS, **q}
+    else:
+        q = {}
     split_over = {k: v for k, v in (overrides or {}).items() if not k.startswith("target.")}
     raw = apply_overrides(raw, split_over, RecipeConfig)
     recipe = validate(RecipeConfig, raw, str(path))
+    if recipe.teacher.uses_shipped:
+        # The shipped weights are what the card's teacher settings made: an override of those
+        # settings asks for another teacher, which the weights are not. Say so rather than
+        # silently measure the shipped one.
+        def teacher_keys(over: dict[str, Any]) -> list[str]:
+            return [k for k in over if k.startswith("teacher.") and not k.startswith("teacher.shipped")
+                    and k != "teacher.retrain"]
+
+        shipped_as = f"the teacher whose weights ship with {path.name} ({recipe.teacher.shipped.path})"
+        if teacher_keys(split_over):
+            raise ConfigError(f"--set {teacher_keys(split_over)[0]} changes {shipped_as}, which would be used unchanged",
+                              hint="add --set teacher.retrain=true to train the teacher with your settings, "
+                                   "or drop the override to use the shipped weights")
+        if teacher_keys(q):
+            raise ConfigError(f"{path.name}: its quick block sets {teacher_keys(q)[0]}, a setting of {shipped_as}",
+                              hint="add `teacher.retrain: true` to the quick block (a quick build then trains its "
+                                   "own teacher), or drop the setting")
     # shipped teacher weights lie beside the card (models/weights/ in the source tree and the wheel)
     for t in (recipe.teacher, *recipe.distill.extra_teachers, *(task.teacher for task in recipe.distill.tasks)):
         t._card_dir = path.resolve().parent

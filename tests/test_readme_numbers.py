@@ -46,3 +46,16 @@ def test_readme_points_only_inside_the_repository():
         if any(ch in path for ch in "*…<{") or re.search(r"[A-Z]{3,}", path):
             continue  # a pattern or placeholder (models/NAME.yaml), not a file
         assert (ROOT / path).exists(), f"README names {path}, which is not in the repository"
+
+
+def test_a_full_build_with_the_shipped_teacher_is_not_called_cached(readme_numbers, tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    shutil.copytree(readme_numbers.RESULTS, results)
+    spine = json.loads((results / "spine.json").read_text())
+    spine.pop("teacher_training_s_one_time", None)
+    spine.update({"full_build_s": 780.0, "full_build_teacher_origin": "shipped"})
+    (results / "spine.json").write_text(json.dumps(spine))
+    monkeypatch.setattr(readme_numbers, "RESULTS", results)
+    block = readme_numbers.fashion_cnn()
+    assert "the teacher from its shipped weights, measured not trained): 13.0 min." in block
+    assert "teacher cached" not in block and "training the teacher once" not in block

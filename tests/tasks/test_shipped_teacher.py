@@ -243,3 +243,27 @@ def test_report_note_says_where_the_teacher_came_from():
         "Teacher: trained by the recipe's teacher.train (1 epoch, 3 s) in this build."
     assert "taken from the teacher cache" in teacher_origin_note({"history": [{}, {}], "cached": True})  # older results
     assert teacher_origin_note({"given": True, "source": "onnx:t.onnx"}).startswith("Teacher: used as given (onnx:t.onnx)")
+
+
+def test_overriding_the_shipped_teachers_settings_asks_for_retrain(shipped):
+    card = str(shipped["card"])
+    with pytest.raises(ConfigError, match=r"--set teacher.train.epochs changes the teacher whose weights ship") as e:
+        load_recipe(card, {"teacher.train.epochs": 8})
+    assert e.value.exit_code == 2 and "--set teacher.retrain=true" in e.value.hint
+    with pytest.raises(ConfigError, match="--set teacher.kwargs.hidden"):
+        load_recipe(card, {"teacher.kwargs.hidden": [64]})
+    assert load_recipe(card, {"teacher.train.epochs": 8, "teacher.retrain": True}).teacher.train.epochs == 8
+    assert not load_recipe(card, {"teacher.shipped": None}).teacher.uses_shipped  # dropping the weights is fine
+    assert load_recipe(card, {"distill.epochs": 2}).teacher.uses_shipped  # the student's settings are not the teacher's
+    # a quick block that changes the teacher must ask for its own training
+    raw = yaml.safe_load(shipped["card"].read_text())
+    raw["quick"] = {"teacher.train.epochs": 1}
+    q = shipped["card"].with_name("quick.yaml")
+    q.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="its quick block sets teacher.train.epochs") as e:
+        load_recipe(str(q), quick=True)
+    assert "teacher.retrain: true" in e.value.hint
+    assert load_recipe(str(q)).teacher.uses_shipped  # without --quick the block does not apply
+    raw["quick"]["teacher.retrain"] = True
+    q.write_text(yaml.safe_dump(raw))
+    assert load_recipe(str(q), quick=True).teacher.train.epochs == 1
