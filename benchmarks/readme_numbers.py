@@ -186,7 +186,7 @@ def kd_rows() -> list[list[str]]:
     spine = _load_opt("spine.json")
     if spine and spine.get("kd_vs_labels_only"):
         k = spine["kd_vs_labels_only"]
-        out.append(["fashion-cnn", "earlier recipe (spine benchmark)", "accuracy, fp32 ONNX in onnxruntime", "1",
+        out.append(["fashion-cnn", "the full build's own control (spine benchmark)", "accuracy, fp32 ONNX in onnxruntime", "1",
                     _pct2(k["kd_student_fp32_accuracy"]), _pct2(k["labels_only_student_fp32_accuracy"]),
                     _pts(k["gain_points"]), f"spine.json ({spine.get('created', '')[:10]})"])
     text = _load_opt("text.json")
