@@ -39,11 +39,11 @@ def resize(ids: np.ndarray, length: int) -> np.ndarray:
 def seq_sweep(build: Path, lengths: list[int], repeats: int) -> dict:
     from edgekd.cards import load_recipe, load_target
     from edgekd.profile.runner import interleaved_profile
+    from edgekd.profile.spec import ProfileSettings, ProfileSpec
 
     rep = report(build)
     recipe = load_recipe(rep["recipe"])
     target = load_target("cpu")
-    p = target.profile
     inputs = np.load(build / "profile" / "inputs.npy")
     selected = str(rep["selected"]).split("/", 1)[-1]  # "student/int8-dynamic" -> "int8-dynamic"
     cands = {c["variant"]: c for c in rep["candidates"]}
@@ -54,16 +54,14 @@ def seq_sweep(build: Path, lengths: list[int], repeats: int) -> dict:
     for L in lengths:
         f = work / f"inputs-{L}.npy"
         np.save(f, resize(inputs, L))
-        common = {"input_shape": [1, L], "input_file": str(f), "threads": p.threads, "providers": target.providers,
-                  "warmup_runs": p.warmup_runs, "warmup_seconds": p.warmup_seconds, "min_runs": p.min_runs,
-                  "min_seconds": p.min_seconds, "max_seconds": p.max_seconds, "batch_sweep": [1],
-                  "throughput_batch": 1, "device": target.device.model_dump(), "energy": "auto", "seed": 0}
-        specs = {"teacher/fp32-torch": {**common, "kind": "torch", "path": str(build / "teacher" / "teacher.pt"),
-                                        "arch": recipe.teacher.arch, "kwargs": recipe.teacher.kwargs,
-                                        "input_dtype": "int64"},
-                 "teacher/fp32": {**common, "kind": "onnx", "path": str(build / "export" / "teacher.onnx")}}
+        common = ProfileSpec(**ProfileSettings.from_card(target, target.device).model_dump(), kind="onnx",
+                             input_shape=[1, L], input_file=str(f)).with_model(batch_sweep=[1], throughput_batch=1)
+        specs = {"teacher/fp32-torch": common.with_model(kind="torch", path=str(build / "teacher" / "teacher.pt"),
+                                                         arch=recipe.teacher.arch, kwargs=recipe.teacher.kwargs,
+                                                         input_dtype="int64"),
+                 "teacher/fp32": common.with_model(path=str(build / "export" / "teacher.onnx"))}
         for v in dict.fromkeys(["fp32", selected]):
-            specs[f"student/{v}"] = {**common, "kind": "onnx", "path": str(build / cands[v]["path"])}
+            specs[f"student/{v}"] = common.with_model(path=str(build / cands[v]["path"]))
         print(f"  sequence {L}: profiling {', '.join(specs)}", flush=True)
         res = interleaved_profile(specs, repeats=repeats, workdir=work / f"logs-{L}")
         t_torch = res["teacher/fp32-torch"]["latency_ms"]["p50"]

@@ -4,19 +4,18 @@ What a user compares for a phone: time to first token (prefill of the prompt), p
 latency and tokens/s, peak memory, energy per generated token. Every model decodes exactly
 `new_tokens` tokens per prompt (stop tokens ignored), so tokens/s compare like with like.
 
-SPEC: kind ("torch" HF folder | "onnx" KV-cache ONNX), path, prompts (list of token-id lists),
-new_tokens, repeats (passes over the prompts after one warm-up pass), threads, device (a
-DeviceConfig dict for the energy estimate), energy ("auto" | "none" | a sampler name).
+SPEC_JSON is a `GenerationSpec` (edgekd/profile/spec.py), validated here before anything loads.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
+from edgekd.errors import EdgekdError
+from edgekd.profile.spec import GenerationSpec, load_spec
 
 def _torch_runner(path: str):
     import torch
@@ -70,35 +69,36 @@ def _onnx_runner(path: str, threads: int):
     return run
 
 
-def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
+def run_spec(spec_in: GenerationSpec | dict[str, Any]) -> dict[str, Any]:
     import os
 
     import psutil
 
-    from edgekd.config import DeviceConfig
     from edgekd.profile.energy import measured_or_estimate, measured_result, pick_sampler
     from edgekd.profile.stats import summarize
-    from edgekd.profile.worker import peak_rss, current_rss
+    from edgekd.profile.worker import current_rss, peak_rss
 
-    threads = int(spec.get("threads", 1))
+    spec = load_spec(GenerationSpec, spec_in)
+    st = spec.settings
+    threads = st.threads
     import torch
 
     torch.set_num_threads(threads)
     rss0 = current_rss()
     t_load = time.perf_counter()
-    run = _torch_runner(spec["path"]) if spec["kind"] == "torch" else _onnx_runner(spec["path"], threads)
+    run = _torch_runner(spec.path) if spec.kind == "torch" else _onnx_runner(spec.path, threads)
     load_s = time.perf_counter() - t_load
     rss_loaded = current_rss()
-    prompts, n = spec["prompts"], int(spec["new_tokens"])
+    prompts, n = spec.prompt_ids, st.new_tokens
     run(prompts[0], min(n, 4))  # warm-up
-    sampler = pick_sampler(spec.get("energy", "auto"), ["CPUExecutionProvider"]) if spec.get("energy", "auto") != "none" else None
+    sampler = pick_sampler(spec.energy, ["CPUExecutionProvider"]) if spec.energy != "none" else None
     proc = psutil.Process(os.getpid())
     cpu0 = sum(proc.cpu_times()[:2])
     if sampler:
         sampler.start()
     t0 = time.perf_counter()
     ttfts, steps = [], []
-    for _ in range(int(spec.get("repeats", 3))):
+    for _ in range(st.repeats):
         for p in prompts:
             ttft, st = run(p, n)
             ttfts.append(ttft * 1e3)
@@ -107,13 +107,12 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     joules = sampler.stop() if sampler else None
     cpu = sum(proc.cpu_times()[:2]) - cpu0
     tokens = len(ttfts) * n
-    device = DeviceConfig(**spec["device"])
     measured = measured_result(sampler.method, joules, tokens, wall) if sampler and joules else None
-    energy = measured_or_estimate(cpu / tokens, device, measured)
+    energy = measured_or_estimate(cpu / tokens, st.profile_device, measured)
     energy["joules_per_token"] = energy.pop("joules_per_inference")
     decode = summarize(steps)
     return {
-        "kind": spec["kind"], "path": spec["path"], "threads": threads, "load_seconds": load_s,
+        "kind": spec.kind, "path": spec.path, "threads": threads, "load_seconds": load_s,
         "prompt_tokens": [len(p) for p in prompts], "new_tokens": n, "generations": len(ttfts),
         "ttft_ms": summarize(ttfts), "decode_ms_per_token": decode,
         "tokens_per_s": 1000.0 / decode["mean"] if decode["mean"] else None,
@@ -125,14 +124,21 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    spec = json.loads(Path(argv[0]).read_text())
+    if len(argv) != 2:
+        print("usage: python -m edgekd.llm.bench SPEC_JSON OUT_JSON", file=sys.stderr)
+        return 2
     try:
-        out = run_spec(spec)
+        out = run_spec(load_spec(GenerationSpec, Path(argv[0]).read_text()))
+        from edgekd.fsio import write_json_atomic
+
+        write_json_atomic(Path(argv[1]), out)  # the parent never reads a half-written result
+    except EdgekdError as e:
+        print(f"edgekd-bench: {e.message}" + (f" (hint: {e.hint})" if e.hint else ""), file=sys.stderr)
+        return e.exit_code
     except Exception as e:  # noqa: BLE001 - the parent reads the last stderr line
         traceback.print_exc()
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 4
-    Path(argv[1]).write_text(json.dumps(out, indent=2, default=str))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Run the profiling worker in fresh processes and aggregate repeats.
+"""Run the profiling workers in fresh processes and aggregate repeats.
 
 One process per model and repeat: each measurement starts from a clean allocator, thread pool and
 peak-RSS counter. Repeats run one after another (never in parallel: two BLAS thread pools on the
@@ -16,47 +16,52 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 import edgekd
 from edgekd.errors import StageError
+from edgekd.profile.spec import GenerationSpec, ProfileSpec, load_spec
 
 NOISY_SPREAD = 0.05  # repeats whose p50s differ by more than 5% of the median are flagged noisy
 
 Progress = Callable[[str, int, int], None]  # (model name, repeat number from 1, repeats)
 
 
-def _name(spec: Mapping[str, Any]) -> str:
-    return str(spec.get("name") or Path(str(spec.get("path", "model"))).name)
-
-
-def _timeout(spec: Mapping[str, Any]) -> float:
+def _timeout(spec: ProfileSpec) -> float:
     """Generous wall limit for one worker: load + warm-up + timed loop + throughput sweep."""
-    from edgekd.profile.worker import DEFAULTS
-
-    s = {**DEFAULTS, **spec}
-    per_batch = s["throughput_seconds"] or min(2.0, max(0.2, float(s["min_seconds"]) / 5))
-    n_batches = len(set(s["batch_sweep"]) | {s["throughput_batch"]})
-    worst = float(s["warmup_seconds"]) + float(s["max_seconds"]) * (1 + n_batches)
-    return 120.0 + 2.0 * max(worst, n_batches * float(per_batch))
+    n_batches = len(spec.sweep())
+    worst = spec.warmup_seconds + spec.max_seconds * (1 + n_batches)
+    return 120.0 + 2.0 * max(worst, n_batches * spec.per_batch_seconds())
 
 
-def run_worker(spec: Mapping[str, Any], workdir: Path, tag: str, timeout_s: float | None = None) -> dict:
+def run_worker(spec: ProfileSpec | Mapping[str, Any], workdir: Path, tag: str, timeout_s: float | None = None) -> dict:
     """One worker process on one spec; returns its result dict or raises StageError."""
+    spec = load_spec(ProfileSpec, spec)
+    limit = timeout_s if timeout_s is not None else _timeout(spec)
+    return spawn("edgekd.profile.worker", spec, spec.display_name, spec.threads, workdir, tag, limit)
+
+
+def run_bench(spec: GenerationSpec, workdir: Path, tag: str, timeout_s: float = 1800.0) -> dict:
+    """The text-generation benchmark (`edgekd.llm.bench`) of one model in its own process."""
+    spec = load_spec(GenerationSpec, spec)
+    return spawn("edgekd.llm.bench", spec, spec.display_name, spec.settings.threads, workdir, tag, timeout_s)
+
+
+def spawn(module: str, spec: BaseModel, name: str, threads: int, workdir: Path, tag: str, limit: float) -> dict:
+    """`python -m MODULE SPEC_JSON OUT_JSON` in a fresh process pinned to `threads`; its result."""
     workdir.mkdir(parents=True, exist_ok=True)
-    name = _name(spec)
     spec_path = workdir / f"{tag}.spec.json"
     out_path = workdir / f"{tag}.result.json"
     out_path.unlink(missing_ok=True)
-    spec_path.write_text(json.dumps(dict(spec), indent=2))
+    spec_path.write_text(spec.model_dump_json(indent=2))
     env = dict(os.environ)
     # The child must import this very edgekd, installed or from a source tree.
     root = str(Path(edgekd.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    threads = str(int(spec.get("threads", 1)))
     # Keep OpenMP/BLAS pools of the child at the profiled thread count (numpy, torch interop).
-    env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads})
-    limit = timeout_s if timeout_s is not None else _timeout(spec)
+    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)})
     try:
-        proc = subprocess.run([sys.executable, "-m", "edgekd.profile.worker", str(spec_path), str(out_path)],
+        proc = subprocess.run([sys.executable, "-m", module, str(spec_path), str(out_path)],
                               capture_output=True, text=True, env=env, timeout=limit, check=False)
     except subprocess.TimeoutExpired:
         raise StageError(f"profiling {name} timed out after {limit:.0f} s",
@@ -105,13 +110,14 @@ def aggregate(name: str, runs: list[dict]) -> dict:
     return out
 
 
-def profile_model(spec: dict, repeats: int = 3, workdir: Path | None = None,
+def profile_model(spec: ProfileSpec | Mapping[str, Any], repeats: int = 3, workdir: Path | None = None,
                   progress: Progress | None = None, timeout_s: float | None = None) -> dict:
     """Profile one model `repeats` times, each in a fresh process, and aggregate."""
-    return interleaved_profile({_name(spec): spec}, repeats, workdir, progress, timeout_s)[_name(spec)]
+    spec = load_spec(ProfileSpec, spec)
+    return interleaved_profile({spec.display_name: spec}, repeats, workdir, progress, timeout_s)[spec.display_name]
 
 
-def interleaved_profile(specs: Mapping[str, dict], repeats: int = 3, workdir: Path | None = None,
+def interleaved_profile(specs: Mapping[str, ProfileSpec | Mapping[str, Any]], repeats: int = 3, workdir: Path | None = None,
                         progress: Progress | None = None, timeout_s: float | None = None) -> dict[str, dict]:
     """Profile several models: repeat r of every model runs before repeat r+1 of any."""
     if repeats < 1:
@@ -121,12 +127,12 @@ def interleaved_profile(specs: Mapping[str, dict], repeats: int = 3, workdir: Pa
 
         workdir = Path(tempfile.mkdtemp(prefix="edgekd-profile-"))
     workdir = Path(workdir)
+    named = {name: load_spec(ProfileSpec, spec).with_model(name=name) for name, spec in specs.items()}
     runs: dict[str, list[dict]] = {name: [] for name in specs}
     for r in range(repeats):
-        for i, (name, spec) in enumerate(specs.items()):
+        for i, (name, spec) in enumerate(named.items()):
             if progress is not None:
                 progress(name, r + 1, repeats)
-            spec = {**spec, "name": name}
             runs[name].append(run_worker(spec, workdir, f"{i:02d}-{_safe(name)}-r{r}", timeout_s))
     return {name: aggregate(name, rs) for name, rs in runs.items()}
 
@@ -138,8 +144,8 @@ def measure_host_peak(threads: int, workdir: Path | None = None, seconds: float 
         import tempfile
 
         workdir = Path(tempfile.mkdtemp(prefix="edgekd-profile-"))
-    return run_worker({"kind": "sgemm", "name": "sgemm-calibration", "path": "sgemm", "threads": int(threads),
-                       "seconds": float(seconds)}, Path(workdir), "host-peak", timeout_s=120.0 + 4 * seconds)
+    spec = ProfileSpec(kind="sgemm", name="sgemm-calibration", path="sgemm", threads=threads, seconds=seconds)
+    return run_worker(spec, Path(workdir), "host-peak", timeout_s=120.0 + 4 * seconds)
 
 
 def _safe(name: str) -> str:

@@ -30,14 +30,12 @@ def profile_onnx_file(path: Path, target: Any, repeats: int | None = None) -> di
     from edgekd.profile.energy import measured_or_estimate
     from edgekd.profile.flops import host_roofline
     from edgekd.profile.runner import measure_host_peak, profile_model
+    from edgekd.profile.spec import ProfileSettings, ProfileSpec
 
     name, shape = input_shape_of(path)
     p = target.profile
-    spec = {"kind": "onnx", "path": str(Path(path).resolve()), "input_name": name, "input_shape": shape,
-            "threads": p.threads, "providers": target.providers, "warmup_runs": p.warmup_runs,
-            "warmup_seconds": p.warmup_seconds, "min_runs": p.min_runs, "min_seconds": p.min_seconds,
-            "max_seconds": p.max_seconds, "batch_sweep": p.batch_sweep, "throughput_batch": p.throughput_batch,
-            "device": target.device.model_dump(), "energy": "auto"}
+    spec = ProfileSpec(**ProfileSettings.from_card(target, target.device).model_dump(), kind="onnx",
+                       path=str(Path(path).resolve()), input_name=name, input_shape=shape)
     with tempfile.TemporaryDirectory(prefix="edgekd-profile-") as wd:
         res = profile_model(spec, repeats=repeats or p.repeats, workdir=Path(wd))
         host = measure_host_peak(p.threads, Path(wd))

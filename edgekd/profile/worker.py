@@ -3,16 +3,11 @@
 The runner starts a fresh process per model and repeat, so one model's allocator arenas, thread
 pools and caches never colour another's timings or peak memory.
 
-SPEC keys: kind ("onnx" | "torch" | "sgemm": the host's FP32 peak at `threads`), path, arch + kwargs or model_ref (a card's ModelRef) (torch), input_shape (batch 1), input_dtype (torch;
-default float32), input_name
-(onnx, default: first input), input_file (.npy [N, ...] of real samples, cycled), threads,
-providers (onnx), warmup_runs, warmup_seconds, min_runs, min_seconds, max_seconds, batch_sweep,
-throughput_batch, throughput_seconds, seed, energy ("auto" | "none" | "rapl" | "nvml" | "npu-smi"),
-device (a DeviceConfig dict: adds an `energy` figure, measured or a labelled estimate), name.
+SPEC_JSON is a `ProfileSpec` (edgekd/profile/spec.py: its fields, defaults and meanings), validated
+here before anything loads: an unknown or mistyped field exits 2.
 """
 from __future__ import annotations
 
-import json
 import platform
 import sys
 import time
@@ -22,23 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.errors import EdgekdError, UserError
+from edgekd.profile.spec import ProfileSpec, load_spec
 from edgekd.profile.stats import summarize
-
-DEFAULTS: dict[str, Any] = {
-    "threads": 1,
-    "providers": ["CPUExecutionProvider"],
-    "warmup_runs": 50,
-    "warmup_seconds": 2.0,
-    "min_runs": 1000,
-    "min_seconds": 10.0,
-    "max_seconds": 60.0,
-    "batch_sweep": [1, 8, 32, 64],
-    "throughput_batch": 64,
-    "throughput_seconds": None,  # default: min(2, max(0.2, min_seconds / 5)) per batch size
-    "seed": 0,
-    "energy": "auto",
-    "kwargs": {},
-}
 
 
 def current_rss() -> int:
@@ -87,13 +67,13 @@ def _numpy_dtype(onnx_type: str):
     return table[onnx_type]
 
 
-def _sample_pool(spec: dict, shape: list[int], dtype, n_needed: int):
+def _sample_pool(spec: ProfileSpec, shape: list[int], dtype, n_needed: int):
     """[N, ...] samples to cycle through: the real ones from input_file, else seeded random normal
     (integer inputs get 0/1 values, valid for token ids and masks)."""
     import numpy as np
 
-    if spec.get("input_file"):
-        path = Path(spec["input_file"])
+    if spec.input_file:
+        path = Path(spec.input_file)
         if not path.is_file():
             raise UserError(f"input_file not found: {path}", hint="pass a .npy file of samples [N, ...]")
         arr = np.load(path, allow_pickle=False)
@@ -101,14 +81,14 @@ def _sample_pool(spec: dict, shape: list[int], dtype, n_needed: int):
             raise UserError(f"input_file {path.name} has shape {list(arr.shape)}, expected [N, {', '.join(map(str, shape[1:]))}]",
                             hint="save the samples with the model's per-sample shape, batch first")
         return np.ascontiguousarray(arr.astype(dtype, copy=False)), f"file:{path.name}"
-    rng = np.random.default_rng(int(spec["seed"]))
+    rng = np.random.default_rng(spec.seed)
     n = max(16, n_needed)
     full = [n, *shape[1:]]
     if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
         arr = rng.integers(0, 2, size=full).astype(dtype)
     else:
         arr = rng.standard_normal(full, dtype=np.float32).astype(dtype)
-    return arr, f"random-normal(seed={spec['seed']})"
+    return arr, f"random-normal(seed={spec.seed})"
 
 
 def _batches(pool, batch: int, count: int) -> list:
@@ -140,17 +120,17 @@ def _import_runtime(kind: str) -> None:
         import edgekd.zoo  # noqa: F401
 
 
-def _load_onnx(spec: dict) -> _Loaded:
+def _load_onnx(spec: ProfileSpec) -> _Loaded:
     import onnxruntime as ort
 
-    path = Path(spec["path"])
+    path = Path(str(spec.path))
     if not path.is_file():
         raise UserError(f"ONNX model not found: {path}", hint="run the export/quantize stage first")
     from edgekd.runtimes.ort import session
 
-    sess = session(path, int(spec["threads"]), list(spec["providers"]), sequential=True, require_providers=True)
+    sess = session(path, spec.threads, list(spec.providers), sequential=True, require_providers=True)
     inputs = sess.get_inputs()
-    name = spec.get("input_name") or inputs[0].name
+    name = spec.input_name or inputs[0].name
     match = [i for i in inputs if i.name == name]
     if not match:
         raise UserError(f"model has no input named '{name}'", hint=f"inputs: {', '.join(i.name for i in inputs)}")
@@ -160,7 +140,7 @@ def _load_onnx(spec: dict) -> _Loaded:
     inp = match[0]
     dims = list(inp.shape)
     static_batch = dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else None
-    shape = spec.get("input_shape")
+    shape = spec.input_shape
     if shape is None:
         if any(not isinstance(d, int) or d <= 0 for d in dims[1:]):
             raise UserError(f"input '{name}' has symbolic dims {dims}", hint="give input_shape in the profile spec")
@@ -170,27 +150,26 @@ def _load_onnx(spec: dict) -> _Loaded:
     return _Loaded(run, "onnxruntime", ort.__version__, list(sess.get_providers()), static_batch, list(shape), dtype)
 
 
-def _load_torch(spec: dict) -> _Loaded:
+def _load_torch(spec: ProfileSpec) -> _Loaded:
     import numpy as np
     import torch
 
     from edgekd.zoo import build
 
-    path = Path(spec["path"])
+    path = Path(str(spec.path))
     if not path.is_file():
         raise UserError(f"state_dict not found: {path}", hint="run the training/distillation stage first")
-    if not spec.get("arch") and not spec.get("model_ref"):
+    if not spec.arch and not spec.model_ref:
         raise UserError("a torch profile spec needs 'arch' (or 'model_ref')", hint="name the zoo architecture and its kwargs")
-    if spec.get("input_shape") is None:
+    if spec.input_shape is None:
         raise UserError("a torch profile spec needs 'input_shape'", hint="e.g. [1, 1, 28, 28]")
-    torch.set_num_threads(int(spec["threads"]))
-    if spec.get("model_ref"):  # any model source of a card (the user's factory, an HF folder, a zoo arch)
-        from edgekd.config import ModelRef
+    torch.set_num_threads(spec.threads)
+    if spec.model_ref:  # any model source of a card (the user's factory, an HF folder, a zoo arch)
         from edgekd.zoo.sources import build_model
 
-        model = build_model(ModelRef(**spec["model_ref"]))
+        model = build_model(spec.model_ref)
     else:
-        model = build(spec["arch"], **dict(spec.get("kwargs") or {}))
+        model = build(spec.arch, **spec.kwargs)
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     model.eval()
@@ -199,8 +178,8 @@ def _load_torch(spec: dict) -> _Loaded:
         with torch.inference_mode():
             return model(x)
 
-    dtype = np.dtype(spec.get("input_dtype") or "float32")  # int64 for token-id models
-    loaded = _Loaded(run, "torch", torch.__version__, ["cpu"], None, list(spec["input_shape"]), dtype.type)
+    dtype = np.dtype(spec.input_dtype or "float32")  # int64 for token-id models
+    loaded = _Loaded(run, "torch", torch.__version__, ["cpu"], None, list(spec.input_shape), dtype.type)
     loaded.to_tensor = torch.from_numpy  # type: ignore[attr-defined]
     return loaded
 
@@ -227,23 +206,18 @@ def _timed_calls(fn: Callable[[Any], Any], inputs: list, min_runs: int, min_s: f
     return samples, wall, time.process_time() - cpu0
 
 
-def run_spec(spec_in: dict) -> dict:
-    """Profile one model as the spec says; returns the result record (see module docstring)."""
+def run_spec(spec_in: ProfileSpec | dict) -> dict:
+    """Profile one model as the spec says; returns the result record."""
     wall0 = time.perf_counter()
-    spec = {**DEFAULTS, **spec_in}
-    kind = spec.get("kind")
+    spec = load_spec(ProfileSpec, spec_in)
+    kind = spec.kind
     if kind == "sgemm":  # the host's FP32 peak at this process's (pinned) thread count
         from edgekd.profile.host import cpu_info, sgemm_peak
 
-        return {"name": spec.get("name") or "sgemm", "kind": kind, "threads": int(spec["threads"]),
-                **sgemm_peak(float(spec.get("seconds", 0.5))), "cpu": cpu_info(),
-                "wall_seconds": time.perf_counter() - wall0}
-    if kind not in ("onnx", "torch"):
-        raise UserError(f"unknown profile kind '{kind}'", hint="valid: onnx, torch, sgemm")
-    if not spec.get("path"):
+        return {"name": spec.name or "sgemm", "kind": kind, "threads": spec.threads,
+                **sgemm_peak(spec.seconds), "cpu": cpu_info(), "wall_seconds": time.perf_counter() - wall0}
+    if not spec.path:
         raise UserError("the profile spec has no 'path'", hint="name the model file to profile")
-    if int(spec["threads"]) < 1 or float(spec["max_seconds"]) <= 0:
-        raise UserError("threads must be >= 1 and max_seconds > 0", hint="fix the target card's [profile] table")
 
     _import_runtime(kind)
     rss_before = current_rss()
@@ -255,7 +229,7 @@ def run_spec(spec_in: dict) -> dict:
     shape = loaded.shape
     if shape[0] != 1:
         raise UserError(f"input_shape {shape} must have batch 1", hint="give the shape of one sample, e.g. [1, 1, 28, 28]")
-    sweep = sorted({int(b) for b in spec["batch_sweep"]} | {int(spec["throughput_batch"])})
+    sweep = spec.sweep()
     pool, source = _sample_pool(spec, shape, loaded.dtype, max(sweep))
     to_input = getattr(loaded, "to_tensor", lambda a: a)
     singles = [to_input(b) for b in _batches(pool, 1, min(pool.shape[0], 64))]
@@ -263,28 +237,25 @@ def run_spec(spec_in: dict) -> dict:
     # Warm-up: both the run count and the duration, so lazy allocations and caches have settled.
     w0 = time.perf_counter()
     warm = 0
-    while warm < int(spec["warmup_runs"]) or time.perf_counter() - w0 < float(spec["warmup_seconds"]):
+    while warm < spec.warmup_runs or time.perf_counter() - w0 < spec.warmup_seconds:
         loaded.run(singles[warm % len(singles)])
         warm += 1
-        if time.perf_counter() - w0 > float(spec["max_seconds"]):
+        if time.perf_counter() - w0 > spec.max_seconds:
             break
     warm_s = time.perf_counter() - w0
 
     from edgekd.profile.energy import measured_or_estimate, measured_result, pick_sampler
 
-    sampler = pick_sampler(str(spec["energy"]), loaded.providers)
+    sampler = pick_sampler(spec.energy, loaded.providers)
     if sampler is not None:
         sampler.start()
-    samples, timed_s, cpu_s = _timed_calls(loaded.run, singles, int(spec["min_runs"]),
-                                           float(spec["min_seconds"]), float(spec["max_seconds"]))
+    samples, timed_s, cpu_s = _timed_calls(loaded.run, singles, spec.min_runs, spec.min_seconds, spec.max_seconds)
     energy_measured = None
     if sampler is not None:
         energy_measured = measured_result(sampler.method, sampler.stop(), len(samples), timed_s)
     cpu_per_inf = cpu_s / len(samples)
 
-    tp_seconds = spec["throughput_seconds"]
-    if tp_seconds is None:
-        tp_seconds = min(2.0, max(0.2, float(spec["min_seconds"]) / 5))
+    tp_seconds = spec.per_batch_seconds()
     throughput: dict[str, float] = {}
     skipped: dict[str, str] = {}
     for b in sweep:
@@ -294,27 +265,27 @@ def run_spec(spec_in: dict) -> dict:
         batches = [to_input(x) for x in _batches(pool, b, 2)]
         for x in batches:  # first call at a new shape re-plans memory: keep it out of the timing
             loaded.run(x)
-        lat, wall, _ = _timed_calls(loaded.run, batches, 3, float(tp_seconds), float(spec["max_seconds"]))
+        lat, wall, _ = _timed_calls(loaded.run, batches, 3, tp_seconds, spec.max_seconds)
         throughput[str(b)] = b * len(lat) / (sum(lat) / 1e3)
 
-    tb = int(spec["throughput_batch"])
+    tb = spec.throughput_batch
     if str(tb) not in throughput and throughput:
         tb = max(int(k) for k in throughput)
     peak = peak_rss()
     out: dict[str, Any] = {
-        "name": spec.get("name") or Path(spec["path"]).name,
+        "name": spec.display_name,
         "kind": kind,
-        "path": str(spec["path"]),
+        "path": spec.path,
         "runtime": loaded.runtime,
         "runtime_version": loaded.version,
         "providers": loaded.providers,
-        "threads": int(spec["threads"]),
+        "threads": spec.threads,
         "input_shape": shape,
         "input_source": source,
         "latency_ms": summarize(samples),
         "samples": len(samples),
         "timed_seconds": timed_s,
-        "hit_max_seconds": len(samples) < int(spec["min_runs"]) or timed_s < float(spec["min_seconds"]),
+        "hit_max_seconds": len(samples) < spec.min_runs or timed_s < spec.min_seconds,
         "warmup_runs_done": warm,
         "warmup_seconds_done": warm_s,
         "cpu_seconds_total": cpu_s,
@@ -331,10 +302,8 @@ def run_spec(spec_in: dict) -> dict:
         "energy_measured": energy_measured,
         "python": platform.python_version(),
     }
-    if spec.get("device"):
-        from edgekd.config import DeviceConfig
-
-        out["energy"] = measured_or_estimate(cpu_per_inf, DeviceConfig(**spec["device"]), energy_measured)
+    if spec.device is not None:
+        out["energy"] = measured_or_estimate(cpu_per_inf, spec.device, energy_measured)
     out["wall_seconds"] = time.perf_counter() - wall0
     return out
 
@@ -346,8 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec_path, out_path = Path(args[0]), Path(args[1])
     try:
-        spec = json.loads(spec_path.read_text())
-        result = run_spec(spec)
+        result = run_spec(load_spec(ProfileSpec, spec_path.read_text()))
         from edgekd.fsio import write_json_atomic
 
         write_json_atomic(out_path, result)  # the runner never reads a half-written result

@@ -630,10 +630,18 @@ def _openvino_check(path: Path, x: np.ndarray, ref: np.ndarray, name: str, ctx: 
 # --------------------------------------------------------------------------- profile
 
 
+def _profile_settings(ctx: BuildContext):
+    """How every model is timed: the target card's [profile] table and providers; energy estimates
+    use the machine that runs the profile (this host for mobile/Ascend), never the card's device."""
+    from edgekd.profile.spec import ProfileSettings
+
+    _, _, dev = where_profiled(ctx)
+    return ProfileSettings.from_card(ctx.target, dev, seed=ctx.recipe.data.seed)
+
+
 def _profile_cfg(ctx: BuildContext) -> dict:
-    measured_on, _, dev = where_profiled(ctx)
-    return {"profile": ctx.target.profile.model_dump(), "providers": ctx.target.providers,
-            "device": ctx.target.device.model_dump(), "profiled_on": measured_on, "profile_device": dev.model_dump()}
+    # The card sections are keyed through `reads`; what is derived from the host is keyed here.
+    return {"settings": _profile_settings(ctx).model_dump(mode="json"), "profiled_on": where_profiled(ctx)[0]}
 
 
 def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
@@ -642,32 +650,28 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     from edgekd.profile.energy import measured_or_estimate
     from edgekd.profile.flops import host_roofline
     from edgekd.profile.runner import interleaved_profile, measure_host_peak
+    from edgekd.profile.spec import ProfileSpec
     from edgekd.profile.standalone import describes_host
 
     s = splits(ctx)
     p = ctx.target.profile
     np.save(wd / "inputs.npy", s.x_test[:256])
     input_shape = inputs["export"].metrics["input_shape"]
-    # The worker turns CPU time into an energy estimate with this DeviceConfig: the machine that
-    # runs the profile (this host for mobile/Ascend), never the target card's device.
     measured_on, ran_on, dev = where_profiled(ctx)
-    common = {"input_shape": input_shape, "input_file": str(wd / "inputs.npy"), "threads": p.threads,
-              "providers": ctx.target.providers, "warmup_runs": p.warmup_runs, "warmup_seconds": p.warmup_seconds,
-              "min_runs": p.min_runs, "min_seconds": p.min_seconds, "max_seconds": p.max_seconds,
-              "batch_sweep": p.batch_sweep, "throughput_batch": p.throughput_batch,
-              "device": dev.model_dump(), "energy": "auto", "seed": ctx.recipe.data.seed}
+    common = ProfileSpec(**_profile_settings(ctx).model_dump(), kind="onnx", input_shape=input_shape,
+                         input_file=str(wd / "inputs.npy"))
     t_ref = ctx.recipe.teacher
-    specs: dict[str, dict] = {}
+    specs: dict[str, ProfileSpec] = {}
     if not t_ref.onnx:  # an ONNX teacher has no PyTorch form to time
-        specs["teacher/fp32-torch"] = {**common, "kind": "torch", "path": str(inputs["teacher"].path("model")),
-                                       "arch": t_ref.arch, "kwargs": t_ref.kwargs, "input_dtype": str(s.x_test.dtype),
-                                       # the worker rebuilds any model source from the card's reference
-                                       "model_ref": t_ref.model_ref().model_dump() | {"weights": None}}
-    specs["teacher/fp32"] = {**common, "kind": "onnx", "path": str(inputs["export"].path("teacher"))}
+        specs["teacher/fp32-torch"] = common.with_model(
+            kind="torch", path=str(inputs["teacher"].path("model")), arch=t_ref.arch, kwargs=t_ref.kwargs,
+            input_dtype=str(s.x_test.dtype),
+            # the worker rebuilds any model source from the card's reference
+            model_ref=t_ref.model_ref().model_dump() | {"weights": None})
+    specs["teacher/fp32"] = common.with_model(path=str(inputs["export"].path("teacher")))
     for c in inputs["quantize"].metrics["candidates"]:
         if c["error"] is None:
-            specs[f"student/{c['variant']}"] = {**common, "kind": "onnx",
-                                                "path": str(inputs["quantize"].dir / c["path"])}
+            specs[f"student/{c['variant']}"] = common.with_model(path=str(inputs["quantize"].dir / c["path"]))
     prog = ctx.progress
     task = prog.add_task("profile", total=len(specs) * p.repeats) if prog else None
 
@@ -692,7 +696,7 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         # Energy estimates and roofline peaks are those of the machine that ran the model: for a
         # mobile/Ascend build that is this host, never the target card's device.
         energy = r.get("energy") or measured_or_estimate(r["cpu_seconds_per_inference"], dev)
-        path = specs[name]["path"] if specs[name]["kind"] == "onnx" else str(inputs["export"].path("teacher"))
+        path = specs[name].path if specs[name].kind == "onnx" else str(inputs["export"].path("teacher"))
         # Counted at the profiled input shape: token-id models have a symbolic sequence axis.
         flops, rf = host_roofline(path, r["latency_ms"]["p50"], host, shape=list(input_shape),
                                   mem_bandwidth_gbs=bandwidth)

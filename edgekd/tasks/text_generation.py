@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -430,79 +428,55 @@ def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
 # --------------------------------------------------------------------------- profile
 
 
-def _profile_cfg(ctx: BuildContext) -> dict:
-    from edgekd.tasks.common import host_profile_device
-
-    g = _gen(ctx)
-    measured_on, _, dev = host_profile_device(ctx)
-    return {"threads": ctx.target.profile.threads, "prompts": g.profile_prompts, "new_tokens": g.profile_new_tokens,
-            "repeats": g.profile_repeats, "device": ctx.target.device.model_dump(), "profiled_on": measured_on,
-            "profile_device": dev.model_dump()}
-
-
-def bench_common(ctx: BuildContext, prompts: list) -> dict:
+def _bench_settings(ctx: BuildContext):
     """The settings every generation benchmark of the profile stage shares. The benchmark runs on
     this host's CPU (torch and onnxruntime's CPU provider) whatever the target: its energy estimate
     takes the power of the machine that ran it (host_profile_device), never the target card's."""
+    from edgekd.profile.spec import GenerationSettings
     from edgekd.tasks.common import host_profile_device
 
-    g = _gen(ctx)
-    measured_on, ran_on, dev = host_profile_device(ctx)
-    return {"prompts": prompts, "new_tokens": g.profile_new_tokens, "repeats": g.profile_repeats,
-            "threads": ctx.target.profile.threads, "device": dev.model_dump(), "energy": "auto",
-            "measured_on": measured_on, "device_name": ran_on}
+    measured_on, _, dev = host_profile_device(ctx)
+    return GenerationSettings.from_card(ctx.target, _gen(ctx), profiled_on=measured_on, profile_device=dev)
 
 
-def _run_bench(spec: dict, logs: Path, tag: str) -> dict:
-    import edgekd
-
-    logs.mkdir(parents=True, exist_ok=True)
-    sp, op = logs / f"{tag}.spec.json", logs / f"{tag}.result.json"
-    sp.write_text(json.dumps(spec))
-    env = dict(os.environ)
-    root = str(Path(edgekd.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    t = str(spec["threads"])
-    env.update({"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t})
-    proc = subprocess.run([sys.executable, "-m", "edgekd.llm.bench", str(sp), str(op)], capture_output=True,
-                          text=True, env=env, timeout=1800, check=False)
-    if proc.returncode != 0 or not op.is_file():
-        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        raise StageError(f"profiling {tag} failed: {lines[-1] if lines else proc.returncode}",
-                         hint="rerun with --debug")
-    return json.loads(op.read_text())
+def _profile_cfg(ctx: BuildContext) -> dict:
+    return _bench_settings(ctx).model_dump(mode="json")
 
 
 def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
     from edgekd.llm.generate import chat_ids
+    from edgekd.profile.runner import run_bench
+    from edgekd.profile.spec import GenerationSpec
 
-    g = _gen(ctx)
     tok, _ = _examples(ctx, inputs, "test")
-    prompts = [chat_ids(tok, r["prompt"]) for r in read_answers(inputs["generate"])["test"][: g.profile_prompts]]
-    common = bench_common(ctx, prompts)
-    specs = {"teacher/fp32-torch": {**common, "kind": "torch", "path": _teacher_info(inputs["teacher"])["folder"]}}
+    bench = _bench_settings(ctx)
+    prompts = [chat_ids(tok, r["prompt"]) for r in read_answers(inputs["generate"])["test"][: bench.prompts]]
+    specs = {"teacher/fp32-torch": GenerationSpec(name="teacher/fp32-torch", kind="torch", prompt_ids=prompts,
+                                                  path=_teacher_info(inputs["teacher"])["folder"], settings=bench)}
     for c in inputs["quantize"].metrics["candidates"]:
         if c["error"] is None:
-            specs[f"student/{c['variant']}"] = {**common, "kind": "onnx", "path": str(inputs["quantize"].dir / c["path"])}
+            name = f"student/{c['variant']}"
+            specs[name] = GenerationSpec(name=name, kind="onnx", path=str(inputs["quantize"].dir / c["path"]),
+                                         prompt_ids=prompts, settings=bench)
     prog = ctx.progress
     task = prog.add_task("profile", total=len(specs)) if prog else None
     out = {}
     for name, spec in specs.items():
         if prog:
             prog.update(task, description=f"profile {name}")
-        r = _run_bench(spec, wd / "logs", name.replace("/", "_"))
+        r = run_bench(spec, wd / "logs", name.replace("/", "_"))
         r["latency_ms"] = r["decode_ms_per_token"]  # the selection and report read per-token latency
         e = dict(r["energy"])
         e["joules_per_inference"] = e["joules_per_token"]  # one inference = one generated token
         r["energy"] = e
-        r["measured_on"], r["device"] = spec["measured_on"], spec["device_name"]
+        r["measured_on"], r["device"] = bench.profiled_on, bench.profile_device.name
         out[name] = r
         if prog:
             prog.advance(task)
     if prog:
         prog.remove_task(task)
     shutil.rmtree(wd / "logs", ignore_errors=True)
-    settings = {**_profile_cfg(ctx), "prompt_tokens": [len(p) for p in prompts],
+    settings = {**bench.model_dump(), "prompt_tokens": [len(p) for p in prompts],
                 "unit": "one generated token (decode step); ttft is the prefill of the whole prompt"}
     (wd / "profile.json").write_text(json.dumps(out, indent=2, default=str))
     return StageOutput({"profile": "profile.json"}, {"models": out, "settings": settings})

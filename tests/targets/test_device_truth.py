@@ -42,7 +42,7 @@ def test_text_generation_rows_use_the_power_of_the_machine_that_ran_them(name, t
     `host` (`device` on the cpu target, where the host is the device), never host time x the
     target card's power. Drives stage_profile with the benchmark replaced by the worker's own
     energy arithmetic on a fixed CPU time."""
-    from edgekd.config import DeviceConfig, GenerateConfig
+    from edgekd.config import GenerateConfig
     from edgekd.pipeline import StageResult
     from edgekd.profile.energy import measured_or_estimate
     from edgekd.tasks import text_generation as tg
@@ -54,13 +54,13 @@ def test_text_generation_rows_use_the_power_of_the_machine_that_ran_them(name, t
 
     def fake_bench(spec, logs, tag):
         seen.append(spec)
-        e = measured_or_estimate(cpu_s, DeviceConfig(**spec["device"]))  # what edgekd.llm.bench computes
+        e = measured_or_estimate(cpu_s, spec.settings.profile_device)  # what edgekd.llm.bench computes
         e["joules_per_token"] = e.pop("joules_per_inference")
         lat = {"p50": 5.0, "mean": 5.0}
         return {"decode_ms_per_token": lat, "ttft_ms": lat, "tokens_per_s": 200.0, "energy": e,
                 "cpu_seconds_per_token": cpu_s}
 
-    monkeypatch.setattr(tg, "_run_bench", fake_bench)
+    monkeypatch.setattr("edgekd.profile.runner.run_bench", fake_bench)
     monkeypatch.setattr(tg, "_examples", lambda ctx, inputs, split: (None, None))
     monkeypatch.setattr(tg, "read_answers", lambda res: {"test": [{"prompt": "hi"}] * 4})
     monkeypatch.setattr(tg, "_teacher_info", lambda res: {"folder": str(tmp_path)})
@@ -82,7 +82,7 @@ def test_text_generation_rows_use_the_power_of_the_machine_that_ran_them(name, t
         if not on_cpu:
             assert j != pytest.approx(cpu_s * tc.device.active_power_watts), key
             assert tc.device.name not in r["energy"]["assumptions"], key
-    assert all(DeviceConfig(**s["device"]).name == host.name for s in seen)
+    assert seen and all(s.settings.profile_device.name == host.name for s in seen)
 
 
 def _meta() -> dict:
