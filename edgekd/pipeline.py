@@ -59,8 +59,9 @@ class BuildContext:
         import dataclasses
 
         tree = reads_tree(stage.reads)
-        return dataclasses.replace(self, recipe=_view(self.recipe, tree.get("recipe"), f"stage '{stage.name}': recipe"),
-                                   target=_view(self.target, tree.get("target"), f"stage '{stage.name}': target"))
+        return dataclasses.replace(
+            self, recipe=_view(self.recipe, tree.get("recipe"), f"stage '{stage.name}': recipe", top=True),
+            target=_view(self.target, tree.get("target"), f"stage '{stage.name}': target", top=True))
 
 
 # Card fields any stage may read: the card's identity, not settings that change what a stage makes.
@@ -83,25 +84,27 @@ def reads_tree(reads: tuple[str, ...]) -> dict[str, Any]:
     return tree
 
 
-def _view(card: Any, node: Any, where: str) -> Any:
-    return card if node is True or card is None else CardView(card, node or {}, where)
+def _view(card: Any, node: Any, where: str, top: bool = False) -> Any:
+    return card if node is True or card is None else CardView(card, node or {}, where, top)
 
 
 class CardView:
     """A card (or one of its sections) as a stage sees it: only the fields its cache key covers.
     Reading any other field is a bug in the stage's declaration, and fails loudly instead of
-    letting the cache key and the stage's behaviour drift apart."""
+    letting the cache key and the stage's behaviour drift apart. `top`: a whole card, whose
+    identity fields (name, task, ...) any stage may read; a section's view has none."""
 
-    __slots__ = ("_card", "_node", "_where")
+    __slots__ = ("_card", "_node", "_where", "_top")
 
-    def __init__(self, card: Any, node: dict[str, Any], where: str) -> None:
+    def __init__(self, card: Any, node: dict[str, Any], where: str, top: bool = False) -> None:
         object.__setattr__(self, "_card", card)
         object.__setattr__(self, "_node", node)
         object.__setattr__(self, "_where", where)
+        object.__setattr__(self, "_top", top)
 
     def __getattr__(self, name: str) -> Any:
         node = self._node.get(name)
-        if node is None and name in _IDENTITY and self._where.count(".") == 0:
+        if node is None and name in _IDENTITY and self._top:
             return getattr(self._card, name)
         if node is None:
             raise StageError(f"{self._where} read '{name}', which is not part of the stage's cache key",

@@ -282,6 +282,26 @@ def test_a_stage_reading_outside_its_reads_fails_naming_the_field(tmp_path):
         run(_one_stage(reads_nested, ("recipe.distill.tasks",)), _ctx(tmp_path / "2"))
 
 
+def test_only_a_whole_cards_view_exposes_its_identity(tmp_path):
+    """name/task are readable on the recipe and target views, whatever the stage is called, but a
+    section's view keeps its own `name` (the device's) behind its reads."""
+    from edgekd.errors import StageError
+
+    seen = []
+
+    def reads_identity(inputs, ctx, wd):
+        seen.append((ctx.recipe.name, ctx.target.name))
+        ctx.target.device.peak_gflops  # declared
+        ctx.target.device.name  # a section field, not the card's identity: not declared
+        return StageOutput({}, {})
+
+    graph = [Stage("v1.2", reads_identity, [], lambda ctx: {}, reads=("target.device.peak_gflops",))]
+    with pytest.raises(StageError, match=r"target.device read 'name'"):
+        run(graph, _ctx(tmp_path))
+    ctx = _ctx(tmp_path / "2")
+    assert seen == [(ctx.recipe.name, ctx.target.name)]
+
+
 def test_the_key_follows_the_declared_sections_only(tmp_path):
     from edgekd.pipeline import stage_key
 
