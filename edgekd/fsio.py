@@ -1,4 +1,5 @@
-"""Crash-safe file writes and inter-process locks (stdlib + filelock only; the lowest layer).
+"""Crash-safe file writes, inter-process locks, file digests and the tolerant reader of a stage's
+result.json (stdlib + filelock only; the lowest layer).
 
 Every file that must survive a kill or a power loss goes through here: it is written to a temp
 file in the same folder, fsynced, renamed into place, and the folder is fsynced so the rename
@@ -9,6 +10,7 @@ leftovers from a live one's (`clean_dead_leftovers`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -17,6 +19,25 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from edgekd.errors import UserError
+
+
+def sha256_file(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_result(stage_dir: Path) -> dict[str, Any] | None:
+    """A stage folder's result.json, or None when it is absent or unreadable (not done)."""
+    p = stage_dir / "result.json"
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, OSError):
+        return None
 
 
 def fsync_dir(path: Path | str) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from edgekd import __version__
 from edgekd.errors import EdgekdError, StageError, UserError
 from edgekd.fsio import (BuildLock, cache_lock, clean_dead_leftovers, publish_dir_atomic,  # noqa: F401 (re-exported)
-                         write_bytes_atomic, write_json_atomic)
+                         read_result, sha256_file, write_bytes_atomic, write_json_atomic)
 
 RESULT_SCHEMA_VERSION = 1
 RUN_SCHEMA_VERSION = 1
@@ -171,26 +171,8 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("EDGEKD_CACHE") or Path.home() / ".cache" / "edgekd")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def stable_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def read_result(stage_dir: Path) -> dict[str, Any] | None:
-    p = stage_dir / "result.json"
-    if not p.is_file():
-        return None
-    try:
-        return json.loads(p.read_text())
-    except (json.JSONDecodeError, OSError):
-        return None
 
 
 def _valid(stage_dir: Path, key: str) -> dict[str, Any] | None:

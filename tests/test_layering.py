@@ -98,3 +98,13 @@ def test_no_import_cycles_in_edgekd():
 def test_no_cross_package_private_imports():
     _, private = _graph()
     assert private == []
+
+
+def test_only_the_top_imports_the_stage_runner():
+    """edgekd.pipeline runs stages and edgekd.tasks defines them: the layers they use (report,
+    export, profile, fsio, ...) must not import them back, even inside a function."""
+    graph, _ = _graph()
+    top = ("edgekd.cli", "edgekd.tasks", "edgekd.pipeline")
+    upward = sorted(f"{m} imports {d}" for m, deps in graph.items() for d in deps
+                    if d.startswith(("edgekd.pipeline", "edgekd.tasks")) and not m.startswith(top))
+    assert upward == []

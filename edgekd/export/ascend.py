@@ -359,7 +359,7 @@ def prepare_static(model_path: Path | str, out_path: Path | str, input_shapes: d
 
 
 def _sha256(path: Path) -> str:
-    from edgekd.pipeline import sha256_file
+    from edgekd.fsio import sha256_file
 
     return sha256_file(path)
 

@@ -29,7 +29,7 @@ DEVICE_DIR = "/data/local/tmp/edgekd"
 
 
 def _sha256(path: Path) -> str:
-    from edgekd.pipeline import sha256_file
+    from edgekd.fsio import sha256_file
 
     return sha256_file(path)
 

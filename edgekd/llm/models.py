@@ -57,7 +57,7 @@ def resolve_source(spec: str) -> dict[str, Any]:
 
 
 def _sha256(path: str) -> str:
-    from edgekd.pipeline import sha256_file
+    from edgekd.fsio import sha256_file
 
     return sha256_file(Path(path))
 

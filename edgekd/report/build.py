@@ -11,7 +11,7 @@ from typing import Any
 from edgekd import __version__
 from edgekd.errors import UserError
 from edgekd.hostinfo import cpu_name  # noqa: F401 (the text-generation report reads it from here)
-from edgekd.pipeline import read_result
+from edgekd.fsio import read_result
 
 
 def ratio(a, b):

@@ -498,7 +498,7 @@ def build_report(build_dir: Path, run: dict) -> dict[str, Any]:
     import torch
 
     from edgekd import __version__
-    from edgekd.pipeline import read_result
+    from edgekd.fsio import read_result
     from edgekd.report.schema import REPORT_SCHEMA_VERSION
     from edgekd.report.build import candidate_row, comparison_ratios, cpu_name, ratio, text_generation_control
 

@@ -358,7 +358,7 @@ exit 0
 
 
 def _write_metadata(bundle_dir: Path) -> None:
-    from edgekd.pipeline import sha256_file
+    from edgekd.fsio import sha256_file
 
     files = {p.name: {"sha256": sha256_file(p)} for p in sorted(bundle_dir.iterdir()) if p.name != "metadata.json"}
     (bundle_dir / "metadata.json").write_text(json.dumps({"files": files}))
