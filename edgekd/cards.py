@@ -120,7 +120,8 @@ def load_recipe(ref: str, overrides: dict[str, Any] | None = None, quick: bool =
 
 
 def load_target(ref: str, overrides: dict[str, Any] | None = None, quick: bool = False) -> TargetConfig:
-    """Load a target by name or path; --set target.a.b=v overrides its keys; --quick shortens profiling."""
+    """Load a target by name or path; --set target.a.b=v overrides its keys; --quick shortens profiling
+    (its [profile.quick] table, then the user's overrides again: they win, as for recipes)."""
     path = _resolve(ref, "targets")
     raw = read_raw(path)
     t_over = {k[len("target."):]: v for k, v in (overrides or {}).items() if k.startswith("target.")}
@@ -130,7 +131,9 @@ def load_target(ref: str, overrides: dict[str, Any] | None = None, quick: bool =
         prof = {**target.profile.model_dump(), **target.profile.quick}
         raw.setdefault("profile", {}).update(prof)
         raw["profile"].pop("quick", None)
-        target = validate(TargetConfig, raw, str(path))
+        # then the user's --set again, as for recipes: `--quick --set target.profile.min_runs=10` means 10
+        again = {k: v for k, v in t_over.items() if not k.startswith("profile.quick")}
+        target = validate(TargetConfig, apply_overrides(raw, again, TargetConfig), str(path))
     return target
 
 

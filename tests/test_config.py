@@ -29,6 +29,12 @@ def test_quick_applies_recipe_block_then_user_overrides():
     assert r.data.train_size == 10000 and r.distill.epochs == 1
     t = load_target("cpu", quick=True)
     assert t.profile.min_runs < load_target("cpu").profile.min_runs
+    # the user's --set wins over the target's quick table too (it was silently overridden)
+    t2 = load_target("cpu", {"target.profile.min_runs": 7, "target.profile.threads": 2}, quick=True)
+    assert (t2.profile.min_runs, t2.profile.threads) == (7, 2)
+    assert t2.profile.min_seconds == t.profile.min_seconds == t.profile.quick["min_seconds"]
+    t3 = load_target("cpu", {"target.profile.quick.min_runs": 5}, quick=True)
+    assert t3.profile.min_runs == 5
 
 
 def test_control_on_for_full_builds_off_for_quick_unless_set(tmp_path):
