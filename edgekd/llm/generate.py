@@ -4,7 +4,8 @@ Prompts are JSONL, one object per line with a "prompt" string (and optionally an
 shipped set (`models/prompts/smollm2-prompts.jsonl`) was written for this project. Answers are
 generated greedily in batches (left padding) and appended to a JSONL file whose first line holds
 the settings and the teacher hash; after a kill the next run keeps the finished answers and
-generates only the rest.
+generates only the rest. An answer is kept per prompt (same id, same text), so adding prompts to a
+set extends its cache instead of starting over.
 """
 from __future__ import annotations
 
@@ -82,20 +83,26 @@ def _read_done(path: Path, header: dict) -> dict[str, dict]:
 
 def generate_answers(model, tok, prompts: list[dict], out: Path, settings: dict[str, Any],
                      progress: Callable[[int, int], None] | None = None) -> list[dict]:
-    """Greedy answers for every prompt, appended to `out` batch by batch (resumable)."""
+    """Greedy answers for every prompt, appended to `out` batch by batch (resumable). Cached answers
+    of prompts not asked for this time stay in the file (another split or subset may ask again)."""
     import torch
 
     from edgekd.llm.models import stop_ids
 
     header = {"settings": settings}
     done = _read_done(out, header)
-    rows = [done[p["id"]] for p in prompts if p["id"] in done]
-    todo = [p for p in prompts if p["id"] not in done]
-    # rewrite the file with only the valid rows (drops a torn line), then append
+
+    def cached(p: dict) -> bool:
+        return p["id"] in done and done[p["id"]]["prompt"] == p["prompt"]
+
+    rows = [done[p["id"]] for p in prompts if cached(p)]
+    todo = [p for p in prompts if not cached(p)]
+    asked = {p["id"] for p in prompts}
+    # rewrite the file with only the valid rows (drops a torn line and answers to edited prompts), then append
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(json.dumps(header) + "\n")
-        for r in rows:
+        for r in [*rows, *(r for i, r in done.items() if i not in asked)]:
             f.write(json.dumps(r) + "\n")
     os.replace(tmp, out)
     stops = stop_ids(tok, model)

@@ -164,4 +164,9 @@ def distill(student, examples: list[Example], val: list[Example], loss_set, cfg:
               checkpoint=checkpoint, progress=progress, description=description)
     student.load_state_dict(res.best_state)
     student.eval()
-    return {"history": res.history, "best_epoch": res.best_epoch, "steps": steps_per_epoch * len(res.history)}
+    # the learning curve's x axis: answer tokens (those that carry loss) trained on so far
+    per_epoch = sum(len(e.ids) - e.start for e in examples)
+    for rec in res.history:
+        rec["train_answer_tokens"] = rec["epoch"] * per_epoch
+    return {"history": res.history, "best_epoch": res.best_epoch, "steps": steps_per_epoch * len(res.history),
+            "answer_tokens_per_epoch": per_epoch}

@@ -26,6 +26,7 @@ from edgekd.pipeline import BuildContext, Stage, StageOutput, StageResult, stabl
 
 LM_CANDIDATES = ("fp32", "fp16", "int8-dynamic", "int8-weight", "int4-weight")
 LM_LOSSES = ("soft_label", "hard_label")
+STUDENT_ARCHS = ("pruned_llama", "tiny_llama", "hf_causal_lm")
 
 
 def _gen(ctx: BuildContext):
@@ -120,8 +121,10 @@ def stage_generate(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
     sp = ctx.memo("prompt_splits", lambda: prompt_splits(ctx))
     prompts = sp["train"] + sp["val"] + sp["test"]
     g = _gen(ctx)
+    # one answers file per teacher and decoding settings, resumed per prompt: a larger prompt set
+    # (or another subset of it) reuses every answer already generated
     settings = {"teacher": info["hash"], "max_new_tokens": g.max_new_tokens, "batch_size": g.batch_size,
-                "decoding": "greedy", "prompts": stable_hash(prompts)}
+                "decoding": "greedy"}
     cache = ctx.cache_dir / "generations" / f"{stable_hash(settings)[:20]}.jsonl"
     cache.parent.mkdir(parents=True, exist_ok=True)
     model, tok = load_causal_lm(info["folder"])
@@ -193,17 +196,39 @@ def _distill_settings(ctx: BuildContext) -> dict:
             "top_k": dc.teacher_cache.top_k or 16}
 
 
+def _student_cfg(ctx: BuildContext) -> None:
+    """The student's own options, validated before the teacher loads (a typo is exit 2 in seconds)."""
+    s = ctx.recipe.student
+    if s.arch not in STUDENT_ARCHS:
+        raise ConfigError(f"unknown text-generation student arch '{s.arch}'", hint=f"valid: {', '.join(STUDENT_ARCHS)}")
+    if s.arch == "pruned_llama":
+        from edgekd.llm.prune import parse_options
+
+        parse_options(s.kwargs)
+
+
 def _distill_cfg(ctx: BuildContext) -> dict:
+    _student_cfg(ctx)
     return {"distill": _distill_settings(ctx), "student": ctx.recipe.student.model_dump(),
             "losses": [{"kind": k, "weight": w, **o.model_dump(mode="json")} for k, w, o in _loss_terms(ctx)],
             "patience": ctx.recipe.distill.patience,
             "max_length": ctx.recipe.data.max_length, "control": _gen(ctx).control}
 
 
-def _build_student(ctx: BuildContext, teacher, tok):
+def _build_student(ctx: BuildContext, teacher, tok, calib=None):
+    """The student before distillation; `calib`: (ids, mask) batches of training sequences, which
+    a pruned_llama student ranks the teacher's layers, heads and neurons on."""
     from edgekd.llm.models import check_vocab, load_causal_lm, tiny_llama
 
     s = ctx.recipe.student
+    if s.arch == "pruned_llama":
+        from edgekd.llm.models import stop_ids
+        from edgekd.llm.prune import pruned_llama
+
+        student, info = pruned_llama(teacher, calib, **s.kwargs)
+        student.generation_config.eos_token_id = stop_ids(tok, teacher)
+        student.pruning = info
+        return student
     if s.arch == "tiny_llama":
         return tiny_llama(teacher, tok, **{"seed": ctx.recipe.distill.seed, **s.kwargs})
     if s.arch == "hf_causal_lm":
@@ -216,7 +241,7 @@ def _build_student(ctx: BuildContext, teacher, tok):
         model, stok = load_causal_lm(src["path"])
         check_vocab(tok, stok)
         return model
-    raise ConfigError(f"unknown text-generation student arch '{s.arch}'", hint="valid: tiny_llama, hf_causal_lm")
+    raise ConfigError(f"unknown text-generation student arch '{s.arch}'", hint=f"valid: {', '.join(STUDENT_ARCHS)}")
 
 
 def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
@@ -260,14 +285,23 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     # trains resumes the control and reads the finished student's last checkpoint back.
     ckpts = {name: checkpoint_path(ctx, f"distill-{name}", key_material) for name in ("student", "control")}
 
+    calib = None
+    if ctx.recipe.student.arch == "pruned_llama":
+        from edgekd.llm.prune import calibration_batches, parse_options
+
+        n = parse_options(ctx.recipe.student.kwargs).calibration_samples
+        calib = calibration_batches(ex["train"], pad, n)  # the same cut for the student and the control
+
     def run(name: str, examples, cache_, losses: list[dict]) -> tuple[Any, dict]:
-        student = _build_student(ctx, *load_causal_lm(info["folder"]))
+        student = _build_student(ctx, *load_causal_lm(info["folder"]), calib=calib)
+        start = S.evaluate(student, ex["val"], pad) if calib is not None else None
         loss_set = build_losses(losses, student, None, None)
         ckpt = ckpts[name]
         t0 = time.perf_counter()
         res = S.distill(student, examples, ex["val"], loss_set, dc, pad, cache=cache_, checkpoint=ckpt,
                         progress=prog, description=f"distill {name}")
         res["train_seconds"] = time.perf_counter() - t0
+        res["val_before_training"] = start
         res["val"] = S.evaluate(student, ex["val"], pad)
         res["test"] = S.evaluate(student, ex["test"], pad)
         return student, res
@@ -291,6 +325,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         "val": res["val"], "test": res["test"], "history": res["history"], "best_epoch": res["best_epoch"],
         "train_seconds": res["train_seconds"], "teacher": teacher_eval,
         "control": None if control is None else {k: control[k] for k in ("val", "test", "best_epoch", "train_seconds")},
+        "pruning": getattr(student, "pruning", None), "val_before_training": res["val_before_training"],
         "examples": {k: len(v) for k, v in ex.items()}, "losses": cfg, "stop_ids": stops, "pad_id": pad,
         "end_id": end_id,
     }

@@ -195,6 +195,17 @@ def test_generation_resumes_after_a_kill(smol, tmp_path):
     assert counting.prompts == len(full) - 2  # only the unfinished prompts were generated again
     assert [r["answer"] for r in resumed] == [r["answer"] for r in full]
     assert all(r["answer"] for r in full) and all(r["tokens"] <= 6 for r in full)
+    # a larger set (two new prompts, one edited) generates only those; a subset generates nothing and
+    # keeps the other answers in the file for later
+    more = [*prompts[:5], {"id": "p5", "prompt": "What is 5 minus 5?"}, {"id": "p6", "prompt": "Name a colour."}]
+    counting3 = _Counting(model)
+    grown = generate_answers(counting3, tok, more, tmp_path / "b.jsonl", settings)
+    assert counting3.prompts == 2 and [r["id"] for r in grown] == [p["id"] for p in more]
+    assert [r["answer"] for r in grown[:5]] == [r["answer"] for r in full[:5]]
+    counting4 = _Counting(model)
+    assert len(generate_answers(counting4, tok, more[:3], tmp_path / "b.jsonl", settings)) == 3
+    assert counting4.prompts == 0
+    assert len((tmp_path / "b.jsonl").read_text().splitlines()) == 1 + len(more)
     # other settings (another teacher) do not reuse the file
     counting2 = _Counting(model)
     generate_answers(counting2, tok, prompts, tmp_path / "b.jsonl", {**settings, "teacher": "other"})
