@@ -120,20 +120,25 @@ def answer_rows(examples: list[Example]) -> list[int]:
 
 def distill(student, examples: list[Example], val: list[Example], loss_set, cfg: Any, pad: int, *,
             cache: Any = None, checkpoint: Path | None = None, progress: Any = None,
-            description: str = "distill") -> dict[str, Any]:
+            description: str = "distill", teacher: Any = None) -> dict[str, Any]:
     """Train `student` on `examples` through the shared loop (`distill.trainer.fit`): each step
     takes the student's logits at the answer tokens of a shuffled batch, and `loss_set` (soft_label
     on the cached top-k teacher rows, hard_label on the answer tokens) gives the loss. The best
     epoch on held-out agreement is kept. `cfg` is the recipe's DistillConfig (epochs, batch_size,
-    lr, weight_decay, grad_clip, seed, patience). `checkpoint`: updated every epoch, resumed from."""
+    lr, weight_decay, grad_clip, seed, patience). `checkpoint`: updated every epoch, resumed from.
+    `teacher`: the teacher model, run on every batch when a term reads its features (hidden_state)."""
     import torch
 
+    from edgekd.distill.hooks import FeatureCapture
     from edgekd.distill.losses import LossContext
     from edgekd.distill.trainer import fit, seed_everything
 
     if not examples:
         raise StageError(f"{description}: no training examples", hint="give more prompts")
-    if getattr(loss_set, "needs_teacher", False) and cache is None:
+    online = bool(getattr(loss_set, "needs_online_teacher", False))
+    if online and teacher is None:
+        raise StageError("a loss term reads the teacher's features but no teacher was given", hint="this is a bug in edgekd")
+    if any(type(t).needs_teacher_logits() for t in getattr(loss_set, "terms", {}).values()) and cache is None:
         raise StageError("soft-label KD needs the teacher's cached logits", hint="this is a bug in edgekd")
     seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -147,10 +152,21 @@ def distill(student, examples: list[Example], val: list[Example], loss_set, cfg:
 
     def step_loss(idx, progress_: float):
         chunk = [examples[i] for i in idx.tolist()]
-        rows = answer_logits(student, chunk, pad).float()
+        s_feats: dict[str, Any] = {}
+        t_feats: dict[str, Any] = {}
+        if online:
+            with FeatureCapture(student, loss_set.student_paths) as cap:
+                rows = answer_logits(student, chunk, pad).float()
+            s_feats = cap.features
+            ids, mask, _ = _batch(chunk, pad)
+            with torch.no_grad(), FeatureCapture(teacher, loss_set.teacher_paths, detach=True) as tcap:
+                teacher.base_model(input_ids=ids, attention_mask=mask)
+            t_feats = tcap.features
+        else:
+            rows = answer_logits(student, chunk, pad).float()
         target = torch.cat([torch.tensor(e.ids[e.start:]) for e in chunk])
-        ctx = LossContext(student_logits=rows, teacher_logits=None, labels=target, student_features={},
-                          teacher_features={}, progress=progress_,
+        ctx = LossContext(student_logits=rows, teacher_logits=None, labels=target, student_features=s_feats,
+                          teacher_features=t_feats, progress=progress_,
                           teacher_topk=cache.get(idx) if cache is not None else None)
         loss, parts = loss_set(ctx)
         return loss, parts, len(idx)

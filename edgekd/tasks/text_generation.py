@@ -25,7 +25,7 @@ from edgekd.errors import ConfigError, StageError, UserError
 from edgekd.pipeline import BuildContext, Stage, StageOutput, StageResult, stable_hash
 
 LM_CANDIDATES = ("fp32", "fp16", "int8-dynamic", "int8-weight", "int4-weight")
-LM_LOSSES = ("soft_label", "hard_label")
+LM_LOSSES = ("soft_label", "hard_label", "hidden_state")
 STUDENT_ARCHS = ("pruned_llama", "tiny_llama", "hf_causal_lm")
 
 
@@ -173,7 +173,8 @@ def _loss_terms(ctx: BuildContext) -> list[tuple[str, float, Any]]:
     bad = [lo.kind for lo in ctx.recipe.distill.losses if lo.kind not in LM_LOSSES]
     if bad:
         raise ConfigError(f"loss kind(s) {bad} are not available for text-generation recipes",
-                          hint=f"valid here: {', '.join(LM_LOSSES)} (token-level KD on cached top-k logits, and SFT)")
+                          hint=f"valid here: {', '.join(LM_LOSSES)} (token-level KD on cached top-k logits, SFT, "
+                               "and hidden states of layer pairs with the teacher run online)")
     terms = [t for t in (parse_loss(lo) for lo in ctx.recipe.distill.losses) if t[1] != 0]
     if not terms:
         raise ConfigError("every distill.losses term of this recipe has weight 0",
@@ -205,14 +206,43 @@ def _student_cfg(ctx: BuildContext) -> None:
         from edgekd.llm.prune import parse_options
 
         parse_options(s.kwargs)
+    elif any(lo.kind == "hidden_state" and any(tp == "mapped" for _, tp in lo.model_extra.get("layers") or [])
+             for lo in ctx.recipe.distill.losses):
+        raise ConfigError("hidden_state pairs with teacher path 'mapped' need student arch pruned_llama",
+                          hint="name the teacher layer (model.layers.J) for other students")
 
 
 def _distill_cfg(ctx: BuildContext) -> dict:
+    settings = _distill_settings(ctx)  # validates the loss terms first
     _student_cfg(ctx)
-    return {"distill": _distill_settings(ctx), "student": ctx.recipe.student.model_dump(),
+    return {"distill": settings, "student": ctx.recipe.student.model_dump(),
             "losses": [{"kind": k, "weight": w, **o.model_dump(mode="json")} for k, w, o in _loss_terms(ctx)],
             "patience": ctx.recipe.distill.patience,
             "max_length": ctx.recipe.data.max_length, "control": _gen(ctx).control}
+
+
+def _resolve_loss_paths(losses: list[dict], student) -> list[dict]:
+    """hidden_state pairs may name the teacher side `mapped`: the teacher layer a pruned_llama
+    student's layer was cut from (student `model.layers.i` <- teacher `model.layers.teacher_layers[i]`)."""
+    import re
+
+    out = []
+    for lo in losses:
+        if lo["kind"] == "hidden_state":
+            pairs = []
+            for sp, tp in lo["layers"]:
+                if tp == "mapped":
+                    m = re.fullmatch(r"model\.layers\.(\d+)", sp)
+                    src = getattr(student, "teacher_layers", None)
+                    if m is None or src is None or int(m.group(1)) >= len(src):
+                        raise ConfigError(f"hidden_state pair [{sp}, mapped]: 'mapped' needs a pruned_llama student and "
+                                          "a student path model.layers.I of one of its layers",
+                                          hint="name the teacher path (model.layers.J), or use student arch pruned_llama")
+                    tp = f"model.layers.{src[int(m.group(1))]}"
+                pairs.append((sp, tp))
+            lo = {**lo, "layers": pairs}
+        out.append(lo)
+    return out
 
 
 def _build_student(ctx: BuildContext, teacher, tok, calib=None):
@@ -246,6 +276,8 @@ def _build_student(ctx: BuildContext, teacher, tok, calib=None):
 
 def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
     import time
+
+    import torch
 
     from edgekd.distill.cache import TopKSequenceCache
     from edgekd.distill.losses import build_losses
@@ -293,13 +325,19 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         calib = calibration_batches(ex["train"], pad, n)  # the same cut for the student and the control
 
     def run(name: str, examples, cache_, losses: list[dict]) -> tuple[Any, dict]:
-        student = _build_student(ctx, *load_causal_lm(info["folder"]), calib=calib)
+        t_model, t_tok = load_causal_lm(info["folder"])
+        student = _build_student(ctx, t_model, t_tok, calib=calib)
         start = S.evaluate(student, ex["val"], pad) if calib is not None else None
-        loss_set = build_losses(losses, student, None, None)
+        losses = _resolve_loss_paths(losses, student)
+        # a hidden_state term reads the teacher's layers: the teacher runs on every batch
+        online = t_model if any(lo["kind"] == "hidden_state" for lo in losses) else None
+        del t_model
+        probe = torch.tensor([examples[0].ids[:16]]) if online is not None else None
+        loss_set = build_losses(losses, student, online, probe)
         ckpt = ckpts[name]
         t0 = time.perf_counter()
         res = S.distill(student, examples, ex["val"], loss_set, dc, pad, cache=cache_, checkpoint=ckpt,
-                        progress=prog, description=f"distill {name}")
+                        progress=prog, description=f"distill {name}", teacher=online)
         res["train_seconds"] = time.perf_counter() - t0
         res["val_before_training"] = start
         res["val"] = S.evaluate(student, ex["val"], pad)
