@@ -104,6 +104,20 @@ def candidate(name: str, *, kind: str, needs_calibration: bool = False, supports
 
 # --------------------------------------------------------------------------- validation
 
+# Candidates made outside this registry, and the kind of ONNX graph they produce.
+# int8-qat (edgekd/quantize/qat.py) fine-tunes the torch student and exports a static QDQ graph.
+OTHER_KINDS: dict[str, str] = {"int8-qat": "static"}
+
+
+def candidate_kind(name: str) -> str:
+    """The kind of graph candidate `name` produces (reference | fp16 | dynamic | static |
+    weight-only): what a target family decides by. ConfigError for an unknown name."""
+    if name in OTHER_KINDS:
+        return OTHER_KINDS[name]
+    validate_candidate_names([name])
+    return CANDIDATES[name].kind
+
+
 
 def validate_candidate_names(names: list[str] | tuple[str, ...]) -> None:
     """Raise ConfigError (exit 2) naming the first unknown candidate, with a near match."""

@@ -47,6 +47,22 @@ def candidate_row(c: dict, keys: tuple[str, ...], status: dict[str, str], prof: 
     return row
 
 
+def not_built_rows(not_built: list[dict]) -> list[dict[str, Any]]:
+    """`candidates` rows for the recipe's candidates the target cannot ship (quantize stage
+    metrics `not_built`): status unsupported-on-target, the reason, no file and no figures."""
+    return [{"variant": n["variant"], "format": "onnx", "path": None, "accuracy": None, "val_accuracy": None,
+             "latency_ms": None, "size_bytes": None, "error": None, "status": "unsupported-on-target",
+             "kind": n.get("kind"), "reason": n["reason"]} for n in not_built]
+
+
+def not_built_note(target: str | None, not_built: list[dict]) -> str:
+    by_reason: dict[str, list[str]] = {}
+    for n in not_built:
+        by_reason.setdefault(n["reason"], []).append(n["variant"])
+    return (f"Not built for {target} (unsupported-on-target): "
+            + "; ".join(f"{', '.join(v)}: {r}" for r, v in by_reason.items()) + ".")
+
+
 def control_entry(control: dict | None, kd_accuracy: float | None) -> dict | None:
     """report training.control from the distill stage's control metrics. The KD side of the gain is the
     reported student/fp32 accuracy (fp32 ONNX, onnxruntime, test split), measured like the control's;
@@ -122,6 +138,8 @@ def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
         if c.get("error") is None:
             models.append(model_entry("student", c["variant"], "onnx", "onnxruntime",
                                       build_dir / "quantize" / c["path"], d["metrics"]["params"], c["accuracy"]))
+    not_built = q["metrics"].get("not_built") or []
+    candidates += not_built_rows(not_built)
     selected = sel["metrics"]["selected"]
     onnx_selected = f"student/{selected}"
     conv = read_result(build_dir / "convert")
@@ -149,6 +167,8 @@ def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
     if noisy:
         notes.append(f"Latency spread across repeats exceeded 5% for: {', '.join(noisy)}.")
     notes.extend(sel["metrics"].get("warnings", []))
+    if not_built:
+        notes.append(not_built_note(run.get("target_name"), not_built))
     report = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "recipe": run.get("recipe_name"), "target": run.get("target_name"),

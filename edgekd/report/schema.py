@@ -25,7 +25,8 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
 ROLES = ("teacher", "student")
 MEASURED_ON = ("device", "host", "estimate")  # where a row's latency/energy figures come from
 MEASURED_ENERGY_METHODS = ("rapl", "nvml", "npu-smi")
-CANDIDATE_STATUSES = ("selected", "over-budget", "slower-than-fp32", "within-noise-of-fp32", "larger-than-fp32", "kept")  # or "failed: <reason>"
+CANDIDATE_STATUSES = ("selected", "over-budget", "slower-than-fp32", "within-noise-of-fp32", "larger-than-fp32", "kept",
+                      "unsupported-on-target")  # or "failed: <reason>"
 
 
 def _num(x: Any) -> bool:

@@ -28,7 +28,8 @@ def render(report: dict, console: Any) -> None:
             c.add_column(col)
         for row, cand in zip(rows, report.get("candidates") or []):
             status = str(cand.get("status", ""))
-            style = "bold green" if status == "selected" else ("red" if status.startswith("failed") else None)
+            style = ("bold green" if status == "selected" else "red" if status.startswith("failed")
+                     else "dim" if status == "unsupported-on-target" else None)
             c.add_row(*(Text(x) for x in row), style=style)
         console.print(c)
     for note in report.get("notes") or []:

@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from edgekd.config import TargetConfig
 
 __all__ = ["Capability", "ConvertJob", "TargetFamily", "FAMILY_MODULES", "family", "family_name", "check",
-           "availability", "build_ready"]
+           "availability", "build_ready", "split_candidates", "dropped_line"]
 
 # The one explicit table: family name -> module defining FAMILY (modules import nothing heavy).
 FAMILY_MODULES = {"cpu": "edgekd.targets.cpu", "cuda": "edgekd.targets.cuda", "mobile": "edgekd.targets.mobile",
@@ -49,6 +49,25 @@ def availability(target: "TargetConfig") -> list[Capability]:
 
 def build_ready(target: "TargetConfig", rows: list[Capability] | None = None) -> tuple[bool, str]:
     return family(target).ready(target, rows)
+
+
+def split_candidates(target: "TargetConfig", names: list[str]) -> tuple[list[str], list[dict[str, str]]]:
+    """(the candidates in `names` a build for `target` makes, [{variant, kind, reason}] for those
+    its family cannot ship), order kept. ConfigError for an unknown name."""
+    from edgekd.targets.base import unshippable
+
+    dropped = unshippable(family(target), names)
+    out = {d["variant"] for d in dropped}
+    return [n for n in names if n not in out], dropped
+
+
+def dropped_line(target: "TargetConfig", dropped: list[dict[str, str]], kept: list[str]) -> str:
+    """One line: which candidates are not built for `target` and why (grouped by reason), what is."""
+    by_reason: dict[str, list[str]] = {}
+    for d in dropped:
+        by_reason.setdefault(d["reason"], []).append(d["variant"])
+    why = "; ".join(f"{', '.join(v)}: {r}" for r, v in by_reason.items())
+    return f"target {target.name}: not building {', '.join(d['variant'] for d in dropped)} ({why}); building {', '.join(kept)}"
 
 
 # --------------------------------------------------------------------------- family names as targets

@@ -126,7 +126,21 @@ def _convert(job: ConvertJob) -> tuple[dict[str, str], dict[str, Any]]:
                      "models": rows, "selected_artifact": "student/ascend-om", "where": where}
 
 
+# The bundle is made from the selected candidate's ONNX and ATC parses it (edgekd/export/cann_ops.json:
+# no parser for the quantization ops ORT/NNCF write; tests/targets/test_candidates_on_targets.py
+# lints each kind's graph against that table). FP16 on the NPU is ATC's precision_mode, applied to
+# the FP32 graph and measured by the bundle's FP16 preflight.
+CANNOT_SHIP = {
+    "fp16": "the NPU's FP16 is ATC's precision_mode on the FP32 graph, measured by the bundle's FP16 preflight",
+    "dynamic": "ATC has no parser for DynamicQuantizeLinear/MatMulInteger",
+    "static": "ATC has no parser for QuantizeLinear/DequantizeLinear",
+    "weight-only": "ATC has no parser for DequantizeLinear/MatMulNBits",
+}
+
 FAMILY = TargetFamily(
     name="ascend", summary="Huawei Ascend NPU via CANN (ATC .om, msit, npu-smi)", formats=frozenset({"onnx", "om"}),
     check=_check, availability=_availability, required=("bundle (no CANN needed)",), convert=_convert,
+    cannot_ship=CANNOT_SHIP,
+    cannot_ship_hint="INT8 on Ascend goes through AMCT: the bundle carries amct/calibrate.py and a calibration batch "
+                     "(run on a CANN host)",
 )

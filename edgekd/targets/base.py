@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from edgekd.errors import ConfigError
 
@@ -58,6 +58,12 @@ class TargetFamily:
     # None: the ONNX candidates are the shipped artifacts. Otherwise returns (outputs, metrics); a
     # metrics["models"] list holds report rows for the artifacts the target ships.
     convert: Callable[[ConvertJob], tuple[dict[str, str], dict[str, Any]]] | None = None
+    # Quantization candidate kinds (edgekd.quantize.candidates.candidate_kind) whose graphs this
+    # family's runtime/converter cannot take, each with the reason. Candidates of these kinds are
+    # not built for its targets: a recipe's list is filtered (one printed line, report status
+    # `unsupported-on-target`), a card or an explicit --set naming one exits 2 before any training.
+    cannot_ship: Mapping[str, str] = field(default_factory=dict)
+    cannot_ship_hint: str = ""  # what to do instead (e.g. Ascend INT8 goes through AMCT)
 
     def ready(self, target: "TargetConfig", rows: list[Capability] | None = None) -> tuple[bool, str]:
         """Whether `edgekd build` can produce this target's artifacts here, and why not."""
@@ -79,15 +85,41 @@ def has_module(name: str) -> bool:
         return False
 
 
+def unshippable(family: TargetFamily, names: list[str] | tuple[str, ...]) -> list[dict[str, str]]:
+    """[{variant, kind, reason}] for each candidate in `names` whose kind `family` cannot ship, in
+    order. ConfigError (exit 2) for an unknown candidate name."""
+    from edgekd.quantize.candidates import candidate_kind
+
+    out = []
+    for n in names:
+        kind = candidate_kind(n)
+        if kind in family.cannot_ship:
+            out.append({"variant": n, "kind": kind, "reason": family.cannot_ship[kind]})
+    return out
+
+
+def shippable_names(family: TargetFamily) -> list[str]:
+    """The registered candidates a target of `family` can ship."""
+    from edgekd.quantize.candidates import CANDIDATES, OTHER_KINDS
+
+    kinds = {**{n: c.kind for n, c in CANDIDATES.items()}, **OTHER_KINDS}
+    return [n for n, k in kinds.items() if k not in family.cannot_ship]
+
+
 def check_common(target: "TargetConfig", family: TargetFamily) -> None:
-    """Checks every family shares: artifact formats and quantization candidate names."""
+    """Checks every family shares: artifact formats, quantization candidate names, and that the
+    card lists no candidate its family cannot ship."""
     bad = [f for f in target.formats if f not in family.formats]
     if bad:
         raise ConfigError(f"target '{target.name}' ({family.name}) cannot produce format(s) {', '.join(bad)}",
                           hint=f"formats of a {family.name} target: {', '.join(sorted(family.formats))}")
-    from edgekd.quantize.candidates import validate_candidate_names
-
-    validate_candidate_names([n for n in target.candidates if n != "int8-qat"])
+    dropped = unshippable(family, target.candidates)
+    if dropped:
+        d = dropped[0]
+        raise ConfigError(f"target '{target.name}' lists candidate {d['variant']}, which a {family.name} target cannot "
+                          f"ship: {d['reason']}",
+                          hint=f"a {family.name} target ships {', '.join(shippable_names(family))}; remove "
+                               f"{', '.join(x['variant'] for x in dropped)} from the card's candidates")
 
 
 def check_providers(target: "TargetConfig") -> None:

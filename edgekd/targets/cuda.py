@@ -51,6 +51,9 @@ def _check(target: "TargetConfig") -> None:
         check_providers(target)
 
 
+# Every candidate kind ships here (no cannot_ship): onnxruntime's CUDA provider loads any ONNX the
+# CPU provider loads, placing nodes without a CUDA kernel on the CPU provider; the profile stage
+# times each candidate as it runs, and the selection marks a slow one slower-than-fp32.
 FAMILY = TargetFamily(
     name="cuda", summary="NVIDIA GPU through onnxruntime-gpu / torch CUDA, NVML energy", formats=frozenset({"onnx"}),
     check=_check, availability=_availability, required=("onnxruntime providers", "torch"),

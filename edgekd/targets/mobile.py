@@ -116,6 +116,9 @@ def _convert(job: ConvertJob) -> tuple[dict[str, str], dict[str, Any]]:
                      "selected_artifact": choice["selected"], "artifact_selection": choice, "where": where}
 
 
+# No cannot_ship: the bundle never carries an ONNX candidate. The .pte files are made from the
+# torch student (fp32, and int8 through pt2e + the XNNPACK quantizer) and model.ort from the FP32
+# ONNX, whatever the quantize stage selected; the candidates stay host rows of the report.
 FAMILY = TargetFamily(
     name="mobile", summary="phone CPU via ExecuTorch (.pte, XNNPACK) or ORT Mobile (.ort)",
     formats=frozenset({"pte", "ort", "onnx"}), check=_check, availability=_availability,

@@ -498,19 +498,51 @@ def stage_export(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
 # --------------------------------------------------------------------------- quantize
 
 
-def candidate_names(ctx: BuildContext) -> list[str]:
+def candidate_plan(ctx: BuildContext) -> tuple[list[str], list[dict[str, str]]]:
+    """(the candidates this build makes, [{variant, kind, reason}] for those it does not).
+
+    The recipe's quantize.candidates replace the target card's, and then the target decides: a
+    candidate whose kind the target's family cannot ship (an INT8 ONNX for ATC) is not built, and
+    the report lists it as unsupported-on-target. A recipe is written for any target, so its list
+    is filtered; a list the user gave for this build (--set quantize.candidates) is taken as meant,
+    and one it cannot ship is a ConfigError (exit 2) before any training.
+    """
+    from edgekd.targets import split_candidates
+
     names = ctx.recipe.quantize.candidates or list(ctx.target.candidates)
-    return ["fp32"] + [n for n in names if n != "fp32"]  # fp32 is the reference, always first
+    names = ["fp32"] + [n for n in names if n != "fp32"]  # fp32 is the reference, always first
+    kept, dropped = split_candidates(ctx.target, names)  # unknown names: ConfigError naming the near match
+    if dropped and ({"quantize.candidates", "quantize"} & set(ctx.overrides)):
+        from edgekd.targets.base import shippable_names
+
+        fam = family(ctx.target)
+        bad = ", ".join(x["variant"] for x in dropped)
+        raise ConfigError(f"--set quantize.candidates: {bad} cannot ship on target '{ctx.target.name}' ({fam.name}): "
+                          + "; ".join(dict.fromkeys(x["reason"] for x in dropped)),
+                          hint=f"leave {bad} out of quantize.candidates (a {fam.name} target ships "
+                               f"{', '.join(shippable_names(fam))}), or build {bad} with --target cpu"
+                               + (f"; {fam.cannot_ship_hint}" if fam.cannot_ship_hint else ""))
+    return kept, dropped
+
+
+def candidate_names(ctx: BuildContext) -> list[str]:
+    return candidate_plan(ctx)[0]
 
 
 def _quantize_cfg(ctx: BuildContext) -> dict:
-    from edgekd.quantize.candidates import check_options, validate_candidate_names
+    from edgekd.quantize.candidates import check_options
 
-    # Names and options are checked here, in the pipeline's pre-flight, before any training.
-    validate_candidate_names([n for n in candidate_names(ctx) if n != QAT])
+    # Names (and whether the target can ship them) and options are checked here, in the
+    # pipeline's pre-flight, before any training.
+    kept, dropped = candidate_plan(ctx)
     check_options(ctx.recipe.quantize.options)
+    if dropped and ctx.console is not None:  # said once per build, at pre-flight (the memo is shared by every view of ctx)
+        from edgekd.targets import dropped_line
+
+        line = dropped_line(ctx.target, dropped, kept)
+        ctx.memo("candidates-not-built", lambda: ctx.console.print(line, soft_wrap=True, markup=False) or True)
     # The budget is part of the key: the accuracy-aware fallback depends on it.
-    return {"candidates": candidate_names(ctx), "quantize": ctx.recipe.quantize.model_dump(exclude={"strict", "objective"})}
+    return {"candidates": kept, "quantize": ctx.recipe.quantize.model_dump(exclude={"strict", "objective"})}
 
 
 def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
@@ -528,7 +560,7 @@ def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
     ref_val = run_onnx(fp32, s.x_val)
     results, outputs = [], {}
     prog = ctx.progress
-    names = candidate_names(ctx)
+    names, not_built = candidate_plan(ctx)
     task = prog.add_task("quantize", total=len(names)) if prog else None
     options = {**q.model_dump(exclude={"options", "accuracy_aware", "candidates", "accuracy_budget", "objective",
                                        "strict"}), **check_options(q.options)}
@@ -581,7 +613,9 @@ def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
     import hashlib
 
     return StageOutput(outputs, {"candidates": results, "calibration_samples": int(len(calib)),
-                                 "calibration_sha256": hashlib.sha256(calib.tobytes()).hexdigest()})
+                                 "calibration_sha256": hashlib.sha256(calib.tobytes()).hexdigest(),
+                                 # asked for by the recipe, not made: the target cannot ship their kind
+                                 "not_built": not_built})
 
 
 QAT = "int8-qat"  # needs the torch student and teacher, so it is made here rather than in the ONNX registry
@@ -831,7 +865,8 @@ def graph() -> list[Stage]:
         # int8-qat fine-tunes the student with the teacher: it reads the distillation settings too
         Stage("quantize", stage_quantize, ["teacher", "distill", "export"], _quantize_cfg,
               reads=("recipe.quantize", "recipe.data", "recipe.student", "recipe.teacher", "recipe.distill",
-                     "target.onnx", "target.parity", "target.candidates")),
+                     "target.onnx", "target.parity", "target.candidates",
+                     "target.runtime", "target.providers")),  # runtime + providers: the family, which filters candidates
         Stage("profile", stage_profile, ["teacher", "export", "quantize"], _profile_cfg,
               reads=("recipe.data", "recipe.teacher", "target")),
         Stage("select", stage_select, ["quantize", "profile"], select_cfg, reads=("recipe.quantize",)),

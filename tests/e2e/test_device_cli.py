@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ from tests.conftest import needs_fmnist
 
 pytestmark = pytest.mark.e2e
 QUICK = ("--quick", "--set", "distill.epochs=1", "--json")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def edgekd(*args, env=None, timeout=1500):
@@ -101,6 +103,41 @@ def test_ascend_build_with_the_tools_measures_on_the_device(ascend_build, cache,
     # no teacher ran on the NPU here: the ratios are host-vs-host and say so
     assert report["comparison"]["basis"] == "host" and "no teacher figure device" in report["comparison"]["note"]
     assert any("msit benchmark, npu-smi" in x for x in report["measurements"]["ran"])
+
+
+def test_ascend_builds_only_what_it_ships_from_a_recipe_listing_int8(cache, tmp_path):
+    """A recipe's own quantize.candidates (INT8 kinds, as minilm-sentiment lists) on --target ascend:
+    the INT8 candidates are not built (one line says so), the report lists them unsupported-on-target
+    and the bundle ships fp32. Given explicitly with --set, the same list exits 2 before training."""
+    recipe = tmp_path / "digits-int8.yaml"
+    text = (ROOT / "models" / "digits-mlp.yaml").read_text()
+    recipe.write_text(text.replace("quantize:\n", "quantize:\n  candidates: [fp32, int8-dynamic, int8-qdq, int4-weight]\n", 1))
+    env = {**cache, "PATH": os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                             if not os.path.isfile(os.path.join(p, "npu-smi")))}
+    out = tmp_path / "b"
+    r = edgekd("build", "--recipe", str(recipe), "--target", "ascend", "--quick", "--json", "--out", str(out), env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    said = [ln for ln in r.stderr.splitlines() if "not building" in ln]
+    assert len(said) == 1 and said[0].startswith("target ascend-310p: not building int8-dynamic, int8-qdq, int4-weight ("), said
+    assert said[0].endswith("; building fp32")
+    report = json.loads(r.stdout)
+    status = {c["variant"]: c["status"] for c in report["candidates"]}
+    assert status == {"fp32": "selected", "int8-dynamic": "unsupported-on-target", "int8-qdq": "unsupported-on-target",
+                      "int4-weight": "unsupported-on-target"}
+    assert all(c["reason"] for c in report["candidates"] if c["status"] == "unsupported-on-target")
+    assert sorted(p.name for p in (out / "quantize" / "candidates").iterdir()) == ["fp32.onnx"]
+    row = next(m for m in report["models"] if m["variant"] == "ascend-om")
+    assert report["selected"] == "student/ascend-om" and row["measured_on"] == "estimate" and 0.5 < row["accuracy"] <= 1
+    assert any(n.startswith("Not built for ascend-310p (unsupported-on-target)") for n in report["notes"])
+
+    out2 = tmp_path / "b2"
+    r = edgekd("build", "--recipe", "digits-mlp", "--target", "ascend", "--quick", "--out", str(out2),
+               "--set", "quantize.candidates=[int8-dynamic]", env=env)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "error: --set quantize.candidates: int8-dynamic cannot ship on target 'ascend-310p' (ascend): ATC has no " \
+           "parser for DynamicQuantizeLinear/MatMulInteger" in r.stderr
+    assert "hint: leave int8-dynamic out of quantize.candidates" in r.stderr
+    assert not out2.exists()  # refused at pre-flight: nothing trained, no build folder
 
 
 @needs_fmnist
