@@ -140,12 +140,14 @@ def select(candidates: list[dict[str, Any]], budget_points: float,
         chosen = best["variant"]
     else:
         tried = [c for c in out if c is not ref]
-        detail = ", ".join(f"{c.get('variant')}: {c['status']}" for c in tried) or "no quantized candidates"
+        detail = ", ".join(f"{c.get('variant')}: {c['status']}" for c in tried)
         msg = (f"no quantized candidate met the budget of {budget_points:g} points while beating fp32 on "
-               f"{objective} ({detail}); kept fp32")
+               f"{objective} ({detail}); kept fp32" if tried else
+               "no quantized candidate was made (the candidates are fp32 alone); kept fp32")
         if strict:
             raise StageError(msg, hint="raise quantize.accuracy_budget, add candidates, or unset quantize.strict")
-        warnings.append(msg)
+        if tried:  # fp32 alone (e.g. the Ascend cards' list) was a choice, not a shortfall: nothing to warn about
+            warnings.append(msg)
         ref["status"] = SELECTED
         chosen = REFERENCE
     return {"selected": chosen, "objective": objective, "budget_points": budget_points,

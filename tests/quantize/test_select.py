@@ -67,6 +67,14 @@ def test_strict_raises_when_nothing_beats_fp32():
     assert select([c("fp32", 0.90, 10), c("int8-qdq", 0.90, 5)], 0.5, strict=True)["selected"] == "int8-qdq"
 
 
+def test_fp32_alone_is_selected_without_a_warning_but_strict_still_refuses():
+    # e.g. an Ascend build: its card lists fp32 alone, the INT8 kinds are not built there
+    res = select([c("fp32", 0.90, 10)], 0.5)
+    assert res["selected"] == "fp32" and statuses(res) == {"fp32": "selected"} and res["warnings"] == []
+    with pytest.raises(StageError, match="no quantized candidate was made"):
+        select([c("fp32", 0.90, 10)], 0.5, strict=True)
+
+
 def test_failed_candidates_are_marked_and_skipped():
     res = select([c("fp32", p50=10), c("int4-weight", error="not applicable: no MatMul"),
                   c("int8-qdq", p50=None), c("int8-dynamic", p50=7)], 1)
