@@ -9,6 +9,10 @@ model definitions are plain PyTorch and need none of those ops, so when (and onl
 library does not load, `import_torchvision` declares the two schemas first; calling
 torchvision.ops.nms then fails as it would have anyway, and every model builds and runs. With a
 matching torchvision (PyTorch's CPU wheel index, or CUDA torch) nothing is patched.
+
+That wheel has a second effect this cannot undo: transformers imports torchvision whenever it is
+installed, so in a process that imports a transformers model class before this runs, that import
+fails. Hence the dev/CI environment does not install it (pyproject.toml, extra `vision`).
 """
 from __future__ import annotations
 
