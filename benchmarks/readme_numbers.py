@@ -114,6 +114,44 @@ def minilm_sentiment() -> str:
     return "\n".join(lines) + "\n\n" + _source("text.json", d)
 
 
+def byo() -> str:
+    """Bring your own model: a torchvision ResNet-18 the user trained, distilled for cpu and mobile (byo.json)."""
+    d = _load_opt("byo.json")
+    if d is None:
+        return "_No measurement yet: run `python benchmarks/bench_byo.py`._\n"
+    t, sz = d["teacher_training"], d["sizes"]
+    lines = [
+        f"A torchvision ResNet-18 ({t['params'] / 1e6:.1f}M parameters) trained by the user from random weights "
+        f"({t['epochs']} epochs, {sz['train_images']:,} Fashion-MNIST PNGs of 28×28 in class folders; no pretrained "
+        f"weights offline) and given to `edgekd init` as `torchvision:resnet18` + `teacher.pt`; the card it wrote (the "
+        f"default zoo student, widened) built " + (f"with `{'`, `'.join('--set ' + x for x in d['sets'])}`" if d.get("sets") else "unchanged")
+        + f". Test split: {sz['test_images']:,} images.",
+        "",
+        "| target | teacher accuracy | student (selected) | student accuracy | retained | p50 teacher (PyTorch) → student | "
+        "faster | smaller | fewer parameters | build time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for target, b in d["builds"].items():
+        sel = b["selected"].split("/", 1)[-1]
+        lines.append(f"| `{target}` | {_pct(b['teacher_accuracy'])} | `{sel}` ({b['student_format']}, {b['student_runtime']}) | "
+                     f"{_pct(b['student_accuracy'])} | {_pct(b['accuracy_retention'])} | "
+                     f"{_ms(b['teacher_p50_ms_torch'])} → {_ms(b['student_p50_ms'])} | {_x(b['speedup_p50'])} | "
+                     f"{_x(b['size_ratio'])} | {_x(b['params_ratio'])} | {b['build_wall_s'] / 60:.1f} min |")
+    gains = [f"`{tg}` {b['kd_gain_points']:+.2f} pt" for tg, b in d["builds"].items() if b.get("kd_gain_points") is not None]
+    if gains:
+        lines += ["", "Distillation vs the same student trained on labels only (test accuracy): " + ", ".join(gains) + "."]
+    g = d["goals"]
+    missed = [f"`{tg}`: {k.replace('_', ' ')}" for tg, m in d["goals_met"].items() for k, ok in m.items() if not ok]
+    lines += ["", f"Goals: ≥ {_pct(g['accuracy_retention_min'])} retained, ≥ {_x(g['speedup_vs_teacher_torch_min'])} "
+                  f"faster than the teacher in PyTorch, build ≤ {g['build_minutes_max']:.0f} min on 2 cores: "
+                  + ("all met." if not missed else "missed: " + ", ".join(missed) + ".")]
+    loads = [b.get("host_load_1min", {}).get("after") for b in d["builds"].values()]
+    extra = f", {d['host_cpu']}" if d.get("host_cpu") else ""
+    if any(loads):
+        extra += f"; 1-min load average up to {max(x for x in loads if x is not None):.1f} during the builds"
+    return "\n".join(lines) + "\n\n" + _source("byo.json", d, extra)
+
+
 KD_HEADER = ["recipe", "setting", "metric (test split)", "seeds", "KD student", "labels-only control", "KD − control",
              "source"]
 KD_VARIANTS = {"recipe": "as shipped",
@@ -212,7 +250,7 @@ def kd_gain() -> str:
 
 
 GENERATORS: dict[str, Callable[[], str]] = {"fashion-cnn": fashion_cnn, "minilm-sentiment": minilm_sentiment,
-                                            "kd-gain": kd_gain}
+                                            "kd-gain": kd_gain, "byo": byo}
 
 
 def render(text: str) -> str:

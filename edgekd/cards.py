@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from edgekd.config import RecipeConfig, TargetConfig, apply_overrides, validate
+from edgekd.config import MODEL_SOURCES, RecipeConfig, TargetConfig, apply_overrides, validate
 from edgekd.errors import ConfigError, UserError
 
 _SRC_ROOT = Path(__file__).resolve().parent.parent
@@ -151,12 +151,14 @@ NORMALIZATIONS: dict[str, tuple[list[float], list[float]] | None] = {
 
 def model_spec(spec: str, weights: str | None = None) -> dict[str, Any]:
     """A ModelRef dict from a command-line spec: FILE.onnx, an HF folder or pkg:NAME, a zoo
-    architecture name, or package.module:function."""
+    architecture name, torchvision:NAME, or package.module:function."""
     from edgekd.zoo import ARCHS
 
     p = Path(spec).expanduser()
     if spec.endswith(".onnx"):
         d: dict[str, Any] = {"onnx": spec}
+    elif spec.startswith("torchvision:"):
+        d = {"torchvision": spec.split(":", 1)[1]}
     elif spec.startswith("pkg:") or p.is_dir():
         d = {"hf": spec}
     elif spec in ARCHS:
@@ -166,7 +168,7 @@ def model_spec(spec: str, weights: str | None = None) -> dict[str, Any]:
     else:
         raise ConfigError(f"cannot tell what model '{spec}' is",
                           hint="give FILE.onnx, a Hugging Face folder, pkg:NAME, package.module:function, "
-                               f"or a zoo name ({', '.join(sorted(ARCHS))})")
+                               f"torchvision:NAME, or a zoo name ({', '.join(sorted(ARCHS))})")
     if weights:
         d["weights"] = weights
     return d
@@ -276,9 +278,11 @@ def _accuracy(model, x, y) -> float:
 
 def init_card(teacher: str, data: str, weights: str | None = None, student: str | None = None,
               student_weights: str | None = None, name: str | None = None, label_column: str | None = None,
-              text_column: str | None = None, log=None) -> str:
+              text_column: str | None = None, log=None, teacher_kwargs: dict[str, Any] | None = None,
+              student_kwargs: dict[str, Any] | None = None) -> str:
     """Inspect a teacher and a dataset and return a complete, commented recipe card (YAML text)
-    that `edgekd build` takes unchanged. The card is validated before it is returned."""
+    that `edgekd build` takes unchanged. The card is validated before it is returned.
+    `teacher_kwargs`/`student_kwargs` are passed to the models' builders (e.g. num_classes)."""
     import json
 
     import numpy as np
@@ -289,6 +293,13 @@ def init_card(teacher: str, data: str, weights: str | None = None, student: str 
 
     say = log or (lambda _m: None)
     t = model_spec(teacher, weights)
+    for what, kw in (("--teacher-kwargs", teacher_kwargs), ("--student-kwargs", student_kwargs)):
+        if kw is not None and not isinstance(kw, dict):
+            raise ConfigError(f"{what} must be a mapping, got {type(kw).__name__}", hint=f"e.g. {what} '{{num_classes: 10}}'")
+    if teacher_kwargs:
+        if "onnx" in t:
+            raise ConfigError("an onnx teacher takes no kwargs (they are in the file)", hint="drop --teacher-kwargs")
+        t["kwargs"] = dict(teacher_kwargs)
     d = data_spec(data, label_column, text_column)
     notes: dict[str, str] = {}
     hf_encoder_only = False
@@ -369,6 +380,8 @@ def init_card(teacher: str, data: str, weights: str | None = None, student: str 
     # the student: the user's, or a small zoo model that fits the data
     if student:
         s = model_spec(student, student_weights)
+        if student_kwargs:
+            s["kwargs"] = dict(student_kwargs)
         s_note = "your student"
     elif task == "image-classification":
         s = {"arch": "small_cnn", "kwargs": {"in_channels": int(splits.x_train.shape[1]), "num_classes": n_cls}}
@@ -383,6 +396,8 @@ def init_card(teacher: str, data: str, weights: str | None = None, student: str 
         s = {"arch": "bert_student", "kwargs": {"hf": hf_src, "num_classes": n_cls, "num_layers": 2,
                                                  "init_from": "trained_teacher" if hf_encoder_only else "teacher"}}
         s_note = "a 2-layer BERT " + ("cut out of the fine-tuned teacher" if hf_encoder_only else "started from the teacher's pretrained layers")
+    if student_kwargs and not student:
+        s["kwargs"] = {**s.get("kwargs", {}), **student_kwargs}
     student_model = build_model(ModelRef(**s), log=say)
     check_model_on_data(student_model, x_sample, n_cls, "student", student or s.get("arch", ""))
     name = name or f"{Path(data.rstrip('/')).stem or 'my'}-byo".replace(" ", "-")
@@ -391,7 +406,7 @@ def init_card(teacher: str, data: str, weights: str | None = None, student: str 
         teacher_train = ({"epochs": 2, "batch_size": 32, "lr": 5e-5, "weight_decay": 0.01, "seed": 0} if hf_encoder_only
                          else {"epochs": 10, "batch_size": 64, "lr": 0.003, "seed": 0})
     onnx_teacher = "onnx" in t
-    s_src = next(s[k] for k in ("arch", "factory", "hf", "onnx") if k in s)
+    s_src = next(s[k] for k in MODEL_SOURCES if k in s)
     description = f"{task}: {teacher} -> {s_src} on {data}"
     y = lambda v: json.dumps(v)  # noqa: E731 — JSON is valid YAML and quotes what needs quoting
     lines = [
@@ -426,7 +441,7 @@ def init_card(teacher: str, data: str, weights: str | None = None, student: str 
     lines += ["  val_fraction: 0.1", "  test_fraction: 0.2  # held out when the data has no test split",
               "  seed: 0", "  # unlabeled: PATH  # a transfer set without labels: the student learns the teacher's soft labels on it",
               "teacher:"]
-    for k in ("arch", "factory", "hf", "onnx", "weights"):
+    for k in (*MODEL_SOURCES, "weights"):
         if k in tref:
             lines.append(f"  {k}: {y(tref[k])}")
     if tref.get("kwargs"):
@@ -439,7 +454,7 @@ def init_card(teacher: str, data: str, weights: str | None = None, student: str 
         lines.append("  # no `train`: the teacher is used as given" + (f" ({acc_note})" if acc_note else "")
                      + "; its accuracy is measured and reported")
     lines += [f"student:  # {s_note}"]
-    for k in ("arch", "factory", "hf", "onnx", "weights"):
+    for k in (*MODEL_SOURCES, "weights"):
         if k in s:
             lines.append(f"  {k}: {y(s[k])}")
     if s.get("kwargs"):

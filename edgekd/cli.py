@@ -216,7 +216,7 @@ def report(
 
 @app.command()
 def init(
-    teacher: str = typer.Option(..., "--teacher", help="package.module:function, FILE.onnx, a Hugging Face folder, pkg:NAME or a zoo name"),
+    teacher: str = typer.Option(..., "--teacher", help="package.module:function, FILE.onnx, a Hugging Face folder, pkg:NAME, torchvision:NAME or a zoo name"),
     data: str = typer.Option(..., "--data", help="an image folder (class subfolders), .csv/.jsonl/.npz, or a save_to_disk folder"),
     weights: Optional[str] = typer.Option(None, "--weights", help="the teacher's state dict (.pt weights_only, or .safetensors)"),
     student: Optional[str] = typer.Option(None, "--student", help="your student (same forms as --teacher); default: a small zoo model"),
@@ -224,14 +224,19 @@ def init(
     name: Optional[str] = typer.Option(None, "--name", help="recipe name (default: from the data folder)"),
     label_column: Optional[str] = typer.Option(None, "--label-column", help="csv/jsonl: the label column (default: label)"),
     text_column: Optional[str] = typer.Option(None, "--text-column", help="csv/jsonl: the text column (default: text if present)"),
+    teacher_kwargs: Optional[str] = typer.Option(None, "--teacher-kwargs", help="the teacher builder's kwargs as YAML, e.g. '{num_classes: 10}'"),
+    student_kwargs: Optional[str] = typer.Option(None, "--student-kwargs", help="the student builder's kwargs as YAML"),
 ) -> None:
     """Inspect your teacher and data; print a complete, commented recipe card: edgekd init ... > my.yaml"""
     def go() -> None:
         from edgekd.cards import init_card
+        from edgekd.config import parse_value
 
         err = _console(to_stderr=True)
         text = init_card(teacher, data, weights=weights, student=student, student_weights=student_weights, name=name,
-                         label_column=label_column, text_column=text_column, log=lambda m: err.print(m.strip()))
+                         label_column=label_column, text_column=text_column, log=lambda m: err.print(m.strip()),
+                         teacher_kwargs=parse_value(teacher_kwargs) if teacher_kwargs else None,
+                         student_kwargs=parse_value(student_kwargs) if student_kwargs else None)
         sys.stdout.write(text)
         err.print("[dim]card written; build it with: edgekd build --target cpu --recipe CARD.yaml[/]")
     _guard(go)

@@ -78,18 +78,21 @@ class DataConfig(Strict):
 
 _BYO_DATA_FIELDS = ("test_fraction", "classes", "text_column", "label_column", "feature_columns", "image_size",
                     "channels", "mean", "std", "splits", "unlabeled")
-MODEL_SOURCES = ("arch", "factory", "hf", "onnx")
+MODEL_SOURCES = ("arch", "factory", "hf", "onnx", "torchvision")
 
 
 class ModelRef(Strict):
     """A teacher or student from exactly one source: a zoo architecture (`arch`), the user's own
     `factory` ("package.module:function", called with `kwargs`), a local Hugging Face folder
-    (`hf`), or an ONNX file (`onnx`, teachers only). `weights` loads a state dict after building."""
+    (`hf`), an ONNX file (`onnx`, teachers only), or a torchvision model name (`torchvision`, with
+    `kwargs` such as num_classes; the optional `vision` extra). `weights` loads a state dict after building."""
 
     arch: str | None = Field(None, description="zoo architecture name (edgekd.zoo.ARCHS)")
     factory: str | None = Field(None, description="'package.module:function' importable here; called with kwargs, returns a torch.nn.Module")
     hf: str | None = Field(None, description="local Hugging Face folder of an image- or text-classification model (or pkg:NAME)")
     onnx: str | None = Field(None, description="teacher only: an ONNX file whose logits onnxruntime computes")
+    torchvision: str | None = Field(None, description="a torchvision classification model name (resnet18, mobilenet_v3_small, ...), "
+                                                       "built by torchvision.models.get_model(name, **kwargs); needs edgekd[vision]")
     kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = Field(None, description="state dict loaded after building: .pt/.pth (weights_only) or .safetensors")
 
@@ -104,7 +107,7 @@ class ModelRef(Strict):
 
     @property
     def source(self) -> str:
-        """Which of arch/factory/hf/onnx this model comes from."""
+        """Which of arch/factory/hf/onnx/torchvision this model comes from."""
         return next(n for n in MODEL_SOURCES if getattr(self, n))
 
     def describe(self) -> str:
@@ -114,7 +117,7 @@ class ModelRef(Strict):
         """The settings that key caches; unset bring-your-own fields are left out so zoo recipes
         keep the keys of earlier versions (and their cached teachers)."""
         d = self.model_dump()
-        for name in ("arch", "factory", "hf", "onnx", "weights"):
+        for name in (*MODEL_SOURCES, "weights"):
             if d.get(name) is None:
                 d.pop(name, None)
         if "train" in d and d["train"] is None:

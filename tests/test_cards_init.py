@@ -88,3 +88,24 @@ def test_init_bad_sources(user_dir):
     (user_dir / "emptyclass" / "a").mkdir(parents=True)
     with pytest.raises(DataError, match="has no images"):
         init_card("small_cnn", "emptyclass")
+
+
+def test_init_passes_builder_kwargs_into_the_card(user_dir):
+    with open(user_dir / "t.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["a", "b", "y"])
+        for i in range(30):
+            w.writerow([i, -i, i % 3])
+    torch.manual_seed(0)
+    torch.save(torch.nn.Linear(2, 3).state_dict(), user_dir / "lin.pt")
+    # the weights are a 3-way head: without the kwargs the factory's default (2 classes) would not load them
+    with pytest.raises(ConfigError, match=r"'weight' is \[3, 2\] in the file, \[2, 3\] in the model"):
+        init_card("initmodels:tabular", "t.csv", weights="lin.pt", label_column="y")
+    text = init_card("initmodels:tabular", "t.csv", weights="lin.pt", label_column="y",
+                     teacher_kwargs={"in_features": 2, "num_classes": 3}, student_kwargs={"hidden": [8]})
+    card = RecipeConfig.model_validate(yaml.safe_load(text))
+    assert card.teacher.kwargs == {"in_features": 2, "num_classes": 3} and card.teacher.weights == "lin.pt"
+    # the default zoo student keeps the kwargs read from the data; the user's override the rest
+    assert card.student.arch == "mlp" and card.student.kwargs == {"in_features": 2, "num_classes": 3, "hidden": [8]}
+    with pytest.raises(ConfigError, match="--teacher-kwargs must be a mapping"):
+        init_card("initmodels:tabular", "t.csv", teacher_kwargs=[1, 2])  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-HEAVY = ["onnxruntime", "nncf", "optimum", "transformers", "openvino", "executorch", "torch_npu", "torch"]
+HEAVY = ["onnxruntime", "nncf", "optimum", "transformers", "openvino", "executorch", "torch_npu", "torch", "torchvision", "datasets"]
 
 
 def test_import_edgekd_and_cli_stays_light():

@@ -4,7 +4,8 @@ classification, tokenized with `data.tokenizer`) or numeric feature columns (tab
 `data.path` is one file (test held out with data.seed) or a folder with train.csv and optional
 val.csv / test.csv (.jsonl for jsonl). `hf-disk` reads a folder saved by
 `datasets.Dataset[Dict].save_to_disk` with `datasets.load_from_disk`; its split names default to
-train / validation / test and can be renamed with `data.splits`.
+train / validation / test and can be renamed with `data.splits`; a ClassLabel label column gives
+the class names (unless `data.classes` says otherwise).
 
 Columns: `data.label_column` (default "label"); `data.text_column` (default "text" when present)
 or `data.feature_columns`. Labels are class names or indices; `data.classes` fixes the order.
@@ -240,6 +241,17 @@ def load_hf_disk(cfg):
             raise DataError(f"{path} has no split '{names['train']}' (splits: {', '.join(available)})",
                             hint="name the train split: data.splits: {train: NAME}")
         parts = {s: _records(ds[n]) for s, n in names.items() if n in ds}
+        ds = ds[names["train"]]
+    # A ClassLabel column stores indices into its names: labels become those names (so data.classes
+    # can reorder them like any named labels), and the names in their order are the default classes.
+    label_names = getattr((getattr(ds, "features", None) or {}).get(cfg.label_column), "names", None)
+    if label_names:
+        for rec in parts.values():
+            if cfg.label_column in rec:
+                rec[cfg.label_column] = [label_names[v] if isinstance(v, int) and 0 <= v < len(label_names) else v
+                                         for v in rec[cfg.label_column]]
+        if cfg.classes is None:
+            cfg = cfg.model_copy(update={"classes": [str(n) for n in label_names]})
     return _build(cfg, parts, {s: f"{path}[{names[s]}]" for s in parts}, str(path))
 
 

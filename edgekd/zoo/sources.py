@@ -13,6 +13,8 @@ one input tensor and returns logits [batch, classes], so every stage treats them
 - `onnx:` an ONNX file run with onnxruntime inside a module without parameters: usable wherever
   only logits are needed (teacher accuracy, the teacher-logit cache); it cannot be trained,
   exported again or hooked for feature losses.
+- `torchvision:` a torchvision classification model name, `torchvision.models.get_model(name,
+  **kwargs)` (edgekd.zoo.vision; a factory under `torchvision.` is imported the same way).
 """
 from __future__ import annotations
 
@@ -47,6 +49,10 @@ def build_model(ref, log: Log | None = None) -> nn.Module:
         model = call_factory(ref.factory, ref.kwargs, log)
     elif src == "hf":
         model = hf_classifier(ref.hf, **ref.kwargs)
+    elif src == "torchvision":
+        from edgekd.zoo.vision import torchvision_model
+
+        model = torchvision_model(ref.torchvision, **ref.kwargs)
     else:
         model = OnnxModel(ref.onnx)
     if ref.weights:
@@ -62,6 +68,10 @@ def import_factory(spec: str, log: Log | None = None) -> Callable[..., Any]:
                           hint="e.g. factory: mymodels:build_teacher (mymodels.py in the current folder or an installed package)")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # `edgekd` is a console script: make the user's folder importable like `python -m`
+    if module_name.split(".")[0] == "torchvision":  # e.g. torchvision.models:resnet18 beside the CPU torch wheel
+        from edgekd.zoo.vision import import_torchvision
+
+        import_torchvision()
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -411,6 +421,10 @@ def fingerprint(ref) -> dict[str, str]:
         p = Path(resolve_hf(ref.hf))
         if p.is_dir():
             out["hf"] = sha_path(p)
+    if ref.torchvision:  # the model's code is the installed package's: its version keys the stages
+        from edgekd.zoo.vision import torchvision_version
+
+        out["torchvision"] = torchvision_version() or "absent"
     if ref.factory:
         module_name = ref.factory.partition(":")[0]
         try:

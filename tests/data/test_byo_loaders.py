@@ -218,3 +218,57 @@ def test_byo_fields_stay_out_of_old_cache_keys():
     assert set(DataConfig(kind="digits").key_dict()) == {"kind", "path", "val_fraction", "train_size", "test_size",
                                                          "label_fraction", "seed"}
     assert DataConfig(kind="image-folder", image_size=[8, 8]).key_dict()["image_size"] == [8, 8]
+
+
+WORDS = ["the", "film", "plot", "was", "great", "superb", "lovely", "awful", "dull", "boring"]
+
+
+def write_tokenizer(path):
+    """A tiny WordPiece tokenizer in a model folder (edgekd reads tokenizers from model folders, which
+    hold a config.json): BERT special tokens + a few words, written offline."""
+    from transformers import BertConfig, BertTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(str(path))
+    BertConfig(vocab_size=5 + len(WORDS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=32).save_pretrained(str(path))
+    return path
+
+
+def review_dataset_dict(n_train=40, n_test=12, seed=0):
+    """A DatasetDict train/test with a text column and a ClassLabel label (0 = neg, 1 = pos)."""
+    import datasets
+
+    rng = np.random.default_rng(seed)
+
+    def part(n):
+        labels = [i % 2 for i in range(n)]
+        texts = [f"the {rng.choice(['film', 'plot'])} was {rng.choice(WORDS[4:7] if y else WORDS[7:])}" for y in labels]
+        return datasets.Dataset.from_dict({"text": texts, "label": labels},
+                                          features=datasets.Features({"text": datasets.Value("string"),
+                                                                      "label": datasets.ClassLabel(names=["neg", "pos"])}))
+
+    return datasets.DatasetDict({"train": part(n_train), "test": part(n_test)})
+
+
+def test_hf_disk_text_dataset_dict_with_class_label_names(tmp_path):
+    pytest.importorskip("datasets")
+    pytest.importorskip("transformers")
+    review_dataset_dict().save_to_disk(str(tmp_path / "reviews"))
+    tok = write_tokenizer(tmp_path / "tok")
+    cfg = DataConfig(kind="hf-disk", path=str(tmp_path / "reviews"), tokenizer=str(tok), max_length=8, seed=3)
+    s = load(cfg)
+    assert s.class_names == ["neg", "pos"]  # from the ClassLabel feature, not "0"/"1"
+    assert s.x_train.dtype == np.int64 and s.x_train.shape[1] == 8 and len(s.x_test) == 12
+    assert len(s.x_train) + len(s.x_val) == 40 and s.normalization["input"] == "token_ids"
+    # the words survive tokenization: "great" is in the vocabulary, every review starts [CLS] the
+    assert (s.x_test[:, 0] == 2).all() and (s.x_test[:, 1] == 5).all()
+    pos_ids, neg_ids = {9, 10, 11}, {12, 13, 14}  # great/superb/lovely, awful/dull/boring
+    for ids, y in zip(s.x_test, s.y_test):
+        assert set(ids.tolist()) & (pos_ids if y == 1 else neg_ids)
+    again = load(cfg)
+    assert np.array_equal(again.x_train, s.x_train) and np.array_equal(again.y_val, s.y_val)  # seeded
+    # data.classes still decides the order when given
+    flipped = load(cfg.model_copy(update={"classes": ["pos", "neg"]}))
+    assert flipped.class_names == ["pos", "neg"] and np.array_equal(flipped.y_test, 1 - s.y_test)

@@ -241,3 +241,54 @@ def test_init_with_an_onnx_teacher_builds_unchanged(byo):
     report, out, _ = _build(byo, card, "init-onnx")
     assert report["recipe"] == "photos-onnx" and report["training"]["teacher"]["source"] == "onnx:teacher.onnx"
     assert not any(m["variant"] == "fp32-torch" for m in report["models"])
+
+
+@pytest.fixture(scope="module")
+def vit_folder(byo):
+    """A tiny Hugging Face ViT image classifier, trained here for a few seconds on the photos (pixels
+    normalized as its preprocessor_config.json says) and saved with save_pretrained as the folder `vit/`."""
+    import torch
+    import transformers
+    from PIL import Image
+
+    x = np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32).transpose(2, 0, 1) / 255.0
+                  for c in CLASSES for p in sorted((byo / "photos" / c).glob("*.png"))])
+    x = (x - 0.5) / 0.5
+    y = np.repeat(np.arange(3), 40)
+    torch.manual_seed(0)
+    cfg = transformers.ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, intermediate_size=64, num_labels=3,
+                                 id2label=dict(enumerate(CLASSES)), label2id={c: i for i, c in enumerate(CLASSES)})
+    vit = transformers.ViTForImageClassification(cfg)
+    opt = torch.optim.Adam(vit.parameters(), lr=3e-3)
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    for _ in range(100):
+        idx = torch.randperm(len(xt))[:48]
+        loss = torch.nn.functional.cross_entropy(vit(pixel_values=xt[idx]).logits, yt[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    vit.eval()
+    with torch.no_grad():
+        acc = float((vit(pixel_values=xt).logits.argmax(1) == yt).float().mean())
+    assert acc > 0.9, f"the test's ViT did not learn the toy task ({acc:.2f})"
+    vit.save_pretrained(byo / "vit")
+    transformers.ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.5] * 3,
+                                   image_std=[0.5] * 3).save_pretrained(byo / "vit")
+    return byo / "vit"
+
+
+def test_hf_image_teacher_folder_through_init_and_a_quick_build(byo, vit_folder):
+    r = edgekd("init", "--teacher", "vit", "--data", "photos", "--name", "photos-vit", cwd=byo)
+    assert r.returncode == 0, r.stderr[-3000:]
+    card = r.stdout
+    assert 'hf: "vit"' in card and "channels: 3" in card and "used as given" in card
+    assert "from the model's preprocessor_config.json" in card and "mean: [0.5, 0.5, 0.5]" in card
+    assert 'arch: "small_cnn"' in card  # an image teacher that is not a transformer student's source: a zoo CNN
+    report, out, _ = _build(byo, card, "init-vit")
+    t = report["training"]["teacher"]
+    assert t["given"] is True and t["source"] == "hf:vit" and t["test_accuracy"] > 0.8
+    rows = {(m["role"], m["variant"]) for m in report["models"]}
+    assert ("teacher", "fp32-torch") in rows and ("teacher", "fp32") in rows  # the ViT timed in PyTorch and exported
+    assert _student_row(report)["accuracy"] > 0.5
+    assert report["comparison"]["params_ratio"] > 1 and (out / "report" / "report.md").is_file()
