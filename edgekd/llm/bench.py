@@ -100,9 +100,9 @@ def run_spec(spec_in: GenerationSpec | dict[str, Any]) -> dict[str, Any]:
     ttfts, steps = [], []
     for _ in range(st.repeats):
         for p in prompts:
-            ttft, st = run(p, n)
+            ttft, step_s = run(p, n)
             ttfts.append(ttft * 1e3)
-            steps.extend(s * 1e3 for s in st)
+            steps.extend(s * 1e3 for s in step_s)
     wall = time.perf_counter() - t0
     joules = sampler.stop() if sampler else None
     cpu = sum(proc.cpu_times()[:2]) - cpu0
