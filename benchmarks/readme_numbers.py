@@ -133,15 +133,17 @@ def byo() -> str:
     ]
     for target, b in d["builds"].items():
         sel = b["selected"].split("/", 1)[-1]
-        lines.append(f"| `{target}` | {_pct(b['teacher_accuracy'])} | `{sel}` ({b['student_format']}, {b['student_runtime']}) | "
+        on = "this host" if b.get("latency_measured_on") in ("host", "device") else b.get("latency_measured_on")
+        lines.append(f"| `{target}` | {_pct(b['teacher_accuracy'])} | `{sel}` ({b['student_format']}, {b['student_runtime']}, {on}) | "
                      f"{_pct(b['student_accuracy'])} | {_pct(b['accuracy_retention'])} | "
                      f"{_ms(b['teacher_p50_ms_torch'])} → {_ms(b['student_p50_ms'])} | {_x(b['speedup_p50'])} | "
-                     f"{_x(b['size_ratio'])} | {_x(b['params_ratio'])} | {b['build_wall_s'] / 60:.1f} min |")
+                     f"{_x(b['size_ratio'])} | {_x(b['params_ratio'])} | {b['build_wall_s'] / 60:.1f} min"
+                     + (f" (reused {', '.join(b['reused_stages'])})" if b.get("reused_stages") else "") + " |")
     gains = [f"`{tg}` {b['kd_gain_points']:+.2f} pt" for tg, b in d["builds"].items() if b.get("kd_gain_points") is not None]
     if gains:
         lines += ["", "Distillation vs the same student trained on labels only (test accuracy): " + ", ".join(gains) + "."]
     g = d["goals"]
-    missed = [f"`{tg}`: {k.replace('_', ' ')}" for tg, m in d["goals_met"].items() for k, ok in m.items() if not ok]
+    missed = [f"`{tg}`: {k.replace('_', ' ')}" for tg, m in d["goals_met"].items() for k, ok in m.items() if ok is False]
     lines += ["", f"Goals: ≥ {_pct(g['accuracy_retention_min'])} retained, ≥ {_x(g['speedup_vs_teacher_torch_min'])} "
                   f"faster than the teacher in PyTorch, build ≤ {g['build_minutes_max']:.0f} min on 2 cores: "
                   + ("all met." if not missed else "missed: " + ", ".join(missed) + ".")]
@@ -149,6 +151,8 @@ def byo() -> str:
     extra = f", {d['host_cpu']}" if d.get("host_cpu") else ""
     if any(loads):
         extra += f"; 1-min load average up to {max(x for x in loads if x is not None):.1f} during the builds"
+    if d.get("notes"):
+        extra += f"; {len(d['notes'])} notes in the file on how it ran (a shared, busy host: wall times are upper bounds)"
     return "\n".join(lines) + "\n\n" + _source("byo.json", d, extra)
 
 
