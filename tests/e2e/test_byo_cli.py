@@ -10,6 +10,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from tests.e2e.conftest import FAST_PROFILE
+
 pytestmark = pytest.mark.e2e
 
 MODELS_PY = textwrap.dedent('''
@@ -110,7 +112,8 @@ quantize: {{accuracy_budget: 5.0, calibration_samples: 32}}
 def _build(root, card_text, name):
     (root / f"{name}.yaml").write_text(card_text)
     out = root / f"build-{name}"
-    r = edgekd("build", "--target", "cpu", "--quick", "--recipe", f"{name}.yaml", "--out", str(out), "--json", cwd=root)
+    r = edgekd("build", "--target", "cpu", "--quick", *FAST_PROFILE, "--recipe", f"{name}.yaml", "--out", str(out),
+               "--json", cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout), out, r
 

@@ -1,6 +1,5 @@
 """Drive the real CLI end to end on tiny data: `edgekd build --target cpu --quick` and bad input."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +8,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import needs_fmnist
+from tests.e2e.conftest import FAST_PROFILE
+from tests.e2e.conftest import edgekd as run_edgekd
 
 pytestmark = pytest.mark.e2e
 CONTRACT_MODEL_KEYS = {"role", "variant", "format", "runtime", "path", "params", "size_bytes", "accuracy",
@@ -16,15 +17,13 @@ CONTRACT_MODEL_KEYS = {"role", "variant", "format", "runtime", "path", "params",
 
 
 def edgekd(*args, env=None, cwd=None, timeout=900):
-    e = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "edgekd", *args], capture_output=True, text=True, env=e, cwd=cwd,
-                          timeout=timeout)
+    return run_edgekd(*args, env=env, cwd=cwd, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
-def quick_build(tmp_path_factory):
+def quick_build(tmp_path_factory, fashion_cache):
     root = tmp_path_factory.mktemp("e2e")
-    env = {"EDGEKD_CACHE": str(root / "cache")}
+    env = dict(fashion_cache)  # the session's fashion-cnn teacher cache (the device tests share it)
     out = root / "build"
     r = edgekd("build", "--target", "cpu", "--quick", "--out", str(out), "--json", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -100,7 +99,7 @@ def test_rerun_reuses_every_stage_and_quantize_change_does_not_retrain(quick_bui
 def test_teacher_cache_shared_between_build_folders(quick_build, tmp_path):
     _, _, env, _ = quick_build
     r = edgekd("build", "--target", "cpu", "--quick", "--out", str(tmp_path / "other"), "--set", "distill.epochs=1",
-               "--set", "quantize.candidates=[fp32]", "--quiet", env=env)
+               "--set", "quantize.candidates=[fp32]", *FAST_PROFILE, "--quiet", env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     t = json.loads((tmp_path / "other" / "teacher" / "result.json").read_text())
     assert t["metrics"]["cached"] is True
@@ -170,7 +169,7 @@ def test_recipes_and_targets_listing():
 def test_digits_quick_build_and_stage_command(tmp_path):
     env = {"EDGEKD_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "d"
-    r = edgekd("build", "--recipe", "digits-mlp", "--quick", "--out", str(out), env=env)
+    r = edgekd("build", "--recipe", "digits-mlp", "--quick", *FAST_PROFILE, "--out", str(out), env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     # stdout is a pipe here, as in CI or `make demo > log`: a plain line per stage and per epoch
     assert "→ teacher started" in r.stdout and "→ distill started" in r.stdout and "✓ report" in r.stdout
@@ -204,8 +203,8 @@ def test_control_arm_in_quick_build(tmp_path):
 
     env = {"EDGEKD_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "c"
-    r = edgekd("build", "--recipe", "digits-mlp", "--quick", "--set", "distill.control=true", "--out", str(out),
-               "--quiet", env=env)
+    r = edgekd("build", "--recipe", "digits-mlp", "--quick", "--set", "distill.control=true", *FAST_PROFILE,
+               "--out", str(out), "--quiet", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads((out / "report" / "report.json").read_text())
     ctrl, comp = rep["training"]["control"], rep["comparison"]
@@ -366,16 +365,13 @@ def test_unavailable_targets_exit_3(tmp_path):
 
 
 @needs_fmnist
-def test_ascend_bundle_for_fashion_cnn(quick_build, tmp_path):
+def test_ascend_bundle_for_fashion_cnn(ascend_quick_build):
     import onnx
 
     from edgekd.export.ascend import lint
 
-    _, _, env, _ = quick_build  # shares the teacher cache: only the student is retrained (1 epoch)
-    out = tmp_path / "asc"
-    r = edgekd("build", "--target", "ascend-310p", "--quick", "--out", str(out), "--set", "distill.epochs=1", "--quiet",
-               env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
+    out, report, _ = ascend_quick_build  # the session's Ascend quick build (test_device_cli reads it too)
+    assert report["target"] == "ascend-310p"
     b = out / "convert" / "ascend"
     m = onnx.load(str(b / "model.onnx"))
     opset = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))

@@ -11,9 +11,10 @@ import pytest
 from edgekd.cards import load_target
 from tests import ascend_fakes
 from tests.conftest import needs_fmnist
+from tests.e2e.conftest import FAST_PROFILE, copy_build
 
 pytestmark = pytest.mark.e2e
-QUICK = ("--quick", "--set", "distill.epochs=1", "--json")
+QUICK = ("--quick", "--set", "distill.epochs=1", *FAST_PROFILE, "--json")  # the settings of ascend_quick_build
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -37,20 +38,17 @@ def assert_labelled_and_never_host_time_x_device_power(report, card):
 
 
 @pytest.fixture(scope="module")
-def cache():
-    # The content-addressed teacher cache of this environment (EDGEKD_CACHE or the default): the
-    # quick teacher is trained once and shared; every build here has its own folder.
-    return {k: v for k, v in os.environ.items() if k == "EDGEKD_CACHE"}
+def cache(fashion_cache):
+    # The session's fashion-cnn teacher cache: the quick teacher is trained once and shared with
+    # test_cli; every build here has its own folder.
+    return fashion_cache
 
 
 @pytest.fixture(scope="module")
-def ascend_build(cache, tmp_path_factory):
-    out = tmp_path_factory.mktemp("asc") / "b"
-    env = {**cache, "PATH": os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
-                                             if not (os.path.isfile(os.path.join(p, "npu-smi"))))}
-    r = edgekd("build", "--target", "ascend", *QUICK, "--out", str(out), env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out, json.loads(r.stdout), r.stderr
+def ascend_build(ascend_quick_build):
+    # `--target ascend --quick --set distill.epochs=1` without npu-smi on PATH, built once per
+    # session (test_cli checks its bundle): read it, or change a copy_build of it.
+    return ascend_quick_build
 
 
 @needs_fmnist
@@ -72,8 +70,8 @@ def test_ascend_family_build_reports_the_bundle_row(ascend_build):
 
 
 @needs_fmnist
-def test_profile_of_a_build_keeps_its_target(ascend_build, cache):
-    out, _, _ = ascend_build
+def test_profile_of_a_build_keeps_its_target(ascend_build, cache, tmp_path):
+    out = copy_build(ascend_build[0], tmp_path / "b")
     export = (out / "export" / "result.json").stat().st_mtime_ns
     r = edgekd("profile", str(out), env=cache)  # no --target: the build's own (ascend), not cpu
     assert r.returncode == 0, r.stderr[-3000:]
@@ -85,12 +83,13 @@ def test_profile_of_a_build_keeps_its_target(ascend_build, cache):
 
 @needs_fmnist
 def test_ascend_build_with_the_tools_measures_on_the_device(ascend_build, cache, tmp_path):
-    out, _, _ = ascend_build
+    out = copy_build(ascend_build[0], tmp_path / "b")
     bin_dir = ascend_fakes.install(tmp_path / "bin")
     env = {**cache, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     sets = ["--set", "target.ascend.loop=100", "--set", "target.ascend.warmup=10",
             "--set", "target.ascend.idle_seconds=0.3", "--set", "target.ascend.power_interval_s=0.05"]
-    # Same folder: only convert (its key holds the ascend settings) and report run again.
+    # Same folder (a copy of the session's build): only convert (its key holds the ascend settings)
+    # and report run again.
     r = edgekd("build", "--target", "ascend", *QUICK, *sets, "--out", str(out), env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "npu-smi info reports chip 310P3" in r.stderr

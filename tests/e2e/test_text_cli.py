@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from tests.e2e.conftest import FAST_PROFILE
 from tests.e2e.test_cli import CONTRACT_MODEL_KEYS, edgekd
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(
@@ -22,7 +23,7 @@ def test_minilm_sentiment_quick_build(tmp_path):
     out = tmp_path / "b"
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    r = edgekd("build", "--recipe", "minilm-sentiment", "--quick", "--out", str(out), "--json",
+    r = edgekd("build", "--recipe", "minilm-sentiment", "--quick", "--out", str(out), "--json", *FAST_PROFILE,
                "--set", "data.train_size=256", "--set", "data.test_size=128", env=env, cwd=cwd)
     assert r.returncode == 0, r.stderr[-3000:]
     assert not list(cwd.iterdir())  # nothing written outside the build folder (ORT shape-inference dumps)

@@ -1,0 +1,64 @@
+"""What the end-to-end tests share: the CLI runner, one teacher cache for the fashion-cnn --quick
+builds of the session (its teacher trains once, not once per test file), and the fashion-cnn
+Ascend quick build that both the bundle checks (test_cli) and the device-truth checks
+(test_device_cli) read.
+
+Shared builds are read-only: a test that rebuilds or re-profiles one works on its own copy
+(`copy_build`), so the tests pass in any order and alone."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FMNIST
+
+# Lighter profiling for builds whose tests check what was built, not how fast: batch-1 latency only
+# (no batch-64 throughput sweep: the heaviest part of profiling a MiniLM), fewer timed runs. The
+# contract build of test_cli keeps the plain `--quick` settings; tests/profile covers the sweep.
+FAST_PROFILE = ("--set", "target.profile.batch_sweep=[1]", "--set", "target.profile.throughput_batch=1",
+                "--set", "target.profile.warmup_runs=3", "--set", "target.profile.warmup_seconds=0.05",
+                "--set", "target.profile.min_runs=20", "--set", "target.profile.min_seconds=0.1")
+
+
+def edgekd(*args, env=None, cwd=None, timeout=1500):
+    """`python -m edgekd ARGS` with the environment plus `env`."""
+    e = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "edgekd", *args], capture_output=True, text=True, env=e, cwd=cwd,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def fashion_cache(tmp_path_factory) -> dict[str, str]:
+    """EDGEKD_CACHE of every fashion-cnn --quick build: its teacher trains once per session."""
+    return {"EDGEKD_CACHE": str(tmp_path_factory.mktemp("fashion-cache"))}
+
+
+def without_npu_smi() -> str:
+    """PATH without any npu-smi: the build must find no Ascend NPU, whatever this host has."""
+    return os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                           if not os.path.isfile(os.path.join(p, "npu-smi")))
+
+
+@pytest.fixture(scope="session")
+def ascend_quick_build(fashion_cache, tmp_path_factory):
+    """`edgekd build --target ascend --quick --set distill.epochs=1 FAST_PROFILE` of fashion-cnn, without Ascend
+    tools: (build folder, report from --json, stderr). Read it; rebuild only a `copy_build` of it."""
+    if not FMNIST.is_file():
+        pytest.skip("dataset-fashion-mnist not installed (make data)")
+    out = tmp_path_factory.mktemp("asc") / "b"
+    r = edgekd("build", "--target", "ascend", "--quick", "--set", "distill.epochs=1", *FAST_PROFILE, "--json",
+               "--out", str(out), env={**fashion_cache, "PATH": without_npu_smi()})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, json.loads(r.stdout), r.stderr
+
+
+def copy_build(src: Path, dst: Path) -> Path:
+    """A private copy of a shared build folder (file times kept), for a test that changes it."""
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
