@@ -11,7 +11,7 @@ import pytest
 from edgekd.cards import load_target
 from tests import ascend_fakes
 from tests.conftest import needs_fmnist
-from tests.e2e.conftest import FAST_PROFILE, copy_build
+from tests.e2e.conftest import FAST_PROFILE, copy_build, without_npu_smi
 
 pytestmark = pytest.mark.e2e
 QUICK = ("--quick", "--set", "distill.epochs=1", *FAST_PROFILE, "--json")  # the settings of ascend_quick_build
@@ -111,8 +111,7 @@ def test_ascend_builds_only_what_it_ships_from_a_recipe_listing_int8(cache, tmp_
     recipe = tmp_path / "digits-int8.yaml"
     text = (ROOT / "models" / "digits-mlp.yaml").read_text()
     recipe.write_text(text.replace("quantize:\n", "quantize:\n  candidates: [fp32, int8-dynamic, int8-qdq, int4-weight]\n", 1))
-    env = {**cache, "PATH": os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
-                                             if not os.path.isfile(os.path.join(p, "npu-smi")))}
+    env = {**cache, "PATH": without_npu_smi()}
     out = tmp_path / "b"
     r = edgekd("build", "--recipe", str(recipe), "--target", "ascend", "--quick", "--json", "--out", str(out), env=env)
     assert r.returncode == 0, r.stderr[-3000:]
