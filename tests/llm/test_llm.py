@@ -244,6 +244,32 @@ def test_kv_cache_onnx_greedy_matches_pytorch_and_evaluates_alike(smol, tmp_path
 
 
 @needs_smollm2
+def test_generation_benchmark_in_process_takes_the_power_of_the_machine_that_ran_it(smol, tmp_path):
+    """edgekd.llm.bench on a tiny KV-cache ONNX: per-token figures over every prompt and repeat, and
+    the energy estimate is CPU time x the profile_device's power, never the target card's."""
+    from edgekd.cards import load_target
+    from edgekd.llm.bench import run_spec
+    from edgekd.llm.generate import chat_ids
+    from edgekd.llm.onnx_gen import export_with_past
+    from edgekd.profile.spec import GenerationSettings, GenerationSpec
+
+    _, tok, _ = smol
+    _tiny(tok, seed=4).save_pretrained(tmp_path / "hf")
+    tok.save_pretrained(tmp_path / "hf")
+    path = export_with_past(tmp_path / "hf", tmp_path / "onnx", 17)
+    card = load_target("mobile").device
+    host = card.model_copy(update={"name": "this host", "active_power_watts": 3.0})
+    settings = GenerationSettings(threads=1, prompts=2, new_tokens=4, repeats=2, device=card, profiled_on="host",
+                                  profile_device=host)
+    prompts = [chat_ids(tok, q) for q in ("Name a fruit.", "What is a cat?")]
+    r = run_spec(GenerationSpec(kind="onnx", path=str(path), prompt_ids=prompts, settings=settings, energy="none"))
+    assert r["generations"] == 4 and r["new_tokens"] == 4 and r["prompt_tokens"] == [len(p) for p in prompts]
+    assert r["decode_ms_per_token"]["n"] == 4 * 3 and r["ttft_ms"]["n"] == 4 and r["tokens_per_s"] > 0
+    assert r["energy"]["joules_per_token"] == pytest.approx(r["cpu_seconds_per_token"] * 3.0)
+    assert card.active_power_watts != 3.0
+
+
+@needs_smollm2
 def test_weight_only_int4_lm_runs_and_stays_close(smol, tmp_path):
     from edgekd.llm.onnx_gen import OrtLM, export_with_past
     from edgekd.quantize.candidates import CANDIDATES
