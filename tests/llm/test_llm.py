@@ -241,6 +241,17 @@ def test_kv_cache_onnx_greedy_matches_pytorch_and_evaluates_alike(smol, tmp_path
     assert b["tokens"] == a["tokens"] == 15
     assert b["perplexity"] == pytest.approx(a["perplexity"], rel=1e-3)
     assert b["agreement"] == pytest.approx(a["agreement"], abs=1e-9)
+    # the profile stage's benchmark of this ONNX, in this process: every prompt decodes new_tokens
+    from edgekd.cards import load_target
+    from edgekd.llm.bench import run_spec
+    from edgekd.profile.spec import GenerationSettings, GenerationSpec
+
+    cpu = load_target("cpu").device
+    st = GenerationSettings(threads=1, prompts=2, new_tokens=4, repeats=2, device=cpu, profiled_on="host",
+                            profile_device=cpu)
+    r = run_spec(GenerationSpec(kind="onnx", path=str(path), prompt_ids=prompts[:2], settings=st, energy="none"))
+    assert r["generations"] == 4 and r["new_tokens"] == 4 and r["ttft_ms"]["p50"] > 0 and r["tokens_per_s"] > 0
+    assert r["energy"]["method"].startswith("estimate-") and r["energy"]["joules_per_token"] > 0
 
 
 @needs_smollm2
