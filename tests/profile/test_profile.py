@@ -205,6 +205,42 @@ def test_nvml_unavailable_without_pynvml(monkeypatch):
     assert energy.NvmlSampler().available() is False
 
 
+def _nvml_here() -> bool:
+    try:
+        return energy.NvmlSampler().available()
+    except Exception:
+        return False
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _nvml_here(), reason="no NVIDIA driver with an NVML energy counter on this host")
+def test_nvml_reads_gpu_energy_that_grows_with_work():
+    """On a real GPU: two seconds of matrix products cost joules within the board's power range."""
+    import time
+
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("NVML answers but torch sees no CUDA device")
+    import pynvml
+
+    s = energy.NvmlSampler()
+    limit_w = pynvml.nvmlDeviceGetEnforcedPowerLimit(s._handle) / 1000.0
+    a = torch.randn(4096, 4096, device="cuda")
+    s.start()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 2.0:
+        for _ in range(20):
+            a = torch.tanh(a @ a)
+        torch.cuda.synchronize()
+    secs = time.perf_counter() - t0
+    joules = s.stop()
+    watts = joules / secs
+    # Busy for 2 s: more than an idle board's few tens of watts can explain is not asked (clocks vary),
+    # but the counter must move, and the mean power cannot exceed the board's enforced limit by much.
+    assert joules > 0 and 10.0 < watts < 1.2 * limit_w, (joules, secs, limit_w)
+
+
 def test_estimate_is_labelled_and_never_measured():
     est = energy.estimate_energy(0.002, DEVICE)
     assert est["joules_per_inference"] == pytest.approx(0.015)
