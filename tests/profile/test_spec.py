@@ -21,7 +21,8 @@ def test_defaults_are_the_target_cards_defaults():
               "batch_sweep", "throughput_batch"):
         assert getattr(s, k) == getattr(card, k), k
     assert s.providers == ["CPUExecutionProvider"] and s.energy == "auto" and s.seed == 0
-    assert s.per_batch_seconds() == 2.0 and ProfileSettings(min_seconds=0.5).per_batch_seconds() == 0.2
+    assert s.per_batch_seconds() == pytest.approx(0.6) and ProfileSettings(min_seconds=0.5).per_batch_seconds() == 0.2
+    assert ProfileSettings(min_seconds=20).per_batch_seconds() == 2.0
     assert ProfileSettings(throughput_seconds=0.05).per_batch_seconds() == 0.05
     assert ProfileSettings(batch_sweep=[8, 1, 8], throughput_batch=4).sweep() == [1, 4, 8]
 
