@@ -70,6 +70,9 @@ def test_init_tabular_csv_and_a_mixed_size_image_folder(user_dir):
     card = RecipeConfig.model_validate(yaml.safe_load(text))
     assert card.task == "tabular-classification" and card.data.feature_columns == ["a", "b", "c"]
     assert card.data.label_column == "y" and card.teacher.train is not None  # no weights: trained first
+    # logit-only losses: one teacher pass into the cache instead of the teacher in every step
+    assert card.distill.teacher_cache.enabled and not card.distill.augment
+    assert {lc.kind for lc in card.distill.losses} == {"soft_label", "hard_label"}
     from PIL import Image
 
     for k, size in enumerate([(8, 8), (8, 8), (10, 12)]):
