@@ -121,50 +121,74 @@ def report_summary(rep: dict) -> dict:
 GOAL = {"mean_gain_points": 0.5, "every_seed_positive": True, "max_params_fraction": 1 / 30, "min_retention": 0.97}
 
 
+def summarize_variant(sets: list[str], runs: list[dict]) -> dict:
+    """A variant's entry from its per-seed runs: gain statistics and the issue's goal checks."""
+    ok = sorted((x for x in runs if "error" not in x), key=lambda x: x["seed"])
+    kd, ctl, gains = ([x[k] for x in ok] for k in ("kd_accuracy", "control_accuracy", "kd_gain_points"))
+    g = stats(gains)
+    retention = min((x["retention_fp32"] for x in ok if x["retention_fp32"]), default=None)
+    ratio = min((x["params_ratio"] for x in ok if x["params_ratio"]), default=None)
+    goal = {"mean_gain": g["mean"] is not None and g["mean"] >= GOAL["mean_gain_points"],
+            "every_seed_positive": bool(gains) and all(x > 0 for x in gains),
+            "params": ratio is not None and 1 / ratio <= GOAL["max_params_fraction"],
+            "retention": retention is not None and retention >= GOAL["min_retention"]}
+    return {"overrides": sets, "seeds": [x["seed"] for x in ok], "kd_accuracy": stats(kd), "control_accuracy": stats(ctl),
+            "gain_points": g, "every_seed_positive": goal["every_seed_positive"],
+            "min_retention_fp32": retention, "params_ratio": ratio,
+            "goal": GOAL, "goal_checks": goal, "meets_goal": bool(gains) and all(goal.values()),
+            "measured_with": next((x["measured_with"] for x in ok), None),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "runs": sorted(runs, key=lambda x: x["seed"])}
+
+
+def merge_variant(old: dict, new: dict) -> dict:
+    """Seeds run by another process (--seed-start) join the same variant when its overrides match and
+    no seed repeats; otherwise the newer entry replaces the older."""
+    seeds_old = {x["seed"] for x in old.get("runs", [])}
+    seeds_new = {x["seed"] for x in new.get("runs", [])}
+    if old.get("overrides") != new.get("overrides") or seeds_old & seeds_new:
+        return new
+    return summarize_variant(new["overrides"], old["runs"] + new["runs"])
+
+
 def control(run: Runner, args: argparse.Namespace) -> dict:
-    """KD vs the build's own labels-only control, per recipe and variant, --seeds seeds."""
+    """KD vs the build's own labels-only control, per recipe and variant, --seeds seeds from --seed-start."""
     variants = {"recipe": [],
                 "consistent": ["distill.augment=true", f"distill.teacher_cache.views={args.views}",
                                "distill.teacher_cache.enabled=true"]}
     out: dict[str, Any] = {}
+    extra = stable_tag(args.set)
     for recipe in args.control_recipes:
         per: dict[str, Any] = {}
         for name in args.variants:
             sets = ["distill.control=true"] + variants[name]
             sets += [f"distill.epochs={args.epochs}"] if args.epochs else []
             sets += [f"data.train_size={args.train_size}"] if args.train_size else []
-            kd, ctl, gains, runs = [], [], [], []
-            for seed in range(args.seeds):
-                m = run.build(f"control-{recipe}-{name}-s{seed}", recipe, sets + [f"distill.seed={seed}"])
+            runs = []
+            for seed in range(args.seed_start, args.seed_start + args.seeds):
+                m = run.build(f"control-{recipe}-{name}{extra}-s{seed}", recipe, sets + [f"distill.seed={seed}"])
                 r = m.get("report") if "error" not in m else None
                 if r is None or r.get("kd_gain_points") is None:
                     runs.append({"seed": seed, "error": m.get("error", "no control in the report")})
                     continue
-                kd.append(r["kd_accuracy"])
-                ctl.append(r["control_accuracy"])
-                gains.append(r["kd_gain_points"])
                 runs.append({"seed": seed, **r, "kd_train_seconds": round(m["train_seconds"], 2),
                              "distill_stage_s": m.get("distill_stage_s"), "wall_s": m.get("wall_s")})
-            ok = [x for x in runs if "error" not in x]
-            g = stats(gains)
-            retention = min((x["retention_fp32"] for x in ok if x["retention_fp32"]), default=None)
-            ratio = min((x["params_ratio"] for x in ok if x["params_ratio"]), default=None)
-            goal = {"mean_gain": g["mean"] is not None and g["mean"] >= GOAL["mean_gain_points"],
-                    "every_seed_positive": bool(gains) and all(x > 0 for x in gains),
-                    "params": ratio is not None and 1 / ratio <= GOAL["max_params_fraction"],
-                    "retention": retention is not None and retention >= GOAL["min_retention"]}
-            per[name] = {"overrides": sets, "kd_accuracy": stats(kd), "control_accuracy": stats(ctl),
-                         "gain_points": g, "every_seed_positive": goal["every_seed_positive"],
-                         "min_retention_fp32": retention, "params_ratio": ratio,
-                         "goal": GOAL, "goal_checks": goal, "meets_goal": bool(gains) and all(goal.values()),
-                         "measured_with": next((x["measured_with"] for x in ok), None),
-                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": runs}
+            per[name] = summarize_variant(sets, runs)
         # a subset is another experiment (and another teacher): it gets its own entry
         key = recipe if not args.train_size else f"{recipe}:train_size={args.train_size}"
         key += "".join(f":{x}" for x in args.set or [])
-        out[key] = {"recipe": recipe, "quick": args.quick, "seeds": args.seeds, "epochs": args.epochs,
+        out[key] = {"recipe": recipe, "quick": args.quick, "epochs": args.epochs,
                     "train_size": args.train_size, "extra_sets": list(args.set or []), "variants": per}
     return out
+
+
+def stable_tag(sets: list[str] | None) -> str:
+    """A short suffix naming --set overrides in build folder names (two runs with other sets never share one)."""
+    if not sets:
+        return ""
+    import hashlib
+
+    return "-" + hashlib.sha256("\n".join(sets).encode()).hexdigest()[:8]
 
 
 def stats(values: list[float]) -> dict:
@@ -292,6 +316,8 @@ def main() -> None:
                     help="part 4: the card as shipped, and/or consistent teaching from --views cached augmented views")
     ap.add_argument("--views", type=int, default=8, help="part 4 `consistent`: augmented views cached (teacher passes)")
     ap.add_argument("--seeds", type=int, default=None, help="ablation seeds (default 3; 1 with --smoke)")
+    ap.add_argument("--seed-start", type=int, default=0,
+                    help="part 4: first distill.seed (run seeds 1-2 in another process; --merge joins them)")
     ap.add_argument("--mode", choices=["independent", "cumulative"], default="independent")
     ap.add_argument("--train-size", type=int, default=None, help="data.train_size for parts 1, 3 and 4 (retrains the teacher once)")
     ap.add_argument("--epochs", type=int, default=None, help="distill.epochs for part 1")
@@ -335,8 +361,11 @@ def main() -> None:
         print("KD vs the build's labels-only control:")
         out["control"] = control(run, args)
     out["builds"] = run.n
-    if not args.keep:
-        shutil.rmtree(WORK, ignore_errors=True)
+    if not args.keep:  # each build folder is removed after it is read; another run may still be using WORK
+        try:
+            WORK.rmdir()
+        except OSError:
+            pass
     name = args.out_name or ("distill-smoke" if args.smoke else "distill")
     prev = RESULTS / f"{name}.json"
     if args.merge and prev.is_file():
@@ -350,7 +379,8 @@ def main() -> None:
             cur = out.setdefault("control", {}).setdefault(recipe, entry)
             if cur is not entry:
                 for variant, v in entry.get("variants", {}).items():  # not `name`: that is the file name
-                    cur["variants"].setdefault(variant, v)
+                    mine = cur["variants"].get(variant)
+                    cur["variants"][variant] = v if mine is None else merge_variant(v, mine)
         out["builds"] = {"this_run": run.n, "merged_from": old.get("created")}
     write(name, out)
 
