@@ -31,7 +31,8 @@ def test_check_fails_when_a_results_file_changes(readme_numbers, tmp_path, monke
     results = tmp_path / "results"
     shutil.copytree(readme_numbers.RESULTS, results)
     spine = json.loads((results / "spine.json").read_text())
-    spine["headline"]["teacher_accuracy"] = 0.936  # a figure measured elsewhere, not in this file
+    # a figure measured elsewhere, not in this file (5 points off: it shows at any rounding)
+    spine["headline"]["teacher_accuracy"] -= 0.05
     (results / "spine.json").write_text(json.dumps(spine))
     monkeypatch.setattr(readme_numbers, "RESULTS", results)
     assert readme_numbers.main(["--check"]) == 1
