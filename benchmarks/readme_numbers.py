@@ -149,10 +149,15 @@ def byo() -> str:
                   + ("all met." if not missed else "missed: " + ", ".join(missed) + ".")]
     loads = [b.get("host_load_1min", {}).get("after") for b in d["builds"].values()]
     extra = f", {d['host_cpu']}" if d.get("host_cpu") else ""
+    busy = False
     if any(loads):
-        extra += f"; 1-min load average up to {max(x for x in loads if x is not None):.1f} during the builds"
+        top = max(x for x in loads if x is not None)
+        busy = top > 1.5 * (d.get("cpu_count") or 2)  # more runnable jobs than cores: others took CPU time
+        extra += f"; 1-min load average up to {top:.1f} during the builds"
     if d.get("notes"):
-        extra += f"; {len(d['notes'])} notes in the file on how it ran (a shared, busy host: wall times are upper bounds)"
+        n = len(d["notes"])
+        extra += f"; {n} note{'s' if n > 1 else ''} in the file on how it ran" + (
+            " (a shared, busy host: wall times are upper bounds)" if busy else "")
     return "\n".join(lines) + "\n\n" + _source("byo.json", d, extra)
 
 
