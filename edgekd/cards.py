@@ -151,14 +151,15 @@ NORMALIZATIONS: dict[str, tuple[list[float], list[float]] | None] = {
 
 def model_spec(spec: str, weights: str | None = None) -> dict[str, Any]:
     """A ModelRef dict from a command-line spec: FILE.onnx, an HF folder or pkg:NAME, a zoo
-    architecture name, torchvision:NAME, or package.module:function."""
+    architecture name, torchvision:NAME, timm:NAME, or package.module:function."""
     from edgekd.zoo import ARCHS
 
     p = Path(spec).expanduser()
     if spec.endswith(".onnx"):
         d: dict[str, Any] = {"onnx": spec}
-    elif spec.startswith("torchvision:"):
-        d = {"torchvision": spec.split(":", 1)[1]}
+    elif spec.startswith(("torchvision:", "timm:")):
+        src, name = spec.split(":", 1)
+        d = {src: name}
     elif spec.startswith("pkg:") or p.is_dir():
         d = {"hf": spec}
     elif spec in ARCHS:
@@ -168,7 +169,7 @@ def model_spec(spec: str, weights: str | None = None) -> dict[str, Any]:
     else:
         raise ConfigError(f"cannot tell what model '{spec}' is",
                           hint="give FILE.onnx, a Hugging Face folder, pkg:NAME, package.module:function, "
-                               f"torchvision:NAME, or a zoo name ({', '.join(sorted(ARCHS))})")
+                               f"torchvision:NAME, timm:NAME, or a zoo name ({', '.join(sorted(ARCHS))})")
     if weights:
         d["weights"] = weights
     return d

@@ -216,7 +216,7 @@ def report(
 
 @app.command()
 def init(
-    teacher: str = typer.Option(..., "--teacher", help="package.module:function, FILE.onnx, a Hugging Face folder, pkg:NAME, torchvision:NAME or a zoo name"),
+    teacher: str = typer.Option(..., "--teacher", help="package.module:function, FILE.onnx, a Hugging Face folder, pkg:NAME, torchvision:NAME, timm:NAME or a zoo name"),
     data: str = typer.Option(..., "--data", help="an image folder (class subfolders), .csv/.jsonl/.npz, or a save_to_disk folder"),
     weights: Optional[str] = typer.Option(None, "--weights", help="the teacher's state dict (.pt weights_only, or .safetensors)"),
     student: Optional[str] = typer.Option(None, "--student", help="your student (same forms as --teacher); default: a small zoo model"),

@@ -78,14 +78,14 @@ class DataConfig(Strict):
 
 _BYO_DATA_FIELDS = ("test_fraction", "classes", "text_column", "label_column", "feature_columns", "image_size",
                     "channels", "mean", "std", "splits", "unlabeled")
-MODEL_SOURCES = ("arch", "factory", "hf", "onnx", "torchvision")
+MODEL_SOURCES = ("arch", "factory", "hf", "onnx", "torchvision", "timm")
 
 
 class ModelRef(Strict):
     """A teacher or student from exactly one source: a zoo architecture (`arch`), the user's own
     `factory` ("package.module:function", called with `kwargs`), a local Hugging Face folder
-    (`hf`), an ONNX file (`onnx`, teachers only), or a torchvision model name (`torchvision`, with
-    `kwargs` such as num_classes; the optional `vision` extra). `weights` loads a state dict after building."""
+    (`hf`), an ONNX file (`onnx`, teachers only), or a torchvision or timm model name (`torchvision`,
+    `timm`, with `kwargs` such as num_classes; the optional `vision` extra). `weights` loads a state dict after building."""
 
     arch: str | None = Field(None, description="zoo architecture name (edgekd.zoo.ARCHS)")
     factory: str | None = Field(None, description="'package.module:function' importable here; called with kwargs, returns a torch.nn.Module")
@@ -93,6 +93,9 @@ class ModelRef(Strict):
     onnx: str | None = Field(None, description="teacher only: an ONNX file whose logits onnxruntime computes")
     torchvision: str | None = Field(None, description="a torchvision classification model name (resnet18, mobilenet_v3_small, ...), "
                                                        "built by torchvision.models.get_model(name, **kwargs); needs edgekd[vision]")
+    timm: str | None = Field(None, description="a timm model name (resnet18, efficientnet_b0, ...), built by "
+                                                "timm.create_model(name, **kwargs), random weights unless kwargs say pretrained; "
+                                                "needs edgekd[vision]")
     kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = Field(None, description="state dict loaded after building: .pt/.pth (weights_only) or .safetensors")
 
@@ -107,7 +110,7 @@ class ModelRef(Strict):
 
     @property
     def source(self) -> str:
-        """Which of arch/factory/hf/onnx/torchvision this model comes from."""
+        """Which of arch/factory/hf/onnx/torchvision/timm this model comes from."""
         return next(n for n in MODEL_SOURCES if getattr(self, n))
 
     def describe(self) -> str:

@@ -15,6 +15,8 @@ one input tensor and returns logits [batch, classes], so every stage treats them
   exported again or hooked for feature losses.
 - `torchvision:` a torchvision classification model name, `torchvision.models.get_model(name,
   **kwargs)` (edgekd.zoo.vision; a factory under `torchvision.` is imported the same way).
+- `timm:` a timm model name, `timm.create_model(name, **kwargs)` (edgekd.zoo.vision; timm imports
+  torchvision, so it is imported the same way, and so is a factory under `timm.`).
 """
 from __future__ import annotations
 
@@ -53,6 +55,10 @@ def build_model(ref, log: Log | None = None) -> nn.Module:
         from edgekd.zoo.vision import torchvision_model
 
         model = torchvision_model(ref.torchvision, **ref.kwargs)
+    elif src == "timm":
+        from edgekd.zoo.vision import timm_model
+
+        model = timm_model(ref.timm, **ref.kwargs)
     else:
         model = OnnxModel(ref.onnx)
     if ref.weights:
@@ -68,7 +74,7 @@ def import_factory(spec: str, log: Log | None = None) -> Callable[..., Any]:
                           hint="e.g. factory: mymodels:build_teacher (mymodels.py in the current folder or an installed package)")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # `edgekd` is a console script: make the user's folder importable like `python -m`
-    if module_name.split(".")[0] == "torchvision":  # e.g. torchvision.models:resnet18 beside the CPU torch wheel
+    if module_name.split(".")[0] in ("torchvision", "timm"):  # e.g. torchvision.models:resnet18 beside the CPU torch wheel
         from edgekd.zoo.vision import import_torchvision
 
         import_torchvision()
@@ -425,6 +431,10 @@ def fingerprint(ref) -> dict[str, str]:
         from edgekd.zoo.vision import torchvision_version
 
         out["torchvision"] = torchvision_version() or "absent"
+    if ref.timm:
+        from edgekd.zoo.vision import package_version
+
+        out["timm"] = package_version("timm") or "absent"
     if ref.factory:
         module_name = ref.factory.partition(":")[0]
         try:

@@ -1,5 +1,5 @@
-"""torchvision models by name (`torchvision: resnet18` in a card, with `kwargs` such as
-num_classes), from the optional `vision` extra (`pip install edgekd[vision]`).
+"""torchvision and timm models by name (`torchvision: resnet18` or `timm: resnet18` in a card, with
+`kwargs` such as num_classes), from the optional `vision` extra (`pip install edgekd[vision]`).
 
 The torchvision wheel that pairs with torch 2.13.0 on PyPI (0.28.0) is built for CUDA torch: its
 C++ ops library links libtorch_cuda, so beside the CPU torch wheel it cannot load, and torchvision
@@ -110,10 +110,53 @@ def torchvision_model(name: str, **kwargs: Any):
                           hint="offline: build the model once where the hub is reachable, save its state_dict and give it as `weights:`") from None
 
 
-def torchvision_version() -> str | None:
+def package_version(name: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("torchvision")
+        return version(name)
     except PackageNotFoundError:
         return None
+
+
+def torchvision_version() -> str | None:
+    return package_version("torchvision")
+
+
+TIMM_HINT = "pip install 'edgekd[vision]' (timm 1.0 with torchvision 0.28, the release built for torch 2.13)"
+
+
+def import_timm() -> ModuleType:
+    """timm, after torchvision (which it imports) is made importable beside the CPU torch wheel."""
+    if importlib.util.find_spec("timm") is None:
+        raise ConfigError("timm models need the 'timm' package, which is not installed", hint=TIMM_HINT)
+    import_torchvision()
+    try:
+        import timm
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ConfigError(f"importing timm failed: {type(e).__name__}: {first}", hint=TIMM_HINT) from e
+    return timm
+
+
+def timm_model(name: str, **kwargs: Any):
+    """`timm.create_model(name, **kwargs)`: random weights unless kwargs ask for `pretrained`, which
+    fetches them from the Hugging Face hub (offline: give a saved state dict as `weights:`)."""
+    timm = import_timm()
+    if not timm.is_model(name):
+        names = timm.list_models()
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = (f"did you mean {' or '.join(close)}? " if close else "") + \
+            f"timm.list_models() has {len(names)} names (e.g. resnet18, mobilenetv3_small_100, efficientnet_b0)"
+        raise ConfigError(f"unknown timm model '{name}'", hint=hint)
+    try:
+        return timm.create_model(name, **kwargs)
+    except (TypeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"bad arguments for timm model '{name}': {first}",
+                          hint="check the card's kwargs (e.g. num_classes, in_chans) against timm.create_model") from None
+    except OSError as e:  # pretrained weights that could not be fetched (huggingface_hub errors are OSErrors)
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise ConfigError(f"timm model '{name}': cannot fetch its pretrained weights: {type(e).__name__}: {first}",
+                          hint="offline: create the model once where the hub is reachable, save its state_dict and give "
+                               "it as `weights:` (with pretrained unset)") from None

@@ -80,3 +80,52 @@ def test_init_model_spec_reads_torchvision_names():
 
     assert model_spec("torchvision:resnet18", "t.pt") == {"torchvision": "resnet18", "weights": "t.pt"}
     assert model_spec("torchvision.models:resnet18") == {"factory": "torchvision.models:resnet18"}
+
+
+needs_timm = pytest.mark.skipif(importlib.util.find_spec("timm") is None or importlib.util.find_spec("torchvision") is None,
+                                reason="timm not installed (pip install 'edgekd[vision]')")
+
+
+@needs_timm
+def test_timm_name_builds_with_kwargs_and_keys_the_stage_by_version(tmp_path):
+    from importlib.metadata import version
+
+    m = build_model(ModelRef(timm="resnet18", kwargs={"num_classes": 4, "in_chans": 1})).eval()
+    assert sum(p.numel() for p in m.parameters()) == 11_172_292  # ResNet-18, 1-channel stem, 4-way head
+    with torch.no_grad():
+        assert m(torch.rand(2, 1, 28, 28)).shape == (2, 4)
+    assert wanted_input(m) == "[N, 1, H, W]"
+    torch.save(m.state_dict(), tmp_path / "w.pt")
+    b = build_model(ModelRef(factory="timm:create_model", kwargs={"model_name": "resnet18", "num_classes": 4, "in_chans": 1},
+                             weights=str(tmp_path / "w.pt"))).eval()
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), b(x))  # the factory form is the same model; the file's weights
+    assert fingerprint(ModelRef(timm="resnet18")) == {"timm": version("timm")}
+    assert "timm" not in ModelRef(arch="mlp").key_dict()
+
+
+@needs_timm
+def test_timm_errors_are_one_line_config_errors():
+    with pytest.raises(ConfigError, match="unknown timm model 'resnet81'") as e:
+        build_model(ModelRef(timm="resnet81"))
+    assert "did you mean resnet18" in e.value.hint
+    with pytest.raises(ConfigError, match="bad arguments for timm model 'resnet18'.*'width'"):
+        build_model(ModelRef(timm="resnet18", kwargs={"width": 3}))
+
+
+def test_timm_absent_is_a_config_error_with_the_extra(monkeypatch):
+    import edgekd.zoo.vision as vision
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(vision.importlib.util, "find_spec", lambda n, *a: None if n == "timm" else real(n, *a))
+    with pytest.raises(ConfigError, match="need the 'timm' package, which is not installed") as e:
+        build_model(ModelRef(timm="resnet18"))
+    assert "edgekd[vision]" in e.value.hint and e.value.exit_code == 2
+
+
+def test_init_model_spec_reads_timm_names():
+    from edgekd.cards import model_spec
+
+    assert model_spec("timm:resnet18", "t.pt") == {"timm": "resnet18", "weights": "t.pt"}
+    assert ModelRef(timm="resnet18").describe() == "timm:resnet18"
