@@ -258,8 +258,42 @@ def kd_gain() -> str:
     return "\n".join(lines) + "\n"
 
 
+def llm_students() -> str:
+    """smollm2-seqkd: students at one token budget (bench_llm.py --compare-students), goals met or missed."""
+    d = _load("llm.json")
+    sc = d["student_comparison"]
+    st, t = sc["settings"], sc["teacher"]
+    t_ort = t.get("onnxruntime") or {}
+    lines = ["| model | parameters | agreement with the teacher's next token | perplexity of the teacher's answers "
+             "| perplexity of natural text | tokens/s fp32 → int8-dynamic (onnxruntime) | answer tokens trained on |",
+             "|---|---|---|---|---|---|---|",
+             f"| teacher SmolLM2-135M-Instruct | | {_pct(t['test']['agreement'])} | {t['test']['perplexity']:.2f} "
+             f"| {t['natural_text']['perplexity']:.0f} | {t_ort.get('fp32', {}).get('tokens_per_s', 0):.0f} → "
+             f"{t_ort.get('int8-dynamic', {}).get('tokens_per_s', 0):.0f} | |"]
+    for name, s in sc["students"].items():
+        o = s.get("onnxruntime") or {}
+        curve = " → ".join(_pct(c["val_agreement"]) for c in s["curve"][1:])
+        lines.append(f"| `{name}` | {s['params'] / 1e6:.1f}M | {_pct(s['test']['agreement'])} "
+                     f"(validation per epoch: {curve}) | {s['test']['perplexity']:.1f} | {s['natural_text']['perplexity']:.0f} "
+                     f"| {o.get('fp32', {}).get('tokens_per_s', 0):.0f} → {o.get('int8-dynamic', {}).get('tokens_per_s', 0):.0f} "
+                     f"| {s['curve'][-1]['train_answer_tokens']:,} |")
+    goals = []
+    for name, g in sc.get("goals", {}).items():
+        bits = [f"agreement {_pct(g['agreement']['value'])} (goal {_pct(g['agreement']['goal'])})",
+                f"perplexity {g['perplexity_ratio']['value']:.1f}× the teacher's (goal ≤ {g['perplexity_ratio']['goal']:.0f}×)",
+                f"int8 tokens/s {g['tokens_per_s_ratio_int8_vs_teacher_int8-dynamic_onnx']['value']:.1f}× the teacher's int8 "
+                f"(goal ≥ {g['tokens_per_s_ratio_int8_vs_teacher_int8-dynamic_onnx']['goal']:.0f}×)"]
+        met = [k for k, v in g.items() if v["met"]]
+        goals.append(f"`{name}`: " + "; ".join(bits) + f" — {len(met)} of {len(g)} goals met")
+    lines += ["", f"{st['train_examples']} training prompts of `{st['prompts']}`, {st['epochs']} epochs, {st['losses']}, "
+                  f"{st['threads']} thread; held-out {st['test_examples']} prompts; natural text: Rotten Tomatoes snippets.",
+              "", "Goals: " + ". ".join(goals) + "."]
+    notes = "".join(f"; {n}" for n in sc.get("notes", []))
+    return "\n".join(lines) + "\n\n" + _source("llm.json", {**d, "created": sc["created"], "threads": st["threads"]}, notes)
+
+
 GENERATORS: dict[str, Callable[[], str]] = {"fashion-cnn": fashion_cnn, "minilm-sentiment": minilm_sentiment,
-                                            "kd-gain": kd_gain, "byo": byo}
+                                            "kd-gain": kd_gain, "byo": byo, "llm-students": llm_students}
 
 
 def render(text: str) -> str:
