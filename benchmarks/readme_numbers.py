@@ -199,16 +199,18 @@ def kd_rows() -> list[list[str]]:
         recipe = entry.get("recipe", key)
         for name, v in entry.get("variants", {}).items():
             runs = [r for r in v.get("runs", []) if "error" not in r]
-            setting = KD_VARIANTS.get(name, name)
+            parts = []
             views = [o.split("=", 1)[1] for o in v.get("overrides", []) if o.startswith("distill.teacher_cache.views=")]
-            if views:
-                setting += f" ({views[0]} cached views)"
             if entry.get("train_size"):
-                setting += f", {entry['train_size']:,} training images"
+                parts.append(f"{entry['train_size']:,} training images")
             if entry.get("epochs"):
-                setting += f", {entry['epochs']} epochs"
-            for extra in entry.get("extra_sets") or []:
-                setting += f", {extra}"
+                parts.append(f"{entry['epochs']} epochs")
+            parts += list(entry.get("extra_sets") or [])
+            if name == "recipe" and parts:  # not as shipped: the overrides are the setting
+                setting = "the card, with " + ", ".join(parts)
+            else:
+                setting = KD_VARIANTS.get(name, name) + (f" ({views[0]} cached views)" if views else "")
+                setting += "".join(f", {x}" for x in parts)
             if entry.get("quick"):
                 setting += ", --quick"
             out.append([recipe, setting, "accuracy, fp32 ONNX in onnxruntime", str(len(runs)),
@@ -244,10 +246,12 @@ def kd_rows() -> list[list[str]]:
     llm = _load_opt("llm.json")
     if llm and llm.get("seqkd_vs_control"):
         c = llm["seqkd_vs_control"]
-        out.append([llm.get("recipe", "smollm2-seqkd"), "control: same student on the prompts' raw text",
+        student = llm.get("student_arch")
+        arch = f"{student.get('layers')}-layer tiny Llama, " if isinstance(student, dict) and student.get("layers") else ""
+        out.append([llm.get("recipe", "smollm2-seqkd"), f"{arch}control: same student on the prompts' raw text",
                     "next-token agreement with the teacher's answers, PyTorch", "1",
                     _pct2(c["student_test"]["agreement"]), _pct2(c["control_test"]["agreement"]),
-                    _pts(c["agreement_gain_points"]), f"llm.json ({llm.get('created', '')[:10]})"])
+                    _pts(c["agreement_gain_points"]), f"llm.json ({(llm.get('build_created') or llm.get('created', ''))[:10]})"])
     return out
 
 
