@@ -58,3 +58,10 @@ class GateFailed(EdgekdError):
     """The regression gate found a breach (exit 1)."""
 
     exit_code = EXIT_GATE
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, cut to `limit` characters ("" when it has none):
+    what a one-line error quotes of a library's exception."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else ""

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekd.errors import ConfigError, DataError
+from edgekd.errors import ConfigError, DataError, first_line
 
 Log = Callable[[str], None]
 _announced: set[str] = set()
@@ -86,7 +86,7 @@ def import_factory(spec: str, log: Log | None = None) -> Callable[..., Any]:
         raise ConfigError(f"cannot import module '{module_name}' for factory '{spec}'{where}",
                           hint="run edgekd from the folder that holds it, add that folder to PYTHONPATH, or pip install it") from None
     except Exception as e:  # the user's module failing at import time is their error to fix: show its first line
-        raise ConfigError(f"importing '{module_name}' for factory '{spec}' raised {type(e).__name__}: {_first_line(e)}",
+        raise ConfigError(f"importing '{module_name}' for factory '{spec}' raised {type(e).__name__}: {first_line(e)}",
                           hint="fix the module (rerun with --debug for the traceback)") from e
     obj: Any = module
     for part in attr.split("."):
@@ -108,16 +108,12 @@ def call_factory(spec: str, kwargs: dict[str, Any], log: Log | None = None) -> n
     try:
         model = fn(**kwargs)
     except Exception as e:
-        raise ConfigError(f"factory '{spec}' raised {type(e).__name__}: {_first_line(e)}",
+        raise ConfigError(f"factory '{spec}' raised {type(e).__name__}: {first_line(e)}",
                           hint="check its kwargs in the card (rerun with --debug for the traceback)") from e
     if not isinstance(model, nn.Module):
         raise ConfigError(f"factory '{spec}' returned {type(model).__name__}, not a torch.nn.Module",
                           hint="the factory must build and return the model")
     return model
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -132,7 +128,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state: Any = load_file(str(p))
         except (SafetensorError, OSError) as e:
-            raise ConfigError(f"cannot read weights {p}: {_first_line(e)}", hint="a .safetensors file of the model's state dict") from None
+            raise ConfigError(f"cannot read weights {p}: {first_line(e)}", hint="a .safetensors file of the model's state dict") from None
     else:
         import pickle
 
@@ -142,7 +138,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise ConfigError(f"weights file {p} holds pickled objects, not just tensors (refused: weights_only=True)",
                               hint="save model.state_dict() with torch.save, or use .safetensors") from None
         except (RuntimeError, OSError, EOFError) as e:
-            raise ConfigError(f"cannot read weights {p}: {_first_line(e)}", hint="save model.state_dict() with torch.save") from None
+            raise ConfigError(f"cannot read weights {p}: {first_line(e)}", hint="save model.state_dict() with torch.save") from None
     if isinstance(state, dict):
         for k in ("state_dict", "model_state_dict", "model"):
             if isinstance(state.get(k), dict):
@@ -295,7 +291,7 @@ class OnnxModel(nn.Module):
             try:
                 self._sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
             except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-                raise ConfigError(f"onnxruntime cannot load {self.path.name}: {_first_line(e)}",
+                raise ConfigError(f"onnxruntime cannot load {self.path.name}: {first_line(e)}",
                                   hint="check the file is a valid ONNX model (onnx.checker.check_model)") from None
         return self._sess
 
@@ -381,7 +377,7 @@ def check_model_on_data(model: nn.Module, x: np.ndarray, num_classes: int, role:
     except Exception as e:  # any failure of the user's forward on this input: report the shapes, not a traceback
         want = wanted_input(model)
         raise DataError(f"the {role} ({describe}) rejects input of shape {list(xb.shape)} ({xb.dtype}): "
-                        f"{type(e).__name__}: {_first_line(e)}" + (f"; it wants {want}" if want else ""),
+                        f"{type(e).__name__}: {first_line(e)}" + (f"; it wants {want}" if want else ""),
                         hint="match the data to the model: data.image_size / data.channels, or the model's input layer") from None
     if isinstance(out, (tuple, list)):
         out = out[0]

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from edgekd.errors import ConfigError
+from edgekd.errors import ConfigError, first_line
 
 # Kept for the life of the process: a torch.library.Library drops its definitions when collected.
 _shim_lib: Any = None
@@ -77,7 +77,7 @@ def import_torchvision() -> ModuleType:
 
         for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
             del sys.modules[name]  # a half-imported package would hide this error on the next try
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        first = first_line(e)
         raise ConfigError(f"importing torchvision failed beside torch {torch.__version__}: {type(e).__name__}: {first}",
                           hint=INSTALL_HINT) from e
     return torchvision
@@ -102,7 +102,7 @@ def torchvision_model(name: str, **kwargs: Any):
     try:
         return tv.models.get_model(name, **kwargs)
     except (TypeError, ValueError, KeyError) as e:  # KeyError: an unknown kwargs.weights enum name
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        first = first_line(e) or type(e).__name__
         raise ConfigError(f"bad arguments for torchvision model '{name}': {first}",
                           hint="check the card's kwargs (e.g. num_classes) against torchvision.models." + name) from None
     except OSError as e:  # kwargs.weights names torchvision's pretrained weights and they could not be fetched
@@ -134,7 +134,7 @@ def import_timm() -> ModuleType:
     try:
         import timm
     except Exception as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        first = first_line(e)
         raise ConfigError(f"importing timm failed: {type(e).__name__}: {first}", hint=TIMM_HINT) from e
     return timm
 
@@ -152,11 +152,11 @@ def timm_model(name: str, **kwargs: Any):
     try:
         return timm.create_model(name, **kwargs)
     except (TypeError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        first = first_line(e) or type(e).__name__
         raise ConfigError(f"bad arguments for timm model '{name}': {first}",
                           hint="check the card's kwargs (e.g. num_classes, in_chans) against timm.create_model") from None
     except OSError as e:  # pretrained weights that could not be fetched (huggingface_hub errors are OSErrors)
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        first = first_line(e, 160)
         raise ConfigError(f"timm model '{name}': cannot fetch its pretrained weights: {type(e).__name__}: {first}",
                           hint="offline: create the model once where the hub is reachable, save its state_dict and give "
                                "it as `weights:` (with pretrained unset)") from None

@@ -224,8 +224,9 @@ def test_nvml_reads_gpu_energy_that_grows_with_work():
         pytest.skip("NVML answers but torch sees no CUDA device")
     import pynvml
 
-    s = energy.NvmlSampler()
-    limit_w = pynvml.nvmlDeviceGetEnforcedPowerLimit(s._handle) / 1000.0
+    pynvml.nvmlInit()
+    limit_w = pynvml.nvmlDeviceGetEnforcedPowerLimit(pynvml.nvmlDeviceGetHandleByIndex(0)) / 1000.0
+    s = energy.NvmlSampler(device_index=0)
     a = torch.randn(4096, 4096, device="cuda")
     s.start()
     t0 = time.perf_counter()

@@ -64,14 +64,16 @@ def test_torchvision_version_keys_the_stage():
     assert "torchvision" not in ModelRef(arch="mlp").key_dict()
 
 
-def test_torchvision_absent_is_a_config_error_with_the_extra(monkeypatch):
+@pytest.mark.parametrize("package, ref", [("torchvision", ModelRef(torchvision="resnet18")),
+                                          ("timm", ModelRef(timm="resnet18"))])
+def test_absent_package_is_a_config_error_with_the_extra(monkeypatch, package, ref):
     import edgekd.zoo.vision as vision
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(vision.importlib.util, "find_spec", lambda n, *a: None if n == "torchvision" else real(n, *a))
+    monkeypatch.setattr(vision.importlib.util, "find_spec", lambda n, *a: None if n == package else real(n, *a))
     monkeypatch.delitem(sys.modules, "torchvision.models", raising=False)
-    with pytest.raises(ConfigError, match="need the 'torchvision' package, which is not installed") as e:
-        build_model(ModelRef(torchvision="resnet18"))
+    with pytest.raises(ConfigError, match=f"need the '{package}' package, which is not installed") as e:
+        build_model(ref)
     assert "edgekd[vision]" in e.value.hint and e.value.exit_code == 2
 
 
@@ -112,16 +114,6 @@ def test_timm_errors_are_one_line_config_errors():
     assert "did you mean resnet18" in e.value.hint
     with pytest.raises(ConfigError, match="bad arguments for timm model 'resnet18'.*'width'"):
         build_model(ModelRef(timm="resnet18", kwargs={"width": 3}))
-
-
-def test_timm_absent_is_a_config_error_with_the_extra(monkeypatch):
-    import edgekd.zoo.vision as vision
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(vision.importlib.util, "find_spec", lambda n, *a: None if n == "timm" else real(n, *a))
-    with pytest.raises(ConfigError, match="need the 'timm' package, which is not installed") as e:
-        build_model(ModelRef(timm="resnet18"))
-    assert "edgekd[vision]" in e.value.hint and e.value.exit_code == 2
 
 
 def test_init_model_spec_reads_timm_names():
