@@ -31,8 +31,11 @@ $(FMNIST):
 demo: setup
 	$(VENV)/bin/edgekd build --target cpu
 
+# One pytest-xdist worker per core (at most 4), one torch thread each; tests/conftest.py keeps the tests
+# that share a build on one worker. TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --durations=15
 
 bench: setup
 	for b in spine distill quantize profiler text llm; do $(PY) benchmarks/bench_$$b.py || exit 1; done
