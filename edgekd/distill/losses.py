@@ -7,7 +7,7 @@ learn feature shapes (to size projectors and reject mismatches before training s
 a `LossSet` (an nn.Module: its learned projectors must go into the optimizer).
 
 Per-sample weights (`LossContext.sample_weight`, mean 1 from edgekd.distill.weighting) scale the
-teacher terms that decompose per sample: soft_label, feature, attention, hidden_state. `relation`
+teacher terms that decompose per sample: soft_label, decoupled, feature, attention, hidden_state. `relation`
 losses compare samples with each other, so they do not use them; `hard_label` uses no teacher.
 """
 from __future__ import annotations
@@ -202,6 +202,9 @@ def _per_sample_distance(s: Tensor, t: Tensor, distance: str) -> Tensor:
 
 class _SoftOpts(LossOptions):
     temperature: float | Schedule = Field(4.0, description="softmax temperature, or {start, end, shape}")
+    standardize: bool = Field(False, description="z-score each sample's logits (student and teacher) before the "
+                                                 "temperature: the student matches the shape of the teacher's "
+                                                 "logits, not their scale (Sun et al., CVPR 2024)")
 
     @field_validator("temperature", mode="before")
     @classmethod
@@ -243,11 +246,100 @@ class SoftLabel(Loss):
         if ctx.teacher_logits is None:
             raise StageError("soft_label needs teacher logits but none were given",
                              hint="distill with a teacher model or a teacher-logit cache")
-        log_ps = F.log_softmax(ctx.student_logits.float() / t_, dim=1)
-        # Cached logits arrive on the CPU; follow the student's device.
-        pt = F.softmax(ctx.teacher_logits.detach().to(log_ps.device).float() / t_, dim=1)
+        s_logits, t_logits = _class_logits(ctx, self.opts.standardize)
+        log_ps = F.log_softmax(s_logits / t_, dim=1)
+        pt = F.softmax(t_logits / t_, dim=1)
         kl = (torch.special.xlogy(pt, pt) - pt * log_ps).sum(dim=1)
         return weighted_mean(kl, ctx.sample_weight) * (t_ * t_)
+
+
+def _standardize(z: Tensor) -> Tensor:
+    """Each row's logits minus their mean, over their standard deviation (a constant row stays 0)."""
+    z = z - z.mean(dim=1, keepdim=True)
+    return z / z.std(dim=1, keepdim=True).clamp_min(1e-6)
+
+
+def _class_logits(ctx: LossContext, standardize: bool) -> tuple[Tensor, Tensor]:
+    """(student, teacher) logits [B, C] in fp32 on the student's device, z-scored per row if asked."""
+    if ctx.teacher_logits is None:
+        raise StageError("this loss needs the teacher's logits of every class, but none were given",
+                         hint="distill with a teacher model or a teacher-logit cache (full logits, not top_k)")
+    s = ctx.student_logits.float()
+    t = ctx.teacher_logits.detach().to(s.device).float()  # cached logits arrive on the CPU
+    if not standardize:
+        return s, t
+    if not bool(torch.isfinite(t).all()):
+        raise StageError("standardize needs the teacher's logit of every class, but the teacher-logit cache holds "
+                         "its top-k only", hint="set distill.teacher_cache.top_k: null, or standardize: false")
+    return _standardize(s), _standardize(t)
+
+
+class _DecoupledOpts(_SoftOpts):
+    alpha: float = Field(1.0, ge=0.0, description="weight of TCKD: the binary target vs rest distribution")
+    beta: float = Field(8.0, ge=0.0, description="weight of NCKD: the distribution over the non-target classes")
+
+
+@register("decoupled")
+class Decoupled(Loss):
+    """Decoupled KD (DKD, Zhao et al., CVPR 2022): T^2 * (alpha * TCKD + beta * NCKD), per-sample weighted mean.
+
+    Hinton's KL at temperature T splits exactly into TCKD, the KL of the binary (target, rest)
+    probabilities, plus (1 - p_t(target)) * NCKD, the KL of the distributions renormalised over the
+    non-target classes. The factor (1 - p_t(target)) mutes NCKD, the "dark knowledge", on every sample
+    the teacher is sure of, which after training is most of them; DKD weights the two parts
+    independently. With alpha = 1 and beta = 1 - p_t(target) per sample it is soft_label.
+
+    The target is the sample's label; unlabeled samples (label -1) take the teacher's argmax. Computed in
+    log space throughout, so a confident teacher or student does not give log(0).
+    """
+
+    Options = _DecoupledOpts
+
+    @classmethod
+    def needs_teacher_logits(cls) -> bool:
+        return True
+
+    def forward(self, ctx: LossContext) -> Tensor:
+        t_ = schedule(self.opts.temperature, ctx.progress)
+        s_logits, t_logits = _class_logits(ctx, self.opts.standardize)
+        labels = ctx.labels.to(s_logits.device).long()
+        target = torch.where(labels >= 0, labels, t_logits.argmax(dim=1))
+        mask = F.one_hot(target, s_logits.shape[1]).bool()
+        per = torch.zeros(s_logits.shape[0], device=s_logits.device)
+        parts = [(self.opts.alpha, _tckd), (self.opts.beta, _nckd)]
+        log_ps, log_pt = F.log_softmax(s_logits / t_, dim=1), F.log_softmax(t_logits / t_, dim=1)
+        for w, part in parts:
+            if w:
+                per = per + w * part(log_ps, log_pt, mask)
+        return weighted_mean(per, ctx.sample_weight) * (t_ * t_)
+
+
+def _split_log_probs(log_p: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(log p(target), log p(not target)) per row from log-probabilities [B, C] and the target mask."""
+    target = log_p.masked_fill(~mask, float("-inf")).logsumexp(dim=1)
+    rest = log_p.masked_fill(mask, float("-inf")).logsumexp(dim=1)
+    return target, rest
+
+
+def _kl_terms(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """p * (log p - log q) elementwise, 0 where p = 0 (a -inf teacher logit, e.g. a top-k cache's tail)."""
+    return torch.where(log_p > float("-inf"), log_p.exp() * (log_p - log_q), torch.zeros_like(log_p))
+
+
+def _tckd(log_ps: Tensor, log_pt: Tensor, mask: Tensor) -> Tensor:
+    """KL((p_t(target), 1 - p_t(target)) || (p_s(target), 1 - p_s(target))) per row."""
+    s_in, s_out = _split_log_probs(log_ps, mask)
+    t_in, t_out = _split_log_probs(log_pt, mask)
+    return _kl_terms(t_in, s_in) + _kl_terms(t_out, s_out)
+
+
+def _nckd(log_ps: Tensor, log_pt: Tensor, mask: Tensor) -> Tensor:
+    """KL of the teacher's and the student's distributions over the non-target classes, per row."""
+    _, s_out = _split_log_probs(log_ps, mask)
+    _, t_out = _split_log_probs(log_pt, mask)
+    ls = log_ps - s_out[:, None]  # log p(j | not target)
+    lt = (log_pt - t_out[:, None]).masked_fill(mask, float("-inf"))  # the target column adds nothing
+    return _kl_terms(lt, ls).sum(dim=1)
 
 
 def token_kd(student_logits: Tensor, t_values: Tensor, t_indices: Tensor, temperature: float,
@@ -638,3 +730,7 @@ def build_losses(cfgs: list[Any], student: nn.Module, teacher: nn.Module | None,
         terms[name].adopt_unit_map(getattr(student, "unit_map", None) or {})
         weights[name] = weight
     return LossSet(terms, weights)
+
+
+# The kinds that read logits only (no activations): what an ONNX teacher, the teacher-logit cache and QAT can drive.
+LOGIT_LOSSES = ("soft_label", "hard_label", "decoupled")

@@ -47,10 +47,9 @@ log = logging.getLogger(__name__)
 NAME = "int8-qat"
 # Per-channel QuantizeLinear (NNCF quantizes weights per output channel) exists from opset 13.
 MIN_OPSET = 13
-# Loss kinds that act on logits only. Feature/attention/relation terms would need projectors
-# trained from scratch here, pulling a converged student away from its features at a stage
-# meant only to adapt it to the INT8 grid, so QAT keeps the recipe's logit terms.
-LOGIT_LOSSES = ("soft_label", "hard_label")
+# QAT keeps the recipe's logit terms (edgekd.distill.losses.LOGIT_LOSSES). Feature/attention/relation
+# terms would need projectors trained from scratch here, pulling a converged student away from its
+# features at a stage meant only to adapt it to the INT8 grid.
 # ORT's INT8 kernels and torch's fake quantizer may round a value that sits on a level boundary
 # differently; a real export defect changes far more predictions than this.
 MIN_TOP1_AGREEMENT = 0.95
@@ -108,6 +107,7 @@ def _quiet() -> Iterator[None]:
 def _logit_losses(losses: list[Any]) -> tuple[list[Any], list[str]]:
     """The recipe's logit terms (and the kinds dropped); soft+hard label when none is left."""
     from edgekd.config import LossConfig
+    from edgekd.distill.losses import LOGIT_LOSSES
 
     kept: list[Any] = []
     dropped: list[str] = []

@@ -216,9 +216,6 @@ def stage_teacher(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
 
 # --------------------------------------------------------------------------- distill
 
-LOGIT_LOSSES = ("soft_label", "hard_label")  # the losses an ONNX teacher (logits only) can drive
-
-
 def _distill_cfg(ctx: BuildContext) -> dict:
     return {"student": _ref_key(ctx.recipe.student), "distill": ctx.recipe.distill.model_dump(),
             "data": ctx.recipe.data.key_dict(), "data_sha256": data_fingerprint(ctx)}
@@ -331,7 +328,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     import torch
 
     from edgekd.distill import ddp
-    from edgekd.distill.losses import build_losses
+    from edgekd.distill.losses import LOGIT_LOSSES, build_losses
     from edgekd.distill.trainer import accuracy, train
     from edgekd.distill.weighting import build_weighting
     from edgekd.errors import ConfigError
@@ -376,7 +373,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         if loss_set.needs_online_teacher:
             raise ConfigError("distill.teacher_cache holds teacher logits only, but a feature/attention/hidden_state/"
                               "relation loss needs the teacher's activations",
-                              hint="set distill.teacher_cache.enabled=false, or keep only soft_label/hard_label losses")
+                              hint="set distill.teacher_cache.enabled=false, or keep only soft_label/decoupled/hard_label losses")
         if dc.augment:  # with teacher_cache.views (the card refuses augmentation with an un-augmented cache)
             views = _view_caches(ctx, teacher, inputs["teacher"], s.x_train, rank, world)
         else:

@@ -13,7 +13,7 @@ from edgekd.config import LossConfig
 from edgekd.distill.hooks import FeatureCapture
 from edgekd.distill.losses import LOSSES, LossContext, build_losses
 from edgekd.distill.weighting import WEIGHTINGS, build_weighting, schedule
-from edgekd.errors import ConfigError
+from edgekd.errors import ConfigError, StageError
 from edgekd.zoo import build
 
 RTOL = 1e-5
@@ -499,3 +499,87 @@ def test_schedule_shapes():
     assert schedule({"start": 3.0, "end": 1.0, "shape": "constant"}, 0.9) == 3.0
     with pytest.raises(ConfigError):
         schedule({"start": 1.0, "stop": 2.0}, 0.5)
+
+
+# --------------------------------------------------------------------------- decoupled KD, standardized logits
+
+
+def np_dkd_parts(s: np.ndarray, t: np.ndarray, target: np.ndarray, T: float) -> tuple[np.ndarray, np.ndarray]:
+    """(TCKD, NCKD) per row, straight from the DKD paper's definitions, in probability space."""
+    ps, pt = np_softmax(s / T), np_softmax(t / T)
+    rows = np.arange(len(s))
+    bs = np.stack([ps[rows, target], 1 - ps[rows, target]], 1)
+    bt = np.stack([pt[rows, target], 1 - pt[rows, target]], 1)
+    tckd = (bt * np.log(bt / bs)).sum(1)
+    keep = np.ones_like(ps, dtype=bool)
+    keep[rows, target] = False
+    qs = np.where(keep, ps, 0) / np.where(keep, ps, 0).sum(1, keepdims=True)
+    qt = np.where(keep, pt, 0) / np.where(keep, pt, 0).sum(1, keepdims=True)
+    nckd = np.where(keep, qt * np.log(np.where(keep, qt, 1) / np.where(keep, qs, 1)), 0).sum(1)
+    return tckd, nckd
+
+
+def test_decoupled_matches_hand_tckd_and_nckd_with_weights():
+    s, t = randn(4, 5), randn(4, 5) * 3
+    labels = torch.tensor([0, 3, 4, 1])
+    w = torch.tensor([0.5, 1.5, 1.0, 1.0])
+    T, alpha, beta = 2.0, 1.0, 4.0
+    _, term = one({"kind": "decoupled", "temperature": T, "alpha": alpha, "beta": beta})
+    tckd, nckd = np_dkd_parts(s.numpy(), t.numpy(), labels.numpy(), T)
+    want = T * T * float((w.numpy() * (alpha * tckd + beta * nckd)).sum() / 4)
+    assert val(term(ctx(s, t, labels=labels, w=w))) == pytest.approx(want, rel=RTOL)
+    # Hinton's KL is TCKD + (1 - p_t(target)) * NCKD: DKD is that split, re-weighted
+    ps, pt = np_softmax(s.numpy() / T), np_softmax(t.numpy() / T)
+    kl = (pt * np.log(pt / ps)).sum(1)
+    assert kl == pytest.approx(tckd + (1 - pt[np.arange(4), labels.numpy()]) * nckd, rel=1e-4)
+    # unlabeled samples (-1) take the teacher's argmax as their target
+    unl = torch.full((4,), -1)
+    tckd_a, nckd_a = np_dkd_parts(s.numpy(), t.numpy(), t.numpy().argmax(1), T)
+    want = T * T * float((alpha * tckd_a + beta * nckd_a).mean())
+    assert val(term(ctx(s, t, labels=unl))) == pytest.approx(want, rel=RTOL)
+    # identical logits: zero
+    assert val(term(ctx(t, t, labels=labels))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_decoupled_is_finite_for_confident_models_and_a_top_k_tail():
+    s = torch.tensor([[60.0, -40.0, 0.0], [0.0, 1.0, 2.0]])
+    t = torch.tensor([[80.0, -50.0, 1.0], [5.0, float("-inf"), 0.0]])
+    _, term = one({"kind": "decoupled", "temperature": 1.0, "beta": 8.0})
+    s.requires_grad_(True)
+    loss = term(LossContext(s, t, torch.tensor([0, 0]), {}, {}))
+    loss.backward()
+    assert math.isfinite(val(loss)) and bool(torch.isfinite(s.grad).all())
+    assert val(loss) > 0
+
+
+def test_standardized_soft_label_ignores_the_scale_of_the_logits():
+    s, t = randn(4, 5), randn(4, 5)
+    T = 2.0
+    _, term = one({"kind": "soft_label", "temperature": T, "standardize": True})
+
+    def z(a: np.ndarray) -> np.ndarray:
+        a = a - a.mean(1, keepdims=True)
+        return a / a.std(1, ddof=1, keepdims=True)
+
+    ps, pt = np_softmax(z(s.numpy()) / T), np_softmax(z(t.numpy()) / T)
+    want = T * T * (pt * np.log(pt / ps)).sum(1).mean()
+    assert val(term(ctx(s, t))) == pytest.approx(want, rel=1e-4)
+    # a student whose logits are the teacher's times 7 plus 3 matches it exactly once standardized
+    assert val(term(ctx(7 * t + 3, t))) == pytest.approx(0.0, abs=1e-5)
+    _, plain = one({"kind": "soft_label", "temperature": T})
+    assert val(plain(ctx(7 * t + 3, t))) > 0.1
+    # a top-k teacher (-inf tail) cannot be standardized: a clear error, not NaN
+    t_inf = t.clone()
+    t_inf[:, 3:] = float("-inf")
+    with pytest.raises(StageError, match="top-k"):
+        term(ctx(s, t_inf))
+
+
+def test_logit_loss_kinds_are_registered_and_need_no_activations():
+    from edgekd.distill.losses import LOGIT_LOSSES
+
+    for kind in LOGIT_LOSSES:
+        assert kind in LOSSES and LOSSES[kind].paths(LOSSES[kind].Options.model_construct()) == (set(), set())
+    ls = build_losses([LossConfig(kind="decoupled", weight=1.0), LossConfig(kind="hard_label", weight=1.0)],
+                      Taps({}), Taps({}), X)
+    assert ls.needs_teacher and not ls.needs_online_teacher  # the teacher-logit cache can drive it
