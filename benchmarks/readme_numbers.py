@@ -247,7 +247,8 @@ def kd_rows() -> list[list[str]]:
     if llm and llm.get("seqkd_vs_control"):
         c = llm["seqkd_vs_control"]
         student = llm.get("student_arch")
-        arch = f"{student.get('layers')}-layer tiny Llama, " if isinstance(student, dict) and student.get("layers") else ""
+        kind = "student pruned from the teacher" if llm.get("pruning") else "tiny Llama"
+        arch = f"{student.get('layers')}-layer {kind}, " if isinstance(student, dict) and student.get("layers") else ""
         out.append([llm.get("recipe", "smollm2-seqkd"), f"{arch}control: same student on the prompts' raw text",
                     "next-token agreement with the teacher's answers, PyTorch", "1",
                     _pct2(c["student_test"]["agreement"]), _pct2(c["control_test"]["agreement"]),
