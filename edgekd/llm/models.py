@@ -11,6 +11,9 @@ directions (`init_embeddings: pca`), or random.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib
 import importlib.util
 import json
 import os
@@ -62,6 +65,27 @@ def _sha256(path: str) -> str:
     return sha256_file(Path(path))
 
 
+@contextlib.contextmanager
+def _no_gguf_bar_off_terminal():
+    """transformers' GGUF reader draws a tqdm bar with no switch of its own; when stderr is not a terminal
+    (CI, a log file) the build's own line says what is happening, so the bar is turned off there."""
+    import sys
+
+    try:
+        mod = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    except ImportError:  # no gguf package: from_pretrained says so below
+        mod = None
+    bar = getattr(mod, "tqdm", None)
+    if sys.stderr.isatty() or bar is None:
+        yield
+        return
+    mod.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        mod.tqdm = bar
+
+
 def materialize_teacher(spec: str, cache_dir: Path, log=None) -> tuple[Path, str]:
     """A local HF folder holding the teacher (dequantized from GGUF once), and its content hash."""
     from edgekd.zoo.text import hub_error, quiet_transformers
@@ -91,8 +115,9 @@ def materialize_teacher(spec: str, cache_dir: Path, log=None) -> tuple[Path, str
         log(f"dequantizing {Path(src['path']).name} once into {out} (about 30 s)")
     gguf = Path(src["path"])
     try:
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        with _no_gguf_bar_off_terminal():
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except ImportError as e:
         raise ConfigError(f"reading GGUF needs the 'gguf' package ({e})", hint="pip install gguf") from None
     # The dequantized weights are plain fp32: drop the GGUF quantizer so save/load treat them as such.
