@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -279,6 +280,8 @@ def main() -> None:
     ap.add_argument("--extras", action="store_true", help="teacher on onnxruntime, natural-text perplexity, goals")
     ap.add_argument("--natural", type=int, default=200, help="natural-text snippets for --extras")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the --extras evaluations")
+    ap.add_argument("--note", action="append", default=[],
+                    help="a fact about this run for the results file (e.g. what else ran on the host)")
     ap.add_argument("--name", default=None, help="results file name (default llm / llm-quick)")
     ap.add_argument("--compare-students", action="store_true",
                     help="no build: students at one token budget on the cached teacher answers -> llm.json student_comparison")
@@ -337,6 +340,8 @@ def main() -> None:
         "history": d["history"],
         "curve": curve(d),
         "notes": rep["notes"],
+        "build_threads": int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS") else None,
+        "run_notes": args.note,
     }
     x = extras(build, rep, d, args) if args.extras else None
     if x:

@@ -297,8 +297,44 @@ def llm_students() -> str:
     return "\n".join(lines) + "\n\n" + _source("llm.json", {**d, "created": sc["created"], "threads": st["threads"]}, notes)
 
 
+def llm_build() -> str:
+    """smollm2-seqkd: the card's own full build (bench_llm.py --extras): every model it made, the teacher on
+    onnxruntime beside them, and the goals for the selected student."""
+    d = _load("llm.json")
+    lines = ["| model | runtime | parameters | size | agreement with the teacher's next token | perplexity of the "
+             "teacher's answers | time to first token, p50 | tokens/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for m in d["models"]:
+        name = f"**{m['model']}** (selected)" if m["selected"] else m["model"]
+        lines.append(f"| {name} | {m['runtime']} | {m['params'] / 1e6:.1f}M | {m['size_bytes'] / 2**20:.0f} MiB "
+                     f"| {_pct(m['agreement'])} | {m['perplexity']:.2f} | {m['ttft_ms_p50']:.0f} ms "
+                     f"| {m['tokens_per_s']:.1f} |")
+    for name, t in (d.get("teacher_onnxruntime") or {}).items():
+        lines.append(f"| {name} | onnxruntime | | {t['size_bytes'] / 2**20:.0f} MiB | | | {t['ttft_ms_p50']:.0f} ms "
+                     f"| {t['tokens_per_s']:.1f} |")
+    g, gen, lo = d["goals"], d["generation"], d["losses"]
+    tps = [(k.split("_vs_")[1], v) for k, v in g.items() if k.startswith("tokens_per_s_ratio_vs_")]
+    bits = [f"agreement {_pct(g['agreement']['value'])} (goal {_pct(g['agreement']['goal'])})",
+            f"perplexity {g['perplexity_ratio']['value']:.1f}× the teacher's (goal ≤ {g['perplexity_ratio']['goal']:.0f}×)"]
+    bits += [f"tokens/s {v['value']:.2f}× the teacher's {k.removeprefix('teacher_').replace('-onnx', ' ONNX')} "
+             f"(goal ≥ {v['goal']:.0f}×)" for k, v in tps]
+    met = sum(1 for v in g.values() if isinstance(v, dict) and v.get("met"))
+    total = sum(1 for v in g.values() if isinstance(v, dict) and "met" in v)
+    c = d["seqkd_vs_control"]
+    lines += ["", f"The card as shipped: {gen['prompts']} prompts ({gen['splits']['train']} train, {gen['splits']['val']} "
+                  f"validation, {gen['splits']['test']} test), {lo['epochs']} epochs, {lo['soft']} soft_label (T="
+                  f"{lo['temperature']:g}, top-{lo['top_k']}) + {lo['hard']} hard_label; the build took "
+                  f"{d['build_wall_s'] / 60:.1f} min with the teacher's answers cached. Against its control (same "
+                  f"student on the prompts' raw text): {_pct(c['student_test']['agreement'])} vs "
+                  f"{_pct(c['control_test']['agreement'])} agreement.",
+              "", f"Goals for {g['student']}: " + "; ".join(bits) + f" — {met} of {total} met."]
+    notes = "".join(f"; {n}" for n in d.get("run_notes", []))
+    return "\n".join(lines) + "\n\n" + _source("llm.json", d, notes)
+
+
 GENERATORS: dict[str, Callable[[], str]] = {"fashion-cnn": fashion_cnn, "minilm-sentiment": minilm_sentiment,
-                                            "kd-gain": kd_gain, "byo": byo, "llm-students": llm_students}
+                                            "kd-gain": kd_gain, "byo": byo, "llm-students": llm_students,
+                                            "llm-build": llm_build}
 
 
 def render(text: str) -> str:
