@@ -293,6 +293,19 @@ def llm_students() -> str:
     lines += ["", f"{st['train_examples']} training prompts of `{st['prompts']}`, {st['epochs']} epochs, {st['losses']}, "
                   f"{st['threads']} thread; held-out {st['test_examples']} prompts; natural text: Rotten Tomatoes snippets.",
               "", "Goals: " + ". ".join(goals) + "."]
+    best = max(sc["students"].values(), key=lambda e: e["test"]["agreement"])
+    steps = [b["val_agreement"] - a["val_agreement"] for a, b in zip(best["curve"][1:], best["curve"][2:])]
+    tokens = best["curve"][-1]["train_answer_tokens"]
+    rate = best.get("train_answer_tokens_per_s")
+    if steps and rate:
+        lines += ["", f"The gap, as the curve shows it: the best student's held-out agreement gained "
+                      f"{' then '.join(f'{100 * x:+.1f}' for x in steps)} points per further epoch over the same "
+                      f"{st['train_examples']} prompts, so more distinct teacher answers, not more passes, is what it "
+                      f"needs. It trained at {rate:.0f} answer tokens/s here ({st['threads']} thread); ten times the "
+                      f"answer tokens ({10 * tokens:,}) would take about {10 * tokens / rate / 3600:.1f} h of training "
+                      f"on this host (an estimate from that rate), before the teacher answers the extra prompts. That "
+                      f"is a run for a GPU host (the teacher generating thousands of answers in batches, the student "
+                      f"training on them); it has not been measured here, for lack of one."]
     notes = "".join(f"; {n}" for n in sc.get("notes", []))
     return "\n".join(lines) + "\n\n" + _source("llm.json", {**d, "created": sc["created"], "threads": st["threads"]}, notes)
 
