@@ -202,7 +202,8 @@ def kd_rows() -> list[list[str]]:
             parts = []
             views = [o.split("=", 1)[1] for o in v.get("overrides", []) if o.startswith("distill.teacher_cache.views=")]
             if entry.get("train_size"):
-                parts.append(f"{entry['train_size']:,} training images")
+                noun = "snippets" if recipe == "minilm-sentiment" else "images"
+                parts.append(f"{entry['train_size']:,} training {noun}")
             if entry.get("epochs"):
                 parts.append(f"{entry['epochs']} epochs")
             parts += list(entry.get("extra_sets") or [])
@@ -242,7 +243,7 @@ def kd_rows() -> list[list[str]]:
     if text is not None:
         out.append([text.get("recipe", "minilm-sentiment"), "as shipped", "accuracy, fp32 PyTorch", "1",
                     _pct2((text.get("student") or {}).get("test_accuracy")), "not measured", "—",
-                    f"text.json ({text.get('created', '')[:10]}): no control run yet"])
+                    f"text.json ({text.get('created', '')[:10]}): that build ran without a control"])
     llm = _load_opt("llm.json")
     if llm and llm.get("seqkd_vs_control"):
         c = llm["seqkd_vs_control"]
