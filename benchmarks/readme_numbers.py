@@ -188,6 +188,14 @@ def _gain(values: list[float]) -> str:
     return _pts(mean) if len(values) == 1 else f"{_pts(mean)} ({min(values):+.2f} … {max(values):+.2f})"
 
 
+def _task(recipe: str) -> str | None:
+    """The `task` of a shipped recipe card (models/RECIPE.yaml), None when there is no such card."""
+    import yaml
+
+    card = ROOT / "models" / f"{recipe}.yaml"
+    return yaml.safe_load(card.read_text()).get("task") if card.is_file() else None
+
+
 def kd_rows() -> list[list[str]]:
     """One row per measured KD-vs-labels-only comparison, losses included: the build's own control arm
     (distill.json `control`, from `bench_distill.py --parts control`), the engine ablation and the
@@ -202,7 +210,7 @@ def kd_rows() -> list[list[str]]:
             parts = []
             views = [o.split("=", 1)[1] for o in v.get("overrides", []) if o.startswith("distill.teacher_cache.views=")]
             if entry.get("train_size"):
-                noun = "snippets" if recipe == "minilm-sentiment" else "images"
+                noun = "snippets" if _task(recipe) == "text-classification" else "images"
                 parts.append(f"{entry['train_size']:,} training {noun}")
             if entry.get("epochs"):
                 parts.append(f"{entry['epochs']} epochs")

@@ -15,27 +15,21 @@ def _is_session_fixture(node: ast.AST) -> bool:
                                         for k in d.keywords) for d in node.decorator_list)
 
 
-def _session_fixtures() -> set[str]:
-    """Session-scoped fixtures defined anywhere under tests/ (conftest files and test files)."""
-    return {node.name for f in TESTS.rglob("*.py") for node in ast.walk(ast.parse(f.read_text()))
-            if _is_session_fixture(node)}
-
-
-def _users(name: str) -> set[str]:
-    """Test files whose test functions or fixtures take `name` as an argument."""
-    out = set()
-    for f in TESTS.rglob("test_*.py"):
-        for node in ast.walk(ast.parse(f.read_text())):
-            if isinstance(node, ast.FunctionDef) and name in {a.arg for a in node.args.args}:
-                out.add(f.relative_to(TESTS.parent).as_posix())
-    return out
+def _functions() -> dict[str, list[ast.FunctionDef]]:
+    """Every function definition under tests/, per file (path relative to the repository)."""
+    return {f.relative_to(TESTS.parent).as_posix(): [n for n in ast.walk(ast.parse(f.read_text()))
+                                                     if isinstance(n, ast.FunctionDef)]
+            for f in TESTS.rglob("*.py")}
 
 
 def test_files_sharing_a_session_fixture_share_a_worker_group():
-    fixtures = _session_fixtures()
+    functions = _functions()
+    fixtures = {n.name for defs in functions.values() for n in defs if _is_session_fixture(n)}
     assert {"fashion_cache", "ascend_quick_build", "llm_cache"} <= fixtures  # the scan sees the real ones
     for name in fixtures:
-        users = _users(name)
+        # test files whose tests or fixtures take it as an argument (a conftest shares it by design)
+        users = {f for f, defs in functions.items() if Path(f).name.startswith("test_")
+                 and any(name in {a.arg for a in n.args.args} for n in defs)}
         groups = {xdist_group_of(f"{u}::t") for u in users}
         assert len(groups) <= 1, f"session fixture {name!r} is used by files in groups {sorted(groups)}: {sorted(users)}"
     assert all((TESTS.parent / f).is_file() for f in SHARED_GROUPS), "SHARED_GROUPS names a file that is gone"

@@ -243,9 +243,6 @@ class SoftLabel(Loss):
         t_ = self.temperature(ctx.progress)
         if ctx.teacher_logits is None and ctx.teacher_topk is not None:
             return token_kd(ctx.student_logits, *ctx.teacher_topk, t_, ctx.sample_weight)
-        if ctx.teacher_logits is None:
-            raise StageError("soft_label needs teacher logits but none were given",
-                             hint="distill with a teacher model or a teacher-logit cache")
         s_logits, t_logits = _class_logits(ctx, self.opts.standardize)
         log_ps = F.log_softmax(s_logits / t_, dim=1)
         pt = F.softmax(t_logits / t_, dim=1)
@@ -262,8 +259,8 @@ def _standardize(z: Tensor) -> Tensor:
 def _class_logits(ctx: LossContext, standardize: bool) -> tuple[Tensor, Tensor]:
     """(student, teacher) logits [B, C] in fp32 on the student's device, z-scored per row if asked."""
     if ctx.teacher_logits is None:
-        raise StageError("this loss needs the teacher's logits of every class, but none were given",
-                         hint="distill with a teacher model or a teacher-logit cache (full logits, not top_k)")
+        raise StageError("this loss needs the teacher's logits but none were given",
+                         hint="distill with a teacher model or a teacher-logit cache")
     s = ctx.student_logits.float()
     t = ctx.teacher_logits.detach().to(s.device).float()  # cached logits arrive on the CPU
     if not standardize:
@@ -280,7 +277,7 @@ class _DecoupledOpts(_SoftOpts):
 
 
 @register("decoupled")
-class Decoupled(Loss):
+class Decoupled(SoftLabel):
     """Decoupled KD (DKD, Zhao et al., CVPR 2022): T^2 * (alpha * TCKD + beta * NCKD), per-sample weighted mean.
 
     Hinton's KL at temperature T splits exactly into TCKD, the KL of the binary (target, rest)
@@ -290,27 +287,24 @@ class Decoupled(Loss):
     independently. With alpha = 1 and beta = 1 - p_t(target) per sample it is soft_label.
 
     The target is the sample's label; unlabeled samples (label -1) take the teacher's argmax. Computed in
-    log space throughout, so a confident teacher or student does not give log(0).
+    log space throughout, so a confident teacher or student does not give log(0); a teacher probability
+    of 0 (a top-k cache's -inf tail) adds 0.
     """
 
     Options = _DecoupledOpts
 
-    @classmethod
-    def needs_teacher_logits(cls) -> bool:
-        return True
-
     def forward(self, ctx: LossContext) -> Tensor:
-        t_ = schedule(self.opts.temperature, ctx.progress)
+        t_ = self.temperature(ctx.progress)
         s_logits, t_logits = _class_logits(ctx, self.opts.standardize)
         labels = ctx.labels.to(s_logits.device).long()
-        target = torch.where(labels >= 0, labels, t_logits.argmax(dim=1))
-        mask = F.one_hot(target, s_logits.shape[1]).bool()
-        per = torch.zeros(s_logits.shape[0], device=s_logits.device)
-        parts = [(self.opts.alpha, _tckd), (self.opts.beta, _nckd)]
+        mask = F.one_hot(torch.where(labels >= 0, labels, t_logits.argmax(dim=1)), s_logits.shape[1]).bool()
         log_ps, log_pt = F.log_softmax(s_logits / t_, dim=1), F.log_softmax(t_logits / t_, dim=1)
-        for w, part in parts:
-            if w:
-                per = per + w * part(log_ps, log_pt, mask)
+        (s_in, s_out), (t_in, t_out) = _split_log_probs(log_ps, mask), _split_log_probs(log_pt, mask)
+        tckd = _kl_terms(t_in, s_in) + _kl_terms(t_out, s_out)  # binary (target, rest)
+        # over the non-target classes, renormalised: log p(j | not target); the target column adds nothing
+        nckd = _kl_terms((log_pt - t_out[:, None]).masked_fill(mask, float("-inf")),
+                         log_ps - s_out[:, None]).sum(dim=1)
+        per = self.opts.alpha * tckd + self.opts.beta * nckd
         return weighted_mean(per, ctx.sample_weight) * (t_ * t_)
 
 
@@ -324,22 +318,6 @@ def _split_log_probs(log_p: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 def _kl_terms(log_p: Tensor, log_q: Tensor) -> Tensor:
     """p * (log p - log q) elementwise, 0 where p = 0 (a -inf teacher logit, e.g. a top-k cache's tail)."""
     return torch.where(log_p > float("-inf"), log_p.exp() * (log_p - log_q), torch.zeros_like(log_p))
-
-
-def _tckd(log_ps: Tensor, log_pt: Tensor, mask: Tensor) -> Tensor:
-    """KL((p_t(target), 1 - p_t(target)) || (p_s(target), 1 - p_s(target))) per row."""
-    s_in, s_out = _split_log_probs(log_ps, mask)
-    t_in, t_out = _split_log_probs(log_pt, mask)
-    return _kl_terms(t_in, s_in) + _kl_terms(t_out, s_out)
-
-
-def _nckd(log_ps: Tensor, log_pt: Tensor, mask: Tensor) -> Tensor:
-    """KL of the teacher's and the student's distributions over the non-target classes, per row."""
-    _, s_out = _split_log_probs(log_ps, mask)
-    _, t_out = _split_log_probs(log_pt, mask)
-    ls = log_ps - s_out[:, None]  # log p(j | not target)
-    lt = (log_pt - t_out[:, None]).masked_fill(mask, float("-inf"))  # the target column adds nothing
-    return _kl_terms(lt, ls).sum(dim=1)
 
 
 def token_kd(student_logits: Tensor, t_values: Tensor, t_indices: Tensor, temperature: float,

@@ -373,7 +373,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         if loss_set.needs_online_teacher:
             raise ConfigError("distill.teacher_cache holds teacher logits only, but a feature/attention/hidden_state/"
                               "relation loss needs the teacher's activations",
-                              hint="set distill.teacher_cache.enabled=false, or keep only soft_label/decoupled/hard_label losses")
+                              hint=f"set distill.teacher_cache.enabled=false, or keep only {'/'.join(LOGIT_LOSSES)} losses")
         if dc.augment:  # with teacher_cache.views (the card refuses augmentation with an un-augmented cache)
             views = _view_caches(ctx, teacher, inputs["teacher"], s.x_train, rank, world)
         else:
