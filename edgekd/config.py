@@ -274,11 +274,18 @@ class DistillConfig(TrainConfig):
 CANDIDATE_NAMES = ("fp32", "fp16", "int8-dynamic", "int8-qdq")
 
 
+# How the select stage chooses among the candidates: not a setting of how any candidate is made, so neither in the
+# quantize stage's key (a new objective re-selects without re-quantizing) nor passed to the quantizers.
+SELECTION_FIELDS = frozenset({"objective", "strict", "max_latency_growth"})
+
+
 class QuantizeConfig(Strict):
     candidates: list[str] | None = Field(None, description="default: the target card's candidates")
     accuracy_budget: float = Field(0.5, ge=0, description="max accuracy drop in points vs the FP32 student")
     calibration_samples: int = Field(256, ge=1)
     objective: Literal["latency", "size"] = "latency"
+    max_latency_growth: float | None = Field(None, ge=0, description="objective size: the most a candidate's p50 may "
+                                             "exceed fp32's (a fraction, 0.25 = 25%); none: no bound")
     per_channel: bool = True
     reduce_range: bool = False
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"

@@ -8,6 +8,11 @@ larger of the two models' spreads) is `within-noise-of-fp32` and FP32 is kept; c
 within each other's noise are a tie, broken on size and then name, never on the noisy p50, so the
 same build on a quiet machine selects the same variant.
 
+With `objective: size`, `max_latency_growth` (a fraction) bounds what size may cost in time: a
+candidate whose p50 exceeds FP32's by more than that is `slower-than-fp32` and not selected, so a
+smaller INT8 graph that runs several times slower than FP32 (dynamic INT8 of a tiny CNN on a CPU
+without VNNI) does not ship in place of one a little larger and nearly as fast.
+
 Pure function over measurements, so every rule is testable without a model: the profiler fills
 `latency_ms`, the accuracy stage fills `val_accuracy` (used here) and `accuracy` (test, reported).
 """
@@ -51,23 +56,27 @@ def _metric(c: dict[str, Any], objective: str) -> float | None:
     return None if c.get("size_bytes") is None else float(c["size_bytes"])
 
 
-def _reason_missing(c: dict[str, Any], objective: str) -> str | None:
+def _reason_missing(c: dict[str, Any], objective: str, needs_latency: bool = False) -> str | None:
     """Why a non-failed candidate cannot be ranked (a missing measurement is a failure, not a pass)."""
     if c.get("val_accuracy") is None:
         return "no validation accuracy measured"
     if _metric(c, objective) is None:
         return "no latency measured" if objective == "latency" else "no size measured"
+    if needs_latency and _p50(c) is None:
+        return "no latency measured (quantize.max_latency_growth needs one)"
     return None
 
 
 def select(candidates: list[dict[str, Any]], budget_points: float,
-           objective: Literal["latency", "size"] = "latency", strict: bool = False) -> dict[str, Any]:
+           objective: Literal["latency", "size"] = "latency", strict: bool = False,
+           max_latency_growth: float | None = None) -> dict[str, Any]:
     """Give every candidate a status and pick one.
 
     Statuses: `selected`, `kept` (valid but not the best; fp32 when not selected),
     `over-budget`, `slower-than-fp32` / `larger-than-fp32`, `within-noise-of-fp32` (faster by less than the
     repeats' spread, given as `repeats`: the p50 of each interleaved repeat, ms), `failed: <reason>`.
-    Returns {selected, objective, budget_points, reference_val_accuracy, candidates, warnings}.
+    `max_latency_growth` (objective size only): the most a candidate's p50 may exceed FP32's, as a fraction.
+    Returns {selected, objective, budget_points, max_latency_growth, reference_val_accuracy, candidates, warnings}.
     Raises StageError (exit 4) when every candidate failed, or, with `strict`, when no quantized
     candidate beats FP32 within budget.
     """
@@ -75,6 +84,9 @@ def select(candidates: list[dict[str, Any]], budget_points: float,
         raise ConfigError(f"unknown quantize objective '{objective}'", hint="valid: latency, size")
     if budget_points < 0:
         raise ConfigError(f"accuracy budget must be >= 0 points, got {budget_points}", hint="e.g. 0.5")
+    if max_latency_growth is not None and max_latency_growth < 0:
+        raise ConfigError(f"max_latency_growth must be >= 0 (a fraction), got {max_latency_growth}", hint="e.g. 0.25")
+    growth = max_latency_growth if objective == "size" else None  # latency: a selected candidate is faster anyway
     names = [c.get("variant") for c in candidates]
     if len(set(names)) != len(names):
         raise StageError(f"duplicate candidate variants: {names}", hint="each candidate name may appear once")
@@ -83,7 +95,7 @@ def select(candidates: list[dict[str, Any]], budget_points: float,
     for c in out:
         if c.get("error"):
             c["status"] = f"failed: {c['error']}"
-        elif (why := _reason_missing(c, objective)) is not None:
+        elif (why := _reason_missing(c, objective, growth is not None)) is not None:
             c["status"] = f"failed: {why}"
         else:
             c["status"] = None
@@ -113,6 +125,9 @@ def select(candidates: list[dict[str, Any]], budget_points: float,
             c["status"] = OVER_BUDGET
         elif _metric(c, objective) >= ref_metric:  # type: ignore[operator]  # both checked non-None above
             c["status"] = SLOWER if objective == "latency" else LARGER
+        elif growth is not None and _p50(c) > _p50(ref) * (1 + growth) + EPS:  # type: ignore[operator]
+            c["status"] = SLOWER
+            c["p50_over_fp32"] = _p50(c) / _p50(ref)  # type: ignore[operator]
         elif objective == "latency" and ref_metric - _metric(c, objective) <= _noise_ms(c, ref):  # type: ignore[operator]
             c["status"] = WITHIN_NOISE
             c["noise_ms"] = _noise_ms(c, ref)
@@ -151,4 +166,4 @@ def select(candidates: list[dict[str, Any]], budget_points: float,
         ref["status"] = SELECTED
         chosen = REFERENCE
     return {"selected": chosen, "objective": objective, "budget_points": budget_points,
-            "reference_val_accuracy": ref_acc, "candidates": out, "warnings": warnings}
+            "max_latency_growth": growth, "reference_val_accuracy": ref_acc, "candidates": out, "warnings": warnings}

@@ -47,6 +47,12 @@ def candidate_row(c: dict, keys: tuple[str, ...], status: dict[str, str], prof: 
     return row
 
 
+def selection_rule(sel_metrics: dict) -> dict[str, Any]:
+    """How the shipped candidate was chosen (the select stage's rule), so a report that ships a variant slower
+    (or larger) than fp32 says why: the objective and the accuracy budget against fp32's validation accuracy."""
+    return {k: sel_metrics.get(k) for k in ("objective", "budget_points", "max_latency_growth", "reference_val_accuracy")}
+
+
 def not_built_rows(not_built: list[dict]) -> list[dict[str, Any]]:
     """`candidates` rows for the recipe's candidates the target cannot ship (quantize stage
     metrics `not_built`): status unsupported-on-target, the reason, no file and no figures."""
@@ -180,7 +186,7 @@ def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
         "selected_onnx_candidate": onnx_selected,
         "artifact_selection": cm.get("artifact_selection"),
         "measurements": measurements(models, cm.get("where")),
-        "candidates": candidates, "profile_settings": settings,
+        "candidates": candidates, "selection": selection_rule(sel["metrics"]), "profile_settings": settings,
         "training": {"teacher": {k: t["metrics"].get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds", "cached", "best_epoch",
                                                                   "given", "source", "origin", "shipped")},
                      "student": {k: d["metrics"].get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds", "best_epoch", "losses",

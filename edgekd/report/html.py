@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.report.markdown import (CANDIDATE_HEADER, CONTROL_HEADER, MODEL_HEADER, candidate_rows, control_rows,
-                                    control_sentence, energy_notes, model_rows, summary_rows)
+                                    control_sentence, energy_notes, model_rows, selection_sentence, summary_rows)
 from edgekd.report.schema import atomic_write_text
 
 _CSS = """
@@ -69,7 +69,8 @@ def render_html(report: dict, plots: dict[str, Path] | None = None) -> str:
         parts.append(_table(CONTROL_HEADER, control_rows(report)))
     parts += ["<h2>Models</h2>", _table(MODEL_HEADER, model_rows(report))]
     if report.get("candidates"):
-        parts += ["<h2>Candidates</h2>", _table(CANDIDATE_HEADER, candidate_rows(report))]
+        rule = selection_sentence(report)
+        parts += ["<h2>Candidates</h2>"] + ([f"<p>{_e(rule)}</p>"] if rule else []) + [_table(CANDIDATE_HEADER, candidate_rows(report))]
     if plots:
         parts.append("<h2>Plots</h2>")
         for name, p in plots.items():

@@ -129,6 +129,19 @@ def candidate_rows(report: dict) -> list[list[str]]:
     return rows
 
 
+def selection_sentence(report: dict) -> str:
+    """The select stage's rule in words ("" for reports written before it was recorded)."""
+    s = report.get("selection") or {}
+    if s.get("objective") not in ("latency", "size"):
+        return ""
+    what = "fastest candidate (p50)" if s["objective"] == "latency" else "smallest candidate on disk"
+    budget = f" within {s['budget_points']:g} points of fp32's validation accuracy" if s.get("budget_points") is not None else ""
+    slow = (f" and at most {100 * s['max_latency_growth']:g}% slower than fp32 (p50)"
+            if s["objective"] == "size" and s.get("max_latency_growth") is not None else "")
+    return (f"Selected: the {what}{budget}{slow} (quantize.objective: {s['objective']}"
+            + (f", max_latency_growth: {s['max_latency_growth']:g}" if slow else "") + ").")
+
+
 def energy_notes(report: dict) -> list[str]:
     """One line per distinct energy method, so an estimate is always called one."""
     seen: dict[str, str] = {}
@@ -172,7 +185,8 @@ def render_markdown(report: dict, plots: dict[str, Path] | None = None, base: Pa
         lines += _table(CONTROL_HEADER, control_rows(report))
     lines += ["## Models", ""] + _table(MODEL_HEADER, model_rows(report))
     if report.get("candidates"):
-        lines += ["## Candidates", ""] + _table(CANDIDATE_HEADER, candidate_rows(report))
+        rule = selection_sentence(report)
+        lines += ["## Candidates", ""] + ([rule, ""] if rule else []) + _table(CANDIDATE_HEADER, candidate_rows(report))
     if plots:
         lines += ["## Plots", ""]
         for name, p in plots.items():

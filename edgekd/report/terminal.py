@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgekd.report.markdown import CANDIDATE_HEADER, candidate_rows, control_of, control_sentence, summary_rows
+from edgekd.report.markdown import (CANDIDATE_HEADER, candidate_rows, control_of, control_sentence, selection_sentence,
+                                    summary_rows)
 
 
 def render(report: dict, console: Any) -> None:
@@ -23,7 +24,8 @@ def render(report: dict, console: Any) -> None:
     console.print(Text(control_sentence(report), style="" if control_of(report) else "dim"))
     rows = candidate_rows(report)
     if rows:
-        c = Table(title="Candidates", title_justify="left")
+        c = Table(title="Candidates", title_justify="left", caption=selection_sentence(report) or None,
+                  caption_justify="left")
         for col in CANDIDATE_HEADER:
             c.add_column(col)
         for row, cand in zip(rows, report.get("candidates") or []):

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekd.config import SELECTION_FIELDS
 from edgekd.errors import ConfigError, StageError, UserError
 from edgekd.pipeline import (BuildContext, Stage, StageOutput, StageResult, cache_lock, clean_dead_leftovers,
                              publish_dir_atomic, stable_hash, write_json_atomic)
@@ -539,7 +540,7 @@ def _quantize_cfg(ctx: BuildContext) -> dict:
         line = dropped_line(ctx.target, dropped, kept)
         ctx.memo("candidates-not-built", lambda: ctx.console.print(line, soft_wrap=True, markup=False) or True)
     # The budget is part of the key: the accuracy-aware fallback depends on it.
-    return {"candidates": kept, "quantize": ctx.recipe.quantize.model_dump(exclude={"strict", "objective"})}
+    return {"candidates": kept, "quantize": ctx.recipe.quantize.model_dump(exclude=set(SELECTION_FIELDS))}
 
 
 def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
@@ -559,8 +560,8 @@ def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
     prog = ctx.progress
     names, not_built = candidate_plan(ctx)
     task = prog.add_task("quantize", total=len(names)) if prog else None
-    options = {**q.model_dump(exclude={"options", "accuracy_aware", "candidates", "accuracy_budget", "objective",
-                                       "strict"}), **check_options(q.options)}
+    options = {**q.model_dump(exclude={"options", "accuracy_aware", "candidates", "accuracy_budget", *SELECTION_FIELDS}),
+               **check_options(q.options)}
 
     def val_acc(path: Path) -> float:
         return float((run_onnx(path, s.x_val).argmax(1) == s.y_val).mean())

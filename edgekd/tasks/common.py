@@ -76,7 +76,8 @@ def checkpoint_path(ctx: BuildContext, stage: str, key_material: Any) -> Path:
 
 def select_cfg(ctx: BuildContext) -> dict:
     q = ctx.recipe.quantize
-    return {"budget": q.accuracy_budget, "objective": q.objective, "strict": q.strict or bool(ctx.options.get("strict"))}
+    return {"budget": q.accuracy_budget, "objective": q.objective, "strict": q.strict or bool(ctx.options.get("strict")),
+            "max_latency_growth": q.max_latency_growth}
 
 
 def stage_select(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
@@ -89,7 +90,7 @@ def stage_select(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
         # `repeats`: each interleaved repeat's p50, whose spread is the noise a win must exceed
         cands.append({**c, "latency_ms": p["latency_ms"] if p else None, "repeats": p.get("repeats") if p else None})
     cfg = select_cfg(ctx)
-    sel = select(cands, cfg["budget"], cfg["objective"], cfg["strict"])
+    sel = select(cands, cfg["budget"], cfg["objective"], cfg["strict"], cfg["max_latency_growth"])
     for w in sel.get("warnings", []):
         ctx.log(f"[yellow]warning:[/] {w}")
     (wd / "selected.json").write_text(json.dumps(sel, indent=2, default=str))

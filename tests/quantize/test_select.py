@@ -109,6 +109,30 @@ def test_size_objective():
     assert res["selected"] == "int8-qdq"
 
 
+def test_size_objective_with_a_bound_on_latency():
+    """fashion-cnn's case: dynamic INT8 is the smallest but 7.5x slower than fp32; QDQ a little larger and 12%
+    slower. With max_latency_growth 0.25 the QDQ graph ships; without a bound the smallest does."""
+    cands = [c("fp32", 0.9278, 0.0418, 136075), c("int8-dynamic", 0.9270, 0.3124, 41768),
+             c("int8-qdq", 0.9272, 0.0471, 45582)]
+    res = select(cands, 0.5, objective="size", max_latency_growth=0.25)
+    assert res["selected"] == "int8-qdq" and res["max_latency_growth"] == 0.25
+    st = statuses(res)
+    assert st == {"fp32": "kept", "int8-dynamic": "slower-than-fp32", "int8-qdq": "selected"}
+    slow = next(x for x in res["candidates"] if x["variant"] == "int8-dynamic")
+    assert slow["p50_over_fp32"] == pytest.approx(0.3124 / 0.0418)
+    assert select(cands, 0.5, objective="size")["selected"] == "int8-dynamic"
+    # the bound is inclusive, and 0 means "no slower than fp32"
+    assert select(cands, 0.5, objective="size", max_latency_growth=0.0471 / 0.0418 - 1)["selected"] == "int8-qdq"
+    assert select(cands, 0.5, objective="size", max_latency_growth=0.0)["selected"] == "fp32"
+    # a bound needs latencies: a candidate without one cannot be judged against it
+    res = select([c("fp32"), c("int8-qdq", size=10, p50=None)], 0.5, objective="size", max_latency_growth=0.25)
+    assert res["selected"] == "fp32" and statuses(res)["int8-qdq"].startswith("failed: no latency measured")
+    # latency objective: the bound has nothing to add (a selected candidate is faster than fp32)
+    assert select(cands, 0.5, objective="latency", max_latency_growth=0.25)["max_latency_growth"] is None
+    with pytest.raises(ConfigError, match="max_latency_growth"):
+        select(cands, 0.5, objective="size", max_latency_growth=-0.1)
+
+
 def test_bad_arguments():
     with pytest.raises(ConfigError):
         select([c("fp32")], 0.5, objective="speed")  # type: ignore[arg-type]

@@ -193,3 +193,36 @@ def test_text_generation_control_named_like_the_classifiers():
     assert c["kd_accuracy"] == 0.9075 and c["kd_gain_points"] == pytest.approx(0.75)
     assert control_entry({"accuracy": 0.9, "kd_accuracy": 0.91}, None)["kd_gain_points"] == pytest.approx(1.0)
     assert control_entry(None, 0.9) is None
+
+
+def test_the_selection_rule_is_stated_where_the_candidates_are(report):
+    """A report that ships a variant slower than fp32 (objective size) says why, in md, html and terminal."""
+    import html
+
+    from rich.console import Console
+
+    from edgekd.report.build import selection_rule
+    from edgekd.report.html import render_html
+    from edgekd.report.markdown import render_markdown
+    from edgekd.report.terminal import render
+
+    rule = selection_rule({"selected": "int8-qdq", "objective": "size", "budget_points": 0.5,
+                           "reference_val_accuracy": 0.9278, "candidates": [], "warnings": []})
+    assert rule == {"objective": "size", "budget_points": 0.5, "max_latency_growth": None, "reference_val_accuracy": 0.9278}
+    r = copy.deepcopy(report)
+    r["selection"] = rule
+    assert check_report(r) == []
+    want = "Selected: the smallest candidate on disk within 0.5 points of fp32's validation accuracy"
+    md = render_markdown(r)
+    cand = md.index("## Candidates")
+    assert cand < md.index(want) < md.index("| variant |", cand)
+    assert html.escape(want) in render_html(r)
+    con = Console(record=True, width=220, color_system=None)
+    render(r, con)
+    assert "smallest candidate on disk" in con.export_text()
+    r["selection"]["max_latency_growth"] = 0.25
+    assert ("within 0.5 points of fp32's validation accuracy and at most 25% slower than fp32 (p50) "
+            "(quantize.objective: size, max_latency_growth: 0.25)") in render_markdown(r)
+    r["selection"]["objective"] = "latency"
+    assert "the fastest candidate (p50) within 0.5 points" in render_markdown(r)
+    assert "Selected:" not in render_markdown(report)  # an older report without the rule: nothing invented
