@@ -178,8 +178,20 @@ def control(run: Runner, args: argparse.Namespace) -> dict:
         key = recipe if not args.train_size else f"{recipe}:train_size={args.train_size}"
         key += "".join(f":{x}" for x in args.set or [])
         out[key] = {"recipe": recipe, "quick": args.quick, "epochs": args.epochs,
-                    "train_size": args.train_size, "extra_sets": list(args.set or []), "variants": per}
+                    "train_size": args.train_size, "extra_sets": list(args.set or []),
+                    "student": student_spec(recipe, args.set, args.quick), "variants": per}
     return out
+
+
+def student_spec(recipe: str, sets: list[str] | None, quick: bool) -> dict:
+    """The student an entry was measured with (arch and kwargs after the overrides): the card may change later,
+    and README's table names the student when it is not the card's."""
+    from edgekd.cards import load_recipe
+    from edgekd.config import parse_value
+
+    overrides = {k.strip(): parse_value(v) for k, v in (x.split("=", 1) for x in sets or [])}
+    card = load_recipe(recipe, overrides, quick=quick)
+    return {"arch": card.student.arch, "kwargs": dict(card.student.kwargs)}
 
 
 def stable_tag(sets: list[str] | None) -> str:

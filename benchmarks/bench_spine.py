@@ -22,10 +22,13 @@ ap.add_argument("--skip-full", action="store_true", help="quick builds only; mer
 args = ap.parse_args()
 out: dict = {}
 builds = ROOT / "builds"
-if args.skip_full:
-    prev = RESULTS / "spine.json"
+prev = RESULTS / "spine.json"
+if args.skip_full:  # keep the full build's figures
     out = {k: v for k, v in json.loads(prev.read_text()).items()
            if k not in ("benchmark", "host", "cpu_count", "created")} if prev.exists() else {}
+elif args.skip_quick and prev.exists():  # keep the quick builds' figures (and when they were measured)
+    out = {k: v for k, v in json.loads(prev.read_text()).items() if k.startswith("quick_")}
+    out.setdefault("quick_created", json.loads(prev.read_text()).get("created"))
 
 if not args.skip_quick:
     with tempfile.TemporaryDirectory() as cache:  # from scratch: no cached teacher, no build folder
@@ -64,7 +67,7 @@ c = rep["comparison"]
 teacher = rep["models"][0]
 sel = student(rep, rep["selected"].split("/", 1)[1])
 out["headline"] = {
-    "selected": rep["selected"], "teacher_accuracy": teacher["accuracy"], "student_accuracy": sel["accuracy"],
+    "selected": rep["selected"], "objective": (rep.get("selection") or {}).get("objective"), "teacher_accuracy": teacher["accuracy"], "student_accuracy": sel["accuracy"],
     "teacher_p50_ms_torch_b1_1thread": teacher["latency_ms"]["p50"], "student_p50_ms_ort_b1_1thread": sel["latency_ms"]["p50"],
     "speedup_p50": c["speedup_p50"], "size_ratio": c["size_ratio"], "accuracy_retention": c["accuracy_retention"],
     "peak_rss_ratio": c["peak_rss_ratio"], "energy_ratio": c["energy_ratio"],

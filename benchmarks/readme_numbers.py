@@ -76,6 +76,9 @@ def fashion_cnn() -> str:
     for c in d["candidates"]:
         lines.append(f"| `{c['variant']}` | {_pct(c['accuracy'])} | {_kib(c['size_bytes'])} | {_ms(c['p50_ms'])} | "
                      f"{c['status']} |")
+    if h.get("objective"):
+        lines += ["", f"Selected by the card's `quantize.objective: {h['objective']}` (see \"Quantization is measured, "
+                      "not assumed\" below)."]
     kd = d.get("kd_vs_labels_only") or {}
     if kd:
         lines += ["", f"Distillation vs the same student trained on labels only: {_pct(kd['kd_student_fp32_accuracy'])} "
@@ -196,6 +199,21 @@ def _task(recipe: str) -> str | None:
     return yaml.safe_load(card.read_text()).get("task") if card.is_file() else None
 
 
+def _student_diff(recipe: str, measured: dict[str, Any] | None) -> list[str]:
+    """The student an entry was measured with, as overrides of the card's student now (empty when the same, or
+    when the entry does not record it): a card that changed its student must not relabel old rows "as shipped"."""
+    import yaml
+
+    card = ROOT / "models" / f"{recipe}.yaml"
+    if not measured or not card.is_file():
+        return []
+    now = yaml.safe_load(card.read_text()).get("student") or {}
+    if measured.get("arch") != now.get("arch"):
+        return [f"student.arch={measured.get('arch')}"]
+    kw_now, kw = now.get("kwargs") or {}, measured.get("kwargs") or {}
+    return [f"student.kwargs.{k}={kw.get(k)}" for k in sorted(set(kw) | set(kw_now)) if kw.get(k) != kw_now.get(k)]
+
+
 def kd_rows() -> list[list[str]]:
     """One row per measured KD-vs-labels-only comparison, losses included: the build's own control arm
     (distill.json `control`, from `bench_distill.py --parts control`), the engine ablation and the
@@ -215,6 +233,7 @@ def kd_rows() -> list[list[str]]:
             if entry.get("epochs"):
                 parts.append(f"{entry['epochs']} epochs")
             parts += list(entry.get("extra_sets") or [])
+            parts += [x for x in _student_diff(recipe, entry.get("student")) if x not in parts]
             if name == "recipe" and parts:  # not as shipped: the overrides are the setting
                 setting = "the card, with " + ", ".join(parts)
             else:

@@ -38,3 +38,25 @@ def test_a_changed_control_result_makes_the_readme_stale(readme_numbers, tmp_pat
     (results / "distill.json").write_text(json.dumps(d))
     monkeypatch.setattr(readme_numbers, "RESULTS", results)
     assert readme_numbers.main(["--check"]) == 1
+
+
+def test_a_row_measured_with_another_student_than_the_cards_names_it(readme_numbers, tmp_path, monkeypatch):
+    """A card that changes its student must not turn an old measurement into "as shipped": the row names the
+    student it was measured with, and the entry with the card's student now is the one called as shipped."""
+    import yaml
+
+    res = tmp_path / "results"
+    res.mkdir()
+    monkeypatch.setattr(readme_numbers, "RESULTS", res)
+    card = yaml.safe_load((ROOT / "models" / "fashion-cnn.yaml").read_text())["student"]
+    other = {**card["kwargs"], "widths": [8, 8, 8]}
+    run = {"seed": 0, "kd_accuracy": 0.92, "control_accuracy": 0.91, "kd_gain_points": 1.0}
+    variant = {"kd_accuracy": {"mean": 0.92}, "control_accuracy": {"mean": 0.91}, "runs": [run]}
+    entry = {"recipe": "fashion-cnn", "extra_sets": [], "variants": {"recipe": variant}}
+    distill = {"created": "2026-12-05T00:00:00Z", "control": {
+        "fashion-cnn": {**entry, "student": {"arch": card["arch"], "kwargs": card["kwargs"]}},
+        "fashion-cnn:old": {**entry, "student": {"arch": card["arch"], "kwargs": other}},
+        "fashion-cnn:unrecorded": entry}}
+    (res / "distill.json").write_text(json.dumps(distill))
+    settings = [r[1] for r in readme_numbers.kd_rows()]
+    assert settings == ["as shipped", "the card, with student.kwargs.widths=[8, 8, 8]", "as shipped"]

@@ -55,6 +55,12 @@ def test_quick_build_report_contract(quick_build):
     statuses = {x["variant"]: x["status"] for x in report["candidates"]}
     assert statuses[sel.split("/", 1)[1]] == "selected"
     assert set(statuses) >= {"fp32", "int8-dynamic", "int8-qdq"}
+    # the card's rule, stated in the report and kept: the smallest within budget, at most 25% slower than fp32
+    rule = report["selection"]
+    assert rule["objective"] == "size" and rule["max_latency_growth"] == 0.25 and rule["budget_points"] == 0.5
+    p50 = {x["variant"]: (x.get("latency_ms") or {}).get("p50") for x in report["candidates"]}
+    assert p50[sel.split("/", 1)[1]] <= 1.25 * p50["fp32"] + 1e-12
+    assert all(p50[v] > 1.25 * p50["fp32"] for v, st in statuses.items() if st == "slower-than-fp32")
     # the student learned something real in 2 epochs on 10k samples
     student_fp32 = next(m for m in report["models"] if m["role"] == "student" and m["variant"] == "fp32")
     assert student_fp32["accuracy"] > 0.6

@@ -146,7 +146,7 @@ def test_threadpool_pinning_never_crashes_the_process(bundle, tmp_path):
     from edgekd.export.executorch import export_pte
 
     torch.manual_seed(0)
-    student = build("small_cnn", widths=[16, 32, 64], num_classes=10).eval()  # the fashion-cnn student's size
+    student = build("small_cnn", widths=[16, 32, 96], num_classes=10).eval()  # the fashion-cnn student's size
     ptes = [str(bundle[0] / "model_fp32.pte"), str(tmp_path / "student.pte")]
     export_pte(student, torch.randn(1, 1, 28, 28), Path(ptes[1]))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
