@@ -138,3 +138,22 @@ def rank_by_layer_error(fp32_path: Path, quant_path: Path, x: np.ndarray) -> lis
         upstream = max((err(source_tensor(i)) for i in n.input if i), default=0.0)
         scores.append(NodeScore(n.name, n.op_type, err(n.output[0]) - upstream))
     return sorted(scores, key=lambda s: -s.score)
+
+
+def layer_groups(model) -> dict[str, list[str]]:
+    """The quantized nodes of a transformer graph grouped across its layers: the node name with the layer index
+    taken out (`/model/layers.*/mlp/down_proj/MatMul`) -> the source names of that node in every layer, as
+    `nodes_to_exclude` takes them. One decision per projection instead of one per node: a 12-layer LM has ~110
+    quantized MatMuls but ~11 kinds of them, and the sensitive kind (the MLP's down projection, whose input
+    carries the activation outliers) is sensitive in every layer."""
+    import re
+
+    groups: dict[str, list[str]] = {}
+    for name, op in quantized_nodes(model):
+        if op not in INTEGER_OPS and op not in WEIGHTED_OPS:  # e.g. a Shape reading a dequantized embedding
+            continue
+        src = source_node_name(name, op)
+        members = groups.setdefault(re.sub(r"layers\.\d+", "layers.*", src), [])
+        if src not in members:
+            members.append(src)
+    return groups

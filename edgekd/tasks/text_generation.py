@@ -426,7 +426,8 @@ def stage_export(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
 
 def _quantize_cfg(ctx: BuildContext) -> dict:
     q = ctx.recipe.quantize
-    return {"candidates": lm_candidate_names(ctx), "options": q.options, "budget": q.accuracy_budget}
+    return {"candidates": lm_candidate_names(ctx), "options": q.options, "budget": q.accuracy_budget,
+            "accuracy_aware": q.accuracy_aware}
 
 
 def lm_candidate_names(ctx: BuildContext) -> list[str]:
@@ -438,9 +439,61 @@ def lm_candidate_names(ctx: BuildContext) -> list[str]:
     if bad:
         raise ConfigError(f"candidate(s) {bad} do not apply to KV-cache language models",
                           hint=f"valid here: {', '.join(LM_CANDIDATES)} (static QDQ would need calibration of every cache input)")
-    if "fp32" not in names:
-        names.insert(0, "fp32")
-    return names
+    return ["fp32"] + [n for n in names if n != "fp32"]  # fp32 first: the reference the others are judged against
+
+
+RANK_EXAMPLES = 32  # validation examples that rank the groups (the full validation split confirms each step)
+
+
+def _keep_groups_fp32(name: str, fp32: Path, dst: Path, options: dict, val, ref_val: float, budget_points: float,
+                      notes: list[str]) -> tuple[dict[str, Any], dict[str, float]]:
+    """The language-model accuracy-aware loop: `name` at `dst` lost more than the budget of next-token agreement,
+    so keep whole projection groups (one node kind across every layer, sensitivity.layer_groups) in FP32, the one
+    whose exclusion recovers most agreement on RANK_EXAMPLES validation examples first, until the full validation
+    split is within budget or `max_exclusion_steps` (default 3) groups are kept. Rewrites `dst`; returns the
+    record (as the classifier's `accuracy_aware`) and the last validation evaluation."""
+    import onnx
+
+    from edgekd.llm.onnx_gen import evaluate_onnx
+    from edgekd.quantize import sensitivity
+    from edgekd.quantize.candidates import CANDIDATES
+
+    groups = sensitivity.layer_groups(onnx.load(str(dst), load_external_data=False))
+    base = list(options.get("nodes_to_exclude") or [])
+    first = evaluate_onnx(dst, val)
+    rank_set = val[:RANK_EXAMPLES]
+    report: dict[str, Any] = {"fp32_val_accuracy": ref_val, "initial_accuracy": first["agreement"],
+                              "max_drop_points": budget_points, "method": "group-exclusion", "groups": len(groups),
+                              "kept_fp32_groups": [], "kept_fp32_nodes": list(base), "steps": [], "ranking": []}
+    ev, kept = first, []
+    trial = dst.with_name(dst.stem + ".trial.onnx")
+    try:
+        for _ in range(int(options.get("max_exclusion_steps", 3))):
+            scores = []
+            for g in (g for g in groups if g not in kept):
+                names = base + [n for k in kept + [g] for n in groups[k]]
+                CANDIDATES[name].make(fp32, trial, None, {**options, "nodes_to_exclude": names}, [])
+                scores.append((evaluate_onnx(trial, rank_set)["agreement"], g))
+            if not scores:
+                break
+            scores.sort(key=lambda x: (-x[0], x[1]))
+            if not report["ranking"]:
+                report["ranking"] = [{"group": g, "nodes": len(groups[g]), "score": a} for a, g in scores[:10]]
+            kept.append(scores[0][1])
+            names = base + [n for k in kept for n in groups[k]]
+            CANDIDATES[name].make(fp32, dst, None, {**options, "nodes_to_exclude": names}, [])
+            ev = evaluate_onnx(dst, val)
+            report["steps"].append({"kept_fp32": scores[0][1], "nodes": len(groups[scores[0][1]]), "accuracy": ev["agreement"]})
+            if 100 * (ref_val - ev["agreement"]) <= budget_points + 1e-9:
+                break
+    finally:
+        trial.unlink(missing_ok=True)
+    report["kept_fp32_groups"] = kept
+    report["kept_fp32_nodes"] = base + [n for k in kept for n in groups[k]]
+    report["within_budget"] = 100 * (ref_val - ev["agreement"]) <= budget_points + 1e-9
+    notes.append(f"{name}: {first['agreement']:.1%} -> {ev['agreement']:.1%} validation agreement (fp32 {ref_val:.1%}) with "
+                 f"{', '.join(kept) or 'nothing'} kept in FP32")
+    return report, ev
 
 
 def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
@@ -450,10 +503,12 @@ def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
     fp32 = inputs["export"].path("student")
     _, val = _examples(ctx, inputs, "val")
     _, test = _examples(ctx, inputs, "test")
-    options = dict(ctx.recipe.quantize.options)
+    q = ctx.recipe.quantize
+    options = dict(q.options)
     check_options(options)
     (wd / "candidates").mkdir()
     results, outputs = [], {}
+    ref_val: float | None = None  # fp32's validation agreement (fp32 is made first)
     prog = ctx.progress
     names = lm_candidate_names(ctx)
     task = prog.add_task("quantize", total=len(names)) if prog else None
@@ -474,12 +529,20 @@ def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
             except Exception as e:  # noqa: BLE001 - a converter crash is this candidate's failure
                 raise StageError(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]) from e
             OrtLM(tmp)  # loads in onnxruntime, or the candidate fails here
+            ev_val = evaluate_onnx(tmp, val)
+            aware = None
+            if name != "fp32" and ref_val is not None and CANDIDATES[name].supports_exclusion and q.accuracy_aware \
+                    and 100 * (ref_val - ev_val["agreement"]) > q.accuracy_budget + 1e-9:
+                aware, ev_val = _keep_groups_fp32(name, fp32, tmp, options, val, ref_val, q.accuracy_budget, notes)
             os.replace(tmp, wd / rel)
-            ev_val = evaluate_onnx(wd / rel, val)
             ev_test = evaluate_onnx(wd / rel, test)
+            if name == "fp32":
+                ref_val = ev_val["agreement"]
             entry.update({"size_bytes": (wd / rel).stat().st_size, "val_accuracy": ev_val["agreement"],
                           "accuracy": ev_test["agreement"], "val_perplexity": ev_val["perplexity"],
-                          "perplexity": ev_test["perplexity"], "info": {"settings": settings, "notes": notes}})
+                          "perplexity": ev_test["perplexity"],
+                          "kept_fp32_nodes": aware["kept_fp32_nodes"] if aware else [],
+                          "info": {"settings": settings, "notes": notes, "accuracy_aware": aware}})
             outputs[name] = rel
         except UserError:
             raise
@@ -573,7 +636,8 @@ def build_report(build_dir: Path, run: dict) -> dict[str, Any]:
     from edgekd import __version__
     from edgekd.fsio import read_result
     from edgekd.report.schema import REPORT_SCHEMA_VERSION
-    from edgekd.report.build import candidate_row, comparison_ratios, cpu_name, ratio, text_generation_control
+    from edgekd.report.build import (candidate_row, comparison_ratios, cpu_name, ratio, selection_rule,
+                                     text_generation_control)
 
     names = ("teacher", "generate", "distill", "export", "quantize", "profile", "select")
     res = {n: read_result(build_dir / n) for n in names}
@@ -605,7 +669,7 @@ def build_report(build_dir: Path, run: dict) -> dict[str, Any]:
     candidates = []
     for c in q["metrics"]["candidates"]:
         candidates.append(candidate_row(c, ("variant", "format", "accuracy", "val_accuracy", "perplexity",
-                                            "size_bytes", "error"), status, prof))
+                                            "size_bytes", "kept_fp32_nodes", "error"), status, prof))
         if c.get("error") is None:
             models.append(entry("student", c["variant"], "onnx", "onnxruntime", f"quantize/{c['path']}",
                                 c["size_bytes"], d["metrics"]["params"], c["accuracy"], c.get("perplexity")))
@@ -635,7 +699,8 @@ def build_report(build_dir: Path, run: dict) -> dict[str, Any]:
                         "platform": platform.platform(),
                         "runtimes": {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__}},
         "quick": run.get("quick", False), "models": models, "selected": f"student/{selected}",
-        "comparison": comparison, "candidates": candidates, "profile_settings": settings,
+        "comparison": comparison, "candidates": candidates, "selection": selection_rule(sel["metrics"]),
+        "profile_settings": settings,
         "generation": {k: gen["metrics"].get(k) for k in ("prompts", "answers", "mean_answer_tokens", "finished_fraction",
                                                           "seconds", "splits")},
         "training": {"student": {k: d["metrics"].get(k) for k in ("val", "test", "best_epoch", "train_seconds", "arch",
