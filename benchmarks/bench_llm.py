@@ -174,7 +174,7 @@ def compare_students(args) -> None:
     from edgekd.distill.cache import TopKSequenceCache
     from edgekd.distill.losses import build_losses
     from edgekd.llm import sequences as S
-    from edgekd.llm.generate import chat_ids
+    from edgekd.llm.generate import SHIPPED, chat_ids
     from edgekd.llm.models import load_causal_lm, materialize_teacher, tiny_llama
     from edgekd.llm.prune import calibration_batches, pruned_llama
     from edgekd.pipeline import default_cache_dir, stable_hash
@@ -192,7 +192,7 @@ def compare_students(args) -> None:
     nat = natural_text(tok, args.natural, 64)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    res: dict = {"settings": {"prompts": args.prompts or "shipped", "train_examples": len(train), "val_examples": len(val), "test_examples": len(test),
+    res: dict = {"settings": {"prompts": args.prompts or f"models/prompts/{SHIPPED} (shipped)", "train_examples": len(train), "val_examples": len(val), "test_examples": len(test),
                               "answered": {k: len(v) for k, v in ans.items()}, "epochs": args.epochs, "lr": args.lr,
                               "batch_size": 16, "losses": "0.5 soft_label (T=1, top-16 cache) + 0.5 hard_label",
                               "max_length": L, "threads": args.threads, "split": "the recipe's (seed 0, 10% val, 10% test)"},
@@ -293,7 +293,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-4, help="pruned student")
     ap.add_argument("--tiny-lr", type=float, default=2e-3, help="random tiny Llama (the recipe's former lr)")
     ap.add_argument("--no-profile", action="store_true")
-    ap.add_argument("--prompts", default=None, help="data.path: another prompt set (e.g. models/prompts/smollm2-prompts-900.jsonl)")
+    ap.add_argument("--prompts", default=None, help="data.path: another prompt set (e.g. the 300 hand-written prompts, models/prompts/smollm2-prompts.jsonl)")
     ap.add_argument("--work", default=str(ROOT / "builds" / "bench-llm-students"))
     args = ap.parse_args()
     if args.compare_students:
@@ -329,7 +329,8 @@ def main() -> None:
         "generation": rep["generation"], "student_arch": d["arch"], "student_params": d["params"],
         "pruning": d.get("pruning"), "losses": d.get("losses"),
         "models": models, "candidates": [{k: c.get(k) for k in ("variant", "status", "accuracy", "perplexity",
-                                                                 "size_bytes", "error")} for c in rep["candidates"]],
+                                                                 "size_bytes", "kept_fp32_nodes", "error")}
+                                         for c in rep["candidates"]],
         "selected": rep["selected"], "comparison": rep["comparison"],
         "seqkd_vs_control": {
             "student_test": d["test"], "control_test": ctrl["test"] if ctrl else None,

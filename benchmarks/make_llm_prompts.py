@@ -1,11 +1,10 @@
-"""A larger smollm2-seqkd prompt set: the shipped one (models/prompts/smollm2-prompts.jsonl, 300)
+"""A larger smollm2-seqkd prompt set: the hand-written one (models/prompts/smollm2-prompts.jsonl, 300)
 followed by more prompts of the same kinds (definitions, explanations, tips, facts, descriptions,
-arithmetic, geography, short writing, sentiment) on new topics, deterministic. The shipped lines
+arithmetic, geography, short writing, sentiment) on new topics, deterministic. The hand-written lines
 are kept as they are (same ids and text, so their cached answers are reused); new ids continue
-the numbering.
+the numbering. The 900-prompt set is the one the smollm2-seqkd card uses (edgekd/llm/generate.py SHIPPED).
 
     python benchmarks/make_llm_prompts.py --total 900   # -> models/prompts/smollm2-prompts-900.jsonl
-    edgekd build --recipe smollm2-seqkd --set data.path=models/prompts/smollm2-prompts-900.jsonl
 """
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ import random
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "models" / "prompts" / "smollm2-prompts.jsonl"
+BASE = ROOT / "models" / "prompts" / "smollm2-prompts.jsonl"
 
 NOUNS = ("a magnet", "a telescope", "a thermometer", "a rainbow", "a desert", "an island", "a river", "a forest",
          "a cloud", "a comet", "a planet", "a star", "a compass", "a map", "a library", "a museum", "a hospital",
@@ -143,8 +142,8 @@ def main() -> None:
     ap.add_argument("--total", type=int, default=900, help="prompts in the new file (at most)")
     ap.add_argument("--out", type=Path, default=None, help="default models/prompts/smollm2-prompts-TOTAL.jsonl")
     args = ap.parse_args()
-    out = args.out or SHIPPED.with_name(f"smollm2-prompts-{args.total}.jsonl")
-    lines = SHIPPED.read_text(encoding="utf-8").splitlines()
+    out = args.out or BASE.with_name(f"smollm2-prompts-{args.total}.jsonl")
+    lines = BASE.read_text(encoding="utf-8").splitlines()
     rows = [json.loads(ln) for ln in lines if ln.strip()]
     seen = {r["prompt"] for r in rows}
     new = [p for p in dict.fromkeys(prompts()) if p not in seen][: max(0, args.total - len(rows))]
@@ -154,7 +153,7 @@ def main() -> None:
             f.write(json.dumps(r) + "\n")
         for k, p in enumerate(new):
             f.write(json.dumps({"id": f"p{n0 + k:03d}", "prompt": p}) + "\n")
-    print(f"{out}: {n0} shipped + {len(new)} = {n0 + len(new)} prompts")
+    print(f"{out}: {n0} hand-written + {len(new)} = {n0 + len(new)} prompts")
 
 
 if __name__ == "__main__":

@@ -369,6 +369,11 @@ def llm_build() -> str:
                   f"student on the prompts' raw text): {_pct(c['student_test']['agreement'])} vs "
                   f"{_pct(c['control_test']['agreement'])} agreement.",
               "", f"Goals for {g['student']}: " + "; ".join(bits) + f" — {met} of {total} met."]
+    kept = [(x["variant"], x["kept_fp32_nodes"]) for x in d.get("candidates", []) if x.get("kept_fp32_nodes")]
+    if kept:
+        lines += ["", "Kept in FP32 by the accuracy-aware loop: " + "; ".join(
+            f"`{v}`: {len(n)} nodes ({', '.join(sorted({re.sub(r'layers[.][0-9]+', 'layers.*', x) for x in n}))})"
+            for v, n in kept) + "."]
     notes = "".join(f"; {n}" for n in d.get("run_notes", []))
     return "\n".join(lines) + "\n\n" + _source("llm.json", d, notes)
 
