@@ -445,13 +445,14 @@ def lm_candidate_names(ctx: BuildContext) -> list[str]:
 RANK_EXAMPLES = 32  # validation examples that rank the groups (the full validation split confirms each step)
 
 
-def _keep_groups_fp32(name: str, fp32: Path, dst: Path, options: dict, val, ref_val: float, budget_points: float,
-                      notes: list[str]) -> tuple[dict[str, Any], dict[str, float]]:
+def _keep_groups_fp32(name: str, fp32: Path, dst: Path, options: dict, val, first: dict[str, float], ref_val: float,
+                      budget_points: float, notes: list[str]) -> tuple[dict[str, Any], dict[str, float]]:
     """The language-model accuracy-aware loop: `name` at `dst` lost more than the budget of next-token agreement,
     so keep whole projection groups (one node kind across every layer, sensitivity.layer_groups) in FP32, the one
     whose exclusion recovers most agreement on RANK_EXAMPLES validation examples first, until the full validation
-    split is within budget or `max_exclusion_steps` (default 3) groups are kept. Rewrites `dst`; returns the
-    record (as the classifier's `accuracy_aware`) and the last validation evaluation."""
+    split is within budget or `max_exclusion_steps` (default 3) groups are kept. `first` is `dst`'s validation
+    evaluation. Rewrites `dst`; returns the record (as the classifier's `accuracy_aware`) and the last validation
+    evaluation."""
     import onnx
 
     from edgekd.llm.onnx_gen import evaluate_onnx
@@ -460,7 +461,6 @@ def _keep_groups_fp32(name: str, fp32: Path, dst: Path, options: dict, val, ref_
 
     groups = sensitivity.layer_groups(onnx.load(str(dst), load_external_data=False))
     base = list(options.get("nodes_to_exclude") or [])
-    first = evaluate_onnx(dst, val)
     rank_set = val[:RANK_EXAMPLES]
     report: dict[str, Any] = {"fp32_val_accuracy": ref_val, "initial_accuracy": first["agreement"],
                               "max_drop_points": budget_points, "method": "group-exclusion", "groups": len(groups),
@@ -533,7 +533,8 @@ def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
             aware = None
             if name != "fp32" and ref_val is not None and CANDIDATES[name].supports_exclusion and q.accuracy_aware \
                     and 100 * (ref_val - ev_val["agreement"]) > q.accuracy_budget + 1e-9:
-                aware, ev_val = _keep_groups_fp32(name, fp32, tmp, options, val, ref_val, q.accuracy_budget, notes)
+                aware, ev_val = _keep_groups_fp32(name, fp32, tmp, options, val, ev_val, ref_val, q.accuracy_budget,
+                                                  notes)
             os.replace(tmp, wd / rel)
             ev_test = evaluate_onnx(wd / rel, test)
             if name == "fp32":

@@ -106,7 +106,8 @@ def test_the_loop_keeps_the_group_that_recovers_agreement(tiny_lm, tmp_path, mon
     dst = tmp_path / "cand.onnx"
     shutil.copy(q, dst)
     notes: list[str] = []
-    rep, ev = _keep_groups_fp32("int8-dynamic", fp32, dst, {}, list(range(40)), 0.50, 2.0, notes)
+    first = fake_eval(dst, [])
+    rep, ev = _keep_groups_fp32("int8-dynamic", fp32, dst, {}, list(range(40)), first, 0.50, 2.0, notes)
     assert rep["initial_accuracy"] == pytest.approx(0.38) and rep["groups"] == 3
     assert rep["ranking"][0]["group"] == "/layers.*/mlp/down_proj/MatMul"
     # down_proj alone: 0.48, within 2 points of 0.50 -> one step
@@ -116,7 +117,8 @@ def test_the_loop_keeps_the_group_that_recovers_agreement(tiny_lm, tmp_path, mon
     assert not list(tmp_path.glob("*.trial.onnx")) and "kept in FP32" in notes[0]
     # a tighter budget takes more groups, and gives up after max_exclusion_steps, saying it did not fit
     shutil.copy(q, dst)
-    rep, ev = _keep_groups_fp32("int8-dynamic", fp32, dst, {"max_exclusion_steps": 2}, list(range(40)), 0.50, 0.1, [])
+    rep, ev = _keep_groups_fp32("int8-dynamic", fp32, dst, {"max_exclusion_steps": 2}, list(range(40)), first, 0.50,
+                                0.1, [])
     assert rep["kept_fp32_groups"] == ["/layers.*/mlp/down_proj/MatMul", "/layers.*/self_attn/q_proj/MatMul"]
     assert not rep["within_budget"] and len(rep["kept_fp32_nodes"]) == 4
     assert ev["agreement"] == pytest.approx(0.49)
