@@ -187,10 +187,9 @@ def student_spec(recipe: str, sets: list[str] | None, quick: bool) -> dict:
     """The student an entry was measured with (arch and kwargs after the overrides): the card may change later,
     and README's table names the student when it is not the card's."""
     from edgekd.cards import load_recipe
-    from edgekd.config import parse_value
+    from edgekd.config import parse_sets
 
-    overrides = {k.strip(): parse_value(v) for k, v in (x.split("=", 1) for x in sets or [])}
-    card = load_recipe(recipe, overrides, quick=quick)
+    card = load_recipe(recipe, parse_sets(sets), quick=quick)
     return {"arch": card.student.arch, "kwargs": dict(card.student.kwargs)}
 
 

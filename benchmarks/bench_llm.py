@@ -354,7 +354,7 @@ def main() -> None:
         old = json.loads(prev.read_text())
         sup = old.pop("superseded", [])
         out["superseded"] = [{k: old.get(k) for k in ("created", "student_arch", "student_params", "generation",
-                                                      "models", "seqkd_vs_control", "sets")}, *sup]
+                                                      "models", "seqkd_vs_control", "sets", "losses", "curve")}, *sup]
         if "student_comparison" in old and not args.quick:  # made by --compare-students, not by a build: kept
             out["student_comparison"] = old["student_comparison"]
     # this build is the newest: build_created/superseded_note (which said the build was older) do not apply

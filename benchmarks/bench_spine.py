@@ -22,13 +22,13 @@ ap.add_argument("--skip-full", action="store_true", help="quick builds only; mer
 args = ap.parse_args()
 out: dict = {}
 builds = ROOT / "builds"
-prev = RESULTS / "spine.json"
+prev_file = RESULTS / "spine.json"
+prev = json.loads(prev_file.read_text()) if prev_file.exists() else {}
 if args.skip_full:  # keep the full build's figures
-    out = {k: v for k, v in json.loads(prev.read_text()).items()
-           if k not in ("benchmark", "host", "cpu_count", "created")} if prev.exists() else {}
-elif args.skip_quick and prev.exists():  # keep the quick builds' figures (and when they were measured)
-    out = {k: v for k, v in json.loads(prev.read_text()).items() if k.startswith("quick_")}
-    out.setdefault("quick_created", json.loads(prev.read_text()).get("created"))
+    out = {k: v for k, v in prev.items() if k not in ("benchmark", "host", "cpu_count", "created")}
+elif args.skip_quick and prev:  # keep the quick builds' figures (and when they were measured)
+    out = {k: v for k, v in prev.items() if k.startswith("quick_")}
+    out.setdefault("quick_created", prev.get("created"))
 
 if not args.skip_quick:
     with tempfile.TemporaryDirectory() as cache:  # from scratch: no cached teacher, no build folder

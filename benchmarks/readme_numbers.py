@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import json
 import re
 import sys
@@ -191,23 +192,27 @@ def _gain(values: list[float]) -> str:
     return _pts(mean) if len(values) == 1 else f"{_pts(mean)} ({min(values):+.2f} … {max(values):+.2f})"
 
 
-def _task(recipe: str) -> str | None:
-    """The `task` of a shipped recipe card (models/RECIPE.yaml), None when there is no such card."""
+@functools.lru_cache(maxsize=None)
+def _card(recipe: str) -> dict[str, Any]:
+    """A shipped recipe card as written (models/RECIPE.yaml), {} when there is no such card."""
     import yaml
 
     card = ROOT / "models" / f"{recipe}.yaml"
-    return yaml.safe_load(card.read_text()).get("task") if card.is_file() else None
+    return yaml.safe_load(card.read_text()) if card.is_file() else {}
+
+
+def _task(recipe: str) -> str | None:
+    """The `task` of a shipped recipe card, None when there is no such card."""
+    return _card(recipe).get("task")
 
 
 def _student_diff(recipe: str, measured: dict[str, Any] | None) -> list[str]:
     """The student an entry was measured with, as overrides of the card's student now (empty when the same, or
     when the entry does not record it): a card that changed its student must not relabel old rows "as shipped"."""
-    import yaml
-
-    card = ROOT / "models" / f"{recipe}.yaml"
-    if not measured or not card.is_file():
+    card = _card(recipe)
+    if not measured or not card:
         return []
-    now = yaml.safe_load(card.read_text()).get("student") or {}
+    now = card.get("student") or {}
     if measured.get("arch") != now.get("arch"):
         return [f"student.arch={measured.get('arch')}"]
     kw_now, kw = now.get("kwargs") or {}, measured.get("kwargs") or {}
@@ -371,8 +376,10 @@ def llm_build() -> str:
               "", f"Goals for {g['student']}: " + "; ".join(bits) + f" — {met} of {total} met."]
     kept = [(x["variant"], x["kept_fp32_nodes"]) for x in d.get("candidates", []) if x.get("kept_fp32_nodes")]
     if kept:
+        from edgekd.quantize.sensitivity import group_name
+
         lines += ["", "Kept in FP32 by the accuracy-aware loop: " + "; ".join(
-            f"`{v}`: {len(n)} nodes ({', '.join(sorted({re.sub(r'layers[.][0-9]+', 'layers.*', x) for x in n}))})"
+            f"`{v}`: {len(n)} nodes ({', '.join(sorted({group_name(x) for x in n}))})"
             for v, n in kept) + "."]
     notes = "".join(f"; {n}" for n in d.get("run_notes", []))
     return "\n".join(lines) + "\n\n" + _source("llm.json", d, notes)

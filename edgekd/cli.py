@@ -59,18 +59,6 @@ def _guard(fn: Callable[[], Any]) -> Any:
         _fail(e)
 
 
-def _parse_sets(sets: list[str] | None) -> dict[str, Any]:
-    from edgekd.config import parse_value
-
-    out: dict[str, Any] = {}
-    for item in sets or []:
-        if "=" not in item:
-            raise UserError(f"--set expects key=value, got '{item}'", hint="e.g. --set distill.epochs=3")
-        k, v = item.split("=", 1)
-        out[k.strip()] = parse_value(v)
-    return out
-
-
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks")) -> None:
     _state["debug"] = debug or bool(os.environ.get("EDGEKD_DEBUG"))
@@ -152,8 +140,10 @@ def build(
 ) -> None:
     """Run the whole job: teacher → distill → export → quantize → profile → select → report."""
     def go() -> None:
+        from edgekd.config import parse_sets
+
         console = _console(quiet=quiet, to_stderr=json_out)
-        ctx = _make_ctx(recipe, target, out, _parse_sets(set_), quick, console, strict=strict,
+        ctx = _make_ctx(recipe, target, out, parse_sets(set_), quick, console, strict=strict,
                         allow_unsupported=allow_unsupported)
         console.print(f"[bold]edgekd build[/] recipe={ctx.recipe.name} target={ctx.target.name}"
                       f"{' (quick)' if quick else ''} → {ctx.out}")

@@ -420,6 +420,19 @@ class TargetConfig(Strict):
 # --------------------------------------------------------------------------- overrides and validation
 
 
+def parse_sets(sets: list[str] | None) -> dict[str, Any]:
+    """`--set key=value` items as an overrides dict (values parsed by parse_value)."""
+    from edgekd.errors import UserError
+
+    out: dict[str, Any] = {}
+    for item in sets or []:
+        if "=" not in item:
+            raise UserError(f"--set expects key=value, got '{item}'", hint="e.g. --set distill.epochs=3")
+        k, v = item.split("=", 1)
+        out[k.strip()] = parse_value(v)
+    return out
+
+
 def parse_value(text: str) -> Any:
     """Parse an override value as YAML (so 3 → int, 0.5 → float, [a, b] → list, true → bool)."""
     import yaml

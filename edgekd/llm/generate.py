@@ -17,9 +17,9 @@ from typing import Any, Callable
 
 from edgekd.errors import DataError, StageError
 
-# 900, not the 300 hand-written prompts: 240 training prompts x 12 epochs overfit (held-out agreement peaked at
-# 51.6% while the train loss kept falling); the same student on 720 x 3 reached 49.1% on a larger test split
-# (benchmarks/results/llm.json student_comparison)
+# 900, not the 300 hand-written prompts: 240 training prompts x 12 epochs overfit (validation agreement peaked at
+# 51.8% at epoch 9 and fell after it: benchmarks/results/llm.json superseded[0].curve); the same student on 720 x 3
+# reached 49.1% on a larger test split (student_comparison there)
 SHIPPED = "smollm2-prompts-900.jsonl"
 
 

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat
 
 from edgekd.errors import ConfigError, DataError, StageError
 from edgekd.quantize import sensitivity
+from edgekd.quantize.select import within_budget
 from edgekd.runtimes.ort import input_spec, run_onnx, session
 
 log = logging.getLogger(__name__)
@@ -663,8 +664,7 @@ def accuracy_aware(name: str, fp32_path: Path, out_path: Path, calib: np.ndarray
     info = make_candidate(name, fp32_path, out_path, calib, options)
     ref_acc = float(eval_fn(fp32_path))
     acc = float(eval_fn(out_path))
-    budget = max_drop_points / 100.0
-    fits = (ref_acc - acc) <= budget + 1e-9
+    fits = within_budget(ref_acc, acc, max_drop_points)
     report: dict[str, Any] = {"fp32_val_accuracy": ref_acc, "initial_accuracy": acc, "max_drop_points": max_drop_points,
                               "kept_fp32_nodes": list(options.get("nodes_to_exclude") or []), "steps": [],
                               "ranking": [], "method": None}
@@ -715,7 +715,7 @@ def accuracy_aware(name: str, fp32_path: Path, out_path: Path, calib: np.ndarray
         info = make_candidate(name, fp32_path, out_path, calib, {**options, "nodes_to_exclude": excluded})
         acc = float(eval_fn(out_path))
         report["steps"].append({"kept_fp32": s.node, "accuracy": acc})
-        if (ref_acc - acc) <= budget + 1e-9:
+        if within_budget(ref_acc, acc, max_drop_points):
             fits = True
             break
     report["kept_fp32_nodes"] = excluded

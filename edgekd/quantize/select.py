@@ -33,6 +33,12 @@ WITHIN_NOISE = "within-noise-of-fp32"
 LARGER = "larger-than-fp32"
 
 
+def within_budget(ref_accuracy: float, accuracy: float, budget_points: float) -> bool:
+    """`accuracy` (a fraction) is at most `budget_points` points below `ref_accuracy`; a drop of exactly the
+    budget counts as within it."""
+    return ref_accuracy - accuracy <= budget_points / 100.0 + EPS
+
+
 def _p50(c: dict[str, Any]) -> float | None:
     lat = c.get("latency_ms")
     if not isinstance(lat, dict) or lat.get("p50") is None:

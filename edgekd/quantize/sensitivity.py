@@ -14,6 +14,7 @@ onnx/onnxruntime are imported inside the functions (house rule: heavy SDKs stay 
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,20 +141,24 @@ def rank_by_layer_error(fp32_path: Path, quant_path: Path, x: np.ndarray) -> lis
     return sorted(scores, key=lambda s: -s.score)
 
 
+def group_name(node: str) -> str:
+    """A node's name with its layer index taken out: `/model/layers.3/mlp/down_proj/MatMul` ->
+    `/model/layers.*/mlp/down_proj/MatMul`, the same for that node in every layer."""
+    return re.sub(r"layers\.\d+", "layers.*", node)
+
+
 def layer_groups(model) -> dict[str, list[str]]:
     """The quantized nodes of a transformer graph grouped across its layers: the node name with the layer index
     taken out (`/model/layers.*/mlp/down_proj/MatMul`) -> the source names of that node in every layer, as
     `nodes_to_exclude` takes them. One decision per projection instead of one per node: a 12-layer LM has ~110
     quantized MatMuls but ~11 kinds of them, and the sensitive kind (the MLP's down projection, whose input
     carries the activation outliers) is sensitive in every layer."""
-    import re
-
     groups: dict[str, list[str]] = {}
     for name, op in quantized_nodes(model):
         if op not in INTEGER_OPS and op not in WEIGHTED_OPS:  # e.g. a Shape reading a dequantized embedding
             continue
         src = source_node_name(name, op)
-        members = groups.setdefault(re.sub(r"layers\.\d+", "layers.*", src), [])
+        members = groups.setdefault(group_name(src), [])
         if src not in members:
             members.append(src)
     return groups

@@ -458,47 +458,48 @@ def _keep_groups_fp32(name: str, fp32: Path, dst: Path, options: dict, val, firs
     from edgekd.llm.onnx_gen import evaluate_onnx
     from edgekd.quantize import sensitivity
     from edgekd.quantize.candidates import CANDIDATES
+    from edgekd.quantize.select import within_budget
 
     groups = sensitivity.layer_groups(onnx.load(str(dst), load_external_data=False))
     base = list(options.get("nodes_to_exclude") or [])
+
+    def make(kept_groups: list[str], out: Path) -> None:
+        excluded = base + [n for g in kept_groups for n in groups[g]]
+        CANDIDATES[name].make(fp32, out, None, {**options, "nodes_to_exclude": excluded}, [])
+
     rank_set = val[:RANK_EXAMPLES]
-    report: dict[str, Any] = {"fp32_val_accuracy": ref_val, "initial_accuracy": first["agreement"],
-                              "max_drop_points": budget_points, "method": "group-exclusion", "groups": len(groups),
-                              "kept_fp32_groups": [], "kept_fp32_nodes": list(base), "steps": [], "ranking": []}
-    ev, kept = first, []
+    ev, kept, steps, ranking = first, [], [], []
     trial = dst.with_name(dst.stem + ".trial.onnx")
     try:
         for _ in range(int(options.get("max_exclusion_steps", 3))):
             scores = []
             for g in (g for g in groups if g not in kept):
-                names = base + [n for k in kept + [g] for n in groups[k]]
-                CANDIDATES[name].make(fp32, trial, None, {**options, "nodes_to_exclude": names}, [])
+                make(kept + [g], trial)
                 scores.append((evaluate_onnx(trial, rank_set)["agreement"], g))
             if not scores:
                 break
             scores.sort(key=lambda x: (-x[0], x[1]))
-            if not report["ranking"]:
-                report["ranking"] = [{"group": g, "nodes": len(groups[g]), "score": a} for a, g in scores[:10]]
+            ranking = ranking or [{"group": g, "nodes": len(groups[g]), "score": a} for a, g in scores[:10]]
             kept.append(scores[0][1])
-            names = base + [n for k in kept for n in groups[k]]
-            CANDIDATES[name].make(fp32, dst, None, {**options, "nodes_to_exclude": names}, [])
+            make(kept, dst)
             ev = evaluate_onnx(dst, val)
-            report["steps"].append({"kept_fp32": scores[0][1], "nodes": len(groups[scores[0][1]]), "accuracy": ev["agreement"]})
-            if 100 * (ref_val - ev["agreement"]) <= budget_points + 1e-9:
+            steps.append({"kept_fp32": kept[-1], "nodes": len(groups[kept[-1]]), "accuracy": ev["agreement"]})
+            if within_budget(ref_val, ev["agreement"], budget_points):
                 break
     finally:
         trial.unlink(missing_ok=True)
-    report["kept_fp32_groups"] = kept
-    report["kept_fp32_nodes"] = base + [n for k in kept for n in groups[k]]
-    report["within_budget"] = 100 * (ref_val - ev["agreement"]) <= budget_points + 1e-9
     notes.append(f"{name}: {first['agreement']:.1%} -> {ev['agreement']:.1%} validation agreement (fp32 {ref_val:.1%}) with "
                  f"{', '.join(kept) or 'nothing'} kept in FP32")
-    return report, ev
+    return {"fp32_val_accuracy": ref_val, "initial_accuracy": first["agreement"], "max_drop_points": budget_points,
+            "method": "group-exclusion", "groups": len(groups), "kept_fp32_groups": kept,
+            "kept_fp32_nodes": base + [n for g in kept for n in groups[g]], "steps": steps, "ranking": ranking,
+            "within_budget": within_budget(ref_val, ev["agreement"], budget_points)}, ev
 
 
 def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
     from edgekd.llm.onnx_gen import OrtLM, evaluate_onnx
     from edgekd.quantize.candidates import CANDIDATES, check_options
+    from edgekd.quantize.select import within_budget
 
     fp32 = inputs["export"].path("student")
     _, val = _examples(ctx, inputs, "val")
@@ -532,7 +533,7 @@ def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
             ev_val = evaluate_onnx(tmp, val)
             aware = None
             if name != "fp32" and ref_val is not None and CANDIDATES[name].supports_exclusion and q.accuracy_aware \
-                    and 100 * (ref_val - ev_val["agreement"]) > q.accuracy_budget + 1e-9:
+                    and not within_budget(ref_val, ev_val["agreement"], q.accuracy_budget):
                 aware, ev_val = _keep_groups_fp32(name, fp32, tmp, options, val, ev_val, ref_val, q.accuracy_budget,
                                                   notes)
             os.replace(tmp, wd / rel)
