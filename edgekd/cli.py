@@ -172,8 +172,14 @@ def _stage_command(stage: str):
     return cmd
 
 
-for _name in ("generate", "distill", "export", "quantize"):
-    app.command(name=_name)(_stage_command(_name))
+def _register_stage_commands() -> None:
+    from edgekd.tasks import stage_commands  # the task table only: no task module is imported here
+
+    for name in stage_commands():
+        app.command(name=name)(_stage_command(name))
+
+
+_register_stage_commands()
 
 
 @app.command()
@@ -186,7 +192,7 @@ def report(
         from edgekd.pipeline import load_run
         from edgekd.report import write_all
         from edgekd.tasks import build_report
-        from edgekd.tasks.common import REPORT_DIRNAME
+        from edgekd.tasks.stages.report import REPORT_DIRNAME
 
         load_run(build_dir)
         rep = build_report(build_dir)

@@ -584,13 +584,16 @@ def _make_int4_weight(src: Path, dst: Path, calib: CalibSet | None, options: dic
 
 
 def make_candidate(name: str, fp32_path: Path, out_path: Path, calib: np.ndarray | None,
-                   options: dict[str, Any] | None = None) -> dict[str, Any]:
+                   options: dict[str, Any] | None = None,
+                   smoke: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Make candidate `name` from the FP32 ONNX at `fp32_path` into `out_path` (atomically).
 
     Returns {name, kind, path, size_bytes, params, quantized_nodes, settings, notes, seconds}.
     Raises ConfigError/DataError (exit 2) for bad names/options/calibration data, NotApplicable
     (a StageError whose message starts "not applicable:") and StageError for conversion failures.
-    The result is loaded and run once in onnxruntime before it is moved into place.
+    The result is loaded and run once in onnxruntime before it is moved into place: by `smoke(path)`
+    when given (a graph with several inputs, e.g. a KV-cache decoder, whose task knows how to feed it),
+    else on a calibration batch or zeros of the single input's shape.
     """
     import onnx
 
@@ -616,7 +619,10 @@ def make_candidate(name: str, fp32_path: Path, out_path: Path, calib: np.ndarray
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise StageError(f"{name}: {type(e).__name__}: {msg}"[:500],
                              hint="see the stage log (--debug) for the traceback; other candidates still run") from e
-        _smoke_run(name, tmp, fp32_path, calib_set)
+        if smoke is None:
+            _smoke_run(name, tmp, fp32_path, calib_set)
+        else:
+            _task_smoke_run(name, tmp, smoke)
         os.replace(tmp, out_path)
     finally:
         if tmp.exists():
@@ -627,6 +633,17 @@ def make_candidate(name: str, fp32_path: Path, out_path: Path, calib: np.ndarray
         "params": _param_count(model), "quantized_nodes": len(sensitivity.quantized_nodes(model)),
         "settings": settings, "notes": notes, "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+def _task_smoke_run(name: str, path: Path, smoke: Callable[[Path], None]) -> None:
+    try:
+        smoke(path)
+    except (ConfigError, DataError, StageError):
+        raise
+    except Exception as e:  # noqa: BLE001 - re-raised as a typed failure
+        raise StageError(f"{name}: the converted model does not run in onnxruntime CPU: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}"[:500],
+                         hint="drop this candidate from quantize.candidates for this model") from e
 
 
 def _smoke_run(name: str, path: Path, fp32_path: Path, calib: CalibSet | None) -> None:

@@ -1,5 +1,6 @@
-"""Assembly of report.json from the stage result files (never from in-memory state), and the
-teacher-over-student ratios and candidate rows every task's report shares."""
+"""The pieces of report.json every task's report shares: teacher-over-student ratios, candidate rows, the
+comparison between figures measured in the same place, the environment. The assembly from the stage result
+files is tasks/stages/report.py's (one for every task)."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -96,106 +97,11 @@ def text_generation_control(control: dict | None, student_test: dict | None, epo
             "kd_gain_points": 100.0 * (kd - acc) if kd is not None and acc is not None else None}
 
 
-def build_classification_report(build_dir: Path, run: dict) -> dict[str, Any]:
-    """report.json of a classification build, from the stage result files alone."""
-    from edgekd.report.schema import REPORT_SCHEMA_VERSION
-    res = {name: read_result(build_dir / name) for name in ("teacher", "distill", "export", "quantize", "profile", "select")}
-    missing = [n for n, r in res.items() if r is None]
-    if missing:
-        raise UserError(f"{build_dir} has no finished result for stage(s): {', '.join(missing)}",
-                        hint="run `edgekd build` (or the missing stage) on this folder first")
-    t, d, e, q, p, sel = (res[n] for n in ("teacher", "distill", "export", "quantize", "profile", "select"))
-    prof = p["metrics"]["models"]
-    settings = p["metrics"]["settings"]
-
-    def model_entry(role: str, variant: str, fmt: str, runtime: str, path: Path, params: int, acc: float) -> dict:
-        pr = prof.get(f"{role}/{variant}", {})
-        return {"role": role, "variant": variant, "format": fmt, "runtime": runtime,
-                # builds made before measured_on existed ran everything on the host
-                "measured_on": pr.get("measured_on", "host"), "device": pr.get("device", cpu_name()),
-                "throughput_batch": settings.get("throughput_batch"),
-                "path": os.path.relpath(path, build_dir), "params": params, "size_bytes": path.stat().st_size,
-                "accuracy": acc, "latency_ms": pr.get("latency_ms"), "throughput_per_s": pr.get("throughput_per_s"),
-                "throughput_sweep": pr.get("throughput_sweep"), "peak_rss_bytes": pr.get("peak_rss_bytes"),
-                "peak_rss_delta_bytes": pr.get("peak_rss_delta_bytes"), "energy": pr.get("energy"),
-                "flops": pr.get("flops"), "roofline": pr.get("roofline"), "spread": pr.get("spread"),
-                "noisy": pr.get("noisy")}
-
-    onnx_teacher = str(t["outputs"]["model"]).endswith(".onnx")  # given as ONNX: no PyTorch form to time
-    models = [] if onnx_teacher else [
-        model_entry("teacher", "fp32-torch", "pytorch", "torch-eager", build_dir / "teacher" / t["outputs"]["model"],
-                    t["metrics"]["params"], t["metrics"]["test_accuracy"])]
-    models.append(model_entry("teacher", "fp32", "onnx", "onnxruntime", build_dir / "export" / e["outputs"]["teacher"],
-                              t["metrics"]["params"], t["metrics"]["test_accuracy"]))
-    n_teacher_rows = len(models)
-    for key, pr in prof.items():  # the teacher on the target's accelerator (torch cuda / torch_npu)
-        if key.startswith("teacher/fp32-torch-"):
-            models.append({**model_entry("teacher", key.split("/", 1)[1], "pytorch", pr["runtime"],
-                                         build_dir / "teacher" / t["outputs"]["model"], t["metrics"]["params"],
-                                         t["metrics"]["test_accuracy"]), "peak_memory_bytes": pr.get("peak_memory_bytes")})
-    candidates = []
-    status = {c["variant"]: c["status"] for c in sel["metrics"]["candidates"]}
-    for c in q["metrics"]["candidates"]:
-        row = candidate_row(c, ("variant", "format", "accuracy", "val_accuracy", "size_bytes", "error",
-                                "agreement_with_fp32", "max_abs_diff_vs_fp32"), status, prof)
-        row["kept_fp32_nodes"] = (c.get("accuracy_aware") or {}).get("kept_fp32_nodes") or []
-        row["openvino"] = c.get("openvino")
-        candidates.append(row)
-        if c.get("error") is None:
-            models.append(model_entry("student", c["variant"], "onnx", "onnxruntime",
-                                      build_dir / "quantize" / c["path"], d["metrics"]["params"], c["accuracy"]))
-    not_built = q["metrics"].get("not_built") or []
-    candidates += not_built_rows(not_built)
-    selected = sel["metrics"]["selected"]
-    onnx_selected = f"student/{selected}"
-    conv = read_result(build_dir / "convert")
-    cm = (conv or {}).get("metrics") or {}
-    for row in cm.get("models") or []:  # the artifacts the target ships (mobile .pte/.ort, the Ascend bundle)
-        models.append({**row, "path": os.path.join("convert", row["path"])})
-    keys = {f"{m['role']}/{m['variant']}" for m in models}
-    selected_key = cm.get("selected_artifact") if cm.get("selected_artifact") in keys else onnx_selected
-    comparison = compare_same_kind(models, selected_key, onnx_selected)
-    teacher = next(m for m in models if f"{m['role']}/{m['variant']}" == comparison["teacher"])
-    te = teacher.get("energy") or {}
-    onnx_row = models[n_teacher_rows - 1]  # the teacher's ONNX export, timed on onnxruntime
-    comparison["teacher_onnx_speedup_p50"] = (
-        ratio(onnx_row["latency_ms"]["p50"],
-              next(m for m in models if f"{m['role']}/{m['variant']}" == comparison["student"])["latency_ms"]["p50"])
-        if onnx_row["measured_on"] == comparison["basis"] else None)
-    fp32 = next((m for m in models if m["role"] == "student" and m["variant"] == "fp32"), None)
-    control = control_entry(d["metrics"].get("control"), fp32["accuracy"] if fp32 else None)
-    if control is not None:
-        comparison["kd_gain_points"] = control["kd_gain_points"]
-    notes = ["Energy figures are estimates (method estimate-*): this host exposes no RAPL/NVML counters."
-             if not str(te.get("method", "")).startswith(("rapl", "nvml", "npu")) else "Energy measured by counters."]
-    notes.append(teacher_origin_note(t["metrics"]))
-    noisy = [m["variant"] for m in models if m.get("noisy")]
-    if noisy:
-        notes.append(f"Latency spread across repeats exceeded 5% for: {', '.join(noisy)}.")
-    notes.extend(sel["metrics"].get("warnings", []))
-    if not_built:
-        notes.append(not_built_note(run.get("target_name"), not_built))
-    report = {
-        "schema_version": REPORT_SCHEMA_VERSION,
-        "recipe": run.get("recipe_name"), "target": run.get("target_name"),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "edgekd_version": __version__,
-        "environment": environment(settings, p["metrics"]),
-        "quick": run.get("quick", False),
-        "models": models, "selected": selected_key, "comparison": comparison,
-        "selected_onnx_candidate": onnx_selected,
-        "artifact_selection": cm.get("artifact_selection"),
-        "measurements": measurements(models, cm.get("where")),
-        "candidates": candidates, "selection": selection_rule(sel["metrics"]), "profile_settings": settings,
-        "training": {"teacher": {k: t["metrics"].get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds", "cached", "best_epoch",
-                                                                  "given", "source", "origin", "shipped")},
-                     "student": {k: d["metrics"].get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds", "best_epoch", "losses",
-                                                                  "labeled_samples", "unlabeled_samples")},
-                     "control": control},
-        "parity": {k: v for k, v in e["metrics"].items() if k.endswith("_parity")},
-        "notes": notes,
-    }
-    return report
+def energy_note(teacher: dict) -> str:
+    """Whether the comparison's energy figures come from counters or are estimates (by the teacher row's method)."""
+    method = str((teacher.get("energy") or {}).get("method", ""))
+    return ("Energy measured by counters." if method.startswith(("rapl", "nvml", "npu"))
+            else "Energy figures are estimates (method estimate-*): this host exposes no RAPL/NVML counters.")
 
 
 def teacher_origin_note(tm: dict) -> str:

@@ -1,6 +1,9 @@
-"""The classification task graph: teacher → distill → export → quantize → profile → select →
-convert → report. Each stage function writes only inside its `wd` (the stage's temporary folder)
-and returns a StageOutput; the pipeline hashes, records and renames it into place.
+"""The classification task: what a classifier's build does its own way.
+
+Its stages teacher → distill → export, and the hooks the shared stages (tasks/stages/: quantize,
+profile, select, convert, report) call: how a candidate is judged (top-1 accuracy through
+onnxruntime), how its models are timed (batches in fresh processes, interleaved), its conversion
+job and its report rows. Each stage function writes only inside its `wd` and returns a StageOutput.
 """
 from __future__ import annotations
 
@@ -18,8 +21,9 @@ from edgekd.pipeline import (BuildContext, Stage, StageOutput, StageResult, cach
                              publish_dir_atomic, stable_hash, write_json_atomic)
 from edgekd.targets import family, family_name
 from edgekd.targets.cpu import host_device
+from edgekd.tasks.base import Task
 from edgekd.tasks.common import (build_model, checkpoint_path, data_fingerprint, host_profile_device, load_model,
-                                 report_cfg, report_stage, select_cfg, splits, stage_select)
+                                 splits)
 
 
 # --------------------------------------------------------------------------- teacher
@@ -523,10 +527,6 @@ def candidate_plan(ctx: BuildContext) -> tuple[list[str], list[dict[str, str]]]:
     return kept, dropped
 
 
-def candidate_names(ctx: BuildContext) -> list[str]:
-    return candidate_plan(ctx)[0]
-
-
 def _quantize_cfg(ctx: BuildContext) -> dict:
     from edgekd.quantize.candidates import check_options
 
@@ -543,77 +543,41 @@ def _quantize_cfg(ctx: BuildContext) -> dict:
     return {"candidates": kept, "quantize": ctx.recipe.quantize.model_dump(exclude=set(SELECTION_FIELDS))}
 
 
-def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
-    """Make every candidate from the FP32 student ONNX; measure its accuracy through onnxruntime
-    on validation (used to select) and test (reported), and its agreement with fp32."""
+def quantize_plan(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
+    """A classifier's candidates are judged by top-1 accuracy through onnxruntime (validation to choose, test
+    to report), with their agreement with fp32 and an OpenVINO cross-check recorded beside it."""
+    import hashlib
+
+    from edgekd.quantize.candidates import check_options
     from edgekd.runtimes.ort import run_onnx
-    from edgekd.quantize.candidates import CANDIDATES, accuracy_aware, check_options, make_candidate
+    from edgekd.tasks.base import QuantizePlan
 
     s = splits(ctx)
     q = ctx.recipe.quantize
     rng = np.random.default_rng(ctx.recipe.data.seed)
     calib = s.x_train[rng.permutation(len(s.x_train))[: q.calibration_samples]]
-    fp32 = inputs["export"].path("student")
-    (wd / "candidates").mkdir()
-    ref_val = run_onnx(fp32, s.x_val)
-    results, outputs = [], {}
-    prog = ctx.progress
+    ref_val = run_onnx(inputs["export"].path("student"), s.x_val)
     names, not_built = candidate_plan(ctx)
-    task = prog.add_task("quantize", total=len(names)) if prog else None
     options = {**q.model_dump(exclude={"options", "accuracy_aware", "candidates", "accuracy_budget", *SELECTION_FIELDS}),
                **check_options(q.options)}
 
-    def val_acc(path: Path) -> float:
-        return float((run_onnx(path, s.x_val).argmax(1) == s.y_val).mean())
+    def evaluate(x: np.ndarray, y: np.ndarray):
+        def ev(path: Path) -> dict[str, Any]:
+            out = run_onnx(path, x)
+            return {"score": float((out.argmax(1) == y).mean()), "outputs": out}
+        return ev
 
-    for name in names:
-        if prog:
-            prog.update(task, description=f"quantize {name}")
-        rel = f"candidates/{name}.onnx"
-        entry: dict[str, Any] = {"variant": name, "format": "onnx", "path": rel, "error": None}
-        try:
-            if name == QAT:
-                info = _qat(inputs, ctx, wd / rel, calib)
-            elif name != "fp32" and q.accuracy_aware and CANDIDATES[name].supports_exclusion:
-                info = accuracy_aware(name, fp32, wd / rel, calib, options, val_acc, q.accuracy_budget)
-            else:
-                info = make_candidate(name, fp32, wd / rel, calib, options)
-            out_val = run_onnx(wd / rel, s.x_val)
-            out_test = run_onnx(wd / rel, s.x_test)
-            entry.update({
-                "size_bytes": (wd / rel).stat().st_size,
-                "val_accuracy": float((out_val.argmax(1) == s.y_val).mean()),
-                "accuracy": float((out_test.argmax(1) == s.y_test).mean()),
-                "agreement_with_fp32": float((out_val.argmax(1) == ref_val.argmax(1)).mean()),
-                "max_abs_diff_vs_fp32": float(np.abs(out_val - ref_val).max()),
-                "info": {k: v for k, v in info.items() if k not in ("path", "accuracy_aware")},
-                "accuracy_aware": info.get("accuracy_aware"),
-                "openvino": _openvino_check(wd / rel, s.x_val[:64], out_val[:64], name, ctx),
-            })
-            outputs[name] = rel
-        except UserError:
-            raise  # bad calibration data or options: the user's to fix, exit 2
-        except StageError as e:
-            if name == "fp32":
-                raise
-            entry["error"] = e.message
-            (wd / rel).unlink(missing_ok=True)
-        except Exception as e:  # a candidate's converter crashing must not sink the build; it is recorded
-            if name == "fp32":
-                raise
-            entry["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-            (wd / rel).unlink(missing_ok=True)
-        results.append(entry)
-        if prog:
-            prog.advance(task)
-    if prog:
-        prog.remove_task(task)
-    import hashlib
+    def fields(name: str, path: Path, val: dict, test: dict) -> dict[str, Any]:
+        out = val["outputs"]
+        return {"agreement_with_fp32": float((out.argmax(1) == ref_val.argmax(1)).mean()),
+                "max_abs_diff_vs_fp32": float(np.abs(out - ref_val).max()),
+                "openvino": _openvino_check(path, s.x_val[:64], out[:64], name, ctx)}
 
-    return StageOutput(outputs, {"candidates": results, "calibration_samples": int(len(calib)),
-                                 "calibration_sha256": hashlib.sha256(calib.tobytes()).hexdigest(),
-                                 # asked for by the recipe, not made: the target cannot ship their kind
-                                 "not_built": not_built})
+    return QuantizePlan(names=names, not_built=not_built, options=options, calib=calib,
+                        validate=evaluate(s.x_val, s.y_val), test=evaluate(s.x_test, s.y_test), fields=fields,
+                        metric="top-1 accuracy", grouping="node", special={QAT: lambda dst: _qat(inputs, ctx, dst, calib)},
+                        metrics={"calibration_samples": int(len(calib)),
+                                 "calibration_sha256": hashlib.sha256(calib.tobytes()).hexdigest()})
 
 
 QAT = "int8-qat"  # needs the torch student and teacher, so it is made here rather than in the ONNX registry
@@ -676,7 +640,7 @@ def _profile_cfg(ctx: BuildContext) -> dict:
     return {"settings": _profile_settings(ctx).model_dump(mode="json"), "profiled_on": where_profiled(ctx)[0]}
 
 
-def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+def profile_models(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path, tick) -> tuple[dict, dict, dict]:
     """Time teacher (PyTorch eager and ONNX) and every student candidate, each in its own
     subprocess, interleaved across repeats; estimate energy; count FLOPs."""
     from edgekd.profile.energy import measured_or_estimate
@@ -704,24 +668,14 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     for c in inputs["quantize"].metrics["candidates"]:
         if c["error"] is None:
             specs[f"student/{c['variant']}"] = common.with_model(path=str(inputs["quantize"].dir / c["path"]))
-    prog = ctx.progress
-    task = prog.add_task("profile", total=len(specs) * p.repeats) if prog else None
-
-    def tick(name: str, repeat: int, repeats: int) -> None:
-        if prog:
-            prog.update(task, description=f"profile {name} (repeat {repeat}/{repeats})")
-            prog.advance(task)
-
     logs = wd / "logs"
-    logs.mkdir()
-    results = interleaved_profile(specs, repeats=p.repeats, workdir=logs, progress=tick)
+    results = interleaved_profile(specs, repeats=p.repeats, workdir=logs,
+                                  progress=lambda name, r, n: tick(f"profile {name} (repeat {r}/{n})",
+                                                                   len(specs) * p.repeats))
     # Every latency above was measured on this host: its rooflines use this host's FP32 peak at the
     # profiled thread count, measured now (the card's peak is for the device when it is absent).
     host = measure_host_peak(p.threads, logs)
     host = {k: host.get(k) for k in ("peak_gflops", "method", "matrix", "threads", "seconds", "blas")}
-    if prog:
-        prog.remove_task(task)
-    shutil.rmtree(logs, ignore_errors=True)
     bandwidth = ctx.target.device.mem_bandwidth_gbs if describes_host(ctx.target) else None
     out: dict[str, Any] = {}
     for name, r in results.items():
@@ -743,9 +697,7 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     teacher_dev = _teacher_on_device(ctx, inputs, s)
     if teacher_dev is not None:
         out[teacher_dev[0]] = teacher_dev[1]
-    (wd / "profile.json").write_text(json.dumps(out, indent=2, default=str))
-    return StageOutput({"profile": "profile.json", "inputs": "inputs.npy"},
-                       {"models": out, "settings": p.model_dump(), "host": host})
+    return out, {"settings": p.model_dump(), "host": host}, {"inputs": "inputs.npy"}
 
 
 def where_profiled(ctx: BuildContext) -> tuple[str, str, Any]:
@@ -813,18 +765,8 @@ def _teacher_on_device(ctx: BuildContext, inputs: dict[str, StageResult], s) -> 
 # --------------------------------------------------------------------------- convert
 
 
-def _convert_cfg(ctx: BuildContext) -> dict:
-    return {"family": family_name(ctx.target), "runtime": ctx.target.runtime, "formats": ctx.target.formats,
-            "onnx": ctx.target.onnx.model_dump(), "ascend": ctx.target.ascend.model_dump() if ctx.target.ascend else None,
-            "parity": ctx.target.parity.model_dump(), "allow_unsupported": bool(ctx.options.get("allow_unsupported"))}
-
-
-def _has_convert(ctx: BuildContext) -> bool:
-    return family(ctx.target).convert is not None
-
-
-def stage_convert(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
-    """The target family's conversion of the selected student (Ascend bundle, mobile .pte/.ort)."""
+def convert_job(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
+    """The target family's job for the selected student (Ascend bundle, mobile .pte/.ort)."""
     from edgekd.distill.trainer import predict
     from edgekd.targets import ConvertJob
 
@@ -843,16 +785,73 @@ def stage_convert(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
                      x_test=s.x_test, y_test=s.y_test, x_val=s.x_val, budget_points=ctx.recipe.quantize.accuracy_budget,
                      student_accuracy=inputs["distill"].metrics.get("test_accuracy"), host_device=host_device(),
                      log=ctx.log)
-    outputs, metrics = family(ctx.target).convert(job)
-    return StageOutput(outputs, metrics)
+    return job
 
 
-# --------------------------------------------------------------------------- graph
+# --------------------------------------------------------------------------- report
 
 
-def graph() -> list[Stage]:
-    from edgekd.report.build import build_classification_report
+def report_parts(build_dir: Path, res: dict[str, dict], run: dict):
+    """A classification build's rows: the teacher in PyTorch (unless given as ONNX), its ONNX export on
+    onnxruntime, the teacher on the target's accelerator when profiled there, every student candidate."""
+    from edgekd.hostinfo import cpu_name
+    from edgekd.report.build import candidate_row, control_entry, teacher_origin_note
+    from edgekd.tasks.base import ReportParts
 
+    t, d, e, q, p, sel = (res[n] for n in ("teacher", "distill", "export", "quantize", "profile", "select"))
+    prof, settings = p["metrics"]["models"], p["metrics"]["settings"]
+
+    def model_entry(role: str, variant: str, fmt: str, runtime: str, path: Path, params: int, acc: float) -> dict:
+        pr = prof.get(f"{role}/{variant}", {})
+        return {"role": role, "variant": variant, "format": fmt, "runtime": runtime,
+                # builds made before measured_on existed ran everything on the host
+                "measured_on": pr.get("measured_on", "host"), "device": pr.get("device", cpu_name()),
+                "throughput_batch": settings.get("throughput_batch"),
+                "path": os.path.relpath(path, build_dir), "params": params, "size_bytes": path.stat().st_size,
+                "accuracy": acc, "latency_ms": pr.get("latency_ms"), "throughput_per_s": pr.get("throughput_per_s"),
+                "throughput_sweep": pr.get("throughput_sweep"), "peak_rss_bytes": pr.get("peak_rss_bytes"),
+                "peak_rss_delta_bytes": pr.get("peak_rss_delta_bytes"), "energy": pr.get("energy"),
+                "flops": pr.get("flops"), "roofline": pr.get("roofline"), "spread": pr.get("spread"),
+                "noisy": pr.get("noisy")}
+
+    tm, teacher_file = t["metrics"], build_dir / "teacher" / t["outputs"]["model"]
+    onnx_teacher = str(t["outputs"]["model"]).endswith(".onnx")  # given as ONNX: no PyTorch form to time
+    models = [] if onnx_teacher else [
+        model_entry("teacher", "fp32-torch", "pytorch", "torch-eager", teacher_file, tm["params"], tm["test_accuracy"])]
+    models.append(model_entry("teacher", "fp32", "onnx", "onnxruntime", build_dir / "export" / e["outputs"]["teacher"],
+                              tm["params"], tm["test_accuracy"]))
+    for key, pr in prof.items():  # the teacher on the target's accelerator (torch cuda / torch_npu)
+        if key.startswith("teacher/fp32-torch-"):
+            models.append({**model_entry("teacher", key.split("/", 1)[1], "pytorch", pr["runtime"], teacher_file,
+                                         tm["params"], tm["test_accuracy"]), "peak_memory_bytes": pr.get("peak_memory_bytes")})
+    candidates = []
+    status = {c["variant"]: c["status"] for c in sel["metrics"]["candidates"]}
+    for c in q["metrics"]["candidates"]:
+        row = candidate_row(c, ("variant", "format", "accuracy", "val_accuracy", "size_bytes", "error",
+                                "agreement_with_fp32", "max_abs_diff_vs_fp32"), status, prof)
+        row["kept_fp32_nodes"] = (c.get("accuracy_aware") or {}).get("kept_fp32_nodes") or []
+        row["openvino"] = c.get("openvino")
+        candidates.append(row)
+        if c.get("error") is None:
+            models.append(model_entry("student", c["variant"], "onnx", "onnxruntime",
+                                      build_dir / "quantize" / c["path"], d["metrics"]["params"], c["accuracy"]))
+    fp32 = next((m for m in models if m["role"] == "student" and m["variant"] == "fp32"), None)
+    control = control_entry(d["metrics"].get("control"), fp32["accuracy"] if fp32 else None)
+    training = {"teacher": {k: tm.get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds", "cached",
+                                                   "best_epoch", "given", "source", "origin", "shipped")},
+                "student": {k: d["metrics"].get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds",
+                                                             "best_epoch", "losses", "labeled_samples",
+                                                             "unlabeled_samples")},
+                "control": control}
+    return ReportParts(models=models, candidates=candidates, teacher_same_runtime="teacher/fp32", training=training,
+                       parity={k: v for k, v in e["metrics"].items() if k.endswith("_parity")}, control=control,
+                       notes=[teacher_origin_note(tm)])
+
+
+# --------------------------------------------------------------------------- the task
+
+
+def front() -> list[Stage]:
     return [
         Stage("teacher", stage_teacher, [], _teacher_cfg,
               reads=("recipe.teacher", "recipe.data", "recipe.distill.extra_teachers", "recipe.distill.tasks")),
@@ -860,16 +859,29 @@ def graph() -> list[Stage]:
               reads=("recipe.student", "recipe.teacher", "recipe.distill", "recipe.data")),
         Stage("export", stage_export, ["teacher", "distill"], _export_cfg,
               reads=("recipe.student", "recipe.teacher", "recipe.data", "target.onnx", "target.parity")),
-        # int8-qat fine-tunes the student with the teacher: it reads the distillation settings too
-        Stage("quantize", stage_quantize, ["teacher", "distill", "export"], _quantize_cfg,
-              reads=("recipe.quantize", "recipe.data", "recipe.student", "recipe.teacher", "recipe.distill",
-                     "target.onnx", "target.parity", "target.candidates",
-                     "target.runtime", "target.providers")),  # runtime + providers: the family, which filters candidates
-        Stage("profile", stage_profile, ["teacher", "export", "quantize"], _profile_cfg,
-              reads=("recipe.data", "recipe.teacher", "target")),
-        Stage("select", stage_select, ["quantize", "profile"], select_cfg, reads=("recipe.quantize",)),
-        Stage("convert", stage_convert, ["distill", "export", "quantize", "select"], _convert_cfg, when=_has_convert,
-              reads=("recipe.student", "recipe.data", "recipe.quantize", "target")),
-        Stage("report", report_stage(build_classification_report),
-              ["teacher", "distill", "export", "quantize", "profile", "select"], report_cfg),
     ]
+
+
+def graph() -> list[Stage]:
+    """The whole stage graph of a classification recipe (the shared stages after `front`)."""
+    from edgekd.tasks.stages import graph as task_graph
+
+    return task_graph(TASK)
+
+
+TASK = Task(
+    name="classification", recipe_tasks=("image-classification", "tabular-classification", "text-classification"),
+    summary="a classifier: top-1 accuracy; teacher trained, cached, shipped or given; logit/feature/relation KD",
+    front=front,
+    # int8-qat fine-tunes the student with the teacher: it reads the distillation settings too
+    quantize_deps=("teacher", "distill", "export"),
+    quantize_reads=("recipe.quantize", "recipe.data", "recipe.student", "recipe.teacher", "recipe.distill",
+                    "target.onnx", "target.parity", "target.candidates",
+                    "target.runtime", "target.providers"),  # runtime + providers: the family, which filters candidates
+    quantize_cfg=_quantize_cfg, quantize_plan=quantize_plan,
+    profile_deps=("teacher", "export", "quantize"), profile_reads=("recipe.data", "recipe.teacher", "target"),
+    profile_cfg=_profile_cfg, profile_models=profile_models,
+    report_stages=("teacher", "distill", "export", "quantize", "profile", "select"), report_parts=report_parts,
+    convert_deps=("distill", "export", "quantize", "select"),
+    convert_reads=("recipe.student", "recipe.data", "recipe.quantize", "target"), convert_job=convert_job,
+)

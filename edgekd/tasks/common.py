@@ -1,19 +1,13 @@
-"""What every task graph shares: the build's data and models, and the select and report stages.
+"""Build helpers the task modules share: the build's data and models, where the host profiles, checkpoints.
 
-Task graphs (classification.py, text_generation.py) import from here; nothing here imports a
-task graph. Each stage writes only inside its `wd` and returns a StageOutput.
+Task modules (classification.py, text_generation.py) import from here; nothing here imports a task.
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
-from edgekd.pipeline import BuildContext, StageOutput, StageResult, stable_hash
-
-REPORT_DIRNAME = "report"
-
+from edgekd.pipeline import BuildContext, stable_hash
 
 def splits(ctx: BuildContext):
     from edgekd.data import load
@@ -69,56 +63,3 @@ def checkpoint_path(ctx: BuildContext, stage: str, key_material: Any) -> Path:
     d = ctx.out / ".checkpoints"
     d.mkdir(exist_ok=True)
     return d / f"{stage}-{stable_hash(key_material)[:16]}.pt"
-
-
-# --------------------------------------------------------------------------- select
-
-
-def select_cfg(ctx: BuildContext) -> dict:
-    q = ctx.recipe.quantize
-    return {"budget": q.accuracy_budget, "objective": q.objective, "strict": q.strict or bool(ctx.options.get("strict")),
-            "max_latency_growth": q.max_latency_growth}
-
-
-def stage_select(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
-    from edgekd.quantize.select import select
-
-    prof = inputs["profile"].metrics["models"]
-    cands = []
-    for c in inputs["quantize"].metrics["candidates"]:
-        p = prof.get(f"student/{c['variant']}")
-        # `repeats`: each interleaved repeat's p50, whose spread is the noise a win must exceed
-        cands.append({**c, "latency_ms": p["latency_ms"] if p else None, "repeats": p.get("repeats") if p else None})
-    cfg = select_cfg(ctx)
-    sel = select(cands, cfg["budget"], cfg["objective"], cfg["strict"], cfg["max_latency_growth"])
-    for w in sel.get("warnings", []):
-        ctx.log(f"[yellow]warning:[/] {w}")
-    (wd / "selected.json").write_text(json.dumps(sel, indent=2, default=str))
-    return StageOutput({"selected": "selected.json"}, sel)
-
-
-
-# --------------------------------------------------------------------------- report
-
-
-def report_stage(builder: Callable[[Path, dict], dict[str, Any]]):
-    """The report stage of a task graph whose report.json is assembled by `builder(build_dir, run)`
-    from the stage result files alone."""
-
-    def stage_report(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
-        from edgekd.pipeline import load_run
-        from edgekd.report import write_all
-
-        report = builder(ctx.out, load_run(ctx.out))
-        files = write_all(report, wd)
-        return StageOutput({p.name: os.path.relpath(p, wd) for p in files},
-                           {"selected": report["selected"], "comparison": report["comparison"]})
-
-    return stage_report
-
-
-def report_cfg(ctx: BuildContext) -> dict:
-    import datetime as _dt
-
-    # The report is rebuilt every run (cheap) so it reflects the current stage files.
-    return {"created": _dt.datetime.now().isoformat()}

@@ -4,8 +4,9 @@ teacher (GGUF → safetensors, cached) → generate (teacher answers, cached, re
 (SFT + top-k token KD, and the raw-text control) → export (ONNX with KV cache, parity: logits and
 greedy tokens) → quantize (fp32 / int8-dynamic / int8-weight / int4-weight, each evaluated through
 onnxruntime) → profile (TTFT, tokens/s, memory, energy per token; each model in its own process)
-→ select → report. Same stage machinery, cache keys and atomic folders as the classifier graph;
-select and report are the shared ones (tasks/common.py), report rows come from report/build.py.
+→ select → report. This module holds what is the language model's own: the stages teacher, generate,
+distill and export, and the hooks (QuantizePlan, profile_models, report_parts) the shared stages of
+tasks/stages/ call; the quantize loop, selection and report assembly are theirs.
 
 The model-level pieces live in edgekd/llm/ (GGUF teacher, prompts and generation, token
 sequences, KV-cache ONNX, the per-model benchmark process); distillation runs through
@@ -23,6 +24,7 @@ import numpy as np
 
 from edgekd.errors import ConfigError, StageError, UserError
 from edgekd.pipeline import BuildContext, Stage, StageOutput, StageResult, stable_hash
+from edgekd.tasks.base import Task
 
 LM_CANDIDATES = ("fp32", "fp16", "int8-dynamic", "int8-weight", "int4-weight")
 LM_LOSSES = ("soft_label", "hard_label", "hidden_state")
@@ -425,7 +427,11 @@ def stage_export(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
 
 
 def _quantize_cfg(ctx: BuildContext) -> dict:
+    from edgekd.quantize.candidates import check_options
+
     q = ctx.recipe.quantize
+    # checked here, in the pipeline's pre-flight: a bad option is exit 2 before the teacher generates
+    check_options(q.options)
     return {"candidates": lm_candidate_names(ctx), "options": q.options, "budget": q.accuracy_budget,
             "accuracy_aware": q.accuracy_aware}
 
@@ -442,125 +448,32 @@ def lm_candidate_names(ctx: BuildContext) -> list[str]:
     return ["fp32"] + [n for n in names if n != "fp32"]  # fp32 first: the reference the others are judged against
 
 
-RANK_EXAMPLES = 32  # validation examples that rank the groups (the full validation split confirms each step)
+RANK_EXAMPLES = 32  # validation examples that rank the keep-in-FP32 trials (the full validation split confirms each step)
 
 
-def _keep_groups_fp32(name: str, fp32: Path, dst: Path, options: dict, val, first: dict[str, float], ref_val: float,
-                      budget_points: float, notes: list[str]) -> tuple[dict[str, Any], dict[str, float]]:
-    """The language-model accuracy-aware loop: `name` at `dst` lost more than the budget of next-token agreement,
-    so keep whole projection groups (one node kind across every layer, sensitivity.layer_groups) in FP32, the one
-    whose exclusion recovers most agreement on RANK_EXAMPLES validation examples first, until the full validation
-    split is within budget or `max_exclusion_steps` (default 3) groups are kept. `first` is `dst`'s validation
-    evaluation. Rewrites `dst`; returns the record (as the classifier's `accuracy_aware`) and the last validation
-    evaluation."""
-    import onnx
-
+def quantize_plan(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
+    """A language model's candidates are judged by next-token agreement with the teacher's answers (teacher
+    forcing through onnxruntime with the KV cache), perplexity beside it; whole projection kinds across every
+    layer are the keep-in-FP32 unit."""
     from edgekd.llm.onnx_gen import evaluate_onnx
-    from edgekd.quantize import sensitivity
-    from edgekd.quantize.candidates import CANDIDATES
-    from edgekd.quantize.select import within_budget
+    from edgekd.tasks.base import QuantizePlan
 
-    groups = sensitivity.layer_groups(onnx.load(str(dst), load_external_data=False))
-    base = list(options.get("nodes_to_exclude") or [])
-
-    def make(kept_groups: list[str], out: Path) -> None:
-        excluded = base + [n for g in kept_groups for n in groups[g]]
-        CANDIDATES[name].make(fp32, out, None, {**options, "nodes_to_exclude": excluded}, [])
-
-    rank_set = val[:RANK_EXAMPLES]
-    ev, kept, steps, ranking = first, [], [], []
-    trial = dst.with_name(dst.stem + ".trial.onnx")
-    try:
-        for _ in range(int(options.get("max_exclusion_steps", 3))):
-            scores = []
-            for g in (g for g in groups if g not in kept):
-                make(kept + [g], trial)
-                scores.append((evaluate_onnx(trial, rank_set)["agreement"], g))
-            if not scores:
-                break
-            scores.sort(key=lambda x: (-x[0], x[1]))
-            ranking = ranking or [{"group": g, "nodes": len(groups[g]), "score": a} for a, g in scores[:10]]
-            kept.append(scores[0][1])
-            make(kept, dst)
-            ev = evaluate_onnx(dst, val)
-            steps.append({"kept_fp32": kept[-1], "nodes": len(groups[kept[-1]]), "accuracy": ev["agreement"]})
-            if within_budget(ref_val, ev["agreement"], budget_points):
-                break
-    finally:
-        trial.unlink(missing_ok=True)
-    notes.append(f"{name}: {first['agreement']:.1%} -> {ev['agreement']:.1%} validation agreement (fp32 {ref_val:.1%}) with "
-                 f"{', '.join(kept) or 'nothing'} kept in FP32")
-    return {"fp32_val_accuracy": ref_val, "initial_accuracy": first["agreement"], "max_drop_points": budget_points,
-            "method": "group-exclusion", "groups": len(groups), "kept_fp32_groups": kept,
-            "kept_fp32_nodes": base + [n for g in kept for n in groups[g]], "steps": steps, "ranking": ranking,
-            "within_budget": within_budget(ref_val, ev["agreement"], budget_points)}, ev
-
-
-def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
-    from edgekd.llm.onnx_gen import OrtLM, evaluate_onnx
-    from edgekd.quantize.candidates import CANDIDATES, check_options
-    from edgekd.quantize.select import within_budget
-
-    fp32 = inputs["export"].path("student")
     _, val = _examples(ctx, inputs, "val")
     _, test = _examples(ctx, inputs, "test")
-    q = ctx.recipe.quantize
-    options = dict(q.options)
-    check_options(options)
-    (wd / "candidates").mkdir()
-    results, outputs = [], {}
-    ref_val: float | None = None  # fp32's validation agreement (fp32 is made first)
-    prog = ctx.progress
-    names = lm_candidate_names(ctx)
-    task = prog.add_task("quantize", total=len(names)) if prog else None
-    for name in names:
-        if prog:
-            prog.update(task, description=f"quantize {name}")
-        rel = f"candidates/{name}.onnx"
-        entry: dict[str, Any] = {"variant": name, "format": "onnx", "path": rel, "error": None}
-        notes: list[str] = []
-        try:
-            tmp = wd / f".{name}.tmp.onnx"
-            try:
-                settings = CANDIDATES[name].make(fp32, tmp, None, options, notes)
-            except (ConfigError, UserError):
-                raise
-            except StageError:
-                raise
-            except Exception as e:  # noqa: BLE001 - a converter crash is this candidate's failure
-                raise StageError(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]) from e
-            OrtLM(tmp)  # loads in onnxruntime, or the candidate fails here
-            ev_val = evaluate_onnx(tmp, val)
-            aware = None
-            if name != "fp32" and ref_val is not None and CANDIDATES[name].supports_exclusion and q.accuracy_aware \
-                    and not within_budget(ref_val, ev_val["agreement"], q.accuracy_budget):
-                aware, ev_val = _keep_groups_fp32(name, fp32, tmp, options, val, ev_val, ref_val, q.accuracy_budget,
-                                                  notes)
-            os.replace(tmp, wd / rel)
-            ev_test = evaluate_onnx(wd / rel, test)
-            if name == "fp32":
-                ref_val = ev_val["agreement"]
-            entry.update({"size_bytes": (wd / rel).stat().st_size, "val_accuracy": ev_val["agreement"],
-                          "accuracy": ev_test["agreement"], "val_perplexity": ev_val["perplexity"],
-                          "perplexity": ev_test["perplexity"],
-                          "kept_fp32_nodes": aware["kept_fp32_nodes"] if aware else [],
-                          "info": {"settings": settings, "notes": notes, "accuracy_aware": aware}})
-            outputs[name] = rel
-        except UserError:
-            raise
-        except StageError as e:
-            if name == "fp32":
-                raise
-            entry["error"] = e.message
-            (wd / rel).unlink(missing_ok=True)
-        finally:
-            (wd / f".{name}.tmp.onnx").unlink(missing_ok=True)
-        results.append(entry)
-        if prog:
-            prog.advance(task)
-    if prog:
-        prog.remove_task(task)
-    return StageOutput(outputs, {"candidates": results, "accuracy_metric": "next-token agreement with the teacher"})
+
+    def evaluate(examples):
+        def ev(path: Path) -> dict[str, Any]:
+            r = evaluate_onnx(path, examples)
+            return {**r, "score": r["agreement"]}
+        return ev
+
+    return QuantizePlan(
+        names=lm_candidate_names(ctx), not_built=[], options=dict(ctx.recipe.quantize.options), calib=None,
+        validate=evaluate(val), test=evaluate(test),
+        fields=lambda name, path, v, t: {"val_perplexity": v["perplexity"], "perplexity": t["perplexity"]},
+        metric="next-token agreement with the teacher", grouping="layer-groups",
+        smoke=lambda path: evaluate_onnx(path, val[:1]),  # loads and decodes in onnxruntime with its KV cache
+        rank=lambda path: evaluate_onnx(path, val[:RANK_EXAMPLES])["agreement"])
 
 
 # --------------------------------------------------------------------------- profile
@@ -581,7 +494,9 @@ def _profile_cfg(ctx: BuildContext) -> dict:
     return _bench_settings(ctx).model_dump(mode="json")
 
 
-def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+def profile_models(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path, tick) -> tuple[dict, dict, dict]:
+    """The generation benchmark of the teacher (PyTorch) and every student candidate (onnxruntime with its KV
+    cache), each in its own process: TTFT, per-token latency, tokens/s, memory, energy per token."""
     from edgekd.llm.generate import chat_ids
     from edgekd.profile.runner import run_bench
     from edgekd.profile.spec import GenerationSpec
@@ -596,12 +511,8 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
             name = f"student/{c['variant']}"
             specs[name] = GenerationSpec(name=name, kind="onnx", path=str(inputs["quantize"].dir / c["path"]),
                                          prompt_ids=prompts, settings=bench)
-    prog = ctx.progress
-    task = prog.add_task("profile", total=len(specs)) if prog else None
     out = {}
     for name, spec in specs.items():
-        if prog:
-            prog.update(task, description=f"profile {name}")
         r = run_bench(spec, wd / "logs", name.replace("/", "_"))
         r["latency_ms"] = r["decode_ms_per_token"]  # the selection and report read per-token latency
         e = dict(r["energy"])
@@ -609,47 +520,26 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         r["energy"] = e
         r["measured_on"], r["device"] = bench.profiled_on, bench.profile_device.name
         out[name] = r
-        if prog:
-            prog.advance(task)
-    if prog:
-        prog.remove_task(task)
-    shutil.rmtree(wd / "logs", ignore_errors=True)
+        tick(f"profile {name}", len(specs))
     settings = {**bench.model_dump(), "prompt_tokens": [len(p) for p in prompts],
                 "unit": "one generated token (decode step); ttft is the prefill of the whole prompt"}
-    (wd / "profile.json").write_text(json.dumps(out, indent=2, default=str))
-    return StageOutput({"profile": "profile.json"}, {"models": out, "settings": settings})
+    return out, {"settings": settings}, {}
 
 
 # --------------------------------------------------------------------------- select and report
 
 
-def build_report(build_dir: Path, run: dict) -> dict[str, Any]:
-    """report.json of a text-generation build, from the stage result files alone.
+def report_parts(build_dir: Path, res: dict[str, dict], run: dict):
+    """A text-generation build's rows. `accuracy` is next-token agreement with the teacher's answers on
+    held-out prompts (the teacher's own figure is its argmax agreeing with its greedy tokens, ~1.0);
+    `latency_ms` is per generated token; `energy.joules_per_inference` is per generated token."""
+    from edgekd.hostinfo import cpu_name
+    from edgekd.report.build import candidate_row, text_generation_control
+    from edgekd.tasks.base import ReportParts
 
-    `accuracy` is next-token agreement with the teacher's answers on held-out prompts (the teacher's
-    own figure is its argmax agreeing with its greedy tokens, ~1.0); `latency_ms` is per generated
-    token; `energy.joules_per_inference` is per generated token."""
-    import datetime as _dt
-    import platform
-
-    import onnxruntime
-    import torch
-
-    from edgekd import __version__
-    from edgekd.fsio import read_result
-    from edgekd.report.schema import REPORT_SCHEMA_VERSION
-    from edgekd.report.build import (candidate_row, comparison_ratios, cpu_name, ratio, selection_rule,
-                                     text_generation_control)
-
-    names = ("teacher", "generate", "distill", "export", "quantize", "profile", "select")
-    res = {n: read_result(build_dir / n) for n in names}
-    missing = [n for n, r in res.items() if r is None]
-    if missing:
-        raise UserError(f"{build_dir} has no finished result for stage(s): {', '.join(missing)}",
-                        hint="run `edgekd build` (or the missing stage) on this folder first")
-    t, gen, d, e, q, p, sel = (res[n] for n in names)
-    prof, settings = p["metrics"]["models"], p["metrics"]["settings"]
-
+    t, gen, d, e, q, p, sel = (res[n] for n in ("teacher", "generate", "distill", "export", "quantize", "profile",
+                                                "select"))
+    prof = p["metrics"]["models"]
     host_cpu = cpu_name()  # text-generation stages run on this host
 
     def entry(role: str, variant: str, fmt: str, runtime: str, path: str, size: int, params: int,
@@ -675,47 +565,23 @@ def build_report(build_dir: Path, run: dict) -> dict[str, Any]:
         if c.get("error") is None:
             models.append(entry("student", c["variant"], "onnx", "onnxruntime", f"quantize/{c['path']}",
                                 c["size_bytes"], d["metrics"]["params"], c["accuracy"], c.get("perplexity")))
-    selected = sel["metrics"]["selected"]
-    teacher = models[0]
-    student = next(m for m in models if m["role"] == "student" and m["variant"] == selected)
-
-    comparison = comparison_ratios(teacher, student)
-    comparison["ttft_speedup_p50"] = ratio((teacher.get("ttft_ms") or {}).get("p50"),
-                                            (student.get("ttft_ms") or {}).get("p50"))
-    comparison["tokens_per_s_ratio"] = ratio(student.get("tokens_per_s"), teacher.get("tokens_per_s"))
     # named like the classifier's: training.control.accuracy and comparison.kd_gain_points
-    ctrl = text_generation_control(d["metrics"].get("control"), d["metrics"].get("test"), d["metrics"]["losses"].get("epochs")
-                                   if isinstance(d["metrics"].get("losses"), dict) else None)
-    if ctrl is not None:
-        comparison["kd_gain_points"] = ctrl["kd_gain_points"]
+    losses = d["metrics"].get("losses")
+    ctrl = text_generation_control(d["metrics"].get("control"), d["metrics"].get("test"),
+                                   losses.get("epochs") if isinstance(losses, dict) else None)
+    training = {"student": {k: d["metrics"].get(k) for k in ("val", "test", "best_epoch", "train_seconds", "arch",
+                                                             "losses", "examples")},
+                "teacher": d["metrics"]["teacher"], "control": ctrl}
+    generation = {k: gen["metrics"].get(k) for k in ("prompts", "answers", "mean_answer_tokens", "finished_fraction",
+                                                     "seconds", "splits")}
     notes = ["accuracy = next-token agreement with the teacher's greedy answers on held-out prompts (teacher forcing); "
-             "latency and energy are per generated token.",
-             "Energy figures are estimates (method estimate-*): this host exposes no RAPL/NVML counters."
-             if not str((student.get("energy") or {}).get("method", "")).startswith(("rapl", "nvml", "npu")) else "Energy measured by counters."]
-    notes.extend(sel["metrics"].get("warnings", []))
-    return {
-        "schema_version": REPORT_SCHEMA_VERSION, "recipe": run.get("recipe_name"), "target": run.get("target_name"),
-        "task": "text-generation", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "edgekd_version": __version__,
-        "environment": {"cpu": cpu_name(), "threads": settings.get("threads"), "python": platform.python_version(),
-                        "platform": platform.platform(),
-                        "runtimes": {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__}},
-        "quick": run.get("quick", False), "models": models, "selected": f"student/{selected}",
-        "comparison": comparison, "candidates": candidates, "selection": selection_rule(sel["metrics"]),
-        "profile_settings": settings,
-        "generation": {k: gen["metrics"].get(k) for k in ("prompts", "answers", "mean_answer_tokens", "finished_fraction",
-                                                          "seconds", "splits")},
-        "training": {"student": {k: d["metrics"].get(k) for k in ("val", "test", "best_epoch", "train_seconds", "arch",
-                                                                  "losses", "examples")},
-                     "teacher": d["metrics"]["teacher"], "control": ctrl},
-        "parity": {"student_parity": e["metrics"]["student_parity"]},
-        "notes": notes,
-    }
+             "latency and energy are per generated token."]
+    return ReportParts(models=models, candidates=candidates, teacher_same_runtime=None, training=training,
+                       parity={"student_parity": e["metrics"]["student_parity"]}, control=ctrl, notes=notes,
+                       sections={"generation": generation})
 
 
-def graph() -> list[Stage]:
-    from edgekd.tasks.common import report_cfg, report_stage, select_cfg, stage_select
-
+def front() -> list[Stage]:
     return [
         Stage("teacher", stage_teacher, [], _teacher_cfg, reads=("recipe.teacher",)),
         Stage("generate", stage_generate, ["teacher"], _generate_cfg,
@@ -724,11 +590,25 @@ def graph() -> list[Stage]:
               reads=("recipe.teacher", "recipe.student", "recipe.distill", "recipe.data", "recipe.generate")),
         Stage("export", stage_export, ["generate", "distill"], _export_cfg,
               reads=("recipe.student", "recipe.data", "recipe.generate", "target.onnx", "target.parity")),
-        Stage("quantize", stage_quantize, ["generate", "distill", "export"], _quantize_cfg,
-              reads=("recipe.quantize", "recipe.data", "recipe.generate")),
-        Stage("profile", stage_profile, ["teacher", "generate", "distill", "quantize"], _profile_cfg,
-              reads=("recipe.teacher", "recipe.data", "recipe.generate", "target")),
-        Stage("select", stage_select, ["quantize", "profile"], select_cfg, reads=("recipe.quantize",)),
-        Stage("report", report_stage(build_report),
-              ["teacher", "generate", "distill", "export", "quantize", "profile", "select"], report_cfg),
     ]
+
+
+def graph() -> list[Stage]:
+    """The whole stage graph of a text-generation recipe (the shared stages after `front`)."""
+    from edgekd.tasks.stages import graph as task_graph
+
+    return task_graph(TASK)
+
+
+TASK = Task(
+    name="text-generation", recipe_tasks=("text-generation",),
+    summary="a causal language model: teacher answers (sequence-level KD) + top-k token KD; next-token agreement",
+    front=front,
+    quantize_deps=("generate", "distill", "export"), quantize_reads=("recipe.quantize", "recipe.data", "recipe.generate"),
+    quantize_cfg=_quantize_cfg, quantize_plan=quantize_plan,
+    profile_deps=("teacher", "generate", "distill", "quantize"),
+    profile_reads=("recipe.teacher", "recipe.data", "recipe.generate", "target"),
+    profile_cfg=_profile_cfg, profile_models=profile_models,
+    report_stages=("teacher", "generate", "distill", "export", "quantize", "profile", "select"),
+    report_parts=report_parts,
+)

@@ -1,0 +1,32 @@
+"""The stages every task shares: quantize, profile, select, convert, report.
+
+Each is written once and asks the build's Task (tasks/base.py) for what differs. `graph(task)` is a task's
+whole stage graph: its own stages (teacher, [generate], distill, export), then these.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from edgekd.pipeline import Stage
+    from edgekd.tasks.base import Task
+
+
+def graph(task: "Task") -> list["Stage"]:
+    from edgekd.pipeline import Stage
+    from edgekd.tasks.stages import convert, profile, quantize, report, select
+
+    front = task.front()
+    stages = [
+        *front,
+        Stage("quantize", quantize.stage_quantize, list(task.quantize_deps), task.quantize_cfg,
+              reads=task.quantize_reads),
+        Stage("profile", profile.stage_profile, list(task.profile_deps), task.profile_cfg, reads=task.profile_reads),
+        Stage("select", select.stage_select, ["quantize", "profile"], select.select_cfg, reads=("recipe.quantize",)),
+    ]
+    if task.convert_job is not None:
+        stages.append(Stage("convert", convert.stage_convert, list(task.convert_deps), convert.convert_cfg,
+                            when=convert.has_convert, reads=task.convert_reads))
+    stages.append(Stage("report", report.stage_report, [s.name for s in stages if s.name in task.report_stages],
+                        report.report_cfg))
+    return stages
