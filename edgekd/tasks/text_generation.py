@@ -445,66 +445,16 @@ def lm_candidate_names(ctx: BuildContext) -> list[str]:
 RANK_EXAMPLES = 32  # validation examples that rank the groups (the full validation split confirms each step)
 
 
-def _keep_groups_fp32(name: str, fp32: Path, dst: Path, options: dict, val, first: dict[str, float], ref_val: float,
-                      budget_points: float, notes: list[str]) -> tuple[dict[str, Any], dict[str, float]]:
-    """The language-model accuracy-aware loop: `name` at `dst` lost more than the budget of next-token agreement,
-    so keep whole projection groups (one node kind across every layer, sensitivity.layer_groups) in FP32, the one
-    whose exclusion recovers most agreement on RANK_EXAMPLES validation examples first, until the full validation
-    split is within budget or `max_exclusion_steps` (default 3) groups are kept. `first` is `dst`'s validation
-    evaluation. Rewrites `dst`; returns the record (as the classifier's `accuracy_aware`) and the last validation
-    evaluation."""
-    import onnx
-
-    from edgekd.llm.onnx_gen import evaluate_onnx
-    from edgekd.quantize import sensitivity
-    from edgekd.quantize.candidates import CANDIDATES
-    from edgekd.quantize.select import within_budget
-
-    groups = sensitivity.layer_groups(onnx.load(str(dst), load_external_data=False))
-    base = list(options.get("nodes_to_exclude") or [])
-
-    def make(kept_groups: list[str], out: Path) -> None:
-        excluded = base + [n for g in kept_groups for n in groups[g]]
-        CANDIDATES[name].make(fp32, out, None, {**options, "nodes_to_exclude": excluded}, [])
-
-    rank_set = val[:RANK_EXAMPLES]
-    ev, kept, steps, ranking = first, [], [], []
-    trial = dst.with_name(dst.stem + ".trial.onnx")
-    try:
-        for _ in range(int(options.get("max_exclusion_steps", 3))):
-            scores = []
-            for g in (g for g in groups if g not in kept):
-                make(kept + [g], trial)
-                scores.append((evaluate_onnx(trial, rank_set)["agreement"], g))
-            if not scores:
-                break
-            scores.sort(key=lambda x: (-x[0], x[1]))
-            ranking = ranking or [{"group": g, "nodes": len(groups[g]), "score": a} for a, g in scores[:10]]
-            kept.append(scores[0][1])
-            make(kept, dst)
-            ev = evaluate_onnx(dst, val)
-            steps.append({"kept_fp32": kept[-1], "nodes": len(groups[kept[-1]]), "accuracy": ev["agreement"]})
-            if within_budget(ref_val, ev["agreement"], budget_points):
-                break
-    finally:
-        trial.unlink(missing_ok=True)
-    notes.append(f"{name}: {first['agreement']:.1%} -> {ev['agreement']:.1%} validation agreement (fp32 {ref_val:.1%}) with "
-                 f"{', '.join(kept) or 'nothing'} kept in FP32")
-    return {"fp32_val_accuracy": ref_val, "initial_accuracy": first["agreement"], "max_drop_points": budget_points,
-            "method": "group-exclusion", "groups": len(groups), "kept_fp32_groups": kept,
-            "kept_fp32_nodes": base + [n for g in kept for n in groups[g]], "steps": steps, "ranking": ranking,
-            "within_budget": within_budget(ref_val, ev["agreement"], budget_points)}, ev
-
-
 def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
     from edgekd.llm.onnx_gen import OrtLM, evaluate_onnx
-    from edgekd.quantize.candidates import CANDIDATES, check_options
-    from edgekd.quantize.select import within_budget
+    from edgekd.quantize.budget import Budget
+    from edgekd.quantize.candidates import CANDIDATES, check_options, keep_groups_fp32
 
     fp32 = inputs["export"].path("student")
     _, val = _examples(ctx, inputs, "val")
     _, test = _examples(ctx, inputs, "test")
     q = ctx.recipe.quantize
+    budget = Budget.from_recipe(q, metric="next-token agreement")
     options = dict(q.options)
     check_options(options)
     (wd / "candidates").mkdir()
@@ -533,9 +483,17 @@ def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
             ev_val = evaluate_onnx(tmp, val)
             aware = None
             if name != "fp32" and ref_val is not None and CANDIDATES[name].supports_exclusion and q.accuracy_aware \
-                    and not within_budget(ref_val, ev_val["agreement"], q.accuracy_budget):
-                aware, ev_val = _keep_groups_fp32(name, fp32, tmp, options, val, ev_val, ref_val, q.accuracy_budget,
-                                                  notes)
+                    and not budget.within(ref_val, ev_val["agreement"]):
+                last = [ev_val]  # the search evaluates only `tmp`, after each step: keep its full evaluation
+
+                def agreement(p: Path) -> float:
+                    last.append(evaluate_onnx(p, val))
+                    return last[-1]["agreement"]
+
+                aware = keep_groups_fp32(name, fp32, tmp, options, agreement, reference=ref_val,
+                                         initial=ev_val["agreement"], budget=budget, notes=notes,
+                                         rank_evaluate=lambda p: evaluate_onnx(p, val[:RANK_EXAMPLES])["agreement"])
+                ev_val = last[-1]
             os.replace(tmp, wd / rel)
             ev_test = evaluate_onnx(wd / rel, test)
             if name == "fp32":
