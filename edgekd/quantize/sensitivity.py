@@ -201,7 +201,8 @@ def keep_fp32_search(groups: Mapping[str, Sequence[str]], build: Callable[[list[
     `groups`: group name -> the node names it keeps in FP32 (single nodes: {name: [name]}; one node kind
     across layers: `layer_groups`). `build(nodes, path)` writes the model with `nodes` kept in FP32 to
     `path`. `out` holds the model with only `base` kept, which scores `initial`; each step rewrites it.
-    `evaluate` is called on `out` only, once per step, so a caller may keep its last full evaluation.
+    With `rank_evaluate` given, `evaluate` is called on `out` only, once per step, so a caller may keep
+    its last full evaluation.
 
     Ranking: with `order` (group names, most sensitive first, from a ranking made elsewhere, e.g. the
     logit error on calibration samples) the groups are taken in that order. Without it, every step tries
