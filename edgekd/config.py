@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_serializer,
                       model_validator)
@@ -273,6 +273,11 @@ class DistillConfig(TrainConfig):
 
 CANDIDATE_NAMES = ("fp32", "fp16", "int8-dynamic", "int8-qdq")
 
+# How the accuracy-aware fallback ranks quantized nodes (edgekd.quantize.sensitivity): a closed set, checked
+# when the card loads, so a typo exits 2 naming the valid values instead of failing after distillation.
+SensitivityMethod = Literal["exclusion", "layer-error"]
+SENSITIVITY_METHODS: tuple[str, ...] = get_args(SensitivityMethod)
+
 
 # How the select stage chooses among the candidates: not a setting of how any candidate is made, so neither in the
 # quantize stage's key (a new objective re-selects without re-quantizing) nor passed to the quantizers.
@@ -292,6 +297,16 @@ class QuantizeConfig(Strict):
     strict: bool = Field(False, description="fail (exit 4) when no quantized candidate fits the budget")
     accuracy_aware: bool = Field(True, description="over budget: keep the most sensitive layers in FP32 until it fits")
     options: dict[str, Any] = Field(default_factory=dict, description="per-kind extras: group_size, preset, ignored_scope, nodes_to_exclude, ...")
+
+    @field_validator("options")
+    @classmethod
+    def _sensitivity_method(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # The other options are typed by edgekd.quantize.candidates.QuantizeOptions at pre-flight; this one is
+        # checked here because it is only read once a candidate is over budget, long after training.
+        m = v.get("sensitivity_method")
+        if m is not None and m not in SENSITIVITY_METHODS:
+            raise ValueError(f"sensitivity_method {m!r} is not one of: {', '.join(SENSITIVITY_METHODS)}")
+        return v
 
 
 DistillConfig.model_rebuild()

@@ -5,11 +5,13 @@ in FP16 on the NPU; `force_fp16` runs every operator in FP16. Accuracy lost ther
 the Ascend host, after the bundle shipped. This module simulates the mode on the host: the static
 model is rewritten with onnxruntime's float16 converter so exactly the operators the mode would
 run in FP16 take FP16 weights and activations (inputs/outputs of the model stay FP32), and the
-rewritten model is evaluated on the test split with onnxruntime.
+rewritten model's top-1 agreement with the FP32 model is measured on the validation split (the choice)
+and its accuracy on the test split (reported only).
 
-When the simulated accuracy falls past the budget, each FP16 operator is tried alone in FP16
+When the simulated agreement falls past the budget, each FP16 operator is tried alone in FP16
 (per-layer sensitivity: mean |logit - fp32 logit| on validation samples), and the most sensitive
-ones are kept in FP32, one at a time, until the accuracy is back within the budget. Their names go
+ones are kept in FP32, one at a time (edgekd.quantize.sensitivity.keep_fp32_search), until the
+validation agreement is back within the budget. Test data never steers that choice. Their names go
 into `keep_dtype.cfg`, which the bundle's convert.sh passes to ATC as `--keep_dtype` (one ONNX
 node name per line; CANN ATC docs, "--keep_dtype": a config file listing operator names of the
 original model, or OpType::TypeName lines; ignored under must_keep_origin_dtype).
@@ -25,6 +27,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from edgekd.errors import DataError
 
 # Operators ATC maps onto the cube unit (FP16 under allow_fp32_to_fp16 / mixed precision).
 CUBE_OPS: tuple[str, ...] = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -153,17 +157,33 @@ def _acc(logits: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(-1) == y).mean())
 
 
+AGREEMENT = "top-1 agreement with fp32"  # the metric every choice here is made on (validation split)
+
+
 def fp16_preflight(static_model: Path | str, mode: str, x_test: np.ndarray, y_test: np.ndarray,
                    x_val: np.ndarray, budget_points: float, *, max_sensitivity_samples: int = 256,
                    max_keep: int = 16, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Simulate `mode` on the host; when it costs more than `budget_points` of accuracy (points,
-    i.e. percent), find the FP16 layers responsible and re-measure with them kept in FP32.
+    """Simulate `mode` on the host; when it costs more than `budget_points` (points, i.e. percent) of top-1
+    agreement with the FP32 model on the VALIDATION split, find the FP16 layers responsible and keep them
+    in FP32 (sensitivity.keep_fp32_search over single nodes) until it is back within the budget.
+
+    Every choice (whether to keep anything, which layers, when to stop) reads validation inputs only;
+    agreement with FP32 needs no labels, and it bounds the accuracy change from above. The test split
+    only reports: fp32/fp16 accuracy and the accuracy with the kept layers.
 
     Returns {mode, scope, fp32_accuracy, fp16_accuracy, drop_points, within_budget, keep_fp32,
-    accuracy_with_keep, sensitivity: [{node, op_type, mean_abs_diff, top1_agreement}], ...}.
+    accuracy_with_keep, sensitivity: [{node, op_type, mean_abs_diff, top1_agreement}], choice, ...};
+    accuracies and drop_points are the test split's, within_budget* the validation choice's.
     """
     import onnx
 
+    from edgekd.quantize.budget import Budget
+    from edgekd.quantize.sensitivity import keep_fp32_search
+
+    budget = Budget(float(budget_points), metric=AGREEMENT)
+    if x_val is None or len(x_val) == 0:
+        raise DataError("the Ascend FP16 preflight needs validation samples: it chooses the FP32-kept layers on them",
+                        hint="keep a validation split (data.val_fraction > 0); the test split only reports")
     scope = MODE_FP16_SCOPE.get(mode)
     model = onnx.load(str(static_model))
     _node_names(model)
@@ -172,6 +192,7 @@ def fp16_preflight(static_model: Path | str, mode: str, x_test: np.ndarray, y_te
     result: dict[str, Any] = {
         "mode": mode, "scope": scope, "samples": int(len(y_test)), "split": "test", "measured_on": "host",
         "method": "onnxruntime CPU, FP16 rounding at the FP16 operators' inputs/weights/outputs",
+        "choice": {"split": "validation", "samples": int(len(x_val)), "metric": AGREEMENT},
         "fp32_accuracy": fp32_acc, "fp16_accuracy": None, "drop_points": None, "budget_points": float(budget_points),
         "within_budget": True, "keep_fp32": [], "accuracy_with_keep": None, "sensitivity": []}
     if scope is None:
@@ -185,14 +206,20 @@ def fp16_preflight(static_model: Path | str, mode: str, x_test: np.ndarray, y_te
         return result
     candidates = fp16_nodes(model, scope)
     types = {n.name: n.op_type for n in model.graph.node}
+    ref_val = _run(Path(static_model), x_val).argmax(-1)
+
+    def val_agreement(path: Path) -> float:
+        return float((_run(path, x_val).argmax(-1) == ref_val).mean())
+
     with tempfile.TemporaryDirectory(prefix="edgekd-fp16-") as tmp:
         work = Path(tmp)
         full = to_fp16(model, candidates, work / "fp16.onnx")
         fp16_acc = _acc(_run(full, x_test), y_test)
-        drop = (fp32_acc - fp16_acc) * 100.0
-        result.update({"fp16_accuracy": fp16_acc, "drop_points": drop, "fp16_nodes": len(candidates),
-                       "within_budget": drop <= budget_points})
-        if drop <= budget_points or not candidates:
+        agree = val_agreement(full)
+        result.update({"fp16_accuracy": fp16_acc, "drop_points": (fp32_acc - fp16_acc) * 100.0,
+                       "fp16_nodes": len(candidates), "val_agreement": agree,
+                       "within_budget": budget.within(1.0, agree)})
+        if result["within_budget"] or not candidates:
             return result
         # Per-layer sensitivity: each FP16 node alone in FP16, the rest FP32, on validation samples.
         xs = x_val[:max_sensitivity_samples]
@@ -205,18 +232,18 @@ def fp16_preflight(static_model: Path | str, mode: str, x_test: np.ndarray, y_te
                          "top1_agreement": float((got.argmax(-1) == ref.argmax(-1)).mean())})
         sens.sort(key=lambda s: (-s["mean_abs_diff"], s["top1_agreement"]))
         result["sensitivity"] = sens
-        keep: list[str] = []
-        acc = fp16_acc
-        for s in sens[:max_keep]:
-            keep.append(s["node"])
-            acc = _acc(_run(to_fp16(model, [c for c in candidates if c not in keep], work / "keep.onnx"), x_test), y_test)
-            if log:
-                log(f"  fp16 preflight: {s['node']} kept in FP32 -> {acc:.2%}")
-            if (fp32_acc - acc) * 100.0 <= budget_points:
-                break
-        result.update({"keep_fp32": keep, "accuracy_with_keep": acc,
+
+        def build(keep: list[str], path: Path) -> None:
+            to_fp16(model, [c for c in candidates if c not in keep], path)
+
+        keep_path = work / "keep.onnx"
+        found = keep_fp32_search({c: [c] for c in candidates}, build, val_agreement, keep_path, reference=1.0,
+                                 initial=agree, budget=budget, order=[s["node"] for s in sens], max_steps=max_keep,
+                                 log=(lambda line: log(f"  fp16 preflight: {line.strip()}")) if log else None)
+        acc = _acc(_run(keep_path, x_test), y_test) if found.kept_nodes else fp16_acc  # reported, never steering
+        result.update({"keep_fp32": found.kept_nodes, "accuracy_with_keep": acc,
                        "drop_points_with_keep": (fp32_acc - acc) * 100.0,
-                       "within_budget_with_keep": (fp32_acc - acc) * 100.0 <= budget_points})
+                       "val_agreement_with_keep": found.score, "within_budget_with_keep": found.within_budget})
     return result
 
 

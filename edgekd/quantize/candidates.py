@@ -26,8 +26,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
 
 from edgekd.errors import ConfigError, DataError, StageError
+from edgekd.config import SensitivityMethod
 from edgekd.quantize import sensitivity
-from edgekd.quantize.select import within_budget
+from edgekd.quantize.budget import Budget
 from edgekd.runtimes.ort import input_spec, run_onnx, session
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ class QuantizeOptions(BaseModel):
     nodes_to_exclude: list[str] | None = None
     # accuracy-aware FP32 fallback
     max_exclusion_steps: NonNegativeInt | None = None
-    sensitivity_method: str | None = None
+    sensitivity_method: SensitivityMethod | None = None
     sensitivity_samples: PositiveInt | None = None
     max_sensitivity_nodes: PositiveInt | None = None
     # int8-qat
@@ -665,9 +666,10 @@ def _smoke_run(name: str, path: Path, fp32_path: Path, calib: CalibSet | None) -
 
 
 def accuracy_aware(name: str, fp32_path: Path, out_path: Path, calib: np.ndarray | None, options: dict[str, Any],
-                   eval_fn: Callable[[Path], float], max_drop_points: float) -> dict[str, Any]:
-    """Make `name`; if its accuracy (eval_fn, a fraction) drops more than `max_drop_points` below
-    FP32's, keep the most sensitive quantized nodes in FP32, one at a time, until it fits.
+                   eval_fn: Callable[[Path], float], max_drop_points: float | Budget) -> dict[str, Any]:
+    """Make `name`; if its accuracy (eval_fn on VALIDATION data, a fraction) drops more than the budget
+    below FP32's, keep the most sensitive quantized nodes in FP32, one at a time, until it fits
+    (sensitivity.keep_fp32_search over single nodes).
 
     Sensitivity (sensitivity.py) is measured on calibration samples against FP32 logits:
     `sensitivity_method` "exclusion" (default up to `max_sensitivity_nodes` nodes) or "layer-error".
@@ -676,13 +678,14 @@ def accuracy_aware(name: str, fp32_path: Path, out_path: Path, calib: np.ndarray
     kept_fp32_nodes, steps, ranking, method}; a candidate that never fits is still returned (the
     selector marks it over-budget).
     """
+    budget = max_drop_points if isinstance(max_drop_points, Budget) else Budget(max_drop_points)
     options = dict(options or {})
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     info = make_candidate(name, fp32_path, out_path, calib, options)
     ref_acc = float(eval_fn(fp32_path))
     acc = float(eval_fn(out_path))
-    fits = within_budget(ref_acc, acc, max_drop_points)
-    report: dict[str, Any] = {"fp32_val_accuracy": ref_acc, "initial_accuracy": acc, "max_drop_points": max_drop_points,
+    fits = budget.within(ref_acc, acc)
+    report: dict[str, Any] = {"fp32_val_accuracy": ref_acc, "initial_accuracy": acc, "max_drop_points": budget.points,
                               "kept_fp32_nodes": list(options.get("nodes_to_exclude") or []), "steps": [],
                               "ranking": [], "method": None}
     spec = CANDIDATES[name]
@@ -703,18 +706,25 @@ def accuracy_aware(name: str, fp32_path: Path, out_path: Path, calib: np.ndarray
     base_excluded = list(options.get("nodes_to_exclude") or [])
     nodes = [n for n in nodes if n[0] not in base_excluded]
     cap = int(options.get("max_sensitivity_nodes", 32))
+    # The method's values are checked when the card loads (config.SENSITIVITY_METHODS); check_options re-checks.
     method = str(options.get("sensitivity_method") or ("exclusion" if len(nodes) <= cap else "layer-error"))
-    if method not in ("exclusion", "layer-error"):
-        raise ConfigError(f"unknown sensitivity_method '{method}'", hint="valid: exclusion, layer-error")
     if method == "layer-error" and spec.kind == "dynamic":
         # Dynamic graphs have no float tensor after each quantized op to compare: rank by exclusion.
         report["note"] = "layer-error needs a QDQ graph; ranked int8-dynamic nodes by exclusion"
         method = "exclusion"
+
+    final: dict[str, Any] = {}  # make_candidate's info for the last model written to out_path
+
+    def build(excluded: list[str], path: Path) -> None:
+        made = make_candidate(name, fp32_path, path, calib, {**options, "nodes_to_exclude": excluded})
+        if Path(path) == out_path:
+            final.update(made)
+
     with tempfile.TemporaryDirectory(dir=out_path.parent) as td:
         trial = Path(td) / "trial.onnx"
 
         def run_excluding(names: list[str]) -> np.ndarray:
-            make_candidate(name, fp32_path, trial, calib, {**options, "nodes_to_exclude": base_excluded + names})
+            build(base_excluded + names, trial)
             return run_onnx(trial, x)
 
         if method == "exclusion":
@@ -726,15 +736,46 @@ def accuracy_aware(name: str, fp32_path: Path, out_path: Path, calib: np.ndarray
     report["method"] = method
     report["ranking"] = [{"node": s.node, "op_type": s.op_type, "score": s.score} for s in ranking[:10]]
 
-    excluded = list(base_excluded)
-    for s in ranking[: int(options.get("max_exclusion_steps", 5))]:
-        excluded.append(s.node)
-        info = make_candidate(name, fp32_path, out_path, calib, {**options, "nodes_to_exclude": excluded})
-        acc = float(eval_fn(out_path))
-        report["steps"].append({"kept_fp32": s.node, "accuracy": acc})
-        if within_budget(ref_acc, acc, max_drop_points):
-            fits = True
-            break
-    report["kept_fp32_nodes"] = excluded
-    report["within_budget"] = fits
-    return {**info, "val_accuracy": acc, "accuracy_aware": report}
+    order = list(dict.fromkeys(s.node for s in ranking))
+    found = sensitivity.keep_fp32_search({n: [n] for n in order}, build, eval_fn, out_path, reference=ref_acc,
+                                         initial=acc, budget=budget, base=base_excluded, order=order,
+                                         max_steps=int(options.get("max_exclusion_steps", 5)))
+    info = final or info  # each step rebuilt out_path: the last build's size/settings are the ones shipped
+    report["steps"] = [{"kept_fp32": s["kept_fp32"], "accuracy": s["accuracy"]} for s in found.steps]
+    report["kept_fp32_nodes"] = found.kept_nodes
+    report["within_budget"] = found.within_budget
+    return {**info, "val_accuracy": found.score, "accuracy_aware": report}
+
+
+def keep_groups_fp32(name: str, fp32_path: Path, out_path: Path, options: dict[str, Any],
+                     evaluate: Callable[[Path], float], *, reference: float, initial: float, budget: Budget,
+                     rank_evaluate: Callable[[Path], float] | None = None,
+                     notes: list[str] | None = None) -> dict[str, Any]:
+    """The accuracy-aware fallback by node kind (language models): candidate `name` at `out_path` scores
+    `initial` (`evaluate`, validation data) and is over `budget` against `reference`, so keep whole groups
+    (one node kind across every layer, sensitivity.layer_groups) in FP32, the one whose exclusion recovers
+    most `rank_evaluate` score first (a cheap validation subset; default `evaluate`), until within budget
+    or `max_exclusion_steps` (default 3) groups are kept. Rewrites `out_path`; returns the record (the
+    classifier's `accuracy_aware` keys plus groups/kept_fp32_groups).
+
+    The maker is called directly: the models this serves (KV-cache LMs) take many inputs that
+    make_candidate's one-input smoke run cannot feed; the caller loads the result in onnxruntime."""
+    import onnx
+
+    out_path = Path(out_path)
+    groups = sensitivity.layer_groups(onnx.load(str(out_path), load_external_data=False))
+
+    def build(excluded: list[str], path: Path) -> None:
+        CANDIDATES[name].make(Path(fp32_path), path, None, {**options, "nodes_to_exclude": excluded}, [])
+
+    found = sensitivity.keep_fp32_search(groups, build, evaluate, out_path, reference=reference, initial=initial,
+                                         budget=budget, base=list(options.get("nodes_to_exclude") or []),
+                                         rank_evaluate=rank_evaluate,
+                                         max_steps=int(options.get("max_exclusion_steps", 3)))
+    if notes is not None:
+        notes.append(f"{name}: {initial:.1%} -> {found.score:.1%} validation {budget.metric} (fp32 {reference:.1%}) "
+                     f"with {', '.join(found.kept_groups) or 'nothing'} kept in FP32")
+    return {"fp32_val_accuracy": reference, "initial_accuracy": initial, "max_drop_points": budget.points,
+            "method": "group-exclusion", "groups": len(groups), "kept_fp32_groups": found.kept_groups,
+            "kept_fp32_nodes": found.kept_nodes, "steps": found.steps, "ranking": found.ranking,
+            "within_budget": found.within_budget}

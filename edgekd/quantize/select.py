@@ -21,9 +21,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from edgekd.errors import ConfigError, StageError
+from edgekd.quantize.budget import Budget
 
 REFERENCE = "fp32"
-EPS = 1e-9  # float slack so a drop of exactly the budget counts as within it
+EPS = 1e-9  # float slack on latency comparisons (the accuracy budget's own slack lives in Budget)
 
 SELECTED = "selected"
 KEPT = "kept"
@@ -34,9 +35,8 @@ LARGER = "larger-than-fp32"
 
 
 def within_budget(ref_accuracy: float, accuracy: float, budget_points: float) -> bool:
-    """`accuracy` (a fraction) is at most `budget_points` points below `ref_accuracy`; a drop of exactly the
-    budget counts as within it."""
-    return ref_accuracy - accuracy <= budget_points / 100.0 + EPS
+    """Kept for callers of the old name: `Budget(budget_points).within(ref_accuracy, accuracy)`."""
+    return Budget(budget_points).within(ref_accuracy, accuracy)
 
 
 def _p50(c: dict[str, Any]) -> float | None:
@@ -73,7 +73,7 @@ def _reason_missing(c: dict[str, Any], objective: str, needs_latency: bool = Fal
     return None
 
 
-def select(candidates: list[dict[str, Any]], budget_points: float,
+def select(candidates: list[dict[str, Any]], budget_points: float | Budget,
            objective: Literal["latency", "size"] = "latency", strict: bool = False,
            max_latency_growth: float | None = None) -> dict[str, Any]:
     """Give every candidate a status and pick one.
@@ -81,6 +81,7 @@ def select(candidates: list[dict[str, Any]], budget_points: float,
     Statuses: `selected`, `kept` (valid but not the best; fp32 when not selected),
     `over-budget`, `slower-than-fp32` / `larger-than-fp32`, `within-noise-of-fp32` (faster by less than the
     repeats' spread, given as `repeats`: the p50 of each interleaved repeat, ms), `failed: <reason>`.
+    `budget_points`: the recipe's budget in points of validation accuracy, or a Budget (another metric).
     `max_latency_growth` (objective size only): the most a candidate's p50 may exceed FP32's, as a fraction.
     Returns {selected, objective, budget_points, max_latency_growth, reference_val_accuracy, candidates, warnings}.
     Raises StageError (exit 4) when every candidate failed, or, with `strict`, when no quantized
@@ -88,8 +89,8 @@ def select(candidates: list[dict[str, Any]], budget_points: float,
     """
     if objective not in ("latency", "size"):
         raise ConfigError(f"unknown quantize objective '{objective}'", hint="valid: latency, size")
-    if budget_points < 0:
-        raise ConfigError(f"accuracy budget must be >= 0 points, got {budget_points}", hint="e.g. 0.5")
+    budget = budget_points if isinstance(budget_points, Budget) else Budget(budget_points)
+    budget_points = budget.points
     if max_latency_growth is not None and max_latency_growth < 0:
         raise ConfigError(f"max_latency_growth must be >= 0 (a fraction), got {max_latency_growth}", hint="e.g. 0.25")
     growth = max_latency_growth if objective == "size" else None  # latency: a selected candidate is faster anyway
@@ -122,12 +123,11 @@ def select(candidates: list[dict[str, Any]], budget_points: float,
     ref["reference"] = True
     ref_acc = float(ref["val_accuracy"])
     ref_metric = _metric(ref, objective)
-    floor = ref_acc - budget_points / 100.0
     ok: list[dict[str, Any]] = []
     for c in out:
         if c is ref or c["status"] is not None:
             continue
-        if float(c["val_accuracy"]) < floor - EPS:
+        if not budget.within(ref_acc, float(c["val_accuracy"])):
             c["status"] = OVER_BUDGET
         elif _metric(c, objective) >= ref_metric:  # type: ignore[operator]  # both checked non-None above
             c["status"] = SLOWER if objective == "latency" else LARGER

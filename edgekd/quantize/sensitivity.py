@@ -1,5 +1,9 @@
-"""Rank the quantized nodes of a model by how much accuracy they cost, so the accuracy-aware
-loop can keep the worst offenders in FP32.
+"""THE keep-in-FP32 search, and rankings of the quantized nodes of a model by how much accuracy they cost.
+
+`keep_fp32_search` is the one "keep nodes in FP32 until within budget" loop: INT8 classifier candidates
+(single nodes, ranked by logit error below), language models (one node kind across layers,
+`layer_groups`, ranked by the validation agreement each group recovers) and the Ascend FP16 preflight
+(single FP16 operators) all run it with their own grouping, builder and validation evaluator.
 
 Two rankings, both measured against the FP32 model's logits on real calibration samples:
 
@@ -15,11 +19,14 @@ onnx/onnxruntime are imported inside the functions (house rule: heavy SDKs stay 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from edgekd.quantize.budget import Budget
 
 Q_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 # Ops that carry quantized arithmetic themselves (QOperator / dynamic / weight-only formats).
@@ -162,3 +169,85 @@ def layer_groups(model) -> dict[str, list[str]]:
         if src not in members:
             members.append(src)
     return groups
+
+
+# --------------------------------------------------------------------------- the keep-in-FP32 search
+
+RANKING_SHOWN = 10  # ranking entries kept in the record (the report shows the top few)
+
+
+@dataclass
+class SearchResult:
+    """What the keep-in-FP32 search did. Scores are the evaluator's (validation data)."""
+
+    reference: float                 # the unquantized model's score
+    initial_score: float             # the quantized model's score before anything was kept
+    score: float                     # the score of the model left at `out`
+    within_budget: bool
+    kept_groups: list[str] = field(default_factory=list)
+    kept_nodes: list[str] = field(default_factory=list)  # base nodes first, then each kept group's nodes
+    steps: list[dict[str, Any]] = field(default_factory=list)    # {kept_fp32, nodes, accuracy} per step
+    ranking: list[dict[str, Any]] = field(default_factory=list)  # {group, nodes, score}: first ranking, best first
+
+
+def keep_fp32_search(groups: Mapping[str, Sequence[str]], build: Callable[[list[str], Path], None],
+                     evaluate: Callable[[Path], float], out: Path, *, reference: float, initial: float,
+                     budget: Budget, max_steps: int, base: Sequence[str] = (),
+                     order: Sequence[str] | None = None,
+                     rank_evaluate: Callable[[Path], float] | None = None,
+                     log: Callable[[str], None] | None = None) -> SearchResult:
+    """Keep groups of nodes in FP32, greedily, until `evaluate(out)` is within `budget` of `reference`.
+
+    `groups`: group name -> the node names it keeps in FP32 (single nodes: {name: [name]}; one node kind
+    across layers: `layer_groups`). `build(nodes, path)` writes the model with `nodes` kept in FP32 to
+    `path`. `out` holds the model with only `base` kept, which scores `initial`; each step rewrites it.
+    With `rank_evaluate` given, `evaluate` is called on `out` only, once per step, so a caller may keep
+    its last full evaluation.
+
+    Ranking: with `order` (group names, most sensitive first, from a ranking made elsewhere, e.g. the
+    logit error on calibration samples) the groups are taken in that order. Without it, every step tries
+    each remaining group on a scratch file next to `out` and keeps the one whose `rank_evaluate` score
+    (default `evaluate`) recovers most; the first step's scores are the record's ranking.
+    Stops when within budget, after `max_steps` groups, or when no group is left.
+    Every score must come from validation data: this function makes a choice.
+    """
+    out = Path(out)
+    base = list(base)
+    rank_eval = rank_evaluate or evaluate
+    res = SearchResult(reference=float(reference), initial_score=float(initial), score=float(initial),
+                       within_budget=budget.within(reference, initial), kept_nodes=list(base))
+    queue = [g for g in order if g in groups] if order is not None else None
+    trial = out.with_name(f"{out.stem}.trial{out.suffix}")
+
+    def nodes_of(kept: list[str]) -> list[str]:
+        return base + [n for g in kept for n in groups[g]]
+
+    try:
+        while not res.within_budget and len(res.kept_groups) < max_steps:
+            left = [g for g in (queue if queue is not None else groups) if g not in res.kept_groups]
+            if not left:
+                break
+            if queue is not None:
+                pick = left[0]
+            else:
+                scored = []
+                for g in left:
+                    build(nodes_of(res.kept_groups + [g]), trial)
+                    scored.append((float(rank_eval(trial)), g))
+                # best recovery first; ties go to the group named first, so the same scores give the same choice
+                scored.sort(key=lambda sg: (budget.best_first(sg[0]), sg[1]))
+                if not res.ranking:
+                    res.ranking = [{"group": g, "nodes": len(groups[g]), "score": sc}
+                                   for sc, g in scored[:RANKING_SHOWN]]
+                pick = scored[0][1]
+            res.kept_groups.append(pick)
+            build(nodes_of(res.kept_groups), out)
+            res.score = float(evaluate(out))
+            res.within_budget = budget.within(reference, res.score)
+            res.steps.append({"kept_fp32": pick, "nodes": len(groups[pick]), "accuracy": res.score})
+            if log:
+                log(f"  kept {pick} in FP32 -> {res.score:.2%} {budget.metric} (reference {reference:.2%})")
+    finally:
+        trial.unlink(missing_ok=True)
+    res.kept_nodes = nodes_of(res.kept_groups)
+    return res

@@ -75,13 +75,15 @@ def artifact_rows(meta: dict[str, Any], params: int | None, host: Any) -> list[d
 def select_artifact(rows: list[dict[str, Any]], reference_accuracy: float | None, budget_points: float) -> dict[str, Any]:
     """The shipped artifact to recommend: within `budget_points` of the FP32 student's test accuracy,
     then the lowest host-proxy p50 (the only latencies here measured on one machine)."""
+    from edgekd.quantize.budget import Budget
+
+    budget = Budget(budget_points)
     host = [r for r in rows if r["measured_on"] == "host" and r.get("accuracy") is not None]
     ref = reference_accuracy if reference_accuracy is not None else max((r["accuracy"] for r in host), default=None)
     status = {}
     ok = []
     for r in host:
-        drop = (ref - r["accuracy"]) * 100 if ref is not None else 0.0
-        within = drop <= budget_points + 1e-9
+        within = ref is None or budget.within(ref, r["accuracy"])
         status[r["variant"]] = "kept" if within else "over-budget"
         if within:
             ok.append(r)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from edgekd.errors import StageError, UserError
+from edgekd.errors import DataError, StageError, UserError
 from edgekd.export import ascend
 from edgekd.export.ascend_precision import fp16_preflight
 from edgekd.profile.energy import NpuSmiSampler
@@ -115,6 +115,33 @@ def test_fp16_preflight_finds_the_layers_and_keeps_them(tmp_path):
     # must_keep_origin_dtype runs FP32: nothing to simulate, nothing kept.
     keep = fp16_preflight(tmp_path / "m.onnx", "must_keep_origin_dtype", x, y, xv, budget_points=0.5)
     assert keep["keep_fp32"] == [] and keep["fp16_accuracy"] == keep["fp32_accuracy"]
+
+
+def test_fp16_preflight_chooses_on_validation_never_on_test(tmp_path):
+    """Test data only reports: poisoned test labels (permuted) and test inputs (other samples) leave the
+    choice -- whether to keep, which layers, when to stop -- exactly as it was; only the reported accuracies move.
+    (The former loop stopped on test accuracy: with permuted labels FP16 cost ~0 points and it kept nothing.)"""
+    _fp16_fragile_model(tmp_path / "m.onnx")
+    x, y = _fragile_data(300, 0)
+    xv, _ = _fragile_data(64, 1)
+    clean = fp16_preflight(tmp_path / "m.onnx", "allow_fp32_to_fp16", x, y, xv, budget_points=0.5)
+    rng = np.random.default_rng(3)
+    x_other, _ = _fragile_data(300, 9)
+    poisoned = fp16_preflight(tmp_path / "m.onnx", "allow_fp32_to_fp16", x_other, rng.permutation(y), xv,
+                              budget_points=0.5)
+    assert clean["keep_fp32"] and poisoned["keep_fp32"] == clean["keep_fp32"]
+    for k in ("within_budget", "within_budget_with_keep", "val_agreement", "val_agreement_with_keep", "sensitivity"):
+        assert poisoned[k] == clean[k], k
+    assert poisoned["fp32_accuracy"] < 0.5 < clean["fp32_accuracy"]  # the poison reached what is reported
+    assert clean["choice"] == {"split": "validation", "samples": 64, "metric": "top-1 agreement with fp32"}
+    # the validation samples do steer it: on samples whose winner survives FP16's step of 2 at 2048 (one input
+    # of 1.5, the rest 0) FP16 agrees with FP32, and nothing is kept
+    easy = np.zeros((64, 4), np.float32)
+    easy[np.arange(64), np.arange(64) % 4] = 1.5
+    calm = fp16_preflight(tmp_path / "m.onnx", "allow_fp32_to_fp16", x, y, easy, budget_points=0.5)
+    assert calm["within_budget"] and calm["keep_fp32"] == [] and calm["fp16_accuracy"] == clean["fp16_accuracy"]
+    with pytest.raises(DataError):
+        fp16_preflight(tmp_path / "m.onnx", "allow_fp32_to_fp16", x, y, xv[:0], budget_points=0.5)
 
 
 def test_bundle_writes_keep_dtype_that_convert_sh_passes(tmp_path, monkeypatch):

@@ -86,39 +86,52 @@ def test_layer_groups_name_one_projection_across_layers(tiny_lm):
     assert _fp32_matmuls(out) == set(groups["/layers.*/mlp/down_proj/MatMul"])
 
 
-def test_the_loop_keeps_the_group_that_recovers_agreement(tiny_lm, tmp_path, monkeypatch):
+def test_the_loop_keeps_the_group_that_recovers_agreement(tiny_lm, tmp_path):
     """A stand-in evaluation that scores a graph by which MatMuls it left in FP32 (the down projections are the
-    sensitive kind, as in SmolLM2): the loop ranks the groups, keeps down_proj first, and stops within budget."""
+    sensitive kind, as in SmolLM2): the search ranks the groups, keeps down_proj first, and stops within budget."""
     import shutil
 
-    import edgekd.llm.onnx_gen as og
-    from edgekd.tasks.text_generation import _keep_groups_fp32
+    from edgekd.quantize.budget import Budget
+    from edgekd.quantize.candidates import keep_groups_fp32
 
     fp32, q = tiny_lm
     score = {"down_proj": 0.10, "q_proj": 0.01, "lm_head": 0.005}
+    evaluated: list[Path] = []
 
-    def fake_eval(path, examples, threads=1):
+    def agreement(path) -> float:
         kept = _fp32_matmuls(Path(path))
-        agree = 0.38 + sum(v / 2 for k, v in score.items() for n in kept if k in n)
-        return {"agreement": agree, "perplexity": 1 / agree, "n": len(examples)}
+        return 0.38 + sum(v / 2 for k, v in score.items() for n in kept if k in n)
 
-    monkeypatch.setattr(og, "evaluate_onnx", fake_eval)
+    def fake_agreement(path) -> float:
+        evaluated.append(Path(path))
+        return agreement(path)
+
+    ranked: list[Path] = []
+
+    def fake_rank(path) -> float:
+        ranked.append(Path(path))
+        return agreement(path)
+
     dst = tmp_path / "cand.onnx"
     shutil.copy(q, dst)
     notes: list[str] = []
-    first = fake_eval(dst, [])
-    rep, ev = _keep_groups_fp32("int8-dynamic", fp32, dst, {}, list(range(40)), first, 0.50, 2.0, notes)
+    first = fake_agreement(dst)
+    evaluated.clear()
+    rep = keep_groups_fp32("int8-dynamic", fp32, dst, {}, fake_agreement, reference=0.50, initial=first,
+                           budget=Budget(2.0, metric="next-token agreement"), rank_evaluate=fake_rank, notes=notes)
     assert rep["initial_accuracy"] == pytest.approx(0.38) and rep["groups"] == 3
     assert rep["ranking"][0]["group"] == "/layers.*/mlp/down_proj/MatMul"
     # down_proj alone: 0.48, within 2 points of 0.50 -> one step
     assert rep["kept_fp32_groups"] == ["/layers.*/mlp/down_proj/MatMul"] and len(rep["steps"]) == 1
-    assert rep["within_budget"] and ev["agreement"] == pytest.approx(0.48)
+    assert rep["within_budget"] and rep["steps"][0]["accuracy"] == pytest.approx(0.48)
     assert _fp32_matmuls(dst) == {"/layers.0/mlp/down_proj/MatMul", "/layers.1/mlp/down_proj/MatMul"}
     assert not list(tmp_path.glob("*.trial.onnx")) and "kept in FP32" in notes[0]
+    # the full evaluation sees only the candidate itself (callers keep its last result); ranking uses trial files
+    assert evaluated == [dst] and len(ranked) == 3 and dst not in ranked
     # a tighter budget takes more groups, and gives up after max_exclusion_steps, saying it did not fit
     shutil.copy(q, dst)
-    rep, ev = _keep_groups_fp32("int8-dynamic", fp32, dst, {"max_exclusion_steps": 2}, list(range(40)), first, 0.50,
-                                0.1, [])
+    rep = keep_groups_fp32("int8-dynamic", fp32, dst, {"max_exclusion_steps": 2}, fake_agreement, reference=0.50,
+                           initial=first, budget=Budget(0.1), rank_evaluate=fake_rank)
     assert rep["kept_fp32_groups"] == ["/layers.*/mlp/down_proj/MatMul", "/layers.*/self_attn/q_proj/MatMul"]
     assert not rep["within_budget"] and len(rep["kept_fp32_nodes"]) == 4
-    assert ev["agreement"] == pytest.approx(0.49)
+    assert rep["steps"][-1]["accuracy"] == pytest.approx(0.49)

@@ -62,77 +62,39 @@ def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
 
 
 def _candidate(name: str, fp32: Path, dst: Path, plan, ref_val: float | None, q) -> dict[str, Any]:
-    from edgekd.quantize.candidates import CANDIDATES, make_candidate
+    """Make one candidate and judge it; over the budget, the one keep-in-FP32 search (quantize/sensitivity.py)
+    keeps nodes (a classifier's) or whole node kinds across layers (a language model's) in FP32, chosen on
+    validation data."""
+    from edgekd.quantize.budget import Budget
+    from edgekd.quantize.candidates import CANDIDATES, accuracy_aware, keep_groups_fp32, make_candidate
 
+    budget = Budget.from_recipe(q, metric=plan.metric)
+    searchable = q.accuracy_aware and name != "fp32" and name in CANDIDATES and CANDIDATES[name].supports_exclusion
+    aware = None
     if name in plan.special:
         info = plan.special[name](dst)
+        val = plan.validate(dst)
+    elif searchable and plan.grouping == "node":
+        # makes the candidate, then keeps single nodes in FP32 while it is over the budget on validation data
+        info = accuracy_aware(name, fp32, dst, plan.calib, plan.options, lambda p: plan.validate(p)["score"], budget)
+        aware = info["accuracy_aware"]
+        val = plan.validate(dst)
     else:
         info = make_candidate(name, fp32, dst, plan.calib, plan.options, smoke=plan.smoke)
-    val = plan.validate(dst)
-    aware = None
-    if ref_val is not None and q.accuracy_aware and name in CANDIDATES and CANDIDATES[name].supports_exclusion:
-        aware, val = _keep_in_fp32(name, fp32, dst, plan, val, ref_val, q.accuracy_budget)
+        val = plan.validate(dst)
+        if searchable and ref_val is not None and not budget.within(ref_val, val["score"]):
+            last: dict[str, Any] = {}
+
+            def score(p: Path) -> float:  # keeps the last full validation evaluation: it is the candidate's
+                last.update(plan.validate(p))
+                return last["score"]
+
+            aware = keep_groups_fp32(name, fp32, dst, plan.options, score, reference=ref_val, initial=val["score"],
+                                     budget=budget, rank_evaluate=plan.rank, notes=info.setdefault("notes", []))
+            val = dict(last) if aware["steps"] else val
     test = plan.test(dst)
     return {"size_bytes": dst.stat().st_size, "val_accuracy": val["score"], "accuracy": test["score"],
             **plan.fields(name, dst, val, test),
             "kept_fp32_nodes": (aware or {}).get("kept_fp32_nodes") or [],
             "info": {k: v for k, v in info.items() if k not in ("path", "accuracy_aware")},
             "accuracy_aware": aware}
-
-
-def _keep_in_fp32(name: str, fp32: Path, dst: Path, plan, first: dict[str, Any], ref_val: float,
-                  budget_points: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The keep-in-FP32 search on validation data: (its record, the final candidate's validation evaluation)."""
-    from edgekd.quantize.candidates import accuracy_aware
-
-    if plan.grouping == "layer-groups":
-        return _keep_layer_groups(name, fp32, dst, plan, first, ref_val, budget_points)
-    info = accuracy_aware(name, fp32, dst, plan.calib, plan.options, lambda p: plan.validate(p)["score"], budget_points)
-    return info["accuracy_aware"], plan.validate(dst)
-
-
-def _keep_layer_groups(name: str, fp32: Path, dst: Path, plan, first: dict[str, Any], ref_val: float,
-                       budget_points: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Keep whole node kinds across every layer (sensitivity.layer_groups) in FP32, the one whose exclusion
-    recovers most of the validation score first, until within budget or `max_exclusion_steps` (default 3)."""
-    import onnx
-
-    from edgekd.quantize import sensitivity
-    from edgekd.quantize.candidates import make_candidate
-    from edgekd.quantize.select import within_budget
-
-    options = plan.options
-    groups = sensitivity.layer_groups(onnx.load(str(dst), load_external_data=False))
-    base = list(options.get("nodes_to_exclude") or [])
-
-    def make(kept_groups: list[str], out: Path) -> None:
-        excluded = base + [n for g in kept_groups for n in groups[g]]
-        make_candidate(name, fp32, out, plan.calib, {**options, "nodes_to_exclude": excluded}, smoke=plan.smoke)
-
-    rank = plan.rank or (lambda p: plan.validate(p)["score"])
-    ev, kept, steps, ranking = first, [], [], []
-    fits = within_budget(ref_val, first["score"], budget_points)
-    trial = dst.with_name(dst.stem + ".trial.onnx")
-    try:
-        for _ in range(0 if fits else int(options.get("max_exclusion_steps", 3))):
-            scores = []
-            for g in (g for g in groups if g not in kept):
-                make(kept + [g], trial)
-                scores.append((rank(trial), g))
-            if not scores:
-                break
-            scores.sort(key=lambda x: (-x[0], x[1]))
-            ranking = ranking or [{"group": g, "nodes": len(groups[g]), "score": a} for a, g in scores[:10]]
-            kept.append(scores[0][1])
-            make(kept, dst)
-            ev = plan.validate(dst)
-            steps.append({"kept_fp32": kept[-1], "nodes": len(groups[kept[-1]]), "accuracy": ev["score"]})
-            fits = within_budget(ref_val, ev["score"], budget_points)
-            if fits:
-                break
-    finally:
-        trial.unlink(missing_ok=True)
-    return {"fp32_val_accuracy": ref_val, "initial_accuracy": first["score"], "max_drop_points": budget_points,
-            "method": "group-exclusion", "groups": len(groups), "kept_fp32_groups": kept,
-            "kept_fp32_nodes": base + [n for g in kept for n in groups[g]], "steps": steps, "ranking": ranking,
-            "within_budget": fits}, ev
