@@ -216,18 +216,20 @@ def init(
     text_column: Optional[str] = typer.Option(None, "--text-column", help="csv/jsonl: the text column (default: text if present)"),
     teacher_kwargs: Optional[str] = typer.Option(None, "--teacher-kwargs", help="the teacher builder's kwargs as YAML, e.g. '{num_classes: 10}'"),
     student_kwargs: Optional[str] = typer.Option(None, "--student-kwargs", help="the student builder's kwargs as YAML"),
+    unlabeled: Optional[str] = typer.Option(None, "--unlabeled", help="a transfer set without labels, in the data's layout (written as data.unlabeled)"),
 ) -> None:
     """Inspect your teacher and data; print a complete, commented recipe card: edgekd init ... > my.yaml"""
     def go() -> None:
-        from edgekd.cards import init_card
         from edgekd.config import parse_value
+        from edgekd.init import init_card
 
         err = _console(to_stderr=True)
         text = init_card(teacher, data, weights=weights, student=student, student_weights=student_weights, name=name,
                          label_column=label_column, text_column=text_column, log=lambda m: err.print(m.strip()),
                          teacher_kwargs=parse_value(teacher_kwargs) if teacher_kwargs else None,
-                         student_kwargs=parse_value(student_kwargs) if student_kwargs else None)
-        sys.stdout.write(text)
+                         student_kwargs=parse_value(student_kwargs) if student_kwargs else None,
+                         unlabeled=unlabeled)
+        sys.stdout.write(text)  # the card alone: the user's code ran with its stdout sent to stderr
         err.print("[dim]card written; build it with: edgekd build --target cpu --recipe CARD.yaml[/]")
     _guard(go)
 

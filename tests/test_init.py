@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from edgekd.cards import data_spec, init_card, model_spec
+from edgekd.init import data_spec, init_card, model_spec
 from edgekd.config import RecipeConfig
 from edgekd.errors import ConfigError, DataError
 
