@@ -153,7 +153,7 @@ def unlabeled_spec(path: str, kind: str) -> str:
     found = _data_kind(p)
     # csv/jsonl/npz transfer sets are single files: a folder holding train.csv is not one
     if found != kind or (kind in ("csv", "jsonl", "npz") and not p.is_file()):
-        what = f"a {found} {'file' if p.is_file() else 'folder'}" if found else f"a file of unknown type ({p.name})"
+        what = f"a {p.suffix or 'suffixless'} file" if p.is_file() else f"a folder ({found} data)"
         raise ConfigError(f"--unlabeled {path} is {what}, but the labeled data is {kind}",
                           hint=f"give a transfer set in the labeled data's layout: {layout}")
     return path
