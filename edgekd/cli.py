@@ -25,6 +25,8 @@ def _console(quiet: bool = False, to_stderr: bool = False):
     from rich.console import Console
 
     stream = sys.stderr if to_stderr else sys.stdout
+    if quiet:
+        _quiet_logs()
     # Logs (CI) are not terminals: give tables room instead of rich's 80-column default.
     return Console(stderr=to_stderr, quiet=quiet, highlight=False, width=None if stream.isatty() else 140)
 
@@ -60,8 +62,12 @@ def _guard(fn: Callable[[], Any]) -> Any:
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks")) -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks and DEBUG log messages"),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="log messages: warnings and errors only")) -> None:
     _state["debug"] = debug or bool(os.environ.get("EDGEKD_DEBUG"))
+    import logging
+
+    _setup_logging(logging.DEBUG if _state["debug"] else logging.WARNING if quiet else logging.INFO)
     if not _state["debug"]:
         _quiet_third_party_logs()
 
@@ -77,6 +83,33 @@ def _quiet_third_party_logs() -> None:
 
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _setup_logging(level: int) -> None:
+    """The one logging set-up: a rich handler on stderr (stdout carries --json reports and `init`'s
+    card). edgekd's loggers log at `level`; third-party libraries at WARNING, whatever `level` is
+    (their DEBUG/INFO would drown edgekd's). Idempotent: a second call replaces the handler."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if getattr(h, "_edgekd", False)]:
+        root.removeHandler(h)
+    handler = RichHandler(console=_console(to_stderr=True), show_time=False, show_path=False, markup=False,
+                          rich_tracebacks=level <= logging.DEBUG)
+    handler._edgekd = True  # type: ignore[attr-defined]  # marks ours for the replacement above
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("edgekd").setLevel(level)
+
+
+def _quiet_logs() -> None:
+    """A command's --quiet ("print only errors") also holds edgekd's log notices back."""
+    import logging
+
+    if not _state["debug"]:
+        logging.getLogger("edgekd").setLevel(logging.WARNING)
 
 
 def _progress(console):
