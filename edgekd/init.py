@@ -49,9 +49,12 @@ def _flush_c_stdio() -> None:
     import ctypes
 
     try:
-        ctypes.CDLL(None).fflush(None)
-    except (OSError, AttributeError):  # no libc symbol table (e.g. a static interpreter): Python-level only
-        pass
+        libc = ctypes.CDLL(None)
+    except OSError:  # no symbol table to load (e.g. a static interpreter): nothing C-level to flush through
+        return
+    fflush = getattr(libc, "fflush", None)
+    if fflush is not None:
+        fflush(None)
 
 
 @contextlib.contextmanager

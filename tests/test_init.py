@@ -161,20 +161,33 @@ def test_init_unlabeled_must_exist_in_the_data_layout(user_dir):
     assert e.value.exit_code == 2
 
 
-def test_stdout_to_stderr_covers_print_fd1_and_child_processes(capfd):
-    import os
-    import subprocess
-    import sys
-
+STDOUT_SCRIPT = textwrap.dedent('''
+    import ctypes, os, subprocess, sys
     from edgekd.init import stdout_to_stderr
 
     print("before")
     with stdout_to_stderr():
         print("Loaded pretrained weights for x (print)")
-        os.write(1, b"written to fd 1\n")
+        os.write(1, b"written to fd 1\\n")
         subprocess.run([sys.executable, "-c", "print('from a child process')"], check=True)
+        ctypes.CDLL(None).printf(b"from C printf\\n")  # a C extension's output, block-buffered into a pipe
     print("after")
-    out, err = capfd.readouterr()
-    assert out == "before\nafter\n"
-    for line in ("Loaded pretrained weights for x (print)", "written to fd 1", "from a child process"):
-        assert line in err
+''')
+
+
+def test_stdout_to_stderr_covers_print_fd1_child_processes_and_c_stdio():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import edgekd
+
+    # C stdio buffers a pipe's output unless PYTHONUNBUFFERED is set: without it, printf's line is only
+    # flushed at exit (into stdout) unless the redirect flushes it while fd 1 still points at stderr.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env["PYTHONPATH"] = str(Path(edgekd.__file__).resolve().parent.parent)
+    r = subprocess.run([sys.executable, "-c", STDOUT_SCRIPT], capture_output=True, text=True, env=env, check=True)
+    assert r.stdout == "before\nafter\n"
+    for line in ("Loaded pretrained weights for x (print)", "written to fd 1", "from a child process", "from C printf"):
+        assert line in r.stderr
