@@ -25,6 +25,8 @@ def _console(quiet: bool = False, to_stderr: bool = False):
     from rich.console import Console
 
     stream = sys.stderr if to_stderr else sys.stdout
+    if quiet:
+        _quiet_logs()
     # Logs (CI) are not terminals: give tables room instead of rich's 80-column default.
     return Console(stderr=to_stderr, quiet=quiet, highlight=False, width=None if stream.isatty() else 140)
 
@@ -60,8 +62,12 @@ def _guard(fn: Callable[[], Any]) -> Any:
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks")) -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks and DEBUG log messages"),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="log messages: warnings and errors only")) -> None:
     _state["debug"] = debug or bool(os.environ.get("EDGEKD_DEBUG"))
+    import logging
+
+    _setup_logging(logging.DEBUG if _state["debug"] else logging.WARNING if quiet else logging.INFO)
     if not _state["debug"]:
         _quiet_third_party_logs()
 
@@ -77,6 +83,33 @@ def _quiet_third_party_logs() -> None:
 
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _setup_logging(level: int) -> None:
+    """The one logging set-up: a rich handler on stderr (stdout carries --json reports and `init`'s
+    card). edgekd's loggers log at `level`; third-party libraries at WARNING, whatever `level` is
+    (their DEBUG/INFO would drown edgekd's). Idempotent: a second call replaces the handler."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if getattr(h, "_edgekd", False)]:
+        root.removeHandler(h)
+    handler = RichHandler(console=_console(to_stderr=True), show_time=False, show_path=False, markup=False,
+                          rich_tracebacks=level <= logging.DEBUG)
+    handler._edgekd = True  # type: ignore[attr-defined]  # marks ours for the replacement above
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("edgekd").setLevel(level)
+
+
+def _quiet_logs() -> None:
+    """A command's --quiet ("print only errors") also holds edgekd's log notices back."""
+    import logging
+
+    if not _state["debug"]:
+        logging.getLogger("edgekd").setLevel(logging.WARNING)
 
 
 def _progress(console):
@@ -222,18 +255,20 @@ def init(
     text_column: Optional[str] = typer.Option(None, "--text-column", help="csv/jsonl: the text column (default: text if present)"),
     teacher_kwargs: Optional[str] = typer.Option(None, "--teacher-kwargs", help="the teacher builder's kwargs as YAML, e.g. '{num_classes: 10}'"),
     student_kwargs: Optional[str] = typer.Option(None, "--student-kwargs", help="the student builder's kwargs as YAML"),
+    unlabeled: Optional[str] = typer.Option(None, "--unlabeled", help="a transfer set without labels, in the data's layout (written as data.unlabeled)"),
 ) -> None:
     """Inspect your teacher and data; print a complete, commented recipe card: edgekd init ... > my.yaml"""
     def go() -> None:
-        from edgekd.cards import init_card
         from edgekd.config import parse_value
+        from edgekd.init import init_card
 
         err = _console(to_stderr=True)
         text = init_card(teacher, data, weights=weights, student=student, student_weights=student_weights, name=name,
                          label_column=label_column, text_column=text_column, log=lambda m: err.print(m.strip()),
                          teacher_kwargs=parse_value(teacher_kwargs) if teacher_kwargs else None,
-                         student_kwargs=parse_value(student_kwargs) if student_kwargs else None)
-        sys.stdout.write(text)
+                         student_kwargs=parse_value(student_kwargs) if student_kwargs else None,
+                         unlabeled=unlabeled)
+        sys.stdout.write(text)  # the card alone: the user's code ran with its stdout sent to stderr
         err.print("[dim]card written; build it with: edgekd build --target cpu --recipe CARD.yaml[/]")
     _guard(go)
 

@@ -5,7 +5,7 @@ HEAVY = ["onnxruntime", "nncf", "optimum", "transformers", "openvino", "executor
 
 
 def test_import_edgekd_and_cli_stays_light():
-    code = ("import sys, edgekd, edgekd.cli, edgekd.config, edgekd.cards, edgekd.pipeline; "
+    code = ("import sys, edgekd, edgekd.cli, edgekd.config, edgekd.cards, edgekd.init, edgekd.pipeline; "
             f"print([m for m in {HEAVY!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", f"heavy modules imported: {out}"

@@ -78,7 +78,7 @@ def test_absent_package_is_a_config_error_with_the_extra(monkeypatch, package, r
 
 
 def test_init_model_spec_reads_torchvision_names():
-    from edgekd.cards import model_spec
+    from edgekd.init import model_spec
 
     assert model_spec("torchvision:resnet18", "t.pt") == {"torchvision": "resnet18", "weights": "t.pt"}
     assert model_spec("torchvision.models:resnet18") == {"factory": "torchvision.models:resnet18"}
@@ -117,7 +117,7 @@ def test_timm_errors_are_one_line_config_errors():
 
 
 def test_init_model_spec_reads_timm_names():
-    from edgekd.cards import model_spec
+    from edgekd.init import model_spec
 
     assert model_spec("timm:resnet18", "t.pt") == {"timm": "resnet18", "weights": "t.pt"}
     assert ModelRef(timm="resnet18").describe() == "timm:resnet18"

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from edgekd.cards import data_spec, init_card, model_spec
+from edgekd.init import data_spec, init_card, model_spec
 from edgekd.config import RecipeConfig
 from edgekd.errors import ConfigError, DataError
 
@@ -112,3 +112,82 @@ def test_init_passes_builder_kwargs_into_the_card(user_dir):
     assert card.student.arch == "mlp" and card.student.kwargs == {"in_features": 2, "num_classes": 3, "hidden": [8]}
     with pytest.raises(ConfigError, match="--teacher-kwargs must be a mapping"):
         init_card("initmodels:tabular", "t.csv", teacher_kwargs=[1, 2])  # type: ignore[arg-type]
+
+
+def _table(path, n=30, cols=("a", "b"), label="y"):
+    """A CSV of two numeric columns (and a 0/1 label column unless label is None)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*cols, *([label] if label else [])])
+        for i in range(n):
+            w.writerow([i, -i, *([i % 2] if label else [])])
+
+
+def test_init_unlabeled_is_written_into_the_card_and_loads(user_dir):
+    from edgekd.cards import load_recipe
+    from edgekd.data import load
+
+    _table(user_dir / "t.csv")
+    _table(user_dir / "extra.csv", n=17, label=None)  # the transfer set: same feature columns, no labels
+    text = init_card("initmodels:tabular", "t.csv", label_column="y", teacher_kwargs={"in_features": 2},
+                     unlabeled="extra.csv")
+    assert 'unlabeled: "extra.csv"  # 17 samples without labels' in text
+    (user_dir / "card.yaml").write_text(text)
+    card = load_recipe(str(user_dir / "card.yaml"))
+    assert card.data.unlabeled == "extra.csv"
+    splits = load(card.data)  # the build reads it: 17 samples with label -1 join the training split
+    assert splits.n_unlabeled == 17 and int((splits.y_train == -1).sum()) == 17
+    # without --unlabeled the card keeps the commented hint, and no data.unlabeled key
+    plain = RecipeConfig.model_validate(yaml.safe_load(init_card("initmodels:tabular", "t.csv", label_column="y",
+                                                                   teacher_kwargs={"in_features": 2})))
+    assert plain.data.unlabeled is None
+
+
+def test_init_unlabeled_must_exist_in_the_data_layout(user_dir):
+    _table(user_dir / "t.csv")
+    _photos(user_dir / "photos")
+    kw = {"label_column": "y", "teacher_kwargs": {"in_features": 2}}
+    with pytest.raises(ConfigError, match="--unlabeled nowhere.csv does not exist") as e:
+        init_card("initmodels:tabular", "t.csv", unlabeled="nowhere.csv", **kw)
+    assert e.value.exit_code == 2 and ".csv file with the same text/feature columns" in e.value.hint
+    with pytest.raises(ConfigError, match=r"--unlabeled photos is a folder \(image-folder data\), but the labeled data is csv"):
+        init_card("initmodels:tabular", "t.csv", unlabeled="photos", **kw)
+    with pytest.raises(ConfigError, match="--unlabeled t.csv is a .csv file, but the labeled data is image-folder"):
+        init_card("initmodels:build", "photos", weights="empty.pt", unlabeled="t.csv")
+    # the right layout but other columns: the loader's own check, still a user error
+    _table(user_dir / "other.csv", cols=("a", "z"), label=None)
+    with pytest.raises(DataError) as e:
+        init_card("initmodels:tabular", "t.csv", unlabeled="other.csv", **kw)
+    assert e.value.exit_code == 2
+
+
+STDOUT_SCRIPT = textwrap.dedent('''
+    import ctypes, os, subprocess, sys
+    from edgekd.init import stdout_to_stderr
+
+    print("before")
+    with stdout_to_stderr():
+        print("Loaded pretrained weights for x (print)")
+        os.write(1, b"written to fd 1\\n")
+        subprocess.run([sys.executable, "-c", "print('from a child process')"], check=True)
+        ctypes.CDLL(None).printf(b"from C printf\\n")  # a C extension's output, block-buffered into a pipe
+    print("after")
+''')
+
+
+def test_stdout_to_stderr_covers_print_fd1_child_processes_and_c_stdio():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import edgekd
+
+    # C stdio buffers a pipe's output unless PYTHONUNBUFFERED is set: without it, printf's line is only
+    # flushed at exit (into stdout) unless the redirect flushes it while fd 1 still points at stderr.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env["PYTHONPATH"] = str(Path(edgekd.__file__).resolve().parent.parent)
+    r = subprocess.run([sys.executable, "-c", STDOUT_SCRIPT], capture_output=True, text=True, env=env, check=True)
+    assert r.stdout == "before\nafter\n"
+    for line in ("Loaded pretrained weights for x (print)", "written to fd 1", "from a child process", "from C printf"):
+        assert line in r.stderr
