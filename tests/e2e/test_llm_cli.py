@@ -96,3 +96,11 @@ def test_a_typo_in_a_language_model_loss_is_exit_2(tmp_path):
                env={"EDGEKD_CACHE": str(tmp_path / "cache")})
     assert r.returncode == 2 and "temprature" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "b" / "distill").exists()
+
+
+def test_a_bad_language_model_quantize_option_is_exit_2_before_any_stage(tmp_path):
+    # checked at pre-flight (the shared quantize stage's key): not ~30 min in, after generate and distill
+    r = edgekd("build", "--recipe", "smollm2-seqkd", "--quick", "--out", str(tmp_path / "b"),
+               "--set", "quantize.options.per_chanel=true", env={"EDGEKD_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 2 and "per_chanel" in r.stderr and "Traceback" not in r.stderr
+    assert not any((tmp_path / "b" / s).exists() for s in ("teacher", "generate", "distill"))
