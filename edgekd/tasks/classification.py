@@ -679,8 +679,8 @@ def _profile_cfg(ctx: BuildContext) -> dict:
 def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
     """Time teacher (PyTorch eager and ONNX) and every student candidate, each in its own
     subprocess, interleaved across repeats; estimate energy; count FLOPs."""
-    from edgekd.profile.energy import measured_or_estimate
-    from edgekd.profile.flops import host_roofline
+    from edgekd.profile.measure.energy import measured_or_estimate
+    from edgekd.profile.measure.flops import host_roofline
     from edgekd.profile.runner import interleaved_profile, measure_host_peak
     from edgekd.profile.spec import ProfileSpec
     from edgekd.profile.standalone import describes_host
@@ -774,7 +774,7 @@ def _teacher_on_device(ctx: BuildContext, inputs: dict[str, StageResult], s) -> 
     if fam == "cuda":
         if not torch.cuda.is_available():
             return None
-        from edgekd.profile.energy import NvmlSampler
+        from edgekd.profile.measure.energy import NvmlSampler
 
         device, sampler = "cuda", NvmlSampler(0)
     elif fam == "ascend":
@@ -782,7 +782,7 @@ def _teacher_on_device(ctx: BuildContext, inputs: dict[str, StageResult], s) -> 
 
         if not torch_npu_status()[0]:
             return None
-        from edgekd.profile.energy import NpuSmiSampler
+        from edgekd.profile.measure.energy import NpuSmiSampler
 
         device, sampler = "npu", NpuSmiSampler(ctx.target.ascend.device_id if ctx.target.ascend else 0)
     else:

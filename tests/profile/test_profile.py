@@ -11,10 +11,10 @@ import pytest
 
 from edgekd.config import DeviceConfig
 from edgekd.errors import StageError, UserError
-from edgekd.profile import energy
-from edgekd.profile.flops import onnx_flops, roofline
+from edgekd.profile.measure import energy
+from edgekd.profile.measure.flops import onnx_flops, roofline
 from edgekd.profile.runner import aggregate, interleaved_profile, profile_model
-from edgekd.profile.stats import summarize
+from edgekd.profile.measure.stats import summarize
 
 DATA = Path(__file__).resolve().parents[1] / "fixtures"
 DEVICE = DeviceConfig(name="test-cpu", peak_gflops=100.0, mem_bandwidth_gbs=10.0, active_power_watts=7.5)
@@ -449,7 +449,7 @@ def test_symbolic_sequence_bert_is_counted_at_the_profiled_length(tmp_path):
     # Left symbolic, the count is incomplete and says so; no efficiency is derived from it.
     open_seq = onnx_flops(path)
     assert not open_seq["complete"] and open_seq["unresolved"] > 0
-    from edgekd.profile.flops import host_roofline
+    from edgekd.profile.measure.flops import host_roofline
 
     count, rf = host_roofline(path, 1.0, {"peak_gflops": 100.0, "method": "sgemm-calibration"})
     assert not count["complete"] and rf["efficiency"] is None and rf["bound"] is None
@@ -480,7 +480,7 @@ flags\t\t: fpu sse2 avx avx2 fma
 
 
 def test_cpu_info_reads_model_and_isa_flags():
-    from edgekd.profile.host import cpu_info
+    from edgekd.profile.measure.host import cpu_info
 
     x = cpu_info(XEON)
     assert x["model"] == "Intel(R) Xeon(R) Platinum 8480+"
