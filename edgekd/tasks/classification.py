@@ -14,8 +14,8 @@ import numpy as np
 
 from edgekd.config import SELECTION_FIELDS
 from edgekd.errors import ConfigError, StageError, UserError
-from edgekd.pipeline import (BuildContext, Stage, StageOutput, StageResult, cache_lock, clean_dead_leftovers,
-                             publish_dir_atomic, stable_hash, write_json_atomic)
+from edgekd.fsio import cache_lock, clean_dead_leftovers, publish_dir_atomic, write_json_atomic
+from edgekd.pipeline import BuildContext, Stage, StageOutput, StageResult, stable_hash
 from edgekd.targets import family, family_name
 from edgekd.targets.cpu import host_device
 from edgekd.tasks.common import (build_model, checkpoint_path, data_fingerprint, host_profile_device, load_model,
