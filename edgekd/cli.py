@@ -121,6 +121,7 @@ def _progress(console):
 
 def _make_ctx(recipe: str, target: str, out: Path | None, sets: dict[str, Any], quick: bool, console, **options):
     from edgekd.cards import load_recipe, load_target
+    from edgekd.distill.ddp import rank_world
     from edgekd.pipeline import BuildContext
 
     from edgekd.errors import TargetUnavailable
@@ -137,16 +138,19 @@ def _make_ctx(recipe: str, target: str, out: Path | None, sets: dict[str, Any], 
         raise TargetUnavailable(f"target '{tc.name}' cannot run here: {why}",
                                 hint="`edgekd targets` lists what each target needs and what this host has")
     out = out or Path("builds") / f"{rc.name}-{tc.name}{'-quick' if quick else ''}"
+    rank, world = rank_world()  # torchrun's; the engine is told, it does not look
     return BuildContext(out=out.resolve(), recipe=rc, target=tc, recipe_ref=recipe, target_ref=target, overrides=sets,
-                        quick=quick, console=console, options=options)
+                        quick=quick, console=console, options=options, rank=rank, world=world)
 
 
 def _run_pipeline(ctx, only: str | None = None, upto: str | None = None, json_out: bool = False) -> None:
     from edgekd import pipeline, tasks
+    from edgekd.targets import check as check_target
 
     with _progress(ctx.console) as prog:
         ctx.progress = prog
-        results = pipeline.run(tasks.graph_for(ctx.recipe), ctx, only=only, upto=upto)
+        results = pipeline.run(tasks.graph_for(ctx.recipe), ctx, only=only, upto=upto,
+                               preflight=[lambda c: check_target(c.target)])
     if "report" in results:
         report_path = results["report"].path("report.json")
         report = json.loads(report_path.read_text())

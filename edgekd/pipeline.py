@@ -16,12 +16,13 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from edgekd import __version__
 from edgekd.errors import EdgekdError, StageError, UserError
-from edgekd.fsio import (BuildLock, cache_lock, clean_dead_leftovers, publish_dir_atomic,  # noqa: F401 (re-exported)
-                         read_result, sha256_file, write_bytes_atomic, write_json_atomic)
+from edgekd.fsio import (BuildLock, clean_dead_leftovers, publish_dir_atomic, read_result, sha256_file,
+                         write_bytes_atomic, write_json_atomic)
 
 RESULT_SCHEMA_VERSION = 1
 RUN_SCHEMA_VERSION = 1
@@ -41,6 +42,10 @@ class BuildContext:
     options: dict[str, Any] = field(default_factory=dict)  # allow_unsupported, strict, ...
     cache_dir: Path = field(default_factory=lambda: default_cache_dir())
     recipe_file: Path | None = None  # the card as the user wrote it: copied to BUILD/recipe.yaml
+    # This process under torchrun (RANK, WORLD_SIZE), set by the caller: the engine knows no launcher.
+    # Only rank 0 publishes stages and writes run.json; (0, 1) is a single process.
+    rank: int = 0
+    world: int = 1
     _memo: dict[str, Any] = field(default_factory=dict)
 
     def log(self, msg: str) -> None:
@@ -193,11 +198,9 @@ def stage_key(stage: Stage, ctx: BuildContext, inputs: dict[str, StageResult]) -
 
 
 def run_stage(stage: Stage, ctx: BuildContext, inputs: dict[str, StageResult], force: bool = False) -> StageResult:
-    from edgekd.distill.ddp import rank_world
-
     key = stage_key(stage, ctx, inputs)
     final = ctx.out / stage.name
-    rank, world = rank_world()
+    rank = ctx.rank
     if not force:
         res = _valid(final, key)
         if res is not None:
@@ -254,26 +257,25 @@ def prepare_out(out: Path) -> None:
                         hint="choose another --out folder you can write to") from None
 
 
-def run(stages: list[Stage], ctx: BuildContext, only: str | None = None, upto: str | None = None) -> dict[str, StageResult]:
+def run(stages: list[Stage], ctx: BuildContext, only: str | None = None, upto: str | None = None,
+        preflight: Sequence[Callable[[BuildContext], None]] = ()) -> dict[str, StageResult]:
     """Run (or reuse) stages in order. `only` forces that stage to rerun, reusing its inputs;
-    `upto` stops after the named stage."""
-    from edgekd.distill.ddp import rank_world
-
+    `upto` stops after the named stage. `preflight`: the caller's up-front checks (the target
+    family's), run before anything else; they raise an EdgekdError to refuse the build."""
     names = [s.name for s in stages]
     for given in {only, upto} - {None}:
         if given not in names:
             raise UserError(f"recipe '{ctx.recipe.name}' has no stage '{given}'", hint=f"its stages: {', '.join(names)}")
-    # Pre-flight: the target family's checks, then every stage's settings are computed (and so
-    # validated) before any work starts, so a bad soc_version, option or input file of a late stage
-    # fails in seconds, not after the teacher trained.
-    from edgekd.targets import check as check_target
-
-    check_target(ctx.target)
+    # Pre-flight: the caller's checks (the target family's), then every stage's settings are computed
+    # (and so validated) before any work starts, so a bad soc_version, option or input file of a late
+    # stage fails in seconds, not after the teacher trained.
+    for check in preflight:
+        check(ctx)
     for stage in stages:
         if stage.when(ctx):
             stage.config(ctx)
     prepare_out(ctx.out)
-    rank, world = rank_world()
+    rank, world = ctx.rank, ctx.world
     if world > 1 and not (only == upto == "distill"):
         raise UserError("under torchrun only the distill stage runs in several processes",
                         hint="run `edgekd build` (or `edgekd build` once) first, then `torchrun --nproc_per_node=N -m edgekd distill BUILD_DIR`")

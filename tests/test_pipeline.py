@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -204,7 +205,7 @@ def test_cache_lock_makes_a_shared_entry_once(tmp_path):
     script = textwrap.dedent(f"""
         import os, sys, time
         from pathlib import Path
-        from edgekd.pipeline import cache_lock, publish_dir_atomic
+        from edgekd.fsio import cache_lock, publish_dir_atomic
         entry, log = Path({str(entry)!r}), Path({str(log)!r})
         with cache_lock(entry, on_wait=lambda: open(log, "a").write(f"wait {{os.getpid()}}\\n")):
             Path(sys.argv[1]).write_text("1")  # p2 starts only once p1 holds the lock
@@ -321,3 +322,52 @@ def test_reads_tree_merges_paths():
     assert reads_tree(("recipe.distill.tasks", "recipe.distill.extra_teachers", "target")) == {
         "recipe": {"distill": {"tasks": True, "extra_teachers": True}}, "target": True}
     assert reads_tree(("recipe.distill", "recipe.distill.tasks")) == {"recipe": {"distill": True}}
+
+
+def test_preflight_checks_run_first_and_refuse_before_anything_is_written(tmp_path):
+    calls, seen = [], []
+
+    def refuse(ctx):
+        seen.append(ctx.target.name)
+        raise UserError("target says no", hint="fix the card")
+
+    with pytest.raises(UserError, match="target says no"):
+        run(_graph(calls), _ctx(tmp_path), preflight=[refuse])
+    assert seen == ["cpu"] and calls == [] and not (tmp_path / "b").exists()
+    run(_graph(calls), _ctx(tmp_path), preflight=[lambda ctx: seen.append("ok")])
+    assert seen[-1] == "ok" and calls == ["a", "b"]
+
+
+def test_the_rank_comes_from_the_context_and_only_rank_0_publishes(tmp_path):
+    """Under torchrun the caller sets rank/world: rank 1 runs `distill` but publishes nothing, rank 0 does."""
+    import dataclasses
+
+    calls = []
+
+    def distill(inputs, ctx, wd):
+        calls.append(ctx.rank)
+        (wd / "student.pt").write_text("S")
+        return StageOutput({"model": "student.pt"}, {})
+
+    stages = [Stage("distill", distill, [], lambda ctx: {})]
+    base = _ctx(tmp_path)
+    with pytest.raises(UserError, match="only the distill stage"):
+        run(stages, dataclasses.replace(base, rank=0, world=2))
+    run(stages, dataclasses.replace(base, rank=1, world=2), only="distill", upto="distill")
+    assert calls == [1] and sorted(p.name for p in (tmp_path / "b").iterdir()) == []
+    run(stages, dataclasses.replace(base, rank=0, world=2), only="distill", upto="distill")
+    assert calls == [1, 0] and (tmp_path / "b" / "distill" / "student.pt").is_file()
+    assert (tmp_path / "b" / "run.json").is_file()
+
+
+def test_the_cli_runs_the_target_preflight(tmp_path):
+    """`edgekd build` hands the target family's checks to the engine: a bad Ascend soc_version exits 2
+    before any stage, and no build folder is made (without the hand-over the build starts)."""
+    out = tmp_path / "b"
+    r = subprocess.run([sys.executable, "-m", "edgekd", "build", "--recipe", "digits-mlp", "--target", "ascend-310p",
+                        "--quick", "--out", str(out), "--set", "target.ascend.soc_version=Bogus"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+                            "EDGEKD_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "unknown Ascend soc_version 'Bogus'" in r.stderr and not out.exists()

@@ -92,7 +92,7 @@ def to_fp16(model: Any, fp16: list[str], out_path: Path) -> Path:
     import onnx
     from onnx import helper, numpy_helper
 
-    from edgekd.export.graph import topological_sort
+    from edgekd.onnxgraph import topological_sort
 
     m = copy.deepcopy(model)
     floats = _float_tensors(m)

@@ -196,7 +196,7 @@ def run_pte(path: Path | str, x: np.ndarray) -> np.ndarray:
 def time_pte(path: Path | str, example: np.ndarray | torch.Tensor, runs: int = 100, warmup: int = 10,
              threads: int = 1) -> dict[str, Any]:
     """Host latency of one `forward` call (ms summary), labelled host: these are not device figures."""
-    from edgekd.profile.stats import summarize
+    from edgekd.profile.measure.stats import summarize
 
     if runs < 1:
         raise UserError(f"runs must be at least 1, got {runs}", hint="pass runs >= 1")

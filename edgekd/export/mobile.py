@@ -86,7 +86,7 @@ def roofline_estimate(flops: float, weight_bytes: float, io_bytes: float, device
 
 
 def _flops_and_params(onnx_path: Path) -> tuple[float, int]:
-    from edgekd.profile.flops import onnx_flops
+    from edgekd.profile.measure.flops import onnx_flops
 
     info = onnx_flops(onnx_path)
     return float(info["flops"]), int(info["params"])
@@ -374,7 +374,7 @@ def parse_executor_runner(text: str) -> dict[str, Any]:
     Per-iteration lines give percentiles (the first run, which pays one-time setup, is dropped as
     warmup when there are more); otherwise the mean comes from the total over all executions.
     """
-    from edgekd.profile.stats import summarize
+    from edgekd.profile.measure.stats import summarize
 
     iters = [float(x) for x in re.findall(r"Iteration \d+ of \d+:\s*" + _FLOAT + r"\s*ms", text)]
     m = re.search(r"Model executed successfully (\d+) time\(s\) in\s*" + _FLOAT + r"\s*ms", text)

@@ -124,7 +124,7 @@ def to_ort_format(onnx_path: Path | str, out_dir: Path | str, x_check: np.ndarra
 def time_ort(path: Path | str, example: np.ndarray, runs: int = 100, warmup: int = 10, threads: int = 1) -> dict[str, Any]:
     """Host latency of one onnxruntime run of an .onnx/.ort model (ms summary), labelled host."""
     from edgekd.runtimes.ort import session as ort_session
-    from edgekd.profile.stats import summarize
+    from edgekd.profile.measure.stats import summarize
 
     if runs < 1:
         raise UserError(f"runs must be at least 1, got {runs}", hint="pass runs >= 1")

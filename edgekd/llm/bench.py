@@ -74,9 +74,9 @@ def run_spec(spec_in: GenerationSpec | dict[str, Any]) -> dict[str, Any]:
 
     import psutil
 
-    from edgekd.profile.energy import measured_or_estimate, measured_result, pick_sampler
-    from edgekd.profile.stats import summarize
-    from edgekd.profile.worker import current_rss, peak_rss
+    from edgekd.profile.measure.energy import measured_or_estimate, measured_result, pick_sampler
+    from edgekd.profile.measure.stats import summarize
+    from edgekd.profile.measure.memory import current_rss, peak_rss
 
     spec = load_spec(GenerationSpec, spec_in)
     st = spec.settings

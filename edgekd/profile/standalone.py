@@ -27,8 +27,8 @@ def input_shape_of(path: Path) -> tuple[str, list[int]]:
 
 
 def profile_onnx_file(path: Path, target: Any, repeats: int | None = None) -> dict[str, Any]:
-    from edgekd.profile.energy import measured_or_estimate
-    from edgekd.profile.flops import host_roofline
+    from edgekd.profile.measure.energy import measured_or_estimate
+    from edgekd.profile.measure.flops import host_roofline
     from edgekd.profile.runner import measure_host_peak, profile_model
     from edgekd.profile.spec import ProfileSettings, ProfileSpec
 

@@ -17,42 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.errors import EdgekdError, UserError
+from edgekd.profile.measure.memory import current_rss, peak_rss
+from edgekd.profile.measure.stats import summarize
 from edgekd.profile.spec import ProfileSpec, load_spec
-from edgekd.profile.stats import summarize
-
-
-def current_rss() -> int:
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
-
-
-def peak_rss() -> int:
-    """Peak resident set of this process in bytes.
-
-    On Linux this is VmHWM from /proc/self/status: the high-water mark of the current address
-    space, which exec resets. ru_maxrss is NOT usable there: it survives fork+exec, so a worker
-    spawned by a 500 MiB parent would report the parent's peak. Elsewhere: ru_maxrss / psutil.
-    """
-    import psutil
-
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    peak = 0
-    try:
-        import resource
-
-        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak = int(maxrss) if sys.platform == "darwin" else int(maxrss) * 1024
-    except ImportError:  # Windows has no `resource`
-        peak = 0
-    info = psutil.Process().memory_info()
-    return max(peak, int(getattr(info, "peak_wset", 0)), int(info.rss))
 
 
 def _numpy_dtype(onnx_type: str):
@@ -212,7 +179,7 @@ def run_spec(spec_in: ProfileSpec | dict) -> dict:
     spec = load_spec(ProfileSpec, spec_in)
     kind = spec.kind
     if kind == "sgemm":  # the host's FP32 peak at this process's (pinned) thread count
-        from edgekd.profile.host import cpu_info, sgemm_peak
+        from edgekd.profile.measure.host import cpu_info, sgemm_peak
 
         return {"name": spec.name or "sgemm", "kind": kind, "threads": spec.threads,
                 **sgemm_peak(spec.seconds), "cpu": cpu_info(), "wall_seconds": time.perf_counter() - wall0}
@@ -244,7 +211,7 @@ def run_spec(spec_in: ProfileSpec | dict) -> dict:
             break
     warm_s = time.perf_counter() - w0
 
-    from edgekd.profile.energy import measured_or_estimate, measured_result, pick_sampler
+    from edgekd.profile.measure.energy import measured_or_estimate, measured_result, pick_sampler
 
     sampler = pick_sampler(spec.energy, loaded.providers)
     if sampler is not None:

@@ -348,7 +348,7 @@ def _make_fp16(src: Path, dst: Path, calib: CalibSet | None, options: dict[str, 
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     block = options.get("fp16_op_block_list")
-    from edgekd.export.graph import topological_sort
+    from edgekd.onnxgraph import topological_sort
 
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=block)
     topological_sort(model)  # the converter appends the input Casts last: invalid for onnx's checker
@@ -508,7 +508,7 @@ def _weight_only(src: Path, dst: Path, options: dict[str, Any], notes: list[str]
     import onnx
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
-    from edgekd.export.graph import ensure_domain_imports
+    from edgekd.onnxgraph import ensure_domain_imports
 
     model = onnx.load(str(src))
     folded = _fold_constant_transposes(model)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgekd.errors import StageError, TargetUnavailable, UserError
-from edgekd.profile.stats import summarize
+from edgekd.profile.measure.stats import summarize
 
 DEVICES = ("cpu", "cuda", "npu")
 _NPU_INSTALL_HINT = "torch_npu not importable — install the 'ascend' extra on a host with CANN"
@@ -33,7 +33,7 @@ _PROBE = (
 
 class PowerSampler(Protocol):
     """Anything with start() and stop(); stop() returns joules, a list of watts, or (t_s, watts) pairs.
-    The samplers of edgekd.profile.energy (rapl, nvml, npu-smi) fit: their stop() returns joules."""
+    The samplers of edgekd.profile.measure.energy (rapl, nvml, npu-smi) fit: their stop() returns joules."""
 
     def start(self) -> None: ...
 
@@ -291,7 +291,7 @@ def run_msit_on_device(om_path: Path | str, loop: int, warmup: int, device_id: i
     start (near idle power) add almost nothing, and what remains is the energy the inferences drew.
     Raises TargetUnavailable when msit or npu-smi is missing, StageError when msit fails.
     """
-    from edgekd.profile.energy import NpuSmiSampler, integrate_trapezoid
+    from edgekd.profile.measure.energy import NpuSmiSampler, integrate_trapezoid
 
     om = Path(om_path)
     msit = shutil.which("msit")

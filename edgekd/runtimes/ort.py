@@ -2,7 +2,9 @@
 optimisation level), runs a model over an array in batches, and reads a model's input spec.
 
 Other modules ask here for sessions instead of building SessionOptions themselves, so a target
-card's threads and providers mean the same thing in every stage.
+card's threads and providers mean the same thing in every stage. It imports nothing of edgekd but
+errors, so every layer may use it (the zoo's ONNX teacher included): tests/test_layering.py keeps it
+a leaf.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ Optimization = Literal["all", "extended", "basic", "disable"]
 def session(model: Path | str | bytes, threads: int = 1, providers: list[str] | None = None, *,
             optimization: Optimization = "all", optimized_model_path: Path | str | None = None,
             sequential: bool = False, require_providers: bool = False):
-    """An onnxruntime InferenceSession with `threads` intra-op threads and one inter-op thread.
+    """An onnxruntime InferenceSession with `threads` intra-op threads (0: onnxruntime's default, one per
+    physical core) and one inter-op thread.
 
     `model` is a path or serialized bytes. `require_providers` raises TargetUnavailable (exit 3) when
     onnxruntime here lacks a named provider instead of letting onnxruntime fall back silently."""

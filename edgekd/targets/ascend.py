@@ -40,7 +40,7 @@ def _check(target: "TargetConfig") -> None:
 
 def _static_flops(path: Path) -> tuple[float, int] | None:
     from edgekd.errors import StageError
-    from edgekd.profile.flops import onnx_flops
+    from edgekd.profile.measure.flops import onnx_flops
 
     try:
         info = onnx_flops(path)
@@ -57,7 +57,7 @@ def bundle_rows(bundle: Path, manifest: dict[str, Any], device: dict[str, Any], 
     import numpy as np
 
     from edgekd.export.mobile import roofline_estimate
-    from edgekd.profile.flops import roofline
+    from edgekd.profile.measure.flops import roofline
 
     om = bundle / "model.om"
     art = om if om.is_file() else bundle / "model.onnx"

@@ -36,7 +36,7 @@ _VARIANTS = {"model_fp32.pte": "pte-fp32", "model_int8.pte": "pte-int8", "model.
 
 
 def estimate_energy(cpu_seconds: float, host: Any) -> dict[str, Any]:
-    from edgekd.profile.energy import estimate_energy as _estimate
+    from edgekd.profile.measure.energy import estimate_energy as _estimate
 
     return _estimate(cpu_seconds, host)
 

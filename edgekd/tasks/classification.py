@@ -17,8 +17,8 @@ import numpy as np
 
 from edgekd.config import SELECTION_FIELDS
 from edgekd.errors import ConfigError, StageError, UserError
-from edgekd.pipeline import (BuildContext, Stage, StageOutput, StageResult, cache_lock, clean_dead_leftovers,
-                             publish_dir_atomic, stable_hash, write_json_atomic)
+from edgekd.fsio import cache_lock, clean_dead_leftovers, publish_dir_atomic, write_json_atomic
+from edgekd.pipeline import BuildContext, Stage, StageOutput, StageResult, stable_hash
 from edgekd.targets import family, family_name
 from edgekd.targets.cpu import host_device
 from edgekd.tasks.base import Task
@@ -643,8 +643,8 @@ def _profile_cfg(ctx: BuildContext) -> dict:
 def profile_models(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path, tick) -> tuple[dict, dict, dict]:
     """Time teacher (PyTorch eager and ONNX) and every student candidate, each in its own
     subprocess, interleaved across repeats; estimate energy; count FLOPs."""
-    from edgekd.profile.energy import measured_or_estimate
-    from edgekd.profile.flops import host_roofline
+    from edgekd.profile.measure.energy import measured_or_estimate
+    from edgekd.profile.measure.flops import host_roofline
     from edgekd.profile.runner import interleaved_profile, measure_host_peak
     from edgekd.profile.spec import ProfileSpec
     from edgekd.profile.standalone import describes_host
@@ -726,7 +726,7 @@ def _teacher_on_device(ctx: BuildContext, inputs: dict[str, StageResult], s) -> 
     if fam == "cuda":
         if not torch.cuda.is_available():
             return None
-        from edgekd.profile.energy import NvmlSampler
+        from edgekd.profile.measure.energy import NvmlSampler
 
         device, sampler = "cuda", NvmlSampler(0)
     elif fam == "ascend":
@@ -734,7 +734,7 @@ def _teacher_on_device(ctx: BuildContext, inputs: dict[str, StageResult], s) -> 
 
         if not torch_npu_status()[0]:
             return None
-        from edgekd.profile.energy import NpuSmiSampler
+        from edgekd.profile.measure.energy import NpuSmiSampler
 
         device, sampler = "npu", NpuSmiSampler(ctx.target.ascend.device_id if ctx.target.ascend else 0)
     else:

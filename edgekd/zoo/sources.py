@@ -284,12 +284,12 @@ class OnnxModel(nn.Module):
 
     def session(self):
         if self._sess is None:
-            import onnxruntime as ort
+            # The one session factory (a bottom-layer leaf, so the zoo may use it); threads=0 keeps
+            # onnxruntime's own default (all physical cores) for a teacher run over whole datasets.
+            from edgekd.runtimes.ort import session
 
-            so = ort.SessionOptions()
-            so.log_severity_level = 3
             try:
-                self._sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+                self._sess = session(self.path, threads=0)
             except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
                 raise ConfigError(f"onnxruntime cannot load {self.path.name}: {first_line(e)}",
                                   hint="check the file is a valid ONNX model (onnx.checker.check_model)") from None

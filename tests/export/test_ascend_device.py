@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 from edgekd.errors import DataError, StageError, UserError
 from edgekd.export import ascend
 from edgekd.export.ascend_precision import fp16_preflight
-from edgekd.profile.energy import NpuSmiSampler
+from edgekd.profile.measure.energy import NpuSmiSampler
 from edgekd.runtimes import npu
 from tests import ascend_fakes
 from tests.export.test_ascend import _card

@@ -11,10 +11,10 @@ import pytest
 
 from edgekd.config import DeviceConfig
 from edgekd.errors import StageError, UserError
-from edgekd.profile import energy
-from edgekd.profile.flops import onnx_flops, roofline
+from edgekd.profile.measure import energy
+from edgekd.profile.measure.flops import onnx_flops, roofline
 from edgekd.profile.runner import aggregate, interleaved_profile, profile_model
-from edgekd.profile.stats import summarize
+from edgekd.profile.measure.stats import summarize
 
 DATA = Path(__file__).resolve().parents[1] / "fixtures"
 DEVICE = DeviceConfig(name="test-cpu", peak_gflops=100.0, mem_bandwidth_gbs=10.0, active_power_watts=7.5)
@@ -324,20 +324,43 @@ def test_onnx_flops_counts_quantized_graphs_like_float(tmp_path):
     assert qdq["macs"] == TINY_MACS and qdq["params"] == TINY_PARAMS  # scales/zero points are not params
 
 
-def test_onnx_flops_matmulnbits(tmp_path):
+@pytest.mark.parametrize("declared", [True, False])
+def test_onnx_flops_matmulnbits(tmp_path, declared):
+    """INT4 weight-only MatMulNBits is counted, and so is the MatMul it feeds (its output shape comes from
+    onnxruntime's symbolic inference), with or without the com.microsoft import (NNCF leaves it out)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    k, n = 32, 8
+    k, n, m = 32, 8, 4
     b = numpy_helper.from_array(np.zeros((n, 1, k // 2), np.uint8), "B")  # 4-bit: 2 weights per byte
     scales = numpy_helper.from_array(np.ones((n,), np.float32), "S")
-    node = helper.make_node("MatMulNBits", ["a", "B", "S"], ["y"], domain="com.microsoft", K=k, N=n, bits=4, block_size=32)
-    graph = helper.make_graph([node], "nbits", [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, n])], [b, scales])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
-    onnx.save(model, str(tmp_path / "nbits.onnx"))
+    w = numpy_helper.from_array(np.ones((n, m), np.float32), "W")
+    nodes = [helper.make_node("MatMulNBits", ["a", "B", "S"], ["h"], domain="com.microsoft", K=k, N=n, bits=4, block_size=32),
+             helper.make_node("MatMul", ["h", "W"], ["y"])]
+    graph = helper.make_graph(nodes, "nbits", [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, m])], [b, scales, w])
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("com.microsoft", 1)] if declared else [])
+    onnx.save(helper.make_model(graph, opset_imports=opsets), str(tmp_path / "nbits.onnx"))
     r = onnx_flops(tmp_path / "nbits.onnx")
-    assert r["macs"] == 3 * k * n and r["params"] == k * n
+    assert r["by_op"] == {"MatMulNBits": 3 * k * n, "MatMul": 3 * n * m} and r["complete"], r
+    assert r["params"] == k * n + n * m
+
+
+def test_onnx_flops_keeps_the_models_fixed_dims_and_pins_the_symbolic_ones(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((6, 5), np.float32), "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "mm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, "seq", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, "seq", 5])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "mm.onnx"))
+    r = onnx_flops(tmp_path / "mm.onnx", shape=[1, 7, 6])  # the static batch 4 is the model's: it wins
+    assert r["input_shapes"] == {"x": [4, 7, 6]} and r["macs"] == 4 * 7 * 6 * 5 and r["complete"]
+    open_seq = onnx_flops(tmp_path / "mm.onnx")
+    assert open_seq["input_shapes"] == {"x": [4, "seq", 6]} and open_seq["unresolved"] == 1
+    with pytest.raises(UserError, match="rank"):
+        onnx_flops(tmp_path / "mm.onnx", {"x": [1, 7]})
 
 
 def test_onnx_flops_missing_file(tmp_path):
@@ -449,7 +472,7 @@ def test_symbolic_sequence_bert_is_counted_at_the_profiled_length(tmp_path):
     # Left symbolic, the count is incomplete and says so; no efficiency is derived from it.
     open_seq = onnx_flops(path)
     assert not open_seq["complete"] and open_seq["unresolved"] > 0
-    from edgekd.profile.flops import host_roofline
+    from edgekd.profile.measure.flops import host_roofline
 
     count, rf = host_roofline(path, 1.0, {"peak_gflops": 100.0, "method": "sgemm-calibration"})
     assert not count["complete"] and rf["efficiency"] is None and rf["bound"] is None
@@ -480,7 +503,7 @@ flags\t\t: fpu sse2 avx avx2 fma
 
 
 def test_cpu_info_reads_model_and_isa_flags():
-    from edgekd.profile.host import cpu_info
+    from edgekd.profile.measure.host import cpu_info
 
     x = cpu_info(XEON)
     assert x["model"] == "Intel(R) Xeon(R) Platinum 8480+"

@@ -18,7 +18,7 @@ from edgekd.errors import ConfigError, DataError, StageError
 from edgekd.quantize import CANDIDATES, NotApplicable, accuracy_aware, agree, evaluate_onnx, make_candidate
 from edgekd.quantize import validate_candidate_names
 from edgekd.quantize.sensitivity import quantized_nodes, source_node_name
-from edgekd.profile.flops import onnx_flops
+from edgekd.profile.measure.flops import onnx_flops
 
 torch.set_num_threads(1)
 

@@ -44,7 +44,7 @@ def test_text_generation_rows_use_the_power_of_the_machine_that_ran_them(name, t
     energy arithmetic on a fixed CPU time."""
     from edgekd.config import GenerateConfig
     from edgekd.pipeline import StageResult
-    from edgekd.profile.energy import measured_or_estimate
+    from edgekd.profile.measure.energy import measured_or_estimate
     from edgekd.tasks import text_generation as tg
 
     tc = load_target(name)

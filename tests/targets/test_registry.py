@@ -252,8 +252,8 @@ def test_profile_cuda():
 
 
 def test_profile_with_the_npu_smi_sampler_interface():
-    """edgekd.profile.energy's npu-smi sampler plugs in (fed canned npu-smi text: 15 W)."""
-    energy = pytest.importorskip("edgekd.profile.energy")
+    """edgekd.profile.measure.energy's npu-smi sampler plugs in (fed canned npu-smi text: 15 W)."""
+    energy = pytest.importorskip("edgekd.profile.measure.energy")
     sampler = energy.NpuSmiSampler(reader=lambda: "NPU ID : 0\nPower Dissipation(W) : 15.0\n", interval_s=0.005)
     res = npu.profile_torch_device(_Sleepy(3.0), torch.randn(1, 8), "cpu", runs=10, warmup=1, sampler=sampler)
     e = res["energy"]

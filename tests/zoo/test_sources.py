@@ -127,6 +127,15 @@ def test_onnx_model_matches_torch_and_reports_its_input(factory_module, tmp_path
     assert fingerprint(ModelRef(onnx=str(tmp_path / "t.onnx")))["onnx"]
 
 
+def test_an_unreadable_onnx_teacher_is_a_config_error(tmp_path):
+    from edgekd.errors import ConfigError
+
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    with pytest.raises(ConfigError, match="onnxruntime cannot load bad.onnx") as e:
+        build_model(ModelRef(onnx=str(tmp_path / "bad.onnx")))
+    assert e.value.exit_code == 2 and "onnx.checker" in e.value.hint
+
+
 def test_check_model_on_data(factory_module):
     m = build_model(ModelRef(factory=f"{factory_module}:build", kwargs={"num_classes": 3}))
     assert wanted_input(m) == "[N, 1, H, W]"

@@ -58,55 +58,33 @@ def _shape_map(model: Any) -> dict[str, list[int] | None]:
     return shapes
 
 
-def _infer_shape_map(model: Any, name: str) -> dict[str, list[int] | None]:
-    """Shape inference, seeing through contrib ops onnx has no schema for.
-
-    onnx cannot infer the output of com.microsoft MatMulNBits (INT4 weight-only), so everything
-    downstream of the first one would stay unknown. For inference only, each is stood in by a
-    MatMul against a weightless [K, N] graph input of the activation's type; the model is restored
-    before returning.
-    """
+def _onnx_shape_map(model: Any, name: str) -> dict[str, list[int] | None]:
+    """onnx's own shape inference: the fallback for graphs onnxruntime's symbolic inference gives up on.
+    It has no schema for contrib ops (MatMulNBits): what they feed stays unknown, hence `unresolved`."""
     import onnx
 
-    g = model.graph
-    inits = {i.name: i for i in g.initializer}
-    originals: list[tuple[int, Any]] = []
-    extra_inputs = []
-    for idx, node in enumerate(g.node):
-        if node.op_type != "MatMulNBits" or len(node.input) < 3:
-            continue
-        k, n = _attr(node, "K"), _attr(node, "N")
-        scales = inits.get(node.input[2])
-        if k is None or n is None or scales is None:
-            continue
-        w = f"__edgekd_nbits_w{idx}"
-        extra_inputs.append(onnx.helper.make_tensor_value_info(w, scales.data_type, [int(k), int(n)]))
-        stand_in = onnx.helper.make_node("MatMul", [node.input[0], w], list(node.output), name=node.name)
-        originals.append((idx, onnx.NodeProto.FromString(node.SerializeToString())))
-        node.CopyFrom(stand_in)
-    g.input.extend(extra_inputs)
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except onnx.shape_inference.InferenceError as e:
         raise StageError(f"ONNX shape inference failed on {name}: {e}", hint="check the model with onnx.checker") from None
-    finally:
-        for idx, orig in originals:
-            g.node[idx].CopyFrom(orig)
-        for _ in extra_inputs:
-            g.input.pop()
     return _shape_map(inferred)
+
+
+def _fixed(dim: Any) -> bool:
+    return dim.HasField("dim_value") and dim.dim_value > 0
 
 
 def _fix_shapes(model: Any, input_shapes: dict[str, list[int]] | None, shape: list[int] | None) -> dict[str, list[int]]:
     """Pin symbolic input dims to the shape that was profiled; returns the input shapes counted at.
 
     `input_shapes` names inputs; `shape` (the profiled sample's shape, batch first) applies to every
-    input of that rank, e.g. token ids and their attention mask. A pinned symbolic dim is fixed by
-    name throughout the graph (onnxruntime's `make_dim_param_fixed`), so other inputs and outputs
-    that share it (`sequence`) agree. Dims still symbolic after that: the batch dim becomes 1, any
-    other stays symbolic and the nodes that depend on it end up `unresolved`.
+    input of that rank, e.g. token ids and their attention mask. Pinning is onnxruntime's
+    `make_input_shape_fixed`: a symbolic dim is fixed by name throughout the graph, so other inputs
+    and outputs that share it (`sequence`) agree. A dim the model already fixes keeps its value.
+    Dims still symbolic after that: the batch dim becomes 1 (`make_dim_param_fixed`), any other
+    stays symbolic and the nodes that depend on it end up `unresolved`.
     """
-    from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
+    from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed, make_input_shape_fixed
 
     inits = {i.name for i in model.graph.initializer}
     graph_inputs = [i for i in model.graph.input if i.name not in inits]
@@ -119,31 +97,28 @@ def _fix_shapes(model: Any, input_shapes: dict[str, list[int]] | None, shape: li
         want = (input_shapes or {}).get(inp.name)
         if want is None and shape is not None and len(shape) == len(dims):
             want = shape
-        if want is not None:
-            if len(want) != len(dims):
-                raise UserError(f"input_shapes['{inp.name}'] has rank {len(want)}, the model's input has {len(dims)}",
-                                hint="give one value per dimension, batch first")
-            for d, v in zip(dims, want):
-                if d.HasField("dim_param") and d.dim_param:
-                    make_dim_param_fixed(model.graph, d.dim_param, int(v))
-                if not (d.HasField("dim_value") and d.dim_value > 0):
-                    d.ClearField("dim_param")
-                    d.dim_value = int(v)
+        if want is None:
+            continue
+        if len(want) != len(dims):
+            raise UserError(f"input_shapes['{inp.name}'] has rank {len(want)}, the model's input has {len(dims)}",
+                            hint="give one value per dimension, batch first")
+        # The model's own fixed dims win (make_input_shape_fixed refuses to replace them).
+        make_input_shape_fixed(model.graph, inp.name, [d.dim_value if _fixed(d) else int(v) for d, v in zip(dims, want)])
     for inp in graph_inputs:  # batch 1 for whatever the caller left open
         dims = inp.type.tensor_type.shape.dim
-        if len(dims) > 0 and not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
+        if len(dims) > 0 and not _fixed(dims[0]):
             if dims[0].dim_param:
                 make_dim_param_fixed(model.graph, dims[0].dim_param, 1)
-            dims[0].ClearField("dim_param")
-            dims[0].dim_value = 1
-    return {i.name: [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
-                     for d in i.type.tensor_type.shape.dim] for i in graph_inputs}
+            else:
+                dims[0].dim_value = 1
+    return {i.name: [d.dim_value if _fixed(d) else (d.dim_param or None) for d in i.type.tensor_type.shape.dim]
+            for i in graph_inputs}
 
 
 def _symbolic_shape_map(model: Any) -> dict[str, list[int] | None] | None:
     """onnxruntime's symbolic shape inference: it follows Shape->Gather->Reshape chains of transformer
-    graphs that onnx's own inference leaves unknown, and knows the com.microsoft contrib ops. None
-    when it gives up (then onnx's inference alone decides, and what it cannot settle is `unresolved`)."""
+    graphs that onnx's own inference leaves unknown, and knows the com.microsoft contrib ops (MatMulNBits
+    included: what follows one is counted too, no stand-in op needed). None when it gives up (then onnx's inference alone decides, and what it cannot settle is `unresolved`)."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     try:
@@ -219,7 +194,7 @@ def onnx_flops(path: Path | str, input_shapes: dict[str, list[int]] | None = Non
     """
     import onnx
 
-    from edgekd.export.graph import ensure_domain_imports
+    from edgekd.onnxgraph import ensure_domain_imports
 
     path = Path(path)
     if not path.is_file():
@@ -236,7 +211,7 @@ def onnx_flops(path: Path | str, input_shapes: dict[str, list[int]] | None = Non
     ensure_domain_imports(model)  # models from other tools may use contrib ops without declaring the domain
     shapes = _symbolic_shape_map(model)
     if shapes is None or any(_node_macs(n, shapes) is None for n in model.graph.node):
-        fallback = _infer_shape_map(model, path.name)
+        fallback = _onnx_shape_map(model, path.name)
         shapes = fallback if shapes is None else {**fallback, **{k: v for k, v in shapes.items() if v is not None}}
 
     macs = 0

@@ -1,0 +1,6 @@
+"""Low-level measuring: timing statistics (stats), energy samplers and readers (energy), resident memory
+(memory), FLOPs and rooflines (flops), the host's measured peak (host).
+
+This package is a lower layer than `edgekd.runtimes` and `edgekd.export`: runtimes, converters and
+targets use it, so it must import nothing from them (tests/test_layering.py holds it to that).
+"""
