@@ -126,7 +126,7 @@ LAYERS: list[tuple[str, ...]] = [
     # worker opens models through them (runtimes.ort, the zoo's torch builders); tasks, llm's bench
     # process and the CLI call it. Its low-level half, profile.measure, is in the data layer below.
     ("profile",),
-    ("runtimes", "cards"),
+    ("runtimes", "cards", "init"),  # init: `edgekd init` reads the user's model and data (zoo, data) to write a card
     ("data", "profile.measure"),
     ("zoo", "regress"),
     ("distill", "report"),
