@@ -251,6 +251,11 @@ def report_json_schema() -> dict[str, Any]:
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **Report.model_json_schema()}
 
 
+def report_schema_text() -> str:
+    """report_json_schema() as the committed edgekd/report/report.schema.json holds it."""
+    return json.dumps(report_json_schema(), indent=2) + "\n"
+
+
 # "more keys are welcome; these must exist" (read off the models, for callers that list them)
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     kind: tuple(name for name, f in model.model_fields.items() if f.is_required())
