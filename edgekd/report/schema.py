@@ -119,6 +119,8 @@ class LatencyStats(_Open):
 
 
 class Energy(_Open):
+    """Per inference (text generation: per generated token); `method` says how it was obtained."""
+
     joules_per_inference: Number | None
     method: EnergyMethod
 
@@ -173,6 +175,8 @@ class ModelRow(_Open):
 
 
 class Environment(_Open):
+    """The machine the host figures come from."""
+
     cpu: str | None
     threads: int | None
     runtimes: dict[str, str | None] = Field(description="{name: version}")
@@ -196,10 +200,14 @@ class Control(_Open):
 
 
 class Training(_Open):
+    """How the teacher and student were trained; `control` is the labels-only control student."""
+
     control: Control | None = None
 
 
 class Candidate(_Open):
+    """A quantization candidate of the student and what the selection made of it."""
+
     variant: str
     format: str | None
     path: str | None
@@ -218,7 +226,8 @@ def _report_schema_extra(schema: dict[str, Any]) -> None:
 
 
 class Report(_Open):
-    """edgekd report.json."""
+    """edgekd report.json (the contract in ARCHITECTURE.md): more keys are welcome at every level;
+    `selected` must also name a row of `models`."""
 
     model_config = ConfigDict(title="edgekd report.json", json_schema_extra=_report_schema_extra)
 
