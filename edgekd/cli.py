@@ -221,11 +221,19 @@ _register_stage_commands()
 
 @app.command()
 def report(
-    build_dir: Path = typer.Argument(..., help="a build folder made by `edgekd build`"),
+    build_dir: Optional[Path] = typer.Argument(None, help="a build folder made by `edgekd build`"),
     json_out: bool = typer.Option(False, "--json", help="print report.json to stdout"),
+    schema: bool = typer.Option(False, "--schema", help="print report.json's JSON Schema (no build folder needed)"),
 ) -> None:
     """Regenerate report.json/.md/.html from the build folder's stage result files alone."""
     def go() -> None:
+        if schema:
+            from edgekd.report.schema import report_schema_text
+
+            sys.stdout.write(report_schema_text())
+            return
+        if build_dir is None:
+            raise UserError("report needs BUILD_DIR", hint="edgekd report builds/x (or --schema for the JSON Schema)")
         from edgekd.pipeline import load_run
         from edgekd.report import write_all
         from edgekd.tasks import build_report

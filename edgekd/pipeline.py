@@ -23,6 +23,7 @@ from edgekd import __version__
 from edgekd.errors import EdgekdError, StageError, UserError
 from edgekd.fsio import (BuildLock, clean_dead_leftovers, publish_dir_atomic, read_result, sha256_file,
                          write_bytes_atomic, write_json_atomic)
+from edgekd.lineage import run_problem
 
 RESULT_SCHEMA_VERSION = 1
 RUN_SCHEMA_VERSION = 1
@@ -365,23 +366,8 @@ def load_run(build_dir: Path) -> dict[str, Any]:
         raise UserError(f"{p} is corrupt (not JSON)", hint=hint) from None
     except OSError as e:
         raise UserError(f"cannot read {p}: {e.strerror or e}", hint=hint) from None
-    problem = _run_problem(run)
+    problem = run_problem(run)
     if problem:
         raise UserError(f"{p} is malformed: {problem}", hint=hint)
-    return run
-
-
-def _run_problem(run: Any) -> str | None:
-    if not isinstance(run, dict):
-        return f"expected an object, found {type(run).__name__}"
-    for k in ("recipe", "target"):
-        if not isinstance(run.get(k), str):
-            return f"'{k}' must be a string"
-    for k, typ in (("overrides", dict), ("options", dict), ("stages", list)):
-        if k in run and not isinstance(run[k], typ):
-            return f"'{k}' must be a{'n object' if typ is dict else ' list'}"
-    for i, e in enumerate(run.get("stages", [])):
-        if not isinstance(e, dict) or not isinstance(e.get("stage"), str):
-            return f"stages[{i}] has no stage name"
     run.setdefault("stages", [])
-    return None
+    return run

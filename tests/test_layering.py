@@ -133,7 +133,7 @@ LAYERS: list[tuple[str, ...]] = [
     # Leaves every layer may use; each imports at most errors. runtimes.ort is the one onnxruntime
     # session factory (the zoo's ONNX teacher needs it too); onnxgraph holds the ONNX graph fixes
     # shared by converters, quantizers and the FLOP counter; hostinfo reads the CPU.
-    ("fsio", "config", "hostinfo", "onnxgraph", "runtimes.ort"),
+    ("fsio", "config", "hostinfo", "onnxgraph", "runtimes.ort", "lineage"),
     ("errors", "", "_cards"),  # "": the package root (__version__ only); _cards: the shipped cards (data)
 ]
 
@@ -222,7 +222,8 @@ def test_the_stage_engine_imports_no_domain_package():
     """pipeline.py is the generic engine: the caller hands it the rank and the pre-flight checks."""
     mods = _modules()
     used = {t for t, _, _ in _import_sites("edgekd.pipeline", mods["edgekd.pipeline"], mods)}
-    assert used <= {"edgekd", "edgekd.errors", "edgekd.fsio"}, sorted(used)
+    # lineage: the run.json model, a leaf beside fsio (pydantic only)
+    assert used <= {"edgekd", "edgekd.errors", "edgekd.fsio", "edgekd.lineage"}, sorted(used)
 
 
 # Modules that still build onnxruntime sessions themselves, each with its reason. Empty it, don't grow it.

@@ -1,162 +1,321 @@
-"""The report.json contract (ARCHITECTURE.md), its checker and loader, and atomic file writes."""
+"""The report.json contract (ARCHITECTURE.md, "Contracts") as pydantic models, the JSON Schema they
+publish (`edgekd report --schema`, report.schema.json), its checker and loader, and atomic writes.
+
+The models allow extra keys everywhere ("more keys are welcome; these must exist") and validate in
+strict mode: a number must be a JSON number (not a bool, not a string, not NaN/inf), so the rules are
+the ones a CI user gets from the published schema. `check_report` returns one line per problem, each
+naming the field (`models[1].latency_ms: missing 'p99'`); the report dict itself is never rewritten.
+"""
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from edgekd.errors import UserError
 
 REPORT_SCHEMA_VERSION = 1
 
-# "more keys are welcome; these must exist"
-REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
-    "report": ("schema_version", "recipe", "target", "created", "edgekd_version", "environment", "models",
-               "selected", "comparison"),
-    "environment": ("cpu", "threads", "runtimes"),
-    "model": ("role", "variant", "format", "runtime", "path", "params", "size_bytes", "accuracy", "latency_ms",
-              "throughput_per_s", "peak_rss_bytes", "energy"),
-    "latency_ms": ("p50", "p90", "p99", "mean", "n"),
-    "energy": ("joules_per_inference", "method"),
-    "comparison": ("speedup_p50", "size_ratio", "peak_rss_ratio", "energy_ratio", "accuracy_retention"),
-    "candidate": ("variant", "format", "path", "accuracy", "val_accuracy", "latency_ms", "size_bytes", "status"),
-}
-ROLES = ("teacher", "student")
-MEASURED_ON = ("device", "host", "estimate")  # where a row's latency/energy figures come from
+Role = Literal["teacher", "student"]
+MeasuredOn = Literal["device", "host", "estimate"]  # where a row's latency/energy figures come from
+ROLES: tuple[str, ...] = get_args(Role)
+MEASURED_ON: tuple[str, ...] = get_args(MeasuredOn)
 MEASURED_ENERGY_METHODS = ("rapl", "nvml", "npu-smi")
 CANDIDATE_STATUSES = ("selected", "over-budget", "slower-than-fp32", "within-noise-of-fp32", "larger-than-fp32", "kept",
                       "unsupported-on-target")  # or "failed: <reason>"
+# One regex per rule serves the validator and the published schema, so the two cannot disagree. The
+# names are [a-z0-9-] and go in unescaped: `\-` is not a valid escape in a JSON Schema (ECMA-262, u) regex.
+ENERGY_METHOD_PATTERN = "^(" + "|".join(MEASURED_ENERGY_METHODS) + r"|estimate-.+)$"
+# a failure reason may span lines (an exception's text), hence [\s\S] rather than .
+CANDIDATE_STATUS_PATTERN = "^(" + "|".join(CANDIDATE_STATUSES) + r"|failed[\s\S]*)$"
+
+_ERR = "edgekd_contract"  # the error type of our own rules: their message is already the whole sentence
 
 
-def _num(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _opt_num(x: Any) -> bool:
-    return x is None or _num(x)
+def _contract(message: str, field: str = "") -> PydanticCustomError:
+    """A rule's error; `field` (dotted) names the field below the validated object, for rules that
+    compare fields (a model validator's error is otherwise located at the object)."""
+    return PydanticCustomError(_ERR, message, {"field": field} if field else None)
 
 
 def energy_is_valid(method: Any) -> bool:
-    return isinstance(method, str) and (method in MEASURED_ENERGY_METHODS or
-                                        (method.startswith("estimate-") and len(method) > len("estimate-")))
+    """A measured counter's label or `estimate-<model>`: an estimate is never labelled as measured."""
+    return isinstance(method, str) and re.fullmatch(ENERGY_METHOD_PATTERN, method) is not None
 
 
-def _missing(d: dict, kind: str, where: str) -> list[str]:
-    return [f"{where}: missing '{k}'" for k in REQUIRED_KEYS[kind] if k not in d]
+def _fraction(x: float) -> float:
+    if not 0 <= x <= 1:
+        raise _contract(f"expected a fraction in [0, 1] or null, got {x!r}")
+    return x
 
 
-def _check_model(m: Any, where: str) -> list[str]:
-    if not isinstance(m, dict):
-        return [f"{where}: not an object"]
-    errs = _missing(m, "model", where)
-    if "role" in m and m["role"] not in ROLES:
-        errs.append(f"{where}.role: '{m['role']}' is not one of {', '.join(ROLES)}")
-    for k in ("params", "size_bytes", "peak_rss_bytes"):
-        if k in m and not (_opt_num(m[k]) and (m[k] is None or m[k] >= 0)):
-            errs.append(f"{where}.{k}: expected a non-negative number or null, got {m[k]!r}")
-    if "accuracy" in m and m["accuracy"] is not None and not (_num(m["accuracy"]) and 0 <= m["accuracy"] <= 1):
-        errs.append(f"{where}.accuracy: expected a fraction in [0, 1] or null, got {m['accuracy']!r}")
-    if "throughput_per_s" in m and not _opt_num(m["throughput_per_s"]):
-        errs.append(f"{where}.throughput_per_s: expected a number or null")
-    lat = m.get("latency_ms")
-    if "latency_ms" in m:
-        if not isinstance(lat, dict):
-            errs.append(f"{where}.latency_ms: expected an object")
-        else:
-            errs += _missing(lat, "latency_ms", f"{where}.latency_ms")
-            # null where the source has no such figure (msit prints no p90; an estimate is one number)
-            for k in REQUIRED_KEYS["latency_ms"]:
-                if k in lat and not (lat[k] is None or (_num(lat[k]) and lat[k] >= 0)):
-                    errs.append(f"{where}.latency_ms.{k}: expected a non-negative number or null, got {lat[k]!r}")
-            if m.get("measured_on") != "estimate" and not _num(lat.get("p50")):
-                errs.append(f"{where}.latency_ms.p50: a measured row needs a p50")
-    if "measured_on" in m and m["measured_on"] not in MEASURED_ON:
-        errs.append(f"{where}.measured_on: '{m['measured_on']}' is not one of {', '.join(MEASURED_ON)}")
-    if "measured_on" in m and not m.get("device"):
-        errs.append(f"{where}.device: a row with measured_on needs the device's name")
-    en = m.get("energy")
-    if "energy" in m:
-        if not isinstance(en, dict):
-            errs.append(f"{where}.energy: expected an object")
-        else:
-            errs += _missing(en, "energy", f"{where}.energy")
-            if "method" in en and not energy_is_valid(en["method"]):
-                errs.append(f"{where}.energy.method: '{en['method']}' is neither measured "
-                            f"({', '.join(MEASURED_ENERGY_METHODS)}) nor 'estimate-<model>'")
-            if "joules_per_inference" in en and not _opt_num(en["joules_per_inference"]):
-                errs.append(f"{where}.energy.joules_per_inference: expected a number or null")
-    return errs
+def _energy_method(m: str) -> str:
+    if not energy_is_valid(m):
+        raise _contract(f"'{m}' is neither measured ({', '.join(MEASURED_ENERGY_METHODS)}) nor 'estimate-<model>'")
+    return m
+
+
+def _status(s: str) -> str:
+    if re.fullmatch(CANDIDATE_STATUS_PATTERN, s) is None:
+        raise _contract(f"'{s}' is not one of {', '.join(CANDIDATE_STATUSES)}, failed: <reason>")
+    return s
+
+
+def _version(v: int) -> int:
+    if v != REPORT_SCHEMA_VERSION:
+        raise _contract(f"{v!r}, expected {REPORT_SCHEMA_VERSION}")
+    return v
+
+
+def _selected(s: str) -> str:
+    if "/" not in s:
+        raise _contract(f"expected '<role>/<variant>', got {s!r}")
+    return s
+
+
+Number = Annotated[float, Field(allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(allow_inf_nan=False, json_schema_extra={"minimum": 0, "maximum": 1}),
+                     AfterValidator(_fraction)]
+Perplexity = Annotated[float, Field(ge=1, allow_inf_nan=False)]  # exp(mean NLL) with NLL >= 0
+EnergyMethod = Annotated[str, Field(json_schema_extra={"pattern": ENERGY_METHOD_PATTERN},
+                                    description="rapl, nvml, npu-smi (measured) or estimate-<model>"),
+                         AfterValidator(_energy_method)]
+CandidateStatus = Annotated[str, Field(json_schema_extra={"pattern": CANDIDATE_STATUS_PATTERN}), AfterValidator(_status)]
+# strict int: `true` is not version 1 (a Literal[1] would take it)
+SchemaVersion = Annotated[int, Field(json_schema_extra={"const": REPORT_SCHEMA_VERSION}), AfterValidator(_version)]
+Selected = Annotated[str, Field(json_schema_extra={"pattern": "/"}, description="'<role>/<variant>' of a models row"),
+                     AfterValidator(_selected)]
+
+# Union branches add a tag to an error's location; these are ours and are dropped when naming the field.
+_TAGS = {"<value>", "<per-set>"}
+
+
+def _per_set(item: Any) -> Any:
+    """A figure, or one per evaluation set ({"in-template": 0.5, "held-out": 0.4, ...})."""
+    return Annotated[Union[Annotated[item, Tag("<value>")], Annotated[dict[str, Union[item, None]], Tag("<per-set>")]],
+                     Discriminator(lambda v: "<per-set>" if isinstance(v, dict) else "<value>")]
+
+
+class _Open(BaseModel):
+    """More keys are welcome; the listed ones must exist with these types."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class LatencyStats(_Open):
+    """Milliseconds; null where the source has no such figure (msit prints no p90; an estimate is one number)."""
+
+    p50: NonNegative | None
+    p90: NonNegative | None
+    p99: NonNegative | None
+    mean: NonNegative | None
+    n: NonNegative | None = Field(description="samples behind the figures")
+
+
+class Energy(_Open):
+    """Per inference (text generation: per generated token); `method` says how it was obtained."""
+
+    joules_per_inference: Number | None
+    method: EnergyMethod
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # `null` is refused: the key is absent or one of the enum
+
+
+class ModelRow(_Open):
+    """One artifact as profiled: the teacher or a student variant, on the runtime it ships with."""
+
+    # The cross-field rules of `_cross_field`, for JSON Schema validators.
+    model_config = ConfigDict(json_schema_extra={
+        "dependentSchemas": {"measured_on": {"required": ["device"],
+                                             "properties": {"device": {"type": "string", "minLength": 1}}}},
+        "if": {"required": ["measured_on"], "properties": {"measured_on": {"const": "estimate"}}},
+        "else": {"properties": {"latency_ms": {"properties": {"p50": {"type": "number"}}}}},
+    })
+
+    role: Role
+    variant: str
+    format: str
+    runtime: str
+    path: str = Field(description="relative to the build folder")
+    params: NonNegative | None
+    size_bytes: NonNegative | None
+    accuracy: Fraction | None = Field(description="top-1 accuracy; text generation: next-token agreement")
+    latency_ms: LatencyStats = Field(description="per inference; text generation: per generated token")
+    throughput_per_s: Number | None
+    peak_rss_bytes: NonNegative | None
+    energy: Energy
+    # absent in reports made before it existed; when present it is one of the three (not null)
+    measured_on: MeasuredOn = Field(None, description="where the latency and energy figures come from",  # type: ignore[assignment]
+                                    json_schema_extra=_no_default)
+    device: str | None = Field(None, description="the device's name; required with measured_on")
+    # Text generation, per generated token (optional: filled by the text-generation builder)
+    ttft_ms: LatencyStats | None = Field(None, description="time to first token (prefill of the prompt)")
+    ms_per_token: LatencyStats | None = Field(None, description="decode latency per generated token")
+    tokens_per_s: NonNegative | None = None
+    joules_per_token: NonNegative | None = None
+    agreement: _per_set(Fraction) | None = Field(  # type: ignore[valid-type]
+        None, description="next-token agreement with the teacher, or one per evaluation set")
+    perplexity: _per_set(Perplexity) | None = Field(None, description="or one per evaluation set")  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> ModelRow:
+        if self.measured_on != "estimate" and self.latency_ms.p50 is None:
+            raise _contract("a measured row needs a p50", "latency_ms.p50")
+        if "measured_on" in self.model_fields_set and not self.device:
+            raise _contract("a row with measured_on needs the device's name", "device")
+        return self
+
+
+class Environment(_Open):
+    """The machine the host figures come from."""
+
+    cpu: str | None
+    threads: int | None
+    runtimes: dict[str, str | None] = Field(description="{name: version}")
+
+
+class Comparison(_Open):
+    """Teacher (FP32, its native runtime) over the selected student artifact."""
+
+    speedup_p50: Number | None
+    size_ratio: Number | None
+    peak_rss_ratio: Number | None
+    energy_ratio: Number | None
+    accuracy_retention: Number | None
+    kd_gain_points: Number | None = Field(None, description="points the KD student beats the labels-only control by")
+
+
+class Control(_Open):
+    """The labels-only control student."""
+
+    accuracy: Fraction | None = None
+
+
+class Training(_Open):
+    """How the teacher and student were trained; `control` is the labels-only control student."""
+
+    control: Control | None = None
+
+
+class Candidate(_Open):
+    """A quantization candidate of the student and what the selection made of it."""
+
+    variant: str
+    format: str | None
+    path: str | None
+    accuracy: Fraction | None
+    val_accuracy: Fraction | None
+    latency_ms: LatencyStats | None
+    size_bytes: NonNegative | None
+    status: CandidateStatus
+
+
+def _report_schema_extra(schema: dict[str, Any]) -> None:
+    # A teacher row and a student row, for JSON Schema validators. `selected` naming a models row is
+    # the one rule a JSON Schema cannot say; check_report says it.
+    schema["properties"]["models"]["allOf"] = [
+        {"contains": {"type": "object", "properties": {"role": {"const": role}}, "required": ["role"]}} for role in ROLES]
+
+
+class Report(_Open):
+    """edgekd report.json (the contract in ARCHITECTURE.md): more keys are welcome at every level;
+    `selected` must also name a row of `models`."""
+
+    model_config = ConfigDict(title="edgekd report.json", json_schema_extra=_report_schema_extra)
+
+    schema_version: SchemaVersion
+    recipe: str | None
+    target: str | None
+    created: str
+    edgekd_version: str
+    environment: Environment
+    models: list[ModelRow] = Field(min_length=1)
+    selected: Selected
+    comparison: Comparison
+    candidates: list[Candidate] | None = None
+    training: Training | None = None
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> Report:
+        roles = {m.role for m in self.models}
+        for role in ROLES:
+            if role not in roles:
+                raise _contract(f"no {role} entry", "models")
+        keys = {f"{m.role}/{m.variant}" for m in self.models}
+        if self.selected not in keys:
+            raise _contract(f"'{self.selected}' is not among models ({', '.join(sorted(keys))})", "selected")
+        return self
+
+
+def report_json_schema() -> dict[str, Any]:
+    """The JSON Schema of report.json that the models enforce (what `edgekd report --schema` prints)."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **Report.model_json_schema()}
+
+
+def report_schema_text() -> str:
+    """report_json_schema() as the committed edgekd/report/report.schema.json holds it."""
+    return json.dumps(report_json_schema(), indent=2) + "\n"
+
+
+# "more keys are welcome; these must exist" (read off the models, for callers that list them)
+REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
+    kind: tuple(name for name, f in model.model_fields.items() if f.is_required())
+    for kind, model in (("report", Report), ("environment", Environment), ("model", ModelRow),
+                        ("latency_ms", LatencyStats), ("energy", Energy), ("comparison", Comparison),
+                        ("candidate", Candidate))}
+
+# pydantic's wording for a wrong type, said the way the rest of our messages say it
+_TYPE_WORDS = {"model_type": "expected an object", "dict_type": "expected an object", "list_type": "expected a list",
+               "float_type": "expected a number", "int_type": "expected an integer", "string_type": "expected a string",
+               "finite_number": "expected a finite number", "too_short": "expected a non-empty list"}
+
+
+def _where(loc: list[Any]) -> str:
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _short(x: Any) -> str:
+    r = repr(x)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _problem(err: Any, root: str) -> str:
+    loc = [p for p in err["loc"] if p not in _TAGS]
+    field = (err.get("ctx") or {}).get("field")
+    if field:
+        loc += field.split(".")
+    if err["type"] == "missing":
+        return f"{_where(loc[:-1]) or root}: missing '{loc[-1]}'"
+    where = _where(loc) or root
+    if err["type"] == _ERR:
+        return f"{where}: {err['msg']}"
+    if err["type"] == "greater_than_equal":
+        words = f"expected a number >= {err['ctx']['ge']:g}"
+    else:
+        words = _TYPE_WORDS.get(err["type"]) or (err["msg"][:1].lower() + err["msg"][1:])
+    return f"{where}: {words}, got {_short(err['input'])}"
 
 
 def check_report(d: Any) -> list[str]:
-    """Problems with a report against the contract; empty when it conforms."""
+    """Problems with a report against the contract, each naming its field; empty when it conforms."""
     if not isinstance(d, dict):
         return ["report: expected a JSON object"]
-    errs = _missing(d, "report", "report")
-    if "schema_version" in d and d["schema_version"] != REPORT_SCHEMA_VERSION:
-        errs.append(f"schema_version: {d['schema_version']!r}, expected {REPORT_SCHEMA_VERSION}")
-    env = d.get("environment")
-    if "environment" in d:
-        if not isinstance(env, dict):
-            errs.append("environment: expected an object")
-        else:
-            errs += _missing(env, "environment", "environment")
-            if "runtimes" in env and not isinstance(env["runtimes"], dict):
-                errs.append("environment.runtimes: expected an object {name: version}")
-    models = d.get("models")
-    keys: set[str] = set()
-    if "models" in d:
-        if not isinstance(models, list) or not models:
-            errs.append("models: expected a non-empty list")
-        else:
-            for i, m in enumerate(models):
-                errs += _check_model(m, f"models[{i}]")
-                if isinstance(m, dict):
-                    keys.add(f"{m.get('role')}/{m.get('variant')}")
-            roles = {m.get("role") for m in models if isinstance(m, dict)}
-            for role in ROLES:
-                if role not in roles:
-                    errs.append(f"models: no {role} entry")
-    if "selected" in d:
-        sel = d["selected"]
-        if not isinstance(sel, str) or "/" not in sel:
-            errs.append(f"selected: expected '<role>/<variant>', got {sel!r}")
-        elif keys and sel not in keys:
-            errs.append(f"selected: '{sel}' is not among models ({', '.join(sorted(keys))})")
-    comp = d.get("comparison")
-    if "comparison" in d:
-        if not isinstance(comp, dict):
-            errs.append("comparison: expected an object")
-        else:
-            errs += _missing(comp, "comparison", "comparison")
-            for k in REQUIRED_KEYS["comparison"]:
-                if k in comp and not _opt_num(comp[k]):
-                    errs.append(f"comparison.{k}: expected a number or null, got {comp[k]!r}")
-    if isinstance(comp, dict) and "kd_gain_points" in comp and not _opt_num(comp["kd_gain_points"]):
-        errs.append(f"comparison.kd_gain_points: expected a number or null, got {comp['kd_gain_points']!r}")
-    ctrl = (d.get("training") or {}).get("control") if isinstance(d.get("training"), dict) else None
-    if ctrl is not None:
-        if not isinstance(ctrl, dict):
-            errs.append("training.control: expected an object or null")
-        elif ctrl.get("accuracy") is not None and not (_num(ctrl["accuracy"]) and 0 <= ctrl["accuracy"] <= 1):
-            errs.append(f"training.control.accuracy: expected a fraction in [0, 1] or null, got {ctrl['accuracy']!r}")
-    cands = d.get("candidates")
-    if cands is not None:
-        if not isinstance(cands, list):
-            errs.append("candidates: expected a list")
-        else:
-            for i, c in enumerate(cands):
-                if not isinstance(c, dict):
-                    errs.append(f"candidates[{i}]: not an object")
-                    continue
-                errs += _missing(c, "candidate", f"candidates[{i}]")
-                st = c.get("status")
-                if "status" in c and not (st in CANDIDATE_STATUSES or (isinstance(st, str) and st.startswith("failed"))):
-                    errs.append(f"candidates[{i}].status: '{st}' is not one of {', '.join(CANDIDATE_STATUSES)}, failed: <reason>")
-                if c.get("accuracy") is not None and not (_num(c["accuracy"]) and 0 <= c["accuracy"] <= 1):
-                    errs.append(f"candidates[{i}].accuracy: expected a fraction in [0, 1] or null")
-    return errs
+    try:
+        Report.model_validate(d)
+    except ValidationError as e:
+        return [_problem(err, "report") for err in e.errors(include_url=False)]
+    return []
 
 
 def load_report(path: Path | str, strict: bool = True) -> dict:
