@@ -183,16 +183,19 @@ def report(
 ) -> None:
     """Regenerate report.json/.md/.html from the build folder's stage result files alone."""
     def go() -> None:
+        from edgekd.fsio import BuildLock
         from edgekd.pipeline import load_run
         from edgekd.report import write_all
         from edgekd.tasks import build_report
         from edgekd.tasks.common import REPORT_DIRNAME
 
         load_run(build_dir)
-        rep = build_report(build_dir)
-        dest = build_dir / REPORT_DIRNAME
-        dest.mkdir(exist_ok=True)
-        files = write_all(rep, dest)
+        # a build running in this folder rewrites the stage results the report reads: one at a time
+        with BuildLock(build_dir):
+            rep = build_report(build_dir)
+            dest = build_dir / REPORT_DIRNAME
+            dest.mkdir(exist_ok=True)
+            files = write_all(rep, dest)
         if json_out:
             sys.stdout.write(json.dumps(rep, indent=2) + "\n")
         else:
