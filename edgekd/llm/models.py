@@ -117,9 +117,6 @@ def materialize_teacher(spec: str, cache_dir: Path, log=None) -> tuple[Path, str
     return out, digest
 
 
-TEXT_EXTRA_HINT = "pip install gguf accelerate  (the 'text' extra; exact versions in constraints.txt)"
-
-
 def require_gguf_reader() -> None:
     """transformers reads GGUF only with the `gguf` and `accelerate` packages; without accelerate it
     raises a ValueError deep in from_pretrained. Say so in one line (exit 2) before any work."""
@@ -128,7 +125,8 @@ def require_gguf_reader() -> None:
             importlib.import_module(pkg)
         except ImportError as e:
             raise ConfigError(f"reading a GGUF teacher needs the '{pkg}' package, which cannot be imported ({e})",
-                              hint=TEXT_EXTRA_HINT) from None
+                              hint=f"pip install {pkg}  (or both GGUF readers, gguf and accelerate: "
+                                   "pip install 'edgekd[text]'; tested versions in constraints.txt)") from None
 
 
 def _dequantize_gguf(gguf: Path, digest: str, tmp: Path, out: Path, log) -> None:
