@@ -95,8 +95,9 @@ def generate_answers(model, tok, prompts: list[dict], out: Path, settings: dict[
     `out` may be shared by several builds (one EDGEKD_CACHE): the whole read-generate-append runs
     under the file's `cache_lock`, so a second build waits, then finds the answers made (no line
     written twice, none interleaved); a line torn by a killed writer is dropped by the next one."""
-    from edgekd.fsio import cache_lock
+    from edgekd.fsio import cache_lock, clean_dead_leftovers
 
+    clean_dead_leftovers(out.parent)  # a rewrite cut short by a kill (`.NAME.tmp-PID` of a dead pid)
     with cache_lock(out, on_wait=(lambda: log(f"  waiting for another build generating into {out}")) if log else None):
         return _generate_locked(model, tok, prompts, out, settings, progress)
 
