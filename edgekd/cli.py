@@ -234,16 +234,19 @@ def report(
             return
         if build_dir is None:
             raise UserError("report needs BUILD_DIR", hint="edgekd report builds/x (or --schema for the JSON Schema)")
+        from edgekd.fsio import BuildLock
         from edgekd.pipeline import load_run
         from edgekd.report import write_all
         from edgekd.tasks import build_report
         from edgekd.tasks.stages.report import REPORT_DIRNAME
 
         load_run(build_dir)
-        rep = build_report(build_dir)
-        dest = build_dir / REPORT_DIRNAME
-        dest.mkdir(exist_ok=True)
-        files = write_all(rep, dest)
+        # a build running in this folder rewrites the stage results the report reads: one at a time
+        with BuildLock(build_dir):
+            rep = build_report(build_dir)
+            dest = build_dir / REPORT_DIRNAME
+            dest.mkdir(exist_ok=True)
+            files = write_all(rep, dest)
         if json_out:
             sys.stdout.write(json.dumps(rep, indent=2) + "\n")
         else:

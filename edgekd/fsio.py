@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from edgekd.errors import UserError
+from edgekd.errors import StageError, UserError
 
 
 def sha256_file(path: Path | str) -> str:
@@ -181,6 +181,40 @@ def cache_lock(path: Path, timeout: float = -1, on_wait: Callable[[], None] | No
         yield
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def cache_entry(final: Path, done: Callable[[Path], bool] | None = None,
+                on_wait: Callable[[], None] | None = None) -> Iterator[Path | None]:
+    """Make the shared-cache folder `final` once, whatever the number of builds sharing the cache.
+
+    The one way every shared-cache entry is written: under `cache_lock(final)`, yields None when
+    the entry is already complete (`done(final)`, default: the folder exists), else an empty
+    private temp folder (`.NAME.tmp-PID`) to fill; on a clean exit that folder is published with
+    `publish_dir_atomic`, on an error it is removed. So a second build asking for the same entry
+    waits, then finds it made; a reader never sees a half-written entry; a killed writer leaves only
+    a `.tmp-PID` folder, removed here (`clean_dead_leftovers`) by the next writer.
+
+        with cache_entry(folder, done=lambda p: (p / "meta.json").is_file()) as tmp:
+            if tmp is not None:
+                ...write into tmp...
+    """
+    is_done = done if done is not None else Path.is_dir
+    clean_dead_leftovers(final.parent)
+    with cache_lock(final, on_wait=on_wait):
+        if is_done(final):
+            yield None
+            return
+        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            yield tmp
+            if not is_done(tmp):
+                raise StageError(f"cache entry {final} was not completed by its writer", hint="this is a bug in edgekd")
+            publish_dir_atomic(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # published (gone already) or failed: nothing half-made stays
 
 
 class BuildLock:

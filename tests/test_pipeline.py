@@ -198,25 +198,23 @@ def test_leftovers_of_dead_processes_are_cleaned_live_ones_kept(tmp_path):
         live.wait()
 
 
-def test_cache_lock_makes_a_shared_entry_once(tmp_path):
+def test_cache_entry_makes_a_shared_entry_once(tmp_path):
     """Two processes that want the same cache entry: one makes it, the other waits and reuses it."""
     entry = tmp_path / "cache" / "teachers" / "k1"
     log = tmp_path / "log"
     script = textwrap.dedent(f"""
         import os, sys, time
         from pathlib import Path
-        from edgekd.fsio import cache_lock, publish_dir_atomic
+        from edgekd.fsio import cache_entry
         entry, log = Path({str(entry)!r}), Path({str(log)!r})
-        with cache_lock(entry, on_wait=lambda: open(log, "a").write(f"wait {{os.getpid()}}\\n")):
+        with cache_entry(entry, done=lambda p: (p / "teacher.pt").is_file(),
+                         on_wait=lambda: open(log, "a").write(f"wait {{os.getpid()}}\\n")) as tmp:
             Path(sys.argv[1]).write_text("1")  # p2 starts only once p1 holds the lock
-            if (entry / "teacher.pt").is_file():
+            if tmp is None:
                 open(log, "a").write(f"reused {{os.getpid()}}\\n")
             else:
-                tmp = entry.with_name(f".{{entry.name}}.tmp-{{os.getpid()}}")
-                tmp.mkdir(parents=True)
                 time.sleep(1.0)  # training
                 (tmp / "teacher.pt").write_text(str(os.getpid()))
-                publish_dir_atomic(tmp, entry)
                 open(log, "a").write(f"built {{os.getpid()}}\\n")
     """)
     p1 = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "s1")])
@@ -228,6 +226,26 @@ def test_cache_lock_makes_a_shared_entry_once(tmp_path):
     builder = next(int(e[1]) for e in events if e[0] == "built")
     assert (entry / "teacher.pt").read_text() == str(builder)
     assert sorted(p.name for p in entry.parent.iterdir()) == [".k1.lock", "k1"]
+
+
+def test_cache_entry_publishes_nothing_for_a_failed_or_unfinished_writer(tmp_path):
+    from edgekd.errors import StageError
+    from edgekd.fsio import cache_entry
+
+    entry = tmp_path / "k"
+    with pytest.raises(ZeroDivisionError):
+        with cache_entry(entry) as tmp:
+            (tmp / "half").write_text("x")
+            1 / 0
+    with pytest.raises(StageError, match="not completed"):  # its completion marker never written
+        with cache_entry(entry, done=lambda p: (p / "done").is_file()) as tmp:
+            (tmp / "half").write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".k.lock"]
+    with cache_entry(entry, done=lambda p: (p / "done").is_file()) as tmp:
+        (tmp / "done").write_text("1")
+    with cache_entry(entry, done=lambda p: (p / "done").is_file()) as tmp:
+        assert tmp is None  # complete: nothing to make
+    assert sorted(p.name for p in entry.iterdir()) == ["done"]
 
 
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"recipe": "digits-mlp"}', '\udcff'])

@@ -9,12 +9,17 @@ Storage: full logits in fp16 when num_classes <= 64 or top_k is None (or top_k >
 otherwise the top-k logits (fp16) with their class indices (int32) and each row's log-sum-exp over
 ALL classes (fp32), which `get` uses to give the missing classes the exact leftover probability mass.
 
+Sharing: the cache folder may be shared by several builds at once (one EDGEKD_CACHE). Every entry
+is made in a private temp folder and published whole under the entry's lock (`fsio.cache_entry`):
+a second build asking for the same entry waits, then reads the first one's; a reader never sees a
+half-written entry.
+
 Sharding: with several ranks, `write(..., rank, world_size)` writes one contiguous shard per rank
-(`shard-RRRRR-of-WWWWW.*`, each via a temp file + rename); `open()` checks every shard is there,
-merges them into the final arrays and deletes the shards. Call `open()` from ONE process after all
-ranks wrote (e.g. rank 0 after a barrier); other processes may `open()` once meta.json exists.
-Row order and augmentation are fixed per 256-row chunk, so the cache content does not depend on
-world_size.
+(`shard-RRRRR-of-WWWWW.*`, each via a temp file + rename) into `.<key>.shards/` beside the entry;
+`open()` checks every shard is there, merges them into the entry under its lock and deletes the
+shards. Call `open()` from ONE process after all ranks wrote (e.g. rank 0 after a barrier); other
+processes may `open()` once meta.json exists. Row order and augmentation are fixed per 256-row
+chunk, so the cache content does not depend on world_size.
 
 `TopKSequenceCache` is the sibling for language models: a variable number of rows (answer tokens)
 per sample, top-k only, in a folder named by the caller's key.
@@ -34,7 +39,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import StageError
-from edgekd.fsio import replace_durable
+from edgekd.fsio import cache_entry, replace_durable
 
 CACHE_VERSION = 1
 CHUNK = 256  # rows per teacher pass and per augmentation generator: part of the format (see CACHE_VERSION)
@@ -87,6 +92,15 @@ def augmented_view(x: np.ndarray | torch.Tensor, augment: Augment, augment_seed:
                       for r0 in range(0, len(xt), CHUNK)]) if len(xt) else xt.clone()
 
 
+def _complete(folder: Path) -> bool:
+    """A logit-cache entry is complete once its meta.json is there (written last)."""
+    return (folder / "meta.json").is_file()
+
+
+def _array_file(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}.npy" if prefix else f"{name}.npy"
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     from edgekd.fsio import write_json_atomic
 
@@ -121,19 +135,27 @@ class TeacherLogitCache:
     # ------------------------------------------------------------------ writing
 
     def exists(self) -> bool:
-        return (self.dir / "meta.json").is_file()
+        return _complete(self.dir)
 
     def _prefix(self, rank: int, world_size: int) -> str:
         return f"shard-{rank:05d}-of-{world_size:05d}"
+
+    @property
+    def staging(self) -> Path:
+        """Where the ranks of a sharded write put their shards until `open()` merges them: beside the
+        entry, never inside it, so the entry itself only ever appears whole (`fsio.cache_entry`)."""
+        return self.dir.with_name(f".{self.key}.shards")
 
     @torch.no_grad()
     def write(self, teacher: nn.Module | Callable[[torch.Tensor], torch.Tensor], x: np.ndarray | torch.Tensor, *,
               rank: int = 0, world_size: int = 1, augment: Augment | None = None, batch_size: int = CHUNK) -> None:
         """Run `teacher` over this rank's share of `x` (in order) and write this rank's shard.
 
-        With an `augment_seed`, `augment(x_chunk, generator)` is applied to each 256-row chunk with a
-        generator seeded from (augment_seed, chunk number). NaN/inf logits raise StageError naming the
-        first bad sample's index in `x`.
+        With one rank the entry is made and published at once, under the entry's lock: a second
+        build sharing the cache waits for it and then reuses it. With several ranks each writes its
+        shard into `staging` and `open()` merges them. With an `augment_seed`,
+        `augment(x_chunk, generator)` is applied to each 256-row chunk with a generator seeded from
+        (augment_seed, chunk number). NaN/inf logits raise StageError naming the first bad sample's index in `x`.
         """
         if (augment is None) != (self.augment_seed is None):
             raise StageError("teacher-logit cache: augment and augment_seed must be given together",
@@ -146,8 +168,37 @@ class TeacherLogitCache:
         n_chunks = -(-n // CHUNK)
         c_lo, c_hi = rank * n_chunks // world_size, (rank + 1) * n_chunks // world_size
         start, stop = min(n, c_lo * CHUNK), min(n, c_hi * CHUNK)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if world_size == 1:
+            with cache_entry(self.dir, done=_complete) as tmp:
+                if tmp is None:
+                    return  # another build made it while this one waited for the lock
+                fmt, num_classes = self._pass(teacher, x, c_lo, c_hi, start, stop, augment, batch_size, tmp, "")
+                if fmt is None:
+                    raise StageError("teacher-logit cache: the dataset is empty", hint="check the training data")
+                self._write_meta(tmp, fmt, n, num_classes, 1)
+            return
+        staging = self.staging
+        staging.mkdir(parents=True, exist_ok=True)
         prefix = self._prefix(rank, world_size)
+        try:
+            fmt, num_classes = self._pass(teacher, x, c_lo, c_hi, start, stop, augment, batch_size, staging, prefix)
+            _write_json(staging / f"{prefix}.json", {
+                "rank": rank, "world_size": world_size, "start": start, "stop": stop, "num_samples": n,
+                "format": fmt, "num_classes": num_classes})
+        except FileNotFoundError:
+            # Another build sharing the cache merged the same entry and removed the shard folder under us.
+            if self.exists():
+                return
+            raise
+        if self.exists():  # made meanwhile by another build: nobody will merge these shards
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _pass(self, teacher: nn.Module | Callable[[torch.Tensor], torch.Tensor], x: np.ndarray | torch.Tensor,
+              c_lo: int, c_hi: int, start: int, stop: int, augment: Augment | None, batch_size: int,
+              folder: Path, prefix: str) -> tuple[str | None, int | None]:
+        """The teacher over chunks c_lo..c_hi, its arrays written into `folder` as `[prefix.]NAME.npy`
+        (each through a temp file and a durable rename). Returns (format, num_classes), None when no rows."""
+        n = len(x)
         module = teacher if isinstance(teacher, nn.Module) else None
         was_training = module.training if module is not None else False
         device = next(iter(module.parameters()), torch.empty(0)).device if module is not None else torch.device("cpu")
@@ -183,7 +234,7 @@ class TeacherLogitCache:
                     if fmt == "topk":
                         specs |= {"indices": (np.int32, (rows, k)), "lse": (np.float32, (rows,))}
                     for name, (dtype, shape) in specs.items():
-                        tmp_paths[name] = self.dir / f"{prefix}.{name}.tmp{os.getpid()}.npy"
+                        tmp_paths[name] = folder / f".{_array_file(prefix, name)}.tmp-{os.getpid()}"
                         arrays[name] = np.lib.format.open_memmap(tmp_paths[name], mode="w+", dtype=dtype, shape=shape)
                 elif logits.shape[1] != num_classes:
                     raise StageError(f"teacher returned {logits.shape[1]} classes at sample {r0}, "
@@ -196,32 +247,41 @@ class TeacherLogitCache:
                     arrays["values"][o0:o1] = top.values.numpy().astype(np.float16)
                     arrays["indices"][o0:o1] = top.indices.numpy().astype(np.int32)
                     arrays["lse"][o0:o1] = torch.logsumexp(logits, dim=1).numpy()
-            for name, arr in arrays.items():
+            for arr in arrays.values():
                 arr.flush()
             arrays.clear()
             for name, tmp in tmp_paths.items():
-                replace_durable(tmp, self.dir / f"{prefix}.{name}.npy")
-            _write_json(self.dir / f"{prefix}.json", {
-                "rank": rank, "world_size": world_size, "start": start, "stop": stop, "num_samples": n,
-                "format": fmt, "num_classes": num_classes})
+                replace_durable(tmp, folder / _array_file(prefix, name))
         finally:
             arrays.clear()
             for tmp in tmp_paths.values():
                 tmp.unlink(missing_ok=True)
             if module is not None:
                 module.train(was_training)
+        return fmt, num_classes
 
     def _format(self, num_classes: int) -> str:
         if self.top_k is None or num_classes <= FULL_MAX_CLASSES or self.top_k >= num_classes:
             return "full"
         return "topk"
 
+    def _write_meta(self, folder: Path, fmt: str, n: int, num_classes: int | None, world_size: int) -> None:
+        _write_json(folder / "meta.json", {
+            "version": CACHE_VERSION, "key": self.key, "teacher_hash": self.teacher_hash, "data_hash": self.data_hash,
+            "augment_seed": self.augment_seed, "top_k": self.top_k, "format": fmt, "num_samples": n,
+            "num_classes": num_classes, "chunk": CHUNK, "dtype": "float16", "world_size_written": world_size,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
     # ------------------------------------------------------------------ merging and reading
 
     def open(self) -> "TeacherLogitCache":
-        """Merge the shards (once) and memory-map the arrays for `get`."""
+        """Merge the shards (once, under the entry's lock) and memory-map the arrays for `get`."""
         if not self.exists():
-            self._merge()
+            with cache_entry(self.dir, done=_complete) as tmp:
+                if tmp is not None:
+                    self._merge(tmp)
+        # The entry is complete from here on, so no one needs the shards any more (this build's or another's).
+        shutil.rmtree(self.staging, ignore_errors=True)
         self.meta = json.loads((self.dir / "meta.json").read_text())
         self._values = np.load(self.dir / "values.npy", mmap_mode="r")
         if self.meta["format"] == "topk":
@@ -229,8 +289,10 @@ class TeacherLogitCache:
             self._lse = np.load(self.dir / "lse.npy", mmap_mode="r")
         return self
 
-    def _merge(self) -> None:
-        metas = [json.loads(p.read_text()) for p in sorted(self.dir.glob("shard-*-of-*.json"))] if self.dir.is_dir() else []
+    def _merge(self, out: Path) -> None:
+        """The shards in `staging` joined into the entry's arrays in `out` (the entry's temp folder)."""
+        staging = self.staging
+        metas = [json.loads(p.read_text()) for p in sorted(staging.glob("shard-*-of-*.json"))] if staging.is_dir() else []
         if not metas:
             raise StageError(f"teacher-logit cache {self.dir} has no shards", hint="run write() before open()")
         sizes = sorted({m["world_size"] for m in metas})
@@ -256,25 +318,16 @@ class TeacherLogitCache:
         fmt, num_classes = filled[0]["format"], filled[0]["num_classes"]
         names = ["values"] + (["indices", "lse"] if fmt == "topk" else [])
         for name in names:
-            parts = [self.dir / f"{self._prefix(m['rank'], w)}.{name}.npy" for m in filled]
-            if len(parts) == 1:
-                replace_durable(parts[0], self.dir / f"{name}.npy")
-                continue
+            # Copied, not moved: the shards stay whole until the merged entry is published.
+            parts = [staging / _array_file(self._prefix(m["rank"], w), name) for m in filled]
             first = np.load(parts[0], mmap_mode="r")
-            tmp = self.dir / f"{name}.tmp{os.getpid()}.npy"
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=first.dtype, shape=(n, *first.shape[1:]))
+            merged = np.lib.format.open_memmap(out / f"{name}.npy", mode="w+", dtype=first.dtype,
+                                               shape=(n, *first.shape[1:]))
             for m, p in zip(filled, parts):
-                out[m["start"]:m["stop"]] = np.load(p, mmap_mode="r")
-            out.flush()
-            del out, first
-            replace_durable(tmp, self.dir / f"{name}.npy")
-        _write_json(self.dir / "meta.json", {
-            "version": CACHE_VERSION, "key": self.key, "teacher_hash": self.teacher_hash, "data_hash": self.data_hash,
-            "augment_seed": self.augment_seed, "top_k": self.top_k, "format": fmt, "num_samples": n,
-            "num_classes": num_classes, "chunk": CHUNK, "dtype": "float16", "world_size_written": w,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        for p in self.dir.glob("shard-*"):
-            p.unlink(missing_ok=True)
+                merged[m["start"]:m["stop"]] = np.load(p, mmap_mode="r")
+            merged.flush()
+            del merged, first
+        self._write_meta(out, fmt, n, num_classes, w)
 
     def __len__(self) -> int:
         return int(self._require()["num_samples"])
@@ -326,7 +379,8 @@ class TopKSequenceCache:
     Layout of `folder` (named by the caller's key: teacher hash, data hash, top_k, max length):
     `values.npy` (fp16 [rows, k]), `indices.npy` (int32 [rows, k]), `offsets.npy` (int64 [n + 1]:
     sample i owns rows offsets[i]:offsets[i+1]) and `done.json`, written last. The folder is built
-    under a temporary name and renamed into place, so a killed pass leaves nothing that looks done.
+    under a temporary name and published whole under its lock (`fsio.cache_entry`), so a killed
+    pass leaves nothing that looks done and two builds sharing the cache make it once.
     Read back with `rows(i)` or `get(indices)`; the loss (soft_label with `teacher_topk`)
     renormalizes over the k ids.
     """
@@ -352,15 +406,10 @@ class TopKSequenceCache:
         n = len(rows_per_sample)
         offsets = np.zeros(n + 1, dtype=np.int64)
         offsets[1:] = np.cumsum(rows_per_sample)
-        tmp = self.dir.with_name(self.dir.name + f".tmp-{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        try:
-            self._fill(tmp, teacher_rows, offsets, top_k, batch_size, progress)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)  # a failed or interrupted pass leaves no half folder
-            raise
-        shutil.rmtree(self.dir, ignore_errors=True)
-        os.replace(tmp, self.dir)
+        # Made once under the entry's lock: a second build sharing the cache waits, then reads this one's.
+        with cache_entry(self.dir, done=lambda p: (p / "done.json").is_file()) as tmp:
+            if tmp is not None:
+                self._fill(tmp, teacher_rows, offsets, top_k, batch_size, progress)
         return self.open()
 
     def _fill(self, tmp: Path, teacher_rows: Callable[[list[int]], torch.Tensor], offsets: np.ndarray, top_k: int,

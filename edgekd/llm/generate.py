@@ -6,7 +6,8 @@ shipped set (`models/prompts/smollm2-prompts-900.jsonl`) is the 300 prompts writ
 generated greedily in batches (left padding) and appended to a JSONL file whose first line holds
 the settings and the teacher hash; after a kill the next run keeps the finished answers and
 generates only the rest. An answer is kept per prompt (same id, same text), so adding prompts to a
-set extends its cache instead of starting over.
+set extends its cache instead of starting over. Builds sharing the file take its lock for the
+whole pass (`fsio.cache_lock`): one generates, the other waits and then reuses the answers.
 """
 from __future__ import annotations
 
@@ -86,11 +87,26 @@ def _read_done(path: Path, header: dict) -> dict[str, dict]:
 
 
 def generate_answers(model, tok, prompts: list[dict], out: Path, settings: dict[str, Any],
-                     progress: Callable[[int, int], None] | None = None) -> list[dict]:
+                     progress: Callable[[int, int], None] | None = None,
+                     log: Callable[[str], None] | None = None) -> list[dict]:
     """Greedy answers for every prompt, appended to `out` batch by batch (resumable). Cached answers
-    of prompts not asked for this time stay in the file (another split or subset may ask again)."""
+    of prompts not asked for this time stay in the file (another split or subset may ask again).
+
+    `out` may be shared by several builds (one EDGEKD_CACHE): the whole read-generate-append runs
+    under the file's `cache_lock`, so a second build waits, then finds the answers made (no line
+    written twice, none interleaved); a line torn by a killed writer is dropped by the next one."""
+    from edgekd.fsio import cache_lock, clean_dead_leftovers
+
+    clean_dead_leftovers(out.parent)  # a rewrite cut short by a kill (`.NAME.tmp-PID` of a dead pid)
+    with cache_lock(out, on_wait=(lambda: log(f"  waiting for another build generating into {out}")) if log else None):
+        return _generate_locked(model, tok, prompts, out, settings, progress)
+
+
+def _generate_locked(model, tok, prompts: list[dict], out: Path, settings: dict[str, Any],
+                     progress: Callable[[int, int], None] | None) -> list[dict]:
     import torch
 
+    from edgekd.fsio import write_bytes_atomic
     from edgekd.llm.models import stop_ids
 
     header = {"settings": settings}
@@ -103,12 +119,8 @@ def generate_answers(model, tok, prompts: list[dict], out: Path, settings: dict[
     todo = [p for p in prompts if not cached(p)]
     asked = {p["id"] for p in prompts}
     # rewrite the file with only the valid rows (drops a torn line and answers to edited prompts), then append
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(header) + "\n")
-        for r in [*rows, *(r for i, r in done.items() if i not in asked)]:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, out)
+    kept = [*rows, *(r for i, r in done.items() if i not in asked)]
+    write_bytes_atomic(out, "".join(json.dumps(r) + "\n" for r in [header, *kept]).encode("utf-8"))
     stops = stop_ids(tok, model)
     pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
     bs = int(settings["batch_size"])
@@ -127,6 +139,7 @@ def generate_answers(model, tok, prompts: list[dict], out: Path, settings: dict[
             with torch.no_grad():
                 gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=int(settings["max_new_tokens"]),
                                      do_sample=False, eos_token_id=stops, pad_token_id=pad)
+            lines = []
             for j, p in enumerate(batch):
                 ans = gen[j, width:].tolist()
                 cut = next((k for k, t in enumerate(ans) if t in stops), None)
@@ -135,8 +148,9 @@ def generate_answers(model, tok, prompts: list[dict], out: Path, settings: dict[
                 # an empty answer is recorded (so a resume does not ask again) and skipped by training
                 text = tok.decode(ans, skip_special_tokens=True).strip()
                 row = {"id": p["id"], "prompt": p["prompt"], "answer": text, "tokens": len(ans), "finished": finished}
-                f.write(json.dumps(row) + "\n")
+                lines.append(json.dumps(row) + "\n")
                 rows.append(row)
+            f.write("".join(lines))  # one write per batch, fsynced: a kill tears at most the last line
             f.flush()
             os.fsync(f.fileno())
             if progress:

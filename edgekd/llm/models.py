@@ -16,12 +16,11 @@ import functools
 import importlib
 import importlib.util
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from edgekd.errors import ConfigError, StageError
+from edgekd.fsio import cache_entry
 
 
 def _package_dir(name: str) -> Path:
@@ -107,32 +106,45 @@ def materialize_teacher(spec: str, cache_dir: Path, log=None) -> tuple[Path, str
         return materialize_teacher(str(folder), cache_dir, log)
     digest = _sha256(src["path"])
     out = cache_dir / "llm" / digest[:16]
-    if (out / "edgekd-source.json").is_file():
-        return out, digest
+    gguf = Path(src["path"])
+    # Unpacked once under the entry's lock: two builds sharing the cache dequantize it once, and a
+    # reader never sees a folder whose weights are still being written.
+    with cache_entry(out, done=lambda p: (p / "edgekd-source.json").is_file(),
+                     on_wait=(lambda: log(f"waiting for another build unpacking {gguf.name} into {out}")) if log else None
+                     ) as tmp:
+        if tmp is not None:
+            _dequantize_gguf(gguf, digest, tmp, out, log)
+    return out, digest
+
+
+def require_gguf_reader() -> None:
+    """transformers reads GGUF only with the `gguf` and `accelerate` packages; without accelerate it
+    raises a ValueError deep in from_pretrained. Say so in one line (exit 2) before any work."""
+    for pkg in ("gguf", "accelerate"):
+        try:
+            importlib.import_module(pkg)
+        except ImportError as e:
+            raise ConfigError(f"reading a GGUF teacher needs the '{pkg}' package, which cannot be imported ({e})",
+                              hint=f"pip install {pkg}  (or both GGUF readers, gguf and accelerate: "
+                                   "pip install 'edgekd[text]'; tested versions in constraints.txt)") from None
+
+
+def _dequantize_gguf(gguf: Path, digest: str, tmp: Path, out: Path, log) -> None:
+    require_gguf_reader()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if log:
-        log(f"dequantizing {Path(src['path']).name} once into {out} (about 30 s)")
-    gguf = Path(src["path"])
-    try:
-        with _no_gguf_bar_off_terminal():
-            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    except ImportError as e:
-        raise ConfigError(f"reading GGUF needs the 'gguf' package ({e})", hint="pip install gguf") from None
+        log(f"dequantizing {gguf.name} once into {out} (about 30 s)")
+    with _no_gguf_bar_off_terminal():
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The dequantized weights are plain fp32: drop the GGUF quantizer so save/load treat them as such.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     (tmp / "edgekd-source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": digest}))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out, digest
 
 
 def _hash_files(files: list[Path]) -> str:

@@ -8,7 +8,6 @@ job and its report rows. Each stage function writes only inside its `wd` and ret
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 
 from edgekd.config import SELECTION_FIELDS
 from edgekd.errors import ConfigError, StageError, UserError
-from edgekd.fsio import cache_lock, clean_dead_leftovers, publish_dir_atomic, write_json_atomic
+from edgekd.fsio import cache_entry, write_json_atomic
 from edgekd.pipeline import BuildContext, Stage, StageOutput, StageResult, stable_hash
 from edgekd.targets import family, family_name
 from edgekd.targets.cpu import host_device
@@ -98,11 +97,11 @@ def _train_or_fetch_teacher(ctx: BuildContext, ref, wd: Path, filename: str, tas
                     "data_sha256": task_splits(ctx, task).fingerprint(), "label_map": task.label_map}
     key = stable_hash(material)
     cached = ctx.cache_dir / "teachers" / key
-    clean_dead_leftovers(cached.parent)  # a killed build's half-written entry; live builds' are kept
     # One lock per cache entry, held from the look-up to the publish: a second build that wants the
     # same teacher waits and then reuses it, instead of training it again and racing on the rename.
-    with cache_lock(cached, on_wait=lambda: ctx.log(f"  waiting for another build training this teacher ({cached})")):
-        if (cached / "teacher.pt").is_file() and (cached / "metrics.json").is_file():
+    with cache_entry(cached, done=lambda p: (p / "teacher.pt").is_file() and (p / "metrics.json").is_file(),
+                     on_wait=lambda: ctx.log(f"  waiting for another build training this teacher ({cached})")) as tmp:
+        if tmp is None:
             shutil.copy2(cached / "teacher.pt", wd / filename)
             metrics = json.loads((cached / "metrics.json").read_text())
             metrics["cached"] = True
@@ -123,12 +122,8 @@ def _train_or_fetch_teacher(ctx: BuildContext, ref, wd: Path, filename: str, tas
         metrics = {"params": count_params(model), "val_accuracy": res.best_val_accuracy, "best_epoch": res.best_epoch,
                    "test_accuracy": accuracy(model, s.x_test, s.y_test), "train_seconds": res.seconds,
                    "history": res.history, "cached": False, "cache_key": key, "origin": "trained"}
-        tmp = cached.with_name(f".{cached.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         shutil.copy2(wd / filename, tmp / "teacher.pt")
         write_json_atomic(tmp / "metrics.json", metrics)
-        publish_dir_atomic(tmp, cached)
     ckpt.unlink(missing_ok=True)
     return metrics
 

@@ -319,14 +319,37 @@ def test_malformed_run_json_exits_2(tmp_path, content, command):
     assert (tmp_path / "run.json").read_bytes() == content
 
 
-def test_second_build_into_same_out_exits_2_naming_the_holder(tmp_path):
-    out = tmp_path / "b"
-    out.mkdir()
+def _hold_build_lock(out: Path) -> subprocess.Popen:
+    """Another process holding `out`'s build lock (a build running there), for 60 s or until killed."""
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
                                "from edgekd.fsio import BuildLock; lock = BuildLock(Path(sys.argv[1])); lock.acquire(); "
                                "print('held', flush=True); time.sleep(60)", str(out)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_report_on_a_folder_a_build_holds_exits_2_naming_the_holder(tmp_path):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"recipe": "digits-mlp", "target": "cpu"}))
+    holder = _hold_build_lock(out)
     try:
-        assert holder.stdout.readline().strip() == "held"
+        r = edgekd("report", str(out))
+        assert r.returncode == 2 and f"in use by process {holder.pid}" in r.stderr and "hint:" in r.stderr, r.stderr
+        assert not (out / "report").exists()  # refused before reading or writing anything
+    finally:
+        holder.kill()
+        holder.wait()
+    # once the build is gone the lock is free: report goes on and fails on what it reads instead
+    r = edgekd("report", str(out))
+    assert r.returncode == 2 and "in use by" not in r.stderr, r.stderr  # (no stage results here)
+
+
+def test_second_build_into_same_out_exits_2_naming_the_holder(tmp_path):
+    out = tmp_path / "b"
+    out.mkdir()
+    holder = _hold_build_lock(out)
+    try:
         r = edgekd("build", "--recipe", "digits-mlp", "--quick", "--out", str(out),
                    env={"EDGEKD_CACHE": str(tmp_path / "c")})
         assert r.returncode == 2 and f"in use by process {holder.pid}" in r.stderr and "hint:" in r.stderr, r.stderr

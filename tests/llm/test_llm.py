@@ -43,6 +43,28 @@ def test_bad_prompt_files_name_the_line(tmp_path, text, needle):
     assert needle in e.value.message
 
 
+@pytest.mark.parametrize("missing", ["accelerate", "gguf"])
+def test_a_missing_gguf_reader_is_one_line_exit_2_before_any_work(tmp_path, monkeypatch, missing):
+    """transformers reads GGUF only with gguf and accelerate; without accelerate it raises a ValueError
+    deep inside from_pretrained. Here: one line naming the package, exit 2, the pip hint, and no
+    half-made cache entry."""
+    import sys
+
+    from edgekd.llm import models
+
+    monkeypatch.setitem(sys.modules, missing, None)  # `import accelerate` now raises ImportError
+    gguf = tmp_path / "teacher.gguf"
+    gguf.write_bytes(b"GGUF not really")
+    loads = []
+    monkeypatch.setattr(models, "_no_gguf_bar_off_terminal", lambda: loads.append(1))  # never reached
+    with pytest.raises(ConfigError) as e:
+        models.materialize_teacher(str(gguf), tmp_path / "cache")
+    err = e.value
+    assert err.exit_code == 2 and "\n" not in err.message and f"'{missing}'" in err.message
+    assert f"pip install {missing}" in err.hint and loads == []
+    assert not [p for p in (tmp_path / "cache" / "llm").iterdir() if not p.name.endswith(".lock")]
+
+
 def test_answer_positions_line_up_with_answer_tokens():
     from edgekd.llm.sequences import Example, answer_positions
 
