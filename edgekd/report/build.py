@@ -3,16 +3,8 @@ comparison between figures measured in the same place, the environment. The asse
 files is tasks/stages/report.py's (one for every task)."""
 from __future__ import annotations
 
-import datetime as _dt
-import os
 import platform
-from pathlib import Path
 from typing import Any
-
-from edgekd import __version__
-from edgekd.errors import UserError
-from edgekd.hostinfo import cpu_name  # noqa: F401 (the text-generation report reads it from here)
-from edgekd.fsio import read_result
 
 
 def ratio(a, b):

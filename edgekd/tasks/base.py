@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
 
-    from edgekd.pipeline import BuildContext, Stage, StageResult
+    from edgekd.pipeline import BuildContext, Stage, StageResult  # noqa: F401 (the Inputs alias names it)
 
 Inputs = dict[str, "StageResult"]
 Tick = Callable[[str, int], None]  # progress: tick(what runs now, total units) after each unit of work

@@ -8,6 +8,7 @@ job and its report rows. Each stage function writes only inside its `wd` and ret
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgekd.config import SELECTION_FIELDS
-from edgekd.errors import ConfigError, StageError, UserError
+from edgekd.errors import ConfigError
 from edgekd.fsio import cache_entry, write_json_atomic
 from edgekd.pipeline import BuildContext, Stage, StageOutput, StageResult, stable_hash
 from edgekd.targets import family, family_name

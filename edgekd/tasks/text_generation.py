@@ -15,8 +15,6 @@ edgekd/distill/ (the shared `fit` loop, the loss registry, the top-k sequence ca
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
