@@ -117,7 +117,7 @@ def resolve(ref: str) -> tuple[str, dict[str, object], str | None]:
         return ref, {}, None
     card = FAMILY_DEFAULT_CARDS[ref]
     if ref == "ascend":
-        from edgekd.runtimes.npu import detect_ascend_soc
+        from edgekd.targets.ascend.device import detect_ascend_soc
 
         soc, how = detect_ascend_soc()
         if soc is None:

@@ -778,7 +778,7 @@ def _teacher_on_device(ctx: BuildContext, inputs: dict[str, StageResult], s) -> 
 
         device, sampler = "cuda", NvmlSampler(0)
     elif fam == "ascend":
-        from edgekd.runtimes.npu import torch_npu_status
+        from edgekd.runtimes.torch_device import torch_npu_status
 
         if not torch_npu_status()[0]:
             return None
@@ -787,7 +787,7 @@ def _teacher_on_device(ctx: BuildContext, inputs: dict[str, StageResult], s) -> 
         device, sampler = "npu", NpuSmiSampler(ctx.target.ascend.device_id if ctx.target.ascend else 0)
     else:
         return None
-    from edgekd.runtimes.npu import profile_torch_device
+    from edgekd.runtimes.torch_device import profile_torch_device
 
     model = load_model(ctx.recipe.teacher, inputs["teacher"].path("model"))
     batch = inputs["export"].metrics["input_shape"][0]

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from edgekd.errors import StageError, TargetUnavailable, UserError
+from edgekd.targets.estimate import roofline_estimate  # noqa: F401  (public here too)
 
 if TYPE_CHECKING:
-    from edgekd.config import DeviceConfig, TargetConfig
+    from edgekd.config import TargetConfig
 
 METADATA_SCHEMA_VERSION = 1
 BUNDLE_DIR = "mobile"
@@ -55,34 +56,7 @@ def _onnx_io(onnx_path: Path) -> tuple[str, str]:
     return inputs[0], m.graph.output[0].name
 
 
-# --------------------------------------------------------------------------- estimate
-
-
-def roofline_estimate(flops: float, weight_bytes: float, io_bytes: float, device: "DeviceConfig",
-                      precision: str) -> dict[str, Any]:
-    """On-device latency/energy from the card's spec figures: max(compute, memory) time x power.
-
-    An estimate, never a measurement: the figures come from the target card, not from a device.
-    """
-    bytes_moved = float(weight_bytes + io_bytes)
-    t_compute = flops / (device.peak_gflops * 1e9)
-    t_memory = bytes_moved / (device.mem_bandwidth_gbs * 1e9)
-    latency_s = max(t_compute, t_memory)
-    assumptions = [
-        f"compute roof {device.peak_gflops:g} GFLOP/s and memory roof {device.mem_bandwidth_gbs:g} GB/s from the "
-        f"target card ({device.name})",
-        "FLOPs = 2 x MACs of Conv/Gemm/MatMul at batch 1; element-wise ops, pooling and softmax not counted",
-        "DRAM traffic = weights read once + input and output; intermediate activations assumed cache-resident",
-        "no kernel launch, framework or cache-miss overhead: a lower bound on latency",
-        f"energy = latency x {device.active_power_watts:g} W (one busy core, card figure); idle power not included",
-    ]
-    if precision == "int8":
-        assumptions.append("int8 arithmetic assumed at the FP32 peak (the card gives no int8 peak)")
-    return {"method": "estimate-roofline", "measured": False, "device": device.name,
-            "latency_ms": latency_s * 1e3, "bound": "compute" if t_compute >= t_memory else "memory",
-            "flops": float(flops), "bytes_moved": bytes_moved,
-            "energy": {"joules_per_inference": latency_s * device.active_power_watts, "method": "estimate-roofline"},
-            "assumptions": assumptions}
+# roofline_estimate is shared with the Ascend family: edgekd.targets.estimate
 
 
 def _flops_and_params(onnx_path: Path) -> tuple[float, int]:
@@ -169,7 +143,7 @@ device figures (method "estimate-roofline"), not measurements.
 On a phone:
   ANDROID_SERIAL=<serial> ET_RUNNER=/path/to/executor_runner ORT_PERF_TEST=/path/to/onnxruntime_perf_test \\
     bash benchmark_android.sh
-or `edgekd` users: edgekd.export.mobile.adb_profile(<this folder>, "<serial>").
+or `edgekd` users: edgekd.targets.mobile.bundle.adb_profile(<this folder>, "<serial>").
 """
 
 
@@ -188,7 +162,7 @@ def write_mobile_bundle(out_dir: Path | str, student_model: torch.nn.Module, exa
     runtime (ExecuTorch for .pte, onnxruntime for .ort) on this host.
     """
     from edgekd.export.onnx import check_parity
-    from edgekd.export.ort_format import CONFIG_NAME, time_ort, to_ort_format
+    from edgekd.targets.mobile.ort_format import CONFIG_NAME, time_ort, to_ort_format
 
     out_dir = Path(out_dir)
     fp32_onnx_path = Path(fp32_onnx_path)
@@ -228,7 +202,7 @@ def write_mobile_bundle(out_dir: Path | str, student_model: torch.nn.Module, exa
                 "runtime": runtime, "measured_on": "host"}
 
     if importlib.util.find_spec("executorch") is not None:
-        from edgekd.export.executorch import export_pte, run_pte, time_pte
+        from edgekd.targets.mobile.executorch import export_pte, run_pte, time_pte
 
         for precision in ("fp32", "int8"):
             name = f"model_{precision}.pte"

@@ -76,7 +76,7 @@ _DYNAMIC_HINT = ("ATC needs a fixed shape: set onnx.dynamic_batch=false (onnx.st
 
 @lru_cache(maxsize=1)
 def _load_table_cached() -> str:
-    return (resources.files("edgekd.export") / "cann_ops.json").read_text(encoding="utf-8")
+    return (resources.files("edgekd.targets.ascend") / "cann_ops.json").read_text(encoding="utf-8")
 
 
 def load_op_table() -> dict[str, Any]:
@@ -554,7 +554,7 @@ def write_bundle(model_path: Path | str, out_dir: Path | str, target: "TargetCon
     The static model is checked against `expected_outputs` on onnxruntime with the card's parity
     tolerance (StageError on mismatch). Lint findings raise UserError unless `allow_unsupported`.
     With `evaluation` = (x_test, y_test, x_val) the static model's test accuracy is measured and
-    the card's precision mode is simulated in FP16 on the host (edgekd.export.ascend_precision);
+    the card's precision mode is simulated in FP16 on the host (edgekd.targets.ascend.precision);
     layers responsible for a drop past `budget_points` go to keep_dtype.cfg. With `calib` an AMCT
     INT8 calibration script and batch are added (run only on a CANN host).
     When `atc` is on PATH the bundle is converted to model.om; an ATC failure raises StageError
@@ -607,7 +607,7 @@ def write_bundle(model_path: Path | str, out_dir: Path | str, target: "TargetCon
         precision: dict[str, Any] | None = None
         accuracy: float | None = None
         if evaluation is not None:
-            from edgekd.export.ascend_precision import KEEP_DTYPE_FILE, fp16_preflight, keep_dtype_text
+            from edgekd.targets.ascend.precision import KEEP_DTYPE_FILE, fp16_preflight, keep_dtype_text
 
             x_test, y_test, x_val = evaluation
             # Token-id inputs stay int64: only the float operators after the embedding are rounded.
@@ -674,29 +674,3 @@ def write_bundle(model_path: Path | str, out_dir: Path | str, target: "TargetCon
         raise StageError(f"atc failed for {soc}: {atc['reason']}",
                          hint=f"see {final / 'atc.log'}; the bundle is kept for inspection")
     return manifest
-
-
-# --------------------------------------------------------------------------- on the Ascend host
-
-
-def device_tools() -> dict[str, str | None]:
-    """Paths of the CANN/driver tools a device measurement needs (None = not on PATH)."""
-    return {tool: shutil.which(tool) for tool in ("atc", "msit", "npu-smi")}
-
-
-def profile_on_device(bundle: Path | str, ascend: "AscendConfig") -> dict[str, Any]:
-    """Time the bundle's model.om on the NPU (msit) with npu-smi power sampling, when this host
-    has atc, msit and npu-smi and atc produced model.om; else {"status": "not run", "reason"}."""
-    bundle = Path(bundle)
-    tools = device_tools()
-    missing = [k for k, v in tools.items() if v is None]
-    if missing:
-        return {"status": "not run", "reason": f"{', '.join(missing)} not on PATH: no Ascend host"}
-    if not (bundle / "model.om").is_file():
-        return {"status": "not run", "reason": "no model.om: atc did not produce one"}
-    from edgekd.runtimes.npu import detect_ascend_soc, run_msit_on_device
-
-    soc, how = detect_ascend_soc()
-    res = run_msit_on_device(bundle / "model.om", ascend.loop, ascend.warmup, ascend.device_id,
-                             idle_seconds=ascend.idle_seconds, interval_s=ascend.power_interval_s)
-    return {"status": "ok", "device": soc or ascend.soc_version, "device_detected": how, **res}

@@ -98,7 +98,7 @@ def _convert(job: ConvertJob) -> tuple[dict[str, str], dict[str, Any]]:
 
     import torch
 
-    from edgekd.export.mobile import write_mobile_bundle
+    from edgekd.targets.mobile.bundle import write_mobile_bundle
     from edgekd.zoo import count_params
 
     evaluation = (job.x_test, job.y_test) if job.x_test is not None else None

@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 
 def _availability(target: "TargetConfig") -> list[Capability]:
-    from edgekd.runtimes.npu import torch_npu_status
+    from edgekd.runtimes.torch_device import torch_npu_status
 
     atc = shutil.which("atc")
     msit = shutil.which("msit")
@@ -32,7 +32,7 @@ def _availability(target: "TargetConfig") -> list[Capability]:
 
 
 def _check(target: "TargetConfig") -> None:
-    from edgekd.export.ascend import check_target
+    from edgekd.targets.ascend.bundle import check_target
 
     check_common(target, FAMILY)
     check_target(target)  # soc_version, precision mode, static shapes, ATC's opset range
@@ -56,7 +56,7 @@ def bundle_rows(bundle: Path, manifest: dict[str, Any], device: dict[str, Any], 
     ONNX's on the test split, measured on this host; the FP16-simulated accuracy beside it."""
     import numpy as np
 
-    from edgekd.export.mobile import roofline_estimate
+    from edgekd.targets.estimate import roofline_estimate
     from edgekd.profile.flops import roofline
 
     om = bundle / "model.om"
@@ -95,7 +95,7 @@ def bundle_rows(bundle: Path, manifest: dict[str, Any], device: dict[str, Any], 
 
 
 def _convert(job: ConvertJob) -> tuple[dict[str, str], dict[str, Any]]:
-    from edgekd.export.ascend import profile_on_device, write_bundle
+    from edgekd.targets.ascend.bundle import profile_on_device, write_bundle
     from edgekd.zoo import count_params
 
     evaluation = (job.x_test, job.y_test, job.x_val) if job.x_test is not None else None
@@ -126,7 +126,7 @@ def _convert(job: ConvertJob) -> tuple[dict[str, str], dict[str, Any]]:
                      "models": rows, "selected_artifact": "student/ascend-om", "where": where}
 
 
-# The bundle is made from the selected candidate's ONNX and ATC parses it (edgekd/export/cann_ops.json:
+# The bundle is made from the selected candidate's ONNX and ATC parses it (edgekd/targets/ascend/cann_ops.json:
 # no parser for the quantization ops ORT/NNCF write; tests/targets/test_candidates_on_targets.py
 # lints each kind's graph against that table). FP16 on the NPU is ATC's precision_mode, applied to
 # the FP32 graph and measured by the bundle's FP16 preflight.
