@@ -15,7 +15,7 @@ from edgekd.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
 
-    from edgekd.config import TargetConfig
+    from edgekd.config import DeviceConfig, TargetConfig
 
 Capability = tuple[str, bool, str]  # (capability, available here, why / what provides it)
 
@@ -47,6 +47,70 @@ class ConvertJob:
     log: Callable[[str], None] | None = None
 
 
+Profiled = tuple[str, str, Any]  # (measured_on device|host, machine name, its DeviceConfig)
+
+
+def host_device() -> "DeviceConfig":
+    """This host's CPU as a DeviceConfig: the cpu card's per-core figures under the host CPU's name.
+
+    Host-proxy rows of other targets (a mobile artifact timed on x86, the ONNX candidates of an
+    Ascend build) take their roofline peak and energy-estimate power from here, never from the
+    target card's device: host time x device power would describe no machine.
+    """
+    from edgekd.cards import load_target
+    from edgekd.hostinfo import cpu_name
+
+    d = load_target("cpu").device
+    return d.model_copy(update={"name": f"{cpu_name()} (this host)"})
+
+
+def host_proxy(target: "TargetConfig") -> Profiled:
+    """A model run on this host's CPU stands in for the device: host figures (peak, power), never
+    the target card's -- host CPU time x the device's power would describe no machine."""
+    host = host_device()
+    return "host", host.name, host
+
+
+def host_is_device(target: "TargetConfig") -> Profiled:
+    """This host is the target device: the card's figures under the host CPU's name."""
+    host = host_device()
+    return "device", host.name, target.device.model_copy(update={"name": host.name})
+
+
+def no_teacher_on_device(load_model: Callable[[], Any], example: Any, target: "TargetConfig") -> Any:
+    """Families without an accelerator that runs PyTorch: the teacher has no device row."""
+    return None
+
+
+def torch_teacher_row(load_model: Callable[[], Any], example: Any, target: "TargetConfig", device: str, sampler: Any,
+                      idle_seconds: float | None = None) -> tuple[str, dict[str, Any]]:
+    """The PyTorch teacher timed on torch `device` with `sampler` reading its power counter: the
+    (report key, profile row) the families' profile_teacher_on_device hooks return. With
+    `idle_seconds` the board's idle power is sampled first and subtracted (as for msit's figures),
+    so the per-inference energy is of the same kind as the bundle's."""
+    import torch
+
+    from edgekd.runtimes.torch_device import profile_torch_device
+
+    model = load_model()
+    p = target.profile
+    runs = max(p.min_runs, 100)
+    has_counter = sampler.available()
+    idle = sampler.idle_watts(idle_seconds) if has_counter and idle_seconds is not None else None
+    r = profile_torch_device(model, torch.as_tensor(example), device, runs=runs, warmup=p.warmup_runs,
+                             sampler=sampler if has_counter else None)
+    energy = r["energy"]
+    if energy and idle is not None:
+        above = energy["joules_total"] - idle * energy["window_s"]
+        energy.update({"joules_per_inference": above / runs, "idle_watts": idle, "joules_above_idle": above})
+    if energy is None:
+        energy = {"joules_per_inference": None, "method": "estimate-none", "note": f"{sampler.method} counter not available"}
+    return f"teacher/fp32-torch-{device}", {
+        "latency_ms": r["latency_ms"], "throughput_per_s": r["throughput_per_s"], "energy": energy,
+        "peak_rss_bytes": None, "peak_memory_bytes": r["peak_memory_bytes"], "runtime": f"torch-{device}",
+        "measured_on": "device", "device": r["device_name"], "flops": None, "roofline": None}
+
+
 @dataclass(frozen=True)
 class TargetFamily:
     name: str                                                         # cpu | cuda | mobile | ascend
@@ -55,6 +119,10 @@ class TargetFamily:
     check: Callable[["TargetConfig"], None]                           # raises UserError/ConfigError up front
     availability: Callable[["TargetConfig"], list[Capability]]        # cheap probes, never raise
     required: tuple[str, ...]                                         # capabilities of which one must be present
+    # How the family recognises its cards; the registry asks every family and exactly one must
+    # answer yes. `claims` says the same in words, for the error when none or several do.
+    matches: Callable[["TargetConfig"], bool]
+    claims: str
     # None: the ONNX candidates are the shipped artifacts. Otherwise returns (outputs, metrics); a
     # metrics["models"] list holds report rows for the artifacts the target ships.
     convert: Callable[[ConvertJob], tuple[dict[str, str], dict[str, Any]]] | None = None
@@ -64,6 +132,17 @@ class TargetFamily:
     # `unsupported-on-target`), a card or an explicit --set naming one exits 2 before any training.
     cannot_ship: Mapping[str, str] = field(default_factory=dict)
     cannot_ship_hint: str = ""  # what to do instead (e.g. Ascend INT8 goes through AMCT)
+    # Where the profile stage's runs happen: (measured_on, machine name, its DeviceConfig).
+    where_profiled: Callable[["TargetConfig"], Profiled] = host_proxy
+    # The same for a model run on this host's CPU whatever the target (the language-model
+    # benchmark): the device on the cpu family, a host proxy elsewhere.
+    host_cpu_profiled: Callable[["TargetConfig"], Profiled] = host_proxy
+    # The PyTorch teacher timed on the target's accelerator (cuda: NVML; ascend: torch_npu with
+    # npu-smi), when the device is here: (report key, row). `load_model` is called only then.
+    profile_teacher_on_device: Callable[[Callable[[], Any], Any, "TargetConfig"], Any] = no_teacher_on_device
+    # The family's name given as --target: () -> (card, overrides, one line to print); None: the
+    # name is a card's.
+    resolve: Callable[[], tuple[str, dict[str, object], str]] | None = None
 
     def ready(self, target: "TargetConfig", rows: list[Capability] | None = None) -> tuple[bool, str]:
         """Whether `edgekd build` can produce this target's artifacts here, and why not."""

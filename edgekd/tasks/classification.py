@@ -18,7 +18,7 @@ from edgekd.pipeline import (BuildContext, Stage, StageOutput, StageResult, cach
                              publish_dir_atomic, stable_hash, write_json_atomic)
 from edgekd.targets import family, family_name
 from edgekd.targets.cpu import host_device
-from edgekd.tasks.common import (build_model, checkpoint_path, data_fingerprint, host_profile_device, load_model,
+from edgekd.tasks.common import (build_model, checkpoint_path, data_fingerprint, load_model,
                                  report_cfg, report_stage, select_cfg, splits, stage_select)
 
 
@@ -749,65 +749,17 @@ def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
 
 
 def where_profiled(ctx: BuildContext) -> tuple[str, str, Any]:
-    """(measured_on, machine name, its DeviceConfig) of the profile stage's runs. cpu: the host is
-    the target device; cuda: onnxruntime's CUDA provider runs on the GPU; mobile/Ascend: the host
-    stands in for the device (host-proxy figures, this host's peak and power)."""
-    if family_name(ctx.target) == "cuda" and "CUDAExecutionProvider" in ctx.target.providers:
-        return "device", _gpu_name() or ctx.target.device.name, ctx.target.device
-    return host_profile_device(ctx)
-
-
-def _gpu_name() -> str | None:
-    import torch
-
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    """(measured_on, machine name, its DeviceConfig) of the profile stage's runs: the family's hook."""
+    return family(ctx.target).where_profiled(ctx.target)
 
 
 def _teacher_on_device(ctx: BuildContext, inputs: dict[str, StageResult], s) -> tuple[str, dict] | None:
-    """The PyTorch teacher on the target's accelerator: cuda (NVML energy) or an Ascend NPU through
-    torch_npu (npu-smi energy), when present. None on other targets or when the device is absent."""
-    import torch
-
-    fam = family_name(ctx.target)
+    """The PyTorch teacher on the target's accelerator (the family's hook), when it has one here."""
     if ctx.recipe.teacher.onnx:  # a teacher given as ONNX has no PyTorch form to run on the device
         return None
-    if fam == "cuda":
-        if not torch.cuda.is_available():
-            return None
-        from edgekd.profile.energy import NvmlSampler
-
-        device, sampler = "cuda", NvmlSampler(0)
-    elif fam == "ascend":
-        from edgekd.runtimes.torch_device import torch_npu_status
-
-        if not torch_npu_status()[0]:
-            return None
-        from edgekd.profile.energy import NpuSmiSampler
-
-        device, sampler = "npu", NpuSmiSampler(ctx.target.ascend.device_id if ctx.target.ascend else 0)
-    else:
-        return None
-    from edgekd.runtimes.torch_device import profile_torch_device
-
-    model = load_model(ctx.recipe.teacher, inputs["teacher"].path("model"))
     batch = inputs["export"].metrics["input_shape"][0]
-    p = ctx.target.profile
-    has_counter = sampler.available()
-    # The NPU board draws power when idle: subtract a baseline, as for model.om (msit), so the two
-    # per-inference figures are of the same kind. NVML's counter is reported gross.
-    idle = sampler.idle_watts(ctx.target.ascend.idle_seconds) if has_counter and device == "npu" else None
-    r = profile_torch_device(model, torch.as_tensor(s.x_test[:batch]), device, runs=max(p.min_runs, 100),
-                             warmup=p.warmup_runs, sampler=sampler if has_counter else None)
-    energy = r["energy"]
-    if energy and idle is not None:
-        above = energy["joules_total"] - idle * energy["window_s"]
-        energy.update({"joules_per_inference": above / max(p.min_runs, 100), "idle_watts": idle, "joules_above_idle": above})
-    if energy is None:
-        energy = {"joules_per_inference": None, "method": "estimate-none", "note": f"{sampler.method} counter not available"}
-    return f"teacher/fp32-torch-{device}", {
-        "latency_ms": r["latency_ms"], "throughput_per_s": r["throughput_per_s"], "energy": energy,
-        "peak_rss_bytes": None, "peak_memory_bytes": r["peak_memory_bytes"], "runtime": f"torch-{device}",
-        "measured_on": "device", "device": r["device_name"], "flops": None, "roofline": None}
+    return family(ctx.target).profile_teacher_on_device(
+        lambda: load_model(ctx.recipe.teacher, inputs["teacher"].path("model")), s.x_test[:batch], ctx.target)
 
 
 # --------------------------------------------------------------------------- convert

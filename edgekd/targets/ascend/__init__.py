@@ -31,6 +31,29 @@ def _availability(target: "TargetConfig") -> list[Capability]:
     ]
 
 
+def _matches(target: "TargetConfig") -> bool:
+    return target.runtime == "ascend"
+
+
+def _resolve() -> tuple[str, dict[str, object], str]:
+    """--target ascend: the SoC `npu-smi info` reports (its card, soc_version set to the chip),
+    else ascend-310p."""
+    from edgekd.targets.ascend.device import detect_ascend_soc
+
+    card = "ascend-310p"
+    soc, how = detect_ascend_soc()
+    if soc is None:
+        return card, {}, f"--target ascend: no Ascend NPU here ({how}); building for {card} (Ascend310P3)"
+    card = "ascend-910b" if soc.startswith("Ascend910") else card
+    return card, {"target.ascend.soc_version": soc}, f"--target ascend: {how}; card {card}, soc_version {soc}"
+
+
+def _teacher_on_npu(load_model: Any, example: Any, target: "TargetConfig") -> tuple[str, dict] | None:
+    from edgekd.targets.ascend.device import teacher_on_npu
+
+    return teacher_on_npu(load_model, example, target)
+
+
 def _check(target: "TargetConfig") -> None:
     from edgekd.targets.ascend.bundle import check_target
 
@@ -140,6 +163,7 @@ CANNOT_SHIP = {
 FAMILY = TargetFamily(
     name="ascend", summary="Huawei Ascend NPU via CANN (ATC .om, msit, npu-smi)", formats=frozenset({"onnx", "om"}),
     check=_check, availability=_availability, required=("bundle (no CANN needed)",), convert=_convert,
+    matches=_matches, claims="runtime ascend", profile_teacher_on_device=_teacher_on_npu, resolve=_resolve,
     cannot_ship=CANNOT_SHIP,
     cannot_ship_hint="INT8 on Ascend goes through AMCT: the bundle carries amct/calibrate.py and a calibration batch "
                      "(run on a CANN host)",

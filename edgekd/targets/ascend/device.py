@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from edgekd.errors import StageError, TargetUnavailable
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from edgekd.config import AscendConfig
+    from edgekd.config import AscendConfig, TargetConfig
 
 
 # --------------------------------------------------------------------------- msit / npu-smi on the device
@@ -164,3 +164,18 @@ def profile_on_device(bundle: Path | str, ascend: "AscendConfig") -> dict[str, A
     res = run_msit_on_device(bundle / "model.om", ascend.loop, ascend.warmup, ascend.device_id,
                              idle_seconds=ascend.idle_seconds, interval_s=ascend.power_interval_s)
     return {"status": "ok", "device": soc or ascend.soc_version, "device_detected": how, **res}
+
+
+def teacher_on_npu(load_model: Any, example: Any, target: "TargetConfig") -> tuple[str, dict[str, Any]] | None:
+    """The PyTorch teacher on the NPU through torch_npu with npu-smi energy, idle power subtracted
+    as for model.om (msit), so the two per-inference figures are of the same kind. None when
+    torch_npu sees no NPU here."""
+    from edgekd.profile.energy import NpuSmiSampler
+    from edgekd.runtimes.torch_device import torch_npu_status
+    from edgekd.targets.base import torch_teacher_row
+
+    if not torch_npu_status()[0]:
+        return None
+    asc = target.ascend  # present: the family's pre-flight refuses a card without [ascend]
+    return torch_teacher_row(load_model, example, target, "npu", NpuSmiSampler(asc.device_id),
+                             idle_seconds=asc.idle_seconds)

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import ctypes
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
-from edgekd.targets.base import Capability, TargetFamily, check_common, check_providers, has_module
+from edgekd.targets.base import (Capability, Profiled, TargetFamily, check_common, check_providers, has_module,
+                                 host_proxy, torch_teacher_row)
 from edgekd.targets.cpu import ort_providers
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -45,6 +46,60 @@ def _availability(target: "TargetConfig") -> list[Capability]:
     return ort_providers(target) + [torch_cuda(), nvml()]
 
 
+def _matches(target: "TargetConfig") -> bool:
+    return target.runtime == "torch" or (target.runtime == "onnxruntime" and "CUDAExecutionProvider" in target.providers)
+
+
+def _where_profiled(target: "TargetConfig") -> Profiled:
+    """onnxruntime's CUDA provider runs the candidates on the GPU: the card's figures apply.
+    Without that provider the profile runs on this host's CPU, a host proxy."""
+    if "CUDAExecutionProvider" in target.providers:
+        return "device", _gpu_name() or target.device.name, target.device
+    return host_proxy(target)
+
+
+def _gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+
+
+def _teacher_on_gpu(load_model: Callable[[], Any], example: Any, target: "TargetConfig") -> tuple[str, dict] | None:
+    """The PyTorch teacher on the GPU with NVML energy (reported gross), when torch sees CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    from edgekd.profile.energy import NvmlSampler
+
+    return torch_teacher_row(load_model, example, target, "cuda", NvmlSampler(0))
+
+
+def _visible_gpu() -> str | None:
+    """Name of the first NVIDIA GPU nvidia-smi lists, without importing torch or pynvml."""
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=20, check=False).stdout.strip().splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out[0].strip() if out else None
+
+
+def _resolve() -> tuple[str, dict[str, object], str]:
+    """--target cuda: the visible GPU's name on the cuda card, else the card as shipped."""
+    gpu = _visible_gpu()
+    if gpu is None:
+        return "cuda", {}, "--target cuda: no NVIDIA GPU visible (nvidia-smi); using the cuda card (H100 figures)"
+    return "cuda", {"target.device.name": f"{gpu} (visible GPU; roofline figures of the cuda card)"}, \
+        f"--target cuda: {gpu} visible; cuda card"
+
+
 def _check(target: "TargetConfig") -> None:
     check_common(target, FAMILY)
     if target.runtime == "onnxruntime":
@@ -57,4 +112,6 @@ def _check(target: "TargetConfig") -> None:
 FAMILY = TargetFamily(
     name="cuda", summary="NVIDIA GPU through onnxruntime-gpu / torch CUDA, NVML energy", formats=frozenset({"onnx"}),
     check=_check, availability=_availability, required=("onnxruntime providers", "torch"),
+    matches=_matches, claims="runtime torch, or onnxruntime with CUDAExecutionProvider",
+    where_profiled=_where_profiled, profile_teacher_on_device=_teacher_on_gpu, resolve=_resolve,
 )

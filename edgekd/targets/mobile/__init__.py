@@ -32,6 +32,32 @@ def _check(target: "TargetConfig") -> None:
     check_common(target, FAMILY)
 
 
+def _matches(target: "TargetConfig") -> bool:
+    return target.runtime == "executorch"
+
+
+def _attached_phone() -> str | None:
+    import subprocess
+
+    adb = shutil.which("adb")
+    if adb is None:
+        return None
+    try:
+        lines = subprocess.run([adb, "devices"], capture_output=True, text=True, timeout=20).stdout.splitlines()[1:]
+    except (OSError, subprocess.SubprocessError):
+        return None
+    serials = [ln.split()[0] for ln in lines if len(ln.split()) >= 2 and ln.split()[1] == "device"]
+    return serials[0] if serials else None
+
+
+def _resolve() -> tuple[str, dict[str, object], str]:
+    """--target mobile: the mobile card; the line says whether a phone is attached."""
+    phone = _attached_phone()
+    if phone is None:
+        return "mobile", {}, "--target mobile: no phone attached (adb); on-device figures are estimates of the mobile card"
+    return "mobile", {}, f"--target mobile: phone {phone} attached; time the bundle on it with edgekd profile BUILD --adb {phone}"
+
+
 _VARIANTS = {"model_fp32.pte": "pte-fp32", "model_int8.pte": "pte-int8", "model.ort": "ort-fp32"}
 
 
@@ -123,4 +149,5 @@ FAMILY = TargetFamily(
     name="mobile", summary="phone CPU via ExecuTorch (.pte, XNNPACK) or ORT Mobile (.ort)",
     formats=frozenset({"pte", "ort", "onnx"}), check=_check, availability=_availability,
     required=("executorch .pte", "ORT format conversion"), convert=_convert,
+    matches=_matches, claims="runtime executorch", resolve=_resolve,
 )
