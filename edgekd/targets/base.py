@@ -21,30 +21,54 @@ Capability = tuple[str, bool, str]  # (capability, available here, why / what pr
 
 
 @dataclass
+class ClassifierPayload:
+    """What a classifier adds to a ConvertJob: the bundle's metadata and the data its shipped
+    artifacts report on. Converters read it only where they need a classifier's specifics."""
+
+    class_names: list[str] | None
+    normalization: dict[str, Any]
+    x_test: "np.ndarray | None" = None  # the test split: shipped artifacts REPORT accuracy on it
+    y_test: "np.ndarray | None" = None
+    x_val: "np.ndarray | None" = None   # validation samples (per-layer sensitivity: choices)
+    y_val: "np.ndarray | None" = None
+    student_accuracy: float | None = None  # the FP32 student's test accuracy (torch)
+
+
+@dataclass
 class ConvertJob:
-    """Everything a family's convert step may use, handed over by the classification graph."""
+    """Everything a family's convert step may use, handed over by any task: the same fields for a
+    classifier and a language model; what only one task has rides in `payload`."""
 
     wd: Path                    # the convert stage's folder: write only inside it
     target: "TargetConfig"
     selected: str               # the selected candidate's variant
     onnx_path: Path             # the selected candidate's ONNX
     fp32_onnx: Path             # the FP32 student ONNX (export stage)
-    student: Any                # the FP32 torch student (eval mode)
-    input_name: str
-    input_shape: list[int]
-    x_check: "np.ndarray"       # reference inputs for parity checks in the bundle
-    expected: "np.ndarray"      # the torch student's outputs on x_check
-    calib: "np.ndarray"         # calibration samples (train split)
-    class_names: list[str] | None
-    normalization: dict[str, Any]
+    student: Any                # the FP32 torch student (eval mode); None when the task has none
+    example: "dict[str, np.ndarray]"        # {input name: array}: reference feeds for parity checks
+    expected: "list[np.ndarray]"            # the torch student's outputs on `example`, in output order
+    calib: "dict[str, np.ndarray]"          # {input name: calibration samples} (train split)
+    input_shapes: dict[str, list[int]]      # the exported graph's input shapes (batch as exported)
+    # ONNX path -> score on VALIDATION data (higher is better): what precision/keep-in-FP32 choices
+    # are made on. Test data only reports (payload).
+    evaluate: Callable[[Path], float] | None = None
+    budget_points: float = 0.5  # the recipe's accuracy budget (points vs the FP32 student)
+    payload: Any = None         # task-specific (ClassifierPayload for classifiers)
     options: dict[str, Any] = field(default_factory=dict)   # build options (allow_unsupported, ...)
-    x_test: "np.ndarray | None" = None  # the test split: shipped artifacts report accuracy on it
-    y_test: "np.ndarray | None" = None
-    x_val: "np.ndarray | None" = None   # validation samples (per-layer sensitivity)
-    budget_points: float = 0.5          # the recipe's accuracy budget (points vs the FP32 student)
-    student_accuracy: float | None = None  # the FP32 student's test accuracy (torch)
-    host_device: Any = None             # DeviceConfig of this host (host-proxy rows: roofline/energy)
+    host_device: Any = None     # DeviceConfig of this host (host-proxy rows: roofline/energy)
     log: Callable[[str], None] | None = None
+
+    def single_io(self, what: str) -> tuple[str, "np.ndarray", "np.ndarray", "np.ndarray"]:
+        """(input name, example, expected output, calibration samples) of a one-input, one-output
+        model: what the classifier-style bundles take. UserError (exit 2) for any other model."""
+        from edgekd.errors import UserError
+
+        if len(self.example) != 1 or len(self.expected) != 1:
+            raise UserError(f"{what} takes a model with one input and one output; this one has {len(self.example)} "
+                            f"input(s) ({', '.join(self.example)}) and {len(self.expected)} output(s)",
+                            hint="build this recipe for a target whose converter takes it, e.g. --target cpu")
+        (name, x), = self.example.items()
+        return name, x, self.expected[0], self.calib[name]
 
 
 Profiled = tuple[str, str, Any]  # (measured_on device|host, machine name, its DeviceConfig)

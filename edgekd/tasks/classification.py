@@ -778,7 +778,8 @@ def _has_convert(ctx: BuildContext) -> bool:
 def stage_convert(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
     """The target family's conversion of the selected student (Ascend bundle, mobile .pte/.ort)."""
     from edgekd.distill.trainer import predict
-    from edgekd.targets import ConvertJob
+    from edgekd.quantize.candidates import evaluate_onnx
+    from edgekd.targets import ClassifierPayload, ConvertJob
 
     s = splits(ctx)
     selected = inputs["select"].metrics["selected"]
@@ -786,15 +787,17 @@ def stage_convert(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     student = load_model(ctx.recipe.student, inputs["distill"].path("model"))
     x_check = s.x_val[:64]  # int8 artifacts are judged on top-1 agreement: 64 samples make that meaningful
     rng = np.random.default_rng(ctx.recipe.data.seed)
+    calib = s.x_train[rng.permutation(len(s.x_train))[: ctx.recipe.quantize.calibration_samples]]
+    payload = ClassifierPayload(class_names=s.class_names, normalization=s.normalization, x_test=s.x_test,
+                                y_test=s.y_test, x_val=s.x_val, y_val=s.y_val,
+                                student_accuracy=inputs["distill"].metrics.get("test_accuracy"))
     job = ConvertJob(wd=wd, target=ctx.target, selected=selected, onnx_path=inputs["quantize"].dir / cand["path"],
-                     fp32_onnx=inputs["export"].path("student"), student=student, input_name="input",
-                     input_shape=inputs["export"].metrics["input_shape"], x_check=x_check,
-                     expected=predict(student, x_check).numpy(),
-                     calib=s.x_train[rng.permutation(len(s.x_train))[: ctx.recipe.quantize.calibration_samples]],
-                     class_names=s.class_names, normalization=s.normalization, options=dict(ctx.options),
-                     x_test=s.x_test, y_test=s.y_test, x_val=s.x_val, budget_points=ctx.recipe.quantize.accuracy_budget,
-                     student_accuracy=inputs["distill"].metrics.get("test_accuracy"), host_device=host_device(),
-                     log=ctx.log)
+                     fp32_onnx=inputs["export"].path("student"), student=student, example={"input": x_check},
+                     expected=[predict(student, x_check).numpy()], calib={"input": calib},
+                     input_shapes={"input": inputs["export"].metrics["input_shape"]},
+                     evaluate=lambda path: evaluate_onnx(path, s.x_val, s.y_val),
+                     budget_points=ctx.recipe.quantize.accuracy_budget, payload=payload, options=dict(ctx.options),
+                     host_device=host_device(), log=ctx.log)
     outputs, metrics = family(ctx.target).convert(job)
     return StageOutput(outputs, metrics)
 

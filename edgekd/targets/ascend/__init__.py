@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgekd.targets.base import Capability, ConvertJob, TargetFamily, check_common
+from edgekd.targets.base import Capability, ClassifierPayload, ConvertJob, TargetFamily, check_common
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from edgekd.config import TargetConfig
@@ -118,18 +118,23 @@ def bundle_rows(bundle: Path, manifest: dict[str, Any], device: dict[str, Any], 
 
 
 def _convert(job: ConvertJob) -> tuple[dict[str, str], dict[str, Any]]:
-    from edgekd.targets.ascend.bundle import profile_on_device, write_bundle
+    from edgekd.targets.ascend.bundle import write_bundle
+    from edgekd.targets.ascend.device import profile_on_device
     from edgekd.zoo import count_params
 
-    evaluation = (job.x_test, job.y_test, job.x_val) if job.x_test is not None else None
-    manifest = write_bundle(job.onnx_path, job.wd, job.target, job.input_name, job.input_shape, job.x_check,
-                            job.expected, allow_unsupported=bool(job.options.get("allow_unsupported")),
-                            evaluation=evaluation, budget_points=job.budget_points, calib=job.calib, log=job.log)
+    input_name, x_check, expected, calib = job.single_io("the Ascend bundle")
+    cls = job.payload if isinstance(job.payload, ClassifierPayload) else None
+    # A classifier's static graph reports test accuracy and gets the FP16 preflight; without a
+    # classifier payload the bundle is still linted, parity-checked and scripted.
+    evaluation = (cls.x_test, cls.y_test, cls.x_val) if cls is not None and cls.x_test is not None else None
+    manifest = write_bundle(job.onnx_path, job.wd, job.target, input_name, job.input_shapes[input_name], x_check,
+                            expected, allow_unsupported=bool(job.options.get("allow_unsupported")),
+                            evaluation=evaluation, budget_points=job.budget_points, calib=calib, log=job.log)
     bundle = job.wd / "ascend"
     device = profile_on_device(bundle, job.target.ascend)
     if job.log:
         job.log(f"  ascend: model.om on the NPU: {device['status']}" + (f" ({device['reason']})" if "reason" in device else ""))
-    rows = bundle_rows(bundle, manifest, device, job.target, count_params(job.student))
+    rows = bundle_rows(bundle, manifest, device, job.target, count_params(job.student) if job.student is not None else None)
     outputs = {p.name: str(p.relative_to(job.wd)) for p in sorted(bundle.rglob("*")) if p.is_file()}
     where = {"ran": [], "not_run": []}
     where["ran"].append("static ONNX parity, test accuracy and FP16 preflight: this host (onnxruntime)")

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgekd.targets.base import Capability, ConvertJob, TargetFamily, check_common, has_module
+from edgekd.targets.base import Capability, ClassifierPayload, ConvertJob, TargetFamily, check_common, has_module
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from edgekd.config import TargetConfig
@@ -127,19 +127,32 @@ def _convert(job: ConvertJob) -> tuple[dict[str, str], dict[str, Any]]:
     from edgekd.targets.mobile.bundle import write_mobile_bundle
     from edgekd.zoo import count_params
 
-    evaluation = (job.x_test, job.y_test) if job.x_test is not None else None
-    info = write_mobile_bundle(job.wd, job.student, torch.as_tensor(job.x_check[:1]), job.fp32_onnx, job.calib,
-                               job.x_check, job.class_names, job.normalization, job.target, evaluation=evaluation)
+    cls = _classifier(job)
+    _, x_check, _, calib = job.single_io("the mobile bundle")
+    evaluation = (cls.x_test, cls.y_test) if cls.x_test is not None else None
+    info = write_mobile_bundle(job.wd, job.student, torch.as_tensor(x_check[:1]), job.fp32_onnx, calib,
+                               x_check, cls.class_names, cls.normalization, job.target, evaluation=evaluation)
     outputs = {p.name: str(p.relative_to(job.wd)) for p in sorted((job.wd / "mobile").rglob("*")) if p.is_file()}
     meta = json.loads((job.wd / "mobile" / "metadata.json").read_text())
     rows = artifact_rows(meta, count_params(job.student), job.host_device) if job.host_device is not None else []
-    choice = select_artifact(rows, job.student_accuracy, job.budget_points)
+    choice = select_artifact(rows, cls.student_accuracy, job.budget_points)
     where = {"ran": [f"artifact accuracy and host-proxy latency: this host ({job.host_device.name if job.host_device else 'host'})"],
              "not_run": ["on-phone latency: no --adb device; the on-device rows are card roofline estimates "
                          f"({job.target.device.name})"]}
     where["not_run"] += [f"{k}: {v}" for k, v in meta.get("skipped", {}).items()]
     return outputs, {"bundle": "mobile", "selected": job.selected, **info, "models": rows,
                      "selected_artifact": choice["selected"], "artifact_selection": choice, "where": where}
+
+
+def _classifier(job: ConvertJob) -> ClassifierPayload:
+    """The .pte/.ort bundle is built from a torch classifier (class names in its metadata, accuracy
+    per artifact); other tasks are refused up front rather than half-converted."""
+    from edgekd.errors import UserError
+
+    if job.student is None or not isinstance(job.payload, ClassifierPayload):
+        raise UserError(f"target '{job.target.name}' (mobile) converts classifiers with a PyTorch student today",
+                        hint="build this recipe with --target cpu, or a classifier recipe for mobile")
+    return job.payload
 
 
 # No cannot_ship: the bundle never carries an ONNX candidate. The .pte files are made from the
