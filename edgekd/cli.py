@@ -342,7 +342,7 @@ def profile(
         from edgekd.cards import load_target
 
         if adb is not None:
-            from edgekd.export.mobile import adb_profile
+            from edgekd.targets.mobile.bundle import adb_profile
 
             bundle = path / "convert" / "mobile"
             if not bundle.is_dir():

@@ -54,7 +54,7 @@ def test_wheel_contains_cards_prompts_and_data(wheel):
         if t.shipped is not None:
             assert f"edgekd/_cards/models/{t.shipped.path}" in names
             assert f"edgekd/_cards/models/{Path(t.shipped.path).with_suffix('.json').as_posix()}" in names
-    assert "edgekd/export/cann_ops.json" in names
+    assert "edgekd/targets/ascend/cann_ops.json" in names
     assert "edgekd/report/report.schema.json" in names  # the published report.json schema
     assert "edgekd/llm/sequences.py" in names and "edgekd/tasks/text_generation.py" in names
 

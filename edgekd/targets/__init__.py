@@ -1,40 +1,54 @@
-"""The target registry: one module per family (cpu, cuda, mobile, ascend), listed in one table.
+"""The target registry: one package per family (cpu, cuda, mobile, ascend), listed in one table.
 
-A card's family follows from its runtime and providers. `check` runs every up-front check of the
-card's family before any stage (the pipeline's pre-flight), so a bad soc_version, precision mode,
-opset, format or provider exits 2 within seconds, not after training.
+Each family says which cards are its own (`TargetFamily.matches`); the registry asks them all and
+exactly one must answer. Task code reaches a family only through its hooks (check, convert,
+where_profiled, profile_teacher_on_device, resolve), never by comparing family names. `check` runs
+every up-front check of the card's family before any stage (the pipeline's pre-flight), so a bad
+soc_version, precision mode, opset, format or provider exits 2 within seconds, not after training.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edgekd.targets.base import Capability, ConvertJob, TargetFamily
+from edgekd.targets.base import Capability, ClassifierPayload, ConvertJob, TargetFamily
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from edgekd.config import TargetConfig
 
-__all__ = ["Capability", "ConvertJob", "TargetFamily", "FAMILY_MODULES", "family", "family_name", "check",
-           "availability", "build_ready", "split_candidates", "dropped_line"]
+__all__ = ["Capability", "ClassifierPayload", "ConvertJob", "TargetFamily", "FAMILY_MODULES", "families", "family",
+           "family_name", "check", "availability", "build_ready", "split_candidates", "dropped_line", "resolve"]
 
 # The one explicit table: family name -> module defining FAMILY (modules import nothing heavy).
 FAMILY_MODULES = {"cpu": "edgekd.targets.cpu", "cuda": "edgekd.targets.cuda", "mobile": "edgekd.targets.mobile",
                   "ascend": "edgekd.targets.ascend"}
 
 
-def family_name(target: "TargetConfig") -> str:
-    if target.runtime == "ascend":
-        return "ascend"
-    if target.runtime == "executorch":
-        return "mobile"
-    if target.runtime == "torch" or "CUDAExecutionProvider" in target.providers:
-        return "cuda"
-    return "cpu"
+def families() -> dict[str, TargetFamily]:
+    """Every family, by name, in the table's order (their modules import nothing heavy)."""
+    import importlib
+
+    return {name: importlib.import_module(mod).FAMILY for name, mod in FAMILY_MODULES.items()}
 
 
 def family(target: "TargetConfig") -> TargetFamily:
-    import importlib
+    """The one family whose `matches` recognises `target`; ConfigError (exit 2) when none or
+    several do (a card's runtime/providers combination no family claims, or an overlap)."""
+    from edgekd.errors import ConfigError
 
-    return importlib.import_module(FAMILY_MODULES[family_name(target)]).FAMILY
+    fams = families()
+    hits = [f for f in fams.values() if f.matches(target)]
+    if len(hits) == 1:
+        return hits[0]
+    claims = "; ".join(f"{f.name}: {f.claims}" for f in fams.values())
+    what = f"runtime '{target.runtime}' with providers {', '.join(target.providers) or 'none'}"
+    if not hits:
+        raise ConfigError(f"target '{target.name}': no target family takes {what}", hint=f"the families take {claims}")
+    raise ConfigError(f"target '{target.name}': {what} is claimed by several families ({', '.join(f.name for f in hits)})",
+                      hint=f"a family's `matches` must not overlap another's: {claims}")
+
+
+def family_name(target: "TargetConfig") -> str:
+    return family(target).name
 
 
 def check(target: "TargetConfig") -> None:
@@ -72,65 +86,12 @@ def dropped_line(target: "TargetConfig", dropped: list[dict[str, str]], kept: li
 
 # --------------------------------------------------------------------------- family names as targets
 
-FAMILY_DEFAULT_CARDS = {"ascend": "ascend-310p", "cuda": "cuda", "mobile": "mobile"}
-
-
-def _visible_gpu() -> str | None:
-    """Name of the first NVIDIA GPU nvidia-smi lists, without importing torch or pynvml."""
-    import shutil
-    import subprocess
-
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return None
-    try:
-        out = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
-                             timeout=20, check=False).stdout.strip().splitlines()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out[0].strip() if out else None
-
-
-def _attached_phone() -> str | None:
-    import shutil
-    import subprocess
-
-    adb = shutil.which("adb")
-    if adb is None:
-        return None
-    try:
-        lines = subprocess.run([adb, "devices"], capture_output=True, text=True, timeout=20).stdout.splitlines()[1:]
-    except (OSError, subprocess.SubprocessError):
-        return None
-    serials = [ln.split()[0] for ln in lines if len(ln.split()) >= 2 and ln.split()[1] == "device"]
-    return serials[0] if serials else None
-
 
 def resolve(ref: str) -> tuple[str, dict[str, object], str | None]:
-    """A family name given as --target (ascend, cuda, mobile) -> (card, overrides, one line to print).
-
-    ascend: the SoC `npu-smi info` reports (its card, soc_version set to the chip), else ascend-310p.
-    cuda: the visible GPU's name on the cuda card, else the card as shipped. mobile: says whether a
-    phone is attached. Any other name is a card name or path, returned unchanged.
-    """
-    if ref not in FAMILY_DEFAULT_CARDS:
+    """A family name given as --target (ascend, cuda, mobile) -> (card, overrides, one line to print),
+    as that family's `resolve` hook decides from this host (the NPU's SoC, the visible GPU, an
+    attached phone). Any other name is a card name or path, returned unchanged."""
+    fam = families().get(ref)
+    if fam is None or fam.resolve is None:
         return ref, {}, None
-    card = FAMILY_DEFAULT_CARDS[ref]
-    if ref == "ascend":
-        from edgekd.runtimes.npu import detect_ascend_soc
-
-        soc, how = detect_ascend_soc()
-        if soc is None:
-            return card, {}, f"--target ascend: no Ascend NPU here ({how}); building for {card} (Ascend310P3)"
-        card = "ascend-910b" if soc.startswith("Ascend910") else card
-        return card, {"target.ascend.soc_version": soc}, f"--target ascend: {how}; card {card}, soc_version {soc}"
-    if ref == "cuda":
-        gpu = _visible_gpu()
-        if gpu is None:
-            return card, {}, "--target cuda: no NVIDIA GPU visible (nvidia-smi); using the cuda card (H100 figures)"
-        return card, {"target.device.name": f"{gpu} (visible GPU; roofline figures of the cuda card)"}, \
-            f"--target cuda: {gpu} visible; cuda card"
-    phone = _attached_phone()
-    if phone is None:
-        return card, {}, "--target mobile: no phone attached (adb); on-device figures are estimates of the mobile card"
-    return card, {}, f"--target mobile: phone {phone} attached; time the bundle on it with edgekd profile BUILD --adb {phone}"
+    return fam.resolve()

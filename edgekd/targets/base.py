@@ -15,36 +15,124 @@ from edgekd.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
 
-    from edgekd.config import TargetConfig
+    from edgekd.config import DeviceConfig, TargetConfig
 
 Capability = tuple[str, bool, str]  # (capability, available here, why / what provides it)
 
 
 @dataclass
+class ClassifierPayload:
+    """What a classifier adds to a ConvertJob: the bundle's metadata and the data its shipped
+    artifacts report on. Converters read it only where they need a classifier's specifics."""
+
+    class_names: list[str] | None
+    normalization: dict[str, Any]
+    x_test: "np.ndarray | None" = None  # the test split: shipped artifacts REPORT accuracy on it
+    y_test: "np.ndarray | None" = None
+    x_val: "np.ndarray | None" = None   # validation samples (per-layer sensitivity: choices)
+    y_val: "np.ndarray | None" = None
+    student_accuracy: float | None = None  # the FP32 student's test accuracy (torch)
+
+
+@dataclass
 class ConvertJob:
-    """Everything a family's convert step may use, handed over by the classification graph."""
+    """Everything a family's convert step may use, handed over by any task: the same fields for a
+    classifier and a language model; what only one task has rides in `payload`."""
 
     wd: Path                    # the convert stage's folder: write only inside it
     target: "TargetConfig"
     selected: str               # the selected candidate's variant
     onnx_path: Path             # the selected candidate's ONNX
     fp32_onnx: Path             # the FP32 student ONNX (export stage)
-    student: Any                # the FP32 torch student (eval mode)
-    input_name: str
-    input_shape: list[int]
-    x_check: "np.ndarray"       # reference inputs for parity checks in the bundle
-    expected: "np.ndarray"      # the torch student's outputs on x_check
-    calib: "np.ndarray"         # calibration samples (train split)
-    class_names: list[str] | None
-    normalization: dict[str, Any]
+    student: Any                # the FP32 torch student (eval mode); None when the task has none
+    example: "dict[str, np.ndarray]"        # {input name: array}: reference feeds for parity checks
+    expected: "list[np.ndarray]"            # the torch student's outputs on `example`, in output order
+    calib: "dict[str, np.ndarray]"          # {input name: calibration samples} (train split)
+    input_shapes: dict[str, list[int]]      # the exported graph's input shapes (batch as exported)
+    # ONNX path -> score on VALIDATION data (higher is better): what precision/keep-in-FP32 choices
+    # are made on. Test data only reports (payload).
+    evaluate: Callable[[Path], float] | None = None
+    budget_points: float = 0.5  # the recipe's accuracy budget (points vs the FP32 student)
+    payload: Any = None         # task-specific (ClassifierPayload for classifiers)
     options: dict[str, Any] = field(default_factory=dict)   # build options (allow_unsupported, ...)
-    x_test: "np.ndarray | None" = None  # the test split: shipped artifacts report accuracy on it
-    y_test: "np.ndarray | None" = None
-    x_val: "np.ndarray | None" = None   # validation samples (per-layer sensitivity)
-    budget_points: float = 0.5          # the recipe's accuracy budget (points vs the FP32 student)
-    student_accuracy: float | None = None  # the FP32 student's test accuracy (torch)
-    host_device: Any = None             # DeviceConfig of this host (host-proxy rows: roofline/energy)
+    host_device: Any = None     # DeviceConfig of this host (host-proxy rows: roofline/energy)
     log: Callable[[str], None] | None = None
+
+    def single_io(self, what: str) -> tuple[str, "np.ndarray", "np.ndarray", "np.ndarray"]:
+        """(input name, example, expected output, calibration samples) of a one-input, one-output
+        model: what the classifier-style bundles take. UserError (exit 2) for any other model."""
+        from edgekd.errors import UserError
+
+        if len(self.example) != 1 or len(self.expected) != 1:
+            raise UserError(f"{what} takes a model with one input and one output; this one has {len(self.example)} "
+                            f"input(s) ({', '.join(self.example)}) and {len(self.expected)} output(s)",
+                            hint="build this recipe for a target whose converter takes it, e.g. --target cpu")
+        (name, x), = self.example.items()
+        return name, x, self.expected[0], self.calib[name]
+
+
+Profiled = tuple[str, str, Any]  # (measured_on device|host, machine name, its DeviceConfig)
+
+
+def host_device() -> "DeviceConfig":
+    """This host's CPU as a DeviceConfig: the cpu card's per-core figures under the host CPU's name.
+
+    Host-proxy rows of other targets (a mobile artifact timed on x86, the ONNX candidates of an
+    Ascend build) take their roofline peak and energy-estimate power from here, never from the
+    target card's device: host time x device power would describe no machine.
+    """
+    from edgekd.cards import load_target
+    from edgekd.hostinfo import cpu_name
+
+    d = load_target("cpu").device
+    return d.model_copy(update={"name": f"{cpu_name()} (this host)"})
+
+
+def host_proxy(target: "TargetConfig") -> Profiled:
+    """A model run on this host's CPU stands in for the device: host figures (peak, power), never
+    the target card's -- host CPU time x the device's power would describe no machine."""
+    host = host_device()
+    return "host", host.name, host
+
+
+def host_is_device(target: "TargetConfig") -> Profiled:
+    """This host is the target device: the card's figures under the host CPU's name."""
+    host = host_device()
+    return "device", host.name, target.device.model_copy(update={"name": host.name})
+
+
+def no_teacher_on_device(load_model: Callable[[], Any], example: Any, target: "TargetConfig") -> Any:
+    """Families without an accelerator that runs PyTorch: the teacher has no device row."""
+    return None
+
+
+def torch_teacher_row(load_model: Callable[[], Any], example: Any, target: "TargetConfig", device: str, sampler: Any,
+                      idle_seconds: float | None = None) -> tuple[str, dict[str, Any]]:
+    """The PyTorch teacher timed on torch `device` with `sampler` reading its power counter: the
+    (report key, profile row) the families' profile_teacher_on_device hooks return. With
+    `idle_seconds` the board's idle power is sampled first and subtracted (as for msit's figures),
+    so the per-inference energy is of the same kind as the bundle's."""
+    import torch
+
+    from edgekd.runtimes.torch_device import profile_torch_device
+
+    model = load_model()
+    p = target.profile
+    runs = max(p.min_runs, 100)
+    has_counter = sampler.available()
+    idle = sampler.idle_watts(idle_seconds) if has_counter and idle_seconds is not None else None
+    r = profile_torch_device(model, torch.as_tensor(example), device, runs=runs, warmup=p.warmup_runs,
+                             sampler=sampler if has_counter else None)
+    energy = r["energy"]
+    if energy and idle is not None:
+        above = energy["joules_total"] - idle * energy["window_s"]
+        energy.update({"joules_per_inference": above / runs, "idle_watts": idle, "joules_above_idle": above})
+    if energy is None:
+        energy = {"joules_per_inference": None, "method": "estimate-none", "note": f"{sampler.method} counter not available"}
+    return f"teacher/fp32-torch-{device}", {
+        "latency_ms": r["latency_ms"], "throughput_per_s": r["throughput_per_s"], "energy": energy,
+        "peak_rss_bytes": None, "peak_memory_bytes": r["peak_memory_bytes"], "runtime": f"torch-{device}",
+        "measured_on": "device", "device": r["device_name"], "flops": None, "roofline": None}
 
 
 @dataclass(frozen=True)
@@ -55,6 +143,10 @@ class TargetFamily:
     check: Callable[["TargetConfig"], None]                           # raises UserError/ConfigError up front
     availability: Callable[["TargetConfig"], list[Capability]]        # cheap probes, never raise
     required: tuple[str, ...]                                         # capabilities of which one must be present
+    # How the family recognises its cards; the registry asks every family and exactly one must
+    # answer yes. `claims` says the same in words, for the error when none or several do.
+    matches: Callable[["TargetConfig"], bool]
+    claims: str
     # None: the ONNX candidates are the shipped artifacts. Otherwise returns (outputs, metrics); a
     # metrics["models"] list holds report rows for the artifacts the target ships.
     convert: Callable[[ConvertJob], tuple[dict[str, str], dict[str, Any]]] | None = None
@@ -64,6 +156,17 @@ class TargetFamily:
     # `unsupported-on-target`), a card or an explicit --set naming one exits 2 before any training.
     cannot_ship: Mapping[str, str] = field(default_factory=dict)
     cannot_ship_hint: str = ""  # what to do instead (e.g. Ascend INT8 goes through AMCT)
+    # Where the profile stage's runs happen: (measured_on, machine name, its DeviceConfig).
+    where_profiled: Callable[["TargetConfig"], Profiled] = host_proxy
+    # The same for a model run on this host's CPU whatever the target (the language-model
+    # benchmark): the device on the cpu family, a host proxy elsewhere.
+    host_cpu_profiled: Callable[["TargetConfig"], Profiled] = host_proxy
+    # The PyTorch teacher timed on the target's accelerator (cuda: NVML; ascend: torch_npu with
+    # npu-smi), when the device is here: (report key, row). `load_model` is called only then.
+    profile_teacher_on_device: Callable[[Callable[[], Any], Any, "TargetConfig"], Any] = no_teacher_on_device
+    # The family's name given as --target: () -> (card, overrides, one line to print); None: the
+    # name is a card's.
+    resolve: Callable[[], tuple[str, dict[str, object], str]] | None = None
 
     def ready(self, target: "TargetConfig", rows: list[Capability] | None = None) -> tuple[bool, str]:
         """Whether `edgekd build` can produce this target's artifacts here, and why not."""

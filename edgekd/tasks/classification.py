@@ -19,11 +19,10 @@ from edgekd.config import SELECTION_FIELDS
 from edgekd.errors import ConfigError
 from edgekd.fsio import cache_entry, write_json_atomic
 from edgekd.pipeline import BuildContext, Stage, StageOutput, StageResult, stable_hash
-from edgekd.targets import family, family_name
+from edgekd.targets import family
 from edgekd.targets.cpu import host_device
 from edgekd.tasks.base import Task
-from edgekd.tasks.common import (build_model, checkpoint_path, data_fingerprint, host_profile_device, load_model,
-                                 splits)
+from edgekd.tasks.common import build_model, checkpoint_path, data_fingerprint, load_model, splits
 
 
 # --------------------------------------------------------------------------- teacher
@@ -697,65 +696,17 @@ def profile_models(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path, 
 
 
 def where_profiled(ctx: BuildContext) -> tuple[str, str, Any]:
-    """(measured_on, machine name, its DeviceConfig) of the profile stage's runs. cpu: the host is
-    the target device; cuda: onnxruntime's CUDA provider runs on the GPU; mobile/Ascend: the host
-    stands in for the device (host-proxy figures, this host's peak and power)."""
-    if family_name(ctx.target) == "cuda" and "CUDAExecutionProvider" in ctx.target.providers:
-        return "device", _gpu_name() or ctx.target.device.name, ctx.target.device
-    return host_profile_device(ctx)
-
-
-def _gpu_name() -> str | None:
-    import torch
-
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    """(measured_on, machine name, its DeviceConfig) of the profile stage's runs: the family's hook."""
+    return family(ctx.target).where_profiled(ctx.target)
 
 
 def _teacher_on_device(ctx: BuildContext, inputs: dict[str, StageResult], s) -> tuple[str, dict] | None:
-    """The PyTorch teacher on the target's accelerator: cuda (NVML energy) or an Ascend NPU through
-    torch_npu (npu-smi energy), when present. None on other targets or when the device is absent."""
-    import torch
-
-    fam = family_name(ctx.target)
+    """The PyTorch teacher on the target's accelerator (the family's hook), when it has one here."""
     if ctx.recipe.teacher.onnx:  # a teacher given as ONNX has no PyTorch form to run on the device
         return None
-    if fam == "cuda":
-        if not torch.cuda.is_available():
-            return None
-        from edgekd.profile.measure.energy import NvmlSampler
-
-        device, sampler = "cuda", NvmlSampler(0)
-    elif fam == "ascend":
-        from edgekd.runtimes.npu import torch_npu_status
-
-        if not torch_npu_status()[0]:
-            return None
-        from edgekd.profile.measure.energy import NpuSmiSampler
-
-        device, sampler = "npu", NpuSmiSampler(ctx.target.ascend.device_id if ctx.target.ascend else 0)
-    else:
-        return None
-    from edgekd.runtimes.npu import profile_torch_device
-
-    model = load_model(ctx.recipe.teacher, inputs["teacher"].path("model"))
     batch = inputs["export"].metrics["input_shape"][0]
-    p = ctx.target.profile
-    has_counter = sampler.available()
-    # The NPU board draws power when idle: subtract a baseline, as for model.om (msit), so the two
-    # per-inference figures are of the same kind. NVML's counter is reported gross.
-    idle = sampler.idle_watts(ctx.target.ascend.idle_seconds) if has_counter and device == "npu" else None
-    r = profile_torch_device(model, torch.as_tensor(s.x_test[:batch]), device, runs=max(p.min_runs, 100),
-                             warmup=p.warmup_runs, sampler=sampler if has_counter else None)
-    energy = r["energy"]
-    if energy and idle is not None:
-        above = energy["joules_total"] - idle * energy["window_s"]
-        energy.update({"joules_per_inference": above / max(p.min_runs, 100), "idle_watts": idle, "joules_above_idle": above})
-    if energy is None:
-        energy = {"joules_per_inference": None, "method": "estimate-none", "note": f"{sampler.method} counter not available"}
-    return f"teacher/fp32-torch-{device}", {
-        "latency_ms": r["latency_ms"], "throughput_per_s": r["throughput_per_s"], "energy": energy,
-        "peak_rss_bytes": None, "peak_memory_bytes": r["peak_memory_bytes"], "runtime": f"torch-{device}",
-        "measured_on": "device", "device": r["device_name"], "flops": None, "roofline": None}
+    return family(ctx.target).profile_teacher_on_device(
+        lambda: load_model(ctx.recipe.teacher, inputs["teacher"].path("model")), s.x_test[:batch], ctx.target)
 
 
 # --------------------------------------------------------------------------- convert
@@ -764,7 +715,8 @@ def _teacher_on_device(ctx: BuildContext, inputs: dict[str, StageResult], s) -> 
 def convert_job(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
     """The target family's job for the selected student (Ascend bundle, mobile .pte/.ort)."""
     from edgekd.distill.trainer import predict
-    from edgekd.targets import ConvertJob
+    from edgekd.quantize.candidates import evaluate_onnx
+    from edgekd.targets import ClassifierPayload, ConvertJob
 
     s = splits(ctx)
     selected = inputs["select"].metrics["selected"]
@@ -772,15 +724,17 @@ def convert_job(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
     student = load_model(ctx.recipe.student, inputs["distill"].path("model"))
     x_check = s.x_val[:64]  # int8 artifacts are judged on top-1 agreement: 64 samples make that meaningful
     rng = np.random.default_rng(ctx.recipe.data.seed)
+    calib = s.x_train[rng.permutation(len(s.x_train))[: ctx.recipe.quantize.calibration_samples]]
+    payload = ClassifierPayload(class_names=s.class_names, normalization=s.normalization, x_test=s.x_test,
+                                y_test=s.y_test, x_val=s.x_val, y_val=s.y_val,
+                                student_accuracy=inputs["distill"].metrics.get("test_accuracy"))
     job = ConvertJob(wd=wd, target=ctx.target, selected=selected, onnx_path=inputs["quantize"].dir / cand["path"],
-                     fp32_onnx=inputs["export"].path("student"), student=student, input_name="input",
-                     input_shape=inputs["export"].metrics["input_shape"], x_check=x_check,
-                     expected=predict(student, x_check).numpy(),
-                     calib=s.x_train[rng.permutation(len(s.x_train))[: ctx.recipe.quantize.calibration_samples]],
-                     class_names=s.class_names, normalization=s.normalization, options=dict(ctx.options),
-                     x_test=s.x_test, y_test=s.y_test, x_val=s.x_val, budget_points=ctx.recipe.quantize.accuracy_budget,
-                     student_accuracy=inputs["distill"].metrics.get("test_accuracy"), host_device=host_device(),
-                     log=ctx.log)
+                     fp32_onnx=inputs["export"].path("student"), student=student, example={"input": x_check},
+                     expected=[predict(student, x_check).numpy()], calib={"input": calib},
+                     input_shapes={"input": inputs["export"].metrics["input_shape"]},
+                     evaluate=lambda path: evaluate_onnx(path, s.x_val, s.y_val),
+                     budget_points=ctx.recipe.quantize.accuracy_budget, payload=payload, options=dict(ctx.options),
+                     host_device=host_device(), log=ctx.log)
     return job
 
 

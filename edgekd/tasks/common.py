@@ -46,17 +46,11 @@ def load_model(ref, state_path: Path, log: Callable[[str], None] | None = None):
 
 
 def host_profile_device(ctx: BuildContext) -> tuple[str, str, Any]:
-    """(measured_on, machine name, DeviceConfig) of a model profiled on this host's CPU. On the cpu
-    target the host is the device (the card's figures under the host CPU's name); on any other
-    target the host stands in for the device and its figures are this host's, never the target
-    card's: host CPU time x the device's power (or against its peak) would describe no machine."""
-    from edgekd.targets import family_name
-    from edgekd.targets.cpu import host_device
+    """(measured_on, machine name, DeviceConfig) of a model profiled on this host's CPU: the target
+    family's answer (the device on cpu; elsewhere the host stands in, with this host's figures)."""
+    from edgekd.targets import family
 
-    host = host_device()
-    if family_name(ctx.target) == "cpu":
-        return "device", host.name, ctx.target.device.model_copy(update={"name": host.name})
-    return "host", host.name, host
+    return family(ctx.target).host_cpu_profiled(ctx.target)
 
 
 def checkpoint_path(ctx: BuildContext, stage: str, key_material: Any) -> Path:

@@ -398,7 +398,7 @@ def test_unavailable_targets_exit_3(tmp_path):
 def test_ascend_bundle_for_fashion_cnn(ascend_quick_build):
     import onnx
 
-    from edgekd.export.ascend import lint
+    from edgekd.targets.ascend.bundle import lint
 
     out, report, _ = ascend_quick_build  # the session's Ascend quick build (test_device_cli reads it too)
     assert report["target"] == "ascend-310p"

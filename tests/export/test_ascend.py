@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 
 from edgekd.config import TargetConfig
 from edgekd.errors import StageError, UserError
-from edgekd.export import ascend
+from edgekd.targets.ascend import bundle as ascend
 from edgekd.export.onnx import export_onnx
 from edgekd.runtimes.ort import run_onnx
 

@@ -14,10 +14,10 @@ import torch
 from onnx import TensorProto, helper
 
 from edgekd.errors import DataError, StageError, UserError
-from edgekd.export import ascend
-from edgekd.export.ascend_precision import fp16_preflight
+from edgekd.targets.ascend import bundle as ascend
+from edgekd.targets.ascend.precision import fp16_preflight
 from edgekd.profile.measure.energy import NpuSmiSampler
-from edgekd.runtimes import npu
+from edgekd.targets.ascend import device as ascend_device
 from tests import ascend_fakes
 from tests.export.test_ascend import _card
 
@@ -28,7 +28,7 @@ DATA = Path(__file__).resolve().parents[1] / "fixtures" / "ascend"
 
 
 def test_msit_summary_parsed_from_recorded_output():
-    s = npu.parse_msit_summary((DATA / "msit_benchmark.txt").read_text())
+    s = ascend_device.parse_msit_summary((DATA / "msit_benchmark.txt").read_text())
     lat = s["latency_ms"]
     assert lat["min"] == pytest.approx(0.2150000035762787) and lat["p50"] == pytest.approx(0.2280000001192093)
     assert lat["mean"] == pytest.approx(0.2317399978637695) and lat["p99"] == pytest.approx(0.3096099972724915)
@@ -39,17 +39,17 @@ def test_msit_summary_parsed_from_recorded_output():
 def test_msit_summary_older_throughput_form_and_missing_summary():
     text = ("[INFO] NPU_compute_time (ms): min = 21.8, max = 22.4, mean = 21.9, median = 21.9, percentile(99%) = 22.3\n"
             "[INFO] throughput 1000*batchsize(16)/NPU_compute_time.mean(21.9): 730.5\n")
-    s = npu.parse_msit_summary(text)
+    s = ascend_device.parse_msit_summary(text)
     assert s["batch"] == 16 and s["throughput_per_s"] == pytest.approx(730.5) and "h2d_ms" not in s
     with pytest.raises(StageError, match="NPU_compute_time"):
-        npu.parse_msit_summary("[INFO] load model model.om success\n[ERROR] run failed\n")
+        ascend_device.parse_msit_summary("[INFO] load model model.om success\n[ERROR] run failed\n")
 
 
 def test_npu_smi_table_gives_the_soc(tmp_path, monkeypatch):
-    chips = npu.parse_npu_smi_chips((DATA / "npu_smi_info_310p.txt").read_text())
+    chips = ascend_device.parse_npu_smi_chips((DATA / "npu_smi_info_310p.txt").read_text())
     assert chips == [{"npu_id": 0, "name": "310P3", "health": "OK"}]  # the Device/Bus-Id row is not a chip
     ascend_fakes.install(tmp_path / "bin", monkeypatch)
-    soc, how = npu.detect_ascend_soc()
+    soc, how = ascend_device.detect_ascend_soc()
     assert soc == "Ascend310P3" and soc in ascend.KNOWN_SOC_VERSIONS and "310P3" in how
 
 
@@ -60,7 +60,7 @@ def test_msit_run_with_npu_smi_sampling_subtracts_idle(tmp_path, monkeypatch):
     ascend_fakes.install(tmp_path / "bin", monkeypatch)
     om = tmp_path / "model.om"
     om.write_bytes(b"om")
-    res = npu.run_msit_on_device(om, loop=100, warmup=10, device_id=0, idle_seconds=0.3, interval_s=0.05)
+    res = ascend_device.run_msit_on_device(om, loop=100, warmup=10, device_id=0, idle_seconds=0.3, interval_s=0.05)
     e = res["energy"]
     assert e["method"] == "npu-smi" and e["measured"] is True
     assert e["idle_watts"] == pytest.approx(ascend_fakes.IDLE_W)
@@ -76,7 +76,7 @@ def test_msit_failure_is_a_stage_error(tmp_path, monkeypatch):
     ascend_fakes.install(tmp_path / "bin", monkeypatch)
     sampler = NpuSmiSampler(0, interval_s=0.05)
     with pytest.raises(StageError, match="not found"):
-        npu.run_msit_on_device(tmp_path / "missing.om", 10, 1, sampler=sampler, idle_seconds=0)
+        ascend_device.run_msit_on_device(tmp_path / "missing.om", 10, 1, sampler=sampler, idle_seconds=0)
 
 
 # --------------------------------------------------------------------------- FP16 preflight
@@ -227,9 +227,9 @@ def test_bundle_converted_and_measured_on_the_fake_device(tmp_path, monkeypatch)
     man = ascend.write_bundle(tmp_path / "m.onnx", tmp_path / "out", card, "x", [1, 4], x, x + 0.0)
     b = tmp_path / "out" / "ascend"
     assert man["atc"]["status"] == "ok" and (b / "model.om").read_bytes().startswith(b"FAKE-OM")
-    dev = ascend.profile_on_device(b, card.ascend)
+    dev = ascend_device.profile_on_device(b, card.ascend)
     assert dev["status"] == "ok" and dev["device"] == "Ascend310P3"
     assert dev["energy"]["method"] == "npu-smi" and dev["energy"]["joules_per_inference"] > 0
     assert dev["latency_ms"]["p50"] == pytest.approx(0.2280000001192093)
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    assert ascend.profile_on_device(b, card.ascend)["status"] == "not run"
+    assert ascend_device.profile_on_device(b, card.ascend)["status"] == "not run"

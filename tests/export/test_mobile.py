@@ -19,10 +19,10 @@ import torch
 
 from edgekd.cards import load_target
 from edgekd.errors import StageError, TargetUnavailable, UserError
-from edgekd.export import mobile
+from edgekd.targets.mobile import bundle as mobile
 from edgekd.export.onnx import export_onnx
 from edgekd.runtimes.ort import run_onnx
-from edgekd.export.ort_format import parse_required_operators, to_ort_format
+from edgekd.targets.mobile.ort_format import parse_required_operators, to_ort_format
 from edgekd.zoo import build
 
 HAS_ET = importlib.util.find_spec("executorch") is not None
@@ -113,7 +113,7 @@ def bundle(trained) -> tuple[Path, dict]:
 
 @needs_et
 def test_fp32_pte_matches_torch(trained, bundle):
-    from edgekd.export.executorch import run_pte
+    from edgekd.targets.mobile.executorch import run_pte
 
     got = run_pte(bundle[0] / "model_fp32.pte", trained["x_test"])
     assert got.shape == trained["ref"].shape
@@ -124,7 +124,7 @@ def test_fp32_pte_matches_torch(trained, bundle):
 
 _TIME_AFTER_RUN = """
 import sys, numpy as np
-from edgekd.export.executorch import run_pte, time_pte
+from edgekd.targets.mobile.executorch import run_pte, time_pte
 x = np.random.rand(8, 1, 28, 28).astype(np.float32)
 for f in sys.argv[1:]:
     run_pte(f, x)
@@ -143,7 +143,7 @@ def test_threadpool_pinning_never_crashes_the_process(bundle, tmp_path):
     import subprocess
     import sys
 
-    from edgekd.export.executorch import export_pte
+    from edgekd.targets.mobile.executorch import export_pte
 
     torch.manual_seed(0)
     student = build("small_cnn", widths=[16, 32, 96], num_classes=10).eval()  # the fashion-cnn student's size
@@ -161,7 +161,7 @@ def test_threadpool_pinning_never_crashes_the_process(bundle, tmp_path):
 
 @needs_et
 def test_int8_pte_is_quantized_and_agrees_on_top1(trained, bundle):
-    from edgekd.export.executorch import run_pte
+    from edgekd.targets.mobile.executorch import run_pte
 
     got = run_pte(bundle[0] / "model_int8.pte", trained["x_test"])
     agree = (got.argmax(1) == trained["ref"].argmax(1)).mean()
@@ -294,7 +294,7 @@ def test_bundle_without_executorch_ships_ort_and_fails_on_mismatch(trained, tmp_
 
 
 def test_export_pte_without_executorch_is_unavailable(trained, tmp_path, monkeypatch):
-    from edgekd.export.executorch import export_pte
+    from edgekd.targets.mobile.executorch import export_pte
 
     _hide_executorch(monkeypatch)
     with pytest.raises(TargetUnavailable) as e:

@@ -53,7 +53,7 @@ def test_ascend_refuses_exactly_the_kinds_whose_graphs_atc_cannot_parse(name, ml
     kind the Ascend family declares unshippable for want of a parser has lint findings, and its
     reason names the ops the lint found; fp32 passes. fp16 parses, and is refused for another
     reason (the NPU's FP16 is ATC's precision_mode on the FP32 graph)."""
-    from edgekd.export.ascend import lint
+    from edgekd.targets.ascend.bundle import lint
     from edgekd.quantize import make_candidate
 
     if CANDIDATES[name].kind == "weight-only":

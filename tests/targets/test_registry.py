@@ -13,8 +13,8 @@ import torch
 
 from edgekd.config import TargetConfig
 from edgekd.errors import StageError, TargetUnavailable, UserError
-from edgekd.export.ascend import KNOWN_SOC_VERSIONS, check_target
-from edgekd.runtimes import npu
+from edgekd.targets.ascend.bundle import KNOWN_SOC_VERSIONS, check_target
+from edgekd.runtimes import torch_device
 from edgekd.targets import availability as target_availability, build_ready
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,9 +28,9 @@ def card(name: str) -> TargetConfig:
 
 @pytest.fixture(autouse=True)
 def _fresh_npu_probe():
-    npu.torch_npu_status.cache_clear()
+    torch_device.torch_npu_status.cache_clear()
     yield
-    npu.torch_npu_status.cache_clear()
+    torch_device.torch_npu_status.cache_clear()
 
 
 # --------------------------------------------------------------------------- cards
@@ -86,7 +86,7 @@ def test_torch_npu_installed_but_broken_is_reported(monkeypatch):
     """A torch_npu that is found but cannot import (here: the probe process cannot find it, as
     when CANN is missing) must come back as unavailable with the import error, not crash."""
     _pretend_torch_npu_is_installed(monkeypatch)
-    ok, reason = npu.torch_npu_status()
+    ok, reason = torch_device.torch_npu_status()
     assert ok is False and "does not import" in reason and "torch_npu" in reason
 
 
@@ -97,8 +97,8 @@ def test_torch_npu_probe_timeout_is_reported(monkeypatch):
     def hang(*a, **k):
         raise subprocess.TimeoutExpired(cmd="python", timeout=k.get("timeout", 1))
 
-    monkeypatch.setattr(npu.subprocess, "run", hang)
-    ok, reason = npu.torch_npu_status()
+    monkeypatch.setattr(torch_device.subprocess, "run", hang)
+    ok, reason = torch_device.torch_npu_status()
     assert ok is False and "timed out" in reason
 
 
@@ -136,7 +136,7 @@ def test_cpu_and_mobile_availability():
 
 def test_probes_do_not_import_heavy_sdks():
     code = ("import sys, tomllib; from edgekd.config import TargetConfig; from edgekd.targets import availability as target_availability;"
-            "import edgekd.export.ascend, edgekd.runtimes.npu, edgekd.runtimes.openvino_rt;"
+            "import edgekd.targets.ascend.bundle, edgekd.runtimes.torch_device, edgekd.targets.ascend.device, edgekd.runtimes.openvino_rt;"
             "[target_availability(TargetConfig.model_validate(tomllib.load(open(f'targets/{n}.toml','rb')))) "
             "for n in ('mobile', 'ascend-310p')];"
             "bad = [m for m in ('onnxruntime', 'openvino', 'executorch', 'torch_npu', 'torch') if m in sys.modules];"
@@ -173,7 +173,7 @@ class _ConstantPower:
 
 def test_profile_cpu_measures_latency_memory_and_energy():
     model = _Sleepy(2.0).train()
-    res = npu.profile_torch_device(model, torch.randn(2, 8), "cpu", runs=12, warmup=2, sampler=_ConstantPower())
+    res = torch_device.profile_torch_device(model, torch.randn(2, 8), "cpu", runs=12, warmup=2, sampler=_ConstantPower())
     lat = res["latency_ms"]
     assert lat["n"] == 12 and 2.0 <= lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"]
     assert lat["p50"] < 200  # a 2 ms sleep is not measured as seconds
@@ -191,13 +191,13 @@ def test_profile_mixed_precision_runs_the_model_in_half_precision():
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
     seen = []
     model[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    res = npu.profile_torch_device(model, torch.randn(4, 16), "cpu", runs=3, warmup=1, precision="bf16")
+    res = torch_device.profile_torch_device(model, torch.randn(4, 16), "cpu", runs=3, warmup=1, precision="bf16")
     assert res["precision"] == "bf16" and set(seen) == {torch.bfloat16}
     seen.clear()
-    npu.profile_torch_device(model, torch.randn(4, 16), "cpu", runs=2, warmup=0)
+    torch_device.profile_torch_device(model, torch.randn(4, 16), "cpu", runs=2, warmup=0)
     assert set(seen) == {torch.float32}
     with pytest.raises(UserError, match="unknown precision"):
-        npu.profile_torch_device(model, torch.randn(4, 16), "cpu", runs=1, warmup=0, precision="int3")
+        torch_device.profile_torch_device(model, torch.randn(4, 16), "cpu", runs=1, warmup=0, precision="int3")
 
 
 @pytest.mark.cuda
@@ -205,7 +205,7 @@ def test_profile_mixed_precision_runs_the_model_in_half_precision():
 def test_profile_cuda_fp16_and_bf16():
     model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 10))
     for precision in ("fp16", "bf16"):
-        res = npu.profile_torch_device(model, torch.randn(64, 256), "cuda", runs=20, warmup=5, precision=precision)
+        res = torch_device.profile_torch_device(model, torch.randn(64, 256), "cuda", runs=20, warmup=5, precision=precision)
         assert res["precision"] == precision and res["latency_ms"]["p50"] > 0
 
 
@@ -220,31 +220,31 @@ def test_profile_sampler_formats_and_errors():
 
         def stop(self): return "n/a"
 
-    res = npu.profile_torch_device(torch.nn.Linear(4, 2), torch.randn(1, 4), "cpu", runs=3, warmup=0, sampler=Joules())
+    res = torch_device.profile_torch_device(torch.nn.Linear(4, 2), torch.randn(1, 4), "cpu", runs=3, warmup=0, sampler=Joules())
     assert res["energy"]["joules_per_inference"] == pytest.approx(1.0)
     with pytest.raises(StageError, match="power sampler"):
-        npu.profile_torch_device(torch.nn.Linear(4, 2), torch.randn(1, 4), "cpu", runs=2, warmup=0, sampler=Junk())
+        torch_device.profile_torch_device(torch.nn.Linear(4, 2), torch.randn(1, 4), "cpu", runs=2, warmup=0, sampler=Junk())
 
 
 def test_profile_rejects_bad_device_and_missing_npu():
     with pytest.raises(UserError, match="unknown torch device"):
-        npu.profile_torch_device(torch.nn.Linear(4, 2), torch.randn(1, 4), "tpu", runs=1, warmup=0)
+        torch_device.profile_torch_device(torch.nn.Linear(4, 2), torch.randn(1, 4), "tpu", runs=1, warmup=0)
     with pytest.raises(UserError):
-        npu.profile_torch_device(torch.nn.Linear(4, 2), torch.randn(1, 4), "cpu", runs=0, warmup=0)
+        torch_device.profile_torch_device(torch.nn.Linear(4, 2), torch.randn(1, 4), "cpu", runs=0, warmup=0)
     if not HAS_TORCH_NPU:
         with pytest.raises(TargetUnavailable) as e:
-            npu.profile_torch_device(torch.nn.Linear(4, 2), torch.randn(1, 4), "npu", runs=1, warmup=0)
+            torch_device.profile_torch_device(torch.nn.Linear(4, 2), torch.randn(1, 4), "npu", runs=1, warmup=0)
         assert e.value.exit_code == 3 and "torch_npu" in e.value.message
     if not torch.cuda.is_available():
         with pytest.raises(TargetUnavailable):
-            npu.profile_torch_device(torch.nn.Linear(4, 2), torch.randn(1, 4), "cuda", runs=1, warmup=0)
+            torch_device.profile_torch_device(torch.nn.Linear(4, 2), torch.randn(1, 4), "cuda", runs=1, warmup=0)
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this host")
 def test_profile_cuda():
     model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 10))
-    res = npu.profile_torch_device(model, torch.randn(64, 256), "cuda", runs=20, warmup=5)
+    res = torch_device.profile_torch_device(model, torch.randn(64, 256), "cuda", runs=20, warmup=5)
     assert res["latency_ms"]["n"] == 20 and res["latency_ms"]["p50"] > 0
     # weights (~1.1 MB) and activations live on the GPU
     assert res["peak_memory_bytes"] > 1_000_000 and res["peak_memory_method"] == "torch.cuda.max_memory_allocated"
@@ -255,7 +255,7 @@ def test_profile_with_the_npu_smi_sampler_interface():
     """edgekd.profile.measure.energy's npu-smi sampler plugs in (fed canned npu-smi text: 15 W)."""
     energy = pytest.importorskip("edgekd.profile.measure.energy")
     sampler = energy.NpuSmiSampler(reader=lambda: "NPU ID : 0\nPower Dissipation(W) : 15.0\n", interval_s=0.005)
-    res = npu.profile_torch_device(_Sleepy(3.0), torch.randn(1, 8), "cpu", runs=10, warmup=1, sampler=sampler)
+    res = torch_device.profile_torch_device(_Sleepy(3.0), torch.randn(1, 8), "cpu", runs=10, warmup=1, sampler=sampler)
     e = res["energy"]
     assert e["method"] == "npu-smi"
     assert e["joules_total"] == pytest.approx(15.0 * e["window_s"], rel=0.1)

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edgekd.targets.base import Capability, TargetFamily, check_common, check_providers, has_module
+from edgekd.targets.base import (Capability, TargetFamily, check_common, check_providers, has_module,
+                                 host_device, host_is_device)
+
+__all__ = ["FAMILY", "host_device", "ort_providers"]  # host_device: defined in base, long imported from here
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from edgekd.config import DeviceConfig, TargetConfig
+    from edgekd.config import TargetConfig
 
 
 def ort_providers(target: "TargetConfig") -> list[Capability]:
@@ -29,6 +32,10 @@ def ort_providers(target: "TargetConfig") -> list[Capability]:
     return rows
 
 
+def _matches(target: "TargetConfig") -> bool:
+    return target.runtime == "onnxruntime" and "CUDAExecutionProvider" not in target.providers
+
+
 def _check(target: "TargetConfig") -> None:
     check_common(target, FAMILY)
     check_providers(target)
@@ -37,18 +44,7 @@ def _check(target: "TargetConfig") -> None:
 FAMILY = TargetFamily(
     name="cpu", summary="onnxruntime on this host's CPU", formats=frozenset({"onnx"}),
     check=_check, availability=ort_providers, required=("onnxruntime providers",),
+    matches=_matches, claims="runtime onnxruntime without CUDAExecutionProvider",
+    # the host is the device: its runs are the device's figures under the host CPU's name
+    where_profiled=host_is_device, host_cpu_profiled=host_is_device,
 )
-
-
-def host_device() -> "DeviceConfig":
-    """This host's CPU as a DeviceConfig: the cpu card's per-core figures under the host CPU's name.
-
-    Host-proxy rows of other targets (a mobile artifact timed on x86, the ONNX candidates of an
-    Ascend build) take their roofline peak and energy-estimate power from here, never from the
-    target card's device: host time x device power would describe no machine.
-    """
-    from edgekd.cards import load_target
-    from edgekd.hostinfo import cpu_name
-
-    d = load_target("cpu").device
-    return d.model_copy(update={"name": f"{cpu_name()} (this host)"})

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgekd.targets.base import Capability, ConvertJob, TargetFamily, check_common, has_module
+from edgekd.targets.base import Capability, ClassifierPayload, ConvertJob, TargetFamily, check_common, has_module
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from edgekd.config import TargetConfig
@@ -30,6 +30,32 @@ def _availability(target: "TargetConfig") -> list[Capability]:
 
 def _check(target: "TargetConfig") -> None:
     check_common(target, FAMILY)
+
+
+def _matches(target: "TargetConfig") -> bool:
+    return target.runtime == "executorch"
+
+
+def _attached_phone() -> str | None:
+    import subprocess
+
+    adb = shutil.which("adb")
+    if adb is None:
+        return None
+    try:
+        lines = subprocess.run([adb, "devices"], capture_output=True, text=True, timeout=20).stdout.splitlines()[1:]
+    except (OSError, subprocess.SubprocessError):
+        return None
+    serials = [ln.split()[0] for ln in lines if len(ln.split()) >= 2 and ln.split()[1] == "device"]
+    return serials[0] if serials else None
+
+
+def _resolve() -> tuple[str, dict[str, object], str]:
+    """--target mobile: the mobile card; the line says whether a phone is attached."""
+    phone = _attached_phone()
+    if phone is None:
+        return "mobile", {}, "--target mobile: no phone attached (adb); on-device figures are estimates of the mobile card"
+    return "mobile", {}, f"--target mobile: phone {phone} attached; time the bundle on it with edgekd profile BUILD --adb {phone}"
 
 
 _VARIANTS = {"model_fp32.pte": "pte-fp32", "model_int8.pte": "pte-int8", "model.ort": "ort-fp32"}
@@ -100,22 +126,35 @@ def _convert(job: ConvertJob) -> tuple[dict[str, str], dict[str, Any]]:
 
     import torch
 
-    from edgekd.export.mobile import write_mobile_bundle
+    from edgekd.targets.mobile.bundle import write_mobile_bundle
     from edgekd.zoo import count_params
 
-    evaluation = (job.x_test, job.y_test) if job.x_test is not None else None
-    info = write_mobile_bundle(job.wd, job.student, torch.as_tensor(job.x_check[:1]), job.fp32_onnx, job.calib,
-                               job.x_check, job.class_names, job.normalization, job.target, evaluation=evaluation)
+    cls = _classifier(job)
+    _, x_check, _, calib = job.single_io("the mobile bundle")
+    evaluation = (cls.x_test, cls.y_test) if cls.x_test is not None else None
+    info = write_mobile_bundle(job.wd, job.student, torch.as_tensor(x_check[:1]), job.fp32_onnx, calib,
+                               x_check, cls.class_names, cls.normalization, job.target, evaluation=evaluation)
     outputs = {p.name: str(p.relative_to(job.wd)) for p in sorted((job.wd / "mobile").rglob("*")) if p.is_file()}
     meta = json.loads((job.wd / "mobile" / "metadata.json").read_text())
     rows = artifact_rows(meta, count_params(job.student), job.host_device) if job.host_device is not None else []
-    choice = select_artifact(rows, job.student_accuracy, job.budget_points)
+    choice = select_artifact(rows, cls.student_accuracy, job.budget_points)
     where = {"ran": [f"artifact accuracy and host-proxy latency: this host ({job.host_device.name if job.host_device else 'host'})"],
              "not_run": ["on-phone latency: no --adb device; the on-device rows are card roofline estimates "
                          f"({job.target.device.name})"]}
     where["not_run"] += [f"{k}: {v}" for k, v in meta.get("skipped", {}).items()]
     return outputs, {"bundle": "mobile", "selected": job.selected, **info, "models": rows,
                      "selected_artifact": choice["selected"], "artifact_selection": choice, "where": where}
+
+
+def _classifier(job: ConvertJob) -> ClassifierPayload:
+    """The .pte/.ort bundle is built from a torch classifier (class names in its metadata, accuracy
+    per artifact); other tasks are refused up front rather than half-converted."""
+    from edgekd.errors import UserError
+
+    if job.student is None or not isinstance(job.payload, ClassifierPayload):
+        raise UserError(f"target '{job.target.name}' (mobile) converts classifiers with a PyTorch student today",
+                        hint="build this recipe with --target cpu, or a classifier recipe for mobile")
+    return job.payload
 
 
 # No cannot_ship: the bundle never carries an ONNX candidate. The .pte files are made from the
@@ -125,4 +164,5 @@ FAMILY = TargetFamily(
     name="mobile", summary="phone CPU via ExecuTorch (.pte, XNNPACK) or ORT Mobile (.ort)",
     formats=frozenset({"pte", "ort", "onnx"}), check=_check, availability=_availability,
     required=("executorch .pte", "ORT format conversion"), convert=_convert,
+    matches=_matches, claims="runtime executorch", resolve=_resolve,
 )

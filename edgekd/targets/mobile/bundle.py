@@ -11,6 +11,7 @@ import re
 import shutil
 import stat
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,9 +19,10 @@ import numpy as np
 import torch
 
 from edgekd.errors import StageError, TargetUnavailable, UserError
+from edgekd.targets.estimate import roofline_estimate
 
 if TYPE_CHECKING:
-    from edgekd.config import DeviceConfig, TargetConfig
+    from edgekd.config import TargetConfig
 
 METADATA_SCHEMA_VERSION = 1
 BUNDLE_DIR = "mobile"
@@ -55,34 +57,7 @@ def _onnx_io(onnx_path: Path) -> tuple[str, str]:
     return inputs[0], m.graph.output[0].name
 
 
-# --------------------------------------------------------------------------- estimate
-
-
-def roofline_estimate(flops: float, weight_bytes: float, io_bytes: float, device: "DeviceConfig",
-                      precision: str) -> dict[str, Any]:
-    """On-device latency/energy from the card's spec figures: max(compute, memory) time x power.
-
-    An estimate, never a measurement: the figures come from the target card, not from a device.
-    """
-    bytes_moved = float(weight_bytes + io_bytes)
-    t_compute = flops / (device.peak_gflops * 1e9)
-    t_memory = bytes_moved / (device.mem_bandwidth_gbs * 1e9)
-    latency_s = max(t_compute, t_memory)
-    assumptions = [
-        f"compute roof {device.peak_gflops:g} GFLOP/s and memory roof {device.mem_bandwidth_gbs:g} GB/s from the "
-        f"target card ({device.name})",
-        "FLOPs = 2 x MACs of Conv/Gemm/MatMul at batch 1; element-wise ops, pooling and softmax not counted",
-        "DRAM traffic = weights read once + input and output; intermediate activations assumed cache-resident",
-        "no kernel launch, framework or cache-miss overhead: a lower bound on latency",
-        f"energy = latency x {device.active_power_watts:g} W (one busy core, card figure); idle power not included",
-    ]
-    if precision == "int8":
-        assumptions.append("int8 arithmetic assumed at the FP32 peak (the card gives no int8 peak)")
-    return {"method": "estimate-roofline", "measured": False, "device": device.name,
-            "latency_ms": latency_s * 1e3, "bound": "compute" if t_compute >= t_memory else "memory",
-            "flops": float(flops), "bytes_moved": bytes_moved,
-            "energy": {"joules_per_inference": latency_s * device.active_power_watts, "method": "estimate-roofline"},
-            "assumptions": assumptions}
+# roofline_estimate is shared with the Ascend family: edgekd.targets.estimate
 
 
 def _flops_and_params(onnx_path: Path) -> tuple[float, int]:
@@ -169,8 +144,41 @@ device figures (method "estimate-roofline"), not measurements.
 On a phone:
   ANDROID_SERIAL=<serial> ET_RUNNER=/path/to/executor_runner ORT_PERF_TEST=/path/to/onnxruntime_perf_test \\
     bash benchmark_android.sh
-or `edgekd` users: edgekd.export.mobile.adb_profile(<this folder>, "<serial>").
+or `edgekd` users: edgekd.targets.mobile.bundle.adb_profile(<this folder>, "<serial>").
 """
+
+
+@dataclass
+class _Build:
+    """What every artifact of one bundle is built, checked and timed against."""
+
+    tmp: Path                   # the bundle's temporary folder (renamed into place at the end)
+    x_check: np.ndarray         # parity samples, in the model's input dtype
+    example: torch.Tensor       # batch-1 input: export, timing and the metadata's input shape
+    reference: np.ndarray       # the PyTorch student's outputs on x_check
+    target: "TargetConfig"
+    timing_runs: int
+    timing_warmup: int
+    flops: float
+    params: int
+    evaluation: tuple[np.ndarray, np.ndarray] | None
+
+    @property
+    def io_bytes(self) -> float:
+        return float(self.example.numel() * self.example.element_size() + self.reference[0].size * 4)
+
+    def test_accuracy(self, run: Any, runtime: str) -> dict[str, Any] | None:
+        """The artifact's accuracy through its own runtime on the test split (reporting only)."""
+        if self.evaluation is None:
+            return None
+        x_test, y_test = self.evaluation
+        pred = run(np.ascontiguousarray(x_test, dtype=self.x_check.dtype)).argmax(-1)
+        return {"value": float((pred == np.asarray(y_test)).mean()), "split": "test", "samples": int(len(y_test)),
+                "runtime": runtime, "measured_on": "host"}
+
+    def estimate(self, weight_bytes_per_param: int, precision: str) -> dict[str, Any]:
+        return roofline_estimate(self.flops, self.params * weight_bytes_per_param, self.io_bytes, self.target.device,
+                                 precision)
 
 
 def write_mobile_bundle(out_dir: Path | str, student_model: torch.nn.Module, example: torch.Tensor,
@@ -187,9 +195,6 @@ def write_mobile_bundle(out_dir: Path | str, student_model: torch.nn.Module, exa
     With `evaluation` = (x_test, y_test) each artifact's accuracy is measured through its own
     runtime (ExecuTorch for .pte, onnxruntime for .ort) on this host.
     """
-    from edgekd.export.onnx import check_parity
-    from edgekd.export.ort_format import CONFIG_NAME, time_ort, to_ort_format
-
     out_dir = Path(out_dir)
     fp32_onnx_path = Path(fp32_onnx_path)
     if not fp32_onnx_path.is_file():
@@ -200,8 +205,6 @@ def write_mobile_bundle(out_dir: Path | str, student_model: torch.nn.Module, exa
     if len(x_check) == 0:
         raise UserError("no samples to check the mobile artifacts on", hint="the validation split is empty")
     example = torch.as_tensor(np.asarray(example, dtype=in_dtype))[:1].contiguous()  # mobile programs are batch 1
-    atol, rtol = target.parity.atol, target.parity.rtol
-    threads = target.profile.threads
 
     student_model = student_model.eval()
     with torch.no_grad():
@@ -213,95 +216,119 @@ def write_mobile_bundle(out_dir: Path | str, student_model: torch.nn.Module, exa
     if tmp.exists():  # a killed earlier run of this stage left it: ours to remove
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    flops, params = _flops_and_params(fp32_onnx_path)
+    b = _Build(tmp, x_check, example, reference, target, timing_runs, timing_warmup, flops, params, evaluation)
+
+    artifacts, skipped = _build_ptes(b, student_model, calib)
+    artifacts["model.ort"] = _build_ort(b, fp32_onnx_path)
+    _write_scripts(b, skipped)
+    _write_metadata(b, fp32_onnx_path, artifacts, skipped, class_names, normalization)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return _summary(artifacts, skipped)
+
+
+def _build_ptes(b: _Build, student_model: torch.nn.Module, calib: np.ndarray) -> tuple[dict[str, Any], dict[str, str]]:
+    """The FP32 and INT8 .pte (an INT8 export failure is recorded, the FP32 one raises)."""
+    from edgekd.export.onnx import check_parity
 
     artifacts: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
-    flops, params = _flops_and_params(fp32_onnx_path)
-    io_bytes = float(example.numel() * example.element_size() + reference[0].size * 4)
-
-    def test_accuracy(run, runtime: str) -> dict[str, Any] | None:
-        if evaluation is None:
-            return None
-        x_test, y_test = evaluation
-        pred = run(np.ascontiguousarray(x_test, dtype=in_dtype)).argmax(-1)
-        return {"value": float((pred == np.asarray(y_test)).mean()), "split": "test", "samples": int(len(y_test)),
-                "runtime": runtime, "measured_on": "host"}
-
-    if importlib.util.find_spec("executorch") is not None:
-        from edgekd.export.executorch import export_pte, run_pte, time_pte
-
-        for precision in ("fp32", "int8"):
-            name = f"model_{precision}.pte"
-            try:
-                info = export_pte(student_model, example, tmp / name, precision, calib=calib if precision == "int8" else None)
-            except StageError as e:
-                if precision == "fp32":
-                    raise
-                skipped[name] = f"export failed: {e.message}"  # the fp32 .pte and the .ort still ship
-                continue
-            got = run_pte(tmp / name, x_check)
-            if precision == "fp32":
-                parity = check_parity(reference, got, atol, rtol, what=f"{name} vs the PyTorch student")
-            else:
-                parity = _top1_parity(reference, got, name)
-            info["parity"] = {**parity, "host": True, "reference": "pytorch student"}
-            info["latency_ms"] = time_pte(tmp / name, example.numpy(), timing_runs, timing_warmup, threads)
-            info["runtime"] = "executorch"
-            info["accuracy"] = test_accuracy(lambda xs, p=tmp / name: run_pte(p, xs), "executorch")
-            info["estimate"] = roofline_estimate(flops, params * (4 if precision == "fp32" else 1), io_bytes,
-                                                 target.device, precision)
-            artifacts[name] = info
-    else:
+    if importlib.util.find_spec("executorch") is None:
         for name in ("model_fp32.pte", "model_int8.pte"):
             skipped[name] = "executorch not installed (pip install '.[mobile]')"
+        return artifacts, skipped
+    from edgekd.targets.mobile.executorch import export_pte, run_pte, time_pte
 
-    info = to_ort_format(fp32_onnx_path, tmp, x_check, atol, rtol, target_platform="arm")
-    parity = check_parity(reference, _run_ort(tmp / "model.ort", x_check), atol, rtol, what="model.ort vs the PyTorch student")
+    for precision in ("fp32", "int8"):
+        name = f"model_{precision}.pte"
+        try:
+            info = export_pte(student_model, b.example, b.tmp / name, precision, calib=calib if precision == "int8" else None)
+        except StageError as e:
+            if precision == "fp32":
+                raise
+            skipped[name] = f"export failed: {e.message}"  # the fp32 .pte and the .ort still ship
+            continue
+        got = run_pte(b.tmp / name, b.x_check)
+        if precision == "fp32":
+            parity = check_parity(b.reference, got, b.target.parity.atol, b.target.parity.rtol,
+                                  what=f"{name} vs the PyTorch student")
+        else:
+            parity = _top1_parity(b.reference, got, name)
+        info["parity"] = {**parity, "host": True, "reference": "pytorch student"}
+        info["latency_ms"] = time_pte(b.tmp / name, b.example.numpy(), b.timing_runs, b.timing_warmup,
+                                      b.target.profile.threads)
+        info["runtime"] = "executorch"
+        info["accuracy"] = b.test_accuracy(lambda xs, p=b.tmp / name: run_pte(p, xs), "executorch")
+        info["estimate"] = b.estimate(4 if precision == "fp32" else 1, precision)
+        artifacts[name] = info
+    return artifacts, skipped
+
+
+def _build_ort(b: _Build, fp32_onnx_path: Path) -> dict[str, Any]:
+    """model.ort (ORT format, arm optimizations) from the FP32 ONNX, checked against the student."""
+    from edgekd.export.onnx import check_parity
+    from edgekd.targets.mobile.ort_format import time_ort, to_ort_format
+
+    atol, rtol = b.target.parity.atol, b.target.parity.rtol
+    info = to_ort_format(fp32_onnx_path, b.tmp, b.x_check, atol, rtol, target_platform="arm")
+    parity = check_parity(b.reference, _run_ort(b.tmp / "model.ort", b.x_check), atol, rtol,
+                          what="model.ort vs the PyTorch student")
     info["parity"] = {**parity, "host": True, "reference": "pytorch student"}
     info["parity_vs_onnx"] = {**info["parity_vs_onnx"], "host": True}
-    info["latency_ms"] = time_ort(tmp / "model.ort", example.numpy(), timing_runs, timing_warmup, threads)
+    info["latency_ms"] = time_ort(b.tmp / "model.ort", b.example.numpy(), b.timing_runs, b.timing_warmup,
+                                  b.target.profile.threads)
     info["runtime"] = "onnxruntime-mobile"
-    info["accuracy"] = test_accuracy(lambda xs: _run_ort(tmp / "model.ort", xs), "onnxruntime (ORT format)")
+    info["accuracy"] = b.test_accuracy(lambda xs: _run_ort(b.tmp / "model.ort", xs), "onnxruntime (ORT format)")
     info["precision"] = "fp32"
-    info["estimate"] = roofline_estimate(flops, params * 4, io_bytes, target.device, "fp32")
-    artifacts["model.ort"] = info
+    info["estimate"] = b.estimate(4, "fp32")
+    return info
 
-    input_name, output_name = _onnx_io(fp32_onnx_path)
-    (tmp / "benchmark_android.sh").write_text(
-        _BENCH_SCRIPT.replace("__RUNS__", str(max(timing_runs, 100))).replace("__THREADS__", str(threads))
-        .replace("__DEVICE_DIR__", DEVICE_DIR))
-    os.chmod(tmp / "benchmark_android.sh", os.stat(tmp / "benchmark_android.sh").st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+def _write_scripts(b: _Build, skipped: dict[str, str]) -> None:
+    """benchmark_android.sh (executable) and README.txt."""
+    script = b.tmp / "benchmark_android.sh"
+    script.write_text(_BENCH_SCRIPT.replace("__RUNS__", str(max(b.timing_runs, 100)))
+                      .replace("__THREADS__", str(b.target.profile.threads)).replace("__DEVICE_DIR__", DEVICE_DIR))
+    os.chmod(script, os.stat(script).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     skipped_text = "".join(f"\nNot built here: {k}: {v}" for k, v in skipped.items())
-    (tmp / "README.txt").write_text(_README.format(device=target.device.name, shape=list(example.shape),
-                                                   dtype=str(example.dtype).replace("torch.", ""),
-                                                   skipped=skipped_text + ("\n" if skipped_text else "")))
+    (b.tmp / "README.txt").write_text(_README.format(device=b.target.device.name, shape=list(b.example.shape),
+                                                     dtype=str(b.example.dtype).replace("torch.", ""),
+                                                     skipped=skipped_text + ("\n" if skipped_text else "")))
+
+
+def _write_metadata(b: _Build, fp32_onnx_path: Path, artifacts: dict[str, Any], skipped: dict[str, str],
+                    class_names: list[str], normalization: dict[str, Any]) -> None:
+    """metadata.json: I/O, normalization, class names, each file's sha256 and the artifacts' checks."""
+    from edgekd.targets.mobile.ort_format import CONFIG_NAME
 
     files = {}
-    for p in sorted(tmp.iterdir()):
+    for p in sorted(b.tmp.iterdir()):
         if p.is_file():
             files[p.name] = {"sha256": _sha256(p), "size_bytes": p.stat().st_size}
     for name, a in artifacts.items():
         a["sha256"] = files[name]["sha256"]
+    input_name, output_name = _onnx_io(fp32_onnx_path)
     metadata = {
         "schema_version": METADATA_SCHEMA_VERSION,
-        "target": target.name,
-        "input": {"name": input_name, "shape": list(example.shape), "dtype": str(example.dtype).replace("torch.", "")},
-        "output": {"name": output_name, "shape": [1, int(reference.shape[-1])], "dtype": "float32"},
+        "target": b.target.name,
+        "input": {"name": input_name, "shape": list(b.example.shape), "dtype": str(b.example.dtype).replace("torch.", "")},
+        "output": {"name": output_name, "shape": [1, int(b.reference.shape[-1])], "dtype": "float32"},
         "normalization": normalization,
         "class_names": list(class_names),
         "files": files,
         "artifacts": artifacts,
         "skipped": skipped,
         "required_operators_config": CONFIG_NAME,
-        "model": {"flops": flops, "params": params},
+        "model": {"flops": b.flops, "params": b.params},
         "notes": ["parity and latency_ms marked host=true were measured on the build host, not on the device",
                   "estimate.* figures are roofline estimates from the target card (method estimate-roofline), not measurements"],
     }
-    (tmp / "metadata.json").write_text(json.dumps(_jsonable(metadata), indent=2) + "\n")
+    (b.tmp / "metadata.json").write_text(json.dumps(_jsonable(metadata), indent=2) + "\n")
 
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+
+def _summary(artifacts: dict[str, Any], skipped: dict[str, str]) -> dict[str, Any]:
     summary = {name: {"format": a["format"], "precision": a["precision"], "size_bytes": a["size_bytes"],
                       "sha256": a["sha256"], "host_p50_ms": a["latency_ms"]["p50"],
                       "parity_max_abs_diff": a["parity"]["max_abs_diff"],

@@ -76,7 +76,7 @@ _DYNAMIC_HINT = ("ATC needs a fixed shape: set onnx.dynamic_batch=false (onnx.st
 
 @lru_cache(maxsize=1)
 def _load_table_cached() -> str:
-    return (resources.files("edgekd.export") / "cann_ops.json").read_text(encoding="utf-8")
+    return (resources.files("edgekd.targets.ascend") / "cann_ops.json").read_text(encoding="utf-8")
 
 
 def load_op_table() -> dict[str, Any]:
@@ -554,114 +554,35 @@ def write_bundle(model_path: Path | str, out_dir: Path | str, target: "TargetCon
     The static model is checked against `expected_outputs` on onnxruntime with the card's parity
     tolerance (StageError on mismatch). Lint findings raise UserError unless `allow_unsupported`.
     With `evaluation` = (x_test, y_test, x_val) the static model's test accuracy is measured and
-    the card's precision mode is simulated in FP16 on the host (edgekd.export.ascend_precision);
+    the card's precision mode is simulated in FP16 on the host (edgekd.targets.ascend.precision);
     layers responsible for a drop past `budget_points` go to keep_dtype.cfg. With `calib` an AMCT
     INT8 calibration script and batch are added (run only on a CANN host).
     When `atc` is on PATH the bundle is converted to model.om; an ATC failure raises StageError
     after the bundle (with atc.log and the manifest) is written. Returns the manifest.
     """
-    from edgekd import __version__
-
     ascend = check_target(target)
-    soc, mode = ascend.soc_version, ascend.precision_mode
-    if not _INPUT_NAME_RE.fullmatch(input_name):
-        raise UserError(f"input name {input_name!r} cannot be passed to atc --input_shape",
-                        hint="export with an input name made of letters, digits, '_', '.', '/' or '-'")
-    shape = [int(d) for d in input_shape]
-    # Token-id models take int64 ids; everything else is fed float32 (ATC reads the ONNX input dtype).
-    raw = np.asarray(sample_inputs)
-    x = raw.astype(np.int64) if np.issubdtype(raw.dtype, np.integer) else raw.astype(np.float32)
-    dtype = str(x.dtype)
-    y = np.asarray(expected_outputs)
-    if x.ndim != len(shape) or list(x.shape[1:]) != shape[1:]:
-        raise UserError(f"sample inputs have shape {list(x.shape)}, the model input is {shape}",
-                        hint="pass samples as (N, *input_shape[1:])")
-    batch = shape[0]
-    n = (min(len(x), len(y)) // batch) * batch
-    if len(x) != len(y) or n == 0:
-        raise UserError(f"need at least {batch} sample(s) with as many expected outputs (got {len(x)} inputs, {len(y)} outputs)",
-                        hint="pass the reference model's outputs for the same samples")
-
+    soc = ascend.soc_version
+    shape, x, y, n = _bundle_inputs(input_name, input_shape, sample_inputs, expected_outputs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / "ascend"
     tmp = Path(tempfile.mkdtemp(prefix=".ascend-", dir=out_dir))
     try:
-        prep = prepare_static(model_path, tmp / "model.onnx", {input_name: shape},
-                              (target.onnx.opset_min, target.onnx.opset_max))
-        findings = lint(tmp / "model.onnx")
-        if findings and not allow_unsupported:
-            listed = "; ".join(str(f) for f in findings[:5]) + (f"; +{len(findings) - 5} more" if len(findings) > 5 else "")
-            raise UserError(f"{len(findings)} node(s) ATC cannot convert for {soc}: {listed}",
-                            hint=f"re-export at an opset in {target.onnx.opset_min}-{target.onnx.opset_max} or replace "
-                                 "these ops; allow_unsupported writes the bundle anyway")
-
+        prep, findings = _static_linted(model_path, tmp, target, input_name, shape, allow_unsupported)
         # The folded static model must still compute what the reference computed.
         from edgekd.export.onnx import check_parity
         from edgekd.runtimes.ort import run_onnx
 
-        got = run_onnx(tmp / "model.onnx", x[:n])
-        parity = check_parity(y[:n].astype(np.float32), got, target.parity.atol, target.parity.rtol,
-                              what=f"static ONNX for {soc}", output_name=next(iter(prep["outputs"])))
-
-        precision: dict[str, Any] | None = None
-        accuracy: float | None = None
-        if evaluation is not None:
-            from edgekd.export.ascend_precision import KEEP_DTYPE_FILE, fp16_preflight, keep_dtype_text
-
-            x_test, y_test, x_val = evaluation
-            # Token-id inputs stay int64: only the float operators after the embedding are rounded.
-            precision = fp16_preflight(tmp / "model.onnx", mode, np.asarray(x_test, x.dtype), np.asarray(y_test),
-                                       np.asarray(x_val, x.dtype), budget_points, log=log)
-            accuracy = precision["fp32_accuracy"]
-            if precision.get("keep_fp32"):
-                (tmp / KEEP_DTYPE_FILE).write_text(keep_dtype_text(precision["keep_fp32"]), encoding="utf-8")
-        amct = None
-        n_cal = (min(len(calib), 32 * batch) // batch) * batch if calib is not None else 0
-        if n_cal:
-            amct = _write_amct(tmp, np.asarray(calib[:n_cal], dtype=x.dtype), input_name, shape)
-        (tmp / "inputs").mkdir()
-        samples = []
-        for i, start in enumerate(range(0, min(n, max_samples * batch), batch)):
-            xi = np.ascontiguousarray(x[start:start + batch])
-            xi.tofile(tmp / "inputs" / f"sample_{i}.bin")
-            samples.append({"input_file": f"inputs/sample_{i}.bin", "input": xi.tolist(),
-                            "expected": np.asarray(y[start:start + batch], dtype=np.float32).tolist()})
-        _write_script(tmp / "convert.sh", _convert_sh(input_name, shape, soc, mode,
-                                                      keep_dtype=bool(precision and precision.get("keep_fp32"))))
-        _write_script(tmp / "benchmark.sh", _benchmark_sh(ascend.loop, ascend.warmup, ascend.device_id))
-        (tmp / "check_outputs.py").write_text(_check_py(target.parity.atol, target.parity.rtol), encoding="utf-8")
-        atc = _run_atc(tmp, atc_timeout_s)
-        (tmp / "README.txt").write_text(_readme(soc, input_name, shape, atc["status"], dtype, mode, precision, amct is not None),
-                                        encoding="utf-8")
-
-        table = load_op_table()
-        manifest: dict[str, Any] = {
-            "schema_version": MANIFEST_SCHEMA_VERSION,
-            "kind": "ascend-bundle",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "edgekd_version": __version__,
-            "target": target.name,
-            "soc_version": soc,
-            "precision_mode": mode,
-            "opset": prep["opset"],
-            "input": {"name": input_name, "shape": shape, "dtype": dtype},
-            "outputs": [{"name": k, "shape": v} for k, v in prep["outputs"].items()],
-            "prepare": {"folding": prep["folding"], "nodes_before": prep["nodes_before"], "nodes_after": prep["nodes_after"]},
-            "lint": {"ok": not findings, "allowed_unsupported": bool(findings) and allow_unsupported,
-                     "findings": [f.to_dict() for f in findings],
-                     "table_cann_version": table["cann_version"],
-                     "note": "passing the lint does not guarantee every dtype/shape compiles"},
-            "host_parity": {k: parity[k] for k in ("ok", "max_abs_diff", "atol", "rtol", "samples")},
-            "atc": atc,
-            "accuracy": {"static_onnx_fp32": accuracy, "split": "test", "measured_on": "host", "runtime": "onnxruntime"}
-            if accuracy is not None else None,
-            "precision_preflight": precision,
-            "amct": amct,
-            "commands": {"convert": "./convert.sh", "benchmark": "./benchmark.sh"},
-            "samples": samples,
-            "files": {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()},
-        }
+        parity = check_parity(y[:n].astype(np.float32), run_onnx(tmp / "model.onnx", x[:n]), target.parity.atol,
+                              target.parity.rtol, what=f"static ONNX for {soc}", output_name=next(iter(prep["outputs"])))
+        precision = _precision_preflight(tmp, ascend.precision_mode, x.dtype, evaluation, budget_points, log)
+        n_cal = (min(len(calib), 32 * shape[0]) // shape[0]) * shape[0] if calib is not None else 0
+        amct = _write_amct(tmp, np.asarray(calib[:n_cal], dtype=x.dtype), input_name, shape) if n_cal else None
+        samples = _write_samples(tmp, x, y, n, shape[0], max_samples)
+        atc = _write_scripts_and_convert(tmp, target, input_name, shape, str(x.dtype), precision, amct is not None,
+                                         atc_timeout_s)
+        manifest = _manifest(tmp, target, input_name, shape, str(x.dtype), prep, findings, allow_unsupported, parity,
+                             atc, precision, amct, samples)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)
@@ -676,27 +597,117 @@ def write_bundle(model_path: Path | str, out_dir: Path | str, target: "TargetCon
     return manifest
 
 
-# --------------------------------------------------------------------------- on the Ascend host
+def _bundle_inputs(input_name: str, input_shape: list[int], sample_inputs: np.ndarray,
+                   expected_outputs: np.ndarray) -> tuple[list[int], np.ndarray, np.ndarray, int]:
+    """(static shape, samples in the model's dtype, expected outputs, usable sample count); UserError
+    for an input name atc cannot take or samples that do not fit the shape."""
+    if not _INPUT_NAME_RE.fullmatch(input_name):
+        raise UserError(f"input name {input_name!r} cannot be passed to atc --input_shape",
+                        hint="export with an input name made of letters, digits, '_', '.', '/' or '-'")
+    shape = [int(d) for d in input_shape]
+    # Token-id models take int64 ids; everything else is fed float32 (ATC reads the ONNX input dtype).
+    raw = np.asarray(sample_inputs)
+    x = raw.astype(np.int64) if np.issubdtype(raw.dtype, np.integer) else raw.astype(np.float32)
+    y = np.asarray(expected_outputs)
+    if x.ndim != len(shape) or list(x.shape[1:]) != shape[1:]:
+        raise UserError(f"sample inputs have shape {list(x.shape)}, the model input is {shape}",
+                        hint="pass samples as (N, *input_shape[1:])")
+    batch = shape[0]
+    n = (min(len(x), len(y)) // batch) * batch
+    if len(x) != len(y) or n == 0:
+        raise UserError(f"need at least {batch} sample(s) with as many expected outputs (got {len(x)} inputs, {len(y)} outputs)",
+                        hint="pass the reference model's outputs for the same samples")
+    return shape, x, y, n
 
 
-def device_tools() -> dict[str, str | None]:
-    """Paths of the CANN/driver tools a device measurement needs (None = not on PATH)."""
-    return {tool: shutil.which(tool) for tool in ("atc", "msit", "npu-smi")}
+def _static_linted(model_path: Path | str, tmp: Path, target: "TargetConfig", input_name: str, shape: list[int],
+                   allow_unsupported: bool) -> tuple[dict[str, Any], list[Finding]]:
+    """tmp/model.onnx with static shapes, and its lint findings (UserError unless allowed)."""
+    prep = prepare_static(model_path, tmp / "model.onnx", {input_name: shape},
+                          (target.onnx.opset_min, target.onnx.opset_max))
+    findings = lint(tmp / "model.onnx")
+    if findings and not allow_unsupported:
+        listed = "; ".join(str(f) for f in findings[:5]) + (f"; +{len(findings) - 5} more" if len(findings) > 5 else "")
+        raise UserError(f"{len(findings)} node(s) ATC cannot convert for {target.ascend.soc_version}: {listed}",
+                        hint=f"re-export at an opset in {target.onnx.opset_min}-{target.onnx.opset_max} or replace "
+                             "these ops; allow_unsupported writes the bundle anyway")
+    return prep, findings
 
 
-def profile_on_device(bundle: Path | str, ascend: "AscendConfig") -> dict[str, Any]:
-    """Time the bundle's model.om on the NPU (msit) with npu-smi power sampling, when this host
-    has atc, msit and npu-smi and atc produced model.om; else {"status": "not run", "reason"}."""
-    bundle = Path(bundle)
-    tools = device_tools()
-    missing = [k for k, v in tools.items() if v is None]
-    if missing:
-        return {"status": "not run", "reason": f"{', '.join(missing)} not on PATH: no Ascend host"}
-    if not (bundle / "model.om").is_file():
-        return {"status": "not run", "reason": "no model.om: atc did not produce one"}
-    from edgekd.runtimes.npu import detect_ascend_soc, run_msit_on_device
+def _precision_preflight(tmp: Path, mode: str, dtype: np.dtype, evaluation: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+                         budget_points: float, log: Any) -> dict[str, Any] | None:
+    """The card's precision mode simulated in FP16 on the host (None without `evaluation`); the
+    layers it keeps in FP32 go to keep_dtype.cfg."""
+    if evaluation is None:
+        return None
+    from edgekd.targets.ascend.precision import KEEP_DTYPE_FILE, fp16_preflight, keep_dtype_text
 
-    soc, how = detect_ascend_soc()
-    res = run_msit_on_device(bundle / "model.om", ascend.loop, ascend.warmup, ascend.device_id,
-                             idle_seconds=ascend.idle_seconds, interval_s=ascend.power_interval_s)
-    return {"status": "ok", "device": soc or ascend.soc_version, "device_detected": how, **res}
+    x_test, y_test, x_val = evaluation
+    # Token-id inputs stay int64: only the float operators after the embedding are rounded.
+    precision = fp16_preflight(tmp / "model.onnx", mode, np.asarray(x_test, dtype), np.asarray(y_test),
+                               np.asarray(x_val, dtype), budget_points, log=log)
+    if precision.get("keep_fp32"):
+        (tmp / KEEP_DTYPE_FILE).write_text(keep_dtype_text(precision["keep_fp32"]), encoding="utf-8")
+    return precision
+
+
+def _write_samples(tmp: Path, x: np.ndarray, y: np.ndarray, n: int, batch: int, max_samples: int) -> list[dict[str, Any]]:
+    """inputs/sample_<i>.bin (raw, one batch each) and their expected outputs for the manifest."""
+    (tmp / "inputs").mkdir()
+    samples = []
+    for i, start in enumerate(range(0, min(n, max_samples * batch), batch)):
+        xi = np.ascontiguousarray(x[start:start + batch])
+        xi.tofile(tmp / "inputs" / f"sample_{i}.bin")
+        samples.append({"input_file": f"inputs/sample_{i}.bin", "input": xi.tolist(),
+                        "expected": np.asarray(y[start:start + batch], dtype=np.float32).tolist()})
+    return samples
+
+
+def _write_scripts_and_convert(tmp: Path, target: "TargetConfig", input_name: str, shape: list[int], dtype: str,
+                               precision: dict[str, Any] | None, amct: bool, atc_timeout_s: float) -> dict[str, Any]:
+    """convert.sh, benchmark.sh, check_outputs.py; atc when it is on PATH; README.txt. Returns atc's record."""
+    ascend = target.ascend
+    soc, mode = ascend.soc_version, ascend.precision_mode
+    _write_script(tmp / "convert.sh", _convert_sh(input_name, shape, soc, mode,
+                                                  keep_dtype=bool(precision and precision.get("keep_fp32"))))
+    _write_script(tmp / "benchmark.sh", _benchmark_sh(ascend.loop, ascend.warmup, ascend.device_id))
+    (tmp / "check_outputs.py").write_text(_check_py(target.parity.atol, target.parity.rtol), encoding="utf-8")
+    atc = _run_atc(tmp, atc_timeout_s)
+    (tmp / "README.txt").write_text(_readme(soc, input_name, shape, atc["status"], dtype, mode, precision, amct),
+                                    encoding="utf-8")
+    return atc
+
+
+def _manifest(tmp: Path, target: "TargetConfig", input_name: str, shape: list[int], dtype: str, prep: dict[str, Any],
+              findings: list[Finding], allow_unsupported: bool, parity: dict[str, Any], atc: dict[str, Any],
+              precision: dict[str, Any] | None, amct: dict[str, Any] | None, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    from edgekd import __version__
+
+    table = load_op_table()
+    accuracy = precision["fp32_accuracy"] if precision is not None else None
+    return {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "kind": "ascend-bundle",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "edgekd_version": __version__,
+        "target": target.name,
+        "soc_version": target.ascend.soc_version,
+        "precision_mode": target.ascend.precision_mode,
+        "opset": prep["opset"],
+        "input": {"name": input_name, "shape": shape, "dtype": dtype},
+        "outputs": [{"name": k, "shape": v} for k, v in prep["outputs"].items()],
+        "prepare": {"folding": prep["folding"], "nodes_before": prep["nodes_before"], "nodes_after": prep["nodes_after"]},
+        "lint": {"ok": not findings, "allowed_unsupported": bool(findings) and allow_unsupported,
+                 "findings": [f.to_dict() for f in findings],
+                 "table_cann_version": table["cann_version"],
+                 "note": "passing the lint does not guarantee every dtype/shape compiles"},
+        "host_parity": {k: parity[k] for k in ("ok", "max_abs_diff", "atol", "rtol", "samples")},
+        "atc": atc,
+        "accuracy": {"static_onnx_fp32": accuracy, "split": "test", "measured_on": "host", "runtime": "onnxruntime"}
+        if accuracy is not None else None,
+        "precision_preflight": precision,
+        "amct": amct,
+        "commands": {"convert": "./convert.sh", "benchmark": "./benchmark.sh"},
+        "samples": samples,
+        "files": {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()},
+    }

@@ -6,14 +6,14 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgekd.targets.base import Capability, ConvertJob, TargetFamily, check_common
+from edgekd.targets.base import Capability, ClassifierPayload, ConvertJob, TargetFamily, check_common
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from edgekd.config import TargetConfig
 
 
 def _availability(target: "TargetConfig") -> list[Capability]:
-    from edgekd.runtimes.npu import torch_npu_status
+    from edgekd.runtimes.torch_device import torch_npu_status
 
     atc = shutil.which("atc")
     msit = shutil.which("msit")
@@ -31,8 +31,31 @@ def _availability(target: "TargetConfig") -> list[Capability]:
     ]
 
 
+def _matches(target: "TargetConfig") -> bool:
+    return target.runtime == "ascend"
+
+
+def _resolve() -> tuple[str, dict[str, object], str]:
+    """--target ascend: the SoC `npu-smi info` reports (its card, soc_version set to the chip),
+    else ascend-310p."""
+    from edgekd.targets.ascend.device import detect_ascend_soc
+
+    card = "ascend-310p"
+    soc, how = detect_ascend_soc()
+    if soc is None:
+        return card, {}, f"--target ascend: no Ascend NPU here ({how}); building for {card} (Ascend310P3)"
+    card = "ascend-910b" if soc.startswith("Ascend910") else card
+    return card, {"target.ascend.soc_version": soc}, f"--target ascend: {how}; card {card}, soc_version {soc}"
+
+
+def _teacher_on_npu(load_model: Any, example: Any, target: "TargetConfig") -> tuple[str, dict] | None:
+    from edgekd.targets.ascend.device import teacher_on_npu
+
+    return teacher_on_npu(load_model, example, target)
+
+
 def _check(target: "TargetConfig") -> None:
-    from edgekd.export.ascend import check_target
+    from edgekd.targets.ascend.bundle import check_target
 
     check_common(target, FAMILY)
     check_target(target)  # soc_version, precision mode, static shapes, ATC's opset range
@@ -56,8 +79,8 @@ def bundle_rows(bundle: Path, manifest: dict[str, Any], device: dict[str, Any], 
     ONNX's on the test split, measured on this host; the FP16-simulated accuracy beside it."""
     import numpy as np
 
-    from edgekd.export.mobile import roofline_estimate
     from edgekd.profile.measure.flops import roofline
+    from edgekd.targets.estimate import roofline_estimate
 
     om = bundle / "model.om"
     art = om if om.is_file() else bundle / "model.onnx"
@@ -95,18 +118,23 @@ def bundle_rows(bundle: Path, manifest: dict[str, Any], device: dict[str, Any], 
 
 
 def _convert(job: ConvertJob) -> tuple[dict[str, str], dict[str, Any]]:
-    from edgekd.export.ascend import profile_on_device, write_bundle
+    from edgekd.targets.ascend.bundle import write_bundle
+    from edgekd.targets.ascend.device import profile_on_device
     from edgekd.zoo import count_params
 
-    evaluation = (job.x_test, job.y_test, job.x_val) if job.x_test is not None else None
-    manifest = write_bundle(job.onnx_path, job.wd, job.target, job.input_name, job.input_shape, job.x_check,
-                            job.expected, allow_unsupported=bool(job.options.get("allow_unsupported")),
-                            evaluation=evaluation, budget_points=job.budget_points, calib=job.calib, log=job.log)
+    input_name, x_check, expected, calib = job.single_io("the Ascend bundle")
+    cls = job.payload if isinstance(job.payload, ClassifierPayload) else None
+    # A classifier's static graph reports test accuracy and gets the FP16 preflight; without a
+    # classifier payload the bundle is still linted, parity-checked and scripted.
+    evaluation = (cls.x_test, cls.y_test, cls.x_val) if cls is not None and cls.x_test is not None else None
+    manifest = write_bundle(job.onnx_path, job.wd, job.target, input_name, job.input_shapes[input_name], x_check,
+                            expected, allow_unsupported=bool(job.options.get("allow_unsupported")),
+                            evaluation=evaluation, budget_points=job.budget_points, calib=calib, log=job.log)
     bundle = job.wd / "ascend"
     device = profile_on_device(bundle, job.target.ascend)
     if job.log:
         job.log(f"  ascend: model.om on the NPU: {device['status']}" + (f" ({device['reason']})" if "reason" in device else ""))
-    rows = bundle_rows(bundle, manifest, device, job.target, count_params(job.student))
+    rows = bundle_rows(bundle, manifest, device, job.target, count_params(job.student) if job.student is not None else None)
     outputs = {p.name: str(p.relative_to(job.wd)) for p in sorted(bundle.rglob("*")) if p.is_file()}
     where = {"ran": [], "not_run": []}
     where["ran"].append("static ONNX parity, test accuracy and FP16 preflight: this host (onnxruntime)")
@@ -126,7 +154,7 @@ def _convert(job: ConvertJob) -> tuple[dict[str, str], dict[str, Any]]:
                      "models": rows, "selected_artifact": "student/ascend-om", "where": where}
 
 
-# The bundle is made from the selected candidate's ONNX and ATC parses it (edgekd/export/cann_ops.json:
+# The bundle is made from the selected candidate's ONNX and ATC parses it (edgekd/targets/ascend/cann_ops.json:
 # no parser for the quantization ops ORT/NNCF write; tests/targets/test_candidates_on_targets.py
 # lints each kind's graph against that table). FP16 on the NPU is ATC's precision_mode, applied to
 # the FP32 graph and measured by the bundle's FP16 preflight.
@@ -140,6 +168,7 @@ CANNOT_SHIP = {
 FAMILY = TargetFamily(
     name="ascend", summary="Huawei Ascend NPU via CANN (ATC .om, msit, npu-smi)", formats=frozenset({"onnx", "om"}),
     check=_check, availability=_availability, required=("bundle (no CANN needed)",), convert=_convert,
+    matches=_matches, claims="runtime ascend", profile_teacher_on_device=_teacher_on_npu, resolve=_resolve,
     cannot_ship=CANNOT_SHIP,
     cannot_ship_hint="INT8 on Ascend goes through AMCT: the bundle carries amct/calibrate.py and a calibration batch "
                      "(run on a CANN host)",
