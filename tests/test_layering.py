@@ -227,10 +227,7 @@ def test_the_stage_engine_imports_no_domain_package():
 
 
 # Modules that still build onnxruntime sessions themselves, each with its reason. Empty it, don't grow it.
-OWN_SESSIONS = {
-    # moved with the Ascend family (targets engineer, issue 26 item 3); route it through runtimes.ort there
-    "edgekd.export.ascend_precision",
-}
+OWN_SESSIONS: set[str] = set()
 
 
 def test_onnxruntime_sessions_are_made_in_runtimes_ort_only():

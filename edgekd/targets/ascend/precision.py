@@ -140,13 +140,9 @@ def to_fp16(model: Any, fp16: list[str], out_path: Path) -> Path:
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:
     """Outputs over `x` with graph optimizations off, so no optimizer folds the rounding casts away."""
-    import onnxruntime as ort
+    from edgekd.runtimes.ort import session
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    sess = session(path, threads=1, optimization="disable")
     inp = sess.get_inputs()[0]
     bs = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else 256
     outs = [sess.run(None, {inp.name: x[i:i + bs]})[0] for i in range(0, len(x), bs)]
