@@ -127,7 +127,7 @@ def test_bytes_altered_after_the_preflight_are_refused_and_leave_no_stage(shippe
             f.seek(-1, 2)
             f.write(bytes([last[0] ^ 0xFF]))
 
-    monkeypatch.setattr("edgekd.tasks.classification.shutil.copyfile", tampered)
+    monkeypatch.setattr("edgekd.tasks.classification.teacher.shutil.copyfile", tampered)
     with pytest.raises(ConfigError, match="fail their check") as e:
         teacher_stage(shipped["card"], tmp_path / "b", tmp_path / "cache")
     assert e.value.exit_code == 2
