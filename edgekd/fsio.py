@@ -78,10 +78,6 @@ def write_bytes_atomic(path: Path | str, data: bytes, mode: int = 0o644) -> Path
     return path
 
 
-def write_text_atomic(path: Path | str, text: str) -> Path:
-    return write_bytes_atomic(path, text.encode("utf-8"))
-
-
 def write_json_atomic(path: Path | str, data: Any, **dump_kw: Any) -> Path:
     dump_kw.setdefault("indent", 2)
     dump_kw.setdefault("default", str)

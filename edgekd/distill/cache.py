@@ -56,24 +56,6 @@ def cache_key(teacher_hash: str, data_hash: str, augment_seed: int | None, top_k
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-def fingerprint_array(x: np.ndarray | torch.Tensor) -> str:
-    """sha256 of an array's dtype, shape and bytes (a data hash for the key)."""
-    a = np.ascontiguousarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x))
-    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
-    h.update(memoryview(a).cast("B"))
-    return h.hexdigest()
-
-
-def fingerprint_module(model: nn.Module) -> str:
-    """sha256 of a module's state_dict (names, dtypes, shapes, values): a teacher hash for the key."""
-    h = hashlib.sha256(type(model).__name__.encode())
-    for name, t in sorted(model.state_dict().items()):
-        a = np.ascontiguousarray(t.detach().cpu().float().numpy() if t.is_floating_point() else t.detach().cpu().numpy())
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(memoryview(a).cast("B"))
-    return h.hexdigest()
-
-
 def _chunk_seed(augment_seed: int, chunk: int) -> int:
     return int(np.random.SeedSequence([augment_seed, chunk]).generate_state(1, dtype=np.uint64)[0] >> 1)
 

@@ -234,19 +234,6 @@ def evaluate_onnx(path: Path | str, x: np.ndarray, y: np.ndarray, batch_size: in
     return float(np.mean(logits.reshape(len(x), -1).argmax(1) == np.asarray(y).reshape(-1)))
 
 
-def agree(path_a: Path | str, path_b: Path | str, x: np.ndarray) -> dict[str, float]:
-    """How closely two ONNX models agree on `x`: logit differences and top-1 agreement."""
-    a = run_onnx(path_a, x).reshape(len(x), -1).astype(np.float64)
-    b = run_onnx(path_b, x).reshape(len(x), -1).astype(np.float64)
-    return {
-        "max_abs_diff": float(np.max(np.abs(a - b))),
-        "mean_abs_diff": float(np.mean(np.abs(a - b))),
-        "logit_scale": float(np.max(np.abs(a))),  # to judge the diffs against
-        "top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1))),
-        "n": len(x),
-    }
-
-
 def _param_count(model) -> int:
     from onnx import numpy_helper
 

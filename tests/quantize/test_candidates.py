@@ -15,10 +15,20 @@ from onnx import numpy_helper
 from torch import nn
 
 from edgekd.errors import ConfigError, DataError, StageError
-from edgekd.quantize import CANDIDATES, NotApplicable, accuracy_aware, agree, evaluate_onnx, make_candidate
+from edgekd.quantize import CANDIDATES, NotApplicable, accuracy_aware, evaluate_onnx, make_candidate
 from edgekd.quantize import validate_candidate_names
 from edgekd.quantize.sensitivity import quantized_nodes, source_node_name
 from edgekd.profile.measure.flops import onnx_flops
+from edgekd.runtimes.ort import run_onnx
+
+
+def agree(path_a, path_b, x: np.ndarray) -> dict[str, float]:
+    """How closely two ONNX models agree on `x`: logit differences and top-1 agreement."""
+    a = run_onnx(path_a, x).reshape(len(x), -1).astype(np.float64)
+    b = run_onnx(path_b, x).reshape(len(x), -1).astype(np.float64)
+    return {"max_abs_diff": float(np.max(np.abs(a - b))), "mean_abs_diff": float(np.mean(np.abs(a - b))),
+            "logit_scale": float(np.max(np.abs(a))), "top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1))),
+            "n": len(x)}
 
 torch.set_num_threads(1)
 
