@@ -56,7 +56,7 @@ def test_wheel_contains_cards_prompts_and_data(wheel):
             assert f"edgekd/_cards/models/{Path(t.shipped.path).with_suffix('.json').as_posix()}" in names
     assert "edgekd/targets/ascend/cann_ops.json" in names
     assert "edgekd/report/report.schema.json" in names  # the published report.json schema
-    assert "edgekd/llm/sequences.py" in names and "edgekd/tasks/text_generation.py" in names
+    assert "edgekd/llm/sequences.py" in names and "edgekd/tasks/text_generation/__init__.py" in names
 
 
 def test_installed_wheel_finds_its_cards_from_any_folder(wheel, tmp_path):

@@ -45,7 +45,7 @@ def test_text_generation_rows_use_the_power_of_the_machine_that_ran_them(name, t
     from edgekd.config import GenerateConfig
     from edgekd.pipeline import StageResult
     from edgekd.profile.measure.energy import measured_or_estimate
-    from edgekd.tasks import text_generation as tg
+    from edgekd.tasks.text_generation import hooks as tg
 
     tc = load_target(name)
     host = host_device()

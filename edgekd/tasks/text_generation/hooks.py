@@ -1,0 +1,176 @@
+"""What the shared stages (tasks/stages/) ask a language model: how its candidates are judged (next-token
+agreement through onnxruntime with the KV cache, perplexity beside it), how its models are timed (the
+generation benchmark, per token) and its report rows."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+from edgekd.errors import ConfigError
+from edgekd.pipeline import BuildContext, StageResult
+from edgekd.tasks.text_generation.data import _gen, _teacher_info, read_answers
+from edgekd.tasks.text_generation.export import _examples
+
+
+LM_CANDIDATES = ("fp32", "fp16", "int8-dynamic", "int8-weight", "int4-weight")
+
+
+# --------------------------------------------------------------------------- quantize
+
+
+def _quantize_cfg(ctx: BuildContext) -> dict:
+    from edgekd.quantize.candidates import check_options
+
+    q = ctx.recipe.quantize
+    # checked here, in the pipeline's pre-flight: a bad option is exit 2 before the teacher generates
+    check_options(q.options)
+    return {"candidates": lm_candidate_names(ctx), "options": q.options, "budget": q.accuracy_budget,
+            "accuracy_aware": q.accuracy_aware}
+
+
+def lm_candidate_names(ctx: BuildContext) -> list[str]:
+    from edgekd.quantize.candidates import validate_candidate_names
+
+    names = list(ctx.recipe.quantize.candidates or ["fp32", "int8-dynamic", "int8-weight", "int4-weight"])
+    validate_candidate_names(names)
+    bad = [n for n in names if n not in LM_CANDIDATES]
+    if bad:
+        raise ConfigError(f"candidate(s) {bad} do not apply to KV-cache language models",
+                          hint=f"valid here: {', '.join(LM_CANDIDATES)} (static QDQ would need calibration of every cache input)")
+    return ["fp32"] + [n for n in names if n != "fp32"]  # fp32 first: the reference the others are judged against
+
+
+RANK_EXAMPLES = 32  # validation examples that rank the keep-in-FP32 trials (the full validation split confirms each step)
+
+
+def quantize_plan(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
+    """A language model's candidates are judged by next-token agreement with the teacher's answers (teacher
+    forcing through onnxruntime with the KV cache), perplexity beside it; whole projection kinds across every
+    layer are the keep-in-FP32 unit."""
+    from edgekd.llm.onnx_gen import evaluate_onnx
+    from edgekd.tasks.base import QuantizePlan
+
+    _, val = _examples(ctx, inputs, "val")
+    _, test = _examples(ctx, inputs, "test")
+
+    def evaluate(examples):
+        def ev(path: Path) -> dict[str, Any]:
+            r = evaluate_onnx(path, examples)
+            return {**r, "score": r["agreement"]}
+        return ev
+
+    return QuantizePlan(
+        names=lm_candidate_names(ctx), not_built=[], options=dict(ctx.recipe.quantize.options), calib=None,
+        validate=evaluate(val), test=evaluate(test),
+        fields=lambda name, path, v, t: {"val_perplexity": v["perplexity"], "perplexity": t["perplexity"]},
+        metric="next-token agreement with the teacher", grouping="layer-groups",
+        smoke=lambda path: evaluate_onnx(path, val[:1]),  # loads and decodes in onnxruntime with its KV cache
+        rank=lambda path: evaluate_onnx(path, val[:RANK_EXAMPLES])["agreement"])
+
+
+# --------------------------------------------------------------------------- profile
+
+
+def _bench_settings(ctx: BuildContext):
+    """The settings every generation benchmark of the profile stage shares. The benchmark runs on
+    this host's CPU (torch and onnxruntime's CPU provider) whatever the target: its energy estimate
+    takes the power of the machine that ran it (host_profile_device), never the target card's."""
+    from edgekd.profile.spec import GenerationSettings
+    from edgekd.tasks.common import host_profile_device
+
+    measured_on, _, dev = host_profile_device(ctx)
+    return GenerationSettings.from_card(ctx.target, _gen(ctx), profiled_on=measured_on, profile_device=dev)
+
+
+def _profile_cfg(ctx: BuildContext) -> dict:
+    return _bench_settings(ctx).model_dump(mode="json")
+
+
+def profile_models(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path, tick) -> tuple[dict, dict, dict]:
+    """The generation benchmark of the teacher (PyTorch) and every student candidate (onnxruntime with its KV
+    cache), each in its own process: TTFT, per-token latency, tokens/s, memory, energy per token."""
+    from edgekd.llm.generate import chat_ids
+    from edgekd.profile.runner import run_bench
+    from edgekd.profile.spec import GenerationSpec
+
+    tok, _ = _examples(ctx, inputs, "test")
+    bench = _bench_settings(ctx)
+    prompts = [chat_ids(tok, r["prompt"]) for r in read_answers(inputs["generate"])["test"][: bench.prompts]]
+    specs = {"teacher/fp32-torch": GenerationSpec(name="teacher/fp32-torch", kind="torch", prompt_ids=prompts,
+                                                  path=_teacher_info(inputs["teacher"])["folder"], settings=bench)}
+    for c in inputs["quantize"].metrics["candidates"]:
+        if c["error"] is None:
+            name = f"student/{c['variant']}"
+            specs[name] = GenerationSpec(name=name, kind="onnx", path=str(inputs["quantize"].dir / c["path"]),
+                                         prompt_ids=prompts, settings=bench)
+    out = {}
+    for name, spec in specs.items():
+        r = run_bench(spec, wd / "logs", name.replace("/", "_"))
+        r["latency_ms"] = r["decode_ms_per_token"]  # the selection and report read per-token latency
+        e = dict(r["energy"])
+        e["joules_per_inference"] = e["joules_per_token"]  # one inference = one generated token
+        r["energy"] = e
+        r["measured_on"], r["device"] = bench.profiled_on, bench.profile_device.name
+        out[name] = r
+        tick(f"profile {name}", len(specs))
+    settings = {**bench.model_dump(), "prompt_tokens": [len(p) for p in prompts],
+                "unit": "one generated token (decode step); ttft is the prefill of the whole prompt"}
+    return out, {"settings": settings}, {}
+
+
+# --------------------------------------------------------------------------- select and report
+
+
+def report_parts(build_dir: Path, res: dict[str, dict], run: dict):
+    """A text-generation build's rows. `accuracy` is next-token agreement with the teacher's answers on
+    held-out prompts (the teacher's own figure is its argmax agreeing with its greedy tokens, ~1.0);
+    `latency_ms` is per generated token; `energy.joules_per_inference` is per generated token."""
+    from edgekd.hostinfo import cpu_name
+    from edgekd.report.build import candidate_row, text_generation_control
+    from edgekd.tasks.base import ReportParts
+
+    t, gen, d, e, q, p, sel = (res[n] for n in ("teacher", "generate", "distill", "export", "quantize", "profile",
+                                                "select"))
+    prof = p["metrics"]["models"]
+    host_cpu = cpu_name()  # text-generation stages run on this host
+
+    def entry(role: str, variant: str, fmt: str, runtime: str, path: str, size: int, params: int,
+              acc: float | None, ppl: float | None) -> dict:
+        pr = prof.get(f"{role}/{variant}", {})
+        return {"role": role, "variant": variant, "format": fmt, "runtime": runtime, "throughput_batch": 1,
+                "measured_on": pr.get("measured_on", "host"), "device": pr.get("device", host_cpu),
+                "path": path, "params": params,
+                "size_bytes": size, "accuracy": acc, "perplexity": ppl, "latency_ms": pr.get("latency_ms"),
+                "ttft_ms": pr.get("ttft_ms"), "tokens_per_s": pr.get("tokens_per_s"),
+                "throughput_per_s": pr.get("tokens_per_s"), "peak_rss_bytes": pr.get("peak_rss_bytes"),
+                "peak_rss_delta_bytes": pr.get("peak_rss_delta_bytes"), "energy": pr.get("energy")}
+
+    tm = t["metrics"]
+    te = d["metrics"]["teacher"]["test"]
+    models = [entry("teacher", "fp32-torch", "safetensors", "torch-eager", tm["folder"], tm["size_bytes"], tm["params"],
+                    te["agreement"], te["perplexity"])]
+    status = {c["variant"]: c["status"] for c in sel["metrics"]["candidates"]}
+    candidates = []
+    for c in q["metrics"]["candidates"]:
+        candidates.append(candidate_row(c, ("variant", "format", "accuracy", "val_accuracy", "perplexity",
+                                            "size_bytes", "kept_fp32_nodes", "error"), status, prof))
+        if c.get("error") is None:
+            models.append(entry("student", c["variant"], "onnx", "onnxruntime", f"quantize/{c['path']}",
+                                c["size_bytes"], d["metrics"]["params"], c["accuracy"], c.get("perplexity")))
+    # named like the classifier's: training.control.accuracy and comparison.kd_gain_points
+    losses = d["metrics"].get("losses")
+    ctrl = text_generation_control(d["metrics"].get("control"), d["metrics"].get("test"),
+                                   losses.get("epochs") if isinstance(losses, dict) else None)
+    training = {"student": {k: d["metrics"].get(k) for k in ("val", "test", "best_epoch", "train_seconds", "arch",
+                                                             "losses", "examples")},
+                "teacher": d["metrics"]["teacher"], "control": ctrl}
+    generation = {k: gen["metrics"].get(k) for k in ("prompts", "answers", "mean_answer_tokens", "finished_fraction",
+                                                     "seconds", "splits")}
+    notes = ["accuracy = next-token agreement with the teacher's greedy answers on held-out prompts (teacher forcing); "
+             "latency and energy are per generated token."]
+    return ReportParts(models=models, candidates=candidates, teacher_same_runtime=None, training=training,
+                       parity={"student_parity": e["metrics"]["student_parity"]}, control=ctrl, notes=notes,
+                       sections={"generation": generation})
+
+
