@@ -146,11 +146,14 @@ def _make_ctx(recipe: str, target: str, out: Path | None, sets: dict[str, Any], 
 def _run_pipeline(ctx, only: str | None = None, upto: str | None = None, json_out: bool = False) -> None:
     from edgekd import pipeline, tasks
     from edgekd.targets import check as check_target
+    from edgekd.targets import check_task
 
+    task = tasks.task_for(ctx.recipe.task)
     with _progress(ctx.console) as prog:
         ctx.progress = prog
+        # pre-flight, before any stage: the target card's own checks, and that its family ships this task's students
         results = pipeline.run(tasks.graph_for(ctx.recipe), ctx, only=only, upto=upto,
-                               preflight=[lambda c: check_target(c.target)])
+                               preflight=[lambda c: check_target(c.target), lambda c: check_task(c.target, task.name)])
     if "report" in results:
         report_path = results["report"].path("report.json")
         report = json.loads(report_path.read_text())

@@ -56,6 +56,26 @@ def check(target: "TargetConfig") -> None:
     family(target).check(target)
 
 
+def check_task(target: "TargetConfig", task: str) -> None:
+    """ConfigError (exit 2) when the card's family cannot ship a student of `task` (an edgekd.tasks name)."""
+    from edgekd.errors import ConfigError
+
+    fam = family(target)
+    if task in fam.tasks:
+        return
+    why = fam.tasks_hint or f"its converter takes {', '.join(sorted(fam.tasks))}"
+    others = [n for n in FAMILY_MODULES if task in _family_of(n).tasks]
+    raise ConfigError(f"target '{target.name}' ({fam.name}) does not build {task} recipes: {why}",
+                      hint=f"{task} recipes build for the {', '.join(others)} targets (onnxruntime targets; e.g. "
+                           f"--target {others[0]})" if others else f"no target family ships {task} students yet")
+
+
+def _family_of(name: str) -> TargetFamily:
+    import importlib
+
+    return importlib.import_module(FAMILY_MODULES[name]).FAMILY
+
+
 def availability(target: "TargetConfig") -> list[Capability]:
     """(capability, available, reason) rows for `target` on this host; never raises for a missing SDK."""
     return family(target).availability(target)

@@ -156,6 +156,10 @@ class TargetFamily:
     # `unsupported-on-target`), a card or an explicit --set naming one exits 2 before any training.
     cannot_ship: Mapping[str, str] = field(default_factory=dict)
     cannot_ship_hint: str = ""  # what to do instead (e.g. Ascend INT8 goes through AMCT)
+    # The tasks (edgekd.tasks names) whose students this family's converter and profiler take; a recipe of
+    # another task is refused at pre-flight (exit 2) with `tasks_hint`.
+    tasks: frozenset[str] = frozenset({"classification", "text-generation"})
+    tasks_hint: str = ""
     # Where the profile stage's runs happen: (measured_on, machine name, its DeviceConfig).
     where_profiled: Callable[["TargetConfig"], Profiled] = host_proxy
     # The same for a model run on this host's CPU whatever the target (the language-model

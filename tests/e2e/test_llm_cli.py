@@ -87,6 +87,7 @@ def test_language_models_refuse_bundle_targets(tmp_path):
     r = edgekd("build", "--recipe", "smollm2-seqkd", "--target", "mobile", "--quick", "--out", str(tmp_path / "b"),
                env={"EDGEKD_CACHE": str(tmp_path / "cache")})
     assert r.returncode == 2 and "onnxruntime targets" in r.stderr and not (tmp_path / "b").exists()
+    assert "does not build text-generation recipes" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_a_typo_in_a_language_model_loss_is_exit_2(tmp_path):

@@ -168,6 +168,8 @@ CANNOT_SHIP = {
 FAMILY = TargetFamily(
     name="ascend", summary="Huawei Ascend NPU via CANN (ATC .om, msit, npu-smi)", formats=frozenset({"onnx", "om"}),
     check=_check, availability=_availability, required=("bundle (no CANN needed)",), convert=_convert,
+    tasks=frozenset({"classification"}),
+    tasks_hint="its ATC bundle takes classifiers; static prefill/decode graphs of a KV-cache language model are not built yet",
     matches=_matches, claims="runtime ascend", profile_teacher_on_device=_teacher_on_npu, resolve=_resolve,
     cannot_ship=CANNOT_SHIP,
     cannot_ship_hint="INT8 on Ascend goes through AMCT: the bundle carries amct/calibrate.py and a calibration batch "

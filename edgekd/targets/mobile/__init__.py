@@ -164,5 +164,7 @@ FAMILY = TargetFamily(
     name="mobile", summary="phone CPU via ExecuTorch (.pte, XNNPACK) or ORT Mobile (.ort)",
     formats=frozenset({"pte", "ort", "onnx"}), check=_check, availability=_availability,
     required=("executorch .pte", "ORT format conversion"), convert=_convert,
+    tasks=frozenset({"classification"}),
+    tasks_hint="its .pte/.ort converter takes classifiers; an ExecuTorch program of a KV-cache language model is not built yet",
     matches=_matches, claims="runtime executorch", resolve=_resolve,
 )

@@ -32,10 +32,6 @@ def _teacher_spec(ctx: BuildContext) -> str:
 
 
 def _teacher_cfg(ctx: BuildContext) -> dict:
-    if ctx.target.runtime != "onnxruntime":
-        raise ConfigError(f"text-generation recipes build for onnxruntime targets; '{ctx.target.name}' runs "
-                          f"{ctx.target.runtime}", hint="use --target cpu (or cuda on a GPU host); "
-                          "ExecuTorch/Ascend bundles of KV-cache LMs are not built yet")
     if ctx.recipe.teacher.shipped is not None:
         raise ConfigError("teacher.shipped is for classification teachers; a text-generation teacher is its "
                           "hf_causal_lm folder", hint="drop teacher.shipped (kwargs.hf names the teacher's weights)")
