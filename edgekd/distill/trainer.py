@@ -152,90 +152,164 @@ def fit(
     with progress in [0, 1] for schedules. `cfg` supplies lr, weight_decay, epochs, grad_clip and
     optionally patience.
     """
+    loop = _EpochLoop(model, params, cfg, steps_per_epoch, batches, step_loss, validate, gen=gen, score=score,
+                      train_modules=train_modules or [model], checkpoint=checkpoint, write_checkpoint=write_checkpoint,
+                      extra_state=extra_state, after_backward=after_backward, progress=progress,
+                      description=description, epoch_start=epoch_start)
+    if checkpoint is not None and checkpoint.is_file():
+        loop.resume(load_checkpoint(checkpoint), load_extra_state)
+    return loop.run()
+
+
+def _optimizer_and_schedule(params: list[nn.Parameter], cfg: Any, steps_per_epoch: int
+                            ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over `params` and its lr multiplier: linear warm-up over the first 5% of all steps (at
+    most one epoch, at least one step), then a cosine decay to zero at the last step."""
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = steps_per_epoch * cfg.epochs
     warm = min(steps_per_epoch, max(1, total // 20))
 
+    # A plain function, not a callable object: LambdaLR.state_dict would otherwise store the object's
+    # __dict__ in every checkpoint.
     def lr_at(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    start_epoch, history = 0, []
-    best_acc, best_epoch, best_state, bad_epochs = -1.0, -1, None, 0
-    if checkpoint is not None and checkpoint.is_file():
-        ck = load_checkpoint(checkpoint)
-        model.load_state_dict(ck["model"])
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
+
+@dataclass
+class _EpochLoop:
+    """`fit`'s state across epochs: the caller's callbacks, the optimizer and schedule, and what a
+    checkpoint carries (history, best epoch and weights, epochs without improvement)."""
+
+    model: nn.Module
+    params: list[nn.Parameter]
+    cfg: Any
+    steps_per_epoch: int
+    batches: Callable[[torch.Generator], Iterable[Any]]
+    step_loss: Callable[[Any, float], tuple[torch.Tensor, dict[str, float], int]]
+    validate: Callable[[], dict[str, float]]
+    gen: torch.Generator
+    score: str
+    train_modules: list[nn.Module]
+    checkpoint: Path | None
+    write_checkpoint: bool
+    extra_state: Callable[[], dict[str, Any]] | None
+    after_backward: Callable[[], None] | None
+    progress: Any
+    description: str
+    epoch_start: Callable[[int], None] | None
+    start_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_acc: float = -1.0
+    best_epoch: int = -1
+    best_state: dict[str, torch.Tensor] | None = None
+    bad_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        self.opt, self.sched = _optimizer_and_schedule(self.params, self.cfg, self.steps_per_epoch)
+
+    def resume(self, ck: dict[str, Any], load_extra_state: Callable[[dict[str, Any]], None] | None) -> None:
+        """Restore a checkpoint written by `save`, so the next epoch runs exactly as it would have."""
+        self.model.load_state_dict(ck["model"])
         if load_extra_state is not None:
             load_extra_state(ck)
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        gen.set_state(ck["gen"])
+        self.opt.load_state_dict(ck["opt"])
+        self.sched.load_state_dict(ck["sched"])
+        self.gen.set_state(ck["gen"])
         torch.set_rng_state(ck["torch_rng"])
-        start_epoch, history = ck["epoch"] + 1, ck["history"]
-        best_acc, best_epoch, best_state, bad_epochs = ck["best_acc"], ck["best_epoch"], ck["best_state"], ck["bad_epochs"]
+        self.start_epoch, self.history = ck["epoch"] + 1, ck["history"]
+        self.best_acc, self.best_epoch = ck["best_acc"], ck["best_epoch"]
+        self.best_state, self.bad_epochs = ck["best_state"], ck["bad_epochs"]
 
-    t0 = time.perf_counter()
-    task = progress.add_task(description, total=(cfg.epochs - start_epoch) * steps_per_epoch) if progress else None
-    stopped_early = False
-    for epoch in range(start_epoch, cfg.epochs):
-        for m in train_modules or [model]:
+    def run(self) -> TrainResult:
+        """The remaining epochs, stopping early on patience; the best epoch's weights and the history."""
+        cfg, progress, description = self.cfg, self.progress, self.description
+        t0 = time.perf_counter()
+        task = progress.add_task(description, total=(cfg.epochs - self.start_epoch) * self.steps_per_epoch) if progress else None
+        stopped_early = False
+        for epoch in range(self.start_epoch, cfg.epochs):
+            e0 = time.perf_counter()
+            sums, n_seen = self.train_epoch(epoch, task)
+            stop = self.end_epoch(epoch, sums, n_seen, e0)
+            if self.checkpoint is not None and self.write_checkpoint:
+                self.save(epoch)
+            if stop:
+                stopped_early = True
+                break
+        if progress is not None and task is not None:
+            progress.remove_task(task)
+        if self.best_state is None:
+            raise StageError(f"{description}: no epoch ran", hint="distill.epochs must be at least 1")
+        return TrainResult(best_state=self.best_state, best_val_accuracy=self.best_acc, best_epoch=self.best_epoch,
+                           history=self.history, stopped_early=stopped_early, seconds=time.perf_counter() - t0)
+
+    def train_epoch(self, epoch: int, task: Any) -> tuple[dict[str, float], int]:
+        """One pass over `batches(gen)`; returns the sample-weighted sums of the logged loss parts and
+        the number of samples seen."""
+        cfg, progress, description = self.cfg, self.progress, self.description
+        for m in self.train_modules:
             m.train()
         sums: dict[str, float] = {}
-        n_seen, e0 = 0, time.perf_counter()
-        if epoch_start is not None:  # e.g. switch to this epoch's cached augmented view (also after a resume)
-            epoch_start(epoch)
-        for step, batch in enumerate(batches(gen)):
-            loss, parts, n = step_loss(batch, (epoch + step / steps_per_epoch) / cfg.epochs)
+        n_seen = 0
+        if self.epoch_start is not None:  # e.g. switch to this epoch's cached augmented view (also after a resume)
+            self.epoch_start(epoch)
+        for step, batch in enumerate(self.batches(self.gen)):
+            loss, parts, n = self.step_loss(batch, (epoch + step / self.steps_per_epoch) / cfg.epochs)
             if not torch.isfinite(loss):
                 raise StageError(f"{description}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}",
                                  hint="lower the learning rate, or check the data and teacher for NaN/inf")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if after_backward is not None:
-                after_backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
+            self.optimizer_step(loss)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v * n
             n_seen += n
             if progress is not None:
                 shown = " ".join(f"{k}={v / max(n_seen, 1):.3f}" for k, v in sums.items())
                 progress.update(task, advance=1, description=f"{description} {epoch + 1}/{cfg.epochs} {shown}")
-        val = validate()
-        rec = {"epoch": epoch + 1, score: val[score], "lr": sched.get_last_lr()[0],
+        return sums, n_seen
+
+    def optimizer_step(self, loss: torch.Tensor) -> None:
+        """Backward, the caller's gradient hook (DDP's all-reduce of modules outside DDP), clipping,
+        then one optimizer and one schedule step."""
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.after_backward is not None:
+            self.after_backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.opt.step()
+        self.sched.step()
+
+    def end_epoch(self, epoch: int, sums: dict[str, float], n_seen: int, e0: float) -> bool:
+        """Validate, append the epoch's history record, log it, keep the weights if they are the best
+        so far; True when early stopping's patience has run out."""
+        cfg, score, description = self.cfg, self.score, self.description
+        val = self.validate()
+        rec = {"epoch": epoch + 1, score: val[score], "lr": self.sched.get_last_lr()[0],
                "seconds": time.perf_counter() - e0, **{f"loss_{k}": v / max(n_seen, 1) for k, v in sums.items()},
                **{k: v for k, v in val.items() if k != score}}
-        history.append(rec)
+        self.history.append(rec)
         losses = " ".join(f"{k}={v / max(n_seen, 1):.4f}" for k, v in sums.items())
-        epoch_line(progress, f"  {description} epoch {epoch + 1}/{cfg.epochs}: {score}={val[score]:.4f} {losses}"
-                             f" ({rec['seconds']:.1f} s)")
-        if val[score] > best_acc:
-            best_acc, best_epoch, bad_epochs = val[score], epoch + 1, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        epoch_line(self.progress, f"  {description} epoch {epoch + 1}/{cfg.epochs}: {score}={val[score]:.4f} {losses}"
+                                  f" ({rec['seconds']:.1f} s)")
+        if val[score] > self.best_acc:
+            self.best_acc, self.best_epoch, self.bad_epochs = val[score], epoch + 1, 0
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         else:
-            bad_epochs += 1
+            self.bad_epochs += 1
         patience = getattr(cfg, "patience", None)
-        stop = patience is not None and bad_epochs >= patience
-        if checkpoint is not None and write_checkpoint:
-            save_checkpoint(checkpoint, {
-                "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch, "history": history,
-                "best_acc": best_acc, "best_epoch": best_epoch, "best_state": best_state, "bad_epochs": bad_epochs,
-                **(extra_state() if extra_state is not None else {}),
-            })
-        if stop:
-            stopped_early = True
-            break
-    if progress is not None and task is not None:
-        progress.remove_task(task)
-    if best_state is None:
-        raise StageError(f"{description}: no epoch ran", hint="distill.epochs must be at least 1")
-    return TrainResult(best_state=best_state, best_val_accuracy=best_acc, best_epoch=best_epoch, history=history,
-                       stopped_early=stopped_early, seconds=time.perf_counter() - t0)
+        return patience is not None and self.bad_epochs >= patience
+
+    def save(self, epoch: int) -> None:
+        """Write the resume checkpoint after `epoch` (the format `resume` reads)."""
+        save_checkpoint(self.checkpoint, {
+            "model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+            "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch, "history": self.history,
+            "best_acc": self.best_acc, "best_epoch": self.best_epoch, "best_state": self.best_state,
+            "bad_epochs": self.bad_epochs, **(self.extra_state() if self.extra_state is not None else {}),
+        })
 
 
 def train(
@@ -274,10 +348,7 @@ def train(
         raise StageError(f"{description}: the training set is empty", hint="check data.train_size and the dataset")
     seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    xt = torch.as_tensor(x_train)
-    yt = torch.as_tensor(y_train).long()
-    if labeled is not None:
-        yt = torch.where(torch.as_tensor(labeled), yt, torch.full_like(yt, -1))
+    xt, yt = torch.as_tensor(x_train), _masked_labels(y_train, labeled)
     aux_tasks = aux_tasks or []
     if aux_tasks and world_size > 1:
         from edgekd.errors import ConfigError
@@ -288,84 +359,142 @@ def train(
               + [p for t in aux_tasks for p in t.head.parameters()])
     # Each rank takes an equal share of every epoch's permutation (same permutation on all ranks).
     per_rank = len(xt) // world_size if world_size > 1 else len(xt)
-    steps_per_epoch = max(1, math.ceil(per_rank / cfg.batch_size))
-    ce = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, ignore_index=-1)
+    s = _ArraySteps(model, _ddp_wrapped(model, world_size), xt, yt, x_val, y_val, cfg, gen,
+                    max(1, math.ceil(per_rank / cfg.batch_size)), per_rank, rank, world_size,
+                    teacher=_frozen(teacher), loss_set=loss_set, weighting=weighting, aux_tasks=aux_tasks,
+                    epoch_inputs=epoch_inputs, amp=amp, current={"x": xt, "t": teacher_logits})
+    return fit(model, params, cfg, s.steps_per_epoch, s.batches, s.step_loss, s.validate, gen=gen,
+               train_modules=[model] + ([loss_set] if loss_set is not None else []), checkpoint=checkpoint,
+               write_checkpoint=rank == 0, extra_state=s.extra_state, load_extra_state=s.load_extra_state,
+               after_backward=(lambda: _allreduce_grads(loss_set, world_size))  # projectors live outside DDP
+               if world_size > 1 and loss_set is not None else None,
+               progress=progress, description=description, epoch_start=s.epoch_start)
 
-    def extra_state() -> dict[str, Any]:
-        return {"loss_set": loss_set.state_dict() if loss_set is not None else None,
-                "aux_heads": [t.head.state_dict() for t in aux_tasks]}
 
-    def load_extra_state(ck: dict[str, Any]) -> None:
-        if loss_set is not None and ck.get("loss_set") is not None:
-            loss_set.load_state_dict(ck["loss_set"])
-        for t, state in zip(aux_tasks, ck.get("aux_heads") or []):
-            t.head.load_state_dict(state)
+def _masked_labels(y_train: np.ndarray, labeled: np.ndarray | None) -> torch.Tensor:
+    """Train labels as int64, with -1 (CE's ignore_index) where `labeled` hides them."""
+    yt = torch.as_tensor(y_train).long()
+    if labeled is not None:
+        yt = torch.where(torch.as_tensor(labeled), yt, torch.full_like(yt, -1))
+    return yt
 
-    ddp_model: nn.Module = model
+
+def _ddp_wrapped(model: nn.Module, world_size: int) -> nn.Module:
+    """The module the steps run: `model` itself, or DistributedDataParallel around it under torchrun."""
     if world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        ddp_model = DistributedDataParallel(model)
+        return DistributedDataParallel(model)
+    return model
+
+
+def _frozen(teacher: nn.Module | None) -> nn.Module | None:
+    """The teacher in eval mode without gradients: it teaches, it never learns."""
     if teacher is not None:
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
+    return teacher
 
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if amp == "bf16" else None)
 
-    current: dict[str, Any] = {"x": xt, "t": teacher_logits}
+@dataclass
+class _ArraySteps:
+    """What `train` hands `fit` for a classifier on arrays: this rank's batches of an epoch's
+    permutation, the loss of one batch (labels, or KD through the LossSet, plus auxiliary tasks),
+    validation, and the loss set's and task heads' part of the checkpoint."""
 
-    def epoch_start(epoch: int) -> None:
-        if epoch_inputs is not None:  # this epoch's augmented view and the teacher's logits of it
-            current["x"], current["t"] = epoch_inputs(epoch)
+    model: nn.Module
+    ddp_model: nn.Module
+    xt: torch.Tensor
+    yt: torch.Tensor
+    x_val: np.ndarray
+    y_val: np.ndarray
+    cfg: Any
+    gen: torch.Generator
+    steps_per_epoch: int
+    per_rank: int
+    rank: int
+    world_size: int
+    teacher: nn.Module | None
+    loss_set: nn.Module | None
+    weighting: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+    aux_tasks: list[Any]
+    epoch_inputs: Callable[[int], tuple[torch.Tensor, Callable[[np.ndarray], torch.Tensor] | None]] | None
+    amp: str
+    current: dict[str, Any]  # this epoch's inputs ("x") and cached teacher logits ("t")
 
-    def batches(g: torch.Generator):
-        perm = torch.randperm(len(xt), generator=g)
-        if world_size > 1:
-            perm = perm[: per_rank * world_size][rank::world_size]
-        aux_perms = [torch.randperm(len(t.x), generator=g) for t in aux_tasks]
-        for step in range(steps_per_epoch):
-            idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+    def __post_init__(self) -> None:
+        self.ce = nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing, ignore_index=-1)
+        self.autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.amp == "bf16" else None
+
+    def extra_state(self) -> dict[str, Any]:
+        """The loss set's (projectors) and auxiliary heads' weights, for the checkpoint."""
+        return {"loss_set": self.loss_set.state_dict() if self.loss_set is not None else None,
+                "aux_heads": [t.head.state_dict() for t in self.aux_tasks]}
+
+    def load_extra_state(self, ck: dict[str, Any]) -> None:
+        """Restore what `extra_state` saved."""
+        if self.loss_set is not None and ck.get("loss_set") is not None:
+            self.loss_set.load_state_dict(ck["loss_set"])
+        for t, state in zip(self.aux_tasks, ck.get("aux_heads") or []):
+            t.head.load_state_dict(state)
+
+    def epoch_start(self, epoch: int) -> None:
+        """Switch to this epoch's augmented view and the teacher's logits of it, when cached."""
+        if self.epoch_inputs is not None:
+            self.current["x"], self.current["t"] = self.epoch_inputs(epoch)
+
+    def batches(self, g: torch.Generator):
+        """(step, sample indices, auxiliary tasks' permutations) for each step of one epoch."""
+        perm = torch.randperm(len(self.xt), generator=g)
+        if self.world_size > 1:
+            perm = perm[: self.per_rank * self.world_size][self.rank::self.world_size]
+        aux_perms = [torch.randperm(len(t.x), generator=g) for t in self.aux_tasks]
+        bs = self.cfg.batch_size
+        for step in range(self.steps_per_epoch):
+            idx = perm[step * bs:(step + 1) * bs]
             if idx.numel():
                 yield step, idx, aux_perms
 
-    def step_loss(batch: Any, prog: float) -> tuple[torch.Tensor, dict[str, float], int]:
+    def step_loss(self, batch: Any, prog: float) -> tuple[torch.Tensor, dict[str, float], int]:
+        """The main task's loss on one batch plus every auxiliary task's loss on its own batch."""
         step, idx, aux_perms = batch
-        xb, yb = current["x"][idx], yt[idx]
-        if cfg.augment and epoch_inputs is None:
-            xb = augment_images(xb, gen)
-        with autocast if autocast is not None else _null():
-            if loss_set is None:
-                out = ddp_model(xb)
-                loss = ce(out.float(), yb) if (yb >= 0).any() else out.sum() * 0
+        xb, yb = self.current["x"][idx], self.yt[idx]
+        if self.cfg.augment and self.epoch_inputs is None:
+            xb = augment_images(xb, self.gen)
+        with self.autocast if self.autocast is not None else _null():
+            if self.loss_set is None:
+                out = self.ddp_model(xb)
+                loss = self.ce(out.float(), yb) if (yb >= 0).any() else out.sum() * 0
                 parts = {"ce": loss.item()}
             else:
-                loss, parts = _distill_step(ddp_model, teacher, loss_set, xb, yb, idx, current["t"],
-                                            weighting, progress=prog)
-        for t, tperm in zip(aux_tasks, aux_perms):
-            # Each auxiliary task cycles through its own data, one batch per main step.
-            lo = (step * cfg.batch_size) % max(1, len(tperm))
-            tidx = tperm[lo:lo + cfg.batch_size]
-            txb = torch.as_tensor(t.x)[tidx]
-            if cfg.augment:
-                txb = augment_images(txb, gen)
-            tl = _aux_loss(t, ddp_model, txb, torch.as_tensor(t.y)[tidx])
-            loss = loss + tl
-            parts = {**parts, f"task_{t.name}": tl.item()}
+                loss, parts = _distill_step(self.ddp_model, self.teacher, self.loss_set, xb, yb, idx, self.current["t"],
+                                            self.weighting, progress=prog)
+        loss, parts = self.aux_step_losses(step, aux_perms, loss, parts)
         return loss, parts, len(idx)
 
-    def validate() -> dict[str, float]:
-        val = {"val_accuracy": accuracy(model, x_val, y_val)}
-        for t in aux_tasks:
-            val[f"val_accuracy_{t.name}"] = _aux_accuracy(t, model, t.x_val, t.y_val)
-        return val
+    def aux_step_losses(self, step: int, aux_perms: list[torch.Tensor], loss: torch.Tensor,
+                        parts: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Add each auxiliary task's loss to `loss` and `parts`; each task cycles through its own
+        data, one batch per main step."""
+        bs = self.cfg.batch_size
+        for t, tperm in zip(self.aux_tasks, aux_perms):
+            lo = (step * bs) % max(1, len(tperm))
+            tidx = tperm[lo:lo + bs]
+            txb = torch.as_tensor(t.x)[tidx]
+            if self.cfg.augment:
+                txb = augment_images(txb, self.gen)
+            tl = _aux_loss(t, self.ddp_model, txb, torch.as_tensor(t.y)[tidx])
+            loss = loss + tl
+            parts = {**parts, f"task_{t.name}": tl.item()}
+        return loss, parts
 
-    return fit(model, params, cfg, steps_per_epoch, batches, step_loss, validate, gen=gen,
-               train_modules=[model] + ([loss_set] if loss_set is not None else []), checkpoint=checkpoint,
-               write_checkpoint=rank == 0, extra_state=extra_state, load_extra_state=load_extra_state,
-               after_backward=(lambda: _allreduce_grads(loss_set, world_size))  # projectors live outside DDP
-               if world_size > 1 and loss_set is not None else None,
-               progress=progress, description=description, epoch_start=epoch_start)
+    def validate(self) -> dict[str, float]:
+        """Validation accuracy of the main task and of each auxiliary task."""
+        val = {"val_accuracy": accuracy(self.model, self.x_val, self.y_val)}
+        for t in self.aux_tasks:
+            val[f"val_accuracy_{t.name}"] = _aux_accuracy(t, self.model, t.x_val, t.y_val)
+        return val
 
 
 def _aux_loss(task: Any, student: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
