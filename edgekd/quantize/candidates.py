@@ -737,7 +737,7 @@ def accuracy_aware(name: str, fp32_path: Path, out_path: Path, calib: np.ndarray
 def keep_groups_fp32(name: str, fp32_path: Path, out_path: Path, options: dict[str, Any],
                      evaluate: Callable[[Path], float], *, reference: float, initial: float, budget: Budget,
                      rank_evaluate: Callable[[Path], float] | None = None,
-                     notes: list[str] | None = None) -> dict[str, Any]:
+                     notes: list[str] | None = None, smoke: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """The accuracy-aware fallback by node kind (language models): candidate `name` at `out_path` scores
     `initial` (`evaluate`, validation data) and is over `budget` against `reference`, so keep whole groups
     (one node kind across every layer, sensitivity.layer_groups) in FP32, the one whose exclusion recovers
@@ -745,15 +745,15 @@ def keep_groups_fp32(name: str, fp32_path: Path, out_path: Path, options: dict[s
     or `max_exclusion_steps` (default 3) groups are kept. Rewrites `out_path`; returns the record (the
     classifier's `accuracy_aware` keys plus groups/kept_fp32_groups).
 
-    The maker is called directly: the models this serves (KV-cache LMs) take many inputs that
-    make_candidate's one-input smoke run cannot feed; the caller loads the result in onnxruntime."""
+    Every trial is made by make_candidate (its error wrapping and smoke run): `smoke` runs a graph whose inputs
+    make_candidate cannot feed by itself (a KV-cache decoder), as the caller's task knows how."""
     import onnx
 
     out_path = Path(out_path)
     groups = sensitivity.layer_groups(onnx.load(str(out_path), load_external_data=False))
 
     def build(excluded: list[str], path: Path) -> None:
-        CANDIDATES[name].make(Path(fp32_path), path, None, {**options, "nodes_to_exclude": excluded}, [])
+        make_candidate(name, Path(fp32_path), path, None, {**options, "nodes_to_exclude": excluded}, smoke=smoke)
 
     found = sensitivity.keep_fp32_search(groups, build, evaluate, out_path, reference=reference, initial=initial,
                                          budget=budget, base=list(options.get("nodes_to_exclude") or []),

@@ -90,7 +90,8 @@ def _candidate(name: str, fp32: Path, dst: Path, plan, ref_val: float | None, q)
                 return last["score"]
 
             aware = keep_groups_fp32(name, fp32, dst, plan.options, score, reference=ref_val, initial=val["score"],
-                                     budget=budget, rank_evaluate=plan.rank, notes=info.setdefault("notes", []))
+                                     budget=budget, rank_evaluate=plan.rank, notes=info.setdefault("notes", []),
+                                     smoke=plan.smoke)
             val = dict(last) if aware["steps"] else val
     test = plan.test(dst)
     return {"size_bytes": dst.stat().st_size, "val_accuracy": val["score"], "accuracy": test["score"],
