@@ -68,9 +68,23 @@ def run_onnx(path: Path | str, x: np.ndarray, batch_size: int = 256, threads: in
     return np.concatenate(outs) if outs else np.empty((0,))
 
 
+def top1_accuracy(outputs: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy (a fraction) of a classifier's outputs [N, classes] against labels `y`: the one formula every
+    classifier accuracy in edgekd uses, whatever runtime made the outputs. DataError for no or mismatched labels."""
+    from edgekd.errors import DataError
+
+    y = np.asarray(y).reshape(-1)
+    if len(outputs) == 0 or len(outputs) != len(y):
+        raise DataError(f"evaluation needs matching non-empty inputs and labels, got {len(outputs)} outputs, {len(y)} labels",
+                        hint="check the validation/test split")
+    return float(np.mean(np.asarray(outputs).reshape(len(y), -1).argmax(1) == y))
+
+
 def accuracy(path: Path | str, x: np.ndarray, y: np.ndarray, **kw: Any) -> float:
-    """Top-1 accuracy of an ONNX classifier on (x, y)."""
-    return float((run_onnx(path, x, **kw).argmax(-1) == y).mean())
+    """Top-1 accuracy of an ONNX classifier on (x, y) through onnxruntime (the classifier task's evaluator)."""
+    if len(x) == 0 or len(x) != len(y):
+        return top1_accuracy(np.empty((len(x), 0)), y)  # the same DataError, before any session is made
+    return top1_accuracy(run_onnx(path, x, **kw), y)
 
 
 @dataclass(frozen=True)

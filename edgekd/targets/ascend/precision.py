@@ -150,7 +150,9 @@ def _run(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 def _acc(logits: np.ndarray, y: np.ndarray) -> float:
-    return float((logits.argmax(-1) == y).mean())
+    from edgekd.runtimes.ort import top1_accuracy
+
+    return top1_accuracy(logits, y)
 
 
 AGREEMENT = "top-1 agreement with fp32"  # the metric every choice here is made on (validation split)

@@ -71,7 +71,7 @@ def quantize_plan(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
     import hashlib
 
     from edgekd.quantize.candidates import check_options
-    from edgekd.runtimes.ort import run_onnx
+    from edgekd.runtimes.ort import run_onnx, top1_accuracy
     from edgekd.tasks.base import QuantizePlan
 
     s = splits(ctx)
@@ -86,7 +86,7 @@ def quantize_plan(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
     def evaluate(x: np.ndarray, y: np.ndarray):
         def ev(path: Path) -> dict[str, Any]:
             out = run_onnx(path, x)
-            return {"score": float((out.argmax(1) == y).mean()), "outputs": out}
+            return {"score": top1_accuracy(out, y), "outputs": out}
         return ev
 
     def fields(name: str, path: Path, val: dict, test: dict) -> dict[str, Any]:
@@ -242,7 +242,7 @@ def _teacher_on_device(ctx: BuildContext, inputs: dict[str, StageResult], s) -> 
 def convert_job(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
     """The target family's job for the selected student (Ascend bundle, mobile .pte/.ort)."""
     from edgekd.distill.trainer import predict
-    from edgekd.quantize.candidates import evaluate_onnx
+    from edgekd.runtimes.ort import accuracy
     from edgekd.targets import ClassifierPayload, ConvertJob
 
     s = splits(ctx)
@@ -259,7 +259,7 @@ def convert_job(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
                      fp32_onnx=inputs["export"].path("student"), student=student, example={"input": x_check},
                      expected=[predict(student, x_check).numpy()], calib={"input": calib},
                      input_shapes={"input": inputs["export"].metrics["input_shape"]},
-                     evaluate=lambda path: evaluate_onnx(path, s.x_val, s.y_val),
+                     evaluate=lambda path: accuracy(path, s.x_val, s.y_val),
                      budget_points=ctx.recipe.quantize.accuracy_budget, payload=payload, options=dict(ctx.options),
                      host_device=host_device(), log=ctx.log)
     return job
