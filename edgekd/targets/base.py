@@ -31,7 +31,8 @@ class ClassifierPayload:
     y_test: "np.ndarray | None" = None
     x_val: "np.ndarray | None" = None   # validation samples (per-layer sensitivity: choices)
     y_val: "np.ndarray | None" = None
-    student_accuracy: float | None = None  # the FP32 student's test accuracy (torch)
+    student_accuracy: float | None = None  # the FP32 student's test accuracy (torch): reported
+    student_val_accuracy: float | None = None  # the FP32 student ONNX's validation accuracy: what choices compare with
 
 
 @dataclass

@@ -90,7 +90,7 @@ def _meta() -> dict:
         return {"format": fmt, "precision": prec, "runtime": rt, "size_bytes": 1000,
                 "latency_ms": {"p50": p50, "p90": p50 * 1.1, "p99": p50 * 1.2, "mean": p50, "n": 50, "host": True,
                                "cpu_seconds_per_inference": p50 / 1e3 * 0.9},
-                "accuracy": {"value": acc, "runtime": rt},
+                "accuracy": {"value": acc, "runtime": rt}, "val_accuracy": {"value": acc, "runtime": rt},
                 "estimate": {"method": "estimate-roofline", "device": "Cortex-A78", "latency_ms": est_ms,
                              "energy": {"joules_per_inference": est_ms / 1e3 * 1.8, "method": "estimate-roofline"}}}
     return {"artifacts": {"model_fp32.pte": art("pte", "fp32", "executorch", 0.30, 0.05, 0.90),
@@ -116,8 +116,11 @@ def test_mobile_rows_label_host_and_estimate_and_never_mix_them():
             assert r["measured_on"] == "estimate" and r["energy"]["method"] == "estimate-roofline"
             assert j == pytest.approx(p50_s * card.active_power_watts)  # card time x card power
     choice = select_artifact(rows, 0.90, budget_points=0.5)
-    assert choice["selected"] == "student/pte-int8"  # fastest on the host, 0.3 points below FP32
+    assert choice["selected"] == "student/pte-int8"  # fastest on the host, 0.3 points below FP32 on validation
     assert select_artifact(rows, 0.90, budget_points=0.1)["selected"] == "student/ort-fp32"
+    # the choice reads validation accuracy only: test accuracies that would flip it change nothing
+    poisoned = [{**r, "accuracy": 0.0 if r["variant"] == "pte-int8" else r["accuracy"]} for r in rows]
+    assert select_artifact(poisoned, 0.90, budget_points=0.5)["selected"] == "student/pte-int8"
 
 
 def test_comparison_pairs_rows_measured_in_the_same_place():

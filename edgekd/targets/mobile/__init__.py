@@ -78,6 +78,7 @@ def artifact_rows(meta: dict[str, Any], params: int | None, host: Any) -> list[d
         lat = a["latency_ms"]
         common = {"role": "student", "format": a["format"], "path": f"mobile/{name}", "params": params,
                   "size_bytes": a["size_bytes"], "accuracy": acc, "accuracy_runtime": (a.get("accuracy") or {}).get("runtime"),
+                  "val_accuracy": (a.get("val_accuracy") or {}).get("value"),
                   "accuracy_measured_on": "host", "precision": a["precision"], "peak_rss_bytes": None,
                   "throughput_batch": 1}
         p50_s = lat["p50"] / 1e3
@@ -98,18 +99,21 @@ def artifact_rows(meta: dict[str, Any], params: int | None, host: Any) -> list[d
     return rows
 
 
-def select_artifact(rows: list[dict[str, Any]], reference_accuracy: float | None, budget_points: float) -> dict[str, Any]:
-    """The shipped artifact to recommend: within `budget_points` of the FP32 student's test accuracy,
-    then the lowest host-proxy p50 (the only latencies here measured on one machine)."""
+def select_artifact(rows: list[dict[str, Any]], reference_val_accuracy: float | None,
+                    budget_points: float) -> dict[str, Any]:
+    """The shipped artifact to recommend: within `budget_points` of the FP32 student's VALIDATION accuracy (each
+    artifact's own validation accuracy, through its own runtime), then the lowest host-proxy p50 (the only
+    latencies here measured on one machine). Test accuracies are reported, never read here."""
     from edgekd.quantize.budget import Budget
 
     budget = Budget(budget_points)
-    host = [r for r in rows if r["measured_on"] == "host" and r.get("accuracy") is not None]
-    ref = reference_accuracy if reference_accuracy is not None else max((r["accuracy"] for r in host), default=None)
+    host = [r for r in rows if r["measured_on"] == "host" and r.get("val_accuracy") is not None]
+    ref = reference_val_accuracy if reference_val_accuracy is not None \
+        else max((r["val_accuracy"] for r in host), default=None)
     status = {}
     ok = []
     for r in host:
-        within = ref is None or budget.within(ref, r["accuracy"])
+        within = ref is None or budget.within(ref, r["val_accuracy"])
         status[r["variant"]] = "kept" if within else "over-budget"
         if within:
             ok.append(r)
@@ -117,8 +121,8 @@ def select_artifact(rows: list[dict[str, Any]], reference_accuracy: float | None
     if best:
         status[best["variant"]] = "selected"
     return {"selected": f"student/{best['variant']}" if best else None, "status": status,
-            "by": "lowest host-proxy p50 within the accuracy budget of the FP32 student",
-            "reference_accuracy": ref, "budget_points": budget_points}
+            "by": "lowest host-proxy p50 within the accuracy budget of the FP32 student on validation data",
+            "reference_val_accuracy": ref, "budget_points": budget_points}
 
 
 def _convert(job: ConvertJob) -> tuple[dict[str, str], dict[str, Any]]:
@@ -132,12 +136,14 @@ def _convert(job: ConvertJob) -> tuple[dict[str, str], dict[str, Any]]:
     cls = _classifier(job)
     _, x_check, _, calib = job.single_io("the mobile bundle")
     evaluation = (cls.x_test, cls.y_test) if cls.x_test is not None else None
+    validation = (cls.x_val, cls.y_val) if cls.x_val is not None and cls.y_val is not None else None
     info = write_mobile_bundle(job.wd, job.student, torch.as_tensor(x_check[:1]), job.fp32_onnx, calib,
-                               x_check, cls.class_names, cls.normalization, job.target, evaluation=evaluation)
+                               x_check, cls.class_names, cls.normalization, job.target, evaluation=evaluation,
+                               validation=validation)
     outputs = {p.name: str(p.relative_to(job.wd)) for p in sorted((job.wd / "mobile").rglob("*")) if p.is_file()}
     meta = json.loads((job.wd / "mobile" / "metadata.json").read_text())
     rows = artifact_rows(meta, count_params(job.student), job.host_device) if job.host_device is not None else []
-    choice = select_artifact(rows, cls.student_accuracy, job.budget_points)
+    choice = select_artifact(rows, cls.student_val_accuracy, job.budget_points)
     where = {"ran": [f"artifact accuracy and host-proxy latency: this host ({job.host_device.name if job.host_device else 'host'})"],
              "not_run": ["on-phone latency: no --adb device; the on-device rows are card roofline estimates "
                          f"({job.target.device.name})"]}

@@ -162,6 +162,7 @@ class _Build:
     flops: float
     params: int
     evaluation: tuple[np.ndarray, np.ndarray] | None
+    validation: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def io_bytes(self) -> float:
@@ -169,12 +170,22 @@ class _Build:
 
     def test_accuracy(self, run: Any, runtime: str) -> dict[str, Any] | None:
         """The artifact's accuracy through its own runtime on the test split (reporting only)."""
-        if self.evaluation is None:
+        return self._accuracy(run, runtime, "test", self.evaluation)
+
+    def val_accuracy(self, run: Any, runtime: str) -> dict[str, Any] | None:
+        """The artifact's accuracy through its own runtime on the validation split (what the choice of the
+        recommended artifact reads)."""
+        return self._accuracy(run, runtime, "validation", self.validation)
+
+    def _accuracy(self, run: Any, runtime: str, split: str, data) -> dict[str, Any] | None:
+        from edgekd.runtimes.ort import top1_accuracy
+
+        if data is None:
             return None
-        x_test, y_test = self.evaluation
-        pred = run(np.ascontiguousarray(x_test, dtype=self.x_check.dtype)).argmax(-1)
-        return {"value": float((pred == np.asarray(y_test)).mean()), "split": "test", "samples": int(len(y_test)),
-                "runtime": runtime, "measured_on": "host"}
+        x, y = data
+        out = run(np.ascontiguousarray(x, dtype=self.x_check.dtype))
+        return {"value": top1_accuracy(out, y), "split": split, "samples": int(len(y)), "runtime": runtime,
+                "measured_on": "host"}
 
     def estimate(self, weight_bytes_per_param: int, precision: str) -> dict[str, Any]:
         return roofline_estimate(self.flops, self.params * weight_bytes_per_param, self.io_bytes, self.target.device,
@@ -185,7 +196,8 @@ def write_mobile_bundle(out_dir: Path | str, student_model: torch.nn.Module, exa
                         fp32_onnx_path: Path | str, calib: np.ndarray, x_check: np.ndarray,
                         class_names: list[str], normalization: dict[str, Any], target: "TargetConfig",
                         *, timing_runs: int = 50, timing_warmup: int = 5,
-                        evaluation: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+                        evaluation: tuple[np.ndarray, np.ndarray] | None = None,
+                        validation: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Build `out_dir/mobile/` (written in a temp folder, renamed into place) and return its summary.
 
     Each artifact is checked against the PyTorch student on `x_check`: the FP32 .pte and the .ort
@@ -193,7 +205,8 @@ def write_mobile_bundle(out_dir: Path | str, student_model: torch.nn.Module, exa
     is reported). A failed check raises StageError (exit 4). Without executorch the .pte files are
     skipped (recorded in metadata) and the .ort alone ships; the stage fails only if no format can be built.
     With `evaluation` = (x_test, y_test) each artifact's accuracy is measured through its own
-    runtime (ExecuTorch for .pte, onnxruntime for .ort) on this host.
+    runtime (ExecuTorch for .pte, onnxruntime for .ort) on this host; with `validation` = (x_val, y_val)
+    also on the validation split, which the recommended artifact is chosen by.
     """
     out_dir = Path(out_dir)
     fp32_onnx_path = Path(fp32_onnx_path)
@@ -217,7 +230,8 @@ def write_mobile_bundle(out_dir: Path | str, student_model: torch.nn.Module, exa
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     flops, params = _flops_and_params(fp32_onnx_path)
-    b = _Build(tmp, x_check, example, reference, target, timing_runs, timing_warmup, flops, params, evaluation)
+    b = _Build(tmp, x_check, example, reference, target, timing_runs, timing_warmup, flops, params, evaluation,
+               validation)
 
     artifacts, skipped = _build_ptes(b, student_model, calib)
     artifacts["model.ort"] = _build_ort(b, fp32_onnx_path)
@@ -261,6 +275,7 @@ def _build_ptes(b: _Build, student_model: torch.nn.Module, calib: np.ndarray) ->
                                       b.target.profile.threads)
         info["runtime"] = "executorch"
         info["accuracy"] = b.test_accuracy(lambda xs, p=b.tmp / name: run_pte(p, xs), "executorch")
+        info["val_accuracy"] = b.val_accuracy(lambda xs, p=b.tmp / name: run_pte(p, xs), "executorch")
         info["estimate"] = b.estimate(4 if precision == "fp32" else 1, precision)
         artifacts[name] = info
     return artifacts, skipped
@@ -281,6 +296,7 @@ def _build_ort(b: _Build, fp32_onnx_path: Path) -> dict[str, Any]:
                                   b.target.profile.threads)
     info["runtime"] = "onnxruntime-mobile"
     info["accuracy"] = b.test_accuracy(lambda xs: _run_ort(b.tmp / "model.ort", xs), "onnxruntime (ORT format)")
+    info["val_accuracy"] = b.val_accuracy(lambda xs: _run_ort(b.tmp / "model.ort", xs), "onnxruntime (ORT format)")
     info["precision"] = "fp32"
     info["estimate"] = b.estimate(4, "fp32")
     return info

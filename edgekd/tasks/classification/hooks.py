@@ -254,7 +254,9 @@ def convert_job(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
     calib = s.x_train[rng.permutation(len(s.x_train))[: ctx.recipe.quantize.calibration_samples]]
     payload = ClassifierPayload(class_names=s.class_names, normalization=s.normalization, x_test=s.x_test,
                                 y_test=s.y_test, x_val=s.x_val, y_val=s.y_val,
-                                student_accuracy=inputs["distill"].metrics.get("test_accuracy"))
+                                student_accuracy=inputs["distill"].metrics.get("test_accuracy"),
+                                student_val_accuracy=next((c.get("val_accuracy") for c in inputs["quantize"].metrics["candidates"]
+                                                           if c["variant"] == "fp32"), None))
     job = ConvertJob(wd=wd, target=ctx.target, selected=selected, onnx_path=inputs["quantize"].dir / cand["path"],
                      fp32_onnx=inputs["export"].path("student"), student=student, example={"input": x_check},
                      expected=[predict(student, x_check).numpy()], calib={"input": calib},
