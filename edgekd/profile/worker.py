@@ -13,12 +13,14 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgekd.errors import EdgekdError, UserError
 from edgekd.profile.measure.memory import current_rss, peak_rss
 from edgekd.profile.measure.stats import summarize
+from edgekd.profile.measure.timing import timed_calls
 from edgekd.profile.spec import ProfileSpec, load_spec
 
 
@@ -151,56 +153,40 @@ def _load_torch(spec: ProfileSpec) -> _Loaded:
     return loaded
 
 
-def _timed_calls(fn: Callable[[Any], Any], inputs: list, min_runs: int, min_s: float, max_s: float) -> tuple[list[float], float, float]:
-    """Per-call latencies in ms until (>= min_runs and >= min_s) or max_s; also wall and CPU seconds."""
-    samples: list[float] = []
-    n_in = len(inputs)
-    cpu0 = time.process_time()
-    start = time.perf_counter_ns()
-    max_ns, min_ns = int(max_s * 1e9), int(min_s * 1e9)
-    i = 0
-    while True:
-        x = inputs[i % n_in]
-        t0 = time.perf_counter_ns()
-        fn(x)
-        t1 = time.perf_counter_ns()
-        samples.append((t1 - t0) / 1e6)
-        i += 1
-        elapsed = t1 - start
-        if (i >= min_runs and elapsed >= min_ns) or elapsed >= max_ns:
-            break
-    wall = (time.perf_counter_ns() - start) / 1e9
-    return samples, wall, time.process_time() - cpu0
+@dataclass
+class _Latency:
+    """The batch-1 run: warm-up done, per-call latencies (ms), their wall and CPU seconds, measured energy."""
+
+    warm: int
+    warm_s: float
+    samples: list[float]
+    timed_s: float
+    cpu_s: float
+    energy_measured: dict | None
 
 
-def run_spec(spec_in: ProfileSpec | dict) -> dict:
-    """Profile one model as the spec says; returns the result record."""
-    wall0 = time.perf_counter()
-    spec = load_spec(ProfileSpec, spec_in)
-    kind = spec.kind
-    if kind == "sgemm":  # the host's FP32 peak at this process's (pinned) thread count
-        from edgekd.profile.measure.host import cpu_info, sgemm_peak
+def _sgemm_record(spec: ProfileSpec, wall0: float) -> dict:
+    """The host's FP32 peak at this process's (pinned) thread count: a spec of kind "sgemm"."""
+    from edgekd.profile.measure.host import cpu_info, sgemm_peak
 
-        return {"name": spec.name or "sgemm", "kind": kind, "threads": spec.threads,
-                **sgemm_peak(spec.seconds), "cpu": cpu_info(), "wall_seconds": time.perf_counter() - wall0}
-    if not spec.path:
-        raise UserError("the profile spec has no 'path'", hint="name the model file to profile")
+    return {"name": spec.name or "sgemm", "kind": spec.kind, "threads": spec.threads,
+            **sgemm_peak(spec.seconds), "cpu": cpu_info(), "wall_seconds": time.perf_counter() - wall0}
 
-    _import_runtime(kind)
+
+def _load_measured(spec: ProfileSpec) -> tuple[_Loaded, dict[str, Any]]:
+    """Load the model, timing the load and reading RSS around it; the readings are record fields."""
+    _import_runtime(spec.kind)
     rss_before = current_rss()
     t_load = time.perf_counter()
-    loaded = _load_onnx(spec) if kind == "onnx" else _load_torch(spec)
+    loaded = _load_onnx(spec) if spec.kind == "onnx" else _load_torch(spec)
     load_seconds = time.perf_counter() - t_load
     rss_after = current_rss()
+    return loaded, {"load_seconds": load_seconds, "rss_before_load_bytes": rss_before,
+                    "rss_after_load_bytes": rss_after}
 
-    shape = loaded.shape
-    if shape[0] != 1:
-        raise UserError(f"input_shape {shape} must have batch 1", hint="give the shape of one sample, e.g. [1, 1, 28, 28]")
-    sweep = spec.sweep()
-    pool, source = _sample_pool(spec, shape, loaded.dtype, max(sweep))
-    to_input = getattr(loaded, "to_tensor", lambda a: a)
-    singles = [to_input(b) for b in _batches(pool, 1, min(pool.shape[0], 64))]
 
+def _measure_latency(loaded: _Loaded, singles: list, spec: ProfileSpec) -> _Latency:
+    """Warm up, then time batch-1 calls (with the energy sampler running around the timed part only)."""
     # Warm-up: both the run count and the duration, so lazy allocations and caches have settled.
     w0 = time.perf_counter()
     warm = 0
@@ -211,17 +197,21 @@ def run_spec(spec_in: ProfileSpec | dict) -> dict:
             break
     warm_s = time.perf_counter() - w0
 
-    from edgekd.profile.measure.energy import measured_or_estimate, measured_result, pick_sampler
+    from edgekd.profile.measure.energy import measured_result, pick_sampler
 
     sampler = pick_sampler(spec.energy, loaded.providers)
     if sampler is not None:
         sampler.start()
-    samples, timed_s, cpu_s = _timed_calls(loaded.run, singles, spec.min_runs, spec.min_seconds, spec.max_seconds)
+    samples, timed_s, cpu_s = timed_calls(loaded.run, singles, spec.min_runs, spec.min_seconds, spec.max_seconds)
     energy_measured = None
     if sampler is not None:
         energy_measured = measured_result(sampler.method, sampler.stop(), len(samples), timed_s)
-    cpu_per_inf = cpu_s / len(samples)
+    return _Latency(warm, warm_s, samples, timed_s, cpu_s, energy_measured)
 
+
+def _throughput_sweep(loaded: _Loaded, pool: Any, to_input: Callable[[Any], Any], sweep: list[int],
+                      spec: ProfileSpec) -> tuple[dict[str, float], dict[str, str]]:
+    """Inferences per second at each batch size of the sweep, and the sizes skipped (with why)."""
     tp_seconds = spec.per_batch_seconds()
     throughput: dict[str, float] = {}
     skipped: dict[str, str] = {}
@@ -232,45 +222,75 @@ def run_spec(spec_in: ProfileSpec | dict) -> dict:
         batches = [to_input(x) for x in _batches(pool, b, 2)]
         for x in batches:  # first call at a new shape re-plans memory: keep it out of the timing
             loaded.run(x)
-        lat, wall, _ = _timed_calls(loaded.run, batches, 3, tp_seconds, spec.max_seconds)
-        throughput[str(b)] = b * len(lat) / (sum(lat) / 1e3)
+        per_call, _, _ = timed_calls(loaded.run, batches, 3, tp_seconds, spec.max_seconds)
+        throughput[str(b)] = b * len(per_call) / (sum(per_call) / 1e3)
+    return throughput, skipped
+
+
+def _record(spec: ProfileSpec, loaded: _Loaded, source: str, lat: _Latency, load_info: dict[str, Any],
+            throughput: dict[str, float], skipped: dict[str, str]) -> dict[str, Any]:
+    """The result record (less wall_seconds); reads the peak RSS now, after every measurement."""
+    from edgekd.profile.measure.energy import measured_or_estimate
 
     tb = spec.throughput_batch
     if str(tb) not in throughput and throughput:
         tb = max(int(k) for k in throughput)
     peak = peak_rss()
+    cpu_per_inf = lat.cpu_s / len(lat.samples)
     out: dict[str, Any] = {
         "name": spec.display_name,
-        "kind": kind,
+        "kind": spec.kind,
         "path": spec.path,
         "runtime": loaded.runtime,
         "runtime_version": loaded.version,
         "providers": loaded.providers,
         "threads": spec.threads,
-        "input_shape": shape,
+        "input_shape": loaded.shape,
         "input_source": source,
-        "latency_ms": summarize(samples),
-        "samples": len(samples),
-        "timed_seconds": timed_s,
-        "hit_max_seconds": len(samples) < spec.min_runs or timed_s < spec.min_seconds,
-        "warmup_runs_done": warm,
-        "warmup_seconds_done": warm_s,
-        "cpu_seconds_total": cpu_s,
+        "latency_ms": summarize(lat.samples),
+        "samples": len(lat.samples),
+        "timed_seconds": lat.timed_s,
+        "hit_max_seconds": len(lat.samples) < spec.min_runs or lat.timed_s < spec.min_seconds,
+        "warmup_runs_done": lat.warm,
+        "warmup_seconds_done": lat.warm_s,
+        "cpu_seconds_total": lat.cpu_s,
         "cpu_seconds_per_inference": cpu_per_inf,
         "throughput_batch": tb,
         "throughput_per_s": throughput.get(str(tb)),
         "throughput_sweep": throughput,
         "throughput_skipped": skipped,
-        "load_seconds": load_seconds,
-        "rss_before_load_bytes": rss_before,
-        "rss_after_load_bytes": rss_after,
+        **load_info,  # load_seconds, rss_before_load_bytes, rss_after_load_bytes
         "peak_rss_bytes": peak,
-        "peak_rss_delta_bytes": peak - rss_before,
-        "energy_measured": energy_measured,
+        "peak_rss_delta_bytes": peak - load_info["rss_before_load_bytes"],
+        "energy_measured": lat.energy_measured,
         "python": platform.python_version(),
     }
     if spec.device is not None:
-        out["energy"] = measured_or_estimate(cpu_per_inf, spec.device, energy_measured)
+        out["energy"] = measured_or_estimate(cpu_per_inf, spec.device, lat.energy_measured)
+    return out
+
+
+def run_spec(spec_in: ProfileSpec | dict) -> dict:
+    """Profile one model as the spec says; returns the result record."""
+    wall0 = time.perf_counter()
+    spec = load_spec(ProfileSpec, spec_in)
+    if spec.kind == "sgemm":
+        return _sgemm_record(spec, wall0)
+    if not spec.path:
+        raise UserError("the profile spec has no 'path'", hint="name the model file to profile")
+
+    loaded, load_info = _load_measured(spec)
+    shape = loaded.shape
+    if shape[0] != 1:
+        raise UserError(f"input_shape {shape} must have batch 1", hint="give the shape of one sample, e.g. [1, 1, 28, 28]")
+    sweep = spec.sweep()
+    pool, source = _sample_pool(spec, shape, loaded.dtype, max(sweep))
+    to_input = getattr(loaded, "to_tensor", lambda a: a)
+    singles = [to_input(b) for b in _batches(pool, 1, min(pool.shape[0], 64))]
+
+    lat = _measure_latency(loaded, singles, spec)
+    throughput, skipped = _throughput_sweep(loaded, pool, to_input, sweep, spec)
+    out = _record(spec, loaded, source, lat, load_info, throughput, skipped)
     out["wall_seconds"] = time.perf_counter() - wall0
     return out
 

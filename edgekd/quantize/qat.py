@@ -276,6 +276,130 @@ def _export(model: nn.Module, example: torch.Tensor, out_path: Path, opset: int,
     return {"folded_weights": folded, "parity": parity, "ops": ops}
 
 
+def _check_inputs(opset: int, calib: np.ndarray, x_val: np.ndarray, y_val: np.ndarray) -> None:
+    """Refuse an opset without per-channel QuantizeLinear, an empty calibration set, a bad validation split."""
+    if opset < MIN_OPSET:
+        raise StageError(f"{NAME}: opset {opset} is too old for per-channel QuantizeLinear (needs >= {MIN_OPSET})",
+                         hint=f"use a target with opset >= {MIN_OPSET}, or leave {NAME} out of its candidates")
+    if calib is None or not isinstance(calib, np.ndarray) or calib.ndim == 0 or len(calib) == 0:
+        raise DataError(f"{NAME}: empty calibration set", hint="pass real samples (quantize.calibration_samples)")
+    if len(x_val) == 0 or len(x_val) != len(y_val):
+        raise DataError(f"{NAME}: validation needs matching non-empty inputs and labels, "
+                        f"got {len(x_val)} inputs, {len(y_val)} labels", hint="check the validation split")
+
+
+def _import_nncf() -> Any:
+    """nncf, imported here (a heavy SDK); its absence fails this candidate with a one-line reason."""
+    # Without this NNCF gives its C++ extension 60 s to compile; here that takes 60-100 s.
+    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")
+    try:
+        import nncf
+    except ImportError as e:
+        raise StageError(f"{NAME}: nncf is not importable ({_one_line(e)})",
+                         hint="install nncf>=3.4,<3.5 or drop int8-qat from the candidates") from None
+    return nncf
+
+
+def _prepare_fp32(student: nn.Module, teacher: nn.Module | None, calib: np.ndarray,
+                  notes: list[str]) -> tuple[nn.Module, nn.Module, int, torch.Tensor]:
+    """A BN-folded eval copy of the student, the frozen teacher, and the calibration tensor it accepts.
+
+    Returns (fp32, teacher, folded BatchNorm count, calibration tensor). The teacher, when not
+    given, is a copy of the student taken before BN folding.
+    """
+    fp32 = copy.deepcopy(student).eval()  # the caller's student stays untouched
+    frozen_teacher = teacher if teacher is not None else copy.deepcopy(fp32)
+    folded_bn = _fold_batchnorm(fp32, notes)
+    calib_t = torch.as_tensor(np.ascontiguousarray(calib), dtype=torch.float32)
+    try:  # NNCF's own error for a wrongly shaped calibration set names no shape
+        with torch.inference_mode():
+            fp32(calib_t[:1])
+    except RuntimeError as e:
+        raise DataError(f"{NAME}: calibration data of shape {list(calib_t.shape)} does not fit the student "
+                        f"({_one_line(e)})",
+                        hint="calibration samples must be preprocessed like the model's inputs") from None
+    return fp32, frozen_teacher, folded_bn, calib_t
+
+
+def _nncf_quantize(nncf: Any, fp32: nn.Module, calib_t: torch.Tensor, bs: int) -> tuple[nn.Module, float]:
+    """PTQ of a copy of `fp32` with NNCF (trainable fake quantizers), in eval mode; also its seconds."""
+    batches = [calib_t[i:i + bs] for i in range(0, len(calib_t), bs)]
+    # NNCF compiles its CPU extension on first use (60-100 s on 2 cores), then loads it from cache.
+    log.info("%s: nncf.quantize (the first use on this machine compiles NNCF's CPU extension)", NAME)
+    q0 = time.perf_counter()
+    try:
+        with _quiet():
+            qmodel = nncf.quantize(copy.deepcopy(fp32), nncf.Dataset(batches), subset_size=len(batches))
+    except StageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any NNCF failure fails this candidate, with the reason
+        hint = ("NNCF's C++ extension may still be compiling: set NNCF_EXTENSION_LOAD_TIMEOUT=0"
+                if "Timeout" in type(e).__name__ else "rerun with --debug for NNCF's traceback")
+        raise StageError(f"{NAME}: nncf.quantize failed ({_one_line(e)})", hint=hint) from e
+    quantize_s = time.perf_counter() - q0
+    qmodel.eval()
+    return qmodel, quantize_s
+
+
+def _finetune(qmodel: nn.Module, teacher: nn.Module, kept_losses: list[Any], data: tuple[np.ndarray, ...],
+              ft_cfg: _FineTuneCfg, acc_ptq: float, progress: Any, checkpoint: Path | None) -> tuple[Any, str, float]:
+    """Distill through the fake quantizers; load the best validation epoch, or the PTQ weights if none beats them.
+
+    `data` is (x_train, y_train, x_val, y_val). Returns (the trainer's result, "qat" or "ptq" for
+    the weights kept, fine-tuning seconds); `qmodel` is left in eval mode with the kept weights.
+    """
+    from edgekd.distill.losses import build_losses
+    from edgekd.distill.trainer import train
+
+    x_train, y_train, x_val, y_val = data
+    ptq_state = {k: v.detach().clone() for k, v in qmodel.state_dict().items()}
+    loss_set = build_losses(kept_losses, qmodel, teacher, torch.as_tensor(x_train[:2]))
+    f0 = time.perf_counter()
+    try:
+        result = train(qmodel, x_train, y_train, x_val, y_val, ft_cfg, teacher=teacher, loss_set=loss_set,
+                       progress=progress, description=f"qat {NAME}", checkpoint=checkpoint)
+    except EdgekdError:  # StageError, or UserError for a checkpoint that is refused
+        raise
+    except Exception as e:  # noqa: BLE001 - a fine-tuning crash fails this candidate, with the reason
+        raise StageError(f"{NAME}: fine-tuning the quantized model failed ({_one_line(e)})",
+                         hint="rerun with --debug; a model NNCF cannot train through needs int8-qdq instead") from e
+    finetune_s = time.perf_counter() - f0
+    # Best on validation, with the PTQ weights as "epoch 0": fine-tuning must not make it worse.
+    kept = "qat" if result.best_val_accuracy > acc_ptq else "ptq"
+    qmodel.load_state_dict(result.best_state if kept == "qat" else ptq_state)
+    qmodel.eval()
+    return result, kept, finetune_s
+
+
+def _export_checked(qmodel: nn.Module, example: torch.Tensor, out_path: Path, opset: int, dynamic_batch: bool,
+                    x_val: np.ndarray) -> tuple[dict[str, Any], float]:
+    """`_export` with its parity check on up to 512 validation samples; any exporter crash is a StageError."""
+    e0 = time.perf_counter()
+    x_check = np.ascontiguousarray(x_val[:512]).astype(np.float32, copy=False)
+    try:
+        exported = _export(qmodel, example, out_path, opset, dynamic_batch, x_check)
+    except StageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - an export failure fails this candidate, with the reason
+        raise StageError(f"{NAME}: exporting the QAT model to ONNX failed ({_one_line(e)})",
+                         hint="rerun with --debug for the exporter's traceback") from e
+    return exported, time.perf_counter() - e0
+
+
+def _settings(ft_cfg: _FineTuneCfg, lr_scale: float, calibration_samples: int, bs: int, kept_losses: list[Any],
+              dropped: list[str], teacher_given: bool, opset: int, dynamic_batch: bool,
+              folded_bn: int) -> dict[str, Any]:
+    """The candidate's `settings` record: how it was quantized, fine-tuned and exported."""
+    return {
+        "nncf_path": "torch", "preset": "performance", "calibration_samples": calibration_samples,
+        "calibration_batch_size": bs, "epochs": ft_cfg.epochs, "lr": ft_cfg.lr, "lr_scale": lr_scale,
+        "batch_size": ft_cfg.batch_size, "seed": ft_cfg.seed,
+        "losses": [c.model_dump() if hasattr(c, "model_dump") else dict(c) for c in kept_losses],
+        "dropped_losses": dropped, "teacher": "given" if teacher_given else "fp32-student",
+        "opset": opset, "dynamic_batch": dynamic_batch, "format": "QDQ", "folded_batchnorm": folded_bn,
+    }
+
+
 def qat_candidate(student: nn.Module, teacher: nn.Module | None, x_train: np.ndarray, y_train: np.ndarray,
                   x_val: np.ndarray, y_val: np.ndarray, calib: np.ndarray, out_path: Path, *,
                   losses: list[Any], train_cfg: Any, opset: int = 17, dynamic_batch: bool = True,
@@ -297,89 +421,25 @@ def qat_candidate(student: nn.Module, teacher: nn.Module | None, x_train: np.nda
     """
     t0 = time.perf_counter()
     out_path = Path(out_path)
-    if opset < MIN_OPSET:
-        raise StageError(f"{NAME}: opset {opset} is too old for per-channel QuantizeLinear (needs >= {MIN_OPSET})",
-                         hint=f"use a target with opset >= {MIN_OPSET}, or leave {NAME} out of its candidates")
-    if calib is None or not isinstance(calib, np.ndarray) or calib.ndim == 0 or len(calib) == 0:
-        raise DataError(f"{NAME}: empty calibration set", hint="pass real samples (quantize.calibration_samples)")
-    if len(x_val) == 0 or len(x_val) != len(y_val):
-        raise DataError(f"{NAME}: validation needs matching non-empty inputs and labels, "
-                        f"got {len(x_val)} inputs, {len(y_val)} labels", hint="check the validation split")
+    _check_inputs(opset, calib, x_val, y_val)
     ft_cfg = _finetune_cfg(train_cfg, epochs, lr_scale)
-    # Without this NNCF gives its C++ extension 60 s to compile; here that takes 60-100 s.
-    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")
-    try:
-        import nncf
-    except ImportError as e:
-        raise StageError(f"{NAME}: nncf is not importable ({_one_line(e)})",
-                         hint="install nncf>=3.4,<3.5 or drop int8-qat from the candidates") from None
+    nncf = _import_nncf()
 
-    fp32 = copy.deepcopy(student).eval()  # the caller's student stays untouched
-    frozen_teacher = teacher if teacher is not None else copy.deepcopy(fp32)
     notes = ["torch.fx path not used: nncf.quantize on a torch.export graph folds weights into int8 "
              "constants with no trainable parameters, so it cannot be fine-tuned"]
-    folded_bn = _fold_batchnorm(fp32, notes)
-    calib_t = torch.as_tensor(np.ascontiguousarray(calib), dtype=torch.float32)
-    try:  # NNCF's own error for a wrongly shaped calibration set names no shape
-        with torch.inference_mode():
-            fp32(calib_t[:1])
-    except RuntimeError as e:
-        raise DataError(f"{NAME}: calibration data of shape {list(calib_t.shape)} does not fit the student "
-                        f"({_one_line(e)})",
-                        hint="calibration samples must be preprocessed like the model's inputs") from None
+    fp32, frozen_teacher, folded_bn, calib_t = _prepare_fp32(student, teacher, calib, notes)
     acc_fp32 = _torch_accuracy(fp32, x_val, y_val)
 
     bs = max(1, int(calibration_batch_size))
-    batches = [calib_t[i:i + bs] for i in range(0, len(calib_t), bs)]
-    example = calib_t[:1]
-    # NNCF compiles its CPU extension on first use (60-100 s on 2 cores), then loads it from cache.
-    log.info("%s: nncf.quantize (the first use on this machine compiles NNCF's CPU extension)", NAME)
-    q0 = time.perf_counter()
-    try:
-        with _quiet():
-            qmodel = nncf.quantize(copy.deepcopy(fp32), nncf.Dataset(batches), subset_size=len(batches))
-    except StageError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any NNCF failure fails this candidate, with the reason
-        hint = ("NNCF's C++ extension may still be compiling: set NNCF_EXTENSION_LOAD_TIMEOUT=0"
-                if "Timeout" in type(e).__name__ else "rerun with --debug for NNCF's traceback")
-        raise StageError(f"{NAME}: nncf.quantize failed ({_one_line(e)})", hint=hint) from e
-    quantize_s = time.perf_counter() - q0
-    qmodel.eval()
+    qmodel, quantize_s = _nncf_quantize(nncf, fp32, calib_t, bs)
     acc_ptq = _torch_accuracy(qmodel, x_val, y_val)
-    ptq_state = {k: v.detach().clone() for k, v in qmodel.state_dict().items()}
-
-    from edgekd.distill.losses import build_losses
-    from edgekd.distill.trainer import train
 
     kept_losses, dropped = _logit_losses(losses)
-    loss_set = build_losses(kept_losses, qmodel, frozen_teacher, torch.as_tensor(x_train[:2]))
-    f0 = time.perf_counter()
-    try:
-        result = train(qmodel, x_train, y_train, x_val, y_val, ft_cfg, teacher=frozen_teacher, loss_set=loss_set,
-                       progress=progress, description=f"qat {NAME}", checkpoint=checkpoint)
-    except EdgekdError:  # StageError, or UserError for a checkpoint that is refused
-        raise
-    except Exception as e:  # noqa: BLE001 - a fine-tuning crash fails this candidate, with the reason
-        raise StageError(f"{NAME}: fine-tuning the quantized model failed ({_one_line(e)})",
-                         hint="rerun with --debug; a model NNCF cannot train through needs int8-qdq instead") from e
-    finetune_s = time.perf_counter() - f0
-    # Best on validation, with the PTQ weights as "epoch 0": fine-tuning must not make it worse.
-    kept = "qat" if result.best_val_accuracy > acc_ptq else "ptq"
-    qmodel.load_state_dict(result.best_state if kept == "qat" else ptq_state)
-    qmodel.eval()
+    result, kept, finetune_s = _finetune(qmodel, frozen_teacher, kept_losses, (x_train, y_train, x_val, y_val),
+                                         ft_cfg, acc_ptq, progress, checkpoint)
     acc_torch = _torch_accuracy(qmodel, x_val, y_val)
 
-    e0 = time.perf_counter()
-    x_check = np.ascontiguousarray(x_val[:512]).astype(np.float32, copy=False)
-    try:
-        exported = _export(qmodel, example, out_path, opset, dynamic_batch, x_check)
-    except StageError:
-        raise
-    except Exception as e:  # noqa: BLE001 - an export failure fails this candidate, with the reason
-        raise StageError(f"{NAME}: exporting the QAT model to ONNX failed ({_one_line(e)})",
-                         hint="rerun with --debug for the exporter's traceback") from e
-    export_s = time.perf_counter() - e0
+    exported, export_s = _export_checked(qmodel, calib_t[:1], out_path, opset, dynamic_batch, x_val)
 
     from edgekd.quantize.candidates import evaluate_onnx
 
@@ -387,14 +447,8 @@ def qat_candidate(student: nn.Module, teacher: nn.Module | None, x_train: np.nda
     log.info("%s: fp32 %.4f, ptq %.4f, qat %.4f (ORT); quantize %.1fs (includes NNCF's extension compile on "
              "first use), fine-tune %.1fs, export %.1fs", NAME, acc_fp32, acc_ptq, acc_after, quantize_s, finetune_s,
              export_s)
-    settings = {
-        "nncf_path": "torch", "preset": "performance", "calibration_samples": int(len(calib_t)),
-        "calibration_batch_size": bs, "epochs": ft_cfg.epochs, "lr": ft_cfg.lr, "lr_scale": lr_scale,
-        "batch_size": ft_cfg.batch_size, "seed": ft_cfg.seed,
-        "losses": [c.model_dump() if hasattr(c, "model_dump") else dict(c) for c in kept_losses],
-        "dropped_losses": dropped, "teacher": "given" if teacher is not None else "fp32-student",
-        "opset": opset, "dynamic_batch": dynamic_batch, "format": "QDQ", "folded_batchnorm": folded_bn,
-    }
+    settings = _settings(ft_cfg, lr_scale, int(len(calib_t)), bs, kept_losses, dropped, teacher is not None,
+                         opset, dynamic_batch, folded_bn)
     return {
         "name": NAME, "path": str(out_path), "size_bytes": out_path.stat().st_size, "settings": settings,
         "val_accuracy_fp32": acc_fp32, "val_accuracy_before_qat": acc_ptq, "val_accuracy_after_torch": acc_torch,
