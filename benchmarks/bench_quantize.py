@@ -146,7 +146,7 @@ def main() -> None:
     from edgekd.data import load
     from edgekd.pipeline import load_run
     from edgekd.profile.runner import interleaved_profile
-    from edgekd.quantize.candidates import evaluate_onnx
+    from edgekd.runtimes.ort import accuracy as evaluate_onnx
 
     build = ensure_build(args)
     rep = report(build)

@@ -4,11 +4,10 @@ from edgekd.quantize.candidates import (
     CANDIDATES,
     NotApplicable,
     accuracy_aware,
-    evaluate_onnx,
     make_candidate,
     validate_candidate_names,
 )
 from edgekd.quantize.select import select
 
-__all__ = ["CANDIDATES", "NotApplicable", "accuracy_aware", "evaluate_onnx", "make_candidate", "select",
+__all__ = ["CANDIDATES", "NotApplicable", "accuracy_aware", "make_candidate", "select",
            "validate_candidate_names"]

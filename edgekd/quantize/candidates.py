@@ -225,15 +225,6 @@ def calibration_set(model_path: Path, calib: np.ndarray | None, options: dict[st
 # --------------------------------------------------------------------------- helpers
 
 
-def evaluate_onnx(path: Path | str, x: np.ndarray, y: np.ndarray, batch_size: int = 256, threads: int = 1) -> float:
-    """Top-1 accuracy (fraction) of an ONNX classifier: argmax of its first output vs `y`."""
-    if len(x) == 0 or len(x) != len(y):
-        raise DataError(f"evaluation needs matching non-empty inputs and labels, got {len(x)} inputs, {len(y)} labels",
-                        hint="check the validation/test split")
-    logits = run_onnx(path, x, batch_size, threads)
-    return float(np.mean(logits.reshape(len(x), -1).argmax(1) == np.asarray(y).reshape(-1)))
-
-
 def _param_count(model) -> int:
     from onnx import numpy_helper
 

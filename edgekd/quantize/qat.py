@@ -441,9 +441,9 @@ def qat_candidate(student: nn.Module, teacher: nn.Module | None, x_train: np.nda
 
     exported, export_s = _export_checked(qmodel, calib_t[:1], out_path, opset, dynamic_batch, x_val)
 
-    from edgekd.quantize.candidates import evaluate_onnx
+    from edgekd.runtimes.ort import accuracy
 
-    acc_after = evaluate_onnx(out_path, np.asarray(x_val, dtype=np.float32), np.asarray(y_val))
+    acc_after = accuracy(out_path, np.asarray(x_val, dtype=np.float32), np.asarray(y_val))
     log.info("%s: fp32 %.4f, ptq %.4f, qat %.4f (ORT); quantize %.1fs (includes NNCF's extension compile on "
              "first use), fine-tune %.1fs, export %.1fs", NAME, acc_fp32, acc_ptq, acc_after, quantize_s, finetune_s,
              export_s)

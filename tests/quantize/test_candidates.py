@@ -15,10 +15,11 @@ from onnx import numpy_helper
 from torch import nn
 
 from edgekd.errors import ConfigError, DataError, StageError
-from edgekd.quantize import CANDIDATES, NotApplicable, accuracy_aware, evaluate_onnx, make_candidate
+from edgekd.quantize import CANDIDATES, NotApplicable, accuracy_aware, make_candidate
 from edgekd.quantize import validate_candidate_names
 from edgekd.quantize.sensitivity import quantized_nodes, source_node_name
 from edgekd.profile.measure.flops import onnx_flops
+from edgekd.runtimes.ort import accuracy as evaluate_onnx
 from edgekd.runtimes.ort import run_onnx
 
 

@@ -24,7 +24,8 @@ from edgekd.config import DistillConfig, TrainConfig
 from edgekd.distill.trainer import accuracy, seed_everything, train
 from edgekd.errors import StageError
 from edgekd.export.onnx import export_onnx
-from edgekd.quantize.candidates import evaluate_onnx, make_candidate
+from edgekd.quantize.candidates import make_candidate
+from edgekd.runtimes.ort import accuracy as evaluate_onnx
 from edgekd.quantize.qat import qat_candidate
 from edgekd.zoo import build
 
