@@ -73,6 +73,31 @@ def _reason_missing(c: dict[str, Any], objective: str, needs_latency: bool = Fal
     return None
 
 
+def _judge(out: list[dict[str, Any]], ref: dict[str, Any], budget: Budget, objective: str,
+           growth: float | None) -> list[dict[str, Any]]:
+    """Give each measured candidate other than fp32 its status against the fp32 reference (budget on validation
+    accuracy, then the objective, the latency bound and the noise); return those still in the running."""
+    ref_acc = float(ref["val_accuracy"])
+    ref_metric = _metric(ref, objective)
+    ok: list[dict[str, Any]] = []
+    for c in out:
+        if c is ref or c["status"] is not None:
+            continue
+        if not budget.within(ref_acc, float(c["val_accuracy"])):
+            c["status"] = OVER_BUDGET
+        elif _metric(c, objective) >= ref_metric:  # type: ignore[operator]  # both checked non-None above
+            c["status"] = SLOWER if objective == "latency" else LARGER
+        elif growth is not None and _p50(c) > _p50(ref) * (1 + growth) + EPS:  # type: ignore[operator]
+            c["status"] = SLOWER
+            c["p50_over_fp32"] = _p50(c) / _p50(ref)  # type: ignore[operator]
+        elif objective == "latency" and ref_metric - _metric(c, objective) <= _noise_ms(c, ref):  # type: ignore[operator]
+            c["status"] = WITHIN_NOISE
+            c["noise_ms"] = _noise_ms(c, ref)
+        else:
+            ok.append(c)
+    return ok
+
+
 def select(candidates: list[dict[str, Any]], budget_points: float | Budget,
            objective: Literal["latency", "size"] = "latency", strict: bool = False,
            max_latency_growth: float | None = None) -> dict[str, Any]:
@@ -122,23 +147,7 @@ def select(candidates: list[dict[str, Any]], budget_points: float | Budget,
 
     ref["reference"] = True
     ref_acc = float(ref["val_accuracy"])
-    ref_metric = _metric(ref, objective)
-    ok: list[dict[str, Any]] = []
-    for c in out:
-        if c is ref or c["status"] is not None:
-            continue
-        if not budget.within(ref_acc, float(c["val_accuracy"])):
-            c["status"] = OVER_BUDGET
-        elif _metric(c, objective) >= ref_metric:  # type: ignore[operator]  # both checked non-None above
-            c["status"] = SLOWER if objective == "latency" else LARGER
-        elif growth is not None and _p50(c) > _p50(ref) * (1 + growth) + EPS:  # type: ignore[operator]
-            c["status"] = SLOWER
-            c["p50_over_fp32"] = _p50(c) / _p50(ref)  # type: ignore[operator]
-        elif objective == "latency" and ref_metric - _metric(c, objective) <= _noise_ms(c, ref):  # type: ignore[operator]
-            c["status"] = WITHIN_NOISE
-            c["noise_ms"] = _noise_ms(c, ref)
-        else:
-            ok.append(c)
+    ok = _judge(out, ref, budget, objective, growth)
 
     def key(c: dict[str, Any]) -> tuple:
         size = float(c["size_bytes"]) if c.get("size_bytes") is not None else float("inf")
