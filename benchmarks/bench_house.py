@@ -28,22 +28,6 @@ BUILDS = {  # name: (recipe, target)
     "smollm2-seqkd-cpu": ("smollm2-seqkd", "cpu"),
     "byo-factory-cpu": ("BYO", "cpu"),
 }
-BYO_CARD = """\
-schema_version: 1
-name: photos-byo
-task: image-classification
-data: {kind: image-folder, path: photos, classes: [left, middle, right], seed: 0}
-teacher:
-  factory: mymodels:build_teacher
-  weights: teacher.pt
-student:
-  factory: mymodels:build_student
-distill:
-  epochs: 8
-  batch_size: 16
-  lr: 0.01
-quantize: {accuracy_budget: 5.0, calibration_samples: 32}
-"""
 
 
 def byo_folder(root: Path) -> Path:
@@ -60,7 +44,9 @@ def byo_folder(root: Path) -> Path:
     folder = t.byo.__wrapped__(_Factory()) if hasattr(t.byo, "__wrapped__") else None
     if folder is None:
         raise SystemExit("tests.e2e.test_byo_cli.byo is not a plain fixture any more")
-    (folder / "card.yaml").write_text(BYO_CARD)
+    # the test's card, with its factory teacher and its trained weights
+    (folder / "card.yaml").write_text(t.CARD.format(teacher="  factory: mymodels:build_teacher\n  weights: teacher.pt",
+                                                    distill_extra=""))
     return folder
 
 

@@ -18,6 +18,15 @@ def _modules() -> dict[str, Path]:
     return mods
 
 
+def _import_base(node: ast.ImportFrom, pkg: str) -> str:
+    """The absolute module a `from ... import` reads from (relative imports resolved against `pkg`)."""
+    base = node.module or ""
+    if node.level:
+        parts = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+        base = ".".join(parts + ([base] if base else []))
+    return base
+
+
 def _imports(name: str, path: Path, mods: dict[str, Path]) -> tuple[set[str], list[str]]:
     """The edgekd modules `name` imports, and the cross-package private names it imports."""
     pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -26,10 +35,7 @@ def _imports(name: str, path: Path, mods: dict[str, Path]) -> tuple[set[str], li
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
-                base = ".".join(parts + ([base] if base else []))
+            base = _import_base(node, pkg)
             targets = [base] + [f"{base}.{a.name}" for a in node.names]
             for a in node.names:
                 if (a.name.startswith("_") and not a.name.startswith("__") and base.startswith("edgekd.")
@@ -162,10 +168,7 @@ def _import_sites(name: str, path: Path, mods: dict[str, Path]) -> list[tuple[st
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
-                base = ".".join(parts + ([base] if base else []))
+            base = _import_base(node, pkg)
             # `from edgekd.x import y`: y may be a submodule (its own layer) or a name in edgekd.x
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
         else:
