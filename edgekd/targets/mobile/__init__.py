@@ -100,10 +100,11 @@ def artifact_rows(meta: dict[str, Any], params: int | None, host: Any) -> list[d
 
 
 def select_artifact(rows: list[dict[str, Any]], reference_val_accuracy: float | None,
-                    budget_points: float) -> dict[str, Any]:
+                    budget_points: float, reference_accuracy: float | None = None) -> dict[str, Any]:
     """The shipped artifact to recommend: within `budget_points` of the FP32 student's VALIDATION accuracy (each
     artifact's own validation accuracy, through its own runtime), then the lowest host-proxy p50 (the only
-    latencies here measured on one machine). Test accuracies are reported, never read here."""
+    latencies here measured on one machine). Test accuracies are reported, never read here: `reference_accuracy`,
+    the FP32 student's test accuracy, is passed through to the record for the report."""
     from edgekd.quantize.budget import Budget
 
     budget = Budget(budget_points)
@@ -122,7 +123,7 @@ def select_artifact(rows: list[dict[str, Any]], reference_val_accuracy: float | 
         status[best["variant"]] = "selected"
     return {"selected": f"student/{best['variant']}" if best else None, "status": status,
             "by": "lowest host-proxy p50 within the accuracy budget of the FP32 student on validation data",
-            "reference_val_accuracy": ref, "budget_points": budget_points}
+            "reference_val_accuracy": ref, "reference_accuracy": reference_accuracy, "budget_points": budget_points}
 
 
 def _convert(job: ConvertJob) -> tuple[dict[str, str], dict[str, Any]]:
@@ -143,7 +144,7 @@ def _convert(job: ConvertJob) -> tuple[dict[str, str], dict[str, Any]]:
     outputs = {p.name: str(p.relative_to(job.wd)) for p in sorted((job.wd / "mobile").rglob("*")) if p.is_file()}
     meta = json.loads((job.wd / "mobile" / "metadata.json").read_text())
     rows = artifact_rows(meta, count_params(job.student), job.host_device) if job.host_device is not None else []
-    choice = select_artifact(rows, cls.student_val_accuracy, job.budget_points)
+    choice = select_artifact(rows, cls.student_val_accuracy, job.budget_points, cls.student_accuracy)
     where = {"ran": [f"artifact accuracy and host-proxy latency: this host ({job.host_device.name if job.host_device else 'host'})"],
              "not_run": ["on-phone latency: no --adb device; the on-device rows are card roofline estimates "
                          f"({job.target.device.name})"]}
