@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
@@ -39,7 +39,7 @@ class QuantizePlan:
     test: Callable[[Path], dict[str, Any]]
     fields: Callable[[str, Path, dict[str, Any], dict[str, Any]], dict[str, Any]]  # (name, path, val, test) -> entry keys
     metric: str                                        # what "score" is, in words
-    grouping: str = "node"                             # keep-in-FP32 unit: "node" or "layer-groups" (one kind across layers)
+    grouping: Literal["node", "layer-groups"] = "node"  # keep-in-FP32 unit: "node" or "layer-groups" (one kind across layers)
     smoke: Callable[[Path], None] | None = None        # run a made candidate once (None: make_candidate's own)
     rank: Callable[[Path], float] | None = None        # a cheaper validation score that ranks keep-in-FP32 trials
     special: dict[str, Callable[[Path], dict[str, Any]]] = field(default_factory=dict)  # makers only this task has
