@@ -30,6 +30,22 @@ def comparison_ratios(teacher: dict, student: dict) -> dict[str, Any]:
     }
 
 
+def model_row(role: str, variant: str, fmt: str, runtime: str, pr: dict, *, path: str, params: int | None,
+              size_bytes: int | None, accuracy: float | None, throughput_batch: int | None,
+              extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A report `models` row every task shares: what the model is and its profile stage figures `pr` (where it
+    was measured, latency, throughput, memory, energy), plus the profile keys `extra` the task reports too."""
+    from edgekd.hostinfo import cpu_name
+
+    return {"role": role, "variant": variant, "format": fmt, "runtime": runtime,
+            # builds made before measured_on existed ran everything on the host
+            "measured_on": pr.get("measured_on", "host"), "device": pr.get("device", cpu_name()),
+            "throughput_batch": throughput_batch, "path": path, "params": params, "size_bytes": size_bytes,
+            "accuracy": accuracy, "latency_ms": pr.get("latency_ms"), "throughput_per_s": pr.get("throughput_per_s"),
+            "peak_rss_bytes": pr.get("peak_rss_bytes"), "peak_rss_delta_bytes": pr.get("peak_rss_delta_bytes"),
+            "energy": pr.get("energy"), **{k: pr.get(k) for k in extra}}
+
+
 def candidate_row(c: dict, keys: tuple[str, ...], status: dict[str, str], prof: dict) -> dict[str, Any]:
     """A report `candidates` row: the quantize stage's fields `keys`, its path in the build, the
     profiled latency and the selection's status (a candidate without one failed)."""

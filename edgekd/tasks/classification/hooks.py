@@ -273,25 +273,17 @@ def convert_job(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
 def report_parts(build_dir: Path, res: dict[str, dict], run: dict):
     """A classification build's rows: the teacher in PyTorch (unless given as ONNX), its ONNX export on
     onnxruntime, the teacher on the target's accelerator when profiled there, every student candidate."""
-    from edgekd.hostinfo import cpu_name
-    from edgekd.report.build import candidate_row, control_entry, teacher_origin_note
+    from edgekd.report.build import candidate_row, control_entry, model_row, teacher_origin_note
     from edgekd.tasks.base import ReportParts
 
     t, d, e, q, p, sel = (res[n] for n in ("teacher", "distill", "export", "quantize", "profile", "select"))
     prof, settings = p["metrics"]["models"], p["metrics"]["settings"]
 
     def model_entry(role: str, variant: str, fmt: str, runtime: str, path: Path, params: int, acc: float) -> dict:
-        pr = prof.get(f"{role}/{variant}", {})
-        return {"role": role, "variant": variant, "format": fmt, "runtime": runtime,
-                # builds made before measured_on existed ran everything on the host
-                "measured_on": pr.get("measured_on", "host"), "device": pr.get("device", cpu_name()),
-                "throughput_batch": settings.get("throughput_batch"),
-                "path": os.path.relpath(path, build_dir), "params": params, "size_bytes": path.stat().st_size,
-                "accuracy": acc, "latency_ms": pr.get("latency_ms"), "throughput_per_s": pr.get("throughput_per_s"),
-                "throughput_sweep": pr.get("throughput_sweep"), "peak_rss_bytes": pr.get("peak_rss_bytes"),
-                "peak_rss_delta_bytes": pr.get("peak_rss_delta_bytes"), "energy": pr.get("energy"),
-                "flops": pr.get("flops"), "roofline": pr.get("roofline"), "spread": pr.get("spread"),
-                "noisy": pr.get("noisy")}
+        return model_row(role, variant, fmt, runtime, prof.get(f"{role}/{variant}", {}),
+                         path=os.path.relpath(path, build_dir), params=params, size_bytes=path.stat().st_size,
+                         accuracy=acc, throughput_batch=settings.get("throughput_batch"),
+                         extra=("throughput_sweep", "flops", "roofline", "spread", "noisy"))
 
     tm, teacher_file = t["metrics"], build_dir / "teacher" / t["outputs"]["model"]
     onnx_teacher = str(t["outputs"]["model"]).endswith(".onnx")  # given as ONNX: no PyTorch form to time

@@ -126,25 +126,20 @@ def report_parts(build_dir: Path, res: dict[str, dict], run: dict):
     """A text-generation build's rows. `accuracy` is next-token agreement with the teacher's answers on
     held-out prompts (the teacher's own figure is its argmax agreeing with its greedy tokens, ~1.0);
     `latency_ms` is per generated token; `energy.joules_per_inference` is per generated token."""
-    from edgekd.hostinfo import cpu_name
-    from edgekd.report.build import candidate_row, text_generation_control
+    from edgekd.report.build import candidate_row, model_row, text_generation_control
     from edgekd.tasks.base import ReportParts
 
     t, gen, d, e, q, p, sel = (res[n] for n in ("teacher", "generate", "distill", "export", "quantize", "profile",
                                                 "select"))
     prof = p["metrics"]["models"]
-    host_cpu = cpu_name()  # text-generation stages run on this host
 
     def entry(role: str, variant: str, fmt: str, runtime: str, path: str, size: int, params: int,
               acc: float | None, ppl: float | None) -> dict:
         pr = prof.get(f"{role}/{variant}", {})
-        return {"role": role, "variant": variant, "format": fmt, "runtime": runtime, "throughput_batch": 1,
-                "measured_on": pr.get("measured_on", "host"), "device": pr.get("device", host_cpu),
-                "path": path, "params": params,
-                "size_bytes": size, "accuracy": acc, "perplexity": ppl, "latency_ms": pr.get("latency_ms"),
-                "ttft_ms": pr.get("ttft_ms"), "tokens_per_s": pr.get("tokens_per_s"),
-                "throughput_per_s": pr.get("tokens_per_s"), "peak_rss_bytes": pr.get("peak_rss_bytes"),
-                "peak_rss_delta_bytes": pr.get("peak_rss_delta_bytes"), "energy": pr.get("energy")}
+        row = model_row(role, variant, fmt, runtime, pr, path=path, params=params, size_bytes=size, accuracy=acc,
+                        throughput_batch=1, extra=("ttft_ms", "tokens_per_s"))
+        # one inference is one generated token: throughput is tokens/s
+        return {**row, "perplexity": ppl, "throughput_per_s": pr.get("tokens_per_s")}
 
     tm = t["metrics"]
     te = d["metrics"]["teacher"]["test"]
