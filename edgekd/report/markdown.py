@@ -29,8 +29,13 @@ def summary_rows(report: dict) -> list[list[str]]:
     s = by_key.get(c.get("student")) or selected_of(report) or {}
     tl, sl = t.get("latency_ms") or {}, s.get("latency_ms") or {}
     ratio_p90 = (tl["p90"] / sl["p90"]) if tl.get("p90") and sl.get("p90") else None
+    same = by_key.get(c.get("teacher_same_runtime")) if c.get("teacher_onnx_speedup_p50") is not None else None
+    # like with like: the teacher on the runtime the student ships on, beside the headline's teacher row
+    same_row = [[f"latency p50, teacher on {same.get('runtime')}", fmt_ms((same.get("latency_ms") or {}).get("p50")),
+                 fmt_ms(sl.get("p50")), f"{fmt_ratio(c.get('teacher_onnx_speedup_p50'))} faster"]] if same else []
     return [
         ["latency p50", fmt_ms(tl.get("p50")), fmt_ms(sl.get("p50")), f"{fmt_ratio(c.get('speedup_p50'))} faster"],
+        *same_row,
         ["latency p90", fmt_ms(tl.get("p90")), fmt_ms(sl.get("p90")), f"{fmt_ratio(ratio_p90)} faster"],
         ["latency p99", fmt_ms(tl.get("p99")), fmt_ms(sl.get("p99")), ""],
         [f"throughput (batch {s.get('throughput_batch', '?')})", f"{fmt_num(t.get('throughput_per_s'))}/s",

@@ -226,3 +226,16 @@ def test_the_selection_rule_is_stated_where_the_candidates_are(report):
     r["selection"]["objective"] = "latency"
     assert "the fastest candidate (p50) within 0.5 points" in render_markdown(r)
     assert "Selected:" not in render_markdown(report)  # an older report without the rule: nothing invented
+
+
+def test_headline_shows_the_teacher_on_the_students_runtime_beside_pytorch(report):
+    from edgekd.report.markdown import summary_rows
+
+    assert not any(r[0].startswith("latency p50, teacher on") for r in summary_rows(report))  # no such ratio: no row
+    onnx_teacher = next(m for m in report["models"] if m["role"] == "teacher" and m["runtime"] == "onnxruntime")
+    student = next(m for m in report["models"] if f"{m['role']}/{m['variant']}" == report["selected"])
+    speedup = onnx_teacher["latency_ms"]["p50"] / student["latency_ms"]["p50"]
+    report["comparison"] |= {"teacher_onnx_speedup_p50": speedup,
+                             "teacher_same_runtime": f"teacher/{onnx_teacher['variant']}"}
+    row = next(r for r in summary_rows(report) if r[0] == "latency p50, teacher on onnxruntime")
+    assert row[3] == f"{speedup:.2f}× faster" and row[1].startswith(f"{onnx_teacher['latency_ms']['p50']:.3f}")
