@@ -50,8 +50,12 @@ def test_a_missing_gguf_reader_is_one_line_exit_2_before_any_work(tmp_path, monk
     half-made cache entry."""
     import sys
 
+    import transformers.utils.import_utils  # noqa: F401
+
     from edgekd.llm import models
 
+    # transformers reads which packages exist once, when first imported (imported above): a first import under
+    # the fake absence below would make every later GGUF load in this process fail for want of accelerate
     monkeypatch.setitem(sys.modules, missing, None)  # `import accelerate` now raises ImportError
     gguf = tmp_path / "teacher.gguf"
     gguf.write_bytes(b"GGUF not really")
