@@ -83,7 +83,7 @@ class Task:
     profile_models: Callable[[Inputs, "BuildContext", Path, Tick],
                              tuple[dict[str, dict], dict[str, Any], dict[str, str]]]
     # report: the stages it reads and its rows/sections from their result files
-    report_stages: tuple[str, ...]
+    report_stages: tuple[str, ...]                     # must be finished; the optional convert stage is read when present
     report_parts: Callable[[Path, dict[str, dict], dict[str, Any]], ReportParts]
     # convert: the target family's job for this task's selected student (None: the task ships its ONNX only)
     convert_deps: tuple[str, ...] = ()

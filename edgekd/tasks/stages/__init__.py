@@ -12,6 +12,13 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from edgekd.tasks.base import Task
 
 
+def task_of(ctx) -> "Task":
+    """The Task of the build a stage runs in (its recipe's `task:`)."""
+    from edgekd.tasks import task_for
+
+    return task_for(ctx.recipe.task)
+
+
 def graph(task: "Task") -> list["Stage"]:
     from edgekd.pipeline import Stage
     from edgekd.tasks.stages import convert, profile, quantize, report, select

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgekd.pipeline import BuildContext, StageOutput, StageResult
-from edgekd.tasks.stages.quantize import task_of
+from edgekd.tasks.stages import task_of
 
 
 def convert_cfg(ctx: BuildContext) -> dict:

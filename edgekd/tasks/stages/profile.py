@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from edgekd.pipeline import BuildContext, StageOutput, StageResult
-from edgekd.tasks.stages.quantize import task_of
+from edgekd.tasks.stages import task_of
 
 
 def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:

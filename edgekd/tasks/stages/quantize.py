@@ -12,12 +12,7 @@ from typing import Any
 
 from edgekd.errors import StageError, UserError
 from edgekd.pipeline import BuildContext, StageOutput, StageResult
-
-
-def task_of(ctx: BuildContext):
-    from edgekd.tasks import task_for
-
-    return task_for(ctx.recipe.task)
+from edgekd.tasks.stages import task_of
 
 
 def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:

@@ -13,7 +13,7 @@ from typing import Any
 
 from edgekd.errors import UserError
 from edgekd.pipeline import BuildContext, StageOutput, StageResult
-from edgekd.tasks.stages.quantize import task_of
+from edgekd.tasks.stages import task_of
 
 REPORT_DIRNAME = "report"
 
@@ -52,7 +52,7 @@ def assemble(build_dir: Path, run: dict, task) -> dict[str, Any]:
                                      not_built_rows, ratio, selection_rule)
     from edgekd.report.schema import REPORT_SCHEMA_VERSION
 
-    res = _results(build_dir, tuple(n for n in task.report_stages if n != "convert"))
+    res = _results(build_dir, task.report_stages)  # the convert stage is optional: read below when present
     sel, prof, quant = res["select"]["metrics"], res["profile"]["metrics"], res["quantize"]["metrics"]
     parts = task.report_parts(build_dir, res, run)
     models = list(parts.models)
