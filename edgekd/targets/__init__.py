@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edgekd.targets.base import Capability, ClassifierPayload, ConvertJob, TargetFamily
+from edgekd.targets.base import Capability, ClassifierPayload, ConvertJob, LanguageModelPayload, TargetFamily
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from edgekd.config import TargetConfig
 
-__all__ = ["Capability", "ClassifierPayload", "ConvertJob", "TargetFamily", "FAMILY_MODULES", "families", "family",
+__all__ = ["Capability", "ClassifierPayload", "ConvertJob", "LanguageModelPayload", "TargetFamily", "FAMILY_MODULES", "families", "family",
            "family_name", "check", "availability", "build_ready", "split_candidates", "dropped_line", "resolve"]
 
 # The one explicit table: family name -> module defining FAMILY (modules import nothing heavy).

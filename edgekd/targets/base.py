@@ -36,6 +36,30 @@ class ClassifierPayload:
 
 
 @dataclass
+class LanguageModelPayload:
+    """What a causal language model adds to a ConvertJob. The student is a Hugging Face folder (weights,
+    config, tokenizer files); val/test are token sequences (`llm.sequences.Example`: prompt + the
+    teacher's answer, loss on the answer) that next-token agreement is measured on; prompts are the
+    chat-formatted prompt ids a greedy decode starts from. Choices (precision, candidates) are made on
+    val; test only reports."""
+
+    student_dir: Path                 # the distilled student (HF folder with its tokenizer files)
+    teacher_dir: Path                 # the teacher (HF folder): the like-for-like row on the target runtime
+    val: list[Any]                    # llm.sequences.Example (validation split)
+    test: list[Any]                   # llm.sequences.Example (test split)
+    val_prompts: list[list[int]]      # chat-formatted prompt ids (validation prompts: parity of greedy tokens)
+    test_prompts: list[list[int]]     # chat-formatted prompt ids (test prompts: the device benchmark)
+    pad_id: int
+    stop_ids: list[int]
+    max_length: int                   # prompt + answer tokens the student was trained on (cache length)
+    max_new_tokens: int
+    chat_template: str | None = None
+    student_agreement: float | None = None      # the FP32 student's test agreement (torch): reported
+    student_val_agreement: float | None = None  # the FP32 student ONNX's validation agreement: what choices compare with
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # the quantize stage's candidate entries
+
+
+@dataclass
 class ConvertJob:
     """Everything a family's convert step may use, handed over by any task: the same fields for a
     classifier and a language model; what only one task has rides in `payload`."""

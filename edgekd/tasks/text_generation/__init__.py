@@ -20,8 +20,8 @@ from edgekd.tasks.text_generation.data import (_generate_cfg, _teacher_cfg, prom
                                                stage_generate, stage_teacher)
 from edgekd.tasks.text_generation.distill import _distill_cfg, _resolve_loss_paths, stage_distill
 from edgekd.tasks.text_generation.export import _export_cfg, stage_export
-from edgekd.tasks.text_generation.hooks import (_profile_cfg, _quantize_cfg, profile_models, quantize_plan,
-                                                report_parts)
+from edgekd.tasks.text_generation.hooks import (_profile_cfg, _quantize_cfg, convert_job, profile_models,
+                                                quantize_plan, report_parts)
 
 __all__ = ["TASK", "front", "graph", "prompt_splits", "read_answers", "_resolve_loss_paths"]
 
@@ -56,4 +56,8 @@ TASK = Task(
     profile_cfg=_profile_cfg, profile_models=profile_models,
     report_stages=("teacher", "generate", "distill", "export", "quantize", "profile", "select"),
     report_parts=report_parts,
+    # the family's conversion of the selected student (mobile .pte, Ascend bundle): only where the family
+    # converts and ships text generation (targets.check_task refuses the others at pre-flight)
+    convert_deps=("teacher", "generate", "distill", "export", "quantize", "select"),
+    convert_reads=("recipe.data", "recipe.generate", "recipe.quantize", "target"), convert_job=convert_job,
 )

@@ -171,3 +171,37 @@ def report_parts(build_dir: Path, res: dict[str, dict], run: dict):
                        sections={"generation": generation})
 
 
+
+
+# --------------------------------------------------------------------------- convert
+
+
+def convert_job(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
+    """The target family's job for the selected language-model student (an ExecuTorch program with its
+    KV cache, the Ascend prefill/decode bundle): the student and teacher folders, the validation and test
+    sequences, the prompts a greedy decode starts from, and the selected candidate's ONNX."""
+    from edgekd.llm.generate import chat_ids
+    from edgekd.llm.onnx_gen import evaluate_onnx
+    from edgekd.targets import ConvertJob, LanguageModelPayload
+    from edgekd.targets.base import host_device
+
+    tok, val = _examples(ctx, inputs, "val")
+    _, test = _examples(ctx, inputs, "test")
+    ans = read_answers(inputs["generate"])
+    cands = inputs["quantize"].metrics["candidates"]
+    selected = inputs["select"].metrics["selected"]
+    cand = next(c for c in cands if c["variant"] == selected)
+    d = inputs["distill"].metrics
+    payload = LanguageModelPayload(
+        student_dir=inputs["distill"].dir / "student", teacher_dir=Path(_teacher_info(inputs["teacher"])["folder"]),
+        val=val, test=test, val_prompts=[chat_ids(tok, r["prompt"]) for r in ans["val"]],
+        test_prompts=[chat_ids(tok, r["prompt"]) for r in ans["test"]], pad_id=d["pad_id"], stop_ids=list(d["stop_ids"]),
+        max_length=ctx.recipe.data.max_length, max_new_tokens=_gen(ctx).max_new_tokens,
+        chat_template=getattr(tok, "chat_template", None), student_agreement=d.get("test_accuracy"),
+        student_val_agreement=next((c.get("val_accuracy") for c in cands if c["variant"] == "fp32"), None),
+        candidates=cands)
+    return ConvertJob(wd=wd, target=ctx.target, selected=selected, onnx_path=inputs["quantize"].dir / cand["path"],
+                      fp32_onnx=inputs["export"].path("student"), student=None, example={}, expected=[], calib={},
+                      input_shapes={}, evaluate=lambda path: evaluate_onnx(path, val)["agreement"],
+                      budget_points=ctx.recipe.quantize.accuracy_budget, payload=payload, options=dict(ctx.options),
+                      host_device=host_device(), log=ctx.log)
