@@ -36,6 +36,10 @@ def _fail(e: BaseException) -> None:
     from rich.markup import escape
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)  # one line, never wrapped
+    from edgekd.dist import quiet_error
+
+    if quiet_error(e) and not _state["debug"]:  # under torchrun: another rank's failure, reported on rank 0
+        raise typer.Exit(getattr(e, "exit_code", EXIT_INTERNAL))
     if _state["debug"]:
         import traceback
 
@@ -121,7 +125,7 @@ def _progress(console):
 
 def _make_ctx(recipe: str, target: str, out: Path | None, sets: dict[str, Any], quick: bool, console, **options):
     from edgekd.cards import load_recipe, load_target
-    from edgekd.distill.ddp import rank_world
+    from edgekd.dist import rank_world
     from edgekd.pipeline import BuildContext
 
     from edgekd.errors import TargetUnavailable
@@ -139,8 +143,30 @@ def _make_ctx(recipe: str, target: str, out: Path | None, sets: dict[str, Any], 
                                 hint="`edgekd targets` lists what each target needs and what this host has")
     out = out or Path("builds") / f"{rc.name}-{tc.name}{'-quick' if quick else ''}"
     rank, world = rank_world()  # torchrun's; the engine is told, it does not look
+    from edgekd import dist
+
     return BuildContext(out=out.resolve(), recipe=rc, target=tc, recipe_ref=recipe, target_ref=target, overrides=sets,
-                        quick=quick, console=console, options=options, rank=rank, world=world)
+                        quick=quick, console=console, options=options, rank=rank, world=world,
+                        comm=dist if world > 1 else None)
+
+
+def _joined(make: Callable[[], Any]) -> Any:
+    """`make()` (the build context) in a process of a torchrun job: the process group is joined first,
+    and a failure here is agreed with the other ranks, whose pipeline's first step is that agreement;
+    so a card error is one error on rank 0, not one per rank. One process: just `make()`."""
+    from edgekd import dist
+
+    rank, world = dist.rank_world()
+    if world == 1:
+        return make()
+    import torch
+
+    dist.init("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return make()
+    except BaseException as e:  # noqa: BLE001 - raised again on every rank by dist.agree
+        dist.agree(e)
+        raise
 
 
 def _run_pipeline(ctx, only: str | None = None, upto: str | None = None, json_out: bool = False) -> None:
@@ -154,7 +180,7 @@ def _run_pipeline(ctx, only: str | None = None, upto: str | None = None, json_ou
         # pre-flight, before any stage: the target card's own checks, and that its family ships this task's students
         results = pipeline.run(tasks.graph_for(ctx.recipe), ctx, only=only, upto=upto,
                                preflight=[lambda c: check_target(c.target), lambda c: check_task(c.target, task.name)])
-    if "report" in results:
+    if "report" in results and ctx.rank == 0:  # under torchrun rank 0 speaks for the build
         report_path = results["report"].path("report.json")
         report = json.loads(report_path.read_text())
         if json_out:
@@ -182,9 +208,11 @@ def build(
     def go() -> None:
         from edgekd.config import parse_sets
 
-        console = _console(quiet=quiet, to_stderr=json_out)
-        ctx = _make_ctx(recipe, target, out, parse_sets(set_), quick, console, strict=strict,
-                        allow_unsupported=allow_unsupported)
+        from edgekd.dist import rank_world
+
+        console = _console(quiet=quiet or rank_world()[0] != 0, to_stderr=json_out)
+        ctx = _joined(lambda: _make_ctx(recipe, target, out, parse_sets(set_), quick, console, strict=strict,
+                                        allow_unsupported=allow_unsupported))
         console.print(f"[bold]edgekd build[/] recipe={ctx.recipe.name} target={ctx.target.name}"
                       f"{' (quick)' if quick else ''} → {ctx.out}")
         from edgekd.cards import card_file
@@ -202,10 +230,15 @@ def _stage_command(stage: str):
         def go() -> None:
             from edgekd.pipeline import load_run
 
-            run = load_run(build_dir)
-            console = _console(quiet=quiet)
-            ctx = _make_ctx(run["recipe"], run["target"], build_dir, run.get("overrides", {}), run.get("quick", False),
-                            console, **run.get("options", {}))
+            from edgekd.dist import rank_world
+
+            console = _console(quiet=quiet or rank_world()[0] != 0)
+
+            def make():
+                run = load_run(build_dir)
+                return _make_ctx(run["recipe"], run["target"], build_dir, run.get("overrides", {}),
+                                 run.get("quick", False), console, **run.get("options", {}))
+            ctx = _joined(make)
             _run_pipeline(ctx, only=stage, upto=stage)
         _guard(go)
     cmd.__doc__ = f"Run the {stage} stage alone on a build folder (earlier stages are reused)."

@@ -244,6 +244,10 @@ class DistillConfig(TrainConfig):
         ]
     )
     patience: int | None = Field(None, ge=1, description="early stopping on validation accuracy")
+    parallel: Literal["ddp", "fsdp", "auto"] = Field(
+        "auto", description="under torchrun, how a language-model student trains: ddp (a replica per process), "
+                            "fsdp (parameters, gradients and optimizer state sharded), auto (fsdp when a replica does "
+                            "not fit half of one process's memory)")
     # The control answers "what did distillation buy?": without it a report cannot tell a KD gain
     # from what the student would have reached on labels alone. --quick turns it off unless set.
     control: bool = Field(True, description="also train the same student (epochs, data, seed) on labels only and "

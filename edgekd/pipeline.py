@@ -47,6 +47,9 @@ class BuildContext:
     # Only rank 0 publishes stages and writes run.json; (0, 1) is a single process.
     rank: int = 0
     world: int = 1
+    # The collectives of a multi-process build (edgekd.dist, handed in by the caller): agree(error),
+    # broadcast(obj). Used only when world > 1.
+    comm: Any = None
     _memo: dict[str, Any] = field(default_factory=dict)
 
     def log(self, msg: str) -> None:
@@ -171,6 +174,10 @@ class Stage:
     # The card sections the stage reads ("recipe.distill", "target.onnx", "target"): their typed
     # values are what its cache key hashes, and the stage sees only these (BuildContext.for_stage).
     reads: tuple[str, ...] = ()
+    # Under torchrun: True when every rank runs the stage function (teacher generation sharded by rank,
+    # DDP/FSDP distillation) and rank 0 publishes its folder; False when rank 0 runs it alone and the
+    # others wait, then read the published result.
+    parallel: bool = False
 
 
 def default_cache_dir() -> Path:
@@ -200,17 +207,38 @@ def stage_key(stage: Stage, ctx: BuildContext, inputs: dict[str, StageResult]) -
 
 def run_stage(stage: Stage, ctx: BuildContext, inputs: dict[str, StageResult], force: bool = False) -> StageResult:
     key = stage_key(stage, ctx, inputs)
-    final = ctx.out / stage.name
-    rank = ctx.rank
+    if ctx.world > 1:
+        return _run_stage_ranks(stage, ctx, inputs, key, force)
     if not force:
-        res = _valid(final, key)
-        if res is not None:
-            return StageResult(stage.name, key, final, res["outputs"], res["metrics"], reused=True,
-                               seconds=res.get("seconds", 0.0), sha256=res.get("sha256", {}))
-    tmp = ctx.out / f".{stage.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+        reused = _reuse(stage, ctx, key)
+        if reused is not None:
+            return reused
+    out, tmp, seconds = _execute(stage, ctx, inputs)
+    return _publish(stage, ctx, inputs, key, out, tmp, seconds)
+
+
+def _reuse(stage: Stage, ctx: BuildContext, key: str) -> StageResult | None:
+    final = ctx.out / stage.name
+    res = _valid(final, key)
+    if res is None:
+        return None
+    return StageResult(stage.name, key, final, res["outputs"], res["metrics"], reused=True,
+                       seconds=res.get("seconds", 0.0), sha256=res.get("sha256", {}))
+
+
+def _execute(stage: Stage, ctx: BuildContext, inputs: dict[str, StageResult]) -> tuple[StageOutput, Path, float]:
+    """Run the stage function in a private temp folder: `.NAME.tmp-PID/` of the build folder on rank 0
+    (published by renaming), a local temp folder on the other ranks (their copies are discarded; a
+    PID of another node would mean nothing in the shared build folder)."""
+    import tempfile
+
+    if ctx.rank == 0:
+        tmp = ctx.out / f".{stage.name}.tmp-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix=f"edgekd-{stage.name}-rank{ctx.rank}-"))
     if ctx.console is not None and not getattr(ctx.console, "is_terminal", True):
         # A log file gets no live progress bar: say what is running, so a long stage is not silence.
         ctx.log(f"→ {stage.name} started")
@@ -220,11 +248,12 @@ def run_stage(stage: Stage, ctx: BuildContext, inputs: dict[str, StageResult], f
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    seconds = time.perf_counter() - t0
-    if rank != 0:
-        # Under torchrun only rank 0 publishes the stage; the other ranks' copies are discarded.
-        shutil.rmtree(tmp, ignore_errors=True)
-        return StageResult(stage.name, key, final, out.outputs, out.metrics, reused=False, seconds=seconds)
+    return out, tmp, time.perf_counter() - t0
+
+
+def _publish(stage: Stage, ctx: BuildContext, inputs: dict[str, StageResult], key: str, out: StageOutput, tmp: Path,
+             seconds: float) -> StageResult:
+    final = ctx.out / stage.name
     digests = {}
     for rel in out.outputs.values():
         f = tmp / rel
@@ -244,6 +273,54 @@ def run_stage(stage: Stage, ctx: BuildContext, inputs: dict[str, StageResult], f
     # complete stage, never a mix.
     publish_dir_atomic(tmp, final)
     return StageResult(stage.name, key, final, out.outputs, out.metrics, reused=False, seconds=seconds, sha256=digests)
+
+
+def _run_stage_ranks(stage: Stage, ctx: BuildContext, inputs: dict[str, StageResult], key: str,
+                     force: bool) -> StageResult:
+    """A stage under torchrun. Rank 0 decides reuse and is the only one to publish; a `parallel` stage's
+    function runs on every rank, any other stage's on rank 0 alone while the others wait. A failure on
+    any rank is raised on every rank at the next agreement (`comm.agree`): rank 0 reports it, nothing
+    is published, and no rank goes on to the next stage alone."""
+    comm, rank = ctx.comm, ctx.rank
+    key = comm.broadcast(key)  # rank 0's key names the stage (a key may hold a time, e.g. the report's)
+    reused = _reuse(stage, ctx, key) if rank == 0 and not force else None
+    if comm.broadcast(reused is not None):
+        return reused if rank == 0 else _reuse(stage, ctx, key) or _missing(stage)
+    out = tmp = None
+    seconds = 0.0
+    err: BaseException | None = None
+    if stage.parallel or rank == 0:
+        try:
+            out, tmp, seconds = _execute(stage, ctx, inputs)
+        except BaseException as e:  # noqa: BLE001 - handed to every rank by comm.agree below
+            err = e
+    comm.agree(err)
+    res = None
+    if rank == 0:
+        try:
+            res = _publish(stage, ctx, inputs, key, out, tmp, seconds)
+        except BaseException as e:  # noqa: BLE001 - handed to every rank by comm.agree below
+            err = e
+    elif tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)  # this rank's copy: rank 0 published its own
+    comm.agree(err)  # after rank 0 published: the others read its folder
+    if rank == 0:
+        return res
+    got = _reuse(stage, ctx, key)  # rank 0's published folder: the same result on every rank
+    if got is None:
+        _missing(stage)
+    return dataclasses_replace(got, reused=False, seconds=seconds)
+
+
+def _missing(stage: Stage) -> StageResult:
+    raise UserError(f"stage '{stage.name}' was published by rank 0 but this rank cannot read it",
+                    hint="under torchrun the build folder must be on a filesystem every node shares (NFS, Lustre, ...)")
+
+
+def dataclasses_replace(res: StageResult, **changes: Any) -> StageResult:
+    import dataclasses
+
+    return dataclasses.replace(res, **changes)
 
 
 def prepare_out(out: Path) -> None:
@@ -269,27 +346,66 @@ def run(stages: list[Stage], ctx: BuildContext, only: str | None = None, upto: s
             raise UserError(f"recipe '{ctx.recipe.name}' has no stage '{given}'", hint=f"its stages: {', '.join(names)}")
     # Pre-flight: the caller's checks (the target family's), then every stage's settings are computed
     # (and so validated) before any work starts, so a bad soc_version, option or input file of a late
-    # stage fails in seconds, not after the teacher trained.
-    for check in preflight:
-        check(ctx)
-    for stage in stages:
-        if stage.when(ctx):
-            stage.config(ctx)
-    prepare_out(ctx.out)
+    # stage fails in seconds, not after the teacher trained. Under torchrun every rank checks, and the
+    # ranks agree before going on (a rank that failed earlier, in the caller, agrees here too).
     rank, world = ctx.rank, ctx.world
-    if world > 1 and not (only == upto == "distill"):
-        raise UserError("under torchrun only the distill stage runs in several processes",
-                        hint="run `edgekd build` (or `edgekd build` once) first, then `torchrun --nproc_per_node=N -m edgekd distill BUILD_DIR`")
+    err: BaseException | None = None
+    try:
+        for check in preflight:
+            check(ctx)
+        for stage in stages:
+            if stage.when(ctx):
+                stage.config(ctx)
+        prepare_out(ctx.out)
+    except BaseException as e:  # noqa: BLE001 - re-raised (on every rank) by _agree
+        err = e
+    _agree(ctx, err)
+    if world > 1:
+        _check_shared_folder(ctx)
     # One build per folder: a second one would delete this one's temp folders and interleave its
     # stages with ours. Under torchrun the ranks share rank 0's folder; rank 0 holds the lock.
     lock = BuildLock(ctx.out) if rank == 0 else None
+    err = None
     if lock is not None:
-        lock.acquire()
+        try:
+            lock.acquire()
+        except BaseException as e:  # noqa: BLE001 - re-raised (on every rank) by _agree
+            err = e
+    _agree(ctx, err)
     try:
         return _run_locked(stages, ctx, only, upto, rank)
     finally:
         if lock is not None:
             lock.release()
+
+
+def _agree(ctx: BuildContext, err: BaseException | None) -> None:
+    if ctx.world > 1:
+        ctx.comm.agree(err)
+    elif err is not None:
+        raise err
+
+
+def _check_shared_folder(ctx: BuildContext) -> None:
+    """Every rank must see rank 0's build folder and cache (stages published by rank 0 are read by all)."""
+    import uuid
+
+    name = ctx.comm.broadcast(f".rank-probe-{uuid.uuid4().hex}" if ctx.rank == 0 else None)
+    probes = [ctx.out / name, ctx.cache_dir / name]
+    if ctx.rank == 0:
+        for p in probes:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text("")
+    ctx.comm.broadcast(None)  # written before anyone looks
+    seen = all(p.is_file() for p in probes)
+    ctx.comm.broadcast(None)  # everyone looked before rank 0 removes them
+    if ctx.rank == 0:
+        for p in probes:
+            p.unlink(missing_ok=True)
+    err = None if seen else UserError(
+        f"rank {ctx.rank} cannot see rank 0's build folder {ctx.out} or cache {ctx.cache_dir}",
+        hint="under torchrun the build folder (--out) and EDGEKD_CACHE must be on a filesystem every node shares")
+    ctx.comm.agree(err)
 
 
 def _run_locked(stages: list[Stage], ctx: BuildContext, only: str | None, upto: str | None,

@@ -139,7 +139,7 @@ LAYERS: list[tuple[str, ...]] = [
     # Leaves every layer may use; each imports at most errors. runtimes.ort is the one onnxruntime
     # session factory (the zoo's ONNX teacher needs it too); onnxgraph holds the ONNX graph fixes
     # shared by converters, quantizers and the FLOP counter; hostinfo reads the CPU.
-    ("fsio", "config", "hostinfo", "onnxgraph", "runtimes.ort", "lineage"),
+    ("fsio", "config", "hostinfo", "onnxgraph", "runtimes.ort", "lineage", "dist"),
     ("errors", "", "_cards"),  # "": the package root (__version__ only); _cards: the shipped cards (data)
 ]
 

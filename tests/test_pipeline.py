@@ -356,26 +356,84 @@ def test_preflight_checks_run_first_and_refuse_before_anything_is_written(tmp_pa
     assert seen[-1] == "ok" and calls == ["a", "b"]
 
 
-def test_the_rank_comes_from_the_context_and_only_rank_0_publishes(tmp_path):
-    """Under torchrun the caller sets rank/world: rank 1 runs `distill` but publishes nothing, rank 0 does."""
-    import dataclasses
+RANKS_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    from pathlib import Path
+    from edgekd import dist
+    from edgekd.cards import load_recipe, load_target
+    from edgekd.errors import StageError
+    from edgekd.pipeline import BuildContext, Stage, StageOutput, run
 
-    calls = []
+    out, fail_rank = Path(sys.argv[1]), int(sys.argv[2])
+    rank, world = dist.init("cpu")
+    log = out.parent / f"calls-{rank}.txt"
 
-    def distill(inputs, ctx, wd):
-        calls.append(ctx.rank)
-        (wd / "student.pt").write_text("S")
-        return StageOutput({"model": "student.pt"}, {})
+    def stage(name, fails=False):
+        def fn(inputs, ctx, wd):
+            with open(log, "a") as f:
+                f.write(name + "\\n")
+            if fails and ctx.rank == fail_rank:
+                raise StageError(f"{name} broke here", hint="a test failure")
+            (wd / "x.txt").write_text(f"{name} by rank {ctx.rank} of {ctx.world}; read " +
+                                      ",".join(v.path("x").read_text() for v in inputs.values()))
+            return StageOutput({"x": "x.txt"}, {"rank": ctx.rank})
+        return fn
 
-    stages = [Stage("distill", distill, [], lambda ctx: {})]
-    base = _ctx(tmp_path)
-    with pytest.raises(UserError, match="only the distill stage"):
-        run(stages, dataclasses.replace(base, rank=0, world=2))
-    run(stages, dataclasses.replace(base, rank=1, world=2), only="distill", upto="distill")
-    assert calls == [1] and sorted(p.name for p in (tmp_path / "b").iterdir()) == []
-    run(stages, dataclasses.replace(base, rank=0, world=2), only="distill", upto="distill")
-    assert calls == [1, 0] and (tmp_path / "b" / "distill" / "student.pt").is_file()
-    assert (tmp_path / "b" / "run.json").is_file()
+    stages = [Stage("alone", stage("alone"), [], lambda c: {}),
+              Stage("shared", stage("shared"), ["alone"], lambda c: {}, parallel=True),
+              Stage("last", stage("last", fails=True), ["shared"], lambda c: {}, parallel=fail_rank >= 0)]
+    ctx = BuildContext(out=out, recipe=load_recipe("digits-mlp"), target=load_target("cpu"), recipe_ref="digits-mlp",
+                       target_ref="cpu", rank=rank, world=world, comm=dist)
+    try:
+        res = run(stages, ctx)
+        json.dump({k: v.metrics for k, v in res.items()}, open(out.parent / f"res-{rank}.json", "w"))
+    except Exception as e:
+        json.dump({"error": str(e), "quiet": dist.quiet_error(e), "code": e.exit_code},
+                  open(out.parent / f"err-{rank}.json", "w"))
+        sys.exit(e.exit_code)
+""")
+
+
+def _ranks(tmp_path, fail_rank):
+    import socket
+
+    script = tmp_path / "ranks.py"
+    script.write_text(RANKS_SCRIPT)
+    with socket.socket() as s_:
+        s_.bind(("127.0.0.1", 0))
+        port = s_.getsockname()[1]
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+                           f"--master_port={port}", str(script), str(tmp_path / "b"), str(fail_rank)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_under_torchrun_rank_0_publishes_and_a_failure_on_any_rank_is_one_error(tmp_path):
+    """2 gloo processes run a 3-stage graph: `alone` runs on rank 0 only, the `parallel` stages on both;
+    only rank 0's folders are published and both ranks read them. Then the last stage fails on rank 1
+    only: rank 0 raises that error (named by rank), rank 1 stays quiet, and the stage is not published."""
+    r = _ranks(tmp_path, fail_rank=-1)
+    assert r.returncode == 0, r.stderr[-3000:]
+    calls = {k: (tmp_path / f"calls-{k}.txt").read_text().split() for k in (0, 1)}
+    assert calls == {0: ["alone", "shared", "last"], 1: ["shared"]}
+    b = tmp_path / "b"
+    assert (b / "shared" / "x.txt").read_text() == "shared by rank 0 of 2; read alone by rank 0 of 2; read "
+    assert sorted(p.name for p in b.iterdir() if p.name.startswith(".") and "tmp" in p.name) == []
+    res = [json.loads((tmp_path / f"res-{k}.json").read_text()) for k in (0, 1)]
+    assert res[0] == res[1] == {"alone": {"rank": 0}, "shared": {"rank": 0}, "last": {"rank": 0}}
+    assert json.loads((b / "run.json").read_text())["status"] == "ok"
+
+    import shutil
+
+    shutil.rmtree(b)
+    for k in (0, 1):
+        (tmp_path / f"calls-{k}.txt").unlink()
+    r = _ranks(tmp_path, fail_rank=1)
+    assert r.returncode != 0
+    e0, e1 = (json.loads((tmp_path / f"err-{k}.json").read_text()) for k in (0, 1))
+    assert e0 == {"error": "rank 1: last broke here", "quiet": False, "code": 4}
+    assert e1["quiet"] and e1["code"] == 4  # rank 1's own error, reported by rank 0
+    assert (b / "shared").is_dir() and not (b / "last").exists()  # no half-published stage
+    assert json.loads((b / "run.json").read_text())["status"] == "failed: rank 1: last broke here"
 
 
 def test_the_cli_runs_the_target_preflight(tmp_path):

@@ -383,16 +383,99 @@ class TopKSequenceCache:
         of those samples, in order. Does nothing when the folder is already complete."""
         if top_k < 1:
             raise StageError(f"teacher-logit cache top_k must be >= 1, got {top_k}", hint="use e.g. top_k: 16")
-        if self.exists():
-            return self.open()
+        from edgekd import dist
+
         n = len(rows_per_sample)
         offsets = np.zeros(n + 1, dtype=np.int64)
         offsets[1:] = np.cumsum(rows_per_sample)
+        if dist.active():
+            return self._write_sharded(teacher_rows, offsets, top_k, batch_size, progress)
+        if self.exists():
+            return self.open()
         # Made once under the entry's lock: a second build sharing the cache waits, then reads this one's.
         with cache_entry(self.dir, done=lambda p: (p / "done.json").is_file()) as tmp:
             if tmp is not None:
                 self._fill(tmp, teacher_rows, offsets, top_k, batch_size, progress)
         return self.open()
+
+    def _write_sharded(self, teacher_rows: Callable[[list[int]], torch.Tensor], offsets: np.ndarray, top_k: int,
+                       batch_size: int, progress: Callable[[int, int], None] | None) -> "TopKSequenceCache":
+        """Under torchrun: rank r runs the teacher on batches r, r+N, ... (the same batches as one process,
+        so the same numbers), writes them as one shard beside the entry, and rank 0 assembles the entry
+        from the shards under its lock: the cache is byte for byte the one a single process writes."""
+        import uuid
+
+        from edgekd import dist
+
+        if dist.broadcast(self.exists()):
+            return self.open()
+        rank, world = dist.rank_world()
+        shards = self.dir.parent / dist.broadcast(f".{self.dir.name}.shards-{uuid.uuid4().hex[:12]}")
+        n = len(offsets) - 1
+        starts = list(range(0, n, batch_size))
+        err: BaseException | None = None
+        try:
+            shards.mkdir(parents=True, exist_ok=True)
+            mine = starts[rank::world]
+            vals, idxs = [], []
+            for b, i in enumerate(mine):
+                ids = list(range(i, min(n, i + batch_size)))
+                v, k = self._topk(teacher_rows, ids, offsets, top_k, i)
+                vals.append(v)
+                idxs.append(k)
+                if progress:
+                    progress(min(n, (b + 1) * world * batch_size), n)
+            empty = np.zeros((0, top_k))
+            tmp = shards / f".shard-{rank:05d}.tmp-{os.getpid()}.npz"
+            np.savez(tmp, starts=np.asarray(mine, dtype=np.int64),
+                     values=np.concatenate(vals) if vals else empty.astype(np.float16),
+                     indices=np.concatenate(idxs) if idxs else empty.astype(np.int32))
+            os.replace(tmp, shards / f"shard-{rank:05d}.npz")
+        except BaseException as e:  # noqa: BLE001 - raised on every rank by dist.agree
+            err = e
+        dist.agree(err)
+        if rank == 0:
+            try:
+                with cache_entry(self.dir, done=lambda p: (p / "done.json").is_file()) as tmp:
+                    if tmp is not None:
+                        self._assemble(tmp, shards, offsets, top_k, world, batch_size)
+            except BaseException as e:  # noqa: BLE001 - raised on every rank by dist.agree
+                err = e
+            finally:
+                shutil.rmtree(shards, ignore_errors=True)
+        dist.agree(err)
+        return self.open()
+
+    @staticmethod
+    def _topk(teacher_rows: Callable[[list[int]], torch.Tensor], ids: list[int], offsets: np.ndarray, top_k: int,
+              first: int) -> tuple[np.ndarray, np.ndarray]:
+        logits = teacher_rows(ids).float()
+        lo, hi = int(offsets[ids[0]]), int(offsets[ids[-1] + 1])
+        if logits.shape[0] != hi - lo:
+            raise StageError(f"teacher gave {logits.shape[0]} logit rows for samples {ids[0]}..{ids[-1]}, "
+                             f"expected {hi - lo}", hint="this is a bug in edgekd")
+        if not torch.isfinite(logits).all():
+            raise StageError(f"teacher logits contain NaN/inf (sample {first})", hint="check the teacher weights")
+        v, k = logits.topk(top_k, dim=-1)
+        return v.cpu().numpy().astype(np.float16), k.cpu().numpy().astype(np.int32)
+
+    def _assemble(self, tmp: Path, shards: Path, offsets: np.ndarray, top_k: int, world: int, batch_size: int) -> None:
+        n, n_rows = len(offsets) - 1, int(offsets[-1])
+        values = np.lib.format.open_memmap(tmp / "values.npy", mode="w+", dtype=np.float16, shape=(n_rows, top_k))
+        indices = np.lib.format.open_memmap(tmp / "indices.npy", mode="w+", dtype=np.int32, shape=(n_rows, top_k))
+        for r in range(world):
+            with np.load(shards / f"shard-{r:05d}.npz") as z:
+                at = 0
+                for i in z["starts"].tolist():
+                    lo, hi = int(offsets[i]), int(offsets[min(n, i + batch_size)])
+                    values[lo:hi] = z["values"][at:at + hi - lo]
+                    indices[lo:hi] = z["indices"][at:at + hi - lo]
+                    at += hi - lo
+        values.flush()
+        indices.flush()
+        del values, indices
+        np.save(tmp / "offsets.npy", offsets)
+        (tmp / "done.json").write_text(json.dumps({"rows": n_rows, "top_k": top_k, "examples": n}))
 
     def _fill(self, tmp: Path, teacher_rows: Callable[[list[int]], torch.Tensor], offsets: np.ndarray, top_k: int,
               batch_size: int, progress: Callable[[int, int], None] | None) -> None:
@@ -401,16 +484,8 @@ class TopKSequenceCache:
         indices = np.lib.format.open_memmap(tmp / "indices.npy", mode="w+", dtype=np.int32, shape=(n_rows, top_k))
         for i in range(0, n, batch_size):
             ids = list(range(i, min(n, i + batch_size)))
-            logits = teacher_rows(ids).float()
             lo, hi = int(offsets[ids[0]]), int(offsets[ids[-1] + 1])
-            if logits.shape[0] != hi - lo:
-                raise StageError(f"teacher gave {logits.shape[0]} logit rows for samples {ids[0]}..{ids[-1]}, "
-                                 f"expected {hi - lo}", hint="this is a bug in edgekd")
-            if not torch.isfinite(logits).all():
-                raise StageError(f"teacher logits contain NaN/inf (sample {i})", hint="check the teacher weights")
-            v, k = logits.topk(top_k, dim=-1)
-            values[lo:hi] = v.numpy().astype(np.float16)
-            indices[lo:hi] = k.numpy().astype(np.int32)
+            values[lo:hi], indices[lo:hi] = self._topk(teacher_rows, ids, offsets, top_k, i)
             if progress:
                 progress(ids[-1] + 1, n)
         values.flush()

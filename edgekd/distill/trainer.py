@@ -140,6 +140,7 @@ def fit(
     progress: Any = None,
     description: str = "train",
     epoch_start: Callable[[int], None] | None = None,
+    state_io: Any = None,
 ) -> TrainResult:
     """The epoch loop every trainer in edgekd runs: AdamW over `params` with a cosine schedule after
     a linear warm-up, gradient clipping, a non-finite loss stops with a StageError, the best epoch
@@ -150,12 +151,14 @@ def fit(
     The caller owns the data: `batches(gen)` yields one epoch's batches (drawing any shuffling or
     augmentation from `gen`), `step_loss(batch, progress)` returns (loss, logged parts, batch size),
     with progress in [0, 1] for schedules. `cfg` supplies lr, weight_decay, epochs, grad_clip and
-    optionally patience.
+    optionally patience. `state_io`: how the model's and optimizer's state are read and restored (best
+    epoch, checkpoints); default their own state_dict; a sharded model (FSDP) gives full-state-dict I/O
+    (llm.parallel.FullState), a collective that every rank runs, while only `write_checkpoint` ranks write.
     """
     loop = _EpochLoop(model, params, cfg, steps_per_epoch, batches, step_loss, validate, gen=gen, score=score,
                       train_modules=train_modules or [model], checkpoint=checkpoint, write_checkpoint=write_checkpoint,
                       extra_state=extra_state, after_backward=after_backward, progress=progress,
-                      description=description, epoch_start=epoch_start)
+                      description=description, epoch_start=epoch_start, state_io=state_io or PlainState(model))
     if checkpoint is not None and checkpoint.is_file():
         loop.resume(load_checkpoint(checkpoint), load_extra_state)
     return loop.run()
@@ -177,6 +180,25 @@ def _optimizer_and_schedule(params: list[nn.Parameter], cfg: Any, steps_per_epoc
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
+
+class PlainState:
+    """`fit`'s state I/O for a model in one piece: its own state_dict (cloned) and the optimizer's."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def load_model_state(self, sd: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(sd)
+
+    def opt_state(self, opt: torch.optim.Optimizer) -> dict[str, Any]:
+        return opt.state_dict()
+
+    def load_opt_state(self, opt: torch.optim.Optimizer, sd: dict[str, Any]) -> None:
+        opt.load_state_dict(sd)
 
 
 @dataclass
@@ -201,6 +223,7 @@ class _EpochLoop:
     progress: Any
     description: str
     epoch_start: Callable[[int], None] | None
+    state_io: Any = None
     start_epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     best_acc: float = -1.0
@@ -213,10 +236,10 @@ class _EpochLoop:
 
     def resume(self, ck: dict[str, Any], load_extra_state: Callable[[dict[str, Any]], None] | None) -> None:
         """Restore a checkpoint written by `save`, so the next epoch runs exactly as it would have."""
-        self.model.load_state_dict(ck["model"])
+        self.state_io.load_model_state(ck["model"])
         if load_extra_state is not None:
             load_extra_state(ck)
-        self.opt.load_state_dict(ck["opt"])
+        self.state_io.load_opt_state(self.opt, ck["opt"])
         self.sched.load_state_dict(ck["sched"])
         self.gen.set_state(ck["gen"])
         torch.set_rng_state(ck["torch_rng"])
@@ -234,7 +257,7 @@ class _EpochLoop:
             e0 = time.perf_counter()
             sums, n_seen = self.train_epoch(epoch, task)
             stop = self.end_epoch(epoch, sums, n_seen, e0)
-            if self.checkpoint is not None and self.write_checkpoint:
+            if self.checkpoint is not None:
                 self.save(epoch)
             if stop:
                 stopped_early = True
@@ -296,16 +319,20 @@ class _EpochLoop:
                                   f" ({rec['seconds']:.1f} s)")
         if val[score] > self.best_acc:
             self.best_acc, self.best_epoch, self.bad_epochs = val[score], epoch + 1, 0
-            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.best_state = self.state_io.model_state()
         else:
             self.bad_epochs += 1
         patience = getattr(cfg, "patience", None)
         return patience is not None and self.bad_epochs >= patience
 
     def save(self, epoch: int) -> None:
-        """Write the resume checkpoint after `epoch` (the format `resume` reads)."""
+        """Write the resume checkpoint after `epoch` (the format `resume` reads). The state is read on every
+        rank (a sharded model's is gathered), written where `write_checkpoint`."""
+        model, opt = self.state_io.model_state(), self.state_io.opt_state(self.opt)
+        if not self.write_checkpoint:
+            return
         save_checkpoint(self.checkpoint, {
-            "model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+            "model": model, "opt": opt, "sched": self.sched.state_dict(),
             "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch, "history": self.history,
             "best_acc": self.best_acc, "best_epoch": self.best_epoch, "best_state": self.best_state,
             "bad_epochs": self.bad_epochs, **(self.extra_state() if self.extra_state is not None else {}),
@@ -366,7 +393,7 @@ def train(
     return fit(model, params, cfg, s.steps_per_epoch, s.batches, s.step_loss, s.validate, gen=gen,
                train_modules=[model] + ([loss_set] if loss_set is not None else []), checkpoint=checkpoint,
                write_checkpoint=rank == 0, extra_state=s.extra_state, load_extra_state=s.load_extra_state,
-               after_backward=(lambda: _allreduce_grads(loss_set, world_size))  # projectors live outside DDP
+               after_backward=(lambda: allreduce_grads(loss_set, world_size))  # projectors live outside DDP
                if world_size > 1 and loss_set is not None else None,
                progress=progress, description=description, epoch_start=s.epoch_start)
 
@@ -509,7 +536,7 @@ def _aux_accuracy(task: Any, model: nn.Module, x: np.ndarray, y: np.ndarray) -> 
     return aux_accuracy(task, model, x, y)
 
 
-def _allreduce_grads(module: nn.Module, world_size: int) -> None:
+def allreduce_grads(module: nn.Module, world_size: int) -> None:
     import torch.distributed as dist
 
     for p in module.parameters():

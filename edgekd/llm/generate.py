@@ -94,23 +94,35 @@ def generate_answers(model, tok, prompts: list[dict], out: Path, settings: dict[
 
     `out` may be shared by several builds (one EDGEKD_CACHE): the whole read-generate-append runs
     under the file's `cache_lock`, so a second build waits, then finds the answers made (no line
-    written twice, none interleaved); a line torn by a killed writer is dropped by the next one."""
+    written twice, none interleaved); a line torn by a killed writer is dropped by the next one.
+
+    Under torchrun (a joined process group) the ranks share the work: rank 0 holds the lock and
+    decides what is left, rank r answers batches r, r+N, ... of it (the batches one process would
+    make, so the same answers) into its own part file, and rank 0 appends the parts in batch order:
+    the file ends as a 1-process run leaves it. A killed run's part files are read back by the next."""
+    from edgekd import dist
     from edgekd.fsio import cache_lock, clean_dead_leftovers
 
+    if dist.active():
+        return _generate_sharded(model, tok, prompts, out, settings, progress, log)
     clean_dead_leftovers(out.parent)  # a rewrite cut short by a kill (`.NAME.tmp-PID` of a dead pid)
     with cache_lock(out, on_wait=(lambda: log(f"  waiting for another build generating into {out}")) if log else None):
         return _generate_locked(model, tok, prompts, out, settings, progress)
 
 
-def _generate_locked(model, tok, prompts: list[dict], out: Path, settings: dict[str, Any],
-                     progress: Callable[[int, int], None] | None) -> list[dict]:
-    import torch
+def _part(out: Path, rank: int) -> Path:
+    return out.with_name(f"{out.name}.rank{rank:05d}.part")
 
+
+def _prepare(out: Path, prompts: list[dict], header: dict) -> tuple[list[dict], list[dict]]:
+    """(cached rows of `prompts`, prompts still to answer). Rewrites `out` with only its valid rows (drops a
+    torn line and answers to edited prompts), absorbing the part files a killed sharded run left."""
     from edgekd.fsio import write_bytes_atomic
-    from edgekd.llm.models import stop_ids
 
-    header = {"settings": settings}
     done = _read_done(out, header)
+    parts = sorted(out.parent.glob(f"{out.name}.rank*.part"))
+    for part in parts:
+        done.update(_read_done(part, header))
 
     def cached(p: dict) -> bool:
         return p["id"] in done and done[p["id"]]["prompt"] == p["prompt"]
@@ -118,17 +130,107 @@ def _generate_locked(model, tok, prompts: list[dict], out: Path, settings: dict[
     rows = [done[p["id"]] for p in prompts if cached(p)]
     todo = [p for p in prompts if not cached(p)]
     asked = {p["id"] for p in prompts}
-    # rewrite the file with only the valid rows (drops a torn line and answers to edited prompts), then append
     kept = [*rows, *(r for i, r in done.items() if i not in asked)]
     write_bytes_atomic(out, "".join(json.dumps(r) + "\n" for r in [header, *kept]).encode("utf-8"))
-    stops = stop_ids(tok, model)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
+    for part in parts:
+        part.unlink(missing_ok=True)
+    return rows, todo
+
+
+def _generate_sharded(model, tok, prompts: list[dict], out: Path, settings: dict[str, Any],
+                      progress: Callable[[int, int], None] | None, log: Callable[[str], None] | None) -> list[dict]:
+    from edgekd import dist
+    from edgekd.fsio import cache_lock, clean_dead_leftovers
+
+    rank, world = dist.rank_world()
+    header = {"settings": settings}
+    bs = int(settings["batch_size"])
+    lock = None
+    err: BaseException | None = None
+    rows: list[dict] = []
+    todo: list[dict] = []
+    try:
+        if rank == 0:
+            clean_dead_leftovers(out.parent)
+            lock = cache_lock(out, on_wait=(lambda: log(f"  waiting for another build generating into {out}")) if log else None)
+            lock.__enter__()
+            rows, todo = _prepare(out, prompts, header)
+    except BaseException as e:  # noqa: BLE001 - raised on every rank by dist.agree
+        err = e
+    try:
+        dist.agree(err)
+        todo = dist.broadcast(todo)
+        batches = [todo[i:i + bs] for i in range(0, len(todo), bs)]
+        err = None
+        try:
+            part = _part(out, rank)
+            with open(part, "w", encoding="utf-8") as f:
+                f.write(json.dumps(header) + "\n")
+            done = [0]
+
+            def tick(n: int) -> None:
+                done[0] += n
+                if progress and rank == 0:
+                    progress(min(len(prompts), len(rows) + done[0] * world), len(prompts))
+            _answer_batches(model, tok, batches[rank::world], part, settings, tick)
+        except BaseException as e:  # noqa: BLE001 - raised on every rank by dist.agree
+            err = e
+        dist.agree(err)
+        if rank == 0:
+            new = {}
+            for r in range(world):
+                new.update(_read_done(_part(out, r), header))
+            appended = [new[p["id"]] for p in todo]
+            with open(out, "a", encoding="utf-8") as f:  # in batch order: the bytes one process writes
+                f.write("".join(json.dumps(r) + "\n" for r in appended))
+                f.flush()
+                os.fsync(f.fileno())
+            for r in range(world):
+                _part(out, r).unlink(missing_ok=True)
+            rows = [*rows, *appended]
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+    rows = dist.broadcast(rows)
+    return _finish(rows, prompts)
+
+
+def _finish(rows: list[dict], prompts: list[dict]) -> list[dict]:
+    if not any(r["answer"] for r in rows):
+        raise StageError("the teacher produced no usable answers", hint="check the prompts and generate.max_new_tokens")
+    order = {p["id"]: k for k, p in enumerate(prompts)}
+    return sorted(rows, key=lambda r: order.get(r["id"], len(order)))
+
+
+def _generate_locked(model, tok, prompts: list[dict], out: Path, settings: dict[str, Any],
+                     progress: Callable[[int, int], None] | None) -> list[dict]:
+    rows, todo = _prepare(out, prompts, {"settings": settings})
     bs = int(settings["batch_size"])
     if progress:
         progress(len(rows), len(prompts))
+
+    def tick(n: int) -> None:
+        tick.done += n  # type: ignore[attr-defined]
+        if progress:
+            progress(len(rows) + tick.done, len(prompts))  # type: ignore[attr-defined]
+    tick.done = 0  # type: ignore[attr-defined]
+    rows = [*rows, *_answer_batches(model, tok, [todo[i:i + bs] for i in range(0, len(todo), bs)], out, settings, tick)]
+    return _finish(rows, prompts)
+
+
+def _answer_batches(model, tok, batches: list[list[dict]], out: Path, settings: dict[str, Any],
+                    tick: Callable[[int], None]) -> list[dict]:
+    """Answer each batch greedily (left padding) and append its rows to `out`, one fsynced write per batch."""
+    import torch
+
+    from edgekd.llm.models import stop_ids
+
+    stops = stop_ids(tok, model)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
+    device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
+    rows: list[dict] = []
     with open(out, "a", encoding="utf-8") as f:
-        for i in range(0, len(todo), bs):
-            batch = todo[i:i + bs]
+        for batch in batches:
             enc = [chat_ids(tok, p["prompt"]) for p in batch]
             width = max(len(e) for e in enc)
             ids = torch.full((len(enc), width), pad, dtype=torch.long)
@@ -137,8 +239,9 @@ def _generate_locked(model, tok, prompts: list[dict], out: Path, settings: dict[
                 ids[j, width - len(e):] = torch.tensor(e)
                 mask[j, width - len(e):] = 1
             with torch.no_grad():
-                gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=int(settings["max_new_tokens"]),
-                                     do_sample=False, eos_token_id=stops, pad_token_id=pad)
+                gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                     max_new_tokens=int(settings["max_new_tokens"]), do_sample=False,
+                                     eos_token_id=stops, pad_token_id=pad)
             lines = []
             for j, p in enumerate(batch):
                 ans = gen[j, width:].tolist()
@@ -153,9 +256,5 @@ def _generate_locked(model, tok, prompts: list[dict], out: Path, settings: dict[
             f.write("".join(lines))  # one write per batch, fsynced: a kill tears at most the last line
             f.flush()
             os.fsync(f.fileno())
-            if progress:
-                progress(len(rows), len(prompts))
-    if not any(r["answer"] for r in rows):
-        raise StageError("the teacher produced no usable answers", hint="check the prompts and generate.max_new_tokens")
-    order = {p["id"]: k for k, p in enumerate(prompts)}
-    return sorted(rows, key=lambda r: order.get(r["id"], len(order)))
+            tick(len(batch))
+    return rows

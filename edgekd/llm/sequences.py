@@ -71,32 +71,58 @@ def answer_positions(e: Example) -> tuple[int, int]:
     return e.start - 1, len(e.ids) - 1
 
 
-def answer_logits(model, examples: list[Example], pad: int):
-    """Logits at the answer positions only, [rows, vocab]: the decoder runs on every token, the
-    vocabulary projection (49k columns, most of a small LM's compute) only where loss is taken."""
+def _row_index(examples: list[Example]):
+    """[(batch row, position)] of the logit rows that predict the answer tokens, in example order."""
     import torch
 
+    return torch.tensor([(j, pos) for j, e in enumerate(examples) for lo, hi in [answer_positions(e)]
+                         for pos in range(lo, hi)], dtype=torch.long).reshape(-1, 2)
+
+
+def answer_logits(model, examples: list[Example], pad: int):
+    """Logits at the answer positions only, [rows, vocab]: the decoder runs on every token, the
+    vocabulary projection (49k columns, most of a small LM's compute) only where loss is taken.
+    `model` is a causal LM, or a `llm.parallel.Parallel` (the LM under DDP/FSDP: its step goes
+    through the wrapper's forward)."""
     ids, mask, _ = _batch(examples, pad)
-    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-    rows = torch.cat([hidden[j, lo:hi] for j, e in enumerate(examples) for lo, hi in [answer_positions(e)]], 0)
-    return model.get_output_embeddings()(rows)
+    index = _row_index(examples)
+    through = getattr(model, "answer_rows", None)
+    if through is not None:
+        return through(ids, mask, index)
+    from edgekd.llm.parallel import position_logits
+
+    dev = model.get_output_embeddings().weight.device
+    return position_logits(model, ids.to(dev), mask.to(dev), index.to(dev))
 
 
 def evaluate(model, examples: list[Example], pad: int, batch_size: int = 16) -> dict[str, float]:
-    """Perplexity of the answers and next-token agreement (argmax == answer token), teacher forcing."""
+    """Perplexity of the answers and next-token agreement (argmax == answer token), teacher forcing.
+    `model` under DDP/FSDP (`llm.parallel.Parallel`): each rank scores its share of every global chunk
+    and the sums are added over ranks (every rank runs the same number of forwards, as FSDP needs)."""
     import torch
     import torch.nn.functional as F
 
+    from edgekd import dist
+
+    parallel = hasattr(model, "answer_rows") and dist.active()
+    rank, world = dist.rank_world() if parallel else (0, 1)
     nll, hits, n = 0.0, 0, 0
     model.eval()
     with torch.no_grad():
-        for i in range(0, len(examples), batch_size):
-            chunk = examples[i:i + batch_size]
+        for i in range(0, len(examples), batch_size * world):
+            chunk = examples[i:i + batch_size * world][rank::world]
+            real = bool(chunk)
+            chunk = chunk or examples[:1]  # a forward all the same: the ranks' collectives stay in step
             rows = answer_logits(model, chunk, pad).float()
-            target = torch.cat([torch.tensor(e.ids[e.start:]) for e in chunk])
+            if not real:
+                continue
+            target = torch.cat([torch.tensor(e.ids[e.start:]) for e in chunk]).to(rows.device)
             nll += F.cross_entropy(rows, target, reduction="sum").item()
             hits += int((rows.argmax(-1) == target).sum())
             n += len(target)
+    if parallel:
+        nll, hits, n = dist.sum_all(nll, hits, n)
+        hits, n = int(hits), int(n)
     if n == 0:
         raise StageError("no held-out answer tokens to evaluate", hint="raise generate.held_out or the prompt count")
     return {"perplexity": math.exp(nll / n), "agreement": hits / n, "tokens": n}
@@ -120,18 +146,25 @@ def answer_rows(examples: list[Example]) -> list[int]:
 
 def distill(student, examples: list[Example], val: list[Example], loss_set, cfg: Any, pad: int, *,
             cache: Any = None, checkpoint: Path | None = None, progress: Any = None,
-            description: str = "distill", teacher: Any = None) -> dict[str, Any]:
+            description: str = "distill", teacher: Any = None, parallel: str = "auto") -> dict[str, Any]:
     """Train `student` on `examples` through the shared loop (`distill.trainer.fit`): each step
     takes the student's logits at the answer tokens of a shuffled batch, and `loss_set` (soft_label
     on the cached top-k teacher rows, hard_label on the answer tokens) gives the loss. The best
     epoch on held-out agreement is kept. `cfg` is the recipe's DistillConfig (epochs, batch_size,
     lr, weight_decay, grad_clip, seed, patience). `checkpoint`: updated every epoch, resumed from.
-    `teacher`: the teacher model, run on every batch when a term reads its features (hidden_state)."""
+    `teacher`: the teacher model, run on every batch when a term reads its features (hidden_state).
+    Returns the history and the trained student (`student`: the object given, or under FSDP a whole copy).
+
+    Under torchrun (a joined process group) the student trains under DDP or FSDP (`parallel`: ddp, fsdp,
+    auto; llm.parallel): `cfg.batch_size` stays the global batch, each rank takes an interleaved share of
+    it and its loss is weighted by its share of the batch's answer tokens, so N processes follow the
+    1-process run; rank 0 writes the checkpoints, which hold full state dicts (any world size resumes them)."""
     import torch
 
+    from edgekd import dist
     from edgekd.distill.hooks import FeatureCapture
     from edgekd.distill.losses import LossContext
-    from edgekd.distill.trainer import fit, seed_everything
+    from edgekd.distill.trainer import allreduce_grads, fit, seed_everything
 
     if not examples:
         raise StageError(f"{description}: no training examples", hint="give more prompts")
@@ -144,6 +177,18 @@ def distill(student, examples: list[Example], val: list[Example], loss_set, cfg:
     gen = torch.Generator().manual_seed(cfg.seed)
     bs = cfg.batch_size
     steps_per_epoch = max(1, math.ceil(len(examples) / bs))
+    rank, world = dist.rank_world() if dist.active() else (0, 1)
+    par, state_io, after_backward = None, None, None
+    if world > 1:
+        from edgekd.llm.parallel import FullState, wrap
+
+        par = wrap(student, parallel, teacher if online else None)
+        state_io = FullState(student)
+        if any(True for _ in loss_set.parameters()):  # projectors live outside DDP/FSDP: average their grads
+            after_backward = lambda: allreduce_grads(loss_set, world)  # noqa: E731
+        if teacher is not None:
+            teacher.to(par.device)
+    forward = par if par is not None else student
 
     def batches(g: torch.Generator):
         perm = torch.randperm(len(examples), generator=g)
@@ -151,38 +196,62 @@ def distill(student, examples: list[Example], val: list[Example], loss_set, cfg:
             yield perm[b:b + bs]
 
     def step_loss(idx, progress_: float):
-        chunk = [examples[i] for i in idx.tolist()]
+        share = idx.tolist()[rank::world]
+        real = bool(share)
+        chunk = [examples[i] for i in share] if real else [examples[int(idx[0])]]
         s_feats: dict[str, Any] = {}
         t_feats: dict[str, Any] = {}
         if online:
             with FeatureCapture(student, loss_set.student_paths) as cap:
-                rows = answer_logits(student, chunk, pad).float()
+                rows = answer_logits(forward, chunk, pad).float()
             s_feats = cap.features
             ids, mask, _ = _batch(chunk, pad)
+            dev = next(teacher.parameters()).device
             with torch.no_grad(), FeatureCapture(teacher, loss_set.teacher_paths, detach=True) as tcap:
-                teacher.base_model(input_ids=ids, attention_mask=mask)
+                teacher.base_model(input_ids=ids.to(dev), attention_mask=mask.to(dev))
             t_feats = tcap.features
         else:
-            rows = answer_logits(student, chunk, pad).float()
-        target = torch.cat([torch.tensor(e.ids[e.start:]) for e in chunk])
+            rows = answer_logits(forward, chunk, pad).float()
+        target = torch.cat([torch.tensor(e.ids[e.start:]) for e in chunk]).to(rows.device)
+        topk = None
+        if cache is not None:
+            topk = tuple(t.to(rows.device) for t in cache.get(torch.tensor(share if real else [int(idx[0])])))
         ctx = LossContext(student_logits=rows, teacher_logits=None, labels=target, student_features=s_feats,
-                          teacher_features=t_feats, progress=progress_,
-                          teacher_topk=cache.get(idx) if cache is not None else None)
+                          teacher_features=t_feats, progress=progress_, teacher_topk=topk)
         loss, parts = loss_set(ctx)
-        return loss, parts, len(idx)
+        if world > 1:
+            # this rank's share of the global batch's answer tokens: DDP/FSDP average the ranks' gradients,
+            # so the weighted losses give the gradient of the global batch's mean (an empty share weighs 0)
+            mine = len(target) if real else 0
+            total, = dist.sum_all(mine)
+            loss = loss * (mine * world / total)
+        return loss, parts, len(share)
 
     def validate() -> dict[str, float]:
-        ev = evaluate(student, val, pad)
+        ev = evaluate(forward, val, pad)
         return {"val_agreement": ev["agreement"], "val_perplexity": ev["perplexity"]}
 
     res = fit(student, list(student.parameters()) + list(loss_set.parameters()), cfg, steps_per_epoch, batches,
-              step_loss, validate, gen=gen, score="val_agreement", train_modules=[student, loss_set],
-              checkpoint=checkpoint, progress=progress, description=description)
-    student.load_state_dict(res.best_state)
+              step_loss, validate, gen=gen, score="val_agreement", train_modules=[forward, loss_set],
+              checkpoint=checkpoint, write_checkpoint=rank == 0, progress=progress, description=description,
+              state_io=state_io, after_backward=after_backward)
+    if par is not None and par.mode == "fsdp":
+        # the sharded student stays with FSDP; the caller gets the same architecture whole, with the best weights
+        from edgekd.llm.parallel import FullState
+
+        student = par.plain
+        FullState(student).load_model_state(res.best_state)
+    elif state_io is not None:
+        state_io.load_model_state(res.best_state)
+    else:
+        student.load_state_dict(res.best_state)
     student.eval()
     # the learning curve's x axis: answer tokens (those that carry loss) trained on so far
     per_epoch = sum(len(e.ids) - e.start for e in examples)
     for rec in res.history:
         rec["train_answer_tokens"] = rec["epoch"] * per_epoch
-    return {"history": res.history, "best_epoch": res.best_epoch, "steps": steps_per_epoch * len(res.history),
-            "answer_tokens_per_epoch": per_epoch}
+    out = {"history": res.history, "best_epoch": res.best_epoch, "steps": steps_per_epoch * len(res.history),
+           "answer_tokens_per_epoch": per_epoch, "student": student}
+    if par is not None:
+        out["parallel"] = {"mode": par.mode, "world_size": world, "why": par.why, "device": str(par.device)}
+    return out

@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent("""
     from edgekd import zoo
     from edgekd.config import DataConfig, DistillConfig, LossConfig
     from edgekd.data import load
-    from edgekd.distill import ddp
+    from edgekd import dist as ddp
     from edgekd.distill.losses import build_losses
     from edgekd.distill.trainer import seed_everything, train
 

@@ -25,7 +25,7 @@ def front() -> list[Stage]:
     return [
         Stage("teacher", stage_teacher, [], _teacher_cfg,
               reads=("recipe.teacher", "recipe.data", "recipe.distill.extra_teachers", "recipe.distill.tasks")),
-        Stage("distill", stage_distill, ["teacher"], _distill_cfg,
+        Stage("distill", stage_distill, ["teacher"], _distill_cfg, parallel=True,
               reads=("recipe.student", "recipe.teacher", "recipe.distill", "recipe.data")),
         Stage("export", stage_export, ["teacher", "distill"], _export_cfg,
               reads=("recipe.student", "recipe.teacher", "recipe.data", "target.onnx", "target.parity")),

@@ -36,7 +36,7 @@ def _teacher_module(ctx: BuildContext, teacher_res: StageResult):
 
 def _logit_cache(ctx: BuildContext, teacher, teacher_res: StageResult, x_train: np.ndarray, rank: int, world: int):
     """Offline KD: write (once, sharded by rank) and open the teacher-logit cache."""
-    from edgekd.distill import ddp
+    from edgekd import dist as ddp
     from edgekd.distill.cache import TeacherLogitCache
 
     dc = ctx.recipe.distill
@@ -55,7 +55,7 @@ def _logit_cache(ctx: BuildContext, teacher, teacher_res: StageResult, x_train: 
 def _view_caches(ctx: BuildContext, teacher, teacher_res: StageResult, x_train: np.ndarray, rank: int, world: int):
     """Consistent teaching: the teacher's logits of distill.teacher_cache.views augmented copies of the
     training set, each written once into the shared logit cache (keyed by augmentation seed)."""
-    from edgekd.distill import ddp
+    from edgekd import dist as ddp
     from edgekd.distill.cache import AugmentedViews, TeacherLogitCache
     from edgekd.distill.trainer import augment_images
 
@@ -239,7 +239,7 @@ def _aux_heads(ctx: BuildContext, aux, student, wd: Path) -> dict[str, Any]:
 def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
     import torch
 
-    from edgekd.distill import ddp
+    from edgekd import dist as ddp
     from edgekd.distill.losses import build_losses
     from edgekd.distill.multitask import build_aux_task
     from edgekd.zoo import count_params

@@ -29,9 +29,9 @@ __all__ = ["TASK", "front", "graph", "prompt_splits", "read_answers", "_resolve_
 def front() -> list[Stage]:
     return [
         Stage("teacher", stage_teacher, [], _teacher_cfg, reads=("recipe.teacher",)),
-        Stage("generate", stage_generate, ["teacher"], _generate_cfg,
+        Stage("generate", stage_generate, ["teacher"], _generate_cfg, parallel=True,
               reads=("recipe.teacher", "recipe.generate", "recipe.data")),
-        Stage("distill", stage_distill, ["teacher", "generate"], _distill_cfg,
+        Stage("distill", stage_distill, ["teacher", "generate"], _distill_cfg, parallel=True,
               reads=("recipe.teacher", "recipe.student", "recipe.distill", "recipe.data", "recipe.generate")),
         Stage("export", stage_export, ["generate", "distill"], _export_cfg,
               reads=("recipe.student", "recipe.data", "recipe.generate", "target.onnx", "target.parity")),

@@ -105,7 +105,13 @@ def stage_generate(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
                 "decoding": "greedy"}
     cache = ctx.cache_dir / "generations" / f"{stable_hash(settings)[:20]}.jsonl"
     cache.parent.mkdir(parents=True, exist_ok=True)
+    from edgekd import dist
+
     model, tok = load_causal_lm(info["folder"])
+    if dist.active():  # under torchrun each rank answers its share of the prompts on its own device
+        from edgekd.llm.parallel import train_device
+
+        model.to(train_device())
     prog = ctx.progress
     task = prog.add_task("teacher generates", total=len(prompts)) if prog else None
 
@@ -114,7 +120,7 @@ def stage_generate(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
             prog.update(task, completed=done, total=total)
 
     t0 = time.perf_counter()
-    rows = generate_answers(model, tok, prompts, cache, settings, tick)
+    rows = generate_answers(model, tok, prompts, cache, settings, tick, log=ctx.log)
     seconds = time.perf_counter() - t0
     if prog:
         prog.remove_task(task)
@@ -125,6 +131,7 @@ def stage_generate(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
     toks = [r["tokens"] for r in rows]
     return StageOutput({"answers": "answers.jsonl"}, {
         "prompts": len(prompts), "answers": len(rows), "settings": settings, "cache": str(cache),
+        "world_size": dist.rank_world()[1] if dist.active() else 1,
         "mean_answer_tokens": float(np.mean(toks)), "empty_answers": sum(1 for r in rows if not r["answer"]),
         "finished_fraction": float(np.mean([r["finished"] for r in rows])),
         "seconds": seconds, "splits": {k: len(v) for k, v in sp.items()}})

@@ -193,7 +193,8 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         ckpt = ckpts[name]
         t0 = time.perf_counter()
         res = S.distill(student, examples, ex["val"], loss_set, dc, pad, cache=cache_, checkpoint=ckpt,
-                        progress=prog, description=f"distill {name}", teacher=online)
+                        progress=prog, description=f"distill {name}", teacher=online, parallel=dc.parallel)
+        student = res.pop("student")  # the same model, or under FSDP its whole copy
         res["train_seconds"] = time.perf_counter() - t0
         res["val_before_training"] = start
         res["val"] = S.evaluate(student, ex["val"], pad)
@@ -221,7 +222,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         "control": None if control is None else {k: control[k] for k in ("val", "test", "best_epoch", "train_seconds")},
         "pruning": getattr(student, "pruning", None), "val_before_training": res["val_before_training"],
         "examples": {k: len(v) for k, v in ex.items()}, "losses": cfg, "stop_ids": stops, "pad_id": pad,
-        "end_id": end_id,
+        "end_id": end_id, "parallel": res.get("parallel"),
     }
     outputs = {p.name: f"student/{p.name}" for p in sorted(out.iterdir()) if p.is_file()}
     outputs["model"] = "student/model.safetensors"
