@@ -390,6 +390,28 @@ GENERATORS: dict[str, Callable[[], str]] = {"fashion-cnn": fashion_cnn, "minilm-
                                             "llm-build": llm_build}
 
 
+def distributed() -> str:
+    """Scale-out: the same build at 1 and N processes under torchrun (bench_distributed.py)."""
+    d = _load("distributed.json")
+    rows = ["| processes × threads | teacher answers/s | student answer tokens/s | build | test agreement |",
+            "|---|---|---|---|---|"]
+    for r in d["runs"]:
+        sp = r["speedup_vs_first"]
+        rows.append(f"| {r['procs']} × {r['threads_per_process']} | {r['generate']['answers_per_s']:.2f} "
+                    f"({_x(sp['generate'])}) | {r['distill']['answer_tokens_per_s']:.0f} ({_x(sp['distill'])}) | "
+                    f"{r['build_seconds']:.0f} s ({_x(sp['build'])}) | {_pct(r['distill']['test_agreement'])} |")
+    same = "the same answers at every process count" if d["same_answers_at_every_process_count"] else \
+        "**different answers** between process counts"
+    build = f"`{d['recipe']}`{' --quick' if d['quick'] else ''} {' '.join('--set ' + s for s in d['overrides'])}".strip()
+    return (f"{build} on `--target {d['target']}`, {d['backend']}, {d['launcher']}; {d['note']}. Speed-ups are "
+            f"against the first row. The runs made {same}; the students' test agreement differs by "
+            f"{d['test_agreement_spread_points']:.1f} points.\n\n" + "\n".join(rows) + "\n\n"
+            + _source("distributed.json", d))
+
+
+GENERATORS["distributed"] = distributed
+
+
 def render(text: str) -> str:
     """`text` with every marker block regenerated; an unknown block name is an error."""
     def repl(m: re.Match) -> str:

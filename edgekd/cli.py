@@ -159,9 +159,7 @@ def _joined(make: Callable[[], Any]) -> Any:
     rank, world = dist.rank_world()
     if world == 1:
         return make()
-    import torch
-
-    dist.init("cuda" if torch.cuda.is_available() else "cpu")
+    dist.init(dist.default_device())  # gloo on CPU, nccl (+ gloo) on GPUs, hccl on an Ascend NPU
     try:
         return make()
     except BaseException as e:  # noqa: BLE001 - raised again on every rank by dist.agree

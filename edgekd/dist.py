@@ -38,6 +38,22 @@ def backend_for(device: str) -> str:
     return {"cuda": "cpu:gloo,cuda:nccl", "npu": "hccl"}.get(device, "gloo")
 
 
+def default_device() -> str:
+    """Where this process computes: "cuda" when torch sees a GPU, "npu" on an Ascend host (torch_npu installed
+    and CANN's environment set: torch_npu is imported only there, as it breaks `import torch` elsewhere),
+    else "cpu"."""
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if importlib.util.find_spec("torch_npu") is not None and (os.environ.get("ASCEND_HOME_PATH")
+                                                             or os.environ.get("ASCEND_TOOLKIT_HOME")):
+        return "npu"
+    return "cpu"
+
+
 def init(device: str = "cpu") -> tuple[int, int]:
     """Join the process group if running under torchrun; return (rank, world_size). Idempotent."""
     rank, world = rank_world()

@@ -72,12 +72,15 @@ def choose_mode(mode: str, model: nn.Module, teacher: nn.Module | None, device: 
 
 
 def train_device() -> torch.device:
-    """This process's device: its GPU under torchrun (LOCAL_RANK) when CUDA is present, else the CPU."""
+    """This process's device: its GPU (or Ascend NPU) under torchrun (LOCAL_RANK) when there is one, else the CPU."""
     import os
 
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+    kind = dist.default_device()
+    if kind == "npu":
+        import torch_npu  # noqa: F401  (registers the npu device; only on Ascend hosts)
+    if kind == "cpu":
+        return torch.device("cpu")
+    return torch.device(kind, int(os.environ.get("LOCAL_RANK", "0")))
 
 
 @dataclass

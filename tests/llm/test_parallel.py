@@ -5,81 +5,14 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = textwrap.dedent("""
-    import os, sys, json
-    import numpy as np, torch
-    from edgekd import dist
-    from edgekd.config import DistillConfig, LossConfig
-    from edgekd.distill import trainer
-    from edgekd.distill.cache import TopKSequenceCache
-    from edgekd.distill.losses import build_losses
-    from edgekd.llm.sequences import Example, answer_rows, distill, teacher_rows
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    out, mode, epochs, stop_after = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    tok_folder = sys.argv[5] if len(sys.argv) > 5 else ""
-    if mode != "single":
-        dist.init("cpu")
-    rank, world = dist.rank_world()
-
-    if tok_folder:  # the teacher's answers, sharded by rank: a tiny random Llama on SmolLM2's tokenizer
-        from transformers import AutoTokenizer
-        from edgekd.llm.generate import generate_answers
-
-        tok = AutoTokenizer.from_pretrained(tok_folder)
-        torch.manual_seed(5)
-        gcfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                           tie_word_embeddings=True, eos_token_id=2, bos_token_id=1, initializer_range=0.5)
-        gm = LlamaForCausalLM(gcfg).eval()
-        with torch.no_grad():  # special tokens get logit 0, so greedy picks words (a random model says something)
-            gm.model.embed_tokens.weight[tok.all_special_ids] = 0
-        prompts = [{"id": f"p{i}", "prompt": f"Tell me about the number {i}."} for i in range(11)]
-        cache_file = __import__("pathlib").Path(out, "gen.jsonl")
-        settings = {"teacher": "tiny", "max_new_tokens": 5, "batch_size": 2}
-        first = generate_answers(gm, tok, prompts[:4], cache_file, settings)  # cached before the larger set
-        rows = generate_answers(gm, tok, prompts, cache_file, settings)
-        if rank == 0:
-            json.dump(rows, open(os.path.join(out, "gen-rows.json"), "w"))
-
-    def lm(seed, layers=2):
-        torch.manual_seed(seed)
-        cfg = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
-                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                          tie_word_embeddings=True)
-        return LlamaForCausalLM(cfg)
-
-    rng = np.random.default_rng(0)
-    ex = [Example(rng.integers(3, 40, size=n).tolist(), int(s))
-          for n, s in zip(rng.integers(6, 14, 27), rng.integers(2, 5, 27))]
-    train, val = ex[:21], ex[21:]  # 21 = 5 global batches of 4 and a last one of 1: a rank gets an empty share
-    teacher = lm(99).eval()
-    cache = TopKSequenceCache(os.path.join(out, "cache")).write(teacher_rows(teacher, train, 0), answer_rows(train), 4,
-                                                                 batch_size=3)
-    losses = [LossConfig(kind="soft_label", weight=0.5, temperature=2.0), LossConfig(kind="hard_label", weight=0.5)]
-    cfg = DistillConfig(epochs=epochs, batch_size=4, lr=1e-2, seed=1, losses=losses)
-    if stop_after:  # the run is killed right after the checkpoint of epoch `stop_after`, on every rank
-        real_save = trainer._EpochLoop.save
-        def save(self, epoch):
-            real_save(self, epoch)
-            if epoch + 1 == stop_after:
-                raise SystemExit(3)
-        trainer._EpochLoop.save = save
-    student = lm(0)
-    res = distill(student, train, val, build_losses(losses, student, None, None), cfg, 0, cache=cache,
-                  checkpoint=__import__("pathlib").Path(out, "ck.pt"), parallel=mode if mode != "single" else "auto")
-    if rank == 0:
-        torch.save(res["student"].state_dict(), os.path.join(out, "student.pt"))
-        json.dump({"history": [{k: v for k, v in h.items() if k != "seconds"} for h in res["history"]],
-                   "parallel": res.get("parallel")}, open(os.path.join(out, "res.json"), "w"))
-""")
 
 
 def _free_port() -> int:
@@ -88,17 +21,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+JOB = Path(__file__).with_name("lm_parallel_job.py")
+
+
 def _run(tmp_path, name, mode, epochs=3, stop_after=0, procs=1, tok=""):
+    """The job in this process (procs=1), or under torchrun with `procs` gloo processes."""
+    import torch
+
     out = tmp_path / name
-    out.mkdir()
-    script = tmp_path / "lm_parallel.py"
-    script.write_text(SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [str(script), str(out), mode, str(epochs), str(stop_after), *([str(tok)] if tok else [])]
-    if procs > 1:
-        args = ["-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--nnodes=1",
-                f"--master_port={_free_port()}", *args]
-    r = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=300)
+    out.mkdir(exist_ok=True)
+    if procs == 1:
+        from tests.llm.lm_parallel_job import job
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as each torchrun process (OMP_NUM_THREADS=1): the same float reductions
+        try:
+            job(str(out), mode, epochs, stop_after, str(tok) if tok else "")
+        finally:
+            torch.set_num_threads(threads)
+        return out, None
+    args = ["-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--nnodes=1", f"--master_port={_free_port()}",
+            str(JOB), str(out), mode, str(epochs), str(stop_after), *([str(tok)] if tok else [])]
+    r = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
     return out, r
 
 
@@ -114,7 +59,7 @@ def _max_diff(a, b):
 
 @pytest.fixture(scope="module")
 def tok_folder(llm_cache):
-    """SmolLM2's folder (its tokenizer): the teacher's package, dequantized once per session."""
+    """SmolLM2's folder (for its tokenizer): dequantized once per session into the smollm2 group's cache."""
     import importlib.util
 
     from edgekd.llm.models import materialize_teacher
@@ -129,8 +74,7 @@ def test_ddp_and_fsdp_follow_one_process_and_fsdp_resumes_at_world_size_1(tmp_pa
 
     import torch
 
-    one, r = _run(tmp_path, "one", "single", tok=tok_folder)
-    assert r.returncode == 0, r.stderr[-3000:]
+    one, _ = _run(tmp_path, "one", "single", tok=tok_folder)
     ddp, r = _run(tmp_path, "ddp", "ddp", procs=2, tok=tok_folder)
     assert r.returncode == 0, r.stderr[-3000:]
     # teacher generation sharded by rank (4 prompts cached first, 7 new ones in 4 batches over 2 ranks): the
@@ -163,16 +107,45 @@ def test_ddp_and_fsdp_follow_one_process_and_fsdp_resumes_at_world_size_1(tmp_pa
     assert r.returncode != 0 and (fsdp / "ck.pt").is_file() and not (fsdp / "student.pt").exists()
     ck = torch.load(fsdp / "ck.pt", weights_only=True)
     assert ck["epoch"] == 1 and set(ck["model"]) >= {k for k in a if "lm_head" not in k}  # full, unsharded names
-    (tmp_path / "resume").mkdir()
-    (tmp_path / "resume" / "ck.pt").write_bytes((fsdp / "ck.pt").read_bytes())
-    (tmp_path / "resume" / "cache").symlink_to(fsdp / "cache")
-    script = tmp_path / "lm_parallel.py"
-    r = subprocess.run([sys.executable, str(script), str(tmp_path / "resume"), "single", "3", "0"], capture_output=True,
-                       text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    resume = tmp_path / "resume"
+    resume.mkdir()
+    (resume / "ck.pt").write_bytes((fsdp / "ck.pt").read_bytes())
+    (resume / "cache").symlink_to(fsdp / "cache")
+    _run(tmp_path / "resume", "", "single")  # the checkpoint's own folder: the run reads ck.pt and goes on
     c = _weights(tmp_path / "resume")
     # 2 epochs sharded by FSDP + 1 epoch alone = 3 epochs alone
     assert _max_diff(a, c) < 1e-4, "FSDP (2 ranks) + resume at world size 1 differs from 1 process"
     hist = json.loads((tmp_path / "resume" / "res.json").read_text())["history"]
     assert [h["epoch"] for h in hist] == [1, 2, 3]
     assert np.allclose([h["val_agreement"] for h in hist], [h["val_agreement"] for h in h1["history"]], atol=1e-6)
+
+
+def test_auto_picks_fsdp_when_a_replica_does_not_fit_and_refuses_an_unknown_mode(monkeypatch):
+    import torch
+
+    from edgekd.errors import ConfigError
+    from edgekd.llm import parallel
+
+    model = torch.nn.Linear(1000, 1000)  # 1.0M parameters: 16 MB to train with AdamW in fp32
+    assert parallel.training_bytes(model) == 16 * 1_001_000
+    monkeypatch.setattr(parallel, "device_memory", lambda device: 100 * 2**20)
+    assert parallel.choose_mode("auto", model, None, torch.device("cpu"))[0] == "ddp"
+    monkeypatch.setattr(parallel, "device_memory", lambda device: 20 * 2**20)  # 16 MB > half of 20 MiB
+    mode, why = parallel.choose_mode("auto", model, None, torch.device("cpu"))
+    assert mode == "fsdp" and "over half" in why
+    # an online teacher's weights count too
+    monkeypatch.setattr(parallel, "device_memory", lambda device: 40 * 2**20)
+    assert parallel.choose_mode("auto", model, None, torch.device("cpu"))[0] == "ddp"
+    big = torch.nn.Linear(2000, 2000)
+    assert parallel.choose_mode("auto", model, big, torch.device("cpu"))[0] == "fsdp"
+    assert parallel.choose_mode("ddp", model, big, torch.device("cpu"))[0] == "ddp"  # as asked
+    with pytest.raises(ConfigError, match="distill.parallel"):
+        parallel.choose_mode("zero3", model, None, torch.device("cpu"))
+
+
+def test_the_backend_follows_the_device():
+    from edgekd import dist
+
+    assert dist.backend_for("cpu") == "gloo"
+    assert dist.backend_for("cuda") == "cpu:gloo,cuda:nccl"  # GPU tensors by nccl, the build's objects by gloo
+    assert dist.backend_for("npu") == "hccl"
