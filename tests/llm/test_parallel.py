@@ -149,3 +149,31 @@ def test_the_backend_follows_the_device():
     assert dist.backend_for("cpu") == "gloo"
     assert dist.backend_for("cuda") == "cpu:gloo,cuda:nccl"  # GPU tensors by nccl, the build's objects by gloo
     assert dist.backend_for("npu") == "hccl"
+
+
+def test_a_killed_sharded_generation_is_read_back_per_prompt(tmp_path):
+    """A sharded run killed mid-way leaves the main cache and one part file per rank; the next run (any world
+    size) keeps every finished answer in them and asks only for the rest, and folds the parts into the file."""
+    import json
+
+    from edgekd.llm.generate import _prepare
+
+    settings = {"teacher": "t", "max_new_tokens": 4, "batch_size": 2}
+    header = {"settings": settings}
+    out = tmp_path / "gen.jsonl"
+    row = lambda i: {"id": f"p{i}", "prompt": f"q{i}", "answer": f"a{i}", "tokens": 1, "finished": True}  # noqa: E731
+    out.write_text("".join(json.dumps(r) + "\n" for r in [header, row(0)]))
+    (tmp_path / "gen.jsonl.rank00000.part").write_text("".join(json.dumps(r) + "\n" for r in [header, row(1)]))
+    # rank 1's part: one answer, then a line torn by the kill; another teacher's part is not read
+    (tmp_path / "gen.jsonl.rank00001.part").write_text(json.dumps(header) + "\n" + json.dumps(row(2)) + "\n" + '{"id": "p3", "pro')
+    prompts = [{"id": f"p{i}", "prompt": f"q{i}"} for i in range(5)]
+    rows, todo = _prepare(out, prompts, header)
+    assert [r["id"] for r in rows] == ["p0", "p1", "p2"] and [p["id"] for p in todo] == ["p3", "p4"]
+    assert not list(tmp_path.glob("*.part"))
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert lines[0] == header and [r["id"] for r in lines[1:]] == ["p0", "p1", "p2"]
+    # parts of another teacher (other settings) are dropped, not mixed in
+    (tmp_path / "gen.jsonl.rank00000.part").write_text(json.dumps({"settings": {**settings, "teacher": "u"}}) + "\n"
+                                                       + json.dumps(row(3)) + "\n")
+    rows, todo = _prepare(out, prompts, header)
+    assert [p["id"] for p in todo] == ["p3", "p4"]
