@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from edgekd.errors import EdgekdError, StageError
+from edgekd.errors import EdgekdError
 
 # Ranks that wait while rank 0 runs a stage alone (teacher training, quantization, profiling) sit in a
 # collective that long: the default 30 min of gloo would cut a full build's profile stage short.
@@ -186,8 +186,3 @@ def agree(error: BaseException | None) -> None:
 def quiet_error(e: BaseException) -> bool:
     """True for an error another rank reports (the CLI prints it on rank 0 only)."""
     return bool(getattr(e, "reported_by_rank0", False))
-
-
-def require(condition: bool, message: str, hint: str) -> None:
-    """A StageError on every rank unless `condition` holds on all of them."""
-    agree(None if condition else StageError(message, hint=hint))

@@ -5,6 +5,11 @@ its name, the config subset it declares, the edgekd version and its inputs' keys
 folder already holds a `result.json` with that key and every output file still has the recorded
 sha256, the stage is reused. Otherwise the stage runs in `.NAME.tmp-PID/` and is renamed into
 place only when it finished, so a killed build never leaves a half stage that looks done.
+
+Under torchrun (the caller sets rank, world and `comm`, the collectives of edgekd.dist) rank 0 owns the
+folder: it decides reuse, publishes every stage and writes run.json; a `parallel` stage's function runs on
+every rank (sharded generation, DDP/FSDP training), any other stage's on rank 0 while the others wait. The
+ranks agree after each step, so a failure anywhere is raised on every rank and nothing half-done is published.
 """
 from __future__ import annotations
 
@@ -309,18 +314,14 @@ def _run_stage_ranks(stage: Stage, ctx: BuildContext, inputs: dict[str, StageRes
     got = _reuse(stage, ctx, key)  # rank 0's published folder: the same result on every rank
     if got is None:
         _missing(stage)
-    return dataclasses_replace(got, reused=False, seconds=seconds)
+    import dataclasses
+
+    return dataclasses.replace(got, reused=False, seconds=seconds)
 
 
 def _missing(stage: Stage) -> StageResult:
     raise UserError(f"stage '{stage.name}' was published by rank 0 but this rank cannot read it",
                     hint="under torchrun the build folder must be on a filesystem every node shares (NFS, Lustre, ...)")
-
-
-def dataclasses_replace(res: StageResult, **changes: Any) -> StageResult:
-    import dataclasses
-
-    return dataclasses.replace(res, **changes)
 
 
 def prepare_out(out: Path) -> None:
