@@ -285,7 +285,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         "val": res["val"], "test": res["test"], "history": res["history"], "best_epoch": res["best_epoch"],
         "train_seconds": res["train_seconds"], "teacher": teacher_eval,
         "control": None if control is None else {
-            **{k: control[k] for k in ("val", "test", "best_epoch", "train_seconds", "held_out")},
+            **{k: control[k] for k in ("val", "test", "best_epoch", "train_seconds", "held_out", "history")},
             "kind": "answers-hard-label", "losses": [dict(CONTROL_LOSS)],
             "trained_on": "the teacher's answers to the training prompts, hard labels only (no teacher logits)"},
         "held_out": res["held_out"], "teacher_held_out": teacher_held, "untrained": res["untrained"],
