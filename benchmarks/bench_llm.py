@@ -9,7 +9,7 @@ Per model (teacher in PyTorch eager; the student's candidates on onnxruntime, KV
 next-token agreement with the teacher's answers and perplexity of them on held-out prompts, time
 to first token, decode ms/token and tokens/s, size, peak RSS, energy per token (an estimate on this
 host). And the point of sequence-level KD: the student trained on the teacher's answers against
-the same student trained on the prompts' raw text alone (the control).
+the same student trained on the teacher's answers with hard labels only (the control: no token-level logits).
 
 --extras adds what the issue's goals compare: the teacher exported to ONNX (KV cache, the same
 exporter) in FP32 and dynamic INT8, profiled by the same process and settings as the build's

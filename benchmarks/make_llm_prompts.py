@@ -5,12 +5,16 @@ are kept as they are (same ids and text, so their cached answers are reused); ne
 the numbering. The 900-prompt set is the one the smollm2-seqkd card uses (edgekd/llm/generate.py SHIPPED).
 
     python benchmarks/make_llm_prompts.py --total 900   # -> models/prompts/smollm2-prompts-900.jsonl
+
+Every line carries a "template": the id of the sentence frame (FRAMES) the prompt follows; the hand-written
+prompts are matched to the frames (--tag-base writes their ids into smollm2-prompts.jsonl too).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import random
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,6 +115,41 @@ WHY = ("Why do birds migrate?", "Why is the ocean salty?", "Why do we yawn?", "W
        "What makes a city pleasant to live in?", "What makes a good breakfast?")
 
 
+# The sentence frames every prompt of the set follows (the hand-written ones too, but for a few one-offs):
+# (template id, pattern). A prompt's "template" field is its frame's id (a one-off's is "free-ID"); the
+# smollm2-seqkd card's data.split: template holds out whole templates for validation and test.
+FRAMES = (
+    ("define", r"What is (.+)\? Answer in one sentence\."),
+    ("explain-child", r"Explain (.+) to a ten-year-old\."),
+    ("tips", r"Give three short tips for (.+)\."),
+    ("animal-fact", r"Tell me one interesting fact about (.+)\."),
+    ("animal-habitat", r"Where do (.+) usually live\?"),
+    ("describe", r"Describe (.+) in two sentences\."),
+    ("uses", r"List three uses of (.+)\."),
+    ("opposite", r"What is the opposite of '(.+)'\?"),
+    ("use-word", r"Write a sentence using the word '(.+)'\."),
+    ("add", r"What is (\d+) plus (\d+)\?"),
+    ("multiply", r"What is (\d+) times (\d+)\?"),
+    ("compare", r"Is (\d+) larger than (\d+)\?"),
+    ("country", r"Which country is (.+) in\?"),
+    ("poem", r"Write a two-line poem about (.+)\."),
+    ("story-start", r"Write the first sentence of a story about (.+)\."),
+    ("first-step", r"What is the first step in (.+)\?"),
+    ("email", r"Write a short, polite email about (.+)\."),
+    ("sentiment", r'Is this sentence positive or negative\? "(.+)"'),
+    ("summarize", r"Summarize in a few words: (.+)"),
+    ("why", r"Why (?:do|does|is|are) (.+)\?"),
+    ("how", r"How (?:do|does|can) (.+)\?"),
+    ("how-many", r"How many (.+)\?"),
+    ("what-makes", r"What makes (.+)\?"),
+)
+
+
+def template_of(prompt: str, pid: str) -> str:
+    """The id of the frame `prompt` follows, or "free-PID" for a one-off."""
+    return next((t for t, pat in FRAMES if re.fullmatch(pat, prompt)), f"free-{pid}")
+
+
 def prompts(seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     out = [f"What is {n}? Answer in one sentence." for n in NOUNS]
@@ -141,18 +180,23 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--total", type=int, default=900, help="prompts in the new file (at most)")
     ap.add_argument("--out", type=Path, default=None, help="default models/prompts/smollm2-prompts-TOTAL.jsonl")
+    ap.add_argument("--tag-base", action="store_true", help="also write the template ids into the hand-written file")
     args = ap.parse_args()
     out = args.out or BASE.with_name(f"smollm2-prompts-{args.total}.jsonl")
     lines = BASE.read_text(encoding="utf-8").splitlines()
     rows = [json.loads(ln) for ln in lines if ln.strip()]
+    if args.tag_base:  # the hand-written file gains its template ids (matched to the frames), in place
+        rows = [{"id": r["id"], "prompt": r["prompt"], "template": template_of(r["prompt"], r["id"])} for r in rows]
+        BASE.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     seen = {r["prompt"] for r in rows}
     new = [p for p in dict.fromkeys(prompts()) if p not in seen][: max(0, args.total - len(rows))]
     n0 = len(rows)
     with open(out, "w", encoding="utf-8") as f:
         for r in rows:
-            f.write(json.dumps(r) + "\n")
+            f.write(json.dumps({**r, "template": template_of(r["prompt"], r["id"])}) + "\n")
         for k, p in enumerate(new):
-            f.write(json.dumps({"id": f"p{n0 + k:03d}", "prompt": p}) + "\n")
+            pid = f"p{n0 + k:03d}"
+            f.write(json.dumps({"id": pid, "prompt": p, "template": template_of(p, pid)}) + "\n")
     print(f"{out}: {n0} hand-written + {len(new)} = {n0 + len(new)} prompts")
 
 

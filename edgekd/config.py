@@ -51,6 +51,9 @@ class DataConfig(Strict):
     std: list[float] | None = Field(None, description="image-folder: per-channel std of pixels scaled to [0, 1]; default: pixels in [0, 1]")
     splits: dict[str, str] | None = Field(None, description="hf-disk: split names, e.g. {train: train, val: validation, test: test}")
     unlabeled: str | None = Field(None, description="transfer set without labels (same layout as path): the student learns the teacher's soft labels on it")
+    split: Literal["shuffle", "template"] = Field(
+        "shuffle", description="prompts: 'template' holds out whole templates (the prompts' \"template\" field) for "
+                               "validation and test and keeps an in-template test; 'shuffle' is a seeded shuffle")
 
     @model_validator(mode="after")
     def _norm_pair(self) -> "DataConfig":
@@ -77,7 +80,7 @@ class DataConfig(Strict):
 
 
 _BYO_DATA_FIELDS = ("test_fraction", "classes", "text_column", "label_column", "feature_columns", "image_size",
-                    "channels", "mean", "std", "splits", "unlabeled")
+                    "channels", "mean", "std", "splits", "unlabeled", "split")
 MODEL_SOURCES = ("arch", "factory", "hf", "onnx", "torchvision", "timm")
 
 

@@ -52,7 +52,10 @@ def load_prompts(path: str | Path | None) -> list[dict[str, str]]:
             if pid in seen:
                 raise DataError(f"{p}:{n}: duplicate id '{pid}'", hint="ids must be unique (or leave them out)")
             seen.add(pid)
-            rows.append({"id": pid, "prompt": obj["prompt"].strip()})
+            row = {"id": pid, "prompt": obj["prompt"].strip()}
+            if obj.get("template") is not None:  # the sentence frame it follows: data.split: template holds these out
+                row["template"] = str(obj["template"])
+            rows.append(row)
     if not rows:
         raise DataError(f"prompts file {p} is empty", hint="one {\"prompt\": \"...\"} per line")
     return rows

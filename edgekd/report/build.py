@@ -92,17 +92,36 @@ def control_entry(control: dict | None, kd_accuracy: float | None) -> dict | Non
     return out
 
 
-def text_generation_control(control: dict | None, student_test: dict | None, epochs: int | None = None) -> dict | None:
-    """report training.control of a text-generation build, in the classifier's terms: `accuracy` is the
-    control's next-token agreement with the teacher's answers on held-out prompts, `kd_accuracy` the
-    distilled student's, both from the same PyTorch evaluation (teacher forcing)."""
+def text_generation_control(control: dict | None, student_test: dict | None, epochs: int | None = None,
+                            student_held_out: dict | None = None, untrained: dict | None = None) -> dict | None:
+    """report training.control of a text-generation build, in the classifier's terms: the control is the same
+    student trained on the teacher's answers with hard labels only (sequence-level KD without the teacher's
+    token-level logits), so `kd_gain_points` is what the logits add. `accuracy` is the control's next-token
+    agreement with the teacher's answers on the test prompts (held-out templates under data.split: template),
+    `kd_accuracy` the distilled student's, both from the same PyTorch evaluation (teacher forcing);
+    `in_template` gives the same on the in-template test, and `untrained` the cut student before training."""
     if not control:
         return None
     acc = ((control.get("test") or {}).get("agreement"))
     kd = (student_test or {}).get("agreement")
-    return {**control, "accuracy": acc, "kd_accuracy": kd, "epochs": epochs,
-            "measured_with": "next-token agreement with the teacher's answers on held-out prompts, fp32 PyTorch",
-            "kd_gain_points": 100.0 * (kd - acc) if kd is not None and acc is not None else None}
+
+    def gain(a: float | None, b: float | None) -> float | None:
+        return 100.0 * (a - b) if a is not None and b is not None else None
+
+    out = {**control, "accuracy": acc, "kd_accuracy": kd, "epochs": epochs,
+           "kind": control.get("kind", "answers-hard-label"),
+           "what": "the same student trained on the teacher's answers with hard labels only (no token-level logits)",
+           "measured_with": "next-token agreement with the teacher's answers on the test prompts, fp32 PyTorch",
+           "kd_gain_points": gain(kd, acc)}
+    c_in = ((control.get("held_out") or {}).get("test_in_template") or {}).get("agreement")
+    kd_in = ((student_held_out or {}).get("test_in_template") or {}).get("agreement")
+    if c_in is not None or kd_in is not None:
+        out["in_template"] = {"accuracy": c_in, "kd_accuracy": kd_in, "kd_gain_points": gain(kd_in, c_in)}
+    if untrained:
+        u = (untrained.get("test") or {}).get("agreement")
+        out["untrained"] = {"accuracy": u, "kd_gain_points": gain(kd, u),
+                            "what": "the cut student before any training (what pruning alone leaves)"}
+    return out
 
 
 def energy_note(teacher: dict) -> str:

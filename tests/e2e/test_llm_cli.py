@@ -1,5 +1,6 @@
 """smollm2-seqkd --quick end to end through the CLI: SmolLM2 teacher (GGUF, dequantized once) answers
-prompts, a tiny Llama learns from them (SFT + top-k KD) next to the raw-text control, the KV-cache
+prompts (split by template), a pruned student learns from them (SFT + top-k KD) next to the answers-only
+control (hard labels, no logits), the KV-cache
 ONNX is checked against PyTorch, candidates are made and profiled per token, and the report has the
 contract keys plus the generation figures."""
 import importlib.util
@@ -44,11 +45,28 @@ def test_smollm2_seqkd_quick_build(tmp_path, llm_cache):
     assert set(variants) == {"fp32", "int8-dynamic", "int8-weight", "int4-weight"}
     assert all(c["error"] is None for c in variants.values()), variants
     assert variants["int4-weight"]["size_bytes"] < variants["fp32"]["size_bytes"]
-    # generation: every prompt answered, split into train/val/test; the control was trained too
-    assert rep["generation"]["answers"] == 24 and sum(rep["generation"]["splits"].values()) == 24
+    # generation: split by template (whole templates held out; prompts sharing their slot words dropped),
+    # every prompt of a split answered; the control was trained too
+    split = rep["generation"]["split"]
+    assert split["kind"] == "template" and split["test_templates"] and split["val_templates"]
+    n = 24 - split["dropped_sharing_slot_words"]
+    assert rep["generation"]["answers"] == n and sum(rep["generation"]["splits"].values()) == n
     ctrl = rep["training"]["control"]
     assert ctrl is not None and math.isfinite(ctrl["test"]["perplexity"])
+    # the fair control: the teacher's answers with hard labels only (its history has no soft-label term)
+    assert ctrl["kind"] == "answers-hard-label" and ctrl["losses"] == [{"kind": "hard_label", "weight": 1.0}]
+    assert all("loss_hard_label" in h and "loss_soft_label" not in h for h in ctrl["history"])
+    assert ctrl["kd_gain_points"] == pytest.approx(100 * (ctrl["kd_accuracy"] - ctrl["accuracy"]))
+    assert ctrl["untrained"]["accuracy"] is not None and ctrl["in_template"]["kd_accuracy"] is not None
+    # held-out-template and in-template figures with bootstrap intervals; the teacher against itself is the sanity row
+    ho = rep["training"]["held_out"]
+    for model in ("student", "teacher", "control", "untrained"):
+        for name in ("held-out-template", "in-template"):
+            r = ho[model][name]
+            assert r["agreement_ci95"][0] <= r["agreement"] <= r["agreement_ci95"][1], (model, name)
+    assert ho["teacher"]["held-out-template"]["agreement"] > 0.85 and ho["teacher"]["in-template"]["agreement"] > 0.85
     d = json.loads((out / "distill" / "result.json").read_text())["metrics"]
+    assert set(d["held_out"]["test"]["per_template"]) == set(split["test_templates"])
     h = d["history"]
     assert h[-1]["loss_hard_label"] < h[0]["loss_hard_label"] and h[-1]["loss_soft_label"] < h[0]["loss_soft_label"]
     par = rep["parity"]["student_parity"]

@@ -188,6 +188,13 @@ def test_text_generation_control_named_like_the_classifiers():
     assert out["accuracy"] == 0.0449 and out["kd_accuracy"] == 0.1760 and out["epochs"] == 4
     assert out["kd_gain_points"] == pytest.approx(13.11) and "PyTorch" in out["measured_with"]
     assert text_generation_control(None, {"agreement": 0.2}) is None
+    # the answers-only control, in-template beside held-out-template, and the untrained cut student
+    ctrl["held_out"] = {"test_in_template": {"agreement": 0.30}}
+    out = text_generation_control(ctrl, {"agreement": 0.1760}, 4, {"test_in_template": {"agreement": 0.45}},
+                                  {"test": {"agreement": 0.02}})
+    assert out["kind"] == "answers-hard-label" and "hard labels only" in out["what"]
+    assert out["in_template"]["kd_gain_points"] == pytest.approx(15.0)
+    assert out["untrained"]["accuracy"] == 0.02 and out["untrained"]["kd_gain_points"] == pytest.approx(15.6)
     # classifier: the KD side is the reported student/fp32 accuracy, not the distill stage's copy
     c = control_entry({"accuracy": 0.90, "kd_accuracy": 0.905, "kd_gain_points": 0.5}, 0.9075)
     assert c["kd_accuracy"] == 0.9075 and c["kd_gain_points"] == pytest.approx(0.75)

@@ -63,30 +63,41 @@ def _generate_cfg(ctx: BuildContext) -> dict:
     g = _gen(ctx)
     # the prompts' content keys the stage (an edited prompts file is a new stage), and reading it
     # here validates it before the teacher loads
-    sp = ctx.memo("prompt_splits", lambda: prompt_splits(ctx))
+    sp = ctx.memo("split_plan", lambda: split_plan(ctx))
     return {"data": ctx.recipe.data.key_dict(), "prompts_sha256": stable_hash(sp),
             "max_new_tokens": g.max_new_tokens, "batch_size": g.batch_size}
 
 
 def prompt_splits(ctx: BuildContext) -> dict[str, list[dict]]:
-    """train / val / test prompts: a seeded shuffle, val_fraction each for val and test."""
+    """train / val / test / test_in prompts (`split_plan`'s splits)."""
+    return split_plan(ctx)[0]
+
+
+def split_plan(ctx: BuildContext) -> tuple[dict[str, list[dict]], dict]:
+    """The prompts split, and what the report says about it. data.split 'template' (prompts with a "template"
+    field): val and test hold out whole templates, test_in is in-template (edgekd/llm/heldout.py); 'shuffle', or
+    prompts without templates: a seeded shuffle, val_fraction each for val and test, no in-template test."""
     from edgekd.llm.generate import load_prompts
+    from edgekd.llm.heldout import shuffle_split, template_split
 
     d = ctx.recipe.data
     if d.kind != "prompts":
         raise ConfigError(f"text-generation recipes read data.kind 'prompts', got '{d.kind}'",
                           hint="data: {kind: prompts, path: FILE.jsonl (or null for the shipped set)}")
     prompts = load_prompts(d.path)
-    rng = np.random.default_rng(d.seed)
-    order = rng.permutation(len(prompts))
-    prompts = [prompts[i] for i in order]
-    if d.train_size is not None:
-        prompts = prompts[: d.train_size]
-    n_hold = max(1, int(round(len(prompts) * d.val_fraction)))
-    if len(prompts) < 2 * n_hold + 2:
-        raise UserError(f"{len(prompts)} prompts are too few to hold out {n_hold} for validation and {n_hold} for test",
-                        hint="give more prompts or a smaller data.val_fraction")
-    return {"val": prompts[:n_hold], "test": prompts[n_hold:2 * n_hold], "train": prompts[2 * n_hold:]}
+    if d.train_size is not None:  # a seeded subset of the prompts (the quick build's)
+        rng = np.random.default_rng(d.seed)
+        prompts = [prompts[i] for i in sorted(rng.permutation(len(prompts))[: d.train_size])]
+    if d.split == "template":
+        if any("template" in p for p in prompts):
+            # a prompt without a template is a template of its own
+            prompts = [{**p, "template": p.get("template") or f"free-{p['id']}"} for p in prompts]
+            return template_split(prompts, d.val_fraction, d.seed)
+        splits, info = shuffle_split(prompts, d.val_fraction, d.seed)
+        return splits, {**info, "requested": "template",
+                        "why": "data.split is template but no prompt has a \"template\" field: a seeded shuffle "
+                               "(test prompts may share templates with training prompts)"}
+    return shuffle_split(prompts, d.val_fraction, d.seed)
 
 
 def stage_generate(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
@@ -96,8 +107,8 @@ def stage_generate(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
     from edgekd.llm.models import load_causal_lm
 
     info = _teacher_info(inputs["teacher"])
-    sp = ctx.memo("prompt_splits", lambda: prompt_splits(ctx))
-    prompts = sp["train"] + sp["val"] + sp["test"]
+    sp, split_info = ctx.memo("split_plan", lambda: split_plan(ctx))
+    prompts = sp["train"] + sp["val"] + sp["test"] + sp["test_in"]
     g = _gen(ctx)
     # one answers file per teacher and decoding settings, resumed per prompt: a larger prompt set
     # (or another subset of it) reuses every answer already generated
@@ -125,20 +136,21 @@ def stage_generate(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
     if prog:
         prog.remove_task(task)
     split_of = {p["id"]: k for k, ps in sp.items() for p in ps}
+    template_of = {p["id"]: p.get("template") for ps in sp.values() for p in ps}
     with open(wd / "answers.jsonl", "w", encoding="utf-8") as f:
         for r in rows:
-            f.write(json.dumps({**r, "split": split_of[r["id"]]}) + "\n")
+            f.write(json.dumps({**r, "split": split_of[r["id"]], "template": template_of[r["id"]]}) + "\n")
     toks = [r["tokens"] for r in rows]
     return StageOutput({"answers": "answers.jsonl"}, {
         "prompts": len(prompts), "answers": len(rows), "settings": settings, "cache": str(cache),
         "world_size": dist.rank_world()[1] if dist.active() else 1,
         "mean_answer_tokens": float(np.mean(toks)), "empty_answers": sum(1 for r in rows if not r["answer"]),
         "finished_fraction": float(np.mean([r["finished"] for r in rows])),
-        "seconds": seconds, "splits": {k: len(v) for k, v in sp.items()}})
+        "seconds": seconds, "splits": {k: len(v) for k, v in sp.items()}, "split": split_info})
 
 
 def read_answers(res: StageResult) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    out: dict[str, list[dict]] = {"train": [], "val": [], "test": [], "test_in": []}
     for line in res.path("answers").read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
         out[r["split"]].append(r)

@@ -1,5 +1,6 @@
 """The text-generation task's distill stage: the student (cut from the teacher, a tiny Llama, or the user's
-folder) learns the teacher's answers (SFT) and its top-k token distributions (KD), the control beside it."""
+folder) learns the teacher's answers (SFT) and its top-k token distributions (KD); the control beside it learns
+the same answers with hard labels only, so KD minus the control is what the teacher's logits add."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,8 @@ from edgekd.tasks.text_generation.data import _gen, _teacher_info, read_answers
 
 
 LM_LOSSES = ("soft_label", "hard_label", "hidden_state")
+# the control's only loss term: cross-entropy on the teacher's answer tokens
+CONTROL_LOSS = {"kind": "hard_label", "weight": 1.0}
 STUDENT_ARCHS = ("pruned_llama", "tiny_llama", "hf_causal_lm")
 
 
@@ -74,7 +77,9 @@ def _distill_cfg(ctx: BuildContext) -> dict:
     return {"distill": settings, "student": ctx.recipe.student.model_dump(),
             "losses": [{"kind": k, "weight": w, **o.model_dump(mode="json")} for k, w, o in _loss_terms(ctx)],
             "patience": ctx.recipe.distill.patience,
-            "max_length": ctx.recipe.data.max_length, "control": _gen(ctx).control}
+            "max_length": ctx.recipe.data.max_length, "control": _gen(ctx).control,
+            # the control learns the teacher's answers with hard labels (it was the prompts' raw text)
+            "control_kind": "answers-hard-label"}
 
 
 def _resolve_loss_paths(losses: list[dict], student) -> list[dict]:
@@ -130,6 +135,58 @@ def _build_student(ctx: BuildContext, teacher, tok, calib=None):
     raise ConfigError(f"unknown text-generation student arch '{s.arch}'", hint=f"valid: {', '.join(STUDENT_ARCHS)}")
 
 
+HELD_OUT = (("val", "val"), ("test", "test"), ("test_in", "test_in_template"))  # (split, metrics key)
+
+
+def _examples_with_templates(tok, rows: list[dict], max_length: int, end_id: int) -> tuple[list, list]:
+    """The split's examples and, aligned with them, each one's template (a row without an answer has no example)."""
+    from edgekd.llm import sequences as S
+
+    ex, tmpl = [], []
+    for r in rows:
+        e = S.build_examples(tok, [r], max_length, end_id)
+        ex += e
+        tmpl += [r.get("template")] * len(e)
+    return ex, tmpl
+
+
+def score_examples(model, examples: list, pad: int, batch_size: int = 16):
+    """Per-example sums over the answer tokens (teacher forcing): NLL, argmax hits, tokens; numpy arrays."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from edgekd.llm import sequences as S
+
+    nll, hits, n = [], [], []
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i:i + batch_size]
+            rows = S.answer_logits(model, chunk, pad).float()
+            at = 0
+            for e in chunk:
+                k = len(e.ids) - e.start
+                r, target = rows[at:at + k], torch.tensor(e.ids[e.start:]).to(rows.device)
+                nll.append(F.cross_entropy(r, target, reduction="sum").item())
+                hits.append(int((r.argmax(-1) == target).sum()))
+                n.append(k)
+                at += k
+    return np.array(nll), np.array(hits), np.array(n)
+
+
+def held_out_report(model, sets: dict[str, tuple[list, list]], pad: int) -> dict[str, dict]:
+    """Per held-out set (val, test: held-out templates; test_in_template: in-template), the model's agreement
+    and perplexity with bootstrap 95% intervals over prompts and the per-template breakdown."""
+    from edgekd.llm.heldout import summarize
+
+    out = {}
+    for key, (examples, templates) in sets.items():
+        if examples:
+            out[key] = summarize(*score_examples(model, examples, pad), templates)
+    return out
+
+
 def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
     import time
 
@@ -152,6 +209,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     ans = read_answers(inputs["generate"])
     L = ctx.recipe.data.max_length
     ex = {k: S.build_examples(tok, v, L, end_id) for k, v in ans.items()}
+    held = {key: _examples_with_templates(tok, ans[k], L, end_id) for k, key in HELD_OUT}
     if not ex["train"] or not ex["val"] or not ex["test"]:
         raise UserError("not enough answered prompts for train/val/test", hint="give more prompts")
     prog = ctx.progress
@@ -166,6 +224,8 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         if prog:
             prog.remove_task(task)
     teacher_eval = {k: S.evaluate(teacher, ex[k], pad) for k in ("val", "test")}
+    # the sanity row: the teacher against its own greedy answers (agreement ~100%) on every held-out set
+    teacher_held = held_out_report(teacher, held, pad)
     del teacher
     key_material = _distill_cfg(ctx) | {"teacher": inputs["teacher"].key, "answers": inputs["generate"].sha256}
 
@@ -184,6 +244,8 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         t_model, t_tok = load_causal_lm(info["folder"])
         student = _build_student(ctx, t_model, t_tok, calib=calib)
         start = S.evaluate(student, ex["val"], pad) if calib is not None else None
+        # the cut student before any training (what pruning alone leaves), once: the control's cut is the same
+        untrained = held_out_report(student, held, pad) if calib is not None and name == "student" else None
         losses = _resolve_loss_paths(losses, student)
         # a hidden_state term reads the teacher's layers: the teacher runs on every batch
         online = t_model if any(lo["kind"] == "hidden_state" for lo in losses) else None
@@ -199,13 +261,16 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         res["val_before_training"] = start
         res["val"] = S.evaluate(student, ex["val"], pad)
         res["test"] = S.evaluate(student, ex["test"], pad)
+        res["held_out"] = held_out_report(student, held, pad)
+        res["untrained"] = untrained
         return student, res
 
     student, res = run("student", ex["train"], cache, terms)
     control = None
     if _gen(ctx).control:
-        raw = S.raw_text_examples(tok, [{"prompt": r["prompt"]} for r in ans["train"]], L, end_id)
-        _, control = run("control", raw, None, [{"kind": "hard_label", "weight": 1.0}])
+        # the fair control: the same student on the same teacher answers with hard labels only (sequence-level KD
+        # without the teacher's token-level logits); KD minus it is what the logits add
+        _, control = run("control", ex["train"], None, [dict(CONTROL_LOSS)])
     for ckpt in ckpts.values():
         ckpt.unlink(missing_ok=True)
     out = wd / "student"
@@ -219,7 +284,12 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         "val_accuracy": res["val"]["agreement"], "test_accuracy": res["test"]["agreement"],
         "val": res["val"], "test": res["test"], "history": res["history"], "best_epoch": res["best_epoch"],
         "train_seconds": res["train_seconds"], "teacher": teacher_eval,
-        "control": None if control is None else {k: control[k] for k in ("val", "test", "best_epoch", "train_seconds")},
+        "control": None if control is None else {
+            **{k: control[k] for k in ("val", "test", "best_epoch", "train_seconds", "held_out", "history")},
+            "kind": "answers-hard-label", "losses": [dict(CONTROL_LOSS)],
+            "trained_on": "the teacher's answers to the training prompts, hard labels only (no teacher logits)"},
+        "held_out": res["held_out"], "teacher_held_out": teacher_held, "untrained": res["untrained"],
+        "split": inputs["generate"].metrics.get("split"),
         "pruning": getattr(student, "pruning", None), "val_before_training": res["val_before_training"],
         "examples": {k: len(v) for k, v in ex.items()}, "losses": cfg, "stop_ids": stops, "pad_id": pad,
         "end_id": end_id, "parallel": res.get("parallel"),

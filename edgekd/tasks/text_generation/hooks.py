@@ -158,19 +158,43 @@ def report_parts(build_dir: Path, res: dict[str, dict], run: dict):
     # named like the classifier's: training.control.accuracy and comparison.kd_gain_points
     losses = d["metrics"].get("losses")
     ctrl = text_generation_control(d["metrics"].get("control"), d["metrics"].get("test"),
-                                   losses.get("epochs") if isinstance(losses, dict) else None)
+                                   losses.get("epochs") if isinstance(losses, dict) else None,
+                                   d["metrics"].get("held_out"), d["metrics"].get("untrained"))
     training = {"student": {k: d["metrics"].get(k) for k in ("val", "test", "best_epoch", "train_seconds", "arch",
                                                              "losses", "examples")},
-                "teacher": d["metrics"]["teacher"], "control": ctrl}
+                "teacher": d["metrics"]["teacher"], "control": ctrl,
+                "held_out": held_out_rows(d["metrics"])}
     generation = {k: gen["metrics"].get(k) for k in ("prompts", "answers", "mean_answer_tokens", "finished_fraction",
-                                                     "seconds", "splits")}
-    notes = ["accuracy = next-token agreement with the teacher's greedy answers on held-out prompts (teacher forcing); "
-             "latency and energy are per generated token."]
+                                                     "seconds", "splits", "split")}
+    split_kind = (gen["metrics"].get("split") or {}).get("kind", "shuffle")
+    notes = ["accuracy = next-token agreement with the teacher's greedy answers on the test prompts (teacher forcing; "
+             + ("held-out templates: no test template or slot word was trained on" if split_kind == "template"
+                else "a seeded shuffle: test prompts may share templates with training prompts")
+             + "); latency and energy are per generated token."]
     return ReportParts(models=models, candidates=candidates, teacher_same_runtime=None, training=training,
                        parity={"student_parity": e["metrics"]["student_parity"]}, control=ctrl, notes=notes,
                        sections={"generation": generation})
 
 
+
+
+def held_out_rows(dm: dict) -> dict | None:
+    """training.held_out: per model (teacher: the sanity row, student, control, untrained cut student), next-token
+    agreement and perplexity with bootstrap 95% intervals over prompts on the held-out-template test and the
+    in-template test (per-template breakdowns stay in distill/result.json)."""
+    sets = {"student": dm.get("held_out"), "teacher": dm.get("teacher_held_out"),
+            "control": (dm.get("control") or {}).get("held_out"), "untrained": dm.get("untrained")}
+    if not sets["student"]:
+        return None  # a distill stage from before held-out reporting
+    names = {"test": "held-out-template" if (dm.get("split") or {}).get("kind") == "template" else "shuffled-test",
+             "test_in_template": "in-template"}
+    out: dict[str, Any] = {}
+    for model, ho in sets.items():
+        if ho:
+            out[model] = {names[k]: {f: v.get(f) for f in ("agreement", "agreement_ci95", "perplexity",
+                                                           "perplexity_ci95", "prompts", "tokens")}
+                          for k, v in ho.items() if k in names}
+    return out
 
 
 # --------------------------------------------------------------------------- convert

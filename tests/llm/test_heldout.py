@@ -1,0 +1,107 @@
+"""Held-out evaluation of the language-model student (#28): the template split, its fall-back, bootstrap intervals."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from edgekd.cards import load_recipe
+from edgekd.errors import UserError
+from edgekd.llm.generate import shipped_prompts
+from edgekd.llm.heldout import bootstrap_ci, slot_words, summarize, template_split
+from edgekd.tasks.text_generation.data import split_plan
+
+
+def _shipped() -> list[dict]:
+    return [json.loads(ln) for ln in shipped_prompts().read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def test_every_shipped_prompt_has_a_template_and_the_frames_cover_most():
+    ps = _shipped()
+    assert all(p.get("template") for p in ps)
+    free = [p for p in ps if p["template"].startswith("free-")]
+    assert len(free) < 10  # one-offs; the rest follow the sentence frames of benchmarks/make_llm_prompts.py
+    assert len({p["template"] for p in ps if not p["template"].startswith("free-")}) >= 20
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_template_split_holds_out_whole_templates_and_their_slot_words(seed):
+    ps = _shipped()
+    sp, info = template_split(ps, 0.1, seed)
+    train_t = {p["template"] for p in sp["train"]}
+    held = [p for k in ("val", "test") for p in sp[k]]
+    # no template of val or test is trained on, and val and test do not share one either
+    assert not train_t & {p["template"] for p in held}
+    assert not {p["template"] for p in sp["val"]} & {p["template"] for p in sp["test"]}
+    slots = slot_words(ps)
+    train_words = set().union(*(slots[p["id"]] for p in sp["train"]))
+    assert not train_words & set().union(*(slots[p["id"]] for p in held))
+    # the in-template test: training templates, never trained on
+    assert {p["template"] for p in sp["test_in"]} <= train_t
+    assert not {p["id"] for p in sp["test_in"]} & {p["id"] for p in sp["train"]}
+    # each held-out share is near val_fraction of the prompts, and the report names the held-out templates
+    for k in ("val", "test", "test_in"):
+        assert 45 <= len(sp[k]) <= 135, (k, len(sp[k]))
+    assert info["kind"] == "template" and sorted({p["template"] for p in sp["test"]}) == info["test_templates"]
+    assert len(sp["train"]) >= 300
+
+
+def test_template_split_is_deterministic_and_seeded():
+    ps = _shipped()
+    a, _ = template_split(ps, 0.1, 0)
+    b, _ = template_split(list(ps), 0.1, 0)
+    c, _ = template_split(ps, 0.1, 1)
+    assert {k: [p["id"] for p in v] for k, v in a.items()} == {k: [p["id"] for p in v] for k, v in b.items()}
+    assert {p["template"] for p in a["test"]} != {p["template"] for p in c["test"]}
+
+
+def test_too_few_templates_is_a_clear_exit_2_error():
+    ps = [{"id": f"p{i}", "prompt": f"What is {i} plus 1?", "template": "add" if i % 2 else "sub"} for i in range(20)]
+    with pytest.raises(UserError, match="too few to hold out whole templates") as e:
+        template_split(ps, 0.1, 0)
+    assert e.value.exit_code == 2 and "data.split: shuffle" in e.value.hint
+
+
+def _ctx(tmp_path, rows, split="template"):
+    p = tmp_path / "p.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return SimpleNamespace(recipe=load_recipe("smollm2-seqkd", {"data.path": str(p), "data.split": split}))
+
+
+def test_prompts_without_templates_fall_back_to_a_shuffle(tmp_path):
+    rows = [{"id": f"q{i}", "prompt": f"Question number {i}?"} for i in range(40)]
+    sp, info = split_plan(_ctx(tmp_path, rows))
+    assert info["kind"] == "shuffle" and info["requested"] == "template" and "no prompt" in info["why"]
+    assert (len(sp["val"]), len(sp["test"]), len(sp["train"]), sp["test_in"]) == (4, 4, 32, [])
+
+
+def test_user_templates_are_read_from_the_prompts_file(tmp_path):
+    rows = [{"id": f"q{i}", "prompt": f"Tell me about topic{i} in style {i % 6}.", "template": f"t{i % 6}"}
+            for i in range(60)]
+    sp, info = split_plan(_ctx(tmp_path, rows))
+    assert info["kind"] == "template" and info["templates"] == 6
+    assert not {p["template"] for p in sp["train"]} & {p["template"] for k in ("val", "test") for p in sp[k]}
+
+
+def test_bootstrap_interval_contains_the_estimate_and_narrows_with_more_prompts():
+    rng = np.random.default_rng(0)
+
+    def prompts(n):
+        tokens = rng.integers(5, 40, n)
+        return rng.binomial(tokens, 0.6), tokens
+
+    widths = []
+    for n in (30, 300, 3000):
+        hits, tokens = prompts(n)
+        lo, hi = bootstrap_ci(hits, tokens)
+        assert lo <= hits.sum() / tokens.sum() <= hi
+        widths.append(hi - lo)
+    assert widths[0] > 2 * widths[1] > 4 * widths[2]  # ~1/sqrt(n): x10 prompts, ~3x narrower
+    # the summary: the point estimate inside its interval, per template summing back to the whole
+    hits, tokens = prompts(50)
+    nll = tokens * 1.5
+    s = summarize(nll, hits, tokens, ["a"] * 20 + ["b"] * 30)
+    assert s["agreement_ci95"][0] <= s["agreement"] <= s["agreement_ci95"][1]
+    assert s["perplexity"] == pytest.approx(np.exp(1.5))
+    assert sum(t["tokens"] for t in s["per_template"].values()) == s["tokens"] == tokens.sum()
+    assert s["per_template"]["a"]["prompts"] == 20
