@@ -88,6 +88,7 @@ SHARED_GROUPS = {
     "tests/e2e/test_device_cli.py": "fashion-e2e",
     "tests/e2e/test_llm_cli.py": "smollm2",
     "tests/llm/test_llm.py": "smollm2",
+    "tests/export/test_ascend_lm.py": "smollm2",
 }
 # The longest groups start first, so none starts last and leaves one worker finishing alone
 # (from `--durations`: each of these takes 25-250 s; most other files take a few seconds).
