@@ -87,6 +87,7 @@ SHARED_GROUPS = {
     "tests/e2e/test_cli.py": "fashion-e2e",
     "tests/e2e/test_device_cli.py": "fashion-e2e",
     "tests/e2e/test_llm_cli.py": "smollm2",
+    "tests/e2e/test_llm_ascend_cli.py": "smollm2",
     "tests/llm/test_llm.py": "smollm2",
     "tests/export/test_ascend_lm.py": "smollm2",
 }
