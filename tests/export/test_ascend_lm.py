@@ -247,3 +247,41 @@ def test_a_cache_too_short_for_the_prompts_is_refused(lm_bundle):
         FAMILY.convert(_job(lm_bundle["tmp"] / "short", payload, target))
     assert e.value.exit_code == 2 and "cache_length >= 40" in e.value.hint  # the 40-token validation sequence
     assert not (lm_bundle["tmp"] / "short" / "convert").exists()  # refused before any work
+
+
+# --------------------------------------------------------------------------- FP16 preflight (no tokenizer needed)
+
+
+def test_fp16_preflight_keeps_the_overflowing_projection_in_fp32(tmp_path):
+    """A Llama whose MLP down projections are scaled past FP16's range (weights ~1e5 > 65504, outputs larger):
+    fine in FP32 (the next RMSNorm rescales the residual stream), inf in FP16 at that MatMul. The preflight sees
+    next-token agreement collapse on validation sequences and the shared search keeps exactly that projection
+    kind (in every layer) in FP32."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edgekd.llm.sequences import Example
+    from edgekd.llm.static_kv import StaticSizes, export_static_graphs
+    from edgekd.targets.ascend.precision import lm_fp16_preflight
+
+    torch.manual_seed(3)
+    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.2)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.down_proj.weight.mul_(1e6)
+    paths = export_static_graphs(model, tmp_path, StaticSizes(16, 32), 13)
+    rng = np.random.default_rng(1)
+    val = [Example(rng.integers(3, 97, size=20).tolist(), 6) for _ in range(3)]
+    test = [Example(rng.integers(3, 97, size=20).tolist(), 6) for _ in range(2)]
+    with pytest.warns(RuntimeWarning, match="overflow"):  # numpy rounding the scaled weights to FP16: the point
+        r = lm_fp16_preflight(paths["prefill"], "allow_fp32_to_fp16", val, test, budget_points=2.0)
+    assert r["val_agreement"] < 0.5 and r["within_budget"] is False
+    assert r["keep_fp32_groups"] == ["/model/model/layers.*/mlp/down_proj/MatMul"]
+    assert len(r["keep_fp32"]) == 2 and all("down_proj" in n for n in r["keep_fp32"])
+    assert r["within_budget_with_keep"] and r["val_agreement_with_keep"] >= 0.98
+    assert r["agreement_with_keep"] == pytest.approx(r["fp32_agreement"], abs=0.05)
+    # nothing to simulate when the card keeps the original dtype
+    same = lm_fp16_preflight(paths["prefill"], "must_keep_origin_dtype", val, test, budget_points=2.0)
+    assert same["fp16_agreement"] == same["fp32_agreement"] and same["keep_fp32"] == []
