@@ -26,6 +26,7 @@ def test_smollm2_quick_build_for_ascend_measures_each_graph_on_the_device(tmp_pa
     out = tmp_path / "b"
     r = edgekd("build", "--target", "ascend", "--recipe", "smollm2-seqkd", "--quick", "--out", str(out), "--json",
                "--set", "data.train_size=24", "--set", "generate.max_new_tokens=12", "--set", "distill.epochs=1",
+               "--set", "generate.control=false",  # the labels-only control is test_llm_cli's subject
                "--set", "target.ascend.loop=20", "--set", "target.ascend.warmup=2",
                "--set", "target.ascend.idle_seconds=0.2", "--set", "target.ascend.power_interval_s=0.05", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
