@@ -159,20 +159,24 @@ def test_host_rows_are_estimates_and_the_report_says_the_device_did_not_run(lm_b
     m = lm_bundle["metrics"]
     rows = {r["variant"]: r for r in m["models"]}
     assert set(rows) == {"ascend-prefill-om", "ascend-decode-om"} and m["selected_artifact"] == "student/ascend-decode-om"
+    from edgekd.report.schema import ModelRow
+
     for r in rows.values():
+        ModelRow.model_validate(r)
         assert r["measured_on"] == "estimate" and r["energy"]["method"] == "estimate-roofline"
         assert r["latency_ms"]["p50"] > 0 and r["tokens_per_s"] is None
     assert rows["ascend-decode-om"]["ms_per_token"]["p50"] == rows["ascend-decode-om"]["latency_ms"]["p50"]
     assert rows["ascend-prefill-om"]["ttft_ms"]["p50"] == rows["ascend-prefill-om"]["latency_ms"]["p50"]
     not_run = " ".join(m["where"]["not_run"])
     assert "prefill.om/decode.om on the NPU" in not_run and "torch_npu" in not_run
-    assert m["device"]["status"] == "not run" and m["torch_npu"]["status"] == "not run"
+    assert m["device"]["status"] == "not run" and m["torch_npu"]["student"]["status"] == "not run"
 
 
 @needs_smollm2
 def test_fake_atc_and_msit_give_a_device_row_per_graph_with_npu_smi_energy_per_token(lm_bundle, tmp_path, monkeypatch):
     import shutil
 
+    from edgekd.report.schema import ModelRow
     from edgekd.targets.ascend.device import parse_msit_summary
     from edgekd.targets.ascend.lm import _run_atc, lm_rows, profile_lm_on_device
 
@@ -191,6 +195,7 @@ def test_fake_atc_and_msit_give_a_device_row_per_graph_with_npu_smi_energy_per_t
     recorded = parse_msit_summary((ascend_fakes.DATA / "msit_benchmark.txt").read_text())["latency_ms"]
     P = man["prompt_length"]
     for g, r in (("prefill", rows["ascend-prefill-om"]), ("decode", rows["ascend-decode-om"])):
+        ModelRow.model_validate(r)
         assert r["measured_on"] == "device" and r["device"] == "Ascend310P3" and r["format"] == "om"
         assert r["latency_ms"]["p50"] == pytest.approx(recorded["p50"]) and r["latency_ms"]["n"] == target.ascend.loop
         e = r["energy"]
@@ -212,7 +217,7 @@ def test_torch_npu_decode_path_with_a_recorded_npu_smi(lm_bundle, monkeypatch):
     import sys
 
     from edgekd.profile.measure.energy import NpuSmiSampler
-    from edgekd.targets.ascend.lm import student_on_npu
+    from edgekd.targets.ascend.lm import greedy_on_npu
 
     payload, asc = lm_bundle["payload"], lm_bundle["target"].ascend
 
@@ -225,15 +230,28 @@ def test_torch_npu_decode_path_with_a_recorded_npu_smi(lm_bundle, monkeypatch):
             super().start()
 
     board = Board(interval_s=0.01, reader=lambda: "\tNPU Real-time Power(W)         : %.1f\n" % (12.0 if board.starts <= 1 else 30.0))
-    r = student_on_npu(payload.student_dir, payload.test_prompts, 6, [2], asc, device="cpu", sampler=board,
+    r = greedy_on_npu(payload.student_dir, payload.test_prompts, 6, [2], asc, device="cpu", sampler=board,
                        available=lambda: (True, "fake NPU"))
     assert r["status"] == "ok" and r["ttft_ms"]["n"] == len(payload.test_prompts)
     assert r["ms_per_token"]["p50"] > 0 and r["tokens_per_s"] > 0 and 2 <= r["tokens"] <= 6 * len(payload.test_prompts)
     assert r["energy"]["method"] == "npu-smi" and r["energy"]["idle_watts"] == pytest.approx(12.0)
     e = r["energy"]  # 18 W above idle over the run's window, shared by the generated tokens
     assert e["joules_per_token"] == pytest.approx(18.0 * e["window_s"] / r["tokens"], rel=0.2)
+    # the student's and the teacher's runs become device rows (here the same run stands in for the teacher's)
+    from edgekd.report.schema import ModelRow
+    from edgekd.targets.ascend.lm import lm_rows
+
+    man = lm_bundle["metrics"]["manifest"]
+    rows = lm_rows(lm_bundle["dir"], man, {"status": "not run", "reason": "no NPU"}, r, lm_bundle["target"],
+                   man["params"], {**r, "path": "teacher"})
+    npu_rows = {x["role"]: x for x in rows if x["variant"] == "fp32-torch-npu"}
+    assert set(npu_rows) == {"student", "teacher"} and npu_rows["teacher"]["path"] == "teacher"
+    for x in npu_rows.values():
+        assert x["measured_on"] == "device" and x["ms_per_token"] == r["ms_per_token"] == x["latency_ms"]
+        assert x["joules_per_token"] == e["joules_per_token"] and x["params"] == man["params"]
+        ModelRow.model_validate(x)
     monkeypatch.setitem(sys.modules, "torch_npu", None)  # an import would raise
-    off = student_on_npu(payload.student_dir, payload.test_prompts, 6, [2], asc, available=lambda: (False, "no NPU"))
+    off = greedy_on_npu(payload.student_dir, payload.test_prompts, 6, [2], asc, available=lambda: (False, "no NPU"))
     assert off == {"status": "not run", "reason": "no NPU"}
 
 

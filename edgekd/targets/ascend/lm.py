@@ -338,12 +338,13 @@ def _sync(device: str) -> None:
         mod.synchronize()
 
 
-def student_on_npu(student_dir: Path, prompts: list[list[int]], max_new_tokens: int, stop: list[int],
-                   ascend: "AscendConfig", *, device: str = "npu", sampler: Any = None,
-                   available: Any = None) -> dict[str, Any]:
-    """The student's greedy decode in eager PyTorch on the NPU (torch_npu), npu-smi power sampled with the
-    idle baseline subtracted: TTFT, ms/token, tokens/s, joules per generated token. {"status": "not run",
-    "reason"} when torch_npu sees no NPU. `device`, `sampler` and `available` exist for tests."""
+def greedy_on_npu(folder: Path, prompts: list[list[int]], max_new_tokens: int, stop: list[int],
+                  ascend: "AscendConfig", *, device: str = "npu", sampler: Any = None,
+                  available: Any = None) -> dict[str, Any]:
+    """A causal LM's (the student's, the teacher's) greedy decode in eager PyTorch on the NPU (torch_npu),
+    npu-smi power sampled with the idle baseline subtracted: TTFT, ms/token, tokens/s, joules per generated
+    token. {"status": "not run", "reason"} when torch_npu sees no NPU. `device`, `sampler` and `available`
+    exist for tests."""
     from edgekd.runtimes.torch_device import torch_npu_status
 
     ok, reason = available() if available is not None else torch_npu_status()
@@ -357,7 +358,8 @@ def student_on_npu(student_dir: Path, prompts: list[list[int]], max_new_tokens: 
     from edgekd.profile.measure.energy import NpuSmiSampler, integrate_trapezoid
     from edgekd.profile.measure.stats import summarize
 
-    model, _ = load_causal_lm(student_dir)
+    model, _ = load_causal_lm(folder)
+    params = sum(t.numel() for t in model.parameters())
     model.to(device)
     sampler = sampler or NpuSmiSampler(ascend.device_id, interval_s=ascend.power_interval_s)
     idle = sampler.idle_watts(ascend.idle_seconds)
@@ -389,7 +391,8 @@ def student_on_npu(student_dir: Path, prompts: list[list[int]], max_new_tokens: 
                                         "(prefill included)"}
     energy["joules_per_inference"] = energy["joules_per_token"]
     step = summarize(steps) if steps else None
-    return {"status": "ok", "runtime": f"torch-{device} (eager)", "ttft_ms": summarize(ttft), "ms_per_token": step,
+    return {"status": "ok", "runtime": f"torch-{device} (eager)", "params": int(params), "ttft_ms": summarize(ttft),
+            "ms_per_token": step,
             "tokens_per_s": 1000.0 / step["mean"] if step else None, "tokens": tokens, "prompts": len(prompts),
             "energy": energy, "graph_mode": "not tried: torch_npu's graph mode (torchair) is not wired in"}
 
@@ -403,9 +406,10 @@ def _stats(lat: dict[str, Any], n: int | None, what: str) -> dict[str, Any]:
 
 
 def lm_rows(bundle: Path, manifest: dict[str, Any], device: dict[str, Any], npu: dict[str, Any],
-            target: "TargetConfig", params: int | None) -> list[dict[str, Any]]:
+            target: "TargetConfig", params: int | None, teacher_npu: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Report rows: one per graph (msit on the NPU: measured_on device; else the card's roofline estimate),
-    and the torch_npu decode when it ran. Agreement is the static FP32 graphs' on the test split (host)."""
+    and the student's and teacher's torch_npu decode when they ran (the teacher's row is what the device
+    comparison is made against). Agreement is the static FP32 graphs' on the test split (host)."""
     from edgekd.targets.ascend import _static_flops
     from edgekd.targets.estimate import roofline_estimate
 
@@ -457,15 +461,17 @@ def lm_rows(bundle: Path, manifest: dict[str, Any], device: dict[str, Any], npu:
                         "tokens_per_s": None, "throughput_per_s": None,  # 1/latency of a lower bound would add nothing
                         "joules_per_token": (jpi if per_token else jpi / P) if jpi is not None else None})
         rows.append(row)
-    if npu.get("status") == "ok":
-        step = npu["ms_per_token"] or npu["ttft_ms"]
-        rows.append({"role": "student", "variant": "fp32-torch-npu", "format": "safetensors", "runtime": npu["runtime"],
-                     "path": "../distill/student", "params": params, "size_bytes": None, "accuracy": None,
-                     "agreement": None, "peak_rss_bytes": None, "throughput_batch": 1, "measured_on": "device",
-                     "device": device.get("device") or target.ascend.soc_version, "latency_ms": step,
-                     "ttft_ms": npu["ttft_ms"], "ms_per_token": npu["ms_per_token"], "tokens_per_s": npu["tokens_per_s"],
-                     "throughput_per_s": npu["tokens_per_s"], "energy": npu["energy"],
-                     "joules_per_token": npu["energy"].get("joules_per_token"), "unit": "one generated token"})
+    for role, run, path in (("student", npu, "../distill/student"), ("teacher", teacher_npu or {}, None)):
+        if run.get("status") != "ok":
+            continue
+        rows.append({"role": role, "variant": "fp32-torch-npu", "format": "safetensors", "runtime": run["runtime"],
+                     "path": path or run.get("path", ""), "params": run.get("params"), "size_bytes": None,
+                     "accuracy": None, "agreement": None, "peak_rss_bytes": None, "throughput_batch": 1,
+                     "measured_on": "device", "device": device.get("device") or target.ascend.soc_version,
+                     "latency_ms": run["ms_per_token"] or run["ttft_ms"], "ttft_ms": run["ttft_ms"],
+                     "ms_per_token": run["ms_per_token"], "tokens_per_s": run["tokens_per_s"],
+                     "throughput_per_s": run["tokens_per_s"], "energy": run["energy"],
+                     "joules_per_token": run["energy"].get("joules_per_token"), "unit": "one generated token"})
     return rows
 
 
@@ -475,12 +481,17 @@ def convert_lm(job: "ConvertJob") -> tuple[dict[str, str], dict[str, Any]]:
     bundle = job.wd / "ascend"
     device = profile_lm_on_device(bundle, job.target.ascend, manifest)
     p: "LanguageModelPayload" = job.payload
-    npu = student_on_npu(p.student_dir, p.test_prompts[:4] or p.val_prompts[:4], p.max_new_tokens, list(p.stop_ids),
-                         job.target.ascend)
+    prompts = p.test_prompts[:4] or p.val_prompts[:4]
+    npu = greedy_on_npu(p.student_dir, prompts, p.max_new_tokens, list(p.stop_ids), job.target.ascend)
+    # the teacher on the same NPU and path: the like-for-like row the device comparison is formed against
+    teacher_npu = (greedy_on_npu(p.teacher_dir, prompts, p.max_new_tokens, list(p.stop_ids), job.target.ascend)
+                   if npu["status"] == "ok" else npu)
+    if teacher_npu.get("status") == "ok":
+        teacher_npu["path"] = str(p.teacher_dir)
     if job.log:
         job.log(f"  ascend: prefill.om/decode.om on the NPU: {device['status']}"
                 + (f" ({device['reason']})" if "reason" in device else ""))
-    rows = lm_rows(bundle, manifest, device, npu, job.target, manifest["params"])
+    rows = lm_rows(bundle, manifest, device, npu, job.target, manifest["params"], teacher_npu)
     outputs = {str(q.relative_to(bundle)): str(q.relative_to(job.wd)) for q in sorted(bundle.rglob("*")) if q.is_file()}
     par, prec = manifest["host_parity"], manifest["precision_preflight"]
     where: dict[str, list[str]] = {"ran": [], "not_run": []}
@@ -500,8 +511,9 @@ def convert_lm(job: "ConvertJob") -> tuple[dict[str, str], dict[str, Any]]:
         where["not_run"].append(f"prefill.om/decode.om on the NPU: {device['reason']}; their rows are the card's "
                                 "roofline estimate")
     if npu["status"] == "ok":
-        where["ran"].append(f"student greedy decode in PyTorch on the NPU ({npu['runtime']}, npu-smi energy per token)")
+        where["ran"].append(f"student and teacher greedy decode in PyTorch on the NPU ({npu['runtime']}, npu-smi energy "
+                            "per token)")
     else:
-        where["not_run"].append(f"student greedy decode on the NPU (torch_npu): {npu['reason']}")
+        where["not_run"].append(f"student and teacher greedy decode on the NPU (torch_npu): {npu['reason']}")
     return outputs, {"bundle": "ascend", "selected": job.selected, "manifest": manifest, "device": device,
-                     "torch_npu": npu, "models": rows, "selected_artifact": SELECTED, "where": where}
+                     "torch_npu": {"student": npu, "teacher": teacher_npu}, "models": rows, "selected_artifact": SELECTED, "where": where}
