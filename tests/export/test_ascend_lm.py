@@ -303,3 +303,33 @@ def test_fp16_preflight_keeps_the_overflowing_projection_in_fp32(tmp_path):
     # nothing to simulate when the card keeps the original dtype
     same = lm_fp16_preflight(paths["prefill"], "must_keep_origin_dtype", val, test, budget_points=2.0)
     assert same["fp16_agreement"] == same["fp32_agreement"] and same["keep_fp32"] == []
+
+
+@needs_smollm2
+def test_bundle_of_an_fp16_fragile_student_ships_keep_dtype_for_both_graphs(smol, tmp_path):
+    """The overflowing down projections (above) in a whole bundle: keep_dtype.cfg lists them, convert.sh passes
+    it to atc for both graphs, and every listed node exists in both graphs under that name."""
+    import onnx
+    import torch
+
+    from edgekd.targets.ascend import FAMILY
+
+    _, tok, _ = smol
+    model = _tiny_folder(tok, tmp_path / "student")
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.down_proj.weight.mul_(1e6)
+    model.save_pretrained(tmp_path / "student")
+    payload = _payload(tok, tmp_path / "student")
+    with pytest.warns(RuntimeWarning, match="overflow"):
+        _, metrics = FAMILY.convert(_job(tmp_path, payload, _card(ascend__prompt_length=16)))
+    b, pre = tmp_path / "convert" / "ascend", metrics["manifest"]["precision_preflight"]
+    assert pre["keep_fp32_groups"] == ["/model/model/layers.*/mlp/down_proj/MatMul"] and pre["within_budget_with_keep"]
+    assert pre["keep_fp32_absent_in_decode"] == []
+    listed = (b / "keep_dtype.cfg").read_text().split()
+    assert listed == pre["keep_fp32"] and len(listed) == 2
+    assert (b / "convert.sh").read_text().count("--keep_dtype=keep_dtype.cfg") == 2
+    for g in ("prefill", "decode"):
+        names = {n.name for n in onnx.load(str(b / f"{g}.onnx")).graph.node}
+        assert set(listed) <= names, g
+    assert "kept in FP32 via keep_dtype.cfg" in " ".join(metrics["where"]["ran"])

@@ -128,6 +128,12 @@ def _name_nodes(path: Path) -> None:
     onnx.save(m, str(path))
 
 
+def _node_names_of(path: Path) -> set[str]:
+    import onnx
+
+    return {n.name for n in onnx.load(str(path), load_external_data=False).graph.node}
+
+
 def _write_samples(tmp: Path, lm: Any, prompt: list[int], names: list[str]) -> dict[str, Any]:
     """inputs/prefill/*.bin and inputs/decode/*.bin: the real feeds of one validation prompt's first chunk
     and of the decode step after it (msit reads one raw file per input), with the token each predicts."""
@@ -180,11 +186,10 @@ def write_lm_bundle(job: "ConvertJob", *, atc_timeout_s: float = 3600.0) -> dict
     ATC failure raises StageError after the bundle (with atc.log) is written."""
     import torch
 
-    from edgekd.export.onnx import check_parity
     from edgekd.llm.models import load_causal_lm
     from edgekd.llm.onnx_gen import copy_tokenizer
     from edgekd.llm.static_kv import StaticLM, evaluate_static, export_static_graphs, greedy_parity, static_sizes
-    from edgekd.targets.ascend.bundle import _static_linted, check_target
+    from edgekd.targets.ascend.bundle import _static_linted, _write_script, check_target
     from edgekd.targets.ascend.precision import KEEP_DTYPE_FILE, keep_dtype_text, lm_fp16_preflight
 
     p: "LanguageModelPayload" = job.payload
@@ -236,6 +241,10 @@ def write_lm_bundle(job: "ConvertJob", *, atc_timeout_s: float = 3600.0) -> dict
         log(f"  ascend: FP16 preflight ({asc.precision_mode}) on next-token agreement of validation sequences")
         precision = lm_fp16_preflight(tmp / "prefill.onnx", asc.precision_mode, p.val, p.test, job.budget_points, log=job.log)
         if precision.get("keep_fp32"):
+            # chosen on the prefill graph; ATC applies the same file to the decode graph, whose nodes carry the
+            # same module-path names (a name it lacks would silently keep nothing there: recorded)
+            decode_nodes = _node_names_of(tmp / "decode.onnx")
+            precision["keep_fp32_absent_in_decode"] = [n for n in precision["keep_fp32"] if n not in decode_nodes]
             (tmp / KEEP_DTYPE_FILE).write_text(keep_dtype_text(precision["keep_fp32"]), encoding="utf-8")
         samples = _write_samples(tmp, lm, prompts[0], names)
         del lm
@@ -251,8 +260,6 @@ def write_lm_bundle(job: "ConvertJob", *, atc_timeout_s: float = 3600.0) -> dict
                               "present.* back as past_key_values.*, until a stop id or cache_length"}
         (tmp / "generation.json").write_text(json.dumps(generation, indent=1), encoding="utf-8")
         keep = bool(precision.get("keep_fp32"))
-        from edgekd.targets.ascend.bundle import _write_script
-
         _write_script(tmp / "convert.sh", _convert_sh(shapes, asc.soc_version, asc.precision_mode, keep))
         _write_script(tmp / "benchmark.sh", _benchmark_sh(names, asc.loop, asc.warmup, asc.device_id))
         atc = _run_atc(tmp, atc_timeout_s)
