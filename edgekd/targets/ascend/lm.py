@@ -10,7 +10,8 @@ FP16 preflight keeps in FP32; manifest.json the sha256 of every file.
 
 On the device (atc, msit and npu-smi on PATH): each .om is timed by msit with npu-smi power sampling
 (prefill = time to first token of a prompt of up to P tokens, decode = one generated token), and the
-student's greedy decode runs in PyTorch on the NPU through torch_npu with npu-smi energy per token.
+student's and the teacher's greedy decode run in eager PyTorch on the NPU through torch_npu with npu-smi
+energy per token (torch_npu's graph mode, torchair, is not wired in).
 Elsewhere the rows are the card's roofline estimate and the report says what did not run.
 """
 from __future__ import annotations
