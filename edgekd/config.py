@@ -416,6 +416,10 @@ class AscendConfig(Strict):
     device_id: int = Field(0, ge=0)
     idle_seconds: float = Field(2.0, ge=0, description="npu-smi idle-power baseline sampled before msit runs")
     power_interval_s: float = Field(0.1, gt=0, description="npu-smi power sampling period while msit runs")
+    # A language model's static prefill/decode graphs (None: from the recipe's prompts, max_length and
+    # max_new_tokens); the cache length is rounded up to a multiple of the prompt length.
+    prompt_length: int | None = Field(None, ge=1, description="tokens per prefill call (longer prompts: in chunks)")
+    cache_length: int | None = Field(None, ge=1, description="KV-cache slots of the static graphs (prompt + answer)")
 
 
 class TargetConfig(Strict):

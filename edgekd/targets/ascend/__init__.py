@@ -6,7 +6,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgekd.targets.base import Capability, ClassifierPayload, ConvertJob, TargetFamily, check_common
+from edgekd.targets.base import (Capability, ClassifierPayload, ConvertJob, LanguageModelPayload, TargetFamily,
+                                 check_common)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from edgekd.config import TargetConfig
@@ -122,6 +123,10 @@ def _convert(job: ConvertJob) -> tuple[dict[str, str], dict[str, Any]]:
     from edgekd.targets.ascend.device import profile_on_device
     from edgekd.zoo import count_params
 
+    if isinstance(job.payload, LanguageModelPayload):  # static prefill/decode graphs with the KV cache as tensors
+        from edgekd.targets.ascend.lm import convert_lm
+
+        return convert_lm(job)
     input_name, x_check, expected, calib = job.single_io("the Ascend bundle")
     cls = job.payload if isinstance(job.payload, ClassifierPayload) else None
     # A classifier's static graph reports test accuracy and gets the FP16 preflight; without a
@@ -168,8 +173,7 @@ CANNOT_SHIP = {
 FAMILY = TargetFamily(
     name="ascend", summary="Huawei Ascend NPU via CANN (ATC .om, msit, npu-smi)", formats=frozenset({"onnx", "om"}),
     check=_check, availability=_availability, required=("bundle (no CANN needed)",), convert=_convert,
-    tasks=frozenset({"classification"}),
-    tasks_hint="its ATC bundle takes classifiers; static prefill/decode graphs of a KV-cache language model are not built yet",
+    tasks=frozenset({"classification", "text-generation"}),
     matches=_matches, claims="runtime ascend", profile_teacher_on_device=_teacher_on_npu, resolve=_resolve,
     cannot_ship=CANNOT_SHIP,
     cannot_ship_hint="INT8 on Ascend goes through AMCT: the bundle carries amct/calibrate.py and a calibration batch "

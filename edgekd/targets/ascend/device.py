@@ -87,12 +87,13 @@ def detect_ascend_soc(timeout_s: float = 20.0) -> tuple[str | None, str]:
 
 def run_msit_on_device(om_path: Path | str, loop: int, warmup: int, device_id: int = 0, *,
                        idle_seconds: float = 2.0, interval_s: float = 0.1, timeout_s: float = 1800.0,
-                       sampler: Any = None) -> dict[str, Any]:
+                       sampler: Any = None, extra: "list[str] | tuple[str, ...]" = ()) -> dict[str, Any]:
     """Time model.om with `msit benchmark` while `npu-smi info -t power` is sampled in the background.
 
     The board's idle power is sampled for `idle_seconds` first and subtracted: joules per inference
     = integral of (P - P_idle) over the msit run / (loop + warmup) calls, so model load and process
     start (near idle power) add almost nothing, and what remains is the energy the inferences drew.
+    `extra` is appended to msit's command line (e.g. --input with a graph's sample feeds).
     Raises TargetUnavailable when msit or npu-smi is missing, StageError when msit fails.
     """
     from edgekd.profile.measure.energy import NpuSmiSampler, integrate_trapezoid
@@ -109,7 +110,7 @@ def run_msit_on_device(om_path: Path | str, loop: int, warmup: int, device_id: i
         raise StageError(f"{om} not found", hint="run the bundle's convert.sh (atc) first")
     idle = sampler.idle_watts(idle_seconds)
     cmd = [msit, "benchmark", "--om-model", str(om), "--loop", str(int(loop)), "--warmup-count", str(int(warmup)),
-           "--device", str(int(device_id))]
+           "--device", str(int(device_id)), *extra]
     sampler.start()
     t0 = time.perf_counter()
     try:
@@ -120,10 +121,11 @@ def run_msit_on_device(om_path: Path | str, loop: int, warmup: int, device_id: i
     wall = time.perf_counter() - t0
     gross = sampler.stop()
     log = proc.stdout + ("\n" + proc.stderr if proc.stderr else "")
-    (om.parent / "msit.log").write_text(log, encoding="utf-8")
+    log_path = om.parent / ("msit.log" if om.stem == "model" else f"msit_{om.stem}.log")
+    log_path.write_text(log, encoding="utf-8")
     if proc.returncode != 0:
         tail = (log.strip().splitlines() or ["no output"])[-1][:200]
-        raise StageError(f"msit benchmark failed (exit {proc.returncode}): {tail}", hint=f"see {om.parent / 'msit.log'}")
+        raise StageError(f"msit benchmark failed (exit {proc.returncode}): {tail}", hint=f"see {log_path}")
     summary = parse_msit_summary(log)
     samples = list(sampler.samples)
     window = samples[-1][0] - samples[0][0] if len(samples) > 1 else wall
@@ -139,7 +141,7 @@ def run_msit_on_device(om_path: Path | str, loop: int, warmup: int, device_id: i
     if energy["joules_per_inference"] is None:
         energy["error"] = "power never rose above the idle baseline: the run was too short for npu-smi to see it"
     return {**summary, "runtime": "msit benchmark", "command": " ".join(cmd), "loop": int(loop), "warmup": int(warmup),
-            "device_id": int(device_id), "wall_s": wall, "energy": energy, "log": "msit.log"}
+            "device_id": int(device_id), "wall_s": wall, "energy": energy, "log": log_path.name}
 
 
 # --------------------------------------------------------------------------- on the Ascend host

@@ -248,3 +248,90 @@ def fp16_preflight(static_model: Path | str, mode: str, x_test: np.ndarray, y_te
 def keep_dtype_text(nodes: list[str]) -> str:
     """ATC --keep_dtype file: one original-model operator name per line."""
     return "".join(f"{n}\n" for n in nodes)
+
+
+LM_AGREEMENT = "next-token agreement with fp32"  # the language model's choice metric (validation sequences)
+
+
+def lm_fp16_preflight(prefill: Path | str, mode: str, val: list[Any], test: list[Any], budget_points: float, *,
+                      max_examples: int = 16, max_keep: int = 8,
+                      log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The FP16 preflight of a language model's static prefill/decode pair, on next-token agreement.
+
+    The prefill graph (the decode graph has the same operators under the same names) is rewritten as for
+    classifiers and run by teacher forcing over validation sequences (llm.sequences.Example, at most
+    `max_examples`). The choice: agreement of its argmax with the FP32 graph's at every answer position; when
+    it falls past `budget_points`, whole projection kinds across every layer (`/model/layers.*/mlp/down_proj/
+    MatMul`: one decision per kind, as the language model's quantization search makes it) are kept in FP32 by
+    the shared keep_fp32_search. The test split only reports: next-token agreement with the teacher's tokens
+    for FP32, FP16 and FP16 with the kept layers. `keep_fp32` names nodes, valid in both graphs."""
+    import onnx
+
+    from edgekd.llm.static_kv import StaticLM, evaluate_static
+    from edgekd.quantize.budget import Budget
+    from edgekd.quantize.sensitivity import group_name, keep_fp32_search
+
+    if not val:
+        raise DataError("the Ascend FP16 preflight needs validation sequences: it chooses the FP32-kept layers on them",
+                        hint="keep a validation split (data.val_fraction > 0); the test split only reports")
+    budget = Budget(float(budget_points), metric=LM_AGREEMENT)
+    val, test = list(val)[:max_examples], list(test)[:max_examples]
+    scope = MODE_FP16_SCOPE.get(mode)
+
+    def ev(path: Path, examples: list[Any]) -> dict[str, Any]:
+        # optimizations off: no optimizer may fold the rounding casts away
+        return evaluate_static(StaticLM(path, None, optimization="disable"), examples)
+
+    ref_val = ev(Path(prefill), val)["argmax"]
+    fp32_test = ev(Path(prefill), test)["agreement"] if test else None
+    result: dict[str, Any] = {
+        "mode": mode, "scope": scope, "split": "test", "examples": len(test), "measured_on": "host",
+        "metric": "next-token agreement with the teacher's tokens (teacher forcing through the static prefill graph)",
+        "method": "onnxruntime CPU, FP16 rounding at the FP16 operators' inputs/weights/outputs",
+        "choice": {"split": "validation", "examples": len(val), "tokens": int(len(ref_val)), "metric": LM_AGREEMENT},
+        "fp32_agreement": fp32_test, "fp16_agreement": None, "drop_points": None, "budget_points": float(budget_points),
+        "within_budget": True, "keep_fp32": [], "keep_fp32_groups": [], "agreement_with_keep": None}
+    if scope is None:
+        result.update({"note": f"{mode} keeps FP32 on the NPU: nothing to simulate", "fp16_agreement": fp32_test,
+                       "drop_points": 0.0})
+        return result
+    if scope == "bf16":
+        result.update({"note": f"{mode} runs bfloat16, which this host simulation does not model", "within_budget": None})
+        return result
+    model = onnx.load(str(prefill))
+    _node_names(model)
+    candidates = fp16_nodes(model, scope)
+    groups: dict[str, list[str]] = {}
+    for n in candidates:
+        groups.setdefault(group_name(n), []).append(n)
+
+    def val_agreement(path: Path) -> float:
+        return float((ev(path, val)["argmax"] == ref_val).mean())
+
+    def test_agreement(path: Path) -> float | None:
+        return ev(path, test)["agreement"] if test else None
+
+    with tempfile.TemporaryDirectory(prefix="edgekd-lm-fp16-") as tmp:
+        work = Path(tmp)
+        full = to_fp16(model, candidates, work / "fp16.onnx")
+        agree = val_agreement(full)
+        fp16_test = test_agreement(full)
+        result.update({"fp16_agreement": fp16_test, "fp16_nodes": len(candidates), "groups": len(groups),
+                       "drop_points": (fp32_test - fp16_test) * 100.0 if fp16_test is not None else None,
+                       "val_agreement": agree, "within_budget": budget.within(1.0, agree)})
+        if result["within_budget"] or not candidates:
+            return result
+
+        def build(keep: list[str], path: Path) -> None:
+            to_fp16(model, [c for c in candidates if c not in keep], path)
+
+        keep_path = work / "keep.onnx"
+        found = keep_fp32_search(groups, build, val_agreement, keep_path, reference=1.0, initial=agree, budget=budget,
+                                 max_steps=max_keep,
+                                 log=(lambda line: log(f"  lm fp16 preflight: {line.strip()}")) if log else None)
+        with_keep = test_agreement(keep_path) if found.kept_nodes else fp16_test  # reported, never steering
+        result.update({"keep_fp32": found.kept_nodes, "keep_fp32_groups": found.kept_groups,
+                       "agreement_with_keep": with_keep, "ranking": found.ranking,
+                       "drop_points_with_keep": (fp32_test - with_keep) * 100.0 if with_keep is not None else None,
+                       "val_agreement_with_keep": found.score, "within_budget_with_keep": found.within_budget})
+    return result

@@ -49,7 +49,9 @@ TASK = Task(
     name="text-generation", recipe_tasks=("text-generation",),
     summary="a causal language model: teacher answers (sequence-level KD) + top-k token KD; next-token agreement",
     front=front,
-    quantize_deps=("generate", "distill", "export"), quantize_reads=("recipe.quantize", "recipe.data", "recipe.generate"),
+    quantize_deps=("generate", "distill", "export"),
+    quantize_reads=("recipe.quantize", "recipe.data", "recipe.generate",
+                    "target.runtime", "target.providers"),  # runtime + providers: the family, which filters candidates
     quantize_cfg=_quantize_cfg, quantize_plan=quantize_plan,
     profile_deps=("teacher", "generate", "distill", "quantize"),
     profile_reads=("recipe.teacher", "recipe.data", "recipe.generate", "target"),

@@ -13,8 +13,19 @@ from edgekd.tasks.text_generation.data import read_answers
 # --------------------------------------------------------------------------- export
 
 
+# optimum writes the attention as scaled_dot_product_attention, which the exporter has from opset 14. The
+# KV-cache ONNX is the host-side candidate (quantized, timed and selected on onnxruntime); a target whose
+# runtime needs a lower opset gets its own graphs from its converter (Ascend: static prefill/decode graphs
+# at the card's opset), so a card's lower opset raises this one instead of failing the export.
+KV_EXPORT_MIN_OPSET = 14
+
+
+def _opset(ctx: BuildContext) -> int:
+    return max(ctx.target.onnx.opset, KV_EXPORT_MIN_OPSET)
+
+
 def _export_cfg(ctx: BuildContext) -> dict:
-    return {"opset": ctx.target.onnx.opset, "parity": ctx.target.parity.model_dump()}
+    return {"opset": _opset(ctx), "parity": ctx.target.parity.model_dump()}
 
 
 def _examples(ctx: BuildContext, inputs: dict[str, StageResult], split: str):
@@ -36,7 +47,7 @@ def stage_export(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
 
     src = inputs["distill"].dir / "student"
     onnx_dir = wd / "student"
-    path = export_with_past(src, onnx_dir, ctx.target.onnx.opset)
+    path = export_with_past(src, onnx_dir, _opset(ctx))
     student, tok = load_causal_lm(src)
     test = read_answers(inputs["generate"])["test"][:3]
     p = ctx.target.parity
@@ -54,7 +65,7 @@ def stage_export(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
     import onnx
 
     m = onnx.load(str(path), load_external_data=False)
-    return StageOutput(outputs, {"student_parity": par, "opset": ctx.target.onnx.opset,
+    return StageOutput(outputs, {"student_parity": par, "opset": _opset(ctx),
                                  "inputs": [i.name for i in m.graph.input], "outputs": [o.name for o in m.graph.output]})
 
 

@@ -25,7 +25,13 @@ def _quantize_cfg(ctx: BuildContext) -> dict:
     q = ctx.recipe.quantize
     # checked here, in the pipeline's pre-flight: a bad option is exit 2 before the teacher generates
     check_options(q.options)
-    return {"candidates": lm_candidate_names(ctx), "options": q.options, "budget": q.accuracy_budget,
+    kept, dropped = lm_candidate_plan(ctx)
+    if dropped and ctx.console is not None:  # said once per build, at pre-flight, as for classifiers
+        from edgekd.targets import dropped_line
+
+        line = dropped_line(ctx.target, dropped, kept)
+        ctx.memo("candidates-not-built", lambda: ctx.console.print(line, soft_wrap=True, markup=False) or True)
+    return {"candidates": kept, "options": q.options, "budget": q.accuracy_budget,
             "accuracy_aware": q.accuracy_aware}
 
 
@@ -41,6 +47,15 @@ def lm_candidate_names(ctx: BuildContext) -> list[str]:
     return ["fp32"] + [n for n in names if n != "fp32"]  # fp32 first: the reference the others are judged against
 
 
+def lm_candidate_plan(ctx: BuildContext) -> tuple[list[str], list[dict[str, str]]]:
+    """(the candidates this build makes, those the target's family cannot ship): on Ascend the integer ONNX
+    kinds (ATC has no parser for them; the bundle is the FP32 student's static graphs with the FP16
+    preflight), reported as unsupported-on-target."""
+    from edgekd.targets import split_candidates
+
+    return split_candidates(ctx.target, lm_candidate_names(ctx))
+
+
 RANK_EXAMPLES = 32  # validation examples that rank the keep-in-FP32 trials (the full validation split confirms each step)
 
 
@@ -53,6 +68,7 @@ def quantize_plan(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
 
     _, val = _examples(ctx, inputs, "val")
     _, test = _examples(ctx, inputs, "test")
+    names, not_built = lm_candidate_plan(ctx)
 
     def evaluate(examples):
         def ev(path: Path) -> dict[str, Any]:
@@ -61,7 +77,7 @@ def quantize_plan(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
         return ev
 
     return QuantizePlan(
-        names=lm_candidate_names(ctx), not_built=[], options=dict(ctx.recipe.quantize.options), calib=None,
+        names=names, not_built=not_built, options=dict(ctx.recipe.quantize.options), calib=None,
         validate=evaluate(val), test=evaluate(test),
         fields=lambda name, path, v, t: {"val_perplexity": v["perplexity"], "perplexity": t["perplexity"]},
         metric="next-token agreement with the teacher", grouping="layer-groups",
