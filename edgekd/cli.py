@@ -414,7 +414,7 @@ def regress(
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="stored baseline report.json"),
     max_accuracy_drop: float = typer.Option(0.5, help="points of accuracy the student may lose"),
     max_size_growth: str = typer.Option("5%", help="allowed size growth: 5% or 0.05 (a bare number > 1 is refused)"),
-    max_latency_growth: Optional[str] = typer.Option(None, help="opt-in: allowed growth of student/teacher latency ratio, e.g. 20%"),
+    max_latency_growth: Optional[str] = typer.Option(None, help="opt-in: allowed growth of the student/teacher latency ratio (a language model: of the teacher/student tokens/s ratio), e.g. 20%"),
     min_kd_gain: Optional[float] = typer.Option(None, help="opt-in: points the KD student must beat the labels-only control by (works without --baseline)"),
     update_baseline: bool = typer.Option(False, "--update-baseline", help="write REPORT as the new baseline"),
     json_out: bool = typer.Option(False, "--json"),

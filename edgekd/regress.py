@@ -4,6 +4,10 @@ Gated: test accuracy (drop in points) and artifact size (relative growth) of the
 and of every student variant the baseline has; a variant present in the baseline and missing (or
 failed) now is a breach. Latency is opt-in and gated as the student's speedup over the teacher
 measured in the same run, because absolute times differ from one machine to the next.
+
+A text-generation report is gated on what its rows mean: next-token agreement with the teacher (in
+points, like accuracy) and generated tokens per second relative to the teacher's in the same run
+(opt-in like latency), beside the artifact sizes.
 """
 from __future__ import annotations
 
@@ -83,18 +87,23 @@ def _student_variants(report: dict) -> dict[str, dict]:
         if m.get("role") == "student":
             add(str(m.get("variant")), str(m.get("format")), {
                 "accuracy": m.get("accuracy"), "size_bytes": m.get("size_bytes"),
-                "p50": (m.get("latency_ms") or {}).get("p50"), "failed": None})
+                "p50": (m.get("latency_ms") or {}).get("p50"), "tokens_per_s": m.get("tokens_per_s"),
+                "failed": None})
     for c in report.get("candidates") or []:
         status = str(c.get("status", ""))
         add(str(c.get("variant")), str(c.get("format")), {
             "accuracy": c.get("accuracy"), "size_bytes": c.get("size_bytes"),
-            "p50": (c.get("latency_ms") or {}).get("p50"),
+            "p50": (c.get("latency_ms") or {}).get("p50"), "tokens_per_s": c.get("tokens_per_s"),
             "failed": status if status.startswith("failed") else None})
     return out
 
 
-def _accuracy_row(name: str, base: Any, now: Any, max_drop: float) -> GateRow:
-    metric = f"{name} accuracy"
+def _is_lm(report: dict) -> bool:
+    return report.get("task") == "text-generation"
+
+
+def _accuracy_row(name: str, base: Any, now: Any, max_drop: float, what: str = "accuracy") -> GateRow:
+    metric = f"{name} {what}"
     if not _num(base):
         return GateRow(metric, base, now, None, None, INFO, "accuracy", "no baseline figure")
     if not _num(now):
@@ -121,9 +130,15 @@ def _speedup(teacher_p50: Any, p50: Any) -> float | None:
     return float(teacher_p50) / float(p50) if _num(teacher_p50) and _num(p50) and p50 > 0 else None
 
 
-def _latency_row(name: str, base_speedup: float | None, now_speedup: float | None, max_growth: float) -> GateRow:
-    """Latency growth relative to the teacher: base speedup / now speedup - 1."""
-    metric = f"{name} speedup vs teacher"
+def _tokens_ratio(teacher_tps: Any, tps: Any) -> float | None:
+    return float(tps) / float(teacher_tps) if _num(teacher_tps) and _num(tps) and teacher_tps > 0 else None
+
+
+def _latency_row(name: str, base_speedup: float | None, now_speedup: float | None, max_growth: float,
+                 what: str = "speedup vs teacher") -> GateRow:
+    """Latency growth relative to the teacher: base speedup / now speedup - 1 (for a language model the
+    speed-up is its generated tokens/s over the teacher's)."""
+    metric = f"{name} {what}"
     if base_speedup is None:
         return GateRow(metric, base_speedup, now_speedup, None, None, INFO, "speedup", "no baseline figure")
     if now_speedup is None:
@@ -182,14 +197,25 @@ def compare(report: dict, baseline: dict, max_accuracy_drop: float = 0.5, max_si
     changed = baseline.get("selected") != report.get("selected")
     rows.append(GateRow("selected variant", baseline.get("selected"), report.get("selected"), None, None, INFO, "text",
                         "changed" if changed else ""))
-    rows.append(_accuracy_row("selected", sel_b.get("accuracy"), sel_n.get("accuracy"), max_accuracy_drop))
+    lm = _is_lm(report)
+    what = "next-token agreement" if lm else "accuracy"
+    rows.append(_accuracy_row("selected", sel_b.get("accuracy"), sel_n.get("accuracy"), max_accuracy_drop, what))
     rows.append(_size_row("selected", sel_b.get("size_bytes"), sel_n.get("size_bytes"), max_size_growth))
 
-    t_b = ((teacher_of(baseline) or {}).get("latency_ms") or {}).get("p50")
-    t_n = ((teacher_of(report) or {}).get("latency_ms") or {}).get("p50")
+    t_b, t_n = teacher_of(baseline) or {}, teacher_of(report) or {}
+    if lm:  # generated tokens/s over the teacher's in the same run: the machine's speed cancels out
+        speed = "tokens/s vs teacher"
+
+        def ratio(teacher: dict, entry: dict) -> float | None:
+            return _tokens_ratio(teacher.get("tokens_per_s"), entry.get("tokens_per_s"))
+    else:
+        speed = "speedup vs teacher"
+
+        def ratio(teacher: dict, entry: dict) -> float | None:
+            return _speedup((teacher.get("latency_ms") or {}).get("p50"),
+                            entry.get("p50", (entry.get("latency_ms") or {}).get("p50")))
     if max_latency_growth is not None:
-        rows.append(_latency_row("selected", _speedup(t_b, (sel_b.get("latency_ms") or {}).get("p50")),
-                                 _speedup(t_n, (sel_n.get("latency_ms") or {}).get("p50")), max_latency_growth))
+        rows.append(_latency_row("selected", ratio(t_b, sel_b), ratio(t_n, sel_n), max_latency_growth, speed))
 
     now_vars = _student_variants(report)
     for name, b in _student_variants(baseline).items():
@@ -200,10 +226,10 @@ def compare(report: dict, baseline: dict, max_accuracy_drop: float = 0.5, max_si
             rows.append(GateRow(f"{name} present", "yes", n["failed"] if n else "missing", None, None, BREACH, "text",
                                 "variant in the baseline is " + ("failed now" if n else "missing now")))
             continue
-        rows.append(_accuracy_row(name, b["accuracy"], n["accuracy"], max_accuracy_drop))
+        rows.append(_accuracy_row(name, b["accuracy"], n["accuracy"], max_accuracy_drop, what))
         rows.append(_size_row(name, b["size_bytes"], n["size_bytes"], max_size_growth))
         if max_latency_growth is not None:
-            rows.append(_latency_row(name, _speedup(t_b, b["p50"]), _speedup(t_n, n["p50"]), max_latency_growth))
+            rows.append(_latency_row(name, ratio(t_b, b), ratio(t_n, n), max_latency_growth, speed))
     if min_kd_gain is not None:
         rows.append(_kd_gain_row(kd_gain_of(baseline), kd_gain_of(report), min_kd_gain))
     limits = {"max_accuracy_drop": max_accuracy_drop, "max_size_growth": max_size_growth,

@@ -169,3 +169,37 @@ def test_history_plot(tmp_path, base):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no usable report.json"):
         history(tmp_path / "empty")
+
+
+def _as_text_generation(r: dict) -> dict:
+    """The fixture as a language-model report: agreement in `accuracy`, generated tokens/s per row."""
+    r = copy.deepcopy(r)
+    r["task"] = "text-generation"
+    for m in r["models"]:
+        m["tokens_per_s"] = 1000.0 / m["latency_ms"]["p50"]
+    return r
+
+
+def test_text_generation_reports_are_gated_on_agreement_and_tokens_per_s(base):
+    lm = _as_text_generation(base)
+    res = compare(copy.deepcopy(lm), lm, max_latency_growth=0.2)
+    assert res.passed
+    metrics = {r.metric for r in res.rows}
+    assert {"selected next-token agreement", "selected tokens/s vs teacher", "fp32 tokens/s vs teacher"} <= metrics
+    assert not any(m.endswith(" accuracy") or "speedup" in m for m in metrics)
+
+    now = copy.deepcopy(lm)
+    _model(now, "int8-dynamic")["accuracy"] -= 0.01  # one point of agreement lost
+    assert "selected next-token agreement" in _breached(compare(now, lm))
+
+    # the whole machine is twice as slow (teacher too): tokens/s relative to the teacher is unchanged
+    slower = copy.deepcopy(lm)
+    for m in slower["models"]:
+        m["tokens_per_s"] /= 2
+    assert compare(slower, lm, max_latency_growth=0.2).passed
+    # the student alone lost half its tokens/s: a breach, named as tokens/s
+    worse = copy.deepcopy(lm)
+    _model(worse, "int8-dynamic")["tokens_per_s"] /= 2
+    res = compare(worse, lm, max_latency_growth=0.2)
+    assert "selected tokens/s vs teacher" in _breached(res)
+    assert "slower relative to the teacher" in res.breaches[0].note

@@ -22,7 +22,7 @@ def test_smollm2_seqkd_quick_build(tmp_path, llm_cache):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     r = edgekd("build", "--recipe", "smollm2-seqkd", "--quick", "--out", str(out), "--json",
-               "--set", "data.train_size=24", "--set", "generate.max_new_tokens=12", env=env, cwd=cwd)
+               "--set", "data.train_size=32", "--set", "generate.max_new_tokens=12", env=env, cwd=cwd)
     assert r.returncode == 0, r.stderr[-3000:]
     assert not list(cwd.iterdir())
     # the first build on an empty cache dequantizes the GGUF: no progress bar in a captured stderr
@@ -49,7 +49,7 @@ def test_smollm2_seqkd_quick_build(tmp_path, llm_cache):
     # every prompt of a split answered; the control was trained too
     split = rep["generation"]["split"]
     assert split["kind"] == "template" and split["test_templates"] and split["val_templates"]
-    n = 24 - split["dropped_sharing_slot_words"]
+    n = 32 - split["dropped_sharing_slot_words"]
     assert rep["generation"]["answers"] == n and sum(rep["generation"]["splits"].values()) == n
     ctrl = rep["training"]["control"]
     assert ctrl is not None and math.isfinite(ctrl["test"]["perplexity"])
@@ -82,7 +82,7 @@ def test_smollm2_seqkd_quick_build(tmp_path, llm_cache):
     assert 1 <= len(toks) <= 5 and timing["ttft_s"] > 0
     # a rebuild reuses every stage (the generation cache and the teacher are not touched again)
     r2 = edgekd("build", "--recipe", "smollm2-seqkd", "--quick", "--out", str(out), "--quiet",
-                "--set", "data.train_size=24", "--set", "generate.max_new_tokens=12", env=env, cwd=cwd)
+                "--set", "data.train_size=32", "--set", "generate.max_new_tokens=12", env=env, cwd=cwd)
     assert r2.returncode == 0, r2.stderr[-2000:]
     stages = {e["stage"]: e["reused"] for e in json.loads((out / "run.json").read_text())["stages"]}
     assert all(stages[k] for k in ("teacher", "generate", "distill", "export", "quantize", "profile"))
