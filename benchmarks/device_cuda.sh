@@ -6,8 +6,10 @@
 #   env.txt                 nvidia-smi, versions, providers, `edgekd targets`
 #   fashion-cuda.json/.md   report of `edgekd build --target cuda --recipe fashion-cnn --quick`
 #   digits-cuda.json        report of the digits-mlp quick build on cuda
+#   llm-cuda.json/.md       report of the smollm2-seqkd quick build on cuda: the students on onnxruntime's CUDA
+#                           provider, the teacher decoding on the GPU, NVML joules per generated token
 #   pytest-cuda.txt         the GPU-marked tests (torch on cuda, NVML) and the cuda availability probe
-# benchmarks/cuda_results.py turns the reports into benchmarks/results/cuda.json on the host.
+# Copy the reports back and quote them in the issue notes (the README quotes only results files).
 set -u
 OUT=${OUT:-/tmp/edgekd-cuda}
 mkdir -p "$OUT"
@@ -25,11 +27,12 @@ build() {  # build NAME RECIPE TIMEOUT
   local t0=$SECONDS
   timeout "$3" $PY -m edgekd.cli build --target cuda --recipe "$2" --quick --out "/tmp/b-$1" 2>&1 | tail -40
   echo "== $1: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s"
-  cp "/tmp/b-$1/report.json" "$OUT/$1-cuda.json" 2>/dev/null
-  cp "/tmp/b-$1/report.md" "$OUT/$1-cuda.md" 2>/dev/null
+  cp "/tmp/b-$1/report/report.json" "$OUT/$1-cuda.json" 2>/dev/null
+  cp "/tmp/b-$1/report/report.md" "$OUT/$1-cuda.md" 2>/dev/null
 }
 build digits digits-mlp 120
 build fashion fashion-cnn 240
+build llm smollm2-seqkd 900
 timeout 150 $PY -m pytest -q -p no:cacheprovider -m "cuda" tests/targets/test_registry.py tests/profile/test_profile.py \
   >"$OUT/pytest-cuda.txt" 2>&1
 timeout 60 $PY -m pytest -q -p no:cacheprovider tests/targets/test_registry.py -k "cuda or availability" \

@@ -99,7 +99,9 @@ def _student_variants(report: dict) -> dict[str, dict]:
 
 
 def _is_lm(report: dict) -> bool:
-    return report.get("task") == "text-generation"
+    """A language model's report: its rows are per generated token (they carry tokens/s and agreement)."""
+    sel = selected_of(report) or {}
+    return "tokens_per_s" in sel and "agreement" in sel
 
 
 def _accuracy_row(name: str, base: Any, now: Any, max_drop: float, what: str = "accuracy") -> GateRow:

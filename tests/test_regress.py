@@ -177,6 +177,7 @@ def _as_text_generation(r: dict) -> dict:
     r["task"] = "text-generation"
     for m in r["models"]:
         m["tokens_per_s"] = 1000.0 / m["latency_ms"]["p50"]
+        m["agreement"] = m["accuracy"]
     return r
 
 

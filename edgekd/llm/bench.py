@@ -17,19 +17,24 @@ from typing import Any
 from edgekd.errors import EdgekdError
 from edgekd.profile.spec import GenerationSpec, load_spec
 
-def _torch_runner(path: str):
+def _torch_runner(path: str, device: str = "cpu"):
     import torch
 
     from edgekd.llm.models import load_causal_lm
 
     model, _ = load_causal_lm(path)
+    model.to(device)
+    # the next token's id is read on the host every step (greedy decoding), so each step's time includes the
+    # GPU's work; synchronize() makes the prefill's too
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def run(prompt: list[int], n: int) -> tuple[float, list[float]]:
         with torch.no_grad():
-            ids = torch.tensor([prompt])
+            ids = torch.tensor([prompt], device=device)
             t0 = time.perf_counter()
             out = model(input_ids=ids, use_cache=True)
             nxt = out.logits[0, -1].argmax().view(1, 1)
+            sync()
             ttft = time.perf_counter() - t0
             past, steps = out.past_key_values, []
             for _ in range(n - 1):
@@ -37,18 +42,20 @@ def _torch_runner(path: str):
                 out = model(input_ids=nxt, past_key_values=past, use_cache=True)
                 nxt = out.logits[0, -1].argmax().view(1, 1)
                 past = out.past_key_values
+                sync()
                 steps.append(time.perf_counter() - t1)
         return ttft, steps
 
     return run
 
 
-def _onnx_runner(path: str, threads: int):
+def _onnx_runner(path: str, threads: int, providers: list[str] | None = None):
     import numpy as np
 
     from edgekd.llm.onnx_gen import OrtLM
 
-    lm = OrtLM(path, threads)
+    on_cpu = not providers or providers == ["CPUExecutionProvider"]
+    lm = OrtLM(path, threads, None if on_cpu else providers)
 
     def run(prompt: list[int], n: int) -> tuple[float, list[float]]:
         ids = np.asarray([prompt], dtype=np.int64)
@@ -86,12 +93,16 @@ def run_spec(spec_in: GenerationSpec | dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(threads)
     rss0 = current_rss()
     t_load = time.perf_counter()
-    run = _torch_runner(spec.path) if spec.kind == "torch" else _onnx_runner(spec.path, threads)
+    gpu = (st.torch_device == "cuda") if spec.kind == "torch" else any("CUDA" in p for p in st.providers)
+    run = (_torch_runner(spec.path, st.torch_device) if spec.kind == "torch"
+           else _onnx_runner(spec.path, threads, st.providers))
     load_s = time.perf_counter() - t_load
     rss_loaded = current_rss()
     prompts, n = spec.prompt_ids, st.new_tokens
     run(prompts[0], min(n, 4))  # warm-up
-    sampler = pick_sampler(spec.energy, ["CPUExecutionProvider"]) if spec.energy != "none" else None
+    # the counter of the device the model runs on: NVML on a GPU, RAPL (or an estimate) on the CPU
+    sampler = pick_sampler(spec.energy, ["CUDAExecutionProvider"] if gpu else ["CPUExecutionProvider"]) \
+        if spec.energy != "none" else None
     proc = psutil.Process(os.getpid())
     cpu0 = sum(proc.cpu_times()[:2])
     if sampler:
@@ -108,11 +119,14 @@ def run_spec(spec_in: GenerationSpec | dict[str, Any]) -> dict[str, Any]:
     cpu = sum(proc.cpu_times()[:2]) - cpu0
     tokens = len(ttfts) * n
     measured = measured_result(sampler.method, joules, tokens, wall) if sampler and joules else None
-    energy = measured_or_estimate(cpu / tokens, st.profile_device, measured)
+    # without a counter: the device's power for the time it was busy (the GPU: the wall time of decoding;
+    # the CPU: this process's CPU time), labelled an estimate; never host CPU time at a GPU's power
+    energy = measured_or_estimate((wall if gpu else cpu) / tokens, st.profile_device, measured)
     energy["joules_per_token"] = energy.pop("joules_per_inference")
     decode = summarize(steps)
     return {
         "kind": spec.kind, "path": spec.path, "threads": threads, "load_seconds": load_s,
+        "providers": ([st.torch_device] if spec.kind == "torch" else st.providers),
         "prompt_tokens": [len(p) for p in prompts], "new_tokens": n, "generations": len(ttfts),
         "ttft_ms": summarize(ttfts), "decode_ms_per_token": decode,
         "tokens_per_s": 1000.0 / decode["mean"] if decode["mean"] else None,

@@ -47,10 +47,11 @@ def export_with_past(hf_folder: Path, out_dir: Path, opset: int) -> Path:
 class OrtLM:
     """An onnxruntime session over a KV-cache causal-LM ONNX, with greedy decoding."""
 
-    def __init__(self, path: Path | str, threads: int = 1) -> None:
+    def __init__(self, path: Path | str, threads: int = 1, providers: list[str] | None = None) -> None:
         from edgekd.runtimes.ort import session
 
-        self.sess = session(path, threads)
+        # a named provider (CUDA on the cuda target) must be there: no silent fall-back to the CPU
+        self.sess = session(path, threads, providers, require_providers=providers is not None)
         self.inputs = {i.name: i for i in self.sess.get_inputs()}
         self.past_names = [n for n in self.inputs if n.startswith("past_key_values.")]
         self.out_names = [o.name for o in self.sess.get_outputs()]

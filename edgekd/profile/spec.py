@@ -95,12 +95,20 @@ class GenerationSettings(Strict):
     profiled_on: Literal["device", "host"] = Field(description="host: this host stands in for the target's device")
     profile_device: DeviceConfig = Field(description="the machine that runs the benchmark: its power turns CPU "
                                                      "time into energy per token")
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"],
+                                 description="onnxruntime providers of the ONNX models (the target's when it runs here)")
+    torch_device: Literal["cpu", "cuda"] = Field("cpu", description="where a PyTorch model (the teacher) decodes")
 
     @classmethod
     def from_card(cls, target: Any, generate: Any, profiled_on: str, profile_device: DeviceConfig) -> "GenerationSettings":
+        # on the device (the cuda target on a GPU host) the models run as the target runs them: its onnxruntime
+        # providers, the teacher on the GPU; a host proxy runs on this CPU
+        on_gpu = profiled_on == "device" and "CUDAExecutionProvider" in (target.providers or [])
         return cls(threads=target.profile.threads, prompts=generate.profile_prompts,
                    new_tokens=generate.profile_new_tokens, repeats=generate.profile_repeats, device=target.device,
-                   profiled_on=profiled_on, profile_device=profile_device)
+                   profiled_on=profiled_on, profile_device=profile_device,
+                   providers=list(target.providers) if on_gpu else ["CPUExecutionProvider"],
+                   torch_device="cuda" if on_gpu else "cpu")
 
 
 class GenerationSpec(Strict):

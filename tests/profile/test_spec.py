@@ -64,7 +64,8 @@ def test_from_card_copies_the_cards_profile_table():
                                                         "profile_repeats": 1})(), "host", host)
     assert g.model_dump() == {"threads": t.profile.threads, "prompts": 2, "new_tokens": 8, "repeats": 1,
                               "device": t.device.model_dump(), "profiled_on": "host",
-                              "profile_device": host.model_dump()}
+                              "profile_device": host.model_dump(), "providers": ["CPUExecutionProvider"],
+                              "torch_device": "cpu"}
 
 
 def test_worker_subprocess_refuses_a_bad_spec_with_exit_2(tmp_path):
@@ -85,3 +86,31 @@ def test_runner_refuses_a_bad_spec_before_starting_a_process(tmp_path):
     assert not list(tmp_path.iterdir())
     with pytest.raises(StageError, match="ONNX model not found"):  # a valid spec reaches the worker
         run_worker({"kind": "onnx", "path": str(tmp_path / "m.onnx"), "input_shape": [1, 4]}, tmp_path, "t")
+
+
+def test_language_model_benchmarks_run_where_the_target_runs():
+    """On the cuda target's device the generation benchmark uses the card's onnxruntime providers and the
+    teacher on the GPU; as a host proxy (or on cpu) everything runs on this CPU. A named GPU provider that
+    onnxruntime lacks is exit 3, never a silent CPU run under a GPU label."""
+    import pytest
+
+    from edgekd.cards import load_recipe, load_target
+    from edgekd.errors import TargetUnavailable
+    from edgekd.llm.onnx_gen import OrtLM
+    from edgekd.profile.spec import GenerationSettings
+    from edgekd.targets.base import host_device
+
+    gen = load_recipe("smollm2-seqkd").generate
+    cuda = load_target("cuda")
+    on_gpu = GenerationSettings.from_card(cuda, gen, profiled_on="device", profile_device=cuda.device)
+    assert "CUDAExecutionProvider" in on_gpu.providers and on_gpu.torch_device == "cuda"
+    proxy = GenerationSettings.from_card(cuda, gen, profiled_on="host", profile_device=host_device())
+    assert proxy.providers == ["CPUExecutionProvider"] and proxy.torch_device == "cpu"
+    cpu = load_target("cpu")
+    here = GenerationSettings.from_card(cpu, gen, profiled_on="device", profile_device=cpu.device)
+    assert here.providers == ["CPUExecutionProvider"] and here.torch_device == "cpu"
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(TargetUnavailable, match="CUDAExecutionProvider"):
+            OrtLM("model.onnx", 1, ["CUDAExecutionProvider", "CPUExecutionProvider"])

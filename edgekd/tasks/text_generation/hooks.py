@@ -89,13 +89,14 @@ def quantize_plan(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
 
 
 def _bench_settings(ctx: BuildContext):
-    """The settings every generation benchmark of the profile stage shares. The benchmark runs on
-    this host's CPU (torch and onnxruntime's CPU provider) whatever the target: its energy estimate
-    takes the power of the machine that ran it (host_profile_device), never the target card's."""
+    """The settings every generation benchmark of the profile stage shares. Where the target's runtime runs
+    here (cpu; cuda on a GPU host: its onnxruntime providers, the teacher on the GPU) the benchmark is the
+    device's; elsewhere this host's CPU stands in (a host proxy), and its energy takes the power of the
+    machine that ran it, never the target card's."""
     from edgekd.profile.spec import GenerationSettings
-    from edgekd.tasks.common import host_profile_device
+    from edgekd.targets import family
 
-    measured_on, _, dev = host_profile_device(ctx)
+    measured_on, _, dev = family(ctx.target).where_profiled(ctx.target)
     return GenerationSettings.from_card(ctx.target, _gen(ctx), profiled_on=measured_on, profile_device=dev)
 
 
