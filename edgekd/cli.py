@@ -188,6 +188,12 @@ def _run_pipeline(ctx, only: str | None = None, upto: str | None = None, json_ou
 
             render(report, ctx.console)
             ctx.log(f"\nreport: {report_path.parent}/report.{{json,md,html}}")
+        final = (report.get("search") or {}).get("final")
+        if final is not None and not final["met"] and ctx.options.get("strict"):  # the gate: exit 1, after the report
+            from edgekd.errors import EdgekdError
+
+            raise EdgekdError(f"the shipped student {final['artifact']} misses the latency/size budget",
+                              hint=f"see report.json's search.final: {final['checks']}", exit_code=1)
 
 
 @app.command()
