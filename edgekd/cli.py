@@ -188,6 +188,12 @@ def _run_pipeline(ctx, only: str | None = None, upto: str | None = None, json_ou
 
             render(report, ctx.console)
             ctx.log(f"\nreport: {report_path.parent}/report.{{json,md,html}}")
+        final = (report.get("search") or {}).get("final")
+        if final is not None and not final["met"] and ctx.options.get("strict"):  # the gate: exit 1, after the report
+            from edgekd.errors import EdgekdError
+
+            raise EdgekdError(f"the shipped student {final['artifact']} misses the latency/size budget",
+                              hint=f"see report.json's search.final: {final['checks']}", exit_code=1)
 
 
 @app.command()
@@ -201,6 +207,10 @@ def build(
     json_out: bool = typer.Option(False, "--json", help="print report.json to stdout"),
     strict: bool = typer.Option(False, "--strict", help="fail when no quantized candidate fits the accuracy budget"),
     allow_unsupported: bool = typer.Option(False, "--allow-unsupported", help="ascend: keep going past op-lint failures"),
+    latency_budget: Optional[str] = typer.Option(None, "--latency-budget", help="size the student to a p50 on the "
+                                                 "target runtime, e.g. 0.5ms (sets student.search.latency_ms)"),
+    size_budget: Optional[str] = typer.Option(None, "--size-budget", help="size the student to a shipped artifact "
+                                              "size, e.g. 64KiB (sets student.search.size_kib)"),
 ) -> None:
     """Run the whole job: teacher → distill → export → quantize → profile → select → report."""
     def go() -> None:
@@ -209,7 +219,9 @@ def build(
         from edgekd.dist import rank_world
 
         console = _console(quiet=quiet or rank_world()[0] != 0, to_stderr=json_out)
-        ctx = _joined(lambda: _make_ctx(recipe, target, out, parse_sets(set_), quick, console, strict=strict,
+        budgets = {k: v for k, v in (("student.search.latency_ms", latency_budget),
+                                     ("student.search.size_kib", size_budget)) if v is not None}
+        ctx = _joined(lambda: _make_ctx(recipe, target, out, {**parse_sets(set_), **budgets}, quick, console, strict=strict,
                                         allow_unsupported=allow_unsupported))
         console.print(f"[bold]edgekd build[/] recipe={ctx.recipe.name} target={ctx.target.name}"
                       f"{' (quick)' if quick else ''} → {ctx.out}")

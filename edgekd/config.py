@@ -199,6 +199,109 @@ class TeacherConfig(ModelRef):
         return d
 
 
+_LATENCY_UNITS = {"ms": 1.0, "s": 1e3, "us": 1e-3, "µs": 1e-3, "ns": 1e-6}
+_SIZE_UNITS = {"kib": 1.0, "b": 1 / 1024, "kb": 1000 / 1024, "mib": 1024.0, "mb": 1e6 / 1024, "gib": 1024.0 ** 2}
+
+
+def _parse_quantity(text: Any, units: dict[str, float], default_unit: str, what: str) -> float:
+    """'0.5ms' / '500us' / '64KiB' / '1MB' / a bare number (in `default_unit`) as a positive float in the default unit."""
+    import re
+
+    if isinstance(text, bool):
+        raise ValueError(f"{what} must be a number with a unit, e.g. 0.5{default_unit}")
+    if isinstance(text, (int, float)):
+        value, unit = float(text), default_unit.lower()
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-zµ]*)\s*", str(text))
+        if m is None:
+            raise ValueError(f"{what} {text!r} is not a number with a unit (e.g. 0.5{default_unit})")
+        value, unit = float(m.group(1)), (m.group(2) or default_unit).lower()
+        if unit not in units:
+            raise ValueError(f"{what} {text!r}: unknown unit '{m.group(2)}' (valid: {', '.join(sorted(units))})")
+    out = value * units[unit]
+    if not out > 0:
+        raise ValueError(f"{what} must be positive, got {text!r}")
+    return out
+
+
+def parse_latency_ms(text: Any) -> float:
+    """A latency budget as milliseconds: '0.5ms', '500us', '0.002s', or a bare number of ms."""
+    return _parse_quantity(text, _LATENCY_UNITS, "ms", "latency budget")
+
+
+def parse_size_kib(text: Any) -> float:
+    """A size budget as KiB: '64KiB', '1MiB', '65536B', '64kB' (1000 bytes), or a bare number of KiB."""
+    return _parse_quantity(text, _SIZE_UNITS, "KiB", "size budget")
+
+
+class SearchSpace(Strict):
+    """Multipliers of a zoo student's own shape (small_cnn widths, mlp hidden sizes)."""
+
+    width_mult: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.5, 2.0], min_length=1)
+    depth_mult: list[float] = Field(default_factory=lambda: [0.5, 1.0, 1.5], min_length=1)
+
+    @field_validator("width_mult", "depth_mult")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if any(x <= 0 for x in v):
+            raise ValueError("multipliers must be positive")
+        return v
+
+
+class SearchConfig(Strict):
+    """Size the student to a budget: candidates measured untrained on the target runtime, the largest
+    fitting ones ranked by a short proxy distillation, the winner distilled in full."""
+
+    latency_ms: float | None = Field(None, description="p50 at batch 1 on the target runtime, ms ('0.5ms', '500us')")
+    size_kib: float | None = Field(None, description="the shipped artifact after quantization, KiB ('64KiB', '1MiB')")
+    space: SearchSpace | None = Field(None, description="zoo students: width/depth multipliers (default: edgekd's grid)")
+    kwargs: dict[str, list[Any]] = Field(default_factory=dict, description="ranges of the student's kwargs, e.g. "
+                                         "{width_mult: [0.25, 0.5, 1.0]}: every combination is a candidate")
+    top_k: int = Field(3, ge=1, description="the largest fitting architectures ranked by proxy distillation")
+    proxy_epochs: int = Field(2, ge=1, description="epochs of the proxy distillation on the cached teacher logits")
+    max_candidates: int = Field(32, ge=1, description="architectures measured at most (the space is cut evenly)")
+
+    @field_validator("latency_ms", mode="before")
+    @classmethod
+    def _latency(cls, v: Any) -> Any:
+        return None if v is None else parse_latency_ms(v)
+
+    @field_validator("size_kib", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        return None if v is None else parse_size_kib(v)
+
+    @field_validator("kwargs")
+    @classmethod
+    def _ranges(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        empty = [k for k, r in v.items() if not r]
+        if empty:
+            raise ValueError(f"student.search.kwargs.{empty[0]} is an empty range")
+        return v
+
+    @property
+    def has_budget(self) -> bool:
+        return self.latency_ms is not None or self.size_kib is not None
+
+
+class StudentConfig(ModelRef):
+    search: SearchConfig | None = Field(None, description="size the student to a latency/size budget measured on the target")
+
+    @model_validator(mode="after")
+    def _searchable(self) -> "StudentConfig":
+        if self.search is not None and self.search.kwargs and self.search.space is not None:
+            raise ValueError("student.search: give either space (zoo multipliers) or kwargs (ranges), not both")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        # Without a search the card means what it meant before: the same dump, the same cache keys.
+        d = handler(self)
+        if self.search is None:
+            d.pop("search", None)
+        return d
+
+
 class LossConfig(Strict):
     """One term of the distillation loss; `kind` names an entry of the loss registry."""
 
@@ -340,7 +443,7 @@ class RecipeConfig(Strict):
     task: str = Field("image-classification", min_length=1)
     data: DataConfig
     teacher: TeacherConfig
-    student: ModelRef
+    student: StudentConfig
     distill: DistillConfig = Field(default_factory=DistillConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     generate: GenerateConfig | None = Field(None, description="text-generation recipes: teacher answers and generation profiling")

@@ -217,3 +217,38 @@ def environment(settings: dict, profile_metrics: dict) -> dict[str, Any]:
     return {"cpu": info["model"], "cpu_flags": info["flags"], "logical_cpus": info["logical_cpus"],
             "threads": settings.get("threads"), "host_peak": profile_metrics.get("host"),
             "python": platform.python_version(), "platform": platform.platform(), "runtimes": runtimes}
+
+
+def search_section(search: dict[str, Any], student: dict[str, Any]) -> dict[str, Any]:
+    """report.json's `search`: every architecture the search stage measured, the winner and why, and the budget
+    checked again on the shipped student (`student`: the selected models row, measured by the profile/convert
+    stages with their full settings). A miss is `final.met: false` and a note, never silent."""
+    budget = search["budget"]
+    lat = (student.get("latency_ms") or {}).get("p50")
+    size = student.get("size_bytes")
+    checks = {}
+    if budget.get("latency_ms") is not None:
+        checks["latency_ms"] = {"budget": budget["latency_ms"], "measured": lat,
+                                "met": lat is not None and lat <= budget["latency_ms"]}
+    if budget.get("size_kib") is not None:
+        checks["size_kib"] = {"budget": budget["size_kib"], "measured": None if size is None else size / 1024,
+                              "met": size is not None and size <= budget["size_kib"] * 1024}
+    final = {"artifact": f"{student['role']}/{student['variant']}", "measured_on": student.get("measured_on"),
+             "device": student.get("device"), "checks": checks, "met": all(c["met"] for c in checks.values())}
+    rows = [{k: c.get(k) for k in ("kwargs", "params", "macs", "variant", "runtime", "latency_ms", "size_bytes",
+                                   "measured_on", "fits", "proxy_val_accuracy", "status")} for c in search["candidates"]]
+    return {"budget": budget, "space_from": search["space_from"], "measured_on": search["measured_on"],
+            "device": search["device"], "latency": search["latency"], "candidates": rows, "winner": search["winner"],
+            "why": search["why"], "final": final}
+
+
+def search_note(section: dict[str, Any]) -> str | None:
+    """The loud line when the shipped student misses the budget the search sized it to."""
+    final = section["final"]
+    if final["met"]:
+        return None
+    missed = "; ".join(f"{k.split('_')[0]} {c['measured']:.4g} > budget {c['budget']:.4g} {'ms' if k == 'latency_ms' else 'KiB'}"
+                       if c["measured"] is not None else f"{k}: not measured"
+                       for k, c in final["checks"].items() if not c["met"])
+    return (f"BUDGET MISSED: the shipped student {final['artifact']} ({final['measured_on']}) misses the budget the "
+            f"search sized it to: {missed} (edgekd build --strict exits 1 on this)")

@@ -151,11 +151,47 @@ def plot_throughput(report: dict, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
+def plot_search(report: dict, path: Path) -> Path | None:
+    """The student search: measured latency vs proxy validation accuracy of the ranked architectures, the Pareto
+    front, the winner and the latency budget line; every other architecture tried as a tick on the latency axis."""
+    search = report.get("search")
+    if not search or not search.get("candidates"):
+        return None
+    rows = search["candidates"]
+    ranked = [r for r in rows if r.get("proxy_val_accuracy") is not None and r.get("latency_ms") is not None]
+    fig = new_figure()
+    ax = fig.add_subplot(111)
+    if ranked:
+        pts = [(r["latency_ms"], r["proxy_val_accuracy"]) for r in ranked]
+        front = pareto_front(pts)
+        ax.plot([pts[i][0] for i in front], [100 * pts[i][1] for i in front], "--", color="#2a9d4b",
+                label="Pareto front", zorder=2)
+        for r in ranked:
+            win = r.get("status") == "winner"
+            ax.scatter([r["latency_ms"]], [100 * r["proxy_val_accuracy"]], s=60 if win else 30, zorder=3,
+                       color="#d1495b" if win else "#00798c", marker="*" if win else "o")
+            ax.annotate(f"{r['params']:,} p" + (" (winner)" if win else ""), (r["latency_ms"], 100 * r["proxy_val_accuracy"]),
+                        fontsize=7, xytext=(4, 4), textcoords="offset points")
+    others = [r["latency_ms"] for r in rows if r.get("proxy_val_accuracy") is None and r.get("latency_ms") is not None]
+    if others:
+        ax.plot(others, [0] * len(others), "|", color="#888888", markersize=12, transform=ax.get_xaxis_transform(),
+                label="measured, not trained")
+    budget = (search.get("budget") or {}).get("latency_ms")
+    if budget is not None:
+        ax.axvline(budget, color="#d1495b", linestyle=":", label=f"latency budget {budget:g} ms")
+    ax.set_xlabel(f"p50 latency, batch 1 (ms; {search.get('measured_on')}: {search.get('device')})"[:90])
+    ax.set_ylabel("proxy validation accuracy (%)")
+    ax.set_title("Student search: latency vs accuracy")
+    ax.legend(loc="lower right", fontsize=8)
+    return save_figure(fig, path)
+
+
 def make_plots(report: dict, out_dir: Path | str) -> dict[str, Path]:
     """Draw the plots the report has data for; returns {name: png path}."""
     out = Path(out_dir)
     made: dict[str, Path] = {}
-    for name, fn in (("latency", plot_latency), ("accuracy_size", plot_accuracy_size), ("throughput", plot_throughput)):
+    for name, fn in (("latency", plot_latency), ("accuracy_size", plot_accuracy_size), ("throughput", plot_throughput),
+                     ("search", plot_search)):
         p = fn(report, out / f"{name}.png")
         if p is not None:
             made[name] = p

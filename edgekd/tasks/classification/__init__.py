@@ -11,6 +11,7 @@ from edgekd.pipeline import Stage
 from edgekd.tasks.base import Task
 from edgekd.tasks.classification.distill import _distill_cfg, stage_distill
 from edgekd.tasks.classification.export import _export_cfg, stage_export
+from edgekd.tasks.classification.search import _search_cfg, searching, stage_search
 from edgekd.tasks.classification.hooks import (_profile_cfg, _quantize_cfg, candidate_plan, convert_job,
                                                profile_models, quantize_plan, report_parts, where_profiled)
 from edgekd.tasks.classification.teacher import _teacher_cfg, stage_teacher
@@ -25,7 +26,10 @@ def front() -> list[Stage]:
     return [
         Stage("teacher", stage_teacher, [], _teacher_cfg,
               reads=("recipe.teacher", "recipe.data", "recipe.distill.extra_teachers", "recipe.distill.tasks")),
-        Stage("distill", stage_distill, ["teacher"], _distill_cfg, parallel=True,
+        # only when student.search sets a budget: the student's architecture is chosen by measuring on the target
+        Stage("search", stage_search, ["teacher"], _search_cfg, when=searching,
+              reads=("recipe.student", "recipe.teacher", "recipe.data", "recipe.distill", "recipe.quantize", "target")),
+        Stage("distill", stage_distill, ["teacher", "search"], _distill_cfg, parallel=True,
               reads=("recipe.student", "recipe.teacher", "recipe.distill", "recipe.data")),
         Stage("export", stage_export, ["teacher", "distill"], _export_cfg,
               reads=("recipe.student", "recipe.teacher", "recipe.data", "target.onnx", "target.parity")),

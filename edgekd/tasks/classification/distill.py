@@ -10,6 +10,7 @@ import numpy as np
 
 from edgekd.errors import ConfigError
 from edgekd.pipeline import BuildContext, StageOutput, StageResult, stable_hash
+from edgekd.tasks.classification.student import student_ref
 from edgekd.tasks.classification.teacher import _ref_key, task_splits
 from edgekd.tasks.common import build_model, checkpoint_path, data_fingerprint, load_model, splits
 
@@ -95,7 +96,7 @@ def _onnx_test_accuracy(model, s, wd: Path, name: str) -> float:
 
 
 def _train_control(ctx: BuildContext, dc, s, teacher, kd_student, key_material: dict, wd: Path, rank: int,
-                   world: int, with_views: bool) -> dict:
+                   world: int, with_views: bool, ref: Any = None) -> dict:
     """The labels-only control (edgekd.distill.control): the KD student's architecture, seed and init,
     the same epochs, batches and (augmented) inputs, hard labels only. Saved as control.pt."""
     import torch
@@ -105,7 +106,7 @@ def _train_control(ctx: BuildContext, dc, s, teacher, kd_student, key_material: 
     from edgekd.distill.trainer import accuracy, augment_images
     from edgekd.zoo.text import adopt_trained_teacher
 
-    control = build_model(ctx.recipe.student, seed=dc.seed)
+    control = build_model(ref or ctx.recipe.student, seed=dc.seed)
     init = adopt_trained_teacher(control, teacher, torch.as_tensor(s.x_train[:512]))  # the same cut as the KD student
     ckpt = checkpoint_path(ctx, "distill-control", key_material)
     views = AugmentedViews(s.x_train, augment_images, dc.teacher_cache.views) if with_views else None
@@ -147,15 +148,16 @@ def _check_onnx_teachers(dc, teacher) -> list[str]:
     return onnx_teachers
 
 
-def _new_student(ctx: BuildContext, teacher, s):
+def _new_student(ctx: BuildContext, teacher, s, ref: Any = None):
     """The student before training, checked against the data and the teacher: (model, its init record)."""
     import torch
 
     from edgekd.zoo.sources import check_model_on_data
     from edgekd.zoo.text import adopt_trained_teacher
 
-    student = build_model(ctx.recipe.student, seed=ctx.recipe.distill.seed, log=ctx.log)
-    check_model_on_data(student, s.x_val, s.num_classes, "student", ctx.recipe.student.describe())
+    ref = ref or ctx.recipe.student
+    student = build_model(ref, seed=ctx.recipe.distill.seed, log=ctx.log)
+    check_model_on_data(student, s.x_val, s.num_classes, "student", ref.describe())
     # None unless the student asks for init_from: trained_teacher (a narrower one is pruned on training samples)
     init = adopt_trained_teacher(student, teacher, torch.as_tensor(s.x_train[:512]))
     with torch.no_grad():
@@ -185,7 +187,7 @@ def _offline_teacher(ctx: BuildContext, teacher, inputs: dict[str, StageResult],
 
 
 def _generations(ctx: BuildContext, s, student, teacher, loss_set, teacher_logits, views, aux, key_material: dict,
-                 example, rank: int, world: int) -> tuple[list[dict], Any]:
+                 example, rank: int, world: int, ref: Any = None) -> tuple[list[dict], Any]:
     """Train the student, then each born-again generation (the previous one is its teacher): their records, and
     the student with the best validation accuracy's state loaded."""
     import copy
@@ -213,7 +215,7 @@ def _generations(ctx: BuildContext, s, student, teacher, loss_set, teacher_logit
         if gen < dc.born_again_generations:
             # Born-again: this generation becomes the next one's teacher (same architecture).
             teacher = copy.deepcopy(student).eval()
-            student = build_model(ctx.recipe.student, seed=dc.seed + gen + 1)
+            student = build_model(ref or ctx.recipe.student, seed=dc.seed + gen + 1)
             loss_set = build_losses(dc.losses, student, teacher, example)
             teacher_logits, views = None, None  # the cache belongs to the original teacher
     best = max(generations, key=lambda g: g["val_accuracy"])  # chosen on validation
@@ -249,7 +251,8 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     onnx_teachers = _check_onnx_teachers(dc, ctx.recipe.teacher)
     rank, world = ddp.init("cpu")
     teacher = _teacher_module(ctx, inputs["teacher"])
-    student, init = _new_student(ctx, teacher, s)
+    ref = student_ref(ctx, inputs)  # the search winner's architecture when a budget sized the student
+    student, init = _new_student(ctx, teacher, s, ref)
     example = torch.as_tensor(s.x_val[:8])
     loss_set = build_losses(dc.losses, student, teacher, example)
     cached_logits, views = _offline_teacher(ctx, teacher, inputs, s, loss_set,
@@ -258,7 +261,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
                           task_splits(ctx, t)) for t in dc.tasks]
     key_material = _distill_cfg(ctx) | {"teacher": inputs["teacher"].key}
     generations, student = _generations(ctx, s, student, teacher, loss_set, cached_logits, views, aux, key_material,
-                                        example, rank, world)
+                                        example, rank, world, ref)
     best = max(generations, key=lambda g: g["val_accuracy"])
     torch.save(student.state_dict(), wd / "student.pt")
     outputs = {"model": "student.pt"}
@@ -267,7 +270,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         outputs["task_heads"] = "task_heads.pt"
     control = None
     if dc.control:  # the control copies generation 1's set-up: the original teacher, its views
-        control = _train_control(ctx, dc, s, teacher, student, key_material, wd, rank, world, views is not None)
+        control = _train_control(ctx, dc, s, teacher, student, key_material, wd, rank, world, views is not None, ref)
         outputs["control"] = "control.pt"
     ddp.barrier()
     metrics = {"params": count_params(student), "val_accuracy": best["val_accuracy"], "best_epoch": best["best_epoch"],
@@ -281,4 +284,6 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
                "unlabeled_samples": int(s.n_unlabeled),
                "labeled_samples": int(s.labeled.sum() if s.labeled is not None else (s.y_train >= 0).sum()),
                "tasks": task_metrics, "control": control}
+    if "search" in inputs:  # the architecture trained: export/quantize/convert rebuild it to load student.pt
+        metrics["student_kwargs"] = ref.kwargs
     return StageOutput(outputs, metrics)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from edgekd.pipeline import BuildContext, StageOutput, StageResult
+from edgekd.tasks.classification.student import trained_student_ref
 from edgekd.tasks.common import load_model, splits
 
 
@@ -41,6 +42,8 @@ def stage_export(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
             metrics[f"{role}_parity"] = {"skipped": "the teacher was given as ONNX"}
             metrics[f"{role}_size_bytes"] = path.stat().st_size
             continue
+        if role == "student":
+            ref = trained_student_ref(ctx, inputs["distill"])  # the search winner's architecture, when searched
         model = load_model(ref, inputs["distill" if role == "student" else "teacher"].path("model"))
         path = export_onnx(model, example, wd / f"{role}.onnx", oc.opset, oc.dynamic_batch, dynamic_sequence=text)
         ref_out = predict(model, x).numpy()

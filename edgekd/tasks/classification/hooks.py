@@ -17,6 +17,7 @@ from edgekd.targets.cpu import host_device
 from edgekd.tasks.common import checkpoint_path, load_model, splits
 
 from edgekd.tasks.classification.distill import _teacher_module
+from edgekd.tasks.classification.student import trained_student_ref
 
 
 # --------------------------------------------------------------------------- quantize
@@ -111,7 +112,7 @@ def _qat(inputs: dict[str, StageResult], ctx: BuildContext, out: Path, calib: np
     from edgekd.quantize.qat import qat_candidate
 
     s = splits(ctx)
-    student = load_model(ctx.recipe.student, inputs["distill"].path("model"))
+    student = load_model(trained_student_ref(ctx, inputs["distill"]), inputs["distill"].path("model"))
     teacher = _teacher_module(ctx, inputs["teacher"])
     opts = check_options(ctx.recipe.quantize.options)
     import hashlib
@@ -248,7 +249,7 @@ def convert_job(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
     s = splits(ctx)
     selected = inputs["select"].metrics["selected"]
     cand = next(c for c in inputs["quantize"].metrics["candidates"] if c["variant"] == selected)
-    student = load_model(ctx.recipe.student, inputs["distill"].path("model"))
+    student = load_model(trained_student_ref(ctx, inputs["distill"]), inputs["distill"].path("model"))
     x_check = s.x_val[:64]  # int8 artifacts are judged on top-1 agreement: 64 samples make that meaningful
     rng = np.random.default_rng(ctx.recipe.data.seed)
     calib = s.x_train[rng.permutation(len(s.x_train))[: ctx.recipe.quantize.calibration_samples]]

@@ -30,7 +30,8 @@ def stage_report(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
     report = assemble(ctx.out, load_run(ctx.out), task_of(ctx))
     files = write_all(report, wd)
     return StageOutput({p.name: os.path.relpath(p, wd) for p in files},
-                       {"selected": report["selected"], "comparison": report["comparison"]})
+                       {"selected": report["selected"], "comparison": report["comparison"],
+                        "budget_met": (report.get("search") or {}).get("final", {}).get("met")})
 
 
 def _results(build_dir: Path, names: tuple[str, ...]) -> dict[str, dict]:
@@ -88,6 +89,15 @@ def assemble(build_dir: Path, run: dict, task) -> dict[str, Any]:
     notes.extend(sel.get("warnings", []))
     if not_built:
         notes.append(not_built_note(run.get("target_name"), not_built))
+    sm = ((read_result(build_dir / "search") or {}).get("metrics")) or {}
+    sections = dict(parts.sections)
+    if sm.get("winner"):  # a budget sized the student: the search, and the budget checked on the shipped artifact
+        from edgekd.report.build import search_note, search_section
+
+        sections["search"] = search_section(sm, student)
+        miss = search_note(sections["search"])
+        if miss:
+            notes.insert(0, miss)
     return {
         "schema_version": REPORT_SCHEMA_VERSION, "recipe": run.get("recipe_name"), "target": run.get("target_name"),
         "task": run.get("task") or task.recipe_tasks[0],
@@ -97,6 +107,6 @@ def assemble(build_dir: Path, run: dict, task) -> dict[str, Any]:
         "selected_onnx_candidate": onnx_selected, "artifact_selection": cm.get("artifact_selection"),
         "measurements": measurements(models, cm.get("where")),
         "candidates": parts.candidates + not_built_rows(not_built), "selection": selection_rule(sel),
-        "profile_settings": prof["settings"], **parts.sections,
+        "profile_settings": prof["settings"], **sections,
         "training": parts.training, "parity": parts.parity, "notes": notes,
     }
