@@ -32,6 +32,7 @@ OVER_BUDGET = "over-budget"
 SLOWER = "slower-than-fp32"
 WITHIN_NOISE = "within-noise-of-fp32"
 LARGER = "larger-than-fp32"
+MISSES_DEVICE_BUDGET = "misses-device-budget"  # within the accuracy budget, but over the card's latency/size budget
 
 
 def within_budget(ref_accuracy: float, accuracy: float, budget_points: float) -> bool:
@@ -98,9 +99,45 @@ def _judge(out: list[dict[str, Any]], ref: dict[str, Any], budget: Budget, objec
     return ok
 
 
+def _fits(c: dict[str, Any], device_budget: dict[str, float] | None) -> bool:
+    """Within the student's latency (p50, ms) and size (bytes) budget; a missing figure does not fit."""
+    if not device_budget:
+        return True
+    size, p50 = c.get("size_bytes"), _p50(c)
+    if device_budget.get("size_bytes") is not None and (size is None or size > device_budget["size_bytes"]):
+        return False
+    if device_budget.get("latency_ms") is not None and (p50 is None or p50 > device_budget["latency_ms"] + EPS):
+        return False
+    return True
+
+
+def _within_device_budget(out: list[dict[str, Any]], ok: list[dict[str, Any]], ref: dict[str, Any], budget: Budget,
+                          device_budget: dict[str, float], warnings: list[str]) -> list[dict[str, Any]]:
+    """The candidates still in the running once the student's latency/size budget is applied (see `select`)."""
+    fitting = [c for c in ok if _fits(c, device_budget)]
+    if fitting or _fits(ref, device_budget):
+        for c in ok:
+            if c not in fitting:
+                c["status"] = MISSES_DEVICE_BUDGET
+        return fitting  # empty: fp32 fits and is selected
+    # fp32 itself misses the budget: a candidate within the accuracy budget that fits will do, faster or not
+    ref_acc = float(ref["val_accuracy"])
+    alt = [c for c in out if c is not ref and c["status"] in (SLOWER, LARGER, WITHIN_NOISE)
+           and budget.within(ref_acc, float(c["val_accuracy"])) and _fits(c, device_budget)]
+    if alt:
+        for c in ok:
+            c["status"] = MISSES_DEVICE_BUDGET
+        for c in alt:
+            c["status"] = None
+        return alt
+    warnings.append(f"no candidate within the accuracy budget meets the student's device budget {device_budget}: "
+                    "selected by the usual rule; the report's final budget check shows the miss")
+    return ok
+
+
 def select(candidates: list[dict[str, Any]], budget_points: float | Budget,
            objective: Literal["latency", "size"] = "latency", strict: bool = False,
-           max_latency_growth: float | None = None) -> dict[str, Any]:
+           max_latency_growth: float | None = None, device_budget: dict[str, float] | None = None) -> dict[str, Any]:
     """Give every candidate a status and pick one.
 
     Statuses: `selected`, `kept` (valid but not the best; fp32 when not selected),
@@ -108,6 +145,10 @@ def select(candidates: list[dict[str, Any]], budget_points: float | Budget,
     repeats' spread, given as `repeats`: the p50 of each interleaved repeat, ms), `failed: <reason>`.
     `budget_points`: the recipe's budget in points of validation accuracy, or a Budget (another metric).
     `max_latency_growth` (objective size only): the most a candidate's p50 may exceed FP32's, as a fraction.
+    `device_budget` ({"latency_ms", "size_bytes"}, the card's student.search budget): only candidates within it
+    may be selected (`misses-device-budget` otherwise); when fp32 misses it, a quantized candidate within the
+    accuracy budget that fits is chosen even if it is not faster than fp32; when none fits, the usual rule
+    picks and a warning says so (the report's final budget check flags the miss).
     Returns {selected, objective, budget_points, max_latency_growth, reference_val_accuracy, candidates, warnings}.
     Raises StageError (exit 4) when every candidate failed, or, with `strict`, when no quantized
     candidate beats FP32 within budget.
@@ -148,6 +189,8 @@ def select(candidates: list[dict[str, Any]], budget_points: float | Budget,
     ref["reference"] = True
     ref_acc = float(ref["val_accuracy"])
     ok = _judge(out, ref, budget, objective, growth)
+    if device_budget:
+        ok = _within_device_budget(out, ok, ref, budget, device_budget, warnings)
 
     def key(c: dict[str, Any]) -> tuple:
         size = float(c["size_bytes"]) if c.get("size_bytes") is not None else float("inf")

@@ -27,7 +27,7 @@ ROLES: tuple[str, ...] = get_args(Role)
 MEASURED_ON: tuple[str, ...] = get_args(MeasuredOn)
 MEASURED_ENERGY_METHODS = ("rapl", "nvml", "npu-smi")
 CANDIDATE_STATUSES = ("selected", "over-budget", "slower-than-fp32", "within-noise-of-fp32", "larger-than-fp32", "kept",
-                      "unsupported-on-target")  # or "failed: <reason>"
+                      "unsupported-on-target", "misses-device-budget")  # or "failed: <reason>"
 # One regex per rule serves the validator and the published schema, so the two cannot disagree. The
 # names are [a-z0-9-] and go in unescaped: `\-` is not a valid escape in a JSON Schema (ECMA-262, u) regex.
 ENERGY_METHOD_PATTERN = "^(" + "|".join(MEASURED_ENERGY_METHODS) + r"|estimate-.+)$"

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 # alone). Modules are imported on use, never at `import edgekd`: the CLI registers its commands from this table
 # without importing a task (tests/tasks/test_registry.py checks the names against each TASK's graph).
 TASK_MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "classification": ("edgekd.tasks.classification", ("distill", "export")),
+    "classification": ("edgekd.tasks.classification", ("search", "distill", "export")),
     "text-generation": ("edgekd.tasks.text_generation", ("generate", "distill", "export")),
 }
 SHARED_STAGE_COMMANDS = ("quantize",)  # shared stages with a command of their own (profile/report have theirs)

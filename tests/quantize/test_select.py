@@ -169,3 +169,28 @@ def test_two_candidates_within_each_others_noise_choose_deterministically():
     # Clearly faster than the other (beyond both spreads): speed wins over size.
     res = select([fp32, r("int8-qdq", 4.0, [3.9, 4.0, 4.1], size=1100), r("int8-dynamic", 6.0, [5.9, 6.0, 6.1])], 0.5)
     assert res["selected"] == "int8-qdq"
+
+
+def test_a_device_budget_limits_what_may_be_selected():
+    """student.search's latency/size budget: only fitting candidates are selected; when fp32 misses the size
+    budget a smaller quantized candidate within the accuracy budget wins even if it is not faster."""
+    from edgekd.quantize.select import select
+
+    def cand(variant, acc, p50, size):
+        return {"variant": variant, "val_accuracy": acc, "latency_ms": {"p50": p50}, "size_bytes": size, "error": None}
+
+    cands = [cand("fp32", 0.90, 1.0, 20_000), cand("int8-dynamic", 0.899, 1.3, 6_000), cand("int8-qdq", 0.80, 0.5, 6_000)]
+    plain = select([dict(c) for c in cands], 0.5)
+    assert plain["selected"] == "fp32"  # int8-dynamic is slower, int8-qdq over the accuracy budget
+    sized = select([dict(c) for c in cands], 0.5, device_budget={"size_bytes": 16 * 1024})
+    assert sized["selected"] == "int8-dynamic" and not sized["warnings"]
+    st = {c["variant"]: c["status"] for c in sized["candidates"]}
+    assert st["int8-qdq"] == "over-budget"
+    # a faster candidate that misses the latency budget is not selected; fp32 fits and stays
+    fast = [cand("fp32", 0.90, 1.0, 20_000), cand("int8-dynamic", 0.90, 0.6, 30_000)]
+    res = select([dict(c) for c in fast], 0.5, device_budget={"size_bytes": 25_000})
+    assert res["selected"] == "fp32"
+    assert {c["variant"]: c["status"] for c in res["candidates"]}["int8-dynamic"] == "misses-device-budget"
+    # nothing fits: the usual rule picks, and says so
+    res = select([dict(c) for c in cands], 0.5, device_budget={"latency_ms": 0.1})
+    assert res["selected"] == "fp32" and "device budget" in res["warnings"][0]

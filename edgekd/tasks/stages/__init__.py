@@ -29,7 +29,7 @@ def graph(task: "Task") -> list["Stage"]:
         Stage("quantize", quantize.stage_quantize, list(task.quantize_deps), task.quantize_cfg,
               reads=task.quantize_reads),
         Stage("profile", profile.stage_profile, list(task.profile_deps), task.profile_cfg, reads=task.profile_reads),
-        Stage("select", select.stage_select, ["quantize", "profile"], select.select_cfg, reads=("recipe.quantize",)),
+        Stage("select", select.stage_select, ["quantize", "profile"], select.select_cfg, reads=("recipe.quantize", "recipe.student.search")),
     ]
     if task.convert_job is not None:
         stages.append(Stage("convert", convert.stage_convert, list(task.convert_deps), convert.convert_cfg,

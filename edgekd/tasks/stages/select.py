@@ -9,8 +9,25 @@ from edgekd.pipeline import BuildContext, StageOutput, StageResult
 
 def select_cfg(ctx: BuildContext) -> dict:
     q = ctx.recipe.quantize
-    return {"budget": q.accuracy_budget, "objective": q.objective, "strict": q.strict or bool(ctx.options.get("strict")),
-            "max_latency_growth": q.max_latency_growth}
+    cfg = {"budget": q.accuracy_budget, "objective": q.objective, "strict": q.strict or bool(ctx.options.get("strict")),
+           "max_latency_growth": q.max_latency_growth}
+    device = device_budget(ctx)
+    if device:  # only with a student.search budget: other builds keep their key
+        cfg["device_budget"] = device
+    return cfg
+
+
+def device_budget(ctx: BuildContext) -> dict[str, float] | None:
+    """The student's latency (ms, p50) and size (bytes) budget from the card's student.search, if any."""
+    search = getattr(ctx.recipe.student, "search", None)
+    if search is None:
+        return None
+    out = {}
+    if search.latency_ms is not None:
+        out["latency_ms"] = float(search.latency_ms)
+    if search.size_kib is not None:
+        out["size_bytes"] = float(search.size_kib) * 1024
+    return out or None
 
 
 def stage_select(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
@@ -23,7 +40,8 @@ def stage_select(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
         # `repeats`: each interleaved repeat's p50, whose spread is the noise a win must exceed
         cands.append({**c, "latency_ms": p["latency_ms"] if p else None, "repeats": p.get("repeats") if p else None})
     cfg = select_cfg(ctx)
-    sel = select(cands, cfg["budget"], cfg["objective"], cfg["strict"], cfg["max_latency_growth"])
+    sel = select(cands, cfg["budget"], cfg["objective"], cfg["strict"], cfg["max_latency_growth"],
+                 device_budget=cfg.get("device_budget"))
     for w in sel.get("warnings", []):
         ctx.log(f"[yellow]warning:[/] {w}")
     (wd / "selected.json").write_text(json.dumps(sel, indent=2, default=str))
