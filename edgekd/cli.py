@@ -317,6 +317,10 @@ def init(
     teacher_kwargs: Optional[str] = typer.Option(None, "--teacher-kwargs", help="the teacher builder's kwargs as YAML, e.g. '{num_classes: 10}'"),
     student_kwargs: Optional[str] = typer.Option(None, "--student-kwargs", help="the student builder's kwargs as YAML"),
     unlabeled: Optional[str] = typer.Option(None, "--unlabeled", help="a transfer set without labels, in the data's layout (written as data.unlabeled)"),
+    latency_budget: Optional[str] = typer.Option(None, "--latency-budget", help="size the student to a p50 on the target "
+                                                 "runtime, e.g. 0.5ms (written as student.search.latency_ms)"),
+    size_budget: Optional[str] = typer.Option(None, "--size-budget", help="size the student to a shipped artifact size, "
+                                              "e.g. 64KiB (written as student.search.size_kib)"),
 ) -> None:
     """Inspect your teacher and data; print a complete, commented recipe card: edgekd init ... > my.yaml"""
     def go() -> None:
@@ -328,7 +332,7 @@ def init(
                          label_column=label_column, text_column=text_column, log=lambda m: err.print(m.strip()),
                          teacher_kwargs=parse_value(teacher_kwargs) if teacher_kwargs else None,
                          student_kwargs=parse_value(student_kwargs) if student_kwargs else None,
-                         unlabeled=unlabeled)
+                         unlabeled=unlabeled, latency_budget=latency_budget, size_budget=size_budget)
         sys.stdout.write(text)  # the card alone: the user's code ran with its stdout sent to stderr
         err.print("[dim]card written; build it with: edgekd build --target cpu --recipe CARD.yaml[/]")
     _guard(go)

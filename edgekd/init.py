@@ -261,6 +261,7 @@ class Draft:
     s_note: str = ""
     teacher_train: dict[str, Any] | None = None
     name: str = ""
+    search: dict[str, float] = field(default_factory=dict)  # the user's latency/size budget (student.search)
 
 
 def teacher_spec(teacher: str, weights: str | None, teacher_kwargs: Any, student_kwargs: Any) -> dict[str, Any]:
@@ -459,6 +460,38 @@ def _model_lines(ref: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _search_lines(dr: Draft) -> list[str]:
+    if not dr.search:
+        return []
+    lines = ["  # the student is sized to this budget: `edgekd build` measures candidate widths/depths of the student",
+             "  # above untrained on the target runtime, ranks the largest fitting ones by a short distillation and",
+             "  # trains the winner; the budget is checked again on the shipped artifact",
+             "  search:"]
+    lines += [f"    {k}: {_y(v)}" for k, v in dr.search.items()]
+    return lines
+
+
+def budget_search(student: str | None, student_kwargs: dict[str, Any] | None, latency_budget: str | None,
+                  size_budget: str | None) -> dict[str, float]:
+    """student.search for `edgekd init --latency-budget/--size-budget` (units parsed: exit 2 on a bad value).
+    The search space is the zoo student's widths and depths; a student of the user's own needs its ranges."""
+    from edgekd.config import parse_latency_ms, parse_size_kib
+
+    out: dict[str, float] = {}
+    for key, flag, given, parse in (("latency_ms", "--latency-budget", latency_budget, parse_latency_ms),
+                                    ("size_kib", "--size-budget", size_budget, parse_size_kib)):
+        if given is not None:
+            try:
+                out[key] = parse(given)
+            except ValueError as e:
+                raise ConfigError(f"{flag}: {e}", hint="e.g. --latency-budget 0.5ms, --size-budget 64KiB") from None
+    if out and student:
+        raise ConfigError("--latency-budget/--size-budget size edgekd's zoo student; your --student has no search space",
+                          hint="leave --student out, or write student.search.kwargs ranges (e.g. {width_mult: [0.5, 1]}) "
+                               "and the budget into the card yourself")
+    return out
+
+
 def _teacher_lines(dr: Draft) -> list[str]:
     lines = ["teacher:", *_model_lines(dr.tref)]
     if dr.teacher_train:
@@ -512,6 +545,7 @@ def render_card(dr: Draft) -> str:
         *_teacher_lines(dr),
         f"student:  # {dr.s_note}",
         *_model_lines(dr.s),
+        *_search_lines(dr),
         *_training_lines(dr),
     ]
     text = "\n".join(lines) + "\n"
@@ -525,17 +559,20 @@ def render_card(dr: Draft) -> str:
 def init_card(teacher: str, data: str, weights: str | None = None, student: str | None = None,
               student_weights: str | None = None, name: str | None = None, label_column: str | None = None,
               text_column: str | None = None, log: Log | None = None, teacher_kwargs: dict[str, Any] | None = None,
-              student_kwargs: dict[str, Any] | None = None, unlabeled: str | None = None) -> str:
+              student_kwargs: dict[str, Any] | None = None, unlabeled: str | None = None,
+              latency_budget: str | None = None, size_budget: str | None = None) -> str:
     """Inspect a teacher and a dataset and return a complete, commented recipe card (YAML text)
     that `edgekd build` takes unchanged. The card is validated before it is returned.
     `teacher_kwargs`/`student_kwargs` are passed to the models' builders (e.g. num_classes);
     `unlabeled` is a transfer set without labels in the data's layout (written as data.unlabeled).
+    `latency_budget`/`size_budget` ("0.5ms", "64KiB") become student.search: the build sizes the student to them.
     The user's code runs with its stdout sent to stderr (`stdout_to_stderr`)."""
     from edgekd.config import ModelRef
     from edgekd.zoo.sources import build_model, check_model_on_data
 
     say = log or logger.info
-    dr = Draft(teacher=teacher, data=data, t=teacher_spec(teacher, weights, teacher_kwargs, student_kwargs))
+    dr = Draft(teacher=teacher, data=data, t=teacher_spec(teacher, weights, teacher_kwargs, student_kwargs),
+               search=budget_search(student, student_kwargs, latency_budget, size_budget))
     with stdout_to_stderr():
         inspect_data(dr, label_column, text_column, unlabeled)
         model = build_teacher(dr, say)

@@ -191,3 +191,23 @@ def test_stdout_to_stderr_covers_print_fd1_child_processes_and_c_stdio():
     assert r.stdout == "before\nafter\n"
     for line in ("Loaded pretrained weights for x (print)", "written to fd 1", "from a child process", "from C printf"):
         assert line in r.stderr
+
+
+def test_init_budgets_are_written_as_the_students_search(user_dir):
+    """`edgekd init --latency-budget/--size-budget`: the card sizes the zoo student to them (student.search),
+    the units are parsed, a bad value or a user's student without ranges is exit 2."""
+    from edgekd.cards import load_recipe
+
+    _table(user_dir / "t.csv")
+    kw = {"label_column": "y", "teacher_kwargs": {"in_features": 2}}
+    text = init_card("initmodels:tabular", "t.csv", latency_budget="500us", size_budget="1MiB", **kw)
+    (user_dir / "card.yaml").write_text(text)
+    card = load_recipe(str(user_dir / "card.yaml"))
+    assert card.student.search.latency_ms == pytest.approx(0.5) and card.student.search.size_kib == 1024
+    assert card.student.arch == "mlp"  # edgekd's zoo student: its widths and depths are the search space
+    with pytest.raises(ConfigError, match="--latency-budget") as e:
+        init_card("initmodels:tabular", "t.csv", latency_budget="fast", **kw)
+    assert e.value.exit_code == 2
+    with pytest.raises(ConfigError, match="no search space"):
+        init_card("initmodels:tabular", "t.csv", student="initmodels:tabular", size_budget="64KiB", **kw)
+    assert "search:" not in init_card("initmodels:tabular", "t.csv", **kw)  # no budget: the card as before
