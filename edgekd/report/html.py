@@ -6,8 +6,9 @@ import html
 from pathlib import Path
 from typing import Any
 
-from edgekd.report.markdown import (CANDIDATE_HEADER, CONTROL_HEADER, MODEL_HEADER, candidate_rows, control_rows,
-                                    control_sentence, energy_notes, model_rows, selection_sentence, summary_rows)
+from edgekd.report.markdown import (CANDIDATE_HEADER, CONTROL_HEADER, MODEL_HEADER, SEARCH_HEADER, candidate_rows,
+                                    control_rows, control_sentence, energy_notes, model_rows, search_rows,
+                                    search_sentences, selection_sentence, summary_rows)
 from edgekd.report.schema import atomic_write_text
 
 _CSS = """
@@ -71,6 +72,9 @@ def render_html(report: dict, plots: dict[str, Path] | None = None) -> str:
     if report.get("candidates"):
         rule = selection_sentence(report)
         parts += ["<h2>Candidates</h2>"] + ([f"<p>{_e(rule)}</p>"] if rule else []) + [_table(CANDIDATE_HEADER, candidate_rows(report))]
+    if report.get("search"):
+        parts += ["<h2>Student search</h2>", *(f"<p>{_e(x)}</p>" for x in search_sentences(report["search"])),
+                  _table(SEARCH_HEADER, search_rows(report["search"]))]
     if plots:
         parts.append("<h2>Plots</h2>")
         for name, p in plots.items():

@@ -174,26 +174,36 @@ def measurement_lines(report: dict) -> list[str]:
 SEARCH_HEADER = ["architecture", "params", "MACs", "artifact", "size", "p50 (where)", "fits?", "proxy val acc", "status"]
 
 
-def search_lines(search: dict) -> list[str]:
-    """The student search: the budget, where the space came from, every architecture tried, why the winner won,
-    and the budget checked on the shipped artifact."""
+def search_rows(search: dict) -> list[list[str]]:
+    """Every architecture the student search tried: one row each (SEARCH_HEADER)."""
+    return [[", ".join(f"{k}={v}" for k, v in r["kwargs"].items()), f"{r['params']:,}", f"{r['macs']:,}", r["variant"],
+             f"{r['size_bytes'] / 1024:.2f} KiB", f"{r['latency_ms']:.4g} ms ({r['measured_on']})",
+             "yes" if r["fits"] else "no",
+             "" if r.get("proxy_val_accuracy") is None else f"{100 * r['proxy_val_accuracy']:.2f}%", r["status"]]
+            for r in search["candidates"]]
+
+
+def search_sentences(search: dict) -> list[str]:
+    """The budget and where it was measured, where the space came from, why the winner won, and the budget
+    checked on the shipped artifact."""
     b = search.get("budget") or {}
     asked = ", ".join(x for x in (f"latency ≤ {b['latency_ms']:g} ms" if b.get("latency_ms") else "",
                                   f"size ≤ {b['size_kib']:g} KiB" if b.get("size_kib") else "") if x)
     final = search.get("final") or {}
     checks = "; ".join(f"{k}: {c['measured']:.4g} vs {c['budget']:.4g} ({'met' if c['met'] else 'MISSED'})"
                        for k, c in (final.get("checks") or {}).items() if c.get("measured") is not None)
-    rows = [[", ".join(f"{k}={v}" for k, v in r["kwargs"].items()), f"{r['params']:,}", f"{r['macs']:,}", r["variant"],
-             f"{r['size_bytes'] / 1024:.2f} KiB", f"{r['latency_ms']:.4g} ms ({r['measured_on']})",
-             "yes" if r["fits"] else "no",
-             "" if r.get("proxy_val_accuracy") is None else f"{100 * r['proxy_val_accuracy']:.2f}%", r["status"]]
-            for r in search["candidates"]]
-    return ["## Student search", "",
-            f"Budget: {asked}, measured on {search.get('device')} ({search.get('measured_on')}); {search.get('latency')}. "
-            f"Space: {search.get('space_from')}.", "",
-            f"Winner: `{search['winner']['kwargs']}`: {search.get('why')}.", "",
-            f"Final artifact `{final.get('artifact')}`: {checks} — budget {'met' if final.get('met') else '**MISSED**'}.", ""] \
-        + _table(SEARCH_HEADER, rows)
+    return [f"Budget: {asked}, measured on {search.get('device')} ({search.get('measured_on')}); {search.get('latency')}. "
+            f"Space: {search.get('space_from')}.",
+            f"Winner: `{search['winner']['kwargs']}`: {search.get('why')}.",
+            f"Final artifact `{final.get('artifact')}`: {checks} — budget {'met' if final.get('met') else '**MISSED**'}."]
+
+
+def search_lines(search: dict) -> list[str]:
+    """The student search section of report.md."""
+    lines = ["## Student search", ""]
+    for sentence in search_sentences(search):
+        lines += [sentence, ""]
+    return lines + _table(SEARCH_HEADER, search_rows(search))
 
 
 def render_markdown(report: dict, plots: dict[str, Path] | None = None, base: Path | None = None) -> str:

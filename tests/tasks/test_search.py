@@ -1,6 +1,8 @@
 """The student search (issue #29): budget parsing, the space a zoo student implies, the report section."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from edgekd.cards import load_recipe
@@ -85,3 +87,11 @@ def test_report_section_final_check_and_miss_note(tmp_path):
     assert "BUDGET MISSED" in search_note(miss) and "MISSED" in "\n".join(search_lines(miss))
     png = plot_search({"search": sec}, tmp_path / "search.png")
     assert png is not None and png.stat().st_size > 1000
+    # the html report carries the same table and sentences as report.md, not only the plot
+    import json
+
+    from edgekd.report.html import render_html
+
+    rep = json.loads((Path(__file__).parents[1] / "fixtures" / "report_fixture.json").read_text())
+    page = render_html({**rep, "search": sec})
+    assert "<h2>Student search</h2>" in page and page.count("hidden=[") == 4 and "budget met" in page
