@@ -11,7 +11,6 @@ TTFT and per-token figures taken here are of the shipped program on this host's 
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -106,25 +105,3 @@ class PteLM:
             toks.append(nxt)
         return toks, {"ttft_s": ttft, "step_s": steps}
 
-
-def evaluate_pte(lm: PteLM | Path | str, examples) -> dict[str, float]:
-    """Perplexity and next-token agreement of a KV-cache .pte on held-out examples (teacher forcing through
-    the cache), defined as `llm.onnx_gen.evaluate_onnx` defines them for the ONNX candidates."""
-    from edgekd.llm.sequences import answer_positions
-
-    lm = lm if isinstance(lm, PteLM) else PteLM(lm)
-    nll, hits, n = 0.0, 0, 0
-    for e in examples:
-        lo, hi = answer_positions(e)
-        z = lm.logits(e.ids)[lo:hi].astype(np.float64)
-        target = np.asarray(e.ids[e.start:])
-        m = z.max(-1, keepdims=True)
-        lse = m[:, 0] + np.log(np.exp(z - m).sum(-1))
-        nll += float((lse - z[np.arange(len(target)), target]).sum())
-        hits += int((z.argmax(-1) == target).sum())
-        n += len(target)
-    if n == 0:
-        raise UserError("no answer tokens to evaluate the .pte on", hint="the evaluation split is empty")
-    if not math.isfinite(nll):
-        raise StageError(f"{Path(lm.path).name} produces non-finite logits", hint="drop this candidate")
-    return {"perplexity": math.exp(nll / n), "agreement": hits / n, "tokens": n}

@@ -87,7 +87,7 @@ def test_fp32_program_decodes_greedily_like_pytorch_through_its_cache(programs):
 def test_agreement_through_the_cache_equals_pytorchs(programs):
     from edgekd.llm.models import load_causal_lm
     from edgekd.llm.sequences import Example, evaluate
-    from edgekd.runtimes.executorch_lm import evaluate_pte
+    from edgekd.targets.mobile.lm import evaluate_pte
 
     d, _ = programs
     model, _ = load_causal_lm(d / "hf")

@@ -25,6 +25,7 @@ tokens/s, peak RSS) in a fresh process per program. The teacher is exported (fp3
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from edgekd.errors import StageError, UserError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from edgekd.runtimes.executorch_lm import PteLM
     from edgekd.targets.base import ConvertJob, LanguageModelPayload
 
 # variant -> (linear config, embedding config) of executorch.extension.llm.export.quantize.quantize_model_
@@ -228,6 +230,32 @@ def greedy_parity(model_dir: Path | str, pte: Path | str, prompts: list[list[int
             "max_new_tokens": max_new_tokens, "reference": "pytorch"}
 
 
+def evaluate_pte(lm: PteLM | Path | str, examples) -> dict[str, float]:
+    """Perplexity and next-token agreement of a KV-cache .pte on held-out examples (teacher forcing through
+    the cache), defined as `llm.onnx_gen.evaluate_onnx` defines them for the ONNX candidates."""
+    import numpy as np
+
+    from edgekd.llm.sequences import answer_positions
+    from edgekd.runtimes.executorch_lm import PteLM
+
+    lm = lm if isinstance(lm, PteLM) else PteLM(lm)
+    nll, hits, n = 0.0, 0, 0
+    for e in examples:
+        lo, hi = answer_positions(e)
+        z = lm.logits(e.ids)[lo:hi].astype(np.float64)
+        target = np.asarray(e.ids[e.start:])
+        m = z.max(-1, keepdims=True)
+        lse = m[:, 0] + np.log(np.exp(z - m).sum(-1))
+        nll += float((lse - z[np.arange(len(target)), target]).sum())
+        hits += int((z.argmax(-1) == target).sum())
+        n += len(target)
+    if n == 0:
+        raise UserError("no answer tokens to evaluate the .pte on", hint="the evaluation split is empty")
+    if not math.isfinite(nll):
+        raise StageError(f"{Path(lm.path).name} produces non-finite logits", hint="drop this candidate")
+    return {"perplexity": math.exp(nll / n), "agreement": hits / n, "tokens": n}
+
+
 def greedy_match(reference: Path | str, pte: Path | str, prompts: list[list[int]], max_new_tokens: int,
                  stop: list[int]) -> dict[str, Any]:
     """A quantized program's greedy tokens against the fp32 program's on the same prompts: the fraction of
@@ -270,7 +298,7 @@ def _bench(pte: Path, name: str, prompts: list[list[int]], settings: Any, logs: 
 def convert_language_model(job: "ConvertJob") -> tuple[dict[str, str], dict[str, Any]]:
     """Teacher and student .pte programs, checked and measured on this host; the selected student's app bundle."""
     from edgekd.quantize.budget import Budget
-    from edgekd.runtimes.executorch_lm import PteLM, evaluate_pte
+    from edgekd.runtimes.executorch_lm import PteLM
 
     lm: LanguageModelPayload = job.payload
     log = job.log or (lambda s: None)

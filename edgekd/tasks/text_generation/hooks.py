@@ -166,11 +166,18 @@ def report_parts(build_dir: Path, res: dict[str, dict], run: dict):
                                                      "seconds", "splits")}
     notes = ["accuracy = next-token agreement with the teacher's greedy answers on held-out prompts (teacher forcing); "
              "latency and energy are per generated token."]
-    return ReportParts(models=models, candidates=candidates, teacher_same_runtime=None, training=training,
+    return ReportParts(models=models, candidates=candidates, teacher_same_runtime=_converted_teacher(build_dir),
+                       training=training,
                        parity={"student_parity": e["metrics"]["student_parity"]}, control=ctrl, notes=notes,
                        sections={"generation": generation})
 
 
+def _converted_teacher(build_dir: Path) -> str | None:
+    """The teacher row the target family measured on the student's shipped runtime (mobile: the teacher's .pte
+    on ExecuTorch), named by the convert stage: the like-for-like ratio beside the headline's PyTorch teacher."""
+    from edgekd.fsio import read_result
+
+    return ((read_result(build_dir / "convert") or {}).get("metrics") or {}).get("teacher_same_runtime")
 
 
 # --------------------------------------------------------------------------- convert
