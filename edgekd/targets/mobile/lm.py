@@ -48,7 +48,7 @@ PTE_VARIANTS: dict[str, tuple[str | None, str | None]] = {
 # propagation folds the undelegated dequantize back into an fp32 weight (measured on the tiny test model: the
 # "8w" program was 97% of the fp32 one's size) -- an fp32 program under another name. Its XNNPACK counterpart,
 # int8 per-channel weights with int8 dynamic activations ("8da8w"), ships instead; embeddings are 8-bit in both.
-GROUP_SIZE = 32  # ExecuTorch's default 4-bit group; a smaller power of two where a layer's width needs it
+GROUP_SIZE = 32  # ExecuTorch's default 4-bit group; per-channel int8 where a layer's width is not a multiple
 ATTENTION = "edgekd_et_custom_sdpa"
 BUNDLE_DIR = "mobile"
 MANIFEST_SCHEMA_VERSION = 1
@@ -90,16 +90,34 @@ def _register_attention() -> None:
     AttentionMaskInterface.register(ATTENTION, _no_mask)
 
 
-def group_size_for(model, preferred: int = GROUP_SIZE) -> int:
-    """The largest power-of-two group <= `preferred` that divides every linear layer's input width (torchao's
-    grouped int4 needs whole groups; the tiny test models are narrower than 32)."""
-    import torch
+def _quantize(model, linear: str, embedding: str | None, group_size: int) -> list[str]:
+    """ExecuTorch's LLM source transform (torchao `quantize_`) in place. 8da4w: int4 groups of `group_size` where
+    a layer's input width holds whole groups; on the others (a pruned student's odd residual width, e.g. 190)
+    int8 per-channel weights, as in 8da8w: XNNPACK's int4 kernels take groups of a multiple of 32 only (a
+    per-channel int4 row of 190 is refused at partitioning). Returns those layers' names."""
+    import contextlib
+    import io
+    import warnings
 
-    widths = [m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    g = preferred
-    while g > 1 and any(w % g for w in widths):
-        g //= 2
-    return g
+    import torch
+    from executorch.extension.llm.export.quantize import quantize_model_
+
+    odd = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m.in_features % group_size]
+    # quantize_model_ prints a line per step to stdout (the CLI's --json channel) and is marked experimental
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore", FutureWarning)
+        quantize_model_(model, qlinear_config=linear, qlinear_group_size=group_size if linear == "8da4w" else 0,
+                        qembedding_config=embedding, qembedding_group_size=0,
+                        skip_incompatible_shapes=linear == "8da4w")
+    if linear == "8da4w" and odd:
+        from torchao.quantization.granularity import PerAxis
+        from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig, quantize_
+
+        names = set(odd)
+        quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0),
+                                                               intx_choose_qparams_algorithm="hqq_scale_only"),
+                  filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn in names)
+    return odd if linear == "8da4w" else []
 
 
 def export_lm_pte(model_dir: Path | str, out_path: Path | str, variant: str, cache_len: int,
@@ -129,22 +147,13 @@ def export_lm_pte(model_dir: Path | str, out_path: Path | str, variant: str, cac
     model.generation_config.use_cache = True
     model.generation_config.cache_implementation = "static"
     linear, embedding = PTE_VARIANTS[variant]
-    group = group_size_for(model, group_size)
     for m in model.modules():
         if isinstance(m, torch.nn.Embedding):
             # padding_idx only masks a gradient (inference reads the row as any other), but it is an argument of
             # aten.embedding that ExecuTorch's quant-fusion pattern for the 8-bit embedding does not match: left
             # in, torchao's dequantize_affine stays in the graph without an ExecuTorch kernel.
             m.padding_idx = None
-    if linear is not None:
-        import warnings
-
-        from executorch.extension.llm.export.quantize import quantize_model_
-
-        with warnings.catch_warnings():  # quantize_model_ is marked experimental: a FutureWarning per call
-            warnings.simplefilter("ignore", FutureWarning)
-            quantize_model_(model, qlinear_config=linear, qlinear_group_size=group if linear == "8da4w" else 0,
-                            qembedding_config=embedding, qembedding_group_size=0)
+    per_channel = _quantize(model, linear, embedding, group_size) if linear is not None else []
     _register_attention()
     wrapper = TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=cache_len)
     wrapper.model.model.config._attn_implementation = ATTENTION  # after the wrapper set its own sdpa
@@ -189,7 +198,8 @@ def export_lm_pte(model_dir: Path | str, out_path: Path | str, variant: str, cac
                          "attention": "executorch llama::custom_sdpa", "partitioner": "XnnpackPartitioner",
                          "quantize": None if linear is None else
                          {"api": "executorch.extension.llm.export.quantize.quantize_model_ (torchao)",
-                          "linear": linear, "linear_group_size": group if linear == "8da4w" else "per-channel",
+                          "linear": linear, "linear_group_size": group_size if linear == "8da4w" else "per-channel",
+                          "per_channel_int8_layers": per_channel,
                           "embedding": embedding, "embedding_group_size": "per-row"},
                          "executorch_version": version("executorch"), "torchao_version": version("torchao"),
                          "transformers_version": version("transformers")},
