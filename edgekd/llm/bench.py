@@ -76,6 +76,29 @@ def _onnx_runner(path: str, threads: int, providers: list[str] | None = None):
     return run
 
 
+def _pte_runner(path: str, threads: int):
+    from edgekd.runtimes.executorch_lm import PteLM
+
+    lm = PteLM(path, threads)
+
+    def run(prompt: list[int], n: int) -> tuple[float, list[float]]:
+        t0 = time.perf_counter()
+        nxt = int(lm.forward(list(prompt), 0)[-1].argmax())
+        ttft = time.perf_counter() - t0
+        steps, pos = [], len(prompt)
+        for _ in range(n - 1):
+            t1 = time.perf_counter()
+            nxt = int(lm.forward([nxt], pos)[-1].argmax())
+            steps.append(time.perf_counter() - t1)
+            pos += 1
+        return ttft, steps
+
+    return run
+
+
+_RUNNERS = {"onnx": _onnx_runner, "pte": _pte_runner}
+
+
 def run_spec(spec_in: GenerationSpec | dict[str, Any]) -> dict[str, Any]:
     import os
 
@@ -93,9 +116,14 @@ def run_spec(spec_in: GenerationSpec | dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(threads)
     rss0 = current_rss()
     t_load = time.perf_counter()
-    gpu = (st.torch_device == "cuda") if spec.kind == "torch" else any("CUDA" in p for p in st.providers)
-    run = (_torch_runner(spec.path, st.torch_device) if spec.kind == "torch"
-           else _onnx_runner(spec.path, threads, st.providers))
+    gpu = (st.torch_device == "cuda") if spec.kind == "torch" else (
+        spec.kind == "onnx" and any("CUDA" in p for p in st.providers))
+    if spec.kind == "torch":
+        run = _torch_runner(spec.path, st.torch_device)
+    elif spec.kind == "onnx":
+        run = _onnx_runner(spec.path, threads, st.providers)
+    else:  # an ExecuTorch program: its own runtime on this CPU
+        run = _RUNNERS[spec.kind](spec.path, threads)
     load_s = time.perf_counter() - t_load
     rss_loaded = current_rss()
     prompts, n = spec.prompt_ids, st.new_tokens

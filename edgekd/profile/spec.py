@@ -114,7 +114,8 @@ class GenerationSettings(Strict):
 class GenerationSpec(Strict):
     """One causal LM for `python -m edgekd.llm.bench SPEC_JSON OUT_JSON`."""
 
-    kind: Literal["torch", "onnx"] = Field(description="torch: a Hugging Face folder; onnx: a KV-cache ONNX")
+    kind: Literal["torch", "onnx", "pte"] = Field(
+        description="torch: a Hugging Face folder; onnx: a KV-cache ONNX; pte: a KV-cache ExecuTorch program")
     path: str
     name: str | None = None
     prompt_ids: list[list[int]] = Field(min_length=1, description="token ids of each prompt")

@@ -105,7 +105,8 @@ def test_classifier_losses_are_refused_for_language_models(tmp_path):
 
 
 def test_language_models_refuse_bundle_targets(tmp_path):
-    r = edgekd("build", "--recipe", "smollm2-seqkd", "--target", "mobile", "--quick", "--out", str(tmp_path / "b"),
+    # mobile builds them (targets/mobile/lm.py); the Ascend family does not yet
+    r = edgekd("build", "--recipe", "smollm2-seqkd", "--target", "ascend-310p", "--quick", "--out", str(tmp_path / "b"),
                env={"EDGEKD_CACHE": str(tmp_path / "cache")})
     assert r.returncode == 2 and "onnxruntime targets" in r.stderr and not (tmp_path / "b").exists()
     assert "does not build text-generation recipes" in r.stderr and "Traceback" not in r.stderr
@@ -126,3 +127,43 @@ def test_a_bad_language_model_quantize_option_is_exit_2_before_any_stage(tmp_pat
                "--set", "quantize.options.per_chanel=true", env={"EDGEKD_CACHE": str(tmp_path / "cache")})
     assert r.returncode == 2 and "per_chanel" in r.stderr and "Traceback" not in r.stderr
     assert not any((tmp_path / "b" / s).exists() for s in ("teacher", "generate", "distill"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("executorch") is None, reason="executorch not installed")
+def test_smollm2_seqkd_quick_build_for_mobile(tmp_path, llm_cache):
+    """--target mobile: teacher and student as ExecuTorch programs with their KV cache, checked and timed on
+    this host's ExecuTorch runtime; the selected program ships in an app bundle with a sha256 manifest."""
+    from edgekd.fsio import sha256_file
+    from edgekd.targets.mobile.lm import verify_lm_bundle
+
+    env = {"EDGEKD_CACHE": str(llm_cache)}  # the session's teacher and generations (same settings as above)
+    out = tmp_path / "b"
+    r = edgekd("build", "--recipe", "smollm2-seqkd", "--target", "mobile", "--quick", "--out", str(out), "--json",
+               "--set", "data.train_size=24", "--set", "generate.max_new_tokens=12", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads(r.stdout)
+    rows = {f"{m['role']}/{m['variant']}": m for m in rep["models"]}
+    ptes = {k: m for k, m in rows.items() if m["format"] == "pte"}
+    assert {"teacher/pte-fp32", "student/pte-fp32", "student/pte-8da4w", "student/pte-8da8w"} <= set(ptes)
+    for k, m in ptes.items():
+        assert CONTRACT_MODEL_KEYS <= set(m), k
+        assert m["measured_on"] == "host" and m["runtime"].startswith("executorch")
+        assert m["ttft_ms"]["p50"] > 0 and m["tokens_per_s"] > 0 and m["ms_per_token"] == m["latency_ms"]
+        assert m["joules_per_token"] == m["energy"]["joules_per_inference"] > 0 and m["peak_rss_bytes"] > 0
+        assert 0.0 <= m["agreement"] <= 1.0 and m["agreement"] == m["accuracy"]
+    # fp32: the program decodes the validation prompts exactly as PyTorch does
+    assert ptes["student/pte-fp32"]["parity"]["ok"] and ptes["student/pte-fp32"]["parity"]["greedy_mismatches"] == []
+    assert ptes["student/pte-8da4w"]["size_bytes"] < ptes["student/pte-fp32"]["size_bytes"] / 3
+    assert ptes["student/pte-fp32"]["size_bytes"] < ptes["teacher/pte-fp32"]["size_bytes"]
+    # the shipped artifact is one of the programs, chosen on validation agreement within the budget
+    assert rep["selected"] in ptes and rep["artifact_selection"]["status"][rep["selected"].split("/")[1]] == "selected"
+    assert rep["comparison"]["teacher_same_runtime"] == "teacher/pte-fp32"
+    assert rep["comparison"]["teacher_onnx_speedup_p50"] > 0
+    assert any("ExecuTorch runtime" in line for line in rep["measurements"]["ran"])
+    bundle = out / "convert" / "mobile"
+    man = verify_lm_bundle(bundle)
+    assert {"model.pte", "tokenizer.json", "generation.json"} <= set(man["files"])
+    chosen = out / "convert" / ptes[rep["selected"]]["path"].removeprefix("convert/")
+    assert sha256_file(bundle / "model.pte") == sha256_file(chosen)
+    gen = json.loads((bundle / "generation.json").read_text())
+    assert gen["stop_token_ids"] and gen["chat_template"]

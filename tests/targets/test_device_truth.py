@@ -37,10 +37,10 @@ def test_profile_rows_use_the_power_and_peak_of_the_machine_that_ran_them(name):
 
 @pytest.mark.parametrize("name", shipped("targets"))
 def test_text_generation_rows_use_the_power_of_the_machine_that_ran_them(name, tmp_path, monkeypatch):
-    """The language-model benchmark runs on this host's CPU whatever the target (torch and
+    """The language-model benchmark runs on this host's CPU for every target but cuda (torch and
     onnxruntime's CPU provider): the worker's energy estimate takes this host's power, the rows say
     `host` (`device` on the cpu target, where the host is the device), never host time x the
-    target card's power. Drives stage_profile with the benchmark replaced by the worker's own
+    target card's power. On cuda it runs on the GPU, with the GPU's figures. Drives stage_profile with the benchmark replaced by the worker's own
     energy arithmetic on a fixed CPU time."""
     from edgekd.config import GenerateConfig
     from edgekd.pipeline import StageResult
@@ -74,6 +74,15 @@ def test_text_generation_rows_use_the_power_of_the_machine_that_ran_them(name, t
     rows, _, _ = tg.profile_models({"quantize": quant, "teacher": None, "generate": None}, ctx, wd, lambda d, n: None)
     assert set(rows) == {"teacher/fp32-torch", "student/fp32", "student/int8-dynamic"}
     on_cpu = family_name(tc) == "cpu"
+    if family_name(tc) == "cuda":
+        # the cuda card runs its language models where the target runs them: onnxruntime's CUDA provider (a
+        # named provider is required: no silent CPU run) and the teacher on the GPU, labelled device, the GPU's
+        # figures (a cuda build on a host without a GPU stops at pre-flight, exit 3)
+        assert all("CUDAExecutionProvider" in s.settings.providers and s.settings.torch_device == "cuda" for s in seen)
+        assert all(r["measured_on"] == "device" and s.settings.profile_device == tc.device
+                   for r, s in zip(rows.values(), seen))
+        return
+    assert all(s.settings.providers == ["CPUExecutionProvider"] and s.settings.torch_device == "cpu" for s in seen)
     for key, r in rows.items():
         j = r["energy"]["joules_per_inference"]
         assert r["measured_on"] == ("device" if on_cpu else "host") and r["device"] == host.name, key

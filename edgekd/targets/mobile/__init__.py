@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgekd.targets.base import Capability, ClassifierPayload, ConvertJob, TargetFamily, check_common, has_module
+from edgekd.targets.base import (Capability, ClassifierPayload, ConvertJob, LanguageModelPayload, TargetFamily,
+                                 check_common, has_module)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from edgekd.config import TargetConfig
@@ -129,6 +130,11 @@ def select_artifact(rows: list[dict[str, Any]], reference_val_accuracy: float | 
 def _convert(job: ConvertJob) -> tuple[dict[str, str], dict[str, Any]]:
     import json
 
+    if isinstance(job.payload, LanguageModelPayload):  # a KV-cache ExecuTorch program per candidate
+        from edgekd.targets.mobile.lm import convert_language_model
+
+        return convert_language_model(job)
+
     import torch
 
     from edgekd.targets.mobile.bundle import write_mobile_bundle
@@ -155,7 +161,7 @@ def _convert(job: ConvertJob) -> tuple[dict[str, str], dict[str, Any]]:
 
 def _classifier(job: ConvertJob) -> ClassifierPayload:
     """The .pte/.ort bundle is built from a torch classifier (class names in its metadata, accuracy
-    per artifact); other tasks are refused up front rather than half-converted."""
+    per artifact); language models take targets/mobile/lm.py; other tasks are refused rather than half-converted."""
     from edgekd.errors import UserError
 
     if job.student is None or not isinstance(job.payload, ClassifierPayload):
@@ -166,12 +172,13 @@ def _classifier(job: ConvertJob) -> ClassifierPayload:
 
 # No cannot_ship: the bundle never carries an ONNX candidate. The .pte files are made from the
 # torch student (fp32, and int8 through pt2e + the XNNPACK quantizer) and model.ort from the FP32
-# ONNX, whatever the quantize stage selected; the candidates stay host rows of the report.
+# ONNX, whatever the quantize stage selected; the candidates stay host rows of the report. A language
+# model's programs (fp32, 8da4w, int8 weight-only, each with its KV cache) are made from the student's HF
+# folder and chosen among themselves (targets/mobile/lm.py).
 FAMILY = TargetFamily(
     name="mobile", summary="phone CPU via ExecuTorch (.pte, XNNPACK) or ORT Mobile (.ort)",
     formats=frozenset({"pte", "ort", "onnx"}), check=_check, availability=_availability,
     required=("executorch .pte", "ORT format conversion"), convert=_convert,
-    tasks=frozenset({"classification"}),
-    tasks_hint="its .pte/.ort converter takes classifiers; an ExecuTorch program of a KV-cache language model is not built yet",
+    tasks=frozenset({"classification", "text-generation"}),
     matches=_matches, claims="runtime executorch", resolve=_resolve,
 )

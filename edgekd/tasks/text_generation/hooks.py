@@ -188,11 +188,18 @@ def report_parts(build_dir: Path, res: dict[str, dict], run: dict):
              + ("held-out templates: no test template or slot word was trained on" if split_kind == "template"
                 else "a seeded shuffle: test prompts may share templates with training prompts")
              + "); latency and energy are per generated token."]
-    return ReportParts(models=models, candidates=candidates, teacher_same_runtime=None, training=training,
+    return ReportParts(models=models, candidates=candidates, teacher_same_runtime=_converted_teacher(build_dir),
+                       training=training,
                        parity={"student_parity": e["metrics"]["student_parity"]}, control=ctrl, notes=notes,
                        sections={"generation": generation})
 
 
+def _converted_teacher(build_dir: Path) -> str | None:
+    """The teacher row the target family measured on the student's shipped runtime (mobile: the teacher's .pte
+    on ExecuTorch), named by the convert stage: the like-for-like ratio beside the headline's PyTorch teacher."""
+    from edgekd.fsio import read_result
+
+    return ((read_result(build_dir / "convert") or {}).get("metrics") or {}).get("teacher_same_runtime")
 
 
 def held_out_rows(dm: dict) -> dict | None:
@@ -240,7 +247,7 @@ def convert_job(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
         max_length=ctx.recipe.data.max_length, max_new_tokens=_gen(ctx).max_new_tokens,
         chat_template=getattr(tok, "chat_template", None), student_agreement=d.get("test_accuracy"),
         student_val_agreement=next((c.get("val_accuracy") for c in cands if c["variant"] == "fp32"), None),
-        candidates=cands)
+        candidates=cands, bench=_bench_settings(ctx))
     return ConvertJob(wd=wd, target=ctx.target, selected=selected, onnx_path=inputs["quantize"].dir / cand["path"],
                       fp32_onnx=inputs["export"].path("student"), student=None, example={}, expected=[], calib={},
                       input_shapes={}, evaluate=lambda path: evaluate_onnx(path, val)["agreement"],
