@@ -428,7 +428,10 @@ class GenerateConfig(Strict):
 
     max_new_tokens: int = Field(96, ge=1, le=2048, description="teacher answer length limit (greedy)")
     batch_size: int = Field(8, ge=1, description="prompts per generate() call (left padding)")
-    control: bool = Field(True, description="also train the student on the prompts' raw text alone (the control)")
+    control: bool = Field(True, description="also train the same student on the teacher's answers with hard labels "
+                                            "only (the control: what the teacher's token distributions add)")
+    teacher_on_target: bool = Field(True, description="also convert and time the teacher on the target's runtime (mobile: "
+                                                      "its .pte) for the like-for-like ratio")
     profile_prompts: int = Field(4, ge=1, description="held-out prompts timed per repeat")
     profile_new_tokens: int = Field(32, ge=2, description="tokens every model decodes per prompt when profiled")
     profile_repeats: int = Field(3, ge=1, description="passes over the profile prompts after a warm-up")

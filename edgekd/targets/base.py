@@ -57,6 +57,7 @@ class LanguageModelPayload:
     student_agreement: float | None = None      # the FP32 student's test agreement (torch): reported
     student_val_agreement: float | None = None  # the FP32 student ONNX's validation agreement: what choices compare with
     candidates: list[dict[str, Any]] = field(default_factory=list)  # the quantize stage's candidate entries
+    teacher_on_target: bool = True   # also convert and time the teacher on the target's runtime (generate.teacher_on_target)
     bench: Any = None  # profile.spec.GenerationSettings: how the profile stage times generation (the family's rows too)
 
 

