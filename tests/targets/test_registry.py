@@ -302,3 +302,24 @@ def test_preflight_refuses_unknown_provider():
     with pytest.raises(EdgekdError, match="unknown onnxruntime provider") as e:
         check(TargetConfig.model_validate(raw))
     assert "CPUExecutionProvider" in e.value.hint
+
+
+def test_a_family_refuses_a_task_it_does_not_ship(monkeypatch):
+    """Every shipped family builds both tasks now; a family that does not ship a task (its `tasks`) is refused
+    at pre-flight, exit 2, naming the families that do."""
+    import dataclasses
+
+    import edgekd.targets as targets
+    from edgekd.cards import load_target
+    from edgekd.errors import ConfigError
+
+    mobile = load_target("mobile")
+    for name in targets.FAMILY_MODULES:
+        assert {"classification", "text-generation"} <= targets._family_of(name).tasks, name
+    real = targets.family(mobile)
+    narrow = dataclasses.replace(real, tasks=frozenset({"classification"}), tasks_hint="its converter takes classifiers")
+    monkeypatch.setattr(targets, "family", lambda target: narrow)
+    targets.check_task(mobile, "classification")
+    with pytest.raises(ConfigError, match="does not build text-generation recipes: its converter takes classifiers") as e:
+        targets.check_task(mobile, "text-generation")
+    assert e.value.exit_code == 2 and "--target cpu" in e.value.hint
