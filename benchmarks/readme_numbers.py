@@ -403,10 +403,18 @@ def distributed() -> str:
     same = "the same answers at every process count" if d["same_answers_at_every_process_count"] else \
         "**different answers** between process counts"
     build = f"`{d['recipe']}`{' --quick' if d['quick'] else ''} {' '.join('--set ' + s for s in d['overrides'])}".strip()
+    last = d["runs"][-1]["speedup_vs_first"]
+    verdicts = []
+    for what, key in (("sharded teacher generation", "generate"), ("DDP training of the student", "distill"),
+                      ("the whole build", "build")):
+        x = last[key]
+        verdicts.append(f"{what} {'gains' if x > 1.05 else 'loses' if x < 0.95 else 'neither gains nor loses'} "
+                        f"({_x(x)})")
     return (f"{build} on `--target {d['target']}`, {d['backend']}, {d['launcher']}; {d['note']}. Speed-ups are "
             f"against the first row. The runs made {same}; the students' test agreement differs by "
-            f"{d['test_agreement_spread_points']:.1f} points.\n\n" + "\n".join(rows) + "\n\n"
-            + _source("distributed.json", d))
+            f"{d['test_agreement_spread_points']:.1f} points. At {d['runs'][-1]['procs']} processes "
+            + ", ".join(verdicts) + ": a result of this host, not a promise of more hardware."
+            + "\n\n" + "\n".join(rows) + "\n\n" + _source("distributed.json", d))
 
 
 GENERATORS["distributed"] = distributed

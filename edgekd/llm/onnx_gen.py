@@ -6,7 +6,6 @@ the whole prompt once (empty past), then one token per step with the returned ca
 """
 from __future__ import annotations
 
-import math
 import shutil
 import time
 from pathlib import Path
@@ -107,22 +106,9 @@ class OrtLM:
 
 def evaluate_onnx(path: Path | str, examples, threads: int = 1) -> dict[str, float]:
     """Perplexity and next-token agreement of an ONNX LM on held-out examples (teacher forcing)."""
-    from edgekd.llm.sequences import answer_positions
+    from edgekd.llm.sequences import score_logits
 
-    lm = OrtLM(path, threads)
-    nll, hits, n = 0.0, 0, 0
-    for e in examples:
-        lo, hi = answer_positions(e)
-        z = lm.logits(e.ids)[lo:hi].astype(np.float64)
-        target = np.asarray(e.ids[e.start:])
-        m = z.max(-1, keepdims=True)
-        lse = (m[:, 0] + np.log(np.exp(z - m).sum(-1)))
-        nll += float((lse - z[np.arange(len(target)), target]).sum())
-        hits += int((z.argmax(-1) == target).sum())
-        n += len(target)
-    if not math.isfinite(nll):
-        raise StageError(f"{Path(path).name} produces non-finite logits", hint="drop this candidate")
-    return {"perplexity": math.exp(nll / n), "agreement": hits / n, "tokens": n}
+    return score_logits(OrtLM(path, threads).logits, examples, Path(path).name)
 
 
 def parity(path: Path | str, student, prompts_ids: list[list[int]], max_new_tokens: int, stop: list[int],

@@ -128,6 +128,28 @@ def evaluate(model, examples: list[Example], pad: int, batch_size: int = 16) -> 
     return {"perplexity": math.exp(nll / n), "agreement": hits / n, "tokens": n}
 
 
+def score_logits(logits_of: Callable[[list[int]], Any], examples: list[Example], name: str) -> dict[str, float]:
+    """Perplexity and next-token agreement of any runtime's model on held-out examples (teacher forcing):
+    `logits_of(ids)` returns the [len(ids), vocab] logits of one whole sequence (onnxruntime, ExecuTorch, ...)."""
+    import numpy as np
+
+    nll, hits, n = 0.0, 0, 0
+    for e in examples:
+        lo, hi = answer_positions(e)
+        z = np.asarray(logits_of(e.ids))[lo:hi].astype(np.float64)
+        target = np.asarray(e.ids[e.start:])
+        m = z.max(-1, keepdims=True)
+        lse = m[:, 0] + np.log(np.exp(z - m).sum(-1))
+        nll += float((lse - z[np.arange(len(target)), target]).sum())
+        hits += int((z.argmax(-1) == target).sum())
+        n += len(target)
+    if n == 0:
+        raise StageError("no held-out answer tokens to evaluate", hint="raise generate.held_out or the prompt count")
+    if not math.isfinite(nll):
+        raise StageError(f"{name} produces non-finite logits", hint="drop this candidate")
+    return {"perplexity": math.exp(nll / n), "agreement": hits / n, "tokens": n}
+
+
 def teacher_rows(teacher, examples: list[Example], pad: int) -> Callable[[list[int]], Any]:
     """`TopKSequenceCache.write`'s view of a teacher: the logits at the answer positions of examples `ids`."""
     import torch

@@ -10,6 +10,7 @@ each fact comes from). Passing the lint does not guarantee every dtype/shape com
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
@@ -22,7 +23,7 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -477,7 +478,9 @@ On the Ascend host:
 """
 
 
-def _run_atc(bundle: Path, timeout_s: float) -> dict[str, Any]:
+def run_atc(bundle: Path, timeout_s: float, oms: tuple[str, ...] = ("model.om",)) -> dict[str, Any]:
+    """The bundle's convert.sh (the `atc` command per graph) when atc is on PATH; `oms`: the files it must
+    write. The log is kept in the bundle (atc.log); a failure is a status, raised after the bundle is written."""
     atc = shutil.which("atc")
     if atc is None:
         return {"status": "not run", "reason": "atc not found: not run"}
@@ -488,12 +491,12 @@ def _run_atc(bundle: Path, timeout_s: float) -> dict[str, Any]:
                                   timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
         return {"status": "failed", "reason": f"atc timed out after {timeout_s:.0f} s", "atc": atc, "log": "atc.log"}
-    om = bundle / "model.om"
-    if proc.returncode != 0 or not om.is_file():
+    missing = [om for om in oms if not (bundle / om).is_file()]
+    if proc.returncode != 0 or missing:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
-        return {"status": "failed", "reason": f"atc exited {proc.returncode}" + ("" if om.is_file() else ", no model.om"),
+        return {"status": "failed", "reason": f"atc exited {proc.returncode}" + (f", no {', '.join(missing)}" if missing else ""),
                 "atc": atc, "log": "atc.log", "log_tail": tail}
-    return {"status": "ok", "atc": atc, "log": "atc.log", "om": "model.om"}
+    return {"status": "ok", "atc": atc, "log": "atc.log", "om": oms[0] if len(oms) == 1 else list(oms)}
 
 
 _AMCT_SCRIPT = '''"""INT8 post-training quantization of model.onnx with AMCT (Ascend Model Compression Toolkit).
@@ -544,6 +547,30 @@ def _write_amct(bundle: Path, calib: np.ndarray, input_name: str, shape: list[in
             "status": "not run", "reason": "AMCT needs the CANN toolkit; run amct/calibrate.py on the Ascend host"}
 
 
+
+@contextlib.contextmanager
+def bundle_folder(parent: Path, prefix: str) -> Iterator[Path]:
+    """A private temp folder in `parent`, published whole as `parent/ascend` (replacing an earlier bundle) when
+    the block finishes, removed on any error: a bundle is never half-written under its final name."""
+    final = parent / "ascend"
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        final.chmod(0o755)  # mkdtemp made it private; the bundle is meant to be copied and shared
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def raise_if_atc_failed(atc: dict[str, Any], soc: str, final: Path) -> None:
+    """An ATC failure is a StageError raised after the bundle (its atc.log and manifest) was written."""
+    if atc["status"] == "failed":
+        raise StageError(f"atc failed for {soc}: {atc['reason']}",
+                         hint=f"see {final / 'atc.log'}; the bundle is kept for inspection")
+
 def write_bundle(model_path: Path | str, out_dir: Path | str, target: "TargetConfig", input_name: str,
                  input_shape: list[int], sample_inputs: np.ndarray, expected_outputs: np.ndarray,
                  allow_unsupported: bool = False, max_samples: int = 4, atc_timeout_s: float = 1800.0, *,
@@ -566,8 +593,7 @@ def write_bundle(model_path: Path | str, out_dir: Path | str, target: "TargetCon
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / "ascend"
-    tmp = Path(tempfile.mkdtemp(prefix=".ascend-", dir=out_dir))
-    try:
+    with bundle_folder(out_dir, ".ascend-") as tmp:
         prep, findings = _static_linted(model_path, tmp, target, input_name, shape, allow_unsupported)
         # The folded static model must still compute what the reference computed.
         from edgekd.export.onnx import check_parity
@@ -584,16 +610,7 @@ def write_bundle(model_path: Path | str, out_dir: Path | str, target: "TargetCon
         manifest = _manifest(tmp, target, input_name, shape, str(x.dtype), prep, findings, allow_unsupported, parity,
                              atc, precision, amct, samples)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        final.chmod(0o755)  # mkdtemp made it private; the bundle is meant to be copied and shared
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if atc["status"] == "failed":
-        raise StageError(f"atc failed for {soc}: {atc['reason']}",
-                         hint=f"see {final / 'atc.log'}; the bundle is kept for inspection")
+    raise_if_atc_failed(atc, soc, final)
     return manifest
 
 
@@ -672,7 +689,7 @@ def _write_scripts_and_convert(tmp: Path, target: "TargetConfig", input_name: st
                                                   keep_dtype=bool(precision and precision.get("keep_fp32"))))
     _write_script(tmp / "benchmark.sh", _benchmark_sh(ascend.loop, ascend.warmup, ascend.device_id))
     (tmp / "check_outputs.py").write_text(_check_py(target.parity.atol, target.parity.rtol), encoding="utf-8")
-    atc = _run_atc(tmp, atc_timeout_s)
+    atc = run_atc(tmp, atc_timeout_s)
     (tmp / "README.txt").write_text(_readme(soc, input_name, shape, atc["status"], dtype, mode, precision, amct),
                                     encoding="utf-8")
     return atc

@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -161,22 +159,10 @@ def _write_samples(tmp: Path, lm: Any, prompt: list[int], names: list[str]) -> d
 
 
 def _run_atc(bundle: Path, timeout_s: float) -> dict[str, Any]:
-    atc = shutil.which("atc")
-    if atc is None:
-        return {"status": "not run", "reason": "atc not found: not run"}
-    log = bundle / "atc.log"
-    try:
-        with log.open("w", encoding="utf-8") as f:
-            proc = subprocess.run(["bash", str(bundle / "convert.sh")], cwd=bundle, stdout=f, stderr=subprocess.STDOUT,
-                                  timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
-        return {"status": "failed", "reason": f"atc timed out after {timeout_s:.0f} s", "atc": atc, "log": "atc.log"}
-    missing = [f"{g}.om" for g in GRAPHS if not (bundle / f"{g}.om").is_file()]
-    if proc.returncode != 0 or missing:
-        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
-        return {"status": "failed", "reason": f"atc exited {proc.returncode}" + (f", no {', '.join(missing)}" if missing else ""),
-                "atc": atc, "log": "atc.log", "log_tail": tail}
-    return {"status": "ok", "atc": atc, "log": "atc.log", "om": [f"{g}.om" for g in GRAPHS]}
+    """convert.sh of the LM bundle: one .om per graph (prefill, decode)."""
+    from edgekd.targets.ascend.bundle import run_atc
+
+    return run_atc(bundle, timeout_s, tuple(f"{g}.om" for g in GRAPHS))
 
 
 def write_lm_bundle(job: "ConvertJob", *, atc_timeout_s: float = 3600.0) -> dict[str, Any]:
@@ -190,7 +176,8 @@ def write_lm_bundle(job: "ConvertJob", *, atc_timeout_s: float = 3600.0) -> dict
     from edgekd.llm.models import load_causal_lm
     from edgekd.llm.onnx_gen import copy_tokenizer
     from edgekd.llm.static_kv import StaticLM, evaluate_static, export_static_graphs, greedy_parity, static_sizes
-    from edgekd.targets.ascend.bundle import _static_linted, _write_script, check_target
+    from edgekd.targets.ascend.bundle import (_static_linted, _write_script, bundle_folder, check_target,
+                                              raise_if_atc_failed)
     from edgekd.targets.ascend.precision import KEEP_DTYPE_FILE, keep_dtype_text, lm_fp16_preflight
 
     p: "LanguageModelPayload" = job.payload
@@ -210,9 +197,8 @@ def write_lm_bundle(job: "ConvertJob", *, atc_timeout_s: float = 3600.0) -> dict
     student, _ = load_causal_lm(p.student_dir)
     final = job.wd / "ascend"
     job.wd.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".ascend-lm-", dir=job.wd))
     allow = bool(job.options.get("allow_unsupported"))
-    try:
+    with bundle_folder(job.wd, ".ascend-lm-") as tmp:
         raw = export_static_graphs(student, tmp / "raw", sizes, target.onnx.opset)
         prep, findings, shapes = {}, {}, {}
         for g in GRAPHS:
@@ -269,16 +255,7 @@ def write_lm_bundle(job: "ConvertJob", *, atc_timeout_s: float = 3600.0) -> dict
         manifest = _manifest(tmp, target, sizes, shapes, prep, findings, allow, par, atc, precision, samples,
                              generation, tok_files, acc_test, sum(t.numel() for t in student.parameters()))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        final.chmod(0o755)  # mkdtemp made it private; the bundle is meant to be copied and shared
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if atc["status"] == "failed":
-        raise StageError(f"atc failed for {asc.soc_version}: {atc['reason']}",
-                         hint=f"see {final / 'atc.log'}; the bundle is kept for inspection")
+    raise_if_atc_failed(atc, asc.soc_version, final)
     return manifest
 
 

@@ -21,6 +21,15 @@ from edgekd.errors import StageError, TargetUnavailable, UserError
 _HINT_INSTALL = "pip install '.[mobile]' (installs executorch>=1.5.1,<1.6)"
 
 
+
+def write_program(program, out_path: Path) -> None:
+    """An ExecuTorch program written under its final name only once complete (temp file, then rename)."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        program.write_to_file(f)
+    os.replace(tmp, out_path)
+
 def require_executorch() -> None:
     """Raise TargetUnavailable (exit 3) when the executorch package is not importable."""
     if importlib.util.find_spec("executorch") is None:
@@ -129,11 +138,7 @@ def export_pte(model: torch.nn.Module, example: torch.Tensor, out_path: Path,
         program = lowered.to_executorch()
     except Exception as e:  # lowering errors name the unsupported edge op in their message
         raise _stage_failure("lowering (to_edge_transform_and_lower/to_executorch)", e) from e
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        program.write_to_file(f)
-    os.replace(tmp, out_path)
+    write_program(program, out_path)
     from importlib.metadata import version
 
     return {"format": "pte", "precision": quantize, "path": out_path.name, "size_bytes": out_path.stat().st_size,

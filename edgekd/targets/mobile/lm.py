@@ -25,7 +25,6 @@ tokens/s, peak RSS) in a fresh process per program. The teacher is exported (fp3
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -183,11 +182,9 @@ def export_lm_pte(model_dir: Path | str, out_path: Path | str, variant: str, cac
             sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass()))
     except Exception as e:  # lowering errors name the unsupported edge op in their message
         raise _stage_failure(f"lowering of the {variant} language model", e) from e
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        program.write_to_file(f)
-    os.replace(tmp, out_path)
+    from edgekd.targets.mobile.executorch import write_program
+
+    write_program(program, out_path)
     from importlib.metadata import version
 
     return {"format": "pte", "variant": variant, "path": out_path.name, "size_bytes": out_path.stat().st_size,
@@ -240,30 +237,14 @@ def greedy_parity(model_dir: Path | str, pte: Path | str, prompts: list[list[int
             "max_new_tokens": max_new_tokens, "reference": "pytorch"}
 
 
-def evaluate_pte(lm: PteLM | Path | str, examples) -> dict[str, float]:
+def evaluate_pte(lm: "PteLM | Path | str", examples) -> dict[str, float]:
     """Perplexity and next-token agreement of a KV-cache .pte on held-out examples (teacher forcing through
-    the cache), defined as `llm.onnx_gen.evaluate_onnx` defines them for the ONNX candidates."""
-    import numpy as np
-
-    from edgekd.llm.sequences import answer_positions
+    the cache), scored exactly as the ONNX candidates are (`llm.sequences.score_logits`)."""
+    from edgekd.llm.sequences import score_logits
     from edgekd.runtimes.executorch_lm import PteLM
 
     lm = lm if isinstance(lm, PteLM) else PteLM(lm)
-    nll, hits, n = 0.0, 0, 0
-    for e in examples:
-        lo, hi = answer_positions(e)
-        z = lm.logits(e.ids)[lo:hi].astype(np.float64)
-        target = np.asarray(e.ids[e.start:])
-        m = z.max(-1, keepdims=True)
-        lse = m[:, 0] + np.log(np.exp(z - m).sum(-1))
-        nll += float((lse - z[np.arange(len(target)), target]).sum())
-        hits += int((z.argmax(-1) == target).sum())
-        n += len(target)
-    if n == 0:
-        raise UserError("no answer tokens to evaluate the .pte on", hint="the evaluation split is empty")
-    if not math.isfinite(nll):
-        raise StageError(f"{Path(lm.path).name} produces non-finite logits", hint="drop this candidate")
-    return {"perplexity": math.exp(nll / n), "agreement": hits / n, "tokens": n}
+    return score_logits(lm.logits, examples, Path(lm.path).name)
 
 
 def greedy_match(reference: Path | str, pte: Path | str, prompts: list[list[int]], max_new_tokens: int,
