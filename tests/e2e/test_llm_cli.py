@@ -125,14 +125,16 @@ def test_smollm2_seqkd_quick_build_for_mobile(lm_quick_build, tmp_path):
 
     src, _, env, cwd, _ = lm_quick_build
     out = copy_build(src, tmp_path / "b")  # its teacher, answers and student are reused: only the target's stages run
-    r = edgekd("build", *LM_QUICK, "--target", "mobile", "--out", str(out), "--json", env=env, cwd=tmp_path)
+    # fp32 alone: the quantized programs are tests/export/test_mobile_lm.py's (lowering each takes minutes here)
+    r = edgekd("build", *LM_QUICK, "--target", "mobile", "--out", str(out), "--json", "--set", "quantize.candidates=[fp32]",
+               env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     reused = {e["stage"]: e["reused"] for e in json.loads((out / "run.json").read_text())["stages"]}
     assert reused["teacher"] and reused["generate"] and reused["distill"] and not reused["convert"]
     rep = json.loads(r.stdout)
     rows = {f"{m['role']}/{m['variant']}": m for m in rep["models"]}
     ptes = {k: m for k, m in rows.items() if m["format"] == "pte"}
-    assert {"student/pte-fp32", "student/pte-8da4w", "student/pte-8da8w"} <= set(ptes) and "teacher/pte-fp32" not in ptes
+    assert set(ptes) == {"student/pte-fp32"}  # the recipe's candidates name the programs; no teacher program in --quick
     for k, m in ptes.items():
         assert CONTRACT_MODEL_KEYS <= set(m), k
         assert m["measured_on"] == "host" and m["runtime"].startswith("executorch")
@@ -141,7 +143,6 @@ def test_smollm2_seqkd_quick_build_for_mobile(lm_quick_build, tmp_path):
         assert 0.0 <= m["agreement"] <= 1.0 and m["agreement"] == m["accuracy"]
     # fp32: the program decodes the validation prompts exactly as PyTorch does
     assert ptes["student/pte-fp32"]["parity"]["ok"] and ptes["student/pte-fp32"]["parity"]["greedy_mismatches"] == []
-    assert ptes["student/pte-8da4w"]["size_bytes"] < ptes["student/pte-fp32"]["size_bytes"] / 3
     # the shipped artifact is one of the programs, chosen on validation agreement within the budget
     assert rep["selected"] in ptes and rep["artifact_selection"]["status"][rep["selected"].split("/")[1]] == "selected"
     assert rep["comparison"].get("teacher_same_runtime") != "teacher/pte-fp32"

@@ -159,3 +159,11 @@ def test_bundle_manifest_sha256s_match_the_files(programs, tmp_path):
     (b / "generation.json").write_text("{}")
     with pytest.raises(StageError, match="generation.json"):
         verify_lm_bundle(b)
+
+
+def test_the_recipes_candidates_name_the_programs_made():
+    from edgekd.targets.mobile.lm import pte_variants
+
+    assert pte_variants(["fp32"]) == ["pte-fp32"]
+    assert pte_variants(["fp32", "int8-dynamic", "int8-weight", "int4-weight"]) == ["pte-fp32", "pte-8da4w", "pte-8da8w"]
+    assert pte_variants(["fp32", "int4-weight", "fp16"]) == ["pte-fp32", "pte-8da4w"]

@@ -47,6 +47,17 @@ PTE_VARIANTS: dict[str, tuple[str | None, str | None]] = {
 # propagation folds the undelegated dequantize back into an fp32 weight (measured on the tiny test model: the
 # "8w" program was 97% of the fp32 one's size) -- an fp32 program under another name. Its XNNPACK counterpart,
 # int8 per-channel weights with int8 dynamic activations ("8da8w"), ships instead; embeddings are 8-bit in both.
+# The recipe's quantize.candidates name the programs made (fp32 always, the reference): 4-bit grouped weights
+# where it asks for int4-weight, 8-bit weights where it asks for an int8 candidate.
+PTE_FOR_CANDIDATE = {"int4-weight": "pte-8da4w", "int8-dynamic": "pte-8da8w", "int8-weight": "pte-8da8w"}
+
+
+def pte_variants(candidates: list[str]) -> list[str]:
+    """The programs a recipe's candidates (quantize.candidates names) ask for, in PTE_VARIANTS order."""
+    wanted = {"pte-fp32"} | {PTE_FOR_CANDIDATE[c] for c in candidates if c in PTE_FOR_CANDIDATE}
+    return [v for v in PTE_VARIANTS if v in wanted]
+
+
 GROUP_SIZE = 32  # ExecuTorch's default 4-bit group; per-channel int8 where a layer's width is not a multiple
 ATTENTION = "edgekd_et_custom_sdpa"
 BUNDLE_DIR = "mobile"
@@ -308,7 +319,7 @@ def convert_language_model(job: "ConvertJob") -> tuple[dict[str, str], dict[str,
                         hint="raise data.train_size so the validation and test splits are not empty")
     p = job.target.parity
     arts: dict[str, dict[str, Any]] = {}
-    for variant in PTE_VARIANTS:
+    for variant in pte_variants([c["variant"] for c in lm.candidates]):
         path = pte_dir / f"student_{variant.removeprefix('pte-')}.pte"
         log(f"convert: exporting the student as {path.name}")
         try:
