@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.e2e.conftest import FAST_PROFILE, edgekd
 
 SPACE = ("--set", "student.search.space.width_mult=[0.5,1,2]", "--set", "student.search.space.depth_mult=[1]",
          "--set", "student.search.top_k=2", "--set", "student.search.proxy_epochs=1")
 
 
-def test_budget_picks_a_fitting_student_and_distill_trains_it(tmp_path):
-    env = {"EDGEKD_CACHE": str(tmp_path / "cache")}
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One EDGEKD_CACHE for the module: the digits teacher trains once."""
+    return {"EDGEKD_CACHE": str(tmp_path_factory.mktemp("search-cache"))}
+
+
+def test_budget_picks_a_fitting_student_and_distill_trains_it(tmp_path, cache):
+    env = cache
     out = tmp_path / "b"
     r = edgekd("build", "--target", "cpu", "--recipe", "digits-mlp", "--quick", "--out", str(out), "-q",
                "--latency-budget", "50ms", "--size-budget", "16KiB", *SPACE, *FAST_PROFILE, env=env)
@@ -42,8 +50,8 @@ def test_budget_picks_a_fitting_student_and_distill_trains_it(tmp_path):
     assert (out / "report" / "plots" / "search.png").is_file()
 
 
-def test_too_tight_budget_exits_2_with_the_smallest_latency(tmp_path):
-    env = {"EDGEKD_CACHE": str(tmp_path / "cache")}
+def test_too_tight_budget_exits_2_with_the_smallest_latency(tmp_path, cache):
+    env = cache
     r = edgekd("build", "--target", "cpu", "--recipe", "digits-mlp", "--quick", "--out", str(tmp_path / "b"),
                "--latency-budget", "1ns", *SPACE, *FAST_PROFILE, env=env)
     assert r.returncode == 2, r.stderr[-2000:]

@@ -46,7 +46,7 @@ def programs(tmp_path_factory):
     from edgekd.targets.mobile.lm import PTE_VARIANTS, export_lm_pte
 
     d = tmp_path_factory.mktemp("lm")
-    _tiny(0).save_pretrained(d / "hf")
+    _tiny(0, layers=1).save_pretrained(d / "hf")  # one layer: lowering a quantized program scales with the layers
     _tokenizer().save_pretrained(d / "hf")
     infos = {v: export_lm_pte(d / "hf", d / f"{v}.pte", v, CACHE) for v in PTE_VARIANTS}
     return d, infos
