@@ -167,3 +167,19 @@ def test_the_recipes_candidates_name_the_programs_made():
     assert pte_variants(["fp32"]) == ["pte-fp32"]
     assert pte_variants(["fp32", "int8-dynamic", "int8-weight", "int4-weight"]) == ["pte-fp32", "pte-8da4w", "pte-8da8w"]
     assert pte_variants(["fp32", "int4-weight", "fp16"]) == ["pte-fp32", "pte-8da4w"]
+
+
+def test_the_shipped_program_is_the_fastest_within_the_budget_of_fp32s_validation_agreement():
+    from edgekd.quantize.budget import Budget
+    from edgekd.targets.mobile.lm import select_pte
+
+    def art(val, tps):
+        return {"error": None, "val": {"agreement": val}, "profile": {"tokens_per_s": tps}}
+
+    arts = {"pte-fp32": art(0.50, 200.0), "pte-8da4w": art(0.47, 450.0), "pte-8da8w": art(0.495, 400.0),
+            "pte-x": {"error": "lowering failed"}}
+    c = select_pte(arts, Budget(2.0))
+    assert c["selected"] == "student/pte-8da8w"  # 8da4w is faster but 3 points below fp32 on validation
+    assert c["status"] == {"pte-fp32": "kept", "pte-8da4w": "over-budget", "pte-8da8w": "selected",
+                           "pte-x": "failed: lowering failed"}
+    assert select_pte(arts, Budget(5.0))["selected"] == "student/pte-8da4w"

@@ -376,23 +376,20 @@ def convert_language_model(job: "ConvertJob") -> tuple[dict[str, str], dict[str,
 
 
 def select_pte(arts: dict[str, dict[str, Any]], budget: Any) -> dict[str, Any]:
-    """The program to ship: within the recipe's budget of the fp32 program's VALIDATION agreement (each through
-    ExecuTorch), then the most measured tokens/s. Test agreement is reported, never read here."""
+    """The program to ship, by the mobile family's one rule (`select.select_artifact`): within the recipe's budget of
+    the fp32 program's VALIDATION agreement (each through ExecuTorch), then the fastest decode (most tokens/s).
+    Test agreement is reported, never read here."""
+    from edgekd.targets.mobile.select import select_artifact
+
     built = {v: a for v, a in arts.items() if a.get("error") is None}
     ref = built["pte-fp32"]["val"]["agreement"]
-    status: dict[str, str] = {}
-    ok = []
-    for v, a in arts.items():
-        if a.get("error") is not None:
-            status[v] = f"failed: {a['error']}"
-            continue
-        within = budget.within(ref, a["val"]["agreement"])
-        status[v] = "kept" if within else "over-budget"
-        if within:
-            ok.append(v)
-    best = max(ok, key=lambda v: built[v]["profile"]["tokens_per_s"] or 0.0)
-    status[best] = "selected"
-    return {"selected": f"student/{best}", "selected_variant": best, "status": status,
+    rows = [{"variant": v, "measured_on": "host", "val_accuracy": a["val"]["agreement"],
+             # ms per token from tokens/s: the same order as the most tokens/s
+             "latency_ms": {"p50": 1000.0 / (a["profile"]["tokens_per_s"] or 1e-9)}} for v, a in built.items()]
+    choice = select_artifact(rows, ref, budget.points)
+    best = choice["selected"].removeprefix("student/")
+    status = {v: f"failed: {a['error']}" for v, a in arts.items() if a.get("error") is not None} | choice["status"]
+    return {"selected": choice["selected"], "selected_variant": best, "status": {v: status[v] for v in arts},
             "by": "most tokens/s (ExecuTorch on this host) within the accuracy budget of the fp32 .pte's "
                   "validation next-token agreement",
             "reference_val_agreement": ref, "budget_points": budget.points,
