@@ -29,6 +29,9 @@ from pathlib import Path
 from _common import ROOT, RESULTS, edgekd, report, write
 
 GOALS = {"agreement": 0.60, "perplexity_ratio": 2.0, "tokens_per_s_ratio": 3.0}
+# the held-out goals (issue 28): next-token agreement on held-out templates and on training templates' held-out
+# prompts (the in-template figure, called what it is), and natural-text perplexity against the teacher's
+HELD_OUT_GOALS = {"held-out-template": 0.55, "in-template": 0.60, "natural_text_perplexity_ratio": 3.0}
 
 
 def natural_text(tok, n: int, max_length: int) -> list:
@@ -113,6 +116,23 @@ def goals(models: list[dict], x: dict | None) -> dict:
          "perplexity_ratio": _goal("perplexity_ratio", sel["perplexity"] / teacher["perplexity"])}
     for name, prof in ((x or {}).get("teacher_onnxruntime") or {}).items():
         g[f"tokens_per_s_ratio_vs_{name.replace('/', '_')}"] = _goal("tokens", sel["tokens_per_s"] / prof["tokens_per_s"])
+    return g
+
+
+def held_out_goals(rep: dict, x: dict | None) -> dict:
+    """Issue 28's goals for the trained student (PyTorch fp32; the quantized candidates' agreement is in `models`)."""
+    h = ((rep["training"].get("held_out") or {}).get("student")) or {}
+    g: dict = {}
+    for split in ("held-out-template", "in-template"):
+        if split in h:
+            v = h[split]["agreement"]
+            g[split] = {"value": v, "ci95": h[split].get("agreement_ci95"), "prompts": h[split].get("prompts"),
+                        "goal": HELD_OUT_GOALS[split], "met": v >= HELD_OUT_GOALS[split]}
+    nat = (x or {}).get("natural_text")
+    if nat:
+        r = nat["student/fp32-torch"]["perplexity"] / nat["teacher"]["perplexity"]
+        g["natural_text_perplexity_ratio"] = {"value": r, "goal": HELD_OUT_GOALS["natural_text_perplexity_ratio"],
+                                              "met": r <= HELD_OUT_GOALS["natural_text_perplexity_ratio"]}
     return g
 
 
@@ -278,6 +298,8 @@ def main() -> None:
     ap.add_argument("--skip-build", action="store_true", help="summarize --build without rebuilding")
     ap.add_argument("--set", action="append", default=[], help="extra --set for the build")
     ap.add_argument("--extras", action="store_true", help="teacher on onnxruntime, natural-text perplexity, goals")
+    ap.add_argument("--reuse-extras", action="store_true",
+                    help="with --skip-build: take --extras' figures from results/llm.json when it was written after the build's report")
     ap.add_argument("--natural", type=int, default=200, help="natural-text snippets for --extras")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the --extras evaluations")
     ap.add_argument("--note", action="append", default=[],
@@ -344,17 +366,29 @@ def main() -> None:
         "build_threads": int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS") else None,
         "run_notes": args.note,
     }
-    x = extras(build, rep, d, args) if args.extras else None
+    out["held_out"] = rep["training"].get("held_out")
+    name = args.name or ("llm-quick" if args.quick else "llm")
+    prev = RESULTS / f"{name}.json"
+    x = None
+    if args.reuse_extras and args.skip_build and prev.is_file() \
+            and prev.stat().st_mtime > (build / "report" / "report.json").stat().st_mtime:
+        old = json.loads(prev.read_text())
+        x = {k: old[k] for k in ("natural_text", "teacher_onnxruntime") if k in old} or None
+        for k in ("build_wall_s", "build_threads", "run_notes"):  # the build's own record, not this summary's
+            out[k] = old.get(k, out.get(k))
+    elif args.extras:
+        x = extras(build, rep, d, args)
     if x:
         out.update(x)
     out["goals"] = goals(models, x)
-    name = args.name or ("llm-quick" if args.quick else "llm")
-    prev = RESULTS / f"{name}.json"
+    out["held_out_goals"] = held_out_goals(rep, x)
     if prev.is_file():  # the last run's table stays visible, marked superseded
         old = json.loads(prev.read_text())
         sup = old.pop("superseded", [])
-        out["superseded"] = [{k: old.get(k) for k in ("created", "student_arch", "student_params", "generation",
-                                                      "models", "seqkd_vs_control", "sets", "losses", "curve")}, *sup]
+        same_build = x is not None and args.reuse_extras  # a re-summary of the build llm.json already holds
+        out["superseded"] = sup if same_build else [
+            {k: old.get(k) for k in ("created", "student_arch", "student_params", "generation", "models",
+                                     "seqkd_vs_control", "sets", "losses", "curve")}, *sup]
         if "student_comparison" in old and not args.quick:  # made by --compare-students, not by a build: kept
             out["student_comparison"] = old["student_comparison"]
     # this build is the newest: build_created/superseded_note (which said the build was older) do not apply

@@ -367,13 +367,34 @@ def llm_build() -> str:
     met = sum(1 for v in g.values() if isinstance(v, dict) and v.get("met"))
     total = sum(1 for v in g.values() if isinstance(v, dict) and "met" in v)
     c = d["seqkd_vs_control"]
+    control = ("the same student trained on the teacher's answers with hard labels only" if d.get("held_out")
+               else "the same student on the prompts' raw text")
     lines += ["", f"The card as shipped: {gen['prompts']} prompts ({gen['splits']['train']} train, {gen['splits']['val']} "
                   f"validation, {gen['splits']['test']} test), {lo['epochs']} epochs, {lo['soft']} soft_label (T="
                   f"{lo['temperature']:g}, top-{lo['top_k']}) + {lo['hard']} hard_label; the build took "
-                  f"{d['build_wall_s'] / 60:.1f} min with the teacher's answers cached. Against its control (same "
-                  f"student on the prompts' raw text): {_pct(c['student_test']['agreement'])} vs "
-                  f"{_pct(c['control_test']['agreement'])} agreement.",
+                  f"{d['build_wall_s'] / 60:.1f} min{' with the teacher' + chr(39) + 's answers cached' if d['stage_seconds'].get('generate', 0) < 60 else ''}. "
+                  f"Against its control ({control}): {_pct(c['student_test']['agreement'])} vs "
+                  f"{_pct(c['control_test']['agreement'])} test agreement.",
               "", f"Goals for {g['student']}: " + "; ".join(bits) + f" — {met} of {total} met."]
+    h, hg = d.get("held_out"), d.get("held_out_goals") or {}
+    if h:
+        def fig(who: str, split: str) -> str:
+            v = h[who][split]
+            ci = v.get("agreement_ci95")
+            return f"{_pct(v['agreement'])}" + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "") + f" ({v['prompts']} prompts)"
+
+        hb = []
+        for k, v in hg.items():
+            if "perplexity" in k:
+                hb.append(f"natural-text perplexity {v['value']:.1f}× the teacher's (goal ≤ {v['goal']:.0f}×, "
+                          f"{'met' if v['met'] else 'missed'})")
+            else:
+                hb.append(f"{k} {_pct(v['value'])} (goal ≥ {_pct(v['goal'])}, {'met' if v['met'] else 'missed'})")
+        lines += ["", "Held out by construction (`data.split: template`: whole templates and their slot words): the "
+                      f"student's next-token agreement on held-out templates {fig('student', 'held-out-template')}, on "
+                      f"training templates' held-out prompts (in-template recall) {fig('student', 'in-template')}; "
+                      f"the teacher against its own answers {fig('teacher', 'held-out-template')} (95% bootstrap "
+                      "intervals over prompts). Issue 28's goals for the student: " + "; ".join(hb) + "."]
     kept = [(x["variant"], x["kept_fp32_nodes"]) for x in d.get("candidates", []) if x.get("kept_fp32_nodes")]
     if kept:
         from edgekd.quantize.sensitivity import group_name
@@ -418,6 +439,72 @@ def distributed() -> str:
 
 
 GENERATORS["distributed"] = distributed
+
+
+def _num(x: Any, fmt: str, unit: str = "") -> str:
+    return "—" if x is None else f"{x:{fmt}}{unit}"
+
+
+def lm_targets() -> str:
+    """smollm2-seqkd on every target (bench_lm_targets.py): one distilled student, each target's rows as its
+    report gives them (where each was measured), the goals per target, and what did not run."""
+    d = _load("lm_targets.json")
+    head = ["| target | model | runtime | measured on | agreement | TTFT p50 | ms/token p50 | tokens/s | size | "
+            "peak RSS | J/token (method) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = list(head)
+    for target in ("cpu", "mobile", "ascend"):
+        s = d["targets"].get(target)
+        if not s:
+            continue
+        for m in s["models"]:
+            name = f"**{m['model']}** (selected)" if m["selected"] else m["model"]
+            size = "—" if m["size_bytes"] is None else f"{m['size_bytes'] / 2**20:.1f} MiB"
+            rss = "—" if m["peak_rss_bytes"] is None else f"{m['peak_rss_bytes'] / 2**20:.0f} MiB"
+            agree = "—" if m["agreement"] is None else _pct(m["agreement"])
+            j = "—" if m["joules_per_token"] is None else f"{m['joules_per_token']:.3g} ({m['energy_method']})"
+            lines.append(f"| {target} | {name} | {m['runtime']} | {m['measured_on']} | {agree} | "
+                         f"{_num(m['ttft_ms_p50'], '.1f', ' ms')} | {_num(m['ms_per_token_p50'], '.2f', ' ms')} | "
+                         f"{_num(m['tokens_per_s'], '.1f')} | {size} | {rss} | {j} |")
+    out = [f"`edgekd build --recipe {d['recipe']}{' --quick' if d['quick'] else ''} --target T`, the student trained "
+           f"once (the cpu build `{d['shared_training_from']}` lends its teacher, generate and distill stages to each "
+           "target's folder; the other stages ran per target). Agreement is next-token agreement with the teacher's "
+           "answers on the held-out-template test prompts (teacher forcing); ratios only within one runtime.", "",
+           *lines, ""]
+    mob = (d["targets"].get("mobile") or {}).get("goals") or {}
+    if "error" in mob:
+        out.append(f"Mobile goals not evaluated: {mob['error']}.")
+    elif mob:
+        g1, g2, g3 = (mob["tokens_per_s_ratio_vs_teacher_pte"], mob["agreement_drop_points_vs_student_fp32_onnx"],
+                      mob["size_fraction_of_teacher_pte"])
+        met = sum(bool(g["met"]) for g in (g1, g2, g3))
+        out.append(f"Mobile (ExecuTorch on this host, both programs on the same runtime): {mob['student']} runs "
+                   f"{g1['value']:.1f}× the tokens/s of {mob['teacher']} (goal ≥ {g1['goal']:.0f}×), its agreement is "
+                   f"{g2['value']:+.1f} points below the student's fp32 ONNX (goal ≤ {g2['goal']:.0f}), its size "
+                   f"{g3['value']:.3f} of the teacher program's (goal ≤ {g3['goal']:.2f}) — {met} of 3 met.")
+    asc = (d["targets"].get("ascend") or {}).get("goals") or {}
+    if asc:
+        rec = asc.get("recorded_tools_device_rows")
+        ok = rec and rec["every_graph"] and rec["all_measured_on_device"] and rec["all_npu_smi_energy_per_token"]
+        out.append(f"Ascend: the static graphs ({', '.join(asc['graphs'])}; prompt length {asc['prompt_length']}, "
+                   f"cache length {asc['cache_length']}) {'pass' if asc['lint_ok'] else '**fail**'} the op lint with "
+                   f"{'static' if asc['static_shapes'] else '**dynamic**'} shapes; host parity with PyTorch "
+                   f"{'holds' if asc['host_parity_ok'] else '**fails**'}. No Ascend host ran them: their rows above are "
+                   "the card's roofline estimate. "
+                   + ("The same build with the recorded Ascend tools on PATH (a wiring check, not a measurement: the "
+                      "values are the recordings') produced a `measured_on: device` row per graph with msit's figures "
+                      "and npu-smi joules per token." if ok else
+                      "The recorded-tool build did **not** produce a device row per graph." if rec else ""))
+    cuda = d["targets"].get("cuda") or {}
+    if "not_run" in cuda:
+        out.append(f"cuda: not run — {cuda['not_run']}.")
+    elif cuda:
+        out.append(f"cuda: {cuda['build']} (selected {cuda['selected']}); "
+                   + "; ".join(f"{m['model']} {m['runtime']} {_num(m['tokens_per_s'], '.1f')} tokens/s "
+                               f"({m['measured_on']})" for m in cuda["models"]) + ".")
+    return "\n".join(out) + "\n\n" + _source("lm_targets.json", d)
+
+
+# GENERATORS["lm-targets"] = lm_targets  (registered with its README block once results/lm_targets.json exists)
 
 
 def render(text: str) -> str:

@@ -1,6 +1,6 @@
 """`make test` runs the suite on pytest-xdist workers; a session fixture is made once per worker, so every
 file that asks for one must be in the same worker group (tests/conftest.py SHARED_GROUPS). A new file using
-`fashion_cache` outside the group would train the quick teacher again on another worker."""
+`fashion_cache` outside the group would fill its teacher-logit cache again on another worker."""
 import ast
 from pathlib import Path
 

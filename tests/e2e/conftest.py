@@ -1,5 +1,5 @@
-"""What the end-to-end tests share: the CLI runner, one teacher cache for the fashion-cnn --quick
-builds of the session (its teacher trains once, not once per test file), and the fashion-cnn
+"""What the end-to-end tests share: the CLI runner, one EDGEKD_CACHE for the fashion-cnn --quick
+builds of the session (the shipped teacher's logits on the quick subset are computed once), and the fashion-cnn
 Ascend quick build that both the bundle checks (test_cli) and the device-truth checks
 (test_device_cli) read.
 
@@ -35,7 +35,7 @@ def edgekd(*args, env=None, cwd=None, timeout=1500):
 
 @pytest.fixture(scope="session")
 def fashion_cache(tmp_path_factory) -> dict[str, str]:
-    """EDGEKD_CACHE of every fashion-cnn --quick build: its teacher trains once per session."""
+    """EDGEKD_CACHE of every fashion-cnn --quick build: the teacher-logit cache is filled once per session."""
     return {"EDGEKD_CACHE": str(tmp_path_factory.mktemp("fashion-cache"))}
 
 
