@@ -156,3 +156,26 @@ def summarize(nll: np.ndarray, hits: np.ndarray, tokens: np.ndarray, templates: 
     return {"agreement": float(hits.sum() / tokens.sum()), "agreement_ci95": [lo, hi],
             "perplexity": float(np.exp(nll.sum() / tokens.sum())), "perplexity_ci95": [float(np.exp(plo)), float(np.exp(phi))],
             "tokens": int(tokens.sum()), "prompts": int(len(tokens)), "per_template": per}
+
+
+def independent_prompts(prompts: list[str], reference: list[str], max_ratio: float = 0.7,
+                        max_overlap: float = 0.5) -> tuple[list[str], list[dict[str, Any]]]:
+    """The prompts no reference prompt is a near-copy of: difflib ratio below `max_ratio` AND content-word
+    overlap below `max_overlap` against every reference prompt (a natural-prompt set must not measure
+    in-template recall). Returns (kept, dropped with the closest reference prompt and both figures)."""
+    import difflib
+
+    ref_words = [(r, r.lower(), content_words(r)) for r in reference]
+    kept, dropped = [], []
+    for p in prompts:
+        words = content_words(p)
+        m = difflib.SequenceMatcher(a=None, b=p.lower(), autojunk=False)
+        worst = None
+        for r, low, rw in ref_words:
+            overlap = len(words & rw) / len(words) if words else 0.0
+            m.set_seq1(low)
+            if overlap >= max_overlap or m.quick_ratio() >= max_ratio and m.ratio() >= max_ratio:
+                worst = {"prompt": p, "closest": r, "ratio": round(m.ratio(), 3), "overlap": round(overlap, 3)}
+                break
+        (dropped.append(worst) if worst else kept.append(p))
+    return kept, dropped

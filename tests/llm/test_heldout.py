@@ -8,7 +8,7 @@ import pytest
 from edgekd.cards import load_recipe
 from edgekd.errors import UserError
 from edgekd.llm.generate import shipped_prompts
-from edgekd.llm.heldout import bootstrap_ci, slot_words, summarize, template_split
+from edgekd.llm.heldout import bootstrap_ci, independent_prompts, slot_words, summarize, template_split
 from edgekd.tasks.text_generation.data import split_plan
 
 
@@ -105,3 +105,30 @@ def test_bootstrap_interval_contains_the_estimate_and_narrows_with_more_prompts(
     assert s["perplexity"] == pytest.approx(np.exp(1.5))
     assert sum(t["tokens"] for t in s["per_template"].values()) == s["tokens"] == tokens.sum()
     assert s["per_template"]["a"]["prompts"] == 20
+
+
+def test_independent_prompts_drops_near_copies_by_ratio_or_shared_content_words():
+    reference = ["What is 13 times 7?", "Tell me one interesting fact about dogs.", "How does a fridge keep food cold?"]
+    asked = ["What is 3 times 7?",                       # a near-copy by difflib ratio
+             "A fun fact about dogs?",                  # another frame, most content words shared (fact, dogs)
+             "Briefly, how does a refrigerator keep food cold?",
+             "Plan a quick dinner with rice and eggs."]  # independent
+    kept, dropped = independent_prompts(asked, reference)
+    assert kept == ["Plan a quick dinner with rice and eggs."]
+    closest = {d["prompt"]: d["closest"] for d in dropped}
+    assert closest["What is 3 times 7?"] == "What is 13 times 7?"
+    assert closest["A fun fact about dogs?"] == "Tell me one interesting fact about dogs."
+    assert all(d["ratio"] >= 0.7 or d["overlap"] >= 0.5 for d in dropped)
+    # stricter thresholds keep less, looser keep more
+    assert len(independent_prompts(asked, reference, max_ratio=0.99, max_overlap=1.01)[0]) == 4
+
+
+def test_the_shipped_natural_prompt_set_is_independent_of_the_shipped_prompts():
+    """models/prompts/smollm2-natural.jsonl (issue 28: >= 100 prompts written apart from the templates, never
+    used for a choice) holds no near-copy of any shipped training prompt, and its ids do not collide."""
+    natural = [json.loads(ln) for ln in (shipped_prompts().parent / "smollm2-natural.jsonl").read_text().splitlines()]
+    shipped = [json.loads(ln) for ln in shipped_prompts().read_text().splitlines()]
+    assert len(natural) >= 100 and len({p["id"] for p in natural}) == len(natural)
+    assert not {p["id"] for p in natural} & {p["id"] for p in shipped}
+    kept, dropped = independent_prompts([p["prompt"] for p in natural], [p["prompt"] for p in shipped])
+    assert dropped == [] and len(kept) == len(natural)
