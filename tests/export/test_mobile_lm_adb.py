@@ -64,21 +64,24 @@ def _bench_settings():
                               profiled_on="host", profile_device=dev)
 
 
-@pytest.fixture
-def build(tmp_path) -> Path:
-    """BUILD/convert/mobile written by write_lm_bundle around a stand-in program."""
+def _write_build(root: Path, prompts: list[list[int]]) -> Path:
+    """ROOT/build/convert/mobile written by write_lm_bundle around a stand-in program; returns ROOT/build."""
     from edgekd.targets.base import LanguageModelPayload
     from edgekd.targets.mobile.lm import write_lm_bundle
 
-    hf = _tokenizer_dir(tmp_path / "hf")
-    pte = tmp_path / "student_8da4w.pte"
+    hf = root / "hf" if (root / "hf").is_dir() else _tokenizer_dir(root / "hf")
+    pte = root / "student_8da4w.pte"
     pte.write_bytes(b"\x00\x00\x00\x00ET12 stand-in program")
-    prompts = _prompts()
     payload = LanguageModelPayload(student_dir=hf, teacher_dir=hf, val=[], test=[], val_prompts=prompts[:1],
                                    test_prompts=prompts + [[1, 5, 2]], pad_id=0, stop_ids=[2], max_length=40,
                                    max_new_tokens=8, chat_template="{{ messages }}", bench=_bench_settings())
-    write_lm_bundle(tmp_path / "build" / "convert", pte, "pte-8da4w", payload, CACHE)
-    return tmp_path / "build"
+    write_lm_bundle(root / "build" / "convert", pte, "pte-8da4w", payload, CACHE)
+    return root / "build"
+
+
+@pytest.fixture
+def build(tmp_path) -> Path:
+    return _write_build(tmp_path, _prompts())
 
 
 _FAKE_ADB = r'''#!{py}
@@ -211,6 +214,18 @@ def test_adb_profile_lm_reports_the_runners_figures(build, tmp_path, monkeypatch
         assert pairs["--max_new_tokens"] == str(NEW_TOKENS) and pairs["--seq_len"] == str(CACHE - 1)
         assert pairs["--cpu_threads"] == str(THREADS) and "--warmup" in flags and "--ignore_eos" in flags
     assert all(c["argv"][:2] == ["-s", SERIAL] for c in calls if c["argv"] != ["devices"])
+
+
+def test_a_prompt_the_runner_counts_differently_is_flagged(tmp_path, monkeypatch):
+    """The runner re-encodes the prompt text itself: a length other than the build's ids is said in the notes."""
+    from edgekd.targets.mobile.lm_adb import adb_profile_lm
+
+    build = _write_build(tmp_path, [p[:-1] for p in _prompts()])  # one token shorter than the runs report
+    _fake_adb(tmp_path, monkeypatch)
+    _runner(tmp_path, monkeypatch)
+    r = adb_profile_lm(build / "convert" / "mobile", SERIAL)
+    assert r["prompt_tokens_expected"] == [len(p) - 1 for p in _prompts()]
+    assert any("prompts [0, 1, 2]" in n and "another prompt length" in n for n in r["notes"])
 
 
 def test_parse_lm_benchmark_output_splits_runs_and_needs_a_report():

@@ -21,6 +21,10 @@ Every program is run on this host with ExecuTorch's runtime (`edgekd.runtimes.ex
 parity with PyTorch on validation prompts (fp32: identical tokens), next-token agreement with the teacher's
 answers (validation: the choice, test: the report), and the generation benchmark (TTFT, ms/token,
 tokens/s, peak RSS) in a fresh process per program. The teacher is exported (fp32) and timed the same way.
+
+On a phone: the bundle carries benchmark_android.sh and prompts.json (`lm_adb`); `edgekd profile BUILD --adb
+SERIAL`, with LLM_RUNNER set to an Android arm64 build of ExecuTorch's llama_main, times the shipped program
+there with ExecuTorch's LLM runner (TTFT, ms/token, tokens/s; measured_on device).
 """
 from __future__ import annotations
 

@@ -57,6 +57,7 @@ _SCRIPT = r"""#!/usr/bin/env bash
 # LLM_RUNNER: an Android arm64 llama_main (pytorch/executorch examples/models/llama) built with XNNPACK, the
 # LLM custom ops and the quantized kernels (-DEXECUTORCH_BUILD_XNNPACK=ON -DEXECUTORCH_BUILD_KERNELS_LLM=ON
 # -DEXECUTORCH_BUILD_KERNELS_QUANTIZED=ON). Each run prints one `PyTorchObserver {json}` line (its timings).
+# Needs adb and python3 on the host (it reads prompts.json; PYTHON=... picks another interpreter).
 set -euo pipefail
 : "${ANDROID_SERIAL:?set ANDROID_SERIAL to the serial of the phone, see: adb devices}"
 : "${LLM_RUNNER:?set LLM_RUNNER to an Android arm64 build of ExecuTorch llama_main (see README.txt)}"
