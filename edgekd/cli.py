@@ -393,12 +393,15 @@ def profile(
 
         if adb is not None:
             from edgekd.targets.mobile.bundle import adb_profile
+            from edgekd.targets.mobile.lm_adb import adb_profile_lm, is_lm_bundle
 
             bundle = path / "convert" / "mobile"
             if not bundle.is_dir():
                 raise UserError(f"{path} has no mobile bundle (convert/mobile/)",
                                 hint="build it first: edgekd build --target mobile --out DIR")
-            res = adb_profile(bundle, adb, threads=load_target(target or "mobile").profile.threads)
+            # a language model's bundle runs ExecuTorch's LLM runner (manifest kind executorch-llm)
+            res = (adb_profile_lm if is_lm_bundle(bundle) else adb_profile)(
+                bundle, adb, threads=load_target(target or "mobile").profile.threads)
             sys.stdout.write(json.dumps(res, indent=2, default=str) + "\n")
             return
         if path.is_dir():

@@ -21,6 +21,10 @@ Every program is run on this host with ExecuTorch's runtime (`edgekd.runtimes.ex
 parity with PyTorch on validation prompts (fp32: identical tokens), next-token agreement with the teacher's
 answers (validation: the choice, test: the report), and the generation benchmark (TTFT, ms/token,
 tokens/s, peak RSS) in a fresh process per program. The teacher is exported (fp32) and timed the same way.
+
+On a phone: the bundle carries benchmark_android.sh and prompts.json (`lm_adb`); `edgekd profile BUILD --adb
+SERIAL`, with LLM_RUNNER set to an Android arm64 build of ExecuTorch's llama_main, times the shipped program
+there with ExecuTorch's LLM runner (TTFT, ms/token, tokens/s; measured_on device).
 """
 from __future__ import annotations
 
@@ -32,6 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgekd.errors import StageError, UserError
+# the phone benchmark's writer and the bundle's sha256 check (re-exported here) live in lm_adb, beside its runner
+from edgekd.targets.mobile.lm_adb import bench_prompts, verify_lm_bundle, write_bench_files  # noqa: F401
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from edgekd.runtimes.executorch_lm import PteLM
@@ -363,8 +369,9 @@ def convert_language_model(job: "ConvertJob") -> tuple[dict[str, str], dict[str,
                for d in (pte_dir, job.wd / BUNDLE_DIR) for f in sorted(d.iterdir()) if f.is_file()}
     where = {"ran": [f".pte programs ({'teacher and student' if teacher else 'the student'}): ExecuTorch runtime with "
                      f"XNNPACK on this host ({settings.profile_device.name}), {settings.threads} thread(s)"],
-             "not_run": [f"on-phone generation: no --adb device; run the ExecuTorch LLM runner on the bundle's "
-                         f"model.pte on the phone ({job.target.device.name})"]}
+             "not_run": [f"on-phone generation ({job.target.device.name}): no phone here; time the bundle's model.pte "
+                         f"with ExecuTorch's LLM runner (llama_main) on one over adb: edgekd profile BUILD --adb SERIAL "
+                         f"(LLM_RUNNER=an Android arm64 llama_main; see convert/mobile/README.txt)"]}
     if teacher is None:
         where["not_run"].append("the teacher's .pte (generate.teacher_on_target: false, the --quick default): no "
                                 "teacher row on ExecuTorch, so no like-for-like teacher/student ratio on it")
@@ -429,18 +436,31 @@ model.pte          ExecuTorch program ({variant}), XNNPACK-delegated, static KV 
                    ExecuTorch LLM runner (extension/llm/runner, e.g. its llama_main / Android LlmModule).
 tokenizer.json     the student's tokenizer (Hugging Face tokenizers format) and its config files
 generation.json    chat template, stop token ids, pad id, max length, max new tokens (greedy decoding)
+prompts.json       the benchmark prompts ({n_prompts}, chat template applied: the text and its token ids) and
+                   the benchmark's settings ({max_new} new tokens, {threads} thread(s), {runs} run(s) per prompt)
+benchmark_android.sh  greedy generation of prompts.json on an Android phone over adb with ExecuTorch's
+                   LLM runner (llama_main, one warm-up generation per run); see the header of the script
 manifest.json      sha256 and size of every file here
 
 The program needs ExecuTorch's LLM custom ops (llama::custom_sdpa) and quantized kernels
 (quantized_decomposed::embedding_byte) linked into the runner: build it with
 -DEXECUTORCH_BUILD_KERNELS_LLM=ON -DEXECUTORCH_BUILD_KERNELS_QUANTIZED=ON -DEXECUTORCH_BUILD_XNNPACK=ON.
 Every figure in the build's report for this file was measured on the build host's ExecuTorch runtime.
+
+On a phone (USB debugging on, `adb devices` lists it), with LLM_RUNNER an Android arm64 llama_main
+(pytorch/executorch examples/models/llama, built with the three options above and the Android NDK):
+  edgekd profile BUILD --adb <serial>         (BUILD: the build folder; JSON to stdout: TTFT, ms/token,
+                                               tokens/s, prompt tokens/s, model load ms; measured_on device)
+or by hand, in this folder:
+  ANDROID_SERIAL=<serial> LLM_RUNNER=/path/to/llama_main bash benchmark_android.sh
+(each run prints llama_main's `PyTorchObserver {{json}}` report line).
 """
 
 
 def write_lm_bundle(wd: Path, pte: Path, variant: str, lm: "LanguageModelPayload", cache_len: int) -> Path:
-    """`wd/mobile/`: model.pte, tokenizer files, generation settings and a sha256 manifest (written in a temp
-    folder and renamed into place)."""
+    """`wd/mobile/`: model.pte, tokenizer files, generation settings, the phone benchmark (prompts.json and
+    benchmark_android.sh: `edgekd profile BUILD --adb SERIAL` runs it, `lm_adb.adb_profile_lm`) and a sha256
+    manifest (written in a temp folder and renamed into place)."""
     from edgekd.fsio import sha256_file
     from edgekd.llm.onnx_gen import copy_tokenizer
 
@@ -455,7 +475,15 @@ def write_lm_bundle(wd: Path, pte: Path, variant: str, lm: "LanguageModelPayload
            "max_length": cache_len - 1, "max_context_length": cache_len, "max_new_tokens": lm.max_new_tokens,
            "decoding": "greedy", "program_source": pte.name}
     (tmp / "generation.json").write_text(json.dumps(gen, indent=2))
-    (tmp / "README.txt").write_text(_README.format(variant=variant, cache_len=cache_len, max_seq=cache_len - 1))
+    # the phone benchmark: the host benchmark's prompts and settings, run by ExecuTorch's LLM runner over adb
+    st = lm.bench
+    threads, runs = (st.threads, st.repeats) if st is not None else (1, 1)
+    prompts = bench_prompts(lm)
+    write_bench_files(tmp, prompts, st.new_tokens if st is not None else lm.max_new_tokens, threads, cache_len, runs)
+    bench = json.loads((tmp / "prompts.json").read_text(encoding="utf-8"))
+    (tmp / "README.txt").write_text(_README.format(variant=variant, cache_len=cache_len, max_seq=cache_len - 1,
+                                                   n_prompts=len(prompts), max_new=bench["max_new_tokens"],
+                                                   threads=threads, runs=runs))
     files = sorted(f for f in tmp.iterdir() if f.is_file())
     manifest = {"schema_version": MANIFEST_SCHEMA_VERSION, "kind": "executorch-llm", "variant": variant,
                 "tokenizer_files": copied,
@@ -463,18 +491,3 @@ def write_lm_bundle(wd: Path, pte: Path, variant: str, lm: "LanguageModelPayload
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, final)
     return final
-
-
-def verify_lm_bundle(bundle: Path | str) -> dict[str, Any]:
-    """The manifest's sha256 of every file against the files; StageError on a missing or changed file."""
-    from edgekd.fsio import sha256_file
-
-    bundle = Path(bundle)
-    man = json.loads((bundle / "manifest.json").read_text())
-    for name, entry in man["files"].items():
-        f = bundle / name
-        if not f.is_file() or sha256_file(f) != entry["sha256"]:
-            raise StageError(f"{bundle.name}/{name} does not match its manifest sha256",
-                             hint="rebuild the bundle; never edit it by hand")
-    return man
-
