@@ -437,6 +437,21 @@ class GenerateConfig(Strict):
     profile_repeats: int = Field(3, ge=1, description="passes over the profile prompts after a warm-up")
 
 
+class EvaluateConfig(Strict):
+    """text-generation recipes: prompts held out by SOURCE, beside the split's held-out templates: prompts a user
+    would write, written apart from the training prompts. Never used for any choice; a prompt a training prompt is a
+    near-copy of (difflib ratio or content-word overlap, edgekd.llm.heldout.independent_prompts) is left out."""
+
+    natural_prompts: str | None = Field(
+        "auto", description="JSONL of prompts ({id, prompt} per line); 'auto': the shipped set "
+                            "(models/prompts/smollm2-natural.jsonl) with the shipped prompt set, none with your own "
+                            "prompts (data.path); null: none")
+    max_prompts: int | None = Field(None, ge=1, description="score the first N kept prompts (--quick)")
+    max_ratio: float = Field(0.7, gt=0, le=1, description="a training prompt at least this similar (difflib ratio) "
+                                                          "leaves a natural prompt out")
+    max_overlap: float = Field(0.5, gt=0, le=1, description="... or sharing at least this share of its content words")
+
+
 class RecipeConfig(Strict):
     schema_version: int
     name: str
@@ -450,6 +465,8 @@ class RecipeConfig(Strict):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     generate: GenerateConfig | None = Field(None, description="text-generation recipes: teacher answers and generation profiling")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig,
+                                     description="text-generation recipes: the natural-prompt evaluation")
     quick: dict[str, Any] = Field(default_factory=dict, description="--set overrides applied by --quick")
 
     @field_validator("schema_version")

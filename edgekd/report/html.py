@@ -8,6 +8,7 @@ from typing import Any
 
 from edgekd.report.markdown import (CANDIDATE_HEADER, CONTROL_HEADER, MODEL_HEADER, SEARCH_HEADER, candidate_rows,
                                     control_rows, control_sentence, energy_notes, model_rows, search_rows,
+                                    HELD_OUT_NOTE, held_out_header, held_out_table_rows,
                                     search_sentences, selection_sentence, summary_rows)
 from edgekd.report.schema import atomic_write_text
 
@@ -68,6 +69,9 @@ def render_html(report: dict, plots: dict[str, Path] | None = None) -> str:
     ]
     if control_rows(report):
         parts.append(_table(CONTROL_HEADER, control_rows(report)))
+    if held_out_table_rows(report):
+        parts += ["<h2>Held-out evaluation</h2>", f"<p>{_e(HELD_OUT_NOTE)}</p>",
+                  _table(held_out_header(report), held_out_table_rows(report))]
     parts += ["<h2>Models</h2>", _table(MODEL_HEADER, model_rows(report))]
     if report.get("candidates"):
         rule = selection_sentence(report)

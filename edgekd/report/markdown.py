@@ -171,6 +171,46 @@ def measurement_lines(report: dict) -> list[str]:
                         "`estimate` = the target card's roofline model (card time x card power), never a measurement.", ""]
 
 
+HELD_OUT_SETS = ("held-out-template", "shuffled-test", "in-template", "natural-prompts")
+HELD_OUT_NAMES = {"student": "student (distilled)", "teacher": "teacher vs its own answers (sanity)",
+                  "control": "control (answers, hard labels only)", "untrained": "cut student, untrained"}
+
+
+def held_out_header(report: dict) -> list[str]:
+    sets = [s for s in HELD_OUT_SETS if any(s in v for v in ((report.get("training") or {}).get("held_out") or {}).values())]
+    return ["model", *sets]
+
+
+def held_out_table_rows(report: dict) -> list[list[str]]:
+    """training.held_out of a language-model build: next-token agreement [95% interval over prompts] per model and
+    held-out set (held out by template, in-template recall, and by source: the natural prompts)."""
+    ho = (report.get("training") or {}).get("held_out") or {}
+    sets = held_out_header(report)[1:]
+
+    def cell(v: dict | None) -> str:
+        if not v or v.get("agreement") is None:
+            return "—"
+        ci = v.get("agreement_ci95")
+        return fmt_pct(v["agreement"]) + (f" [{fmt_pct(ci[0])}, {fmt_pct(ci[1])}]" if ci else "") + \
+            f" ({v.get('prompts')} prompts)"
+
+    return [[HELD_OUT_NAMES.get(m, m), *(cell(v.get(s)) for s in sets)] for m, v in ho.items()]
+
+
+HELD_OUT_NOTE = ("Next-token agreement with the teacher's greedy answers (teacher forcing) [95% bootstrap interval over "
+                 "prompts]. held-out-template: templates (and their slot words) never trained on; in-template: held-out "
+                 "prompts of training templates (recall of the frames); natural-prompts: prompts written apart from the "
+                 "training set, near-copies left out (held out by source). Nothing was chosen on these sets: the "
+                 "epoch and the candidate were chosen on the validation split (other held-out templates).")
+
+
+def held_out_lines(report: dict) -> list[str]:
+    rows = held_out_table_rows(report)
+    if not rows:
+        return []
+    return ["## Held-out evaluation", "", HELD_OUT_NOTE, ""] + _table(held_out_header(report), rows)
+
+
 SEARCH_HEADER = ["architecture", "params", "MACs", "artifact", "size", "p50 (where)", "fits?", "proxy val acc", "status"]
 
 
@@ -223,6 +263,7 @@ def render_markdown(report: dict, plots: dict[str, Path] | None = None, base: Pa
     lines += ["## What distillation bought", "", control_sentence(report), ""]
     if control_of(report):
         lines += _table(CONTROL_HEADER, control_rows(report))
+    lines += held_out_lines(report)
     lines += ["## Models", ""] + _table(MODEL_HEADER, model_rows(report))
     if report.get("candidates"):
         rule = selection_sentence(report)

@@ -59,6 +59,16 @@ def test_smollm2_seqkd_quick_build(lm_quick_build, tmp_path):
             r = ho[model][name]
             assert r["agreement_ci95"][0] <= r["agreement"] <= r["agreement_ci95"][1], (model, name)
     assert ho["teacher"]["held-out-template"]["agreement"] > 0.85 and ho["teacher"]["in-template"]["agreement"] > 0.85
+    # held out by source: the shipped natural prompts (the quick card scores 6), none a near-copy of a build prompt
+    nat = json.loads((out / "natural" / "result.json").read_text())["metrics"]
+    assert nat["scored_prompts"] == 6 and nat["asked"] >= 100 and nat["near_copies_left_out"] == 0
+    for model in ("student", "teacher"):
+        r = ho[model]["natural-prompts"]
+        assert r["prompts"] == 6 and r["agreement_ci95"][0] <= r["agreement"] <= r["agreement_ci95"][1]
+    assert ho["teacher"]["natural-prompts"]["agreement"] > 0.85
+    assert "natural-prompts" not in ho["control"]  # the control's model is not kept: its row says so by a dash
+    md = (out / "report" / "report.md").read_text()
+    assert "## Held-out evaluation" in md and "| model | held-out-template | in-template | natural-prompts |" in md
     d = json.loads((out / "distill" / "result.json").read_text())["metrics"]
     assert set(d["held_out"]["test"]["per_template"]) == set(split["test_templates"])
     h = d["history"]
@@ -79,7 +89,26 @@ def test_smollm2_seqkd_quick_build(lm_quick_build, tmp_path):
     r2 = edgekd("build", *LM_QUICK, "--out", str(again), "--quiet", env=env, cwd=cwd)
     assert r2.returncode == 0, r2.stderr[-2000:]
     stages = {e["stage"]: e["reused"] for e in json.loads((again / "run.json").read_text())["stages"]}
-    assert all(stages[k] for k in ("teacher", "generate", "distill", "export", "quantize", "profile"))
+    assert all(stages[k] for k in ("teacher", "generate", "distill", "natural", "export", "quantize", "profile"))
+    # another natural-prompt set retrains nothing: only `natural` and the report run again
+    mine = tmp_path / "mine.jsonl"
+    trained = json.loads((out / "generate" / "answers.jsonl").read_text().splitlines()[0])["prompt"]
+    mine.write_text(json.dumps({"prompt": "Can you suggest a name for my new bicycle shop?"}) + "\n"
+                    + json.dumps({"prompt": trained}) + "\n")  # one of the build's own prompts: left out
+    r3 = edgekd("build", *LM_QUICK, "--out", str(again), "--quiet", "--set", f"evaluate.natural_prompts={mine}",
+                env=env, cwd=cwd)
+    assert r3.returncode == 0, r3.stderr[-2000:]
+    stages = {e["stage"]: e["reused"] for e in json.loads((again / "run.json").read_text())["stages"]}
+    assert not stages["natural"] and all(stages[k] for k in ("teacher", "generate", "distill", "export", "quantize"))
+    nat = json.loads((again / "natural" / "result.json").read_text())["metrics"]
+    assert nat["scored_prompts"] == 1 and nat["left_out"][0]["prompt"] == trained
+
+
+def test_a_missing_natural_prompt_file_is_exit_2_before_any_stage(tmp_path):
+    r = edgekd("build", "--recipe", "smollm2-seqkd", "--quick", "--out", str(tmp_path / "b"),
+               "--set", f"evaluate.natural_prompts={tmp_path / 'nope.jsonl'}", env={"EDGEKD_CACHE": str(tmp_path / "c")})
+    assert r.returncode == 2 and "evaluate.natural_prompts" in r.stderr and "Traceback" not in r.stderr
+    assert not any((tmp_path / "b" / s).exists() for s in ("teacher", "generate", "distill"))
 
 
 def test_broken_prompts_file_is_exit_2_with_line(tmp_path):

@@ -1,7 +1,8 @@
 """The stage graph of `task: text-generation` recipes (smollm2-seqkd).
 
 teacher (GGUF → safetensors, cached) → generate (teacher answers, cached, resumable) → distill
-(SFT + top-k token KD, and the raw-text control) → export (ONNX with KV cache, parity: logits and
+(SFT + top-k token KD, and the answers-only control) → natural (the student on prompts written apart from the
+training prompts: scored, never chosen on) → export (ONNX with KV cache, parity: logits and
 greedy tokens) → quantize (fp32 / int8-dynamic / int8-weight / int4-weight, each evaluated through
 onnxruntime) → profile (TTFT, tokens/s, memory, energy per token; each model in its own process)
 → select → report. This module holds what is the language model's own: the stages teacher, generate,
@@ -20,6 +21,7 @@ from edgekd.tasks.text_generation.data import (_generate_cfg, _teacher_cfg, prom
                                                stage_generate, stage_teacher)
 from edgekd.tasks.text_generation.distill import _distill_cfg, _resolve_loss_paths, stage_distill
 from edgekd.tasks.text_generation.export import _export_cfg, stage_export
+from edgekd.tasks.text_generation.natural import _natural_cfg, stage_natural
 from edgekd.tasks.text_generation.hooks import (_profile_cfg, _quantize_cfg, convert_job, profile_models,
                                                 quantize_plan, report_parts)
 
@@ -33,6 +35,9 @@ def front() -> list[Stage]:
               reads=("recipe.teacher", "recipe.generate", "recipe.data")),
         Stage("distill", stage_distill, ["teacher", "generate"], _distill_cfg, parallel=True,
               reads=("recipe.teacher", "recipe.student", "recipe.distill", "recipe.data", "recipe.generate")),
+        # prompts held out by source (written apart from the training prompts): scored, never chosen on
+        Stage("natural", stage_natural, ["teacher", "generate", "distill"], _natural_cfg,
+              reads=("recipe.evaluate", "recipe.data")),
         Stage("export", stage_export, ["generate", "distill"], _export_cfg,
               reads=("recipe.student", "recipe.data", "recipe.generate", "target.onnx", "target.parity")),
     ]
@@ -56,7 +61,7 @@ TASK = Task(
     profile_deps=("teacher", "generate", "distill", "quantize"),
     profile_reads=("recipe.teacher", "recipe.data", "recipe.generate", "target"),
     profile_cfg=_profile_cfg, profile_models=profile_models,
-    report_stages=("teacher", "generate", "distill", "export", "quantize", "profile", "select"),
+    report_stages=("teacher", "generate", "distill", "natural", "export", "quantize", "profile", "select"),
     report_parts=report_parts,
     # the family's conversion of the selected student (mobile .pte, Ascend bundle): only where the family
     # converts and ships text generation (targets.check_task refuses the others at pre-flight)

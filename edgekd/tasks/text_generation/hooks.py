@@ -180,7 +180,7 @@ def report_parts(build_dir: Path, res: dict[str, dict], run: dict):
     training = {"student": {k: d["metrics"].get(k) for k in ("val", "test", "best_epoch", "train_seconds", "arch",
                                                              "losses", "examples")},
                 "teacher": d["metrics"]["teacher"], "control": ctrl,
-                "held_out": held_out_rows(d["metrics"])}
+                "held_out": held_out_rows(d["metrics"], res["natural"]["metrics"])}
     generation = {k: gen["metrics"].get(k) for k in ("prompts", "answers", "mean_answer_tokens", "finished_fraction",
                                                      "seconds", "splits", "split")}
     split_kind = (gen["metrics"].get("split") or {}).get("kind", "shuffle")
@@ -202,10 +202,11 @@ def _converted_teacher(build_dir: Path) -> str | None:
     return ((read_result(build_dir / "convert") or {}).get("metrics") or {}).get("teacher_same_runtime")
 
 
-def held_out_rows(dm: dict) -> dict | None:
+def held_out_rows(dm: dict, natural: dict | None = None) -> dict | None:
     """training.held_out: per model (teacher: the sanity row, student, control, untrained cut student), next-token
-    agreement and perplexity with bootstrap 95% intervals over prompts on the held-out-template test and the
-    in-template test (per-template breakdowns stay in distill/result.json)."""
+    agreement and perplexity with bootstrap 95% intervals over prompts on the held-out-template test, the
+    in-template test and (stage `natural`: teacher and student) the natural prompts, held out by source
+    (per-template breakdowns stay in distill/result.json)."""
     sets = {"student": dm.get("held_out"), "teacher": dm.get("teacher_held_out"),
             "control": (dm.get("control") or {}).get("held_out"), "untrained": dm.get("untrained")}
     if not sets["student"]:
@@ -218,6 +219,10 @@ def held_out_rows(dm: dict) -> dict | None:
             out[model] = {names[k]: {f: v.get(f) for f in ("agreement", "agreement_ci95", "perplexity",
                                                            "perplexity_ci95", "prompts", "tokens")}
                           for k, v in ho.items() if k in names}
+    for model in ("student", "teacher"):
+        if natural and natural.get(model) and model in out:
+            out[model]["natural-prompts"] = {f: natural[model].get(f) for f in ("agreement", "agreement_ci95", "perplexity",
+                                                                                 "perplexity_ci95", "prompts", "tokens")}
     return out
 
 
