@@ -55,64 +55,6 @@ def natural_text(tok, n: int, max_length: int) -> list:
     return out
 
 
-NATURAL = ROOT / "models" / "prompts" / "smollm2-natural.jsonl"
-
-
-def natural_prompts(build: Path, teacher, student, tok, sel: str, sel_path: Path) -> dict:
-    """Issue 28's natural-prompt set: prompts a phone-assistant user would write, written apart from the
-    templates and kept only when no shipped prompt is a near-copy (edgekd.llm.heldout.independent_prompts, checked
-    again here against this build's prompts). Never used for any choice. The teacher answers them with the build's
-    decoding settings (its own cache file); the student (PyTorch fp32 and the selected ONNX candidate) is scored on
-    those answers by teacher forcing, with bootstrap 95% intervals over prompts; the teacher against itself is the
-    sanity row."""
-    import numpy as np
-
-    from edgekd.fsio import read_result
-    from edgekd.llm.generate import generate_answers
-    from edgekd.llm.heldout import independent_prompts, summarize
-    from edgekd.llm.onnx_gen import evaluate_onnx
-    from edgekd.llm.sequences import build_examples
-    from edgekd.tasks.text_generation.distill import score_examples
-
-    gen = read_result(build / "generate")["metrics"]
-    built = [json.loads(ln)["prompt"] for ln in (build / "generate" / "answers.jsonl").read_text().splitlines()]
-    prompts = [json.loads(ln) for ln in NATURAL.read_text().splitlines()]
-    kept, dropped = independent_prompts([p["prompt"] for p in prompts], built)
-    prompts = [p for p in prompts if p["prompt"] in set(kept)]
-    cache = Path(gen["cache"])
-    rows = generate_answers(teacher, tok, prompts, cache.with_name(cache.stem + "-natural.jsonl"), gen["settings"])
-    dmetrics = read_result(build / "distill")["metrics"]
-    ex = build_examples(tok, rows, 10**6, dmetrics["end_id"])  # whole answers (the build's max_length cuts training rows)
-    pad = tok.pad_token_id or 0
-    templates = ["natural"] * len(ex)
-    out = {"source": f"{NATURAL.relative_to(ROOT)}: {len(prompts)} prompts written apart from the templates "
-                     f"({len(dropped)} more near-copies of this build's prompts left out)",
-           "answers": len(rows), "answer_tokens": int(sum(len(e.ids) - e.start for e in ex)),
-           "teacher": summarize(*score_examples(teacher, ex, pad), templates),
-           "student/fp32-torch": summarize(*score_examples(student, ex, pad), templates)}
-    for k in ("teacher", "student/fp32-torch"):
-        out[k].pop("per_template", None)
-    out[f"student/{sel}"] = evaluate_onnx(sel_path, ex)
-    out["mean_answer_tokens"] = float(np.mean([r["tokens"] for r in rows]))
-    return out
-
-
-def natural_only(build: Path, rep: dict, args) -> dict:
-    import torch
-
-    from edgekd.fsio import read_result
-    from edgekd.llm.models import load_causal_lm
-
-    torch.set_num_threads(args.threads)
-    t_info = read_result(build / "teacher")["metrics"]
-    teacher, tok = load_causal_lm(t_info["folder"])
-    student, _ = load_causal_lm(build / "distill" / "student")
-    sel = rep["selected"].split("/", 1)[1]
-    sel_path = build / "quantize" / next(c["path"] for c in read_result(build / "quantize")["metrics"]["candidates"]
-                                         if c["variant"] == sel)
-    return natural_prompts(build, teacher, student, tok, sel, sel_path)
-
-
 def extras(build: Path, rep: dict, d: dict, args) -> dict:
     import torch
 
@@ -140,7 +82,6 @@ def extras(build: Path, rep: dict, d: dict, args) -> dict:
         "student/fp32-torch": evaluate(student, nat, tok.pad_token_id or 0),
         f"student/{sel}": evaluate_onnx(sel_path, nat),
     }
-    out["natural_prompts"] = natural_prompts(build, teacher, student, tok, sel, sel_path)
     del student, teacher
     # the teacher on onnxruntime: the same exporter, dynamic INT8 and benchmark process as the student's
     p = read_result(build / "profile")["metrics"]["settings"]
@@ -183,17 +124,11 @@ def held_out_goals(rep: dict, x: dict | None) -> dict:
     """Issue 28's goals for the trained student (PyTorch fp32; the quantized candidates' agreement is in `models`)."""
     h = ((rep["training"].get("held_out") or {}).get("student")) or {}
     g: dict = {}
-    for split in ("held-out-template", "in-template"):
+    for split in ("natural-prompts", "held-out-template", "in-template"):
         if split in h:
             v = h[split]["agreement"]
             g[split] = {"value": v, "ci95": h[split].get("agreement_ci95"), "prompts": h[split].get("prompts"),
                         "goal": HELD_OUT_GOALS[split], "met": v >= HELD_OUT_GOALS[split]}
-    npr = (x or {}).get("natural_prompts")
-    if npr:
-        v = npr["student/fp32-torch"]["agreement"]
-        g["natural-prompts"] = {"value": v, "ci95": npr["student/fp32-torch"].get("agreement_ci95"),
-                                "prompts": npr["student/fp32-torch"].get("prompts"),
-                                "goal": HELD_OUT_GOALS["natural-prompts"], "met": v >= HELD_OUT_GOALS["natural-prompts"]}
     nat = (x or {}).get("natural_text")
     if nat:
         r = nat["student/fp32-torch"]["perplexity"] / nat["teacher"]["perplexity"]
@@ -439,11 +374,9 @@ def main() -> None:
     if args.reuse_extras and args.skip_build and prev.is_file() \
             and prev.stat().st_mtime > (build / "report" / "report.json").stat().st_mtime:
         old = json.loads(prev.read_text())
-        x = {k: old[k] for k in ("natural_text", "natural_prompts", "teacher_onnxruntime") if k in old} or None
+        x = {k: old[k] for k in ("natural_text", "teacher_onnxruntime") if k in old} or None
         for k in ("build_wall_s", "build_threads", "run_notes"):  # the build's own record, not this summary's
             out[k] = old.get(k, out.get(k))
-        if x is not None and "natural_prompts" not in x:  # a results file from before the natural-prompt set
-            x["natural_prompts"] = natural_only(build, rep, args)
     elif args.extras:
         x = extras(build, rep, d, args)
     if x:

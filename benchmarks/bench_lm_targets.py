@@ -31,10 +31,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from _common import ROOT, RESULTS, edgekd, report, write
+from _common import ROOT, edgekd, report, write
 
 RECIPE = "smollm2-seqkd"
-SHARED_STAGES = ("teacher", "generate", "distill")  # the training the targets share
+SHARED_STAGES = ("teacher", "generate", "distill", "natural")  # the training (and its natural-prompt scores) the targets share
 GOALS = {"pte_tokens_per_s_ratio": 3.0, "pte_agreement_drop_points": 2.0, "pte_size_fraction": 0.25}
 
 

@@ -390,11 +390,13 @@ def llm_build() -> str:
                           f"{'met' if v['met'] else 'missed'})")
             else:
                 hb.append(f"{k} {_pct(v['value'])} (goal ≥ {_pct(v['goal'])}, {'met' if v['met'] else 'missed'})")
+        natural = (f", on natural prompts written apart from the prompt set (held out by source) "
+                   f"{fig('student', 'natural-prompts')}" if "natural-prompts" in h["student"] else "")
         lines += ["", "Held out by construction (`data.split: template`: whole templates and their slot words): the "
                       f"student's next-token agreement on held-out templates {fig('student', 'held-out-template')}, on "
-                      f"training templates' held-out prompts (in-template recall) {fig('student', 'in-template')}; "
-                      f"the teacher against its own answers {fig('teacher', 'held-out-template')} (95% bootstrap "
-                      "intervals over prompts). Issue 28's goals for the student: " + "; ".join(hb) + "."]
+                      f"training templates' held-out prompts (in-template recall) {fig('student', 'in-template')}"
+                      f"{natural}; the teacher against its own answers {fig('teacher', 'held-out-template')} (95% "
+                      "bootstrap intervals over prompts). Issue 28's goals for the student: " + "; ".join(hb) + "."]
     kept = [(x["variant"], x["kept_fp32_nodes"]) for x in d.get("candidates", []) if x.get("kept_fp32_nodes")]
     if kept:
         from edgekd.quantize.sensitivity import group_name
