@@ -87,10 +87,50 @@ def extras(build: Path, rep: dict, d: dict, args) -> dict:
     p = read_result(build / "profile")["metrics"]["settings"]
     test = [json.loads(ln) for ln in (build / "generate" / "answers.jsonl").read_text().splitlines()]
     prompts = [chat_ids(tok, r["prompt"]) for r in test if r["split"] == "test"][: p["prompts"]]
+    from edgekd.llm.sequences import build_examples
+
+    rows = [r for r in test if r["split"] == "test"]
+    test_ex = build_examples(tok, rows, rep_max_length(build), d["end_id"])  # the build's test examples
     prof = profile_onnx(Path(t_info["folder"]), default_cache_dir() / "llm-onnx" / t_info["hash"][:16], prompts,
-                        p["new_tokens"], p["repeats"])
+                        p["new_tokens"], p["repeats"], test_ex, dict(rep_options(build)))
     out["teacher_onnxruntime"] = {f"teacher/{k}-onnx": v for k, v in prof.items()}
+    out["distill_vs_quantize"] = distill_vs_quantize(rep, out["teacher_onnxruntime"])
     return out
+
+
+def rep_max_length(build: Path) -> int:
+    import yaml
+
+    return int(yaml.safe_load((build / "recipe.yaml").read_text())["data"]["max_length"])
+
+
+def rep_options(build: Path) -> dict:
+    import yaml
+
+    return (yaml.safe_load((build / "recipe.yaml").read_text()).get("quantize") or {}).get("options") or {}
+
+
+def distill_vs_quantize(rep: dict, teachers: dict) -> dict:
+    """Issue 28 item 6: the alternative a user would pick, quantizing the teacher, against the shipped student on
+    one runtime (onnxruntime, this host): is the student on the Pareto front of agreement vs tokens/s and vs size?
+    Agreement is with the teacher's own greedy answers on the test prompts for both (the fp32 teacher's is ~100%)."""
+    sel = next(m for m in rep["models"] if f"{m['role']}/{m['variant']}" == rep["selected"])
+    s = {"model": rep["selected"], "agreement": sel["accuracy"], "tokens_per_s": sel["tokens_per_s"],
+         "size_bytes": sel["size_bytes"]}
+    rows = [{"model": k, **{f: v.get(f) for f in ("agreement", "tokens_per_s", "size_bytes")}} for k, v in teachers.items()]
+    dominated_speed = [r["model"] for r in rows if r["agreement"] is not None and r["agreement"] >= s["agreement"]
+                       and r["tokens_per_s"] >= s["tokens_per_s"]]
+    dominated_size = [r["model"] for r in rows if r["agreement"] is not None and r["agreement"] >= s["agreement"]
+                      and r["size_bytes"] <= s["size_bytes"]]
+    fastest = max(rows, key=lambda r: r["tokens_per_s"])
+    smallest = min(rows, key=lambda r: r["size_bytes"])
+    return {"student": s, "quantized_teacher": rows,
+            "student_on_pareto_front_speed": not dominated_speed, "dominated_on_speed_by": dominated_speed,
+            "student_on_pareto_front_size": not dominated_size, "dominated_on_size_by": dominated_size,
+            "student_speedup_vs_fastest_teacher": s["tokens_per_s"] / fastest["tokens_per_s"],
+            "fastest_teacher": fastest["model"],
+            "student_size_fraction_of_smallest_teacher": s["size_bytes"] / smallest["size_bytes"],
+            "smallest_teacher": smallest["model"]}
 
 
 def curve(d: dict) -> list[dict]:
@@ -155,9 +195,11 @@ def _cached_answers(recipe) -> dict[str, list[dict]]:
             for k, v in sp.items()}
 
 
-def profile_onnx(hf_folder: Path, work: Path, prompts: list[list[int]], new_tokens: int, repeats: int) -> dict:
-    """Export a HF causal LM with KV cache (cached in `work`), make its dynamic-INT8 candidate, and
-    time both on onnxruntime with the profile stage's benchmark process (1 thread, this host)."""
+def profile_onnx(hf_folder: Path, work: Path, prompts: list[list[int]], new_tokens: int, repeats: int,
+                 examples: list | None = None, options: dict | None = None) -> dict:
+    """Export a HF causal LM with KV cache (cached in `work`), make its dynamic-INT8 and INT4 weight-only
+    candidates (the student's quantizers and options), time each on onnxruntime with the profile stage's benchmark
+    process (1 thread, this host), and score each on `examples` (next-token agreement and perplexity)."""
     from edgekd.cards import load_target
     from edgekd.llm.onnx_gen import export_with_past
     from edgekd.profile.runner import run_bench
@@ -168,16 +210,24 @@ def profile_onnx(hf_folder: Path, work: Path, prompts: list[list[int]], new_toke
         export_with_past(hf_folder, work, 17)
     if not (work / "int8-dynamic.onnx").is_file():
         CANDIDATES["int8-dynamic"].make(work / "model.onnx", work / "int8-dynamic.onnx", None, {}, [])
+    if not (work / "int4-weight.onnx").is_file():
+        CANDIDATES["int4-weight"].make(work / "model.onnx", work / "int4-weight.onnx", None, dict(options or {}), [])
     cpu = load_target("cpu").device  # this host, as the cpu target card describes it
     settings = GenerationSettings(threads=1, prompts=len(prompts), new_tokens=new_tokens, repeats=repeats,
                                   device=cpu, profiled_on="host", profile_device=cpu)
     out = {}
-    for name, f in (("fp32", work / "model.onnx"), ("int8-dynamic", work / "int8-dynamic.onnx")):
+    from edgekd.llm.onnx_gen import evaluate_onnx
+
+    for name, f in (("fp32", work / "model.onnx"), ("int8-dynamic", work / "int8-dynamic.onnx"),
+                    ("int4-weight", work / "int4-weight.onnx")):
         spec = GenerationSpec(name=name, kind="onnx", path=str(f), prompt_ids=prompts, settings=settings, energy="none")
         r = run_bench(spec, work / "logs", name)
         size = sum(x.stat().st_size for x in work.iterdir() if x.name.startswith(f.name))  # + external data
         out[name] = {"ttft_ms_p50": r["ttft_ms"]["p50"], "decode_ms_per_token_p50": r["decode_ms_per_token"]["p50"],
                      "tokens_per_s": r["tokens_per_s"], "size_bytes": size}
+        if examples:
+            ev = evaluate_onnx(f, examples)
+            out[name].update(agreement=ev["agreement"], perplexity=ev["perplexity"])
     return out
 
 
