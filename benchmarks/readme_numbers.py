@@ -343,6 +343,34 @@ def llm_students() -> str:
     return "\n".join(lines) + "\n\n" + _source("llm.json", {**d, "created": sc["created"], "threads": st["threads"]}, notes)
 
 
+def _distill_vs_quantize(dq: dict) -> str:
+    """One paragraph: the shipped student against the quantized teacher on one runtime (bench_llm.py --extras)."""
+    s, rows = dq["student"], dq["quantized_teacher"]
+    front = []
+    for axis, key, by in (("tokens/s", "student_on_pareto_front_speed", "dominated_on_speed_by"),
+                          ("size", "student_on_pareto_front_size", "dominated_on_size_by")):
+        front.append(f"on the Pareto front of agreement vs {axis}" if dq[key] else
+                     f"**not** on the front of agreement vs {axis} (beaten by {', '.join(dq[by])})")
+    scored = [r for r in rows if r.get("agreement") is not None]
+    text = (f"Distilling vs quantizing the teacher (onnxruntime on this host; agreement with the teacher's answers on "
+            f"the test prompts for all): {s['model']} ({_pct(s['agreement'])}, {s['tokens_per_s']:.0f} tokens/s, "
+            f"{s['size_bytes'] / 2**20:.0f} MiB) is " + " and ".join(front) + ". "
+            + "; ".join(f"{r['model']}: {_pct(r['agreement']) if r.get('agreement') is not None else '—'}, "
+                        f"{r['tokens_per_s']:.0f} tokens/s, {r['size_bytes'] / 2**20:.0f} MiB" for r in rows) + ". ")
+    faster = dq["student_speedup_vs_fastest_teacher"] > 1
+    smaller = dq["student_size_fraction_of_smallest_teacher"] < 1
+    better = scored and all(r["agreement"] <= s["agreement"] for r in scored)
+    if faster and smaller and not better:
+        text += (f"No quantized teacher reaches the student's speed ({dq['student_speedup_vs_fastest_teacher']:.1f}× the "
+                 f"fastest) or size ({dq['student_size_fraction_of_smallest_teacher']:.2f}× the smallest), and every one "
+                 "keeps more agreement: distilling buys speed and size, quantizing keeps quality.")
+    elif better:
+        text += "The student matches or beats every quantized teacher on agreement too."
+    else:
+        text += "Where a quantized teacher is as fast or as small, it is the better choice on this runtime."
+    return text
+
+
 def llm_build() -> str:
     """smollm2-seqkd: the card's own full build (bench_llm.py --extras): every model it made, the teacher on
     onnxruntime beside them, and the goals for the selected student."""
@@ -356,8 +384,10 @@ def llm_build() -> str:
                      f"| {_pct(m['agreement'])} | {m['perplexity']:.2f} | {m['ttft_ms_p50']:.0f} ms "
                      f"| {m['tokens_per_s']:.1f} |")
     for name, t in (d.get("teacher_onnxruntime") or {}).items():
-        lines.append(f"| {name} | onnxruntime | | {t['size_bytes'] / 2**20:.0f} MiB | | | {t['ttft_ms_p50']:.0f} ms "
-                     f"| {t['tokens_per_s']:.1f} |")
+        agree = _pct(t["agreement"]) if t.get("agreement") is not None else ""
+        ppl = f"{t['perplexity']:.2f}" if t.get("perplexity") is not None else ""
+        lines.append(f"| {name} | onnxruntime | | {t['size_bytes'] / 2**20:.0f} MiB | {agree} | {ppl} | "
+                     f"{t['ttft_ms_p50']:.0f} ms | {t['tokens_per_s']:.1f} |")
     g, gen, lo = d["goals"], d["generation"], d["losses"]
     tps = [(k.split("_vs_")[1], v) for k, v in g.items() if k.startswith("tokens_per_s_ratio_vs_")]
     bits = [f"agreement {_pct(g['agreement']['value'])} (goal {_pct(g['agreement']['goal'])})",
@@ -397,6 +427,9 @@ def llm_build() -> str:
                       f"training templates' held-out prompts (in-template recall) {fig('student', 'in-template')}"
                       f"{natural}; the teacher against its own answers {fig('teacher', 'held-out-template')} (95% "
                       "bootstrap intervals over prompts). Issue 28's goals for the student: " + "; ".join(hb) + "."]
+    dq = d.get("distill_vs_quantize")
+    if dq:
+        lines += ["", _distill_vs_quantize(dq)]
     kept = [(x["variant"], x["kept_fp32_nodes"]) for x in d.get("candidates", []) if x.get("kept_fp32_nodes")]
     if kept:
         from edgekd.quantize.sensitivity import group_name
