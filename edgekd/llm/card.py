@@ -295,6 +295,14 @@ def _y(v: Any) -> str:
     return json.dumps(v)  # JSON is valid YAML and quotes what needs quoting
 
 
+def _comment(text: str, indent: str = "  ") -> list[str]:
+    """`text` as YAML comment lines of at most ~116 characters."""
+    import textwrap
+
+    return textwrap.wrap(text, 116 - len(indent), initial_indent=f"{indent}# ", subsequent_indent=f"{indent}# ",
+                         break_on_hyphens=False)
+
+
 def _shape_line(s: dict[str, int], t: LMShape) -> str:
     return (f"{s['layers']} of {t.layers} layers, hidden {s['hidden']} of {t.hidden}, FFN {s['ffn']} of {t.ffn}, "
             f"{s['heads']} of {t.heads} heads ({s['kv_heads']} of {t.kv_heads} KV)")
@@ -324,7 +332,7 @@ def render_lm_card(teacher: str, data: str, name: str, t: LMShape, sp: SplitPlan
         "data:",
         "  kind: prompts",
         f"  path: {_y(data)}  # {sp.prompts} prompts" + (f" of {sp.templates} templates" if sp.templates else ""),
-        f"  # {sp.why}",
+        *_comment(sp.why),
         f"  split: {sp.split}",
         "  val_fraction: 0.1" + ("  # of the prompts each for validation and test" if sp.split == "shuffle" else
                                  "  # ~10% of the prompts each held out (whole templates) for validation and test"),
@@ -333,12 +341,12 @@ def render_lm_card(teacher: str, data: str, name: str, t: LMShape, sp: SplitPlan
         "teacher:",
         f"  # {t.model_type}, {t.layers} layers, hidden {t.hidden}, FFN {t.ffn}, {t.heads} heads ({t.kv_heads} KV), "
         f"vocabulary {t.vocab}: {t_params}",
-        "  # (read from " + ("the GGUF's metadata; the build dequantizes it once into the cache, ~30 s)"
-                             if t.source == "gguf" else "its config.json)"),
+        *(["  # (read from the GGUF's metadata; the build dequantizes it once into the cache, ~30 s)"]
+          if t.source == "gguf" else []),
         "  arch: hf_causal_lm",
         f"  kwargs: {{hf: {_y(teacher)}}}",
         "student:",
-        *[f"  # {line}" for line in student_note],
+        *[line for para in student_note for line in _comment(para)],
         f"  arch: {student['arch']}",
         f"  kwargs: {_y(student['kwargs'])}",
         "generate:",
@@ -405,7 +413,7 @@ def pick_lm_student(t: LMShape, student: str | None, kwargs: dict[str, Any] | No
                               hint="leave --student out (the student is cut out of the teacher), or give a folder "
                                    "with config.json (a *ForCausalLM architecture), weights and the teacher's tokenizer")
         return ({"arch": "hf_causal_lm", "kwargs": {"hf": student, **(kwargs or {})}},
-                ["your student: it must share the teacher's tokenizer (token-level KD compares their vocabularies)"])
+                ["Your student: it must share the teacher's tokenizer (token-level KD compares their vocabularies)."])
     if t.model_type in PRUNABLE:
         kw = student_kwargs(t)
         if kwargs:
@@ -414,13 +422,13 @@ def pick_lm_student(t: LMShape, student: str | None, kwargs: dict[str, Any] | No
             kw = {**kw, **kwargs}
             parse_options(kw)  # an unknown key or a fraction out of (0, 1] is exit 2 here, not in the build
         s = student_shape(t, kw)
-        note = [f"cut out of the teacher (edgekd/llm/prune.py, Minitron-style): {_shape_line(s, t)};",
+        note = [f"Cut out of the teacher (edgekd/llm/prune.py, Minitron-style): {_shape_line(s, t)}; "
                 f"~{_millions(s['params'])} parameters vs the teacher's {_millions(t.params)} (an estimate from the "
-                "configuration" + (", embeddings counted once: tied with the LM head)" if t.tied else ")"),
-                "depth: share of layers kept (ranked by block influence), ffn/heads/kv_heads/hidden: share of FFN",
-                "neurons, query heads per KV group, KV groups, residual channels kept (each in (0, 1])"]
+                "configuration" + (", embeddings counted once: tied with the LM head)." if t.tied else ")."),
+                "depth: share of layers kept (ranked by block influence); ffn, heads, kv_heads, hidden: share of FFN "
+                "neurons, of query heads per KV group, of KV groups, of residual channels kept (each in (0, 1])."]
         if kw.get("hidden", 1.0) < 1.0 and not (kwargs and "hidden" in kwargs):
-            note.append(f"the teacher is over {BIG_TEACHER / 1e9:.0f}B parameters: half its residual width is cut too")
+            note.append(f"The teacher is over {BIG_TEACHER / 1e9:.0f}B parameters: half its residual width is cut too.")
         return {"arch": "pruned_llama", "kwargs": kw}, note
     layers = max(MIN_LAYERS, _count(t.layers, DEPTH))
     hidden = max(64, _count(t.hidden, 0.5) // 64 * 64)
@@ -430,9 +438,9 @@ def pick_lm_student(t: LMShape, student: str | None, kwargs: dict[str, Any] | No
     p = estimate_params(kw["num_layers"], kw["hidden_size"], kw["intermediate_size"], kw["num_heads"],
                         kw["num_kv_heads"], kw["hidden_size"] // kw["num_heads"], t.vocab, True)
     return {"arch": "tiny_llama", "kwargs": kw}, [
-        f"pruned_llama cuts Llama-family teachers ({', '.join(PRUNABLE)}); this one is '{t.model_type}', so the student",
-        f"is a fresh Llama with the teacher's tokenizer (embeddings from the teacher's, PCA): ~{_millions(p)} parameters",
-        "(an estimate); a random student learns far less from the same answers than a cut one"]
+        f"pruned_llama cuts Llama-family teachers ({', '.join(PRUNABLE)}); this one is '{t.model_type}', so the student "
+        f"is a fresh Llama with the teacher's tokenizer (embeddings from the teacher's, PCA): ~{_millions(p)} "
+        "parameters (an estimate). A random student learns far less from the same answers than a cut one."]
 
 
 def lm_card(teacher: str, src: dict[str, Any], data: str, name: str | None = None, student: str | None = None,
