@@ -257,14 +257,18 @@ def test_init_then_quick_build_of_the_card(tiny_lm, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     (tmp_path / "card.yaml").write_text(r.stdout)  # stdout is the card alone
     out = tmp_path / "build"
-    # two candidates keep the smoke build short (the weight-only ones are the LM tests' own)
+    # two candidates keep the smoke build short (the weight-only ones are the LM tests' own); one torch thread: on a
+    # loaded 2-core host the default two spin against each other (the tiny teacher's generation took 50 s, not 1 s)
     r = _cli("build", "--target", "cpu", "--recipe", "card.yaml", "--quick", "--out", str(out), "--json",
              "--set", "quantize.candidates=[fp32,int8-dynamic]", cwd=tmp_path,
-             env={"EDGEKD_CACHE": str(tmp_path / "cache")})
+             env={"EDGEKD_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads(r.stdout)
     assert rep["task"] == "text-generation" and rep["generation"]["split"]["kind"] == "template"
-    assert {m["role"] for m in rep["models"]} >= {"teacher", "student"}
+    t = next(m for m in rep["models"] if m["role"] == "teacher")
+    s = next(m for m in rep["models"] if m["role"] == "student" and m["variant"] == "fp32")
+    assert s["params"] < t["params"]  # the quick card's cut: 1 of 4 layers, a third of the width, a quarter of the FFN
+    assert json.loads((out / "distill" / "result.json").read_text())["metrics"]["history"]
     # a bad prompts file through the CLI: exit 2 with the line, no traceback
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "what color is the apple ?"}\n{"nope": 1}\n')
