@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from edgekd.cards import load_recipe
+from edgekd.config import RecipeConfig
 from edgekd.errors import ConfigError, DataError
 from edgekd.init import init_card
 
@@ -140,6 +141,13 @@ def test_prompts_without_enough_templates_are_shuffled_and_the_card_says_why(tin
     two = {k: FRAMES[k] for k in ("color", "sound")}
     few = init_card(str(d / "tinylm"), str(_prompts(tmp_path / "two.jsonl", frames=two)))
     assert _card(few, tmp_path).data.split == "shuffle" and "2 template(s)" in _flat(few)
+    from edgekd.llm.card import plan_split
+    from edgekd.llm.generate import load_prompts
+
+    mixed = load_prompts(_prompts(tmp_path / "mixed.jsonl"))
+    del mixed[0]["template"]
+    sp = plan_split(mixed)
+    assert sp.split == "shuffle" and sp.why.startswith('1 of 48 prompts have no "template" field')
 
 
 def test_the_quick_build_shuffles_when_its_subset_cannot_hold_out_templates(tiny_lm, tmp_path, monkeypatch):
@@ -242,6 +250,12 @@ def test_classifier_options_and_budgets_are_refused_for_a_language_model(tiny_lm
         assert e.value.exit_code == 2 and e.value.hint, kw
     with pytest.raises(ConfigError, match="student.kwargs.ffn"):  # checked by prune.py's options, at init
         init_card(str(d / "tinylm"), str(d / "prompts.jsonl"), student_kwargs={"ffn": 1.5})
+    # the user's own student folder (it shares the teacher's tokenizer), and kwargs it would silently drop
+    card = RecipeConfig.model_validate(yaml.safe_load(init_card(str(d / "tinylm"), str(d / "prompts.jsonl"),
+                                                                student=str(d / "tinylm"))))
+    assert card.student.arch == "hf_causal_lm" and card.student.kwargs == {"hf": str(d / "tinylm")}
+    with pytest.raises(ConfigError, match="--student-kwargs"):
+        init_card(str(d / "tinylm"), str(d / "prompts.jsonl"), student=str(d / "tinylm"), student_kwargs={"depth": 0.5})
 
 
 def _cli(*args, cwd, env=None):

@@ -412,7 +412,10 @@ def pick_lm_student(t: LMShape, student: str | None, kwargs: dict[str, Any] | No
             raise ConfigError(f"--student {student} is not a Hugging Face causal-LM folder",
                               hint="leave --student out (the student is cut out of the teacher), or give a folder "
                                    "with config.json (a *ForCausalLM architecture), weights and the teacher's tokenizer")
-        return ({"arch": "hf_causal_lm", "kwargs": {"hf": student, **(kwargs or {})}},
+        if kwargs:
+            raise ConfigError("--student-kwargs do not apply to a student folder (hf_causal_lm takes only its path)",
+                              hint="drop --student-kwargs, or drop --student to size a cut of the teacher with them")
+        return ({"arch": "hf_causal_lm", "kwargs": {"hf": student}},
                 ["Your student: it must share the teacher's tokenizer (token-level KD compares their vocabularies)."])
     if t.model_type in PRUNABLE:
         kw = student_kwargs(t)
