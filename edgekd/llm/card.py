@@ -11,7 +11,6 @@ an estimated parameter count).
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import json
 from dataclasses import dataclass
