@@ -306,8 +306,10 @@ def report(
 
 @app.command()
 def init(
-    teacher: str = typer.Option(..., "--teacher", help="package.module:function, FILE.onnx, a Hugging Face folder, pkg:NAME, torchvision:NAME, timm:NAME or a zoo name"),
-    data: str = typer.Option(..., "--data", help="an image folder (class subfolders), .csv/.jsonl/.npz, or a save_to_disk folder"),
+    teacher: str = typer.Option(..., "--teacher", help="package.module:function, FILE.onnx, a Hugging Face folder, pkg:NAME, torchvision:NAME, timm:NAME or a zoo name; "
+                                                 "a causal language model (HF *ForCausalLM folder, FILE.gguf) writes a text-generation card"),
+    data: str = typer.Option(..., "--data", help="an image folder (class subfolders), .csv/.jsonl/.npz, or a save_to_disk folder; "
+                                                 "for a language model: prompts.jsonl ({\"prompt\": ...} per line, optional \"template\")"),
     weights: Optional[str] = typer.Option(None, "--weights", help="the teacher's state dict (.pt weights_only, or .safetensors)"),
     student: Optional[str] = typer.Option(None, "--student", help="your student (same forms as --teacher); default: a small zoo model"),
     student_weights: Optional[str] = typer.Option(None, "--student-weights", help="initial weights of the student"),

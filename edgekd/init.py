@@ -173,6 +173,10 @@ def _columns_of(d: dict[str, Any]) -> dict[str, Any]:
     f = p if p.is_file() else p / f"train.{d['kind']}"
     rec = table.READERS[d["kind"]][0](f)
     label = d.get("label_column", "label")
+    if label not in rec and "prompt" in rec:  # prompts are distilled from a language model's answers
+        raise UserError(f"{f} is a prompts file (a 'prompt' column, no '{label}'), and the teacher is not a causal "
+                        "language model", hint="give a causal LM as --teacher (a Hugging Face folder whose config.json "
+                                               "names a *ForCausalLM architecture, a .gguf file, or pkg:NAME)")
     if label not in rec:
         raise UserError(f"{f} has no column '{label}' (columns: {', '.join(list(rec)[:12])})",
                         hint="name the label column: --label-column NAME")
@@ -553,6 +557,42 @@ def render_card(dr: Draft) -> str:
     return text
 
 
+# --------------------------------------------------------------------------- a language-model teacher
+
+
+def _causal_lm(teacher: str) -> dict[str, Any] | None:
+    """Where a causal-LM teacher's weights are (edgekd.llm.models.resolve_source), or None for any other teacher."""
+    from edgekd.llm.card import causal_lm_source
+
+    return causal_lm_source(teacher)
+
+
+def _lm_card(teacher: str, src: dict[str, Any], data: str, *, weights: str | None, student: str | None,
+             student_weights: str | None, name: str | None, label_column: str | None, text_column: str | None,
+             teacher_kwargs: Any, student_kwargs: Any, unlabeled: str | None, latency_budget: str | None,
+             size_budget: str | None) -> str:
+    """The text-generation card (edgekd.llm.card). Options that only mean something for a classifier are exit 2,
+    not silently dropped."""
+    from edgekd.llm.card import lm_card
+
+    if latency_budget is not None or size_budget is not None:
+        # student.search sizes a classifier student by measuring zoo widths/depths; it has no language-model space
+        raise ConfigError("--latency-budget/--size-budget size classifier students; a language-model student is sized "
+                          "by its cut of the teacher",
+                          hint="leave the budget out and edit student.kwargs (depth, ffn, hidden) in the card; the "
+                               "report gives each quantized candidate's tokens/s and size")
+    for flag, given in (("--weights", weights), ("--student-weights", student_weights), ("--teacher-kwargs", teacher_kwargs),
+                        ("--unlabeled", unlabeled), ("--label-column", label_column), ("--text-column", text_column)):
+        if given:
+            raise ConfigError(f"{flag} does not apply to a language-model teacher ({teacher})",
+                              hint="a causal LM is distilled on its answers to a JSONL of prompts: drop " + flag)
+    if student_kwargs is not None and not isinstance(student_kwargs, dict):
+        raise ConfigError(f"--student-kwargs must be a mapping, got {type(student_kwargs).__name__}",
+                          hint="e.g. --student-kwargs '{depth: 0.3, ffn: 0.5}'")
+    with stdout_to_stderr():
+        return lm_card(teacher, src, data, name=name, student=student, student_kwargs_=student_kwargs)
+
+
 # --------------------------------------------------------------------------- the command
 
 
@@ -566,10 +606,18 @@ def init_card(teacher: str, data: str, weights: str | None = None, student: str 
     `teacher_kwargs`/`student_kwargs` are passed to the models' builders (e.g. num_classes);
     `unlabeled` is a transfer set without labels in the data's layout (written as data.unlabeled).
     `latency_budget`/`size_budget` ("0.5ms", "64KiB") become student.search: the build sizes the student to them.
+    A causal language model (an HF *ForCausalLM folder, a .gguf file, pkg:NAME carrying one) with a prompts JSONL
+    gets a text-generation card instead (edgekd.llm.card), read from its configuration without loading weights.
     The user's code runs with its stdout sent to stderr (`stdout_to_stderr`)."""
     from edgekd.config import ModelRef
     from edgekd.zoo.sources import build_model, check_model_on_data
 
+    lm = _causal_lm(teacher)
+    if lm is not None:
+        return _lm_card(teacher, lm, data, weights=weights, student=student, student_weights=student_weights, name=name,
+                        label_column=label_column, text_column=text_column, teacher_kwargs=teacher_kwargs,
+                        student_kwargs=student_kwargs, unlabeled=unlabeled, latency_budget=latency_budget,
+                        size_budget=size_budget)
     say = log or logger.info
     dr = Draft(teacher=teacher, data=data, t=teacher_spec(teacher, weights, teacher_kwargs, student_kwargs),
                search=budget_search(student, student_kwargs, latency_budget, size_budget))

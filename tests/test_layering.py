@@ -126,13 +126,15 @@ def test_only_the_top_imports_the_stage_runner():
 LAYERS: list[tuple[str, ...]] = [
     ("cli", "__main__"),
     ("tasks",),
-    ("pipeline", "targets"),
+    # init: `edgekd init` reads the user's model and data (zoo, data) and, for a language model, its prompts and
+    # config (llm) to write a card; only the CLI calls it
+    ("pipeline", "targets", "init"),
     ("quantize", "export", "llm"),
     # Profiling's orchestration (runner, worker, spec, standalone) sits just above the runtimes: the
     # worker opens models through them (runtimes.ort, the zoo's torch builders); tasks, llm's bench
     # process and the CLI call it. Its low-level half, profile.measure, is in the data layer below.
     ("profile",),
-    ("runtimes", "cards", "init"),  # init: `edgekd init` reads the user's model and data (zoo, data) to write a card
+    ("runtimes", "cards"),
     ("data", "profile.measure"),
     ("zoo", "regress"),
     ("distill", "report"),
