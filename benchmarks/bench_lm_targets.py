@@ -52,6 +52,7 @@ def build(target: str, out: Path, quick: bool, extra: list[str], env: dict | Non
     cmd = ["build", "--recipe", RECIPE, "--target", target, "--quiet", "--out", str(out), *extra]
     cmd += ["--quick"] if quick else []
     wall, _ = edgekd(*cmd, env=env)
+    (out / "bench-wall.json").write_text(json.dumps({"wall_s": round(wall, 1), "command": cmd}))  # for --skip-build
     return round(wall, 1)
 
 
@@ -71,6 +72,8 @@ def rows(rep: dict) -> list[dict]:
 
 def summary(out: Path, wall: float | None) -> dict:
     rep = report(out)
+    if wall is None and (out / "bench-wall.json").is_file():  # built earlier by build()
+        wall = json.loads((out / "bench-wall.json").read_text())["wall_s"]
     run = json.loads((out / "run.json").read_text())
     return {
         "build": str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out), "target": rep["target"],

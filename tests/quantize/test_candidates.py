@@ -162,7 +162,8 @@ def test_static_variants_use_their_types(mlp, tmp_path):
     paths = {}
     for name in ("int8-qdq", "int8-qdq-u8u8", "int8-qdq-s8s8", "int8-qdq-reduce-range"):
         paths[name] = tmp_path / f"{name}.onnx"
-        make_candidate(name, mlp["path"], paths[name], mlp["calib"], {})
+        # reduce_range stated: left unset it follows this host's CPU (test_u8s8_reduce_range_follows_the_host_cpu)
+        make_candidate(name, mlp["path"], paths[name], mlp["calib"], {"reduce_range": False} if name == "int8-qdq" else {})
     dtypes = {k: {w.dtype for w in _weight_dq_inputs(p)} for k, p in paths.items()}
     act = {k: {z.dtype for z in _activation_zero_points(p)} for k, p in paths.items()}
     assert dtypes["int8-qdq"] == {np.dtype(np.int8)} and act["int8-qdq"] == {np.dtype(np.uint8)}
@@ -368,3 +369,30 @@ def test_bad_option_type_exits_2_before_training(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "group_size" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "b" / "teacher").exists()  # refused in the pre-flight: nothing trained
+
+
+@pytest.mark.parametrize("flags, arch, expected", [
+    ({"avx2": True}, "x86_64", True),                                 # AVX2 only: int16 accumulation saturates
+    ({"avx2": True, "avx512f": True}, "x86_64", True),                # AVX-512 without VNNI: the same
+    ({"avx2": True, "avx512_vnni": True}, "x86_64", False),           # VNNI: 8-bit weights
+    ({"avx2": True, "avx_vnni": True}, "x86_64", False),
+    ({}, "aarch64", False),                                           # not x86: no such kernel
+])
+def test_u8s8_reduce_range_follows_the_host_cpu(mlp, tmp_path, monkeypatch, flags, arch, expected):
+    """Unset, reduce_range of the U8S8 kinds (int8-dynamic, int8-qdq) is this host's answer: 7-bit weights
+    where x86 has no VNNI, 8-bit otherwise, said in the candidate's notes; a stated option always wins."""
+    import edgekd.hostinfo as hostinfo
+    from edgekd.quantize.candidates import host_u8s8_reduce_range
+
+    monkeypatch.setattr(hostinfo, "cpu_info", lambda *a, **k: {"arch": arch, "flags": flags})
+    assert host_u8s8_reduce_range()[0] is expected
+    for name in ("int8-dynamic", "int8-qdq"):
+        auto = make_candidate(name, mlp["path"], tmp_path / f"{name}-auto.onnx", mlp["calib"], {})
+        assert auto["settings"]["reduce_range"] is expected, name
+        assert any("reduce_range" in n for n in auto["notes"]) is expected, name
+        stated = make_candidate(name, mlp["path"], tmp_path / f"{name}-stated.onnx", mlp["calib"],
+                                {"reduce_range": not expected})
+        assert stated["settings"]["reduce_range"] is (not expected), name
+    # 7-bit weights really are what the auto choice made (ORT's symmetric 7-bit range is [-64, 64])
+    w = np.concatenate([x.ravel() for x in _weight_dq_inputs(tmp_path / "int8-qdq-auto.onnx") if x.dtype == np.int8])
+    assert bool(np.abs(w.astype(np.int32)).max() <= 64) is expected
