@@ -488,6 +488,18 @@ def _num(x: Any, fmt: str, unit: str = "") -> str:
     return "—" if x is None else f"{x:{fmt}}{unit}"
 
 
+def _shipped_kind(target: str, m: dict) -> bool:
+    """The rows of a target's own artifacts (and the teacher's): mobile its .pte programs, ascend its graphs and
+    the FP32 student they come from; the ONNX candidates are the cpu rows (every target's build makes them)."""
+    if target == "cpu" or m["model"].startswith("teacher/"):
+        return True
+    if target == "mobile":
+        return m["format"] == "pte"
+    if target == "ascend":
+        return m["model"].endswith("-om") or m["model"] == "student/fp32"
+    return True
+
+
 def lm_targets() -> str:
     """smollm2-seqkd on every target (bench_lm_targets.py): one distilled student, each target's rows as its
     report gives them (where each was measured), the goals per target, and what did not run."""
@@ -500,6 +512,8 @@ def lm_targets() -> str:
         if not s:
             continue
         for m in s["models"]:
+            if not _shipped_kind(target, m):
+                continue
             name = f"**{m['model']}** (selected)" if m["selected"] else m["model"]
             size = "—" if m["size_bytes"] is None else f"{m['size_bytes'] / 2**20:.1f} MiB"
             rss = "—" if m["peak_rss_bytes"] is None else f"{m['peak_rss_bytes'] / 2**20:.0f} MiB"
