@@ -402,7 +402,8 @@ class QuantizeConfig(Strict):
     max_latency_growth: float | None = Field(None, ge=0, description="objective size: the most a candidate's p50 may "
                                              "exceed fp32's (a fraction, 0.25 = 25%); none: no bound")
     per_channel: bool = True
-    reduce_range: bool = False
+    reduce_range: bool | None = Field(None, description="7-bit weights for U8S8 INT8 (int8-dynamic, int8-qdq); null: "
+                                                        "on where this host's x86 CPU has no VNNI (int16 saturation)")
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     strict: bool = Field(False, description="fail (exit 4) when no quantized candidate fits the budget")
     accuracy_aware: bool = Field(True, description="over budget: keep the most sensitive layers in FP32 until it fits")
