@@ -397,12 +397,16 @@ def llm_build() -> str:
     met = sum(1 for v in g.values() if isinstance(v, dict) and v.get("met"))
     total = sum(1 for v in g.values() if isinstance(v, dict) and "met" in v)
     c = d["seqkd_vs_control"]
+    cached = " with the teacher's answers cached" if d["stage_seconds"].get("generate", 0) < 60 else ""
+    took = (f"{d['build_wall_s'] / 60:.1f} min{cached}" if d.get("build_wall_s") is not None else
+            f"{sum(d['stage_seconds'].values()) / 60:.1f} min of stage time (generate "
+            f"{d['stage_seconds'].get('generate', 0) / 60:.1f}, distill {d['stage_seconds'].get('distill', 0) / 60:.1f})")
     control = ("the same student trained on the teacher's answers with hard labels only" if d.get("held_out")
                else "the same student on the prompts' raw text")
     lines += ["", f"The card as shipped: {gen['prompts']} prompts ({gen['splits']['train']} train, {gen['splits']['val']} "
                   f"validation, {gen['splits']['test']} test), {lo['epochs']} epochs, {lo['soft']} soft_label (T="
                   f"{lo['temperature']:g}, top-{lo['top_k']}) + {lo['hard']} hard_label; the build took "
-                  f"{d['build_wall_s'] / 60:.1f} min{' with the teacher' + chr(39) + 's answers cached' if d['stage_seconds'].get('generate', 0) < 60 else ''}. "
+                  f"{took}. "
                   f"Against its control ({control}): {_pct(c['student_test']['agreement'])} vs "
                   f"{_pct(c['control_test']['agreement'])} test agreement.",
               "", f"Goals for {g['student']}: " + "; ".join(bits) + f" — {met} of {total} met."]
@@ -525,24 +529,25 @@ def lm_targets() -> str:
     out = [f"`edgekd build --recipe {d['recipe']}{' --quick' if d['quick'] else ''} --target T`, the student trained "
            f"once (the cpu build `{d['shared_training_from']}` lends its teacher, generate and distill stages to each "
            "target's folder; the other stages ran per target). Agreement is next-token agreement with the teacher's "
-           "answers on the held-out-template test prompts (teacher forcing); ratios only within one runtime.", "",
+           "answers on the held-out-template test prompts (teacher forcing); ratios only within one runtime. For "
+           "`--target cpu` this host is the device; for mobile and ascend it is a host proxy or the card's estimate.", "",
            *lines, ""]
     mob = (d["targets"].get("mobile") or {}).get("goals") or {}
     if "error" in mob:
-        out.append(f"Mobile goals not evaluated: {mob['error']}.")
+        out += ['', f"Mobile goals not evaluated: {mob['error']}."]
     elif mob:
         g1, g2, g3 = (mob["tokens_per_s_ratio_vs_teacher_pte"], mob["agreement_drop_points_vs_student_fp32_onnx"],
                       mob["size_fraction_of_teacher_pte"])
         met = sum(bool(g["met"]) for g in (g1, g2, g3))
-        out.append(f"Mobile (ExecuTorch on this host, both programs on the same runtime): {mob['student']} runs "
+        out += ['', f"Mobile (ExecuTorch on this host, both programs on the same runtime): {mob['student']} runs "
                    f"{g1['value']:.1f}× the tokens/s of {mob['teacher']} (goal ≥ {g1['goal']:.0f}×), its agreement is "
                    f"{g2['value']:+.1f} points below the student's fp32 ONNX (goal ≤ {g2['goal']:.0f}), its size "
-                   f"{g3['value']:.3f} of the teacher program's (goal ≤ {g3['goal']:.2f}) — {met} of 3 met.")
+                   f"{g3['value']:.3f} of the teacher program's (goal ≤ {g3['goal']:.2f}) — {met} of 3 met."]
     asc = (d["targets"].get("ascend") or {}).get("goals") or {}
     if asc:
         rec = asc.get("recorded_tools_device_rows")
         ok = rec and rec["every_graph"] and rec["all_measured_on_device"] and rec["all_npu_smi_energy_per_token"]
-        out.append(f"Ascend: the static graphs ({', '.join(asc['graphs'])}; prompt length {asc['prompt_length']}, "
+        out += ['', f"Ascend: the static graphs ({', '.join(asc['graphs'])}; prompt length {asc['prompt_length']}, "
                    f"cache length {asc['cache_length']}) {'pass' if asc['lint_ok'] else '**fail**'} the op lint with "
                    f"{'static' if asc['static_shapes'] else '**dynamic**'} shapes; host parity with PyTorch "
                    f"{'holds' if asc['host_parity_ok'] else '**fails**'}. No Ascend host ran them: their rows above are "
@@ -550,14 +555,14 @@ def lm_targets() -> str:
                    + ("The same build with the recorded Ascend tools on PATH (a wiring check, not a measurement: the "
                       "values are the recordings') produced a `measured_on: device` row per graph with msit's figures "
                       "and npu-smi joules per token." if ok else
-                      "The recorded-tool build did **not** produce a device row per graph." if rec else ""))
+                      "The recorded-tool build did **not** produce a device row per graph." if rec else "")]
     cuda = d["targets"].get("cuda") or {}
     if "not_run" in cuda:
-        out.append(f"cuda: not run — {cuda['not_run']}.")
+        out += ['', f"cuda: not run — {cuda['not_run']}."]
     elif cuda:
-        out.append(f"cuda: {cuda['build']} (selected {cuda['selected']}); "
+        out += ['', f"cuda: {cuda['build']} (selected {cuda['selected']}); "
                    + "; ".join(f"{m['model']} {m['runtime']} {_num(m['tokens_per_s'], '.1f')} tokens/s "
-                               f"({m['measured_on']})" for m in cuda["models"]) + ".")
+                               f"({m['measured_on']})" for m in cuda["models"]) + "."]
     return "\n".join(out) + "\n\n" + _source("lm_targets.json", d)
 
 
