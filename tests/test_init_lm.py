@@ -274,7 +274,7 @@ def test_init_then_quick_build_of_the_card(tiny_lm, tmp_path):
     # two candidates keep the smoke build short (the weight-only ones are the LM tests' own); one torch thread: on a
     # loaded 2-core host the default two spin against each other (the tiny teacher's generation took 50 s, not 1 s)
     r = _cli("build", "--target", "cpu", "--recipe", "card.yaml", "--quick", "--out", str(out), "--json",
-             "--set", "quantize.candidates=[fp32,int8-dynamic]", cwd=tmp_path,
+             "--set", "quantize.candidates=[fp32,int8-dynamic]", "--set", "quantize.accuracy_aware=false", cwd=tmp_path,
              env={"EDGEKD_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads(r.stdout)

@@ -490,6 +490,19 @@ def _adb_devices(adb: str) -> list[str]:
     return serials
 
 
+def attached_phone(serial: str) -> str:
+    """The adb executable, once phone `serial` is listed by `adb devices`; TargetUnavailable (exit 3) otherwise."""
+    hint = "connect the phone with USB debugging on, install Android platform-tools, and check `adb devices`"
+    adb = shutil.which("adb")
+    if adb is None:
+        raise TargetUnavailable(f"no device {serial}: adb is not on PATH", hint=hint)
+    attached = _adb_devices(adb)
+    if serial not in attached:
+        raise TargetUnavailable(f"no device {serial}",
+                                hint=f"{hint}; attached: {', '.join(attached) if attached else 'none'}")
+    return adb
+
+
 def adb_profile(bundle_dir: Path | str, serial: str, runs: int = 100, threads: int = 1,
                 timeout_s: int = 900) -> dict[str, Any]:
     """Run the bundle's benchmark_android.sh on phone `serial` and parse the on-device latencies.
@@ -500,14 +513,7 @@ def adb_profile(bundle_dir: Path | str, serial: str, runs: int = 100, threads: i
     bundle_dir = Path(bundle_dir)
     if (bundle_dir / BUNDLE_DIR / "benchmark_android.sh").is_file():
         bundle_dir = bundle_dir / BUNDLE_DIR
-    hint = "connect the phone with USB debugging on, install Android platform-tools, and check `adb devices`"
-    adb = shutil.which("adb")
-    if adb is None:
-        raise TargetUnavailable(f"no device {serial}: adb is not on PATH", hint=hint)
-    attached = _adb_devices(adb)
-    if serial not in attached:
-        raise TargetUnavailable(f"no device {serial}",
-                                hint=f"{hint}; attached: {', '.join(attached) if attached else 'none'}")
+    attached_phone(serial)
     script = bundle_dir / "benchmark_android.sh"
     if not script.is_file():
         raise UserError(f"{bundle_dir} is not a mobile bundle (no benchmark_android.sh)",

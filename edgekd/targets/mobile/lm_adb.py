@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
 import sys
@@ -268,19 +267,12 @@ def adb_profile_lm(bundle_dir: Path | str, serial: str, threads: int | None = No
     before anything runs or is pushed; a failing runner is a StageError (exit 4) quoting its last line.
     `threads`/`runs` default to the bundle's (prompts.json: the build's benchmark settings).
     """
-    from edgekd.targets.mobile.bundle import BUNDLE_DIR, _adb_devices
+    from edgekd.targets.mobile.bundle import BUNDLE_DIR, attached_phone
 
     bundle_dir = Path(bundle_dir)
     if (bundle_dir / BUNDLE_DIR / "manifest.json").is_file():
         bundle_dir = bundle_dir / BUNDLE_DIR
-    hint = "connect the phone with USB debugging on, install Android platform-tools, and check `adb devices`"
-    adb = shutil.which("adb")
-    if adb is None:
-        raise TargetUnavailable(f"no device {serial}: adb is not on PATH", hint=hint)
-    attached = _adb_devices(adb)
-    if serial not in attached:
-        raise TargetUnavailable(f"no device {serial}",
-                                hint=f"{hint}; attached: {', '.join(attached) if attached else 'none'}")
+    attached_phone(serial)
     rebuild = "rebuild it with `edgekd build --target mobile` (this edgekd writes the phone benchmark)"
     if not is_lm_bundle(bundle_dir):
         raise UserError(f"{bundle_dir} is not a language-model mobile bundle (no manifest.json of kind {KIND})",
