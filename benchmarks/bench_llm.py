@@ -90,24 +90,20 @@ def extras(build: Path, rep: dict, d: dict, args) -> dict:
     from edgekd.llm.sequences import build_examples
 
     rows = [r for r in test if r["split"] == "test"]
-    test_ex = build_examples(tok, rows, rep_max_length(build), d["end_id"])  # the build's test examples
+    card = build_card(build)
+    test_ex = build_examples(tok, rows, int(card["data"]["max_length"]), d["end_id"])  # the build's test examples
     prof = profile_onnx(Path(t_info["folder"]), default_cache_dir() / "llm-onnx" / t_info["hash"][:16], prompts,
-                        p["new_tokens"], p["repeats"], test_ex, dict(rep_options(build)))
+                        p["new_tokens"], p["repeats"], test_ex, (card.get("quantize") or {}).get("options") or {})
     out["teacher_onnxruntime"] = {f"teacher/{k}-onnx": v for k, v in prof.items()}
     out["distill_vs_quantize"] = distill_vs_quantize(rep, out["teacher_onnxruntime"])
     return out
 
 
-def rep_max_length(build: Path) -> int:
+def build_card(build: Path) -> dict:
+    """The card the build ran (its folder's recipe.yaml, as written)."""
     import yaml
 
-    return int(yaml.safe_load((build / "recipe.yaml").read_text())["data"]["max_length"])
-
-
-def rep_options(build: Path) -> dict:
-    import yaml
-
-    return (yaml.safe_load((build / "recipe.yaml").read_text()).get("quantize") or {}).get("options") or {}
+    return yaml.safe_load((build / "recipe.yaml").read_text())
 
 
 def distill_vs_quantize(rep: dict, teachers: dict) -> dict:

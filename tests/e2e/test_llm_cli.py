@@ -150,7 +150,7 @@ def test_smollm2_seqkd_quick_build_for_mobile(lm_quick_build, tmp_path):
     ExecuTorch runtime; the selected program ships in an app bundle with a sha256 manifest. The quick card leaves
     the teacher's program out (generate.teacher_on_target): tests/export/test_mobile_lm.py exports one."""
     from edgekd.fsio import sha256_file
-    from edgekd.targets.mobile.lm import verify_lm_bundle
+    from edgekd.targets.mobile.lm_adb import verify_lm_bundle
 
     src, _, env, cwd, _ = lm_quick_build
     out = copy_build(src, tmp_path / "b")  # its teacher, answers and student are reused: only the target's stages run

@@ -141,7 +141,8 @@ def test_bundle_manifest_sha256s_match_the_files(programs, tmp_path):
     from edgekd.errors import StageError
     from edgekd.fsio import sha256_file
     from edgekd.targets.base import LanguageModelPayload
-    from edgekd.targets.mobile.lm import verify_lm_bundle, write_lm_bundle
+    from edgekd.targets.mobile.lm import write_lm_bundle
+    from edgekd.targets.mobile.lm_adb import verify_lm_bundle
 
     d, _ = programs
     payload = LanguageModelPayload(student_dir=d / "hf", teacher_dir=d / "hf", val=[], test=[], val_prompts=PROMPTS,

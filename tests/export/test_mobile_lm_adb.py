@@ -145,7 +145,7 @@ def _runner(tmp_path: Path, monkeypatch) -> Path:
 
 def test_the_bundle_ships_the_phone_benchmark_in_its_manifest(build):
     from edgekd.fsio import sha256_file
-    from edgekd.targets.mobile.lm import verify_lm_bundle
+    from edgekd.targets.mobile.lm_adb import verify_lm_bundle
 
     b = build / "convert" / "mobile"
     man = verify_lm_bundle(b)

@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgekd.errors import StageError, UserError
-# the phone benchmark's writer and the bundle's sha256 check (re-exported here) live in lm_adb, beside its runner
-from edgekd.targets.mobile.lm_adb import bench_prompts, verify_lm_bundle, write_bench_files  # noqa: F401
+# the phone benchmark's writer lives in lm_adb, beside its runner (and the bundle's sha256 check)
+from edgekd.targets.mobile.lm_adb import bench_prompts, write_bench_files
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from edgekd.runtimes.executorch_lm import PteLM

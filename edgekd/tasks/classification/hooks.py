@@ -51,7 +51,7 @@ def candidate_plan(ctx: BuildContext) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def _quantize_cfg(ctx: BuildContext) -> dict:
-    from edgekd.quantize.candidates import check_options, host_u8s8_reduce_range
+    from edgekd.quantize.candidates import check_options
 
     # Names (and whether the target can ship them) and options are checked here, in the
     # pipeline's pre-flight, before any training.
@@ -63,8 +63,7 @@ def _quantize_cfg(ctx: BuildContext) -> dict:
         line = dropped_line(ctx.target, dropped, kept)
         ctx.memo("candidates-not-built", lambda: ctx.console.print(line, soft_wrap=True, markup=False) or True)
     # The budget is part of the key: the accuracy-aware fallback depends on it.
-    return {"candidates": kept, "quantize": ctx.recipe.quantize.model_dump(exclude=set(SELECTION_FIELDS)),
-            "u8s8_reduce_range": host_u8s8_reduce_range()[0]}  # a host property the INT8 artifacts depend on
+    return {"candidates": kept, "quantize": ctx.recipe.quantize.model_dump(exclude=set(SELECTION_FIELDS))}
 
 
 def quantize_plan(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):

@@ -26,7 +26,7 @@ def graph(task: "Task") -> list["Stage"]:
     front = task.front()
     stages = [
         *front,
-        Stage("quantize", quantize.stage_quantize, list(task.quantize_deps), task.quantize_cfg,
+        Stage("quantize", quantize.stage_quantize, list(task.quantize_deps), quantize.with_host_key(task.quantize_cfg),
               reads=task.quantize_reads),
         Stage("profile", profile.stage_profile, list(task.profile_deps), task.profile_cfg, reads=task.profile_reads),
         Stage("select", select.stage_select, ["quantize", "profile"], select.select_cfg, reads=("recipe.quantize", "recipe.student.search")),

@@ -94,3 +94,14 @@ def _candidate(name: str, fp32: Path, dst: Path, plan, ref_val: float | None, q)
             "kept_fp32_nodes": (aware or {}).get("kept_fp32_nodes") or [],
             "info": {k: v for k, v in info.items() if k not in ("path", "accuracy_aware")},
             "accuracy_aware": aware}
+
+
+def with_host_key(task_cfg):
+    """The task's quantize settings plus the host property every task's INT8 artifacts depend on (U8S8 weights
+    in 7 bits where this x86 host has no VNNI: edgekd.quantize.candidates.host_u8s8_reduce_range), so a build
+    moved to another kind of host quantizes again."""
+    def cfg(ctx):
+        from edgekd.quantize.candidates import host_u8s8_reduce_range
+
+        return {**task_cfg(ctx), "u8s8_reduce_range": host_u8s8_reduce_range()[0]}
+    return cfg

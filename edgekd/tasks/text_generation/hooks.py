@@ -20,7 +20,7 @@ LM_CANDIDATES = ("fp32", "fp16", "int8-dynamic", "int8-weight", "int4-weight")
 
 
 def _quantize_cfg(ctx: BuildContext) -> dict:
-    from edgekd.quantize.candidates import check_options, host_u8s8_reduce_range
+    from edgekd.quantize.candidates import check_options
 
     q = ctx.recipe.quantize
     # checked here, in the pipeline's pre-flight: a bad option is exit 2 before the teacher generates
@@ -32,8 +32,7 @@ def _quantize_cfg(ctx: BuildContext) -> dict:
         line = dropped_line(ctx.target, dropped, kept)
         ctx.memo("candidates-not-built", lambda: ctx.console.print(line, soft_wrap=True, markup=False) or True)
     return {"candidates": kept, "options": q.options, "budget": q.accuracy_budget,
-            "accuracy_aware": q.accuracy_aware,
-            "u8s8_reduce_range": host_u8s8_reduce_range()[0]}  # a host property the INT8 artifacts depend on
+            "accuracy_aware": q.accuracy_aware}
 
 
 def lm_candidate_names(ctx: BuildContext) -> list[str]:
