@@ -236,7 +236,8 @@ def search_section(search: dict[str, Any], student: dict[str, Any]) -> dict[str,
     final = {"artifact": f"{student['role']}/{student['variant']}", "measured_on": student.get("measured_on"),
              "device": student.get("device"), "checks": checks, "met": all(c["met"] for c in checks.values())}
     rows = [{k: c.get(k) for k in ("kwargs", "params", "macs", "variant", "runtime", "latency_ms", "size_bytes",
-                                   "measured_on", "fits", "proxy_val_accuracy", "status")} for c in search["candidates"]]
+                                   "measured_on", "fits", "proxy_val_accuracy", "status", "skipped")}
+            for c in search["candidates"]]
     return {"budget": budget, "space_from": search["space_from"], "measured_on": search["measured_on"],
             "device": search["device"], "latency": search["latency"], "candidates": rows, "winner": search["winner"],
             "why": search["why"], "final": final}

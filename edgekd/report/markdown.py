@@ -216,8 +216,10 @@ SEARCH_HEADER = ["architecture", "params", "MACs", "artifact", "size", "p50 (whe
 
 def search_rows(search: dict) -> list[list[str]]:
     """Every architecture the student search tried: one row each (SEARCH_HEADER)."""
-    return [[", ".join(f"{k}={v}" for k, v in r["kwargs"].items()), f"{r['params']:,}", f"{r['macs']:,}", r["variant"],
-             f"{r['size_bytes'] / 1024:.2f} KiB", f"{r['latency_ms']:.4g} ms ({r['measured_on']})",
+    return [[", ".join(f"{k}={v}" for k, v in r["kwargs"].items()), f"{r['params']:,}",
+             "" if r.get("macs") is None else f"{r['macs']:,}", r.get("variant") or "",
+             "" if r.get("size_bytes") is None else f"{r['size_bytes'] / 1024:.2f} KiB",
+             r.get("skipped") or f"{r['latency_ms']:.4g} ms ({r['measured_on']})",
              "yes" if r["fits"] else "no",
              "" if r.get("proxy_val_accuracy") is None else f"{100 * r['proxy_val_accuracy']:.2f}%", r["status"]]
             for r in search["candidates"]]

@@ -95,3 +95,38 @@ def test_report_section_final_check_and_miss_note(tmp_path):
     rep = json.loads((Path(__file__).parents[1] / "fixtures" / "report_fixture.json").read_text())
     page = render_html({**rep, "search": sec})
     assert "<h2>Student search</h2>" in page and page.count("hidden=[") == 4 and "budget met" in page
+
+
+def test_skip_rule_needs_a_no_larger_miss_of_the_same_depth():
+    """An architecture is not timed only when one no larger, of the same depth, already missed: by more than the
+    margin for latency (timing noise), at all for size; other depths and other kwargs never count."""
+    from edgekd.tasks.classification.search import skip_reason
+
+    sc = load_recipe("fashion-cnn", {"student.search.latency_ms": "0.1ms"}).student.search
+    assert sc.skip_margin == 1.25
+    small = {"kwargs": {"widths": [8, 16], "hidden": 0}, "min_latency_ms": 0.2, "min_size_bytes": 1000}
+    assert "not timed" in skip_reason({"widths": [16, 32], "hidden": 0}, [small], sc, "widths")
+    assert skip_reason({"widths": [16, 8], "hidden": 0}, [small], sc, "widths") is None  # not wider everywhere
+    assert skip_reason({"widths": [16, 32, 64], "hidden": 0}, [small], sc, "widths") is None  # another depth
+    assert skip_reason({"widths": [16, 32], "hidden": 8}, [small], sc, "widths") is None  # another kwarg
+    assert skip_reason({"widths": [16, 32], "hidden": 0}, [small], sc, None) is None  # a factory's kwargs: no order
+    near = {**small, "min_latency_ms": 0.12}  # over, but within the margin: timing noise could flip it
+    assert skip_reason({"widths": [16, 32], "hidden": 0}, [near], sc, "widths") is None
+    untimed = {**small, "min_latency_ms": None}
+    assert skip_reason({"widths": [16, 32], "hidden": 0}, [untimed], sc, "widths") is None
+    sized = load_recipe("fashion-cnn", {"student.search.size_kib": 0.5}).student.search
+    assert "KiB" in skip_reason({"widths": [8, 32], "hidden": 0}, [small], sized, "widths")
+    off = load_recipe("fashion-cnn", {"student.search.latency_ms": "0.1ms", "student.search.skip_margin": None})
+    assert skip_reason({"widths": [16, 32], "hidden": 0}, [small], off.student.search, "widths") is None
+
+
+def test_report_rows_show_a_skipped_architecture():
+    from edgekd.report.build import search_section
+    from edgekd.report.markdown import search_lines
+
+    m = _search_metrics()
+    m["candidates"][3] |= {"latency_ms": None, "size_bytes": None, "macs": None, "variant": None, "measured_on": None,
+                           "status": "skipped", "skipped": "not timed: hidden=[32] already took 0.9 ms"}
+    sec = search_section(m, {"role": "student", "variant": "fp32", "latency_ms": {"p50": 0.3}, "size_bytes": 3200})
+    md = "\n".join(search_lines(sec))
+    assert "not timed: hidden=[32] already took 0.9 ms" in md and "| skipped |" in md

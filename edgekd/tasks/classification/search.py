@@ -145,6 +145,43 @@ def _fits(row: dict[str, Any], sc: Any) -> bool:
             and (sc.size_kib is None or row["size_bytes"] <= sc.size_kib * 1024))
 
 
+def _no_larger(small: dict[str, Any], big: dict[str, Any], key: str) -> bool:
+    """`small` is `big` or narrower at the same depth (every layer no wider, every other kwarg the same): its
+    latency and size are then no greater, up to timing noise."""
+    a, b = small.get(key), big.get(key)
+    if not isinstance(a, list) or not isinstance(b, list) or len(a) != len(b):
+        return False
+    rest = lambda kw: {k: v for k, v in kw.items() if k != key}  # noqa: E731
+    return rest(small) == rest(big) and all(x <= y for x, y in zip(a, b))
+
+
+def skip_reason(kw: dict[str, Any], measured: list[dict[str, Any]], sc: Any, key: str | None) -> str | None:
+    """Why `kw` need not be timed: an architecture no larger, of the same depth, already missed the latency
+    budget by more than sc.skip_margin on its fastest artifact, or the size budget on its smallest. Zoo spaces
+    only (`key`: the per-layer size kwarg); a user factory's kwargs carry no such order."""
+    if key is None or sc.skip_margin is None:
+        return None
+    for r in measured:
+        if r.get("min_latency_ms") is None or not _no_larger(r["kwargs"], kw, key):
+            continue
+        if sc.latency_ms is not None and r["min_latency_ms"] > sc.latency_ms * sc.skip_margin:
+            return (f"not timed: {key}={r['kwargs'][key]} (no larger, same depth) already took "
+                    f"{r['min_latency_ms']:.4g} ms > {sc.skip_margin:g} x the {sc.latency_ms:g} ms budget")
+        if sc.size_kib is not None and r["min_size_bytes"] > sc.size_kib * 1024:
+            return (f"not timed: {key}={r['kwargs'][key]} (no larger, same depth) already measured "
+                    f"{r['min_size_bytes'] / 1024:.4g} KiB > the {sc.size_kib:g} KiB budget")
+    return None
+
+
+def _skipped(ctx: BuildContext, i: int, kw: dict[str, Any], why: str) -> dict[str, Any]:
+    from edgekd.zoo import count_params
+
+    model = build_model(ctx.recipe.student.model_copy(update={"kwargs": kw}), seed=ctx.recipe.distill.seed)
+    return {"index": i, "kwargs": kw, "params": count_params(model), "macs": None, "variants": [], "variant": None,
+            "runtime": None, "latency_ms": None, "size_bytes": None, "min_latency_ms": None, "min_size_bytes": None,
+            "fits": False, "proxy_val_accuracy": None, "skipped": why}
+
+
 def _measure(ctx: BuildContext, i: int, kw: dict[str, Any], s: Any, calib: np.ndarray, names: list[str],
              device: Any, wd: Path) -> dict[str, Any]:
     import torch
@@ -189,6 +226,16 @@ def _proxy(ctx: BuildContext, inputs: dict[str, StageResult], s: Any, rows: list
     sc = ctx.recipe.student.search
     teacher = _teacher_module(ctx, inputs["teacher"])
     cache = _logit_cache(ctx, teacher, inputs["teacher"], s.x_train, 0, 1)
+    # a seeded subset ranks the architectures (the cache is indexed by training row, so rows keep their index)
+    n = len(s.x_train)
+    rows_idx = np.arange(n)
+    if sc.proxy_samples is not None and sc.proxy_samples < n:
+        rows_idx = np.sort(np.random.default_rng(dc.seed).permutation(n)[: sc.proxy_samples])
+    x_tr, y_tr = s.x_train[rows_idx], s.y_train[rows_idx]
+    labeled = None if s.labeled is None else s.labeled[rows_idx]
+
+    def cached(idx: Any) -> Any:
+        return cache.get(rows_idx[np.asarray(idx)])
     # logit losses only: feature/relation losses address module paths a resized student may not have
     losses = [lc for lc in dc.losses if lc.kind in LOGIT_LOSSES] or \
         [LossConfig(kind="soft_label", weight=0.9, temperature=4.0), LossConfig(kind="hard_label", weight=0.1)]
@@ -199,16 +246,18 @@ def _proxy(ctx: BuildContext, inputs: dict[str, StageResult], s: Any, rows: list
     for r in rows:
         student = build_model(ctx.recipe.student.model_copy(update={"kwargs": r["kwargs"]}), seed=dc.seed)
         loss_set = build_losses(losses, student, teacher, example)
-        res = train(student, s.x_train, s.y_train, s.x_val, s.y_val, proxy_cfg, teacher=teacher, loss_set=loss_set,
-                    teacher_logits=cache.get, labeled=s.labeled, progress=ctx.progress,
+        res = train(student, x_tr, y_tr, s.x_val, s.y_val, proxy_cfg, teacher=teacher, loss_set=loss_set,
+                    teacher_logits=cached, labeled=labeled, progress=ctx.progress,
                     description=f"proxy {r['index']:02d}")
         r["proxy_val_accuracy"] = float(res.best_val_accuracy)
         r["proxy_seconds"] = float(res.seconds)
+        r["proxy_samples"] = int(len(rows_idx))
 
 
 def _too_tight(sc: Any, rows: list[dict[str, Any]], where: str) -> UserError:
-    fastest = min(rows, key=lambda r: r["min_latency_ms"])
-    smallest = min(rows, key=lambda r: r["min_size_bytes"])
+    timed = [r for r in rows if r.get("min_latency_ms") is not None]
+    fastest = min(timed, key=lambda r: r["min_latency_ms"])
+    smallest = min(timed, key=lambda r: r["min_size_bytes"])
     asked = " and ".join(x for x in (f"{sc.latency_ms:g} ms" if sc.latency_ms else "",
                                      f"{sc.size_kib:g} KiB" if sc.size_kib else "") if x)
     return UserError(f"no student of the search space fits the budget ({asked}) on {where}",
@@ -232,12 +281,19 @@ def stage_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
     names = [n for n in candidate_plan(ctx)[0] if n != "int8-qat"]  # qat needs training: its graph is int8-qdq's
     rng = np.random.default_rng(ctx.recipe.data.seed)
     calib = s.x_train[rng.permutation(len(s.x_train))[: ctx.recipe.quantize.calibration_samples]]
+    order_key = ZOO_SPACES[ctx.recipe.student.arch][0] \
+        if not sc.kwargs and ctx.recipe.student.arch in ZOO_SPACES else None
     rows = []
     for i, kw in enumerate(cands):
+        why = skip_reason(kw, rows, sc, order_key)
+        if why is not None:
+            rows.append(_skipped(ctx, i, kw, why))
+            continue
         if ctx.progress is not None:
             ctx.log(f"  search: measuring {i + 1}/{len(cands)} {kw}")
         rows.append(_measure(ctx, i, kw, s, calib, names, device, wd))
-        rows[-1]["measured_on"] = measured_on
+    for r in rows:
+        r["measured_on"] = measured_on if r["latency_ms"] is not None else None
     fitting = [r for r in rows if r["fits"]]
     if not fitting:
         raise _too_tight(sc, rows, f"{machine} ({measured_on})")
@@ -246,14 +302,16 @@ def stage_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
     _proxy(ctx, inputs, s, ranked)
     winner = max(ranked, key=lambda r: (r["proxy_val_accuracy"], -r["latency_ms"]))
     runner_up = [r for r in ranked if r is not winner]
+    subset = f" of {winner['proxy_samples']:,} training samples" if winner.get("proxy_samples") else ""
     why = (f"highest proxy validation accuracy ({100 * winner['proxy_val_accuracy']:.2f}% after {sc.proxy_epochs} "
-           f"epoch(s) of distillation on the cached teacher logits) among the {len(ranked)} largest of {len(fitting)} "
+           f"epoch(s) of distillation on the cached teacher logits{subset}) among the {len(ranked)} largest of {len(fitting)} "
            f"fitting architectures; {winner['latency_ms']:.4g} ms, {winner['size_bytes'] / 1024:.4g} KiB as "
            f"{winner['variant']}")
     if runner_up:
         why += "; next: " + ", ".join(f"{r['kwargs']} {100 * r['proxy_val_accuracy']:.2f}%" for r in runner_up)
     for r in rows:
-        r["status"] = "winner" if r is winner else ("ranked" if r in ranked else ("fits" if r["fits"] else "over-budget"))
+        r["status"] = "winner" if r is winner else ("ranked" if r in ranked else
+                                                    ("fits" if r["fits"] else "skipped" if r.get("skipped") else "over-budget"))
     metrics = {"budget": {"latency_ms": sc.latency_ms, "size_kib": sc.size_kib}, "space_from": where_from,
                "measured_on": measured_on, "device": machine,
                "latency": "p50 at batch 1, one fresh process per artifact, untrained weights "
@@ -261,7 +319,8 @@ def stage_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
                "candidates": [r for r in rows], "winner": {k: winner[k] for k in
                                                           ("index", "kwargs", "params", "macs", "variant", "latency_ms",
                                                            "size_bytes", "proxy_val_accuracy")},
-               "why": why, "top_k": sc.top_k, "proxy_epochs": sc.proxy_epochs}
+               "why": why, "top_k": sc.top_k, "proxy_epochs": sc.proxy_epochs, "proxy_samples": sc.proxy_samples,
+               "timed": sum(r["latency_ms"] is not None for r in rows), "skip_margin": sc.skip_margin}
     (wd / "search.json").write_text(json.dumps(metrics, indent=2))
     ctx.log(f"  search: winner {winner['kwargs']} — {why}")
     return StageOutput({"table": "search.json"}, metrics)
