@@ -569,6 +569,61 @@ def lm_targets() -> str:
 GENERATORS["lm-targets"] = lm_targets
 
 
+def budget() -> str:
+    """A latency budget sizes the student (bench_budget.py): the budget met on the shipped artifact, the same-runtime
+    speed-up, retention, the winner against hand-sized students of the same budget, and what the search cost."""
+    d = _load_opt("budget.json")
+    if d is None:
+        return "_No measurement yet: run `python benchmarks/bench_budget.py --target cpu`._\n"
+    head = ["| target | budget (rule) | shipped student | p50 (where) | budget met | same-runtime speed-up | test accuracy "
+            "(retention) | best hand-sized | search cost |", "|---|---|---|---|---|---|---|---|---|"]
+    lines, hand_rows, notes = list(head), [], []
+    for target, t in d["targets"].items():
+        s = t["search_build"]
+        if "error" in s:
+            lines.append(f"| {target} | {t['budget']['latency_ms'] * 1000:.1f} µs | build failed: {s['error'][:120]} "
+                         "| | | | | | |")
+            continue
+        b = t["budget"]
+        size = f" and ≤ {b['size']}" if b.get("size") else ""
+        w = s["search"]["winner"]
+        final = s["search"]["final"]
+        met = "yes" if final["met"] else "**no**"
+        hands = [h for h in t.get("hand_sized", []) if not h.get("is_winner")]
+        hacc = [(h["build"].get("selected_accuracy"), h) for h in hands if "error" not in h["build"]]
+        best = max(hacc, key=lambda a: a[0]) if hacc else None
+        gap = t.get("winner_minus_best_hand_points")
+        cost = t["search_cost"]
+        lines.append(
+            f"| {target} | ≤ {b['latency_ms'] * 1000:.1f} µs{size} ({b['rule']}) | `{w['kwargs']}` "
+            f"{w['params']:,} params as `{s['selected']}` | {s['selected_p50_ms'] * 1000:.1f} µs "
+            f"({s.get('selected_measured_on')}) | {met} | {_x(t['same_runtime_speedup'])} | "
+            f"{_pct(s['selected_accuracy'])} ({_pct(t['retention'])}) | "
+            + (f"{_pct(best[0])} `{best[1]['kwargs']['widths']}` ({gap:+.2f} pt) | " if best else "— | ")
+            + f"{cost['search_stage_s']:.0f} s = {_pct(cost['fraction_of_student_build'])} of the rest |")
+        for h in t.get("hand_sized", []):
+            b2 = s if h.get("is_winner") else h["build"]
+            if "error" in b2:
+                hand_rows.append(f"| {target} | `{h['kwargs']['widths']}` | {h['params']:,} | failed | | |")
+                continue
+            hand_rows.append(f"| {target} | `{h['kwargs']['widths']}`{' (the winner)' if h.get('is_winner') else ''} | "
+                             f"{h['params']:,} | {_pct(b2['selected_accuracy'])} | {b2['selected_p50_ms'] * 1000:.1f} µs "
+                             f"(`{b2['selected']}`) | {'yes' if b2['selected_p50_ms'] <= t['budget']['latency_ms'] else 'no'} |")
+        gm = t["goals_met"]
+        missed = [k for k, v in gm.items() if v is False]
+        notes.append(f"{target}: " + ("every goal met" if not missed else "missed: " + ", ".join(missed))
+                     + f" (goals: {'; '.join(f'{k} {v}' for k, v in t['goals'].items())}).")
+    out = "\n".join(lines) + "\n\nHand-sized students of the same budget (for each depth, the widest the search's own " \
+        "timing table says fits), each distilled in full with the card's recipe:\n\n" + \
+        "\n".join(["| target | widths | params | test accuracy | p50 (shipped artifact) | within budget |",
+                   "|---|---|---|---|---|---|", *hand_rows]) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n\n"
+    extra = "; " + "; ".join(d["targets"][k]["notes"][0] for k in d["targets"] if d["targets"][k].get("notes"))
+    return out + _source("budget.json", d, extra if extra != "; " else "")
+
+
+GENERATORS["budget"] = budget
+
+
 def render(text: str) -> str:
     """`text` with every marker block regenerated; an unknown block name is an error."""
     def repl(m: re.Match) -> str:
