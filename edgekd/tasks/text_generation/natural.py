@@ -89,10 +89,27 @@ def natural_text_metrics(inputs: dict[str, StageResult], ctx: BuildContext) -> d
     why = corpus_available()
     if why is not None:
         return {"skipped": why}
-    teacher, tok = load_causal_lm(_teacher_info(inputs["teacher"])["folder"])
-    student, _ = load_causal_lm(inputs["distill"].dir / "student")
-    return evaluate_natural_text({"teacher": teacher, "student": student}, tok, ev.natural_text,
-                                 ev.natural_text_max_length, inputs["distill"].metrics["pad_id"])
+    from edgekd.data.text import corpus_path
+    from edgekd.fsio import sha256_file, write_json_atomic
+    from edgekd.pipeline import stable_hash
+
+    info = _teacher_info(inputs["teacher"])
+    pad = inputs["distill"].metrics["pad_id"]
+    # the teacher's score depends on the teacher and these settings only: made once per cache, not per build
+    key = stable_hash({"teacher": info["hash"], "snippets": ev.natural_text, "max_length": ev.natural_text_max_length,
+                       "corpus": sha256_file(corpus_path(None)), "pad": pad})
+    known_file = ctx.cache_dir / "natural-text" / f"{key[:20]}.json"
+    known = {"teacher": json.loads(known_file.read_text())} if known_file.is_file() else None
+    student, tok = load_causal_lm(inputs["distill"].dir / "student")
+    models: dict[str, Any] = {"student": student}
+    if known is None:
+        models["teacher"] = load_causal_lm(info["folder"])[0]
+    out = evaluate_natural_text(models, tok, ev.natural_text, ev.natural_text_max_length, pad, known=known)
+    if known is None:
+        known_file.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(known_file, out["teacher"])
+    out["teacher_cached"] = known is not None
+    return out
 
 
 def stage_natural(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
