@@ -1,6 +1,10 @@
 """The text-generation task's distill stage: the student (cut from the teacher, a tiny Llama, or the user's
 folder) learns the teacher's answers (SFT) and its top-k token distributions (KD); the control beside it learns
-the same answers with hard labels only, so KD minus the control is what the teacher's logits add."""
+the same answers with hard labels only, so KD minus the control is what the teacher's logits add.
+
+With `distill.general_text` the student also learns the teacher's top-k on every position of raw text (Rotten
+Tomatoes train-bucket snippets, or the user's file: edgekd/llm/natural_text.py), so it keeps language; the control
+sees the same text with hard labels, so the control still differs from the student by the teacher's logits only."""
 from __future__ import annotations
 
 import json
