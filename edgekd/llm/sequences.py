@@ -166,9 +166,21 @@ def answer_rows(examples: list[Example]) -> list[int]:
     return [hi - lo for lo, hi in map(answer_positions, examples)]
 
 
+@dataclass
+class GeneralText:
+    """General text mixed into training (card `distill.general_text`): plain token sequences (Example start 1:
+    every position after the first predicts its next token), the loss on their rows (the student: soft_label on
+    the teacher's cached top-k; the control: hard_label on the text's own tokens) and the cache it reads."""
+
+    examples: list[Example]
+    loss_set: Any
+    cache: Any = None  # distill.cache.TopKSequenceCache: the teacher's top-k per position; None for hard labels
+
+
 def distill(student, examples: list[Example], val: list[Example], loss_set, cfg: Any, pad: int, *,
             cache: Any = None, checkpoint: Path | None = None, progress: Any = None,
-            description: str = "distill", teacher: Any = None, parallel: str = "auto") -> dict[str, Any]:
+            description: str = "distill", teacher: Any = None, parallel: str = "auto",
+            general: GeneralText | None = None) -> dict[str, Any]:
     """Train `student` on `examples` through the shared loop (`distill.trainer.fit`): each step
     takes the student's logits at the answer tokens of a shuffled batch, and `loss_set` (soft_label
     on the cached top-k teacher rows, hard_label on the answer tokens) gives the loss. The best
@@ -180,7 +192,11 @@ def distill(student, examples: list[Example], val: list[Example], loss_set, cfg:
     Under torchrun (a joined process group) the student trains under DDP or FSDP (`parallel`: ddp, fsdp,
     auto; llm.parallel): `cfg.batch_size` stays the global batch, each rank takes an interleaved share of
     it and its loss is weighted by its share of the batch's answer tokens, so N processes follow the
-    1-process run; rank 0 writes the checkpoints, which hold full state dicts (any world size resumes them)."""
+    1-process run; rank 0 writes the checkpoints, which hold full state dicts (any world size resumes them).
+
+    `general`: general text beside the answers. Each epoch passes over its examples once (a seeded shuffle from
+    the same generator, spread over the epoch's steps); a step's general texts run in the same forward as its
+    answers, and `general.loss_set`'s terms (logged as general_<term>) are added to the answers' loss."""
     import torch
 
     from edgekd import dist
@@ -195,6 +211,11 @@ def distill(student, examples: list[Example], val: list[Example], loss_set, cfg:
         raise StageError("a loss term reads the teacher's features but no teacher was given", hint="this is a bug in edgekd")
     if any(type(t).needs_teacher_logits() for t in getattr(loss_set, "terms", {}).values()) and cache is None:
         raise StageError("soft-label KD needs the teacher's cached logits", hint="this is a bug in edgekd")
+    if general is not None:
+        if not general.examples:
+            raise StageError(f"{description}: general text without examples", hint="this is a bug in edgekd")
+        if any(type(t).needs_teacher_logits() for t in general.loss_set.terms.values()) and general.cache is None:
+            raise StageError("general-text KD needs the teacher's cached logits", hint="this is a bug in edgekd")
     seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     bs = cfg.batch_size
@@ -212,15 +233,27 @@ def distill(student, examples: list[Example], val: list[Example], loss_set, cfg:
             teacher.to(par.device)
     forward = par if par is not None else student
 
+    # general texts per step: every one once an epoch (the last steps may get none)
+    per_step = math.ceil(len(general.examples) / steps_per_epoch) if general is not None else 0
+
     def batches(g: torch.Generator):
         perm = torch.randperm(len(examples), generator=g)
-        for b in range(0, len(perm), bs):
-            yield perm[b:b + bs]
+        # drawn only with general text: without it the generator's stream (and so every run) is what it was
+        gperm = torch.randperm(len(general.examples), generator=g) if general is not None else None
+        for step, b in enumerate(range(0, len(perm), bs)):
+            yield perm[b:b + bs] if gperm is None else (perm[b:b + bs], gperm[step * per_step:(step + 1) * per_step])
 
-    def step_loss(idx, progress_: float):
+    def step_loss(batch, progress_: float):
+        idx, gidx = batch if isinstance(batch, tuple) else (batch, None)
         share = idx.tolist()[rank::world]
         real = bool(share)
         chunk = [examples[i] for i in share] if real else [examples[int(idx[0])]]
+        n_answers = len(chunk)
+        gshare: list[int] = []
+        if gidx is not None and len(gidx):  # the same on every rank: all take part, or none
+            gshare = gidx.tolist()[rank::world]
+            # an empty share still runs one text (weighted 0 below): the ranks' forwards stay alike
+            chunk = chunk + ([general.examples[i] for i in gshare] if gshare else [general.examples[int(gidx[0])]])
         s_feats: dict[str, Any] = {}
         t_feats: dict[str, Any] = {}
         if online:
@@ -234,7 +267,10 @@ def distill(student, examples: list[Example], val: list[Example], loss_set, cfg:
             t_feats = tcap.features
         else:
             rows = answer_logits(forward, chunk, pad).float()
-        target = torch.cat([torch.tensor(e.ids[e.start:]) for e in chunk]).to(rows.device)
+        targets = [torch.tensor(e.ids[e.start:]) for e in chunk]
+        n_rows = sum(len(t) for t in targets[:n_answers])
+        g_rows, rows = rows[n_rows:], rows[:n_rows]
+        target = torch.cat(targets[:n_answers]).to(rows.device)
         topk = None
         if cache is not None:
             topk = tuple(t.to(rows.device) for t in cache.get(torch.tensor(share if real else [int(idx[0])])))
@@ -247,6 +283,20 @@ def distill(student, examples: list[Example], val: list[Example], loss_set, cfg:
             mine = len(target) if real else 0
             total, = dist.sum_all(mine)
             loss = loss * (mine * world / total)
+        if len(chunk) > n_answers:
+            g_target = torch.cat(targets[n_answers:]).to(rows.device)
+            g_topk = None
+            if general.cache is not None:
+                g_topk = tuple(t.to(rows.device) for t in general.cache.get(torch.tensor(gshare or [int(gidx[0])])))
+            g_loss, g_parts = general.loss_set(LossContext(
+                student_logits=g_rows, teacher_logits=None, labels=g_target, student_features={}, teacher_features={},
+                progress=progress_, teacher_topk=g_topk))
+            if world > 1:  # as the answers': weighted by this rank's share of the step's general-text tokens
+                g_mine = len(g_target) if gshare else 0
+                g_total, = dist.sum_all(g_mine)
+                g_loss = g_loss * (g_mine * world / g_total)
+            loss = loss + g_loss
+            parts = {**parts, **{f"general_{k}": v for k, v in g_parts.items()}}
         return loss, parts, len(share)
 
     def validate() -> dict[str, float]:

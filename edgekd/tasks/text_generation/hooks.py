@@ -180,7 +180,11 @@ def report_parts(build_dir: Path, res: dict[str, dict], run: dict):
     training = {"student": {k: d["metrics"].get(k) for k in ("val", "test", "best_epoch", "train_seconds", "arch",
                                                              "losses", "examples")},
                 "teacher": d["metrics"]["teacher"], "control": ctrl,
-                "held_out": held_out_rows(d["metrics"], res["natural"]["metrics"])}
+                "held_out": held_out_rows(d["metrics"], res["natural"]["metrics"]),
+                # the language the student kept: perplexity on held-out natural text against the teacher's
+                "natural_text": res["natural"]["metrics"].get("natural_text")}
+    if d["metrics"].get("general_text"):  # what it trained on to keep it (distill.general_text)
+        training["general_text"] = d["metrics"]["general_text"]
     generation = {k: gen["metrics"].get(k) for k in ("prompts", "answers", "mean_answer_tokens", "finished_fraction",
                                                      "seconds", "splits", "split")}
     split_kind = (gen["metrics"].get("split") or {}).get("kind", "shuffle")

@@ -9,6 +9,10 @@ with the build's decoding settings (cached like the training answers, in their o
 the teacher against its own answers as the sanity row, are scored by teacher forcing with bootstrap 95%
 intervals over prompts. Nothing here feeds a choice: no epoch, candidate or student is picked on it.
 
+It also scores the language the student kept: perplexity and next-token accuracy of student and teacher on
+held-out natural text (`evaluate.natural_text` Rotten Tomatoes test-bucket snippets, held out by movie from the
+general text a build may train on: edgekd/llm/natural_text.py), and their ratio.
+
 Its key holds the teacher, the answers' settings, the distilled student and the prompt file's sha256, not the
 training stages' cards: adding or changing the natural set never retrains anything.
 """
@@ -42,17 +46,70 @@ def natural_file(ctx: BuildContext) -> Path | None:
     return p
 
 
+def _natural_text_cfg(ctx: BuildContext) -> dict:
+    """The natural-text evaluation's settings; the corpus's sha256 (None: not installed, the stage says so), so
+    installing it later scores the build again."""
+    from edgekd.fsio import sha256_file
+    from edgekd.llm.natural_text import corpus_available
+
+    ev = ctx.recipe.evaluate
+    if ev.natural_text is None:
+        return {"natural_text": None}
+    from edgekd.data.text import corpus_path
+
+    corpus = sha256_file(corpus_path(None)) if corpus_available() is None else None
+    return {"natural_text": ev.natural_text, "natural_text_max_length": ev.natural_text_max_length, "corpus": corpus}
+
+
 def _natural_cfg(ctx: BuildContext) -> dict:
     from edgekd.fsio import sha256_file
     from edgekd.llm.generate import load_prompts
 
+    text = _natural_text_cfg(ctx)
     f = natural_file(ctx)
     if f is None:
-        return {"natural_prompts": None}
+        return {"natural_prompts": None, **text}
     load_prompts(f)  # validated at pre-flight: a bad line fails in seconds, not after training
     ev = ctx.recipe.evaluate
     return {"natural_prompts": str(f), "sha256": sha256_file(f), "max_prompts": ev.max_prompts,
-            "max_ratio": ev.max_ratio, "max_overlap": ev.max_overlap, "max_length": ctx.recipe.data.max_length}
+            "max_ratio": ev.max_ratio, "max_overlap": ev.max_overlap, "max_length": ctx.recipe.data.max_length, **text}
+
+
+def natural_text_metrics(inputs: dict[str, StageResult], ctx: BuildContext) -> dict[str, Any] | None:
+    """The student's and the teacher's perplexity and next-token accuracy on held-out natural text (Rotten Tomatoes
+    test-bucket snippets: edgekd.llm.natural_text), and the ratio; None when evaluate.natural_text is null, and
+    {"skipped": why} without the corpus."""
+    from edgekd.llm.models import load_causal_lm
+    from edgekd.llm.natural_text import corpus_available, evaluate_natural_text
+    from edgekd.tasks.text_generation.data import _teacher_info
+
+    ev = ctx.recipe.evaluate
+    if ev.natural_text is None:
+        return None
+    why = corpus_available()
+    if why is not None:
+        return {"skipped": why}
+    from edgekd.data.text import corpus_path
+    from edgekd.fsio import sha256_file, write_json_atomic
+    from edgekd.pipeline import stable_hash
+
+    info = _teacher_info(inputs["teacher"])
+    pad = inputs["distill"].metrics["pad_id"]
+    # the teacher's score depends on the teacher and these settings only: made once per cache, not per build
+    key = stable_hash({"teacher": info["hash"], "snippets": ev.natural_text, "max_length": ev.natural_text_max_length,
+                       "corpus": sha256_file(corpus_path(None)), "pad": pad})
+    known_file = ctx.cache_dir / "natural-text" / f"{key[:20]}.json"
+    known = {"teacher": json.loads(known_file.read_text())} if known_file.is_file() else None
+    student, tok = load_causal_lm(inputs["distill"].dir / "student")
+    models: dict[str, Any] = {"student": student}
+    if known is None:
+        models["teacher"] = load_causal_lm(info["folder"])[0]
+    out = evaluate_natural_text(models, tok, ev.natural_text, ev.natural_text_max_length, pad, known=known)
+    if known is None:
+        known_file.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(known_file, out["teacher"])
+    out["teacher_cached"] = known is not None
+    return out
 
 
 def stage_natural(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
@@ -66,11 +123,12 @@ def stage_natural(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     from edgekd.tasks.text_generation.data import _teacher_info
     from edgekd.tasks.text_generation.distill import score_examples
 
+    text = natural_text_metrics(inputs, ctx)
     f = natural_file(ctx)
     if f is None:
         why = ("evaluate.natural_prompts is null" if ctx.recipe.evaluate.natural_prompts is None else
                "your own prompts (data.path) come with no natural-prompt set: name one in evaluate.natural_prompts")
-        return StageOutput({}, {"natural_prompts": None, "why": why})
+        return StageOutput({}, {"natural_prompts": None, "why": why, "natural_text": text})
     ev = ctx.recipe.evaluate
     asked = load_prompts(f)
     built = [json.loads(ln)["prompt"] for ln in inputs["generate"].path("answers").read_text(encoding="utf-8").splitlines()]
@@ -80,7 +138,7 @@ def stage_natural(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     metrics: dict[str, Any] = {
         "natural_prompts": str(f), "asked": len(asked), "near_copies_left_out": len(dropped),
         "left_out": dropped[:20], "scored_prompts": len(prompts),
-        "thresholds": {"max_ratio": ev.max_ratio, "max_overlap": ev.max_overlap}}
+        "thresholds": {"max_ratio": ev.max_ratio, "max_overlap": ev.max_overlap}, "natural_text": text}
     if not prompts:
         raise UserError(f"evaluate.natural_prompts: every prompt of {f.name} is a near-copy of a training prompt",
                         hint="write prompts apart from the training set, or set evaluate.natural_prompts: null")

