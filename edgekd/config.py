@@ -439,9 +439,10 @@ class GenerateConfig(Strict):
 
 
 class EvaluateConfig(Strict):
-    """text-generation recipes: prompts held out by SOURCE, beside the split's held-out templates: prompts a user
-    would write, written apart from the training prompts. Never used for any choice; a prompt a training prompt is a
-    near-copy of (difflib ratio or content-word overlap, edgekd.llm.heldout.independent_prompts) is left out."""
+    """What a build evaluates beside its selection. text-generation recipes: prompts held out by SOURCE, beside the
+    split's held-out templates: prompts a user would write, written apart from the training prompts. Never used for any
+    choice; a prompt a training prompt is a near-copy of (difflib ratio or content-word overlap,
+    edgekd.llm.heldout.independent_prompts) is left out. Every recipe: the quantized teacher beside the student."""
 
     natural_prompts: str | None = Field(
         "auto", description="JSONL of prompts ({id, prompt} per line); 'auto': the shipped set "
@@ -451,6 +452,16 @@ class EvaluateConfig(Strict):
     max_ratio: float = Field(0.7, gt=0, le=1, description="a training prompt at least this similar (difflib ratio) "
                                                           "leaves a natural prompt out")
     max_overlap: float = Field(0.5, gt=0, le=1, description="... or sharing at least this share of its content words")
+    # The alternative a user would pick over distilling (issue 28 item 6): the teacher itself quantized by the
+    # student's candidate makers, scored and timed beside the student. Every task reads it, not only text generation.
+    quantized_teacher: list[str] | None = Field(
+        None, description="the teacher quantized with the student's candidate makers (the same kinds and options, so "
+                          "the host's reduce_range applies alike), scored on the student's test examples and timed by the "
+                          "same benchmark settings: report rows with role teacher (never selected) and one line saying "
+                          "whether distilling beat quantizing at equal speed or size. null: the task's kinds (text "
+                          "generation: [int8-dynamic, int4-weight], fp32 adds the teacher's own ONNX; classifiers: "
+                          "[int8-dynamic, int8-qdq]); []: off. --quick turns it off unless the quick block or --set "
+                          "names kinds (a 135M teacher's ONNX export takes minutes on a laptop)")
 
 
 class RecipeConfig(Strict):
@@ -467,7 +478,8 @@ class RecipeConfig(Strict):
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     generate: GenerateConfig | None = Field(None, description="text-generation recipes: teacher answers and generation profiling")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig,
-                                     description="text-generation recipes: the natural-prompt evaluation")
+                                     description="the natural-prompt evaluation (text generation) and the "
+                                                 "quantized teacher beside the student (every task)")
     quick: dict[str, Any] = Field(default_factory=dict, description="--set overrides applied by --quick")
 
     @field_validator("schema_version")
