@@ -78,3 +78,13 @@ def test_no_verdict_without_a_quantized_teacher_on_the_students_runtime():
               {**clf_row("teacher", "int8-dynamic", 0.85, 3.0, 1000, "int8-dynamic"), "measured_on": "device"}]
     assert distill_vs_quantize(models, "student/fp32") is None
     assert distill_vs_quantize_sentences({"comparison": {}}) == []
+
+
+def test_the_readme_paragraph_reads_the_reports_verdict(readme_numbers):
+    # bench_llm.py --extras copies comparison.distill_vs_quantize into llm.json; readme_numbers.py renders it
+    models = [lm_row("teacher", "int8-dynamic", 0.63, 64, 160 * 2**20, "int8-dynamic"),
+              lm_row("teacher", "int4-weight", 0.68, 10, 120 * 2**20, "int4-weight"),
+              lm_row("student", "int8-dynamic", 0.36, 103, 100 * 2**20)]
+    text = readme_numbers._distill_vs_quantize(distill_vs_quantize(models, "student/int8-dynamic"))
+    assert "student/int8-dynamic (36.0%, 103 tokens/s, 100 MiB)" in text
+    assert "on the Pareto front of agreement vs tokens/s" in text and "teacher/int4-weight: " in text

@@ -107,8 +107,6 @@ def _profile_cfg(ctx: BuildContext) -> dict:
 def profile_models(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path, tick) -> tuple[dict, dict, dict]:
     """The generation benchmark of the teacher (PyTorch) and every student candidate (onnxruntime with its KV
     cache), each in its own process: TTFT, per-token latency, tokens/s, memory, energy per token."""
-    from edgekd.llm.generate import chat_ids
-    from edgekd.profile.runner import run_bench
     from edgekd.profile.spec import GenerationSpec
 
     tok, _ = _examples(ctx, inputs, "test")
