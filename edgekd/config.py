@@ -432,7 +432,9 @@ class GenerateConfig(Strict):
     control: bool = Field(True, description="also train the same student on the teacher's answers with hard labels "
                                             "only (the control: what the teacher's token distributions add)")
     teacher_on_target: bool = Field(True, description="also convert and time the teacher on the target's runtime (mobile: "
-                                                      "its .pte) for the like-for-like ratio")
+                                                      "its .pte) for the like-for-like ratio, and (mobile) its "
+                                                      "phone-quantized .pte (8da8w, the student's pte-8da8w scheme) "
+                                                      "as a teacher row beside the student")
     profile_prompts: int = Field(4, ge=1, description="held-out prompts timed per repeat")
     profile_new_tokens: int = Field(32, ge=2, description="tokens every model decodes per prompt when profiled")
     profile_repeats: int = Field(3, ge=1, description="passes over the profile prompts after a warm-up")
