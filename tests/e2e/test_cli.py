@@ -138,6 +138,13 @@ def test_the_quantized_teacher_sits_beside_the_student(quick_build, tmp_path):
     assert stages["quantized_teacher"]["seconds"] < 60
 
 
+def test_a_quantized_teacher_kind_the_task_cannot_make_is_exit_2_before_any_stage(tmp_path):
+    r = edgekd("build", "--target", "cpu", "--quick", "--out", str(tmp_path / "b"),
+               "--set", "evaluate.quantized_teacher=[int8-qat]", env={"EDGEKD_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 2 and "evaluate.quantized_teacher" in r.stderr and "int8-dynamic" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "b" / "teacher").exists()
+
+
 @needs_fmnist
 def test_quick_builds_measure_the_shipped_teacher_whatever_the_target(quick_build, ascend_quick_build):
     # The quick card keeps fashion-cnn's shipped teacher (verified, not trained): this file's cpu build and

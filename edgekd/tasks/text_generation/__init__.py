@@ -39,7 +39,9 @@ def front() -> list[Stage]:
               reads=("recipe.teacher", "recipe.student", "recipe.distill", "recipe.data", "recipe.generate")),
         # prompts held out by source (written apart from the training prompts): scored, never chosen on
         Stage("natural", stage_natural, ["teacher", "generate", "distill"], _natural_cfg,
-              reads=("recipe.evaluate", "recipe.data")),
+              # its own fields of `evaluate` only: the quantized teacher's option there is another stage's
+              reads=("recipe.evaluate.natural_prompts", "recipe.evaluate.max_prompts", "recipe.evaluate.max_ratio",
+                     "recipe.evaluate.max_overlap", "recipe.data")),
         Stage("export", stage_export, ["generate", "distill"], _export_cfg,
               reads=("recipe.student", "recipe.data", "recipe.generate", "target.onnx", "target.parity")),
     ]
