@@ -342,5 +342,6 @@ def distill_vs_quantize_sentence(dq: dict[str, Any]) -> str:
 
     teachers = "; ".join(f"{r['model']} {figs(r)}" for r in dq["quantized_teacher"]
                          if all(isinstance(r.get(f), (int, float)) for f in (q, sp, "size_bytes")))
-    return (f"Distilling vs quantizing the teacher ({dq['runtime']}, {dq['measured_on']}): {s['model']} ({figs(s)}) "
+    where = dq["runtime"] + (f", measured on {dq['measured_on']}" if dq.get("measured_on") else "")
+    return (f"Distilling vs quantizing the teacher ({where}): {s['model']} ({figs(s)}) "
             f"against {teachers} — {said('speed', dq['on_speed'])}; {said('size', dq['on_size'])}.")
