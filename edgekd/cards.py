@@ -17,7 +17,8 @@ from edgekd.errors import ConfigError
 
 _SRC_ROOT = Path(__file__).resolve().parent.parent
 # Settings every --quick build gets before the recipe's own quick block and the user's --set.
-QUICK_DEFAULTS: dict[str, Any] = {"distill.control": False}
+# The quantized teacher (evaluate.quantized_teacher) exports and times the teacher again: off unless asked for.
+QUICK_DEFAULTS: dict[str, Any] = {"distill.control": False, "evaluate.quantized_teacher": []}
 
 
 def shipped_dir(kind: str) -> Path:

@@ -463,16 +463,19 @@ class GenerateConfig(Strict):
     control: bool = Field(True, description="also train the same student on the teacher's answers with hard labels "
                                             "only (the control: what the teacher's token distributions add)")
     teacher_on_target: bool = Field(True, description="also convert and time the teacher on the target's runtime (mobile: "
-                                                      "its .pte) for the like-for-like ratio")
+                                                      "its .pte) for the like-for-like ratio, and (mobile) its "
+                                                      "phone-quantized .pte (8da8w, the student's pte-8da8w scheme) "
+                                                      "as a teacher row beside the student")
     profile_prompts: int = Field(4, ge=1, description="held-out prompts timed per repeat")
     profile_new_tokens: int = Field(32, ge=2, description="tokens every model decodes per prompt when profiled")
     profile_repeats: int = Field(3, ge=1, description="passes over the profile prompts after a warm-up")
 
 
 class EvaluateConfig(Strict):
-    """text-generation recipes: prompts held out by SOURCE, beside the split's held-out templates: prompts a user
-    would write, written apart from the training prompts. Never used for any choice; a prompt a training prompt is a
-    near-copy of (difflib ratio or content-word overlap, edgekd.llm.heldout.independent_prompts) is left out."""
+    """What a build evaluates beside its selection. text-generation recipes: prompts held out by SOURCE, beside the
+    split's held-out templates: prompts a user would write, written apart from the training prompts. Never used for any
+    choice; a prompt a training prompt is a near-copy of (difflib ratio or content-word overlap,
+    edgekd.llm.heldout.independent_prompts) is left out. Every recipe: the quantized teacher beside the student."""
 
     natural_prompts: str | None = Field(
         "auto", description="JSONL of prompts ({id, prompt} per line); 'auto': the shipped set "
@@ -486,6 +489,16 @@ class EvaluateConfig(Strict):
                                                             "test-bucket snippets, the student's and teacher's "
                                                             "perplexity and next-token accuracy on them (null: none)")
     natural_text_max_length: int = Field(64, ge=8, description="tokens per natural-text snippet at most")
+    # The alternative a user would pick over distilling (issue 28 item 6): the teacher itself quantized by the
+    # student's candidate makers, scored and timed beside the student. Every task reads it, not only text generation.
+    quantized_teacher: list[str] | None = Field(
+        None, description="the teacher quantized with the student's candidate makers (the same kinds and options, so "
+                          "the host's reduce_range applies alike), scored on the student's test examples and timed by the "
+                          "same benchmark settings: report rows with role teacher (never selected) and one line saying "
+                          "whether distilling beat quantizing at equal speed or size. null: the task's kinds (text "
+                          "generation: [int8-dynamic, int4-weight], fp32 adds the teacher's own ONNX; classifiers: "
+                          "[int8-dynamic, int8-qdq]); []: off. --quick turns it off unless the quick block or --set "
+                          "names kinds (a 135M teacher's ONNX export takes minutes on a laptop)")
 
 
 class RecipeConfig(Strict):
@@ -502,7 +515,8 @@ class RecipeConfig(Strict):
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     generate: GenerateConfig | None = Field(None, description="text-generation recipes: teacher answers and generation profiling")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig,
-                                     description="text-generation recipes: the natural-prompt evaluation")
+                                     description="the natural-prompt evaluation (text generation) and the "
+                                                 "quantized teacher beside the student (every task)")
     quick: dict[str, Any] = Field(default_factory=dict, description="--set overrides applied by --quick")
 
     @field_validator("schema_version")

@@ -421,11 +421,14 @@ def _run_locked(stages: list[Stage], ctx: BuildContext, only: str | None, upto: 
     lineage = []
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     status = "running"
+    # a stage this build leaves out (its `when`) is not part of it, even where an earlier build in the folder ran it:
+    # the report must not read that stage's old folder as this build's (the lineage entry it left is dropped)
+    skipped = frozenset(s.name for s in stages if not s.when(ctx))
     if rank == 0:
-        _write_run(ctx, started, status, lineage)  # later stages (report) read the build's identity from it
+        _write_run(ctx, started, status, lineage, skipped)  # later stages (report) read the build's identity from it
     try:
         for stage in stages:
-            if not stage.when(ctx):
+            if stage.name in skipped:
                 continue
             inputs = {d: results[d] for d in stage.deps if d in results}
             res = run_stage(stage, ctx, inputs, force=(stage.name == only))
@@ -436,7 +439,7 @@ def _run_locked(stages: list[Stage], ctx: BuildContext, only: str | None, upto: 
                 note = "reused" if res.reused else f"{res.seconds:.1f} s"
                 ctx.log(f"[green]✓[/] {stage.name} [dim]({note})[/]")
             if rank == 0:
-                _write_run(ctx, started, status, lineage)
+                _write_run(ctx, started, status, lineage, skipped)
             if stage.name == upto:
                 break
         status = "ok"
@@ -448,18 +451,20 @@ def _run_locked(stages: list[Stage], ctx: BuildContext, only: str | None, upto: 
         raise
     finally:
         if rank == 0:
-            _write_run(ctx, started, status, lineage)
+            _write_run(ctx, started, status, lineage, skipped)
     return results
 
 
-def _write_run(ctx: BuildContext, started: str, status: str, lineage: list) -> None:
-    # A single-stage run (`edgekd quantize DIR`) keeps the lineage of the stages it did not touch.
+def _write_run(ctx: BuildContext, started: str, status: str, lineage: list,
+               skipped: frozenset[str] = frozenset()) -> None:
+    # A single-stage run (`edgekd quantize DIR`) keeps the lineage of the stages it did not touch (but not of
+    # those this build's settings leave out: `skipped`).
     # A corrupt run.json is refused (exit 2) rather than silently overwritten without its lineage.
     prev = ctx.out / "run.json"
     if prev.is_file():
         prev_stages = load_run(ctx.out)["stages"]
         done = {e["stage"] for e in lineage}
-        old = [e for e in prev_stages if e["stage"] not in done]
+        old = [e for e in prev_stages if e["stage"] not in done and e["stage"] not in skipped]
         order = {e["stage"]: i for i, e in enumerate(prev_stages)}
         lineage = sorted(lineage + old, key=lambda e: order.get(e["stage"], len(order)))
     write_json_atomic(ctx.out / "run.json", {

@@ -42,6 +42,21 @@ def test_rerun_reuses_finished_stages(tmp_path):
     assert [s["stage"] for s in lineage["stages"]] == ["a", "b"] and all(s["reused"] for s in lineage["stages"])
 
 
+def test_a_stage_this_build_leaves_out_leaves_the_lineage(tmp_path):
+    # an earlier build in the folder ran `b`; this one's settings leave it out (its `when`): run.json must not keep
+    # the old entry, which a report would read as this build's (the quantized_teacher stage's rows)
+    calls = []
+    run(_graph(calls), _ctx(tmp_path))
+    a, b = _graph(calls)
+    b.when = lambda ctx: not ctx.options.get("skip_b")
+    run([a, b], _ctx(tmp_path, skip_b=True))
+    assert calls == ["a", "b"]
+    assert [s["stage"] for s in json.loads((tmp_path / "b" / "run.json").read_text())["stages"]] == ["a"]
+    run([a, b], _ctx(tmp_path))  # on again: its finished folder is reused, and back in the lineage
+    assert calls == ["a", "b"]
+    assert [s["stage"] for s in json.loads((tmp_path / "b" / "run.json").read_text())["stages"]] == ["a", "b"]
+
+
 def test_changing_downstream_config_reruns_only_downstream(tmp_path):
     calls = []
     run(_graph(calls), _ctx(tmp_path))

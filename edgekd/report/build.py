@@ -253,3 +253,96 @@ def search_note(section: dict[str, Any]) -> str | None:
                        for k, c in final["checks"].items() if not c["met"])
     return (f"BUDGET MISSED: the shipped student {final['artifact']} ({final['measured_on']}) misses the budget the "
             f"search sized it to: {missed} (edgekd build --strict exits 1 on this)")
+
+
+# --------------------------------------------------------------------------- distilling vs quantizing the teacher
+
+
+def _speed_of(row: dict, speed: str) -> float | None:
+    if speed == "tokens_per_s":
+        return row.get("tokens_per_s")
+    return (row.get("latency_ms") or {}).get("p50")
+
+
+def _dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """a is at least as good as b on both axes (each a higher-is-better number) and better on one."""
+    return a[0] >= b[0] and a[1] >= b[1] and (a[0] > b[0] or a[1] > b[1])
+
+
+def axis_verdict(student: tuple[float, float], teachers: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    """The student against each quantized teacher on one (quality, cost) plane, both higher-is-better:
+    `beats` when it dominates every teacher (as good on both axes, better on one), `dominated` when some teacher
+    dominates it (that teacher is the better choice), else `pareto` (a trade-off: on the front)."""
+    dominated_by = [k for k, t in teachers.items() if _dominates(t, student)]
+    beaten = [k for k, t in teachers.items() if _dominates(student, t)]
+    verdict = "dominated" if dominated_by else "beats" if teachers and len(beaten) == len(teachers) else "pareto"
+    return {"verdict": verdict, "dominated_by": dominated_by, "beats": beaten}
+
+
+def distill_vs_quantize(models: list[dict], student_key: str) -> dict[str, Any] | None:
+    """Issue 28 item 6: the alternative a user would pick — the teacher quantized (the rows marked with a
+    `quantization`) — against the student row `student_key`, on the same runtime and in the same place. Quality
+    is next-token agreement (a language model) or top-1 accuracy; speed is tokens/s or latency p50; size is bytes.
+    None where no quantized-teacher row shares the student's runtime. The keys of the `student`/`quantized_teacher`
+    entries are named after the metrics (agreement/accuracy, tokens_per_s/latency_ms_p50, size_bytes)."""
+    key = lambda m: f"{m['role']}/{m['variant']}"  # noqa: E731
+    student = next((m for m in models if key(m) == student_key), None)
+    if student is None:
+        return None
+    peers = [m for m in models if m["role"] == "teacher" and m.get("quantization") is not None
+             and m.get("runtime") == student.get("runtime") and m.get("measured_on") == student.get("measured_on")]
+    lm = student.get("tokens_per_s") is not None
+    quality, speed = ("agreement", "tokens_per_s") if lm else ("accuracy", "latency_ms_p50")
+
+    def fig(m: dict) -> dict[str, Any]:
+        return {"model": key(m), quality: m.get("accuracy"), speed: _speed_of(m, speed), "size_bytes": m.get("size_bytes")}
+
+    s = fig(student)
+    rows = [fig(m) for m in peers]
+    # only rows with every figure take part in the verdict (a teacher whose benchmark failed has none)
+    scored = [r for r in rows if all(isinstance(r[f], (int, float)) for f in (quality, speed, "size_bytes"))]
+    if not scored or not all(isinstance(s[f], (int, float)) for f in (quality, speed, "size_bytes")):
+        return None
+    fast = (lambda v: v) if lm else (lambda v: -v)  # higher-is-better speed
+    on_speed = axis_verdict((s[quality], fast(s[speed])), {r["model"]: (r[quality], fast(r[speed])) for r in scored})
+    on_size = axis_verdict((s[quality], -s["size_bytes"]), {r["model"]: (r[quality], -r["size_bytes"]) for r in scored})
+    fastest = max(scored, key=lambda r: fast(r[speed]))
+    smallest = min(scored, key=lambda r: r["size_bytes"])
+    out = {"student": s, "quantized_teacher": rows, "quality_metric": quality, "speed_metric": speed,
+           "runtime": student.get("runtime"), "measured_on": student.get("measured_on"),
+           "on_speed": on_speed, "on_size": on_size,
+           "student_on_pareto_front_speed": on_speed["verdict"] != "dominated",
+           "dominated_on_speed_by": on_speed["dominated_by"],
+           "student_on_pareto_front_size": on_size["verdict"] != "dominated",
+           "dominated_on_size_by": on_size["dominated_by"],
+           "student_speedup_vs_fastest_teacher": (s[speed] / fastest[speed] if lm else ratio(fastest[speed], s[speed])),
+           "fastest_teacher": fastest["model"],
+           "student_size_fraction_of_smallest_teacher": ratio(s["size_bytes"], smallest["size_bytes"]),
+           "smallest_teacher": smallest["model"]}
+    out["sentence"] = distill_vs_quantize_sentence(out)
+    return out
+
+
+def distill_vs_quantize_sentence(dq: dict[str, Any]) -> str:
+    """One line from distill_vs_quantize's verdicts (computed, never written by hand)."""
+    s, q, sp = dq["student"], dq["quality_metric"], dq["speed_metric"]
+
+    def figs(r: dict) -> str:
+        v = r[sp]
+        speed = f"{v:.3g} tokens/s" if sp == "tokens_per_s" else f"{v:.3g} ms"
+        return f"{100 * r[q]:.1f}% {q}, {speed}, {r['size_bytes'] / 2**20:.3g} MiB"
+
+    def said(axis: str, v: dict) -> str:
+        faster = "faster" if axis == "speed" else "smaller"
+        if v["verdict"] == "beats":
+            return f"at equal {axis} distilling beat quantizing (the student is {faster} and at least as good as every one)"
+        if v["verdict"] == "dominated":
+            return (f"at equal {axis} quantizing beat distilling ({', '.join(v['dominated_by'])}: as {faster.removesuffix('er')} "
+                    f"or {faster}, and as good or better)")
+        return f"on {axis} neither wins (the student is on the Pareto front of {q} vs {axis}: a trade-off)"
+
+    teachers = "; ".join(f"{r['model']} {figs(r)}" for r in dq["quantized_teacher"]
+                         if all(isinstance(r.get(f), (int, float)) for f in (q, sp, "size_bytes")))
+    where = dq["runtime"] + (f", measured on {dq['measured_on']}" if dq.get("measured_on") else "")
+    return (f"Distilling vs quantizing the teacher ({where}): {s['model']} ({figs(s)}) "
+            f"against {teachers} — {said('speed', dq['on_speed'])}; {said('size', dq['on_size'])}.")

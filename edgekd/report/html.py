@@ -8,7 +8,8 @@ from typing import Any
 
 from edgekd.report.markdown import (CANDIDATE_HEADER, CONTROL_HEADER, MODEL_HEADER, SEARCH_HEADER, candidate_rows,
                                     control_rows, control_sentence, energy_notes, model_rows, search_rows,
-                                    HELD_OUT_NOTE, held_out_header, held_out_table_rows, natural_text_sentence,
+                                    HELD_OUT_NOTE, distill_vs_quantize_sentences, held_out_header, held_out_table_rows,
+                                    natural_text_sentence,
                                     search_sentences, selection_sentence, summary_rows)
 from edgekd.report.schema import atomic_write_text
 
@@ -69,6 +70,9 @@ def render_html(report: dict, plots: dict[str, Path] | None = None) -> str:
     ]
     if control_rows(report):
         parts.append(_table(CONTROL_HEADER, control_rows(report)))
+    dq = distill_vs_quantize_sentences(report)
+    if dq:
+        parts += ["<h2>Distilling vs quantizing the teacher</h2>", *(f"<p>{_e(x)}</p>" for x in dq)]
     if held_out_table_rows(report):
         parts += ["<h2>Held-out evaluation</h2>", f"<p>{_e(HELD_OUT_NOTE)}</p>",
                   _table(held_out_header(report), held_out_table_rows(report))]

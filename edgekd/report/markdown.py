@@ -107,6 +107,13 @@ def control_sentence(report: dict) -> str:
             f"both measured as {ctrl.get('measured_with', 'the same way')}.")
 
 
+def distill_vs_quantize_sentences(report: dict) -> list[str]:
+    """The one-line verdicts on distilling vs quantizing the teacher (comparison.distill_vs_quantize[_target])."""
+    c = report.get("comparison") or {}
+    return [c[k]["sentence"] for k in ("distill_vs_quantize", "distill_vs_quantize_target")
+            if isinstance(c.get(k), dict) and c[k].get("sentence")]
+
+
 def model_rows(report: dict) -> list[list[str]]:
     rows = []
     for m in report.get("models", []):
@@ -280,6 +287,9 @@ def render_markdown(report: dict, plots: dict[str, Path] | None = None, base: Pa
     lines += ["## What distillation bought", "", control_sentence(report), ""]
     if control_of(report):
         lines += _table(CONTROL_HEADER, control_rows(report))
+    dq = distill_vs_quantize_sentences(report)
+    if dq:
+        lines += ["## Distilling vs quantizing the teacher", ""] + [x for d in dq for x in (d, "")]
     lines += held_out_lines(report)
     lines += ["## Models", ""] + _table(MODEL_HEADER, model_rows(report))
     if report.get("candidates"):

@@ -191,6 +191,10 @@ class Comparison(_Open):
     energy_ratio: Number | None
     accuracy_retention: Number | None
     kd_gain_points: Number | None = Field(None, description="points the KD student beats the labels-only control by")
+    distill_vs_quantize: dict[str, Any] | None = Field(
+        None, description="the selected ONNX student against the teacher quantized on the same runtime (rows with a "
+                          "`quantization`): its figures, theirs, the verdict on speed and on size (beats | pareto | "
+                          "dominated) and the one-line `sentence`; absent when no such row was made")
 
 
 class Control(_Open):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgekd.report.markdown import (CANDIDATE_HEADER, candidate_rows, control_of, control_sentence, selection_sentence,
-                                    summary_rows)
+from edgekd.report.markdown import (CANDIDATE_HEADER, candidate_rows, control_of, control_sentence,
+                                    distill_vs_quantize_sentences, selection_sentence, summary_rows)
 
 
 def render(report: dict, console: Any) -> None:
@@ -22,6 +22,8 @@ def render(report: dict, console: Any) -> None:
         t.add_row(*(Text(x) for x in row))  # Text: cells like '[estimate (...)]' are not markup
     console.print(t)
     console.print(Text(control_sentence(report), style="" if control_of(report) else "dim"))
+    for line in distill_vs_quantize_sentences(report):
+        console.print(Text(line))
     rows = candidate_rows(report)
     if rows:
         c = Table(title="Candidates", title_justify="left", caption=selection_sentence(report) or None,

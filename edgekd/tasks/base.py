@@ -89,3 +89,12 @@ class Task:
     convert_deps: tuple[str, ...] = ()
     convert_reads: tuple[str, ...] = ()
     convert_job: Callable[[Inputs, "BuildContext", Path], Any] | None = None
+    # quantized_teacher: the teacher quantized by the student's candidate makers (evaluate.quantized_teacher), scored
+    # and timed like the student's rows: (inputs, ctx, wd, kinds, tick) -> rows by "teacher/<kind>", each
+    # {variant, quantization, format, runtime, path (in wd), size_bytes, params, accuracy, [perplexity], profile | error}
+    quantized_teacher_kinds: tuple[str, ...] = ()      # evaluate.quantized_teacher: null means these
+    quantized_teacher_allowed: tuple[str, ...] = ()    # the kinds this task's teacher can be made as
+    quantized_teacher_deps: tuple[str, ...] = ()
+    quantized_teacher_reads: tuple[str, ...] = ()
+    quantized_teacher_cfg: Callable[["BuildContext"], dict[str, Any]] | None = None
+    quantized_teacher: Callable[[Inputs, "BuildContext", Path, list[str], Tick], dict[str, dict[str, Any]]] | None = None

@@ -102,6 +102,53 @@ def test_rerun_reuses_every_stage_and_quantize_change_does_not_retrain(quick_bui
 
 
 @needs_fmnist
+def test_the_quantized_teacher_sits_beside_the_student(quick_build, tmp_path):
+    """evaluate.quantized_teacher (off in --quick): the teacher's FP32 ONNX made int8-dynamic and int8-qdq by the
+    student's candidate makers, scored on the test split and timed by the profile benchmark; only that stage and the
+    report run again; the teacher rows are never candidates; the verdict is one computed line."""
+    from tests.e2e.conftest import copy_build
+
+    src, before, env, _ = quick_build
+    out = copy_build(src, tmp_path / "b")
+    r = edgekd("build", "--target", "cpu", "--quick", "--out", str(out), "--json",
+               "--set", "evaluate.quantized_teacher=[int8-dynamic, int8-qdq]", env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    stages = {s["stage"]: s for s in json.loads((out / "run.json").read_text())["stages"]}
+    assert not stages["quantized_teacher"]["reused"]
+    assert all(stages[s]["reused"] for s in ("teacher", "distill", "export", "quantize", "profile", "select"))
+    rep = json.loads(r.stdout)
+    rows = {f"{m['role']}/{m['variant']}": m for m in rep["models"]}
+    onnx_teacher = rows["teacher/fp32"]
+    for kind in ("int8-dynamic", "int8-qdq"):
+        m = rows[f"teacher/{kind}"]
+        assert CONTRACT_MODEL_KEYS <= set(m) and m["quantization"] == kind and m["runtime"] == "onnxruntime"
+        # INT8 keeps a CNN's top-1 within a few points of its FP32 ONNX, in about a quarter of its bytes
+        assert abs(m["accuracy"] - onnx_teacher["accuracy"]) < 0.05
+        assert m["size_bytes"] < onnx_teacher["size_bytes"] / 2 and (out / m["path"]).is_file()
+        assert m["latency_ms"]["p50"] > 0 and m["measured_on"] == rows[rep["selected_onnx_candidate"]]["measured_on"]
+    # never candidates: the selection is the quick build's
+    assert rep["selected"] == before["selected"]
+    assert [c["variant"] for c in rep["candidates"]] == [c["variant"] for c in before["candidates"]]
+    dq = rep["comparison"]["distill_vs_quantize"]
+    assert dq["student"]["model"] == rep["selected_onnx_candidate"] and dq["speed_metric"] == "latency_ms_p50"
+    assert {x["model"] for x in dq["quantized_teacher"]} == {"teacher/int8-dynamic", "teacher/int8-qdq"}
+    assert dq["sentence"] in (out / "report" / "report.md").read_text()
+    assert rep["comparison"]["teacher"] == before["comparison"]["teacher"]  # the headline ratio's teacher is kept
+    # off again (the --quick default): the stage leaves this build, and its earlier folder is not read as this build's
+    r2 = edgekd("build", "--target", "cpu", "--quick", "--out", str(out), "--json", env=env)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    rep2 = json.loads(r2.stdout)
+    assert not [m for m in rep2["models"] if m.get("quantization")] and "distill_vs_quantize" not in rep2["comparison"]
+
+
+def test_a_quantized_teacher_kind_the_task_cannot_make_is_exit_2_before_any_stage(tmp_path):
+    r = edgekd("build", "--target", "cpu", "--quick", "--out", str(tmp_path / "b"),
+               "--set", "evaluate.quantized_teacher=[int8-qat]", env={"EDGEKD_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 2 and "evaluate.quantized_teacher" in r.stderr and "int8-dynamic" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "b" / "teacher").exists()
+
+
+@needs_fmnist
 def test_quick_builds_measure_the_shipped_teacher_whatever_the_target(quick_build, ascend_quick_build):
     # The quick card keeps fashion-cnn's shipped teacher (verified, not trained): this file's cpu build and
     # the Ascend build measure the same weights on the same quick test subset (the target is not part of it).

@@ -193,3 +193,46 @@ def test_smollm2_seqkd_quick_build_for_mobile(lm_quick_build, tmp_path):
     assert sha256_file(bundle / "model.pte") == sha256_file(chosen)
     gen = json.loads((bundle / "generation.json").read_text())
     assert gen["stop_token_ids"] and gen["chat_template"]
+
+
+def test_the_quantized_teacher_sits_beside_the_student_in_the_report(lm_quick_build, tmp_path):
+    """evaluate.quantized_teacher (off in --quick): the teacher's int8-dynamic and int4-weight ONNX, made by the
+    student's candidate makers, scored on its test examples and timed by its benchmark; a change to the option reruns
+    only that stage and the report; teacher rows are never candidates; the verdict is one computed line."""
+    src, _, env, cwd, _ = lm_quick_build
+    out = copy_build(src, tmp_path / "b")
+    r = edgekd("build", *LM_QUICK, "--out", str(out), "--json", "--set",
+               "evaluate.quantized_teacher=[int8-dynamic, int4-weight]", env=env, cwd=cwd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    reused = {e["stage"]: e["reused"] for e in json.loads((out / "run.json").read_text())["stages"]}
+    assert not reused["quantized_teacher"]
+    assert all(reused[k] for k in ("teacher", "generate", "distill", "natural", "export", "quantize", "profile", "select"))
+    rep = json.loads(r.stdout)
+    rows = {f"{m['role']}/{m['variant']}": m for m in rep["models"]}
+    teacher = rows["teacher/fp32-torch"]
+    for kind in ("int8-dynamic", "int4-weight"):
+        m = rows[f"teacher/{kind}"]
+        assert CONTRACT_MODEL_KEYS <= set(m) and m["quantization"] == kind and m["runtime"] == "onnxruntime"
+        assert m["measured_on"] == rows[rep["selected_onnx_candidate"]]["measured_on"]
+        assert m["tokens_per_s"] > 0 and m["ttft_ms"]["p50"] > 0 and m["ms_per_token"] == m["latency_ms"]
+        assert math.isfinite(m["perplexity"]) and m["perplexity"] >= 1.0
+        # quantized, the teacher still mostly reproduces its own greedy answers (fp32: > 0.85)
+        assert 0.3 < m["agreement"] <= 1.0 and m["agreement"] == m["accuracy"]
+        assert m["size_bytes"] < teacher["size_bytes"] / 2 and (out / m["path"]).is_file()
+    assert rows["teacher/int4-weight"]["size_bytes"] < rows["teacher/int8-dynamic"]["size_bytes"]
+    # never candidates: the selection is the quick build's, among the student's candidates
+    assert rep["selected"] == json.loads((src / "report" / "report.json").read_text())["selected"]
+    assert {c["variant"] for c in rep["candidates"]} == {"fp32", "int8-dynamic", "int8-weight", "int4-weight"}
+    dq = rep["comparison"]["distill_vs_quantize"]
+    assert dq["student"]["model"] == rep["selected_onnx_candidate"]
+    assert {r["model"] for r in dq["quantized_teacher"]} == {"teacher/int8-dynamic", "teacher/int4-weight"}
+    assert dq["on_speed"]["verdict"] in ("beats", "pareto", "dominated") and dq["sentence"].startswith("Distilling vs")
+    assert dq["sentence"] in (out / "report" / "report.md").read_text()
+    assert "Distilling vs quantizing the teacher" in (out / "report" / "report.html").read_text()
+    assert not (out / "quantized_teacher" / "fp32").exists()  # the 540 MB FP32 export is not kept unless asked for
+    # turned off again: the stage does not run, and its folder from the earlier run is not this build's
+    r2 = edgekd("build", *LM_QUICK, "--out", str(out), "--json", env=env, cwd=cwd)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    rep2 = json.loads(r2.stdout)
+    assert not [m for m in rep2["models"] if m.get("quantization")]
+    assert "distill_vs_quantize" not in rep2["comparison"]

@@ -184,3 +184,38 @@ def test_the_shipped_program_is_the_fastest_within_the_budget_of_fp32s_validatio
     assert c["status"] == {"pte-fp32": "kept", "pte-8da4w": "over-budget", "pte-8da8w": "selected",
                            "pte-x": "failed: lowering failed"}
     assert select_pte(arts, Budget(5.0))["selected"] == "student/pte-8da4w"
+
+
+def test_the_teacher_quantized_for_the_phone_is_a_teacher_row_with_a_verdict(programs, tmp_path, monkeypatch):
+    """generate.teacher_on_target: the teacher's 8da8w program (the student's pte-8da8w scheme) is scored on the test
+    examples through its cache and becomes a teacher row marked `quantization`, which the distill-vs-quantize verdict
+    on the shipped program's runtime reads. (The benchmark process is test_generation_benchmark_runs_a_pte's.)"""
+    from edgekd.cards import load_target
+    from edgekd.llm.sequences import Example
+    from edgekd.profile.spec import GenerationSettings
+    from edgekd.report.build import distill_vs_quantize
+    from edgekd.targets.base import LanguageModelPayload
+    from edgekd.targets.mobile import lm as mobile_lm
+
+    d, infos = programs
+    cpu = load_target("cpu").device
+    st = GenerationSettings(threads=1, prompts=1, new_tokens=4, repeats=1, device=cpu, profiled_on="host",
+                            profile_device=cpu)
+    benched = []
+    monkeypatch.setattr(mobile_lm, "_bench", lambda path, name, prompts, settings, logs: benched.append(name) or {
+        "tokens_per_s": 100.0, "ttft_ms": {"p50": 5.0}, "decode_ms_per_token": {"p50": 10.0},
+        "latency_ms": {"p50": 10.0}, "peak_rss_bytes": 1, "energy": {"joules_per_token": 0.01, "method": "estimate-test"}})
+    test = [Example(p + [7, 8, 9], len(p)) for p in PROMPTS]
+    payload = LanguageModelPayload(student_dir=d / "hf", teacher_dir=d / "hf", val=[], test=test, val_prompts=PROMPTS,
+                                   test_prompts=PROMPTS, pad_id=0, stop_ids=[2], max_length=24, max_new_tokens=8,
+                                   chat_template=None)
+    t = mobile_lm._quantized_teacher_pte(payload, tmp_path, CACHE, PROMPTS[:1], st, tmp_path / "logs", print)
+    assert t["error"] is None and benched == ["teacher/pte-8da8w"] and (tmp_path / "teacher_8da8w.pte").is_file()
+    # the same scheme as the student's 8da8w program: the same size for the same weights
+    assert t["settings"]["quantize"] == infos["pte-8da8w"]["settings"]["quantize"]
+    assert 0.0 <= t["test"]["agreement"] <= 1.0 and np.isfinite(t["test"]["perplexity"])
+    row = {**mobile_lm.pte_row("teacher", "pte-8da8w", t, "pte/teacher_8da8w.pte", st), "quantization": "8da8w"}
+    student = {**row, "role": "student", "variant": "pte-8da4w", "size_bytes": t["size_bytes"] // 2,
+               "tokens_per_s": 200.0, "accuracy": row["accuracy"] + 0.01}
+    dq = distill_vs_quantize([row, student], "student/pte-8da4w")
+    assert dq["runtime"] == "executorch (xnnpack)" and dq["on_speed"]["verdict"] == "beats"

@@ -303,6 +303,27 @@ def _bench(pte: Path, name: str, prompts: list[list[int]], settings: Any, logs: 
     return run_bench(spec, logs, name.replace("/", "_"))
 
 
+# The teacher quantized for the phone, as a user would ship it instead of distilling: the scheme of the student's
+# pte-8da8w (8-bit dynamic activations, 8-bit weights), the one whose quality a quantized teacher keeps best.
+TEACHER_PTE_QUANTIZED = "pte-8da8w"
+
+
+def _quantized_teacher_pte(lm: "LanguageModelPayload", pte_dir: Path, cache_len: int, prompts: list[list[int]],
+                           settings: Any, logs: Path, log) -> dict[str, Any]:
+    """The teacher's phone-quantized program, scored on the student's test examples and timed like the student's
+    programs; a lowering failure is recorded (the teacher row is a comparison, not what ships)."""
+    path = pte_dir / f"teacher_{TEACHER_PTE_QUANTIZED.removeprefix('pte-')}.pte"
+    log(f"convert: exporting the teacher as {path.name}")
+    try:
+        info = export_lm_pte(lm.teacher_dir, path, TEACHER_PTE_QUANTIZED, cache_len)
+    except StageError as e:
+        return {"error": e.message, "variant": TEACHER_PTE_QUANTIZED}
+    info["test"] = evaluate_pte(path, lm.test)
+    info["profile"] = _bench(path, f"teacher/{TEACHER_PTE_QUANTIZED}", prompts, settings, logs)
+    info["error"] = None
+    return info
+
+
 def convert_language_model(job: "ConvertJob") -> tuple[dict[str, str], dict[str, Any]]:
     """Teacher and student .pte programs, checked and measured on this host; the selected student's app bundle."""
     from edgekd.quantize.budget import Budget
@@ -352,18 +373,22 @@ def convert_language_model(job: "ConvertJob") -> tuple[dict[str, str], dict[str,
         info["profile"] = _bench(path, f"student/{variant}", bench_prompts, settings, job.wd / "logs")
         info["error"] = None
         arts[variant] = info
-    teacher = None
+    teacher = teacher_q = None
     if lm.teacher_on_target:
         teacher_path = pte_dir / "teacher_fp32.pte"
         log(f"convert: exporting the teacher as {teacher_path.name}")
         teacher = export_lm_pte(lm.teacher_dir, teacher_path, "pte-fp32", cache_len)
         teacher["test"] = evaluate_pte(teacher_path, lm.test)
         teacher["profile"] = _bench(teacher_path, "teacher/pte-fp32", bench_prompts, settings, job.wd / "logs")
+        teacher_q = _quantized_teacher_pte(lm, pte_dir, cache_len, bench_prompts, settings, job.wd / "logs", log)
 
     choice = select_pte(arts, Budget(job.budget_points, metric="next-token agreement"))
     chosen = choice["selected_variant"]
     write_lm_bundle(job.wd, pte_dir / arts[chosen]["path"], chosen, lm, cache_len)
     rows = [pte_row("teacher", "pte-fp32", teacher, f"pte/{teacher['path']}", settings)] if teacher else []
+    if teacher_q is not None and teacher_q.get("error") is None:  # the alternative to distilling, on the phone's runtime
+        rows.append({**pte_row("teacher", TEACHER_PTE_QUANTIZED, teacher_q, f"pte/{teacher_q['path']}", settings),
+                     "quantization": TEACHER_PTE_QUANTIZED.removeprefix("pte-")})
     rows += [pte_row("student", v, a, f"pte/{a['path']}", settings) for v, a in arts.items() if a.get("error") is None]
     outputs = {f"{f.parent.name}/{f.name}": str(f.relative_to(job.wd))
                for d in (pte_dir, job.wd / BUNDLE_DIR) for f in sorted(d.iterdir()) if f.is_file()}
@@ -378,6 +403,8 @@ def convert_language_model(job: "ConvertJob") -> tuple[dict[str, str], dict[str,
     return outputs, {"bundle": BUNDLE_DIR, "selected": job.selected, "cache_len": cache_len,
                      "artifacts": {v: {k: x for k, x in a.items() if k != "profile"} for v, a in arts.items()},
                      "teacher_artifact": {k: x for k, x in teacher.items() if k != "profile"} if teacher else None,
+                     "teacher_quantized_artifact": ({k: x for k, x in teacher_q.items() if k != "profile"}
+                                                    if teacher_q else None),
                      "models": rows, "selected_artifact": f"student/{chosen}", "artifact_selection": choice,
                      "teacher_same_runtime": "teacher/pte-fp32" if teacher else None, "where": where}
 

@@ -12,8 +12,10 @@ from edgekd.tasks.base import Task
 from edgekd.tasks.classification.distill import _distill_cfg, stage_distill
 from edgekd.tasks.classification.export import _export_cfg, stage_export
 from edgekd.tasks.classification.search import _search_cfg, searching, stage_search
-from edgekd.tasks.classification.hooks import (_profile_cfg, _quantize_cfg, candidate_plan, convert_job,
-                                               profile_models, quantize_plan, report_parts, where_profiled)
+from edgekd.tasks.classification.hooks import (QUANTIZED_TEACHER_ALLOWED, QUANTIZED_TEACHER_KINDS, _profile_cfg,
+                                               _quantize_cfg, _quantized_teacher_cfg, candidate_plan, convert_job,
+                                               profile_models, quantize_plan, quantized_teacher_models, report_parts,
+                                               where_profiled)
 from edgekd.tasks.classification.teacher import _teacher_cfg, stage_teacher
 
 __all__ = ["TASK", "front", "graph", "candidate_plan", "where_profiled"]
@@ -58,4 +60,9 @@ TASK = Task(
     report_stages=("teacher", "distill", "export", "quantize", "profile", "select"), report_parts=report_parts,
     convert_deps=("distill", "export", "quantize", "select"),
     convert_reads=("recipe.student", "recipe.data", "recipe.quantize", "target"), convert_job=convert_job,
+    # the teacher's FP32 ONNX quantized (int8-dynamic, int8-qdq) beside the student: report rows only, never selected
+    quantized_teacher_kinds=QUANTIZED_TEACHER_KINDS, quantized_teacher_allowed=QUANTIZED_TEACHER_ALLOWED,
+    quantized_teacher_deps=("teacher", "export"),
+    quantized_teacher_reads=("recipe.evaluate.quantized_teacher", "recipe.quantize", "recipe.data", "target"),
+    quantized_teacher_cfg=_quantized_teacher_cfg, quantized_teacher=quantized_teacher_models,
 )

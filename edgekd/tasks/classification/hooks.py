@@ -14,7 +14,7 @@ from edgekd.errors import ConfigError
 from edgekd.pipeline import BuildContext, StageResult
 from edgekd.targets import family
 from edgekd.targets.cpu import host_device
-from edgekd.tasks.common import checkpoint_path, load_model, splits
+from edgekd.tasks.common import checkpoint_path, data_fingerprint, load_model, splits
 
 from edgekd.tasks.classification.distill import _teacher_module
 from edgekd.tasks.classification.student import trained_student_ref
@@ -237,6 +237,80 @@ def _teacher_on_device(ctx: BuildContext, inputs: dict[str, StageResult], s) -> 
         lambda: load_model(ctx.recipe.teacher, inputs["teacher"].path("model")), s.x_test[:batch], ctx.target)
 
 
+# --------------------------------------------------------------------------- the quantized teacher
+
+
+QUANTIZED_TEACHER_KINDS = ("int8-dynamic", "int8-qdq")  # what a user quantizing the teacher would try first
+# the ONNX candidate makers (int8-qat needs a student to fine-tune; fp32 is the teacher/fp32 row already)
+QUANTIZED_TEACHER_ALLOWED = ("fp16", "int8-dynamic", "int8-qdq", "int8-qdq-u8u8", "int8-qdq-s8s8",
+                             "int8-qdq-reduce-range", "int8-nncf", "int8-weight", "int4-weight")
+
+
+def _candidate_options(ctx: BuildContext) -> dict[str, Any]:
+    """The candidate makers' options the student's candidates are made with (quantize_plan's)."""
+    from edgekd.quantize.candidates import check_options
+
+    q = ctx.recipe.quantize
+    return {**q.model_dump(exclude={"options", "accuracy_aware", "candidates", "accuracy_budget", *SELECTION_FIELDS}),
+            **check_options(q.options)}
+
+
+def _calibration(ctx: BuildContext) -> np.ndarray:
+    """The student's calibration samples (quantize_plan's draw): the teacher's static INT8 sees the same."""
+    s = splits(ctx)
+    rng = np.random.default_rng(ctx.recipe.data.seed)
+    return s.x_train[rng.permutation(len(s.x_train))[: ctx.recipe.quantize.calibration_samples]]
+
+
+def _quantized_teacher_cfg(ctx: BuildContext) -> dict:
+    return {"options": _candidate_options(ctx), "data": data_fingerprint(ctx),
+            "settings": _profile_settings(ctx).model_dump(mode="json"), "profiled_on": where_profiled(ctx)[0]}
+
+
+def quantized_teacher_models(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path, kinds: list[str],
+                             tick) -> dict[str, dict[str, Any]]:
+    """The teacher's FP32 ONNX (the export stage's) made into each kind by the student's candidate makers, options
+    and calibration samples, scored on the test split (top-1 accuracy through onnxruntime) and timed by the profile
+    stage's benchmark and settings (fresh processes, interleaved across repeats, among themselves)."""
+    from edgekd.profile.measure.energy import measured_or_estimate
+    from edgekd.profile.runner import interleaved_profile
+    from edgekd.profile.spec import ProfileSpec
+    from edgekd.quantize.candidates import make_candidate
+    from edgekd.runtimes.ort import run_onnx, top1_accuracy
+    from edgekd.tasks.stages.quantized_teacher import make_each
+
+    s = splits(ctx)
+    src = inputs["export"].path("teacher")
+    calib, options = _calibration(ctx), _candidate_options(ctx)
+    params = inputs["teacher"].metrics.get("params")
+
+    def one(kind: str) -> dict[str, Any]:
+        path = wd / f"{kind}.onnx"
+        make_candidate(kind, src, path, calib, options)
+        acc = top1_accuracy(run_onnx(path, s.x_test), s.y_test)
+        tick(f"quantized teacher: {kind}", len(kinds))
+        return {"variant": kind, "quantization": kind, "format": "onnx", "runtime": "onnxruntime", "path": path.name,
+                "size_bytes": path.stat().st_size, "params": params, "accuracy": acc, "error": None}
+
+    rows = make_each(kinds, one)
+    made = {k: r for k, r in rows.items() if r.get("error") is None}
+    if made:
+        np.save(wd / "inputs.npy", s.x_test[:256])
+        common = ProfileSpec(**_profile_settings(ctx).model_dump(), kind="onnx",
+                             input_shape=inputs["export"].metrics["input_shape"], input_file=str(wd / "inputs.npy"))
+        specs = {k: common.with_model(path=str(wd / r["path"])) for k, r in made.items()}
+        measured_on, ran_on, dev = where_profiled(ctx)
+        results = interleaved_profile(specs, repeats=ctx.target.profile.repeats, workdir=wd / "logs")
+        for k, r in results.items():
+            energy = r.get("energy") or measured_or_estimate(r["cpu_seconds_per_inference"], dev)
+            made[k]["profile"] = {**r, "energy": energy, "measured_on": measured_on, "device": ran_on}
+        import shutil
+
+        shutil.rmtree(wd / "logs", ignore_errors=True)
+        (wd / "inputs.npy").unlink()
+    return rows
+
+
 # --------------------------------------------------------------------------- convert
 
 
@@ -307,6 +381,16 @@ def report_parts(build_dir: Path, res: dict[str, dict], run: dict):
         if c.get("error") is None:
             models.append(model_entry("student", c["variant"], "onnx", "onnxruntime",
                                       build_dir / "quantize" / c["path"], d["metrics"]["params"], c["accuracy"]))
+    from edgekd.tasks.stages.quantized_teacher import STAGE, read_rows
+
+    at = next((i for i, m in enumerate(models) if m["role"] == "student"), len(models))
+    for r in reversed(read_rows(build_dir, run)):  # the teacher quantized, after the teacher rows: never a candidate
+        if r.get("error") is None:
+            models.insert(at, {**model_row("teacher", r["variant"], r["format"], r["runtime"], r.get("profile") or {},
+                                           path=f"{STAGE}/{r['path']}", params=r["params"], size_bytes=r["size_bytes"],
+                                           accuracy=r["accuracy"], throughput_batch=settings.get("throughput_batch"),
+                                           extra=("throughput_sweep", "spread", "noisy")),
+                               "quantization": r["quantization"]})
     fp32 = next((m for m in models if m["role"] == "student" and m["variant"] == "fp32"), None)
     control = control_entry(d["metrics"].get("control"), fp32["accuracy"] if fp32 else None)
     training = {"teacher": {k: tm.get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds", "cached",

@@ -21,7 +21,7 @@ def task_of(ctx) -> "Task":
 
 def graph(task: "Task") -> list["Stage"]:
     from edgekd.pipeline import Stage
-    from edgekd.tasks.stages import convert, profile, quantize, report, select
+    from edgekd.tasks.stages import convert, profile, quantize, quantized_teacher, report, select
 
     front = task.front()
     stages = [
@@ -34,6 +34,10 @@ def graph(task: "Task") -> list["Stage"]:
     if task.convert_job is not None:
         stages.append(Stage("convert", convert.stage_convert, list(task.convert_deps), convert.convert_cfg,
                             when=convert.has_convert, reads=task.convert_reads))
-    stages.append(Stage("report", report.stage_report, [s.name for s in stages if s.name in task.report_stages],
-                        report.report_cfg))
+    if task.quantized_teacher is not None:  # the alternative to distilling, beside the student: report rows only
+        stages.append(Stage(quantized_teacher.STAGE, quantized_teacher.stage_quantized_teacher,
+                            list(task.quantized_teacher_deps), quantized_teacher.quantized_teacher_cfg,
+                            when=quantized_teacher.enabled, reads=task.quantized_teacher_reads))
+    stages.append(Stage("report", report.stage_report, [s.name for s in stages if s.name in task.report_stages
+                                                        or s.name == quantized_teacher.STAGE], report.report_cfg))
     return stages

@@ -81,6 +81,14 @@ def assemble(build_dir: Path, run: dict, task) -> dict[str, Any]:
         comparison["tokens_per_s_ratio"] = ratio(student.get("tokens_per_s"), teacher.get("tokens_per_s"))
     if parts.control is not None:
         comparison["kd_gain_points"] = parts.control["kd_gain_points"]
+    # the alternative to distilling: the teacher quantized (quantized_teacher stage; mobile: the teacher's .pte), on
+    # the selected ONNX candidate's runtime, and on the shipped artifact's where that differs and has such rows
+    from edgekd.report.build import distill_vs_quantize
+
+    for name, at in (("distill_vs_quantize", onnx_selected), ("distill_vs_quantize_target", selected_key)):
+        dq = distill_vs_quantize(models, at) if name == "distill_vs_quantize" or at != onnx_selected else None
+        if dq is not None:
+            comparison[name] = dq
     not_built = quant.get("not_built") or []
     notes = [energy_note(teacher), *parts.notes]
     noisy = [m["variant"] for m in models if m.get("noisy")]

@@ -6,7 +6,8 @@ teacher (GGUF → safetensors, cached) → generate (teacher answers, cached, re
 text against the teacher's: scored, never chosen on) → export (ONNX with KV cache, parity: logits and
 greedy tokens) → quantize (fp32 / int8-dynamic / int8-weight / int4-weight, each evaluated through
 onnxruntime) → profile (TTFT, tokens/s, memory, energy per token; each model in its own process)
-→ select → report. This module holds what is the language model's own: the stages teacher, generate,
+→ select → quantized_teacher (the teacher itself quantized, beside the student: rows, never selected)
+→ report. This module holds what is the language model's own: the stages teacher, generate,
 distill and export, and the hooks (QuantizePlan, profile_models, report_parts) the shared stages of
 tasks/stages/ call; the quantize loop, selection and report assembly are theirs.
 
@@ -23,8 +24,9 @@ from edgekd.tasks.text_generation.data import (_generate_cfg, _teacher_cfg, prom
 from edgekd.tasks.text_generation.distill import _distill_cfg, _resolve_loss_paths, stage_distill
 from edgekd.tasks.text_generation.export import _export_cfg, stage_export
 from edgekd.tasks.text_generation.natural import _natural_cfg, stage_natural
-from edgekd.tasks.text_generation.hooks import (_profile_cfg, _quantize_cfg, convert_job, profile_models,
-                                                quantize_plan, report_parts)
+from edgekd.tasks.text_generation.hooks import (LM_CANDIDATES, QUANTIZED_TEACHER_KINDS, _profile_cfg,
+                                                _quantize_cfg, _quantized_teacher_cfg, convert_job, profile_models,
+                                                quantize_plan, quantized_teacher_models, report_parts)
 
 __all__ = ["TASK", "front", "graph", "prompt_splits", "read_answers", "_resolve_loss_paths"]
 
@@ -38,7 +40,10 @@ def front() -> list[Stage]:
               reads=("recipe.teacher", "recipe.student", "recipe.distill", "recipe.data", "recipe.generate")),
         # prompts held out by source (written apart from the training prompts): scored, never chosen on
         Stage("natural", stage_natural, ["teacher", "generate", "distill"], _natural_cfg,
-              reads=("recipe.evaluate", "recipe.data")),
+              # its own fields of `evaluate` only: the quantized teacher's option there is another stage's
+              reads=("recipe.evaluate.natural_prompts", "recipe.evaluate.max_prompts", "recipe.evaluate.max_ratio",
+                     "recipe.evaluate.max_overlap", "recipe.evaluate.natural_text",
+                     "recipe.evaluate.natural_text_max_length", "recipe.data")),
         Stage("export", stage_export, ["generate", "distill"], _export_cfg,
               reads=("recipe.student", "recipe.data", "recipe.generate", "target.onnx", "target.parity")),
     ]
@@ -68,4 +73,10 @@ TASK = Task(
     # converts and ships text generation (targets.check_task refuses the others at pre-flight)
     convert_deps=("teacher", "generate", "distill", "export", "quantize", "select"),
     convert_reads=("recipe.data", "recipe.generate", "recipe.quantize", "target"), convert_job=convert_job,
+    # the teacher quantized (int8-dynamic, int4-weight) on onnxruntime beside the student: report rows only
+    quantized_teacher_kinds=QUANTIZED_TEACHER_KINDS, quantized_teacher_allowed=LM_CANDIDATES,
+    quantized_teacher_deps=("teacher", "generate", "distill"),
+    quantized_teacher_reads=("recipe.evaluate.quantized_teacher", "recipe.quantize.options", "recipe.data",
+                             "recipe.generate", "target"),
+    quantized_teacher_cfg=_quantized_teacher_cfg, quantized_teacher=quantized_teacher_models,
 )

@@ -107,13 +107,11 @@ def _profile_cfg(ctx: BuildContext) -> dict:
 def profile_models(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path, tick) -> tuple[dict, dict, dict]:
     """The generation benchmark of the teacher (PyTorch) and every student candidate (onnxruntime with its KV
     cache), each in its own process: TTFT, per-token latency, tokens/s, memory, energy per token."""
-    from edgekd.llm.generate import chat_ids
-    from edgekd.profile.runner import run_bench
     from edgekd.profile.spec import GenerationSpec
 
     tok, _ = _examples(ctx, inputs, "test")
     bench = _bench_settings(ctx)
-    prompts = [chat_ids(tok, r["prompt"]) for r in read_answers(inputs["generate"])["test"][: bench.prompts]]
+    prompts = _profile_prompts(inputs, tok, bench)
     specs = {"teacher/fp32-torch": GenerationSpec(name="teacher/fp32-torch", kind="torch", prompt_ids=prompts,
                                                   path=_teacher_info(inputs["teacher"])["folder"], settings=bench)}
     for c in inputs["quantize"].metrics["candidates"]:
@@ -123,17 +121,94 @@ def profile_models(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path, 
                                          prompt_ids=prompts, settings=bench)
     out = {}
     for name, spec in specs.items():
-        r = run_bench(spec, wd / "logs", name.replace("/", "_"))
-        r["latency_ms"] = r["decode_ms_per_token"]  # the selection and report read per-token latency
-        e = dict(r["energy"])
-        e["joules_per_inference"] = e["joules_per_token"]  # one inference = one generated token
-        r["energy"] = e
-        r["measured_on"], r["device"] = bench.profiled_on, bench.profile_device.name
-        out[name] = r
+        out[name] = _bench_row(spec, wd / "logs", bench)
         tick(f"profile {name}", len(specs))
     settings = {**bench.model_dump(), "prompt_tokens": [len(p) for p in prompts],
                 "unit": "one generated token (decode step); ttft is the prefill of the whole prompt"}
     return out, {"settings": settings}, {}
+
+
+def _profile_prompts(inputs: dict[str, StageResult], tok, bench) -> list[list[int]]:
+    """The held-out prompts every generation benchmark of a build decodes from (the first of the test split)."""
+    from edgekd.llm.generate import chat_ids
+
+    return [chat_ids(tok, r["prompt"]) for r in read_answers(inputs["generate"])["test"][: bench.prompts]]
+
+
+def _bench_row(spec, logs: Path, bench) -> dict[str, Any]:
+    """One model's generation benchmark in its own process, named as the report reads it: per-token latency and
+    energy (one inference is one generated token), where it was measured."""
+    from edgekd.profile.runner import run_bench
+
+    r = run_bench(spec, logs, str(spec.name).replace("/", "_"))
+    r["latency_ms"] = r["decode_ms_per_token"]  # the selection and report read per-token latency
+    e = dict(r["energy"])
+    e["joules_per_inference"] = e["joules_per_token"]  # one inference = one generated token
+    r["energy"] = e
+    r["measured_on"], r["device"] = bench.profiled_on, bench.profile_device.name
+    return r
+
+
+# --------------------------------------------------------------------------- the quantized teacher
+
+
+QUANTIZED_TEACHER_KINDS = ("int8-dynamic", "int4-weight")  # issue 28: what a user quantizing the teacher would pick
+
+
+def _quantized_teacher_cfg(ctx: BuildContext) -> dict:
+    from edgekd.quantize.candidates import check_options
+    from edgekd.tasks.text_generation.export import _opset
+
+    check_options(ctx.recipe.quantize.options)
+    # the student's candidate options and benchmark settings: the rows are comparable because these are the same
+    return {"options": ctx.recipe.quantize.options, "opset": _opset(ctx),
+            "bench": _bench_settings(ctx).model_dump(mode="json")}
+
+
+def quantized_teacher_models(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path, kinds: list[str],
+                             tick) -> dict[str, dict[str, Any]]:
+    """The teacher exported to ONNX with its KV cache (the student's exporter), quantized by the student's candidate
+    makers and options, scored on the student's test examples (next-token agreement with the teacher's greedy answers,
+    perplexity) through onnxruntime, and timed by the student's generation benchmark and settings. Its FP32 ONNX is
+    kept only when `fp32` is asked for (540 MB for the 135M teacher)."""
+    import shutil
+
+    from edgekd.llm.onnx_gen import evaluate_onnx, export_with_past
+    from edgekd.profile.spec import GenerationSpec
+    from edgekd.quantize.candidates import make_candidate
+    from edgekd.tasks.stages.quantized_teacher import make_each
+    from edgekd.tasks.text_generation.export import _opset
+
+    info = _teacher_info(inputs["teacher"])
+    tok, test = _examples(ctx, inputs, "test")  # the student's test examples: the same tokens its rows are scored on
+    bench = _bench_settings(ctx)
+    prompts = _profile_prompts(inputs, tok, bench)
+    fp32 = export_with_past(Path(info["folder"]), wd / "fp32", _opset(ctx))
+    tick("quantized teacher: exported", len(kinds) + 1)
+    (wd / "logs").mkdir(exist_ok=True)
+
+    def one(kind: str) -> dict[str, Any]:
+        if kind == "fp32":
+            path, size = fp32, sum(f.stat().st_size for f in fp32.parent.iterdir() if f.name.startswith(fp32.name))
+        else:
+            path = wd / f"{kind}.onnx"
+            make_candidate(kind, fp32, path, None, dict(ctx.recipe.quantize.options),
+                           smoke=lambda p: evaluate_onnx(p, test[:1]))  # loads and decodes with its KV cache
+            size = path.stat().st_size
+        ev = evaluate_onnx(path, test)
+        spec = GenerationSpec(name=f"teacher/{kind}", kind="onnx", path=str(path), prompt_ids=prompts, settings=bench)
+        row = {"variant": kind, "quantization": kind, "format": "onnx", "runtime": "onnxruntime",
+               "path": str(path.relative_to(wd)), "size_bytes": size, "params": info["params"],
+               "accuracy": ev["agreement"], "perplexity": ev["perplexity"], "error": None,
+               "profile": _bench_row(spec, wd / "logs", bench)}
+        tick(f"quantized teacher: {kind}", len(kinds) + 1)
+        return row
+
+    rows = make_each(kinds, one)
+    shutil.rmtree(wd / "logs", ignore_errors=True)
+    if "fp32" not in kinds:
+        shutil.rmtree(wd / "fp32", ignore_errors=True)
+    return rows
 
 
 # --------------------------------------------------------------------------- select and report
@@ -151,8 +226,8 @@ def report_parts(build_dir: Path, res: dict[str, dict], run: dict):
     prof = p["metrics"]["models"]
 
     def entry(role: str, variant: str, fmt: str, runtime: str, path: str, size: int, params: int,
-              acc: float | None, ppl: float | None) -> dict:
-        pr = prof.get(f"{role}/{variant}", {})
+              acc: float | None, ppl: float | None, pr: dict | None = None) -> dict:
+        pr = prof.get(f"{role}/{variant}", {}) if pr is None else pr
         row = model_row(role, variant, fmt, runtime, pr, path=path, params=params, size_bytes=size, accuracy=acc,
                         throughput_batch=1, extra=("ttft_ms", "tokens_per_s"))
         # one inference is one generated token: throughput is tokens/s, and the per-token figures say so by name
@@ -164,6 +239,13 @@ def report_parts(build_dir: Path, res: dict[str, dict], run: dict):
     te = d["metrics"]["teacher"]["test"]
     models = [entry("teacher", "fp32-torch", "safetensors", "torch-eager", tm["folder"], tm["size_bytes"], tm["params"],
                     te["agreement"], te["perplexity"])]
+    from edgekd.tasks.stages.quantized_teacher import STAGE, read_rows
+
+    for r in read_rows(build_dir, run):  # the teacher quantized: beside the student, never a candidate
+        if r.get("error") is None:
+            models.append({**entry("teacher", r["variant"], r["format"], r["runtime"], f"{STAGE}/{r['path']}",
+                                   r["size_bytes"], r["params"], r["accuracy"], r["perplexity"], r["profile"]),
+                           "quantization": r["quantization"]})
     status = {c["variant"]: c["status"] for c in sel["metrics"]["candidates"]}
     candidates = []
     for c in q["metrics"]["candidates"]:

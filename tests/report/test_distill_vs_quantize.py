@@ -1,0 +1,90 @@
+"""The verdict on distilling vs quantizing the teacher (issue 28 item 6), from tiny hand-built report rows."""
+import pytest
+
+from edgekd.report.build import axis_verdict, distill_vs_quantize
+from edgekd.report.markdown import distill_vs_quantize_sentences
+
+
+def lm_row(role, variant, agreement, tps, size, quantization=None, runtime="onnxruntime", measured_on="host"):
+    row = {"role": role, "variant": variant, "runtime": runtime, "measured_on": measured_on, "accuracy": agreement,
+           "tokens_per_s": tps, "size_bytes": size, "latency_ms": {"p50": 1000 / tps}}
+    if quantization:
+        row["quantization"] = quantization
+    return row
+
+
+def clf_row(role, variant, acc, p50, size, quantization=None):
+    row = {"role": role, "variant": variant, "runtime": "onnxruntime", "measured_on": "host", "accuracy": acc,
+           "latency_ms": {"p50": p50}, "size_bytes": size}
+    if quantization:
+        row["quantization"] = quantization
+    return row
+
+
+@pytest.mark.parametrize("student, teachers, verdict, by", [
+    ((0.5, 10.0), {"a": (0.4, 5.0), "b": (0.5, 9.0)}, "beats", []),          # better or equal on both vs each
+    ((0.5, 10.0), {"a": (0.6, 10.0), "b": (0.4, 5.0)}, "dominated", ["a"]),   # a: as fast and better
+    ((0.5, 10.0), {"a": (0.7, 5.0), "b": (0.4, 5.0)}, "pareto", []),          # a: better but slower
+    ((0.5, 10.0), {"a": (0.5, 10.0)}, "pareto", []),                          # a tie dominates neither way
+])
+def test_axis_verdict(student, teachers, verdict, by):
+    v = axis_verdict(student, teachers)
+    assert v["verdict"] == verdict and v["dominated_by"] == by
+
+
+def test_language_model_student_faster_and_smaller_but_less_agreeing_is_on_the_front():
+    models = [lm_row("teacher", "fp32-torch", 0.99, 20, 500, runtime="torch-eager"),
+              lm_row("teacher", "int8-dynamic", 0.63, 64, 160, "int8-dynamic"),
+              lm_row("teacher", "int4-weight", 0.68, 10, 120, "int4-weight"),
+              lm_row("student", "int8-dynamic", 0.36, 103, 100)]
+    dq = distill_vs_quantize(models, "student/int8-dynamic")
+    # the PyTorch teacher runs elsewhere: only the quantized rows on the student's runtime are compared
+    assert [r["model"] for r in dq["quantized_teacher"]] == ["teacher/int8-dynamic", "teacher/int4-weight"]
+    assert dq["student"] == {"model": "student/int8-dynamic", "agreement": 0.36, "tokens_per_s": 103, "size_bytes": 100}
+    assert dq["on_speed"]["verdict"] == "pareto" and dq["on_size"]["verdict"] == "pareto"
+    assert dq["student_on_pareto_front_speed"] and dq["student_on_pareto_front_size"]
+    assert dq["fastest_teacher"] == "teacher/int8-dynamic"
+    assert dq["student_speedup_vs_fastest_teacher"] == pytest.approx(103 / 64)
+    assert dq["student_size_fraction_of_smallest_teacher"] == pytest.approx(100 / 120)
+    assert "neither wins" in dq["sentence"] and "teacher/int4-weight" in dq["sentence"]
+
+
+def test_language_model_student_dominated_on_speed_beats_on_size():
+    models = [lm_row("teacher", "int8-dynamic", 0.70, 120, 300, "int8-dynamic"),
+              lm_row("student", "fp32", 0.50, 100, 200)]
+    dq = distill_vs_quantize(models, "student/fp32")
+    assert dq["on_speed"] == {"verdict": "dominated", "dominated_by": ["teacher/int8-dynamic"], "beats": []}
+    assert dq["on_size"]["verdict"] == "pareto"  # smaller, but less agreeing
+    assert not dq["student_on_pareto_front_speed"] and dq["dominated_on_speed_by"] == ["teacher/int8-dynamic"]
+    assert "at equal speed quantizing beat distilling (teacher/int8-dynamic" in dq["sentence"]
+
+
+def test_classifier_student_faster_smaller_and_better_beats_quantizing():
+    # a classifier's speed is latency (lower is better)
+    models = [clf_row("teacher", "fp32", 0.90, 4.0, 4000),
+              clf_row("teacher", "int8-dynamic", 0.85, 3.0, 1000, "int8-dynamic"),
+              clf_row("teacher", "int8-qdq", 0.86, 2.0, 1000, "int8-qdq"),
+              clf_row("student", "int8-qdq", 0.87, 0.5, 200)]
+    dq = distill_vs_quantize(models, "student/int8-qdq")
+    assert dq["quality_metric"] == "accuracy" and dq["speed_metric"] == "latency_ms_p50"
+    assert dq["on_speed"]["verdict"] == "beats" and dq["on_size"]["verdict"] == "beats"
+    assert dq["student_speedup_vs_fastest_teacher"] == pytest.approx(2.0 / 0.5)
+    assert dq["sentence"].count("distilling beat quantizing") == 2
+    assert distill_vs_quantize_sentences({"comparison": {"distill_vs_quantize": dq}}) == [dq["sentence"]]
+
+
+def test_no_verdict_without_a_quantized_teacher_on_the_students_runtime():
+    models = [clf_row("teacher", "fp32", 0.9, 4.0, 4000), clf_row("student", "fp32", 0.8, 1.0, 100),
+              {**clf_row("teacher", "int8-dynamic", 0.85, 3.0, 1000, "int8-dynamic"), "measured_on": "device"}]
+    assert distill_vs_quantize(models, "student/fp32") is None
+    assert distill_vs_quantize_sentences({"comparison": {}}) == []
+
+
+def test_the_readme_paragraph_reads_the_reports_verdict(readme_numbers):
+    # bench_llm.py --extras copies comparison.distill_vs_quantize into llm.json; readme_numbers.py renders it
+    models = [lm_row("teacher", "int8-dynamic", 0.63, 64, 160 * 2**20, "int8-dynamic"),
+              lm_row("teacher", "int4-weight", 0.68, 10, 120 * 2**20, "int4-weight"),
+              lm_row("student", "int8-dynamic", 0.36, 103, 100 * 2**20)]
+    text = readme_numbers._distill_vs_quantize(distill_vs_quantize(models, "student/int8-dynamic"))
+    assert "student/int8-dynamic (36.0%, 103 tokens/s, 100 MiB)" in text
+    assert "on the Pareto front of agreement vs tokens/s" in text and "teacher/int4-weight: " in text
