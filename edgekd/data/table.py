@@ -37,7 +37,9 @@ def _read_csv(path: Path) -> Records:
     return {c: [r.get(c) for r in rows] for c in cols}
 
 
-def _read_jsonl(path: Path) -> Records:
+def read_jsonl(path: Path) -> Records:
+    """A JSONL file's columns: every key of any line, None where a line lacks it. DataError (exit 2) for a file
+    that cannot be read or a line that is not a JSON object."""
     cols: dict[str, list[Any]] = {}
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -61,7 +63,7 @@ def _read_jsonl(path: Path) -> Records:
     return cols
 
 
-READERS = {"csv": (_read_csv, ".csv"), "jsonl": (_read_jsonl, ".jsonl")}
+READERS = {"csv": (_read_csv, ".csv"), "jsonl": (read_jsonl, ".jsonl")}
 
 
 def _files(cfg, kind: str) -> dict[str, Path]:
@@ -200,7 +202,7 @@ def load_unlabeled_jsonl(cfg, path: str, meta: dict) -> np.ndarray:
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"unlabeled JSONL {p} does not exist", hint="data.unlabeled is a JSONL file with the same text/feature columns")
-    return _unlabeled(cfg, _read_jsonl(p), str(p), meta)
+    return _unlabeled(cfg, read_jsonl(p), str(p), meta)
 
 
 # --------------------------------------------------------------------------- hf-disk

@@ -63,28 +63,28 @@ def natural_text_source(n: int, max_length: int) -> str:
 
 def read_text_file(path: Path) -> list[str]:
     """A user's general text: .txt (one text per non-empty line) or .jsonl ({"text": ...} per line)."""
-    import json
 
     if not path.is_file():
         raise DataError(f"distill.general_text.source: {path} does not exist",
                         hint=f"give '{ROTTEN_TOMATOES}' or a .txt (one text per line) / .jsonl ({{\"text\": ...}}) file")
-    lines = path.read_text(encoding="utf-8").splitlines()
     if path.suffix == ".jsonl":
-        out = []
-        for i, ln in enumerate(lines, 1):
-            if not ln.strip():
-                continue
-            try:
-                row = json.loads(ln)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path.name} line {i}: not JSON ({e.msg})", hint='one {"text": "..."} per line') from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise DataError(f"{path.name} line {i}: no \"text\" string", hint='one {"text": "..."} per line')
-            out.append(row["text"])
-        return out
+        from edgekd.data.table import read_jsonl
+
+        cols = read_jsonl(path)
+        n = len(next(iter(cols.values()), []))
+        texts = cols.get("text") or [None] * n
+        bad = next((i for i, t in enumerate(texts, 1) if not isinstance(t, str)), None)
+        if not texts or bad is not None:
+            raise DataError(f"{path.name}: {'no records' if not texts else f'JSON line {bad} has no'} \"text\" string",
+                            hint='one {"text": "..."} per line')
+        return texts
     if path.suffix != ".txt":
         raise DataError(f"distill.general_text.source: {path.name} is neither .txt nor .jsonl",
                         hint="one text per line (.txt) or {\"text\": ...} per line (.jsonl)")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {path}: {e}", hint="a UTF-8 text file, one text per line") from None
     return [ln.strip() for ln in lines if ln.strip()]
 
 

@@ -5,7 +5,8 @@ whole stage graph: its own stages (teacher, [generate], distill, export), then t
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Callable, Iterator
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from edgekd.pipeline import Stage
@@ -17,6 +18,25 @@ def task_of(ctx) -> "Task":
     from edgekd.tasks import task_for
 
     return task_for(ctx.recipe.task)
+
+
+@contextmanager
+def progress_ticker(ctx, name: str) -> Iterator[Callable[[str, int], None]]:
+    """A progress bar for the stage `name` while the block runs: yields tick(description, total), which advances
+    it by one (a no-op without a console), and removes the bar however the block ends."""
+    prog = ctx.progress
+    bar = prog.add_task(name, total=None) if prog else None
+
+    def tick(description: str, total: int) -> None:
+        if prog:
+            prog.update(bar, description=description, total=total)
+            prog.advance(bar)
+
+    try:
+        yield tick
+    finally:
+        if prog:
+            prog.remove_task(bar)
 
 
 def graph(task: "Task") -> list["Stage"]:

@@ -8,24 +8,13 @@ import shutil
 from pathlib import Path
 
 from edgekd.pipeline import BuildContext, StageOutput, StageResult
-from edgekd.tasks.stages import task_of
+from edgekd.tasks.stages import progress_ticker, task_of
 
 
 def stage_profile(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
-    prog = ctx.progress
-    bar = prog.add_task("profile", total=None) if prog else None
-
-    def tick(description: str, total: int) -> None:
-        if prog:
-            prog.update(bar, description=description, total=total)
-            prog.advance(bar)
-
     (wd / "logs").mkdir()
-    try:
+    with progress_ticker(ctx, "profile") as tick:
         rows, metrics, outputs = task_of(ctx).profile_models(inputs, ctx, wd, tick)
-    finally:
-        if prog:
-            prog.remove_task(bar)
     shutil.rmtree(wd / "logs", ignore_errors=True)
     (wd / "profile.json").write_text(json.dumps(rows, indent=2, default=str))
     return StageOutput({"profile": "profile.json", **outputs}, {"models": rows, **metrics})

@@ -10,7 +10,7 @@ from typing import Any
 
 from edgekd.errors import ConfigError, StageError, UserError
 from edgekd.pipeline import BuildContext, StageOutput, StageResult
-from edgekd.tasks.stages import task_of
+from edgekd.tasks.stages import progress_ticker, task_of
 
 STAGE = "quantized_teacher"
 
@@ -42,19 +42,8 @@ def quantized_teacher_cfg(ctx: BuildContext) -> dict[str, Any]:
 def stage_quantized_teacher(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
     task = task_of(ctx)
     assert task.quantized_teacher is not None
-    prog = ctx.progress
-    bar = prog.add_task("quantized teacher", total=None) if prog else None
-
-    def tick(description: str, total: int) -> None:
-        if prog:
-            prog.update(bar, description=description, total=total)
-            prog.advance(bar)
-
-    try:
+    with progress_ticker(ctx, "quantized teacher") as tick:
         rows = task.quantized_teacher(inputs, ctx, wd, kinds(ctx), tick)
-    finally:
-        if prog:
-            prog.remove_task(bar)
     outputs = {r["variant"]: r["path"] for r in rows.values() if r.get("error") is None}
     return StageOutput(outputs, {"models": rows})
 
