@@ -383,7 +383,10 @@ def llm_build() -> str:
         lines.append(f"| {name} | {m['runtime']} | {m['params'] / 1e6:.1f}M | {m['size_bytes'] / 2**20:.0f} MiB "
                      f"| {_pct(m['agreement'])} | {m['perplexity']:.2f} | {m['ttft_ms_p50']:.0f} ms "
                      f"| {m['tokens_per_s']:.1f} |")
+    in_models = {m["model"] for m in d["models"] if m["runtime"] == "onnxruntime"}
     for name, t in (d.get("teacher_onnxruntime") or {}).items():
+        if name.removesuffix("-onnx") in in_models:  # the build's report has the row already (its quantized_teacher stage)
+            continue
         agree = _pct(t["agreement"]) if t.get("agreement") is not None else ""
         ppl = f"{t['perplexity']:.2f}" if t.get("perplexity") is not None else ""
         lines.append(f"| {name} | onnxruntime | | {t['size_bytes'] / 2**20:.0f} MiB | {agree} | {ppl} | "
