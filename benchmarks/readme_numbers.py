@@ -627,6 +627,46 @@ def budget() -> str:
 GENERATORS["budget"] = budget
 
 
+def general_text() -> str:
+    """Token-level KD on general text (bench_general_text.py): the same LM build with and without it."""
+    d = _load_opt("general_text.json")
+    if d is None:
+        return "_No measurement yet: run `python benchmarks/bench_general_text.py`._\n"
+    lines = ["| student trained on | natural-text perplexity (teacher) | ratio | natural-text next-token accuracy | "
+             "held-out templates | in-template | natural prompts | training time |", "|---|---|---|---|---|---|---|---|"]
+    for name, a in d["arms"].items():
+        nt, ho = a["natural_text"], a["held_out"]
+
+        def ag(k: str) -> str:
+            lo, hi = ho[k]["agreement_ci95"]
+            return f"{_pct(ho[k]['agreement'])} [{_pct(lo)}, {_pct(hi)}]"
+
+        lines.append(f"| {name} | {nt['student']['perplexity']:,.0f} ({nt['teacher']['perplexity']:.0f}) | "
+                     f"{nt['perplexity_ratio']:.1f}× | {_pct(nt['student']['next_token_accuracy'])} | "
+                     f"{ag('held-out-template')} | {ag('in-template')} | {ag('natural-prompts')} | "
+                     f"{a['train_seconds']:.0f} s |")
+    r = d["perplexity_ratio"]
+    base, gt = r["answers only"], r["answers + general text"]
+    dl = d["agreement_delta_points"]
+    goal = d["goal"]["natural_text_perplexity_ratio"]
+    ci = [a["held_out"]["held-out-template"]["agreement_ci95"] for a in d["arms"].values()]
+    overlap = ci[0][0] <= ci[1][1] and ci[1][0] <= ci[0][1]
+    verdict = (f"General text {'lowers' if gt < base else 'does not lower'} the student's natural-text perplexity "
+               f"ratio from {base:.1f}× to {gt:.1f}× the teacher's (goal ≤ {goal:g}×: "
+               f"{'met' if gt <= goal else 'missed'}) and moves held-out-template agreement by "
+               f"{dl['held-out-template']:+.1f} points, natural prompts by {dl['natural-prompts']:+.1f} "
+               f"(the two builds' 95% intervals {'overlap' if overlap else 'do not overlap'}; one seed); "
+               f"training took {d['train_time_ratio']:.1f}× as long.")
+    return (f"`smollm2-seqkd` at {d['epochs']} epoch(s), fp32, the same seed; the second build adds "
+            f"`distill.general_text` ({d['arms']['answers + general text']['general_text']['samples']:,} Rotten "
+            f"Tomatoes train-bucket snippets, weight {d['arms']['answers + general text']['general_text']['weight']}, the "
+            f"teacher's top-{d['arms']['answers + general text']['general_text']['top_k']}). " + verdict + "\n\n"
+            + "\n".join(lines) + "\n\n" + _source("general_text.json", d, "; " + "; ".join(d.get("notes") or [])))
+
+
+GENERATORS["general-text"] = general_text
+
+
 def render(text: str) -> str:
     """`text` with every marker block regenerated; an unknown block name is an error."""
     def repl(m: re.Match) -> str:

@@ -1,0 +1,75 @@
+"""Does token-level KD on general text keep the LM student's language (issue #28 item 3)? Two builds of
+smollm2-seqkd that differ only in `distill.general_text`, scored on the same held-out sets; writes
+benchmarks/results/general_text.json.
+
+    python benchmarks/bench_general_text.py                 # both builds (about 50 min at 1 thread), then the table
+    python benchmarks/bench_general_text.py --collect       # build nothing: read builds/gt-base and builds/gt-text
+
+Both builds: the card with distill.epochs=--epochs (default 1: the full card's 4 epochs take ~40 min each here),
+fp32 only (no quantization: this is about what the student learned), no control arm, one profile repeat. The teacher's
+answers and top-k logits come from the edgekd cache when an earlier build made them. Read from each report:
+natural-text perplexity and next-token accuracy of student and teacher (Rotten Tomatoes test-bucket movies; the
+general text is train-bucket movies only), the held-out-template / in-template / natural-prompt agreement with 95%
+bootstrap intervals, the validation agreement the epoch was chosen on, and the training time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from _common import ROOT, edgekd, write
+
+COMMON = ["--set", "quantize.candidates=[fp32]", "--set", "generate.control=false", "--set", "generate.profile_repeats=1",
+          "--set", "evaluate.quantized_teacher=[]"]
+
+
+def arms(args: argparse.Namespace) -> dict[str, list[str]]:
+    gt = f"{{source: rotten-tomatoes, samples: {args.samples}, max_length: 64, weight: {args.weight}}}"
+    return {"answers only": [], "answers + general text": ["--set", f"distill.general_text={gt}"]}
+
+
+def summary(build: Path) -> dict:
+    rep = json.loads((build / "report" / "report.json").read_text())
+    run = json.loads((build / "run.json").read_text())
+    t = rep["training"]
+    nt = t.get("natural_text") or {}
+    return {"build": str(build.relative_to(ROOT)), "overrides": run.get("overrides"),
+            "stage_seconds": {s["stage"]: s["seconds"] for s in run["stages"]},
+            "train_seconds": t["student"]["train_seconds"], "best_epoch": t["student"]["best_epoch"],
+            "val_agreement": t["student"]["val"]["agreement"],
+            "natural_text": {k: nt.get(k) for k in ("source", "snippets", "student", "teacher", "perplexity_ratio")},
+            "held_out": t["held_out"]["student"], "general_text": t.get("general_text")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--samples", type=int, default=1000)
+    ap.add_argument("--weight", type=float, default=0.5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--collect", action="store_true", help="read the two build folders of an earlier run")
+    ap.add_argument("--note", action="append", default=[])
+    args = ap.parse_args()
+    folders = {"answers only": ROOT / "builds" / "gt-base", "answers + general text": ROOT / "builds" / "gt-text"}
+    t0 = time.perf_counter()
+    if not args.collect:
+        for name, extra in arms(args).items():
+            cmd = ["build", "--recipe", "smollm2-seqkd", "--target", "cpu", "--quiet", "--out", str(folders[name]),
+                   "--set", f"distill.epochs={args.epochs}", *COMMON, *extra]
+            edgekd(*cmd, env={"OMP_NUM_THREADS": str(args.threads)})
+    res = {name: summary(f) for name, f in folders.items()}
+    base, gt = res["answers only"], res["answers + general text"]
+    delta = {k: 100 * (gt["held_out"][k]["agreement"] - base["held_out"][k]["agreement"]) for k in base["held_out"]}
+    write("general_text", {
+        "recipe": "smollm2-seqkd", "epochs": args.epochs, "threads": args.threads, "notes": args.note,
+        "arms": res, "perplexity_ratio": {k: r["natural_text"]["perplexity_ratio"] for k, r in res.items()},
+        "agreement_delta_points": delta, "train_time_ratio": gt["train_seconds"] / base["train_seconds"],
+        "goal": {"natural_text_perplexity_ratio": 3.0}, "seconds": round(time.perf_counter() - t0, 1),
+        "load_1min": os.getloadavg()[0]})
+
+
+if __name__ == "__main__":
+    main()
