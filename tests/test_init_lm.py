@@ -283,11 +283,59 @@ def test_init_then_quick_build_of_the_card(tiny_lm, tmp_path):
     s = next(m for m in rep["models"] if m["role"] == "student" and m["variant"] == "fp32")
     assert s["params"] < t["params"]  # the quick card's cut: 1 of 4 layers, a third of the width, a quarter of the FFN
     assert json.loads((out / "distill" / "result.json").read_text())["metrics"]["history"]
+    _quantized_teacher_beside_the_student(out, tmp_path, rep)
     # a bad prompts file through the CLI: exit 2 with the line, no traceback
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "what color is the apple ?"}\n{"nope": 1}\n')
     r = _cli("init", "--teacher", str(d / "tinylm"), "--data", str(bad), cwd=tmp_path)
     assert r.returncode == 2 and "bad.jsonl:2" in r.stderr and "Traceback" not in r.stderr and not r.stdout
+
+
+def _quantized_teacher_beside_the_student(out, cwd, before):
+    """evaluate.quantized_teacher (off in --quick) on the same folder: the teacher's int8-dynamic and int4-weight ONNX,
+    made by the student's candidate makers, scored on its test examples and timed by its benchmark; only that stage
+    and the report run again; teacher rows are never candidates; the verdict is one computed line; turned off again,
+    its rows leave the report. (On the tiny teacher: the smollm2 teacher's export alone takes minutes.)"""
+    import math
+
+    from tests.e2e.test_cli import CONTRACT_MODEL_KEYS
+
+    args = ("build", "--target", "cpu", "--recipe", "card.yaml", "--quick", "--out", str(out), "--json",
+            "--set", "quantize.candidates=[fp32,int8-dynamic]", "--set", "quantize.accuracy_aware=false")
+    env = {"EDGEKD_CACHE": str(cwd / "cache"), "OMP_NUM_THREADS": "1"}
+    r = _cli(*args, "--set", "evaluate.quantized_teacher=[int8-dynamic, int4-weight]", cwd=cwd, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    reused = {e["stage"]: e["reused"] for e in json.loads((out / "run.json").read_text())["stages"]}
+    assert not reused["quantized_teacher"]
+    assert all(reused[k] for k in ("teacher", "generate", "distill", "natural", "export", "quantize", "profile", "select"))
+    rep = json.loads(r.stdout)
+    rows = {f"{m['role']}/{m['variant']}": m for m in rep["models"]}
+    teacher = rows["teacher/fp32-torch"]
+    for kind in ("int8-dynamic", "int4-weight"):
+        m = rows[f"teacher/{kind}"]
+        assert CONTRACT_MODEL_KEYS <= set(m) and m["quantization"] == kind and m["runtime"] == "onnxruntime"
+        assert m["measured_on"] == rows[rep["selected_onnx_candidate"]]["measured_on"]
+        assert m["tokens_per_s"] > 0 and m["ttft_ms"]["p50"] > 0 and m["ms_per_token"] == m["latency_ms"]
+        assert math.isfinite(m["perplexity"]) and m["perplexity"] >= 1.0
+        assert 0 < m["agreement"] <= 1.0 and m["agreement"] == m["accuracy"]
+        assert m["size_bytes"] < teacher["size_bytes"] and (out / m["path"]).is_file()
+    assert rows["teacher/int4-weight"]["size_bytes"] < rows["teacher/int8-dynamic"]["size_bytes"]
+    # never candidates: the selection is the first build's, among the student's candidates
+    assert rep["selected"] == before["selected"]
+    assert {c["variant"] for c in rep["candidates"]} == {"fp32", "int8-dynamic"}
+    dq = rep["comparison"]["distill_vs_quantize"]
+    assert dq["student"]["model"] == rep["selected_onnx_candidate"]
+    assert {r["model"] for r in dq["quantized_teacher"]} == {"teacher/int8-dynamic", "teacher/int4-weight"}
+    assert dq["on_speed"]["verdict"] in ("beats", "pareto", "dominated") and dq["sentence"].startswith("Distilling vs")
+    assert dq["sentence"] in (out / "report" / "report.md").read_text()
+    assert "Distilling vs quantizing the teacher" in (out / "report" / "report.html").read_text()
+    assert not (out / "quantized_teacher" / "fp32").exists()  # the FP32 export is not kept unless asked for
+    # turned off again: the stage does not run, and its folder from the earlier run is not this build's
+    r2 = _cli(*args, cwd=cwd, env=env)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    rep2 = json.loads(r2.stdout)
+    assert not [m for m in rep2["models"] if m.get("quantization")]
+    assert "distill_vs_quantize" not in rep2["comparison"]
 
 
 def test_a_classifier_teacher_with_prompts_says_it_needs_a_language_model(tiny_lm):

