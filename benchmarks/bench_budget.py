@@ -90,12 +90,19 @@ def build(tag: str, args: argparse.Namespace, extra: list[str], env: dict) -> di
         res["error"] = " | ".join(lines[-3:])[:800]
         print(f"  {tag}: FAILED {res['error']}", flush=True)
         return res
+    res |= read_build(out)
+    print(f"  {tag}: {res['selected']} acc={res['selected_accuracy']} p50={res['selected_p50_ms']} ms ({dt:.0f} s)", flush=True)
+    return res
+
+
+def read_build(out: Path) -> dict:
+    """What the goals read from one finished build folder (report.json, run.json, the recipe it built)."""
     rep = json.loads((out / "report" / "report.json").read_text())
     stages = {s["stage"]: s["seconds"] for s in json.loads((out / "run.json").read_text())["stages"]}
     sel = next(m for m in rep["models"] if f"{m['role']}/{m['variant']}" == rep["selected"])
     teacher = next(m for m in rep["models"] if m["role"] == "teacher" and m["variant"] == "fp32-torch")
     fp32 = next((m for m in rep["models"] if m["role"] == "student" and m["variant"] == "fp32"), None)
-    res |= {"out": str(out.relative_to(ROOT)), "stage_seconds": stages, "selected": rep["selected"],
+    res = {"out": str(out.relative_to(ROOT)), "stage_seconds": stages, "selected": rep["selected"],
             "selected_accuracy": sel.get("accuracy"), "selected_p50_ms": (sel.get("latency_ms") or {}).get("p50"),
             "selected_size_bytes": sel.get("size_bytes"), "selected_measured_on": sel.get("measured_on"),
             "selected_runtime": sel.get("runtime"), "student_fp32_accuracy": fp32 and fp32.get("accuracy"),
@@ -107,7 +114,6 @@ def build(tag: str, args: argparse.Namespace, extra: list[str], env: dict) -> di
         res["search"] = {"budget": s["budget"], "final": s["final"], "winner": s["winner"], "why": s["why"],
                          "space_from": s["space_from"], "measured_on": s["measured_on"], "device": s["device"],
                          "candidates": s["candidates"]}
-    print(f"  {tag}: {res['selected']} acc={res['selected_accuracy']} p50={res['selected_p50_ms']} ms ({dt:.0f} s)", flush=True)
     return res
 
 
