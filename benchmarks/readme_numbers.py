@@ -607,7 +607,7 @@ def budget() -> str:
         for h in t.get("hand_sized", []):
             b2 = s if h.get("is_winner") else h["build"]
             if "error" in b2:
-                hand_rows.append(f"| {target} | `{h['kwargs']['widths']}` | {h['params']:,} | failed | | |")
+                hand_rows.append(f"| {target} | `{h['kwargs']['widths']}` | {h['params']:,} | {b2['error'].split(':')[0]} | | |")
                 continue
             hand_rows.append(f"| {target} | `{h['kwargs']['widths']}`{' (the winner)' if h.get('is_winner') else ''} | "
                              f"{h['params']:,} | {_pct(b2['selected_accuracy'])} | {b2['selected_p50_ms'] * 1000:.1f} µs "
