@@ -71,18 +71,14 @@ def quantize_plan(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
     to report), with their agreement with fp32 and an OpenVINO cross-check recorded beside it."""
     import hashlib
 
-    from edgekd.quantize.candidates import check_options
     from edgekd.runtimes.ort import run_onnx, top1_accuracy
     from edgekd.tasks.base import QuantizePlan
 
     s = splits(ctx)
-    q = ctx.recipe.quantize
-    rng = np.random.default_rng(ctx.recipe.data.seed)
-    calib = s.x_train[rng.permutation(len(s.x_train))[: q.calibration_samples]]
+    calib = calibration(ctx)
     ref_val = run_onnx(inputs["export"].path("student"), s.x_val)
     names, not_built = candidate_plan(ctx)
-    options = {**q.model_dump(exclude={"options", "accuracy_aware", "candidates", "accuracy_budget", *SELECTION_FIELDS}),
-               **check_options(q.options)}
+    options = _candidate_options(ctx)
 
     def evaluate(x: np.ndarray, y: np.ndarray):
         def ev(path: Path) -> dict[str, Any]:
@@ -255,8 +251,9 @@ def _candidate_options(ctx: BuildContext) -> dict[str, Any]:
             **check_options(q.options)}
 
 
-def _calibration(ctx: BuildContext) -> np.ndarray:
-    """The student's calibration samples (quantize_plan's draw): the teacher's static INT8 sees the same."""
+def calibration(ctx: BuildContext) -> np.ndarray:
+    """The calibration samples of every static INT8 artifact of a build (the student's candidates, the search's
+    architectures, the quantized teacher, the target's .pte): one seeded draw from the training split."""
     s = splits(ctx)
     rng = np.random.default_rng(ctx.recipe.data.seed)
     return s.x_train[rng.permutation(len(s.x_train))[: ctx.recipe.quantize.calibration_samples]]
@@ -281,7 +278,7 @@ def quantized_teacher_models(inputs: dict[str, StageResult], ctx: BuildContext, 
 
     s = splits(ctx)
     src = inputs["export"].path("teacher")
-    calib, options = _calibration(ctx), _candidate_options(ctx)
+    calib, options = calibration(ctx), _candidate_options(ctx)
     params = inputs["teacher"].metrics.get("params")
 
     def one(kind: str) -> dict[str, Any]:
@@ -325,8 +322,7 @@ def convert_job(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
     cand = next(c for c in inputs["quantize"].metrics["candidates"] if c["variant"] == selected)
     student = load_model(trained_student_ref(ctx, inputs["distill"]), inputs["distill"].path("model"))
     x_check = s.x_val[:64]  # int8 artifacts are judged on top-1 agreement: 64 samples make that meaningful
-    rng = np.random.default_rng(ctx.recipe.data.seed)
-    calib = s.x_train[rng.permutation(len(s.x_train))[: ctx.recipe.quantize.calibration_samples]]
+    calib = calibration(ctx)
     payload = ClassifierPayload(class_names=s.class_names, normalization=s.normalization, x_test=s.x_test,
                                 y_test=s.y_test, x_val=s.x_val, y_val=s.y_val,
                                 student_accuracy=inputs["distill"].metrics.get("test_accuracy"),

@@ -270,7 +270,7 @@ def stage_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
     import json
 
     from edgekd.targets import family
-    from edgekd.tasks.classification.hooks import candidate_plan
+    from edgekd.tasks.classification.hooks import calibration, candidate_plan
 
     sc = ctx.recipe.student.search
     s = splits(ctx)
@@ -279,8 +279,7 @@ def stage_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
     if _ships_pte(ctx):  # the .pte runs on this host's ExecuTorch: a host proxy unless a phone runs it
         measured_on, machine = "host", f"{machine} (ExecuTorch on this host)"
     names = [n for n in candidate_plan(ctx)[0] if n != "int8-qat"]  # qat needs training: its graph is int8-qdq's
-    rng = np.random.default_rng(ctx.recipe.data.seed)
-    calib = s.x_train[rng.permutation(len(s.x_train))[: ctx.recipe.quantize.calibration_samples]]
+    calib = calibration(ctx)
     order_key = ZOO_SPACES[ctx.recipe.student.arch][0] \
         if not sc.kwargs and ctx.recipe.student.arch in ZOO_SPACES else None
     rows = []
