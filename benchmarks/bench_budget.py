@@ -102,7 +102,7 @@ def read_build(out: Path) -> dict:
     sel = next(m for m in rep["models"] if f"{m['role']}/{m['variant']}" == rep["selected"])
     teacher = next(m for m in rep["models"] if m["role"] == "teacher" and m["variant"] == "fp32-torch")
     fp32 = next((m for m in rep["models"] if m["role"] == "student" and m["variant"] == "fp32"), None)
-    res = {"out": str(out.relative_to(ROOT)), "stage_seconds": stages, "selected": rep["selected"],
+    res = {"out": str(out.relative_to(ROOT) if out.is_relative_to(ROOT) else out), "stage_seconds": stages, "selected": rep["selected"],
             "selected_accuracy": sel.get("accuracy"), "selected_p50_ms": (sel.get("latency_ms") or {}).get("p50"),
             "selected_size_bytes": sel.get("size_bytes"), "selected_measured_on": sel.get("measured_on"),
             "selected_runtime": sel.get("runtime"), "student_fp32_accuracy": fp32 and fp32.get("accuracy"),

@@ -234,11 +234,25 @@ def parse_size_kib(text: Any) -> float:
     return _parse_quantity(text, _SIZE_UNITS, "KiB", "size budget")
 
 
+STEM_MIN_SIDE = 16  # the default search space's stem strides keep the first feature map at least this wide
+
+
 class SearchSpace(Strict):
     """Multipliers of a zoo student's own shape (small_cnn widths, mlp hidden sizes)."""
 
     width_mult: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.5, 2.0], min_length=1)
     depth_mult: list[float] = Field(default_factory=lambda: [0.5, 1.0, 1.5], min_length=1)
+    stem_stride: list[int] | None = Field(None, min_length=1, description=(
+        "small_cnn: strides of the first convolution (null: 1, and 2, 4, 8 while the first stage's feature map keeps "
+        f"at least {STEM_MIN_SIDE} pixels on its shorter side: a large image is downsampled at the stem, as "
+        "MobileNet/EfficientNet stems do, or no student fits a tight budget)"))
+
+    @field_validator("stem_stride")
+    @classmethod
+    def _strides(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(x < 1 for x in v):
+            raise ValueError("strides must be >= 1")
+        return v
 
     @field_validator("width_mult", "depth_mult")
     @classmethod
@@ -265,7 +279,7 @@ class SearchConfig(Strict):
     skip_margin: float | None = Field(1.25, gt=1.0, description="zoo spaces: an architecture is not timed when one no "
                                       "larger of the same depth already missed the latency budget by this factor, or "
                                       "the size budget at all (latency and size grow with width); null: time every one")
-    max_candidates: int = Field(32, ge=1, description="architectures measured at most (the space is cut evenly)")
+    max_candidates: int = Field(64, ge=1, description="architectures measured at most (the space is cut evenly)")
 
     @field_validator("latency_ms", mode="before")
     @classmethod

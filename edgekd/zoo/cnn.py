@@ -70,6 +70,8 @@ class SmallCNNConfig:
     num_classes: int = 10
     widths: list[int] = field(default_factory=lambda: [16, 32, 48])
     hidden: int = 0
+    # stride of the first convolution: a large image is downsampled at the stem, as MobileNet/EfficientNet stems do
+    stem_stride: int = 1
 
 
 class SmallCNN(nn.Module):
@@ -81,7 +83,8 @@ class SmallCNN(nn.Module):
         self.config = cfg
         cin = cfg.in_channels
         for i, w in enumerate(cfg.widths):
-            layers: list[nn.Module] = [nn.Conv2d(cin, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+            stride = cfg.stem_stride if i == 0 else 1
+            layers: list[nn.Module] = [nn.Conv2d(cin, w, 3, stride, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
             if i < len(cfg.widths) - 1:
                 layers.append(nn.MaxPool2d(2))
             setattr(self, f"layer{i + 1}", nn.Sequential(*layers))

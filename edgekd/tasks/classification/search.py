@@ -36,8 +36,26 @@ def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
-def search_space(student: Any) -> tuple[list[dict[str, Any]], str]:
-    """(the candidates' kwargs, where the space came from) for a student card with `search`."""
+def stem_strides(space: Any, arch: str, input_shape: tuple[int, ...] | None) -> list[int]:
+    """The stem strides of a zoo space: the card's, else 1 and every power of two that keeps the first feature
+    map at least STEM_MIN_SIDE pixels on the image's shorter side (small_cnn on images only)."""
+    from edgekd.config import STEM_MIN_SIDE
+
+    if arch != "small_cnn":
+        return [1]
+    if space is not None and space.stem_stride is not None:
+        return list(space.stem_stride)
+    if input_shape is None or len(input_shape) != 3:
+        return [1]
+    side, out = min(input_shape[1:]), [1]
+    while side // (out[-1] * 2) >= STEM_MIN_SIDE and out[-1] < 8:
+        out.append(out[-1] * 2)
+    return out
+
+
+def search_space(student: Any, input_shape: tuple[int, ...] | None = None) -> tuple[list[dict[str, Any]], str]:
+    """(the candidates' kwargs, where the space came from) for a student card with `search`; `input_shape`
+    (C, H, W without the batch) sizes the default stem strides of an image student."""
     import importlib
 
     sc = student.search
@@ -52,15 +70,18 @@ def search_space(student: Any) -> tuple[list[dict[str, Any]], str]:
         from edgekd.config import SearchSpace
 
         space = sc.space or SearchSpace()
+        strides = stem_strides(sc.space, student.arch, input_shape)
         cands = []
-        for dm in space.depth_mult:
-            depth = max(1, _round_half_up(len(base) * dm))
-            layers = base[:depth] + [base[-1]] * max(0, depth - len(base))  # deeper: repeat the last size
-            for wm in space.width_mult:
-                cands.append({**student.kwargs, key: [max(2, _round_half_up(w * wm)) for w in layers]})
+        for stride in strides:  # stride 1 is the card's own stem: the kwarg is only written when it differs
+            extra = {"stem_stride": stride} if stride != 1 else {}
+            for dm in space.depth_mult:
+                depth = max(1, _round_half_up(len(base) * dm))
+                layers = base[:depth] + [base[-1]] * max(0, depth - len(base))  # deeper: repeat the last size
+                for wm in space.width_mult:
+                    cands.append({**student.kwargs, **extra, key: [max(2, _round_half_up(w * wm)) for w in layers]})
         origin = "card: student.search.space" if sc.space is not None else "edgekd's default grid"
         where = (f"zoo {student.arch}: the card's {key} {base} x width_mult {space.width_mult} x depth_mult "
-                 f"{space.depth_mult} ({origin})")
+                 f"{space.depth_mult}" + (f" x stem_stride {strides}" if strides != [1] else "") + f" ({origin})")
     else:
         raise ConfigError(f"student.search: no search space for a {student.describe()} student",
                           hint="list ranges of its kwargs in student.search.kwargs, e.g. {width_mult: [0.25, 0.5, 1.0]} "
@@ -72,6 +93,10 @@ def search_space(student: Any) -> tuple[list[dict[str, Any]], str]:
     return unique, where
 
 
+def _input_shape(ctx: BuildContext) -> tuple[int, ...]:
+    return tuple(splits(ctx).x_val.shape[1:])
+
+
 def _search_cfg(ctx: BuildContext) -> dict:
     from edgekd.tasks.classification.hooks import candidate_plan
 
@@ -80,7 +105,7 @@ def _search_cfg(ctx: BuildContext) -> dict:
     if ctx.recipe.student.weights:
         raise ConfigError("student.search builds architectures from scratch, but the student names weights",
                           hint="drop student.weights, or drop student.search and keep the given student")
-    cands, where = search_space(ctx.recipe.student)  # pre-flight: a student without a space exits 2 now
+    cands, where = search_space(ctx.recipe.student, _input_shape(ctx))  # pre-flight: no space exits 2 now
     return {"student": ctx.recipe.student.key_dict(), "data_sha256": data_fingerprint(ctx), "space": cands,
             "space_from": where, "candidates": candidate_plan(ctx)[0], "timing": SEARCH_TIMING}
 
@@ -274,7 +299,7 @@ def stage_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
 
     sc = ctx.recipe.student.search
     s = splits(ctx)
-    cands, where_from = search_space(ctx.recipe.student)
+    cands, where_from = search_space(ctx.recipe.student, _input_shape(ctx))
     measured_on, machine, device = family(ctx.target).where_profiled(ctx.target)
     if _ships_pte(ctx):  # the .pte runs on this host's ExecuTorch: a host proxy unless a phone runs it
         measured_on, machine = "host", f"{machine} (ExecuTorch on this host)"

