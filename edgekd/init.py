@@ -468,8 +468,8 @@ def _search_lines(dr: Draft) -> list[str]:
     if not dr.search:
         return []
     lines = ["  # the student is sized to this budget: `edgekd build` measures candidate widths/depths of the student",
-             "  # above untrained on the target runtime, ranks the largest fitting ones by a short distillation and",
-             "  # trains the winner; the budget is checked again on the shipped artifact",
+             "  # above (and stem strides on large images) untrained on the target runtime, ranks the largest fitting",
+             "  # ones by a short distillation and trains the winner; the budget is checked again on the shipped artifact",
              "  search:"]
     lines += [f"    {k}: {_y(v)}" for k, v in dr.search.items()]
     return lines
@@ -479,6 +479,16 @@ def budget_search(student: str | None, student_kwargs: dict[str, Any] | None, la
                   size_budget: str | None) -> dict[str, float]:
     """student.search for `edgekd init --latency-budget/--size-budget` (units parsed: exit 2 on a bad value).
     The search space is the zoo student's widths and depths; a student of the user's own needs its ranges."""
+    out = _parse_budgets(latency_budget, size_budget)
+    if out and student:
+        raise ConfigError("--latency-budget/--size-budget size edgekd's zoo student; your --student has no search space",
+                          hint="leave --student out, or write student.search.kwargs ranges (e.g. {width_mult: [0.5, 1]}) "
+                               "and the budget into the card yourself")
+    return out
+
+
+def _parse_budgets(latency_budget: str | None, size_budget: str | None) -> dict[str, float]:
+    """{latency_ms, size_kib} of the flags given (exit 2 on a bad unit)."""
     from edgekd.config import parse_latency_ms, parse_size_kib
 
     out: dict[str, float] = {}
@@ -489,10 +499,6 @@ def budget_search(student: str | None, student_kwargs: dict[str, Any] | None, la
                 out[key] = parse(given)
             except ValueError as e:
                 raise ConfigError(f"{flag}: {e}", hint="e.g. --latency-budget 0.5ms, --size-budget 64KiB") from None
-    if out and student:
-        raise ConfigError("--latency-budget/--size-budget size edgekd's zoo student; your --student has no search space",
-                          hint="leave --student out, or write student.search.kwargs ranges (e.g. {width_mult: [0.5, 1]}) "
-                               "and the budget into the card yourself")
     return out
 
 
@@ -575,12 +581,9 @@ def _lm_card(teacher: str, src: dict[str, Any], data: str, *, weights: str | Non
     not silently dropped."""
     from edgekd.llm.card import lm_card
 
-    if latency_budget is not None or size_budget is not None:
-        # student.search sizes a classifier student by measuring zoo widths/depths; it has no language-model space
-        raise ConfigError("--latency-budget/--size-budget size classifier students; a language-model student is sized "
-                          "by its cut of the teacher",
-                          hint="leave the budget out and edit student.kwargs (depth, ffn, hidden) in the card; the "
-                               "report gives each quantized candidate's tokens/s and size")
+    # a budget sizes the cut of the teacher (depth x FFN fractions, text_generation/search.py); the units are parsed
+    # here, exit 2 on a bad value; a student of the user's own is refused by lm_card (it has nothing to cut)
+    search = _parse_budgets(latency_budget, size_budget)
     for flag, given in (("--weights", weights), ("--student-weights", student_weights), ("--teacher-kwargs", teacher_kwargs),
                         ("--unlabeled", unlabeled), ("--label-column", label_column), ("--text-column", text_column)):
         if given:
@@ -590,7 +593,7 @@ def _lm_card(teacher: str, src: dict[str, Any], data: str, *, weights: str | Non
         raise ConfigError(f"--student-kwargs must be a mapping, got {type(student_kwargs).__name__}",
                           hint="e.g. --student-kwargs '{depth: 0.3, ffn: 0.5}'")
     with stdout_to_stderr():
-        return lm_card(teacher, src, data, name=name, student=student, student_kwargs_=student_kwargs)
+        return lm_card(teacher, src, data, name=name, student=student, student_kwargs_=student_kwargs, search=search)
 
 
 # --------------------------------------------------------------------------- the command

@@ -242,9 +242,23 @@ def test_a_language_model_with_labelled_data_is_exit_2_with_a_hint(tiny_lm, tmp_
         init_card(str(d / "tinylm"), str(rows))
 
 
-def test_classifier_options_and_budgets_are_refused_for_a_language_model(tiny_lm):
+def test_a_budget_sizes_the_cut_and_is_refused_for_a_student_of_ones_own(tiny_lm):
+    """--latency-budget/--size-budget become student.search on the cut student (the build sizes its depth x FFN);
+    a bad unit, or a budget beside the user's own student folder (nothing to cut), is exit 2 with a hint."""
     d, _ = tiny_lm
-    for kw in ({"size_budget": "1MiB"}, {"latency_budget": "5ms"}, {"label_column": "y"}, {"weights": "w.pt"}):
+    card = RecipeConfig.model_validate(yaml.safe_load(init_card(str(d / "tinylm"), str(d / "prompts.jsonl"),
+                                                                latency_budget="5ms", size_budget="1MiB")))
+    assert card.student.arch == "pruned_llama"
+    assert card.student.search.latency_ms == 5.0 and card.student.search.size_kib == 1024.0
+    for kw in ({"latency_budget": "fast"}, {"size_budget": "1MiB", "student": str(d / "tinylm")}):
+        with pytest.raises(ConfigError) as e:
+            init_card(str(d / "tinylm"), str(d / "prompts.jsonl"), **kw)
+        assert e.value.exit_code == 2 and e.value.hint, kw
+
+
+def test_classifier_options_are_refused_for_a_language_model(tiny_lm):
+    d, _ = tiny_lm
+    for kw in ({"label_column": "y"}, {"weights": "w.pt"}):
         with pytest.raises(ConfigError) as e:
             init_card(str(d / "tinylm"), str(d / "prompts.jsonl"), **kw)
         assert e.value.exit_code == 2 and e.value.hint, kw
@@ -360,3 +374,42 @@ def test_a_non_llama_causal_lm_gets_a_fresh_llama_student(tmp_path):
     assert card.teacher.kwargs == {"hf": str(tmp_path / "gpt")} and card.student.arch == "tiny_llama"
     assert card.student.kwargs["num_layers"] == 2 and card.student.kwargs["hidden_size"] == 64
     assert "this one is 'gpt2'" in _flat(text) and "gpt2, 5 layers, hidden 128, FFN 512" in _flat(text)
+
+
+@pytest.mark.e2e
+def test_a_latency_budget_cuts_the_language_model_student(tiny_lm, tmp_path):
+    """`edgekd init --latency-budget` on the tiny LM, then `edgekd build --quick`: the search stage times each cut
+    of the teacher (ms per token, onnxruntime, before training), the distill stage cuts and trains the winner, the
+    report shows the table and the budget checked on the shipped artifact; a budget nothing meets is exit 2."""
+    d, _ = tiny_lm
+    r = _cli("init", "--teacher", str(d / "tinylm"), "--data", str(d / "prompts.jsonl"), "--latency-budget", "1000ms",
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (tmp_path / "card.yaml").write_text(r.stdout)
+    env = {"EDGEKD_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    common = ("--set", "quantize.candidates=[fp32,int8-dynamic]", "--set", "quantize.accuracy_aware=false",
+              "--set", "student.search.top_k=2")
+    out = tmp_path / "build"
+    r = _cli("build", "--target", "cpu", "--recipe", "card.yaml", "--quick", "--out", str(out), "--json", *common,
+             "--set", "student.search.space.depth_mult=[0.25,0.5]", "--set", "student.search.space.width_mult=[0.5,1.0]",
+             cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads(r.stdout)
+    s = rep["search"]
+    assert len(s["candidates"]) == 4 and all(c["fits"] and c["latency_ms"] > 0 for c in s["candidates"])
+    assert {c["variant"] for c in s["candidates"]} <= {"fp32", "int8-dynamic"}
+    ranked = [c for c in s["candidates"] if c["status"] in ("winner", "ranked")]
+    assert len(ranked) == 2 and s["final"]["met"] and s["final"]["checks"]["latency_ms"]["measured"] <= 1000
+    # the two ranked are the two largest, and the winner the one whose cut agreed most with the teacher
+    by_size = sorted(s["candidates"], key=lambda c: c["params"], reverse=True)
+    assert sorted(c["params"] for c in ranked) == sorted(c["params"] for c in by_size[:2])
+    assert s["winner"]["proxy_val_accuracy"] == max(c["proxy_val_accuracy"] for c in ranked)
+    distill = json.loads((out / "distill" / "result.json").read_text())["metrics"]
+    assert distill["student_kwargs"] == s["winner"]["kwargs"] and distill["params"] == s["winner"]["params"]
+    # nothing fits a microsecond per token: exit 2, the fastest cut named, no traceback, no report
+    out2 = tmp_path / "tight"
+    r = _cli("build", "--target", "cpu", "--recipe", "card.yaml", "--quick", "--out", str(out2), *common,
+             "--set", "student.search.latency_ms=0.001", "--set", "student.search.space.depth_mult=[0.25]",
+             "--set", "student.search.space.width_mult=[0.5]", cwd=tmp_path, env=env)
+    assert r.returncode == 2 and "no student of the search space fits" in r.stderr and "Traceback" not in r.stderr
+    assert not (out2 / "report" / "report.json").exists()

@@ -308,7 +308,7 @@ def _shape_line(s: dict[str, int], t: LMShape) -> str:
 
 
 def render_lm_card(teacher: str, data: str, name: str, t: LMShape, sp: SplitPlan, student: dict[str, Any],
-                   student_note: list[str]) -> str:
+                   student_note: list[str], search: dict[str, float] | None = None) -> str:
     """The text-generation card (models/smollm2-seqkd.yaml is the reference), validated before it is returned."""
     import yaml
 
@@ -348,6 +348,11 @@ def render_lm_card(teacher: str, data: str, name: str, t: LMShape, sp: SplitPlan
         *[line for para in student_note for line in _comment(para)],
         f"  arch: {student['arch']}",
         f"  kwargs: {_y(student['kwargs'])}",
+        *(["  # sized to this budget (latency: ms per generated token, p50 at batch 1, on the target runtime; size: the",
+           "  # shipped ONNX): `edgekd build` cuts the teacher at depth x FFN fractions, times each cut quantized",
+           "  # before training, and trains the one of the largest fitting that keeps most of the teacher (agreement",
+           "  # on validation answers as cut); the budget is checked again on the shipped artifact",
+           "  search:"] + [f"    {k}: {_y(v)}" for k, v in search.items()] if search else []),
         "generate:",
         "  max_new_tokens: 64  # the teacher's answer length limit (greedy): longer answers are cut",
         "  batch_size: 8",
@@ -446,11 +451,17 @@ def pick_lm_student(t: LMShape, student: str | None, kwargs: dict[str, Any] | No
 
 
 def lm_card(teacher: str, src: dict[str, Any], data: str, name: str | None = None, student: str | None = None,
-            student_kwargs_: dict[str, Any] | None = None) -> str:
-    """The complete text-generation card for a causal-LM teacher (`causal_lm_source`'s answer) and a prompts file."""
+            student_kwargs_: dict[str, Any] | None = None, search: dict[str, float] | None = None) -> str:
+    """The complete text-generation card for a causal-LM teacher (`causal_lm_source`'s answer) and a prompts file.
+    `search` ({latency_ms, size_kib}: a budget) becomes student.search: the build cuts the student to fit it."""
     prompts = read_prompts(data)
     t = read_shape(src)
     sp = plan_split(prompts)
     s, note = pick_lm_student(t, student, student_kwargs_)
+    if search and s["arch"] != "pruned_llama":
+        raise ConfigError(f"--latency-budget/--size-budget size a student cut from the teacher, and this one is a "
+                          f"{s['arch']}" + (" (yours)" if student else f" (a '{t.model_type}' teacher is not cut)"),
+                          hint="leave the budget out and size the student in the card; the report gives each "
+                               "quantized candidate's ms per token and size")
     name = name or f"{Path(data.rstrip('/')).stem or 'my'}-seqkd".replace(" ", "-")
-    return render_lm_card(teacher, data, name, t, sp, s, note)
+    return render_lm_card(teacher, data, name, t, sp, s, note, search=search)

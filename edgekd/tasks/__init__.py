@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 # without importing a task (tests/tasks/test_registry.py checks the names against each TASK's graph).
 TASK_MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "classification": ("edgekd.tasks.classification", ("search", "distill", "export")),
-    "text-generation": ("edgekd.tasks.text_generation", ("generate", "distill", "natural", "export")),
+    "text-generation": ("edgekd.tasks.text_generation", ("generate", "search", "distill", "natural", "export")),
 }
 SHARED_STAGE_COMMANDS = ("quantize",)  # shared stages with a command of their own (profile/report have theirs)
 

@@ -130,3 +130,78 @@ def test_report_rows_show_a_skipped_architecture():
     sec = search_section(m, {"role": "student", "variant": "fp32", "latency_ms": {"p50": 0.3}, "size_bytes": 3200})
     md = "\n".join(search_lines(sec))
     assert "not timed: hidden=[32] already took 0.9 ms" in md and "| skipped |" in md
+
+
+def test_stem_strides_follow_the_image_size():
+    """The default space downsamples a large image at the stem (1, 2, 4, 8 while the first feature map keeps
+    >= 16 px); a 28x28 image keeps the card's stride 1 (and its candidates' kwargs are unchanged)."""
+    from edgekd.tasks.classification.search import search_space, stem_strides
+
+    assert stem_strides(None, "small_cnn", (1, 28, 28)) == [1]
+    assert stem_strides(None, "small_cnn", (3, 96, 96)) == [1, 2, 4]
+    assert stem_strides(None, "small_cnn", (3, 224, 160)) == [1, 2, 4, 8]  # the shorter side decides
+    assert stem_strides(None, "mlp", (3, 96, 96)) == [1]
+    r = load_recipe("fashion-cnn", {"student.search.latency_ms": "1ms", "student.search.space.width_mult": [1.0],
+                                    "student.search.space.depth_mult": [1.0]})
+    small, _ = search_space(r.student, (1, 28, 28))
+    assert [c.get("stem_stride") for c in small] == [None]
+    big, where = search_space(r.student, (3, 96, 96))
+    assert [c.get("stem_stride", 1) for c in big] == [1, 2, 4] and "stem_stride [1, 2, 4]" in where
+    given = load_recipe("fashion-cnn", {"student.search.latency_ms": "1ms", "student.search.space.stem_stride": [2]})
+    assert {c["stem_stride"] for c in search_space(given.student, (3, 96, 96))[0]} == {2}
+    with pytest.raises(ConfigError):
+        load_recipe("fashion-cnn", {"student.search.latency_ms": "1ms", "student.search.space.stem_stride": [0]})
+
+
+def test_stem_stride_downsamples_the_first_stage():
+    import torch
+
+    from edgekd.zoo.cnn import SmallCNN
+
+    m = SmallCNN(in_channels=3, widths=[4, 8], stem_stride=4)
+    assert m.layer1(torch.zeros(1, 3, 96, 96)).shape[-1] == 12  # 96 / 4, then the stage's 2x2 pool
+    assert m(torch.zeros(2, 3, 96, 96)).shape == (2, 10)
+
+
+def test_cut_space_of_a_minilm_student():
+    """A student cut from its teacher: num_layers x hidden_size as fractions of the teacher's, whole heads."""
+    from edgekd.tasks.classification.search import order_key, search_space, skip_reason
+
+    r = load_recipe("minilm-sentiment", {"student.search.latency_ms": "1ms"})
+    cands, where = search_space(r.student)
+    assert {c["num_layers"] for c in cands} == {2, 3, 4, 6} and {c["hidden_size"] for c in cands} == {96, 192, 288, 384}
+    assert all(c["hidden_size"] % 32 == 0 and c["init_from"] == "trained_teacher" for c in cands)
+    assert "6 layers x hidden 384" in where
+    key = order_key(r.student)
+    small = {"kwargs": cands[0], "min_latency_ms": 5.0, "min_size_bytes": 1}
+    assert "not timed" in skip_reason(cands[-1], [small], r.student.search, key)  # deeper and wider than a 5x miss
+    assert skip_reason({**cands[-1], "pooling": "cls"}, [small], r.student.search, key) is None  # another kwarg
+    r = load_recipe("minilm-sentiment", {"student.search.latency_ms": "1ms", "student.search.space.width_mult": [1.5]})
+    with pytest.raises(ConfigError, match="fractions"):
+        search_space(r.student)
+
+
+def test_lm_space_cuts_the_teacher_at_depth_x_ffn():
+    """A language-model student cut from its teacher: depth x FFN fractions (the card's other kwargs kept), the
+    card's space read as fractions, kwargs ranges as given; any other student, or a fraction > 1, is exit 2."""
+    from edgekd.tasks.text_generation.search import LM_DEPTH, LM_FFN, _order, lm_search_space
+
+    r = load_recipe("smollm2-seqkd", {"student.search.latency_ms": "20ms"})
+    cands, where = lm_search_space(r.student)
+    assert len(cands) == len(LM_DEPTH) * len(LM_FFN)
+    assert {(c["depth"], c["ffn"]) for c in cands} == {(d, f) for d in LM_DEPTH for f in LM_FFN}
+    assert all(c["layers"] == "block_influence" and c["hidden"] == 1.0 for c in cands) and "pruned_llama" in where
+    assert _order(r.student) == ("depth", "ffn", "hidden", "heads", "kv_heads")
+    r = load_recipe("smollm2-seqkd", {"student.search.size_kib": 1024, "student.search.space.depth_mult": [0.5],
+                                      "student.search.space.width_mult": [0.5, 1.0]})
+    assert [(c["depth"], c["ffn"]) for c in lm_search_space(r.student)[0]] == [(0.5, 0.5), (0.5, 1.0)]
+    r = load_recipe("smollm2-seqkd", {"student.search.size_kib": 1024, "student.search.kwargs.hidden": [0.5, 1.0]})
+    assert [c["hidden"] for c in lm_search_space(r.student)[0]] == [0.5, 1.0] and _order(r.student) is not None
+    for bad in ({"student.search.space.width_mult": [1.5]}, {"student.search.kwargs.ffn": [0.0]}):
+        r = load_recipe("smollm2-seqkd", {"student.search.size_kib": 1024, **bad})
+        with pytest.raises(ConfigError):
+            lm_search_space(r.student)
+    r = load_recipe("smollm2-seqkd", {"student.search.size_kib": 1024, "student.arch": "tiny_llama", "student.kwargs": {}})
+    with pytest.raises(ConfigError, match="no search space") as e:
+        lm_search_space(r.student)
+    assert "pruned_llama" in e.value.hint

@@ -7,33 +7,31 @@ the target runtime in a fresh process: onnxruntime for ONNX targets, the ExecuTo
 validation; the distill stage trains the winner (its kwargs replace the card's)."""
 from __future__ import annotations
 
-import itertools
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgekd.errors import ConfigError, UserError
+from edgekd.errors import ConfigError
 from edgekd.pipeline import BuildContext, StageOutput, StageResult
 from edgekd.tasks.common import build_model, data_fingerprint, splits
+from edgekd.tasks.search_common import (fits, kwargs_ranges, label_rows, round_half_up, searching, skip_reason,
+                                        too_tight, unique_within)
+
+__all__ = ["search_space", "searching", "skip_reason", "stage_search", "order_key", "stem_strides"]
 
 # The zoo students whose shape the default space scales: arch -> (kwarg holding the per-layer sizes, dataclass).
 ZOO_SPACES: dict[str, tuple[str, str]] = {"small_cnn": ("widths", "edgekd.zoo.cnn:SmallCNNConfig"),
                                           "mlp": ("hidden", "edgekd.zoo.mlp:MLPConfig")}
+# Students cut from the teacher (the MiniLM cut: edgekd.zoo.text.BertStudent): the default space is fractions of
+# the teacher's own depth and width (a card's student.search.space gives others); widths stay whole heads.
+CUT_SPACES = {"bert_student"}
+CUT_DEPTH = [0.34, 0.5, 0.67, 1.0]
+CUT_WIDTH = [0.25, 0.5, 0.75, 1.0]
 # Timing of one candidate: short, one fresh process each; a budget is checked again on the final artifact with
 # the profile stage's full settings.
 SEARCH_TIMING = {"warmup_runs": 10, "warmup_seconds": 0.1, "min_runs": 200, "min_seconds": 0.3, "max_seconds": 3.0,
                  "batch_sweep": [1], "throughput_batch": 1}
-
-
-def searching(ctx: BuildContext) -> bool:
-    sc = getattr(ctx.recipe.student, "search", None)
-    return sc is not None and sc.has_budget
-
-
-def _round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
 
 
 def stem_strides(space: Any, arch: str, input_shape: tuple[int, ...] | None) -> list[int]:
@@ -60,9 +58,7 @@ def search_space(student: Any, input_shape: tuple[int, ...] | None = None) -> tu
 
     sc = student.search
     if sc.kwargs:
-        keys = list(sc.kwargs)
-        cands = [{**student.kwargs, **dict(zip(keys, combo))} for combo in itertools.product(*(sc.kwargs[k] for k in keys))]
-        where = "card: student.search.kwargs ranges (" + "; ".join(f"{k} in {sc.kwargs[k]}" for k in keys) + ")"
+        cands, where = kwargs_ranges(student)
     elif student.arch in ZOO_SPACES:
         key, cfg_path = ZOO_SPACES[student.arch]
         mod, _, cls = cfg_path.partition(":")
@@ -75,22 +71,45 @@ def search_space(student: Any, input_shape: tuple[int, ...] | None = None) -> tu
         for stride in strides:  # stride 1 is the card's own stem: the kwarg is only written when it differs
             extra = {"stem_stride": stride} if stride != 1 else {}
             for dm in space.depth_mult:
-                depth = max(1, _round_half_up(len(base) * dm))
+                depth = max(1, round_half_up(len(base) * dm))
                 layers = base[:depth] + [base[-1]] * max(0, depth - len(base))  # deeper: repeat the last size
                 for wm in space.width_mult:
-                    cands.append({**student.kwargs, **extra, key: [max(2, _round_half_up(w * wm)) for w in layers]})
+                    cands.append({**student.kwargs, **extra, key: [max(2, round_half_up(w * wm)) for w in layers]})
         origin = "card: student.search.space" if sc.space is not None else "edgekd's default grid"
         where = (f"zoo {student.arch}: the card's {key} {base} x width_mult {space.width_mult} x depth_mult "
                  f"{space.depth_mult}" + (f" x stem_stride {strides}" if strides != [1] else "") + f" ({origin})")
+    elif student.arch in CUT_SPACES:
+        cands, where = _cut_space(student, sc.space)
     else:
         raise ConfigError(f"student.search: no search space for a {student.describe()} student",
                           hint="list ranges of its kwargs in student.search.kwargs, e.g. {width_mult: [0.25, 0.5, 1.0]} "
                                f"(zoo students {', '.join(ZOO_SPACES)} have a default space)")
-    unique = list({repr(sorted(c.items())): c for c in cands}.values())
-    if len(unique) > sc.max_candidates:  # cut evenly, keeping the smallest and the largest
-        idx = sorted({_round_half_up(i) for i in np.linspace(0, len(unique) - 1, sc.max_candidates)})
-        unique = [unique[i] for i in idx]
-    return unique, where
+    return unique_within(cands, sc.max_candidates), where
+
+
+def _cut_space(student: Any, space: Any) -> tuple[list[dict[str, Any]], str]:
+    """bert_student: num_layers x hidden_size as fractions of the teacher's (whole heads of the teacher's head
+    size, so `init_from: trained_teacher` can prune the teacher into each; the FFN keeps the teacher's ratio)."""
+    from edgekd.zoo.text import load_config
+
+    hf = student.kwargs.get("hf")
+    if not hf:
+        raise ConfigError("student.search: a bert_student without `hf` has no teacher to be cut from",
+                          hint="give student.kwargs.hf (the teacher's folder or pkg:NAME)")
+    t = load_config(hf)
+    head = t.hidden_size // t.num_attention_heads
+    depth = space.depth_mult if space is not None else CUT_DEPTH
+    width = space.width_mult if space is not None else CUT_WIDTH
+    if any(f > 1 for f in [*depth, *width]):
+        raise ConfigError("student.search.space: a student cut from the teacher takes fractions <= 1 of its depth and width",
+                          hint=f"e.g. depth_mult {CUT_DEPTH}, width_mult {CUT_WIDTH}")
+    layers = sorted({max(1, round_half_up(t.num_hidden_layers * f)) for f in depth})
+    hidden = sorted({max(1, round_half_up(t.num_attention_heads * f)) * head for f in width})
+    cands = [{**{k: v for k, v in student.kwargs.items() if k not in ("num_heads", "intermediate_size", "teacher_layers")},
+              "num_layers": n, "hidden_size": h} for n in layers for h in hidden]
+    origin = "card: student.search.space" if space is not None else "edgekd's default fractions"
+    return cands, (f"cut from the teacher {hf} ({t.num_hidden_layers} layers x hidden {t.hidden_size}, heads of {head}): "
+                   f"num_layers {layers} x hidden_size {hidden} ({origin})")
 
 
 def _input_shape(ctx: BuildContext) -> tuple[int, ...]:
@@ -163,39 +182,14 @@ def _measure_pte(ctx: BuildContext, model: Any, d: Path, calib: np.ndarray, shap
     return rows
 
 
-def _fits(row: dict[str, Any], sc: Any) -> bool:
-    if "p50_ms" not in row:
-        return False
-    return ((sc.latency_ms is None or row["p50_ms"] <= sc.latency_ms)
-            and (sc.size_kib is None or row["size_bytes"] <= sc.size_kib * 1024))
-
-
-def _no_larger(small: dict[str, Any], big: dict[str, Any], key: str) -> bool:
-    """`small` is `big` or narrower at the same depth (every layer no wider, every other kwarg the same): its
-    latency and size are then no greater, up to timing noise."""
-    a, b = small.get(key), big.get(key)
-    if not isinstance(a, list) or not isinstance(b, list) or len(a) != len(b):
-        return False
-    rest = lambda kw: {k: v for k, v in kw.items() if k != key}  # noqa: E731
-    return rest(small) == rest(big) and all(x <= y for x, y in zip(a, b))
-
-
-def skip_reason(kw: dict[str, Any], measured: list[dict[str, Any]], sc: Any, key: str | None) -> str | None:
-    """Why `kw` need not be timed: an architecture no larger, of the same depth, already missed the latency
-    budget by more than sc.skip_margin on its fastest artifact, or the size budget on its smallest. Zoo spaces
-    only (`key`: the per-layer size kwarg); a user factory's kwargs carry no such order."""
-    if key is None or sc.skip_margin is None:
+def order_key(student: Any) -> str | tuple[str, ...] | None:
+    """What orders a space by size for skip_reason: a zoo student's per-layer sizes, a cut student's depth and
+    width; None (time every one) for ranges of a user's kwargs, which carry no order."""
+    if student.search.kwargs:
         return None
-    for r in measured:
-        if r.get("min_latency_ms") is None or not _no_larger(r["kwargs"], kw, key):
-            continue
-        if sc.latency_ms is not None and r["min_latency_ms"] > sc.latency_ms * sc.skip_margin:
-            return (f"not timed: {key}={r['kwargs'][key]} (no larger, same depth) already took "
-                    f"{r['min_latency_ms']:.4g} ms > {sc.skip_margin:g} x the {sc.latency_ms:g} ms budget")
-        if sc.size_kib is not None and r["min_size_bytes"] > sc.size_kib * 1024:
-            return (f"not timed: {key}={r['kwargs'][key]} (no larger, same depth) already measured "
-                    f"{r['min_size_bytes'] / 1024:.4g} KiB > the {sc.size_kib:g} KiB budget")
-    return None
+    if student.arch in ZOO_SPACES:
+        return ZOO_SPACES[student.arch][0]
+    return ("num_layers", "hidden_size") if student.arch in CUT_SPACES else None
 
 
 def _skipped(ctx: BuildContext, i: int, kw: dict[str, Any], why: str) -> dict[str, Any]:
@@ -226,7 +220,7 @@ def _measure(ctx: BuildContext, i: int, kw: dict[str, Any], s: Any, calib: np.nd
     rows = _measure_pte(ctx, model, d, calib, shape) if _ships_pte(ctx) else \
         _measure_onnx(ctx, fp32, d, calib, names, shape, device)
     for r in rows:
-        r["fits"] = _fits(r, sc)
+        r["fits"] = fits(r, sc)
     fitting = [r for r in rows if r["fits"]]
     # the artifact that would ship for this architecture: the fastest fitting variant (else the fastest measured)
     timed = [r for r in rows if "p50_ms" in r]
@@ -279,18 +273,6 @@ def _proxy(ctx: BuildContext, inputs: dict[str, StageResult], s: Any, rows: list
         r["proxy_samples"] = int(len(rows_idx))
 
 
-def _too_tight(sc: Any, rows: list[dict[str, Any]], where: str) -> UserError:
-    timed = [r for r in rows if r.get("min_latency_ms") is not None]
-    fastest = min(timed, key=lambda r: r["min_latency_ms"])
-    smallest = min(timed, key=lambda r: r["min_size_bytes"])
-    asked = " and ".join(x for x in (f"{sc.latency_ms:g} ms" if sc.latency_ms else "",
-                                     f"{sc.size_kib:g} KiB" if sc.size_kib else "") if x)
-    return UserError(f"no student of the search space fits the budget ({asked}) on {where}",
-                     hint=f"the smallest measured latency was {fastest['min_latency_ms']:.4g} ms ({fastest['kwargs']}), "
-                          f"the smallest artifact {smallest['min_size_bytes'] / 1024:.4g} KiB ({smallest['kwargs']}); "
-                          "loosen --latency-budget/--size-budget or give smaller sizes in student.search")
-
-
 def stage_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
     import json
 
@@ -305,11 +287,10 @@ def stage_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
         measured_on, machine = "host", f"{machine} (ExecuTorch on this host)"
     names = [n for n in candidate_plan(ctx)[0] if n != "int8-qat"]  # qat needs training: its graph is int8-qdq's
     calib = calibration(ctx)
-    order_key = ZOO_SPACES[ctx.recipe.student.arch][0] \
-        if not sc.kwargs and ctx.recipe.student.arch in ZOO_SPACES else None
+    order = order_key(ctx.recipe.student)
     rows = []
     for i, kw in enumerate(cands):
-        why = skip_reason(kw, rows, sc, order_key)
+        why = skip_reason(kw, rows, sc, order)
         if why is not None:
             rows.append(_skipped(ctx, i, kw, why))
             continue
@@ -320,7 +301,7 @@ def stage_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
         r["measured_on"] = measured_on if r["latency_ms"] is not None else None
     fitting = [r for r in rows if r["fits"]]
     if not fitting:
-        raise _too_tight(sc, rows, f"{machine} ({measured_on})")
+        raise too_tight(sc, rows, f"{machine} ({measured_on})")
     # the largest fitting architectures are the likeliest to be the most accurate: only they are trained
     ranked = sorted(fitting, key=lambda r: (r["params"], -r["latency_ms"]), reverse=True)[: sc.top_k]
     _proxy(ctx, inputs, s, ranked)
@@ -333,9 +314,7 @@ def stage_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
            f"{winner['variant']}")
     if runner_up:
         why += "; next: " + ", ".join(f"{r['kwargs']} {100 * r['proxy_val_accuracy']:.2f}%" for r in runner_up)
-    for r in rows:
-        r["status"] = "winner" if r is winner else ("ranked" if r in ranked else
-                                                    ("fits" if r["fits"] else "skipped" if r.get("skipped") else "over-budget"))
+    label_rows(rows, winner, ranked)
     metrics = {"budget": {"latency_ms": sc.latency_ms, "size_kib": sc.size_kib}, "space_from": where_from,
                "measured_on": measured_on, "device": machine,
                "latency": "p50 at batch 1, one fresh process per artifact, untrained weights "

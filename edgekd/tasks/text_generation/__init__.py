@@ -1,6 +1,7 @@
 """The stage graph of `task: text-generation` recipes (smollm2-seqkd).
 
-teacher (GGUF → safetensors, cached) → generate (teacher answers, cached, resumable) → distill
+teacher (GGUF → safetensors, cached) → generate (teacher answers, cached, resumable) → [search: with a
+student.search budget, the cut of the teacher that fits it, measured on the target runtime] → distill
 (SFT + top-k token KD, optionally token KD on general text: distill.general_text, and the answers-only control)
 → natural (the student on prompts written apart from the training prompts, and its perplexity on held-out natural
 text against the teacher's: scored, never chosen on) → export (ONNX with KV cache, parity: logits and
@@ -24,6 +25,8 @@ from edgekd.tasks.text_generation.data import (_generate_cfg, _teacher_cfg, prom
 from edgekd.tasks.text_generation.distill import _distill_cfg, _resolve_loss_paths, stage_distill
 from edgekd.tasks.text_generation.export import _export_cfg, stage_export
 from edgekd.tasks.text_generation.natural import _natural_cfg, stage_natural
+from edgekd.tasks.text_generation.search import _lm_search_cfg, stage_lm_search
+from edgekd.tasks.search_common import searching
 from edgekd.tasks.text_generation.hooks import (LM_CANDIDATES, QUANTIZED_TEACHER_KINDS, _profile_cfg,
                                                 _quantize_cfg, _quantized_teacher_cfg, convert_job, profile_models,
                                                 quantize_plan, quantized_teacher_models, report_parts)
@@ -36,7 +39,10 @@ def front() -> list[Stage]:
         Stage("teacher", stage_teacher, [], _teacher_cfg, reads=("recipe.teacher",)),
         Stage("generate", stage_generate, ["teacher"], _generate_cfg, parallel=True,
               reads=("recipe.teacher", "recipe.generate", "recipe.data")),
-        Stage("distill", stage_distill, ["teacher", "generate"], _distill_cfg, parallel=True,
+        # only when student.search sets a budget: the cut of the teacher is chosen by measuring on the target
+        Stage("search", stage_lm_search, ["teacher", "generate"], _lm_search_cfg, when=searching,
+              reads=("recipe.student", "recipe.teacher", "recipe.data", "recipe.generate", "recipe.quantize", "target")),
+        Stage("distill", stage_distill, ["teacher", "generate", "search"], _distill_cfg, parallel=True,
               reads=("recipe.teacher", "recipe.student", "recipe.distill", "recipe.data", "recipe.generate")),
         # prompts held out by source (written apart from the training prompts): scored, never chosen on
         Stage("natural", stage_natural, ["teacher", "generate", "distill"], _natural_cfg,

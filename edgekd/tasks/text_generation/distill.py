@@ -129,12 +129,13 @@ def _resolve_loss_paths(losses: list[dict], student) -> list[dict]:
     return out
 
 
-def _build_student(ctx: BuildContext, teacher, tok, calib=None):
+def _build_student(ctx: BuildContext, teacher, tok, calib=None, kwargs: dict | None = None):
     """The student before distillation; `calib`: (ids, mask) batches of training sequences, which
-    a pruned_llama student ranks the teacher's layers, heads and neurons on."""
+    a pruned_llama student ranks the teacher's layers, heads and neurons on; `kwargs`: the search winner's,
+    replacing the card's when a budget sized the student."""
     from edgekd.llm.models import check_vocab, load_causal_lm, tiny_llama
 
-    s = ctx.recipe.student
+    s = ctx.recipe.student if kwargs is None else ctx.recipe.student.model_copy(update={"kwargs": kwargs})
     if s.arch == "pruned_llama":
         from edgekd.llm.models import stop_ids
         from edgekd.llm.prune import pruned_llama
@@ -290,6 +291,9 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     # trains resumes the control and reads the finished student's last checkpoint back.
     ckpts = {name: checkpoint_path(ctx, f"distill-{name}", key_material) for name in ("student", "control")}
 
+    from edgekd.tasks.text_generation.search import winner_kwargs
+
+    sized = winner_kwargs(inputs)  # the cut a budget chose, else the card's
     calib = None
     if ctx.recipe.student.arch == "pruned_llama":
         from edgekd.llm.prune import calibration_batches, parse_options
@@ -299,7 +303,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
 
     def run(name: str, examples, cache_, losses: list[dict]) -> tuple[Any, dict]:
         t_model, t_tok = load_causal_lm(info["folder"])
-        student = _build_student(ctx, t_model, t_tok, calib=calib)
+        student = _build_student(ctx, t_model, t_tok, calib=calib, kwargs=sized)
         start = S.evaluate(student, ex["val"], pad) if calib is not None else None
         # the cut student before any training (what pruning alone leaves), once: the control's cut is the same
         untrained = held_out_report(student, held, pad) if calib is not None and name == "student" else None
@@ -357,6 +361,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         "pruning": getattr(student, "pruning", None), "val_before_training": res["val_before_training"],
         "examples": {k: len(v) for k, v in ex.items()}, "losses": cfg, "stop_ids": stops, "pad_id": pad,
         "end_id": end_id, "parallel": res.get("parallel"),
+        "student_kwargs": sized if sized is not None else dict(ctx.recipe.student.kwargs),
     }
     if general is not None:
         metrics["general_text"] = {**general[2], "weight": gcfg["weight"], "top_k": gcfg["top_k"],

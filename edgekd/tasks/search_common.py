@@ -1,0 +1,104 @@
+"""What every task's search stage shares (issue #29): is a budget set, the candidates of a card's kwargs ranges,
+does a measured artifact fit, which architectures need not be timed, the error when none fits, the rows' status.
+The spaces themselves and the measuring are the task's own (classification/search.py, text_generation/search.py)."""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+
+from edgekd.errors import UserError
+from edgekd.pipeline import BuildContext
+
+
+def searching(ctx: BuildContext) -> bool:
+    sc = getattr(ctx.recipe.student, "search", None)
+    return sc is not None and sc.has_budget
+
+
+def round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+def kwargs_ranges(student: Any) -> tuple[list[dict[str, Any]], str]:
+    """Every combination of the card's student.search.kwargs ranges over the student's own kwargs."""
+    sc = student.search
+    keys = list(sc.kwargs)
+    cands = [{**student.kwargs, **dict(zip(keys, combo))} for combo in itertools.product(*(sc.kwargs[k] for k in keys))]
+    return cands, "card: student.search.kwargs ranges (" + "; ".join(f"{k} in {sc.kwargs[k]}" for k in keys) + ")"
+
+
+def unique_within(cands: list[dict[str, Any]], most: int) -> list[dict[str, Any]]:
+    """The distinct candidates, cut evenly to `most` (keeping the smallest and the largest)."""
+    unique = list({repr(sorted(c.items())): c for c in cands}.values())
+    if len(unique) > most:
+        idx = sorted({round_half_up(i) for i in np.linspace(0, len(unique) - 1, most)})
+        unique = [unique[i] for i in idx]
+    return unique
+
+
+def label_rows(rows: list[dict[str, Any]], winner: dict[str, Any], ranked: list[dict[str, Any]]) -> None:
+    for r in rows:
+        r["status"] = "winner" if r is winner else ("ranked" if r in ranked else
+                                                    ("fits" if r["fits"] else "skipped" if r.get("skipped") else "over-budget"))
+
+
+def fits(row: dict[str, Any], sc: Any) -> bool:
+    if "p50_ms" not in row:
+        return False
+    return ((sc.latency_ms is None or row["p50_ms"] <= sc.latency_ms)
+            and (sc.size_kib is None or row["size_bytes"] <= sc.size_kib * 1024))
+
+
+def no_larger(small: dict[str, Any], big: dict[str, Any], key: str | tuple[str, ...]) -> bool:
+    """`small` is `big` or narrower at the same depth (every layer no wider, every other kwarg the same): its
+    latency and size are then no greater, up to timing noise. A tuple `key` names scalar sizes (a cut student's
+    num_layers and hidden_size): `small` is no larger in every one."""
+    if isinstance(key, tuple):
+        rest_ = lambda kw: {k: v for k, v in kw.items() if k not in key}  # noqa: E731
+        return rest_(small) == rest_(big) and all(small.get(k, 0) <= big.get(k, 0) for k in key)
+    a, b = small.get(key), big.get(key)
+    if not isinstance(a, list) or not isinstance(b, list) or len(a) != len(b):
+        return False
+    rest = lambda kw: {k: v for k, v in kw.items() if k != key}  # noqa: E731
+    return rest(small) == rest(big) and all(x <= y for x, y in zip(a, b))
+
+
+def skip_reason(kw: dict[str, Any], measured: list[dict[str, Any]], sc: Any, key: str | tuple[str, ...] | None) -> str | None:
+    """Why `kw` need not be timed: an architecture no larger, of the same depth, already missed the latency
+    budget by more than sc.skip_margin on its fastest artifact, or the size budget on its smallest. Zoo spaces
+    only (`key`: the per-layer size kwarg); a user factory's kwargs carry no such order."""
+    if key is None or sc.skip_margin is None:
+        return None
+    for r in measured:
+        if r.get("min_latency_ms") is None or not no_larger(r["kwargs"], kw, key):
+            continue
+        if sc.latency_ms is not None and r["min_latency_ms"] > sc.latency_ms * sc.skip_margin:
+            return (f"not timed: {_sizes(r['kwargs'], key)} (no larger{_same(key)}) already took "
+                    f"{r['min_latency_ms']:.4g} ms > {sc.skip_margin:g} x the {sc.latency_ms:g} ms budget")
+        if sc.size_kib is not None and r["min_size_bytes"] > sc.size_kib * 1024:
+            return (f"not timed: {_sizes(r['kwargs'], key)} (no larger{_same(key)}) already measured "
+                    f"{r['min_size_bytes'] / 1024:.4g} KiB > the {sc.size_kib:g} KiB budget")
+    return None
+
+
+def _sizes(kw: dict[str, Any], key: str | tuple[str, ...]) -> str:
+    return ", ".join(f"{k}={kw.get(k)}" for k in (key if isinstance(key, tuple) else (key,)))
+
+
+def _same(key: str | tuple[str, ...]) -> str:
+    return "" if isinstance(key, tuple) else ", same depth"
+
+
+def too_tight(sc: Any, rows: list[dict[str, Any]], where: str) -> UserError:
+    timed = [r for r in rows if r.get("min_latency_ms") is not None]
+    fastest = min(timed, key=lambda r: r["min_latency_ms"])
+    smallest = min(timed, key=lambda r: r["min_size_bytes"])
+    asked = " and ".join(x for x in (f"{sc.latency_ms:g} ms" if sc.latency_ms else "",
+                                     f"{sc.size_kib:g} KiB" if sc.size_kib else "") if x)
+    return UserError(f"no student of the search space fits the budget ({asked}) on {where}",
+                     hint=f"the smallest measured latency was {fastest['min_latency_ms']:.4g} ms ({fastest['kwargs']}), "
+                          f"the smallest artifact {smallest['min_size_bytes'] / 1024:.4g} KiB ({smallest['kwargs']}); "
+                          "loosen --latency-budget/--size-budget or give smaller sizes in student.search")

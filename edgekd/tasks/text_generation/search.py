@@ -1,0 +1,195 @@
+"""The text-generation task's search stage: a language-model student cut from its teacher, sized to a budget of
+per-token latency (p50 of one decode step at batch 1) or size (the shipped ONNX after quantization).
+
+The space is fractions of the teacher a `pruned_llama` student is cut to (depth x FFN by default; any of its
+kwargs through student.search.kwargs ranges). Latency and size do not depend on training: each candidate is cut
+from the teacher (the importance of its layers, heads and neurons measured once on the training sequences),
+exported with its KV cache, made into the build's quantized candidates, and decoded by the profile stage's own
+generation benchmark in a fresh process. Among the largest that fit, the one whose cut (before any training)
+agrees best with the teacher's answers on validation is trained: the cut's own agreement is the proxy (one forward
+pass per candidate, no training); the distill stage cuts and trains the winner."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from edgekd.errors import ConfigError
+from edgekd.pipeline import BuildContext, StageOutput, StageResult
+from edgekd.tasks.search_common import fits, kwargs_ranges, label_rows, skip_reason, too_tight, unique_within
+
+LM_DEPTH = [0.2, 0.3, 0.4, 0.5, 0.6]  # fractions of the teacher's layers
+LM_FFN = [0.25, 0.5, 0.75, 1.0]  # fractions of its FFN neurons
+ORDER = ("depth", "ffn", "hidden", "heads", "kv_heads")  # sizes a cut grows with: what orders the skip rule
+PROXY_EXAMPLES = 64  # validation examples the untrained cuts are scored on
+
+
+def lm_search_space(student: Any) -> tuple[list[dict[str, Any]], str]:
+    """(the candidates' kwargs, where the space came from): the card's kwargs ranges, else depth x FFN fractions
+    (student.search.space's depth_mult/width_mult, read as fractions of the teacher, else LM_DEPTH x LM_FFN)."""
+    sc = student.search
+    if student.arch != "pruned_llama":
+        raise ConfigError(f"student.search: no search space for a {student.describe()} student",
+                          hint="a language-model budget sizes a student cut from the teacher: arch pruned_llama")
+    if sc.kwargs:
+        cands, where = kwargs_ranges(student)
+    else:
+        depth = sc.space.depth_mult if sc.space is not None else LM_DEPTH
+        ffn = sc.space.width_mult if sc.space is not None else LM_FFN
+        if any(f > 1 for f in [*depth, *ffn]):
+            raise ConfigError("student.search.space: a student cut from the teacher takes fractions <= 1 of its "
+                              "depth (depth_mult) and FFN (width_mult)", hint=f"e.g. depth_mult {LM_DEPTH}, width_mult {LM_FFN}")
+        cands = [{**student.kwargs, "depth": d, "ffn": f} for d in depth for f in ffn]
+        origin = "card: student.search.space" if sc.space is not None else "edgekd's default fractions"
+        where = f"cut from the teacher (pruned_llama): depth {list(depth)} x ffn {list(ffn)} of the teacher's ({origin})"
+    from edgekd.llm.prune import parse_options
+
+    for c in cands:  # a bad fraction is exit 2 at pre-flight, not after minutes of cutting
+        parse_options(c)
+    return unique_within(cands, sc.max_candidates), where
+
+
+def _lm_search_cfg(ctx: BuildContext) -> dict:
+    from edgekd.tasks.search_common import searching
+    from edgekd.tasks.text_generation.export import _opset
+    from edgekd.tasks.text_generation.hooks import _bench_settings, lm_candidate_plan
+
+    if not searching(ctx):
+        return {}
+    cands, where = lm_search_space(ctx.recipe.student)
+    return {"student": ctx.recipe.student.model_dump(mode="json"), "space": cands, "space_from": where,
+            "candidates": lm_candidate_plan(ctx)[0], "options": ctx.recipe.quantize.options, "opset": _opset(ctx),
+            "bench": _bench_settings(ctx).model_dump(mode="json"), "max_length": ctx.recipe.data.max_length,
+            "proxy_examples": PROXY_EXAMPLES}
+
+
+def _order(student: Any) -> tuple[str, ...] | None:
+    # a cut no larger in every fraction is no slower and no larger; a card's kwargs ranges carry no such order
+    # unless they only range over those fractions
+    sc = student.search
+    return ORDER if not sc.kwargs or set(sc.kwargs) <= set(ORDER) else None
+
+
+def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
+    import json
+
+    import torch
+
+    from edgekd.llm import sequences as S
+    from edgekd.llm.models import load_causal_lm, stop_ids
+    from edgekd.llm.prune import calibration_batches, cut, importance, parse_options, plan
+    from edgekd.profile.spec import GenerationSpec
+    from edgekd.quantize.candidates import make_candidate
+    from edgekd.llm.onnx_gen import evaluate_onnx, export_with_past
+    from edgekd.targets import family
+    from edgekd.tasks.text_generation.data import _teacher_info, read_answers
+    from edgekd.tasks.text_generation.export import _opset
+    from edgekd.tasks.text_generation.hooks import _bench_row, _bench_settings, lm_candidate_plan
+
+    student_card = ctx.recipe.student
+    sc = student_card.search
+    cands, where_from = lm_search_space(student_card)
+    info = _teacher_info(inputs["teacher"])
+    teacher, tok = load_causal_lm(info["folder"])
+    stops = stop_ids(tok, teacher)
+    end_id = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else stops[0]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else end_id
+    ans = read_answers(inputs["generate"])
+    L = ctx.recipe.data.max_length
+    train = S.build_examples(tok, ans["train"], L, end_id)
+    val = S.build_examples(tok, ans["val"], L, end_id)[:PROXY_EXAMPLES]
+    # the same calibration the distill stage cuts with: its first calibration_samples training sequences
+    calib = calibration_batches(train, pad, parse_options(student_card.kwargs).calibration_samples)
+    imp = importance(teacher, calib)
+    bench = _bench_settings(ctx)
+    from edgekd.llm.generate import chat_ids
+
+    prompts = [chat_ids(tok, r["prompt"]) for r in ans["test"][: bench.prompts]]
+    names = lm_candidate_plan(ctx)[0]
+    measured_on, machine, _ = family(ctx.target).where_profiled(ctx.target)
+    order = _order(student_card)
+    rows: list[dict[str, Any]] = []
+    for i, kw in enumerate(cands):
+        p = plan(teacher, parse_options(kw), imp)
+        model = cut(teacher, p)
+        params = sum(t.numel() for t in model.parameters())
+        why = skip_reason(kw, rows, sc, order)
+        if why is not None:
+            rows.append({"index": i, "kwargs": kw, "params": params, "macs": None, "variants": [], "variant": None,
+                         "runtime": None, "latency_ms": None, "size_bytes": None, "min_latency_ms": None,
+                         "min_size_bytes": None, "fits": False, "proxy_val_accuracy": None, "skipped": why})
+            continue
+        if ctx.progress is not None:
+            ctx.log(f"  search: measuring {i + 1}/{len(cands)} {kw}")
+        d = wd / "candidates" / f"{i:02d}"
+        model.generation_config.eos_token_id = stops
+        model.save_pretrained(d / "hf", safe_serialization=True)
+        tok.save_pretrained(d / "hf")
+        fp32 = export_with_past(d / "hf", d / "fp32", _opset(ctx))
+        variants = []
+        for name in names:
+            if name == "fp32":
+                path, size = fp32, sum(f.stat().st_size for f in fp32.parent.iterdir() if f.name.startswith(fp32.name))
+            else:
+                path = d / f"{name}.onnx"
+                try:
+                    make_candidate(name, fp32, path, None, dict(ctx.recipe.quantize.options),
+                                   smoke=lambda q: evaluate_onnx(q, val[:1]))
+                except Exception as e:  # noqa: BLE001 - a kind this cut cannot take is not a candidate of it
+                    variants.append({"variant": name, "skipped": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
+                    continue
+                size = path.stat().st_size
+            spec = GenerationSpec(name=f"search-{i:02d}-{name}", kind="onnx", path=str(path), prompt_ids=prompts,
+                                  settings=bench)
+            r = _bench_row(spec, d / "logs", bench)
+            variants.append({"variant": name, "runtime": "onnxruntime", "size_bytes": int(size),
+                             "p50_ms": float(r["decode_ms_per_token"]["p50"]), "tokens_per_s": r.get("tokens_per_s")})
+        for v in variants:
+            v["fits"] = fits(v, sc)
+        timed = [v for v in variants if "p50_ms" in v]
+        best = min([v for v in timed if v["fits"]] or timed, key=lambda v: v["p50_ms"])
+        with torch.no_grad():
+            proxy = S.evaluate(model, val, pad)["agreement"]  # what the cut alone keeps: no training
+        rows.append({"index": i, "kwargs": kw, "params": params, "macs": None, "variants": variants,
+                     "variant": best["variant"], "runtime": "onnxruntime", "latency_ms": best["p50_ms"],
+                     "size_bytes": best["size_bytes"], "min_latency_ms": min(v["p50_ms"] for v in timed),
+                     "min_size_bytes": min(v["size_bytes"] for v in timed), "fits": any(v["fits"] for v in timed),
+                     "proxy_val_accuracy": float(proxy), "layers": len(p["layers"]), "hidden": p["hidden"],
+                     "intermediate": p["intermediate"]})
+        shutil.rmtree(d, ignore_errors=True)  # hundreds of MB per cut of a real teacher: the table is what stays
+    for r in rows:
+        r["measured_on"] = measured_on if r["latency_ms"] is not None else None
+    fitting = [r for r in rows if r["fits"]]
+    if not fitting:
+        raise too_tight(sc, rows, f"{machine} ({measured_on})")
+    ranked = sorted(fitting, key=lambda r: (r["params"], -r["latency_ms"]), reverse=True)[: sc.top_k]
+    winner = max(ranked, key=lambda r: (r["proxy_val_accuracy"], -r["latency_ms"]))
+    why = (f"highest next-token agreement with the teacher's validation answers as cut, before any training "
+           f"({100 * winner['proxy_val_accuracy']:.2f}% on {len(val)} answers) among the {len(ranked)} largest of "
+           f"{len(fitting)} fitting cuts; {winner['latency_ms']:.4g} ms per token, {winner['size_bytes'] / 2**20:.4g} MiB "
+           f"as {winner['variant']}")
+    others = [r for r in ranked if r is not winner]
+    if others:
+        why += "; next: " + ", ".join(f"{r['kwargs']} {100 * r['proxy_val_accuracy']:.2f}%" for r in others)
+    label_rows(rows, winner, ranked)
+    metrics = {"budget": {"latency_ms": sc.latency_ms, "size_kib": sc.size_kib}, "space_from": where_from,
+               "measured_on": measured_on, "device": machine,
+               "latency": f"p50 of one decode step (ms per generated token) at batch 1, the profile stage's generation "
+                          f"benchmark ({bench.prompts} prompts), one fresh process per artifact, the cut before training",
+               "candidates": rows, "winner": {k: winner[k] for k in ("index", "kwargs", "params", "macs", "variant",
+                                                                      "latency_ms", "size_bytes", "proxy_val_accuracy")},
+               "why": why, "top_k": sc.top_k, "proxy": f"the untrained cut's next-token agreement on {len(val)} "
+                                                       "validation answers", "proxy_examples": len(val),
+               "timed": sum(r["latency_ms"] is not None for r in rows), "skip_margin": sc.skip_margin}
+    (wd / "search.json").write_text(json.dumps(metrics, indent=2))
+    ctx.log(f"  search: winner {winner['kwargs']} — {why}")
+    return StageOutput({"table": "search.json"}, metrics)
+
+
+def winner_kwargs(inputs: dict[str, StageResult]) -> dict[str, Any] | None:
+    """The search winner's student kwargs, when a budget sized the student."""
+    res = inputs.get("search")
+    return None if res is None or not res.metrics.get("winner") else dict(res.metrics["winner"]["kwargs"])
+
+
+__all__ = ["lm_search_space", "stage_lm_search", "winner_kwargs"]
