@@ -279,25 +279,50 @@ def _cli(*args, cwd, env=None):
 
 @pytest.mark.e2e
 def test_init_then_quick_build_of_the_card(tiny_lm, tmp_path):
-    """`edgekd init` on the tiny LM folder + prompts, then `edgekd build --quick` of the card it wrote."""
+    """`edgekd init --latency-budget` on the tiny LM folder + prompts, then `edgekd build --quick` of the card it
+    wrote: the search stage times each cut of the teacher (ms per token, onnxruntime, before training), the distill
+    stage cuts and trains the winner, the report shows the table and the budget checked on the shipped artifact; a
+    budget nothing meets is exit 2."""
     d, _ = tiny_lm
-    r = _cli("init", "--teacher", str(d / "tinylm"), "--data", str(d / "prompts.jsonl"), cwd=tmp_path)
+    r = _cli("init", "--teacher", str(d / "tinylm"), "--data", str(d / "prompts.jsonl"), "--latency-budget", "1000ms",
+             cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     (tmp_path / "card.yaml").write_text(r.stdout)  # stdout is the card alone
     out = tmp_path / "build"
     # two candidates keep the smoke build short (the weight-only ones are the LM tests' own); one torch thread: on a
     # loaded 2-core host the default two spin against each other (the tiny teacher's generation took 50 s, not 1 s)
-    r = _cli("build", "--target", "cpu", "--recipe", "card.yaml", "--quick", "--out", str(out), "--json",
-             "--set", "quantize.candidates=[fp32,int8-dynamic]", "--set", "quantize.accuracy_aware=false", cwd=tmp_path,
-             env={"EDGEKD_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"})
+    env = {"EDGEKD_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    common = ("--set", "quantize.candidates=[fp32,int8-dynamic]", "--set", "quantize.accuracy_aware=false")
+    space = ("--set", "student.search.space.depth_mult=[0.25,0.5]", "--set", "student.search.space.width_mult=[0.5,1.0]",
+             "--set", "student.search.top_k=2")
+    r = _cli("build", "--target", "cpu", "--recipe", "card.yaml", "--quick", "--out", str(out), "--json", *common, *space,
+             cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads(r.stdout)
     assert rep["task"] == "text-generation" and rep["generation"]["split"]["kind"] == "template"
     t = next(m for m in rep["models"] if m["role"] == "teacher")
-    s = next(m for m in rep["models"] if m["role"] == "student" and m["variant"] == "fp32")
-    assert s["params"] < t["params"]  # the quick card's cut: 1 of 4 layers, a third of the width, a quarter of the FFN
-    assert json.loads((out / "distill" / "result.json").read_text())["metrics"]["history"]
-    _quantized_teacher_beside_the_student(out, tmp_path, rep)
+    st = next(m for m in rep["models"] if m["role"] == "student" and m["variant"] == "fp32")
+    assert st["params"] < t["params"]  # a cut: 1 or 2 of 4 layers, a third of the width (quick), part of the FFN
+    distill = json.loads((out / "distill" / "result.json").read_text())["metrics"]
+    assert distill["history"]
+    s = rep["search"]
+    assert len(s["candidates"]) == 4 and all(c["fits"] and c["latency_ms"] > 0 for c in s["candidates"])
+    assert {c["variant"] for c in s["candidates"]} <= {"fp32", "int8-dynamic"}
+    ranked = [c for c in s["candidates"] if c["status"] in ("winner", "ranked")]
+    assert len(ranked) == 2 and s["final"]["met"] and s["final"]["checks"]["latency_ms"]["measured"] <= 1000
+    # the two ranked are the two largest, and the winner the one whose cut agreed most with the teacher
+    by_size = sorted(s["candidates"], key=lambda c: c["params"], reverse=True)
+    assert sorted(c["params"] for c in ranked) == sorted(c["params"] for c in by_size[:2])
+    assert s["winner"]["proxy_val_accuracy"] == max(c["proxy_val_accuracy"] for c in ranked)
+    assert distill["student_kwargs"] == s["winner"]["kwargs"] and distill["params"] == s["winner"]["params"]
+    _quantized_teacher_beside_the_student(out, tmp_path, rep, extra=space)
+    # nothing fits a microsecond per token: exit 2, the fastest cut named, no traceback, no report
+    out2 = tmp_path / "tight"
+    r = _cli("build", "--target", "cpu", "--recipe", "card.yaml", "--quick", "--out", str(out2), *common,
+             "--set", "student.search.latency_ms=0.001", "--set", "student.search.space.depth_mult=[0.25]",
+             "--set", "student.search.space.width_mult=[0.5]", cwd=tmp_path, env=env)
+    assert r.returncode == 2 and "no student of the search space fits" in r.stderr and "Traceback" not in r.stderr
+    assert not (out2 / "report" / "report.json").exists()
     # a bad prompts file through the CLI: exit 2 with the line, no traceback
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "what color is the apple ?"}\n{"nope": 1}\n')
@@ -305,7 +330,7 @@ def test_init_then_quick_build_of_the_card(tiny_lm, tmp_path):
     assert r.returncode == 2 and "bad.jsonl:2" in r.stderr and "Traceback" not in r.stderr and not r.stdout
 
 
-def _quantized_teacher_beside_the_student(out, cwd, before):
+def _quantized_teacher_beside_the_student(out, cwd, before, extra=()):
     """evaluate.quantized_teacher (off in --quick) on the same folder: the teacher's int8-dynamic and int4-weight ONNX,
     made by the student's candidate makers, scored on its test examples and timed by its benchmark; only that stage
     and the report run again; teacher rows are never candidates; the verdict is one computed line; turned off again,
@@ -315,7 +340,7 @@ def _quantized_teacher_beside_the_student(out, cwd, before):
     from tests.e2e.test_cli import CONTRACT_MODEL_KEYS
 
     args = ("build", "--target", "cpu", "--recipe", "card.yaml", "--quick", "--out", str(out), "--json",
-            "--set", "quantize.candidates=[fp32,int8-dynamic]", "--set", "quantize.accuracy_aware=false")
+            "--set", "quantize.candidates=[fp32,int8-dynamic]", "--set", "quantize.accuracy_aware=false", *extra)
     env = {"EDGEKD_CACHE": str(cwd / "cache"), "OMP_NUM_THREADS": "1"}
     r = _cli(*args, "--set", "evaluate.quantized_teacher=[int8-dynamic, int4-weight]", cwd=cwd, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -375,41 +400,3 @@ def test_a_non_llama_causal_lm_gets_a_fresh_llama_student(tmp_path):
     assert card.student.kwargs["num_layers"] == 2 and card.student.kwargs["hidden_size"] == 64
     assert "this one is 'gpt2'" in _flat(text) and "gpt2, 5 layers, hidden 128, FFN 512" in _flat(text)
 
-
-@pytest.mark.e2e
-def test_a_latency_budget_cuts_the_language_model_student(tiny_lm, tmp_path):
-    """`edgekd init --latency-budget` on the tiny LM, then `edgekd build --quick`: the search stage times each cut
-    of the teacher (ms per token, onnxruntime, before training), the distill stage cuts and trains the winner, the
-    report shows the table and the budget checked on the shipped artifact; a budget nothing meets is exit 2."""
-    d, _ = tiny_lm
-    r = _cli("init", "--teacher", str(d / "tinylm"), "--data", str(d / "prompts.jsonl"), "--latency-budget", "1000ms",
-             cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
-    (tmp_path / "card.yaml").write_text(r.stdout)
-    env = {"EDGEKD_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    common = ("--set", "quantize.candidates=[fp32,int8-dynamic]", "--set", "quantize.accuracy_aware=false",
-              "--set", "student.search.top_k=2")
-    out = tmp_path / "build"
-    r = _cli("build", "--target", "cpu", "--recipe", "card.yaml", "--quick", "--out", str(out), "--json", *common,
-             "--set", "student.search.space.depth_mult=[0.25,0.5]", "--set", "student.search.space.width_mult=[0.5,1.0]",
-             cwd=tmp_path, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    rep = json.loads(r.stdout)
-    s = rep["search"]
-    assert len(s["candidates"]) == 4 and all(c["fits"] and c["latency_ms"] > 0 for c in s["candidates"])
-    assert {c["variant"] for c in s["candidates"]} <= {"fp32", "int8-dynamic"}
-    ranked = [c for c in s["candidates"] if c["status"] in ("winner", "ranked")]
-    assert len(ranked) == 2 and s["final"]["met"] and s["final"]["checks"]["latency_ms"]["measured"] <= 1000
-    # the two ranked are the two largest, and the winner the one whose cut agreed most with the teacher
-    by_size = sorted(s["candidates"], key=lambda c: c["params"], reverse=True)
-    assert sorted(c["params"] for c in ranked) == sorted(c["params"] for c in by_size[:2])
-    assert s["winner"]["proxy_val_accuracy"] == max(c["proxy_val_accuracy"] for c in ranked)
-    distill = json.loads((out / "distill" / "result.json").read_text())["metrics"]
-    assert distill["student_kwargs"] == s["winner"]["kwargs"] and distill["params"] == s["winner"]["params"]
-    # nothing fits a microsecond per token: exit 2, the fastest cut named, no traceback, no report
-    out2 = tmp_path / "tight"
-    r = _cli("build", "--target", "cpu", "--recipe", "card.yaml", "--quick", "--out", str(out2), *common,
-             "--set", "student.search.latency_ms=0.001", "--set", "student.search.space.depth_mult=[0.25]",
-             "--set", "student.search.space.width_mult=[0.5]", cwd=tmp_path, env=env)
-    assert r.returncode == 2 and "no student of the search space fits" in r.stderr and "Traceback" not in r.stderr
-    assert not (out2 / "report" / "report.json").exists()
