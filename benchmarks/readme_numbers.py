@@ -627,6 +627,42 @@ def budget() -> str:
 GENERATORS["budget"] = budget
 
 
+def byo_budget() -> str:
+    """A pretrained teacher of the user's own sized by `edgekd init --latency-budget` (bench_byo_budget.py): the budget
+    on the shipped artifact, retention, and distillation against its labels-only control per seed, with the levers."""
+    d = _load_opt("byo_budget.json")
+    if d is None:
+        return "_No measurement yet: run `python benchmarks/bench_byo_budget.py`._\n"
+    s, t, tt = d["search_build"], d["teacher_reference"], d["teacher_training"]
+    final = s["search"]["final"]
+    w = s["search"]["winner"]
+    lines = ["| teacher (user's) | budget (rule) | shipped student | p50 (where) | budget met | same-runtime speed-up "
+             "| test accuracy (retention) | search cost |", "|---|---|---|---|---|---|---|---|",
+             f"| {tt['arch']}, {tt['params']:,} params, {_pct(s['teacher_accuracy'])} | ≤ {d['budget']['latency_ms'] * 1000:.1f} µs "
+             f"({d['budget']['rule']}) | `{w['kwargs']}` {w['params']:,} params as `{s['selected']}` | "
+             f"{s['selected_p50_ms'] * 1000:.1f} µs ({s.get('selected_measured_on')}) | {'yes' if final['met'] else '**no**'} | "
+             f"{_x(d['same_runtime_speedup'])} | {_pct(s['selected_accuracy'])} ({_pct(d['retention'])}) | "
+             f"{d['search_cost']['search_stage_s']:.0f} s = {_pct(d['search_cost']['fraction_of_student_build'])} of the rest |"]
+    rows = ["| losses | " + " | ".join(f"seed {k}: distilled / control (gain)" for k in
+                                     next(iter(d["levers"].values()))["seeds"]) + " | mean gain |",
+            "|---|" + "---|" * (len(next(iter(d["levers"].values()))["seeds"]) + 1)]
+    for name, lv in d["levers"].items():
+        what = "init's card: soft 0.9 at T=4, hard 0.1" if name == "card" else name
+        cells = [f"{_pct(r['selected_accuracy'])} / {_pct(r['control_accuracy'])} ({_pts(r['kd_gain_points'])})"
+                 if r.get("kd_gain_points") is not None else "—" for r in lv["seeds"].values()]
+        rows.append(f"| {what} | " + " | ".join(cells) + f" | {_pts(lv['kd_gain_mean'])} |")
+    gm = d["goals_met"]
+    missed = [k for k, v in gm.items() if v is False]
+    verdict = "every goal met" if not missed else "missed: " + ", ".join(missed)
+    return ("\n".join(lines) + "\n\nDistillation against its own labels-only control (the same student, data, epochs and "
+            "seed; test accuracy of the fp32 student in onnxruntime):\n\n" + "\n".join(rows) + "\n\n"
+            + f"- {verdict} (goals: {'; '.join(f'{k} {v}' for k, v in d['goals'].items())}).\n\n"
+            + _source("byo_budget.json", d, "; " + d["notes"][0] if d.get("notes") else ""))
+
+
+GENERATORS["byo-budget"] = byo_budget
+
+
 def general_text() -> str:
     """Token-level KD on general text (bench_general_text.py): the same LM build with and without it."""
     d = _load_opt("general_text.json")

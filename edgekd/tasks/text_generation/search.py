@@ -18,8 +18,11 @@ from edgekd.errors import ConfigError
 from edgekd.pipeline import BuildContext, StageOutput, StageResult
 from edgekd.tasks.search_common import fits, kwargs_ranges, label_rows, skip_reason, too_tight, unique_within
 
-LM_DEPTH = [0.2, 0.3, 0.4, 0.5, 0.6]  # fractions of the teacher's layers
-LM_FFN = [0.25, 0.5, 0.75, 1.0]  # fractions of its FFN neurons
+LM_DEPTH = [0.2, 0.3, 0.4, 0.5]  # fractions of the teacher's layers
+LM_FFN = [0.25, 0.5, 1.0]  # fractions of its FFN neurons
+# The timing of one cut: the profile stage's benchmark, shorter (at most these); the budget is checked again on the
+# shipped artifact with the card's full settings.
+SEARCH_BENCH = {"prompts": 2, "new_tokens": 16, "repeats": 1}
 ORDER = ("depth", "ffn", "hidden", "heads", "kv_heads")  # sizes a cut grows with: what orders the skip rule
 PROXY_EXAMPLES = 64  # validation examples the untrained cuts are scored on
 
@@ -52,15 +55,22 @@ def lm_search_space(student: Any) -> tuple[list[dict[str, Any]], str]:
 def _lm_search_cfg(ctx: BuildContext) -> dict:
     from edgekd.tasks.search_common import searching
     from edgekd.tasks.text_generation.export import _opset
-    from edgekd.tasks.text_generation.hooks import _bench_settings, lm_candidate_plan
+    from edgekd.tasks.text_generation.hooks import lm_candidate_plan
 
     if not searching(ctx):
         return {}
     cands, where = lm_search_space(ctx.recipe.student)
     return {"student": ctx.recipe.student.model_dump(mode="json"), "space": cands, "space_from": where,
             "candidates": lm_candidate_plan(ctx)[0], "options": ctx.recipe.quantize.options, "opset": _opset(ctx),
-            "bench": _bench_settings(ctx).model_dump(mode="json"), "max_length": ctx.recipe.data.max_length,
+            "bench": _search_bench(ctx).model_dump(mode="json"), "max_length": ctx.recipe.data.max_length,
             "proxy_examples": PROXY_EXAMPLES}
+
+
+def _search_bench(ctx: BuildContext):
+    from edgekd.tasks.text_generation.hooks import _bench_settings
+
+    bench = _bench_settings(ctx)
+    return bench.model_copy(update={k: min(getattr(bench, k), v) for k, v in SEARCH_BENCH.items()})
 
 
 def _order(student: Any) -> tuple[str, ...] | None:
@@ -84,7 +94,7 @@ def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path)
     from edgekd.targets import family
     from edgekd.tasks.text_generation.data import _teacher_info, read_answers
     from edgekd.tasks.text_generation.export import _opset
-    from edgekd.tasks.text_generation.hooks import _bench_row, _bench_settings, lm_candidate_plan
+    from edgekd.tasks.text_generation.hooks import _bench_row, lm_candidate_plan
 
     student_card = ctx.recipe.student
     sc = student_card.search
@@ -101,7 +111,7 @@ def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path)
     # the same calibration the distill stage cuts with: its first calibration_samples training sequences
     calib = calibration_batches(train, pad, parse_options(student_card.kwargs).calibration_samples)
     imp = importance(teacher, calib)
-    bench = _bench_settings(ctx)
+    bench = _search_bench(ctx)
     from edgekd.llm.generate import chat_ids
 
     prompts = [chat_ids(tok, r["prompt"]) for r in ans["test"][: bench.prompts]]
@@ -175,7 +185,8 @@ def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path)
     metrics = {"budget": {"latency_ms": sc.latency_ms, "size_kib": sc.size_kib}, "space_from": where_from,
                "measured_on": measured_on, "device": machine,
                "latency": f"p50 of one decode step (ms per generated token) at batch 1, the profile stage's generation "
-                          f"benchmark ({bench.prompts} prompts), one fresh process per artifact, the cut before training",
+                          f"benchmark ({bench.prompts} prompts x {bench.new_tokens} tokens x {bench.repeats}), one fresh "
+                          "process per artifact, the cut before training",
                "candidates": rows, "winner": {k: winner[k] for k in ("index", "kwargs", "params", "macs", "variant",
                                                                       "latency_ms", "size_bytes", "proxy_val_accuracy")},
                "why": why, "top_k": sc.top_k, "proxy": f"the untrained cut's next-token agreement on {len(val)} "
