@@ -52,8 +52,9 @@ def read_idx(split: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def write_photos(root: Path, per_class: dict[str, int], seed: int) -> dict[str, int]:
-    """photos/<split>/<class>/<i>.png, a seeded balanced subset of each official split."""
+def write_photos(root: Path, per_class: dict[str, int], seed: int, size: int | None = None) -> dict[str, int]:
+    """photos/<split>/<class>/<i>.png, a seeded balanced subset of each official split (`size`: upscaled to
+    size x size RGB, as a camera's crops would be; else the 28x28 grayscale originals)."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -65,7 +66,10 @@ def write_photos(root: Path, per_class: dict[str, int], seed: int) -> dict[str, 
             d.mkdir(parents=True, exist_ok=True)
             idx = rng.permutation(np.flatnonzero(y == k))[:n]
             for i in idx:
-                Image.fromarray(x[i], "L").save(d / f"{i:05d}.png")
+                img = Image.fromarray(x[i], "L")
+                if size is not None:
+                    img = img.resize((size, size), Image.BILINEAR).convert("RGB")
+                img.save(d / f"{i:05d}.png")
         counts[split] = n * len(CLASSES)
     return counts
 

@@ -42,7 +42,7 @@ import numpy as np
 
 from _common import RESULTS, ROOT, write
 from bench_budget import _cpu, read_build
-from bench_byo import CLASSES, read_idx, run
+from bench_byo import CLASSES, run, write_photos
 
 sys.path.insert(0, str(ROOT))
 
@@ -65,22 +65,6 @@ LEVERS = {
     "T2-hard0.5": ["distill.losses=[{kind: soft_label, weight: 0.5, temperature: 2.0}, {kind: hard_label, weight: 0.5}]"],
     "T1-hard0.5": ["distill.losses=[{kind: soft_label, weight: 0.5, temperature: 1.0}, {kind: hard_label, weight: 0.5}]"],
 }
-
-
-def write_photos(root: Path, per_class: dict[str, int], size: int, seed: int) -> dict[str, int]:
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    counts = {}
-    for split, n in per_class.items():
-        x, y = read_idx(split)
-        for k, name in enumerate(CLASSES):
-            d = root / split / name
-            d.mkdir(parents=True, exist_ok=True)
-            for i in rng.permutation(np.flatnonzero(y == k))[:n]:
-                Image.fromarray(x[i], "L").resize((size, size), Image.BILINEAR).convert("RGB").save(d / f"{i:05d}.png")
-        counts[split] = n * len(CLASSES)
-    return counts
 
 
 def train_head(work: Path, epochs: int, seed: int) -> dict:
@@ -200,7 +184,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         (work / "user_model.py").write_text(USER_MODEL)
-        write_photos(work / "photos", {"train": args.train_per_class, "test": args.test_per_class}, args.image_size, args.seed)
+        write_photos(work / "photos", {"train": args.train_per_class, "test": args.test_per_class}, args.seed,
+                     size=args.image_size)
         teacher = train_head(work, args.head_epochs, args.seed)
         (work / "teacher.json").write_text(json.dumps(teacher, indent=2))
     elif not args.reuse:

@@ -170,6 +170,13 @@ def load_causal_lm(folder: Path | str, dtype: str = "float32"):
     return model, tok
 
 
+def answer_ids(tok, model=None) -> tuple[list[int], int, int]:
+    """(the stop ids, the id that ends an answer in training examples, the padding id) of a chat model."""
+    stops = stop_ids(tok, model)
+    end_id = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else stops[0]
+    return stops, end_id, tok.pad_token_id if tok.pad_token_id is not None else end_id
+
+
 def stop_ids(tok, model=None) -> list[int]:
     """Token ids that end an answer: the generation config's eos, the tokenizer's eos, <|im_end|>."""
     ids: list[int] = []

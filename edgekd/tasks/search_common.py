@@ -102,3 +102,12 @@ def too_tight(sc: Any, rows: list[dict[str, Any]], where: str) -> UserError:
                      hint=f"the smallest measured latency was {fastest['min_latency_ms']:.4g} ms ({fastest['kwargs']}), "
                           f"the smallest artifact {smallest['min_size_bytes'] / 1024:.4g} KiB ({smallest['kwargs']}); "
                           "loosen --latency-budget/--size-budget or give smaller sizes in student.search")
+
+
+def largest_fitting(rows: list[dict[str, Any]], sc: Any, where: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(every fitting row, the top_k largest of them by parameters, faster first on a tie): the largest fitting
+    architectures are the likeliest to be the most accurate, so only they are ranked. None fits: the error."""
+    fitting = [r for r in rows if r["fits"]]
+    if not fitting:
+        raise too_tight(sc, rows, where)
+    return fitting, sorted(fitting, key=lambda r: (r["params"], -r["latency_ms"]), reverse=True)[: sc.top_k]

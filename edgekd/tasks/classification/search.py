@@ -15,8 +15,8 @@ import numpy as np
 from edgekd.errors import ConfigError
 from edgekd.pipeline import BuildContext, StageOutput, StageResult
 from edgekd.tasks.common import build_model, data_fingerprint, splits
-from edgekd.tasks.search_common import (fits, kwargs_ranges, label_rows, round_half_up, searching, skip_reason,
-                                        too_tight, unique_within)
+from edgekd.tasks.search_common import (fits, kwargs_ranges, label_rows, largest_fitting, round_half_up, searching,
+                                        skip_reason, unique_within)
 
 __all__ = ["search_space", "searching", "skip_reason", "stage_search", "order_key", "stem_strides"]
 
@@ -299,11 +299,7 @@ def stage_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
         rows.append(_measure(ctx, i, kw, s, calib, names, device, wd))
     for r in rows:
         r["measured_on"] = measured_on if r["latency_ms"] is not None else None
-    fitting = [r for r in rows if r["fits"]]
-    if not fitting:
-        raise too_tight(sc, rows, f"{machine} ({measured_on})")
-    # the largest fitting architectures are the likeliest to be the most accurate: only they are trained
-    ranked = sorted(fitting, key=lambda r: (r["params"], -r["latency_ms"]), reverse=True)[: sc.top_k]
+    fitting, ranked = largest_fitting(rows, sc, f"{machine} ({measured_on})")
     _proxy(ctx, inputs, s, ranked)
     winner = max(ranked, key=lambda r: (r["proxy_val_accuracy"], -r["latency_ms"]))
     runner_up = [r for r in ranked if r is not winner]

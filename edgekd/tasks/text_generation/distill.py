@@ -251,7 +251,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     from edgekd.distill.cache import TopKSequenceCache
     from edgekd.distill.losses import build_losses
     from edgekd.llm import sequences as S
-    from edgekd.llm.models import load_causal_lm, stop_ids
+    from edgekd.llm.models import answer_ids, load_causal_lm
     from edgekd.tasks.common import checkpoint_path
 
     cfg = _distill_settings(ctx)
@@ -259,9 +259,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     terms = [{"kind": k, "weight": w, **o.model_dump()} for k, w, o in _loss_terms(ctx)]
     info = _teacher_info(inputs["teacher"])
     teacher, tok = load_causal_lm(info["folder"])
-    stops = stop_ids(tok, teacher)
-    end_id = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else stops[0]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else end_id
+    stops, end_id, pad = answer_ids(tok, teacher)
     ans = read_answers(inputs["generate"])
     L = ctx.recipe.data.max_length
     ex = {k: S.build_examples(tok, v, L, end_id) for k, v in ans.items()}

@@ -16,7 +16,7 @@ from typing import Any
 
 from edgekd.errors import ConfigError
 from edgekd.pipeline import BuildContext, StageOutput, StageResult
-from edgekd.tasks.search_common import fits, kwargs_ranges, label_rows, skip_reason, too_tight, unique_within
+from edgekd.tasks.search_common import fits, kwargs_ranges, label_rows, largest_fitting, skip_reason, unique_within
 
 LM_DEPTH = [0.2, 0.3, 0.4, 0.5]  # fractions of the teacher's layers
 LM_FFN = [0.25, 0.5, 1.0]  # fractions of its FFN neurons
@@ -86,7 +86,7 @@ def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path)
     import torch
 
     from edgekd.llm import sequences as S
-    from edgekd.llm.models import load_causal_lm, stop_ids
+    from edgekd.llm.models import answer_ids, load_causal_lm
     from edgekd.llm.prune import calibration_batches, cut, importance, parse_options, plan
     from edgekd.profile.spec import GenerationSpec
     from edgekd.quantize.candidates import make_candidate
@@ -101,9 +101,7 @@ def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path)
     cands, where_from = lm_search_space(student_card)
     info = _teacher_info(inputs["teacher"])
     teacher, tok = load_causal_lm(info["folder"])
-    stops = stop_ids(tok, teacher)
-    end_id = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else stops[0]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else end_id
+    stops, end_id, pad = answer_ids(tok, teacher)
     ans = read_answers(inputs["generate"])
     L = ctx.recipe.data.max_length
     train = S.build_examples(tok, ans["train"], L, end_id)
@@ -169,10 +167,7 @@ def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path)
         shutil.rmtree(d, ignore_errors=True)  # hundreds of MB per cut of a real teacher: the table is what stays
     for r in rows:
         r["measured_on"] = measured_on if r["latency_ms"] is not None else None
-    fitting = [r for r in rows if r["fits"]]
-    if not fitting:
-        raise too_tight(sc, rows, f"{machine} ({measured_on})")
-    ranked = sorted(fitting, key=lambda r: (r["params"], -r["latency_ms"]), reverse=True)[: sc.top_k]
+    fitting, ranked = largest_fitting(rows, sc, f"{machine} ({measured_on})")
     winner = max(ranked, key=lambda r: (r["proxy_val_accuracy"], -r["latency_ms"]))
     why = (f"highest next-token agreement with the teacher's validation answers as cut, before any training "
            f"({100 * winner['proxy_val_accuracy']:.2f}% on {len(val)} answers) among the {len(ranked)} largest of "
