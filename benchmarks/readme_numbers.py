@@ -633,7 +633,7 @@ def byo_budget() -> str:
     d = _load_opt("byo_budget.json")
     if d is None:
         return "_No measurement yet: run `python benchmarks/bench_byo_budget.py`._\n"
-    s, t, tt = d["search_build"], d["teacher_reference"], d["teacher_training"]
+    s, tt = d["search_build"], d["teacher_training"]
     final = s["search"]["final"]
     w = s["search"]["winner"]
     lines = ["| teacher (user's) | budget (rule) | shipped student | p50 (where) | budget met | same-runtime speed-up "
@@ -661,6 +661,45 @@ def byo_budget() -> str:
 
 
 GENERATORS["byo-budget"] = byo_budget
+
+
+def lm_budget() -> str:
+    """A language-model student cut to a per-token budget (bench_lm_budget.py): every cut timed before training,
+    the winner, the budget on the shipped artifact, tokens/s against the teacher's int8 in the same build."""
+    d = _load_opt("lm_budget.json")
+    if d is None:
+        return "_No measurement yet: run `python benchmarks/bench_lm_budget.py`._\n"
+    if "error" in d:
+        return f"The build failed: {d['error']}\n\n" + _source("lm_budget.json", d)
+    s = d["search"]
+    rows = ["| depth | FFN | params | fastest artifact | ms/token (untrained cut) | fits | agreement as cut | status |",
+            "|---|---|---|---|---|---|---|---|"]
+    for c in s["candidates"]:
+        kw = c["kwargs"]
+        rows.append(f"| {kw.get('depth')} | {kw.get('ffn')} | {c['params'] / 1e6:.1f}M | {c.get('variant') or '—'} | "
+                    + (f"{c['latency_ms']:.2f}" if c.get("latency_ms") is not None else (c.get("skipped") or "—")[:60])
+                    + f" | {'yes' if c['fits'] else 'no'} | {_pct2(c.get('proxy_val_accuracy'))} | {c['status']} |")
+    final = s["final"]
+    tq = d.get("teacher_int8") or {}
+    ho = d.get("held_out") or {}
+    cost = d["search_cost"]
+    gm = d.get("goals_met", {})
+    missed = [k for k, v in gm.items() if v is False]
+    lines = [f"Budget: {d['budget']['latency_ms']:.2f} ms per token ({d['budget']['rule']}; the teacher's figure from "
+             f"{d['teacher_reference']['from']}), {d['epochs']} epoch(s) of the `{d['recipe']}` recipe. "
+             f"Shipped `{d['selected']}` ({d['student_params'] / 1e6:.1f}M parameters): "
+             f"{d['student_ms_per_token']['p50'] if isinstance(d['student_ms_per_token'], dict) else d['student_ms_per_token']:.2f} "
+             f"ms per token on the shipped artifact — budget {'met' if final['met'] else '**missed**'}; "
+             + (f"{d['student_tokens_per_s']:.1f} tokens/s against the teacher's int8-dynamic {tq['tokens_per_s']:.1f} in the "
+                f"same build: **{_x(d['tokens_per_s_vs_teacher_int8'])}**. " if tq.get("tokens_per_s") else "")
+             + "Next-token agreement with the teacher: " + ", ".join(f"{k} {_pct(v)}" for k, v in ho.items() if v is not None)
+             + f". Search: {cost['search_stage_s']:.0f} s = {_pct(cost['fraction_of_student_build'])} of the rest of the build. "
+             + ("Every goal met." if not missed else "Missed: " + ", ".join(missed) + ".")]
+    return "\n".join(lines) + "\n\n" + "\n".join(rows) + "\n\n" + _source("lm_budget.json", d,
+                                                                          "; " + d["notes"][0] if d.get("notes") else "")
+
+
+GENERATORS["lm-budget"] = lm_budget
 
 
 def general_text() -> str:

@@ -350,7 +350,7 @@ def render_lm_card(teacher: str, data: str, name: str, t: LMShape, sp: SplitPlan
         f"  kwargs: {_y(student['kwargs'])}",
         *(["  # sized to this budget (latency: ms per generated token, p50 at batch 1, on the target runtime; size: the",
            "  # shipped ONNX): `edgekd build` cuts the teacher at depth x FFN fractions, times each cut quantized",
-           "  # before training, and trains the one of the largest fitting that keeps most of the teacher (agreement",
+           "  # before training, and trains the one of the largest fitting that keeps most of the teacher (perplexity",
            "  # on validation answers as cut); the budget is checked again on the shipped artifact",
            "  search:"] + [f"    {k}: {_y(v)}" for k, v in search.items()] if search else []),
         "generate:",

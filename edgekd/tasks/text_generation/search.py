@@ -5,8 +5,8 @@ The space is fractions of the teacher a `pruned_llama` student is cut to (depth 
 kwargs through student.search.kwargs ranges). Latency and size do not depend on training: each candidate is cut
 from the teacher (the importance of its layers, heads and neurons measured once on the training sequences),
 exported with its KV cache, made into the build's quantized candidates, and decoded by the profile stage's own
-generation benchmark in a fresh process. Among the largest that fit, the one whose cut (before any training)
-agrees best with the teacher's answers on validation is trained: the cut's own agreement is the proxy (one forward
+generation benchmark in a fresh process. Among the largest that fit, the one whose cut (before any training) has
+the lowest perplexity on the teacher's validation answers is trained: the cut's own loss is the proxy (one forward
 pass per candidate, no training); the distill stage cuts and trains the winner."""
 from __future__ import annotations
 
@@ -157,25 +157,28 @@ def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path)
         timed = [v for v in variants if "p50_ms" in v]
         best = min([v for v in timed if v["fits"]] or timed, key=lambda v: v["p50_ms"])
         with torch.no_grad():
-            proxy = S.evaluate(model, val, pad)["agreement"]  # what the cut alone keeps: no training
+            proxy = S.evaluate(model, val, pad)  # what the cut alone keeps: no training
         rows.append({"index": i, "kwargs": kw, "params": params, "macs": None, "variants": variants,
                      "variant": best["variant"], "runtime": "onnxruntime", "latency_ms": best["p50_ms"],
                      "size_bytes": best["size_bytes"], "min_latency_ms": min(v["p50_ms"] for v in timed),
                      "min_size_bytes": min(v["size_bytes"] for v in timed), "fits": any(v["fits"] for v in timed),
-                     "proxy_val_accuracy": float(proxy), "layers": len(p["layers"]), "hidden": p["hidden"],
+                     "proxy_val_accuracy": float(proxy["agreement"]), "proxy_val_perplexity": float(proxy["perplexity"]),
+                     "layers": len(p["layers"]), "hidden": p["hidden"],
                      "intermediate": p["intermediate"]})
         shutil.rmtree(d, ignore_errors=True)  # hundreds of MB per cut of a real teacher: the table is what stays
     for r in rows:
         r["measured_on"] = measured_on if r["latency_ms"] is not None else None
     fitting, ranked = largest_fitting(rows, sc, f"{machine} ({measured_on})")
-    winner = max(ranked, key=lambda r: (r["proxy_val_accuracy"], -r["latency_ms"]))
-    why = (f"highest next-token agreement with the teacher's validation answers as cut, before any training "
-           f"({100 * winner['proxy_val_accuracy']:.2f}% on {len(val)} answers) among the {len(ranked)} largest of "
-           f"{len(fitting)} fitting cuts; {winner['latency_ms']:.4g} ms per token, {winner['size_bytes'] / 2**20:.4g} MiB "
-           f"as {winner['variant']}")
+    # perplexity, not agreement: a deep cut's argmax agrees with almost no answer token before training (0-0.1% for
+    # every fitting cut of smollm2 at 6 of 30 layers, bench_lm_budget), while its loss still orders the cuts
+    winner = min(ranked, key=lambda r: (r["proxy_val_perplexity"], r["latency_ms"]))
+    why = (f"lowest perplexity on the teacher's validation answers as cut, before any training "
+           f"({winner['proxy_val_perplexity']:.4g}, agreement {100 * winner['proxy_val_accuracy']:.2f}%, on {len(val)} "
+           f"answers) among the {len(ranked)} largest of {len(fitting)} fitting cuts; {winner['latency_ms']:.4g} ms per "
+           f"token, {winner['size_bytes'] / 2**20:.4g} MiB as {winner['variant']}")
     others = [r for r in ranked if r is not winner]
     if others:
-        why += "; next: " + ", ".join(f"{r['kwargs']} {100 * r['proxy_val_accuracy']:.2f}%" for r in others)
+        why += "; next: " + ", ".join(f"{r['kwargs']} {r['proxy_val_perplexity']:.4g}" for r in others)
     label_rows(rows, winner, ranked)
     metrics = {"budget": {"latency_ms": sc.latency_ms, "size_kib": sc.size_kib}, "space_from": where_from,
                "measured_on": measured_on, "device": machine,
@@ -183,9 +186,10 @@ def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path)
                           f"benchmark ({bench.prompts} prompts x {bench.new_tokens} tokens x {bench.repeats}), one fresh "
                           "process per artifact, the cut before training",
                "candidates": rows, "winner": {k: winner[k] for k in ("index", "kwargs", "params", "macs", "variant",
-                                                                      "latency_ms", "size_bytes", "proxy_val_accuracy")},
-               "why": why, "top_k": sc.top_k, "proxy": f"the untrained cut's next-token agreement on {len(val)} "
-                                                       "validation answers", "proxy_examples": len(val),
+                                                                      "latency_ms", "size_bytes", "proxy_val_accuracy",
+                                                                      "proxy_val_perplexity")},
+               "why": why, "top_k": sc.top_k, "proxy": f"the untrained cut's perplexity on {len(val)} validation answers "
+                                                       "(lower wins)", "proxy_examples": len(val),
                "timed": sum(r["latency_ms"] is not None for r in rows), "skip_margin": sc.skip_margin}
     (wd / "search.json").write_text(json.dumps(metrics, indent=2))
     ctx.log(f"  search: winner {winner['kwargs']} — {why}")
