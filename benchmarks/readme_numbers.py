@@ -627,6 +627,15 @@ def budget() -> str:
 GENERATORS["budget"] = budget
 
 
+def _losses(card: str) -> str:
+    """The distill losses of a card's text, in short: soft 0.5 at T=2 + hard 0.5."""
+    import yaml
+
+    terms = yaml.safe_load(card)["distill"]["losses"]
+    return " + ".join(f"{t['kind'].split('_')[0]} {t['weight']:g}" + (f" at T={t['temperature']:g}" if "temperature" in t else "")
+                      for t in terms)
+
+
 def byo_budget() -> str:
     """A pretrained teacher of the user's own sized by `edgekd init --latency-budget` (bench_byo_budget.py): the budget
     on the shipped artifact, retention, and distillation against its labels-only control per seed, with the levers."""
@@ -647,7 +656,7 @@ def byo_budget() -> str:
                                      next(iter(d["levers"].values()))["seeds"]) + " | mean gain |",
             "|---|" + "---|" * (len(next(iter(d["levers"].values()))["seeds"]) + 1)]
     for name, lv in d["levers"].items():
-        what = "init's card: soft 0.9 at T=4, hard 0.1" if name == "card" else name
+        what = f"init's card ({_losses(d['init']['card'])})" if name == "card" else name
         cells = [f"{_pct(r['selected_accuracy'])} / {_pct(r['control_accuracy'])} ({_pts(r['kd_gain_points'])})"
                  if r.get("kd_gain_points") is not None else "—" for r in lv["seeds"].values()]
         rows.append(f"| {what} | " + " | ".join(cells) + f" | {_pts(lv['kd_gain_mean'])} |")
