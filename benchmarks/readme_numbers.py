@@ -660,6 +660,13 @@ def byo_budget() -> str:
         cells = [f"{_pct(r['selected_accuracy'])} / {_pct(r['control_accuracy'])} ({_pts(r['kd_gain_points'])})"
                  if r.get("kd_gain_points") is not None else "—" for r in lv["seeds"].values()]
         rows.append(f"| {what} | " + " | ".join(cells) + f" | {_pts(lv['kd_gain_mean'])} |")
+    first = _load_opt("byo_budget-losses.json")  # the run that chose init's losses: its levers not run again
+    for name, lv in ((first or {}).get("levers") or {}).items():
+        if name in ("card", "T2-hard0.5") or len(lv["seeds"]) != len(next(iter(d["levers"].values()))["seeds"]):
+            continue
+        cells = [f"{_pct(r['selected_accuracy'])} / {_pct(r['control_accuracy'])} ({_pts(r['kd_gain_points'])})"
+                 for r in lv["seeds"].values()]
+        rows.append(f"| {name} (byo_budget-losses.json) | " + " | ".join(cells) + f" | {_pts(lv['kd_gain_mean'])} |")
     gm = d["goals_met"]
     missed = [k for k, v in gm.items() if v is False]
     verdict = "every goal met" if not missed else "missed: " + ", ".join(missed)
