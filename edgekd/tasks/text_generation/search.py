@@ -91,7 +91,6 @@ def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path)
     from edgekd.profile.spec import GenerationSpec
     from edgekd.quantize.candidates import make_candidate
     from edgekd.llm.onnx_gen import evaluate_onnx, export_with_past
-    from edgekd.targets import family
     from edgekd.tasks.text_generation.data import _teacher_info, read_answers
     from edgekd.tasks.text_generation.export import _opset
     from edgekd.tasks.text_generation.hooks import _bench_row, lm_candidate_plan
@@ -114,7 +113,9 @@ def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path)
 
     prompts = [chat_ids(tok, r["prompt"]) for r in ans["test"][: bench.prompts]]
     names = lm_candidate_plan(ctx)[0]
-    measured_on, machine, _ = family(ctx.target).where_profiled(ctx.target)
+    # where the generation benchmark runs, as the profile stage labels it: the device where the target's runtime
+    # runs here (cpu; cuda on a GPU host), else this host's CPU as a labelled proxy
+    measured_on, machine = bench.profiled_on, bench.profile_device.name
     order = _order(student_card)
     rows: list[dict[str, Any]] = []
     for i, kw in enumerate(cands):
