@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -110,4 +110,78 @@ def largest_fitting(rows: list[dict[str, Any]], sc: Any, where: str) -> tuple[li
     fitting = [r for r in rows if r["fits"]]
     if not fitting:
         raise too_tight(sc, rows, where)
-    return fitting, sorted(fitting, key=lambda r: (r["params"], -r["latency_ms"]), reverse=True)[: sc.top_k]
+    # an inferred fit has no latency yet: it sorts after a timed one of the same size
+    return fitting, sorted(fitting, key=lambda r: (r["params"], -(math.inf if r["latency_ms"] is None else r["latency_ms"])),
+                           reverse=True)[: sc.top_k]
+
+
+def _chain_of(kw: dict[str, Any], key: str | tuple[str, ...]) -> tuple[str, Any]:
+    """The chain of a candidate: the candidates that differ from it only in its size along one axis (a zoo
+    student's per-layer sizes at the same depth; a cut's last size kwarg), and its place on that axis."""
+    if isinstance(key, tuple):
+        axis = key[-1]
+        return repr(sorted((k, v) for k, v in kw.items() if k != axis)), kw.get(axis, 0)
+    sizes = kw.get(key)
+    rest = repr(sorted((k, v) for k, v in kw.items() if k != key))
+    return (rest + f"|depth={len(sizes)}", sum(sizes)) if isinstance(sizes, list) else (rest, 0)
+
+
+def measure_space(cands: list[dict[str, Any]], sc: Any, key: str | tuple[str, ...] | None,
+                  measure: Callable[[int, dict[str, Any]], dict[str, Any]],
+                  not_timed: Callable[[int, dict[str, Any], str, bool], dict[str, Any]]) -> list[dict[str, Any]]:
+    """A row per candidate, timing only what the budget decides. Latency and size grow along a chain (the same
+    depth and other kwargs, wider): its smallest is timed first (a miss settles the chain), then a bisection finds
+    its largest fitting architecture; the ones below are inferred to fit, the ones above to miss, without timing
+    (`not_timed(index, kwargs, why, fits)`). The skip rule (skip_reason) still spares a candidate that an earlier
+    measured miss of a no-larger architecture rules out. Without an order (`key` None: a user's kwargs ranges)
+    every candidate is timed. Inferred fits among the top_k largest are timed afterwards (`ensure_measured`)."""
+    rows: dict[int, dict[str, Any]] = {}
+
+    def probe(i: int) -> bool:
+        if i not in rows:
+            why = skip_reason(cands[i], [r for r in rows.values() if r.get("min_latency_ms") is not None], sc, key)
+            rows[i] = not_timed(i, cands[i], why, False) if why is not None else measure(i, cands[i])
+        return bool(rows[i]["fits"])
+
+    if key is None or sc.skip_margin is None:
+        for i in range(len(cands)):
+            probe(i)
+        return [rows[i] for i in range(len(cands))]
+    chains: dict[str, list[int]] = {}
+    for i, kw in enumerate(cands):
+        chains.setdefault(_chain_of(kw, key)[0], []).append(i)
+    for members in chains.values():
+        m = sorted(members, key=lambda i: _chain_of(cands[i], key)[1])
+        if not probe(m[0]):
+            lo = -1
+        else:
+            lo, hi = 0, len(m) - 1
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if probe(m[mid]):
+                    lo = mid
+                else:
+                    hi = mid - 1
+        for j, i in enumerate(m):
+            if i in rows:
+                continue
+            if j < lo:
+                rows[i] = not_timed(i, cands[i], f"not timed: {_sizes(cands[m[lo]], key)} (wider, same depth) fits", True)
+            else:
+                edge = m[lo + 1] if lo + 1 < len(m) else m[-1]
+                rows[i] = not_timed(i, cands[i], f"not timed: {_sizes(cands[edge], key)} (no wider, same depth) "
+                                                 "misses the budget", False)
+    return [rows[i] for i in range(len(cands))]
+
+
+def ensure_measured(rows: list[dict[str, Any]], cands: list[dict[str, Any]], sc: Any, where: str,
+                    measure: Callable[[int, dict[str, Any]], dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """largest_fitting, after timing every ranked row whose fit was inferred (a ranked row is trained and its
+    latency is reported); a row that then misses leaves the ranking, and the next largest takes its place."""
+    while True:
+        fitting, ranked = largest_fitting(rows, sc, where)
+        todo = [r for r in ranked if r["latency_ms"] is None]
+        if not todo:
+            return fitting, ranked
+        for r in todo:
+            rows[r["index"]] = measure(r["index"], cands[r["index"]])

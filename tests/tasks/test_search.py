@@ -191,7 +191,7 @@ def test_lm_space_cuts_the_teacher_at_depth_x_ffn():
     assert len(cands) == len(LM_DEPTH) * len(LM_FFN)
     assert {(c["depth"], c["ffn"]) for c in cands} == {(d, f) for d in LM_DEPTH for f in LM_FFN}
     assert all(c["layers"] == "block_influence" and c["hidden"] == 1.0 for c in cands) and "pruned_llama" in where
-    assert _order(r.student) == ("depth", "ffn", "hidden", "heads", "kv_heads")
+    assert _order(r.student) == ("depth", "hidden", "heads", "kv_heads", "ffn")  # chains: one depth, FFN growing
     r = load_recipe("smollm2-seqkd", {"student.search.size_kib": 1024, "student.search.space.depth_mult": [0.5],
                                       "student.search.space.width_mult": [0.5, 1.0]})
     assert [(c["depth"], c["ffn"]) for c in lm_search_space(r.student)[0]] == [(0.5, 0.5), (0.5, 1.0)]
@@ -205,3 +205,47 @@ def test_lm_space_cuts_the_teacher_at_depth_x_ffn():
     with pytest.raises(ConfigError, match="no search space") as e:
         lm_search_space(r.student)
     assert "pruned_llama" in e.value.hint
+
+
+def _synthetic(cands, budget_ms):
+    """A measure function whose latency grows with width and depth (0.01 ms per channel-layer), counting calls."""
+    calls = []
+
+    def measure(i, kw):
+        calls.append(i)
+        lat = 0.01 * sum(kw["widths"])
+        return {"index": i, "kwargs": kw, "params": sum(kw["widths"]) * 10, "latency_ms": lat, "min_latency_ms": lat,
+                "size_bytes": 100, "min_size_bytes": 100, "fits": lat <= budget_ms, "variant": "fp32"}
+
+    def not_timed(i, kw, why, fits):
+        return {"index": i, "kwargs": kw, "params": sum(kw["widths"]) * 10, "latency_ms": None, "min_latency_ms": None,
+                "size_bytes": None, "min_size_bytes": None, "fits": fits, "skipped": why, "variant": None}
+    return measure, not_timed, calls
+
+
+@pytest.mark.parametrize("budget_ms", [0.05, 0.5, 1.0, 1.5, 10.0])
+def test_bisection_times_fewer_and_infers_every_fit_right(budget_ms):
+    """Along each chain (same depth, wider) the smallest is timed, then a bisection finds the largest that fits:
+    every row's fit is what timing it would say, fewer are timed than there are candidates, and the top_k largest
+    fitting are all timed in the end."""
+    from edgekd.tasks.search_common import ensure_measured, measure_space
+
+    sc = load_recipe("fashion-cnn", {"student.search.latency_ms": f"{budget_ms}ms"}).student.search
+    cands = [{"hidden": 0, "widths": [w * m for w in base]} for base in ([4, 8], [4, 8, 16], [4, 8, 16, 16])
+             for m in (1, 2, 3, 4, 6, 8)]
+    measure, not_timed, calls = _synthetic(cands, budget_ms)
+    rows = measure_space(cands, sc, "widths", measure, not_timed)
+    truth = [0.01 * sum(c["widths"]) <= budget_ms for c in cands]
+    assert [r["fits"] for r in rows] == truth
+    assert len(calls) < len(cands) and len(set(calls)) == len(calls)  # nothing timed twice
+    if not any(truth):
+        with pytest.raises(Exception, match="no student of the search space fits"):
+            ensure_measured(rows, cands, sc, "here", measure)
+        return
+    fitting, ranked = ensure_measured(rows, cands, sc, "here", measure)
+    best = sorted((c for c, t in zip(cands, truth) if t), key=lambda c: sum(c["widths"]), reverse=True)[: sc.top_k]
+    assert [r["kwargs"] for r in ranked] == best and all(r["latency_ms"] is not None for r in ranked)
+    assert len(fitting) == sum(truth)
+    # no order (a user's kwargs ranges): every candidate is timed
+    measure, not_timed, calls = _synthetic(cands, budget_ms)
+    assert [r["fits"] for r in measure_space(cands, sc, None, measure, not_timed)] == truth and len(calls) == len(cands)

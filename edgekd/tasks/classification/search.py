@@ -15,8 +15,8 @@ import numpy as np
 from edgekd.errors import ConfigError
 from edgekd.pipeline import BuildContext, StageOutput, StageResult
 from edgekd.tasks.common import build_model, data_fingerprint, splits
-from edgekd.tasks.search_common import (fits, kwargs_ranges, label_rows, largest_fitting, round_half_up, searching,
-                                        skip_reason, unique_within)
+from edgekd.tasks.search_common import (ensure_measured, fits, kwargs_ranges, label_rows, measure_space, round_half_up,
+                                        searching, skip_reason, unique_within)
 
 __all__ = ["search_space", "searching", "skip_reason", "stage_search", "order_key", "stem_strides"]
 
@@ -192,13 +192,13 @@ def order_key(student: Any) -> str | tuple[str, ...] | None:
     return ("num_layers", "hidden_size") if student.arch in CUT_SPACES else None
 
 
-def _skipped(ctx: BuildContext, i: int, kw: dict[str, Any], why: str) -> dict[str, Any]:
+def _skipped(ctx: BuildContext, i: int, kw: dict[str, Any], why: str, fits: bool = False) -> dict[str, Any]:
     from edgekd.zoo import count_params
 
     model = build_model(ctx.recipe.student.model_copy(update={"kwargs": kw}), seed=ctx.recipe.distill.seed)
     return {"index": i, "kwargs": kw, "params": count_params(model), "macs": None, "variants": [], "variant": None,
             "runtime": None, "latency_ms": None, "size_bytes": None, "min_latency_ms": None, "min_size_bytes": None,
-            "fits": False, "proxy_val_accuracy": None, "skipped": why}
+            "fits": fits, "proxy_val_accuracy": None, "skipped": why}
 
 
 def _measure(ctx: BuildContext, i: int, kw: dict[str, Any], s: Any, calib: np.ndarray, names: list[str],
@@ -287,19 +287,16 @@ def stage_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
         measured_on, machine = "host", f"{machine} (ExecuTorch on this host)"
     names = [n for n in candidate_plan(ctx)[0] if n != "int8-qat"]  # qat needs training: its graph is int8-qdq's
     calib = calibration(ctx)
-    order = order_key(ctx.recipe.student)
-    rows = []
-    for i, kw in enumerate(cands):
-        why = skip_reason(kw, rows, sc, order)
-        if why is not None:
-            rows.append(_skipped(ctx, i, kw, why))
-            continue
+    def measure(i: int, kw: dict[str, Any]) -> dict[str, Any]:
         if ctx.progress is not None:
             ctx.log(f"  search: measuring {i + 1}/{len(cands)} {kw}")
-        rows.append(_measure(ctx, i, kw, s, calib, names, device, wd))
+        return _measure(ctx, i, kw, s, calib, names, device, wd)
+
+    rows = measure_space(cands, sc, order_key(ctx.recipe.student), measure,
+                         lambda i, kw, why, fits: _skipped(ctx, i, kw, why, fits))
+    fitting, ranked = ensure_measured(rows, cands, sc, f"{machine} ({measured_on})", measure)
     for r in rows:
         r["measured_on"] = measured_on if r["latency_ms"] is not None else None
-    fitting, ranked = largest_fitting(rows, sc, f"{machine} ({measured_on})")
     _proxy(ctx, inputs, s, ranked)
     winner = max(ranked, key=lambda r: (r["proxy_val_accuracy"], -r["latency_ms"]))
     runner_up = [r for r in ranked if r is not winner]

@@ -16,14 +16,16 @@ from typing import Any
 
 from edgekd.errors import ConfigError
 from edgekd.pipeline import BuildContext, StageOutput, StageResult
-from edgekd.tasks.search_common import fits, kwargs_ranges, label_rows, largest_fitting, skip_reason, unique_within
+from edgekd.tasks.search_common import ensure_measured, fits, kwargs_ranges, label_rows, measure_space, unique_within
 
 LM_DEPTH = [0.2, 0.3, 0.4, 0.5]  # fractions of the teacher's layers
 LM_FFN = [0.25, 0.5, 1.0]  # fractions of its FFN neurons
 # The timing of one cut: the profile stage's benchmark, shorter (at most these); the budget is checked again on the
 # shipped artifact with the card's full settings.
 SEARCH_BENCH = {"prompts": 2, "new_tokens": 16, "repeats": 1}
-ORDER = ("depth", "ffn", "hidden", "heads", "kv_heads")  # sizes a cut grows with: what orders the skip rule
+# sizes a cut grows with: what orders the skip rule; the last is the axis a bisection runs along (the default space
+# varies depth and FFN: a chain is one depth, FFN growing)
+ORDER = ("depth", "hidden", "heads", "kv_heads", "ffn")
 PROXY_EXAMPLES = 64  # validation examples the untrained cuts are scored on
 
 
@@ -116,18 +118,20 @@ def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path)
     # where the generation benchmark runs, as the profile stage labels it: the device where the target's runtime
     # runs here (cpu; cuda on a GPU host), else this host's CPU as a labelled proxy
     measured_on, machine = bench.profiled_on, bench.profile_device.name
-    order = _order(student_card)
-    rows: list[dict[str, Any]] = []
-    for i, kw in enumerate(cands):
+    def cut_of(kw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         p = plan(teacher, parse_options(kw), imp)
-        model = cut(teacher, p)
+        return cut(teacher, p), p
+
+    def not_timed(i: int, kw: dict[str, Any], why: str, fit: bool) -> dict[str, Any]:
+        model, _ = cut_of(kw)
+        return {"index": i, "kwargs": kw, "params": sum(t.numel() for t in model.parameters()), "macs": None,
+                "variants": [], "variant": None, "runtime": None, "latency_ms": None, "size_bytes": None,
+                "min_latency_ms": None, "min_size_bytes": None, "fits": fit, "proxy_val_accuracy": None,
+                "skipped": why}
+
+    def measure(i: int, kw: dict[str, Any]) -> dict[str, Any]:
+        model, p = cut_of(kw)
         params = sum(t.numel() for t in model.parameters())
-        why = skip_reason(kw, rows, sc, order)
-        if why is not None:
-            rows.append({"index": i, "kwargs": kw, "params": params, "macs": None, "variants": [], "variant": None,
-                         "runtime": None, "latency_ms": None, "size_bytes": None, "min_latency_ms": None,
-                         "min_size_bytes": None, "fits": False, "proxy_val_accuracy": None, "skipped": why})
-            continue
         if ctx.progress is not None:
             ctx.log(f"  search: measuring {i + 1}/{len(cands)} {kw}")
         d = wd / "candidates" / f"{i:02d}"
@@ -159,17 +163,18 @@ def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path)
         best = min([v for v in timed if v["fits"]] or timed, key=lambda v: v["p50_ms"])
         with torch.no_grad():
             proxy = S.evaluate(model, val, pad)  # what the cut alone keeps: no training
-        rows.append({"index": i, "kwargs": kw, "params": params, "macs": None, "variants": variants,
-                     "variant": best["variant"], "runtime": "onnxruntime", "latency_ms": best["p50_ms"],
-                     "size_bytes": best["size_bytes"], "min_latency_ms": min(v["p50_ms"] for v in timed),
-                     "min_size_bytes": min(v["size_bytes"] for v in timed), "fits": any(v["fits"] for v in timed),
-                     "proxy_val_accuracy": float(proxy["agreement"]), "proxy_val_perplexity": float(proxy["perplexity"]),
-                     "layers": len(p["layers"]), "hidden": p["hidden"],
-                     "intermediate": p["intermediate"]})
         shutil.rmtree(d, ignore_errors=True)  # hundreds of MB per cut of a real teacher: the table is what stays
+        return {"index": i, "kwargs": kw, "params": params, "macs": None, "variants": variants,
+                "variant": best["variant"], "runtime": "onnxruntime", "latency_ms": best["p50_ms"],
+                "size_bytes": best["size_bytes"], "min_latency_ms": min(v["p50_ms"] for v in timed),
+                "min_size_bytes": min(v["size_bytes"] for v in timed), "fits": any(v["fits"] for v in timed),
+                "proxy_val_accuracy": float(proxy["agreement"]), "proxy_val_perplexity": float(proxy["perplexity"]),
+                "layers": len(p["layers"]), "hidden": p["hidden"], "intermediate": p["intermediate"]}
+
+    rows = measure_space(cands, sc, _order(student_card), measure, not_timed)
+    fitting, ranked = ensure_measured(rows, cands, sc, f"{machine} ({measured_on})", measure)
     for r in rows:
         r["measured_on"] = measured_on if r["latency_ms"] is not None else None
-    fitting, ranked = largest_fitting(rows, sc, f"{machine} ({measured_on})")
     # perplexity, not agreement: a deep cut's argmax agrees with almost no answer token before training (0-0.1% for
     # every fitting cut of smollm2 at 6 of 30 layers, bench_lm_budget), while its loss still orders the cuts
     winner = min(ranked, key=lambda r: (r["proxy_val_perplexity"], r["latency_ms"]))
