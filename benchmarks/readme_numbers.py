@@ -651,7 +651,11 @@ def byo_budget() -> str:
              f"({d['budget']['rule']}) | `{w['kwargs']}` {w['params']:,} params as `{s['selected']}` | "
              f"{s['selected_p50_ms'] * 1000:.1f} µs ({s.get('selected_measured_on')}) | {'yes' if final['met'] else '**no**'} | "
              f"{_x(d['same_runtime_speedup'])} | {_pct(s['selected_accuracy'])} ({_pct(d['retention'])}) | "
-             f"{d['search_cost']['search_stage_s']:.0f} s = {_pct(d['search_cost']['fraction_of_student_build'])} of the rest |"]
+             f"{d['search_cost']['search_stage_s']:.0f} s = {_pct(d['search_cost']['fraction_of_student_build'])} of the rest"
+             + (f"; {d['search_again']['search_stage_s']:.0f} s = {_pct(d['search_again']['fraction_of_student_build'])} "
+                f"with the bisecting search ({d['search_again']['timed']} of {d['search_again']['candidates']} timed, "
+                f"{'same' if d['search_again']['same_winner'] else 'another'} winner)" if d.get("search_again") else "")
+             + " |"]
     rows = ["| losses | " + " | ".join(f"seed {k}: distilled / control (gain)" for k in
                                      next(iter(d["levers"].values()))["seeds"]) + " | mean gain |",
             "|---|" + "---|" * (len(next(iter(d["levers"].values()))["seeds"]) + 1)]
