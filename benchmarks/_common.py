@@ -39,3 +39,23 @@ def report(build: Path) -> dict:
 
 def student(rep: dict, variant: str) -> dict:
     return next(m for m in rep["models"] if m["role"] == "student" and m["variant"] == variant)
+
+
+def search_again(src: Path, env: dict | None = None) -> dict:
+    """The search stage of a finished build with a budget, run again alone (`edgekd search`) with this checkout's code
+    on a copy (SRC-again): its seconds, how many architectures it timed, and its winner."""
+    import shutil
+
+    dst = src.with_name(src.name + "-again")
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    load0 = os.getloadavg()[0]
+    wall, _ = edgekd("search", str(dst), "--quiet", env=env)
+    m = json.loads((dst / "search" / "result.json").read_text())["metrics"]
+    before = json.loads((src / "search" / "result.json").read_text())["metrics"]
+    secs = next(s["seconds"] for s in json.loads((dst / "run.json").read_text())["stages"] if s["stage"] == "search")
+    return {"command": f"edgekd search {dst.name} (a copy of {src.name})", "wall_s": round(wall, 1), "search_stage_s": secs,
+            "timed": m["timed"], "candidates": len(m["candidates"]), "timed_before": before.get("timed"),
+            "winner": m["winner"]["kwargs"], "same_winner": m["winner"]["kwargs"] == before["winner"]["kwargs"],
+            "host_load_1min_before": round(load0, 2),
+            "note": "the build's own search stage, timed again alone with the current search code"}

@@ -29,13 +29,12 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, ROOT, edgekd, write
+from _common import RESULTS, ROOT, edgekd, search_again, write
 
 sys.path.insert(0, str(ROOT))
 WORK = ROOT / "builds" / "bench-budget"
@@ -149,9 +148,23 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="--quick builds (smoke): writes budget-smoke.json")
     ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument("--note", action="append", default=[])
+    ap.add_argument("--search-again", action="store_true", help="build nothing: run the search stage of the target's "
+                    "finished search build again alone with this checkout's code (on a copy) and record its cost")
+    ap.add_argument("--work", type=Path, default=WORK, help="where the builds are (default builds/bench-budget)")
     ap.add_argument("--resummarize", action="store_true", help="build nothing: recompute the derived figures of the "
                     "results file's sections from their stored builds")
     args = ap.parse_args()
+    if args.search_again:
+        p = RESULTS / ("budget-smoke.json" if args.quick else "budget.json")
+        d = json.loads(p.read_text())
+        sec = d["targets"][args.target]
+        again = search_again(args.work / args.target / "search", {"OMP_NUM_THREADS": str(args.threads)})
+        again["fraction_of_student_build"] = again["search_stage_s"] / sec["search_cost"]["rest_of_build_s"]
+        sec["search_again"] = again
+        sec["goals_met"]["search_cost"] = again["fraction_of_student_build"] <= 0.25
+        p.write_text(json.dumps(d, indent=2))
+        print(json.dumps(again, indent=2))
+        return
     if args.resummarize:
         p = RESULTS / ("budget-smoke.json" if args.quick else "budget.json")
         d = json.loads(p.read_text())
@@ -225,7 +238,7 @@ def summarize(sec: dict) -> None:
                         "same_runtime_speedup": bool(sec["same_runtime_speedup"] and sec["same_runtime_speedup"] >= fraction),
                         "retention": sec["retention"] >= 0.97,
                         "winner_vs_hand": None if best_hand is None else s["selected_accuracy"] >= best_hand,
-                        "search_cost": sec["search_cost"]["fraction_of_student_build"] <= 0.25}
+                        "search_cost": (sec.get("search_again") or sec["search_cost"])["fraction_of_student_build"] <= 0.25}
 
 
 def _cpu() -> str:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import RESULTS, ROOT, write
+from _common import RESULTS, ROOT, search_again, write
 from bench_budget import _cpu, read_build
 from bench_byo import CLASSES, run, write_photos
 
@@ -156,30 +156,17 @@ def teacher_budget(work: Path, args: argparse.Namespace, res: dict) -> dict:
     return prof
 
 
-def search_again(work: Path, args: argparse.Namespace) -> None:
+def search_again_cost(work: Path, args: argparse.Namespace) -> None:
     """The search stage of the finished search build, run again alone with this checkout's code: what a change to
     the search costs and picks, against the same rest of the build (its other stages' seconds)."""
     p = RESULTS / ("byo_budget-smoke.json" if args.quick else "byo_budget.json")
     res = json.loads(p.read_text())
-    src, dst = work / "build-search", work / "build-search-again"
-    shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst)
-    load0 = os.getloadavg()[0]
-    wall, _ = run(work, "search", str(dst), "--quiet")
-    m = json.loads((dst / "search" / "result.json").read_text())["metrics"]
-    secs = json.loads((dst / "search" / "result.json").read_text()).get("seconds")
-    search_s = next(s["seconds"] for s in json.loads((dst / "run.json").read_text())["stages"] if s["stage"] == "search")
-    rest = res["search_cost"]["rest_of_build_s"]
-    res["search_again"] = {"command": f"edgekd search {dst.name} (a copy of build-search)", "wall_s": round(wall, 1),
-                           "search_stage_s": search_s or secs, "timed": m["timed"], "candidates": len(m["candidates"]),
-                           "winner": m["winner"]["kwargs"], "same_winner": m["winner"]["kwargs"] ==
-                           res["search_build"]["search"]["winner"]["kwargs"],
-                           "fraction_of_student_build": (search_s or secs) / rest, "host_load_1min_before": round(load0, 2),
-                           "note": "the build's own search stage, timed again alone with the current search code; "
-                                   "the rest of the build is the search build's other stages"}
-    res["goals_met"]["search_cost"] = res["search_again"]["fraction_of_student_build"] <= 0.25
+    again = search_again(work / "build-search", {"EDGEKD_CACHE": str(work / "cache"), "OMP_NUM_THREADS": str(args.threads)})
+    again["fraction_of_student_build"] = again["search_stage_s"] / res["search_cost"]["rest_of_build_s"]
+    res["search_again"] = again
+    res["goals_met"]["search_cost"] = again["fraction_of_student_build"] <= 0.25
     p.write_text(json.dumps(res, indent=2))
-    print(json.dumps(res["search_again"], indent=2))
+    print(json.dumps(again, indent=2))
 
 
 def main() -> None:
@@ -207,7 +194,7 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     work = args.work.resolve()
     if args.search_again:
-        return search_again(work, args)
+        return search_again_cost(work, args)
     t_all = time.perf_counter()
     res: dict = {"sizes": {"train_per_class": args.train_per_class, "test_per_class": args.test_per_class,
                            "image": f"{args.image_size}x{args.image_size} RGB PNG (Fashion-MNIST upscaled)"},

@@ -603,7 +603,11 @@ def budget() -> str:
             f"({s.get('selected_measured_on')}) | {met} | {_x(t['same_runtime_speedup'])} | "
             f"{_pct(s['selected_accuracy'])} ({_pct(t['retention'])}) | "
             + (f"{_pct(best[0])} `{best[1]['kwargs']['widths']}` ({gap:+.2f} pt) | " if best else "— | ")
-            + f"{cost['search_stage_s']:.0f} s = {_pct(cost['fraction_of_student_build'])} of the rest |")
+            + f"{cost['search_stage_s']:.0f} s = {_pct(cost['fraction_of_student_build'])} of the rest"
+            + (f"; {t['search_again']['search_stage_s']:.0f} s = {_pct(t['search_again']['fraction_of_student_build'])} "
+               f"with the bisecting search ({t['search_again']['timed']} of {t['search_again']['candidates']} timed, "
+               f"{'same' if t['search_again']['same_winner'] else 'another'} winner)" if t.get("search_again") else "")
+            + " |")
         for h in t.get("hand_sized", []):
             b2 = s if h.get("is_winner") else h["build"]
             if "error" in b2:
