@@ -701,7 +701,8 @@ def lm_budget() -> str:
     for c in s["candidates"]:
         kw = c["kwargs"]
         rows.append(f"| {kw.get('depth')} | {kw.get('ffn')} | {c['params'] / 1e6:.1f}M | {c.get('variant') or '—'} | "
-                    + (f"{c['latency_ms']:.2f}" if c.get("latency_ms") is not None else (c.get("skipped") or "—")[:60])
+                    + (f"{c['latency_ms']:.2f}" if c.get("latency_ms") is not None else
+                       "not timed" if c.get("skipped") else "—")
                     + f" | {'yes' if c['fits'] else 'no'} | {_pct2(c.get('proxy_val_accuracy'))} | {c['status']} |")
     final = s["final"]
     tq = d.get("teacher_int8") or {}
@@ -716,6 +717,11 @@ def lm_budget() -> str:
              f"ms per token on the shipped artifact — budget {'met' if final['met'] else '**missed**'}; "
              + (f"{d['student_tokens_per_s']:.1f} tokens/s against the teacher's int8-dynamic {tq['tokens_per_s']:.1f} in the "
                 f"same build: **{_x(d['tokens_per_s_vs_teacher_int8'])}**. " if tq.get("tokens_per_s") else "")
+             + (f"The teacher's int8 took {tq['ms_per_token']['p50']:.1f} ms per token in this build against "
+                f"{d['teacher_reference']['p50_ms']:.1f} ms in the run the budget came from "
+                f"({tq['ms_per_token']['p50'] / d['teacher_reference']['p50_ms']:.2f}×; this build shared the host with "
+                "other benchmarks): the same-build ratio above is the like-for-like figure. "
+                if isinstance(tq.get("ms_per_token"), dict) else "")
              + "Next-token agreement with the teacher: " + ", ".join(f"{k} {_pct(v)}" for k, v in ho.items() if v is not None)
              + f". Search: {cost['search_stage_s']:.0f} s = {_pct(cost['fraction_of_student_build'])} of the rest of the build. "
              + ("Every goal met." if not missed else "Missed: " + ", ".join(missed) + ".")]
