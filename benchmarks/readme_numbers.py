@@ -605,7 +605,9 @@ def budget() -> str:
             + (f"{_pct(best[0])} `{best[1]['kwargs']['widths']}` ({gap:+.2f} pt) | " if best else "— | ")
             + f"{cost['search_stage_s']:.0f} s = {_pct(cost['fraction_of_student_build'])} of the rest"
             + (f"; {t['search_again']['search_stage_s']:.0f} s = {_pct(t['search_again']['fraction_of_student_build'])} "
-               f"with the bisecting search ({t['search_again']['timed']} of {t['search_again']['candidates']} timed, "
+               f"rerun alone with the bisecting search at load {t['search_again']['host_load_1min_before']:g} "
+               f"({t['search_again']['timed']} of {t['search_again']['candidates']} timed, "
+               f"{t['search_again']['timed_before']} before, "
                f"{'same' if t['search_again']['same_winner'] else 'another'} winner)" if t.get("search_again") else "")
             + " |")
         for h in t.get("hand_sized", []):
@@ -657,7 +659,9 @@ def byo_budget() -> str:
              f"{_x(d['same_runtime_speedup'])} | {_pct(s['selected_accuracy'])} ({_pct(d['retention'])}) | "
              f"{d['search_cost']['search_stage_s']:.0f} s = {_pct(d['search_cost']['fraction_of_student_build'])} of the rest"
              + (f"; {d['search_again']['search_stage_s']:.0f} s = {_pct(d['search_again']['fraction_of_student_build'])} "
-                f"with the bisecting search ({d['search_again']['timed']} of {d['search_again']['candidates']} timed, "
+                f"rerun alone with the bisecting search at load {d['search_again']['host_load_1min_before']:g} "
+               f"({d['search_again']['timed']} of {d['search_again']['candidates']} timed, "
+               f"{d['search_again']['timed_before']} before, "
                 f"{'same' if d['search_again']['same_winner'] else 'another'} winner)" if d.get("search_again") else "")
              + " |"]
     rows = ["| losses | " + " | ".join(f"seed {k}: distilled / control (gain)" for k in
