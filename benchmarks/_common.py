@@ -13,10 +13,13 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def edgekd(*args: str, env: dict | None = None, check: bool = True) -> tuple[float, subprocess.CompletedProcess]:
+def edgekd(*args: str, env: dict | None = None, check: bool = True, cwd: Path | None = None
+           ) -> tuple[float, subprocess.CompletedProcess]:
+    """`edgekd ARGS` with this checkout's edgekd, from the repository (or `cwd`: a user's folder its card is in)."""
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "edgekd", *args], capture_output=True, text=True,
-                       env={**os.environ, **(env or {})}, cwd=ROOT)
+    r = subprocess.run([sys.executable, "-m", "edgekd", *args], capture_output=True, text=True, cwd=cwd or ROOT,
+                       env={**os.environ, **(env or {}),
+                            "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])})
     dt = time.perf_counter() - t0
     if check and r.returncode != 0:
         raise SystemExit(f"edgekd {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
@@ -41,7 +44,7 @@ def student(rep: dict, variant: str) -> dict:
     return next(m for m in rep["models"] if m["role"] == "student" and m["variant"] == variant)
 
 
-def search_again(src: Path, env: dict | None = None) -> dict:
+def search_again(src: Path, env: dict | None = None, cwd: Path | None = None) -> dict:
     """The search stage of a finished build with a budget, run again alone (`edgekd search`) with this checkout's code
     on a copy (SRC-again): its seconds, how many architectures it timed, and its winner."""
     import shutil
@@ -50,7 +53,7 @@ def search_again(src: Path, env: dict | None = None) -> dict:
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(src, dst)
     load0 = os.getloadavg()[0]
-    wall, _ = edgekd("search", str(dst), "--quiet", env=env)
+    wall, _ = edgekd("search", str(dst), "--quiet", env=env, cwd=cwd)
     m = json.loads((dst / "search" / "result.json").read_text())["metrics"]
     before = json.loads((src / "search" / "result.json").read_text())["metrics"]
     secs = next(s["seconds"] for s in json.loads((dst / "run.json").read_text())["stages"] if s["stage"] == "search")

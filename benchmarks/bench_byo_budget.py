@@ -161,7 +161,8 @@ def search_again_cost(work: Path, args: argparse.Namespace) -> None:
     the search costs and picks, against the same rest of the build (its other stages' seconds)."""
     p = RESULTS / ("byo_budget-smoke.json" if args.quick else "byo_budget.json")
     res = json.loads(p.read_text())
-    again = search_again(work / "build-search", {"EDGEKD_CACHE": str(work / "cache"), "OMP_NUM_THREADS": str(args.threads)})
+    again = search_again(work / "build-search", {"EDGEKD_CACHE": str(work / "cache"), "OMP_NUM_THREADS": str(args.threads)},
+                         cwd=work)
     again["fraction_of_student_build"] = again["search_stage_s"] / res["search_cost"]["rest_of_build_s"]
     res["search_again"] = again
     res["goals_met"]["search_cost"] = again["fraction_of_student_build"] <= 0.25
