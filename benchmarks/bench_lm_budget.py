@@ -23,11 +23,12 @@ import json
 import os
 import shutil
 import time
+from pathlib import Path
 
-from _common import RESULTS, ROOT, edgekd, write
+from _common import RESULTS, ROOT, edgekd, search_again, write
 from bench_budget import _cpu, read_build
 
-WORK = ROOT / "builds" / "bench-lm-budget"
+WORK = Path(os.environ.get("EDGEKD_BENCH_WORK", ROOT / "builds")) / "bench-lm-budget"
 
 
 def teacher_int8_ms() -> dict:
@@ -47,7 +48,23 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument("--note", action="append", default=[])
+    ap.add_argument("--search-again", action="store_true", help="build nothing: run the finished build's search stage "
+                    "again alone with this checkout's code (on a copy) and record its cost, table and winner")
     args = ap.parse_args()
+    if args.search_again:
+        p = RESULTS / ("lm_budget-smoke.json" if args.quick else "lm_budget.json")
+        res = json.loads(p.read_text())
+        again = search_again(WORK / ("quick" if args.quick else "search"), {"OMP_NUM_THREADS": str(args.threads)})
+        again["fraction_of_student_build"] = again["search_stage_s"] / res["search_cost"]["rest_of_build_s"]
+        m = json.loads((WORK / "search-again" / "search" / "result.json").read_text())["metrics"]
+        again["candidates_table"] = [{k: c.get(k) for k in ("kwargs", "params", "latency_ms", "fits", "status",
+                                                             "proxy_val_accuracy", "proxy_val_perplexity", "skipped")}
+                                     for c in m["candidates"]]
+        again["why"] = m["why"]
+        res["search_again"] = again
+        p.write_text(json.dumps(res, indent=2))
+        print(json.dumps({k: v for k, v in again.items() if k != "candidates_table"}, indent=2))
+        return
     t = {"p50_ms": args.teacher_ms, "from": "--teacher-ms"} if args.teacher_ms else teacher_int8_ms()
     budget = t["p50_ms"] / args.fraction
     out = WORK / ("quick" if args.quick else "search")
