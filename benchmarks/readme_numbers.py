@@ -729,7 +729,14 @@ def lm_budget() -> str:
              + "Next-token agreement with the teacher: " + ", ".join(f"{k} {_pct(v)}" for k, v in ho.items() if v is not None)
              + f". Search: {cost['search_stage_s']:.0f} s = {_pct(cost['fraction_of_student_build'])} of the rest of the build. "
              + ("Every goal met." if not missed else "Missed: " + ", ".join(missed) + ".")]
-    return "\n".join(lines) + "\n\n" + "\n".join(rows) + "\n\n" + _source("lm_budget.json", d,
+    again = d.get("search_again")
+    if again:
+        w = again["winner"]
+        lines.append(f"The same search stage rerun alone with the current code (perplexity ranking, bisection; load "
+                     f"{again['host_load_1min_before']:g}): {again['search_stage_s']:.0f} s, {again['timed']} of "
+                     f"{again['candidates']} cuts timed ({again['timed_before']} before), winner depth {w.get('depth')} "
+                     f"FFN {w.get('ffn')} ({'the same' if again['same_winner'] else 'another'}).")
+    return "\n\n".join(lines) + "\n\n" + "\n".join(rows) + "\n\n" + _source("lm_budget.json", d,
                                                                           "; " + d["notes"][0] if d.get("notes") else "")
 
 
