@@ -44,9 +44,11 @@ def student(rep: dict, variant: str) -> dict:
     return next(m for m in rep["models"] if m["role"] == "student" and m["variant"] == variant)
 
 
-def search_again(src: Path, env: dict | None = None, cwd: Path | None = None) -> dict:
+def search_again(src: Path, section: dict, env: dict | None = None, cwd: Path | None = None) -> dict:
     """The search stage of a finished build with a budget, run again alone (`edgekd search`) with this checkout's code
-    on a copy (SRC-again): its seconds, how many architectures it timed, and its winner."""
+    on a copy (SRC-again): its seconds against the same rest of the build (`section["search_cost"]`), how many
+    architectures it timed, its table and winner. Stored in `section["search_again"]`; the section's search-cost goal
+    is judged on it."""
     import shutil
 
     dst = src.with_name(src.name + "-again")
@@ -57,8 +59,27 @@ def search_again(src: Path, env: dict | None = None, cwd: Path | None = None) ->
     m = json.loads((dst / "search" / "result.json").read_text())["metrics"]
     before = json.loads((src / "search" / "result.json").read_text())["metrics"]
     secs = next(s["seconds"] for s in json.loads((dst / "run.json").read_text())["stages"] if s["stage"] == "search")
-    return {"command": f"edgekd search {dst.name} (a copy of {src.name})", "wall_s": round(wall, 1), "search_stage_s": secs,
-            "timed": m["timed"], "candidates": len(m["candidates"]), "timed_before": before.get("timed"),
-            "winner": m["winner"]["kwargs"], "same_winner": m["winner"]["kwargs"] == before["winner"]["kwargs"],
-            "host_load_1min_before": round(load0, 2),
-            "note": "the build's own search stage, timed again alone with the current search code"}
+    again = {"command": f"edgekd search {dst.name} (a copy of {src.name})", "wall_s": round(wall, 1), "search_stage_s": secs,
+             "timed": m["timed"], "candidates": len(m["candidates"]), "timed_before": before.get("timed"),
+             "winner": m["winner"]["kwargs"], "same_winner": m["winner"]["kwargs"] == before["winner"]["kwargs"],
+             "why": m["why"], "host_load_1min_before": round(load0, 2),
+             "fraction_of_student_build": secs / section["search_cost"]["rest_of_build_s"],
+             "candidates_table": [{k: c.get(k) for k in ("kwargs", "params", "latency_ms", "fits", "status",
+                                                          "proxy_val_accuracy", "proxy_val_perplexity", "skipped")}
+                                  for c in m["candidates"]],
+             "note": "the build's own search stage, timed again alone with the current search code"}
+    section["search_again"] = again
+    if "goals_met" in section:
+        section["goals_met"]["search_cost"] = again["fraction_of_student_build"] <= 0.25
+    return again
+
+
+def rerun_search_into(results: Path, key: list[str], src: Path, env: dict | None = None, cwd: Path | None = None) -> None:
+    """search_again on SRC, stored in the results file's section at `key` (a path of dict keys; [] the top)."""
+    d = json.loads(results.read_text())
+    section = d
+    for k in key:
+        section = section[k]
+    again = search_again(src, section, env, cwd)
+    results.write_text(json.dumps(d, indent=2))
+    print(json.dumps({k: v for k, v in again.items() if k != "candidates_table"}, indent=2))

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, ROOT, edgekd, search_again, write
+from _common import RESULTS, ROOT, edgekd, rerun_search_into, write
 
 sys.path.insert(0, str(ROOT))
 WORK = ROOT / "builds" / "bench-budget"
@@ -155,15 +155,8 @@ def main() -> None:
                     "results file's sections from their stored builds")
     args = ap.parse_args()
     if args.search_again:
-        p = RESULTS / ("budget-smoke.json" if args.quick else "budget.json")
-        d = json.loads(p.read_text())
-        sec = d["targets"][args.target]
-        again = search_again(args.work / args.target / "search", {"OMP_NUM_THREADS": str(args.threads)})
-        again["fraction_of_student_build"] = again["search_stage_s"] / sec["search_cost"]["rest_of_build_s"]
-        sec["search_again"] = again
-        sec["goals_met"]["search_cost"] = again["fraction_of_student_build"] <= 0.25
-        p.write_text(json.dumps(d, indent=2))
-        print(json.dumps(again, indent=2))
+        rerun_search_into(RESULTS / ("budget-smoke.json" if args.quick else "budget.json"), ["targets", args.target],
+                          args.work / args.target / "search", {"OMP_NUM_THREADS": str(args.threads)})
         return
     if args.resummarize:
         p = RESULTS / ("budget-smoke.json" if args.quick else "budget.json")

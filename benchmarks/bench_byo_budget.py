@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import RESULTS, ROOT, search_again, write
+from _common import RESULTS, ROOT, rerun_search_into, write
 from bench_budget import _cpu, read_build
 from bench_byo import CLASSES, run, write_photos
 
@@ -160,15 +160,8 @@ def teacher_budget(work: Path, args: argparse.Namespace, res: dict) -> dict:
 def search_again_cost(work: Path, args: argparse.Namespace) -> None:
     """The search stage of the finished search build, run again alone with this checkout's code: what a change to
     the search costs and picks, against the same rest of the build (its other stages' seconds)."""
-    p = RESULTS / ("byo_budget-smoke.json" if args.quick else "byo_budget.json")
-    res = json.loads(p.read_text())
-    again = search_again(work / "build-search", {"EDGEKD_CACHE": str(work / "cache"), "OMP_NUM_THREADS": str(args.threads)},
-                         cwd=work)
-    again["fraction_of_student_build"] = again["search_stage_s"] / res["search_cost"]["rest_of_build_s"]
-    res["search_again"] = again
-    res["goals_met"]["search_cost"] = again["fraction_of_student_build"] <= 0.25
-    p.write_text(json.dumps(res, indent=2))
-    print(json.dumps(again, indent=2))
+    rerun_search_into(RESULTS / ("byo_budget-smoke.json" if args.quick else "byo_budget.json"), [], work / "build-search",
+                      {"EDGEKD_CACHE": str(work / "cache"), "OMP_NUM_THREADS": str(args.threads)}, cwd=work)
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ import shutil
 import time
 from pathlib import Path
 
-from _common import RESULTS, ROOT, edgekd, search_again, write
+from _common import RESULTS, ROOT, edgekd, rerun_search_into, write
 from bench_budget import _cpu, read_build
 
 WORK = Path(os.environ.get("EDGEKD_BENCH_WORK", ROOT / "builds")) / "bench-lm-budget"
@@ -52,18 +52,8 @@ def main() -> None:
                     "again alone with this checkout's code (on a copy) and record its cost, table and winner")
     args = ap.parse_args()
     if args.search_again:
-        p = RESULTS / ("lm_budget-smoke.json" if args.quick else "lm_budget.json")
-        res = json.loads(p.read_text())
-        again = search_again(WORK / ("quick" if args.quick else "search"), {"OMP_NUM_THREADS": str(args.threads)})
-        again["fraction_of_student_build"] = again["search_stage_s"] / res["search_cost"]["rest_of_build_s"]
-        m = json.loads((WORK / "search-again" / "search" / "result.json").read_text())["metrics"]
-        again["candidates_table"] = [{k: c.get(k) for k in ("kwargs", "params", "latency_ms", "fits", "status",
-                                                             "proxy_val_accuracy", "proxy_val_perplexity", "skipped")}
-                                     for c in m["candidates"]]
-        again["why"] = m["why"]
-        res["search_again"] = again
-        p.write_text(json.dumps(res, indent=2))
-        print(json.dumps({k: v for k, v in again.items() if k != "candidates_table"}, indent=2))
+        rerun_search_into(RESULTS / ("lm_budget-smoke.json" if args.quick else "lm_budget.json"), [],
+                          WORK / ("quick" if args.quick else "search"), {"OMP_NUM_THREADS": str(args.threads)})
         return
     t = {"p50_ms": args.teacher_ms, "from": "--teacher-ms"} if args.teacher_ms else teacher_int8_ms()
     budget = t["p50_ms"] / args.fraction
