@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgekd.errors import UserError
-from edgekd.pipeline import BuildContext
+from edgekd.pipeline import BuildContext, StageResult
 
 
 def searching(ctx: BuildContext) -> bool:
@@ -185,3 +185,9 @@ def ensure_measured(rows: list[dict[str, Any]], cands: list[dict[str, Any]], sc:
             return fitting, ranked
         for r in todo:
             rows[r["index"]] = measure(r["index"], cands[r["index"]])
+
+
+def winner_kwargs(inputs: dict[str, StageResult]) -> dict[str, Any] | None:
+    """The search winner's student kwargs when a budget sized the student (the search stage ran), else None."""
+    res = inputs.get("search")
+    return None if res is None or not res.metrics.get("winner") else dict(res.metrics["winner"]["kwargs"])

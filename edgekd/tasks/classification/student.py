@@ -11,10 +11,10 @@ from edgekd.pipeline import BuildContext, StageResult
 
 def student_ref(ctx: BuildContext, inputs: dict[str, StageResult]) -> Any:
     """The student the distill stage trains: the card's, with the search winner's kwargs when a search ran."""
-    res = inputs.get("search")
-    if res is None or not res.metrics.get("winner"):
-        return ctx.recipe.student
-    return ctx.recipe.student.model_copy(update={"kwargs": res.metrics["winner"]["kwargs"]})
+    from edgekd.tasks.search_common import winner_kwargs
+
+    kw = winner_kwargs(inputs)
+    return ctx.recipe.student if kw is None else ctx.recipe.student.model_copy(update={"kwargs": kw})
 
 
 def trained_student_ref(ctx: BuildContext, distill: StageResult) -> Any:

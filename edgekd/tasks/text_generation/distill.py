@@ -289,7 +289,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     # trains resumes the control and reads the finished student's last checkpoint back.
     ckpts = {name: checkpoint_path(ctx, f"distill-{name}", key_material) for name in ("student", "control")}
 
-    from edgekd.tasks.text_generation.search import winner_kwargs
+    from edgekd.tasks.search_common import winner_kwargs
 
     sized = winner_kwargs(inputs)  # the cut a budget chose, else the card's
     calib = None

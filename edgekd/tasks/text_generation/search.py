@@ -95,7 +95,7 @@ def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path)
     from edgekd.llm.onnx_gen import evaluate_onnx, export_with_past
     from edgekd.tasks.text_generation.data import _teacher_info, read_answers
     from edgekd.tasks.text_generation.export import _opset
-    from edgekd.tasks.text_generation.hooks import _bench_row, lm_candidate_plan
+    from edgekd.tasks.text_generation.hooks import _bench_row, _profile_prompts, lm_candidate_plan
 
     student_card = ctx.recipe.student
     sc = student_card.search
@@ -111,9 +111,7 @@ def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path)
     calib = calibration_batches(train, pad, parse_options(student_card.kwargs).calibration_samples)
     imp = importance(teacher, calib)
     bench = _search_bench(ctx)
-    from edgekd.llm.generate import chat_ids
-
-    prompts = [chat_ids(tok, r["prompt"]) for r in ans["test"][: bench.prompts]]
+    prompts = _profile_prompts(inputs, tok, bench)  # the prompts the profile stage decodes, as many as the search times
     names = lm_candidate_plan(ctx)[0]
     # where the generation benchmark runs, as the profile stage labels it: the device where the target's runtime
     # runs here (cpu; cuda on a GPU host), else this host's CPU as a labelled proxy
@@ -202,10 +200,4 @@ def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path)
     return StageOutput({"table": "search.json"}, metrics)
 
 
-def winner_kwargs(inputs: dict[str, StageResult]) -> dict[str, Any] | None:
-    """The search winner's student kwargs, when a budget sized the student."""
-    res = inputs.get("search")
-    return None if res is None or not res.metrics.get("winner") else dict(res.metrics["winner"]["kwargs"])
-
-
-__all__ = ["lm_search_space", "stage_lm_search", "winner_kwargs"]
+__all__ = ["lm_search_space", "stage_lm_search"]
