@@ -62,10 +62,12 @@ def search_again(src: Path, section: dict, env: dict | None = None, cwd: Path | 
     again = {"command": f"edgekd search {dst.name} (a copy of {src.name})", "wall_s": round(wall, 1), "search_stage_s": secs,
              "timed": m["timed"], "candidates": len(m["candidates"]), "timed_before": before.get("timed"),
              "winner": m["winner"]["kwargs"], "same_winner": m["winner"]["kwargs"] == before["winner"]["kwargs"],
-             "why": m["why"], "host_load_1min_before": round(load0, 2),
+             "why": m["why"], "host_load_1min_before": round(load0, 2), "proxy_seconds": m.get("proxy_seconds"),
              "fraction_of_student_build": secs / section["search_cost"]["rest_of_build_s"],
              "candidates_table": [{k: c.get(k) for k in ("kwargs", "params", "latency_ms", "fits", "status",
-                                                          "proxy_val_accuracy", "proxy_val_perplexity", "skipped")}
+                                                          "proxy_val_accuracy", "proxy_val_perplexity",
+                                                          "cut_val_accuracy", "cut_val_perplexity", "proxy_seconds",
+                                                          "skipped")}
                                   for c in m["candidates"]],
              "note": "the build's own search stage, timed again alone with the current search code"}
     section["search_again"] = again

@@ -272,10 +272,12 @@ class SearchConfig(Strict):
     kwargs: dict[str, list[Any]] = Field(default_factory=dict, description="ranges of the student's kwargs, e.g. "
                                          "{width_mult: [0.25, 0.5, 1.0]}: every combination is a candidate")
     top_k: int = Field(3, ge=1, description="the largest fitting architectures ranked by proxy distillation")
-    proxy_epochs: int = Field(2, ge=1, description="epochs of the proxy distillation on the cached teacher logits")
-    proxy_samples: int | None = Field(10000, ge=100, description="training samples of the proxy distillation (a seeded "
+    proxy_epochs: int = Field(2, ge=1, description="epochs of the proxy distillation on the cached teacher logits "
+                              "(language models: 1 unless set)")
+    proxy_samples: int | None = Field(10000, ge=1, description="training samples of the proxy distillation (a seeded "
                                       "subset; null: all): ranking architectures needs far less data than training "
-                                      "the winner, and the search must cost a fraction of the build it sizes")
+                                      "the winner, and the search must cost a fraction of the build it sizes "
+                                      "(language models: 64 of the teacher's answers unless set)")
     skip_margin: float | None = Field(1.25, gt=1.0, description="zoo spaces: an architecture is not timed when one no "
                                       "larger of the same depth already missed the latency budget by this factor, or "
                                       "the size budget at all (latency and size grow with width); null: time every one")

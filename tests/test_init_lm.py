@@ -310,12 +310,22 @@ def test_init_then_quick_build_of_the_card(tiny_lm, tmp_path):
     assert {c["variant"] for c in s["candidates"]} <= {"fp32", "int8-dynamic"}
     ranked = [c for c in s["candidates"] if c["status"] in ("winner", "ranked")]
     assert len(ranked) == 2 and s["final"]["met"] and s["final"]["checks"]["latency_ms"]["measured"] <= 1000
-    # the two ranked are the two largest, and the winner the one whose cut has the lowest perplexity on validation
+    # the two ranked are the two largest; each was distilled briefly (proxy) and the winner has the highest
+    # validation agreement after it (perplexity breaking a tie); every timed cut keeps its scores before training
     by_size = sorted(s["candidates"], key=lambda c: c["params"], reverse=True)
     assert sorted(c["params"] for c in ranked) == sorted(c["params"] for c in by_size[:2])
-    table = json.loads((out / "search" / "result.json").read_text())["metrics"]["candidates"]
-    assert s["winner"]["proxy_val_perplexity"] == min(c["proxy_val_perplexity"] for c in table if c["status"] in
-                                                       ("winner", "ranked")) > 1.0
+    metrics = json.loads((out / "search" / "result.json").read_text())["metrics"]
+    table = metrics["candidates"]
+    rk = [c for c in table if c["status"] in ("winner", "ranked")]
+    assert sorted(c["params"] for c in rk) == sorted(c["params"] for c in ranked)
+    assert all(c["proxy_seconds"] > 0 and c["proxy_val_perplexity"] > 1.0 and c["proxy_epochs"] == 1 for c in rk)
+    assert all(c["cut_val_perplexity"] > 1.0 for c in table)
+    assert all(c["proxy_val_accuracy"] is None for c in table if c not in rk)
+    best = max(rk, key=lambda c: (c["proxy_val_accuracy"], -c["proxy_val_perplexity"]))
+    assert s["winner"]["kwargs"] == best["kwargs"] and "after the proxy distillation" in s["why"]
+    # the proxy trained: at least one ranked cut ends closer to the teacher's answers than its cut began
+    assert any(c["proxy_val_perplexity"] < c["cut_val_perplexity"] for c in rk)
+    assert metrics["proxy_samples"] == min(64, distill["examples"]["train"]) and metrics["proxy_seconds"] > 0
     assert distill["student_kwargs"] == s["winner"]["kwargs"] and distill["params"] == s["winner"]["params"]
     _quantized_teacher_beside_the_student(out, tmp_path, rep, extra=space)
     # nothing fits a microsecond per token: exit 2, the fastest cut named, no traceback, no report

@@ -180,7 +180,7 @@ class GeneralText:
 def distill(student, examples: list[Example], val: list[Example], loss_set, cfg: Any, pad: int, *,
             cache: Any = None, checkpoint: Path | None = None, progress: Any = None,
             description: str = "distill", teacher: Any = None, parallel: str = "auto",
-            general: GeneralText | None = None) -> dict[str, Any]:
+            general: GeneralText | None = None, one_process: bool = False) -> dict[str, Any]:
     """Train `student` on `examples` through the shared loop (`distill.trainer.fit`): each step
     takes the student's logits at the answer tokens of a shuffled batch, and `loss_set` (soft_label
     on the cached top-k teacher rows, hard_label on the answer tokens) gives the loss. The best
@@ -196,7 +196,10 @@ def distill(student, examples: list[Example], val: list[Example], loss_set, cfg:
 
     `general`: general text beside the answers. Each epoch passes over its examples once (a seeded shuffle from
     the same generator, spread over the epoch's steps); a step's general texts run in the same forward as its
-    answers, and `general.loss_set`'s terms (logged as general_<term>) are added to the answers' loss."""
+    answers, and `general.loss_set`'s terms (logged as general_<term>) are added to the answers' loss.
+
+    `one_process`: train here alone even under torchrun (a stage rank 0 runs while the others wait: the search's
+    proxy distillation)."""
     import torch
 
     from edgekd import dist
@@ -220,7 +223,7 @@ def distill(student, examples: list[Example], val: list[Example], loss_set, cfg:
     gen = torch.Generator().manual_seed(cfg.seed)
     bs = cfg.batch_size
     steps_per_epoch = max(1, math.ceil(len(examples) / bs))
-    rank, world = dist.rank_world() if dist.active() else (0, 1)
+    rank, world = dist.rank_world() if dist.active() and not one_process else (0, 1)
     par, state_io, after_backward = None, None, None
     if world > 1:
         from edgekd.llm.parallel import FullState, wrap

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekd.cards import load_recipe
+from edgekd.cards import load_recipe, load_target
 from edgekd.config import parse_latency_ms, parse_size_kib
 from edgekd.errors import ConfigError
 
@@ -205,6 +205,31 @@ def test_lm_space_cuts_the_teacher_at_depth_x_ffn():
     with pytest.raises(ConfigError, match="no search space") as e:
         lm_search_space(r.student)
     assert "pruned_llama" in e.value.hint
+
+
+def test_lm_proxy_settings_are_the_cards_when_set():
+    """A language model's proxy distillation: 64 answers, 1 epoch unless the card sets student.search.proxy_samples /
+    proxy_epochs (whose own defaults size a classifier's proxy); the search stage's key follows them and the losses
+    it trains with, not distill.epochs (the winner's training is the distill stage's)."""
+    from edgekd.pipeline import BuildContext
+    from edgekd.tasks.text_generation.search import LM_PROXY, _lm_search_cfg, proxy_settings
+
+    r = load_recipe("smollm2-seqkd", {"student.search.latency_ms": "20ms"})
+    assert proxy_settings(r.student.search) == (LM_PROXY["samples"], LM_PROXY["epochs"])
+    r2 = load_recipe("smollm2-seqkd", {"student.search.latency_ms": "20ms", "student.search.proxy_samples": 200,
+                                       "student.search.proxy_epochs": 3})
+    assert proxy_settings(r2.student.search) == (200, 3)
+    r3 = load_recipe("smollm2-seqkd", {"student.search.latency_ms": "20ms", "student.search.proxy_samples": None})
+    assert proxy_settings(r3.student.search) == (None, LM_PROXY["epochs"])  # null: every training answer
+
+    def cfg(recipe):
+        return _lm_search_cfg(BuildContext(out=Path("."), recipe=recipe, target=load_target("cpu"), recipe_ref="x",
+                                           target_ref="cpu"))["proxy"]
+    base = cfg(r)
+    assert [lo["kind"] for lo in base["losses"]] == [lo.kind for lo in r.distill.losses if lo.kind != "hidden_state"]
+    assert cfg(load_recipe("smollm2-seqkd", {"student.search.latency_ms": "20ms", "distill.epochs": 9})) == base
+    assert cfg(r2) != base
+    assert cfg(load_recipe("smollm2-seqkd", {"student.search.latency_ms": "20ms", "distill.lr": 1e-5})) != base
 
 
 def _synthetic(cands, budget_ms):

@@ -41,7 +41,8 @@ def front() -> list[Stage]:
               reads=("recipe.teacher", "recipe.generate", "recipe.data")),
         # only when student.search sets a budget: the cut of the teacher is chosen by measuring on the target
         Stage("search", stage_lm_search, ["teacher", "generate"], _lm_search_cfg, when=searching,
-              reads=("recipe.student", "recipe.teacher", "recipe.data", "recipe.generate", "recipe.quantize", "target")),
+              reads=("recipe.student", "recipe.teacher", "recipe.data", "recipe.generate", "recipe.quantize",
+                     "recipe.distill", "target")),
         Stage("distill", stage_distill, ["teacher", "generate", "search"], _distill_cfg, parallel=True,
               reads=("recipe.teacher", "recipe.student", "recipe.distill", "recipe.data", "recipe.generate")),
         # prompts held out by source (written apart from the training prompts): scored, never chosen on
