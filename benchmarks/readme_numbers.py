@@ -664,21 +664,29 @@ def byo_budget() -> str:
                f"{d['search_again']['timed_before']} before, "
                 f"{'same' if d['search_again']['same_winner'] else 'another'} winner)" if d.get("search_again") else "")
              + " |"]
+    nseeds = len(next(iter(d["levers"].values()))["seeds"])
     rows = ["| losses | " + " | ".join(f"seed {k}: distilled / control (gain)" for k in
-                                     next(iter(d["levers"].values()))["seeds"]) + " | mean gain |",
-            "|---|" + "---|" * (len(next(iter(d["levers"].values()))["seeds"]) + 1)]
-    for name, lv in d["levers"].items():
-        what = f"init's card ({_losses(d['init']['card'])})" if name == "card" else name
+                                     next(iter(d["levers"].values()))["seeds"])
+            + " | mean gain (test) | mean gain on validation |", "|---|" + "---|" * (nseeds + 2)]
+
+    def lever_row(what: str, lv: dict) -> str:
         cells = [f"{_pct(r['selected_accuracy'])} / {_pct(r['control_accuracy'])} ({_pts(r['kd_gain_points'])})"
                  if r.get("kd_gain_points") is not None else "—" for r in lv["seeds"].values()]
-        rows.append(f"| {what} | " + " | ".join(cells) + f" | {_pts(lv['kd_gain_mean'])} |")
+        return (f"| {what} | " + " | ".join(cells) + f" | {_pts(lv['kd_gain_mean'])} | "
+                + (_pts(lv["val_kd_gain_mean"]) if lv.get("val_kd_gain_mean") is not None else "—") + " |")
+    for name, lv in d["levers"].items():
+        rows.append(lever_row(f"init's card ({_losses(d['init']['card'])})" if name == "card" else name, lv))
     first = _load_opt("byo_budget-losses.json")  # the run that chose init's losses: its levers not run again
     for name, lv in ((first or {}).get("levers") or {}).items():
-        if name in ("card", "T2-hard0.5") or len(lv["seeds"]) != len(next(iter(d["levers"].values()))["seeds"]):
+        if name in ("card", "T2-hard0.5", *d["levers"]) or len(lv["seeds"]) != nseeds:
             continue
-        cells = [f"{_pct(r['selected_accuracy'])} / {_pct(r['control_accuracy'])} ({_pts(r['kd_gain_points'])})"
-                 for r in lv["seeds"].values()]
-        rows.append(f"| {name} (byo_budget-losses.json) | " + " | ".join(cells) + f" | {_pts(lv['kd_gain_mean'])} |")
+        rows.append(lever_row(f"{name} (byo_budget-losses.json)", lv))
+    bl = d.get("best_lever")
+    if bl and bl.get("chosen_on"):
+        what = f"init's card ({_losses(d['init']['card'])})" if bl["name"] == "card" else bl["name"]
+        rows.append(f"\nChosen on validation ({bl['chosen_on']}, the levers above measured on the same {bl['seeds']} "
+                    f"seeds): {what}, {_pts(bl['val_kd_gain_mean'])} on validation; its test gain, reported not chosen "
+                    f"on: {_pts(bl['kd_gain_mean'])}.")
     gm = d["goals_met"]
     missed = [k for k, v in gm.items() if v is False]
     verdict = "every goal met" if not missed else "missed: " + ", ".join(missed)
