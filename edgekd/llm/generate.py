@@ -22,6 +22,8 @@ from edgekd.errors import DataError, StageError
 # 51.8% at epoch 9 and fell after it: benchmarks/results/llm.json superseded[0].curve); the same student on 720 x 3
 # reached 49.1% on a larger test split (student_comparison there)
 SHIPPED = "smollm2-prompts-900.jsonl"
+# a prompt's "group" (e.g. the seed topic a teacher-written request came from) is read as the template GROUP + name
+GROUP = "group:"
 
 
 def shipped_prompts() -> Path:
@@ -55,6 +57,8 @@ def load_prompts(path: str | Path | None) -> list[dict[str, str]]:
             row = {"id": pid, "prompt": obj["prompt"].strip()}
             if obj.get("template") is not None:  # the sentence frame it follows: data.split: template holds these out
                 row["template"] = str(obj["template"])
+            elif obj.get("group") is not None:  # prompts on one topic, no shared frame: held out whole, no slot words
+                row["template"] = GROUP + str(obj["group"])
             rows.append(row)
     if not rows:
         raise DataError(f"prompts file {p} is empty", hint="one {\"prompt\": \"...\"} per line")

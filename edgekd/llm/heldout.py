@@ -32,12 +32,19 @@ def content_words(prompt: str) -> set[str]:
 
 def slot_words(prompts: list[dict]) -> dict[str, set[str]]:
     """Per prompt id, its slot words: its content words minus its template's frame words (those every
-    prompt of the template shares). A one-prompt template has no slot words (its frame is all of it)."""
+    prompt of the template shares). A one-prompt template has no slot words (its frame is all of it), nor has a
+    group (`"group"` in the prompts file: requests on one topic share no frame, so the words they do not share are
+    no slots; near-copies across groups are what filtering the prompts removes)."""
+    from edgekd.llm.generate import GROUP
+
     by_t: dict[str, list[dict]] = {}
     for p in prompts:
         by_t.setdefault(p["template"], []).append(p)
     out: dict[str, set[str]] = {}
-    for ps in by_t.values():
+    for t, ps in by_t.items():
+        if t.startswith(GROUP):
+            out.update({p["id"]: set() for p in ps})
+            continue
         words = [content_words(p["prompt"]) for p in ps]
         frame = set.intersection(*words)
         for p, w in zip(ps, words):

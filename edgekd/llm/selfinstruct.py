@@ -1,14 +1,16 @@
 """Prompts with range: instructions the teacher writes itself from seed topics (self-instruct), filtered, and
 short reasoning and arithmetic problems made by code, to grow a prompt set beyond its sentence frames.
 
-Teacher-written: for each seed topic and each kind of request (KINDS: a question, a how/why explanation, practical
-advice, a multi-sentence paragraph, a comparison, a worked step-by-step task) the teacher is asked to write one
-request a user might make (greedy, through `generate.generate_answers`, so a killed run resumes); its reply is
-cleaned (first line, labels and quotes stripped) and kept only when it reads as one request: 4-40 words, ending in
-"?", "." or "!", none of the meta-instruction's own words, and no near-copy (difflib ratio >= 0.7 or half its content
-words shared: `heldout.independent_prompts`) of a reference prompt — the set it grows, the natural prompts that must
-stay held out by source, and every prompt kept before it. Each carries `"group": "topic:<topic>"`: the template
-split holds out whole topics (a topic is not a sentence frame: it has no slot words to purge).
+Teacher-written: for each seed topic and each viewpoint (KINDS: a plain question, a child's, a beginner's, an example
+question) the teacher is asked to write one question (greedy, through `generate.generate_answers`, so a killed run
+resumes); its reply is cleaned (a quoted question taken out of a preamble, else the first line, labels and quotes
+stripped) and kept only when it reads as one request: 4-40 words, ending in "?", "." or "!", not an answer, a
+refusal or an echo of the meta-instruction, and no near-copy (difflib ratio >= 0.7 or half its content words
+shared: `heldout.independent_prompts`) of a reference prompt — the set it grows, the natural prompts that must stay
+held out by source, and every prompt kept before it. The kept questions then ask, in turn, for a free answer, one
+sentence, three or four sentences, steps or two examples (ANSWER_FORMS, appended by code), so answers vary in
+length and kind. Each carries `"group": "<topic>"`: the template split holds out whole topics (a topic is not a
+sentence frame: it has no slot words to purge).
 
 Made by code (ARITHMETIC): arithmetic and short reasoning in frames of their own ("17+25=?", a worked
 multiplication, word problems, percentages, sequences, units, a syllogism), asking for the working where the use
@@ -22,25 +24,27 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-# the kinds of request the teacher is asked to write, one per topic each; {topic} is the seed topic
+# how the teacher is asked to write a question about {topic}: a 135M instruct model writes questions when asked for
+# one (asked for an explanation, advice or a paragraph it answers or refuses instead: tried on smollm2, see
+# benchmarks/results/prompts_grown.json); the viewpoints vary what it writes
 KINDS = {
-    "question": "Write one question that a curious person might ask a phone assistant about {topic}. "
-                "Reply with the question only.",
-    "explain": "Write one request asking someone to explain how or why something about {topic} works. "
-               "Reply with the request only.",
-    "advice": "Write one request for practical advice about {topic}. Reply with the request only.",
-    "paragraph": "Write one instruction asking for a short paragraph of three or four sentences about {topic}. "
-                 "Reply with the instruction only.",
-    "compare": "Write one question that asks for the difference between two things related to {topic}. "
-               "Reply with the question only.",
-    "steps": "Write one request asking for step-by-step instructions for a task related to {topic}. "
-             "Reply with the request only.",
+    "question": "Write a question about {topic}.",
+    "child": "Write a question a child might ask about {topic}.",
+    "beginner": "Write a question a beginner might ask about {topic}.",
+    "example": "Give an example of a question someone might ask about {topic}. Write only the question.",
 }
+# the answer each kept question asks for, in turn (code, not the teacher): one sentence, a paragraph, steps, examples
+ANSWER_FORMS = ("", " Answer in one sentence.", " Explain in three or four sentences.", " Explain step by step.",
+                " Give two examples.")
 # words of the meta-instructions: a reply that repeats them is an echo, not a request
 _META = ("reply with", "question only", "request only", "instruction only", "phone assistant", "curious person",
-         "write one", "as an ai")
-_LABEL = re.compile(r"^\s*(?:\d+[.)]\s*|[-*•]\s*|(?:question|request|instruction|answer|prompt|q)\s*[:\-]\s*)+",
+         "write one", "as an ai", "question", "might ask")
+# openings of a reply that answers, refuses or praises instead of asking
+_NOT_A_REQUEST = ("what a ", "i'm ", "i am ", "as a ", "sure", "please provide", "how about", "why about", "why not",
+                  "here is", "here's")
+_LABEL = re.compile(r"^\s*(?:\d+[.)]\s*|[-*•]\s*|(?:question|request|instruction|answer|prompt|q|a)\s*[:\-]\s*)+",
                     re.IGNORECASE)
+_QUOTED = re.compile(r'["“]([^"”\n]{8,300}?[?.!])["”]')
 NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ivan", "Jun", "Kofi", "Lena", "Mia",
          "Nikhil", "Omar", "Priya", "Rosa", "Sami", "Tomas", "Uma")
 ITEMS = ("apples", "books", "pencils", "stickers", "marbles", "cookies", "stamps", "eggs", "cards", "shells",
@@ -69,16 +73,25 @@ def meta_prompts(topics: list[str], kinds: list[str] | None = None) -> list[dict
 
 def clean_instruction(text: str) -> str | None:
     """The request in a teacher's reply, or None when the reply is not one request (see the module doc)."""
-    # the first line that is not a preamble ("Sure! Here is a question:")
-    line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip() and not ln.strip().endswith(":")), "")
+    quoted = _QUOTED.search(text)  # 'A child might ask, "What is a thunderstorm?"'
+    if quoted:
+        line = quoted.group(1).strip()
+    else:  # the first line that is not a preamble ("Sure! Here is a question:")
+        line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip() and not ln.strip().endswith(":")), "")
     line = _LABEL.sub("", line).strip().strip('"“”\'` ').strip()
     words = line.split()
     if not 4 <= len(words) <= 40 or line[-1:] not in "?.!":
         return None
     low = line.lower()
-    if any(m in low for m in _META) or not re.search(r"[a-z]", low):
+    if any(m in low for m in _META) or low.startswith(_NOT_A_REQUEST) or not re.search(r"[a-z]", low):
         return None
     return line[0].upper() + line[1:]
+
+
+def with_answer_forms(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each kept question with the answer form of its turn appended (ANSWER_FORMS, in order), as `form`."""
+    return [{**r, "prompt": r["prompt"] + ANSWER_FORMS[i % len(ANSWER_FORMS)],
+             "form": ANSWER_FORMS[i % len(ANSWER_FORMS)].strip() or "free"} for i, r in enumerate(rows)]
 
 
 def filter_new(candidates: list[dict[str, Any]], reference: list[str], max_ratio: float = 0.7,
@@ -170,5 +183,5 @@ def arithmetic_prompts(n_per_frame: int, seed: int = 0) -> list[dict[str, str]]:
     return [{"prompt": p, "template": f} for f, ps in by_frame.items() for p in ps]
 
 
-__all__ = ["KINDS", "arithmetic_prompts", "clean_instruction", "filter_new", "meta_prompts", "read_topics",
-           "teacher_instructions"]
+__all__ = ["ANSWER_FORMS", "KINDS", "arithmetic_prompts", "clean_instruction", "filter_new", "meta_prompts", "read_topics",
+           "teacher_instructions", "with_answer_forms"]
