@@ -54,6 +54,9 @@ class DataConfig(Strict):
     split: Literal["shuffle", "template"] = Field(
         "shuffle", description="prompts: 'template' holds out whole templates (the prompts' \"template\" field) for "
                                "validation and test and keeps an in-template test; 'shuffle' is a seeded shuffle")
+    train_prompts: int | None = Field(None, ge=1, description="prompts: train on a seeded subset of N of the training "
+                                      "prompts, validation and test unchanged (a learning curve's x axis; train_size "
+                                      "subsets the prompts before they are split)")
 
     @model_validator(mode="after")
     def _norm_pair(self) -> "DataConfig":
@@ -80,7 +83,7 @@ class DataConfig(Strict):
 
 
 _BYO_DATA_FIELDS = ("test_fraction", "classes", "text_column", "label_column", "feature_columns", "image_size",
-                    "channels", "mean", "std", "splits", "unlabeled", "split")
+                    "channels", "mean", "std", "splits", "unlabeled", "split", "train_prompts")
 MODEL_SOURCES = ("arch", "factory", "hf", "onnx", "torchvision", "timm")
 
 

@@ -132,3 +132,25 @@ def test_the_shipped_natural_prompt_set_is_independent_of_the_shipped_prompts():
     assert not {p["id"] for p in natural} & {p["id"] for p in shipped}
     kept, dropped = independent_prompts([p["prompt"] for p in natural], [p["prompt"] for p in shipped])
     assert dropped == [] and len(kept) == len(natural)
+
+
+def test_train_prompts_subsets_training_only_and_nests(tmp_path):
+    """data.train_prompts (a learning curve's x axis): N of the training prompts, seeded and nested (the subset at N
+    is inside the one at 2N), validation, test and the in-template test unchanged; N at or past the split is all."""
+    rows = _shipped()
+    p = tmp_path / "p.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def plan(n):
+        over = {"data.path": str(p), "data.split": "template"} | ({"data.train_prompts": n} if n else {})
+        return split_plan(SimpleNamespace(recipe=load_recipe("smollm2-seqkd", over)))
+    full, info = plan(None)
+    small, sinfo = plan(50)
+    mid, _ = plan(120)
+    assert len(small["train"]) == 50 and len(mid["train"]) == 120 and "train_prompts" not in info
+    assert sinfo["train_prompts"] == {"kept": 50, "of": len(full["train"])}
+    ids = [{q["id"] for q in s["train"]} for s in (small, mid, full)]
+    assert ids[0] < ids[1] < ids[2]
+    for k in ("val", "test", "test_in"):
+        assert [q["id"] for q in small[k]] == [q["id"] for q in full[k]]
+    assert plan(10_000)[0]["train"] == full["train"]

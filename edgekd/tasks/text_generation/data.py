@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from edgekd.errors import ConfigError, UserError
+from edgekd.errors import ConfigError
 from edgekd.pipeline import BuildContext, StageOutput, StageResult, stable_hash
 
 
@@ -92,12 +93,23 @@ def split_plan(ctx: BuildContext) -> tuple[dict[str, list[dict]], dict]:
         if any("template" in p for p in prompts):
             # a prompt without a template is a template of its own
             prompts = [{**p, "template": p.get("template") or f"free-{p['id']}"} for p in prompts]
-            return template_split(prompts, d.val_fraction, d.seed)
+            return _train_subset(*template_split(prompts, d.val_fraction, d.seed), d)
         splits, info = shuffle_split(prompts, d.val_fraction, d.seed)
-        return splits, {**info, "requested": "template",
-                        "why": "data.split is template but no prompt has a \"template\" field: a seeded shuffle "
-                               "(test prompts may share templates with training prompts)"}
-    return shuffle_split(prompts, d.val_fraction, d.seed)
+        return _train_subset(splits, {**info, "requested": "template",
+                             "why": "data.split is template but no prompt has a \"template\" field: a seeded shuffle "
+                                    "(test prompts may share templates with training prompts)"}, d)
+    return _train_subset(*shuffle_split(prompts, d.val_fraction, d.seed), d)
+
+
+def _train_subset(splits: dict[str, list[dict]], info: dict, d: Any) -> tuple[dict[str, list[dict]], dict]:
+    """data.train_prompts: a seeded subset of the training prompts (in their order), the held-out splits as they were."""
+    n = d.train_prompts
+    if n is None or n >= len(splits["train"]):
+        return splits, info
+    rng = np.random.default_rng(d.seed + 1)  # not the split's stream: the subset of one split is the same at any N
+    keep = set(int(i) for i in rng.permutation(len(splits["train"]))[:n])
+    train = [p for i, p in enumerate(splits["train"]) if i in keep]
+    return {**splits, "train": train}, {**info, "train_prompts": {"kept": n, "of": len(splits["train"])}}
 
 
 def stage_generate(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
