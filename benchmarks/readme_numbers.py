@@ -740,10 +740,24 @@ def lm_budget() -> str:
     again = d.get("search_again")
     if again:
         w = again["winner"]
-        lines.append(f"The same search stage rerun alone with the current code (perplexity ranking, bisection; load "
-                     f"{again['host_load_1min_before']:g}): {again['search_stage_s']:.0f} s, {again['timed']} of "
-                     f"{again['candidates']} cuts timed ({again['timed_before']} before), winner depth {w.get('depth')} "
-                     f"FFN {w.get('ffn')} ({'the same' if again['same_winner'] else 'another'}).")
+        ranked = [c for c in again["candidates_table"] if c.get("proxy_seconds") is not None]
+        how = "proxy distillation ranking" if ranked else "perplexity ranking"
+        lines.append(f"The same search stage rerun alone with the current code ({how}, bisection; load "
+                     f"{again['host_load_1min_before']:g}): {again['search_stage_s']:.0f} s = "
+                     f"{_pct(again['fraction_of_student_build'])} of the rest of the build"
+                     + (f" (the proxy distillation {again['proxy_seconds']:.0f} s of it)" if again.get("proxy_seconds")
+                        else "")
+                     + f", {again['timed']} of {again['candidates']} cuts timed ({again['timed_before']} before), winner "
+                     f"depth {w.get('depth')} FFN {w.get('ffn')} ({'the same' if again['same_winner'] else 'another'}).")
+        if ranked:
+            t = ["| depth | FFN | ms/token | as cut: agreement / perplexity | after the proxy: agreement / perplexity "
+                 "| proxy s | status |", "|---|---|---|---|---|---|---|"]
+            for c in ranked:
+                t.append(f"| {c['kwargs'].get('depth')} | {c['kwargs'].get('ffn')} | {c['latency_ms']:.2f} | "
+                         f"{_pct2(c.get('cut_val_accuracy'))} / {c['cut_val_perplexity']:,.0f} | "
+                         f"{_pct2(c['proxy_val_accuracy'])} / {c['proxy_val_perplexity']:,.0f} | "
+                         f"{c['proxy_seconds']:.0f} | {c['status']} |")
+            lines.append("Ranked by the proxy distillation (validation answers, held-out templates):\n\n" + "\n".join(t))
     return "\n\n".join(lines) + "\n\n" + "\n".join(rows) + "\n\n" + _source("lm_budget.json", d,
                                                                           "; " + d["notes"][0] if d.get("notes") else "")
 
