@@ -96,7 +96,7 @@ def main() -> None:
     t_all = time.perf_counter()
     common = ["--target", "cpu", "--recipe", "smollm2-seqkd", "--quiet",
               "--set", f"data.path={args.prompts}", "--set", f"distill.epochs={args.epochs}",
-              "--set", "distill.control=false", "--set", "distill.general_text=null",
+              "--set", "generate.control=false", "--set", "distill.general_text=null", "--set", "generate.profile_repeats=1",
               "--set", "quantize.candidates=[fp32]", "--set", "quantize.accuracy_aware=false",
               "--set", "evaluate.quantized_teacher=[]", *[a for s in args.sets for a in ("--set", s)]]
     points: dict[int, dict] = {}
