@@ -59,14 +59,15 @@ def main() -> None:
         out = WORK / f"seed{seed}"
         cmd = ["build", *COMMON, "--out", str(out), "--set", f"distill.epochs={args.epochs}",
                "--set", f"distill.seed={seed}", *[a for s in args.sets for a in ("--set", s)]]
-        wall = None
+        wall, load0 = None, None
         if not args.collect:
             load0 = os.getloadavg()[0]
             wall, r = edgekd(*cmd, env={"OMP_NUM_THREADS": str(args.threads)}, check=False)
             if r.returncode != 0:
                 raise SystemExit(f"edgekd {' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
         seeds[str(seed)] = read_seed(out) | {"command": "edgekd " + " ".join(cmd),
-                                             "wall_s": None if wall is None else round(wall, 1)}
+                                             "wall_s": None if wall is None else round(wall, 1),
+                                             "host_load_1min_before": None if load0 is None else round(load0, 2)}
         g = seeds[str(seed)]["sets"]["test"]["gain_points"]
         print(f"  seed {seed}: held-out-template gain {g:+.2f} points", flush=True)
     gains = {k: [s["sets"][k]["gain_points"] for s in seeds.values()] for k in ("val", "test", "test_in_template")}
