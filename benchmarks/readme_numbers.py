@@ -805,6 +805,85 @@ def general_text() -> str:
 GENERATORS["general-text"] = general_text
 
 
+def _ci(v: dict, key: str = "agreement") -> str:
+    lo, hi = v[f"{key}_ci95"]
+    return f"{_pct(v[key])} [{_pct(lo)}, {_pct(hi)}]"
+
+
+def prompts_range() -> str:
+    """The grown prompt set (grow_llm_prompts.py) and what more answers buy (bench_lm_curve.py)."""
+    g = _load_opt("prompts_grown.json")
+    if g is None:
+        return "_No measurement yet: run `python benchmarks/grow_llm_prompts.py`._\n"
+    drop = g["teacher_written_dropped"]
+    lines = [f"`{g['out']}`: the {g['base_prompts']} frame prompts + **{g['teacher_written_kept']} questions the teacher "
+             f"wrote** on {g['topics_with_a_kept_request']} of {g['topics']} seed topics ({g['requests_asked']} asked; "
+             f"dropped: {drop['not_a_request']} not one request, {drop['duplicate']} duplicates, {drop['near_copy']} "
+             f"near-copies of the set, the natural prompts or each other) + **{g['arithmetic_kept']} arithmetic and "
+             f"short-reasoning problems** made by code in {len(g['arithmetic_frames'])} frames = {g['total_prompts']} "
+             f"prompts. The teacher took {g['generation_seconds'] / 60:.1f} min to write its questions. Examples: "
+             + "; ".join(f"\"{e}\"" for k in ("question", "child", "beginner") for e in g["examples"].get(k, [])[:1])
+             + "; " + "; ".join(f"\"{e}\"" for e in g["examples"].get("arithmetic", [])[:2]) + "."]
+    c = _load_opt("lm_curve.json")
+    if c is None:
+        return "\n\n".join(lines) + "\n\n_The curve: no measurement yet (`python benchmarks/bench_lm_curve.py`)._\n\n" \
+            + _source("prompts_grown.json", g)
+    rows = ["| training prompts | answer tokens | held-out (templates and topics) | in-template | natural prompts | "
+            "held-out: frames / teacher-written topics / arithmetic | natural-text perplexity ratio | training |",
+            "|---|---|---|---|---|---|---|---|"]
+    for pt in c["points"]:
+        src = pt["test_by_source"]
+
+        def one(name: str) -> str:
+            v = next((v for k, v in src.items() if k.startswith(name)), None)
+            return _pct(v["agreement"]) if v and v["agreement"] is not None else "—"
+        ho = pt["held_out"]
+        rows.append(f"| {pt['train_prompts']:,} | {pt['answer_tokens']:,} | {_ci(ho['test'])} | "
+                    f"{_ci(ho['test_in_template'])} | {_ci(pt['natural_prompts'])} | "
+                    f"{one('frame')} / {one('teacher')} / {one('arith')} | "
+                    + (f"{pt['natural_text_perplexity_ratio']:.1f}×" if pt.get("natural_text_perplexity_ratio") else "—")
+                    + f" | {pt['train_seconds']:.0f} s |")
+    sl = c["slope"]
+    tt = c.get("ten_times") or {}
+    lines.append(f"The curve (`benchmarks/bench_lm_curve.py`: the card at {c['epochs']} epoch, {c['settings']}; nested "
+                 "subsets of the training prompts, `data.train_prompts`):\n\n" + "\n".join(rows))
+    ls, last = sl["held_out_test"]["least_squares_points_per_1000"], sl["held_out_test"]["last_two_points_per_1000"]
+    nl = sl["natural_prompts"]["least_squares_points_per_1000"]
+    lines.append(f"Held-out agreement gains {ls:+.1f} points per 1,000 answers over these points ({last:+.1f} between "
+                 f"the last two), natural prompts {nl:+.1f}: "
+                 + ("more answers help, and at this rate " if ls > 0 else "more answers do not help measurably here; ")
+                 + (f"ten times the answers ({tt['answers']:,}) would take about {tt['train_hours_here']:.1f} h of "
+                    f"training on this host at its measured {c['train_answer_tokens_per_s']:.0f} answer tokens/s "
+                    "(an estimate), before the teacher answers them: a run for a GPU host." if tt else ""))
+    return "\n\n".join(lines) + "\n\n" + _source("lm_curve.json", c, "; " + c["notes"][0] if c.get("notes") else "")
+
+
+GENERATORS["prompts-range"] = prompts_range
+
+
+def lm_kd_seeds() -> str:
+    """Logit KD against the answers-only control, per seed (bench_lm_kd_seeds.py)."""
+    d = _load_opt("lm_kd_seeds.json")
+    if d is None:
+        return "_No measurement yet: run `python benchmarks/bench_lm_kd_seeds.py`._\n"
+    rows = ["| seed | held-out templates: KD / control (gain) | in-template: KD / control (gain) | validation gain |",
+            "|---|---|---|---|"]
+    for seed, r in d["seeds"].items():
+        t, i, v = (r["sets"][k] for k in ("test", "test_in_template", "val"))
+        rows.append(f"| {seed} | {_pct(t['student'])} / {_pct(t['control'])} ({_pts(t['gain_points'])}) | "
+                    f"{_pct(i['student'])} / {_pct(i['control'])} ({_pts(i['gain_points'])}) | {_pts(v['gain_points'])} |")
+    g = d["gain_points"]["test"]
+    verdict = ("logit KD beats the answers-only control on held-out templates in every seed" if d["goal_met"] else
+               f"logit KD does **not** beat the answers-only control in every seed (held-out-template gain "
+               f"{_pts(g['min'])} … {_pts(g['max'])}, mean {_pts(g['mean'])}): the teacher's answers carry what it "
+               "teaches here; its top-k logits add no reliable gain at this budget")
+    return (f"`{d['recipe']}` at {d['epochs']} epoch(s), {d['settings']}:\n\n" + "\n".join(rows) + f"\n\n{verdict}.\n\n"
+            + _source("lm_kd_seeds.json", d, "; " + d["notes"][0] if d.get("notes") else ""))
+
+
+GENERATORS["lm-kd-seeds"] = lm_kd_seeds
+
+
 def render(text: str) -> str:
     """`text` with every marker block regenerated; an unknown block name is an error."""
     def repl(m: re.Match) -> str:
