@@ -60,10 +60,14 @@ def main() -> None:
     print()
     gen_s = time.perf_counter() - t_gen
     reference = [p["prompt"] for p in base] + natural
-    written, why_w = filter_new(replies, reference)
+    # near-copies across topics and of the base or natural prompts are dropped; within a topic (held out whole) only
+    # exact duplicates
+    written, why_w = filter_new(replies, reference, group="topic")
     written = with_answer_forms(written)
+    # code-made frames: instances of one frame are held out together (exact duplicates only among them)
     arith, why_a = filter_new([{"id": f"a{i:03d}", **p} for i, p in enumerate(
-        arithmetic_prompts(args.arithmetic_per_frame))], reference + [w["prompt"] for w in written])
+        arithmetic_prompts(args.arithmetic_per_frame))], reference + [w["prompt"] for w in written],
+        group="template", clean=False)
     new = ([{"id": f"s{i:04d}", "prompt": w["prompt"], "group": w["topic"], "kind": w["kind"], "form": w["form"],
              "source": "teacher-written (self-instruct)"} for i, w in enumerate(written)]
            + [{"id": f"r{i:04d}", "prompt": a["prompt"], "template": a["template"], "source": "arithmetic (code)"}
@@ -81,9 +85,11 @@ def main() -> None:
         "arithmetic_dropped": why_a, "arithmetic_frames": sorted({a["template"] for a in arith}),
         "total_prompts": len(rows), "generation_seconds": round(gen_s, 1),
         "seconds": round(time.perf_counter() - t0, 1), "threads": os.environ.get("OMP_NUM_THREADS"),
-        "filter": "clean_instruction (one request, 4-40 words, an end mark, no meta words), then no exact duplicate "
-                  "and no near-copy (difflib ratio >= 0.7 or half the content words shared) of the base prompts, the "
-                  "natural prompts or a request kept before it",
+        "filter": "teacher-written: clean_instruction (one request, 4-40 words, an end mark, not an answer, refusal or "
+                  "echo), then no exact duplicate and no near-copy (difflib ratio >= 0.7 or half the content words "
+                  "shared) of the base prompts, the natural prompts or a question of another topic kept before it "
+                  "(within a topic, held out whole: exact duplicates only); arithmetic: the same against the base, "
+                  "natural and teacher-written prompts, exact duplicates only within a frame",
         "examples": {k: [w["prompt"] for w in written if w["kind"] == k][:4] for k in KINDS}
         | {"arithmetic": [a["prompt"] for a in arith[:: max(1, len(arith) // 4)]][:4]}})
 

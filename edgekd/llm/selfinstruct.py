@@ -95,29 +95,34 @@ def with_answer_forms(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def filter_new(candidates: list[dict[str, Any]], reference: list[str], max_ratio: float = 0.7,
-               max_overlap: float = 0.5) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Cleaned candidates that are no near-copy of a reference prompt or of a candidate kept before them (in
-    order). Returns the kept rows (`prompt` replaced by the cleaned request) and counts of what was dropped why."""
+               max_overlap: float = 0.5, group: str | None = None,
+               clean: bool = True) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Candidates that are no near-copy of a reference prompt or of a candidate kept before them (in order).
+    `group` (a field of the candidates, e.g. "topic" or "template"): candidates of one group are held out together,
+    so within a group only exact duplicates are dropped (a frame's instances share its words by design; two questions
+    on one topic share its name), across groups and against the reference every near-copy is. `clean`: pass each
+    through `clean_instruction` first (a teacher's reply; code-made prompts are taken as they are). Returns the kept
+    rows (`prompt` replaced by the cleaned request) and counts of what was dropped why."""
     from edgekd.llm.heldout import independent_prompts
 
     kept: list[dict[str, Any]] = []
-    ref = list(reference)
-    seen: set[str] = {r.lower() for r in ref}
+    seen: set[str] = {r.lower() for r in reference}
     why = {"not_a_request": 0, "duplicate": 0, "near_copy": 0}
     for c in candidates:
-        p = clean_instruction(c["prompt"])
+        p = clean_instruction(c["prompt"]) if clean else c["prompt"].strip()
         if p is None:
             why["not_a_request"] += 1
             continue
         if p.lower() in seen:
             why["duplicate"] += 1
             continue
-        ok, _ = independent_prompts([p], ref, max_ratio, max_overlap)
+        g = c.get(group) if group else None
+        others = [*reference, *(k["prompt"] for k in kept if group is None or k.get(group) != g)]
+        ok, _ = independent_prompts([p], others, max_ratio, max_overlap)
         if not ok:
             why["near_copy"] += 1
             continue
         kept.append({**c, "prompt": p})
-        ref.append(p)
         seen.add(p.lower())
     return kept, why
 

@@ -137,3 +137,18 @@ def test_the_teacher_writes_into_a_resumable_file(tmp_path):
     again = teacher_instructions(model, tok, ["apple", "river"], out, "tiny", max_new_tokens=6, batch_size=4,
                                  kinds=["question", "child"])
     assert again == rows
+
+
+def test_within_a_group_only_exact_duplicates_are_dropped():
+    """Candidates of one group (a topic, a frame) are held out together: near-copies among them stay (a frame's
+    instances share its words by design), exact duplicates and near-copies of another group or the reference go."""
+    ref = ["What is 3 plus 4?"]
+    cands = [{"prompt": "A shop had 78 books and sold 19. How many are left?", "template": "sub"},
+             {"prompt": "A shop had 91 pens and sold 12. How many are left?", "template": "sub"},  # same frame: kept
+             {"prompt": "A shop had 91 pens and sold 12. How many are left?", "template": "sub"},  # exact: dropped
+             {"prompt": "A shop had 78 books and sold 19. How many remain?", "template": "other"},  # across: dropped
+             {"prompt": "What is 3 plus 4?", "template": "plus"}]  # the reference itself
+    kept, why = filter_new(cands, ref, group="template", clean=False)
+    assert [k["prompt"] for k in kept] == [cands[0]["prompt"], cands[1]["prompt"]]
+    assert why == {"not_a_request": 0, "duplicate": 2, "near_copy": 1}
+    assert len(filter_new(cands[:2], ref, clean=False)[0]) == 1  # without groups the second is a near-copy
