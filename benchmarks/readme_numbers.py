@@ -620,7 +620,11 @@ def budget() -> str:
                              f"(`{b2['selected']}`) | {'yes' if b2['selected_p50_ms'] <= t['budget']['latency_ms'] else 'no'} |")
         gm = t["goals_met"]
         missed = [k for k, v in gm.items() if v is False]
-        notes.append(f"{target}: " + ("every goal met" if not missed else "missed: " + ", ".join(missed))
+        short = ""
+        if gm.get("winner_vs_hand") is False and t.get("winner_minus_best_hand_points") is not None:
+            short = (f": the winner is {-t['winner_minus_best_hand_points']:.2f} points below the best hand-sized student "
+                     "(one seed each; the distillation's seed-to-seed spread on this card is larger, see the KD table)")
+        notes.append(f"{target}: " + ("every goal met" if not missed else "missed: " + ", ".join(missed) + short)
                      + f" (goals: {'; '.join(f'{k} {v}' for k, v in t['goals'].items())}).")
     out = "\n".join(lines) + "\n\nHand-sized students of the same budget (for each depth, the widest the search's own " \
         "timing table says fits), each distilled in full with the card's recipe:\n\n" + \
