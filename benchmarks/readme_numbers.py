@@ -680,11 +680,6 @@ def byo_budget() -> str:
                 + (_pts(lv["val_kd_gain_mean"]) if lv.get("val_kd_gain_mean") is not None else "—") + " |")
     for name, lv in d["levers"].items():
         rows.append(lever_row(f"init's card ({_losses(d['init']['card'])})" if name == "card" else name, lv))
-    first = _load_opt("byo_budget-losses.json")  # the run that chose init's losses: its levers not run again
-    for name, lv in ((first or {}).get("levers") or {}).items():
-        if name in ("card", "T2-hard0.5", *d["levers"]) or len(lv["seeds"]) != nseeds:
-            continue
-        rows.append(lever_row(f"{name} (byo_budget-losses.json)", lv))
     bl = d.get("best_lever")
     if bl and bl.get("chosen_on"):
         what = f"init's card ({_losses(d['init']['card'])})" if bl["name"] == "card" else bl["name"]
