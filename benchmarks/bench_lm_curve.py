@@ -98,7 +98,10 @@ def main() -> None:
               "--set", f"data.path={args.prompts}", "--set", f"distill.epochs={args.epochs}",
               "--set", "generate.control=false", "--set", "distill.general_text=null", "--set", "generate.profile_repeats=1",
               "--set", "quantize.candidates=[fp32]", "--set", "quantize.accuracy_aware=false",
-              "--set", "evaluate.quantized_teacher=[]", *[a for s in args.sets for a in ("--set", s)]]
+              "--set", "evaluate.quantized_teacher=[]",
+              # with data.path the card names no natural prompts (a user's own data has none): the shipped set's
+              "--set", f"evaluate.natural_prompts={ROOT / 'models' / 'prompts' / 'smollm2-natural.jsonl'}",
+              *[a for s in args.sets for a in ("--set", s)]]
     points: dict[int, dict] = {}
     # the largest first: it answers every prompt; the others reuse the answers (cached per prompt)
     todo = sorted(args.points or [0], key=lambda n: (n != 0, -n))
