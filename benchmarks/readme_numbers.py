@@ -686,6 +686,15 @@ def byo_budget() -> str:
         rows.append(f"\nChosen on validation ({bl['chosen_on']}, the levers above measured on the same {bl['seeds']} "
                     f"seeds): {what}, {_pts(bl['val_kd_gain_mean'])} on validation; its test gain, reported not chosen "
                     f"on: {_pts(bl['kd_gain_mean'])}.")
+        vals = [lv["val_kd_gain_mean"] for lv in d["levers"].values() if lv.get("val_kd_gain_mean") is not None]
+        best_test = max(d["levers"].items(), key=lambda kv: kv[1]["kd_gain_mean"])
+        if vals and max(vals) <= 0:
+            rows.append(f"No loss mix beats labels alone on validation for this teacher and student (every mean "
+                        f"validation gain ≤ 0, spread {min(vals):+.2f} … {max(vals):+.2f} pt) while on test "
+                        f"{sum(lv['kd_gain_mean'] > 0 for lv in d['levers'].values())} of {len(vals)} do (best "
+                        f"{_pts(best_test[1]['kd_gain_mean'])}): the mixes differ by less than the seeds do, and "
+                        "distillation buys this pair nothing reliable over its labels. The lever left untried is an "
+                        "intermediate teacher (teacher-assistant distillation).")
     gm = d["goals_met"]
     missed = [k for k, v in gm.items() if v is False]
     verdict = "every goal met" if not missed else "missed: " + ", ".join(missed)
