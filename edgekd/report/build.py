@@ -92,6 +92,21 @@ def control_entry(control: dict | None, kd_accuracy: float | None) -> dict | Non
     return out
 
 
+def weak_teacher_note(control: dict | None, teacher: dict) -> str | None:
+    """A note when the labels-only control is at least as accurate as the teacher on the test split: the teacher's
+    soft labels then carry more of its errors than the labels do, and distillation has little to add (a weak teacher,
+    not a capacity gap: a smaller temperature or an intermediate teacher does not fix it)."""
+    acc, t = (control or {}).get("accuracy"), teacher.get("accuracy")
+    if acc is None or t is None or acc < t:
+        return None
+    gain = (control or {}).get("kd_gain_points")
+    return (f"The labels-only control ({100 * acc:.1f}%) is at least as accurate as the teacher ({100 * t:.1f}%) on the "
+            "test split: the teacher's soft labels carry its errors, and distilling from it "
+            + (f"{'added' if gain > 0 else 'cost'} {abs(gain):.2f} points here" if gain is not None else "is not expected to help")
+            + "; a stronger teacher is the remedy (or the labels alone), not a smaller temperature or an intermediate "
+              "teacher, which address a teacher too strong for its student.")
+
+
 def text_generation_control(control: dict | None, student_test: dict | None, epochs: int | None = None,
                             student_held_out: dict | None = None, untrained: dict | None = None) -> dict | None:
     """report training.control of a text-generation build, in the classifier's terms: the control is the same

@@ -246,3 +246,17 @@ def test_headline_shows_the_teacher_on_the_students_runtime_beside_pytorch(repor
                              "teacher_same_runtime": f"teacher/{onnx_teacher['variant']}"}
     row = next(r for r in summary_rows(report) if r[0] == "latency p50, teacher on onnxruntime")
     assert row[3] == f"{speedup:.2f}× faster" and row[1].startswith(f"{onnx_teacher['latency_ms']['p50']:.3f}")
+
+
+def test_a_teacher_weaker_than_its_labels_gets_a_note():
+    """The labels-only control at least as accurate as the teacher: the report says distillation has little to add
+    and why (a weak teacher, not a capacity gap); a control below the teacher, or no control, says nothing."""
+    from edgekd.report.build import weak_teacher_note
+
+    teacher = {"accuracy": 0.853}
+    note = weak_teacher_note({"accuracy": 0.875, "kd_gain_points": -0.13}, teacher)
+    assert note and "87.5%" in note and "85.3%" in note and "cost 0.13 points" in note and "stronger teacher" in note
+    assert "added 0.40 points" in weak_teacher_note({"accuracy": 0.875, "kd_gain_points": 0.4}, teacher)
+    assert weak_teacher_note({"accuracy": 0.853, "kd_gain_points": None}, teacher)  # equal counts
+    assert weak_teacher_note({"accuracy": 0.85, "kd_gain_points": 0.6}, teacher) is None
+    assert weak_teacher_note(None, teacher) is None and weak_teacher_note({"accuracy": 0.9}, {"accuracy": None}) is None

@@ -91,6 +91,11 @@ def assemble(build_dir: Path, run: dict, task) -> dict[str, Any]:
             comparison[name] = dq
     not_built = quant.get("not_built") or []
     notes = [energy_note(teacher), *parts.notes]
+    from edgekd.report.build import weak_teacher_note
+
+    weak = weak_teacher_note(parts.control, next((m for m in models if key(m) == "teacher/fp32-torch"), teacher))
+    if weak:
+        notes.append(weak)
     noisy = [m["variant"] for m in models if m.get("noisy")]
     if noisy:
         notes.append(f"Latency spread across repeats exceeded 5% for: {', '.join(noisy)}.")
