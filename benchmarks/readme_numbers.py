@@ -693,8 +693,15 @@ def byo_budget() -> str:
                         f"validation gain ≤ 0, spread {min(vals):+.2f} … {max(vals):+.2f} pt) while on test "
                         f"{sum(lv['kd_gain_mean'] > 0 for lv in d['levers'].values())} of {len(vals)} do (best "
                         f"{_pts(best_test[1]['kd_gain_mean'])}): the mixes differ by less than the seeds do, and "
-                        "distillation buys this pair nothing reliable over its labels. The lever left untried is an "
-                        "intermediate teacher (teacher-assistant distillation).")
+                        "distillation buys this pair nothing reliable over its labels.")
+            ctrl = [r["control_accuracy"] for r in next(iter(d["levers"].values()))["seeds"].values()]
+            t_acc = d["search_build"]["teacher_accuracy"]
+            if ctrl and min(ctrl) >= t_acc:
+                rows.append(f"Why: the teacher ({_pct(t_acc)}) is less accurate than its student trained on the labels "
+                            f"alone ({_pct(min(ctrl))} … {_pct(max(ctrl))} over the seeds): a weak teacher, not a capacity "
+                            "gap, so its soft labels carry its errors; the capacity-gap levers (temperature, hard-label "
+                            "weight, measured above; an intermediate teacher, not tried) do not address that. Every "
+                            "report now says so when its control is at least as accurate as its teacher.")
     gm = d["goals_met"]
     missed = [k for k, v in gm.items() if v is False]
     verdict = "every goal met" if not missed else "missed: " + ", ".join(missed)
