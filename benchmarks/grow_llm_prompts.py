@@ -59,6 +59,13 @@ def main() -> None:
                                                                flush=True))
     print()
     gen_s = time.perf_counter() - t_gen
+    # the replies are cached: a rerun reads them back in seconds, so the time they took is kept beside them
+    timing = args.work / "replies.seconds.json"
+    cached = timing.is_file() and gen_s < 0.5 * json.loads(timing.read_text())["seconds"]
+    if cached:
+        gen_s = json.loads(timing.read_text())["seconds"]
+    else:
+        timing.write_text(json.dumps({"seconds": round(gen_s, 1)}))
     reference = [p["prompt"] for p in base] + natural
     # near-copies across topics and of the base or natural prompts are dropped; within a topic (held out whole) only
     # exact duplicates
@@ -83,7 +90,7 @@ def main() -> None:
         "kept_per_kind": dict(kinds), "answer_forms": list(ANSWER_FORMS), "topics_with_a_kept_request": len(topics_kept),
         "arithmetic_made": len(arith) + sum(why_a.values()), "arithmetic_kept": len(arith),
         "arithmetic_dropped": why_a, "arithmetic_frames": sorted({a["template"] for a in arith}),
-        "total_prompts": len(rows), "generation_seconds": round(gen_s, 1),
+        "total_prompts": len(rows), "generation_seconds": round(gen_s, 1), "replies_cached": cached,
         "seconds": round(time.perf_counter() - t0, 1), "threads": os.environ.get("OMP_NUM_THREADS"),
         "filter": "teacher-written: clean_instruction (one request, 4-40 words, an end mark, not an answer, refusal or "
                   "echo), then no exact duplicate and no near-copy (difflib ratio >= 0.7 or half the content words "

@@ -836,7 +836,8 @@ def prompts_range() -> str:
              f"dropped: {drop['not_a_request']} not one request, {drop['duplicate']} duplicates, {drop['near_copy']} "
              f"near-copies of the set, the natural prompts or each other) + **{g['arithmetic_kept']} arithmetic and "
              f"short-reasoning problems** made by code in {len(g['arithmetic_frames'])} frames = {g['total_prompts']} "
-             f"prompts. The teacher took {g['generation_seconds'] / 60:.1f} min to write its questions. Examples: "
+             f"prompts. The teacher took {g['generation_seconds'] / 60:.1f} min to write its questions"
+             + (" (an earlier run's, its replies cached)" if g.get("replies_cached") else "") + ". Examples: "
              + "; ".join(f"\"{e}\"" for k in ("question", "child", "beginner") for e in g["examples"].get(k, [])[:1])
              + "; " + "; ".join(f"\"{e}\"" for e in g["examples"].get("arithmetic", [])[:2]) + "."]
     c = _load_opt("lm_curve.json")
@@ -864,12 +865,14 @@ def prompts_range() -> str:
                  "subsets of the training prompts, `data.train_prompts`):\n\n" + "\n".join(rows))
     ls, last = sl["held_out_test"]["least_squares_points_per_1000"], sl["held_out_test"]["last_two_points_per_1000"]
     nl = sl["natural_prompts"]["least_squares_points_per_1000"]
-    lines.append(f"Held-out agreement gains {ls:+.1f} points per 1,000 answers over these points ({last:+.1f} between "
+    lines.append(f"Held-out agreement rose {ls:+.1f} points per 1,000 answers over these points ({last:+.1f} between "
                  f"the last two), natural prompts {nl:+.1f}: "
-                 + ("more answers help, and at this rate " if ls > 0 else "more answers do not help measurably here; ")
-                 + (f"ten times the answers ({tt['answers']:,}) would take about {tt['train_hours_here']:.1f} h of "
+                 + ("more answers help and the curve has not flattened by the last point. It is no line to extend: the "
+                    "slope must fall as agreement rises, and at one epoch every answer is also a training step, so it "
+                    "mixes more data with more steps. " if ls > 0 else "more answers do not help measurably here. ")
+                 + (f"Ten times the answers ({tt['answers']:,}) would take about {tt['train_hours_here']:.1f} h of "
                     f"training on this host at its measured {c['train_answer_tokens_per_s']:.0f} answer tokens/s "
-                    "(an estimate), before the teacher answers them: a run for a GPU host." if tt else ""))
+                    "(an estimate), after the teacher answers them: a run for a GPU host." if tt else ""))
     return "\n\n".join(lines) + "\n\n" + _source("lm_curve.json", c, "; " + c["notes"][0] if c.get("notes") else "")
 
 
