@@ -94,7 +94,8 @@ SHARED_GROUPS = {
 # The longest groups start first, so none starts last and leaves one worker finishing alone
 # (from `--durations`: each of these takes 25-250 s; most other files take a few seconds).
 HEAVY_FIRST = ("fashion-e2e", "smollm2", "tests/e2e/test_byo_cli.py", "tests/e2e/test_text_cli.py",
-               "tests/e2e/test_shipped_teacher_cli.py", "tests/test_init_lm.py", "tests/export/test_mobile.py",
+               "tests/e2e/test_shipped_teacher_cli.py", "tests/test_init_lm.py", "tests/export/test_mobile_lm.py",
+               "tests/export/test_mobile.py",
                "tests/distill/test_multitask.py", "tests/distill/test_ddp.py")
 
 
