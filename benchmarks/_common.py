@@ -13,6 +13,15 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+def host_cpu() -> str:
+    """This host's CPU model, as edgekd's own reports name it (edgekd.hostinfo)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from edgekd.hostinfo import cpu_name
+
+    return cpu_name()
+
+
 def edgekd(*args: str, env: dict | None = None, check: bool = True, cwd: Path | None = None
            ) -> tuple[float, subprocess.CompletedProcess]:
     """`edgekd ARGS` with this checkout's edgekd, from the repository (or `cwd`: a user's folder its card is in)."""

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, ROOT, edgekd, rerun_search_into, write
+from _common import host_cpu, RESULTS, ROOT, edgekd, rerun_search_into, write
 
 sys.path.insert(0, str(ROOT))
 WORK = ROOT / "builds" / "bench-budget"
@@ -170,7 +170,7 @@ def main() -> None:
     env = {"OMP_NUM_THREADS": str(args.threads)}
     t_all = time.perf_counter()
     sec: dict[str, Any] = {"recipe": args.recipe, "fraction": args.fraction, "quick": args.quick, "threads": args.threads,
-                           "notes": args.note, "host_cpu": _cpu()}
+                           "notes": args.note, "host_cpu": host_cpu()}
 
     # 1. the teacher on the target runtime, from a quick build's own teacher (shipped weights; export stage only needed)
     ref = WORK / args.target / "ref"
@@ -248,14 +248,6 @@ def summarize(sec: dict) -> None:
                         "retention": sec["retention"] >= 0.97,
                         "winner_vs_hand": None if best_hand is None else s["selected_accuracy"] >= best_hand,
                         "search_cost": (sec.get("search_again") or sec["search_cost"])["fraction_of_student_build"] <= 0.25}
-
-
-def _cpu() -> str:
-    try:
-        return next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown"
 
 
 def finish(args: argparse.Namespace, sec: dict, t_all: float) -> None:

@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import RESULTS, ROOT, rerun_search_into, write
-from bench_budget import _cpu, read_build
+from _common import host_cpu, RESULTS, ROOT, rerun_search_into, write
+from bench_budget import read_build
 from bench_byo import CLASSES, run, write_photos
 
 sys.path.insert(0, str(ROOT))
@@ -257,7 +257,7 @@ def main() -> None:
     t_all = time.perf_counter()
     res: dict = {"sizes": {"train_per_class": args.train_per_class, "test_per_class": args.test_per_class,
                            "image": f"{args.image_size}x{args.image_size} RGB PNG (Fashion-MNIST upscaled)"},
-                 "fraction": args.fraction, "threads": args.threads, "quick": args.quick, "host_cpu": _cpu(),
+                 "fraction": args.fraction, "threads": args.threads, "quick": args.quick, "host_cpu": host_cpu(),
                  "notes": args.note}
     if not (args.keep_teacher and (work / "teacher.json").is_file()):
         shutil.rmtree(work, ignore_errors=True)

@@ -25,8 +25,8 @@ import shutil
 import time
 from pathlib import Path
 
-from _common import RESULTS, ROOT, edgekd, rerun_search_into, write
-from bench_budget import _cpu, read_build
+from _common import host_cpu, RESULTS, ROOT, edgekd, rerun_search_into, write
+from bench_budget import read_build
 
 WORK = Path(os.environ.get("EDGEKD_BENCH_WORK", ROOT / "builds")) / "bench-lm-budget"
 
@@ -67,7 +67,7 @@ def main() -> None:
     t0 = time.perf_counter()
     dt, r = edgekd(*cmd, env={"OMP_NUM_THREADS": str(args.threads)}, check=False)
     res: dict = {"recipe": args.recipe, "fraction": args.fraction, "epochs": args.epochs, "quick": args.quick,
-                 "threads": args.threads, "host_cpu": _cpu(), "notes": args.note, "teacher_reference": t,
+                 "threads": args.threads, "host_cpu": host_cpu(), "notes": args.note, "teacher_reference": t,
                  "budget": {"latency_ms": budget, "rule": f"teacher int8-dynamic ONNX ms/token / {args.fraction:g}"},
                  "command": "edgekd " + " ".join(cmd), "wall_s": round(dt, 1),
                  "host_load_1min": {"before": round(load0, 2), "after": round(os.getloadavg()[0], 2)}}

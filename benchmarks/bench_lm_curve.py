@@ -23,8 +23,7 @@ import os
 import time
 from pathlib import Path
 
-from _common import ROOT, edgekd, write
-from bench_budget import _cpu
+from _common import host_cpu, ROOT, edgekd, write
 
 WORK = Path(os.environ.get("EDGEKD_BENCH_WORK", ROOT / "builds")) / "bench-lm-curve"
 
@@ -129,7 +128,7 @@ def main() -> None:
     per_prompt_tokens = last["answer_tokens"] / last["train_prompts"] if last.get("answer_tokens") else None
     write("lm_curve", {
         "prompts": str(args.prompts.relative_to(ROOT) if args.prompts.is_relative_to(ROOT) else args.prompts),
-        "epochs": args.epochs, "threads": args.threads, "host_cpu": _cpu(), "notes": args.note,
+        "epochs": args.epochs, "threads": args.threads, "host_cpu": host_cpu(), "notes": args.note,
         "settings": "fp32, no control, no general text, no quantized teacher; held-out sets fixed across points",
         "points": curve,
         "slope": {"held_out_test": slope(curve, "held_out_test"), "natural_prompts": slope(curve, "natural")},

@@ -19,8 +19,7 @@ import os
 import time
 from pathlib import Path
 
-from _common import ROOT, edgekd, write
-from bench_budget import _cpu
+from _common import host_cpu, ROOT, edgekd, write
 
 WORK = Path(os.environ.get("EDGEKD_BENCH_WORK", ROOT / "builds")) / "bench-lm-kd-seeds"
 COMMON = ["--target", "cpu", "--recipe", "smollm2-seqkd", "--quiet", "--set", "generate.control=true",
@@ -72,7 +71,7 @@ def main() -> None:
         print(f"  seed {seed}: held-out-template gain {g:+.2f} points", flush=True)
     gains = {k: [s["sets"][k]["gain_points"] for s in seeds.values()] for k in ("val", "test", "test_in_template")}
     write("lm_kd_seeds", {
-        "recipe": "smollm2-seqkd", "epochs": args.epochs, "threads": args.threads, "host_cpu": _cpu(),
+        "recipe": "smollm2-seqkd", "epochs": args.epochs, "threads": args.threads, "host_cpu": host_cpu(),
         "notes": args.note, "settings": "fp32, no general text, no quantized teacher; control: the same cut on the "
                                         "teacher's answers with hard labels only",
         "seeds": seeds,
