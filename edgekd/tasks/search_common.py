@@ -187,6 +187,14 @@ def ensure_measured(rows: list[dict[str, Any]], cands: list[dict[str, Any]], sc:
             rows[r["index"]] = measure(r["index"], cands[r["index"]])
 
 
+def proxy_rows(n: int, samples: int | None, seed: int) -> np.ndarray:
+    """The training rows a proxy distillation trains on: a seeded subset of `samples` of `n` (sorted), all when None
+    or not fewer than n. Both tasks' searches rank on it."""
+    if samples is None or samples >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:samples])
+
+
 def winner_kwargs(inputs: dict[str, StageResult]) -> dict[str, Any] | None:
     """The search winner's student kwargs when a budget sized the student (the search stage ran), else None."""
     res = inputs.get("search")

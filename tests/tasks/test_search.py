@@ -274,3 +274,16 @@ def test_bisection_times_fewer_and_infers_every_fit_right(budget_ms):
     # no order (a user's kwargs ranges): every candidate is timed
     measure, not_timed, calls = _synthetic(cands, budget_ms)
     assert [r["fits"] for r in measure_space(cands, sc, None, measure, not_timed)] == truth and len(calls) == len(cands)
+
+
+def test_proxy_rows_are_a_seeded_sorted_subset_or_all():
+    """Both searches' proxy distillations train on proxy_rows: `samples` distinct sorted rows of n, the same for a
+    seed, every row when samples is None or not fewer than n."""
+    import numpy as np
+
+    from edgekd.tasks.search_common import proxy_rows
+
+    r = proxy_rows(100, 10, 0)
+    assert len(r) == 10 and len(set(r.tolist())) == 10 and list(r) == sorted(r) and r.max() < 100
+    assert (proxy_rows(100, 10, 0) == r).all() and not (proxy_rows(100, 10, 1) == r).all()
+    assert (proxy_rows(5, None, 0) == np.arange(5)).all() and (proxy_rows(5, 9, 0) == np.arange(5)).all()

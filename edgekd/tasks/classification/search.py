@@ -15,8 +15,8 @@ import numpy as np
 from edgekd.errors import ConfigError
 from edgekd.pipeline import BuildContext, StageOutput, StageResult
 from edgekd.tasks.common import build_model, data_fingerprint, splits
-from edgekd.tasks.search_common import (ensure_measured, fits, kwargs_ranges, label_rows, measure_space, round_half_up,
-                                        searching, skip_reason, unique_within)
+from edgekd.tasks.search_common import (ensure_measured, fits, kwargs_ranges, label_rows, measure_space, proxy_rows,
+                                        round_half_up, searching, skip_reason, unique_within)
 
 __all__ = ["search_space", "searching", "skip_reason", "stage_search", "order_key", "stem_strides"]
 
@@ -246,10 +246,7 @@ def _proxy(ctx: BuildContext, inputs: dict[str, StageResult], s: Any, rows: list
     teacher = _teacher_module(ctx, inputs["teacher"])
     cache = _logit_cache(ctx, teacher, inputs["teacher"], s.x_train, 0, 1)
     # a seeded subset ranks the architectures (the cache is indexed by training row, so rows keep their index)
-    n = len(s.x_train)
-    rows_idx = np.arange(n)
-    if sc.proxy_samples is not None and sc.proxy_samples < n:
-        rows_idx = np.sort(np.random.default_rng(dc.seed).permutation(n)[: sc.proxy_samples])
+    rows_idx = proxy_rows(len(s.x_train), sc.proxy_samples, dc.seed)
     x_tr, y_tr = s.x_train[rows_idx], s.y_train[rows_idx]
     labeled = None if s.labeled is None else s.labeled[rows_idx]
 

@@ -21,7 +21,8 @@ from typing import Any
 
 from edgekd.errors import ConfigError
 from edgekd.pipeline import BuildContext, StageOutput, StageResult
-from edgekd.tasks.search_common import ensure_measured, fits, kwargs_ranges, label_rows, measure_space, unique_within
+from edgekd.tasks.search_common import (ensure_measured, fits, kwargs_ranges, label_rows, measure_space, proxy_rows,
+                                        unique_within)
 
 LM_DEPTH = [0.2, 0.3, 0.4, 0.5]  # fractions of the teacher's layers
 LM_FFN = [0.25, 0.5, 1.0]  # fractions of its FFN neurons
@@ -247,8 +248,6 @@ def _proxy_distill(ctx: BuildContext, ranked: list[dict[str, Any]], cut_of: Any,
     """Cut each ranked candidate again and distil it briefly: the card's answer-level losses, a seeded subset of the
     training answers (the teacher's top-k on them computed once), the card's optimiser, batch and seed, in this
     process even under torchrun. Each row gains proxy_val_accuracy/_perplexity (its best epoch on `val`)."""
-    import numpy as np
-
     from edgekd.distill.cache import TopKSequenceCache
     from edgekd.distill.losses import build_losses
     from edgekd.llm import sequences as S
@@ -256,8 +255,8 @@ def _proxy_distill(ctx: BuildContext, ranked: list[dict[str, Any]], cut_of: Any,
 
     samples, epochs = proxy_settings(ctx.recipe.student.search)
     dc = ctx.recipe.distill
-    n = len(train) if samples is None else min(samples, len(train))
-    sub = [train[i] for i in np.sort(np.random.default_rng(dc.seed).permutation(len(train))[:n])]
+    sub = [train[int(i)] for i in proxy_rows(len(train), samples, dc.seed)]
+    n = len(sub)
     losses = _proxy_losses(ctx)
     t0 = time.perf_counter()
     cache = None
