@@ -180,6 +180,11 @@ def _pct2(x: Any) -> str:
     return f"{100 * x:.2f}%" if isinstance(x, (int, float)) else "—"
 
 
+def _ci(v: dict, key: str = "agreement") -> str:
+    lo, hi = v[f"{key}_ci95"]
+    return f"{_pct(v[key])} [{_pct(lo)}, {_pct(hi)}]"
+
+
 def _pts(x: Any) -> str:
     return f"{x:+.2f} pt" if isinstance(x, (int, float)) else "—"
 
@@ -790,13 +795,9 @@ def general_text() -> str:
     for name, a in d["arms"].items():
         nt, ho = a["natural_text"], a["held_out"]
 
-        def ag(k: str) -> str:
-            lo, hi = ho[k]["agreement_ci95"]
-            return f"{_pct(ho[k]['agreement'])} [{_pct(lo)}, {_pct(hi)}]"
-
         lines.append(f"| {name} | {nt['student']['perplexity']:,.0f} ({nt['teacher']['perplexity']:.0f}) | "
                      f"{nt['perplexity_ratio']:.1f}× | {_pct(nt['student']['next_token_accuracy'])} | "
-                     f"{ag('held-out-template')} | {ag('in-template')} | {ag('natural-prompts')} | "
+                     f"{_ci(ho['held-out-template'])} | {_ci(ho['in-template'])} | {_ci(ho['natural-prompts'])} | "
                      f"{a['train_seconds']:.0f} s |")
     r = d["perplexity_ratio"]
     base, gt = r["answers only"], r["answers + general text"]
@@ -818,11 +819,6 @@ def general_text() -> str:
 
 
 GENERATORS["general-text"] = general_text
-
-
-def _ci(v: dict, key: str = "agreement") -> str:
-    lo, hi = v[f"{key}_ci95"]
-    return f"{_pct(v[key])} [{_pct(lo)}, {_pct(hi)}]"
 
 
 def prompts_range() -> str:
