@@ -5,6 +5,8 @@ duplicates and near-copies against the 900, the natural prompts (which stay held
 
     python benchmarks/grow_llm_prompts.py            # -> models/prompts/smollm2-prompts-grown.jsonl
                                                      #    benchmarks/results/prompts_grown.json (what was kept, why not)
+    python benchmarks/grow_llm_prompts.py --samples 4 --out big.jsonl --results prompts_grown-x4
+                                                     # 3 more sampled replies per request: a larger set
 
 Teacher-written prompts carry `"group": "<topic>"` (the template split holds out whole topics), arithmetic ones
 their frame as `"template"`; every new line says its `"source"`. The teacher's replies are cached under
@@ -37,6 +39,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--out", type=Path, default=PROMPTS / "smollm2-prompts-grown.jsonl")
     ap.add_argument("--work", type=Path, default=ROOT / "builds" / "grow-prompts")
+    ap.add_argument("--samples", type=int, default=1,
+                    help="replies per request: the greedy one, then samples - 1 drawn (--temperature, --top-p, seeded); "
+                         "rewordings of a question kept on the same topic (difflib >= --group-max-ratio) are dropped")
+    ap.add_argument("--temperature", type=float, default=0.9)
+    ap.add_argument("--top-p", type=float, default=0.95)
+    ap.add_argument("--group-max-ratio", type=float, default=0.8)
+    ap.add_argument("--results", default="prompts_grown", help="results file name (benchmarks/results/NAME.json)")
     args = ap.parse_args()
 
     from edgekd.llm.generate import load_prompts
@@ -51,16 +60,20 @@ def main() -> None:
     topics = read_topics(args.topics)
     folder, digest = materialize_teacher(args.teacher, default_cache_dir())
     model, tok = load_causal_lm(folder)
+    from edgekd.llm.parallel import train_device
+
+    model.to(train_device())  # a GPU host's GPU, else the CPU
     args.work.mkdir(parents=True, exist_ok=True)
     t_gen = time.perf_counter()
     replies = teacher_instructions(model, tok, topics, args.work / "replies.jsonl", digest,
                                    max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                                   samples=args.samples, temperature=args.temperature, top_p=args.top_p,
                                    progress=lambda d, n: print(f"\r  teacher writing requests {d}/{n}", end="",
                                                                flush=True))
     print()
     gen_s = time.perf_counter() - t_gen
     # the replies are cached: a rerun reads them back in seconds, so the time they took is kept beside them
-    timing = args.work / "replies.seconds.json"
+    timing = args.work / ("replies.seconds.json" if args.samples == 1 else f"replies-{args.samples}.seconds.json")
     cached = timing.is_file() and gen_s < 0.5 * json.loads(timing.read_text())["seconds"]
     if cached:
         gen_s = json.loads(timing.read_text())["seconds"]
@@ -69,7 +82,8 @@ def main() -> None:
     reference = [p["prompt"] for p in base] + natural
     # near-copies across topics and of the base or natural prompts are dropped; within a topic (held out whole) only
     # exact duplicates
-    written, why_w = filter_new(replies, reference, group="topic")
+    written, why_w = filter_new(replies, reference, group="topic",
+                                group_max_ratio=args.group_max_ratio if args.samples > 1 else None)
     written = with_answer_forms(written)
     # code-made frames: instances of one frame are held out together (exact duplicates only among them)
     arith, why_a = filter_new([{"id": f"a{i:03d}", **p} for i, p in enumerate(
@@ -83,9 +97,13 @@ def main() -> None:
     args.out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     kinds = Counter(w["kind"] for w in written)
     topics_kept = Counter(w["topic"] for w in written)
-    write("prompts_grown", {
+    write(args.results, {
         "out": _rel(args.out), "base": _rel(args.base), "base_prompts": len(base),
         "teacher": args.teacher, "teacher_sha256": digest, "topics": len(topics), "kinds": list(KINDS),
+        "samples_per_request": args.samples,
+        "sampling": None if args.samples == 1 else {"temperature": args.temperature, "top_p": args.top_p,
+                                                    "group_max_ratio": args.group_max_ratio},
+        "kept_per_sample": dict(Counter(w["sample"] for w in written)),
         "requests_asked": len(replies), "teacher_written_kept": len(written), "teacher_written_dropped": why_w,
         "kept_per_kind": dict(kinds), "answer_forms": list(ANSWER_FORMS), "topics_with_a_kept_request": len(topics_kept),
         "arithmetic_made": len(arith) + sum(why_a.values()), "arithmetic_kept": len(arith),

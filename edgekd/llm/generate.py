@@ -3,8 +3,8 @@
 Prompts are JSONL, one object per line with a "prompt" string (and optionally an "id"); the
 shipped set (`models/prompts/smollm2-prompts-900.jsonl`) is the 300 prompts written for this project
 (`smollm2-prompts.jsonl`) followed by 600 more of the same kinds (`benchmarks/make_llm_prompts.py`). Answers are
-generated greedily in batches (left padding) and appended to a JSONL file whose first line holds
-the settings and the teacher hash; after a kill the next run keeps the finished answers and
+generated greedily (or sampled, seeded per batch: settings["sample"]) in batches (left padding) and appended
+to a JSONL file whose first line holds the settings and the teacher hash; after a kill the next run keeps the finished answers and
 generates only the rest. An answer is kept per prompt (same id, same text), so adding prompts to a
 set extends its cache instead of starting over. Builds sharing the file take its lock for the
 whole pass (`fsio.cache_lock`): one generates, the other waits and then reuses the answers.
@@ -225,9 +225,26 @@ def _generate_locked(model, tok, prompts: list[dict], out: Path, settings: dict[
     return _finish(rows, prompts)
 
 
+def _decoding(settings: dict[str, Any], batch: list[dict]) -> dict[str, Any]:
+    """generate()'s decoding arguments: greedy, or with `settings["sample"]` ({temperature, top_p, seed}) sampled
+    with the torch seed set per batch from the seed and the batch's first prompt id, so a batch draws the same
+    text whether it runs alone, after a resume or on another rank of a sharded run."""
+    sample = settings.get("sample")
+    if not sample:
+        return {"do_sample": False}
+    import zlib
+
+    import torch
+
+    torch.manual_seed(int(sample.get("seed", 0)) * 1_000_003 + zlib.crc32(str(batch[0]["id"]).encode()))
+    return {"do_sample": True, "temperature": float(sample.get("temperature", 1.0)),
+            "top_p": float(sample.get("top_p", 1.0)), "top_k": 0}
+
+
 def _answer_batches(model, tok, batches: list[list[dict]], out: Path, settings: dict[str, Any],
                     tick: Callable[[int], None]) -> list[dict]:
-    """Answer each batch greedily (left padding) and append its rows to `out`, one fsynced write per batch."""
+    """Answer each batch (left padding; greedy unless `settings["sample"]`) and append its rows to `out`, one
+    fsynced write per batch."""
     import torch
 
     from edgekd.llm.models import stop_ids
@@ -247,8 +264,8 @@ def _answer_batches(model, tok, batches: list[list[dict]], out: Path, settings: 
                 mask[j, width - len(e):] = 1
             with torch.no_grad():
                 gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                     max_new_tokens=int(settings["max_new_tokens"]), do_sample=False,
-                                     eos_token_id=stops, pad_token_id=pad)
+                                     max_new_tokens=int(settings["max_new_tokens"]), eos_token_id=stops,
+                                     pad_token_id=pad, **_decoding(settings, batch))
             lines = []
             for j, p in enumerate(batch):
                 ans = gen[j, width:].tolist()

@@ -95,12 +95,14 @@ def with_answer_forms(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def filter_new(candidates: list[dict[str, Any]], reference: list[str], max_ratio: float = 0.7,
-               max_overlap: float = 0.5, group: str | None = None,
-               clean: bool = True) -> tuple[list[dict[str, Any]], dict[str, int]]:
+               max_overlap: float = 0.5, group: str | None = None, clean: bool = True,
+               group_max_ratio: float | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Candidates that are no near-copy of a reference prompt or of a candidate kept before them (in order).
     `group` (a field of the candidates, e.g. "topic" or "template"): candidates of one group are held out together,
     so within a group only exact duplicates are dropped (a frame's instances share its words by design; two questions
-    on one topic share its name), across groups and against the reference every near-copy is. `clean`: pass each
+    on one topic share its name) unless `group_max_ratio` is set (then also rewordings of a question kept in the group,
+    difflib ratio >= it: what sampling one request several times makes), across groups and against the reference
+    every near-copy is. `clean`: pass each
     through `clean_instruction` first (a teacher's reply; code-made prompts are taken as they are). Returns the kept
     rows (`prompt` replaced by the cleaned request) and counts of what was dropped why."""
     from edgekd.llm.heldout import independent_prompts
@@ -108,6 +110,8 @@ def filter_new(candidates: list[dict[str, Any]], reference: list[str], max_ratio
     kept: list[dict[str, Any]] = []
     seen: set[str] = {r.lower() for r in reference}
     why = {"not_a_request": 0, "duplicate": 0, "near_copy": 0}
+    if group_max_ratio is not None:
+        why["rewording_in_group"] = 0
     for c in candidates:
         p = clean_instruction(c["prompt"]) if clean else c["prompt"].strip()
         if p is None:
@@ -122,6 +126,11 @@ def filter_new(candidates: list[dict[str, Any]], reference: list[str], max_ratio
         if not ok:
             why["near_copy"] += 1
             continue
+        if group_max_ratio is not None and group is not None:
+            ok, _ = independent_prompts([p], [k["prompt"] for k in kept if k.get(group) == g], group_max_ratio, 1.01)
+            if not ok:
+                why["rewording_in_group"] += 1
+                continue
         kept.append({**c, "prompt": p})
         seen.add(p.lower())
     return kept, why
@@ -129,20 +138,31 @@ def filter_new(candidates: list[dict[str, Any]], reference: list[str], max_ratio
 
 def teacher_instructions(model, tok, topics: list[str], out: Path, teacher_id: str, max_new_tokens: int = 48,
                          batch_size: int = 8, kinds: list[str] | None = None,
-                         progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
-    """The teacher's replies to `meta_prompts(topics)`, generated greedily into `out` (resumable), as rows
-    {id, prompt: the raw reply, topic, kind}; clean and filter them with `filter_new`. `teacher_id` (e.g. its
-    hash) keys the file with the settings: another teacher starts it over."""
+                         progress: Callable[[int, int], None] | None = None, samples: int = 1,
+                         temperature: float = 0.9, top_p: float = 0.95, seed: int = 0) -> list[dict[str, Any]]:
+    """The teacher's replies to `meta_prompts(topics)`, generated into `out` (resumable), as rows
+    {id, prompt: the raw reply, topic, kind, sample}; clean and filter them with `filter_new`. `teacher_id` (e.g. its
+    hash) keys the file with the settings: another teacher starts it over. The first reply per request is greedy
+    (in `out`); `samples` > 1 draws samples - 1 more per request (temperature / top_p, seeded: the same draws on a
+    rerun) into `out`'s `.sampled` sibling, ids `<request id>~<k>`: the scale a larger prompt set needs (a GPU host's
+    run) from the same seed topics."""
     from edgekd.llm.generate import generate_answers
 
     metas = meta_prompts(topics, kinds)
-    rows = generate_answers(model, tok, [{"id": m["id"], "prompt": m["prompt"]} for m in metas], out,
-                            {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "kind": "self-instruct",
-                             "teacher": teacher_id},
+    base = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "kind": "self-instruct", "teacher": teacher_id}
+    rows = generate_answers(model, tok, [{"id": m["id"], "prompt": m["prompt"]} for m in metas], out, base,
                             progress=progress)
     by_id = {r["id"]: r for r in rows}
-    return [{"id": m["id"], "prompt": by_id[m["id"]]["answer"], "topic": m["topic"], "kind": m["kind"]}
-            for m in metas if m["id"] in by_id]
+    asked = [(m, m["id"], 0) for m in metas]
+    if samples > 1:
+        more = [(m, f"{m['id']}~{k}", k) for k in range(1, samples) for m in metas]
+        sampled = generate_answers(
+            model, tok, [{"id": i, "prompt": m["prompt"]} for m, i, _ in more], out.with_name(out.name + ".sampled"),
+            base | {"sample": {"temperature": temperature, "top_p": top_p, "seed": seed}}, progress=progress)
+        by_id.update({r["id"]: r for r in sampled})
+        asked += more
+    return [{"id": i, "prompt": by_id[i]["answer"], "topic": m["topic"], "kind": m["kind"], "sample": k}
+            for m, i, k in asked if i in by_id]
 
 
 def _arith(rng: random.Random) -> list[tuple[str, str]]:

@@ -139,6 +139,54 @@ def test_the_teacher_writes_into_a_resumable_file(tmp_path):
     assert again == rows
 
 
+def test_sampled_replies_are_seeded_per_batch_and_resumable(tmp_path):
+    """samples=3: the greedy reply per request in `out`, two sampled ones in its `.sampled` sibling (ids `<id>~k`,
+    `sample` k); a rerun reads them back without generating; another seed draws other text, the same seed the same."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.test_init_lm import _tokenizer
+
+    tok = _tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                                         bos_token_id=1, eos_token_id=2, pad_token_id=0)).eval()
+    kw = dict(max_new_tokens=8, batch_size=2, kinds=["question"], samples=3, temperature=1.5, top_p=1.0)
+    out = tmp_path / "replies.jsonl"
+    rows = teacher_instructions(model, tok, ["apple", "river"], out, "tiny", **kw)
+    assert [(r["id"], r["sample"]) for r in rows] == [
+        ("m000-question", 0), ("m001-question", 0), ("m000-question~1", 1), ("m001-question~1", 1),
+        ("m000-question~2", 2), ("m001-question~2", 2)]
+    sampled = out.with_name(out.name + ".sampled").read_text().splitlines()
+    assert json.loads(sampled[0])["settings"]["sample"] == {"temperature": 1.5, "top_p": 1.0, "seed": 0}
+    assert len(sampled) == 5 and len(out.read_text().splitlines()) == 3
+    # a random model at temperature 1.5 over 8 tokens: the draws differ from the greedy reply and from each other
+    texts = [r["prompt"] for r in rows]
+    assert len(set(texts[2:])) == 4 and not set(texts[:2]) & set(texts[2:])
+
+    real = model.generate
+    model.generate = lambda *a, **k: (_ for _ in ()).throw(AssertionError("generated again"))
+    assert teacher_instructions(model, tok, ["apple", "river"], out, "tiny", **kw) == rows
+    model.generate = real
+    same = teacher_instructions(model, tok, ["apple", "river"], tmp_path / "again.jsonl", "tiny", **kw)
+    assert same == rows  # seeded per batch: a fresh file draws the same text
+    other = teacher_instructions(model, tok, ["apple", "river"], tmp_path / "seed1.jsonl", "tiny", **kw, seed=1)
+    assert [r["prompt"] for r in other[:2]] == texts[:2] and [r["prompt"] for r in other[2:]] != texts[2:]
+
+
+def test_group_max_ratio_drops_rewordings_within_a_group():
+    """Sampling one request several times rewords it: with group_max_ratio such rewordings in a group go too, while
+    different questions on the same topic stay (without it only exact duplicates go)."""
+    cands = [{"prompt": "How do bees make honey?", "topic": "bees"},
+             {"prompt": "How do bees make their honey?", "topic": "bees"},  # a rewording: dropped at 0.8
+             {"prompt": "Why do bees dance in the hive?", "topic": "bees"}]  # another question: kept
+    kept, why = filter_new(cands, [], group="topic", clean=False, group_max_ratio=0.8)
+    assert [k["prompt"] for k in kept] == [cands[0]["prompt"], cands[2]["prompt"]]
+    assert why["rewording_in_group"] == 1
+    assert len(filter_new(cands, [], group="topic", clean=False)[0]) == 3
+
+
 def test_within_a_group_only_exact_duplicates_are_dropped():
     """Candidates of one group (a topic, a frame) are held out together: near-copies among them stay (a frame's
     instances share its words by design), exact duplicates and near-copies of another group or the reference go."""
