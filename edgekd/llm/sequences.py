@@ -189,6 +189,7 @@ def distill(student, examples: list[Example], val: list[Example], loss_set, cfg:
     `teacher`: the teacher model, run on every batch when a term reads its features (hidden_state).
     Returns the history and the trained student (`student`: the object given, or under FSDP a whole copy).
 
+    One process trains on its device (`llm.parallel.train_device`: the GPU of a GPU host, else the CPU).
     Under torchrun (a joined process group) the student trains under DDP or FSDP (`parallel`: ddp, fsdp,
     auto; llm.parallel): `cfg.batch_size` stays the global batch, each rank takes an interleaved share of
     it and its loss is weighted by its share of the batch's answer tokens, so N processes follow the
@@ -225,7 +226,15 @@ def distill(student, examples: list[Example], val: list[Example], loss_set, cfg:
     steps_per_epoch = max(1, math.ceil(len(examples) / bs))
     rank, world = dist.rank_world() if dist.active() and not one_process else (0, 1)
     par, state_io, after_backward = None, None, None
-    if world > 1:
+    if world == 1:  # one process: on its device (a GPU host's GPU, else the CPU: nothing moves)
+        from edgekd.llm.parallel import train_device
+
+        dev = train_device()
+        student.to(dev)
+        loss_set.to(dev)
+        if teacher is not None:
+            teacher.to(dev)
+    else:
         from edgekd.llm.parallel import FullState, wrap
 
         par = wrap(student, parallel, teacher if online else None)

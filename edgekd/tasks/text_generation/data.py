@@ -117,6 +117,7 @@ def stage_generate(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
 
     from edgekd.llm.generate import generate_answers
     from edgekd.llm.models import load_causal_lm
+    from edgekd.llm.parallel import train_device
 
     info = _teacher_info(inputs["teacher"])
     sp, split_info = ctx.memo("split_plan", lambda: split_plan(ctx))
@@ -131,10 +132,8 @@ def stage_generate(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
     from edgekd import dist
 
     model, tok = load_causal_lm(info["folder"])
-    if dist.active():  # under torchrun each rank answers its share of the prompts on its own device
-        from edgekd.llm.parallel import train_device
-
-        model.to(train_device())
+    # on this process's device: a GPU host's GPU (under torchrun each rank's, answering its share), else the CPU
+    model.to(train_device())
     prog = ctx.progress
     task = prog.add_task("teacher generates", total=len(prompts)) if prog else None
 

@@ -81,6 +81,7 @@ def natural_text_metrics(inputs: dict[str, StageResult], ctx: BuildContext) -> d
     {"skipped": why} without the corpus."""
     from edgekd.llm.models import load_causal_lm
     from edgekd.llm.natural_text import corpus_available, evaluate_natural_text
+    from edgekd.llm.parallel import train_device
     from edgekd.tasks.text_generation.data import _teacher_info
 
     ev = ctx.recipe.evaluate
@@ -100,10 +101,11 @@ def natural_text_metrics(inputs: dict[str, StageResult], ctx: BuildContext) -> d
                        "corpus": sha256_file(corpus_path(None)), "pad": pad})
     known_file = ctx.cache_dir / "natural-text" / f"{key[:20]}.json"
     known = {"teacher": json.loads(known_file.read_text())} if known_file.is_file() else None
+    dev = train_device()  # a GPU host's GPU, else the CPU
     student, tok = load_causal_lm(inputs["distill"].dir / "student")
-    models: dict[str, Any] = {"student": student}
+    models: dict[str, Any] = {"student": student.to(dev)}
     if known is None:
-        models["teacher"] = load_causal_lm(info["folder"])[0]
+        models["teacher"] = load_causal_lm(info["folder"])[0].to(dev)
     out = evaluate_natural_text(models, tok, ev.natural_text, ev.natural_text_max_length, pad, known=known)
     if known is None:
         known_file.parent.mkdir(parents=True, exist_ok=True)
@@ -118,6 +120,7 @@ def stage_natural(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     from edgekd.llm.generate import generate_answers, load_prompts
     from edgekd.llm.heldout import independent_prompts, summarize
     from edgekd.llm.models import load_causal_lm
+    from edgekd.llm.parallel import train_device
     from edgekd.llm.sequences import build_examples
     from edgekd.pipeline import stable_hash
     from edgekd.tasks.text_generation.data import _teacher_info
@@ -144,6 +147,7 @@ def stage_natural(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
                         hint="write prompts apart from the training set, or set evaluate.natural_prompts: null")
     info = _teacher_info(inputs["teacher"])
     teacher, tok = load_causal_lm(info["folder"])
+    teacher.to(train_device())  # answers and scores on a GPU host's GPU, else the CPU
     settings = inputs["generate"].metrics["settings"]
     cache = ctx.cache_dir / "generations" / f"{stable_hash({**settings, 'set': 'natural'})[:20]}.jsonl"
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +172,6 @@ def stage_natural(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     metrics["teacher"] = score(teacher)  # the sanity row: ~100% against its own greedy answers
     del teacher
     student, _ = load_causal_lm(inputs["distill"].dir / "student")
-    metrics["student"] = score(student)
+    metrics["student"] = score(student.to(train_device()))
     metrics["mean_answer_tokens"] = sum(r["tokens"] for r in rows) / len(rows)
     return StageOutput({"answers": "answers.jsonl"}, metrics)
