@@ -199,6 +199,12 @@ def score_examples(model, examples: list, pad: int, batch_size: int = 16):
     return np.array(nll), np.array(hits), np.array(n)
 
 
+def plain_scores(summary: dict) -> dict[str, float]:
+    """`sequences.evaluate`'s figures (perplexity, agreement, tokens) of a held-out set, from its `held_out_report`
+    entry (the same sums: one pass over the set serves both)."""
+    return {k: summary[k] for k in ("perplexity", "agreement", "tokens")}
+
+
 def held_out_report(model, sets: dict[str, tuple[list, list]], pad: int) -> dict[str, dict]:
     """Per held-out set (val, test: held-out templates; test_in_template: in-template), the model's agreement
     and perplexity with bootstrap 95% intervals over prompts and the per-template breakdown."""
@@ -252,6 +258,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     from edgekd.distill.losses import build_losses
     from edgekd.llm import sequences as S
     from edgekd.llm.models import answer_ids, load_causal_lm
+    from edgekd.llm.parallel import train_device
     from edgekd.tasks.common import checkpoint_path
 
     cfg = _distill_settings(ctx)
@@ -259,6 +266,9 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     terms = [{"kind": k, "weight": w, **o.model_dump()} for k, w, o in _loss_terms(ctx)]
     info = _teacher_info(inputs["teacher"])
     teacher, tok = load_causal_lm(info["folder"])
+    # its logits (the cache), general text and held-out scores on this process's device (a GPU host's GPU); the
+    # student is cut on the CPU from a copy of its own (run) and trained on that device by S.distill
+    teacher.to(train_device())
     stops, end_id, pad = answer_ids(tok, teacher)
     ans = read_answers(inputs["generate"])
     L = ctx.recipe.data.max_length
@@ -279,9 +289,10 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
             prog.remove_task(task)
     gcfg = _general_cfg(ctx)
     general = general_text_cache(ctx, teacher, tok, pad, info["hash"], gcfg) if gcfg is not None else None
-    teacher_eval = {k: S.evaluate(teacher, ex[k], pad) for k in ("val", "test")}
-    # the sanity row: the teacher against its own greedy answers (agreement ~100%) on every held-out set
+    # the sanity row: the teacher against its own greedy answers (agreement ~100%) on every held-out set; its
+    # val/test figures are those sets' (one pass over each: ex["val"] and held["val"] are the same examples)
     teacher_held = held_out_report(teacher, held, pad)
+    teacher_eval = {k: plain_scores(teacher_held[k]) for k in ("val", "test")}
     del teacher
     key_material = _distill_cfg(ctx) | {"teacher": inputs["teacher"].key, "answers": inputs["generate"].sha256}
 
@@ -299,12 +310,15 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         n = parse_options(ctx.recipe.student.kwargs).calibration_samples
         calib = calibration_batches(ex["train"], pad, n)  # the same cut for the student and the control
 
+    cut_val: dict[str, Any] = {}  # the cut's validation scores before training: the student's run makes them
+
     def run(name: str, examples, cache_, losses: list[dict]) -> tuple[Any, dict]:
         t_model, t_tok = load_causal_lm(info["folder"])
         student = _build_student(ctx, t_model, t_tok, calib=calib, kwargs=sized)
-        start = S.evaluate(student, ex["val"], pad) if calib is not None else None
         # the cut student before any training (what pruning alone leaves), once: the control's cut is the same
         untrained = held_out_report(student, held, pad) if calib is not None and name == "student" else None
+        start = plain_scores(untrained["val"]) if untrained else cut_val.get("start")
+        cut_val["start"] = start
         losses = _resolve_loss_paths(losses, student)
         # a hidden_state term reads the teacher's layers: the teacher runs on every batch
         online = t_model if any(lo["kind"] == "hidden_state" for lo in losses) else None
@@ -324,9 +338,8 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         student = res.pop("student")  # the same model, or under FSDP its whole copy
         res["train_seconds"] = time.perf_counter() - t0
         res["val_before_training"] = start
-        res["val"] = S.evaluate(student, ex["val"], pad)
-        res["test"] = S.evaluate(student, ex["test"], pad)
         res["held_out"] = held_out_report(student, held, pad)
+        res["val"], res["test"] = plain_scores(res["held_out"]["val"]), plain_scores(res["held_out"]["test"])
         res["untrained"] = untrained
         return student, res
 
