@@ -22,6 +22,14 @@ def host_cpu() -> str:
     return cpu_name()
 
 
+def compute_device() -> str:
+    """Where edgekd's training and teacher generation run on this host (edgekd.llm.parallel.train_device): the GPU's
+    name on a CUDA host, else "cpu"."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
 def edgekd(*args: str, env: dict | None = None, check: bool = True, cwd: Path | None = None
            ) -> tuple[float, subprocess.CompletedProcess]:
     """`edgekd ARGS` with this checkout's edgekd, from the repository (or `cwd`: a user's folder its card is in)."""

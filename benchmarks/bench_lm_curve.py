@@ -14,7 +14,8 @@ points, and between the last two) and what 10x the answers would take on this ho
 
 Builds are fp32 only (no quantized candidates, no quantized teacher, no control, no general text: the curve is about
 the answers); the largest point runs first, so the teacher answers every prompt once and the others reuse them.
-Every figure is this host's (1 thread by default)."""
+Every figure is this host's (1 thread by default; `trained_on` names the GPU when the host has one: the teacher answers
+and the student trains there, benchmarks/device_lm_curve.sh)."""
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ import os
 import time
 from pathlib import Path
 
-from _common import host_cpu, ROOT, edgekd, write
+from _common import compute_device, host_cpu, ROOT, edgekd, write
 
 WORK = Path(os.environ.get("EDGEKD_BENCH_WORK", ROOT / "builds")) / "bench-lm-curve"
 
@@ -90,10 +91,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument("--note", action="append", default=[])
+    ap.add_argument("--target", default="cpu", help="the builds' target (its runtime profiles the fp32 student)")
+    ap.add_argument("--results", default="lm_curve", help="results file name (benchmarks/results/NAME.json)")
     args = ap.parse_args()
     env = {"OMP_NUM_THREADS": str(args.threads)}
     t_all = time.perf_counter()
-    common = ["--target", "cpu", "--recipe", "smollm2-seqkd", "--quiet",
+    common = ["--target", args.target, "--recipe", "smollm2-seqkd", "--quiet",
               "--set", f"data.path={args.prompts}", "--set", f"distill.epochs={args.epochs}",
               "--set", "generate.control=false", "--set", "distill.general_text=null", "--set", "generate.profile_repeats=1",
               "--set", "quantize.candidates=[fp32]", "--set", "quantize.accuracy_aware=false",
@@ -105,7 +108,7 @@ def main() -> None:
     # the largest first: it answers every prompt; the others reuse the answers (cached per prompt)
     todo = sorted(args.points or [0], key=lambda n: (n != 0, -n))
     for n in todo:
-        out = WORK / f"n{n or 'all'}"
+        out = WORK / ("" if args.results == "lm_curve" else args.results) / f"n{n or 'all'}"
         cmd = ["build", *common, "--out", str(out), *(["--set", f"data.train_prompts={n}"] if n else [])]
         load0 = os.getloadavg()[0]
         dt, r = edgekd(*cmd, env=env, check=False)
@@ -126,9 +129,10 @@ def main() -> None:
     last = curve[-1]
     rate = last["answer_tokens"] / last["train_seconds"] if last.get("answer_tokens") else None
     per_prompt_tokens = last["answer_tokens"] / last["train_prompts"] if last.get("answer_tokens") else None
-    write("lm_curve", {
+    write(args.results, {
         "prompts": str(args.prompts.relative_to(ROOT) if args.prompts.is_relative_to(ROOT) else args.prompts),
         "epochs": args.epochs, "threads": args.threads, "host_cpu": host_cpu(), "notes": args.note,
+        "target": args.target, "trained_on": compute_device(),
         "settings": "fp32, no control, no general text, no quantized teacher; held-out sets fixed across points",
         "points": curve,
         "slope": {"held_out_test": slope(curve, "held_out_test"), "natural_prompts": slope(curve, "natural")},
