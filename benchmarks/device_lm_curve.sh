@@ -2,7 +2,7 @@
 # Issue #28's run for a GPU host: what 2 cores cannot reach. The language-model curve (benchmarks/bench_lm_curve.py)
 # on a prompt set grown past the CPU's (benchmarks/grow_llm_prompts.py --samples: the teacher writes several questions
 # per seed topic and viewpoint, sampled), the teacher answering and the student training on the GPU
-# (edgekd.llm.parallel.train_device), larger batches. Each phase resumes from its caches, so a run cut off by a time
+# (edgekd.llm.parallel.train_device), batches of 64 prompts for the teacher, the card's 4 epochs. Each phase resumes from its caches, so a run cut off by a time
 # limit goes on where it stopped when called again on the same (warm) machine.
 #
 #   OUT=/tmp/lm bash benchmarks/device_lm_curve.sh [grow|curve|all] [SAMPLES] [EPOCHS] [POINTS...]
@@ -17,7 +17,7 @@ set -u
 OUT=${OUT:-/tmp/edgekd-lm}
 PHASE=${1:-all}
 SAMPLES=${2:-8}
-EPOCHS=${3:-2}
+EPOCHS=${3:-4}
 shift $(( $# < 3 ? $# : 3 ))
 POINTS=${*:-500 1000 2000 0}
 mkdir -p "$OUT"
@@ -43,7 +43,7 @@ if [ "$PHASE" = curve ] || [ "$PHASE" = all ]; then
   t0=$SECONDS
   # shellcheck disable=SC2086  # POINTS is a list
   $PY benchmarks/bench_lm_curve.py --prompts "$PROMPTS" --points $POINTS --epochs "$EPOCHS" --threads "$(nproc)" \
-    --results lm_curve-cuda --set generate.batch_size=64 --set distill.batch_size=32 \
+    --results lm_curve-cuda --set generate.batch_size=64 \
     --note "GPU host: teacher generation and training on the GPU, fp32 ONNX profiled on the CPU target" | tail -20
   echo "== curve: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s"
   cp benchmarks/results/lm_curve-cuda.json "$OUT/" 2>/dev/null
