@@ -2,8 +2,9 @@
 # Issue #28's run for a GPU host: what 2 cores cannot reach. The language-model curve (benchmarks/bench_lm_curve.py)
 # on a prompt set grown past the CPU's (benchmarks/grow_llm_prompts.py --samples: the teacher writes several questions
 # per seed topic and viewpoint, sampled), the teacher answering and the student training on the GPU
-# (edgekd.llm.parallel.train_device), batches of 64 prompts for the teacher, the card's 4 epochs. Each phase resumes from its caches, so a run cut off by a time
-# limit goes on where it stopped when called again on the same (warm) machine.
+# (edgekd.llm.parallel.train_device), batches of 64 prompts for the teacher, the card's 4 epochs. Each phase resumes
+# from its caches, so a run cut off by a time limit goes on where it stopped when called again on the same (warm)
+# machine.
 #
 #   OUT=/tmp/lm bash benchmarks/device_lm_curve.sh [grow|curve|all] [SAMPLES] [EPOCHS] [POINTS...]
 #
