@@ -310,11 +310,20 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         n = parse_options(ctx.recipe.student.kwargs).calibration_samples
         calib = calibration_batches(ex["train"], pad, n)  # the same cut for the student and the control
 
-    cut_val: dict[str, Any] = {}  # the cut's validation scores before training: the student's run makes them
+    # the cut (a copy, before training) and its validation scores: the student's run makes them, the control's
+    # starts from the same cut (pruning's importance pass over the teacher runs once)
+    cut_val: dict[str, Any] = {}
 
     def run(name: str, examples, cache_, losses: list[dict]) -> tuple[Any, dict]:
+        import copy
+
         t_model, t_tok = load_causal_lm(info["folder"])
-        student = _build_student(ctx, t_model, t_tok, calib=calib, kwargs=sized)
+        if "cut" in cut_val:
+            student = cut_val.pop("cut")
+        else:
+            student = _build_student(ctx, t_model, t_tok, calib=calib, kwargs=sized)
+            if calib is not None and name == "student" and _gen(ctx).control:
+                cut_val["cut"] = copy.deepcopy(student)
         # the cut student before any training (what pruning alone leaves), once: the control's cut is the same
         untrained = held_out_report(student, held, pad) if calib is not None and name == "student" else None
         start = plain_scores(untrained["val"]) if untrained else cut_val.get("start")
