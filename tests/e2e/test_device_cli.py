@@ -139,11 +139,14 @@ def test_ascend_builds_only_what_it_ships_from_a_recipe_listing_int8(cache, tmp_
 
 
 @needs_fmnist
-def test_mobile_report_rows_are_the_shipped_artifacts(cache, tmp_path):
+def test_mobile_report_rows_are_the_shipped_artifacts(cache, ascend_build, tmp_path):
     pytest.importorskip("executorch")
-    out = tmp_path / "mob"
+    # the same card and settings as the Ascend build: a copy of it rebuilt for mobile reuses its teacher and student
+    out = copy_build(ascend_build[0], tmp_path / "mob")
     r = edgekd("build", "--target", "mobile", *QUICK, "--out", str(out), env=cache)
     assert r.returncode == 0, r.stderr[-3000:]
+    reused = {e["stage"]: e["reused"] for e in json.loads((out / "run.json").read_text())["stages"]}
+    assert reused["teacher"] and reused["distill"] and not reused["convert"]
     report = json.loads(r.stdout)
     rows = {m["variant"]: m for m in report["models"]}
     for v, runtime in (("pte-fp32", "executorch"), ("pte-int8", "executorch"), ("ort-fp32", "onnxruntime-mobile")):
