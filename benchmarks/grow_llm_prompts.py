@@ -42,8 +42,10 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1,
                     help="replies per request: the greedy one, then samples - 1 drawn (--temperature, --top-p, seeded); "
                          "rewordings of a question kept on the same topic (difflib >= --group-max-ratio) are dropped")
-    ap.add_argument("--temperature", type=float, default=0.9)
-    ap.add_argument("--top-p", type=float, default=0.95)
+    # tried on 3 topics x 4 kinds x 2 samples: at 0.9 / 0.95 a third of the kept questions were garbled ("Craig Brown
+    # Offensive Offense: Shaqm.", "[country1]"); at 0.7 / 0.9 they read as questions a person might ask
+    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--top-p", type=float, default=0.9)
     ap.add_argument("--group-max-ratio", type=float, default=0.8)
     ap.add_argument("--results", default="prompts_grown", help="results file name (benchmarks/results/NAME.json)")
     args = ap.parse_args()

@@ -139,7 +139,7 @@ def filter_new(candidates: list[dict[str, Any]], reference: list[str], max_ratio
 def teacher_instructions(model, tok, topics: list[str], out: Path, teacher_id: str, max_new_tokens: int = 48,
                          batch_size: int = 8, kinds: list[str] | None = None,
                          progress: Callable[[int, int], None] | None = None, samples: int = 1,
-                         temperature: float = 0.9, top_p: float = 0.95, seed: int = 0) -> list[dict[str, Any]]:
+                         temperature: float = 0.7, top_p: float = 0.9, seed: int = 0) -> list[dict[str, Any]]:
     """The teacher's replies to `meta_prompts(topics)`, generated into `out` (resumable), as rows
     {id, prompt: the raw reply, topic, kind, sample}; clean and filter them with `filter_new`. `teacher_id` (e.g. its
     hash) keys the file with the settings: another teacher starts it over. The first reply per request is greedy
