@@ -154,3 +154,32 @@ def test_train_prompts_subsets_training_only_and_nests(tmp_path):
     for k in ("val", "test", "test_in"):
         assert [q["id"] for q in small[k]] == [q["id"] for q in full[k]]
     assert plan(10_000)[0]["train"] == full["train"]
+
+
+def test_the_teachers_held_out_pass_is_cached_by_teacher_and_examples(tmp_path):
+    """The teacher's held-out report is read back for the same teacher and examples (a curve's next point, a rebuilt
+    student) and made again for another teacher or other examples: equal to a fresh pass either way."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edgekd.llm.sequences import Example
+    from edgekd.tasks.text_generation.distill import held_out_report, teacher_held_out
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, pad_token_id=0)).eval()
+    calls = [0]
+    model.model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))  # the decoder runs per pass
+    rng = np.random.default_rng(0)
+    ex = [Example(ids=[int(t) for t in rng.integers(1, 40, 9)], start=4) for _ in range(5)]
+    sets = {"val": (ex[:3], ["a", "a", "b"]), "test": (ex[3:], ["c", "c"])}
+    ctx = SimpleNamespace(cache_dir=tmp_path)
+    first = teacher_held_out(ctx, model, sets, 0, "t1")
+    assert first == json.loads(json.dumps(held_out_report(model, sets, 0)))
+    n = calls[0]
+    assert teacher_held_out(ctx, model, sets, 0, "t1") == first and calls[0] == n  # read back: no forward
+    teacher_held_out(ctx, model, sets, 0, "t2")
+    assert calls[0] > n  # another teacher
+    n = calls[0]
+    other = {"val": (ex[:3], ["a", "a", "b"]), "test": (ex[3:4], ["c"])}
+    assert teacher_held_out(ctx, model, other, 0, "t1")["test"]["prompts"] == 1 and calls[0] > n

@@ -217,6 +217,24 @@ def held_out_report(model, sets: dict[str, tuple[list, list]], pad: int) -> dict
     return out
 
 
+def teacher_held_out(ctx: BuildContext, teacher, sets: dict[str, tuple[list, list]], pad: int,
+                     teacher_hash: str) -> dict[str, dict]:
+    """The teacher's `held_out_report` (its sanity row), cached under llm-heldout/ by teacher and the held-out
+    examples' tokens: builds that differ only in the student or its training subset (a learning curve's points, a
+    retrained card) skip the teacher's pass over every held-out answer."""
+    from edgekd.fsio import write_json_atomic
+
+    key = stable_hash({"teacher": teacher_hash, "pad": pad,
+                       "sets": {k: [[[e.start, *e.ids] for e in ex], [str(t) for t in tm]] for k, (ex, tm) in sets.items()}})
+    f = ctx.cache_dir / "llm-heldout" / f"{key[:20]}.json"
+    if f.is_file():
+        return json.loads(f.read_text())
+    out = held_out_report(teacher, sets, pad)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(f, out)
+    return out
+
+
 def general_text_losses(terms: list[dict], weight: float, control: bool) -> list[dict]:
     """The general-text term: for the student the recipe's soft_label (its temperature and schedule) at `weight`
     (temperature 1 when the recipe has none); for the control hard labels (the text's own next tokens) at `weight`,
@@ -291,7 +309,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     general = general_text_cache(ctx, teacher, tok, pad, info["hash"], gcfg) if gcfg is not None else None
     # the sanity row: the teacher against its own greedy answers (agreement ~100%) on every held-out set; its
     # val/test figures are those sets' (one pass over each: ex["val"] and held["val"] are the same examples)
-    teacher_held = held_out_report(teacher, held, pad)
+    teacher_held = teacher_held_out(ctx, teacher, held, pad, info["hash"])
     teacher_eval = {k: plain_scores(teacher_held[k]) for k in ("val", "test")}
     del teacher
     key_material = _distill_cfg(ctx) | {"teacher": inputs["teacher"].key, "answers": inputs["generate"].sha256}
