@@ -24,7 +24,7 @@ import os
 import time
 from pathlib import Path
 
-from _common import compute_device, host_cpu, ROOT, edgekd, write
+from _common import RESULTS, ROOT, compute_device, edgekd, host_cpu, write
 
 WORK = Path(os.environ.get("EDGEKD_BENCH_WORK", ROOT / "builds")) / "bench-lm-curve"
 
@@ -129,8 +129,16 @@ def main() -> None:
     last = curve[-1]
     rate = last["answer_tokens"] / last["train_seconds"] if last.get("answer_tokens") else None
     per_prompt_tokens = last["answer_tokens"] / last["train_prompts"] if last.get("answer_tokens") else None
+    # a curve on another prompt set (its own held-out split) is kept beside the new one, not overwritten
+    prev_path = RESULTS / f"{args.results}.json"
+    prev = json.loads(prev_path.read_text()) if prev_path.is_file() else None
+    prompts_rel = str(args.prompts.relative_to(ROOT) if args.prompts.is_relative_to(ROOT) else args.prompts)
+    superseded = (prev or {}).get("superseded", [])
+    if prev and prev.get("prompts") != prompts_rel:
+        superseded = [{k: prev[k] for k in ("prompts", "created", "epochs", "points", "slope", "notes") if k in prev},
+                      *superseded]
     write(args.results, {
-        "prompts": str(args.prompts.relative_to(ROOT) if args.prompts.is_relative_to(ROOT) else args.prompts),
+        "prompts": prompts_rel, "superseded": superseded,
         "epochs": args.epochs, "threads": args.threads, "host_cpu": host_cpu(), "notes": args.note,
         "target": args.target, "trained_on": compute_device(),
         "settings": "fp32, no control, no general text, no quantized teacher; held-out sets fixed across points",

@@ -37,7 +37,7 @@ if [ "$PHASE" = grow ] || [ "$PHASE" = all ]; then
   $PY benchmarks/grow_llm_prompts.py --samples "$SAMPLES" --batch-size 64 --arithmetic-per-frame 40 \
     --out "$PROMPTS" --work "$EDGEKD_BENCH_WORK/grow-prompts" --results prompts_grown-cuda | tail -5
   echo "== grow: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s"
-  cp benchmarks/results/prompts_grown-cuda.json "$PROMPTS" "$OUT/" 2>/dev/null
+  cp benchmarks/results/prompts_grown-cuda.json "$OUT/" 2>/dev/null
 fi
 if [ "$PHASE" = curve ] || [ "$PHASE" = all ]; then
   [ -f "$PROMPTS" ] || { echo "no $PROMPTS: run the grow phase first"; exit 2; }

@@ -840,6 +840,22 @@ def prompts_range() -> str:
     if c is None:
         return "\n\n".join(lines) + "\n\n_The curve: no measurement yet (`python benchmarks/bench_lm_curve.py`)._\n\n" \
             + _source("prompts_grown.json", g)
+    # the set the curve trained on, when it is a larger growth of the same seed topics (grow_llm_prompts.py --samples)
+    gx_name = next((f.name for f in sorted(RESULTS.glob("prompts_grown*.json"))
+                    if f.name != "prompts_grown.json" and _load(f.name)["out"] == c["prompts"]), None)
+    if gx_name:
+        gx = _load(gx_name)
+        sm, dx = gx["sampling"] or {}, gx["teacher_written_dropped"]
+        per = gx.get("kept_per_sample", {})
+        lines.append(
+            f"`{gx['out']}` (the curve's set): the same {gx['topics']} topics and four viewpoints, the teacher asked "
+            f"{gx['samples_per_request']} times per request — its greedy reply, then {gx['samples_per_request'] - 1} "
+            f"sampled (temperature {sm.get('temperature')}, top-p {sm.get('top_p')}) — **{gx['teacher_written_kept']} "
+            f"questions kept** of {gx['requests_asked']} replies (greedy {per.get('0', 0)}, sampled "
+            f"{sum(v for k, v in per.items() if k != '0')}; dropped: {dx['not_a_request']} not one request, "
+            f"{dx['near_copy']} near-copies, {dx.get('rewording_in_group', 0)} rewordings of a question kept on the "
+            f"same topic (difflib ≥ {sm.get('group_max_ratio')}), {dx['duplicate']} duplicates) + "
+            f"**{gx['arithmetic_kept']} arithmetic and reasoning problems** = {gx['total_prompts']:,} prompts.")
     rows = ["| training prompts | answer tokens | held-out (templates and topics) | in-template | natural prompts | "
             "held-out: frames / teacher-written topics / arithmetic | natural-text perplexity ratio | training |",
             "|---|---|---|---|---|---|---|---|"]
@@ -869,6 +885,12 @@ def prompts_range() -> str:
                  + (f"Ten times the answers ({tt['answers']:,}) would take about {tt['train_hours_here']:.1f} h of "
                     f"training on this host at its measured {c['train_answer_tokens_per_s']:.0f} answer tokens/s "
                     "(an estimate), after the teacher answers them: a run for a GPU host." if tt else ""))
+    for old in c.get("superseded", [])[:1]:  # the curve on the smaller set before, on its own held-out split
+        pts = ", ".join(f"{p['train_prompts']}: {_pct(p['held_out']['test']['agreement'])} / "
+                        f"{_pct(p['natural_prompts']['agreement'])}" for p in old["points"])
+        ols = old["slope"]["held_out_test"]["least_squares_points_per_1000"]
+        lines.append(f"The same curve on `{old['prompts']}` (its own held-out split, {old['created'][:10]}), training "
+                     f"prompts: held-out / natural-prompt agreement — {pts}; {ols:+.1f} points per 1,000 answers.")
     return "\n\n".join(lines) + "\n\n" + _source("lm_curve.json", c, "; " + c["notes"][0] if c.get("notes") else "")
 
 
