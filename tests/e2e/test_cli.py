@@ -226,14 +226,25 @@ def test_recipes_and_targets_listing():
     assert r.returncode == 0 and "cpu" in r.stdout
 
 
-def test_digits_quick_build_and_stage_command(tmp_path):
-    env = {"EDGEKD_CACHE": str(tmp_path / "cache")}
-    out = tmp_path / "d"
+@pytest.fixture(scope="module")
+def digits_quick(tmp_path_factory):
+    """`edgekd build --recipe digits-mlp --quick`: (folder, its piped stdout, env). Read it; change a copy_build of it."""
+    root = tmp_path_factory.mktemp("digits")
+    env = {"EDGEKD_CACHE": str(root / "cache")}
+    out = root / "d"
     r = edgekd("build", "--recipe", "digits-mlp", "--quick", *FAST_PROFILE, "--out", str(out), env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+    return out, r.stdout, env
+
+
+def test_digits_quick_build_and_stage_command(digits_quick, tmp_path):
+    from tests.e2e.conftest import copy_build
+
+    src, stdout, env = digits_quick
+    out = copy_build(src, tmp_path / "d")  # `edgekd quantize` below reruns a stage: on a copy
     # stdout is a pipe here, as in CI or `make demo > log`: a plain line per stage and per epoch
-    assert "→ teacher started" in r.stdout and "→ distill started" in r.stdout and "✓ report" in r.stdout
-    assert "teacher epoch 1/" in r.stdout and "distill epoch 1/" in r.stdout, r.stdout[-2000:]
+    assert "→ teacher started" in stdout and "→ distill started" in stdout and "✓ report" in stdout
+    assert "teacher epoch 1/" in stdout and "distill epoch 1/" in stdout, stdout[-2000:]
     rep = json.loads((out / "report" / "report.json").read_text())
     assert rep["comparison"]["accuracy_retention"] > 0.85
     # The host's measured peak and ISA flags are in the report; host rooflines use that peak.
@@ -256,16 +267,20 @@ def test_digits_quick_build_and_stage_command(tmp_path):
     assert "report" in stages  # the lineage of stages not rerun is kept
 
 
-def test_control_arm_in_quick_build(tmp_path):
+def test_control_arm_in_quick_build(digits_quick, tmp_path):
     """distill.control=true: the labels-only control is trained in the distill stage, measured like the
     student/fp32 row (fp32 ONNX in onnxruntime on the test split), reported, and gated by regress."""
     import torch
 
-    env = {"EDGEKD_CACHE": str(tmp_path / "cache")}
-    out = tmp_path / "c"
+    from tests.e2e.conftest import copy_build
+
+    src, _, env = digits_quick
+    out = copy_build(src, tmp_path / "c")  # the teacher is reused; distill trains the student and the control
     r = edgekd("build", "--recipe", "digits-mlp", "--quick", "--set", "distill.control=true", *FAST_PROFILE,
                "--out", str(out), "--quiet", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+    reused = {e["stage"]: e["reused"] for e in json.loads((out / "run.json").read_text())["stages"]}
+    assert reused["teacher"] and not reused["distill"]
     rep = json.loads((out / "report" / "report.json").read_text())
     ctrl, comp = rep["training"]["control"], rep["comparison"]
     fp32 = next(m for m in rep["models"] if m["role"] == "student" and m["variant"] == "fp32")
