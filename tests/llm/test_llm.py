@@ -124,6 +124,29 @@ def test_sequence_distillation_learns_from_the_top_k_cache(tmp_path):
         distill(_tiny_lm(0), train, val, losses(s), cfg, 0, cache=None)
 
 
+def test_one_process_trains_on_its_device(tmp_path, monkeypatch):
+    """Without torchrun the student (and its loss terms) go to `train_device()` before training: a GPU host's GPU.
+    Here the device is the CPU under another name for the check: every module is moved to what it returns."""
+    import torch
+
+    from edgekd.llm import parallel
+    from edgekd.llm.sequences import distill
+
+    train, val, cache, cfg, losses = _sequence_data(tmp_path)
+    asked = []
+    monkeypatch.setattr(parallel, "train_device", lambda: asked.append(1) or torch.device("cpu", 0))
+    s = _tiny_lm(0)
+    moved = []
+    real_to = torch.nn.Module.to
+
+    def to(self, *a, **k):
+        moved.append((type(self).__name__, a[0] if a else k.get("device")))
+        return real_to(self, *a, **k)
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+    distill(s, train, val, losses(s), cfg, 0, cache=cache)
+    assert asked and ("LlamaForCausalLM", torch.device("cpu", 0)) in moved and ("LossSet", torch.device("cpu", 0)) in moved
+
+
 def test_sequence_distillation_resumes_after_a_kill_exactly(tmp_path, kill_after_checkpoint):
     import torch
 
