@@ -5,12 +5,15 @@ answers are more steps, as more data would be), held-out sets fixed. Writes benc
 
     python benchmarks/bench_lm_curve.py                      # points: a quarter, half and all training prompts
     python benchmarks/bench_lm_curve.py --points 100 200 0   # 0 = all
+    python benchmarks/bench_lm_curve.py --resummarize        # the finished points' builds read again
 
 Per point: next-token agreement with the teacher's answers on held-out templates/topics (test), in-template and on the
 natural prompts (held out by source), each with its bootstrap 95% interval; the held-out test by source of prompt
 (frame templates, teacher-written topics, arithmetic/reasoning frames); natural-text perplexity ratio; answer tokens
 trained on; training seconds. Then the slope: points of held-out agreement per 1,000 answers (least squares over the
-points, and between the last two) and what 10x the answers would take on this host at the measured training rate.
+points, and between the last two), what 10x the answers would take on this host at the measured training rate, and
+how many answers issue #28's goals would take read off the curve (`reach`: a log fit and the last two points' line,
+both extrapolations).
 
 Builds are fp32 only (no quantized candidates, no quantized teacher, no control, no general text: the curve is about
 the answers); the largest point runs first, so the teacher answers every prompt once and the others reuse them.
@@ -82,6 +85,36 @@ def slope(points: list[dict], key: str) -> dict:
     return {"least_squares_points_per_1000": ls, "last_two_points_per_1000": last}
 
 
+GOALS = {"held_out_test": 0.55, "natural": 0.45}  # issue #28's goals for held-out-template and natural-prompt agreement
+
+
+def reach(points: list[dict], key: str, goal: float) -> dict:
+    """How many training answers the goal would take, read off the curve two ways: the log fit (agreement = a + b ln N,
+    least squares over the points: each doubling of the answers adds the same points, the usual shape of a learning
+    curve) and the straight line through the last two points (no flattening at all: a lower bound). Both extrapolate
+    past the last point; `None` where a curve does not rise."""
+    import math
+
+    xs = [math.log(p["train_prompts"]) for p in points]
+    ys = [p[key] for p in points]
+    n = len(xs)
+    out: dict = {"goal": goal, "at_last_point": ys[-1], "last_point_answers": points[-1]["train_prompts"]}
+    if n < 2:
+        return out | {"log_fit_answers": None, "linear_last_two_answers": None}
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
+    a = my - b * mx
+    per_doubling = b * math.log(2)
+    log_fit = math.exp((goal - a) / b) if b > 0 else None
+    dx = points[-1]["train_prompts"] - points[-2]["train_prompts"]
+    step = (ys[-1] - ys[-2]) / dx if dx else 0.0
+    linear = points[-1]["train_prompts"] + (goal - ys[-1]) / step if step > 0 else None
+    return out | {"log_fit": {"a": a, "b": b, "points_per_doubling": 100 * per_doubling},
+                  "log_fit_answers": None if log_fit is None else round(max(log_fit, points[-1]["train_prompts"])),
+                  "linear_last_two_answers": None if linear is None else round(max(linear, points[-1]["train_prompts"]))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=Path, default=ROOT / "models" / "prompts" / "smollm2-prompts-grown.jsonl")
@@ -93,6 +126,8 @@ def main() -> None:
     ap.add_argument("--note", action="append", default=[])
     ap.add_argument("--target", default="cpu", help="the builds' target (its runtime profiles the fp32 student)")
     ap.add_argument("--results", default="lm_curve", help="results file name (benchmarks/results/NAME.json)")
+    ap.add_argument("--resummarize", action="store_true",
+                    help="build nothing: read the points' finished builds and write the results again")
     args = ap.parse_args()
     env = {"OMP_NUM_THREADS": str(args.threads)}
     t_all = time.perf_counter()
@@ -105,10 +140,23 @@ def main() -> None:
               "--set", f"evaluate.natural_prompts={ROOT / 'models' / 'prompts' / 'smollm2-natural.jsonl'}",
               *[a for s in args.sets for a in ("--set", s)]]
     points: dict[int, dict] = {}
+    work = WORK / ("" if args.results == "lm_curve" else args.results)
+    prev_path = RESULTS / f"{args.results}.json"
+    prev = json.loads(prev_path.read_text()) if prev_path.is_file() else None
+    prompts_rel = str(args.prompts.relative_to(ROOT) if args.prompts.is_relative_to(ROOT) else args.prompts)
+    if args.resummarize:  # each finished point's build, with the command and wall time the run recorded for it
+        ran = {p["train_prompts"]: p for p in (prev or {}).get("points", [])} if (prev or {}).get("prompts") == prompts_rel else {}
+        for out in sorted(work.glob("n*")):
+            if (out / "report" / "report.json").is_file():
+                p = read_point(out)
+                p |= {k: ran.get(p["train_prompts"], {}).get(k) for k in ("command", "wall_s", "host_load_1min_before")}
+                points[p["train_prompts"]] = p
+        if not points:
+            raise SystemExit(f"no finished point under {work}")
     # the largest first: it answers every prompt; the others reuse the answers (cached per prompt)
-    todo = sorted(args.points or [0], key=lambda n: (n != 0, -n))
+    todo = [] if args.resummarize else sorted(args.points or [0], key=lambda n: (n != 0, -n))
     for n in todo:
-        out = WORK / ("" if args.results == "lm_curve" else args.results) / f"n{n or 'all'}"
+        out = work / f"n{n or 'all'}"
         cmd = ["build", *common, "--out", str(out), *(["--set", f"data.train_prompts={n}"] if n else [])]
         load0 = os.getloadavg()[0]
         dt, r = edgekd(*cmd, env=env, check=False)
@@ -129,28 +177,30 @@ def main() -> None:
     last = curve[-1]
     rate = last["answer_tokens"] / last["train_seconds"] if last.get("answer_tokens") else None
     per_prompt_tokens = last["answer_tokens"] / last["train_prompts"] if last.get("answer_tokens") else None
+    notes = args.note
+    if args.resummarize and (prev or {}).get("prompts") == prompts_rel:  # the run's own settings and notes
+        args.epochs, args.threads = prev["epochs"], prev["threads"]
+        notes = [*prev.get("notes", []), *args.note]
     # a curve on another prompt set (its own held-out split) is kept beside the new one, not overwritten
-    prev_path = RESULTS / f"{args.results}.json"
-    prev = json.loads(prev_path.read_text()) if prev_path.is_file() else None
-    prompts_rel = str(args.prompts.relative_to(ROOT) if args.prompts.is_relative_to(ROOT) else args.prompts)
     superseded = (prev or {}).get("superseded", [])
     if prev and prev.get("prompts") != prompts_rel:
         superseded = [{k: prev[k] for k in ("prompts", "created", "epochs", "points", "slope", "notes") if k in prev},
                       *superseded]
     write(args.results, {
         "prompts": prompts_rel, "superseded": superseded,
-        "epochs": args.epochs, "threads": args.threads, "host_cpu": host_cpu(), "notes": args.note,
+        "epochs": args.epochs, "threads": args.threads, "host_cpu": host_cpu(), "notes": notes,
         "target": args.target, "trained_on": compute_device(),
         "settings": "fp32, no control, no general text, no quantized teacher; held-out sets fixed across points",
         "points": curve,
         "slope": {"held_out_test": slope(curve, "held_out_test"), "natural_prompts": slope(curve, "natural")},
+        "reach": {k: reach(curve, k, g) for k, g in GOALS.items()},
         "train_answer_tokens_per_s": rate, "answer_tokens_per_prompt": per_prompt_tokens,
         "ten_times": None if rate is None else {
             "answers": 10 * last["train_prompts"], "answer_tokens": 10 * last["answer_tokens"],
             "train_hours_here": 10 * last["answer_tokens"] / rate / 3600 * args.epochs,
             "note": "an estimate from this run's training rate (this host, 1 epoch), before the teacher answers the "
                     "extra prompts"},
-        "total_seconds": round(time.perf_counter() - t_all, 1)})
+        "total_seconds": (prev or {}).get("total_seconds") if args.resummarize else round(time.perf_counter() - t_all, 1)})
 
 
 if __name__ == "__main__":

@@ -885,6 +885,17 @@ def prompts_range() -> str:
                  + (f"Ten times the answers ({tt['answers']:,}) would take about {tt['train_hours_here']:.1f} h of "
                     f"training on this host at its measured {c['train_answer_tokens_per_s']:.0f} answer tokens/s "
                     "(an estimate), after the teacher answers them: a run for a GPU host." if tt else ""))
+    rc = c.get("reach")
+    if rc:
+        def need(r: dict, what: str) -> str:
+            if r["log_fit_answers"] is None:
+                return f"{what} {_pct(r['goal'])}: the curve does not rise, no answer count reaches it"
+            return (f"{what} {_pct(r['goal'])} (at {_pct(r['at_last_point'])} now) about "
+                    f"{r['log_fit_answers']:,} training answers by a log fit ({r['log_fit']['points_per_doubling']:+.1f} "
+                    f"points per doubling), at least {r['linear_last_two_answers']:,} on the last two points' line")
+        lines.append("Read off the curve for issue #28's goals (both extrapolate past the last point, at one epoch): "
+                     + need(rc["held_out_test"], "held-out agreement") + "; "
+                     + need(rc["natural"], "natural-prompt agreement") + ".")
     for old in c.get("superseded", [])[:1]:  # the curve on the smaller set before, on its own held-out split
         pts = ", ".join(f"{p['train_prompts']}: {_pct(p['held_out']['test']['agreement'])} / "
                         f"{_pct(p['natural_prompts']['agreement'])}" for p in old["points"])
