@@ -890,9 +890,12 @@ def prompts_range() -> str:
         def need(r: dict, what: str) -> str:
             if r["log_fit_answers"] is None:
                 return f"{what} {_pct(r['goal'])}: the curve does not rise, no answer count reaches it"
+            def hundreds(n: int) -> str:  # an extrapolation: no more digits than it has
+                return f"{int(round(n, -2)):,}"
             return (f"{what} {_pct(r['goal'])} (at {_pct(r['at_last_point'])} now) about "
-                    f"{r['log_fit_answers']:,} training answers by a log fit ({r['log_fit']['points_per_doubling']:+.1f} "
-                    f"points per doubling), at least {r['linear_last_two_answers']:,} on the last two points' line")
+                    f"{hundreds(r['log_fit_answers'])} training answers by a log fit "
+                    f"({r['log_fit']['points_per_doubling']:+.1f} points per doubling), at least "
+                    f"{hundreds(r['linear_last_two_answers'])} on the last two points' line")
         lines.append("Read off the curve for issue #28's goals (both extrapolate past the last point, at one epoch): "
                      + need(rc["held_out_test"], "held-out agreement") + "; "
                      + need(rc["natural"], "natural-prompt agreement") + ".")
