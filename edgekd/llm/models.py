@@ -131,13 +131,16 @@ def require_gguf_reader() -> None:
 
 def _dequantize_gguf(gguf: Path, digest: str, tmp: Path, out: Path, log) -> None:
     require_gguf_reader()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if log:
         log(f"dequantizing {gguf.name} once into {out} (about 30 s)")
     with _no_gguf_bar_off_terminal():
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # each loader parses the whole GGUF (its 49k-token vocabulary field by field: ~5 s a pass here); the config,
+        # read once and handed to both, saves the passes they would make for it
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, config=config)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, config=config)
     # The dequantized weights are plain fp32: drop the GGUF quantizer so save/load treat them as such.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
