@@ -50,7 +50,7 @@ def assemble(build_dir: Path, run: dict, task) -> dict[str, Any]:
     from edgekd import __version__
     from edgekd.fsio import read_result
     from edgekd.report.build import (compare_same_kind, energy_note, environment, measurements, not_built_note,
-                                     not_built_rows, ratio, selection_rule)
+                                     not_built_rows, ratio, selection_rule, weak_teacher_note)
     from edgekd.report.schema import REPORT_SCHEMA_VERSION
 
     res = _results(build_dir, task.report_stages)  # the convert stage is optional: read below when present
@@ -91,8 +91,6 @@ def assemble(build_dir: Path, run: dict, task) -> dict[str, Any]:
             comparison[name] = dq
     not_built = quant.get("not_built") or []
     notes = [energy_note(teacher), *parts.notes]
-    from edgekd.report.build import weak_teacher_note
-
     weak = weak_teacher_note(parts.control, next((m for m in models if key(m) == "teacher/fp32-torch"), teacher))
     if weak:
         notes.append(weak)
