@@ -65,15 +65,22 @@ def kill_after_checkpoint(monkeypatch):
     return lambda n: _KilledAfterCheckpoint(monkeypatch, n)
 
 
-@pytest.fixture()
-def readme_numbers():
-    """benchmarks/readme_numbers.py as a module (it is a script, not part of the package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("readme_numbers", ROOT / "benchmarks" / "readme_numbers.py")
+def benchmark_script(name: str):
+    """benchmarks/NAME.py as a module (the benchmarks are scripts, not part of the package), with benchmarks/ on
+    sys.path for the `_common` they import."""
+    bench = ROOT / "benchmarks"
+    if str(bench) not in sys.path:
+        sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture()
+def readme_numbers():
+    """benchmarks/readme_numbers.py as a module."""
+    return benchmark_script("readme_numbers")
 
 
 

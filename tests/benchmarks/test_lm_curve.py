@@ -1,22 +1,14 @@
 """benchmarks/bench_lm_curve.py's reading of a curve: how many answers a goal would take (`reach`)."""
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def curve():
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("bench_lm_curve", ROOT / "benchmarks" / "bench_lm_curve.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_script("bench_lm_curve")
 
 
 def _pts(f, ns):

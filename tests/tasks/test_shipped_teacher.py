@@ -203,13 +203,9 @@ def test_shipped_recipes_weights_exist_and_verify():
 
 
 def _ship_script():
-    import importlib.util
+    from tests.conftest import benchmark_script
 
-    root = Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location("ship_teacher", root / "benchmarks" / "ship_teacher.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_script("ship_teacher")
 
 
 def test_ship_script_writes_weights_a_card_can_verify_and_refuses_quick_builds(shipped, tmp_path, capsys, no_training):
