@@ -52,6 +52,7 @@ def main() -> None:
 
     from edgekd.llm.generate import load_prompts
     from edgekd.llm.models import load_causal_lm, materialize_teacher
+    from edgekd.llm.parallel import train_device
     from edgekd.llm.selfinstruct import (ANSWER_FORMS, KINDS, arithmetic_prompts, filter_new, read_topics,
                                          teacher_instructions, with_answer_forms)
     from edgekd.pipeline import default_cache_dir
@@ -62,8 +63,6 @@ def main() -> None:
     topics = read_topics(args.topics)
     folder, digest = materialize_teacher(args.teacher, default_cache_dir())
     model, tok = load_causal_lm(folder)
-    from edgekd.llm.parallel import train_device
-
     model.to(train_device())  # a GPU host's GPU, else the CPU
     args.work.mkdir(parents=True, exist_ok=True)
     t_gen = time.perf_counter()
