@@ -102,7 +102,8 @@ def weak_teacher_note(control: dict | None, teacher: dict) -> str | None:
     gain = (control or {}).get("kd_gain_points")
     return (f"The labels-only control ({100 * acc:.1f}%) is at least as accurate as the teacher ({100 * t:.1f}%) on the "
             "test split: the teacher's soft labels carry its errors, and distilling from it "
-            + (f"{'added' if gain > 0 else 'cost'} {abs(gain):.2f} points here" if gain is not None else "is not expected to help")
+            + ("is not expected to help" if gain is None else "changed nothing here (under 0.01 points)" if abs(gain) < 0.005
+               else f"{'added' if gain > 0 else 'cost'} {abs(gain):.2f} points here")
             + "; a stronger teacher is the remedy (or the labels alone), not a smaller temperature or an intermediate "
               "teacher, which address a teacher too strong for its student.")
 

@@ -257,6 +257,8 @@ def test_a_teacher_weaker_than_its_labels_gets_a_note():
     note = weak_teacher_note({"accuracy": 0.875, "kd_gain_points": -0.13}, teacher)
     assert note and "87.5%" in note and "85.3%" in note and "cost 0.13 points" in note and "stronger teacher" in note
     assert "added 0.40 points" in weak_teacher_note({"accuracy": 0.875, "kd_gain_points": 0.4}, teacher)
+    for zero in (0.0, -0.001):  # no gain is not a cost (nor a "cost 0.00 points")
+        assert "changed nothing here" in weak_teacher_note({"accuracy": 0.875, "kd_gain_points": zero}, teacher)
     assert weak_teacher_note({"accuracy": 0.853, "kd_gain_points": None}, teacher)  # equal counts
     assert weak_teacher_note({"accuracy": 0.85, "kd_gain_points": 0.6}, teacher) is None
     assert weak_teacher_note(None, teacher) is None and weak_teacher_note({"accuracy": 0.9}, {"accuracy": None}) is None
