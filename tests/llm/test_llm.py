@@ -69,6 +69,32 @@ def test_a_missing_gguf_reader_is_one_line_exit_2_before_any_work(tmp_path, monk
     assert not [p for p in (tmp_path / "cache" / "llm").iterdir() if not p.name.endswith(".lock")]
 
 
+def test_gguf_loaders_share_one_reader_per_path_inside_the_block(monkeypatch):
+    """_one_gguf_reader: the config, tokenizer and model loaders' `GGUFReader(path)` calls open the file once per
+    path inside the block (each open parses the whole vocabulary), and the real class is back after it, also after
+    an error."""
+    gguf = pytest.importorskip("gguf")
+    from edgekd.llm import models
+
+    opened = []
+
+    class Reader:
+        def __init__(self, path, mode="r"):
+            opened.append((str(path), mode))
+
+    monkeypatch.setattr(gguf, "GGUFReader", Reader)
+    with models._one_gguf_reader():
+        a, b = gguf.GGUFReader("/m/a.gguf"), gguf.GGUFReader("/m/a.gguf")
+        c = gguf.GGUFReader("/m/c.gguf")
+        d = gguf.GGUFReader("/m/a.gguf", "r+")
+    assert a is b and c is not a and d is not a and isinstance(a, Reader)
+    assert opened == [("/m/a.gguf", "r"), ("/m/c.gguf", "r"), ("/m/a.gguf", "r+")]
+    assert gguf.GGUFReader is Reader and gguf.GGUFReader("/m/a.gguf") is not a
+    with pytest.raises(RuntimeError), models._one_gguf_reader():
+        raise RuntimeError("a loader failed")
+    assert gguf.GGUFReader is Reader
+
+
 def test_answer_positions_line_up_with_answer_tokens():
     from edgekd.llm.sequences import Example, answer_positions
 
