@@ -74,6 +74,15 @@ def extras(build: Path, rep: dict, d: dict, args) -> dict:
     return out
 
 
+def decode_compute(build: Path, rep: dict) -> dict | None:
+    """The report's decode_compute, for a build whose report predates it: read off the teacher's and the student's
+    folders the same way (their configs: a model of the compute, not a timing)."""
+    from edgekd.fsio import read_result
+    from edgekd.tasks.text_generation.hooks import decode_compute as from_folders
+
+    return from_folders(Path(read_result(build / "teacher")["metrics"]["folder"]), build / "distill" / "student")
+
+
 def quantized_teacher(rep: dict) -> dict:
     """The teacher on onnxruntime (its FP32 ONNX, dynamic INT8 and INT4 weight-only), as the build's report has it:
     the quantized_teacher stage makes them with the student's exporter, candidate makers and options, scores them on
@@ -389,6 +398,9 @@ def main() -> None:
         "run_notes": args.note,
     }
     out["held_out"] = rep["training"].get("held_out")
+    gt = d.get("general_text")
+    out["general_text"] = None if not gt else {k: gt.get(k) for k in ("source", "samples", "tokens", "weight", "top_k")}
+    out["decode_compute"] = rep.get("decode_compute") or decode_compute(build, rep)
     name = args.name or ("llm-quick" if args.quick else "llm")
     prev = RESULTS / f"{name}.json"
     x = None

@@ -376,6 +376,28 @@ def _distill_vs_quantize(dq: dict) -> str:
     return text
 
 
+def _decode_compute(dc: dict, goals: dict) -> str:
+    """Why the int8 tokens/s ratio is what it is: the multiply-accumulates per decoded token of both models (read off
+    their configs by the build: a model of the compute), the shared head's share, and what the 3× goal would need."""
+    t, s = dc["teacher"], dc["student"]
+    text = (f"Per decoded token the student's linear layers do {s['total'] / 1e6:.1f}M multiply-accumulates against the "
+            f"teacher's {t['total'] / 1e6:.1f}M ({dc['ratio']:.2f}× fewer; counted from the two models' configs, not "
+            f"timed); the output head over the vocabulary they share is {s['head'] / 1e6:.1f}M of them "
+            f"({100 * dc['student_head_share']:.0f}% of the student's, {100 * t['head'] / t['total']:.0f}% of the "
+            "teacher's): cutting layers leaves it whole.")
+    g = goals.get("tokens_per_s_ratio_vs_teacher_int8-dynamic-onnx")
+    if g:
+        need = t["total"] / g["goal"]
+        text += (f" The measured int8-dynamic tokens/s ratio, {g['value']:.2f}×, is "
+                 + ("close to" if abs(g["value"] / dc["ratio"] - 1) < 0.15 else
+                    "above" if g["value"] > dc["ratio"] else "below")
+                 + f" that compute ratio; {g['goal']:.0f}× would take a student of about {need / 1e6:.1f}M "
+                   f"multiply-accumulates per token, {max(need - s['head'], 0) / 1e6:.1f}M of them beside the head "
+                   f"(the student's layers do {(s['total'] - s['head']) / 1e6:.1f}M now) — fewer layers, or a narrower "
+                   "residual width, which shrinks the head too.")
+    return text
+
+
 def llm_build() -> str:
     """smollm2-seqkd: the card's own full build (bench_llm.py --extras): every model it made, the teacher on
     onnxruntime beside them, and the goals for the selected student."""
@@ -411,9 +433,12 @@ def llm_build() -> str:
             f"{d['stage_seconds'].get('generate', 0) / 60:.1f}, distill {d['stage_seconds'].get('distill', 0) / 60:.1f})")
     control = ("the same student trained on the teacher's answers with hard labels only" if d.get("held_out")
                else "the same student on the prompts' raw text")
+    gt = d.get("general_text")
+    general = (f", plus {gt['weight']:g} × token-level KD on {gt['samples']:,} general-text snippets ({gt['tokens']:,} "
+               f"tokens, top-{gt['top_k']})" if gt else ", no general text")
     lines += ["", f"The card as shipped: {gen['prompts']} prompts ({gen['splits']['train']} train, {gen['splits']['val']} "
                   f"validation, {gen['splits']['test']} test), {lo['epochs']} epochs, {lo['soft']} soft_label (T="
-                  f"{lo['temperature']:g}, top-{lo['top_k']}) + {lo['hard']} hard_label; the build took "
+                  f"{lo['temperature']:g}, top-{lo['top_k']}) + {lo['hard']} hard_label{general}; the build took "
                   f"{took}. "
                   f"Against its control ({control}): {_pct(c['student_test']['agreement'])} vs "
                   f"{_pct(c['control_test']['agreement'])} test agreement.",
@@ -450,6 +475,8 @@ def llm_build() -> str:
     dq = d.get("distill_vs_quantize")
     if dq:
         lines += ["", _distill_vs_quantize(dq)]
+    if d.get("decode_compute"):
+        lines += ["", _decode_compute(d["decode_compute"], g)]
     kept = [(x["variant"], x["kept_fp32_nodes"]) for x in d.get("candidates", []) if x.get("kept_fp32_nodes")]
     if kept:
         from edgekd.quantize.sensitivity import group_name

@@ -307,6 +307,10 @@ def test_init_then_quick_build_of_the_card(tiny_lm, tmp_path):
     assert distill["history"]
     s = rep["search"]
     assert len(s["candidates"]) == 3 and all(c["fits"] and c["latency_ms"] > 0 for c in s["candidates"])
+    # each cut's decode work: fewer layers, fewer multiply-accumulates per token (the head is the same in all)
+    by_macs = sorted(s["candidates"], key=lambda c: c["macs"])
+    assert by_macs[0]["macs"] > 0 and by_macs == sorted(s["candidates"], key=lambda c: c["params"])
+    assert len({c["macs"] for c in s["candidates"]}) == 3
     assert {c["variant"] for c in s["candidates"]} <= {"fp32", "int8-dynamic"}
     ranked = [c for c in s["candidates"] if c["status"] in ("winner", "ranked")]
     assert len(ranked) == 2 and s["final"]["met"] and s["final"]["checks"]["latency_ms"]["measured"] <= 1000

@@ -16,6 +16,7 @@ import functools
 import importlib
 import importlib.util
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +198,41 @@ def load_causal_lm(folder: Path | str, dtype: str = "float32"):
     tok = AutoTokenizer.from_pretrained(folder)
     model.eval()
     return model, tok
+
+
+def linear_macs(model) -> dict[str, int]:
+    """Multiply-accumulates per decoded token of a causal LM's linear layers (each weight used once per token), and
+    the output head's share of them; `per_cached_token`: what attention over the KV cache adds per position already
+    in it (QK^T and the weighted V: 2 x layers x heads x head_dim). The work a one-token decode step does, read off
+    the model: a model of the compute (not a timing), the same whatever the weights' precision."""
+    import torch
+
+    total = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    cfg = getattr(model, "config", None)
+    layers, heads = getattr(cfg, "num_hidden_layers", None), getattr(cfg, "num_attention_heads", None)
+    head_dim = getattr(cfg, "head_dim", None) or (cfg.hidden_size // heads if cfg is not None and heads else None)
+    return {"total": int(total), "head": int(out.weight.numel()) if out is not None else 0,
+            "per_cached_token": int(2 * layers * heads * head_dim) if layers and heads and head_dim else None}
+
+
+def decode_macs(folder: Path | str) -> dict[str, int] | None:
+    """linear_macs of the model a Hugging Face folder describes, built from its config.json on the meta device (no
+    weights read: ~1 s); None when transformers cannot build it from the config."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from edgekd.zoo.text import quiet_transformers
+
+    quiet_transformers()
+    try:
+        cfg = AutoConfig.from_pretrained(folder)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg)
+    except (OSError, ValueError, KeyError) as e:  # not a causal-LM folder transformers knows
+        logging.getLogger(__name__).debug("no decode MACs for %s: %s", folder, e)
+        return None
+    return linear_macs(model)
 
 
 def answer_ids(tok, model=None) -> tuple[list[int], int, int]:

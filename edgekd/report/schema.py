@@ -160,6 +160,8 @@ class ModelRow(_Open):
     ttft_ms: LatencyStats | None = Field(None, description="time to first token (prefill of the prompt)")
     ms_per_token: LatencyStats | None = Field(None, description="decode latency per generated token")
     tokens_per_s: NonNegative | None = None
+    macs_per_token: NonNegative | None = Field(
+        None, description="multiply-accumulates of the linear layers per decoded token (report decode_compute)")
     joules_per_token: NonNegative | None = None
     agreement: _per_set(Fraction) | None = Field(  # type: ignore[valid-type]
         None, description="next-token agreement with the teacher, or one per evaluation set")

@@ -33,6 +33,21 @@ def test_smollm2_seqkd_quick_build(lm_quick_build, tmp_path):
     t = rep["models"][0]
     s = next(m for m in rep["models"] if m["role"] == "student" and m["variant"] == "fp32")
     assert t["role"] == "teacher" and s["params"] < t["params"] / 10
+    # decode compute read off both models' configs: the student is a cut of the teacher, so its output head spans the
+    # same vocabulary at its own residual width (the quick cut keeps a third of it); every row of a role carries its
+    # model's figure
+    dc = rep["decode_compute"]
+    tm = json.loads((out / "teacher" / "result.json").read_text())["metrics"]
+    s_hidden = json.loads((out / "distill" / "student" / "config.json").read_text())["hidden_size"]
+    assert s_hidden < tm["hidden"]
+    vocab = dc["teacher"]["head"] // tm["hidden"]
+    assert dc["teacher"]["head"] == vocab * tm["hidden"] and dc["student"]["head"] == vocab * s_hidden
+    assert vocab == tm["vocab"] and 0 < dc["student"]["total"] < dc["teacher"]["total"]
+    assert dc["ratio"] == pytest.approx(dc["teacher"]["total"] / dc["student"]["total"])
+    assert dc["student_head_share"] == pytest.approx(dc["student"]["head"] / dc["student"]["total"])
+    assert {m["macs_per_token"] for m in rep["models"] if m["role"] == "teacher"} == {dc["teacher"]["total"]}
+    assert {m["macs_per_token"] for m in rep["models"] if m["role"] == "student"} == {dc["student"]["total"]}
+    assert dc["sentence"] in rep["notes"]
     # the teacher's argmax reproduces its own greedy answers under teacher forcing (batching noise aside)
     assert t["accuracy"] > 0.85
     variants = {c["variant"]: c for c in rep["candidates"]}

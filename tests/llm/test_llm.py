@@ -415,6 +415,27 @@ def test_tiny_llama_uses_teacher_vocab_and_pca_embeddings(smol):
         tiny_llama(teacher, tok, hidden_size=65, num_heads=4)
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_decode_macs_count_each_linear_weight_once_per_token(tmp_path, tied):
+    """linear_macs / decode_macs against the Llama formula: per layer q,o (h x h), k,v (h x kv_heads*head_dim), the
+    gated MLP (3 x h x ffn), then the head (vocab x h, tied or not: its multiplications happen either way); the
+    input embedding is a lookup, not counted. decode_macs reads no weights (a config alone will do)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edgekd.llm.models import decode_macs, linear_macs
+
+    v, h, ffn, layers, heads, kv = 1000, 64, 96, 3, 4, 2
+    cfg = LlamaConfig(vocab_size=v, hidden_size=h, intermediate_size=ffn, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=kv, tie_word_embeddings=tied)
+    d = h // heads
+    want = layers * (2 * h * h + 2 * h * kv * d + 3 * h * ffn) + v * h
+    m = LlamaForCausalLM(cfg)
+    assert linear_macs(m) == {"total": want, "head": v * h, "per_cached_token": 2 * layers * heads * d}
+    cfg.save_pretrained(tmp_path)  # config.json only
+    assert decode_macs(tmp_path) == linear_macs(m)
+    assert decode_macs(tmp_path / "nothing-here") is None
+
+
 def test_hf_folder_without_tokenizer_is_refused(tmp_path):
     from edgekd.llm.models import resolve_source
 

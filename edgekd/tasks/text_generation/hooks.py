@@ -237,6 +237,8 @@ def report_parts(build_dir: Path, res: dict[str, dict], run: dict):
 
     tm = t["metrics"]
     te = d["metrics"]["teacher"]["test"]
+    compute = decode_compute(Path(tm["folder"]), build_dir / "distill" / "student")
+    macs = {role: (compute or {}).get(role, {}).get("total") for role in ("teacher", "student")}
     models = [entry("teacher", "fp32-torch", "safetensors", "torch-eager", tm["folder"], tm["size_bytes"], tm["params"],
                     te["agreement"], te["perplexity"])]
     from edgekd.tasks.stages.quantized_teacher import STAGE, read_rows
@@ -274,10 +276,39 @@ def report_parts(build_dir: Path, res: dict[str, dict], run: dict):
              + ("held-out templates: no test template or slot word was trained on" if split_kind == "template"
                 else "a seeded shuffle: test prompts may share templates with training prompts")
              + "); latency and energy are per generated token."]
+    for m in models:  # the same work per token whatever the precision (the row's runtime makes it faster or not)
+        m["macs_per_token"] = macs[m["role"]]
+    sections = {"generation": generation}
+    if compute is not None:
+        sections["decode_compute"] = compute
+        notes.append(compute["sentence"])
     return ReportParts(models=models, candidates=candidates, teacher_same_runtime=_converted_teacher(build_dir),
                        training=training,
                        parity={"student_parity": e["metrics"]["student_parity"]}, control=ctrl, notes=notes,
-                       sections={"generation": generation})
+                       sections=sections)
+
+
+def decode_compute(teacher: Path, student: Path) -> dict | None:
+    """report decode_compute: the multiply-accumulates of one decode step of teacher and student (their linear
+    layers, read off each folder's config: a model of the compute, not a timing), their ratio, and the output head's
+    share (the vocabulary both share: a student cut from the teacher keeps all of it). None when either folder is
+    gone (a report made elsewhere) or not buildable."""
+    from edgekd.llm.models import decode_macs
+
+    if not (teacher / "config.json").is_file() or not (student / "config.json").is_file():
+        return None
+    t, s = decode_macs(teacher), decode_macs(student)
+    if not t or not s or not s["total"]:
+        return None
+    ratio, share = t["total"] / s["total"], s["head"] / s["total"]
+    sentence = (f"Per decoded token the student's linear layers do {s['total'] / 1e6:.1f}M multiply-accumulates "
+                f"against the teacher's {t['total'] / 1e6:.1f}M ({ratio:.2f}x fewer; a model of the compute, not a "
+                f"timing): the output head over the shared vocabulary is {s['head'] / 1e6:.1f}M of the student's "
+                f"({100 * share:.0f}%): cutting layers leaves it whole, a narrower residual width shrinks it.")
+    return {"what": "multiply-accumulates per decoded token in the linear layers (each weight used once per token), "
+                    "read off each model's config; attention over the KV cache adds per_cached_token per position "
+                    "in it",
+            "teacher": t, "student": s, "ratio": ratio, "student_head_share": share, "sentence": sentence}
 
 
 def _converted_teacher(build_dir: Path) -> str | None:

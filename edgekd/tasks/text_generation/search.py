@@ -122,7 +122,7 @@ def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path)
     import torch
 
     from edgekd.llm import sequences as S
-    from edgekd.llm.models import answer_ids, load_causal_lm
+    from edgekd.llm.models import answer_ids, linear_macs, load_causal_lm
     from edgekd.llm.prune import calibration_batches, cut, importance, parse_options, plan
     from edgekd.profile.spec import GenerationSpec
     from edgekd.quantize.candidates import make_candidate
@@ -156,7 +156,8 @@ def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path)
 
     def not_timed(i: int, kw: dict[str, Any], why: str, fit: bool) -> dict[str, Any]:
         model, _ = cut_of(kw)
-        return {"index": i, "kwargs": kw, "params": sum(t.numel() for t in model.parameters()), "macs": None,
+        return {"index": i, "kwargs": kw, "params": sum(t.numel() for t in model.parameters()),
+                "macs": linear_macs(model)["total"],
                 "variants": [], "variant": None, "runtime": None, "latency_ms": None, "size_bytes": None,
                 "min_latency_ms": None, "min_size_bytes": None, "fits": fit, "proxy_val_accuracy": None,
                 "cut_val_accuracy": None, "skipped": why}
@@ -196,7 +197,7 @@ def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path)
         with torch.no_grad():
             as_cut = S.evaluate(model, val, pad)  # what the cut alone keeps: no training
         shutil.rmtree(d, ignore_errors=True)  # hundreds of MB per cut of a real teacher: the table is what stays
-        return {"index": i, "kwargs": kw, "params": params, "macs": None, "variants": variants,
+        return {"index": i, "kwargs": kw, "params": params, "macs": linear_macs(model)["total"], "variants": variants,
                 "variant": best["variant"], "runtime": "onnxruntime", "latency_ms": best["p50_ms"],
                 "size_bytes": best["size_bytes"], "min_latency_ms": min(v["p50_ms"] for v in timed),
                 "min_size_bytes": min(v["size_bytes"] for v in timed), "fits": any(v["fits"] for v in timed),
