@@ -44,7 +44,8 @@ def test_wheel_contains_cards_prompts_and_data(wheel):
     for card in (ROOT / "targets").glob("*.toml"):
         assert f"edgekd/_cards/targets/{card.name}" in names
     assert "edgekd/_cards/models/prompts/smollm2-prompts.jsonl" in names
-    assert "edgekd/_cards/models/prompts/smollm2-prompts-900.jsonl" in names  # the card's default set
+    assert "edgekd/_cards/models/prompts/smollm2-prompts-900.jsonl" in names
+    assert "edgekd/_cards/models/prompts/smollm2-prompts-grown-x3.jsonl" in names  # the card's default set
     # shipped teacher weights travel beside their cards (shipped.path is relative to the card's folder)
     from edgekd.cards import load_recipe
 

