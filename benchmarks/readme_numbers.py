@@ -469,9 +469,13 @@ def llm_build() -> str:
             gain = 100 * (h["student"]["held-out-template"]["agreement"] - c_ho["agreement"])
             verdict = ("the teacher's logits add" if gain > 0.5 else "the teacher's logits lose" if gain < -0.5
                        else "the teacher's logits add nothing measurable over its answers")
+            seeds = _load_opt("lm_kd_seeds.json")
+            across = (f"the {len(seeds['seeds'])}-seed comparison at {seeds['epochs']} epoch(s) is below "
+                      "(`benchmarks/results/lm_kd_seeds.json`)" if seeds else
+                      "issue 28 asks for 3 seeds: `python benchmarks/bench_lm_kd_seeds.py`, not run")
             lines += ["", f"Logit KD against the answers-only control (the same student on the teacher's answers, hard "
-                          f"labels only) on held-out templates: {gain:+.1f} points, one seed — {verdict} on this run "
-                          "(issue 28 asks for 3 seeds; not run)."]
+                          f"labels only) on held-out templates: {gain:+.1f} points in this build (one seed) — {verdict} "
+                          f"on this run; {across}."]
     dq = d.get("distill_vs_quantize")
     if dq:
         lines += ["", _distill_vs_quantize(dq)]
