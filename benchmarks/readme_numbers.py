@@ -287,7 +287,9 @@ def kd_rows() -> list[list[str]]:
         student = llm.get("student_arch")
         kind = "student pruned from the teacher" if llm.get("pruning") else "tiny Llama"
         arch = f"{student.get('layers')}-layer {kind}, " if isinstance(student, dict) and student.get("layers") else ""
-        out.append([llm.get("recipe", "smollm2-seqkd"), f"{arch}control: same student on the prompts' raw text",
+        control = ("same student on the teacher's answers, hard labels only" if llm.get("held_out")
+                   else "same student on the prompts' raw text")  # the control before issue 28
+        out.append([llm.get("recipe", "smollm2-seqkd"), f"{arch}control: {control}",
                     "next-token agreement with the teacher's answers, PyTorch", "1",
                     _pct2(c["student_test"]["agreement"]), _pct2(c["control_test"]["agreement"]),
                     _pts(c["agreement_gain_points"]), f"llm.json ({(llm.get('build_created') or llm.get('created', ''))[:10]})"])
