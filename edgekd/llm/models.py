@@ -207,7 +207,9 @@ def linear_macs(model) -> dict[str, int]:
     the model: a model of the compute (not a timing), the same whatever the weights' precision."""
     import torch
 
-    total = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    # transformers' Conv1D (GPT-2's projections) is a linear layer with its weight transposed
+    total = sum(m.weight.numel() for m in model.modules()
+                if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D")
     out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     cfg = getattr(model, "config", None)
     layers, heads = getattr(cfg, "num_hidden_layers", None), getattr(cfg, "num_attention_heads", None)

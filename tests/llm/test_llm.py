@@ -434,6 +434,11 @@ def test_decode_macs_count_each_linear_weight_once_per_token(tmp_path, tied):
     cfg.save_pretrained(tmp_path)  # config.json only
     assert decode_macs(tmp_path) == linear_macs(m)
     assert decode_macs(tmp_path / "nothing-here") is None
+    if tied:  # GPT-2's projections are transformers' Conv1D: 12 h^2 per layer (qkv 3h^2, out h^2, MLP 2 x 4h^2)
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        g = GPT2LMHeadModel(GPT2Config(vocab_size=v, n_embd=h, n_layer=layers, n_head=heads, n_positions=32))
+        assert linear_macs(g)["total"] == layers * 12 * h * h + v * h
 
 
 def test_hf_folder_without_tokenizer_is_refused(tmp_path):
