@@ -74,7 +74,7 @@ def extras(build: Path, rep: dict, d: dict, args) -> dict:
     return out
 
 
-def decode_compute(build: Path, rep: dict) -> dict | None:
+def decode_compute(build: Path) -> dict | None:
     """The report's decode_compute, for a build whose report predates it: read off the teacher's and the student's
     folders the same way (their configs: a model of the compute, not a timing)."""
     from edgekd.fsio import read_result
@@ -400,7 +400,7 @@ def main() -> None:
     out["held_out"] = rep["training"].get("held_out")
     gt = d.get("general_text")
     out["general_text"] = None if not gt else {k: gt.get(k) for k in ("source", "samples", "tokens", "weight", "top_k")}
-    out["decode_compute"] = rep.get("decode_compute") or decode_compute(build, rep)
+    out["decode_compute"] = rep.get("decode_compute") or decode_compute(build)
     name = args.name or ("llm-quick" if args.quick else "llm")
     prev = RESULTS / f"{name}.json"
     x = None

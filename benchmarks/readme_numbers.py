@@ -382,11 +382,7 @@ def _decode_compute(dc: dict, goals: dict) -> str:
     """Why the int8 tokens/s ratio is what it is: the multiply-accumulates per decoded token of both models (read off
     their configs by the build: a model of the compute), the shared head's share, and what the 3× goal would need."""
     t, s = dc["teacher"], dc["student"]
-    text = (f"Per decoded token the student's linear layers do {s['total'] / 1e6:.1f}M multiply-accumulates against the "
-            f"teacher's {t['total'] / 1e6:.1f}M ({dc['ratio']:.2f}× fewer; counted from the two models' configs, not "
-            f"timed); the output head over the vocabulary they share is {s['head'] / 1e6:.1f}M of them "
-            f"({100 * dc['student_head_share']:.0f}% of the student's, {100 * t['head'] / t['total']:.0f}% of the "
-            "teacher's): cutting layers leaves it whole.")
+    text = dc["sentence"]  # the build report's own line
     g = goals.get("tokens_per_s_ratio_vs_teacher_int8-dynamic-onnx")
     if g:
         need = t["total"] / g["goal"]

@@ -90,15 +90,23 @@ def test_the_readme_paragraph_reads_the_reports_verdict(readme_numbers):
     assert "on the Pareto front of agreement vs tokens/s" in text and "teacher/int4-weight: " in text
 
 
-def test_readme_decode_compute_sentence_reads_the_ratio_and_what_the_goal_needs(readme_numbers):
-    """The README's compute line (llm.json decode_compute, written by the build's report): the ratio of the two
-    models' multiply-accumulates, the head's share, where the measured int8 ratio stands, and what 3x would take."""
-    dc = {"teacher": {"total": 134_500_000, "head": 28_300_000}, "student": {"total": 54_900_000, "head": 28_300_000},
-          "ratio": 134.5 / 54.9, "student_head_share": 28.3 / 54.9}
+def test_readme_decode_compute_sentence_reads_the_ratio_and_what_the_goal_needs(readme_numbers, monkeypatch):
+    """The README's compute line (llm.json decode_compute, written by the build's report): the report's own sentence
+    (ratio of the two models' multiply-accumulates, the head's share), then where the measured int8 ratio stands and
+    what 3x would take."""
+    from pathlib import Path
+
+    import edgekd.llm.models as models
+    from edgekd.tasks.text_generation.hooks import decode_compute
+
+    macs = {"t": {"total": 134_500_000, "head": 28_300_000}, "s": {"total": 54_900_000, "head": 28_300_000}}
+    monkeypatch.setattr(models, "decode_macs", lambda folder: macs[Path(folder).name])  # two stand-in folders
+    dc = decode_compute(Path("t"), Path("s"))
+    assert dc["ratio"] == 134.5 / 54.9 and dc["student_head_share"] == 28.3 / 54.9
     goal = {"tokens_per_s_ratio_vs_teacher_int8-dynamic-onnx": {"value": 2.46, "goal": 3.0, "met": False}}
     text = readme_numbers._decode_compute(dc, goal)
-    assert "54.9M multiply-accumulates against the teacher's 134.5M (2.45× fewer" in text
-    assert "28.3M of them (52% of the student's, 21% of the teacher's)" in text
+    assert text.startswith(dc["sentence"])  # the report's line, then the goal's
+    assert "54.9M multiply-accumulates against the teacher's 134.5M (2.45x fewer" in text and "28.3M" in text
     assert "2.46×, is close to that compute ratio" in text
     # 134.5 / 3 = 44.8M in all, 16.5M beside the 28.3M head (the layers do 26.6M now)
     assert "about 44.8M multiply-accumulates per token, 16.5M of them beside the head" in text and "26.6M now" in text
