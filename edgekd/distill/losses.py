@@ -1,8 +1,8 @@
 """Distillation losses: a registry of loss kinds and `LossSet`, the weighted sum the trainer calls.
 
 A recipe lists loss terms (`{kind: soft_label, weight: 0.9, temperature: 4}`); `build_losses`
-validates each term's options with the kind's own pydantic model (extra keys are an error listing
-the valid options), probes the student and teacher once on an example batch with forward hooks to
+validates each term's options with the kind's own pydantic model (edgekd/distill/options.py, torch-free: the
+recipe's terms are checked there before any stage; extra keys are an error listing the valid options), probes the student and teacher once on an example batch with forward hooks to
 learn feature shapes (to size projectors and reject mismatches before training starts), and returns
 a `LossSet` (an nn.Module: its learned projectors must go into the optimizer).
 
@@ -12,18 +12,17 @@ losses compare samples with each other, so they do not use them; `hard_label` us
 """
 from __future__ import annotations
 
-import difflib
-import math
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import Tensor, nn
 
 from edgekd.distill.hooks import FeatureCapture, select
-from edgekd.distill.weighting import Schedule, options_error, parse_schedule, schedule
+from edgekd.distill.options import (LOSS_OPTIONS, AttentionOptions, DecoupledOptions, FeatureOptions, HardOptions,
+                                    HiddenOptions, LossOptions, RelationOptions, SoftOptions, parse_loss,
+                                    schedule)
 from edgekd.errors import ConfigError, StageError
 
 
@@ -42,17 +41,6 @@ class LossContext:
 
 
 # --------------------------------------------------------------------------- registry and base
-
-
-class LossOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    weight_schedule: float | Schedule | None = Field(
-        None, description="multiplies `weight` by schedule(weight_schedule, progress): an alpha curriculum")
-
-    @field_validator("weight_schedule", mode="before")
-    @classmethod
-    def _sched(cls, v: Any) -> Any:
-        return None if v is None else parse_schedule(v, "weight_schedule")
 
 
 class Loss(nn.Module):
@@ -86,6 +74,8 @@ LOSSES: dict[str, type[Loss]] = {}
 
 def register(name: str) -> Callable[[type[Loss]], type[Loss]]:
     def deco(cls: type[Loss]) -> type[Loss]:
+        if LOSS_OPTIONS.get(name) is not cls.Options:
+            raise TypeError(f"loss {name}: its Options must be LOSS_OPTIONS[{name!r}] (edgekd/distill/options.py)")
         cls.kind = name
         LOSSES[name] = cls
         return cls
@@ -200,22 +190,6 @@ def _per_sample_distance(s: Tensor, t: Tensor, distance: str) -> Tensor:
 # --------------------------------------------------------------------------- logit losses
 
 
-class _SoftOpts(LossOptions):
-    temperature: float | Schedule = Field(4.0, description="softmax temperature, or {start, end, shape}")
-    standardize: bool = Field(False, description="z-score each sample's logits (student and teacher) before the "
-                                                 "temperature: the student matches the shape of the teacher's "
-                                                 "logits, not their scale (Sun et al., CVPR 2024)")
-
-    @field_validator("temperature", mode="before")
-    @classmethod
-    def _temp(cls, v: Any) -> Any:
-        v = parse_schedule(v, "temperature")
-        lo = v if isinstance(v, float) else min(v.start, v.end)
-        if lo <= 0:
-            raise ValueError("temperature must be > 0")
-        return v
-
-
 @register("soft_label")
 class SoftLabel(Loss):
     """Hinton KD: T^2 * KL(softmax(t/T) || softmax(s/T)), per-sample weighted batch mean.
@@ -230,7 +204,7 @@ class SoftLabel(Loss):
     onto the teacher's candidates in the teacher's proportions.
     """
 
-    Options = _SoftOpts
+    Options = SoftOptions
 
     @classmethod
     def needs_teacher_logits(cls) -> bool:
@@ -271,11 +245,6 @@ def _class_logits(ctx: LossContext, standardize: bool) -> tuple[Tensor, Tensor]:
     return _standardize(s), _standardize(t)
 
 
-class _DecoupledOpts(_SoftOpts):
-    alpha: float = Field(1.0, ge=0.0, description="weight of TCKD: the binary target vs rest distribution")
-    beta: float = Field(8.0, ge=0.0, description="weight of NCKD: the distribution over the non-target classes")
-
-
 @register("decoupled")
 class Decoupled(SoftLabel):
     """Decoupled KD (DKD, Zhao et al., CVPR 2022): T^2 * (alpha * TCKD + beta * NCKD), per-sample weighted mean.
@@ -291,7 +260,7 @@ class Decoupled(SoftLabel):
     of 0 (a top-k cache's -inf tail) adds 0.
     """
 
-    Options = _DecoupledOpts
+    Options = DecoupledOptions
 
     def forward(self, ctx: LossContext) -> Tensor:
         t_ = self.temperature(ctx.progress)
@@ -331,10 +300,6 @@ def token_kd(student_logits: Tensor, t_values: Tensor, t_indices: Tensor, temper
     return weighted_mean(kl, sample_weight) * (temperature * temperature)
 
 
-class _HardOpts(LossOptions):
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-
-
 @register("hard_label")
 class HardLabel(Loss):
     """Cross-entropy on ground-truth labels (with label smoothing), mean over labeled samples only.
@@ -342,7 +307,7 @@ class HardLabel(Loss):
     Labels of -1 (hidden by data.label_fraction) are ignored; a batch without any label gives 0.
     """
 
-    Options = _HardOpts
+    Options = HardOptions
 
     def forward(self, ctx: LossContext) -> Tensor:
         logits = ctx.student_logits.float()
@@ -355,14 +320,6 @@ class HardLabel(Loss):
 # --------------------------------------------------------------------------- feature losses
 
 
-class _FeatureOpts(LossOptions):
-    student: str = Field(description="student module path")
-    teacher: str = Field(description="teacher module path")
-    projector: Literal["none", "conv1x1", "linear"] = "none"
-    distance: Literal["mse", "cosine"] = "mse"
-    index: int = Field(0, description="element of a tuple output (HF layers return tuples)")
-
-
 @register("feature")
 class FeatureHint(Loss):
     """FitNets hint: distance(projector(student feature), teacher feature).
@@ -372,9 +329,9 @@ class FeatureHint(Loss):
     average-pooled to the smaller. Channel mismatch with `projector: none` is a ConfigError.
     """
 
-    Options = _FeatureOpts
+    Options = FeatureOptions
 
-    def __init__(self, opts: _FeatureOpts, s_feats: dict[str, Any], t_feats: dict[str, Any],
+    def __init__(self, opts: FeatureOptions, s_feats: dict[str, Any], t_feats: dict[str, Any],
                  device: torch.device) -> None:
         super().__init__(opts, s_feats, t_feats, device)
         s_shape = tuple(select(s_feats[opts.student], opts.index).shape)
@@ -385,7 +342,7 @@ class FeatureHint(Loss):
             self.projector.to(device)
 
     @classmethod
-    def paths(cls, opts: _FeatureOpts) -> tuple[set[str], set[str]]:
+    def paths(cls, opts: FeatureOptions) -> tuple[set[str], set[str]]:
         return {opts.student}, {opts.teacher}
 
     def forward(self, ctx: LossContext) -> Tensor:
@@ -396,14 +353,6 @@ class FeatureHint(Loss):
         if self.projector is not None:
             s = self.projector(s)
         return weighted_mean(_per_sample_distance(s, t, o.distance), ctx.sample_weight)
-
-
-class _AttentionOpts(LossOptions):
-    student: str
-    teacher: str
-    mode: Literal["at", "attention_kl"] = "at"
-    p: float = Field(2.0, gt=0, description="power of |activation| in attention transfer")
-    index: int = 0
 
 
 @register("attention")
@@ -418,9 +367,9 @@ class AttentionTransfer(Loss):
     over its heads first. Sequence lengths must match.
     """
 
-    Options = _AttentionOpts
+    Options = AttentionOptions
 
-    def __init__(self, opts: _AttentionOpts, s_feats: dict[str, Any], t_feats: dict[str, Any],
+    def __init__(self, opts: AttentionOptions, s_feats: dict[str, Any], t_feats: dict[str, Any],
                  device: torch.device) -> None:
         super().__init__(opts, s_feats, t_feats, device)
         s_shape = tuple(select(s_feats[opts.student], opts.index).shape)
@@ -444,7 +393,7 @@ class AttentionTransfer(Loss):
                                   hint="pick convolutional/transformer block outputs, or use the feature loss")
 
     @classmethod
-    def paths(cls, opts: _AttentionOpts) -> tuple[set[str], set[str]]:
+    def paths(cls, opts: AttentionOptions) -> tuple[set[str], set[str]]:
         return {opts.student}, {opts.teacher}
 
     def adopt_unit_map(self, unit_map: dict[str, dict[str, Any]]) -> None:
@@ -481,12 +430,6 @@ class AttentionTransfer(Loss):
         return weighted_mean((q_s - q_t).pow(2).mean(dim=1), ctx.sample_weight)
 
 
-class _HiddenOpts(LossOptions):
-    layers: list[tuple[str, str]] = Field(min_length=1, description="[[student_path, teacher_path], ...]")
-    distance: Literal["mse", "cosine"] = "mse"
-    index: int = 0
-
-
 @register("hidden_state")
 class HiddenState(Loss):
     """TinyBERT/MiniLM-style hidden-state matching over layer pairs, averaged over pairs.
@@ -496,9 +439,9 @@ class HiddenState(Loss):
     outputs of HF layers are read at `index` (0: the hidden state).
     """
 
-    Options = _HiddenOpts
+    Options = HiddenOptions
 
-    def __init__(self, opts: _HiddenOpts, s_feats: dict[str, Any], t_feats: dict[str, Any],
+    def __init__(self, opts: HiddenOptions, s_feats: dict[str, Any], t_feats: dict[str, Any],
                  device: torch.device) -> None:
         super().__init__(opts, s_feats, t_feats, device)
         projs: list[nn.Module] = []
@@ -511,7 +454,7 @@ class HiddenState(Loss):
         self.projectors = nn.ModuleList(projs)
 
     @classmethod
-    def paths(cls, opts: _HiddenOpts) -> tuple[set[str], set[str]]:
+    def paths(cls, opts: HiddenOptions) -> tuple[set[str], set[str]]:
         return {s for s, _ in opts.layers}, {t for _, t in opts.layers}
 
     @torch.no_grad()
@@ -540,13 +483,6 @@ class HiddenState(Loss):
         return torch.stack(terms).mean()  # layers has at least one pair (validated)
 
 
-class _RelationOpts(LossOptions):
-    student: str
-    teacher: str
-    mode: Literal["rkd_distance", "rkd_angle", "similarity"] = "rkd_distance"
-    index: int = 0
-
-
 def _pairwise_distance(f: Tensor) -> Tensor:
     """[B, B] Euclidean distances from explicit differences (the diagonal is ~1e-6: callers drop it)."""
     return (f[:, None, :] - f[None, :, :]).pow(2).sum(-1).clamp_min(1e-12).sqrt()
@@ -569,10 +505,10 @@ class Relation(Loss):
     weights do not apply; a batch of one sample gives 0.
     """
 
-    Options = _RelationOpts
+    Options = RelationOptions
 
     @classmethod
-    def paths(cls, opts: _RelationOpts) -> tuple[set[str], set[str]]:
+    def paths(cls, opts: RelationOptions) -> tuple[set[str], set[str]]:
         return {opts.student}, {opts.teacher}
 
     def forward(self, ctx: LossContext) -> Tensor:
@@ -629,26 +565,6 @@ class LossSet(nn.Module):
         if not values:
             raise StageError("the loss set has no terms", hint="build it with build_losses from a non-empty list")
         return torch.stack(values).sum(), parts
-
-
-def parse_loss(cfg: Any) -> tuple[str, float, LossOptions]:
-    """(kind, weight, typed options) of one recipe loss term; unknown kinds and options are ConfigErrors."""
-    raw = cfg.model_dump() if isinstance(cfg, BaseModel) else dict(cfg)
-    kind = raw.pop("kind", None)
-    weight = float(raw.pop("weight", 1.0))
-    if kind not in LOSSES:
-        valid = sorted(LOSSES)
-        close = difflib.get_close_matches(str(kind), valid, n=1)
-        hint = (f"did you mean '{close[0]}'? " if close else "") + f"valid kinds: {', '.join(valid)}"
-        raise ConfigError(f"unknown loss kind {kind!r}", hint=hint)
-    if not math.isfinite(weight):
-        raise ConfigError(f"loss '{kind}': weight {weight} is not finite", hint="use a finite number, e.g. 0.5")
-    cls = LOSSES[kind]
-    try:
-        opts = cls.Options.model_validate(raw)
-    except ValidationError as e:
-        raise options_error(f"loss '{kind}'", cls.Options, e) from None
-    return kind, weight, opts
 
 
 def _probe(model: nn.Module, paths: set[str], x: Tensor, side: str) -> dict[str, Any]:
@@ -710,5 +626,3 @@ def build_losses(cfgs: list[Any], student: nn.Module, teacher: nn.Module | None,
     return LossSet(terms, weights)
 
 
-# The kinds that read logits only (no activations): what an ONNX teacher, the teacher-logit cache and QAT can drive.
-LOGIT_LOSSES = ("soft_label", "hard_label", "decoupled")

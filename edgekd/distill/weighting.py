@@ -7,77 +7,20 @@ samples the KD term listens to, not the KD term's overall scale (the balance aga
 set by the recipe's weights stays as written).
 
 Schemes are registered by `kind` in `WEIGHTINGS`; `build_weighting({"kind": ..., **options})`
-validates the options (unknown keys are a ConfigError listing the valid ones).
+validates the options (unknown keys are a ConfigError listing the valid ones; the options models are in
+edgekd/distill/options.py, read before any stage without torch).
 """
 from __future__ import annotations
 
-import difflib
 import math
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel
 
-from edgekd.errors import ConfigError
+from edgekd.distill.options import WEIGHTING_OPTIONS, TemperatureOptions, WeightingOptions, parse_weighting
 
 WeightFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class _Opts(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-# --------------------------------------------------------------------------- schedules
-
-
-class Schedule(BaseModel):
-    """A value that moves from `start` (progress 0) to `end` (progress 1) along `shape`."""
-
-    model_config = ConfigDict(extra="forbid")
-    start: float
-    end: float
-    shape: Literal["linear", "cosine", "constant"] = "linear"
-
-
-ScheduleValue = float | Schedule
-
-
-def parse_schedule(value: Any, what: str = "schedule") -> float | Schedule:
-    """Validate a number or a {start, end, shape} mapping; a bad one is a ConfigError."""
-    if isinstance(value, Schedule):
-        return value
-    if isinstance(value, bool):
-        raise ConfigError(f"{what}: expected a number or {{start, end, shape}}, got {value!r}",
-                          hint="e.g. 4.0 or {start: 8.0, end: 2.0, shape: cosine}")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, Mapping):
-        try:
-            return Schedule.model_validate(dict(value))
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise ConfigError(f"{what}: {'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}",
-                              hint="a schedule is {start: X, end: Y, shape: linear|cosine|constant}") from None
-    raise ConfigError(f"{what}: expected a number or {{start, end, shape}}, got {type(value).__name__}",
-                      hint="e.g. 4.0 or {start: 8.0, end: 2.0, shape: cosine}")
-
-
-def schedule(value: float | Schedule | Mapping[str, Any], progress: float) -> float:
-    """The value at training `progress` in [0, 1] (clamped).
-
-    A plain number is constant. `{start, end}` interpolates linearly; `shape: cosine` follows a half
-    cosine (slow at both ends: start + (end - start) * (1 - cos(pi * p)) / 2); `constant` stays at
-    `start`. Used for the KD temperature (e.g. anneal 8 → 2) and for an alpha curriculum (a loss's
-    `weight_schedule`, e.g. hard_label weight 1 → 0 while soft_label goes 0 → 1).
-    """
-    v = parse_schedule(value)
-    if isinstance(v, float):
-        return v
-    p = min(1.0, max(0.0, float(progress)))
-    if v.shape == "constant":
-        return v.start
-    frac = p if v.shape == "linear" else (1.0 - math.cos(math.pi * p)) / 2.0
-    return v.start + (v.end - v.start) * frac
 
 
 # --------------------------------------------------------------------------- weighting schemes
@@ -86,10 +29,10 @@ def schedule(value: float | Schedule | Mapping[str, Any], progress: float) -> fl
 class _Scheme:
     """A weighting scheme: `Options` (pydantic) and `__call__(teacher_logits, labels) -> [B]`."""
 
-    Options: type[_Opts] = _Opts
+    Options: type[WeightingOptions] = WeightingOptions
     kind: str = ""
 
-    def __init__(self, opts: _Opts) -> None:
+    def __init__(self, opts: WeightingOptions) -> None:
         self.opts = opts
 
     def raw(self, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -117,15 +60,13 @@ WEIGHTINGS: dict[str, type[_Scheme]] = {}
 
 def register_weighting(name: str) -> Callable[[type[_Scheme]], type[_Scheme]]:
     def deco(cls: type[_Scheme]) -> type[_Scheme]:
+        if WEIGHTING_OPTIONS.get(name) is not cls.Options:
+            raise TypeError(f"weighting {name}: its Options must be WEIGHTING_OPTIONS[{name!r}] (edgekd/distill/options.py)")
         cls.kind = name
         WEIGHTINGS[name] = cls
         return cls
 
     return deco
-
-
-class _TempOpts(_Opts):
-    temperature: float = Field(1.0, gt=0, description="teacher softmax temperature used to judge confidence")
 
 
 @register_weighting("none")
@@ -145,7 +86,7 @@ class TeacherConfidence(_Scheme):
     (confidence-aware KD). The mean-1 normalization keeps the KD term's scale unchanged.
     """
 
-    Options = _TempOpts
+    Options = TemperatureOptions
 
     def raw(self, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return torch.softmax(teacher_logits / self.opts.temperature, dim=1).amax(dim=1)
@@ -160,7 +101,7 @@ class TeacherEntropy(_Scheme):
     1) is trusted. Unlike max-prob it also separates "two plausible classes" from "ten".
     """
 
-    Options = _TempOpts
+    Options = TemperatureOptions
 
     def raw(self, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         c = teacher_logits.shape[1]
@@ -182,7 +123,7 @@ class GroundTruthMargin(_Scheme):
     batch (neutral), or 1 if none is labeled.
     """
 
-    Options = _TempOpts
+    Options = TemperatureOptions
 
     def raw(self, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         p = torch.softmax(teacher_logits / self.opts.temperature, dim=1)
@@ -202,29 +143,21 @@ def build_weighting(cfg: Mapping[str, Any] | BaseModel | None) -> WeightFn:
     `cfg` is None (no weighting) or a mapping with `kind` and the scheme's options.
     """
     if cfg is None:
-        return NoWeighting(_Opts())
-    raw = cfg.model_dump() if isinstance(cfg, BaseModel) else dict(cfg)
-    kind = raw.pop("kind", None)
-    if kind not in WEIGHTINGS:
-        valid = sorted(WEIGHTINGS)
-        close = difflib.get_close_matches(str(kind), valid, n=1)
-        hint = (f"did you mean '{close[0]}'? " if close else "") + f"valid kinds: {', '.join(valid)}"
-        raise ConfigError(f"unknown weighting kind {kind!r}", hint=hint)
-    cls = WEIGHTINGS[kind]
-    try:
-        opts = cls.Options.model_validate(raw)
-    except ValidationError as e:
-        raise options_error(f"weighting '{kind}'", cls.Options, e) from None
-    return cls(opts)
+        return NoWeighting(WeightingOptions())
+    kind, opts = parse_weighting(cfg)
+    return WEIGHTINGS[kind](opts)
 
 
-def options_error(what: str, model: type[BaseModel], e: ValidationError) -> ConfigError:
-    """One-line ConfigError from a pydantic error on an options model, listing the valid options."""
-    err = e.errors()[0]
-    valid = list(model.model_fields)
-    loc = ".".join(str(x) for x in err["loc"])
-    if err["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(str(err["loc"][-1]), valid, n=1)
-        hint = (f"did you mean '{close[0]}'? " if close else "") + f"valid options: {', '.join(valid) or '(none)'}"
-        return ConfigError(f"{what}: unknown option '{loc}'", hint=hint)
-    return ConfigError(f"{what}: {loc or 'options'}: {err['msg']}", hint=f"valid options: {', '.join(valid) or '(none)'}")
+def topk_weights(fn: WeightFn, values: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Weights [R] for rows whose teacher is given as its top-k (a language model's cached top-k per answer token:
+    values [R, k], ids [R, k]): the k candidates are the classes a scheme judges, the label (the answer token) is
+    its position among them, -1 where the teacher's top-k does not hold it. So teacher_confidence is the teacher's
+    probability of its top token renormalized over its top k, teacher_entropy is normalized by log k, and
+    ground_truth_margin compares the answer token with the teacher's best other candidate."""
+    with torch.no_grad():
+        v = values.detach().float()
+        v = torch.where(torch.isfinite(v), v, torch.full_like(v, -1e9))  # a -inf tail (short rows): probability 0
+        hit = ids.to(labels.device) == labels[:, None]
+        pos = torch.where(hit.any(dim=1), hit.to(torch.int64).argmax(dim=1), torch.full_like(labels, -1))
+        return fn(v, pos.to(v.device))
+

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 NAME = "int8-qat"
 # Per-channel QuantizeLinear (NNCF quantizes weights per output channel) exists from opset 13.
 MIN_OPSET = 13
-# QAT keeps the recipe's logit terms (edgekd.distill.losses.LOGIT_LOSSES). Feature/attention/relation
+# QAT keeps the recipe's logit terms (edgekd.distill.options.LOGIT_LOSSES). Feature/attention/relation
 # terms would need projectors trained from scratch here, pulling a converged student away from its
 # features at a stage meant only to adapt it to the INT8 grid.
 # ORT's INT8 kernels and torch's fake quantizer may round a value that sits on a level boundary
@@ -107,7 +107,7 @@ def _quiet() -> Iterator[None]:
 def _logit_losses(losses: list[Any]) -> tuple[list[Any], list[str]]:
     """The recipe's logit terms (and the kinds dropped); soft+hard label when none is left."""
     from edgekd.config import LossConfig
-    from edgekd.distill.losses import LOGIT_LOSSES
+    from edgekd.distill.options import LOGIT_LOSSES
 
     kept: list[Any] = []
     dropped: list[str] = []

@@ -20,7 +20,6 @@ one input tensor and returns logits [batch, classes], so every stage treats them
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 import sys
@@ -172,25 +171,6 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             raise ConfigError(f"weights {Path(path).name} do not match the model: '{k}' is {list(v.shape)} in the file, "
                               f"{list(own[k].shape)} in the model", hint="check the model's kwargs (widths, num_classes) against the weights")
     model.load_state_dict(state)
-
-
-RETRAIN_HINT = "restore the file (git checkout, or reinstall edgekd), or train the teacher: --set teacher.retrain=true"
-
-
-def check_shipped(ref, path: Path | None = None) -> Path:
-    """A teacher's shipped weights file (`path`, default the card's) after checking it exists and
-    its sha256 is the one the card records: a one-line ConfigError otherwise, before any byte of it
-    is unpickled or loaded."""
-    p = path if path is not None else ref.shipped_file()
-    named = ref.shipped.path
-    if not p.is_file():
-        raise ConfigError(f"shipped teacher weights {named} are missing ({p})", hint=RETRAIN_HINT)
-    h = hashlib.sha256()
-    _sha_file(p, h)
-    if h.hexdigest() != ref.shipped.sha256:
-        raise ConfigError(f"shipped teacher weights {named} fail their check: sha256 {h.hexdigest()[:16]}..., "
-                          f"the card expects {ref.shipped.sha256[:16]}...", hint=RETRAIN_HINT)
-    return p
 
 
 def _few(keys: list[str], n: int = 3) -> str:
@@ -392,55 +372,3 @@ def check_model_on_data(model: nn.Module, x: np.ndarray, num_classes: int, role:
                         f"labels {out.shape[1]}..{num_classes - 1} are outside its outputs",
                         hint="check data.classes / the label column, or build the model with num_classes matching the data")
     return int(out.shape[1])
-
-
-def _sha_file(path: Path, h: Any) -> None:
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-
-
-def fingerprint(ref) -> dict[str, str]:
-    """Content hashes of the files a model comes from (weights, ONNX, HF folder, factory module
-    source), so a stage keyed on them re-runs when the user's files change under the same path."""
-    out: dict[str, str] = {}
-
-    def sha_path(p: Path) -> str:
-        h = hashlib.sha256()
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        for f in files:
-            h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
-            _sha_file(f, h)
-        return h.hexdigest()
-
-    if ref.weights and Path(ref.weights).expanduser().is_file():
-        out["weights"] = sha_path(Path(ref.weights).expanduser())
-    if ref.onnx and Path(ref.onnx).expanduser().is_file():
-        out["onnx"] = sha_path(Path(ref.onnx).expanduser())
-    if ref.hf:
-        from edgekd.zoo.text import resolve_hf
-
-        p = Path(resolve_hf(ref.hf))
-        if p.is_dir():
-            out["hf"] = sha_path(p)
-    if ref.torchvision:  # the model's code is the installed package's: its version keys the stages
-        from edgekd.zoo.vision import torchvision_version
-
-        out["torchvision"] = torchvision_version() or "absent"
-    if ref.timm:
-        from edgekd.zoo.vision import package_version
-
-        out["timm"] = package_version("timm") or "absent"
-    if ref.factory:
-        module_name = ref.factory.partition(":")[0]
-        try:
-            import importlib.util
-
-            if os.getcwd() not in sys.path and "" not in sys.path:
-                sys.path.insert(0, os.getcwd())
-            spec = importlib.util.find_spec(module_name)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is not None and spec.origin and Path(spec.origin).is_file():
-            out["factory_source"] = sha_path(Path(spec.origin))
-    return out

@@ -12,7 +12,8 @@ from torch import nn
 from edgekd.config import LossConfig
 from edgekd.distill.hooks import FeatureCapture
 from edgekd.distill.losses import LOSSES, LossContext, build_losses
-from edgekd.distill.weighting import WEIGHTINGS, build_weighting, schedule
+from edgekd.distill.options import schedule
+from edgekd.distill.weighting import WEIGHTINGS, build_weighting
 from edgekd.errors import ConfigError, StageError
 from edgekd.zoo import build
 
@@ -164,7 +165,7 @@ def test_token_kd_on_a_top_k_teacher_matches_hand_computation():
 
 
 def test_one_temperature_default_and_typos_are_config_errors():
-    from edgekd.distill.losses import parse_loss
+    from edgekd.distill.options import parse_loss
 
     _, _, opts = parse_loss(LossConfig(kind="soft_label", weight=0.5))
     assert opts.temperature == 4.0  # classifier and text-generation recipes read the same default
@@ -576,7 +577,7 @@ def test_standardized_soft_label_ignores_the_scale_of_the_logits():
 
 
 def test_logit_loss_kinds_are_registered_and_need_no_activations():
-    from edgekd.distill.losses import LOGIT_LOSSES
+    from edgekd.distill.options import LOGIT_LOSSES
 
     for kind in LOGIT_LOSSES:
         assert kind in LOSSES and LOSSES[kind].paths(LOSSES[kind].Options.model_construct()) == (set(), set())

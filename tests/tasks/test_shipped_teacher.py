@@ -188,7 +188,7 @@ def test_shipped_recipes_weights_exist_and_verify():
     """Every shipped recipe that names shipped teacher weights ships them, with the recorded sha256
     (and its provenance file with the command that reproduces them)."""
     from edgekd.cards import shipped as shipped_cards
-    from edgekd.zoo.sources import check_shipped
+    from edgekd.zoo.files import check_shipped
 
     named = 0
     for name in shipped_cards("models"):

@@ -9,7 +9,8 @@ from torch import nn
 
 from edgekd.config import ModelRef, TeacherConfig
 from edgekd.errors import ConfigError, DataError
-from edgekd.zoo.sources import build_model, check_model_on_data, fingerprint, wanted_input
+from edgekd.zoo.files import fingerprint
+from edgekd.zoo.sources import build_model, check_model_on_data, wanted_input
 
 FACTORY_SRC = textwrap.dedent('''
     import torch

@@ -8,7 +8,8 @@ import torch
 
 from edgekd.config import ModelRef
 from edgekd.errors import ConfigError
-from edgekd.zoo.sources import build_model, fingerprint, wanted_input
+from edgekd.zoo.files import fingerprint
+from edgekd.zoo.sources import build_model, wanted_input
 
 needs_torchvision = pytest.mark.skipif(importlib.util.find_spec("torchvision") is None,
                                        reason="torchvision not installed (pip install 'edgekd[vision]')")

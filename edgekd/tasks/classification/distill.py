@@ -18,6 +18,13 @@ from edgekd.tasks.common import build_model, checkpoint_path, data_fingerprint, 
 # --------------------------------------------------------------------------- distill
 
 def _distill_cfg(ctx: BuildContext) -> dict:
+    from edgekd.distill.options import parse_loss, parse_weighting
+
+    # each loss term's and the weighting's kind and options typed before the teacher trains (torch-free)
+    for lo in ctx.recipe.distill.losses:
+        parse_loss(lo)
+    if ctx.recipe.distill.weighting is not None:
+        parse_weighting(ctx.recipe.distill.weighting)
     _check_onnx_teachers(ctx.recipe.distill, ctx.recipe.teacher)  # pre-flight: exit 2 before the teacher runs
     return {"student": _ref_key(ctx.recipe.student), "distill": ctx.recipe.distill.model_dump(),
             "data": ctx.recipe.data.key_dict(), "data_sha256": data_fingerprint(ctx)}
@@ -129,7 +136,7 @@ def _train_control(ctx: BuildContext, dc, s, teacher, kd_student, key_material: 
 def _check_onnx_teachers(dc, teacher) -> list[str]:
     """An ONNX teacher gives logits, not activations or gradients: logit losses through the cache only. Checked at
     pre-flight (exit 2 before the teacher stage runs); returns the ONNX teachers' descriptions."""
-    from edgekd.distill.losses import LOGIT_LOSSES
+    from edgekd.distill.options import LOGIT_LOSSES
 
     onnx_teachers = [r.describe() for r in (teacher, *dc.extra_teachers) if r.onnx]
     if not onnx_teachers:
@@ -172,7 +179,7 @@ def _new_student(ctx: BuildContext, teacher, s, ref: Any = None):
 def _offline_teacher(ctx: BuildContext, teacher, inputs: dict[str, StageResult], s, loss_set, offline: bool,
                      rank: int, world: int):
     """(cached logits lookup, augmented views) when the teacher is read from the logit cache; (None, None) online."""
-    from edgekd.distill.losses import LOGIT_LOSSES
+    from edgekd.distill.options import LOGIT_LOSSES
 
     dc = ctx.recipe.distill
     if not offline:

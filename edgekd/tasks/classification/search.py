@@ -237,7 +237,8 @@ def _measure(ctx: BuildContext, i: int, kw: dict[str, Any], s: Any, calib: np.nd
 def _proxy(ctx: BuildContext, inputs: dict[str, StageResult], s: Any, rows: list[dict[str, Any]]) -> None:
     """Distil each ranked architecture for proxy_epochs on the cached teacher logits; its best validation accuracy."""
     from edgekd.config import LossConfig
-    from edgekd.distill.losses import LOGIT_LOSSES, build_losses
+    from edgekd.distill.losses import build_losses
+    from edgekd.distill.options import LOGIT_LOSSES
     from edgekd.distill.trainer import train
     from edgekd.tasks.classification.distill import _logit_cache, _teacher_module
 

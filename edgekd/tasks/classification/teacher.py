@@ -20,7 +20,7 @@ from edgekd.tasks.common import build_model, checkpoint_path, data_fingerprint, 
 def _ref_key(ref) -> dict:
     """A model's cache-key material: its card settings plus the content hashes of the files it
     comes from (weights, ONNX, HF folder, factory source), so editing them re-runs the stage."""
-    from edgekd.zoo.sources import fingerprint
+    from edgekd.zoo.files import fingerprint
 
     d = ref.key_dict()
     files = fingerprint(ref)
@@ -34,7 +34,7 @@ def _teacher_refs(ctx: BuildContext) -> list:
 
 
 def _teacher_cfg(ctx: BuildContext) -> dict:
-    from edgekd.zoo.sources import check_shipped
+    from edgekd.zoo.files import check_shipped
 
     for ref in _teacher_refs(ctx):
         if ref.uses_shipped:  # before any work: a missing or altered file is exit 2 in seconds
@@ -126,7 +126,8 @@ def _shipped_teacher(ctx: BuildContext, ref, wd: Path, filename: str, s) -> dict
 
     from edgekd.distill.trainer import accuracy
     from edgekd.zoo import count_params
-    from edgekd.zoo.sources import check_model_on_data, check_shipped, load_weights
+    from edgekd.zoo.files import check_shipped
+    from edgekd.zoo.sources import check_model_on_data, load_weights
 
     src = ref.shipped_file()
     copy = wd / f".shipped{src.suffix}"
