@@ -180,7 +180,7 @@ class GeneralText:
 def distill(student, examples: list[Example], val: list[Example], loss_set, cfg: Any, pad: int, *,
             cache: Any = None, checkpoint: Path | None = None, progress: Any = None,
             description: str = "distill", teacher: Any = None, parallel: str = "auto",
-            general: GeneralText | None = None, one_process: bool = False) -> dict[str, Any]:
+            general: GeneralText | None = None, one_process: bool = False, weighting: Any = None) -> dict[str, Any]:
     """Train `student` on `examples` through the shared loop (`distill.trainer.fit`): each step
     takes the student's logits at the answer tokens of a shuffled batch, and `loss_set` (soft_label
     on the cached top-k teacher rows, hard_label on the answer tokens) gives the loss. The best
@@ -200,13 +200,18 @@ def distill(student, examples: list[Example], val: list[Example], loss_set, cfg:
     answers, and `general.loss_set`'s terms (logged as general_<term>) are added to the answers' loss.
 
     `one_process`: train here alone even under torchrun (a stage rank 0 runs while the others wait: the search's
-    proxy distillation)."""
+    proxy distillation).
+
+    `weighting`: a per-sample weighting (edgekd.distill.weighting.build_weighting) applied per answer token: the
+    teacher's cached top-k at each token are the classes it is judged on (`topk_weights`), and the answers' KD
+    terms take the weights (mean 1 over the rank's tokens of a step). General text is not weighted."""
     import torch
 
     from edgekd import dist
     from edgekd.distill.hooks import FeatureCapture
     from edgekd.distill.losses import LossContext
     from edgekd.distill.trainer import allreduce_grads, fit, seed_everything
+    from edgekd.distill.weighting import topk_weights
 
     if not examples:
         raise StageError(f"{description}: no training examples", hint="give more prompts")
@@ -286,8 +291,9 @@ def distill(student, examples: list[Example], val: list[Example], loss_set, cfg:
         topk = None
         if cache is not None:
             topk = tuple(t.to(rows.device) for t in cache.get(torch.tensor(share if real else [int(idx[0])])))
+        weights = topk_weights(weighting, *topk, target) if weighting is not None and topk is not None else None
         ctx = LossContext(student_logits=rows, teacher_logits=None, labels=target, student_features=s_feats,
-                          teacher_features=t_feats, progress=progress_, teacher_topk=topk)
+                          teacher_features=t_feats, progress=progress_, teacher_topk=topk, sample_weight=weights)
         loss, parts = loss_set(ctx)
         if world > 1:
             # this rank's share of the global batch's answer tokens: DDP/FSDP average the ranks' gradients,

@@ -30,7 +30,7 @@ def _loss_terms(ctx: BuildContext) -> list[tuple[str, float, Any]]:
     """The recipe's loss terms, typed by the loss registry (an unknown option is exit 2, and every
     option default, e.g. soft_label's temperature, is the one the classifier recipes get), minus
     zero-weight terms; only the kinds that apply to token sequences."""
-    from edgekd.distill.losses import parse_loss
+    from edgekd.distill.options import parse_loss
 
     # the kind first: a classifier-only kind is refused as such, not for its missing options
     bad = [lo.kind for lo in ctx.recipe.distill.losses if lo.kind not in LM_LOSSES]
@@ -57,7 +57,24 @@ def _distill_settings(ctx: BuildContext) -> dict:
             "hard": hard[1] if hard else 0.0,
             "temperature": (temperature if isinstance(temperature, float) or temperature is None
                             else temperature.model_dump()),
-            "top_k": dc.teacher_cache.top_k or 16}
+            "top_k": dc.teacher_cache.top_k or 16} | _weighting(dc)
+
+
+def _weighting(dc) -> dict:
+    """distill.weighting as the stage keys it: {} when off (the keys of builds without it are unchanged), else
+    {"weighting": {kind, ...options}} typed here before any stage (torch-free). It weights each answer token's
+    soft_label term by the teacher's cached top-k at that token (edgekd.distill.weighting.topk_weights)."""
+    if dc.weighting is None:
+        return {}
+    from edgekd.distill.options import parse_weighting
+
+    kind, opts = parse_weighting(dc.weighting)
+    if kind == "none":
+        return {}
+    if any(lo.kind == "hidden_state" and lo.weight != 0 for lo in dc.losses):
+        raise ConfigError(f"distill.weighting ({kind}) weights answer tokens, and a hidden_state term compares whole "
+                          "sequences", hint="drop distill.weighting, or the hidden_state term")
+    return {"weighting": {"kind": kind, **opts.model_dump()}}
 
 
 def _student_cfg(ctx: BuildContext) -> None:
@@ -274,6 +291,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
 
     from edgekd.distill.cache import TopKSequenceCache
     from edgekd.distill.losses import build_losses
+    from edgekd.distill.weighting import build_weighting
     from edgekd.llm import sequences as S
     from edgekd.llm.models import answer_ids, load_causal_lm
     from edgekd.llm.parallel import train_device
@@ -359,9 +377,11 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
                                   general[1] if name == "student" else None)
         ckpt = ckpts[name]
         t0 = time.perf_counter()
+        # per-token weighting reads the teacher's top-k: the student's run only (the control has no teacher logits)
+        weighting = build_weighting(cfg["weighting"]) if "weighting" in cfg and cache_ is not None else None
         res = S.distill(student, examples, ex["val"], loss_set, dc, pad, cache=cache_, checkpoint=ckpt,
                         progress=prog, description=f"distill {name}", teacher=online, parallel=dc.parallel,
-                        general=mixed)
+                        general=mixed, weighting=weighting)
         student = res.pop("student")  # the same model, or under FSDP its whole copy
         res["train_seconds"] = time.perf_counter() - t0
         res["val_before_training"] = start
