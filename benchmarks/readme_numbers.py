@@ -427,8 +427,10 @@ def llm_build() -> str:
     c = d["seqkd_vs_control"]
     cached = " with the teacher's answers cached" if d["stage_seconds"].get("generate", 0) < 60 else ""
     took = (f"{d['build_wall_s'] / 60:.1f} min{cached}" if d.get("build_wall_s") is not None else
-            f"{sum(d['stage_seconds'].values()) / 60:.1f} min of stage time (generate "
-            f"{d['stage_seconds'].get('generate', 0) / 60:.1f}, distill {d['stage_seconds'].get('distill', 0) / 60:.1f})")
+            f"{sum(d['stage_seconds'].values()) / 60:.1f} min of stage time ("
+            + ("the teacher's answers read from the cache" if cached else
+               f"generate {d['stage_seconds'].get('generate', 0) / 60:.1f}")
+            + f", distill {d['stage_seconds'].get('distill', 0) / 60:.1f})")
     control = ("the same student trained on the teacher's answers with hard labels only" if d.get("held_out")
                else "the same student on the prompts' raw text")
     gt = d.get("general_text")
