@@ -972,6 +972,36 @@ def lm_kd_seeds() -> str:
 GENERATORS["lm-kd-seeds"] = lm_kd_seeds
 
 
+def lm_weighting() -> str:
+    """Per-token difficulty weighting against none, per seed (bench_lm_weighting.py)."""
+    d = _load_opt("lm_weighting.json")
+    if d is None:
+        return "_No measurement yet: run `python benchmarks/bench_lm_weighting.py`._\n"
+    k, b = d["kind"], d["builds"]
+    rows = [f"| seed | held-out templates: {k} / none (Δ) | in-template: {k} / none (Δ) | validation Δ | "
+            "natural prompts Δ |", "|---|---|---|---|---|"]
+    for i, seed in enumerate(d["seeds"]):
+        w, n = b[f"{k}/seed{seed}"], b[f"none/seed{seed}"]
+        cells = [f"{_pct(w['sets'][s]['agreement'])} / {_pct(n['sets'][s]['agreement'])} "
+                 f"({_pts(d['delta_points'][s]['per_seed'][i])})" for s in ("test", "test_in_template")]
+        rows.append(f"| {seed} | {cells[0]} | {cells[1]} | {_pts(d['delta_points']['val']['per_seed'][i])} | "
+                    f"{_pts(d['delta_points']['natural_prompts']['per_seed'][i])} |")
+    t = d["delta_points"]["test"]
+    overlap = all(b[f"{k}/seed{s}"]["sets"]["test"]["ci95"][0] <= b[f"none/seed{s}"]["sets"]["test"]["ci95"][1] and
+                  b[f"none/seed{s}"]["sets"]["test"]["ci95"][0] <= b[f"{k}/seed{s}"]["sets"]["test"]["ci95"][1]
+                  for s in d["seeds"])
+    verdict = (f"`{k}` weighting raises held-out-template agreement in every seed (mean {_pts(t['mean'])}, "
+               f"{_pts(t['min'])} … {_pts(t['max'])})" if d["helps"] else
+               f"`{k}` weighting does **not** raise held-out-template agreement in every seed ({_pts(t['min'])} … "
+               f"{_pts(t['max'])}, mean {_pts(t['mean'])}), so the card leaves `distill.weighting` off")
+    verdict += ", the two arms' 95% intervals overlapping in every seed" if overlap else ""
+    return (f"`{d['recipe']}` at {d['epochs']} epoch(s), {d['settings']}:\n\n" + "\n".join(rows) + f"\n\n{verdict}.\n\n"
+            + _source("lm_weighting.json", d, "; " + "; ".join(d["notes"]) if d.get("notes") else ""))
+
+
+GENERATORS["lm-weighting"] = lm_weighting
+
+
 def render(text: str) -> str:
     """`text` with every marker block regenerated; an unknown block name is an error."""
     def repl(m: re.Match) -> str:
