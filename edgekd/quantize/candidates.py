@@ -111,11 +111,22 @@ def candidate(name: str, *, kind: str, needs_calibration: bool = False, supports
 OTHER_KINDS: dict[str, str] = {"int8-qat": "static"}
 
 
+# A language model's candidate with its output head trimmed to the tokens seen in training (edgekd/llm/vocab.py):
+# `int8-dynamic-vocab` is int8-dynamic made from the trimmed FP32 student. The same kind of graph as its base.
+TRIMMED_HEAD = "-vocab"
+
+
+def base_candidate(name: str) -> tuple[str, bool]:
+    """('int8-dynamic', True) for 'int8-dynamic-vocab'; (name, False) for any other name."""
+    return (name[: -len(TRIMMED_HEAD)], True) if name.endswith(TRIMMED_HEAD) else (name, False)
+
+
 def candidate_kind(name: str) -> str:
     """The kind of graph candidate `name` produces (reference | fp16 | dynamic | static |
     weight-only): what a target family decides by. ConfigError for an unknown name."""
     if name in OTHER_KINDS:
         return OTHER_KINDS[name]
+    name = base_candidate(name)[0]
     validate_candidate_names([name])
     return CANDIDATES[name].kind
 

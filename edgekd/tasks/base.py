@@ -43,6 +43,10 @@ class QuantizePlan:
     smoke: Callable[[Path], None] | None = None        # run a made candidate once (None: make_candidate's own)
     rank: Callable[[Path], float] | None = None        # a cheaper validation score that ranks keep-in-FP32 trials
     special: dict[str, Callable[[Path], dict[str, Any]]] = field(default_factory=dict)  # makers only this task has
+    # candidates made by a registered maker from another FP32 graph: name -> () -> (the maker's name, that graph,
+    # what the entry's info says of it); e.g. a language model's int8-dynamic-vocab: int8-dynamic of the student with
+    # its head trimmed (judged against the untrimmed fp32 like every candidate)
+    variants: dict[str, Callable[[], tuple[str, Path, dict[str, Any]]]] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)  # extra stage metrics (calibration hash...)
 
 

@@ -30,7 +30,8 @@ def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
         rel = f"candidates/{name}.onnx"
         entry: dict[str, Any] = {"variant": name, "format": "onnx", "path": rel, "error": None}
         try:
-            entry.update(_candidate(name, fp32, wd / rel, plan, ref_val, q))
+            kind, src, about = plan.variants[name]() if name in plan.variants else (name, fp32, {})
+            entry.update(_candidate(kind, src, wd / rel, plan, ref_val, q, about))
             if name == "fp32":
                 ref_val = entry["val_accuracy"]
             outputs[name] = rel
@@ -56,10 +57,12 @@ def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
                                  "not_built": plan.not_built, **plan.metrics})
 
 
-def _candidate(name: str, fp32: Path, dst: Path, plan, ref_val: float | None, q) -> dict[str, Any]:
-    """Make one candidate and judge it; over the budget, the one keep-in-FP32 search (quantize/sensitivity.py)
-    keeps nodes (a classifier's) or whole node kinds across layers (a language model's) in FP32, chosen on
-    validation data."""
+def _candidate(name: str, fp32: Path, dst: Path, plan, ref_val: float | None, q,
+               about: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Make one candidate (`name`: the maker; `fp32`: the graph it starts from, the exported student or a task's
+    variant of it, `about` what its info says of that) and judge it; over the budget, the one keep-in-FP32 search
+    (quantize/sensitivity.py) keeps nodes (a classifier's) or whole node kinds across layers (a language model's) in
+    FP32, chosen on validation data."""
     from edgekd.quantize.budget import Budget
     from edgekd.quantize.candidates import CANDIDATES, accuracy_aware, keep_groups_fp32, make_candidate
 
@@ -92,8 +95,17 @@ def _candidate(name: str, fp32: Path, dst: Path, plan, ref_val: float | None, q)
     return {"size_bytes": dst.stat().st_size, "val_accuracy": val["score"], "accuracy": test["score"],
             **plan.fields(name, dst, val, test),
             "kept_fp32_nodes": (aware or {}).get("kept_fp32_nodes") or [],
-            "info": {k: v for k, v in info.items() if k not in ("path", "accuracy_aware")},
+            "info": _info(about or {}, info),
             "accuracy_aware": aware}
+
+
+def _info(about: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """The candidate's info: what its starting graph says (`about`), then its maker's (the notes of both)."""
+    out = {**about, **{k: v for k, v in info.items() if k not in ("path", "accuracy_aware")}}
+    notes = list(about.get("notes") or []) + list(info.get("notes") or [])
+    if notes:
+        out["notes"] = notes
+    return out
 
 
 def with_host_key(task_cfg):

@@ -68,8 +68,10 @@ TASK = Task(
     summary="a causal language model: teacher answers (sequence-level KD) + top-k token KD; next-token agreement",
     front=front,
     quantize_deps=("generate", "distill", "export"),
-    quantize_reads=("recipe.quantize", "recipe.data", "recipe.generate",
-                    "target.runtime", "target.providers"),  # runtime + providers: the family, which filters candidates
+    # runtime + providers: the family, which filters candidates; the general text and seed: the -vocab candidates
+    # keep the tokens the student was trained on, the general-text draw among them
+    quantize_reads=("recipe.quantize", "recipe.data", "recipe.generate", "recipe.distill.general_text",
+                    "recipe.distill.seed", "target.runtime", "target.providers"),
     quantize_cfg=_quantize_cfg, quantize_plan=quantize_plan,
     profile_deps=("teacher", "generate", "distill", "quantize"),
     profile_reads=("recipe.teacher", "recipe.data", "recipe.generate", "target"),

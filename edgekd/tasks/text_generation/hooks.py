@@ -36,14 +36,19 @@ def _quantize_cfg(ctx: BuildContext) -> dict:
 
 
 def lm_candidate_names(ctx: BuildContext) -> list[str]:
-    from edgekd.quantize.candidates import validate_candidate_names
+    """The candidates in the recipe's order, fp32 first. Each of LM_CANDIDATES also comes as `NAME-vocab`: made from
+    the student with its output head trimmed to the tokens seen in training (edgekd/llm/vocab.py)."""
+    from edgekd.quantize.candidates import base_candidate, validate_candidate_names
 
     names = list(ctx.recipe.quantize.candidates or ["fp32", "int8-dynamic", "int8-weight", "int4-weight"])
-    validate_candidate_names(names)
-    bad = [n for n in names if n not in LM_CANDIDATES]
+    bases = [base_candidate(n)[0] for n in names]
+    validate_candidate_names(bases)
+    bad = [n for n, b in zip(names, bases) if b not in LM_CANDIDATES]
     if bad:
         raise ConfigError(f"candidate(s) {bad} do not apply to KV-cache language models",
-                          hint=f"valid here: {', '.join(LM_CANDIDATES)} (static QDQ would need calibration of every cache input)")
+                          hint=f"valid here: {', '.join(LM_CANDIDATES)}, each also as NAME-vocab (the output head "
+                               "trimmed to the tokens seen in training); static QDQ would need calibration of every "
+                               "cache input")
     return ["fp32"] + [n for n in names if n != "fp32"]  # fp32 first: the reference the others are judged against
 
 
@@ -64,6 +69,7 @@ def quantize_plan(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
     forcing through onnxruntime with the KV cache), perplexity beside it; whole projection kinds across every
     layer are the keep-in-FP32 unit."""
     from edgekd.llm.onnx_gen import evaluate_onnx
+    from edgekd.quantize.candidates import base_candidate
     from edgekd.tasks.base import QuantizePlan
 
     _, val = _examples(ctx, inputs, "val")
@@ -76,13 +82,45 @@ def quantize_plan(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
             return {**r, "score": r["agreement"]}
         return ev
 
+    trimmed: dict[str, Any] = {}
+
+    def trimmed_student() -> tuple[Path, dict[str, Any]]:
+        """The FP32 student with its head over the tokens seen in training, made once for every -vocab candidate."""
+        if not trimmed:
+            from edgekd.llm.vocab import trim_head
+
+            path = wd / "vocab" / "student-trimmed-head.onnx"
+            info = trim_head(inputs["export"].path("student"), path, _training_vocab(ctx, inputs))
+            trimmed.update(path=path, info={"head": info, "notes": [info["note"]]})
+        return trimmed["path"], trimmed["info"]
+
+    def variant(base: str):
+        return lambda: (base, *trimmed_student())
+
     return QuantizePlan(
+        variants={n: variant(base_candidate(n)[0]) for n in names if base_candidate(n)[1]},
         names=names, not_built=not_built, options=dict(ctx.recipe.quantize.options), calib=None,
         validate=evaluate(val), test=evaluate(test),
         fields=lambda name, path, v, t: {"val_perplexity": v["perplexity"], "perplexity": t["perplexity"]},
         metric="next-token agreement with the teacher", grouping="layer-groups",
         smoke=lambda path: evaluate_onnx(path, val[:1]),  # loads and decodes in onnxruntime with its KV cache
         rank=lambda path: evaluate_onnx(path, val[:RANK_EXAMPLES])["agreement"])
+
+
+def _training_vocab(ctx: BuildContext, inputs: dict[str, StageResult]) -> list[int]:
+    """The tokens the student was trained on: its training examples (prompt and answer), the general text mixed in
+    (distill.general_text, the same draw as the distill stage's), and the end and stop tokens."""
+    from edgekd.llm.vocab import training_vocab
+
+    tok, train = _examples(ctx, inputs, "train")
+    seqs = [e.ids for e in train]
+    gt = ctx.recipe.distill.general_text
+    if gt is not None:
+        from edgekd.llm.natural_text import general_text
+
+        seqs += [e.ids for e in general_text(tok, gt.source, gt.samples, gt.max_length, ctx.recipe.distill.seed)[0]]
+    dm = inputs["distill"].metrics
+    return training_vocab(seqs, [dm["end_id"], *dm.get("stop_ids", [])])
 
 
 # --------------------------------------------------------------------------- profile
@@ -276,8 +314,14 @@ def report_parts(build_dir: Path, res: dict[str, dict], run: dict):
              + ("held-out templates: no test template or slot word was trained on" if split_kind == "template"
                 else "a seeded shuffle: test prompts may share templates with training prompts")
              + "); latency and energy are per generated token."]
+    heads = {f"quantize/{c['path']}": (c.get("info") or {}).get("head") for c in q["metrics"]["candidates"]}
     for m in models:  # the same work per token whatever the precision (the row's runtime makes it faster or not)
-        m["macs_per_token"] = macs[m["role"]]
+        head = heads.get(m.get("path"))
+        m["macs_per_token"] = (macs[m["role"]] - head["whole_head_macs_per_token"] + head["head_macs_per_token"]
+                               if head and macs[m["role"]] is not None else macs[m["role"]])
+    trimmed = next((h for h in heads.values() if h), None)
+    if trimmed:  # the -vocab candidates: what they cannot say
+        notes.append(f"-vocab candidates: {trimmed['note']}.")
     sections = {"generation": generation}
     if compute is not None:
         sections["decode_compute"] = compute

@@ -1,0 +1,118 @@
+"""A language-model student's output head trimmed to the tokens it was trained on (the `-vocab` candidates).
+
+The head of a small student cut from its teacher keeps a row per token of the teacher's vocabulary (49k for SmolLM2):
+about half the student's multiply-accumulates per decoded token. A student trained on a few thousand answers sees a
+few thousand distinct tokens; `trim_head` keeps only those rows of the head in the student's ONNX graph, and maps
+the kept logits back onto the whole vocabulary, so every consumer (greedy decoding, agreement, perplexity, the
+runtimes) reads logits of the same shape and token ids as before:
+
+    logits = Gather(Concat(hidden @ W[:, keep], floor), index)      index[v] = position of v in keep, else K
+
+`floor` is the smallest kept logit at that position minus log(V - K): all V - K dropped tokens together weigh as much
+as the least likely kept one, so greedy decoding never picks a dropped token and a dropped token's probability is
+small but not zero (a finite perplexity). The trimmed head is an edit of the ONNX graph after training, made on the
+FP32 student before quantization; nothing is retrained. Whether it pays is measured like every candidate: its
+next-token agreement on validation (the quantize stage's budget) and its tokens/s (the profile stage).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from edgekd.errors import StageError
+
+def training_vocab(sequences: Iterable[list[int]], always: Iterable[int] = ()) -> list[int]:
+    """The sorted token ids that occur in the training sequences (prompts, answers, general text), plus `always`
+    (the end and stop tokens: a student must be able to stop)."""
+    keep = {int(t) for s in sequences for t in s} | {int(t) for t in always if t is not None and int(t) >= 0}
+    return sorted(keep)
+
+
+def _head(graph, output: str):
+    """(the MatMul node that makes `output`, its weight as [hidden, vocab] numpy, the names that feed that weight)."""
+    from onnx import numpy_helper
+
+    prod = {o: n for n in graph.node for o in n.output}
+    init = {t.name: t for t in graph.initializer}
+    node = prod.get(output)
+    if node is None or node.op_type != "MatMul":
+        raise StageError(f"the head of this graph is not a MatMul making '{output}' "
+                         f"({node.op_type if node is not None else 'no producer'})",
+                         hint="vocabulary trimming supports heads exported as a MatMul (transformers' causal LMs)")
+    w = node.input[1]
+    if w in init:
+        return node, numpy_helper.to_array(init[w]), [w]
+    t = prod.get(w)
+    perm = next((list(a.ints) for a in t.attribute if a.name == "perm"), None) if t is not None else None
+    if t is not None and t.op_type == "Transpose" and t.input[0] in init and perm in (None, [1, 0]):
+        return node, numpy_helper.to_array(init[t.input[0]]).T, [w]
+    raise StageError("the head's weight is neither an initializer nor the transpose of one",
+                     hint="vocabulary trimming supports heads exported as a MatMul with a constant weight")
+
+
+def trim_head(src: Path, dst: Path, keep: list[int], output: str = "logits") -> dict[str, Any]:
+    """Write `src` (an FP32 causal-LM ONNX) to `dst` with its head reduced to the `keep` rows and the logits mapped back
+    onto the whole vocabulary (module docstring). Returns what the report says of it."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    g = model.graph
+    node, w, fed = _head(g, output)
+    hidden, vocab = w.shape
+    keep_arr = np.asarray(sorted(set(keep)), dtype=np.int64)
+    if keep_arr.size == 0 or keep_arr[0] < 0 or keep_arr[-1] >= vocab:
+        raise StageError(f"the tokens to keep must be ids in [0, {vocab})", hint="this is a bug in edgekd")
+    k = int(keep_arr.size)
+    if k == vocab:
+        raise StageError("every token of the vocabulary occurs in training: there is nothing to trim",
+                         hint="leave the -vocab candidates out of quantize.candidates")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    kept_w = numpy_helper.from_array(np.ascontiguousarray(w[:, keep_arr]).astype(w.dtype), "edgekd.head.weight_kept")
+    index = np.full(vocab, k, dtype=np.int64)
+    index[keep_arr] = np.arange(k, dtype=np.int64)
+    g.initializer.extend([kept_w, numpy_helper.from_array(index, "edgekd.head.vocab_index"),
+                          numpy_helper.from_array(np.array(math.log(vocab - k), dtype=w.dtype), "edgekd.head.floor_gap")])
+    node.input[1] = kept_w.name
+    node.output[0] = "edgekd.head.kept_logits"
+    if opset >= 18:
+        g.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), "edgekd.head.last_axis"))
+        reduce = helper.make_node("ReduceMin", ["edgekd.head.kept_logits", "edgekd.head.last_axis"],
+                                  ["edgekd.head.kept_min"], keepdims=1, name="edgekd.head.ReduceMin")
+    else:
+        reduce = helper.make_node("ReduceMin", ["edgekd.head.kept_logits"], ["edgekd.head.kept_min"], axes=[-1],
+                                  keepdims=1, name="edgekd.head.ReduceMin")
+    rank = len(next(o for o in g.output if o.name == output).type.tensor_type.shape.dim)
+    g.node.extend([
+        reduce,
+        helper.make_node("Sub", ["edgekd.head.kept_min", "edgekd.head.floor_gap"], ["edgekd.head.floor"],
+                         name="edgekd.head.Floor"),
+        helper.make_node("Concat", ["edgekd.head.kept_logits", "edgekd.head.floor"], ["edgekd.head.extended"],
+                         axis=rank - 1, name="edgekd.head.Concat"),
+        helper.make_node("Gather", ["edgekd.head.extended", "edgekd.head.vocab_index"], [output], axis=rank - 1,
+                         name="edgekd.head.Gather"),
+    ])
+    _drop_dead(g, fed)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(dst))
+    return {"vocab": int(vocab), "kept": k, "hidden": int(hidden), "head_macs_per_token": int(hidden * k),
+            "whole_head_macs_per_token": int(hidden * vocab),
+            "note": f"output head trimmed to the {k:,} tokens seen in training (of {vocab:,}): the other {vocab - k:,} "
+                    "can never be generated (each gets the smallest kept logit minus log of their count)"}
+
+
+def _drop_dead(graph, names: list[str]) -> None:
+    """Remove what fed the whole head's weight (`names`: its Transpose's output, or the initializer) where nothing else
+    reads it: the Transpose node, then an initializer only it read."""
+    for name in names:
+        readers = [n for n in graph.node for i in n.input if i == name]
+        if readers:
+            continue
+        for n in [n for n in graph.node if name in n.output]:
+            graph.node.remove(n)
+            _drop_dead(graph, list(n.input))
+        for t in [t for t in graph.initializer if t.name == name]:
+            graph.initializer.remove(t)
