@@ -372,7 +372,7 @@ def main() -> None:
             "ttft_ms_p50": (m.get("ttft_ms") or {}).get("p50"), "decode_ms_per_token_p50": m["latency_ms"]["p50"],
             "tokens_per_s": m.get("tokens_per_s"), "peak_rss_bytes": m.get("peak_rss_bytes"),
             "joules_per_token": (m.get("energy") or {}).get("joules_per_inference"),
-            "energy_method": (m.get("energy") or {}).get("method"),
+            "energy_method": (m.get("energy") or {}).get("method"), "macs_per_token": m.get("macs_per_token"),
             "selected": f"{m['role']}/{m['variant']}" == rep["selected"]})
     ctrl = rep["training"]["control"]
     out = {
