@@ -22,6 +22,11 @@ Inputs = dict[str, "StageResult"]
 Tick = Callable[[str, int], None]  # progress: tick(what runs now, total units) after each unit of work
 
 
+# a QuantizePlan's intermediate files (a variant's starting graph) go under the stage folder's SCRATCH, which the
+# quantize stage removes when its candidates are made: they are not the stage's outputs
+SCRATCH = "scratch"
+
+
 @dataclass
 class QuantizePlan:
     """How a task's candidates are made and judged; the shared quantize loop does the rest.

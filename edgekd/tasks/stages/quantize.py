@@ -7,11 +7,13 @@ wrapping are quantize/candidates.py's, for every task.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 from edgekd.errors import StageError, UserError
 from edgekd.pipeline import BuildContext, StageOutput, StageResult
+from edgekd.tasks.base import SCRATCH
 from edgekd.tasks.stages import task_of
 
 
@@ -52,6 +54,7 @@ def stage_quantize(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
             prog.advance(bar)
     if prog:
         prog.remove_task(bar)
+    shutil.rmtree(wd / SCRATCH, ignore_errors=True)
     return StageOutput(outputs, {"candidates": results, "accuracy_metric": plan.metric,
                                  # asked for by the recipe, not made: the target cannot ship their kind
                                  "not_built": plan.not_built, **plan.metrics})

@@ -70,7 +70,7 @@ def quantize_plan(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
     layer are the keep-in-FP32 unit."""
     from edgekd.llm.onnx_gen import evaluate_onnx
     from edgekd.quantize.candidates import base_candidate
-    from edgekd.tasks.base import QuantizePlan
+    from edgekd.tasks.base import SCRATCH, QuantizePlan
 
     _, val = _examples(ctx, inputs, "val")
     _, test = _examples(ctx, inputs, "test")
@@ -89,7 +89,7 @@ def quantize_plan(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
         if not trimmed:
             from edgekd.llm.vocab import trim_head
 
-            path = wd / "vocab" / "student-trimmed-head.onnx"
+            path = wd / SCRATCH / "student-trimmed-head.onnx"  # removed when the stage is done
             info = trim_head(inputs["export"].path("student"), path, _training_vocab(ctx, inputs))
             trimmed.update(path=path, info={"head": info, "notes": [info["note"]]})
         return trimmed["path"], trimmed["info"]
