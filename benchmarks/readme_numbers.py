@@ -1028,7 +1028,11 @@ def lm_weighting() -> str:
                f"{_pts(t['min'])} … {_pts(t['max'])})" if d["helps"] else
                f"`{k}` weighting does **not** raise held-out-template agreement in every seed ({_pts(t['min'])} … "
                f"{_pts(t['max'])}, mean {_pts(t['mean'])}), so the card leaves `distill.weighting` off")
-    verdict += ", the two arms' 95% intervals overlapping in every seed" if overlap else ""
+    others = [(name, d["delta_points"][k]) for name, k in (("validation", "val"), ("natural prompts", "natural_prompts"))]
+    up = [f"{name} (mean {_pts(v['mean'])})" for name, v in others if v["min"] > 0]
+    if up:
+        verdict += f"; it gains in every seed on {' and '.join(up)}"
+    verdict += ", the two arms' 95% held-out intervals overlapping in every seed" if overlap else ""
     return (f"`{d['recipe']}` at {d['epochs']} epoch(s), {d['settings']}:\n\n" + "\n".join(rows) + f"\n\n{verdict}.\n\n"
             + _source("lm_weighting.json", d, "; " + "; ".join(d["notes"]) if d.get("notes") else ""))
 
