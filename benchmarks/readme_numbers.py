@@ -408,8 +408,9 @@ def _decode_compute(dc: dict, goals: dict, models: list[dict] | None = None) -> 
     return text
 
 
-def _vocab_line() -> str | None:
-    """What a head over the tokens seen in training keeps (bench_lm_vocab.py on a build), when measured."""
+def _vocab_line(models: list[dict] | None = None) -> str | None:
+    """What a head over the tokens seen in training keeps (bench_lm_vocab.py on a build), when measured; and why a
+    shipped -vocab candidate's perplexity is what it is."""
     v = _load_opt("lm_vocab.json")
     if v is None:
         return None
@@ -424,7 +425,18 @@ def _vocab_line() -> str | None:
             f"trimmed after training): the {seen['kept']:,} of {v['vocab']:,} tokens seen in training cover "
             f"{_pct(seen['coverage']['held-out templates'])} of the teacher's held-out-template answer tokens and give "
             f"{part(seen)}, against {part(whole)} with the whole head; the {small['kept']:,} most frequent alone give "
-            f"{part(small)}.")
+            f"{part(small)}." + _vocab_perplexity(models or [], seen))
+
+
+def _vocab_perplexity(models: list[dict], seen: dict) -> str:
+    sel = next((m for m in models if m.get("selected")), None)
+    fp32 = next((m for m in models if m["model"] == "student/fp32"), None)
+    if not sel or not fp32 or not sel["model"].endswith("-vocab") or sel.get("perplexity") is None:
+        return ""
+    return (f" The shipped `{sel['model'].split('/', 1)[1]}`'s perplexity of the teacher's answers ({sel['perplexity']:.0f}, "
+            f"the FP32 student's {fp32['perplexity']:.1f}) counts the {_pct(1 - seen['coverage']['held-out templates'])} "
+            "of held-out answer tokens its head cannot generate, each less likely than any kept token: the selection "
+            "reads agreement, and it trades those tokens for speed.")
 
 
 def llm_build() -> str:
@@ -512,7 +524,7 @@ def llm_build() -> str:
         lines += ["", _distill_vs_quantize(dq)]
     if d.get("decode_compute"):
         lines += ["", _decode_compute(d["decode_compute"], g, d.get("models"))]
-        vocab = _vocab_line()
+        vocab = _vocab_line(d.get("models"))
         if vocab:
             lines += ["", vocab]
     kept = [(x["variant"], x["kept_fp32_nodes"]) for x in d.get("candidates", []) if x.get("kept_fp32_nodes")]
