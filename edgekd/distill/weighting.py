@@ -1,10 +1,11 @@
-"""Per-sample weights for the knowledge-distillation (teacher) terms, and value schedules.
+"""Per-sample weights for the knowledge-distillation (teacher) terms (value schedules: edgekd/distill/options.py).
 
 A weighting scheme turns the teacher's logits (and labels, where known) into one weight per sample;
 `soft_label`, `feature`, `attention` and `hidden_state` losses average their per-sample values with
 these weights. Every scheme normalizes its weights to mean 1 over the batch, so it changes which
 samples the KD term listens to, not the KD term's overall scale (the balance against `hard_label`
-set by the recipe's weights stays as written).
+set by the recipe's weights stays as written). A language model's samples are its answer tokens
+(`topk_weights`: the teacher given as its cached top-k).
 
 Schemes are registered by `kind` in `WEIGHTINGS`; `build_weighting({"kind": ..., **options})`
 validates the options (unknown keys are a ConfigError listing the valid ones; the options models are in
