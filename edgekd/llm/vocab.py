@@ -97,7 +97,10 @@ def trim_head(src: Path, dst: Path, keep: list[int], output: str = "logits") -> 
     ])
     _drop_dead(g, fed)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(dst))
+    # a protobuf holds at most 2 GiB: a larger student keeps its weights in a file beside the graph, as exported
+    big = sum(len(t.raw_data) for t in g.initializer) > 1_500_000_000
+    onnx.save(model, str(dst), save_as_external_data=big, all_tensors_to_one_file=True,
+              location=f"{dst.name}.data" if big else None)
     return {"vocab": int(vocab), "kept": k, "hidden": int(hidden), "head_macs_per_token": int(hidden * k),
             "whole_head_macs_per_token": int(hidden * vocab),
             "note": f"output head trimmed to the {k:,} tokens seen in training (of {vocab:,}): the other {vocab - k:,} "
