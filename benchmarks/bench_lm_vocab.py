@@ -34,15 +34,12 @@ def _examples(tok, path: Path, max_length: int, end_id: int, split: str | None =
     return build_examples(tok, rows, max_length, end_id)
 
 
-def _student_rows(folder: Path, examples, pad: int):
+def _student_rows(model, examples, pad: int):
     """The trained student's logits at every answer position of `examples` [rows, vocab] (teacher forcing)."""
     import torch
 
-    from edgekd.llm.models import load_causal_lm
     from edgekd.llm.sequences import answer_logits
 
-    model, _ = load_causal_lm(folder)
-    model.eval()
     with torch.no_grad():
         return torch.cat([answer_logits(model, examples[i:i + 16], pad).float() for i in range(0, len(examples), 16)])
 
@@ -67,6 +64,9 @@ def main() -> None:
     import yaml
     from transformers import AutoTokenizer
 
+    from edgekd.llm.models import load_causal_lm
+    from edgekd.llm.vocab import training_vocab
+
     b = args.build.resolve()
     recipe = yaml.safe_load((b / "recipe.yaml").read_text())
     d = json.loads((b / "distill" / "result.json").read_text())["metrics"]
@@ -74,26 +74,29 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(b / "distill" / "student")
     L, end = int(recipe["data"]["max_length"]), int(d["end_id"])
     ans = b / "generate" / "answers.jsonl"
-    train = _examples(tok, ans, L, end, "train")
-    counts = collections.Counter(t for e in train for t in e.ids)  # prompts and answers: what the student reads
+    seqs = [e.ids for e in _examples(tok, ans, L, end, "train")]  # prompts and answers: what the student reads
     gt = recipe["distill"].get("general_text")
     if gt:  # the same draw as the build's distill stage
         from edgekd.llm.natural_text import general_text
 
-        gex, _ = general_text(tok, gt["source"], gt["samples"], gt["max_length"], recipe["distill"]["seed"])
-        counts.update(t for e in gex for t in e.ids)
-    ranked = [t for t, _ in counts.most_common()]
+        seqs += [e.ids for e in general_text(tok, gt["source"], gt["samples"], gt["max_length"], recipe["distill"]["seed"])[0]]
+    always = [end, *d.get("stop_ids", [])]
+    seen = set(training_vocab(seqs, always))  # what the -vocab candidates keep (edgekd's own rule)
+    ranked = [t for t, _ in collections.Counter(t for s in seqs for t in s).most_common()]
     sets = {"validation": _examples(tok, ans, L, end, "val"), "held-out templates": _examples(tok, ans, L, end, "test")}
     if (b / "natural" / "answers.jsonl").is_file():
         sets["natural prompts"] = _examples(tok, b / "natural" / "answers.jsonl", L, end)
     answer_tokens = {k: [t for e in v for t in e.ids[e.start:]] for k, v in sets.items()}
-    logits = {k: _student_rows(b / "distill" / "student", v, int(d["pad_id"])) for k, v in sets.items()}
+    model, _ = load_causal_lm(b / "distill" / "student")
+    model.eval()
+    logits = {k: _student_rows(model, v, int(d["pad_id"])) for k, v in sets.items()}
+    del model
     dc = rep["decode_compute"]
     vocab = len(tok)
     head_per_token = dc["student"]["head"] / vocab  # hidden width: one row of the head per kept token
     rows = []
     for k in (*(k for k in KS if k < len(ranked)), len(ranked), vocab):
-        keep = set(ranked[:k]) | {end} if k < vocab else set(range(vocab))
+        keep = set(range(vocab)) if k == vocab else seen if k == len(ranked) else set(ranked[:k]) | set(always)
         macs = dc["student"]["total"] - dc["student"]["head"] + head_per_token * len(keep)
         rows.append({"kept": len(keep), "from": {len(ranked): "every token seen in training", vocab: "the whole "
                      "vocabulary (the student as built)"}.get(k, f"the {k} most frequent in training"),
