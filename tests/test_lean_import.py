@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -28,8 +29,7 @@ except SystemExit as e:
 
 def _bad_build(tmp_path, *args: str) -> tuple[str, str]:
     r = subprocess.run([sys.executable, "-c", _BUILD_THEN_REPORT_TORCH, "build", "--quick", "--out", str(tmp_path / "b"),
-                        *args], capture_output=True, text=True, env={**__import__("os").environ,
-                                                                     "EDGEKD_CACHE": str(tmp_path / "c")})
+                        *args], capture_output=True, text=True, env={**os.environ, "EDGEKD_CACHE": str(tmp_path / "c")})
     return r.stdout.strip().splitlines()[-1], r.stderr
 
 
