@@ -393,13 +393,13 @@ def _decode_compute(dc: dict, goals: dict, models: list[dict] | None = None) -> 
             text += (f" The shipped `{sel['model'].split('/', 1)[1]}` keeps its head over the tokens seen in training "
                      f"only: {macs / 1e6:.1f}M multiply-accumulates per token, {ratio:.2f}x fewer than the teacher's.")
         need = t["total"] / g["goal"]
-        text += (f" The measured int8-dynamic tokens/s ratio, {g['value']:.2f}×, is "
+        text += (f" The measured tokens/s of the shipped student against the teacher's int8-dynamic, {g['value']:.2f}×, is "
                  + ("close to" if abs(g["value"] / ratio - 1) < 0.15 else "above" if g["value"] > ratio else "below")
                  + " that compute ratio; ")
         if macs <= need:
             text += (f"by the compute alone it would reach {g['goal']:.0f}× (at most {need / 1e6:.1f}M per token): the rest "
-                     "of the time per token is not multiply-accumulates — the runtime's other operators per layer and "
-                     "the decode loop, which the teacher's layers pay too.")
+                     "of the time per token is work this model of the compute does not count (onnxruntime's other "
+                     "operators per layer, the decode loop), which the teacher's layers pay too.")
         else:
             text += (f"{g['goal']:.0f}× would take a student of about {need / 1e6:.1f}M multiply-accumulates per token, "
                      f"{max(need - s['head'], 0) / 1e6:.1f}M of them beside the head (the student's layers do "
