@@ -113,3 +113,10 @@ def test_readme_decode_compute_sentence_reads_the_ratio_and_what_the_goal_needs(
     goal["tokens_per_s_ratio_vs_teacher_int8-dynamic-onnx"]["value"] = 1.5
     assert "1.50×, is below that compute ratio" in readme_numbers._decode_compute(dc, goal)
     assert "would take" not in readme_numbers._decode_compute(dc, {})
+    # a shipped -vocab candidate (its head over fewer tokens) is compared at its own compute: under the 3x need
+    sel = [{"model": "student/int8-dynamic", "selected": False, "macs_per_token": 54_900_000},
+           {"model": "student/int8-dynamic-vocab", "selected": True, "macs_per_token": 31_700_000}]
+    text = readme_numbers._decode_compute(dc, goal, sel)
+    assert "`int8-dynamic-vocab` keeps its head over the tokens seen in training only: 31.7M" in text
+    assert f"{134.5 / 31.7:.2f}x fewer than the teacher's" in text and "1.50×, is below that compute ratio" in text
+    assert "by the compute alone it would reach 3×" in text and "would take" not in text
