@@ -178,6 +178,8 @@ class QuantizeOptions(BaseModel):
     ratio: float | None = Field(None, gt=0, le=1)
     all_layers: bool | None = None
     group_size_fallback: Literal["error", "ignore", "adjust"] | None = None
+    # int8-weight / int4-weight on onnxruntime: MatMulNBits' compute (4: INT8 activations per block; 0: FP32)
+    accuracy_level: Literal[0, 1, 2, 3, 4] | None = None
 
 
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -531,6 +533,7 @@ def _weight_only(src: Path, dst: Path, options: dict[str, Any], notes: list[str]
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
     from edgekd.onnxgraph import ensure_domain_imports
+    from edgekd.quantize.nbits import lower as lower_weight_only
 
     model = onnx.load(str(src))
     folded = _fold_constant_transposes(model)
@@ -586,19 +589,24 @@ def _weight_only(src: Path, dst: Path, options: dict[str, Any], notes: list[str]
     added = ensure_domain_imports(out)
     if added:
         notes.append(f"declared opset domain(s) NNCF left undeclared: {', '.join(added)}")
+    # onto onnxruntime's weight-only kernels (edgekd/quantize/nbits.py): no weight value changes
+    level = int(options.get("accuracy_level", 4))
+    settings.update(accuracy_level=level, lowered=lower_weight_only(out, accuracy_level=level))
     onnx.save(out, str(dst))
     return settings
 
 
-@candidate("int8-weight", kind="weight-only", supports_exclusion=False, options=("ignored_scope",),
-           description="weight-only INT8 (asymmetric, per-channel) by NNCF; activations stay FP32")
+@candidate("int8-weight", kind="weight-only", supports_exclusion=False, options=("ignored_scope", "accuracy_level"),
+           description="INT8 weights (asymmetric, per-channel) by NNCF, run by onnxruntime's MatMulNBits with INT8 "
+                       "activations per block (accuracy_level 4; 0: FP32 activations, DequantizeLinear)")
 def _make_int8_weight(src: Path, dst: Path, calib: CalibSet | None, options: dict[str, Any], notes: list[str]) -> dict:
     return _weight_only(src, dst, options, notes, int4=False)
 
 
 @candidate("int4-weight", kind="weight-only", supports_exclusion=False,
-           options=("ignored_scope", "group_size", "ratio", "all_layers", "group_size_fallback"),
-           description="weight-only INT4 (symmetric, grouped) by NNCF -> MatMulNBits; for MatMul/Gemm-heavy graphs")
+           options=("ignored_scope", "group_size", "ratio", "all_layers", "group_size_fallback", "accuracy_level"),
+           description="INT4 weights (symmetric, grouped) by NNCF -> MatMulNBits, INT8 activations per block "
+                       "(accuracy_level 4; 0: FP32); for MatMul/Gemm-heavy graphs")
 def _make_int4_weight(src: Path, dst: Path, calib: CalibSet | None, options: dict[str, Any], notes: list[str]) -> dict:
     return _weight_only(src, dst, options, notes, int4=True)
 

@@ -5,7 +5,7 @@ MatMulNBits (and com.microsoft QGemm / DynamicQuantizeMatMul / MatMulIntegerToFl
 counted through the float Conv/MatMul/Gemm its DequantizeLinear nodes feed. FLOPs = 2 x MACs;
 element-wise ops, pooling and softmax are not counted (they are memory-bound and small here).
 `params` counts initializer elements, less quantization scales and zero points (MatMulNBits'
-packed weights count as K x N), so it is close to, not equal to, the torch parameter count
+packed weights count as K x N, GatherBlockQuantized's as the table's elements), so it is close to, not equal to, the torch parameter count
 (BatchNorm folded away, shape constants included).
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ _QPARAM_INPUTS: dict[str, tuple[int, ...]] = {
     "ConvInteger": (2, 3),
     "MatMulInteger": (2, 3),
     "MatMulNBits": (2, 3),
+    "GatherBlockQuantized": (2, 3),
     "DynamicQuantizeMatMul": (2, 3),
     "MatMulIntegerToFloat": (2, 3, 4, 5),
     "QGemm": (1, 2, 4, 5, 7, 8),
@@ -219,6 +220,7 @@ def onnx_flops(path: Path | str, input_shapes: dict[str, list[int]] | None = Non
     unresolved = 0
     qparams: set[str] = set()
     nbits_weights: dict[str, int] = {}
+    packed: dict[str, int] = {}
     for node in model.graph.node:
         m = _node_macs(node, shapes)
         if m is None:
@@ -232,12 +234,14 @@ def onnx_flops(path: Path | str, input_shapes: dict[str, list[int]] | None = Non
         if node.op_type == "MatMulNBits" and len(node.input) > 1:
             # B is packed (several weights per byte): count the K x N weights it encodes.
             nbits_weights[node.input[1]] = int(_attr(node, "K", 0)) * int(_attr(node, "N", 0))
+        if node.op_type == "GatherBlockQuantized" and node.input:
+            packed[node.input[0]] = 8 // int(_attr(node, "bits", 4))  # 4-bit: two values a byte
 
     params = 0
     for init in model.graph.initializer:
         if init.name in qparams:
             continue
-        params += nbits_weights.get(init.name, _prod(init.dims))
+        params += nbits_weights.get(init.name, _prod(init.dims) * packed.get(init.name, 1))
     return {"macs": int(macs), "flops": int(2 * macs), "params": int(params), "by_op": by_op,
             "unresolved": unresolved, "complete": unresolved == 0 and macs > 0, "input_shapes": counted_at}
 
