@@ -29,7 +29,7 @@ from pathlib import Path
 from _common import ROOT, RESULTS, edgekd, report, write
 
 # what --extras builds with (evaluate.quantized_teacher): the teacher's own ONNX and the two a user would quantize to
-QUANTIZED_TEACHER = ("fp32", "int8-dynamic", "int4-weight")
+QUANTIZED_TEACHER = ("fp32", "int8-dynamic", "int8-weight", "int4-weight")
 GOALS = {"agreement": 0.60, "perplexity_ratio": 2.0, "tokens_per_s_ratio": 3.0}
 # the held-out goals (issue 28): next-token agreement on held-out templates and on training templates' held-out
 # prompts (the in-template figure, called what it is), and natural-text perplexity against the teacher's

@@ -534,6 +534,13 @@ def llm_build() -> str:
         lines += ["", "Kept in FP32 by the accuracy-aware loop: " + "; ".join(
             f"`{v}`: {len(n)} nodes ({', '.join(sorted({group_name(x) for x in n}))})"
             for v, n in kept) + "."]
+    wo = _load_opt("weight_only.json")
+    if wo and d.get("created", "") < wo.get("created", "") and any(
+            m["model"].split("/")[-1].startswith(("int8-weight", "int4-weight")) for m in d["models"]):
+        lines += ["", "This build predates the lowering of weight-only candidates onto onnxruntime's weight-only kernels: "
+                      "its `int8-weight` and `int4-weight` rows were timed as NNCF writes them (a dequantization of every "
+                      "weight on every token); what they decode at now is under *Weight-only candidates on onnxruntime* "
+                      "below, and the card's next build times them so."]
     notes = "".join(f"; {n}" for n in d.get("run_notes", []))
     return "\n".join(lines) + "\n\n" + _source("llm.json", d, notes)
 
@@ -1050,6 +1057,54 @@ def lm_weighting() -> str:
 
 
 GENERATORS["lm-weighting"] = lm_weighting
+
+
+def weight_only() -> str:
+    """Weight-only candidates as NNCF writes them against the same graphs on onnxruntime's weight-only kernels
+    (bench_weight_only.py)."""
+    d = _load_opt("weight_only.json")
+    if d is None:
+        return "_No measurement yet: run `python benchmarks/bench_weight_only.py`._\n"
+    rows = ["| model | candidate | size | tokens/s | next-token agreement with its FP32 | natural-text perplexity (FP32) |",
+            "|---|---|---|---|---|---|"]
+    fp32 = {r["model"]: r for r in d["rows"] if r["candidate"] == "fp32"}
+    for r in d["rows"]:
+        tps = f"{r['tokens_per_s']:.0f}" if r.get("tokens_per_s") else f"failed: {r.get('error')}"
+        kept = f" ({r['kept_tokens']:,} tokens kept)" if r.get("kept_tokens") else ""
+        rows.append(f"| {r['model']} | `{r['candidate']}`{kept} | {r['size_bytes'] / 2**20:.1f} MiB | {tps} | "
+                    f"{_pct(r['agreement_with_fp32'])} | {r['text_perplexity']:,.1f} "
+                    f"({fp32[r['model']]['text_perplexity']:,.1f}) |")
+
+    def row(model, cand):
+        return next((r for r in d["rows"] if r["model"] == model and r["candidate"] == cand), None)
+
+    speedups = []
+    for cand in ("int8-weight", "int4-weight"):
+        for model in ("teacher", "student"):
+            a, b = row(model, f"{cand} (as NNCF writes it)"), row(model, cand)
+            if a and b and a.get("tokens_per_s") and b.get("tokens_per_s"):
+                speedups.append(f"{model} `{cand}` {a['tokens_per_s']:.1f} → {b['tokens_per_s']:.0f} tokens/s "
+                                f"({b['tokens_per_s'] / a['tokens_per_s']:.1f}×)")
+    ratios = d.get("student_tokens_per_s_ratios") or {}
+    best = max(ratios.items(), key=lambda kv: next(iter(kv[1].values())), default=None)
+    line = ("Lowered onto onnxruntime's kernels (no weight changes; INT8 activations per block at `accuracy_level` 4): "
+            + "; ".join(speedups) + ".")
+    if best:
+        (vs_int8, r_int8), (vs_any, r_any) = list(best[1].items())
+        line += (f" The fastest student row, `{best[0]}`, decodes {_x(r_int8)} the tokens/s of the {vs_int8[3:]} and "
+                 f"{_x(r_any)} those of the {vs_any[3:]}")
+        int8 = max(((c, r) for c, r in ratios.items() if c.startswith("int8")), key=lambda kv: next(iter(kv[1].values())),
+                   default=None)
+        line += (f"; the fastest INT8 student row, `{int8[0]}`, {_x(next(iter(int8[1].values())))} the teacher's "
+                 f"fastest INT8." if int8 and int8[0] != best[0] else ".")
+    return (f"{d['measured_on']}; {d['timing']}; fidelity on {d['natural_text']}. The student is the card's cut of "
+            f"the teacher, **untrained** (its weights are the teacher's, sliced): its rows say what quantization does to "
+            f"such weights and how fast its shape decodes, not how well a trained student answers; its `-vocab` rows keep "
+            f"the prompt set's and the general text's tokens.\n\n" + "\n".join(rows) + f"\n\n{line}\n\n"
+            + _source("weight_only.json", d))
+
+
+GENERATORS["weight-only"] = weight_only
 
 
 def render(text: str) -> str:

@@ -515,7 +515,7 @@ class EvaluateConfig(Strict):
                           "the host's reduce_range applies alike), scored on the student's test examples and timed by the "
                           "same benchmark settings: report rows with role teacher (never selected) and one line saying "
                           "whether distilling beat quantizing at equal speed or size. null: the task's kinds (text "
-                          "generation: [int8-dynamic, int4-weight], fp32 adds the teacher's own ONNX; classifiers: "
+                          "generation: [int8-dynamic, int8-weight, int4-weight], fp32 adds the teacher's own ONNX; classifiers: "
                           "[int8-dynamic, int8-qdq]); []: off. --quick turns it off unless the quick block or --set "
                           "names kinds (a 135M teacher's ONNX export takes minutes on a laptop)")
 

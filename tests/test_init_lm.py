@@ -105,7 +105,8 @@ def test_a_causal_lm_folder_gets_a_text_generation_card(tiny_lm, tmp_path, monke
     assert card.generate is not None and card.generate.control and card.distill.lr == 5e-4
     assert [lo.kind for lo in card.distill.losses] == ["soft_label", "hard_label"]
     assert card.distill.teacher_cache.top_k == 16
-    assert card.quantize.candidates == ["fp32", "int8-dynamic", "int8-weight", "int4-weight", "int8-dynamic-vocab"]
+    assert card.quantize.candidates == ["fp32", "int8-dynamic", "int8-weight", "int4-weight", "int8-dynamic-vocab",
+                                        "int8-weight-vocab"]
     assert card.evaluate.natural_prompts is None and "prompts your users would write" in _flat(text)
     q = _card(text, tmp_path, quick=True)
     assert q.distill.epochs == 2 and q.data.train_size == 40 and q.generate.max_new_tokens < card.generate.max_new_tokens

@@ -46,23 +46,27 @@ def test_smollm2_seqkd_quick_build(lm_quick_build, tmp_path):
     assert dc["ratio"] == pytest.approx(dc["teacher"]["total"] / dc["student"]["total"])
     assert dc["student_head_share"] == pytest.approx(dc["student"]["head"] / dc["student"]["total"])
     assert {m["macs_per_token"] for m in rep["models"] if m["role"] == "teacher"} == {dc["teacher"]["total"]}
-    whole = {m["macs_per_token"] for m in rep["models"] if m["role"] == "student" and m["variant"] != "int8-dynamic-vocab"}
+    whole = {m["macs_per_token"] for m in rep["models"] if m["role"] == "student" and not m["variant"].endswith("-vocab")}
     assert whole == {dc["student"]["total"]}
     # the card's int8-dynamic-vocab: the head over the tokens seen in training, its compute counted with that head
     q = {c["variant"]: c for c in json.loads((out / "quantize" / "result.json").read_text())["metrics"]["candidates"]}
     head = q["int8-dynamic-vocab"]["info"]["head"]
     assert head["whole_head_macs_per_token"] == dc["student"]["head"] and 0 < head["kept"] < vocab
-    trimmed = next(m for m in rep["models"] if m["variant"] == "int8-dynamic-vocab")
-    assert trimmed["macs_per_token"] == dc["student"]["total"] - dc["student"]["head"] + s_hidden * head["kept"]
+    for name in ("int8-dynamic-vocab", "int8-weight-vocab"):  # both from the one trimmed graph: the same head
+        assert q[name]["info"]["head"] == head
+        trimmed = next(m for m in rep["models"] if m["variant"] == name)
+        assert trimmed["macs_per_token"] == dc["student"]["total"] - dc["student"]["head"] + s_hidden * head["kept"]
     assert any(n.startswith(f"-vocab candidates: output head trimmed to the {head['kept']:,} tokens") for n in rep["notes"])
     assert dc["sentence"] in rep["notes"]
     # the teacher's argmax reproduces its own greedy answers under teacher forcing (batching noise aside)
     assert t["accuracy"] > 0.85
     variants = {c["variant"]: c for c in rep["candidates"]}
-    assert set(variants) == {"fp32", "int8-dynamic", "int8-weight", "int4-weight", "int8-dynamic-vocab"}
+    assert set(variants) == {"fp32", "int8-dynamic", "int8-weight", "int4-weight", "int8-dynamic-vocab",
+                             "int8-weight-vocab"}
     assert all(c["error"] is None for c in variants.values()), variants
     assert variants["int4-weight"]["size_bytes"] < variants["fp32"]["size_bytes"]
     assert variants["int8-dynamic-vocab"]["size_bytes"] < variants["int8-dynamic"]["size_bytes"]
+    assert variants["int8-weight-vocab"]["size_bytes"] < variants["int8-weight"]["size_bytes"]
     # generation: split by template (whole templates held out; prompts sharing their slot words dropped),
     # every prompt of a split answered; the control was trained too
     split = rep["generation"]["split"]

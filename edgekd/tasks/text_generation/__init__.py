@@ -82,7 +82,7 @@ TASK = Task(
     # converts and ships text generation (targets.check_task refuses the others at pre-flight)
     convert_deps=("teacher", "generate", "distill", "export", "quantize", "select"),
     convert_reads=("recipe.data", "recipe.generate", "recipe.quantize", "target"), convert_job=convert_job,
-    # the teacher quantized (int8-dynamic, int4-weight) on onnxruntime beside the student: report rows only
+    # the teacher quantized (int8-dynamic, int8-weight, int4-weight) on onnxruntime beside the student: report rows only
     quantized_teacher_kinds=QUANTIZED_TEACHER_KINDS, quantized_teacher_allowed=LM_CANDIDATES,
     quantized_teacher_deps=("teacher", "generate", "distill"),
     quantized_teacher_reads=("recipe.evaluate.quantized_teacher", "recipe.quantize.options", "recipe.data",
