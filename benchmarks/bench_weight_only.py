@@ -101,7 +101,6 @@ def _time(path: Path, prompts: list[list[int]], threads: int) -> dict:
 
 
 def _fidelity(path: Path, ref_logits: list, texts) -> dict:
-
     from edgekd.llm.onnx_gen import OrtLM
     from edgekd.llm.sequences import score_logits
 
