@@ -74,6 +74,12 @@ def extras(build: Path, rep: dict, d: dict, args) -> dict:
     return out
 
 
+def _quantize_candidates(build: Path) -> list[dict]:
+    from edgekd.fsio import read_result
+
+    return read_result(build / "quantize")["metrics"]["candidates"]
+
+
 def decode_compute(build: Path) -> dict | None:
     """The report's decode_compute, for a build whose report predates it: read off the teacher's and the student's
     folders the same way (their configs: a model of the compute, not a timing)."""
@@ -385,6 +391,9 @@ def main() -> None:
                                                                  "size_bytes", "kept_fp32_nodes", "error")}
                                          for c in rep["candidates"]],
         "selected": rep["selected"], "comparison": rep["comparison"],
+        # the -vocab candidates' head (edgekd/llm/vocab.py): tokens kept, the dropped tokens' probability
+        "vocab_head": next((c["info"]["head"] for c in _quantize_candidates(build)
+                            if (c.get("info") or {}).get("head")), None),
         "seqkd_vs_control": {
             "student_test": d["test"], "control_test": ctrl["test"] if ctrl else None,
             "teacher_test": d["teacher"]["test"],

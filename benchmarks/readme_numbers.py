@@ -408,7 +408,7 @@ def _decode_compute(dc: dict, goals: dict, models: list[dict] | None = None) -> 
     return text
 
 
-def _vocab_line(models: list[dict] | None = None) -> str | None:
+def _vocab_line(models: list[dict] | None = None, vocab_head: dict | None = None) -> str | None:
     """What a head over the tokens seen in training keeps (bench_lm_vocab.py on a build), when measured; and why a
     shipped -vocab candidate's perplexity is what it is."""
     v = _load_opt("lm_vocab.json")
@@ -425,18 +425,24 @@ def _vocab_line(models: list[dict] | None = None) -> str | None:
             f"trimmed after training): the {seen['kept']:,} of {v['vocab']:,} tokens seen in training cover "
             f"{_pct(seen['coverage']['held-out templates'])} of the teacher's held-out-template answer tokens and give "
             f"{part(seen)}, against {part(whole)} with the whole head; the {small['kept']:,} most frequent alone give "
-            f"{part(small)}." + _vocab_perplexity(models or [], seen))
+            f"{part(small)}." + _vocab_perplexity(models or [], seen, vocab_head))
 
 
-def _vocab_perplexity(models: list[dict], seen: dict) -> str:
+def _vocab_perplexity(models: list[dict], seen: dict, vocab_head: dict | None = None) -> str:
     sel = next((m for m in models if m.get("selected")), None)
     fp32 = next((m for m in models if m["model"] == "student/fp32"), None)
     if not sel or not fp32 or not sel["model"].endswith("-vocab") or sel.get("perplexity") is None:
         return ""
+    head = vocab_head or {}
+    how = (f"the dropped tokens together holding {_pct(head['dropped_mass'])} of the probability (the share of validation "
+           "answer tokens outside the kept set)" if head.get("dropped_mass") is not None else
+           "each less likely than any kept token (this build's floor: the smallest kept logit minus the log of the dropped "
+           "count, far below what their share says; builds since give the dropped tokens together the share of "
+           "validation answer tokens outside the kept set)")
     return (f" The shipped `{sel['model'].split('/', 1)[1]}`'s perplexity of the teacher's answers ({sel['perplexity']:.0f}, "
             f"the FP32 student's {fp32['perplexity']:.1f}) counts the {_pct(1 - seen['coverage']['held-out templates'])} "
-            "of held-out answer tokens its head cannot generate, each less likely than any kept token: the selection "
-            "reads agreement, and it trades those tokens for speed.")
+            f"of held-out answer tokens its head cannot generate, {how}: the selection reads agreement, and it trades "
+            "those tokens for speed.")
 
 
 def llm_build() -> str:
@@ -524,7 +530,7 @@ def llm_build() -> str:
         lines += ["", _distill_vs_quantize(dq)]
     if d.get("decode_compute"):
         lines += ["", _decode_compute(d["decode_compute"], g, d.get("models"))]
-        vocab = _vocab_line(d.get("models"))
+        vocab = _vocab_line(d.get("models"), d.get("vocab_head"))
         if vocab:
             lines += ["", vocab]
     kept = [(x["variant"], x["kept_fp32_nodes"]) for x in d.get("candidates", []) if x.get("kept_fp32_nodes")]

@@ -8,9 +8,13 @@ runtimes) reads logits of the same shape and token ids as before:
 
     logits = Gather(Concat(hidden @ W[:, keep], floor), index)      index[v] = position of v in keep, else K
 
-`floor` is the smallest kept logit at that position minus log(V - K): all V - K dropped tokens together weigh as much
-as the least likely kept one, so greedy decoding never picks a dropped token and a dropped token's probability is
-small but not zero (a finite perplexity). The trimmed head is an edit of the ONNX graph after training, made on the
+`floor` gives the V - K dropped tokens together the probability `dropped_mass` (q) at every position: floor =
+logsumexp(kept logits) + log(q / ((1 - q)(V - K))). A build measures q on validation (the share of the teacher's
+answer tokens outside the kept set), so the trimmed student's perplexity stays readable: a dropped token costs what
+its rarity says, not an arbitrary penalty. q is capped so that every dropped token stays below the most likely kept
+one (floor <= logsumexp - log K - log 2 <= max kept - log 2): greedy decoding never picks a dropped token. Without q
+(`dropped_mass=None`) the floor is the smallest kept logit minus log(V - K), as the first -vocab builds had it: the
+dropped tokens together as likely as the least likely kept one, so each costs far more than its rarity. The trimmed head is an edit of the ONNX graph after training, made on the
 FP32 student before quantization; nothing is retrained. Whether it pays is measured like every candidate: its
 next-token agreement on validation (the quantize stage's budget) and its tokens/s (the profile stage).
 """
@@ -53,9 +57,31 @@ def _head(graph, output: str):
                      hint="vocabulary trimming supports heads exported as a MatMul with a constant weight")
 
 
-def trim_head(src: Path, dst: Path, keep: list[int], output: str = "logits") -> dict[str, Any]:
+def floor_gap(dropped_mass: float, vocab: int, kept: int) -> float:
+    """log(q / ((1 - q)(V - K))), what the floor adds to logsumexp(kept logits), capped at -log K - log 2 (module
+    docstring). ValueError for q outside (0, 1)."""
+    q = float(dropped_mass)
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"dropped_mass must be in (0, 1), got {q}")
+    return min(math.log(q / ((1.0 - q) * (vocab - kept))), -math.log(kept) - math.log(2.0))
+
+
+def dropped_share(sequences: Iterable[list[int]], keep: Iterable[int]) -> dict[str, Any]:
+    """The share of `sequences`' tokens (validation answers) outside `keep`, smoothed ((miss + 0.5) / (n + 1)) so that
+    a validation set with no miss still leaves the dropped tokens a probability: the `dropped_mass` of trim_head."""
+    kept = set(int(t) for t in keep)
+    n = miss = 0
+    for s in sequences:
+        n += len(s)
+        miss += sum(1 for t in s if int(t) not in kept)
+    return {"dropped_mass": (miss + 0.5) / (n + 1), "missed": miss, "tokens": n}
+
+
+def trim_head(src: Path, dst: Path, keep: list[int], output: str = "logits",
+              dropped_mass: float | None = None) -> dict[str, Any]:
     """Write `src` (an FP32 causal-LM ONNX) to `dst` with its head reduced to the `keep` rows and the logits mapped back
-    onto the whole vocabulary (module docstring). Returns what the report says of it."""
+    onto the whole vocabulary, the dropped tokens together at `dropped_mass` (module docstring). Returns what the
+    report says of it."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -74,21 +100,24 @@ def trim_head(src: Path, dst: Path, keep: list[int], output: str = "logits") -> 
     kept_w = numpy_helper.from_array(np.ascontiguousarray(w[:, keep_arr]).astype(w.dtype), "edgekd.head.weight_kept")
     index = np.full(vocab, k, dtype=np.int64)
     index[keep_arr] = np.arange(k, dtype=np.int64)
+    # floor = reduce(kept logits) + gap: logsumexp + floor_gap(q) when q is given, else min - log(V - K)
+    op, gap = ("ReduceLogSumExp", floor_gap(dropped_mass, vocab, k)) if dropped_mass is not None else \
+        ("ReduceMin", -math.log(vocab - k))
     g.initializer.extend([kept_w, numpy_helper.from_array(index, "edgekd.head.vocab_index"),
-                          numpy_helper.from_array(np.array(math.log(vocab - k), dtype=w.dtype), "edgekd.head.floor_gap")])
+                          numpy_helper.from_array(np.array(gap, dtype=w.dtype), "edgekd.head.floor_gap")])
     node.input[1] = kept_w.name
     node.output[0] = "edgekd.head.kept_logits"
     if opset >= 18:
         g.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), "edgekd.head.last_axis"))
-        reduce = helper.make_node("ReduceMin", ["edgekd.head.kept_logits", "edgekd.head.last_axis"],
-                                  ["edgekd.head.kept_min"], keepdims=1, name="edgekd.head.ReduceMin")
+        reduce = helper.make_node(op, ["edgekd.head.kept_logits", "edgekd.head.last_axis"],
+                                  ["edgekd.head.kept_reduced"], keepdims=1, name=f"edgekd.head.{op}")
     else:
-        reduce = helper.make_node("ReduceMin", ["edgekd.head.kept_logits"], ["edgekd.head.kept_min"], axes=[-1],
-                                  keepdims=1, name="edgekd.head.ReduceMin")
+        reduce = helper.make_node(op, ["edgekd.head.kept_logits"], ["edgekd.head.kept_reduced"], axes=[-1],
+                                  keepdims=1, name=f"edgekd.head.{op}")
     rank = len(next(o for o in g.output if o.name == output).type.tensor_type.shape.dim)
     g.node.extend([
         reduce,
-        helper.make_node("Sub", ["edgekd.head.kept_min", "edgekd.head.floor_gap"], ["edgekd.head.floor"],
+        helper.make_node("Add", ["edgekd.head.kept_reduced", "edgekd.head.floor_gap"], ["edgekd.head.floor"],
                          name="edgekd.head.Floor"),
         helper.make_node("Concat", ["edgekd.head.kept_logits", "edgekd.head.floor"], ["edgekd.head.extended"],
                          axis=rank - 1, name="edgekd.head.Concat"),
@@ -101,10 +130,14 @@ def trim_head(src: Path, dst: Path, keep: list[int], output: str = "logits") -> 
     big = sum(len(t.raw_data) for t in g.initializer) > 1_500_000_000
     onnx.save(model, str(dst), save_as_external_data=big, all_tensors_to_one_file=True,
               location=f"{dst.name}.data" if big else None)
+    mass = ("each gets the smallest kept logit minus log of their count" if dropped_mass is None else
+            f"together they keep {100 * min(dropped_mass, 1.0):.2g}% of the probability, the share of validation answer "
+            "tokens outside the kept ones" + (", capped so that none outranks a kept token"
+                                              if gap < math.log(dropped_mass / ((1 - dropped_mass) * (vocab - k))) else ""))
     return {"vocab": int(vocab), "kept": k, "hidden": int(hidden), "head_macs_per_token": int(hidden * k),
-            "whole_head_macs_per_token": int(hidden * vocab),
+            "whole_head_macs_per_token": int(hidden * vocab), "dropped_mass": dropped_mass, "floor_gap": gap,
             "note": f"output head trimmed to the {k:,} tokens seen in training (of {vocab:,}): the other {vocab - k:,} "
-                    "can never be generated (each gets the smallest kept logit minus log of their count)"}
+                    f"can never be generated ({mass})"}
 
 
 def _drop_dead(graph, names: list[str]) -> None:

@@ -52,6 +52,9 @@ def test_smollm2_seqkd_quick_build(lm_quick_build, tmp_path):
     q = {c["variant"]: c for c in json.loads((out / "quantize" / "result.json").read_text())["metrics"]["candidates"]}
     head = q["int8-dynamic-vocab"]["info"]["head"]
     assert head["whole_head_macs_per_token"] == dc["student"]["head"] and 0 < head["kept"] < vocab
+    # the dropped tokens' probability: the share of validation answer tokens outside the kept set (smoothed)
+    out_val = head["validation_tokens_outside"]
+    assert head["dropped_mass"] == pytest.approx((out_val["missed"] + 0.5) / (out_val["tokens"] + 1))
     for name in ("int8-dynamic-vocab", "int8-weight-vocab"):  # both from the one trimmed graph: the same head
         assert q[name]["info"]["head"] == head
         trimmed = next(m for m in rep["models"] if m["variant"] == name)

@@ -61,6 +61,40 @@ def test_the_trimmed_head_keeps_the_kept_logits_and_never_emits_a_dropped_token(
     assert info2["kept"] == VOCAB - 1 and int(b.argmax()) == int(order[1])
 
 
+@pytest.mark.parametrize("q", [0.03, 0.9])
+def test_a_calibrated_floor_gives_the_dropped_tokens_the_measured_share_and_never_the_argmax(exported, tmp_path, q):
+    """dropped_mass q: the V - K dropped tokens together hold q of the probability at every position (0.03), unless
+    that would let one outrank a kept token (0.9: capped below the most likely kept one); kept logits unchanged."""
+    from edgekd.llm.onnx_gen import OrtLM
+    from edgekd.llm.vocab import dropped_share, floor_gap, trim_head
+
+    d, _, path = exported
+    full = OrtLM(path)
+    keep = sorted(set(range(0, VOCAB, 2)) | {2})
+    info = trim_head(path, tmp_path / "cal.onnx", keep, dropped_mass=q)
+    assert info["dropped_mass"] == q and info["floor_gap"] == pytest.approx(floor_gap(q, VOCAB, len(keep)))
+    trimmed = OrtLM(tmp_path / "cal.onnx")
+    dropped = np.setdiff1d(np.arange(VOCAB), keep)
+    capped = q == 0.9
+    assert ("capped" in info["note"]) == capped
+    for p in PROMPTS:
+        a, b = full.logits(p).astype(np.float64), trimmed.logits(p).astype(np.float64)
+        np.testing.assert_allclose(b[:, keep], a[:, keep], rtol=1e-5, atol=1e-5)
+        prob = np.exp(b - b.max(1, keepdims=True))
+        prob /= prob.sum(1, keepdims=True)
+        mass = prob[:, dropped].sum(1)
+        if capped:  # each dropped token at most half the most likely kept one
+            assert (b[:, dropped].max(1) <= b[:, keep].max(1) - np.log(2) + 1e-4).all()
+        else:
+            np.testing.assert_allclose(mass, q, rtol=1e-4)
+        assert set(b.argmax(1)) <= set(keep)
+    # the share a build passes: validation tokens outside the kept set, smoothed so that none missed is not zero
+    assert dropped_share([[0, 1, 2], [4, 5]], keep) == {"dropped_mass": (2 + 0.5) / 6, "missed": 2, "tokens": 5}
+    assert dropped_share([[0, 2]], keep)["dropped_mass"] == pytest.approx(0.5 / 3)
+    with pytest.raises(ValueError):
+        floor_gap(0.0, VOCAB, len(keep))
+
+
 def test_the_trimmed_graph_quantizes_and_is_smaller_as_int8(exported, tmp_path):
     from edgekd.llm.onnx_gen import OrtLM
     from edgekd.llm.vocab import trim_head

@@ -87,10 +87,14 @@ def quantize_plan(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
     def trimmed_student() -> tuple[Path, dict[str, Any]]:
         """The FP32 student with its head over the tokens seen in training, made once for every -vocab candidate."""
         if not trimmed:
-            from edgekd.llm.vocab import trim_head
+            from edgekd.llm.vocab import dropped_share, trim_head
 
             path = wd / SCRATCH / "student-trimmed-head.onnx"  # removed when the stage is done
-            info = trim_head(inputs["export"].path("student"), path, _training_vocab(ctx, inputs))
+            keep = _training_vocab(ctx, inputs)
+            # how often the teacher's validation answers need a token the trimmed head drops: their probability
+            share = dropped_share([e.ids[e.start:] for e in val], keep)
+            info = trim_head(inputs["export"].path("student"), path, keep, dropped_mass=share["dropped_mass"])
+            info["validation_tokens_outside"] = {k: share[k] for k in ("missed", "tokens")}
             trimmed.update(path=path, info={"head": info, "notes": [info["note"]]})
         return trimmed["path"], trimmed["info"]
 
