@@ -1106,7 +1106,8 @@ def weight_only() -> str:
     return (f"{d['measured_on']}; {d['timing']}; fidelity on {d['natural_text']}. The student is the card's cut of "
             f"the teacher, **untrained** (its weights are the teacher's, sliced): its rows say what quantization does to "
             f"such weights and how fast its shape decodes, not how well a trained student answers; its `-vocab` rows keep "
-            f"the prompt set's and the general text's tokens.\n\n" + "\n".join(rows) + f"\n\n{line}\n\n"
+            f"the prompt set's and the general text's tokens, with the uncalibrated floor (no validation answers here to "
+            f"measure the dropped tokens' share on), so their perplexity overstates what a build's would be.\n\n" + "\n".join(rows) + f"\n\n{line}\n\n"
             + _source("weight_only.json", d))
 
 
