@@ -293,7 +293,7 @@ def test_init_then_quick_build_of_the_card(tiny_lm, tmp_path):
     # two candidates keep the smoke build short (the weight-only ones are the LM tests' own); one torch thread: on a
     # loaded 2-core host the default two spin against each other (the tiny teacher's generation took 50 s, not 1 s)
     env = {"EDGEKD_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    common = ("--set", "quantize.candidates=[fp32,int8-dynamic]", "--set", "quantize.accuracy_aware=false")
+    common = ("--set", "quantize.candidates=[fp32,int8-dynamic,int8-dynamic-vocab]", "--set", "quantize.accuracy_aware=false")
     space = ("--set", "student.search.space.depth_mult=[0.25,0.5,0.75]", "--set", "student.search.space.width_mult=[1.0]",
              "--set", "student.search.top_k=2")
     r = _cli("build", "--target", "cpu", "--recipe", "card.yaml", "--quick", "--out", str(out), "--json", *common, *space,
@@ -312,7 +312,7 @@ def test_init_then_quick_build_of_the_card(tiny_lm, tmp_path):
     by_macs = sorted(s["candidates"], key=lambda c: c["macs"])
     assert by_macs[0]["macs"] > 0 and by_macs == sorted(s["candidates"], key=lambda c: c["params"])
     assert len({c["macs"] for c in s["candidates"]}) == 3
-    assert {c["variant"] for c in s["candidates"]} <= {"fp32", "int8-dynamic"}
+    assert {c["variant"] for c in s["candidates"]} <= {"fp32", "int8-dynamic", "int8-dynamic-vocab"}
     ranked = [c for c in s["candidates"] if c["status"] in ("winner", "ranked")]
     assert len(ranked) == 2 and s["final"]["met"] and s["final"]["checks"]["latency_ms"]["measured"] <= 1000
     # the two ranked are the two largest; each was distilled briefly (proxy) and the winner has the highest
@@ -321,6 +321,12 @@ def test_init_then_quick_build_of_the_card(tiny_lm, tmp_path):
     assert sorted(c["params"] for c in ranked) == sorted(c["params"] for c in by_size[:2])
     metrics = json.loads((out / "search" / "result.json").read_text())["metrics"]
     table = metrics["candidates"]
+    # every cut is timed as each listed candidate, the -vocab one made from the cut with its head trimmed as the
+    # quantize stage will trim the winner's (it was skipped as an unknown name before)
+    for c in table:
+        v = {x["variant"]: x for x in c["variants"]}
+        assert set(v) == {"fp32", "int8-dynamic", "int8-dynamic-vocab"} and not any("skipped" in x for x in v.values()), v
+        assert all(x["p50_ms"] > 0 and x["size_bytes"] > 0 for x in v.values())
     rk = [c for c in table if c["status"] in ("winner", "ranked")]
     assert sorted(c["params"] for c in rk) == sorted(c["params"] for c in ranked)
     assert all(c["proxy_seconds"] > 0 and c["proxy_val_perplexity"] > 1.0 and c["proxy_epochs"] == 1 for c in rk)
@@ -357,7 +363,8 @@ def _quantized_teacher_beside_the_student(out, cwd, before, extra=()):
     from tests.e2e.test_cli import CONTRACT_MODEL_KEYS
 
     args = ("build", "--target", "cpu", "--recipe", "card.yaml", "--quick", "--out", str(out), "--json",
-            "--set", "quantize.candidates=[fp32,int8-dynamic]", "--set", "quantize.accuracy_aware=false", *extra)
+            "--set", "quantize.candidates=[fp32,int8-dynamic,int8-dynamic-vocab]", "--set", "quantize.accuracy_aware=false",
+            *extra)
     env = {"EDGEKD_CACHE": str(cwd / "cache"), "OMP_NUM_THREADS": "1"}
     r = _cli(*args, "--set", "evaluate.quantized_teacher=[int8-dynamic, int4-weight]", cwd=cwd, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -378,7 +385,7 @@ def _quantized_teacher_beside_the_student(out, cwd, before, extra=()):
     assert rows["teacher/int4-weight"]["size_bytes"] < rows["teacher/int8-dynamic"]["size_bytes"]
     # never candidates: the selection is the first build's, among the student's candidates
     assert rep["selected"] == before["selected"]
-    assert {c["variant"] for c in rep["candidates"]} == {"fp32", "int8-dynamic"}
+    assert {c["variant"] for c in rep["candidates"]} == {"fp32", "int8-dynamic", "int8-dynamic-vocab"}
     dq = rep["comparison"]["distill_vs_quantize"]
     assert dq["student"]["model"] == rep["selected_onnx_candidate"]
     assert {r["model"] for r in dq["quantized_teacher"]} == {"teacher/int8-dynamic", "teacher/int4-weight"}

@@ -112,19 +112,30 @@ def quantize_plan(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
 
 
 def _training_vocab(ctx: BuildContext, inputs: dict[str, StageResult]) -> list[int]:
-    """The tokens the student was trained on: its training examples (prompt and answer), the general text mixed in
-    (distill.general_text, the same draw as the distill stage's), and the end and stop tokens."""
+    """The tokens the student was trained on (training_vocab_of), the end and stop tokens as distill recorded them."""
+    tok, train = _examples(ctx, inputs, "train")
+    dm = inputs["distill"].metrics
+    return training_vocab_of(ctx, tok, train, [dm["end_id"], *dm.get("stop_ids", [])])
+
+
+def training_vocab_of(ctx: BuildContext, tok, train, always: list[int]) -> list[int]:
+    """The tokens a student trains on: the training examples (prompt and answer), the general text mixed in
+    (distill.general_text, the same draw as the distill stage's), and `always` (the end and stop tokens)."""
     from edgekd.llm.vocab import training_vocab
 
-    tok, train = _examples(ctx, inputs, "train")
     seqs = [e.ids for e in train]
     gt = ctx.recipe.distill.general_text
     if gt is not None:
         from edgekd.llm.natural_text import general_text
 
         seqs += [e.ids for e in general_text(tok, gt.source, gt.samples, gt.max_length, ctx.recipe.distill.seed)[0]]
-    dm = inputs["distill"].metrics
-    return training_vocab(seqs, [dm["end_id"], *dm.get("stop_ids", [])])
+    return training_vocab(seqs, always)
+
+
+def vocab_reads(ctx: BuildContext) -> dict[str, Any]:
+    """What the kept tokens of a -vocab candidate depend on beyond the answers (a stage key's part)."""
+    gt = ctx.recipe.distill.general_text
+    return {"general_text": gt.model_dump(mode="json") if gt is not None else None, "seed": ctx.recipe.distill.seed}
 
 
 # --------------------------------------------------------------------------- profile

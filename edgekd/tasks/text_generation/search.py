@@ -84,16 +84,20 @@ def _proxy_losses(ctx: BuildContext) -> list[dict]:
 
 
 def _lm_search_cfg(ctx: BuildContext) -> dict:
+    from edgekd.quantize.candidates import base_candidate
     from edgekd.tasks.search_common import searching
     from edgekd.tasks.text_generation.distill import _distill_settings
     from edgekd.tasks.text_generation.export import _opset
-    from edgekd.tasks.text_generation.hooks import lm_candidate_plan
+    from edgekd.tasks.text_generation.hooks import lm_candidate_plan, vocab_reads
 
     if not searching(ctx):
         return {}
     cands, where = lm_search_space(ctx.recipe.student)
-    return {"student": ctx.recipe.student.model_dump(mode="json"), "space": cands, "space_from": where,
-            "candidates": lm_candidate_plan(ctx)[0], "options": ctx.recipe.quantize.options, "opset": _opset(ctx),
+    names = lm_candidate_plan(ctx)[0]
+    # a -vocab candidate's head keeps the tokens of the training answers and the general text (hooks.vocab_reads)
+    vocab = {"vocab": vocab_reads(ctx)} if any(base_candidate(n)[1] for n in names) else {}
+    return {"student": ctx.recipe.student.model_dump(mode="json"), "space": cands, "space_from": where, **vocab,
+            "candidates": names, "options": ctx.recipe.quantize.options, "opset": _opset(ctx),
             "bench": _search_bench(ctx).model_dump(mode="json"), "max_length": ctx.recipe.data.max_length,
             "proxy_examples": PROXY_EXAMPLES,
             # what the proxy distillation reads of the card (not distill.epochs: the winner's training is distill's)
@@ -127,9 +131,11 @@ def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path)
     from edgekd.profile.spec import GenerationSpec
     from edgekd.quantize.candidates import make_candidate
     from edgekd.llm.onnx_gen import evaluate_onnx, export_with_past
+    from edgekd.llm.vocab import trim_head
     from edgekd.tasks.text_generation.data import _teacher_info, read_answers
     from edgekd.tasks.text_generation.export import _opset
-    from edgekd.tasks.text_generation.hooks import _bench_row, _profile_prompts, lm_candidate_plan
+    from edgekd.quantize.candidates import base_candidate
+    from edgekd.tasks.text_generation.hooks import _bench_row, _profile_prompts, lm_candidate_plan, training_vocab_of
 
     student_card = ctx.recipe.student
     sc = student_card.search
@@ -147,6 +153,9 @@ def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path)
     bench = _search_bench(ctx)
     prompts = _profile_prompts(inputs, tok, bench)  # the prompts the profile stage decodes, as many as the search times
     names = lm_candidate_plan(ctx)[0]
+    # a -vocab candidate is timed as the quantize stage makes it: the cut's FP32 graph with its head over the tokens
+    # the student trains on, then the base candidate of that graph (edgekd/llm/vocab.py)
+    keep = training_vocab_of(ctx, tok, train, [end_id, *stops]) if any(base_candidate(n)[1] for n in names) else None
     # where the generation benchmark runs, as the profile stage labels it: the device where the target's runtime
     # runs here (cpu; cuda on a GPU host), else this host's CPU as a labelled proxy
     measured_on, machine = bench.profiled_on, bench.profile_device.name
@@ -178,8 +187,14 @@ def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path)
                 path, size = fp32, sum(f.stat().st_size for f in fp32.parent.iterdir() if f.name.startswith(fp32.name))
             else:
                 path = d / f"{name}.onnx"
+                base, trimmed = base_candidate(name)
                 try:
-                    make_candidate(name, fp32, path, None, dict(ctx.recipe.quantize.options),
+                    src = fp32
+                    if trimmed:  # the dropped tokens' share does not change the time: the floor's default serves
+                        src = d / "fp32-vocab.onnx"
+                        if not src.is_file():
+                            trim_head(fp32, src, keep)
+                    make_candidate(base, src, path, None, dict(ctx.recipe.quantize.options),
                                    smoke=lambda q: evaluate_onnx(q, val[:1]))
                 except Exception as e:  # noqa: BLE001 - a kind this cut cannot take is not a candidate of it
                     variants.append({"variant": name, "skipped": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
