@@ -8,21 +8,11 @@ VOCAB = 96
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from edgekd.llm.onnx_gen import export_with_past
+    from tests.tiny_lm import tied_llama_onnx
 
     d = tmp_path_factory.mktemp("vocab")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():  # peaked logits: greedy decoding is not decided by rounding
-        model.lm_head.weight.mul_(8.0)
-    model.save_pretrained(d / "hf")
-    return d, model, export_with_past(d / "hf", d / "onnx", 17)
+    model, path = tied_llama_onnx(d, vocab=VOCAB)
+    return d, model, path
 
 
 PROMPTS = [[1, 5, 9, 13, 17], [1, 40, 41, 7], [1, 3, 3, 60, 22, 8, 11]]

@@ -146,21 +146,10 @@ def test_what_does_not_match_is_left_as_it_was(case):
 
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from edgekd.llm.onnx_gen import export_with_past
+    from tests.tiny_lm import tied_llama_onnx
 
     d = tmp_path_factory.mktemp("nbits")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():  # peaked logits: greedy decoding is not decided by rounding
-        model.lm_head.weight.mul_(8.0)
-    model.save_pretrained(d / "hf")
-    return d, export_with_past(d / "hf", d / "onnx", 17)
+    return d, tied_llama_onnx(d, hidden=64, intermediate=128)[1]
 
 
 @pytest.mark.parametrize("name", ["int8-weight", "int4-weight"])
