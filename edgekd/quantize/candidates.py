@@ -86,22 +86,31 @@ class CandidateSpec:
     supports_exclusion: bool  # can leave named nodes in FP32 (accuracy-aware loop)
     description: str
     options: tuple[str, ...] = field(default=())  # free option keys this maker reads
+    # bumped when the maker writes a different graph for the same settings: part of the stage keys that make
+    # candidates (maker_revisions), so a build folder made before quantizes again instead of reusing the old graph
+    revision: int = 1
 
 
 CANDIDATES: dict[str, CandidateSpec] = {}
 
 
 def candidate(name: str, *, kind: str, needs_calibration: bool = False, supports_exclusion: bool = False,
-              description: str = "", options: tuple[str, ...] = ()) -> Callable[[Maker], Maker]:
+              description: str = "", options: tuple[str, ...] = (), revision: int = 1) -> Callable[[Maker], Maker]:
     """Register a candidate maker under `name`."""
 
     def deco(fn: Maker) -> Maker:
         if name in CANDIDATES:
             raise ValueError(f"candidate {name!r} registered twice")
-        CANDIDATES[name] = CandidateSpec(name, fn, kind, needs_calibration, supports_exclusion, description, options)
+        CANDIDATES[name] = CandidateSpec(name, fn, kind, needs_calibration, supports_exclusion, description, options,
+                                         revision)
         return fn
 
     return deco
+
+
+def maker_revisions() -> dict[str, int]:
+    """{name: revision} of the makers past their first graph format (a stage key's part: CandidateSpec.revision)."""
+    return {n: s.revision for n, s in sorted(CANDIDATES.items()) if s.revision > 1}
 
 
 # --------------------------------------------------------------------------- validation
@@ -596,14 +605,16 @@ def _weight_only(src: Path, dst: Path, options: dict[str, Any], notes: list[str]
     return settings
 
 
+# revision 2: lowered onto onnxruntime's weight-only kernels (edgekd/quantize/nbits.py)
 @candidate("int8-weight", kind="weight-only", supports_exclusion=False, options=("ignored_scope", "accuracy_level"),
+           revision=2,
            description="INT8 weights (asymmetric, per-channel) by NNCF, run by onnxruntime's MatMulNBits with INT8 "
                        "activations per block (accuracy_level 4; 0: FP32 activations, DequantizeLinear)")
 def _make_int8_weight(src: Path, dst: Path, calib: CalibSet | None, options: dict[str, Any], notes: list[str]) -> dict:
     return _weight_only(src, dst, options, notes, int4=False)
 
 
-@candidate("int4-weight", kind="weight-only", supports_exclusion=False,
+@candidate("int4-weight", kind="weight-only", supports_exclusion=False, revision=2,
            options=("ignored_scope", "group_size", "ratio", "all_layers", "group_size_fallback", "accuracy_level"),
            description="INT4 weights (symmetric, grouped) by NNCF -> MatMulNBits, INT8 activations per block "
                        "(accuracy_level 4; 0: FP32); for MatMul/Gemm-heavy graphs")

@@ -176,3 +176,18 @@ def test_weight_only_candidates_of_a_tied_lm_dequantize_no_whole_table_per_step(
     out0 = d / f"{name}-0.onnx"
     info0 = make_candidate(name, path, out0, None, {"group_size": 32, "accuracy_level": 0}, smoke=lambda p: None)
     assert info0["settings"]["lowered"]["matmul_8bit"] == 0 and info0["settings"]["lowered"]["gather_8bit"] == 1
+
+
+def test_a_build_made_before_the_lowering_quantizes_again(monkeypatch):
+    """The makers' revisions are part of the keys of the stages that make candidates: a build folder whose
+    weight-only graphs were written as NNCF wrote them does not reuse them."""
+    import dataclasses
+
+    from edgekd.quantize import candidates as C
+    from edgekd.tasks.stages.quantize import with_host_key
+
+    assert C.maker_revisions() == {"int4-weight": 2, "int8-weight": 2}
+    cfg = with_host_key(lambda ctx: {"candidates": ["fp32", "int8-weight"]})
+    now = cfg(None)
+    monkeypatch.setitem(C.CANDIDATES, "int8-weight", dataclasses.replace(C.CANDIDATES["int8-weight"], revision=1))
+    assert cfg(None) != now and cfg(None)["makers"] == {"int4-weight": 2}

@@ -84,7 +84,7 @@ def _proxy_losses(ctx: BuildContext) -> list[dict]:
 
 
 def _lm_search_cfg(ctx: BuildContext) -> dict:
-    from edgekd.quantize.candidates import base_candidate
+    from edgekd.quantize.candidates import base_candidate, maker_revisions
     from edgekd.tasks.search_common import searching
     from edgekd.tasks.text_generation.distill import _distill_settings
     from edgekd.tasks.text_generation.export import _opset
@@ -97,7 +97,7 @@ def _lm_search_cfg(ctx: BuildContext) -> dict:
     # a -vocab candidate's head keeps the tokens of the training answers and the general text (hooks.vocab_reads)
     vocab = {"vocab": vocab_reads(ctx)} if any(base_candidate(n)[1] for n in names) else {}
     return {"student": ctx.recipe.student.model_dump(mode="json"), "space": cands, "space_from": where, **vocab,
-            "candidates": names, "options": ctx.recipe.quantize.options, "opset": _opset(ctx),
+            "candidates": names, "makers": maker_revisions(), "options": ctx.recipe.quantize.options, "opset": _opset(ctx),
             "bench": _search_bench(ctx).model_dump(mode="json"), "max_length": ctx.recipe.data.max_length,
             "proxy_examples": PROXY_EXAMPLES,
             # what the proxy distillation reads of the card (not distill.epochs: the winner's training is distill's)
