@@ -14,7 +14,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from edgekd.errors import ConfigError, DataError, StageError
+from edgekd.errors import ConfigError, DataError
 from edgekd.quantize import CANDIDATES, NotApplicable, accuracy_aware, make_candidate
 from edgekd.quantize import validate_candidate_names
 from edgekd.quantize.sensitivity import quantized_nodes, source_node_name
