@@ -15,8 +15,9 @@ its rarity says, not an arbitrary penalty. q is capped so that every dropped tok
 one (floor <= logsumexp - log K - log 2 <= max kept - log 2): greedy decoding never picks a dropped token. Without q
 (`dropped_mass=None`) the floor is the smallest kept logit minus log(V - K), as the first -vocab builds had it: the
 dropped tokens together as likely as the least likely kept one, so each costs far more than its rarity. The trimmed
-head is an edit of the ONNX graph after training, made on the FP32 student before quantization; nothing is retrained. Whether it pays is measured like every candidate: its
-next-token agreement on validation (the quantize stage's budget) and its tokens/s (the profile stage).
+head is an edit of the ONNX graph after training, made on the FP32 student before quantization; nothing is retrained.
+Whether it pays is measured like every candidate: its next-token agreement on validation (the quantize stage's
+budget) and its tokens/s (the profile stage).
 """
 from __future__ import annotations
 
