@@ -113,6 +113,13 @@ def maker_revisions() -> dict[str, int]:
     return {n: s.revision for n, s in sorted(CANDIDATES.items()) if s.revision > 1}
 
 
+def makers_key() -> dict[str, Any]:
+    """What every stage that makes candidates (quantize, the quantized teacher, the searches) adds to its key beyond
+    the card: the host property INT8 graphs depend on (host_u8s8_reduce_range: a build moved to another kind of host
+    quantizes again) and the makers' revisions (a build made before a maker changed its graph quantizes again)."""
+    return {"u8s8_reduce_range": host_u8s8_reduce_range()[0], "makers": maker_revisions()}
+
+
 # --------------------------------------------------------------------------- validation
 
 # Candidates made outside this registry, and the kind of ONNX graph they produce.

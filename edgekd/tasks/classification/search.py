@@ -117,7 +117,7 @@ def _input_shape(ctx: BuildContext) -> tuple[int, ...]:
 
 
 def _search_cfg(ctx: BuildContext) -> dict:
-    from edgekd.quantize.candidates import maker_revisions
+    from edgekd.quantize.candidates import makers_key
     from edgekd.tasks.classification.hooks import candidate_plan
 
     if not searching(ctx):
@@ -127,7 +127,8 @@ def _search_cfg(ctx: BuildContext) -> dict:
                           hint="drop student.weights, or drop student.search and keep the given student")
     cands, where = search_space(ctx.recipe.student, _input_shape(ctx))  # pre-flight: no space exits 2 now
     return {"student": ctx.recipe.student.key_dict(), "data_sha256": data_fingerprint(ctx), "space": cands,
-            "space_from": where, "candidates": candidate_plan(ctx)[0], "makers": maker_revisions(), "timing": SEARCH_TIMING}
+            "space_from": where, "candidates": candidate_plan(ctx)[0], **makers_key(),
+            "timing": SEARCH_TIMING}
 
 
 # --------------------------------------------------------------------------- measuring one architecture

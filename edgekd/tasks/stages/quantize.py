@@ -112,12 +112,10 @@ def _info(about: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
 
 
 def with_host_key(task_cfg):
-    """The task's quantize settings plus the host property every task's INT8 artifacts depend on (U8S8 weights
-    in 7 bits where this x86 host has no VNNI: edgekd.quantize.candidates.host_u8s8_reduce_range), so a build
-    moved to another kind of host quantizes again, and the makers' revisions, so a build made before a maker changed
-    its graph quantizes again."""
+    """The task's quantize settings plus edgekd.quantize.candidates.makers_key (the host's U8S8 reduce-range, the
+    makers' revisions)."""
     def cfg(ctx):
-        from edgekd.quantize.candidates import host_u8s8_reduce_range, maker_revisions
+        from edgekd.quantize.candidates import makers_key
 
-        return {**task_cfg(ctx), "u8s8_reduce_range": host_u8s8_reduce_range()[0], "makers": maker_revisions()}
+        return {**task_cfg(ctx), **makers_key()}
     return cfg

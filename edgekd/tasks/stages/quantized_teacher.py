@@ -26,7 +26,7 @@ def enabled(ctx: BuildContext) -> bool:
 
 
 def quantized_teacher_cfg(ctx: BuildContext) -> dict[str, Any]:
-    from edgekd.quantize.candidates import host_u8s8_reduce_range, maker_revisions
+    from edgekd.quantize.candidates import makers_key
 
     task = task_of(ctx)
     names = kinds(ctx)
@@ -36,8 +36,7 @@ def quantized_teacher_cfg(ctx: BuildContext) -> dict[str, Any]:
                           if bad else f"evaluate.quantized_teacher lists a kind twice: {names}",
                           hint=f"valid here: {', '.join(task.quantized_teacher_allowed)}; [] turns it off")
     assert task.quantized_teacher_cfg is not None  # enabled() holds: the stage runs only for such a task
-    return {"kinds": names, **task.quantized_teacher_cfg(ctx), "u8s8_reduce_range": host_u8s8_reduce_range()[0],
-            "makers": maker_revisions()}
+    return {"kinds": names, **task.quantized_teacher_cfg(ctx), **makers_key()}
 
 
 def stage_quantized_teacher(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:

@@ -28,12 +28,14 @@ def _export_cfg(ctx: BuildContext) -> dict:
     return {"opset": _opset(ctx), "parity": ctx.target.parity.model_dump()}
 
 
-def _examples(ctx: BuildContext, inputs: dict[str, StageResult], split: str):
-    from transformers import AutoTokenizer
-
+def _examples(ctx: BuildContext, inputs: dict[str, StageResult], split: str, tok=None):
+    """(the student's tokenizer, the split's examples); `tok`: a tokenizer already loaded, not loaded again."""
     from edgekd.llm.sequences import build_examples
 
-    tok = AutoTokenizer.from_pretrained(inputs["distill"].dir / "student")
+    if tok is None:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(inputs["distill"].dir / "student")
     ans = read_answers(inputs["generate"])[split]
     return tok, build_examples(tok, ans, ctx.recipe.data.max_length, inputs["distill"].metrics["end_id"])
 

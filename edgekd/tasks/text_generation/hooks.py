@@ -72,8 +72,8 @@ def quantize_plan(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
     from edgekd.quantize.candidates import base_candidate
     from edgekd.tasks.base import SCRATCH, QuantizePlan
 
-    _, val = _examples(ctx, inputs, "val")
-    _, test = _examples(ctx, inputs, "test")
+    tok, val = _examples(ctx, inputs, "val")
+    _, test = _examples(ctx, inputs, "test", tok)
     names, not_built = lm_candidate_plan(ctx)
 
     def evaluate(examples):
@@ -87,14 +87,11 @@ def quantize_plan(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
     def trimmed_student() -> tuple[Path, dict[str, Any]]:
         """The FP32 student with its head over the tokens seen in training, made once for every -vocab candidate."""
         if not trimmed:
-            from edgekd.llm.vocab import dropped_share, trim_head
-
             path = wd / SCRATCH / "student-trimmed-head.onnx"  # removed when the stage is done
-            keep = _training_vocab(ctx, inputs)
-            # how often the teacher's validation answers need a token the trimmed head drops: their probability
-            share = dropped_share([e.ids[e.start:] for e in val], keep)
-            info = trim_head(inputs["export"].path("student"), path, keep, dropped_mass=share["dropped_mass"])
-            info["validation_tokens_outside"] = {k: share[k] for k in ("missed", "tokens")}
+            _, train = _examples(ctx, inputs, "train", tok)
+            dm = inputs["distill"].metrics
+            keep = training_vocab_of(ctx, tok, train, [dm["end_id"], *dm.get("stop_ids", [])])
+            info = trim_student_head(inputs["export"].path("student"), path, keep, val)
             trimmed.update(path=path, info={"head": info, "notes": [info["note"]]})
         return trimmed["path"], trimmed["info"]
 
@@ -111,11 +108,16 @@ def quantize_plan(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path):
         rank=lambda path: evaluate_onnx(path, val[:RANK_EXAMPLES])["agreement"])
 
 
-def _training_vocab(ctx: BuildContext, inputs: dict[str, StageResult]) -> list[int]:
-    """The tokens the student was trained on (training_vocab_of), the end and stop tokens as distill recorded them."""
-    tok, train = _examples(ctx, inputs, "train")
-    dm = inputs["distill"].metrics
-    return training_vocab_of(ctx, tok, train, [dm["end_id"], *dm.get("stop_ids", [])])
+def trim_student_head(src: Path, dst: Path, keep: list[int], val) -> dict[str, Any]:
+    """`src` (a student's FP32 KV-cache ONNX) with its head over `keep` (edgekd/llm/vocab.py), the dropped tokens
+    together at their share of the validation answers `val` (examples): how the quantize stage makes every -vocab
+    candidate's starting graph and the search times one. Returns trim_head's info and those counts."""
+    from edgekd.llm.vocab import dropped_share, trim_head
+
+    share = dropped_share([e.ids[e.start:] for e in val], keep)
+    info = trim_head(src, dst, keep, dropped_mass=share["dropped_mass"])
+    info["validation_tokens_outside"] = {k: share[k] for k in ("missed", "tokens")}
+    return info
 
 
 def training_vocab_of(ctx: BuildContext, tok, train, always: list[int]) -> list[int]:

@@ -84,7 +84,7 @@ def _proxy_losses(ctx: BuildContext) -> list[dict]:
 
 
 def _lm_search_cfg(ctx: BuildContext) -> dict:
-    from edgekd.quantize.candidates import base_candidate, maker_revisions
+    from edgekd.quantize.candidates import base_candidate, makers_key
     from edgekd.tasks.search_common import searching
     from edgekd.tasks.text_generation.distill import _distill_settings
     from edgekd.tasks.text_generation.export import _opset
@@ -97,7 +97,7 @@ def _lm_search_cfg(ctx: BuildContext) -> dict:
     # a -vocab candidate's head keeps the tokens of the training answers and the general text (hooks.vocab_reads)
     vocab = {"vocab": vocab_reads(ctx)} if any(base_candidate(n)[1] for n in names) else {}
     return {"student": ctx.recipe.student.model_dump(mode="json"), "space": cands, "space_from": where, **vocab,
-            "candidates": names, "makers": maker_revisions(), "options": ctx.recipe.quantize.options, "opset": _opset(ctx),
+            "candidates": names, **makers_key(), "options": ctx.recipe.quantize.options, "opset": _opset(ctx),
             "bench": _search_bench(ctx).model_dump(mode="json"), "max_length": ctx.recipe.data.max_length,
             "proxy_examples": PROXY_EXAMPLES,
             # what the proxy distillation reads of the card (not distill.epochs: the winner's training is distill's)
@@ -129,13 +129,12 @@ def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path)
     from edgekd.llm.models import answer_ids, linear_macs, load_causal_lm
     from edgekd.llm.prune import calibration_batches, cut, importance, parse_options, plan
     from edgekd.profile.spec import GenerationSpec
-    from edgekd.quantize.candidates import make_candidate
+    from edgekd.quantize.candidates import base_candidate, make_candidate
     from edgekd.llm.onnx_gen import evaluate_onnx, export_with_past
-    from edgekd.llm.vocab import trim_head
     from edgekd.tasks.text_generation.data import _teacher_info, read_answers
     from edgekd.tasks.text_generation.export import _opset
-    from edgekd.quantize.candidates import base_candidate
-    from edgekd.tasks.text_generation.hooks import _bench_row, _profile_prompts, lm_candidate_plan, training_vocab_of
+    from edgekd.tasks.text_generation.hooks import (_bench_row, _profile_prompts, lm_candidate_plan, training_vocab_of,
+                                                    trim_student_head)
 
     student_card = ctx.recipe.student
     sc = student_card.search
@@ -190,10 +189,10 @@ def stage_lm_search(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path)
                 base, trimmed = base_candidate(name)
                 try:
                     src = fp32
-                    if trimmed:  # the dropped tokens' share does not change the time: the floor's default serves
+                    if trimmed:  # the cut's graph as the quantize stage will trim the winner's
                         src = d / "fp32-vocab.onnx"
                         if not src.is_file():
-                            trim_head(fp32, src, keep)
+                            trim_student_head(fp32, src, keep, val)
                     make_candidate(base, src, path, None, dict(ctx.recipe.quantize.options),
                                    smoke=lambda q: evaluate_onnx(q, val[:1]))
                 except Exception as e:  # noqa: BLE001 - a kind this cut cannot take is not a candidate of it
