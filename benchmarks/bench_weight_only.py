@@ -12,7 +12,7 @@ read. Its -vocab rows keep the tokens of the shipped prompt set and the general-
 host has none cached), which is fewer tokens than a build keeps; the kept count is written beside them.
 
 Per model and candidate: size, time to first token and decode ms/token (edgekd's own profiler, `python -m
-edgekd.llm.bench`, one process per model, the card's profile settings: 4 natural prompts, 32 new tokens, 3 repeats,
+edgekd.llm.bench` through edgekd.profile.runner, one process per model, the card's profile settings: 4 natural prompts, 32 new tokens, 3 repeats,
 1 thread), and fidelity to its own FP32 graph on held-out natural text (Rotten Tomatoes test-bucket snippets):
 next-token agreement with FP32's argmax and the text's perplexity against FP32's. All of it measured on this host.
 """
@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -81,21 +79,21 @@ def _make(name: str, fp32: Path, out: Path, lowered: bool) -> dict:
         nbits.lower = real
 
 
-def _time(path: Path, prompts: list[list[int]], threads: int) -> dict:
+def _time(path: Path, prompts: list[list[int]], threads: int, logs: Path) -> dict:
+    """edgekd's own generation benchmark of one graph in its own process (edgekd.profile.runner.run_bench)."""
+    from edgekd.errors import StageError
+    from edgekd.profile.runner import run_bench
     from edgekd.profile.spec import GenerationSettings, GenerationSpec
     from edgekd.targets.base import host_device
 
     dev = host_device()
-    spec = GenerationSpec(kind="onnx", path=str(path), prompt_ids=prompts, settings=GenerationSettings(
+    spec = GenerationSpec(kind="onnx", path=str(path), name=path.stem, prompt_ids=prompts, settings=GenerationSettings(
         threads=threads, prompts=len(prompts), new_tokens=32, repeats=3, device=dev, profiled_on="device",
         profile_device=dev))
-    with tempfile.TemporaryDirectory() as td:
-        (Path(td) / "spec.json").write_text(spec.model_dump_json())
-        r = subprocess.run([sys.executable, "-m", "edgekd.llm.bench", f"{td}/spec.json", f"{td}/out.json"],
-                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        if r.returncode:
-            return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"}
-        out = json.loads((Path(td) / "out.json").read_text())
+    try:
+        out = run_bench(spec, logs, f"{path.parent.name}-{path.stem}")
+    except StageError as e:
+        return {"error": e.message}
     return {"decode_ms_per_token_p50": out["decode_ms_per_token"]["p50"], "tokens_per_s": out["tokens_per_s"],
             "ttft_ms_p50": out["ttft_ms"]["p50"], "peak_rss_bytes": out["peak_rss_bytes"]}
 
@@ -152,7 +150,7 @@ def main() -> None:
                 path = out if label != "fp32" else fp32
                 row = {"model": model, "candidate": label, "size_bytes": info["size_bytes"],
                        "settings": {k: v for k, v in info["settings"].items() if k in ("accuracy_level", "lowered")},
-                       **_time(path, prompts, args.threads), **_fidelity(path, ref_logits, texts)}
+                       **_time(path, prompts, args.threads, work / "logs"), **_fidelity(path, ref_logits, texts)}
                 if label.endswith("-vocab"):
                     row["kept_tokens"] = trim["kept"]
                 rows.append(row)
