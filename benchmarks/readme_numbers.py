@@ -843,7 +843,8 @@ def lm_budget() -> str:
              f"Shipped `{d['selected']}` ({d['student_params'] / 1e6:.1f}M parameters): "
              f"{d['student_ms_per_token']['p50'] if isinstance(d['student_ms_per_token'], dict) else d['student_ms_per_token']:.2f} "
              f"ms per token on the shipped artifact — budget {'met' if final['met'] else '**missed**'}; "
-             + (f"{d['student_tokens_per_s']:.1f} tokens/s against the teacher's int8-dynamic {tq['tokens_per_s']:.1f} in the "
+             + (f"{d['student_tokens_per_s']:.1f} tokens/s against the teacher's "
+                f"{d['teacher_reference'].get('kind', 'int8-dynamic')} {tq['tokens_per_s']:.1f} in the "
                 f"same build: **{_x(d['tokens_per_s_vs_teacher_int8'])}**. " if tq.get("tokens_per_s") else "")
              + (f"The teacher's int8 took {tq['ms_per_token']['p50']:.1f} ms per token in this build against "
                 f"{d['teacher_reference']['p50_ms']:.1f} ms in the run the budget came from "
