@@ -3,7 +3,7 @@ teacher's fastest INT8 ONNX per-token p50 (the quantized teacher a user would ot
 "FRACTION x the teacher's int8 tokens/s" by construction, checked on the shipped artifact. Writes
 benchmarks/results/lm_budget.json.
 
-    python benchmarks/bench_lm_budget.py                    # smollm2-seqkd, 1 epoch: about an hour on 2 cores
+    python benchmarks/bench_lm_budget.py --threads 2        # smollm2-seqkd, 1 epoch: 36 min on 2 cores (2026-12-07)
     python benchmarks/bench_lm_budget.py --quick            # smoke run -> lm_budget-smoke.json
 
 1. The budget: the teacher's fastest INT8 ONNX decode p50 in results/llm.json (int8-dynamic or int8-weight, whichever the
