@@ -61,8 +61,7 @@ def extras(build: Path, rep: dict, d: dict, args) -> dict:
     # natural text: teacher and student (PyTorch FP32), and the selected candidate on onnxruntime
     nat = natural_text(tok, args.natural, 64)
     sel = rep["selected"].split("/", 1)[1]
-    sel_path = build / "quantize" / next(c["path"] for c in read_result(build / "quantize")["metrics"]["candidates"]
-                                         if c["variant"] == sel)
+    sel_path = build / "quantize" / next(c["path"] for c in _quantize_candidates(build) if c["variant"] == sel)
     out["natural_text"] = {
         "source": natural_text_source(len(nat), 64),
         "teacher": evaluate(teacher, nat, tok.pad_token_id or 0),

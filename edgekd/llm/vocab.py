@@ -64,7 +64,12 @@ def floor_gap(dropped_mass: float, vocab: int, kept: int) -> float:
     q = float(dropped_mass)
     if not 0.0 < q < 1.0:
         raise ValueError(f"dropped_mass must be in (0, 1), got {q}")
-    return min(math.log(q / ((1.0 - q) * (vocab - kept))), -math.log(kept) - math.log(2.0))
+    return min(math.log(q / ((1.0 - q) * (vocab - kept))), floor_cap(kept))
+
+
+def floor_cap(kept: int) -> float:
+    """The largest floor gap: -log K - log 2, below which no dropped token outranks the most likely kept one."""
+    return -math.log(kept) - math.log(2.0)
 
 
 def dropped_share(sequences: Iterable[list[int]], keep: Iterable[int]) -> dict[str, Any]:
@@ -134,7 +139,7 @@ def trim_head(src: Path, dst: Path, keep: list[int], output: str = "logits",
     mass = ("each gets the smallest kept logit minus log of their count" if dropped_mass is None else
             f"together they keep {100 * min(dropped_mass, 1.0):.2g}% of the probability, the share of validation answer "
             "tokens outside the kept ones" + (", capped so that none outranks a kept token"
-                                              if gap < math.log(dropped_mass / ((1 - dropped_mass) * (vocab - k))) else ""))
+                                              if gap == floor_cap(k) else ""))
     return {"vocab": int(vocab), "kept": k, "hidden": int(hidden), "head_macs_per_token": int(hidden * k),
             "whole_head_macs_per_token": int(hidden * vocab), "dropped_mass": dropped_mass, "floor_gap": gap,
             "note": f"output head trimmed to the {k:,} tokens seen in training (of {vocab:,}): the other {vocab - k:,} "
