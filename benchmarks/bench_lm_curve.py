@@ -115,6 +115,19 @@ def reach(points: list[dict], key: str, goal: float) -> dict:
                   "linear_last_two_answers": None if linear is None else round(max(linear, points[-1]["train_prompts"]))}
 
 
+def curve_args(target: str, prompts: Path, epochs: int, sets: list[str]) -> list[str]:
+    """`edgekd build` arguments of a curve point (without --out): the card, fp32 only, no control, no general text,
+    no quantized teacher, the shipped natural prompts."""
+    return ["--target", target, "--recipe", "smollm2-seqkd", "--quiet",
+            "--set", f"data.path={prompts}", "--set", f"distill.epochs={epochs}",
+            "--set", "generate.control=false", "--set", "distill.general_text=null", "--set", "generate.profile_repeats=1",
+            "--set", "quantize.candidates=[fp32]", "--set", "quantize.accuracy_aware=false",
+            "--set", "evaluate.quantized_teacher=[]",
+            # with data.path the card names no natural prompts (a user's own data has none): the shipped set's
+            "--set", f"evaluate.natural_prompts={ROOT / 'models' / 'prompts' / 'smollm2-natural.jsonl'}",
+            *[a for s in sets for a in ("--set", s)]]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=Path, default=ROOT / "models" / "prompts" / "smollm2-prompts-grown.jsonl")
@@ -131,14 +144,7 @@ def main() -> None:
     args = ap.parse_args()
     env = {"OMP_NUM_THREADS": str(args.threads)}
     t_all = time.perf_counter()
-    common = ["--target", args.target, "--recipe", "smollm2-seqkd", "--quiet",
-              "--set", f"data.path={args.prompts}", "--set", f"distill.epochs={args.epochs}",
-              "--set", "generate.control=false", "--set", "distill.general_text=null", "--set", "generate.profile_repeats=1",
-              "--set", "quantize.candidates=[fp32]", "--set", "quantize.accuracy_aware=false",
-              "--set", "evaluate.quantized_teacher=[]",
-              # with data.path the card names no natural prompts (a user's own data has none): the shipped set's
-              "--set", f"evaluate.natural_prompts={ROOT / 'models' / 'prompts' / 'smollm2-natural.jsonl'}",
-              *[a for s in args.sets for a in ("--set", s)]]
+    common = curve_args(args.target, args.prompts, args.epochs, args.sets)
     points: dict[int, dict] = {}
     work = WORK / ("" if args.results == "lm_curve" else args.results)
     prev_path = RESULTS / f"{args.results}.json"

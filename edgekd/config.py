@@ -485,6 +485,12 @@ class GenerateConfig(Strict):
                                                       "its .pte) for the like-for-like ratio, and (mobile) its "
                                                       "phone-quantized .pte (8da8w, the student's pte-8da8w scheme) "
                                                       "as a teacher row beside the student")
+    train_samples: int = Field(1, ge=1, le=64, description="answers per training prompt: the teacher's greedy answer, "
+                                                           "then N-1 sampled ones (seeded; sample_temperature, "
+                                                           "sample_top_p), one equal to an answer kept for its prompt "
+                                                           "dropped. Held-out prompts keep their greedy answer only")
+    sample_temperature: float = Field(0.7, gt=0, le=2, description="train_samples > 1: the sampled answers' temperature")
+    sample_top_p: float = Field(0.9, gt=0, le=1, description="train_samples > 1: the sampled answers' nucleus (top-p)")
     profile_prompts: int = Field(4, ge=1, description="held-out prompts timed per repeat")
     profile_new_tokens: int = Field(32, ge=2, description="tokens every model decodes per prompt when profiled")
     profile_repeats: int = Field(3, ge=1, description="passes over the profile prompts after a warm-up")

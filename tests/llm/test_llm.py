@@ -288,6 +288,45 @@ def test_generation_resumes_after_a_kill(smol, tmp_path):
 
 
 @needs_smollm2
+def test_sampled_training_answers_are_new_seeded_and_cached(smol, tmp_path):
+    """generate.train_samples: N-1 sampled answers per training prompt, none equal to an answer kept for its prompt,
+    each sample seeded apart, read back from its cache (no generation) by the next build."""
+    from types import SimpleNamespace
+
+    from edgekd.config import GenerateConfig
+    from edgekd.llm.generate import generate_answers
+    from edgekd.llm.models import load_causal_lm
+    from edgekd.tasks.text_generation.data import _sampled_answers
+
+    folder, tok, _ = smol
+    model, _ = load_causal_lm(folder)
+    train = [{"id": f"p{i}", "prompt": f"Name something {c}.", "template": "name"}
+             for i, c in enumerate(["red", "round", "loud", "cold"])]
+    settings = {"teacher": "t", "max_new_tokens": 8, "batch_size": 2, "decoding": "greedy"}
+    greedy = [{**r, "split": "train", "template": "name"}
+              for r in generate_answers(model, tok, train, tmp_path / "greedy.jsonl", settings)]
+    g = GenerateConfig(train_samples=3, sample_temperature=1.0, sample_top_p=1.0)
+    ctx = SimpleNamespace(cache_dir=tmp_path / "cache", log=lambda m: None)
+    extra, info = _sampled_answers(model, tok, train, greedy, settings, g, ctx, lambda d, n: None)
+    assert info["asked"] == 8 and info["kept"] == len(extra) == 8 - sum(info["dropped"].values())
+    assert len(extra) >= 4  # 8 tokens sampled at temperature 1: most differ from the greedy answer
+    by_prompt: dict[str, list[str]] = {}
+    for r in extra:
+        base, k = r["id"].split("#s")
+        assert r["prompt_id"] == base and r["sample"] == int(k) in (1, 2)
+        assert r["split"] == "train" and r["template"] == "name" and r["answer"]
+        by_prompt.setdefault(base, []).append(r["answer"])
+    greedy_of = {r["id"]: r["answer"] for r in greedy}
+    for base, answers in by_prompt.items():  # no duplicate of the greedy answer or of the other sample
+        assert greedy_of[base] not in answers and len(set(answers)) == len(answers)
+    # the two samples are drawn apart (seeded by k), and the next build reads both from their caches
+    assert {r["answer"] for r in extra if r["sample"] == 1} != {r["answer"] for r in extra if r["sample"] == 2}
+    counting = _Counting(model)
+    again, _ = _sampled_answers(counting, tok, train, greedy, settings, g, ctx, lambda d, n: None)
+    assert counting.prompts == 0 and again == extra
+
+
+@needs_smollm2
 def test_kv_cache_onnx_greedy_matches_pytorch_and_evaluates_alike(smol, tmp_path):
     import torch
 

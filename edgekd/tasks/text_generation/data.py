@@ -65,8 +65,11 @@ def _generate_cfg(ctx: BuildContext) -> dict:
     # the prompts' content keys the stage (an edited prompts file is a new stage), and reading it
     # here validates it before the teacher loads
     sp = ctx.memo("split_plan", lambda: split_plan(ctx))
-    return {"data": ctx.recipe.data.key_dict(), "prompts_sha256": stable_hash(sp),
-            "max_new_tokens": g.max_new_tokens, "batch_size": g.batch_size}
+    key = {"data": ctx.recipe.data.key_dict(), "prompts_sha256": stable_hash(sp),
+           "max_new_tokens": g.max_new_tokens, "batch_size": g.batch_size}
+    if g.train_samples > 1:  # one answer per prompt keys the stage as before
+        key["train_samples"] = {"n": g.train_samples, "temperature": g.sample_temperature, "top_p": g.sample_top_p}
+    return key
 
 
 def prompt_splits(ctx: BuildContext) -> dict[str, list[dict]]:
@@ -144,20 +147,63 @@ def stage_generate(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
     t0 = time.perf_counter()
     rows = generate_answers(model, tok, prompts, cache, settings, tick, log=ctx.log)
     seconds = time.perf_counter() - t0
-    if prog:
-        prog.remove_task(task)
     split_of = {p["id"]: k for k, ps in sp.items() for p in ps}
     template_of = {p["id"]: p.get("template") for ps in sp.values() for p in ps}
+    rows = [{**r, "split": split_of[r["id"]], "template": template_of[r["id"]]} for r in rows]
+    sampled = None
+    if g.train_samples > 1:
+        extra, sampled = _sampled_answers(model, tok, sp["train"], rows, settings, g, ctx, tick)
+        rows += extra
+    if prog:
+        prog.remove_task(task)
     with open(wd / "answers.jsonl", "w", encoding="utf-8") as f:
         for r in rows:
-            f.write(json.dumps({**r, "split": split_of[r["id"]], "template": template_of[r["id"]]}) + "\n")
+            f.write(json.dumps(r) + "\n")
     toks = [r["tokens"] for r in rows]
     return StageOutput({"answers": "answers.jsonl"}, {
         "prompts": len(prompts), "answers": len(rows), "settings": settings, "cache": str(cache),
+        "train_samples": sampled,
         "world_size": dist.rank_world()[1] if dist.active() else 1,
         "mean_answer_tokens": float(np.mean(toks)), "empty_answers": sum(1 for r in rows if not r["answer"]),
         "finished_fraction": float(np.mean([r["finished"] for r in rows])),
         "seconds": seconds, "splits": {k: len(v) for k, v in sp.items()}, "split": split_info})
+
+
+def _sampled_answers(model, tok, train: list[dict], greedy: list[dict], settings: dict, g, ctx: BuildContext,
+                     tick) -> tuple[list[dict], dict]:
+    """generate.train_samples > 1: N-1 more answers to every training prompt, sampled (sample k seeded by k and the
+    batch: `generate._decoding`), each sample's answers cached in a file of its own like the greedy ones (resumable,
+    shared between builds). A sampled answer equal to one already kept for its prompt, or empty, is dropped; the rest
+    are training rows of the prompt's split and template, id `ID#sK` (greedy rows first: the pruning calibration reads
+    the first training sequences, so the cut is the one-answer build's)."""
+    import time
+
+    from edgekd.llm.generate import generate_answers
+
+    t0 = time.perf_counter()
+    kept = {r["id"]: {r["answer"]} for r in greedy if r["split"] == "train"}
+    extra: list[dict] = []
+    dropped = {"duplicate": 0, "empty": 0}
+    files = []
+    template_of = {p["id"]: p.get("template") for p in train}
+    for k in range(1, g.train_samples):
+        sk = {**settings, "decoding": "sampled",
+              "sample": {"temperature": g.sample_temperature, "top_p": g.sample_top_p, "seed": k}}
+        cache = ctx.cache_dir / "generations" / f"{stable_hash(sk)[:20]}.jsonl"
+        files.append(str(cache))
+        ctx.log(f"  sampled answers {k}/{g.train_samples - 1} to {len(train)} training prompts")
+        for r in generate_answers(model, tok, train, cache, sk, tick, log=ctx.log):
+            if not r["answer"]:
+                dropped["empty"] += 1
+            elif r["answer"] in kept[r["id"]]:
+                dropped["duplicate"] += 1
+            else:
+                kept[r["id"]].add(r["answer"])
+                extra.append({**r, "id": f"{r['id']}#s{k}", "prompt_id": r["id"], "sample": k, "split": "train",
+                              "template": template_of[r["id"]]})
+    return extra, {"per_prompt": g.train_samples, "temperature": g.sample_temperature, "top_p": g.sample_top_p,
+                   "asked": (g.train_samples - 1) * len(train), "kept": len(extra), "dropped": dropped,
+                   "seconds": time.perf_counter() - t0, "caches": files}
 
 
 def read_answers(res: StageResult) -> dict[str, list[dict]]:
