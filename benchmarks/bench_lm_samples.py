@@ -4,14 +4,17 @@ prompt instead (`generate.train_samples`: the teacher's greedy answer plus N-1 s
 0.9, duplicates dropped), the prompts, held-out sets and build settings those of the curve's last point (the card at 1
 epoch, fp32, no control, no general text, no quantized teacher). Writes benchmarks/results/lm_samples.json.
 
-    python benchmarks/bench_lm_samples.py                        # 1, 2 and 4 answers per training prompt
-    python benchmarks/bench_lm_samples.py --samples 1 8 --threads 2
+    python benchmarks/bench_lm_samples.py                 # 4, 2 and 1 answers per training prompt, 1 epoch
+    python benchmarks/bench_lm_samples.py --points 1x4    # one more point: 1 answer per prompt, 4 epochs (kept beside
+                                                          # the finished points of lm_samples.json)
 
 Per point: training prompts, answers and answer tokens trained on, held-out-template / in-template / natural-prompt
 agreement with bootstrap intervals, natural-text perplexity ratio, training and sampling seconds; then, beside each
 point, what the distinct-prompt curve's log fit (lm_curve.json, same prompt set) reads at the same number of answers:
 more prompts against more answers per prompt at equal training compute (1 epoch: equal answers, equal steps). The
-fit extrapolates past the curve's last point: it is said so in the file. Every figure is this host's."""
+fit extrapolates past the curve's last point: it is said so in the file. A point KxE is K answers per prompt for E
+epochs: 4x1 and 1x4 take the same training steps, more answers against more passes over the same ones. Every figure
+is this host's."""
 from __future__ import annotations
 
 import argparse
@@ -53,7 +56,8 @@ def distinct_curve(prompts_rel: str) -> dict | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=Path, default=ROOT / "models" / "prompts" / "smollm2-prompts-grown-x3.jsonl")
-    ap.add_argument("--samples", type=int, nargs="+", default=[4, 2, 1], help="answers per training prompt, per point")
+    ap.add_argument("--points", nargs="+", default=["4x1", "2x1", "1x1"],
+                    help="KxE: K answers per training prompt, E epochs (the finished points of the results file kept)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument("--note", action="append", default=[])
@@ -63,11 +67,21 @@ def main() -> None:
     prompts_rel = str(args.prompts.relative_to(ROOT) if args.prompts.is_relative_to(ROOT) else args.prompts)
     curve = distinct_curve(prompts_rel)
     t_all = time.perf_counter()
-    points = []
+    prev_path = RESULTS / "lm_samples.json"
+    prev = json.loads(prev_path.read_text()) if prev_path.is_file() else {}
+    kept = {(q["samples_per_prompt"], q.get("epochs", 1)): q for q in prev.get("points", [])} \
+        if prev.get("prompts") == prompts_rel else {}
+    todo = sorted({tuple(int(v) for v in s.split("x")) for s in args.points}, reverse=True)
+    if not todo or any(k < 1 or e < 1 for k, e in todo):
+        raise SystemExit("--points: KxE with K, E >= 1 (e.g. 4x1 1x4)")
+    points = [q for key, q in kept.items() if key not in todo]
+    for q in points:
+        q.setdefault("epochs", 1)
+        q.setdefault("trained_examples", q["answers"] * q["epochs"])
     # the most samples first: its sampled answers are cached per sample index, so the smaller points reuse them
-    for k in sorted(set(args.samples), reverse=True):
-        out = WORK / "samples" / f"k{k}"
-        cmd = ["build", *curve_args(args.target, args.prompts, 1, [*args.sets, f"generate.train_samples={k}"]),
+    for k, e in todo:
+        out = WORK / "samples" / (f"k{k}" if e == 1 else f"k{k}-e{e}")
+        cmd = ["build", *curve_args(args.target, args.prompts, e, [*args.sets, f"generate.train_samples={k}"]),
                "--out", str(out)]
         load0 = os.getloadavg()[0]
         dt, r = edgekd(*cmd, env=env, check=False)
@@ -77,28 +91,31 @@ def main() -> None:
         gen = json.loads((out / "generate" / "result.json").read_text())["metrics"]
         p["answers"] = p.pop("train_prompts")  # the curve's x: training examples, here several per prompt
         p["train_prompts"] = gen["splits"]["train"]
-        p["samples_per_prompt"] = k
+        p["samples_per_prompt"], p["epochs"] = k, e
+        p["trained_examples"] = p["answers"] * e  # answer sequences passed through training
         p["sampling"] = gen.get("train_samples")
         p["held_out_test"] = p["held_out"]["test"]["agreement"]
         p["natural"] = p["natural_prompts"]["agreement"]
         if curve:
+            # what the distinct-prompt curve (1 epoch) reads at the same training steps
             p["distinct_prompts_log_fit"] = {
-                key: f["a"] + f["b"] * math.log(p["answers"]) for key, f in curve["log_fit"].items()}
-            p["distinct_prompts_extrapolated"] = p["answers"] > curve["largest"]
+                key: f["a"] + f["b"] * math.log(p["trained_examples"]) for key, f in curve["log_fit"].items()}
+            p["distinct_prompts_extrapolated"] = p["trained_examples"] > curve["largest"]
         p |= {"command": "edgekd " + " ".join(cmd), "wall_s": round(dt, 1), "host_load_1min_before": round(load0, 2)}
         points.append(p)
-        print(f"  k={k}: {p['answers']} answers to {p['train_prompts']} prompts, held-out {p['held_out_test']:.4f}, "
+        print(f"  {k}x{e}: {p['answers']} answers to {p['train_prompts']} prompts, held-out {p['held_out_test']:.4f}, "
               f"natural {p['natural']:.4f} ({dt / 60:.1f} min)", flush=True)
-    points.sort(key=lambda q: q["samples_per_prompt"])
+    points.sort(key=lambda q: (q["samples_per_prompt"], q.get("epochs", 1)))
     write("lm_samples", {
-        "prompts": prompts_rel, "epochs": 1, "threads": args.threads, "host_cpu": host_cpu(), "notes": args.note,
+        "prompts": prompts_rel, "threads": args.threads, "host_cpu": host_cpu(),
+        "notes": [*prev.get("notes", []), *args.note] if kept else args.note,
         "target": args.target, "trained_on": compute_device(),
-        "settings": "the curve's: fp32, no control, no general text, no quantized teacher, 1 epoch; held-out sets "
-                    "greedy answers only, the same for every point",
+        "settings": "the curve's: fp32, no control, no general text, no quantized teacher; held-out sets greedy "
+                    "answers only, the same for every point",
         "sampling": next(({k: q["sampling"][k] for k in ("temperature", "top_p")} for q in points if q["sampling"]),
                          None),
         "distinct_prompt_curve": curve, "points": points,
-        "total_seconds": round(time.perf_counter() - t_all, 1)})
+        "total_seconds": round(time.perf_counter() - t_all, 1) + (prev.get("total_seconds") or 0 if kept else 0)})
 
 
 if __name__ == "__main__":
