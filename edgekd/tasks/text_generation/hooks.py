@@ -326,8 +326,9 @@ def report_parts(build_dir: Path, res: dict[str, dict], run: dict):
                 "natural_text": res["natural"]["metrics"].get("natural_text")}
     if d["metrics"].get("general_text"):  # what it trained on to keep it (distill.general_text)
         training["general_text"] = d["metrics"]["general_text"]
+    # train_samples: the sampled answers beside the greedy ones (generate.train_samples > 1), else null
     generation = {k: gen["metrics"].get(k) for k in ("prompts", "answers", "mean_answer_tokens", "finished_fraction",
-                                                     "seconds", "splits", "split")}
+                                                     "seconds", "splits", "split", "train_samples")}
     split_kind = (gen["metrics"].get("split") or {}).get("kind", "shuffle")
     notes = ["accuracy = next-token agreement with the teacher's greedy answers on the test prompts (teacher forcing; "
              + ("held-out templates: no test template or slot word was trained on" if split_kind == "template"
