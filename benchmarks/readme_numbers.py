@@ -1022,6 +1022,74 @@ def prompts_range() -> str:
 GENERATORS["prompts-range"] = prompts_range
 
 
+def lm_samples() -> str:
+    """Several answers per training prompt against more prompts and more epochs (bench_lm_samples.py)."""
+    d = _load_opt("lm_samples.json")
+    if d is None:
+        return "_No measurement yet: run `python benchmarks/bench_lm_samples.py`._\n"
+    pts = d["points"]
+    rows = ["| answers per prompt × epochs | answers (training prompts) | sequences trained | held-out (templates and "
+            "topics) | in-template | natural prompts | natural-text perplexity ratio | training | the distinct-prompt "
+            "curve at as many sequences (log fit) |", "|---|---|---|---|---|---|---|---|---|"]
+    for pt in pts:
+        e = pt.get("epochs", 1)
+        n = pt.get("trained_examples", pt["answers"] * e)
+        fit = pt.get("distinct_prompts_log_fit")
+        rows.append(f"| {pt['samples_per_prompt']} × {e} | {pt['answers']:,} ({pt['train_prompts']:,}) | {n:,} | "
+                    f"{_ci(pt['held_out']['test'])} | {_ci(pt['held_out']['test_in_template'])} | "
+                    f"{_ci(pt['natural_prompts'])} | "
+                    + (f"{pt['natural_text_perplexity_ratio']:.1f}×" if pt.get("natural_text_perplexity_ratio") else "—")
+                    + f" | {pt['train_seconds']:.0f} s | "
+                    + (f"{_pct(fit['held_out_test'])} / {_pct(fit['natural'])} natural"
+                       + (" (extrapolated)" if pt.get("distinct_prompts_extrapolated") else "") if fit else "—") + " |")
+    by = {(p["samples_per_prompt"], p.get("epochs", 1)): p for p in pts}
+    sampled = [p for p in pts if p["samples_per_prompt"] > 1 and p.get("sampling")]
+    lines = [f"Several answers per prompt (`benchmarks/bench_lm_samples.py`, `generate.train_samples`: the teacher's "
+             f"greedy answer, then sampled ones at temperature {d['sampling']['temperature']}, top-p "
+             f"{d['sampling']['top_p']}; one equal to an answer kept for its prompt dropped), on the curve's set and "
+             f"held-out split, {d['settings']}:\n\n" + "\n".join(rows)] if d.get("sampling") else \
+        [f"Several answers per prompt (`benchmarks/bench_lm_samples.py`), {d['settings']}:\n\n" + "\n".join(rows)]
+    say = []
+    one = by.get((1, 1))
+    if one is not None and sampled:
+        best = max((p for p in sampled if p.get("epochs", 1) == 1), key=lambda p: p["samples_per_prompt"], default=None)
+        if best is not None:
+            g = 100 * (best["held_out_test"] - one["held_out_test"])
+            gn = 100 * (best["natural"] - one["natural"])
+            sm = best["sampling"]
+            say.append(f"{best['samples_per_prompt']} answers per prompt against 1, one epoch each: held-out "
+                       f"{_pts(g)}, natural prompts {_pts(gn)} ({sm['kept']:,} sampled answers kept of {sm['asked']:,}; "
+                       f"the teacher took {sm['seconds'] / 60:.0f} min to sample them)")
+            fit = best.get("distinct_prompts_log_fit")
+            if fit:
+                say.append(f"the distinct-prompt curve's log fit reads {_pct(fit['held_out_test'])} held-out at as many "
+                           "training sequences" + (" (an extrapolation past its last point)"
+                                                    if best.get("distinct_prompts_extrapolated") else "")
+                           + ": sampled answers to the same prompts bought "
+                           + ("as much as" if abs(100 * (best["held_out_test"] - fit["held_out_test"])) < 1 else
+                              "more than" if best["held_out_test"] > fit["held_out_test"] else "less than")
+                           + " new prompts are read to buy")
+        for k in sorted({p["samples_per_prompt"] for p in sampled}, reverse=True):
+            a, b = by.get((k, 1)), by.get((1, k))
+            if a is not None and b is not None:  # equal training steps: more answers against more passes
+                g = 100 * (a["held_out_test"] - b["held_out_test"])
+                say.append(f"at equal training steps, {k} answers per prompt for 1 epoch against 1 answer for {k} "
+                           f"epochs: held-out {_pct(a['held_out_test'])} vs {_pct(b['held_out_test'])} ({_pts(g)}), "
+                           f"natural prompts {_pct(a['natural'])} vs {_pct(b['natural'])}, in-template "
+                           f"{_pct(a['held_out']['test_in_template']['agreement'])} vs "
+                           f"{_pct(b['held_out']['test_in_template']['agreement'])}")
+                break
+    goals = [p for p in pts if p["held_out_test"] >= 0.55 and p["natural"] >= 0.45]
+    say.append("issue #28's goals (held-out ≥ 55%, natural prompts ≥ 45%): "
+               + ("reached by " + ", ".join(f"{p['samples_per_prompt']} × {p.get('epochs', 1)}" for p in goals)
+                  if goals else f"not reached by any point (best held-out {_pct(max(p['held_out_test'] for p in pts))})"))
+    lines.append("Read: " + "; ".join(say) + ".")
+    return "\n\n".join(lines) + "\n\n" + _source("lm_samples.json", d, "; " + d["notes"][0] if d.get("notes") else "")
+
+
+GENERATORS["lm-samples"] = lm_samples
+
+
 def lm_kd_seeds() -> str:
     """Logit KD against the answers-only control, per seed (bench_lm_kd_seeds.py)."""
     d = _load_opt("lm_kd_seeds.json")
