@@ -26,6 +26,11 @@ from edgekd.errors import DataError, StageError
 SHIPPED = "smollm2-prompts-grown-x3.jsonl"
 # a prompt's "group" (e.g. the seed topic a teacher-written request came from) is read as the template GROUP + name
 GROUP = "group:"
+# What an answer row holds, in the settings that name a cache file: "ids", the teacher's own answer tokens beside its
+# text (decoded without the tokenizer's clean-up, for reading). Training and scoring read the ids: a re-encoding of the
+# text is not what the teacher generated (SmolLM2's "\n\n" token comes back as two "\n", and the clean-up turned
+# "of 'strong'" into "of'strong'"), so the teacher scored against its own answers fell short of 100%.
+ROWS = "ids"
 
 
 def shipped_prompts() -> Path:
@@ -275,8 +280,9 @@ def _answer_batches(model, tok, batches: list[list[dict]], out: Path, settings: 
                 finished = cut is not None
                 ans = ans[:cut] if finished else ans
                 # an empty answer is recorded (so a resume does not ask again) and skipped by training
-                text = tok.decode(ans, skip_special_tokens=True).strip()
-                row = {"id": p["id"], "prompt": p["prompt"], "answer": text, "tokens": len(ans), "finished": finished}
+                text = tok.decode(ans, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()
+                row = {"id": p["id"], "prompt": p["prompt"], "answer": text, "ids": ans, "tokens": len(ans),
+                       "finished": finished}
                 lines.append(json.dumps(row) + "\n")
                 rows.append(row)
             f.write("".join(lines))  # one write per batch, fsynced: a kill tears at most the last line

@@ -146,10 +146,11 @@ def teacher_instructions(model, tok, topics: list[str], out: Path, teacher_id: s
     (in `out`); `samples` > 1 draws samples - 1 more per request (temperature / top_p, seeded: the same draws on a
     rerun) into `out`'s `.sampled` sibling, ids `<request id>~<k>`: the scale a larger prompt set needs (a GPU host's
     run) from the same seed topics."""
-    from edgekd.llm.generate import generate_answers
+    from edgekd.llm.generate import ROWS, generate_answers
 
     metas = meta_prompts(topics, kinds)
-    base = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "kind": "self-instruct", "teacher": teacher_id}
+    base = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "kind": "self-instruct", "teacher": teacher_id,
+            "rows": ROWS}
     rows = generate_answers(model, tok, [{"id": m["id"], "prompt": m["prompt"]} for m in metas], out, base,
                             progress=progress)
     by_id = {r["id"]: r for r in rows}

@@ -34,7 +34,9 @@ def build_examples(tok, rows: list[dict], max_length: int, end_id: int) -> list[
         if not r["answer"]:
             continue
         p = chat_ids(tok, r["prompt"])
-        a = tok(r["answer"], add_special_tokens=False)["input_ids"] + [end_id]
+        # the teacher's own tokens (generate.ROWS); a row without them (an older cache) re-encodes its text
+        a = (list(r["ids"]) if r.get("ids") is not None else tok(r["answer"], add_special_tokens=False)["input_ids"]) \
+            + [end_id]
         ids = (p + a)[:max_length]
         if len(ids) > len(p):
             out.append(Example(ids, len(p)))

@@ -288,6 +288,40 @@ def test_generation_resumes_after_a_kill(smol, tmp_path):
 
 
 @needs_smollm2
+def test_training_examples_hold_the_teachers_own_tokens(smol, tmp_path):
+    """An answer row keeps the tokens the teacher generated, and the examples read them (not a re-encoding of the
+    text): teacher-forced on its own greedy answers, the teacher's argmax is its next token at every answer position."""
+    import torch
+
+    from edgekd.llm import sequences as S
+    from edgekd.llm.generate import ROWS, chat_ids, generate_answers
+    from edgekd.llm.models import answer_ids, load_causal_lm
+
+    folder, tok, _ = smol
+    model, _ = load_causal_lm(folder)
+    prompts = [{"id": "a", "prompt": "List three fruits, one per paragraph."},
+               {"id": "b", "prompt": "What is the opposite of 'strong'?"},
+               {"id": "c", "prompt": "Give two tips for sleeping well, as a numbered list."}]
+    rows = generate_answers(model, tok, prompts, tmp_path / "a.jsonl",
+                            {"teacher": "t", "max_new_tokens": 40, "batch_size": 1, "rows": ROWS})
+    _, end_id, pad = answer_ids(tok, model)
+    for r in rows:
+        assert r["tokens"] == len(r["ids"]) and tok.decode(r["ids"], skip_special_tokens=True).strip() == r["answer"]
+    ex = S.build_examples(tok, rows, 256, end_id)
+    for r, e in zip(rows, ex):
+        assert e.ids == chat_ids(tok, r["prompt"]) + r["ids"] + [end_id]
+    # SmolLM2 writes "\n\n" as one token; its text re-encoded gives two: the case the ids are kept for
+    assert any(tok(r["answer"], add_special_tokens=False)["input_ids"] != r["ids"] for r in rows)
+    misses = 0
+    with torch.no_grad():
+        for e in ex:
+            logits = model(torch.tensor([e.ids])).logits[0]
+            pred = logits[e.start - 1:len(e.ids) - 2].argmax(-1).tolist()  # each answer token but the appended end
+            misses += sum(p != t for p, t in zip(pred, e.ids[e.start:-1]))
+    assert misses <= 1  # a float tie between cached decoding and a full forward pass at most
+
+
+@needs_smollm2
 def test_sampled_training_answers_are_new_seeded_and_cached(smol, tmp_path):
     """generate.train_samples: N-1 sampled answers per training prompt, none equal to an answer kept for its prompt,
     each sample seeded apart, read back from its cache (no generation) by the next build."""

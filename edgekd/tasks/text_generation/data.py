@@ -118,7 +118,7 @@ def _train_subset(splits: dict[str, list[dict]], info: dict, d: Any) -> tuple[di
 def stage_generate(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -> StageOutput:
     import time
 
-    from edgekd.llm.generate import generate_answers
+    from edgekd.llm.generate import ROWS, generate_answers
     from edgekd.llm.models import load_causal_lm
     from edgekd.llm.parallel import train_device
 
@@ -129,7 +129,7 @@ def stage_generate(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) 
     # one answers file per teacher and decoding settings, resumed per prompt: a larger prompt set
     # (or another subset of it) reuses every answer already generated
     settings = {"teacher": info["hash"], "max_new_tokens": g.max_new_tokens, "batch_size": g.batch_size,
-                "decoding": "greedy"}
+                "decoding": "greedy", "rows": ROWS}
     cache = ctx.cache_dir / "generations" / f"{stable_hash(settings)[:20]}.jsonl"
     cache.parent.mkdir(parents=True, exist_ok=True)
     from edgekd import dist
