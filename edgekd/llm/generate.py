@@ -6,7 +6,8 @@ written for this project, `smollm2-prompts.jsonl`, and 600 more of the same kind
 followed by 460 questions the teacher wrote from seed topics and 225 arithmetic and reasoning problems
 (`benchmarks/grow_llm_prompts.py`). Answers are
 generated greedily (or sampled, seeded per batch: settings["sample"]) in batches (left padding) and appended
-to a JSONL file whose first line holds the settings and the teacher hash; after a kill the next run keeps the finished answers and
+to a JSONL file, each row the answer's text and the teacher's own tokens (`ROWS`), whose first line holds the settings
+and the teacher hash; after a kill the next run keeps the finished answers and
 generates only the rest. An answer is kept per prompt (same id, same text), so adding prompts to a
 set extends its cache instead of starting over. Builds sharing the file take its lock for the
 whole pass (`fsio.cache_lock`): one generates, the other waits and then reuses the answers.
