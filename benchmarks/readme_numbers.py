@@ -1057,18 +1057,23 @@ def lm_samples() -> str:
             g = 100 * (best["held_out_test"] - one["held_out_test"])
             gn = 100 * (best["natural"] - one["natural"])
             sm = best["sampling"]
+            r0, r1 = one.get("natural_text_perplexity_ratio"), best.get("natural_text_perplexity_ratio")
             say.append(f"{best['samples_per_prompt']} answers per prompt against 1, one epoch each: held-out "
                        f"{_pts(g)}, natural prompts {_pts(gn)} ({sm['kept']:,} sampled answers kept of {sm['asked']:,}; "
-                       f"the teacher took {sm['seconds'] / 60:.0f} min to sample them)")
+                       f"the teacher took {sm['seconds'] / 60:.0f} min to sample them)"
+                       + (f", the natural-text perplexity ratio {r0:.1f}× → {r1:.1f}× (no general text in these builds)"
+                          if r0 and r1 else ""))
             fit = best.get("distinct_prompts_log_fit")
             if fit:
-                say.append(f"the distinct-prompt curve's log fit reads {_pct(fit['held_out_test'])} held-out at as many "
-                           "training sequences" + (" (an extrapolation past its last point)"
-                                                    if best.get("distinct_prompts_extrapolated") else "")
+                def than(got: float, read: float) -> str:
+                    return ("as much as" if abs(100 * (got - read)) < 1 else "more than" if got > read else "less than")
+                say.append(f"the distinct-prompt curve's log fit reads {_pct(fit['held_out_test'])} held-out and "
+                           f"{_pct(fit['natural'])} natural at as many training sequences"
+                           + (" (an extrapolation past its last point)" if best.get("distinct_prompts_extrapolated")
+                              else "")
                            + ": sampled answers to the same prompts bought "
-                           + ("as much as" if abs(100 * (best["held_out_test"] - fit["held_out_test"])) < 1 else
-                              "more than" if best["held_out_test"] > fit["held_out_test"] else "less than")
-                           + " new prompts are read to buy")
+                           + than(best["held_out_test"], fit["held_out_test"]) + " new prompts are read to buy on "
+                           "held-out templates, " + than(best["natural"], fit["natural"]) + " on natural prompts")
         for k in sorted({p["samples_per_prompt"] for p in sampled}, reverse=True):
             a, b = by.get((k, 1)), by.get((1, k))
             if a is not None and b is not None:  # equal training steps: more answers against more passes
