@@ -1082,7 +1082,10 @@ def lm_samples() -> str:
                            f"epochs: held-out {_pct(a['held_out_test'])} vs {_pct(b['held_out_test'])} ({_pts(g)}), "
                            f"natural prompts {_pct(a['natural'])} vs {_pct(b['natural'])}, in-template "
                            f"{_pct(a['held_out']['test_in_template']['agreement'])} vs "
-                           f"{_pct(b['held_out']['test_in_template']['agreement'])}")
+                           f"{_pct(b['held_out']['test_in_template']['agreement'])}"
+                           + (f", natural-text perplexity ratio {a['natural_text_perplexity_ratio']:.1f}× vs "
+                              f"{b['natural_text_perplexity_ratio']:.1f}×" if a.get("natural_text_perplexity_ratio")
+                              and b.get("natural_text_perplexity_ratio") else ""))
                 break
     goals = [p for p in pts if p["held_out_test"] >= 0.55 and p["natural"] >= 0.45]
     say.append("issue #28's goals (held-out ≥ 55%, natural prompts ≥ 45%): "
