@@ -57,7 +57,8 @@ class CharTok:
     def __call__(self, text: str) -> dict[str, list[int]]:
         return {"input_ids": [10 + ord(c) % 26 for c in text]}
 
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+    def decode(self, ids: list[int], skip_special_tokens: bool = True,
+               clean_up_tokenization_spaces: bool | None = None) -> str:  # as a Hugging Face tokenizer takes them
         return "".join(chr(97 + (i - 10) % 26) for i in ids if i >= 10)
 
 
