@@ -1092,7 +1092,17 @@ def lm_samples() -> str:
                + ("reached by " + ", ".join(f"{p['samples_per_prompt']} × {p.get('epochs', 1)}" for p in goals)
                   if goals else f"not reached by any point (best held-out {_pct(max(p['held_out_test'] for p in pts))})"))
     lines.append("Read: " + "; ".join(say) + ".")
-    return "\n\n".join(lines) + "\n\n" + _source("lm_samples.json", d, "; " + d["notes"][0] if d.get("notes") else "")
+    out = "\n\n".join(lines) + "\n\n" + _source("lm_samples.json", d, "; " + d["notes"][0] if d.get("notes") else "")
+    ids = _load_opt("lm_curve_ids.json")
+    if ids and one is not None and ids.get("points"):  # the 1 x 1 point again, answers as the teacher's own tokens
+        q = ids["points"][-1]
+        out += ("\n\nThese builds scored and trained on the answers' text re-encoded, which is not always what the "
+                "teacher generated (SmolLM2's \"\\n\\n\" token comes back as two); answers now keep the teacher's own "
+                f"tokens. The 1 × 1 point again on them: held-out {_ci(q['held_out']['test'])} (was "
+                f"{_pct(one['held_out_test'])}), natural prompts {_ci(q['natural_prompts'])} (was {_pct(one['natural'])}),"
+                f" the teacher against its own answers {_pct(q['teacher_held_out']['test'])} on the test set (was "
+                f"{_pct(one['teacher_held_out']['test'])}).\n\n" + _source("lm_curve_ids.json", ids))
+    return out
 
 
 GENERATORS["lm-samples"] = lm_samples
