@@ -88,6 +88,19 @@ def slope(points: list[dict], key: str) -> dict:
 GOALS = {"held_out_test": 0.55, "natural": 0.45}  # issue #28's goals for held-out-template and natural-prompt agreement
 
 
+def log_fit(points: list[dict], key: str) -> tuple[float, float]:
+    """(a, b) of agreement = a + b ln(answers), least squares over the points (b = 0 where they share one x)."""
+    import math
+
+    xs = [math.log(p["train_prompts"]) for p in points]
+    ys = [p[key] for p in points]
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
+    return my - b * mx, b
+
+
 def reach(points: list[dict], key: str, goal: float) -> dict:
     """How many training answers the goal would take, read off the curve two ways: the log fit (agreement = a + b ln N,
     least squares over the points: each doubling of the answers adds the same points, the usual shape of a learning
@@ -95,23 +108,18 @@ def reach(points: list[dict], key: str, goal: float) -> dict:
     past the last point; `None` where a curve does not rise."""
     import math
 
-    xs = [math.log(p["train_prompts"]) for p in points]
     ys = [p[key] for p in points]
-    n = len(xs)
     out: dict = {"goal": goal, "at_last_point": ys[-1], "last_point_answers": points[-1]["train_prompts"]}
-    if n < 2:
+    if len(points) < 2:
         return out | {"log_fit_answers": None, "linear_last_two_answers": None}
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
-    a = my - b * mx
+    a, b = log_fit(points, key)
     per_doubling = b * math.log(2)
-    log_fit = math.exp((goal - a) / b) if b > 0 else None
+    at_goal = math.exp((goal - a) / b) if b > 0 else None
     dx = points[-1]["train_prompts"] - points[-2]["train_prompts"]
     step = (ys[-1] - ys[-2]) / dx if dx else 0.0
     linear = points[-1]["train_prompts"] + (goal - ys[-1]) / step if step > 0 else None
     return out | {"log_fit": {"a": a, "b": b, "points_per_doubling": 100 * per_doubling},
-                  "log_fit_answers": None if log_fit is None else round(max(log_fit, points[-1]["train_prompts"])),
+                  "log_fit_answers": None if at_goal is None else round(max(at_goal, points[-1]["train_prompts"])),
                   "linear_last_two_answers": None if linear is None else round(max(linear, points[-1]["train_prompts"]))}
 
 

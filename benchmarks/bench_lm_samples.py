@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from _common import RESULTS, ROOT, compute_device, edgekd, host_cpu, write
-from bench_lm_curve import WORK, curve_args, read_point
+from bench_lm_curve import WORK, curve_args, log_fit, read_point
 
 
 def distinct_curve(prompts_rel: str) -> dict | None:
@@ -37,16 +37,8 @@ def distinct_curve(prompts_rel: str) -> dict | None:
     cur = json.loads(p.read_text())
     for c in [cur, *cur.get("superseded", [])]:
         if c.get("prompts") == prompts_rel and c.get("epochs") == 1:
-            fits = {}
-            for key in ("held_out_test", "natural"):
-                xs = [math.log(q["train_prompts"]) for q in c["points"]]
-                ys = [q[key] for q in c["points"]]
-                n = len(xs)
-                if n < 2:
-                    continue
-                mx, my = sum(xs) / n, sum(ys) / n
-                b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-                fits[key] = {"a": my - b * mx, "b": b}
+            fits = {key: dict(zip("ab", log_fit(c["points"], key))) for key in ("held_out_test", "natural")} \
+                if len(c["points"]) >= 2 else {}
             return {"created": c.get("created"), "points": [{k: q[k] for k in ("train_prompts", "held_out_test", "natural")}
                                                             for q in c["points"]], "log_fit": fits,
                     "largest": max(q["train_prompts"] for q in c["points"])}
