@@ -7,6 +7,10 @@
 # machine.
 #
 #   OUT=/tmp/lm bash benchmarks/device_lm_curve.sh [grow|curve|all] [SAMPLES] [EPOCHS] [POINTS...]
+#   SETS="generate.train_samples=4 distill.epochs=1" OUT=/tmp/lm bash benchmarks/device_lm_curve.sh curve
+#
+# SETS: recipe overrides (space-separated key=value) passed to every curve build as --set, e.g. the sampled answers
+# per training prompt that benchmarks/results/lm_samples.json measured on the CPU.
 #
 # Runs from the repository root with edgekd's dependencies importable (python3, or PY=...). Writes into $OUT:
 #   env.txt                  nvidia-smi, torch and its CUDA device
@@ -42,9 +46,11 @@ fi
 if [ "$PHASE" = curve ] || [ "$PHASE" = all ]; then
   [ -f "$PROMPTS" ] || { echo "no $PROMPTS: run the grow phase first"; exit 2; }
   t0=$SECONDS
+  SET_ARGS=(--set generate.batch_size=64)
+  for s in ${SETS:-}; do SET_ARGS+=(--set "$s"); done
   # shellcheck disable=SC2086  # POINTS is a list
   $PY benchmarks/bench_lm_curve.py --prompts "$PROMPTS" --points $POINTS --epochs "$EPOCHS" --threads "$(nproc)" \
-    --results lm_curve-cuda --set generate.batch_size=64 \
+    --results lm_curve-cuda "${SET_ARGS[@]}" \
     --note "GPU host: teacher generation and training on the GPU, fp32 ONNX profiled on the CPU target" | tail -20
   echo "== curve: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s"
   cp benchmarks/results/lm_curve-cuda.json "$OUT/" 2>/dev/null

@@ -18,7 +18,7 @@ done
 """
 
 
-def _run(tmp_path, *args):
+def _run(tmp_path, *args, **extra_env):
     repo = tmp_path / "repo"
     (repo / "benchmarks").mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "benchmarks" / "device_lm_curve.sh", repo / "benchmarks")
@@ -28,7 +28,7 @@ def _run(tmp_path, *args):
     log = tmp_path / "log.txt"
     log.unlink(missing_ok=True)
     env = {**os.environ, "PY": str(py), "LOG": str(log), "OUT": str(tmp_path / "out"),
-           "EDGEKD_BENCH_WORK": str(tmp_path / "work"), "EDGEKD_CACHE": str(tmp_path / "cache")}
+           "EDGEKD_BENCH_WORK": str(tmp_path / "work"), "EDGEKD_CACHE": str(tmp_path / "cache"), **extra_env}
     r = subprocess.run(["bash", "benchmarks/device_lm_curve.sh", *args], cwd=repo, env=env, capture_output=True,
                        text=True, timeout=60)
     calls = [ln.split() for ln in log.read_text().splitlines()] if log.is_file() else []
@@ -66,3 +66,14 @@ def test_a_phase_alone_with_its_own_samples_epochs_and_points(tmp_path):
 def test_the_curve_without_a_grown_set_stops_with_exit_2(tmp_path):
     r, calls, _ = _run(tmp_path, "curve", "5")
     assert r.returncode == 2 and not calls and "run the grow phase first" in r.stdout
+
+
+def test_sets_reach_every_curve_build_beside_the_gpu_batch(tmp_path):
+    _run(tmp_path, "grow", "2")
+    r, calls, _ = _run(tmp_path, "curve", "2", SETS="generate.train_samples=4 distill.epochs=1")
+    assert r.returncode == 0, r.stderr
+    (curve,) = calls
+    sets = [curve[i + 1] for i, a in enumerate(curve) if a == "--set"]
+    assert sets == ["generate.batch_size=64", "generate.train_samples=4", "distill.epochs=1"]
+    r, calls, _ = _run(tmp_path, "curve", "2")  # no SETS: the GPU batch only
+    assert [curve[i + 1] for curve in calls for i, a in enumerate(curve) if a == "--set"] == ["generate.batch_size=64"]
