@@ -399,7 +399,7 @@ def main() -> None:
             "agreement_gain_points": None if not ctrl else 100 * (d["test"]["agreement"] - ctrl["test"]["agreement"]),
             "perplexity_ratio_control_over_student": None if not ctrl else ctrl["test"]["perplexity"] / d["test"]["perplexity"],
         },
-        "history": d["history"],
+        "history": d["history"], "best_epoch": d.get("best_epoch"),
         "curve": curve(d),
         "notes": rep["notes"],
         "build_threads": int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS") else None,
@@ -430,7 +430,8 @@ def main() -> None:
         same_build = x is not None and args.reuse_extras  # a re-summary of the build llm.json already holds
         out["superseded"] = sup if same_build else [
             {k: old.get(k) for k in ("created", "student_arch", "student_params", "generation", "models",
-                                     "seqkd_vs_control", "sets", "losses", "curve")}, *sup]
+                                     "seqkd_vs_control", "sets", "losses", "curve", "best_epoch", "held_out",
+                                     "held_out_goals")}, *sup]
         if "student_comparison" in old and not args.quick:  # made by --compare-students, not by a build: kept
             out["student_comparison"] = old["student_comparison"]
     # this build is the newest: build_created/superseded_note (which said the build was older) do not apply

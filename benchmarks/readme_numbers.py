@@ -451,6 +451,25 @@ def _vocab_perplexity(models: list[dict], seen: dict, vocab_head: dict | None = 
             "those tokens for speed.")
 
 
+def _against_previous_build(d: dict, prev: dict) -> str:
+    """The card's build against the one before it on the same prompts and split (llm.json's superseded[0]): what
+    its recipe change bought on each held-out set."""
+    def recipe(x: dict) -> str:
+        ts = (x.get("generation") or {}).get("train_samples")
+        return (f"{ts['per_prompt'] if ts else 1} answer{'s' if ts else ''} per training prompt, "
+                f"{x['losses']['epochs']} epochs")
+
+    h, ph = d["held_out"]["student"], prev["held_out"]["student"]
+    bits = [f"{k} {_pct(ph[k]['agreement'])} → {_pct(h[k]['agreement'])} ({_pts(100 * (h[k]['agreement'] - ph[k]['agreement']))})"
+            for k in ("held-out-template", "natural-prompts", "in-template") if k in h and k in ph]
+    r0 = ((prev.get("held_out_goals") or {}).get("natural_text_perplexity_ratio") or {}).get("value")
+    r1 = ((d.get("held_out_goals") or {}).get("natural_text_perplexity_ratio") or {}).get("value")
+    if r0 and r1:
+        bits.append(f"natural-text perplexity ratio {r0:.1f}× → {r1:.1f}×")
+    return (f"Against the card's build before it ({prev['created'][:10]}: {recipe(prev)}; the same prompts and split), "
+            f"this build ({recipe(d)}): " + ", ".join(bits) + " — the student's agreement with the teacher's next token.")
+
+
 def llm_build() -> str:
     """smollm2-seqkd: the card's own full build (bench_llm.py --extras): every model it made, the teacher on
     onnxruntime beside them, and the goals for the selected student."""
@@ -491,8 +510,14 @@ def llm_build() -> str:
     gt = d.get("general_text")
     general = (f", plus {gt['weight']:g} × token-level KD on {gt['samples']:,} general-text snippets ({gt['tokens']:,} "
                f"tokens, top-{gt['top_k']})" if gt else ", no general text")
+    ts = gen.get("train_samples")
+    answers = (f", {ts['per_prompt']} answers per training prompt (the greedy one and {ts['kept']:,} sampled at "
+               f"temperature {ts['temperature']:g}, top-p {ts['top_p']:g}, of {ts['asked']:,} asked; the teacher took "
+               f"{ts['seconds'] / 60:.0f} min to sample them)" if ts else "")
+    best = d.get("best_epoch")
+    epochs = f"{lo['epochs']} epochs" + (f" (the best on validation: epoch {best})" if best else "")
     lines += ["", f"The card as shipped: {gen['prompts']} prompts ({gen['splits']['train']} train, {gen['splits']['val']} "
-                  f"validation, {gen['splits']['test']} test), {lo['epochs']} epochs, {lo['soft']} soft_label (T="
+                  f"validation, {gen['splits']['test']} test){answers}, {epochs}, {lo['soft']} soft_label (T="
                   f"{lo['temperature']:g}, top-{lo['top_k']}) + {lo['hard']} hard_label{general}; the build took "
                   f"{took}. "
                   f"Against its control ({control}): {_pct(c['student_test']['agreement'])} vs "
@@ -519,6 +544,9 @@ def llm_build() -> str:
                       f"training templates' held-out prompts (in-template recall) {fig('student', 'in-template')}"
                       f"{natural}; the teacher against its own answers {fig('teacher', 'held-out-template')} (95% "
                       "bootstrap intervals over prompts). Issue 28's goals for the student: " + "; ".join(hb) + "."]
+        prev = next(iter(d.get("superseded") or []), None)
+        if prev and prev.get("held_out") and (prev.get("generation") or {}).get("splits") == gen["splits"]:
+            lines += ["", _against_previous_build(d, prev)]
         c_ho = (h.get("control") or {}).get("held-out-template")
         if c_ho:
             gain = 100 * (h["student"]["held-out-template"]["agreement"] - c_ho["agreement"])

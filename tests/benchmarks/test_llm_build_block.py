@@ -1,0 +1,50 @@
+"""The README's llm-build block (readme_numbers.llm_build) on the card's build: the answers per training prompt and
+the epoch chosen on validation, and what the recipe change bought against the build before it."""
+import copy
+import json
+
+from tests.conftest import ROOT
+
+
+def _render(readme_numbers, tmp_path, monkeypatch, d: dict) -> str:
+    results = tmp_path / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "llm.json").write_text(json.dumps(d))
+    monkeypatch.setattr(readme_numbers, "RESULTS", results)
+    return readme_numbers.llm_build()
+
+
+def _shift(held_out: dict, by: float) -> dict:
+    out = copy.deepcopy(held_out)
+    for split in out["student"].values():
+        split["agreement"] += by
+    return out
+
+
+def test_the_build_says_its_samples_best_epoch_and_what_they_bought(readme_numbers, tmp_path, monkeypatch):
+    d = json.loads((ROOT / "benchmarks" / "results" / "llm.json").read_text())
+    prev = {**{k: copy.deepcopy(d[k]) for k in ("created", "generation", "losses", "held_out", "held_out_goals")},
+            "created": "2026-01-01T00:00:00Z"}
+    prev["generation"].pop("train_samples", None)
+    prev["losses"]["epochs"] = 4
+    now = copy.deepcopy(d)
+    now["generation"]["train_samples"] = {"per_prompt": 4, "temperature": 0.7, "top_p": 0.9, "asked": 2262,
+                                          "kept": 2250, "seconds": 2640.0}
+    now["losses"]["epochs"], now["best_epoch"] = 2, 1
+    now["held_out"] = _shift(d["held_out"], 0.03)
+    now["superseded"] = [prev]
+    text = _render(readme_numbers, tmp_path, monkeypatch, now)
+    assert "4 answers per training prompt (the greedy one and 2,250 sampled at temperature 0.7, top-p 0.9" in text
+    assert "2 epochs (the best on validation: epoch 1)" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("Against the card's build before it"))
+    assert "(2026-01-01: 1 answer per training prompt, 4 epochs" in line and "this build (4 answers" in line
+    held = d["held_out"]["student"]["held-out-template"]["agreement"]
+    assert f"held-out-template {100 * held:.1f}% → {100 * (held + 0.03):.1f}% (+3.00 pt)" in line
+    # a build before it on another split is not compared
+    prev["generation"]["splits"] = {**prev["generation"]["splits"], "train": 1}
+    assert "Against the card's build before it" not in _render(readme_numbers, tmp_path, monkeypatch, now)
+    # one answer per prompt, no best epoch recorded: the sentence says neither
+    d.pop("superseded", None)
+    d["generation"].pop("train_samples", None)
+    text = _render(readme_numbers, tmp_path, monkeypatch, d)
+    assert "answers per training prompt" not in text and "best on validation" not in text
