@@ -414,7 +414,8 @@ def _decode_compute(dc: dict, goals: dict, models: list[dict] | None = None) -> 
     return text
 
 
-def _vocab_line(models: list[dict] | None = None, vocab_head: dict | None = None) -> str | None:
+def _vocab_line(models: list[dict] | None = None, vocab_head: dict | None = None, build_created: str | None = None
+                ) -> str | None:
     """What a head over the tokens seen in training keeps (bench_lm_vocab.py on a build), when measured; and why a
     shipped -vocab candidate's perplexity is what it is."""
     v = _load_opt("lm_vocab.json")
@@ -427,7 +428,10 @@ def _vocab_line(models: list[dict] | None = None, vocab_head: dict | None = None
                       f"{_pct(r['agreement']['natural prompts'])} natural-prompt, "
                       f"{r['student_macs'] / 1e6:.1f}M multiply-accumulates per token ({r['macs_ratio_vs_teacher']:.2f}x "
                       "fewer than the teacher's)")
-    return (f"A head over fewer tokens (`benchmarks/bench_lm_vocab.py` on the card's build, the trained student's head "
+    # lm_vocab.json measured an earlier build of the card when it is older than the build the block shows
+    which = (f"the card's build before this one (lm_vocab.json, {v['created'][:10]})"
+             if build_created and v.get("created", "") < build_created else "the card's build")
+    return (f"A head over fewer tokens (`benchmarks/bench_lm_vocab.py` on {which}, the trained student's head "
             f"trimmed after training): the {seen['kept']:,} of {v['vocab']:,} tokens seen in training cover "
             f"{_pct(seen['coverage']['held-out templates'])} of the teacher's held-out-template answer tokens and give "
             f"{part(seen)}, against {part(whole)} with the whole head; the {small['kept']:,} most frequent alone give "
@@ -564,7 +568,7 @@ def llm_build() -> str:
         lines += ["", _distill_vs_quantize(dq)]
     if d.get("decode_compute"):
         lines += ["", _decode_compute(d["decode_compute"], g, d.get("models"))]
-        vocab = _vocab_line(d.get("models"), d.get("vocab_head"))
+        vocab = _vocab_line(d.get("models"), d.get("vocab_head"), d.get("created"))
         if vocab:
             lines += ["", vocab]
     kept = [(x["variant"], x["kept_fp32_nodes"]) for x in d.get("candidates", []) if x.get("kept_fp32_nodes")]
@@ -581,8 +585,27 @@ def llm_build() -> str:
                       "its `int8-weight` and `int4-weight` rows were timed as NNCF writes them (a dequantization of every "
                       "weight on every token); what they decode at now is under *Weight-only candidates on onnxruntime* "
                       "below, and the card's next build times them so."]
+    slower = _teacher_timing_against_previous(d)
+    if slower:
+        lines += ["", slower]
     notes = "".join(f"; {n}" for n in d.get("run_notes", []))
     return "\n".join(lines) + "\n\n" + _source("llm.json", d, notes)
+
+
+def _teacher_timing_against_previous(d: dict) -> str | None:
+    """The teacher's FP32 ONNX is the same graph in every build of the card: when its tokens/s moved by more than 10%
+    against the build before, the host ran differently, and tokens/s compare within one build only."""
+    prev = next(iter(d.get("superseded") or []), None)
+    row = lambda ms: next((m for m in ms or [] if m["model"] == "teacher/fp32"), None)  # noqa: E731
+    now, then = row(d.get("models")), row((prev or {}).get("models"))
+    if not now or not then or not now.get("tokens_per_s") or not then.get("tokens_per_s"):
+        return None
+    r = now["tokens_per_s"] / then["tokens_per_s"]
+    if abs(r - 1) <= 0.10:
+        return None
+    return (f"The teacher's FP32 ONNX (the same graph in both builds) decoded {now['tokens_per_s']:.1f} tokens/s in this "
+            f"build against {then['tokens_per_s']:.1f} in the build before ({r:.2f}×) on this host: tokens/s and their "
+            "ratios compare within one build, not across builds.")
 
 
 GENERATORS: dict[str, Callable[[], str]] = {"fashion-cnn": fashion_cnn, "minilm-sentiment": minilm_sentiment,

@@ -45,6 +45,18 @@ def test_the_build_says_its_samples_best_epoch_and_what_they_bought(readme_numbe
     assert "Against the card's build before it" not in _render(readme_numbers, tmp_path, monkeypatch, now)
     # one answer per prompt, no best epoch recorded: the sentence says neither
     d.pop("superseded", None)
+    d.pop("best_epoch", None)
     d["generation"].pop("train_samples", None)
     text = _render(readme_numbers, tmp_path, monkeypatch, d)
     assert "answers per training prompt" not in text and "best on validation" not in text
+
+
+def test_a_teacher_timing_that_moved_between_builds_is_said(readme_numbers, tmp_path, monkeypatch):
+    d = json.loads((ROOT / "benchmarks" / "results" / "llm.json").read_text())
+    prev = {"created": "2026-01-01T00:00:00Z", "models": copy.deepcopy(d["models"])}
+    d["superseded"] = [prev]
+    assert "the same graph in both builds" not in _render(readme_numbers, tmp_path, monkeypatch, d)
+    t = next(m for m in prev["models"] if m["model"] == "teacher/fp32")
+    t["tokens_per_s"] *= 1.25  # the build before decoded faster: this host ran slower this time
+    text = _render(readme_numbers, tmp_path, monkeypatch, d)
+    assert "in the build before (0.80×) on this host: tokens/s and their ratios compare within one build" in text
