@@ -455,6 +455,13 @@ def _vocab_perplexity(models: list[dict], seen: dict, vocab_head: dict | None = 
             "those tokens for speed.")
 
 
+def _same_split(a: dict, b: dict) -> bool:
+    """Two builds' generation records hold out the same prompts: as many per split, the same held-out templates."""
+    keys = ("kind", "val_templates", "test_templates")
+    return (a.get("prompts") == b.get("prompts") and a.get("splits") == b.get("splits")
+            and all((a.get("split") or {}).get(k) == (b.get("split") or {}).get(k) for k in keys))
+
+
 def _against_previous_build(d: dict, prev: dict) -> str:
     """The card's build against the one before it on the same prompts and split (llm.json's superseded[0]): what
     its recipe change bought on each held-out set."""
@@ -549,7 +556,7 @@ def llm_build() -> str:
                       f"{natural}; the teacher against its own answers {fig('teacher', 'held-out-template')} (95% "
                       "bootstrap intervals over prompts). Issue 28's goals for the student: " + "; ".join(hb) + "."]
         prev = next(iter(d.get("superseded") or []), None)
-        if prev and prev.get("held_out") and (prev.get("generation") or {}).get("splits") == gen["splits"]:
+        if prev and prev.get("held_out") and _same_split(prev.get("generation") or {}, gen):
             lines += ["", _against_previous_build(d, prev)]
         c_ho = (h.get("control") or {}).get("held-out-template")
         if c_ho:

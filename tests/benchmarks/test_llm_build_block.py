@@ -40,7 +40,10 @@ def test_the_build_says_its_samples_best_epoch_and_what_they_bought(readme_numbe
     assert "(2026-01-01: 1 answer per training prompt, 4 epochs" in line and "this build (4 answers" in line
     held = d["held_out"]["student"]["held-out-template"]["agreement"]
     assert f"held-out-template {100 * held:.1f}% → {100 * (held + 0.03):.1f}% (+3.00 pt)" in line
-    # a build before it on another split is not compared
+    # a build before it on another split is not compared: other held-out templates, or other split sizes
+    prev["generation"]["split"] = {**prev["generation"]["split"], "test_templates": ["country"]}
+    assert "Against the card's build before it" not in _render(readme_numbers, tmp_path, monkeypatch, now)
+    prev["generation"]["split"] = copy.deepcopy(now["generation"]["split"])
     prev["generation"]["splits"] = {**prev["generation"]["splits"], "train": 1}
     assert "Against the card's build before it" not in _render(readme_numbers, tmp_path, monkeypatch, now)
     # one answer per prompt, no best epoch recorded: the sentence says neither
