@@ -535,6 +535,7 @@ def llm_build() -> str:
                   f"{_pct(c['control_test']['agreement'])} test agreement.",
               "", f"Goals for {g['student']}: " + "; ".join(bits) + f" — {met} of {total} met."]
     h, hg = d.get("held_out"), d.get("held_out_goals") or {}
+    prev = next(iter(d.get("superseded") or []), None)  # the card's build before this one
     if h:
         def fig(who: str, split: str) -> str:
             v = h[who][split]
@@ -555,7 +556,6 @@ def llm_build() -> str:
                       f"training templates' held-out prompts (in-template recall) {fig('student', 'in-template')}"
                       f"{natural}; the teacher against its own answers {fig('teacher', 'held-out-template')} (95% "
                       "bootstrap intervals over prompts). Issue 28's goals for the student: " + "; ".join(hb) + "."]
-        prev = next(iter(d.get("superseded") or []), None)
         if prev and prev.get("held_out") and _same_split(prev.get("generation") or {}, gen):
             lines += ["", _against_previous_build(d, prev)]
         c_ho = (h.get("control") or {}).get("held-out-template")
@@ -592,17 +592,16 @@ def llm_build() -> str:
                       "its `int8-weight` and `int4-weight` rows were timed as NNCF writes them (a dequantization of every "
                       "weight on every token); what they decode at now is under *Weight-only candidates on onnxruntime* "
                       "below, and the card's next build times them so."]
-    slower = _teacher_timing_against_previous(d)
+    slower = _teacher_timing_against_previous(d, prev)
     if slower:
         lines += ["", slower]
     notes = "".join(f"; {n}" for n in d.get("run_notes", []))
     return "\n".join(lines) + "\n\n" + _source("llm.json", d, notes)
 
 
-def _teacher_timing_against_previous(d: dict) -> str | None:
+def _teacher_timing_against_previous(d: dict, prev: dict | None) -> str | None:
     """The teacher's FP32 ONNX is the same graph in every build of the card: when its tokens/s moved by more than 10%
     against the build before, the host ran differently, and tokens/s compare within one build only."""
-    prev = next(iter(d.get("superseded") or []), None)
     row = lambda ms: next((m for m in ms or [] if m["model"] == "teacher/fp32"), None)  # noqa: E731
     now, then = row(d.get("models")), row((prev or {}).get("models"))
     if not now or not then or not now.get("tokens_per_s") or not then.get("tokens_per_s"):
