@@ -105,8 +105,9 @@ def run_spec(spec_in: GenerationSpec | dict[str, Any]) -> dict[str, Any]:
     import psutil
 
     from edgekd.profile.measure.energy import measured_or_estimate, measured_result, pick_sampler
-    from edgekd.profile.measure.stats import summarize
     from edgekd.profile.measure.memory import current_rss, peak_rss
+    from edgekd.profile.measure.stats import summarize
+    from edgekd.profile.runner import NOISY_SPREAD
 
     spec = load_spec(GenerationSpec, spec_in)
     st = spec.settings
@@ -136,12 +137,15 @@ def run_spec(spec_in: GenerationSpec | dict[str, Any]) -> dict[str, Any]:
     if sampler:
         sampler.start()
     t0 = time.perf_counter()
-    ttfts, steps = [], []
+    ttfts, steps, passes = [], [], []
     for _ in range(st.repeats):
+        pass_steps: list[float] = []
         for p in prompts:
             ttft, step_s = run(p, n)
             ttfts.append(ttft * 1e3)
-            steps.extend(s * 1e3 for s in step_s)
+            pass_steps.extend(s * 1e3 for s in step_s)
+        steps.extend(pass_steps)
+        passes.append(summarize(pass_steps)["p50"])
     wall = time.perf_counter() - t0
     joules = sampler.stop() if sampler else None
     cpu = sum(proc.cpu_times()[:2]) - cpu0
@@ -152,11 +156,15 @@ def run_spec(spec_in: GenerationSpec | dict[str, Any]) -> dict[str, Any]:
     energy = measured_or_estimate((wall if gpu else cpu) / tokens, st.profile_device, measured)
     energy["joules_per_token"] = energy.pop("joules_per_inference")
     decode = summarize(steps)
+    spread = (max(passes) - min(passes)) / decode["p50"] if decode["p50"] > 0 else 0.0
     return {
         "kind": spec.kind, "path": spec.path, "threads": threads, "load_seconds": load_s,
         "providers": ([st.torch_device] if spec.kind == "torch" else st.providers),
         "prompt_tokens": [len(p) for p in prompts], "new_tokens": n, "generations": len(ttfts),
         "ttft_ms": summarize(ttfts), "decode_ms_per_token": decode,
+        # each pass's per-token p50: their spread is the noise the selection asks a faster candidate to beat
+        # (quantize/select.py; without it two candidates 0.5% apart were told apart by a noisy p50)
+        "repeats": passes, "spread": spread, "noisy": spread > NOISY_SPREAD,
         "tokens_per_s": 1000.0 / decode["mean"] if decode["mean"] else None,
         "end_to_end_tokens_per_s": tokens / wall,
         "peak_rss_bytes": peak_rss(), "rss_after_load_bytes": rss_loaded, "rss_before_load_bytes": rss0,

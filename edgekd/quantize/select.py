@@ -2,8 +2,9 @@
 within the accuracy budget of the FP32 student and actually beats FP32.
 
 "Beats" means by more than the noise the profiler measured: each model is timed in several
-interleaved repeats (profile/runner.py), and the spread of their p50s (max - min, in ms) is how
-far two identical builds can differ. A candidate faster than FP32 by less than that spread (the
+interleaved repeats (profile/runner.py; a language model: passes over the profile prompts in its own
+process, llm/bench.py), and the spread of their p50s (max - min, in ms) is how far two identical
+builds can differ. A candidate faster than FP32 by less than that spread (the
 larger of the two models' spreads) is `within-noise-of-fp32` and FP32 is kept; candidates
 within each other's noise are a tie, broken on size and then name, never on the noisy p50, so the
 same build on a quiet machine selects the same variant.

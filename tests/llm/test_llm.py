@@ -424,6 +424,9 @@ def test_generation_benchmark_in_process_takes_the_power_of_the_machine_that_ran
     r = run_spec(GenerationSpec(kind="onnx", path=str(path), prompt_ids=prompts, settings=settings, energy="none"))
     assert r["generations"] == 4 and r["new_tokens"] == 4 and r["prompt_tokens"] == [len(p) for p in prompts]
     assert r["decode_ms_per_token"]["n"] == 4 * 3 and r["ttft_ms"]["n"] == 4 and r["tokens_per_s"] > 0
+    # each pass's per-token p50 (the selection's noise): the pooled p50 lies between them
+    assert len(r["repeats"]) == 2 and min(r["repeats"]) - 1e-9 <= r["decode_ms_per_token"]["p50"] <= max(r["repeats"]) + 1e-9
+    assert r["spread"] == pytest.approx((max(r["repeats"]) - min(r["repeats"])) / r["decode_ms_per_token"]["p50"])
     assert r["energy"]["joules_per_token"] == pytest.approx(r["cpu_seconds_per_token"] * 3.0)
     assert card.active_power_watts != 3.0
 

@@ -37,7 +37,8 @@ def stage_select(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) ->
     cands = []
     for c in inputs["quantize"].metrics["candidates"]:
         p = prof.get(f"student/{c['variant']}")
-        # `repeats`: each interleaved repeat's p50, whose spread is the noise a win must exceed
+        # `repeats`: each repeat's p50 (interleaved processes; an LM's passes over its prompts), whose spread is the
+        # noise a win must exceed
         cands.append({**c, "latency_ms": p["latency_ms"] if p else None, "repeats": p.get("repeats") if p else None})
     cfg = select_cfg(ctx)
     sel = select(cands, cfg["budget"], cfg["objective"], cfg["strict"], cfg["max_latency_growth"],
