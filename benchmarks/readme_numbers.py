@@ -523,8 +523,8 @@ def llm_build() -> str:
                f"tokens, top-{gt['top_k']})" if gt else ", no general text")
     ts = gen.get("train_samples")
     answers = (f", {ts['per_prompt']} answers per training prompt (the greedy one and {ts['kept']:,} sampled at "
-               f"temperature {ts['temperature']:g}, top-p {ts['top_p']:g}, of {ts['asked']:,} asked; the teacher took "
-               f"{ts['seconds'] / 60:.0f} min to sample them)" if ts else "")
+               f"temperature {ts['temperature']:g}, top-p {ts['top_p']:g}, of {ts['asked']:,} asked; "
+               f"{_sampling_time(ts, d)})" if ts else "")
     best = d.get("best_epoch")
     epochs = f"{lo['epochs']} epochs" + (f" (the best on validation: epoch {best})" if best else "")
     lines += ["", f"The card as shipped: {gen['prompts']} prompts ({gen['splits']['train']} train, {gen['splits']['val']} "
@@ -597,6 +597,19 @@ def llm_build() -> str:
         lines += ["", slower]
     notes = "".join(f"; {n}" for n in d.get("run_notes", []))
     return "\n".join(lines) + "\n\n" + _source("llm.json", d, notes)
+
+
+def _sampling_time(ts: dict, d: dict) -> str:
+    """How long the teacher took to sample the training answers: this build's time, or (answers read from the
+    generation cache: seconds, not minutes) the build before's when it sampled the same cache files."""
+    if ts["seconds"] >= 60:
+        return f"the teacher took {ts['seconds'] / 60:.0f} min to sample them"
+    for old in d.get("superseded") or []:
+        ots = (old.get("generation") or {}).get("train_samples") or {}
+        if ots.get("caches") == ts.get("caches") and ots.get("seconds", 0) >= 60:
+            return (f"read from the generation cache: the teacher took {ots['seconds'] / 60:.0f} min to sample them "
+                    f"for the build of {old['created'][:10]}")
+    return "read from the generation cache"
 
 
 def _teacher_timing_against_previous(d: dict, prev: dict | None) -> str | None:
