@@ -63,3 +63,19 @@ def test_a_teacher_timing_that_moved_between_builds_is_said(readme_numbers, tmp_
     t["tokens_per_s"] *= 1.25  # the build before decoded faster: this host ran slower this time
     text = _render(readme_numbers, tmp_path, monkeypatch, d)
     assert "in the build before (0.80×) on this host: tokens/s and their ratios compare within one build" in text
+
+
+def test_answers_read_from_the_cache_cite_the_build_that_sampled_them(readme_numbers, tmp_path, monkeypatch):
+    d = json.loads((ROOT / "benchmarks" / "results" / "llm.json").read_text())
+    caches = ["/c/a.jsonl", "/c/b.jsonl"]
+    ts = {"per_prompt": 3, "temperature": 0.7, "top_p": 0.9, "asked": 100, "kept": 99, "caches": caches}
+    d["generation"]["train_samples"] = {**ts, "seconds": 0.05}  # read from the cache: no sampling in this build
+    prev = {"created": "2026-01-01T00:00:00Z", "generation": {"train_samples": {**ts, "seconds": 1500.0}}}
+    d["superseded"] = [prev]
+    text = _render(readme_numbers, tmp_path, monkeypatch, d)
+    assert "read from the generation cache: the teacher took 25 min to sample them for the build of 2026-01-01" in text
+    assert "0 min to sample" not in text
+    # the build before sampled other answers (other cache files): its time is not this build's
+    prev["generation"]["train_samples"]["caches"] = ["/c/other.jsonl"]
+    text = _render(readme_numbers, tmp_path, monkeypatch, d)
+    assert "read from the generation cache)" in text and "25 min" not in text
