@@ -30,6 +30,9 @@ def test_smollm2_seqkd_quick_build(lm_quick_build, tmp_path):
         # per-token figures carry their own names (latency_ms/energy keep them for the shared gate and tables)
         assert m["ms_per_token"] == m["latency_ms"] and m["agreement"] == m["accuracy"]
         assert m["joules_per_token"] == m["energy"]["joules_per_inference"]
+        # the spread of the profile's passes (the selection's noise; the report's noise note reads `noisy`): the quick
+        # card makes one pass, so there is none
+        assert m["spread"] == 0.0 and m["noisy"] is False, m["variant"]
     t = rep["models"][0]
     s = next(m for m in rep["models"] if m["role"] == "student" and m["variant"] == "fp32")
     assert t["role"] == "teacher" and s["params"] < t["params"] / 10

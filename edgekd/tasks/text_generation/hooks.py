@@ -286,7 +286,7 @@ def report_parts(build_dir: Path, res: dict[str, dict], run: dict):
               acc: float | None, ppl: float | None, pr: dict | None = None) -> dict:
         pr = prof.get(f"{role}/{variant}", {}) if pr is None else pr
         row = model_row(role, variant, fmt, runtime, pr, path=path, params=params, size_bytes=size, accuracy=acc,
-                        throughput_batch=1, extra=("ttft_ms", "tokens_per_s"))
+                        throughput_batch=1, extra=("ttft_ms", "tokens_per_s", "spread", "noisy"))
         # one inference is one generated token: throughput is tokens/s, and the per-token figures say so by name
         return {**row, "perplexity": ppl, "throughput_per_s": pr.get("tokens_per_s"), "agreement": acc,
                 "ms_per_token": pr.get("decode_ms_per_token"),
