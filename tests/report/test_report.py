@@ -262,3 +262,12 @@ def test_a_teacher_weaker_than_its_labels_gets_a_note():
     assert weak_teacher_note({"accuracy": 0.853, "kd_gain_points": None}, teacher)  # equal counts
     assert weak_teacher_note({"accuracy": 0.85, "kd_gain_points": 0.6}, teacher) is None
     assert weak_teacher_note(None, teacher) is None and weak_teacher_note({"accuracy": 0.9}, {"accuracy": None}) is None
+
+
+def test_the_noise_note_names_each_noisy_row_by_role_and_variant():
+    from edgekd.tasks.stages.report import noise_note
+
+    rows = [{"role": "teacher", "variant": "fp32", "noisy": True}, {"role": "student", "variant": "fp32", "noisy": True},
+            {"role": "student", "variant": "int8-weight", "noisy": False}, {"role": "student", "variant": "int4-weight"}]
+    assert noise_note(rows) == "Latency spread across repeats exceeded 5% for: teacher/fp32, student/fp32."
+    assert noise_note(rows[2:]) is None

@@ -18,6 +18,14 @@ from edgekd.tasks.stages import task_of
 REPORT_DIRNAME = "report"
 
 
+def noise_note(models: list[dict]) -> str | None:
+    """The report's note on rows whose profile repeats (a classifier's interleaved processes, a language model's
+    passes over its prompts) spread by more than 5%, each named by role and variant (a teacher and a student row
+    may share a variant name)."""
+    noisy = [f"{m['role']}/{m['variant']}" for m in models if m.get("noisy")]
+    return f"Latency spread across repeats exceeded 5% for: {', '.join(noisy)}." if noisy else None
+
+
 def report_cfg(ctx: BuildContext) -> dict:
     # The report is rebuilt every run (cheap) so it reflects the current stage files.
     return {"created": _dt.datetime.now().isoformat()}
@@ -94,9 +102,9 @@ def assemble(build_dir: Path, run: dict, task) -> dict[str, Any]:
     weak = weak_teacher_note(parts.control, next((m for m in models if key(m) == "teacher/fp32-torch"), teacher))
     if weak:
         notes.append(weak)
-    noisy = [m["variant"] for m in models if m.get("noisy")]
+    noisy = noise_note(models)
     if noisy:
-        notes.append(f"Latency spread across repeats exceeded 5% for: {', '.join(noisy)}.")
+        notes.append(noisy)
     notes.extend(sel.get("warnings", []))
     if not_built:
         notes.append(not_built_note(run.get("target_name"), not_built))
