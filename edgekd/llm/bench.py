@@ -107,7 +107,7 @@ def run_spec(spec_in: GenerationSpec | dict[str, Any]) -> dict[str, Any]:
     from edgekd.profile.measure.energy import measured_or_estimate, measured_result, pick_sampler
     from edgekd.profile.measure.memory import current_rss, peak_rss
     from edgekd.profile.measure.stats import summarize
-    from edgekd.profile.runner import NOISY_SPREAD
+    from edgekd.profile.runner import NOISY_SPREAD, repeat_spread
 
     spec = load_spec(GenerationSpec, spec_in)
     st = spec.settings
@@ -156,7 +156,7 @@ def run_spec(spec_in: GenerationSpec | dict[str, Any]) -> dict[str, Any]:
     energy = measured_or_estimate((wall if gpu else cpu) / tokens, st.profile_device, measured)
     energy["joules_per_token"] = energy.pop("joules_per_inference")
     decode = summarize(steps)
-    spread = (max(passes) - min(passes)) / decode["p50"] if decode["p50"] > 0 else 0.0
+    spread = repeat_spread(passes)
     return {
         "kind": spec.kind, "path": spec.path, "threads": threads, "load_seconds": load_s,
         "providers": ([st.torch_device] if spec.kind == "torch" else st.providers),

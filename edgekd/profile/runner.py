@@ -82,14 +82,20 @@ def _median_index(values: list[float]) -> int:
     return order[(len(order) - 1) // 2]
 
 
+def repeat_spread(p50s: list[float]) -> float:
+    """How far the repeats' p50s spread, as a fraction of their median (`noisy` above NOISY_SPREAD): the classifier's
+    interleaved processes here, a language model's passes over its prompts in llm/bench.py."""
+    med = statistics.median(p50s)
+    return (max(p50s) - min(p50s)) / med if med > 0 else 0.0
+
+
 def aggregate(name: str, runs: list[dict]) -> dict:
     """Combine repeats: latency of the median-p50 repeat, throughput/CPU time medians, peak RSS max."""
     if not runs:
         raise StageError(f"no profiling runs for {name}", hint="repeats must be >= 1")
     p50s = [float(r["latency_ms"]["p50"]) for r in runs]
     chosen = runs[_median_index(p50s)]
-    med = statistics.median(p50s)
-    spread = (max(p50s) - min(p50s)) / med if med > 0 else 0.0
+    spread = repeat_spread(p50s)
     out = dict(chosen)
     out["name"] = name
     out["repeats"] = p50s
