@@ -4,6 +4,9 @@ benchmarks/results/general_text.json.
 
     python benchmarks/bench_general_text.py                 # both builds (about 50 min at 1 thread), then the table
     python benchmarks/bench_general_text.py --collect       # build nothing: read builds/gt-base and builds/gt-text
+    python benchmarks/bench_general_text.py --curve 1000:0.5 --curve 4000:0.5 --curve 4000:1.0
+        # the curve (general_text_curve.json): one build per general-text mix (snippets:weight) on the card's answers,
+        # what more general text (or a heavier weight) buys in natural-text perplexity, and costs in agreement and time
 
 Both builds: the card with distill.epochs=--epochs (default 1: the full card's 4 epochs take ~40 min each here),
 fp32 only (no quantization: this is about what the student learned), no control arm, one profile repeat. The teacher's
@@ -31,6 +34,19 @@ def arms(args: argparse.Namespace) -> dict[str, list[str]]:
     return {"answers only": [], "answers + general text": ["--set", f"distill.general_text={gt}"]}
 
 
+def curve_arms(specs: list[str]) -> dict[str, list[str]]:
+    """'SAMPLES:WEIGHT' -> the build's overrides; '0' (or '0:0') is answers only."""
+    out: dict[str, list[str]] = {}
+    for spec in specs:
+        n, _, w = spec.partition(":")
+        if int(n) == 0:
+            out["answers only"] = ["--set", "distill.general_text=null"]
+            continue
+        gt = f"{{source: rotten-tomatoes, samples: {int(n)}, max_length: 64, weight: {float(w or 0.5)}}}"
+        out[f"{int(n)}:{float(w or 0.5):g}"] = ["--set", f"distill.general_text={gt}"]
+    return out
+
+
 def summary(build: Path) -> dict:
     rep = json.loads((build / "report" / "report.json").read_text())
     run = json.loads((build / "run.json").read_text())
@@ -52,7 +68,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--collect", action="store_true", help="read the two build folders of an earlier run")
     ap.add_argument("--note", action="append", default=[])
+    ap.add_argument("--curve", action="append", default=[], metavar="SAMPLES:WEIGHT",
+                    help="one build per general-text mix on the card's answers (0: answers only) -> general_text_curve.json")
     args = ap.parse_args()
+    if args.curve:
+        return curve(args)
     folders = {"answers only": ROOT / "builds" / "gt-base", "answers + general text": ROOT / "builds" / "gt-text"}
     t0 = time.perf_counter()
     if not args.collect:
@@ -69,6 +89,30 @@ def main() -> None:
         "agreement_delta_points": delta, "train_time_ratio": gt["train_seconds"] / base["train_seconds"],
         "goal": {"natural_text_perplexity_ratio": 3.0}, "seconds": round(time.perf_counter() - t0, 1),
         "load_1min": os.getloadavg()[0]})
+
+
+def curve(args: argparse.Namespace) -> None:
+    """One build per general-text mix, everything else the card's (its answers per prompt, its losses) at --epochs."""
+    t0 = time.perf_counter()
+    points = []
+    for name, extra in curve_arms(args.curve).items():
+        folder = ROOT / "builds" / f"gt-curve-{name.replace(':', '-').replace(' ', '-')}"
+        if not args.collect:
+            cmd = ["build", "--recipe", "smollm2-seqkd", "--target", "cpu", "--quiet", "--out", str(folder),
+                   "--set", f"distill.epochs={args.epochs}", *COMMON, *extra]
+            t1 = time.perf_counter()
+            edgekd(*cmd, env={"OMP_NUM_THREADS": str(args.threads)})
+            print(f"{name}: {time.perf_counter() - t1:.0f} s", flush=True)
+        s = summary(folder)
+        gt = s["general_text"] or {}
+        points.append({"mix": name, "samples": gt.get("samples", 0), "weight": gt.get("weight", 0.0),
+                       "general_tokens": gt.get("tokens", 0), **s})
+    write("general_text_curve", {
+        "recipe": "smollm2-seqkd", "epochs": args.epochs, "threads": args.threads, "notes": args.note,
+        "settings": "the card's answers (train_samples), losses and seed; fp32 only, no control, no quantized "
+                    "teacher, one profile repeat; each mix's general text drawn with the same seed",
+        "points": points, "goal": {"natural_text_perplexity_ratio": 3.0},
+        "seconds": round(time.perf_counter() - t0, 1), "load_1min": os.getloadavg()[0]})
 
 
 if __name__ == "__main__":
