@@ -93,7 +93,6 @@ def main() -> None:
 
 def curve(args: argparse.Namespace) -> None:
     """One build per general-text mix, everything else the card's (its answers per prompt, its losses) at --epochs."""
-    t0 = time.perf_counter()
     points = []
     for name, extra in curve_arms(args.curve).items():
         folder = ROOT / "builds" / f"gt-curve-{name.replace(':', '-').replace(' ', '-')}"
@@ -107,12 +106,20 @@ def curve(args: argparse.Namespace) -> None:
         gt = s["general_text"] or {}
         points.append({"mix": name, "samples": gt.get("samples", 0), "weight": gt.get("weight", 0.0),
                        "general_tokens": gt.get("tokens", 0), **s})
+    import sys
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from edgekd.llm.natural_text import rotten_tomatoes
+
     write("general_text_curve", {
-        "recipe": "smollm2-seqkd", "epochs": args.epochs, "threads": args.threads, "notes": args.note,
+        "recipe": "smollm2-seqkd", "epochs": args.epochs,
+        "corpus_train_snippets": len(rotten_tomatoes("train")[0]), "threads": args.threads, "notes": args.note,
         "settings": "the card's answers (train_samples), losses and seed; fp32 only, no control, no quantized "
                     "teacher, one profile repeat; each mix's general text drawn with the same seed",
         "points": points, "goal": {"natural_text_perplexity_ratio": 3.0},
-        "seconds": round(time.perf_counter() - t0, 1), "load_1min": os.getloadavg()[0]})
+        # the builds' own stage times (so --collect of the same folders writes the same file)
+        "build_seconds": round(sum(sum(p["stage_seconds"].values()) for p in points), 1),
+        "load_1min": os.getloadavg()[0]})
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import argparse
 import difflib
 import functools
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -1000,6 +1001,63 @@ def general_text() -> str:
 
 
 GENERATORS["general-text"] = general_text
+
+
+def _log_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least squares of log(y) on log(x): (intercept, slope)."""
+    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    slope = sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+    return my - slope * mx, slope
+
+
+def general_text_curve() -> str:
+    """What more general text buys (bench_general_text.py --curve): one build per general-text mix."""
+    d = _load_opt("general_text_curve.json")
+    if d is None:
+        return "_No measurement yet: run `python benchmarks/bench_general_text.py --curve 1000:0.5 --curve 4000:0.5`._\n"
+    pts = d["points"]
+    goal = d["goal"]["natural_text_perplexity_ratio"]
+    lines = ["| general text (snippets : weight) | tokens | natural-text perplexity (teacher) | ratio | "
+             "held-out templates | in-template | natural prompts | validation (the choice) | training time |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for p in pts:
+        nt, ho = p["natural_text"], p["held_out"]
+        lines.append(f"| {p['mix']} | {p['general_tokens']:,} | {nt['student']['perplexity']:,.0f} "
+                     f"({nt['teacher']['perplexity']:.0f}) | {nt['perplexity_ratio']:.1f}× | "
+                     f"{_ci(ho['held-out-template'])} | {_ci(ho['in-template'])} | {_ci(ho['natural-prompts'])} | "
+                     f"{_pct(p['val_agreement'])} | {p['train_seconds'] / 60:.0f} min |")
+    best = min(pts, key=lambda p: p["natural_text"]["perplexity_ratio"])
+    text = [f"`smollm2-seqkd` at {d['epochs']} epoch(s) on the card's answers, fp32, one seed, one build per mix of "
+            f"Rotten Tomatoes train-bucket general text. The lowest natural-text perplexity ratio: "
+            f"{best['natural_text']['perplexity_ratio']:.1f}× ({best['mix']}; goal ≤ {goal:g}×: "
+            f"{'met' if best['natural_text']['perplexity_ratio'] <= goal else 'missed'})."]
+    by_weight: dict[float, list[dict]] = {}
+    for p in pts:
+        if p["samples"]:
+            by_weight.setdefault(p["weight"], []).append(p)
+    per_snippet = best["general_tokens"] / best["samples"] if best["samples"] else None
+    for w, ps in sorted(by_weight.items()):
+        if len({p["general_tokens"] for p in ps}) < 2:
+            continue
+        a, b = _log_fit([p["general_tokens"] for p in ps], [p["natural_text"]["perplexity_ratio"] for p in ps])
+        lo, hi = min(p["general_tokens"] for p in ps), max(p["general_tokens"] for p in ps)
+        what = (f"At weight {w:g}, {lo:,} → {hi:,} general-text tokens move the ratio as tokens^{b:.2f}")
+        if b < 0:
+            need = math.exp((math.log(goal) - a) / b)
+            have = d.get("corpus_train_snippets")
+            fits = (f"; the corpus's {have:,} train-bucket snippets hold about {have * per_snippet:,.0f}"
+                    if have and per_snippet else "")
+            what += (f": a log-log extrapolation (not a measurement) puts {goal:g}× at about {need:,.0f} tokens per "
+                     f"epoch{fits}")
+        else:
+            what += ": more general text did not lower it"
+        text.append(what + ".")
+    return (" ".join(text) + "\n\n" + "\n".join(lines) + "\n\n"
+            + _source("general_text_curve.json", d, "; " + "; ".join(d.get("notes") or [])))
+
+
+GENERATORS["general-text-curve"] = general_text_curve
 
 
 def prompts_range() -> str:

@@ -269,3 +269,39 @@ def test_the_natural_stage_scores_natural_text_and_caches_the_teachers_score(tmp
         first["perplexity_ratio"])
     off = SimpleNamespace(recipe=SimpleNamespace(evaluate=EvaluateConfig(natural_text=None)), cache_dir=ctx.cache_dir)
     assert natural_text_metrics(inputs, off) is None
+
+
+def test_the_general_text_curve_block_reads_its_points_and_extrapolates_only_a_falling_ratio(readme_numbers, tmp_path,
+                                                                                             monkeypatch):
+    """README block general-text-curve: one row per mix from general_text_curve.json; at a weight with two token
+    counts the ratio's log-log fit gives the tokens that would reach the goal (labelled an extrapolation), and a ratio
+    that does not fall is said so, not extrapolated."""
+    import json
+
+    def point(mix, samples, weight, tokens, ratio):
+        ci = {"agreement": 0.5, "agreement_ci95": [0.48, 0.52]}
+        return {"mix": mix, "samples": samples, "weight": weight, "general_tokens": tokens, "train_seconds": 600,
+                "val_agreement": 0.45, "held_out": {k: ci for k in ("held-out-template", "in-template", "natural-prompts")},
+                "natural_text": {"perplexity_ratio": ratio, "student": {"perplexity": 100 * ratio},
+                                 "teacher": {"perplexity": 100.0}}}
+
+    res = tmp_path / "results"
+    res.mkdir()
+    monkeypatch.setattr(readme_numbers, "RESULTS", res)
+    assert "No measurement yet" in readme_numbers.general_text_curve()
+    d = {"created": "2026-12-07T00:00:00Z", "epochs": 1, "threads": 2, "corpus_train_snippets": 10000,
+         "goal": {"natural_text_perplexity_ratio": 3.0},
+         "points": [point("1000:0.5", 1000, 0.5, 1000, 8.0), point("4000:0.5", 4000, 0.5, 4000, 4.0),
+                    point("4000:1", 4000, 1.0, 4000, 5.0)]}
+    (res / "general_text_curve.json").write_text(json.dumps(d))
+    text = readme_numbers.general_text_curve()
+    assert text.count("\n| ") == 4  # header + three rows (the rule starts with |---)
+    assert "4.0× (4000:0.5; goal ≤ 3×: missed)" in text
+    # 8 -> 4 over 1,000 -> 4,000 tokens: ratio ~ tokens^-0.5, so 3x at 1,000 * (8/3)^2 = 7,111 tokens
+    assert "tokens^-0.50" in text and "about 7,111 tokens" in text and "extrapolation (not a measurement)" in text
+    assert "about 10,000" in text  # the corpus's snippets at 1 token each (these points' tokens per snippet)
+    assert "weight 1," not in text  # one token count at weight 1: no fit
+    d["points"][1]["natural_text"]["perplexity_ratio"] = 9.0
+    (res / "general_text_curve.json").write_text(json.dumps(d))
+    text = readme_numbers.general_text_curve()
+    assert "did not lower it" in text and "extrapolation" not in text
