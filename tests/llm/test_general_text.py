@@ -305,3 +305,40 @@ def test_the_general_text_curve_block_reads_its_points_and_extrapolates_only_a_f
     (res / "general_text_curve.json").write_text(json.dumps(d))
     text = readme_numbers.general_text_curve()
     assert "did not lower it" in text and "extrapolation" not in text
+
+
+def test_the_perplexity_gap_splits_into_top_k_and_tail_parts_that_add_up():
+    """benchmarks/bench_lm_ppl_gap.py: the log of the natural-text perplexity ratio split between tokens inside the
+    teacher's top-k and the tail; the parts add up to log(student ppl / teacher ppl) computed directly, a student that
+    is the teacher has no gap, and k = vocabulary leaves no tail."""
+    import torch
+
+    from edgekd.llm.sequences import Example
+    from tests.conftest import benchmark_script
+
+    bench = benchmark_script("bench_lm_ppl_gap")
+    teacher, student = _tiny_lm(0).eval(), _tiny_lm(1).eval()
+    rng = np.random.default_rng(0)
+    examples = [Example([int(x) for x in rng.integers(3, 40, size=int(n))], 1) for n in (9, 14, 20)]
+
+    def mean_nll(m):
+        tot = cnt = 0.0
+        with torch.no_grad():
+            for e in examples:
+                ids = torch.tensor([e.ids])
+                lp = torch.log_softmax(m(ids).logits[0, :-1].float(), -1)
+                tot += float(-lp.gather(1, ids[0, 1:, None]).sum())
+                cnt += len(e.ids) - 1
+        return tot / cnt
+
+    g = bench.gap(teacher, student, examples, k=4)
+    direct = mean_nll(student) - mean_nll(teacher)
+    assert g["tokens"] == sum(len(e.ids) - 1 for e in examples)
+    assert g["parts"]["top_k"]["tokens"] + g["parts"]["tail"]["tokens"] == g["tokens"]
+    assert math.isclose(g["log_ratio"], direct, rel_tol=1e-4, abs_tol=1e-5)
+    assert math.isclose(sum(p["log_ratio_part"] for p in g["parts"].values()), g["log_ratio"], abs_tol=1e-9)
+    assert 0 < g["teacher_top_k_mass"] < 1 and 0 < g["parts"]["top_k"]["share"] < 1
+    same = bench.gap(teacher, teacher, examples, k=4)
+    assert abs(same["log_ratio"]) < 1e-6 and same["perplexity_ratio"] == pytest.approx(1.0)
+    whole = bench.gap(teacher, student, examples, k=40)
+    assert whole["parts"]["tail"]["tokens"] == 0 and whole["teacher_top_k_mass"] == pytest.approx(1.0, abs=1e-5)
