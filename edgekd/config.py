@@ -372,6 +372,10 @@ class GeneralTextConfig(Strict):
     weight: float = Field(0.5, gt=0, description="the general-text KD term's weight beside the answers' loss terms")
     top_k: int | None = Field(None, ge=1, description="teacher logits kept per position (None: teacher_cache.top_k, "
                                                       "else 16)")
+    hard_label: float = Field(0.0, ge=0, le=1,
+                              description="share of `weight` on the text's own next tokens (hard labels), the rest on "
+                                          "the teacher's top-k: the tokens outside the teacher's top-k are learned "
+                                          "only from these (the control's general text is all hard labels)")
 
 
 class DistillConfig(TrainConfig):

@@ -181,6 +181,61 @@ def test_the_general_text_term_alone_moves_the_student(tmp_path, control):
     assert general_text(CharTok(), gcfg["source"], 16, 24, 0)[0][0].ids == gex[0].ids
 
 
+def test_hard_labels_on_general_text_teach_the_tokens_outside_the_teachers_top_k(tmp_path):
+    """distill.general_text.hard_label: that share of the weight goes to the text's own next tokens. Top-k KD alone
+    never shows the student a token the teacher ranks outside its top-k (the natural-text perplexity's tail); with
+    half the weight on hard labels, the same training lowers the student's NLL on those tail tokens."""
+    import torch
+
+    from edgekd.config import DistillConfig, GeneralTextConfig
+    from edgekd.distill.losses import build_losses
+    from edgekd.llm.sequences import Example, GeneralText, distill
+    from edgekd.tasks.text_generation.distill import general_text_cache, general_text_losses
+
+    terms = [{"kind": "soft_label", "weight": 0.5, "temperature": 1.0}]
+    assert general_text_losses(terms, 0.4, control=False, hard=0.5) == [
+        {"kind": "soft_label", "weight": 0.2, "temperature": 1.0}, {"kind": "hard_label", "weight": 0.2}]
+    assert general_text_losses(terms, 0.4, control=False, hard=1.0) == [{"kind": "hard_label", "weight": 0.4}]
+    assert general_text_losses(terms, 0.4, control=True, hard=0.5) == [{"kind": "hard_label", "weight": 0.4}]
+    assert GeneralTextConfig().hard_label == 0.0
+    with pytest.raises(Exception):
+        GeneralTextConfig(hard_label=1.5)
+
+    rng = np.random.default_rng(0)
+    answers = [Example(rng.integers(3, 40, size=10).tolist(), 4) for _ in range(8)]
+    cfg = DistillConfig(epochs=4, batch_size=4, lr=2e-2, weight_decay=0.0, seed=1)
+    zero = [{"kind": "hard_label", "weight": 0.0}]
+    teacher = _tiny_lm(99).eval()
+    with torch.no_grad():
+        teacher.lm_head.weight.mul_(40.0)
+    gcfg = {"source": str(_text_file(tmp_path)), "samples": 16, "max_length": 24, "top_k": 4}
+    gex, cache, _ = general_text_cache(_ctx(tmp_path), teacher, CharTok(), 0, "t", gcfg)
+
+    def tail_nll(student):
+        """Mean NLL of the text's own next tokens that the teacher ranks outside its top-4."""
+        tot, n = 0.0, 0
+        with torch.no_grad():
+            for e in gex:
+                ids = torch.tensor([e.ids])
+                y = ids[0, 1:]
+                out = ~(teacher(ids).logits[0, :-1].topk(4, -1).indices == y[:, None]).any(-1)
+                lp = torch.log_softmax(student(ids).logits[0, :-1], -1).gather(1, y[:, None])[:, 0]
+                tot += float(-lp[out].sum())
+                n += int(out.sum())
+        assert n > 0  # the confident random teacher ranks many of the text's tokens outside its top-4
+        return tot / n
+
+    nll = {}
+    for hard in (0.0, 0.5):
+        s = _tiny_lm(0)
+        g = GeneralText(gex, build_losses(general_text_losses(terms, 1.0, control=False, hard=hard), s, None, None),
+                        cache)
+        res = distill(s, answers, answers[:2], build_losses(zero, s, None, None), cfg, 0, general=g)
+        assert ("loss_general_hard_label" in res["history"][-1]) == (hard > 0)
+        nll[hard] = tail_nll(s)
+    assert nll[0.5] < nll[0.0] - 0.1, nll
+
+
 # --------------------------------------------------------------------------- card and stage key
 
 
@@ -211,6 +266,9 @@ def test_general_text_off_leaves_the_distill_stage_key_as_it_was(tmp_path):
         assert stage.config(on)["general_text"] == {"source": "rotten-tomatoes", "samples": 500, "max_length": 64,
                                                      "weight": 0.3, "top_k": 16}  # the answers' top_k
         assert stage_key(stage, on, {}) not in (key, stage_key(stage, shipped, {}))
+        hard = ctx("distill.general_text.hard_label=0.5")
+        assert stage.config(hard)["general_text"]["hard_label"] == 0.5
+        assert stage_key(stage, hard, {}) not in (key, stage_key(stage, shipped, {}))
     from edgekd.errors import UserError
 
     with pytest.raises(UserError, match="does not exist"):

@@ -107,7 +107,10 @@ def _general_cfg(ctx: BuildContext) -> dict | None:
     elif not Path(gt.source).expanduser().is_file():
         raise UserError(f"distill.general_text.source: {gt.source} does not exist",
                         hint=f"give '{ROTTEN_TOMATOES}' or a .txt (one text per line) / .jsonl ({{\"text\": ...}}) file")
-    return {**gt.model_dump(), "top_k": gt.top_k or ctx.recipe.distill.teacher_cache.top_k or 16}
+    cfg = {**gt.model_dump(), "top_k": gt.top_k or ctx.recipe.distill.teacher_cache.top_k or 16}
+    if not cfg["hard_label"]:  # the default: absent, so a card without it keeps the key it had before the option
+        del cfg["hard_label"]
+    return cfg
 
 
 def _distill_cfg(ctx: BuildContext) -> dict:
@@ -252,14 +255,21 @@ def teacher_held_out(ctx: BuildContext, teacher, sets: dict[str, tuple[list, lis
     return out
 
 
-def general_text_losses(terms: list[dict], weight: float, control: bool) -> list[dict]:
-    """The general-text term: for the student the recipe's soft_label (its temperature and schedule) at `weight`
-    (temperature 1 when the recipe has none); for the control hard labels (the text's own next tokens) at `weight`,
-    so the control sees the same text without the teacher's logits."""
+def general_text_losses(terms: list[dict], weight: float, control: bool, hard: float = 0.0) -> list[dict]:
+    """The general-text terms: for the student the recipe's soft_label (its temperature and schedule) at
+    `weight` * (1 - hard) (temperature 1 when the recipe has none) and hard labels (the text's own next tokens) at
+    `weight` * hard, each only when its weight is not 0; for the control hard labels at `weight`, so the control
+    sees the same text without the teacher's logits."""
     if control:
         return [{"kind": "hard_label", "weight": weight}]
     soft = next((t for t in terms if t["kind"] == "soft_label"), None)
-    return [{**soft, "weight": weight} if soft else {"kind": "soft_label", "weight": weight, "temperature": 1.0}]
+    out = []
+    if hard < 1:
+        w = weight * (1 - hard)
+        out.append({**soft, "weight": w} if soft else {"kind": "soft_label", "weight": w, "temperature": 1.0})
+    if hard > 0:
+        out.append({"kind": "hard_label", "weight": weight * hard})
+    return out
 
 
 def general_text_cache(ctx: BuildContext, teacher, tok, pad: int, teacher_hash: str, gcfg: dict):
@@ -372,7 +382,8 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         loss_set = build_losses(losses, student, online, probe)
         mixed = None
         if general is not None:  # the control: the same text, hard labels (no teacher logits)
-            g_losses = general_text_losses(terms, gcfg["weight"], control=name == "control")
+            g_losses = general_text_losses(terms, gcfg["weight"], control=name == "control",
+                                           hard=gcfg.get("hard_label", 0.0))
             mixed = S.GeneralText(general[0], build_losses(g_losses, student, None, None),
                                   general[1] if name == "student" else None)
         ckpt = ckpts[name]
@@ -423,7 +434,9 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     }
     if general is not None:
         metrics["general_text"] = {**general[2], "weight": gcfg["weight"], "top_k": gcfg["top_k"],
-                                   "losses": general_text_losses(terms, gcfg["weight"], control=False),
+                                   "hard_label": gcfg.get("hard_label", 0.0),
+                                   "losses": general_text_losses(terms, gcfg["weight"], control=False,
+                                                                 hard=gcfg.get("hard_label", 0.0)),
                                    "control_losses": general_text_losses(terms, gcfg["weight"], control=True)}
     outputs = {p.name: f"student/{p.name}" for p in sorted(out.iterdir()) if p.is_file()}
     outputs["model"] = "student/model.safetensors"
