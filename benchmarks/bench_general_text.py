@@ -4,7 +4,7 @@ benchmarks/results/general_text.json.
 
     python benchmarks/bench_general_text.py                 # both builds (about 50 min at 1 thread), then the table
     python benchmarks/bench_general_text.py --collect       # build nothing: read builds/gt-base and builds/gt-text
-    python benchmarks/bench_general_text.py --curve 1000:0.5 --curve 4000:0.5 --curve 4000:1.0
+    python benchmarks/bench_general_text.py --curve 1000:0.5 --curve 4000:0.5 --curve 4000:1.0 --curve 1000:0.5:0.5
         # the curve (general_text_curve.json): one build per general-text mix (snippets:weight) on the card's answers,
         # what more general text (or a heavier weight) buys in natural-text perplexity, and costs in agreement and time
 
@@ -35,15 +35,21 @@ def arms(args: argparse.Namespace) -> dict[str, list[str]]:
 
 
 def curve_arms(specs: list[str]) -> dict[str, list[str]]:
-    """'SAMPLES:WEIGHT' -> the build's overrides; '0' (or '0:0') is answers only."""
+    """'SAMPLES:WEIGHT[:HARD]' -> the build's overrides (HARD: distill.general_text.hard_label, the share of the
+    weight on the text's own next tokens); '0' is answers only."""
     out: dict[str, list[str]] = {}
     for spec in specs:
-        n, _, w = spec.partition(":")
+        parts = spec.split(":")
+        n, w, hard = parts[0], (parts[1:2] or ["0.5"])[0], (parts[2:3] or ["0"])[0]
         if int(n) == 0:
             out["answers only"] = ["--set", "distill.general_text=null"]
             continue
-        gt = f"{{source: rotten-tomatoes, samples: {int(n)}, max_length: 64, weight: {float(w or 0.5)}}}"
-        out[f"{int(n)}:{float(w or 0.5):g}"] = ["--set", f"distill.general_text={gt}"]
+        gt = f"source: rotten-tomatoes, samples: {int(n)}, max_length: 64, weight: {float(w)}"
+        name = f"{int(n)}:{float(w):g}"
+        if float(hard):
+            gt += f", hard_label: {float(hard)}"
+            name += f", hard {float(hard):g}"
+        out[name] = ["--set", f"distill.general_text={{{gt}}}"]
     return out
 
 
@@ -95,7 +101,7 @@ def curve(args: argparse.Namespace) -> None:
     """One build per general-text mix, everything else the card's (its answers per prompt, its losses) at --epochs."""
     points = []
     for name, extra in curve_arms(args.curve).items():
-        folder = ROOT / "builds" / f"gt-curve-{name.replace(':', '-').replace(' ', '-')}"
+        folder = ROOT / "builds" / f"gt-curve-{name.replace(':', '-').replace(', hard ', '-h')}"
         if not args.collect:
             cmd = ["build", "--recipe", "smollm2-seqkd", "--target", "cpu", "--quiet", "--out", str(folder),
                    "--set", f"distill.epochs={args.epochs}", *COMMON, *extra]
@@ -105,6 +111,7 @@ def curve(args: argparse.Namespace) -> None:
         s = summary(folder)
         gt = s["general_text"] or {}
         points.append({"mix": name, "samples": gt.get("samples", 0), "weight": gt.get("weight", 0.0),
+                       "hard_label": gt.get("hard_label", 0.0),
                        "general_tokens": gt.get("tokens", 0), **s})
     import sys
     if str(ROOT) not in sys.path:

@@ -1034,8 +1034,17 @@ def general_text_curve() -> str:
             f"{'met' if best['natural_text']['perplexity_ratio'] <= goal else 'missed'})."]
     by_weight: dict[float, list[dict]] = {}
     for p in pts:
-        if p["samples"]:
+        if p["samples"] and not p.get("hard_label"):
             by_weight.setdefault(p["weight"], []).append(p)
+    for p in pts:  # a hard-label share against the same mix without it
+        twin = next((q for q in by_weight.get(p["weight"], []) if q["samples"] == p["samples"]), None)
+        if p.get("hard_label") and twin:
+            r0, r1 = twin["natural_text"]["perplexity_ratio"], p["natural_text"]["perplexity_ratio"]
+            dh = 100 * (p["held_out"]["held-out-template"]["agreement"]
+                        - twin["held_out"]["held-out-template"]["agreement"])
+            text.append(f"Hard labels on {p['hard_label']:g} of the general-text weight ({p['mix']}) "
+                        f"{'lower' if r1 < r0 else 'do not lower'} the ratio ({r0:.1f}× → {r1:.1f}×) and move "
+                        f"held-out-template agreement by {dh:+.1f} points.")
     per_snippet = best["general_tokens"] / best["samples"] if best["samples"] else None
     for w, ps in sorted(by_weight.items()):
         if len({p["general_tokens"] for p in ps}) < 2:

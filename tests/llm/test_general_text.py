@@ -350,15 +350,17 @@ def test_the_general_text_curve_block_reads_its_points_and_extrapolates_only_a_f
     d = {"created": "2026-12-07T00:00:00Z", "epochs": 1, "threads": 2, "corpus_train_snippets": 10000,
          "goal": {"natural_text_perplexity_ratio": 3.0},
          "points": [point("1000:0.5", 1000, 0.5, 1000, 8.0), point("4000:0.5", 4000, 0.5, 4000, 4.0),
-                    point("4000:1", 4000, 1.0, 4000, 5.0)]}
+                    point("4000:1", 4000, 1.0, 4000, 5.0), {**point("1000:0.5, hard 0.5", 1000, 0.5, 1000, 6.0),
+                                                            "hard_label": 0.5}]}
     (res / "general_text_curve.json").write_text(json.dumps(d))
     text = readme_numbers.general_text_curve()
-    assert text.count("\n| ") == 4  # header + three rows (the rule starts with |---)
+    assert text.count("\n| ") == 5  # header + four rows (the rule starts with |---)
     assert "4.0× (4000:0.5; goal ≤ 3×: missed)" in text
     # 8 -> 4 over 1,000 -> 4,000 tokens: ratio ~ tokens^-0.5, so 3x at 1,000 * (8/3)^2 = 7,111 tokens
     assert "tokens^-0.50" in text and "about 7,111 tokens" in text and "extrapolation (not a measurement)" in text
     assert "about 10,000" in text  # the corpus's snippets at 1 token each (these points' tokens per snippet)
-    assert "weight 1," not in text  # one token count at weight 1: no fit
+    assert "weight 1," not in text  # one token count at weight 1: no fit (and the hard-label point is not in a fit)
+    assert "(1000:0.5, hard 0.5) lower the ratio (8.0× → 6.0×)" in text
     d["points"][1]["natural_text"]["perplexity_ratio"] = 9.0
     (res / "general_text_curve.json").write_text(json.dumps(d))
     text = readme_numbers.general_text_curve()
