@@ -29,7 +29,6 @@ import json
 import shutil
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 from _common import RESULTS, ROOT, edgekd, write

@@ -11,7 +11,6 @@ import argparse
 import json
 import shutil
 import tempfile
-from pathlib import Path
 
 from _common import RESULTS, ROOT, edgekd, report, student, write
 
