@@ -1069,6 +1069,41 @@ def general_text_curve() -> str:
 GENERATORS["general-text-curve"] = general_text_curve
 
 
+def lm_ppl_gap() -> str:
+    """Where the LM student's natural-text perplexity gap lies (bench_lm_ppl_gap.py): top-k tokens vs the tail."""
+    d = _load_opt("lm_ppl_gap.json")
+    if d is None:
+        return "_No measurement yet: run `python benchmarks/bench_lm_ppl_gap.py BUILD...`._\n"
+    lines = ["| build (general text) | ratio | tokens in the teacher's top-k | gap on them (nats × share) | "
+             "gap on the tail | the tail's part |", "|---|---|---|---|---|---|"]
+    tails = []
+    for b in d["builds"]:
+        gt = b.get("general_text") or {}
+        mix = (f"{gt['samples']:,} : {gt['weight']:g}" + (f", hard {gt['hard_label']:g}" if gt.get("hard_label") else "")
+               if gt else "none")
+        top, tail = b["parts"]["top_k"], b["parts"]["tail"]
+        part = tail["log_ratio_part"] / b["log_ratio"] if b["log_ratio"] > 0 else None
+        tails.append(part)
+        lines.append(f"| `{Path(b['build']).name}` ({mix}) | {b['perplexity_ratio']:.2f}× | {_pct(top['share'])} "
+                     f"(top-{b['k']}) | {top['log_ratio_part']:.2f} | {tail['log_ratio_part']:.2f} | "
+                     f"{_pct(part) if part is not None else '—'} |")
+    known = [t for t in tails if t is not None]
+    verdict = ""
+    if known:
+        lo, hi = min(known), max(known)
+        where = ("mostly in the tail (the tokens top-k KD never shows the student)" if lo > 0.5 else
+                 "mostly inside the teacher's top-k (the student has not learned the teacher's ranking of likely "
+                 "tokens: more general text or a larger student, not a larger top_k)" if hi < 0.5 else "split")
+        verdict = (f"The natural-text perplexity log-ratio is {where}: the tail holds {_pct(lo)}"
+                   + (f"–{_pct(hi)}" if hi - lo > 0.0005 else "") + " of it. ")
+    return (verdict + "Each part is the tokens' share times the student's mean NLL minus the teacher's on them; the "
+            "parts add up to the log of the report's ratio.\n\n" + "\n".join(lines) + "\n\n"
+            + _source("lm_ppl_gap.json", d, "; " + "; ".join(d.get("notes") or [])))
+
+
+GENERATORS["lm-ppl-gap"] = lm_ppl_gap
+
+
 def prompts_range() -> str:
     """The grown prompt set (grow_llm_prompts.py) and what more answers buy (bench_lm_curve.py)."""
     g = _load_opt("prompts_grown.json")

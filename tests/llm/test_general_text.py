@@ -402,3 +402,27 @@ def test_the_perplexity_gap_splits_into_top_k_and_tail_parts_that_add_up():
     assert abs(same["log_ratio"]) < 1e-6 and same["perplexity_ratio"] == pytest.approx(1.0)
     whole = bench.gap(teacher, student, examples, k=40)
     assert whole["parts"]["tail"]["tokens"] == 0 and whole["teacher_top_k_mass"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_ppl_gap_block_names_where_the_gap_lies(readme_numbers, tmp_path, monkeypatch):
+    import json
+
+    res = tmp_path / "results"
+    res.mkdir()
+    monkeypatch.setattr(readme_numbers, "RESULTS", res)
+    assert "No measurement yet" in readme_numbers.lm_ppl_gap()
+
+    def build(name, top, tail, hard=0.0):
+        return {"build": f"builds/{name}", "k": 16, "log_ratio": top + tail, "perplexity_ratio": math.exp(top + tail),
+                "general_text": {"samples": 1000, "weight": 0.5, "hard_label": hard},
+                "parts": {"top_k": {"share": 0.58, "log_ratio_part": top}, "tail": {"share": 0.42, "log_ratio_part": tail}}}
+
+    d = {"created": "2026-12-07T00:00:00Z", "builds": [build("a", 0.93, 0.63), build("b", 0.8, 0.4, hard=0.5)]}
+    (res / "lm_ppl_gap.json").write_text(json.dumps(d))
+    text = readme_numbers.lm_ppl_gap()
+    assert "mostly inside the teacher's top-k" in text and "40.4%–33.3%" not in text and "33.3%–40.4%" in text
+    assert "| `a` (1,000 : 0.5) | 4.75× | 58.0% (top-16) | 0.93 | 0.63 | 40.4% |" in text
+    assert "(1,000 : 0.5, hard 0.5)" in text
+    d["builds"] = [build("a", 0.3, 0.9)]
+    (res / "lm_ppl_gap.json").write_text(json.dumps(d))
+    assert "mostly in the tail" in readme_numbers.lm_ppl_gap()
