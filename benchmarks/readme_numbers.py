@@ -1063,7 +1063,7 @@ def general_text_curve() -> str:
             what += ": more general text did not lower it"
         text.append(what + ".")
     return (" ".join(text) + "\n\n" + "\n".join(lines) + "\n\n"
-            + _source("general_text_curve.json", d, "; " + "; ".join(d.get("notes") or [])))
+            + _source("general_text_curve.json", d, "".join("; " + n for n in d.get("notes") or [])))
 
 
 GENERATORS["general-text-curve"] = general_text_curve
@@ -1098,7 +1098,7 @@ def lm_ppl_gap() -> str:
                    + (f"–{_pct(hi)}" if hi - lo > 0.0005 else "") + " of it. ")
     return (verdict + "Each part is the tokens' share times the student's mean NLL minus the teacher's on them; the "
             "parts add up to the log of the report's ratio.\n\n" + "\n".join(lines) + "\n\n"
-            + _source("lm_ppl_gap.json", d, "; " + "; ".join(d.get("notes") or [])))
+            + _source("lm_ppl_gap.json", d, "".join("; " + n for n in d.get("notes") or [])))
 
 
 GENERATORS["lm-ppl-gap"] = lm_ppl_gap

@@ -421,7 +421,7 @@ def test_the_ppl_gap_block_names_where_the_gap_lies(readme_numbers, tmp_path, mo
     (res / "lm_ppl_gap.json").write_text(json.dumps(d))
     text = readme_numbers.lm_ppl_gap()
     assert "mostly inside the teacher's top-k" in text and "40.4%–33.3%" not in text and "33.3%–40.4%" in text
-    assert "| `a` (1,000 : 0.5) | 4.75× | 58.0% (top-16) | 0.93 | 0.63 | 40.4% |" in text
+    assert "| `a` (1,000 : 0.5) | 4.76× | 58.0% (top-16) | 0.93 | 0.63 | 40.4% |" in text
     assert "(1,000 : 0.5, hard 0.5)" in text
     d["builds"] = [build("a", 0.3, 0.9)]
     (res / "lm_ppl_gap.json").write_text(json.dumps(d))
