@@ -269,6 +269,10 @@ def test_general_text_off_leaves_the_distill_stage_key_as_it_was(tmp_path):
         hard = ctx("distill.general_text.hard_label=0.5")
         assert stage.config(hard)["general_text"]["hard_label"] == 0.5
         assert stage_key(stage, hard, {}) not in (key, stage_key(stage, shipped, {}))
+        from edgekd.tasks.text_generation.hooks import vocab_reads
+
+        # a -vocab candidate's kept tokens depend on the texts drawn, not on their loss weights
+        assert vocab_reads(hard) == vocab_reads(shipped) != vocab_reads(on)
     from edgekd.errors import UserError
 
     with pytest.raises(UserError, match="does not exist"):

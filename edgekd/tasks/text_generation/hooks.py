@@ -137,7 +137,9 @@ def training_vocab_of(ctx: BuildContext, tok, train, always: list[int]) -> list[
 def vocab_reads(ctx: BuildContext) -> dict[str, Any]:
     """What the kept tokens of a -vocab candidate depend on beyond the answers (a stage key's part)."""
     gt = ctx.recipe.distill.general_text
-    return {"general_text": gt.model_dump(mode="json") if gt is not None else None, "seed": ctx.recipe.distill.seed}
+    # hard_label (a loss weight) does not change which texts are drawn: left out, so the key is what it was before it
+    return {"general_text": gt.model_dump(mode="json", exclude={"hard_label"}) if gt is not None else None,
+            "seed": ctx.recipe.distill.seed}
 
 
 # --------------------------------------------------------------------------- profile
