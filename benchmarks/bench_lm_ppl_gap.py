@@ -19,7 +19,7 @@ import json
 import math
 from pathlib import Path
 
-from _common import ROOT, write
+from _common import RESULTS, ROOT, write
 
 
 def gap(teacher, student, examples, k: int) -> dict:
@@ -79,11 +79,16 @@ def main() -> None:
     ap.add_argument("builds", nargs="+", type=Path)
     ap.add_argument("--k", type=int, default=16, help="the top-k split (the card's teacher_cache.top_k)")
     ap.add_argument("--note", action="append", default=[])
+    ap.add_argument("--add", action="store_true", help="keep the results file's other builds (and notes)")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(1)
-    write("lm_ppl_gap", {"notes": args.note, "threads": 1, "builds": [one(b, args.k) for b in args.builds]})
+    new = [one(b, args.k) for b in args.builds]
+    old = json.loads((RESULTS / "lm_ppl_gap.json").read_text()) if args.add and (RESULTS / "lm_ppl_gap.json").is_file() \
+        else {"builds": [], "notes": []}
+    keep = [b for b in old["builds"] if b["build"] not in {n["build"] for n in new}]
+    write("lm_ppl_gap", {"notes": [*old["notes"], *args.note], "threads": 1, "builds": keep + new})
 
 
 if __name__ == "__main__":
