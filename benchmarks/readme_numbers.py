@@ -1003,6 +1003,11 @@ def general_text() -> str:
 GENERATORS["general-text"] = general_text
 
 
+def _notes(d: dict[str, Any]) -> str:
+    """A results file's run notes as the source line's tail ("; note" each; nothing without notes)."""
+    return "".join("; " + n for n in d.get("notes") or [])
+
+
 def _round2(x: float) -> int:
     """x to two significant digits (an extrapolation's precision)."""
     return int(round(x, 1 - int(math.floor(math.log10(abs(x)))))) if x else 0
@@ -1068,7 +1073,7 @@ def general_text_curve() -> str:
             what += ": more general text did not lower it"
         text.append(what + ".")
     return (" ".join(text) + "\n\n" + "\n".join(lines) + "\n\n"
-            + _source("general_text_curve.json", d, "".join("; " + n for n in d.get("notes") or [])))
+            + _source("general_text_curve.json", d, _notes(d)))
 
 
 GENERATORS["general-text-curve"] = general_text_curve
@@ -1112,7 +1117,7 @@ def lm_ppl_gap() -> str:
                            "the teacher's knowledge. " if part < 0 else ". "))
     return (verdict + "Each part is the tokens' share times the student's mean NLL minus the teacher's on them; the "
             "parts add up to the log of the report's ratio.\n\n" + "\n".join(lines) + "\n\n"
-            + _source("lm_ppl_gap.json", d, "".join("; " + n for n in d.get("notes") or [])))
+            + _source("lm_ppl_gap.json", d, _notes(d)))
 
 
 GENERATORS["lm-ppl-gap"] = lm_ppl_gap
