@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--collect", action="store_true", help="read the two build folders of an earlier run")
     ap.add_argument("--note", action="append", default=[])
-    ap.add_argument("--curve", action="append", default=[], metavar="SAMPLES:WEIGHT",
+    ap.add_argument("--curve", action="append", default=[], metavar="SAMPLES:WEIGHT[:HARD]",
                     help="one build per general-text mix on the card's answers (0: answers only) -> general_text_curve.json")
     args = ap.parse_args()
     if args.curve:
@@ -113,7 +114,6 @@ def curve(args: argparse.Namespace) -> None:
         points.append({"mix": name, "samples": gt.get("samples", 0), "weight": gt.get("weight", 0.0),
                        "hard_label": gt.get("hard_label", 0.0),
                        "general_tokens": gt.get("tokens", 0), **s})
-    import sys
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     from edgekd.llm.natural_text import rotten_tomatoes
