@@ -377,6 +377,14 @@ class GeneralTextConfig(Strict):
                                           "the teacher's top-k: the tokens outside the teacher's top-k are learned "
                                           "only from these (the control's general text is all hard labels)")
 
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        # hard_label at its default is left out: a card without it dumps (and keys its stages) as before the option
+        d = handler(self)
+        if not self.hard_label:
+            d.pop("hard_label", None)
+        return d
+
 
 class DistillConfig(TrainConfig):
     epochs: int = Field(10, ge=1)

@@ -266,8 +266,14 @@ def test_general_text_off_leaves_the_distill_stage_key_as_it_was(tmp_path):
         assert stage.config(on)["general_text"] == {"source": "rotten-tomatoes", "samples": 500, "max_length": 64,
                                                      "weight": 0.3, "top_k": 16}  # the answers' top_k
         assert stage_key(stage, on, {}) not in (key, stage_key(stage, shipped, {}))
+        # hard_label at its default 0 is absent from the card's dump, so from every key that hashes it (the stage's
+        # config and its card slice): set to 0 explicitly, the shipped card's key; set to 0.5, a new one
+        assert "hard_label" not in card_slice(shipped, stage.reads)["recipe.distill"]["general_text"]
+        assert "hard_label" not in stage.config(shipped)["general_text"]
+        assert stage_key(stage, ctx("distill.general_text.hard_label=0"), {}) == stage_key(stage, shipped, {})
         hard = ctx("distill.general_text.hard_label=0.5")
         assert stage.config(hard)["general_text"]["hard_label"] == 0.5
+        assert card_slice(hard, stage.reads)["recipe.distill"]["general_text"]["hard_label"] == 0.5
         assert stage_key(stage, hard, {}) not in (key, stage_key(stage, shipped, {}))
         from edgekd.tasks.text_generation.hooks import vocab_reads
 

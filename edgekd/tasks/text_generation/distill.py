@@ -107,10 +107,7 @@ def _general_cfg(ctx: BuildContext) -> dict | None:
     elif not Path(gt.source).expanduser().is_file():
         raise UserError(f"distill.general_text.source: {gt.source} does not exist",
                         hint=f"give '{ROTTEN_TOMATOES}' or a .txt (one text per line) / .jsonl ({{\"text\": ...}}) file")
-    cfg = {**gt.model_dump(), "top_k": gt.top_k or ctx.recipe.distill.teacher_cache.top_k or 16}
-    if not cfg["hard_label"]:  # the default: absent, so a card without it keeps the key it had before the option
-        del cfg["hard_label"]
-    return cfg
+    return {**gt.model_dump(), "top_k": gt.top_k or ctx.recipe.distill.teacher_cache.top_k or 16}
 
 
 def _distill_cfg(ctx: BuildContext) -> dict:
@@ -335,6 +332,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
             prog.remove_task(task)
     gcfg = _general_cfg(ctx)
     general = general_text_cache(ctx, teacher, tok, pad, info["hash"], gcfg) if gcfg is not None else None
+    hard = ctx.recipe.distill.general_text.hard_label if gcfg is not None else 0.0
     # the sanity row: the teacher against its own greedy answers (agreement ~100%) on every held-out set; its
     # val/test figures are those sets' (one pass over each: ex["val"] and held["val"] are the same examples)
     teacher_held = teacher_held_out(ctx, teacher, held, pad, info["hash"])
@@ -382,8 +380,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         loss_set = build_losses(losses, student, online, probe)
         mixed = None
         if general is not None:  # the control: the same text, hard labels (no teacher logits)
-            g_losses = general_text_losses(terms, gcfg["weight"], control=name == "control",
-                                           hard=gcfg.get("hard_label", 0.0))
+            g_losses = general_text_losses(terms, gcfg["weight"], control=name == "control", hard=hard)
             mixed = S.GeneralText(general[0], build_losses(g_losses, student, None, None),
                                   general[1] if name == "student" else None)
         ckpt = ckpts[name]
@@ -434,9 +431,8 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     }
     if general is not None:
         metrics["general_text"] = {**general[2], "weight": gcfg["weight"], "top_k": gcfg["top_k"],
-                                   "hard_label": gcfg.get("hard_label", 0.0),
-                                   "losses": general_text_losses(terms, gcfg["weight"], control=False,
-                                                                 hard=gcfg.get("hard_label", 0.0)),
+                                   "hard_label": hard,
+                                   "losses": general_text_losses(terms, gcfg["weight"], control=False, hard=hard),
                                    "control_losses": general_text_losses(terms, gcfg["weight"], control=True)}
     outputs = {p.name: f"student/{p.name}" for p in sorted(out.iterdir()) if p.is_file()}
     outputs["model"] = "student/model.safetensors"
