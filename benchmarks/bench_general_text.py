@@ -5,8 +5,10 @@ benchmarks/results/general_text.json.
     python benchmarks/bench_general_text.py                 # both builds (about 50 min at 1 thread), then the table
     python benchmarks/bench_general_text.py --collect       # build nothing: read builds/gt-base and builds/gt-text
     python benchmarks/bench_general_text.py --curve 1000:0.5 --curve 4000:0.5 --curve 4000:1.0 --curve 1000:0.5:0.5
-        # the curve (general_text_curve.json): one build per general-text mix (snippets:weight) on the card's answers,
-        # what more general text (or a heavier weight) buys in natural-text perplexity, and costs in agreement and time
+        # the curve (general_text_curve.json): one build per general-text mix (snippets:weight[:hard]) on the card's
+        # answers, what more general text (or a heavier weight) buys in natural-text perplexity, and costs in agreement
+        # and time; --add keeps the file's points of other mixes. The mix for the card is chosen on the validation
+        # snippets' ratio (natural_text_val: other test-bucket movies), the test snippets' ratio reported beside it
 
 Both builds: the card with distill.epochs=--epochs (default 1: the full card's 4 epochs take ~40 min each here),
 fp32 only (no quantization: this is about what the student learned), no control arm, one profile repeat. The teacher's
@@ -64,6 +66,9 @@ def summary(build: Path) -> dict:
             "train_seconds": t["student"]["train_seconds"], "best_epoch": t["student"]["best_epoch"],
             "val_agreement": t["student"]["val"]["agreement"],
             "natural_text": {k: nt.get(k) for k in ("source", "snippets", "student", "teacher", "perplexity_ratio")},
+            # the validation snippets (other movies): a general-text mix is chosen on this ratio, not the one above
+            "natural_text_val": {k: (nt.get("val") or {}).get(k) for k in ("source", "student", "teacher",
+                                                                            "perplexity_ratio")},
             "held_out": t["held_out"]["student"], "general_text": t.get("general_text")}
 
 
@@ -77,6 +82,8 @@ def main() -> None:
     ap.add_argument("--note", action="append", default=[])
     ap.add_argument("--curve", action="append", default=[], metavar="SAMPLES:WEIGHT[:HARD]",
                     help="one build per general-text mix on the card's answers (0: answers only) -> general_text_curve.json")
+    ap.add_argument("--add", action="store_true",
+                    help="with --curve: keep general_text_curve.json's points of other mixes (their own run notes)")
     args = ap.parse_args()
     if args.curve:
         return curve(args)
@@ -118,9 +125,16 @@ def curve(args: argparse.Namespace) -> None:
         sys.path.insert(0, str(ROOT))
     from edgekd.llm.natural_text import rotten_tomatoes
 
+    notes = list(args.note)
+    if args.add:  # points of mixes not rebuilt now stay, with the notes of the run that made them
+        before = json.loads((ROOT / "benchmarks" / "results" / "general_text_curve.json").read_text())
+        kept = [p for p in before["points"] if p["mix"] not in {q["mix"] for q in points}]
+        if kept:
+            notes = [*before.get("notes", []), *notes]
+        points = kept + points
     write("general_text_curve", {
         "recipe": "smollm2-seqkd", "epochs": args.epochs,
-        "corpus_train_snippets": len(rotten_tomatoes("train")[0]), "threads": args.threads, "notes": args.note,
+        "corpus_train_snippets": len(rotten_tomatoes("train")[0]), "threads": args.threads, "notes": notes,
         "settings": "the card's answers (train_samples), losses and seed; fp32 only, no control, no quantized "
                     "teacher, one profile repeat; each mix's general text drawn with the same seed",
         "points": points, "goal": {"natural_text_perplexity_ratio": 3.0},

