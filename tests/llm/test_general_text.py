@@ -396,7 +396,17 @@ def test_the_general_text_curve_block_reads_its_points_and_extrapolates_only_a_f
     (res / "general_text_curve.json").write_text(json.dumps(d))
     text = readme_numbers.general_text_curve()
     assert text.count("\n| ") == 5  # header + four rows (the rule starts with |---)
-    assert "4.0× (4000:0.5; goal ≤ 3×: missed)" in text
+    assert "lowest ratio there" not in text and "none is chosen here" in text and "4.0× (4000:0.5; goal ≤ 3×)" in text
+    assert text.count("| not scored |") == 4
+    # the mixes are compared on the validation snippets' ratio, not the evaluation's: 4000:1 wins there (2.5 < 3.5)
+    # though its evaluation ratio (5.0) is above 4000:0.5's (4.0)
+    d["points"][1]["natural_text_val"] = {"perplexity_ratio": 3.5}
+    d["points"][2]["natural_text_val"] = {"perplexity_ratio": 2.5}
+    (res / "general_text_curve.json").write_text(json.dumps(d))
+    text = readme_numbers.general_text_curve()
+    assert "Of the 2 mixes scored on the validation snippets" in text
+    assert "lowest ratio there: 2.5× (4000:1; 5.0× on the evaluation snippets, goal ≤ 3×: missed)" in text
+    assert "2 mix(es) were built before the validation snippets existed" in text and "| 3.5× |" in text
     # 8 -> 4 over 1,000 -> 4,000 tokens: ratio ~ tokens^-0.5, so 3x at 1,000 * (8/3)^2 = 7,111 tokens (two digits)
     assert "tokens^-0.50" in text and "about 7,100 tokens" in text and "extrapolation (not a measurement)" in text
     assert "about 10,000" in text  # the corpus's snippets at 1 token each (these points' tokens per snippet)
