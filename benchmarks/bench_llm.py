@@ -407,7 +407,13 @@ def main() -> None:
     }
     out["held_out"] = rep["training"].get("held_out")
     gt = d.get("general_text")
-    out["general_text"] = None if not gt else {k: gt.get(k) for k in ("source", "samples", "tokens", "weight", "top_k")}
+    out["general_text"] = None if not gt else {k: gt.get(k) for k in ("source", "samples", "tokens", "weight", "top_k",
+                                                                       "hard_label")}
+    # the build's natural-text ratio on the validation snippets (other movies than the evaluation's: a general-text
+    # mix is chosen on it, benchmarks/bench_general_text.py)
+    nt_val = (rep["training"].get("natural_text") or {}).get("val")
+    out["natural_text_val"] = None if not nt_val else {k: nt_val.get(k) for k in ("source", "student", "teacher",
+                                                                                   "perplexity_ratio")}
     out["decode_compute"] = rep.get("decode_compute") or decode_compute(build)
     name = args.name or ("llm-quick" if args.quick else "llm")
     prev = RESULTS / f"{name}.json"
