@@ -6,6 +6,7 @@ contract keys plus the generation figures."""
 import importlib.util
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -145,6 +146,21 @@ def test_smollm2_seqkd_quick_build(lm_quick_build, tmp_path):
     assert not stages["natural"] and all(stages[k] for k in ("teacher", "generate", "distill", "export", "quantize"))
     nat = json.loads((again / "natural" / "result.json").read_text())["metrics"]
     assert nat["scored_prompts"] == 1 and nat["left_out"][0]["prompt"] == trained
+    # the control's run is cached apart (llm-control/, keyed by what it reads): another KD weighting retrains the
+    # student and reads the first build's control back, its figures those of the run that trained it
+    assert "reused" not in ctrl and len(list((Path(env["EDGEKD_CACHE"]) / "llm-control").glob("*.json"))) == 1
+    kd = copy_build(out, tmp_path / "kd")
+    r4 = edgekd("build", *LM_QUICK, "--out", str(kd), "--json", "--set", "quantize.candidates=[fp32]", "--set",
+                'distill.losses=[{"kind": "soft_label", "weight": 0.8}, {"kind": "hard_label", "weight": 0.2}]',
+                env=env, cwd=cwd)
+    assert r4.returncode == 0, r4.stderr[-2000:]
+    stages = {e["stage"]: e["reused"] for e in json.loads((kd / "run.json").read_text())["stages"]}
+    assert not stages["distill"] and stages["generate"]
+    c4 = json.loads(r4.stdout)["training"]["control"]
+    assert "an earlier build trained this control" in c4["reused"]["why"]
+    assert {k: c4[k] for k in ("test", "history", "best_epoch")} == {k: ctrl[k] for k in ("test", "history", "best_epoch")}
+    d4 = json.loads((kd / "distill" / "result.json").read_text())["metrics"]
+    assert d4["losses"]["soft"] == 0.8 and d4["history"] != d["history"]  # the student did train again
 
 
 def test_a_missing_natural_prompt_file_is_exit_2_before_any_stage(tmp_path):

@@ -304,6 +304,41 @@ def test_general_text_off_leaves_the_distill_stage_key_as_it_was(tmp_path):
         stage.config(ctx(f"distill.general_text.source={tmp_path / 'missing.txt'}"))
 
 
+@needs_corpus
+def test_the_controls_cache_key_ignores_the_students_side_of_the_card(tmp_path):
+    """The control trains on the answers with hard labels only: its cache key (a build reads an earlier build's
+    control back) stays when only the student's side changes (KD terms, weighting, top_k, general-text hard labels),
+    and moves with anything the control's own run reads."""
+    from edgekd.cards import load_recipe, load_target
+    from edgekd.config import parse_sets
+    from edgekd.pipeline import BuildContext
+    from edgekd.tasks.text_generation.distill import _distill_cfg, control_key
+
+    def key(*sets, sized=None, world=1, device="cpu"):
+        ctx = BuildContext(out=tmp_path / "b", recipe=load_recipe("smollm2-seqkd", parse_sets(list(sets))),
+                           target=load_target("cpu"), recipe_ref="smollm2-seqkd", target_ref="cpu")
+        return control_key(_distill_cfg(ctx) | {"teacher": "t0", "answers": "a0"}, sized, world, device)
+
+    base = key()
+    student_side = [
+        ('distill.losses=[{"kind": "soft_label", "weight": 0.8, "temperature": 2.0}, '
+         '{"kind": "hard_label", "weight": 0.2}]'),
+        'distill.weighting={"kind": "teacher_confidence"}', "distill.teacher_cache.top_k=8",
+        "distill.general_text.hard_label=0.25", "distill.general_text.top_k=4"]
+    for s in student_side:
+        assert key(s) == base, s
+    control_side = ["distill.epochs=7", "distill.lr=0.001", "distill.seed=3", "distill.batch_size=4",
+                    "distill.general_text.samples=50", "distill.general_text.weight=0.9", "distill.general_text=null",
+                    "student.kwargs.depth=0.3", "data.max_length=64"]
+    keys = {key(s) for s in control_side}
+    assert base not in keys and len(keys) == len(control_side)
+    assert base not in {key(sized={"depth": 0.5}), key(world=2), key(device="cuda")}
+    ctx_free = _distill_cfg(BuildContext(out=tmp_path / "b", recipe=load_recipe("smollm2-seqkd"),
+                                         target=load_target("cpu"), recipe_ref="smollm2-seqkd", target_ref="cpu"))
+    assert control_key(ctx_free | {"teacher": "t1", "answers": "a0"}, None, 1, "cpu") != base  # another teacher
+    assert control_key(ctx_free | {"teacher": "t0", "answers": "a1"}, None, 1, "cpu") != base  # other answers
+
+
 # --------------------------------------------------------------------------- natural-text evaluation
 
 

@@ -269,6 +269,29 @@ def general_text_losses(terms: list[dict], weight: float, control: bool, hard: f
     return out
 
 
+# what the report keeps of a control run, and what its cache entry holds
+CONTROL_METRICS = ("val", "test", "best_epoch", "train_seconds", "held_out", "history")
+
+
+def control_key(key_material: dict, sized: dict | None, world: int, device: str) -> str:
+    """The control's own cache key: what its run reads, so builds that change only the student's side (its KD
+    loss terms and their temperature, distill.weighting, the teacher_cache top_k, general_text.hard_label and
+    top_k) share one control. It keeps the teacher, the answers (and with them the split and held-out sets),
+    the student's card and the cut a budget chose, the training settings, the general text the control sees (its
+    source, samples, length and weight), the world size and device it trained on, and the edgekd version."""
+    from edgekd import __version__
+
+    d = key_material["distill"]
+    g = key_material.get("general_text")
+    return stable_hash({
+        "edgekd": __version__, "teacher": key_material["teacher"], "answers": key_material["answers"],
+        "student": key_material["student"], "sized": sized, "patience": key_material["patience"],
+        "max_length": key_material["max_length"], "control_kind": key_material["control_kind"],
+        "train": {k: d[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "seed")},
+        "general_text": None if g is None else {k: g[k] for k in ("source", "samples", "max_length", "weight")},
+        "world": world, "device": device, "loss": CONTROL_LOSS})
+
+
 def general_text_cache(ctx: BuildContext, teacher, tok, pad: int, teacher_hash: str, gcfg: dict):
     """The general-text examples, the teacher's top-k on every position of them (one forward pass each, cached
     under llm-logits/ like the answers' and keyed by teacher, token ids and settings), and what the report says."""
@@ -347,6 +370,17 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
     from edgekd.tasks.search_common import winner_kwargs
 
     sized = winner_kwargs(inputs)  # the cut a budget chose, else the card's
+    # the control's run depends on fewer settings than the student's: a build that changes only the student's side
+    # (its KD terms, weighting, general-text hard labels) reads the control of an earlier build back
+    from edgekd import dist
+
+    rank, world = dist.rank_world() if dist.active() else (0, 1)
+    control_file = None
+    if _gen(ctx).control:
+        ck = control_key(key_material, sized, world, train_device().type)
+        control_file = ctx.cache_dir / "llm-control" / f"{ck[:20]}.json"
+    # under torchrun every rank must agree (each trains the control, or none): reused only when all have it
+    control_cached = control_file is not None and dist.sum_all(float(control_file.is_file()))[0] == world
     calib = None
     if ctx.recipe.student.arch == "pruned_llama":
         from edgekd.llm.prune import calibration_batches, parse_options
@@ -366,7 +400,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
             student = cut_val.pop("cut")
         else:
             student = _build_student(ctx, t_model, t_tok, calib=calib, kwargs=sized)
-            if calib is not None and name == "student" and _gen(ctx).control:
+            if calib is not None and name == "student" and control_file is not None and not control_cached:
                 cut_val["cut"] = copy.deepcopy(student)
         # the cut student before any training (what pruning alone leaves), once: the control's cut is the same
         untrained = held_out_report(student, held, pad) if calib is not None and name == "student" else None
@@ -400,10 +434,19 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
 
     student, res = run("student", ex["train"], cache, terms)
     control = None
-    if _gen(ctx).control:
+    if control_cached:
+        control = {**json.loads(control_file.read_text()), "reused": {
+            "cache": str(control_file), "why": "an earlier build trained this control: the same teacher, answers, "
+            "student, training settings and general text (only the student's side of the card differs)"}}
+    elif control_file is not None:
         # the fair control: the same student on the same teacher answers with hard labels only (sequence-level KD
         # without the teacher's token-level logits); KD minus it is what the logits add
         _, control = run("control", ex["train"], None, [dict(CONTROL_LOSS)])
+        from edgekd.fsio import write_json_atomic
+
+        if rank == 0:
+            control_file.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(control_file, {k: control[k] for k in CONTROL_METRICS})
     for ckpt in ckpts.values():
         ckpt.unlink(missing_ok=True)
     out = wd / "student"
@@ -418,7 +461,7 @@ def stage_distill(inputs: dict[str, StageResult], ctx: BuildContext, wd: Path) -
         "val": res["val"], "test": res["test"], "history": res["history"], "best_epoch": res["best_epoch"],
         "train_seconds": res["train_seconds"], "teacher": teacher_eval,
         "control": None if control is None else {
-            **{k: control[k] for k in ("val", "test", "best_epoch", "train_seconds", "held_out", "history")},
+            **{k: control[k] for k in (*CONTROL_METRICS, "reused") if k in control},
             "kind": "answers-hard-label", "losses": [dict(CONTROL_LOSS)],
             "trained_on": "the teacher's answers to the training prompts, hard labels only (no teacher logits)"
                           + ("; the same general text, hard labels (its own next tokens)" if general else "")},
