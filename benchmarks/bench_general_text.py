@@ -131,7 +131,7 @@ def curve(args: argparse.Namespace) -> None:
         kept = [p for p in before["points"] if p["mix"] not in {q["mix"] for q in points}]
         if kept:
             notes = [*before.get("notes", []), *notes]
-        points = kept + points
+        points = sorted(kept + points, key=lambda q: (q["samples"], q["weight"], q["hard_label"]))
     write("general_text_curve", {
         "recipe": "smollm2-seqkd", "epochs": args.epochs,
         "corpus_train_snippets": len(rotten_tomatoes("train")[0]), "threads": args.threads, "notes": notes,
