@@ -520,8 +520,10 @@ def llm_build() -> str:
     control = ("the same student trained on the teacher's answers with hard labels only" if d.get("held_out")
                else "the same student on the prompts' raw text")
     gt = d.get("general_text")
+    hard = (f", {gt['hard_label']:g} of that weight on the text's own next tokens" if gt and gt.get("hard_label")
+            else "")
     general = (f", plus {gt['weight']:g} × token-level KD on {gt['samples']:,} general-text snippets ({gt['tokens']:,} "
-               f"tokens, top-{gt['top_k']})" if gt else ", no general text")
+               f"tokens, top-{gt['top_k']}{hard})" if gt else ", no general text")
     ts = gen.get("train_samples")
     answers = (f", {ts['per_prompt']} answers per training prompt (the greedy one and {ts['kept']:,} sampled at "
                f"temperature {ts['temperature']:g}, top-p {ts['top_p']:g}, of {ts['asked']:,} asked; "
@@ -546,8 +548,10 @@ def llm_build() -> str:
         hb = []
         for k, v in hg.items():
             if "perplexity" in k:
+                on_val = (d.get("natural_text_val") or {}).get("perplexity_ratio")
                 hb.append(f"natural-text perplexity {v['value']:.1f}× the teacher's (goal ≤ {v['goal']:.0f}×, "
-                          f"{'met' if v['met'] else 'missed'})")
+                          f"{'met' if v['met'] else 'missed'}"
+                          + (f"; {on_val:.1f}× on the validation snippets" if on_val else "") + ")")
             else:
                 hb.append(f"{k} {_pct(v['value'])} (goal ≥ {_pct(v['goal'])}, {'met' if v['met'] else 'missed'})")
         natural = (f", on natural prompts written apart from the prompt set (held out by source) "

@@ -79,3 +79,17 @@ def test_answers_read_from_the_cache_cite_the_build_that_sampled_them(readme_num
     prev["generation"]["train_samples"]["caches"] = ["/c/other.jsonl"]
     text = _render(readme_numbers, tmp_path, monkeypatch, d)
     assert "read from the generation cache)" in text and "25 min" not in text
+
+
+def test_the_build_says_its_general_texts_hard_labels_and_validation_ratio(readme_numbers, tmp_path, monkeypatch):
+    d = json.loads((ROOT / "benchmarks" / "results" / "llm.json").read_text())
+    d["general_text"] = {"source": "rt", "samples": 1000, "tokens": 24806, "weight": 0.5, "top_k": 16, "hard_label": 0.5}
+    d["natural_text_val"] = {"perplexity_ratio": 2.345}
+    text = _render(readme_numbers, tmp_path, monkeypatch, d)
+    assert ("0.5 × token-level KD on 1,000 general-text snippets (24,806 tokens, top-16, 0.5 of that weight on the "
+            "text's own next tokens)") in text
+    assert "; 2.3× on the validation snippets)" in text
+    d["general_text"]["hard_label"] = 0.0  # a build before the option, or at its default: neither is said
+    d.pop("natural_text_val")
+    text = _render(readme_numbers, tmp_path, monkeypatch, d)
+    assert "own next tokens" not in text and "validation snippets" not in text and "(24,806 tokens, top-16)" in text
