@@ -90,8 +90,9 @@ def control_rows(report: dict) -> list[list[str]]:
 
     return [["distilled (KD)", losses(kd.get("losses")), fmt_pct(ctrl.get("kd_accuracy")), fmt_pct(kd.get("val_accuracy")),
              str(ctrl.get("epochs", "—")), secs(kd.get("train_seconds"))],
-            ["labels-only control", losses(ctrl.get("losses")), fmt_pct(ctrl.get("accuracy")),
-             fmt_pct(ctrl.get("val_accuracy")), str(ctrl.get("epochs", "—")), secs(ctrl.get("train_seconds"))]]
+            ["labels-only control" + (" (an earlier build's, cached)" if ctrl.get("reused") else ""),
+             losses(ctrl.get("losses")), fmt_pct(ctrl.get("accuracy")), fmt_pct(ctrl.get("val_accuracy")),
+             str(ctrl.get("epochs", "—")), secs(ctrl.get("train_seconds"))]]
 
 
 def control_sentence(report: dict) -> str:

@@ -161,6 +161,9 @@ def test_control_shown_beside_retention(tmp_path, report):
     assert lines[acc + 1] == "| accuracy, labels-only control |  | 89.17% | KD gain +0.62 pt |"
     assert "| distilled (KD) | 0.5×soft_label + 0.5×hard_label | 89.79% |" in md
     assert "| labels-only control | 1.0×hard_label | 89.17% | 88.90% | 24 | 10.0 s |" in md
+    # a control read back from the cache (a language model's, llm-control/): its row says its time is another build's
+    reused = {**r, "training": {**r["training"], "control": {**r["training"]["control"], "reused": {"cache": "x"}}}}
+    assert "| labels-only control (an earlier build's, cached) | 1.0×hard_label |" in render_markdown(reused)
     assert "distillation helped" in md and "onnxruntime on the test split" in md
     html = render_html(r)
     assert "KD gain +0.62 pt" in html and "labels-only control" in html
