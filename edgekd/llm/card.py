@@ -423,7 +423,7 @@ def general_text_lines() -> list[str]:
     answers forgets language), else the line commented out with what installs it."""
     why = [
         "  # Token-level KD on general text beside the answers, so the student keeps language (English movie-review",
-        "  # snippets; your own text: source: FILE.txt or .jsonl). On the shipped smollm2-seqkd card, chosen on",
+        "  # snippets; your own text: source: FILE.txt or .jsonl). On smollm2-seqkd's answers at 1 epoch, compared on",
         "  # validation snippets: natural-text perplexity 4.4x -> 2.4x the teacher's with half the weight on the text's",
         "  # own next tokens (benchmarks/results/general_text_curve.json); training takes longer."]
     line = "general_text: {source: rotten-tomatoes, samples: 1000, max_length: 64, weight: 0.5, hard_label: 0.5}"
