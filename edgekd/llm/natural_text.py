@@ -56,22 +56,23 @@ def natural_text(tok, n: int, max_length: int = 64, split: str = "test") -> list
     if split not in ("test", "val"):
         raise ValueError(f"natural_text split {split!r}: 'test' or 'val'")
     texts, movies = rotten_tomatoes("test")
-    order = range(len(texts))
+    picked = _first(tok, texts, n, max_length, range(len(texts)))
     if split == "val":
-        tested = {movies[i] for i in _first(tok, texts, n, max_length)}
-        order = [i for i in reversed(range(len(texts))) if movies[i] not in tested]
-    return [e for i in _first(tok, texts, n, max_length, order) for e in _examples(tok, [texts[i]], max_length)]
+        tested = {movies[i] for i, _ in picked}
+        picked = _first(tok, texts, n, max_length,
+                        [i for i in reversed(range(len(texts))) if movies[i] not in tested])
+    return [e for _, e in picked]
 
 
-def _first(tok, texts: list[str], n: int, max_length: int, order=None) -> list[int]:
-    """Indices of the first `n` texts in `order` (default: corpus order) long enough to score, stopping at n:
-    tokenizing all 2.5k test snippets would be wasted."""
-    out: list[int] = []
-    for i in (range(len(texts)) if order is None else order):
-        if _examples(tok, [texts[i]], max_length):
-            out.append(i)
-            if len(out) == n:
-                break
+def _first(tok, texts: list[str], n: int, max_length: int, order) -> list[tuple[int, Example]]:
+    """(index, example) of the first `n` texts in `order` long enough to score, stopping at n: tokenizing all 2.5k
+    test snippets would be wasted."""
+    out: list[tuple[int, Example]] = []
+    for i in order:
+        for e in _examples(tok, [texts[i]], max_length):
+            out.append((i, e))
+        if len(out) == n:
+            break
     return out
 
 

@@ -101,11 +101,12 @@ def natural_text_metrics(inputs: dict[str, StageResult], ctx: BuildContext) -> d
     student, tok = load_causal_lm(inputs["distill"].dir / "student")
     student.to(dev)
     teacher: list = []  # loaded once, only when a split's teacher scores are not cached
+    corpus = sha256_file(corpus_path(None))
 
     def scored(split: str) -> dict[str, Any]:
         # the teacher's score depends on the teacher and these settings only: made once per cache, not per build
         key = {"teacher": info["hash"], "snippets": ev.natural_text, "max_length": ev.natural_text_max_length,
-               "corpus": sha256_file(corpus_path(None)), "pad": pad}
+               "corpus": corpus, "pad": pad}
         if split != "test":  # the evaluation's key is what it was: caches made before a validation split stay valid
             key["split"] = split
         known_file = ctx.cache_dir / "natural-text" / f"{stable_hash(key)[:20]}.json"
