@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, edgekd, write
+from _common import RESULTS, ROOT, edgekd, write
 
 COMMON = ["--set", "quantize.candidates=[fp32]", "--set", "generate.control=false", "--set", "generate.profile_repeats=1",
           "--set", "evaluate.quantized_teacher=[]"]
@@ -127,7 +127,7 @@ def curve(args: argparse.Namespace) -> None:
 
     notes = list(args.note)
     if args.add:  # points of mixes not rebuilt now stay, with the notes of the run that made them
-        before = json.loads((ROOT / "benchmarks" / "results" / "general_text_curve.json").read_text())
+        before = json.loads((RESULTS / "general_text_curve.json").read_text())
         kept = [p for p in before["points"] if p["mix"] not in {q["mix"] for q in points}]
         if kept:
             notes = [*before.get("notes", []), *notes]

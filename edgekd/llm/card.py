@@ -426,7 +426,7 @@ def general_text_lines(on: bool) -> list[str]:
         "  # Token-level KD on general text beside the answers, so the student keeps language (English movie-review",
         "  # snippets; your own text: source: FILE.txt or .jsonl). On smollm2-seqkd's answers at 1 epoch, compared on",
         "  # validation snippets: natural-text perplexity 4.4x -> 2.4x the teacher's with half the weight on the text's",
-        "  # own next tokens (benchmarks/results/general_text_curve.json); training takes longer."]
+        "  # own next tokens (benchmarks/results/general_text_curve.json, a 2-core host); training takes longer."]
     line = "general_text: {source: rotten-tomatoes, samples: 1000, max_length: 64, weight: 0.5, hard_label: 0.5}"
     if on:
         return [*why, f"  {line}"]
